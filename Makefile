@@ -1,0 +1,89 @@
+# nar — thin wrappers around the `nar` CLI. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+NAR := $(VENV)/bin/nar
+GPUS ?= 0
+NODES ?= 1
+DATA ?=
+CKPT ?=
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test test-slow test-all lint bench bench-cpu demo demo-video demo-t2i \
+        data-embedded train-tokenizer train-imagenet train-ucf101 train-t2i eval-imagenet \
+        eval-ucf101 tensorboard ablate-heads clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --upgrade pip >/dev/null
+	$(VENV)/bin/pip install -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed ## create .venv and install nar with its dev extras
+
+test: $(VENV)/.installed ## run the test suite (CPU, fast; creates the venv first)
+	$(PY) -m pytest -q $(ARGS)
+
+test-slow: $(VENV)/.installed ## run only the slow tests
+	$(PY) -m pytest -q -m slow $(ARGS)
+
+test-all: $(VENV)/.installed ## run every test, slow and gpu included
+	$(PY) -m pytest -q -m "" $(ARGS)
+
+lint: $(VENV)/.installed ## ruff check
+	$(VENV)/bin/ruff check src tests
+
+bench: $(VENV)/.installed ## sampling benchmark on the GPU (NAR-L, CFG 2.0, bf16, batch 64 and 256)
+	$(NAR) bench --preset NAR-L --batch 64 256 --cfg 2.0 --dtype bf16 --device cuda --reference --tokenizer-decode $(ARGS)
+
+bench-cpu: $(VENV)/.installed ## CPU benchmark: NAR vs raster on a small trunk, 16x16 grid, batch 8
+	$(NAR) bench --preset bench-cpu --batch 8 --cfg 1.0 --dtype fp32 --device cpu --reference $(ARGS)
+
+data-embedded: $(VENV)/.installed ## build the embedded emoji/atari/shapes shards under data/
+	$(NAR) data embedded --out data/embedded $(ARGS)
+
+demo: $(VENV)/.installed ## fresh clone -> emoji shards, tiny tokenizer, tiny NAR, samples and FID on CPU
+	$(NAR) demo --domain emoji $(ARGS)
+
+demo-video: $(VENV)/.installed ## the demo on Atari game clips
+	$(NAR) demo --domain atari $(ARGS)
+
+demo-t2i: $(VENV)/.installed ## text-to-image demo on shapes captions
+	$(NAR) demo --domain shapes-t2i $(ARGS)
+
+train-tokenizer: $(VENV)/.installed ## train a VQ tokenizer: DATA=emoji|atari|imagenet|ucf101
+	$(NAR) train-tokenizer --data $(or $(DATA),emoji) --gpus $(GPUS) --nodes $(NODES) $(ARGS)
+
+train-imagenet: $(VENV)/.installed ## train NAR-L on ImageNet token shards: DATA=path
+	@if [ -z "$(DATA)" ]; then echo "train-imagenet needs DATA=<folder of ImageNet token shards, made by 'nar data tokens'>"; exit 2; fi
+	$(NAR) train --config experiments/imagenet/nar_l.yaml data.root=$(DATA) --gpus $(GPUS) --nodes $(NODES) $(ARGS)
+
+train-ucf101: $(VENV)/.installed ## train NAR-L on UCF-101 token shards: DATA=path
+	@if [ -z "$(DATA)" ]; then echo "train-ucf101 needs DATA=<folder of UCF-101 token shards, made by 'nar data tokens'>"; exit 2; fi
+	$(NAR) train --config experiments/ucf101/nar_l.yaml data.root=$(DATA) --gpus $(GPUS) --nodes $(NODES) $(ARGS)
+
+train-t2i: $(VENV)/.installed ## train text-to-image NAR: DATA=path
+	@if [ -z "$(DATA)" ]; then echo "train-t2i needs DATA=<folder of caption token shards>"; exit 2; fi
+	$(NAR) train --config experiments/t2i/nar_xl.yaml data.root=$(DATA) --gpus $(GPUS) --nodes $(NODES) $(ARGS)
+
+eval-imagenet: $(VENV)/.installed ## 50 samples/class, FID/IS/precision/recall: CKPT=path
+	@if [ -z "$(CKPT)" ]; then echo "eval-imagenet needs CKPT=<NAR checkpoint (ours or official .pt)>"; exit 2; fi
+	$(NAR) evaluate --config experiments/imagenet/nar_l.yaml --ckpt $(CKPT) --gpus $(GPUS) --nodes $(NODES) $(ARGS)
+
+eval-ucf101: $(VENV)/.installed ## FVD on UCF-101: CKPT=path
+	@if [ -z "$(CKPT)" ]; then echo "eval-ucf101 needs CKPT=<NAR video checkpoint>"; exit 2; fi
+	$(NAR) evaluate --config experiments/ucf101/nar_l.yaml --ckpt $(CKPT) --gpus $(GPUS) --nodes $(NODES) $(ARGS)
+
+ablate-heads: $(VENV)/.installed ## head-configuration ablation grid on emoji (CPU-sized)
+	$(NAR) ablate --config experiments/ablations/heads_emoji.yaml $(ARGS)
+
+tensorboard: $(VENV)/.installed ## serve TensorBoard over runs/
+	$(VENV)/bin/tensorboard --logdir runs --bind_all
+
+clean: ## remove caches (keeps .venv and data)
+	rm -rf .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""The ``nar`` command line."""

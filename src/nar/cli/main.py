@@ -1,0 +1,47 @@
+"""``nar`` — one entry point; each sub-command lives in its own module under ``nar.cli``.
+
+A module listed in ``SUBCOMMANDS`` defines ``register(subparsers)``, which adds its parser and sets
+``func`` to a callable taking the parsed ``argparse.Namespace`` and returning an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from nar.errors import NarError
+
+# Sub-command modules, in the order `nar --help` lists them.
+SUBCOMMANDS: list[str] = [
+    "nar.cli.info",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nar", description="Neighboring Autoregressive Modeling suite")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except NarError as err:
+        logging.getLogger("nar").error("%s", err)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
