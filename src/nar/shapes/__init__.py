@@ -1,0 +1,48 @@
+"""The embedded ``shapes`` domain: scenes for the GenEval task families, a renderer and an analytic detector.
+
+>>> rng = np.random.default_rng(0)
+>>> scene = sample_scene(rng, "color_attr")
+>>> image = render_scene(scene, size=64)        # uint8 [64, 64, 3]
+>>> score(scene.spec, image)
+True
+"""
+
+from __future__ import annotations
+
+import numpy as np  # noqa: F401  (doctest)
+
+from nar.shapes.detect import Detection, detect, evaluate, score
+from nar.shapes.render import render_scene, shape_mask
+from nar.shapes.scene import (
+    COLORS,
+    FAMILIES,
+    PALETTE,
+    RELATIONS,
+    SHAPES,
+    Primitive,
+    Scene,
+    caption,
+    prompt_for,
+    relative_position,
+    sample_scene,
+)
+
+__all__ = [
+    "COLORS",
+    "FAMILIES",
+    "PALETTE",
+    "RELATIONS",
+    "SHAPES",
+    "Detection",
+    "Primitive",
+    "Scene",
+    "caption",
+    "detect",
+    "evaluate",
+    "prompt_for",
+    "relative_position",
+    "render_scene",
+    "sample_scene",
+    "score",
+    "shape_mask",
+]
