@@ -1,0 +1,490 @@
+"""Webdataset shards: an atomic, resumable writer, a tolerant tar reader and the dataset's ``meta.json``.
+
+A dataset folder holds ``meta.json`` and one folder per split of ``<split>-%06d.tar`` shards (see
+docs/CONTRACTS.md). A shard is written as ``*.tar.tmp`` and renamed when complete, so a reader never
+sees a half-written shard. Items are cut into shards by position (shard ``i`` = items
+``[i·S, (i+1)·S)``), and each finished shard is recorded in ``<split>/_progress.json``: a restarted
+writer skips finished shards and redoes only the rest. Bad inputs never stop a run: they are logged
+with their file name, counted and summarised.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import multiprocessing
+import os
+import tarfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from nar.errors import DataError
+
+log = logging.getLogger(__name__)
+
+META_NAME = "meta.json"
+PROGRESS_NAME = "_progress.json"
+LABELS_NAME = "labels.npy"
+KINDS = ("image", "video", "pairs", "tokens")
+# Keep at most this many skipped files listed by name in meta.json; all are counted.
+MAX_LISTED_BAD = 1000
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input bookkeeping
+# --------------------------------------------------------------------------------------------------
+
+
+class SkipSample(DataError):
+    """Raised by a sample encoder for an input that must be skipped (corrupt, truncated, unlabelled)."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclasses.dataclass
+class BadInputLog:
+    """Counts skipped inputs by reason and keeps the first few names; each is logged as it happens."""
+
+    counts: Counter[str] = dataclasses.field(default_factory=Counter)
+    files: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    def record(self, path: str | os.PathLike[str], reason: str, *, quiet: bool = False) -> None:
+        """Note one skipped input ``path`` and why; logs a warning naming the file unless ``quiet``."""
+        if not quiet:
+            log.warning("skipped %s: %s", path, reason)
+        self.counts[_reason_kind(reason)] += 1
+        if len(self.files) < MAX_LISTED_BAD:
+            self.files.append((str(path), reason))
+
+    def extend(self, entries: Iterable[Sequence[str]]) -> None:
+        """Add entries already logged elsewhere (e.g. in a worker process)."""
+        for path, reason in entries:
+            self.record(path, reason, quiet=True)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        if not self.total:
+            return "no bad inputs"
+        kinds = ", ".join(f"{n} {k}" for k, n in self.counts.most_common())
+        return f"{self.total} bad inputs skipped ({kinds})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": self.total, "by_reason": dict(self.counts), "files": [list(f) for f in self.files]}
+
+
+def _reason_kind(reason: str) -> str:
+    # "cannot decode image: <PIL message>" → "cannot decode image"; keeps the counter's keys few.
+    return reason.split(":", 1)[0].strip()
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------------
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+def encode_field(value: Any) -> bytes:
+    """Bytes of one webdataset field: bytes as-is, str as UTF-8, int as ASCII, ndarray as ``.npy``, dict as JSON."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bool):
+        raise TypeError("booleans are ambiguous in a shard field; store an int or JSON")
+    if isinstance(value, int | np.integer):
+        return str(int(value)).encode("ascii")
+    if isinstance(value, np.ndarray):
+        buf = io.BytesIO()
+        np.save(buf, value, allow_pickle=False)
+        return buf.getvalue()
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    raise TypeError(f"cannot store a {type(value).__name__} in a shard")
+
+
+class ShardWriter:
+    """Writes one tar shard atomically: members go to ``<path>.tmp``, which is renamed on :meth:`close`.
+
+    Members get mtime 0 and no owner, so the same samples give byte-identical shards. As a context
+    manager, an exception inside the block removes the temporary file instead of renaming it.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.tmp_path = self.path.with_name(self.path.name + ".tmp")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tar = tarfile.open(self.tmp_path, "w", format=tarfile.USTAR_FORMAT)
+        self.count = 0
+
+    def write(self, key: str, fields: dict[str, Any]) -> None:
+        """Add one sample: ``key`` (no dots: webdataset splits the name at the first dot) and its fields."""
+        if "." in key or "/" in key:
+            raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
+        for ext in sorted(fields):
+            data = encode_field(fields[ext])
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o444
+            self._tar.addfile(info, io.BytesIO(data))
+        self.count += 1
+
+    def close(self) -> None:
+        """Finish the tar and move it into place (``os.replace`` is atomic on one file system)."""
+        self._tar.close()
+        with open(self.tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(self.tmp_path, self.path)
+
+    def abort(self) -> None:
+        self._tar.close()
+        self.tmp_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+@dataclasses.dataclass
+class ShardRecord:
+    """What one finished shard holds: sample count, class of each sample (−1 unlabelled), skipped inputs."""
+
+    samples: int
+    labels: list[int]
+    skipped: list[tuple[str, str]]
+
+
+@dataclasses.dataclass
+class SplitRecord:
+    """A written split: shard paths relative to the dataset root, per-shard counts and all labels."""
+
+    split: str
+    shards: list[str]
+    shard_samples: list[int]
+    labels: np.ndarray
+    bad: BadInputLog
+
+    @property
+    def samples(self) -> int:
+        return int(sum(self.shard_samples))
+
+
+# A producer turns one chunk of items into samples: yields (key, fields) for good ones and a
+# SkipSample for bad ones. The default wraps a per-item ``make_sample``.
+Produce = Callable[[Sequence[Any]], Iterator["tuple[str, dict[str, Any]] | SkipSample"]]
+
+
+@dataclasses.dataclass(frozen=True)
+class PerItem:
+    """Producer applying ``make_sample(item) -> fields`` to each item; any exception skips only that item."""
+
+    make_sample: Callable[[Any], dict[str, Any]]
+    key_prefix: str = ""
+
+    def __call__(self, items: Sequence[Any], first_index: int = 0) -> Iterator[tuple[str, dict[str, Any]] | SkipSample]:
+        for offset, item in enumerate(items):
+            try:
+                fields = self.make_sample(item)
+            except SkipSample as skip:
+                yield skip
+                continue
+            except Exception as err:  # noqa: BLE001 — one bad sample must never end a long run
+                yield SkipSample(_item_name(item), f"unexpected error: {type(err).__name__}: {err}")
+                continue
+            yield f"{self.key_prefix}{first_index + offset:09d}", fields
+
+
+def _item_name(item: Any) -> str:
+    if isinstance(item, tuple | list) and item:
+        return str(item[0])
+    return str(item)
+
+
+def _write_shard(path: Path, items: Sequence[Any], produce: Callable, first_index: int) -> ShardRecord:
+    labels: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    with ShardWriter(path) as writer:
+        for out in produce(items, first_index):
+            if isinstance(out, SkipSample):
+                log.warning("skipped %s: %s", out.path, out.reason)
+                skipped.append((out.path, out.reason))
+                continue
+            key, fields = out
+            writer.write(key, fields)
+            labels.append(int(fields["cls"]) if "cls" in fields else -1)
+    return ShardRecord(samples=len(labels), labels=labels, skipped=skipped)
+
+
+def fingerprint(items: Sequence[Any], **params: Any) -> str:
+    """A hash of the item list and the writer's parameters: resuming with a different input is refused."""
+    h = hashlib.sha1()
+    h.update(json.dumps(params, sort_keys=True, default=str).encode())
+    for item in items:
+        h.update(repr(item).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def write_split(
+    root: str | os.PathLike[str],
+    split: str,
+    items: Sequence[Any],
+    *,
+    make_sample: Callable[[Any], dict[str, Any]] | None = None,
+    produce: Callable | None = None,
+    shard_size: int = 1000,
+    workers: int = 1,
+    params: dict[str, Any] | None = None,
+    desc: str | None = None,
+    unit: str = "sample",
+) -> SplitRecord:
+    """Write ``items`` as shards ``<root>/<split>/<split>-%06d.tar``, resuming a previous run.
+
+    Give either ``make_sample(item) -> fields`` (fields as in :func:`encode_field`; ``cls`` is recorded
+    as the label) or ``produce(chunk, first_index)`` yielding ``(key, fields)`` or :class:`SkipSample`.
+    With ``workers > 1`` shards are written in parallel processes (the callables must be picklable).
+    ``params`` (everything that changes the output) joins the fingerprint of the item list; a resumed
+    run whose fingerprint differs raises :class:`DataError` rather than mixing two datasets.
+    """
+    if (make_sample is None) == (produce is None):
+        raise ValueError("pass exactly one of make_sample or produce")
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be ≥ 1, got {shard_size}")
+    producer = produce if produce is not None else PerItem(make_sample)  # type: ignore[arg-type]
+    root = Path(root)
+    split_dir = root / split
+    split_dir.mkdir(parents=True, exist_ok=True)
+    for stale in split_dir.glob("*.tar.tmp"):  # left by a killed run; never complete
+        stale.unlink()
+
+    num_shards = max(1, -(-len(items) // shard_size))
+    fp = fingerprint(items, shard_size=shard_size, **(params or {}))
+    progress_path = split_dir / PROGRESS_NAME
+    done: dict[str, dict[str, Any]] = {}
+    if progress_path.is_file():
+        progress = _read_json(progress_path)
+        if progress.get("fingerprint") != fp:
+            raise DataError(
+                f"{split_dir} holds shards written from different inputs or settings; "
+                "write to a new folder or delete it (or pass --overwrite)"
+            )
+        done = {k: v for k, v in progress.get("done", {}).items() if (split_dir / k).is_file()}
+    if not items:
+        log.warning("split %r: no inputs found; writing an empty split", split)
+
+    todo = [i for i in range(num_shards) if shard_name(split, i) not in done]
+    if done:
+        log.info("split %r: %d of %d shards already complete, resuming", split, num_shards - len(todo), num_shards)
+
+    def finish(index: int, record: ShardRecord) -> None:
+        done[shard_name(split, index)] = dataclasses.asdict(record)
+        _write_json(progress_path, {"fingerprint": fp, "num_shards": num_shards, "done": done})
+
+    chunks = {i: items[i * shard_size : (i + 1) * shard_size] for i in todo}
+    remaining = sum(len(c) for c in chunks.values())
+    with tqdm(total=remaining, desc=desc or f"{split}", unit=unit, dynamic_ncols=True, leave=False) as bar:
+        if workers <= 1 or len(todo) <= 1:
+            for i in todo:
+                if isinstance(producer, PerItem):  # one output per item: advance the bar as we go
+                    record = _write_shard(split_dir / shard_name(split, i), chunks[i], _Counted(producer, bar), i * shard_size)
+                else:
+                    record = _write_shard(split_dir / shard_name(split, i), chunks[i], producer, i * shard_size)
+                    bar.update(len(chunks[i]))
+                finish(i, record)
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                jobs = {
+                    pool.submit(_write_shard, split_dir / shard_name(split, i), chunks[i], producer, i * shard_size): i
+                    for i in todo
+                }
+                for job in futures.as_completed(jobs):
+                    i = jobs[job]
+                    finish(i, job.result())
+                    bar.update(len(chunks[i]))
+
+    names = [shard_name(split, i) for i in range(num_shards)]
+    bad = BadInputLog()
+    for n in names:
+        bad.extend(done[n]["skipped"])
+    labels = np.asarray([lab for n in names for lab in done[n]["labels"]], dtype=np.int64)
+    np.save(split_dir / LABELS_NAME, labels)
+    record = SplitRecord(
+        split=split,
+        shards=[f"{split}/{n}" for n in names],
+        shard_samples=[int(done[n]["samples"]) for n in names],
+        labels=labels,
+        bad=bad,
+    )
+    log.info("split %r: %d samples in %d shards; %s", split, record.samples, num_shards, bad.summary())
+    return record
+
+
+class _Counted:
+    """Wraps a producer to advance a progress bar by one per item consumed (in-process writing)."""
+
+    def __init__(self, produce: Callable, bar: tqdm) -> None:
+        self.produce, self.bar = produce, bar
+
+    def __call__(self, items: Sequence[Any], first_index: int) -> Iterator:
+        for out in self.produce(items, first_index):
+            self.bar.update(1)
+            yield out
+
+
+def write_meta(root: str | os.PathLike[str], kind: str, splits: Sequence[SplitRecord], **fields: Any) -> dict[str, Any]:
+    """Create or update ``<root>/meta.json`` with ``kind``, the given splits and any other ``fields``.
+
+    Splits already in the file and not in ``splits`` are kept, so splits may be written one at a time.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    root = Path(root)
+    path = root / META_NAME
+    meta: dict[str, Any] = _read_json(path) if path.is_file() else {}
+    if meta.get("kind", kind) != kind:
+        raise DataError(f"{path} describes a {meta['kind']!r} dataset, not {kind!r}")
+    meta.update(fields)
+    meta["kind"] = kind
+    meta.setdefault("classes", [])
+    meta.setdefault("splits", {})
+    for rec in splits:
+        meta["splits"][rec.split] = {
+            "shards": rec.shards,
+            "shard_samples": rec.shard_samples,
+            "samples": rec.samples,
+            "skipped": rec.bad.to_dict(),
+        }
+    _write_json(path, meta)
+    return meta
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read {path}: {err}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------------
+
+
+def read_meta(root: str | os.PathLike[str]) -> dict[str, Any]:
+    """``<root>/meta.json`` as a dict. Raises :class:`DataError` if it is missing or unreadable."""
+    path = Path(root) / META_NAME
+    if not path.is_file():
+        raise DataError(f"{path} not found: is {root} a dataset folder written by `nar data …`?")
+    meta = _read_json(path)
+    if not isinstance(meta, dict) or "splits" not in meta:
+        raise DataError(f"{path} has no 'splits': not a nar dataset")
+    return meta
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitIndex:
+    """The shards of one split with their sample counts; global sample ``i`` lives in shard ``searchsorted``."""
+
+    root: Path
+    split: str
+    shards: tuple[Path, ...]
+    counts: tuple[int, ...]
+    labels: np.ndarray | None = None
+
+    @classmethod
+    def load(cls, root: str | os.PathLike[str], split: str) -> SplitIndex:
+        """The split's index from ``meta.json`` (and ``labels.npy`` when present)."""
+        root = Path(root)
+        meta = read_meta(root)
+        if split not in meta["splits"]:
+            raise DataError(f"{root}: no split {split!r} (has {sorted(meta['splits'])})")
+        info = meta["splits"][split]
+        shards = tuple(root / s for s in info["shards"])
+        counts = tuple(int(c) for c in info.get("shard_samples", [-1] * len(shards)))
+        if len(counts) != len(shards):
+            raise DataError(f"{root / META_NAME}: split {split!r} lists {len(shards)} shards but {len(counts)} counts")
+        labels_path = root / split / LABELS_NAME
+        labels = None
+        if labels_path.is_file():
+            try:
+                labels = np.load(labels_path)
+            except (OSError, ValueError) as err:
+                log.warning("ignoring unreadable %s: %s", labels_path, err)
+        if labels is not None and len(labels) != sum(counts):
+            log.warning("ignoring %s: %d labels for %d samples", labels_path, len(labels), sum(counts))
+            labels = None
+        return cls(root=root, split=split, shards=shards, counts=counts, labels=labels)
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.counts))
+
+    @property
+    def starts(self) -> np.ndarray:
+        """Global index of each shard's first sample, ``[num_shards + 1]`` (last = total)."""
+        return np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+
+
+def iter_tar(path: str | os.PathLike[str], bad: BadInputLog | None = None) -> Iterator[dict[str, Any]]:
+    """Samples of one tar shard in order, as ``{"__key__", "__shard__", ext: bytes, …}``.
+
+    Members are grouped webdataset-style: the key is the member name up to the first dot of its
+    basename. A missing, truncated or corrupt shard ends its iteration with a warning (recorded in
+    ``bad``) instead of an exception; the samples read before the damage are still yielded.
+    """
+    path = Path(path)
+    current: dict[str, Any] | None = None
+    try:
+        with tarfile.open(path, "r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                dirname, base = os.path.split(member.name)
+                if base.startswith("."):
+                    continue
+                key, _, ext = base.partition(".")
+                key = f"{dirname}/{key}" if dirname else key
+                f = tar.extractfile(member)
+                data = f.read() if f is not None else b""
+                if len(data) != member.size:
+                    raise tarfile.ReadError(f"member {member.name} truncated")
+                if current is not None and current["__key__"] != key:
+                    yield current
+                    current = None
+                if current is None:
+                    current = {"__key__": key, "__shard__": str(path)}
+                current[ext] = data
+    except (tarfile.TarError, OSError, EOFError, ValueError) as err:
+        (bad or BadInputLog()).record(path, f"unreadable shard: {type(err).__name__}: {err}")
+        # the partial sample at the point of damage is incomplete: drop it
+        return
+    if current is not None:
+        yield current
