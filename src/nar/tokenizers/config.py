@@ -1,0 +1,196 @@
+"""Typed configs of the VQ tokenizers and of their training losses, with the named presets.
+
+One schema covers images and videos (``kind``) so a YAML file or ``key=value`` override can switch
+between them; every range check lives in ``__post_init__`` and raises :class:`~nar.errors.ConfigError`
+naming the key, so a bad config fails before any weight is allocated.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from nar.errors import ConfigError
+
+KINDS = ("image", "video")
+
+
+@dataclass
+class VQConfig:
+    """A LlamaGen-style VQ tokenizer (``kind="image"``) or its 3-D causal counterpart (``"video"``).
+
+    Level ``i`` of the encoder has ``base_channels * encoder_ch_mult[i]`` channels; every level but the
+    last halves H and W (and T, for videos, where ``temporal_downsample[i]`` is true). The decoder mirrors
+    this with one more res-block per level, as LlamaGen does.
+    """
+
+    kind: str = "image"
+    image_size: int = 256  # H = W of the inputs the tokenizer is trained on
+    num_frames: int = 1  # T of the video clips (1 for images)
+    base_channels: int = 128
+    encoder_ch_mult: list[int] = field(default_factory=lambda: [1, 1, 2, 2, 4])
+    decoder_ch_mult: list[int] = field(default_factory=lambda: [1, 1, 2, 2, 4])
+    num_res_blocks: int = 2  # encoder; the decoder has one more per level
+    z_channels: int = 256
+    codebook_size: int = 16384
+    codebook_embed_dim: int = 8
+    codebook_l2_norm: bool = True
+    norm_groups: int = 32
+    dropout: float = 0.0
+    # video only: one flag per downsampling step (len(encoder_ch_mult) - 1), true = also halve T
+    temporal_downsample: list[bool] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        def bad(key: str, why: str) -> ConfigError:
+            return ConfigError(f"tokenizer config key '{key}': {why}")
+
+        if self.kind not in KINDS:
+            raise bad("kind", f"must be one of {KINDS}, got {self.kind!r}")
+        for key in ("image_size", "num_frames", "base_channels", "num_res_blocks", "z_channels",
+                    "codebook_embed_dim", "norm_groups"):
+            if getattr(self, key) < 1:
+                raise bad(key, f"must be >= 1, got {getattr(self, key)}")
+        if self.codebook_size < 2:
+            raise bad("codebook_size", f"must be >= 2, got {self.codebook_size}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise bad("dropout", f"must be in [0, 1), got {self.dropout}")
+        for key in ("encoder_ch_mult", "decoder_ch_mult"):
+            mult = list(getattr(self, key))
+            if not mult or min(mult) < 1:
+                raise bad(key, f"must be a non-empty list of positive ints, got {mult}")
+            for m in mult:
+                if (self.base_channels * m) % self.norm_groups:
+                    raise bad(key, f"width base_channels*{m} = {self.base_channels * m} is not divisible "
+                                   f"by norm_groups={self.norm_groups}")
+        if len(self.encoder_ch_mult) != len(self.decoder_ch_mult):
+            raise bad("decoder_ch_mult", f"needs as many levels as encoder_ch_mult "
+                                         f"({len(self.decoder_ch_mult)} vs {len(self.encoder_ch_mult)})")
+        factor = self.spatial_downsample
+        if self.image_size % factor:
+            raise bad("image_size", f"{self.image_size} is not divisible by the spatial downsampling factor "
+                                    f"{factor} (2 ** (len(encoder_ch_mult) - 1))")
+        if self.kind == "image":
+            if self.num_frames != 1:
+                raise bad("num_frames", f"must be 1 for kind='image', got {self.num_frames}")
+            if self.temporal_downsample:
+                raise bad("temporal_downsample", "only applies to kind='video'")
+        else:
+            if len(self.temporal_downsample) != len(self.encoder_ch_mult) - 1:
+                raise bad("temporal_downsample", f"needs one flag per downsampling step "
+                                                 f"({len(self.encoder_ch_mult) - 1}), got {list(self.temporal_downsample)}")
+            if self.num_frames % self.temporal_factor:
+                raise bad("num_frames", f"{self.num_frames} is not divisible by the temporal downsampling "
+                                        f"factor {self.temporal_factor}")
+
+    @property
+    def spatial_downsample(self) -> int:
+        return 2 ** (len(self.encoder_ch_mult) - 1)
+
+    @property
+    def temporal_factor(self) -> int:
+        return 2 ** sum(bool(t) for t in self.temporal_downsample)
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """Token grid of an input of the configured size: ``(h, w)`` or ``(t, h, w)``."""
+        hw = self.image_size // self.spatial_downsample
+        return (hw, hw) if self.kind == "image" else (self.num_frames // self.temporal_factor, hw, hw)
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> VQConfig:
+        """A preset by name (see :data:`PRESETS`), with optional field overrides."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown tokenizer preset {name!r}; known: {sorted(PRESETS)}")
+        return replace(copy.deepcopy(PRESETS[name]), **overrides)
+
+    @classmethod
+    def from_official(cls, official: dict[str, Any], **overrides: Any) -> VQConfig:
+        """Translate LlamaGen's ``ModelArgs`` fields (as in the conformance fixture's ``config``)."""
+        known = {"codebook_size", "codebook_embed_dim", "codebook_l2_norm", "encoder_ch_mult",
+                 "decoder_ch_mult", "z_channels"}
+        fields = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in official.items() if k in known}
+        if "dropout_p" in official:
+            fields["dropout"] = float(official["dropout_p"])
+        fields.update(overrides)
+        if "image_size" not in fields:  # the official args carry no size; pick one the levels divide
+            fields["image_size"] = max(256, 2 ** (len(fields.get("encoder_ch_mult", [1] * 5)) - 1))
+        return cls(**fields)
+
+
+# Paper-scale and CPU-sized tokenizers. Tiny ones use 16 norm groups so that narrow widths stay legal.
+PRESETS: dict[str, VQConfig] = {
+    # LlamaGen VQ-16 (72M params), the tokenizer of NAR's ImageNet models: 256 px -> 16x16 tokens.
+    "vq-16": VQConfig(),
+    # LlamaGen VQ-8 (same widths, one level fewer): 256 px -> 32x32 tokens.
+    "vq-8": VQConfig(encoder_ch_mult=[1, 2, 2, 4], decoder_ch_mult=[1, 2, 2, 4]),
+    # 32 px emoji -> 8x8 tokens; trains to a usable reconstruction on CPU in minutes.
+    "vq-tiny-emoji": VQConfig(image_size=32, base_channels=32, encoder_ch_mult=[1, 2, 2],
+                              decoder_ch_mult=[1, 2, 2], num_res_blocks=1, z_channels=32,
+                              codebook_size=512, codebook_embed_dim=8, norm_groups=16),
+    # UCF-101 16x128x128 clips -> 4x16x16 tokens (the paper's video grid).
+    "vq-video-ucf101": VQConfig(kind="video", image_size=128, num_frames=16, base_channels=128,
+                                encoder_ch_mult=[1, 2, 2, 4], decoder_ch_mult=[1, 2, 2, 4],
+                                z_channels=256, codebook_size=16384, codebook_embed_dim=8,
+                                temporal_downsample=[True, True, False]),
+    # Atari 8x64x64 clips -> 4x8x8 tokens on CPU.
+    "vq-video-tiny-atari": VQConfig(kind="video", image_size=64, num_frames=8, base_channels=32,
+                                    encoder_ch_mult=[1, 2, 2, 2], decoder_ch_mult=[1, 2, 2, 2],
+                                    num_res_blocks=1, z_channels=32, codebook_size=512,
+                                    codebook_embed_dim=8, norm_groups=16,
+                                    temporal_downsample=[True, False, False]),
+}
+
+
+@dataclass
+class TokenizerLossConfig:
+    """Weights of the training objective (LlamaGen's defaults where it has them)."""
+
+    reconstruction: str = "l2"  # "l1" or "l2", on pixels in [-1, 1]
+    reconstruction_weight: float = 1.0
+    codebook_weight: float = 1.0  # ||sg(z) - e||^2 pulls codes to the encoder outputs
+    commitment_beta: float = 0.25  # beta ||z - sg(e)||^2 keeps the encoder near its codes
+    entropy_weight: float = 0.0  # > 0: sharp per-token code assignment with a spread-out average
+    entropy_temperature: float = 0.01
+    perceptual_weight: float = 0.0  # LPIPS(VGG16); needs perceptual_vgg_path, else off with a warning
+    perceptual_vgg_path: str = ""  # torchvision VGG16 state dict (features.* keys), a local file
+    perceptual_lin_path: str = ""  # LPIPS linear heads; "" = the copy torchmetrics ships
+    adversarial_weight: float = 0.0  # > 0 turns on the PatchGAN discriminator
+    adversarial_start_step: int = 0
+    adaptive_weight: bool = True  # scale the GAN term by the ratio of gradient norms at the last layer
+    disc_channels: int = 64
+    disc_layers: int = 3
+
+    def __post_init__(self) -> None:
+        if self.reconstruction not in ("l1", "l2"):
+            raise ConfigError(f"loss config key 'reconstruction': must be 'l1' or 'l2', got {self.reconstruction!r}")
+        for key in ("reconstruction_weight", "codebook_weight", "commitment_beta", "entropy_weight",
+                    "perceptual_weight", "adversarial_weight", "adversarial_start_step"):
+            value = getattr(self, key)
+            if value < 0 or (isinstance(value, float) and not math.isfinite(value)):
+                raise ConfigError(f"loss config key '{key}': must be a finite number >= 0, got {value}")
+        if self.entropy_temperature <= 0:
+            raise ConfigError(f"loss config key 'entropy_temperature': must be > 0, got {self.entropy_temperature}")
+        if self.disc_channels < 1 or self.disc_layers < 1:
+            raise ConfigError("loss config keys 'disc_channels' and 'disc_layers' must be >= 1")
+
+
+@dataclass
+class TokenizerOptimConfig:
+    """AdamW for the tokenizer and (when on) the discriminator; LlamaGen used lr 1e-4, betas (0.9, 0.95)."""
+
+    lr: float = 1e-4
+    disc_lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # 0 = off
+    warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.disc_lr <= 0:
+            raise ConfigError(f"optim config keys 'lr'/'disc_lr': must be > 0, got {self.lr}/{self.disc_lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim config key 'betas': two values in [0, 1), got {list(self.betas)}")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
+            raise ConfigError("optim config keys 'weight_decay', 'grad_clip', 'warmup_steps' must be >= 0")

@@ -1,0 +1,158 @@
+"""Saving and loading tokenizers: our own files (config + weights) and LlamaGen's official VQ checkpoints.
+
+Our file is a dict ``{"format": "nar-tokenizer", "version": 1, "config": {...}, "state_dict": {...}}``;
+a Lightning checkpoint of :class:`~nar.lightning.tokenizer_module.TokenizerModule` is accepted too.
+An official checkpoint (``{"model": state}``, or ``"ema"`` …) has no config: pass one, or let it be read
+off the weights' shapes. Every load is strict; a mismatch lists missing/unexpected keys and shapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nar.checkpoints import load_strict, unwrap_state_dict
+from nar.config import from_dict, to_dict
+from nar.errors import CheckpointError, ConfigError
+from nar.tokenizers.config import VQConfig
+from nar.tokenizers.quantizer import USAGE_WINDOW
+from nar.tokenizers.vq import VQTokenizer
+
+log = logging.getLogger(__name__)
+
+FORMAT = "nar-tokenizer"
+VERSION = 1
+# Key under which TokenizerModule stores the tokenizer config in its Lightning checkpoints.
+LIGHTNING_CONFIG_KEY = "nar_tokenizer_config"
+LIGHTNING_PREFIX = "tokenizer."
+
+
+def save_tokenizer(tokenizer: VQTokenizer, path: str | Path) -> Path:
+    """Write ``tokenizer`` (its typed config and weights, on CPU) to ``path``; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": to_dict(tokenizer.config),
+        "state_dict": {k: v.detach().cpu() for k, v in tokenizer.state_dict().items()},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)  # never leave a half-written file under the final name
+    return path
+
+
+def load_tokenizer(
+    source: str | Path | VQConfig,
+    config: VQConfig | str | dict[str, Any] | None = None,
+    map_location: str | torch.device = "cpu",
+) -> VQTokenizer:
+    """Build a tokenizer in eval mode from any of:
+
+    - a :class:`VQConfig` or a preset name such as ``"vq-16"`` (random weights);
+    - a file written by :func:`save_tokenizer` or a TokenizerModule Lightning checkpoint (``config``
+      must be ``None`` or agree with the stored one);
+    - an official LlamaGen VQ checkpoint; ``config`` (a :class:`VQConfig`, preset name, or LlamaGen's
+      ``ModelArgs`` fields as a dict) describes it, or, when ``None``, is inferred from the weights.
+    """
+    if isinstance(source, VQConfig) or (isinstance(source, str) and not Path(source).exists()
+                                        and not source.endswith((".pt", ".pth", ".ckpt", ".bin"))):
+        return VQTokenizer(_as_config(source)).eval()
+    path = Path(source)
+    if not path.is_file():
+        raise CheckpointError(f"tokenizer checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise CheckpointError(f"cannot read tokenizer checkpoint {path}: {err}") from err
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        stored = from_dict(VQConfig, obj["config"])
+        _check_same(stored, config, path)
+        tokenizer = VQTokenizer(stored)
+        load_strict(tokenizer, obj["state_dict"], source=str(path))
+    elif isinstance(obj, dict) and LIGHTNING_CONFIG_KEY in obj:
+        stored = from_dict(VQConfig, obj[LIGHTNING_CONFIG_KEY])
+        _check_same(stored, config, path)
+        state = {k[len(LIGHTNING_PREFIX):]: v for k, v in obj["state_dict"].items() if k.startswith(LIGHTNING_PREFIX)}
+        tokenizer = VQTokenizer(stored)
+        load_strict(tokenizer, state, source=str(path))
+    else:
+        tokenizer = load_official_vq(unwrap_state_dict(obj, source=str(path)), config, source=str(path))
+    return tokenizer.to(map_location).eval()
+
+
+def load_official_vq(
+    state: dict[str, torch.Tensor],
+    config: VQConfig | str | dict[str, Any] | None = None,
+    source: str = "official VQ checkpoint",
+) -> VQTokenizer:
+    """An image tokenizer holding LlamaGen VQ weights ``state`` (official key names), loaded strictly.
+
+    ``quantize.codebook_used`` is optional in official files; when absent ours keeps its zeros.
+    """
+    cfg = infer_official_config(state) if config is None else _as_config(config)
+    if cfg.kind != "image":
+        raise ConfigError(f"official LlamaGen checkpoints are image tokenizers; config has kind={cfg.kind!r}")
+    tokenizer = VQTokenizer(cfg)
+    state = dict(state)
+    state.setdefault("quantize.codebook_used", tokenizer.quantize.codebook_used.clone())
+    load_strict(tokenizer, state, source=source)
+    return tokenizer
+
+
+def export_official_vq(tokenizer: VQTokenizer) -> dict[str, dict[str, torch.Tensor]]:
+    """The checkpoint LlamaGen's code loads (``{"model": state}``): our image keys are already its keys."""
+    if tokenizer.config.kind != "image":
+        raise ConfigError("only image tokenizers have an official (LlamaGen) format")
+    return {"model": {k: v.detach().cpu().clone() for k, v in tokenizer.state_dict().items()}}
+
+
+def infer_official_config(state: dict[str, torch.Tensor], image_size: int = 256) -> VQConfig:
+    """Read widths, levels, res-blocks and codebook off the shapes of an official VQ state dict."""
+    try:
+        base = state["encoder.conv_in.weight"].shape[0]
+        codebook_size, embed_dim = state["quantize.embedding.weight"].shape
+        z_channels = state["quant_conv.weight"].shape[1]
+
+        def mults(prefix: str) -> list[int]:
+            levels = sorted({int(m.group(1)) for k in state if (m := re.match(rf"{prefix}\.conv_blocks\.(\d+)\.", k))})
+            out = [state[f"{prefix}.conv_blocks.{i}.res.0.conv2.weight"].shape[0] // base for i in levels]
+            return out if prefix == "encoder" else out[::-1]  # decoder blocks run lowest level first
+
+        res_blocks = len({m.group(1) for k in state if (m := re.match(r"encoder\.conv_blocks\.0\.res\.(\d+)\.", k))})
+        groups = 32 if base % 32 == 0 else base
+    except (KeyError, IndexError) as err:
+        raise CheckpointError(f"not a LlamaGen VQ state dict (missing {err})") from None
+    enc = mults("encoder")
+    return VQConfig(image_size=max(image_size, 2 ** (len(enc) - 1)), base_channels=int(base), encoder_ch_mult=enc,
+                    decoder_ch_mult=mults("decoder"), num_res_blocks=res_blocks, z_channels=int(z_channels),
+                    codebook_size=int(codebook_size), codebook_embed_dim=int(embed_dim), norm_groups=groups)
+
+
+def _as_config(config: VQConfig | str | dict[str, Any]) -> VQConfig:
+    if isinstance(config, VQConfig):
+        return config
+    if isinstance(config, str):
+        return VQConfig.from_name(config)
+    if isinstance(config, dict):
+        return VQConfig.from_official(config)
+    raise ConfigError(f"tokenizer config must be a VQConfig, preset name or dict, got {type(config).__name__}")
+
+
+def _check_same(stored: VQConfig, given: VQConfig | str | dict[str, Any] | None, path: Path) -> None:
+    if given is None:
+        return
+    given_cfg = _as_config(given)
+    if to_dict(given_cfg) != to_dict(stored):
+        diff = {k: (v, to_dict(stored)[k]) for k, v in to_dict(given_cfg).items() if to_dict(stored)[k] != v}
+        raise ConfigError(f"{path} was saved with a different tokenizer config; differing keys "
+                          f"(given, stored): {diff}")
+
+
+__all__ = ["save_tokenizer", "load_tokenizer", "load_official_vq", "export_official_vq",
+           "infer_official_config", "USAGE_WINDOW"]
