@@ -1,0 +1,233 @@
+"""Frontiers, parents, masks and decode schedules for token grids with any number of axes.
+
+A grid of shape ``(d_1, ..., d_k)`` stores its ``N = prod(d)`` tokens in raster (row-major) order.
+The distance of cell ``c`` is ``sum(c)``; frontier ``s`` holds every cell at distance ``s``, so there
+are ``sum(d) - k + 1`` frontiers. Axis ``i``'s parent of ``c`` is ``c - e_i``.
+
+Everything that needs a mask, an order or a parent map asks this module: the training pass, the
+samplers (plain and fast) and the tests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+from nar.errors import ConfigError
+
+# Predictor index meaning "the last condition token" (sequence position C - 1).
+FROM_CONDITION = -1
+# Predictor index meaning "this axis does not predict this cell".
+NO_PREDICTOR = -2
+
+
+@dataclass(frozen=True)
+class DecodeStep:
+    """One forward pass of decoding.
+
+    Attributes:
+        inputs: raster indices of the cells fed in this pass (empty for the prefill, which feeds
+            the condition tokens).
+        outputs: raster indices of the cells whose logits come out, in raster order.
+        sources: ``[n_axes, len(outputs)]`` index into ``inputs`` of the cell whose output predicts
+            each output cell for each axis; ``FROM_CONDITION`` (prefill: the last condition token)
+            or ``NO_PREDICTOR``.
+    """
+
+    inputs: torch.Tensor
+    outputs: torch.Tensor
+    sources: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A decoding schedule: the prefill followed by one step per remaining forward pass."""
+
+    mode: str
+    steps: tuple[DecodeStep, ...]
+    # Cells in the order they are produced: the concatenation of every step's outputs.
+    order: torch.Tensor
+
+    @property
+    def num_passes(self) -> int:
+        return len(self.steps)
+
+
+class GridGeometry:
+    """Geometry of one token grid. Cheap to build; tensors are computed once and cached (CPU, int64)."""
+
+    def __init__(self, shape: Sequence[int]):
+        shape = tuple(int(d) for d in shape)
+        if not 1 <= len(shape) <= 8 or any(d < 1 for d in shape):
+            raise ConfigError(f"grid shape must have 1..8 positive axes, got {shape}")
+        self.shape = shape
+
+    def __repr__(self) -> str:
+        return f"GridGeometry{self.shape}"
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def num_cells(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def num_frontiers(self) -> int:
+        """Number of NAR forward passes: ``sum(d) - k + 1``."""
+        return sum(self.shape) - self.ndim + 1
+
+    # ----------------------------------------------------------------------------------------
+    # Per-cell maps
+    # ----------------------------------------------------------------------------------------
+    @cached_property
+    def coords(self) -> torch.Tensor:
+        """``[N, k]`` coordinates of every cell, raster order."""
+        axes = [torch.arange(d) for d in self.shape]
+        return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, self.ndim)
+
+    @cached_property
+    def distance(self) -> torch.Tensor:
+        """``[N]`` Manhattan distance of every cell from the origin."""
+        return self.coords.sum(-1)
+
+    @cached_property
+    def strides(self) -> torch.Tensor:
+        """``[k]`` raster strides."""
+        return torch.tensor([math.prod(self.shape[i + 1:]) for i in range(self.ndim)])
+
+    @cached_property
+    def parent_index(self) -> torch.Tensor:
+        """``[k, N]`` raster index of ``c - e_i``, or -1 where ``c_i == 0``."""
+        idx = torch.arange(self.num_cells)
+        has = self.coords.T > 0  # [k, N]
+        return torch.where(has, idx[None] - self.strides[:, None], torch.full_like(has, -1, dtype=torch.long))
+
+    @cached_property
+    def child_index(self) -> torch.Tensor:
+        """``[k, N]`` raster index of ``c + e_i``, or -1 past the edge."""
+        idx = torch.arange(self.num_cells)
+        limit = torch.tensor(self.shape)[:, None] - 1
+        has = self.coords.T < limit
+        return torch.where(has, idx[None] + self.strides[:, None], torch.full_like(has, -1, dtype=torch.long))
+
+    @cached_property
+    def num_parents(self) -> torch.Tensor:
+        """``[N]`` number of axes with a parent (0 only at the origin)."""
+        return (self.parent_index >= 0).sum(0)
+
+    # ----------------------------------------------------------------------------------------
+    # Frontiers
+    # ----------------------------------------------------------------------------------------
+    @cached_property
+    def frontier_order(self) -> torch.Tensor:
+        """``[N]`` raster indices sorted by distance, ties in raster order (the decode order)."""
+        # Stable sort keeps raster order inside a frontier.
+        return torch.sort(self.distance, stable=True).indices
+
+    @cached_property
+    def frontier_sizes(self) -> tuple[int, ...]:
+        return tuple(torch.bincount(self.distance, minlength=self.num_frontiers).tolist())
+
+    @cached_property
+    def frontier_offsets(self) -> tuple[int, ...]:
+        """Start of each frontier in :attr:`frontier_order`, plus the total at the end."""
+        out = [0]
+        for n in self.frontier_sizes:
+            out.append(out[-1] + n)
+        return tuple(out)
+
+    def frontier(self, s: int) -> torch.Tensor:
+        """Raster indices of frontier ``s`` in raster order."""
+        if not 0 <= s < self.num_frontiers:
+            raise IndexError(f"frontier {s} out of range for {self} ({self.num_frontiers} frontiers)")
+        return self.frontier_order[self.frontier_offsets[s]: self.frontier_offsets[s + 1]]
+
+    @cached_property
+    def frontier_rank(self) -> torch.Tensor:
+        """``[N]`` position of every raster cell in :attr:`frontier_order` (its inverse)."""
+        rank = torch.empty(self.num_cells, dtype=torch.long)
+        rank[self.frontier_order] = torch.arange(self.num_cells)
+        return rank
+
+    # ----------------------------------------------------------------------------------------
+    # Predictors: which position's output predicts which cell, for the training pass
+    # ----------------------------------------------------------------------------------------
+    def predictors(self, mode: str = "nar") -> torch.Tensor:
+        """``[n_axes, N]`` raster index of the cell whose output predicts each cell, per axis.
+
+        ``nar``: one row per axis, the parent ``c - e_i``; the origin is predicted by every axis from
+        the last condition token (``FROM_CONDITION``); missing parents are ``NO_PREDICTOR``.
+        ``raster``: a single row, the previous cell in raster order (``FROM_CONDITION`` for cell 0).
+        """
+        if mode == "raster":
+            return (torch.arange(self.num_cells) - 1)[None]
+        if mode != "nar":
+            raise ConfigError(f"unknown decoding mode '{mode}' (expected 'nar' or 'raster')")
+        pred = torch.where(self.parent_index >= 0, self.parent_index, torch.full_like(self.parent_index, NO_PREDICTOR))
+        pred[:, 0] = FROM_CONDITION
+        return pred
+
+    # ----------------------------------------------------------------------------------------
+    # Masks
+    # ----------------------------------------------------------------------------------------
+    def attention_mask(self, num_cond: int, mode: str = "nar", order: str = "raster") -> torch.Tensor:
+        """``[C+N, C+N]`` bool mask (True = may attend) for condition tokens followed by the grid.
+
+        ``nar``: grid query ``q`` sees grid key ``k`` iff ``dist(k) <= dist(q)``; ``raster``: causal.
+        Every grid token sees every condition token; condition tokens are causal among themselves.
+        ``order='frontier'`` returns the same relation with the grid permuted into decode order.
+        Caption padding is applied separately (:func:`caption_key_mask`).
+        """
+        n = self.num_cells
+        if mode == "nar":
+            level = self.distance if order == "raster" else self.distance[self.frontier_order]
+        elif mode == "raster":
+            if order != "raster":
+                raise ConfigError("the raster baseline has only the raster order")
+            level = torch.arange(n)
+        else:
+            raise ConfigError(f"unknown decoding mode '{mode}' (expected 'nar' or 'raster')")
+        # Condition tokens get levels below every grid level and strictly increasing (causal).
+        level = torch.cat([torch.arange(num_cond) - num_cond, level])
+        return level[:, None] >= level[None, :]
+
+    # ----------------------------------------------------------------------------------------
+    # Schedules
+    # ----------------------------------------------------------------------------------------
+    def schedule(self, mode: str = "nar") -> Schedule:
+        """The decoding schedule: prefill, then one pass per frontier (``nar``) or per token (``raster``)."""
+        if mode == "nar":
+            return self._nar_schedule
+        if mode == "raster":
+            return self._raster_schedule
+        raise ConfigError(f"unknown decoding mode '{mode}' (expected 'nar' or 'raster')")
+
+    @cached_property
+    def _nar_schedule(self) -> Schedule:
+        k = self.ndim
+        empty = torch.zeros(0, dtype=torch.long)
+        origin = torch.zeros(1, dtype=torch.long)
+        steps = [DecodeStep(empty, origin, torch.full((k, 1), FROM_CONDITION, dtype=torch.long))]
+        for s in range(self.num_frontiers - 1):
+            inputs, outputs = self.frontier(s), self.frontier(s + 1)
+            # Slot of each raster cell inside this step's inputs (or -1).
+            slot = torch.full((self.num_cells,), -1, dtype=torch.long)
+            slot[inputs] = torch.arange(len(inputs))
+            parents = self.parent_index[:, outputs]  # [k, n_out]
+            sources = torch.where(parents >= 0, slot[parents.clamp(min=0)], torch.full_like(parents, NO_PREDICTOR))
+            steps.append(DecodeStep(inputs, outputs, sources))
+        return Schedule("nar", tuple(steps), self.frontier_order)
+
+    @cached_property
+    def _raster_schedule(self) -> Schedule:
+        empty = torch.zeros(0, dtype=torch.long)
+        steps = [DecodeStep(empty, torch.zeros(1, dtype=torch.long), torch.full((1, 1), FROM_CONDITION))]
+        for n in range(self.num_cells - 1):
+            steps.append(DecodeStep(torch.tensor([n]), torch.tensor([n + 1]), torch.zeros((1, 1), dtype=torch.long)))
+        return Schedule("raster", tuple(steps), torch.arange(self.num_cells))

@@ -1,0 +1,153 @@
+"""``NARConfig``: every shape and switch of the generator, validated, with a preset registry."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from nar.errors import ConfigError
+
+AXIS_NAMES = {1: ("col",), 2: ("row", "col"), 3: ("time", "row", "col")}
+
+
+@dataclass
+class NARConfig:
+    """Shapes and switches of :class:`~nar.model.NARModel`.
+
+    The defaults are the official image layout: the column head reads the trunk, the row head reads
+    one extra block stacked on it (``head_blocks=[1, 0]``, ``head_layout='chain'``).
+    """
+
+    dim: int = 1024
+    n_layer: int = 24
+    n_head: int = 16
+    n_kv_head: int | None = None
+    vocab_size: int = 16384
+    grid: list[int] = field(default_factory=lambda: [16, 16])
+    # Conditioning: "class" (one token, table of num_classes + 1 rows, last = null) or "caption".
+    condition: str = "class"
+    num_classes: int = 1000
+    caption_dim: int = 2048
+    caption_len: int = 120
+    # "nar": next-neighbour prediction; "raster": the LlamaGen-style next-token baseline.
+    mode: str = "nar"
+    # Extra transformer blocks in front of each axis head (None: official layout, see __post_init__).
+    head_blocks: list[int] | None = None
+    # "chain": the heads tap one stack of extra blocks at their depth; "parallel": one branch each.
+    head_layout: str = "chain"
+    # "per_axis": one head per axis; "shared": one head (axis `shared_axis`'s) predicts every neighbour.
+    head_sharing: str = "per_axis"
+    shared_axis: int = -1
+    # How the parents' predictions combine: "logits" (mean of logits) or "probs" (mean of probabilities).
+    mixing: str = "logits"
+    # "rope": axial rotary embeddings (official 2-D layout for images); "absolute": learned table.
+    position: str = "rope"
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    token_dropout: float = 0.1
+    attn_dropout: float = 0.0
+    resid_dropout: float = 0.1
+    ffn_dropout: float = 0.1
+    drop_path: float = 0.0
+    initializer_range: float = 0.02
+
+    def __post_init__(self) -> None:
+        self.grid = [int(g) for g in self.grid]
+        if not 1 <= len(self.grid) <= 3 or any(g < 1 for g in self.grid):
+            raise ConfigError(f"grid: expected 1 to 3 positive sizes, got {self.grid}")
+        for key in ("dim", "n_layer", "n_head", "vocab_size", "num_classes", "caption_dim", "caption_len"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be positive, got {getattr(self, key)}")
+        if self.dim % self.n_head:
+            raise ConfigError(f"dim: {self.dim} is not divisible by n_head={self.n_head}")
+        if self.n_kv_head is not None and (self.n_kv_head < 1 or self.n_head % self.n_kv_head):
+            raise ConfigError(f"n_kv_head: {self.n_kv_head} must divide n_head={self.n_head}")
+        if self.head_dim % 2:
+            raise ConfigError(f"head dim {self.head_dim} must be even for rotary embeddings")
+        if self.position == "rope" and self.head_dim // 2 < len(self.grid):
+            raise ConfigError(f"head dim {self.head_dim} is too small to rotate {len(self.grid)} axes")
+        _choice("condition", self.condition, ("class", "caption"))
+        _choice("mode", self.mode, ("nar", "raster"))
+        _choice("head_layout", self.head_layout, ("chain", "parallel"))
+        _choice("head_sharing", self.head_sharing, ("per_axis", "shared"))
+        _choice("mixing", self.mixing, ("logits", "probs"))
+        _choice("position", self.position, ("rope", "absolute"))
+        k = len(self.grid)
+        if self.head_blocks is None:
+            # Official: column head on the trunk, each earlier axis one block deeper (a chain).
+            self.head_blocks = [k - 1 - i for i in range(k)] if self.mode == "nar" else [0]
+        self.head_blocks = [int(b) for b in self.head_blocks]
+        expected = k if self.mode == "nar" else 1
+        if len(self.head_blocks) != expected:
+            raise ConfigError(f"head_blocks: expected {expected} entries for mode={self.mode} and grid {self.grid}, "
+                              f"got {self.head_blocks}")
+        if any(b < 0 for b in self.head_blocks):
+            raise ConfigError(f"head_blocks: counts must be >= 0, got {self.head_blocks}")
+        if not -k <= self.shared_axis < k:
+            raise ConfigError(f"shared_axis: {self.shared_axis} is not an axis of grid {self.grid}")
+        for key in ("token_dropout", "attn_dropout", "resid_dropout", "ffn_dropout", "drop_path"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"{key}: must be in [0, 1), got {getattr(self, key)}")
+
+    # ---------------------------------------------------------------- derived shapes
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def num_cond_tokens(self) -> int:
+        return 1 if self.condition == "class" else self.caption_len
+
+    @property
+    def num_cells(self) -> int:
+        return math.prod(self.grid)
+
+    @property
+    def seq_len(self) -> int:
+        return self.num_cond_tokens + self.num_cells
+
+    @property
+    def ffn_hidden(self) -> int:
+        hidden = int(2 * 4 * self.dim / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return -(-hidden // self.multiple_of) * self.multiple_of
+
+    @property
+    def axis_names(self) -> tuple[str, ...]:
+        return AXIS_NAMES[len(self.grid)] if self.mode == "nar" else ("next",)
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> NARConfig:
+        """A preset by name (``NAR-B`` … ``NAR-XXL``, ``NAR-tiny``, ``bench-cpu``) with overrides."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset '{name}'; known: {', '.join(PRESETS)}")
+        return replace(PRESETS[name], **overrides)
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: '{value}' is not one of {allowed}")
+
+
+# The paper's sizes (ImageNet 256 px, VQ-16 → 16×16 tokens, vocabulary 16384, 1000 classes).
+PRESETS: dict[str, NARConfig] = {
+    "NAR-B": NARConfig(dim=768, n_layer=12, n_head=12),
+    "NAR-M": NARConfig(dim=1024, n_layer=18, n_head=16),
+    "NAR-L": NARConfig(dim=1024, n_layer=24, n_head=16),
+    "NAR-XL": NARConfig(dim=1280, n_layer=36, n_head=20),
+    "NAR-XXL": NARConfig(dim=1536, n_layer=48, n_head=24),
+    # Tests: the conformance fixture's shape.
+    "NAR-tiny": NARConfig(dim=64, n_layer=2, n_head=4, vocab_size=64, grid=[4, 4], num_classes=10,
+                          token_dropout=0.0, resid_dropout=0.0, ffn_dropout=0.0),
+    # The CPU sampling benchmark: small trunk, 16×16 grid.
+    "bench-cpu": NARConfig(dim=256, n_layer=4, n_head=4, vocab_size=4096, grid=[16, 16], num_classes=10,
+                           token_dropout=0.0, resid_dropout=0.0, ffn_dropout=0.0),
+}

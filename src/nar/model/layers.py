@@ -1,0 +1,166 @@
+"""Llama-style building blocks: RMSNorm, SwiGLU, attention with an optional static KV cache, rotary tables."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nar.model.config import NARConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 for stability under bf16, as the reference implementation does.
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: ``w2(silu(w1 x) * w3 x)``."""
+
+    def __init__(self, cfg: NARConfig):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.dim, cfg.ffn_hidden, bias=False)
+        self.w3 = nn.Linear(cfg.dim, cfg.ffn_hidden, bias=False)
+        self.w2 = nn.Linear(cfg.ffn_hidden, cfg.dim, bias=False)
+        self.dropout = nn.Dropout(cfg.ffn_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+class KVCache:
+    """A static key/value buffer ``[B, H_kv, L, head_dim]`` written in place at given slots."""
+
+    def __init__(self, batch: int, n_kv_head: int, length: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device | str):
+        shape = (batch, n_kv_head, length, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+
+    def write(self, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor | slice) -> None:
+        """Store ``k, v`` ``[B, H_kv, T, hd]`` at ``slots`` (a slice for contiguous writes, else indices)."""
+        if isinstance(slots, slice):
+            self.k[:, :, slots] = k
+            self.v[:, :, slots] = v
+        else:
+            self.k.index_copy_(2, slots, k)
+            self.v.index_copy_(2, slots, v)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved channel pairs ``(x0, x1), (x2, x3), …``.
+
+    Args:
+        x: ``[B, T, H, hd]``. cos, sin: ``[T, hd/2]`` (all-zero rows zero the token, the official quirk).
+    """
+    xf = x.float().unflatten(-1, (-1, 2))  # [B, T, H, hd/2, 2]
+    x0, x1 = xf[..., 0], xf[..., 1]
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    return torch.stack((x0 * c - x1 * s, x1 * c + x0 * s), dim=-1).flatten(-2).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: NARConfig):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        # q, k and v stacked in one matrix, in that order (the official `wqkv` layout).
+        self.wqkv = nn.Linear(cfg.dim, (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.attn_dropout = cfg.attn_dropout
+        self.resid_dropout = nn.Dropout(cfg.resid_dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache | None = None,
+        slots: torch.Tensor | slice | None = None,
+        kv_limit: int | None = None,
+    ) -> torch.Tensor:
+        """``x [B, T, D]`` → ``[B, T, D]``.
+
+        Without a cache, ``mask`` is ``[B|1, 1, T, T]``. With one, this call's keys are written at
+        ``slots`` and the queries attend to the cache's first ``kv_limit`` slots (all when None)
+        under ``mask`` ``[B|1, 1, T, kv_limit]`` (None: every one of them is visible).
+        """
+        B, T, _ = x.shape
+        q, k, v = self.wqkv(x).split(
+            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1)
+        q = apply_rotary(q.view(B, T, self.n_head, self.head_dim), cos, sin).transpose(1, 2)  # [B, H, T, hd]
+        k = apply_rotary(k.view(B, T, self.n_kv_head, self.head_dim), cos, sin).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if cache is not None:
+            cache.write(k, v, slots)
+            k, v = cache.k, cache.v
+            if kv_limit is not None:
+                k, v = k[:, :, :kv_limit], v[:, :, :kv_limit]
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0,
+            enable_gqa=self.n_kv_head != self.n_head)
+        return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(B, T, -1)))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a whole residual branch per sample while training."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device) >= self.p
+        return x * keep / (1.0 - self.p)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (attention + SwiGLU), official parameter names."""
+
+    def __init__(self, cfg: NARConfig, drop_path: float = 0.0):
+        super().__init__()
+        self.attention = Attention(cfg)
+        self.feed_forward = FeedForward(cfg)
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                cache: KVCache | None = None, slots: torch.Tensor | slice | None = None,
+                kv_limit: int | None = None) -> torch.Tensor:
+        h = x + self.drop_path(self.attention(self.attention_norm(x), cos, sin, mask, cache, slots, kv_limit))
+        return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))
+
+
+def rotary_table(grid: list[int], head_dim: int, num_cond: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cos, sin`` of shape ``[C + N, head_dim / 2]`` for condition tokens then the grid (raster order).
+
+    The head dim's channel pairs are split evenly between the axes, first axis first; each axis with
+    ``p`` pairs rotates pair ``j`` by ``coord * base^(-2j / (2p))``. For two axes this is the official
+    layout (first half of the channels by row, second half by column). Pairs left over when the split
+    is uneven are not rotated. Condition rows are all zero: the official models zero their queries and
+    keys, and their checkpoints depend on it.
+    """
+    k = len(grid)
+    pairs = head_dim // 2
+    per_axis = pairs // k
+    coords = torch.stack(torch.meshgrid(*[torch.arange(d) for d in grid], indexing="ij"), -1).reshape(-1, k)
+    angles = torch.zeros(coords.shape[0], pairs)
+    freqs = 1.0 / (base ** (torch.arange(0, 2 * per_axis, 2)[:per_axis].float() / (2 * per_axis)))
+    for axis in range(k):
+        angles[:, axis * per_axis:(axis + 1) * per_axis] = coords[:, axis, None].float() * freqs[None]
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    used = k * per_axis
+    if used < pairs:  # unrotated leftovers: identity rotation
+        cos[:, used:], sin[:, used:] = 1.0, 0.0
+    zeros = torch.zeros(num_cond, pairs)
+    return torch.cat([zeros, cos]), torch.cat([zeros, sin])

@@ -1,0 +1,322 @@
+"""The NAR generator: a Llama-style trunk, one decoding head per axis, mixed logits.
+
+Three entry points share every line of the network:
+
+* :meth:`NARModel.forward_train` — mixed logits of every cell in one pass under the proximity mask;
+* :meth:`NARModel.prefill` — condition tokens in, logits of the first cell(s) out;
+* :meth:`NARModel.decode_step` — the cells of one step in, the logits of the next step out, through a
+  static KV cache.
+
+With ``mode='raster'`` the same module is the LlamaGen-style next-token baseline (one head, causal mask).
+The loss lives outside the model; so do sampling and CFG (:mod:`nar.sampling`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nar.geometry import GridGeometry
+from nar.geometry.grid import FROM_CONDITION, NO_PREDICTOR
+from nar.model.conditioning import CaptionEmbedding, ClassEmbedding
+from nar.model.config import NARConfig
+from nar.model.layers import Block, KVCache, RMSNorm, rotary_table
+
+
+class Head(nn.Module):
+    """RMSNorm then a linear map to the vocabulary."""
+
+    def __init__(self, cfg: NARConfig):
+        super().__init__()
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.proj = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(h)).float()
+
+
+@dataclass
+class StepPlan:
+    """Device-side constants of one decoding pass (built once per generation)."""
+
+    positions: torch.Tensor  # [T] sequence positions fed
+    slots: torch.Tensor | slice  # where their keys go in the cache
+    kv_limit: int | None  # attend to the first kv_limit slots (None: the whole cache)
+    cos: torch.Tensor  # [T, hd/2]
+    sin: torch.Tensor
+    mask: torch.Tensor | None  # [B|1, 1, T, kv] bool, None = everything visible
+    sources: torch.Tensor  # [A, n_out] index into the T fed tokens (clamped; see weights)
+    weights: torch.Tensor  # [A, n_out] float: valid / number of valid predictors
+    outputs: torch.Tensor  # [n_out] raster cells produced
+
+
+@dataclass
+class InferenceState:
+    """KV caches and per-step plans of one batched generation."""
+
+    caches: list[KVCache]
+    plans: list[StepPlan]
+    layout: str
+
+
+class NARModel(nn.Module):
+    def __init__(self, cfg: NARConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.geometry = GridGeometry(cfg.grid)
+        C = cfg.num_cond_tokens
+        if cfg.condition == "class":
+            self.cls_embedding: nn.Module = ClassEmbedding(cfg.num_classes, cfg.dim)
+        else:
+            self.cls_embedding = CaptionEmbedding(cfg.caption_dim, cfg.dim, cfg.caption_len)
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.tok_dropout = nn.Dropout(cfg.token_dropout)
+        if cfg.position == "absolute":
+            self.pos_embedding = nn.Parameter(torch.zeros(cfg.num_cells, cfg.dim))
+
+        # Which features each predicting axis reads: (branch index, depth); depth 0 = the trunk output.
+        blocks = list(cfg.head_blocks)
+        if cfg.head_sharing == "shared":
+            blocks = [blocks[cfg.shared_axis]]
+        if cfg.head_layout == "chain":
+            branch_depths = [max(blocks)] if max(blocks) > 0 else []
+            sources = [(0, b) for b in blocks]
+        else:
+            branch_depths = [b for b in blocks if b > 0]
+            sources, nxt = [], 0
+            for b in blocks:
+                sources.append((nxt, b))
+                nxt += b > 0
+        n_axes = len(cfg.head_blocks)
+        self._sources = sources if cfg.head_sharing == "per_axis" else sources * n_axes
+        self._head_of_axis = list(range(n_axes)) if cfg.head_sharing == "per_axis" else [0] * n_axes
+
+        n_total = cfg.n_layer + sum(branch_depths)
+        rates = [cfg.drop_path * i / (n_total - 1) if n_total > 1 else 0.0 for i in range(n_total)]
+        self.layers = nn.ModuleList(Block(cfg, rates[i]) for i in range(cfg.n_layer))
+        it = iter(rates[cfg.n_layer:])
+        self.branches = nn.ModuleList(nn.ModuleList(Block(cfg, next(it)) for _ in range(d)) for d in branch_depths)
+        self.heads = nn.ModuleList(Head(cfg) for _ in range(len(blocks) if cfg.head_sharing == "shared" else n_axes))
+
+        # Index tables are always computed on the CPU (also when the module is built on 'meta').
+        with torch.device("cpu"):
+            if cfg.position == "rope":
+                cos, sin = rotary_table(cfg.grid, cfg.head_dim, C, cfg.rope_base)
+            else:
+                cos = torch.ones(cfg.seq_len, cfg.head_dim // 2)
+                sin = torch.zeros(cfg.seq_len, cfg.head_dim // 2)
+            pred = self.geometry.predictors(cfg.mode)  # [A, N]
+            train_mask = self.geometry.attention_mask(C, cfg.mode)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("predictors", pred, persistent=False)
+        self.register_buffer("train_mask", train_mask, persistent=False)
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------------------ set-up
+    @property
+    def head_names(self) -> tuple[str, ...]:
+        return self.cfg.axis_names if self.cfg.head_sharing == "per_axis" else ("shared",)
+
+    @property
+    def num_passes(self) -> int:
+        """Forward passes to generate one sample (prefill included)."""
+        return self.geometry.schedule(self.cfg.mode).num_passes
+
+    def reset_parameters(self) -> None:
+        std = self.cfg.initializer_range
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=std)
+        for head in self.heads:  # zero-initialised outputs: every head starts at uniform logits
+            nn.init.zeros_(head.proj.weight)
+
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.tok_embeddings.weight.numel()
+        return n
+
+    def null_condition(self, cond: torch.Tensor) -> torch.Tensor:
+        """The null condition (class or caption) shaped like ``cond``, for CFG."""
+        return self.cls_embedding.null_like(cond)
+
+    def drop_condition(self, cond: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        """Replace ``cond`` by the null condition where ``drop [B]`` is True (CFG training)."""
+        return self.cls_embedding.drop(cond, drop)
+
+    # ------------------------------------------------------------------------------ network
+    def _embed_grid(self, tokens: torch.Tensor, cells: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.tok_embeddings(tokens)
+        if self.cfg.position == "absolute":
+            x = x + (self.pos_embedding if cells is None else self.pos_embedding[cells])
+        return x
+
+    def _features(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                  state: InferenceState | None = None, plan: StepPlan | None = None) -> list[torch.Tensor]:
+        """Run trunk and branches; return the hidden states each predicting axis reads."""
+        caches = iter(state.caches) if state is not None else None
+
+        def run(block: Block, h: torch.Tensor) -> torch.Tensor:
+            if caches is None:
+                return block(h, cos, sin, mask)
+            return block(h, cos, sin, mask, next(caches), plan.slots, plan.kv_limit)
+
+        for block in self.layers:
+            x = run(block, x)
+        taps = [[x] for _ in self.branches]
+        for branch, tap in zip(self.branches, taps):
+            h = x
+            for block in branch:
+                h = run(block, h)
+                tap.append(h)
+        return [x if depth == 0 else taps[b][depth] for b, depth in self._sources]
+
+    def _mix(self, feats: list[torch.Tensor], sources: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Mixed logits ``[B, n_out, V]`` (float32) from per-axis features ``[B, T, D]``.
+
+        ``sources [A, n_out]`` picks the predicting position of each output per axis and ``weights``
+        ``[A, n_out]`` is ``valid / count``, so the sum is the mean over the valid predictors.
+        """
+        out = None
+        for a, (h, src) in enumerate(zip(feats, sources)):
+            logits = self.heads[self._head_of_axis[a]](h[:, src])
+            term = (logits.softmax(-1) if self.cfg.mixing == "probs" else logits) * weights[a][None, :, None]
+            out = term if out is None else out + term
+        return out.clamp_min(1e-30).log() if self.cfg.mixing == "probs" else out
+
+    def _mix_plan(self, predictors: torch.Tensor, offset: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Resolve predictor indices to positions in a ``length``-long input (``FROM_CONDITION`` →
+        ``offset - 1``; cells at ``offset + index``) and the mixing weights."""
+        valid = predictors != NO_PREDICTOR
+        src = torch.where(predictors == FROM_CONDITION, offset - 1, offset + predictors)
+        src = torch.where(valid, src, 0).clamp(0, length - 1)
+        w = valid.float() / valid.sum(0, keepdim=True).clamp(min=1)
+        return src, w
+
+    def forward_train(self, tokens: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor | None = None,
+                      return_axis_logits: bool = False):
+        """Teacher-forced mixed logits of every cell.
+
+        Args:
+            tokens: ``[B, N]`` grid tokens, raster order.
+            cond: class ids ``[B]`` or caption features ``[B, L, caption_dim]`` (right-aligned).
+            cond_mask: ``[B, L]`` caption validity (1 = token, 0 = padding), captions only.
+            return_axis_logits: also return each axis head's own logits and validity (for per-head losses).
+        Returns:
+            ``logits [B, N, V]`` float32, or ``(logits, [(logits_a [B,N,V], valid_a [N]), ...])``.
+        """
+        C = self.cfg.num_cond_tokens
+        x = torch.cat([self.cls_embedding(cond), self._embed_grid(tokens)], dim=1)
+        x = self.tok_dropout(x)
+        mask = self._full_mask(cond_mask, x.shape[0])
+        feats = self._features(x, self.rope_cos, self.rope_sin, mask)
+        src, w = self._mix_plan(self.predictors, C, x.shape[1])
+        logits = self._mix(feats, src, w)
+        if not return_axis_logits:
+            return logits
+        per_axis = [(self.heads[self._head_of_axis[a]](h[:, s]), w[a] > 0) for a, (h, s) in enumerate(zip(feats, src))]
+        return logits, per_axis
+
+    forward = forward_train
+
+    def _full_mask(self, cond_mask: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """``[B|1, 1, L, L]`` training mask: geometry mask, padded caption keys hidden, self always visible."""
+        mask = self.train_mask
+        if cond_mask is None:
+            return mask[None, None]
+        key_ok = self._key_valid(cond_mask)  # [B, L]
+        eye = torch.eye(mask.shape[0], dtype=torch.bool, device=mask.device)
+        return (mask[None] & (key_ok[:, None, :] | eye[None]))[:, None]
+
+    def _key_valid(self, cond_mask: torch.Tensor) -> torch.Tensor:
+        """``[B, C + N]`` key validity in sequence order."""
+        grid_ok = torch.ones(cond_mask.shape[0], self.cfg.num_cells, dtype=torch.bool, device=cond_mask.device)
+        return torch.cat([cond_mask.bool(), grid_ok], dim=1)
+
+    # ------------------------------------------------------------------------------ inference
+    def start_inference(self, batch: int, cond_mask: torch.Tensor | None = None, layout: str = "decode",
+                        dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> InferenceState:
+        """Allocate KV caches and build every step's plan for a batch of ``batch`` sequences.
+
+        ``layout='decode'`` stores keys in decode order so each step attends to a prefix of the cache
+        (no mask beyond caption padding). ``layout='sequence'`` stores keys at their sequence positions
+        and masks the whole cache at every step, as the official implementation does; it is the
+        reference the fast layout is tested against.
+        """
+        cfg = self.cfg
+        device = torch.device(device) if device is not None else self.rope_cos.device
+        dtype = dtype or self.tok_embeddings.weight.dtype
+        C, L = cfg.num_cond_tokens, cfg.seq_len
+        n_blocks = len(self.layers) + sum(len(b) for b in self.branches)
+        caches = [KVCache(batch, cfg.kv_heads, L, cfg.head_dim, dtype, device) for _ in range(n_blocks)]
+        if layout not in ("decode", "sequence"):
+            raise ValueError(f"layout must be 'decode' or 'sequence', got {layout!r}")
+        key_valid = self._key_valid(cond_mask.to(device)) if cond_mask is not None else None  # sequence order
+        schedule = self.geometry.schedule(cfg.mode)
+        rank = torch.empty(cfg.num_cells, dtype=torch.long)
+        rank[schedule.order] = torch.arange(cfg.num_cells)
+        seq_mask = self.geometry.attention_mask(C, cfg.mode).to(device)
+        if key_valid is not None:
+            seq_mask = seq_mask[None] & (key_valid[:, None, :] | torch.eye(L, dtype=torch.bool, device=device)[None])
+        else:
+            seq_mask = seq_mask[None]
+        # Key validity in decode-slot order: the condition keeps its slots, grid cells move to their rank.
+        slot_valid = None
+        if key_valid is not None:
+            slot_valid = torch.ones_like(key_valid)
+            slot_valid[:, :C] = key_valid[:, :C]
+
+        plans = []
+        for i, step in enumerate(schedule.steps):
+            if i == 0:
+                positions = torch.arange(C)
+                n_in, offset = C, C
+                preds = step.sources.clone()
+            else:
+                positions = C + step.inputs
+                n_in, offset = len(step.inputs), 0
+                preds = step.sources.clone()
+            src, w = self._mix_plan(preds, offset, n_in)
+            if layout == "sequence":
+                slots: torch.Tensor | slice = positions.to(device)
+                kv_limit = None
+                mask = seq_mask[:, positions.to(device)][:, None]
+            else:
+                start = 0 if i == 0 else C + int(rank[step.inputs[0]])
+                slots = slice(start, start + n_in)
+                kv_limit = start + n_in
+                if i == 0:
+                    causal = torch.ones(C, C, dtype=torch.bool, device=device).tril()
+                    if slot_valid is not None:
+                        eye = torch.eye(C, dtype=torch.bool, device=device)
+                        mask = (causal[None] & (slot_valid[:, None, :C] | eye[None]))[:, None]
+                    else:
+                        mask = None if C == 1 else causal[None, None]
+                else:
+                    mask = None if slot_valid is None else slot_valid[:, None, None, :kv_limit]
+            plans.append(StepPlan(
+                positions=positions.to(device), slots=slots, kv_limit=kv_limit,
+                cos=self.rope_cos[positions.to(self.rope_cos.device)].to(device),
+                sin=self.rope_sin[positions.to(self.rope_sin.device)].to(device),
+                mask=mask, sources=src.to(device), weights=w.to(device), outputs=step.outputs.to(device)))
+        return InferenceState(caches, plans, layout)
+
+    def prefill(self, cond: torch.Tensor, state: InferenceState) -> torch.Tensor:
+        """Condition tokens in; logits ``[B, 1, V]`` of the first cell out."""
+        plan = state.plans[0]
+        x = self.cls_embedding(cond).to(state.caches[0].k.dtype)
+        feats = self._features(x, plan.cos, plan.sin, plan.mask, state, plan)
+        return self._mix(feats, plan.sources, plan.weights)
+
+    def decode_step(self, tokens: torch.Tensor, step: int, state: InferenceState) -> torch.Tensor:
+        """Feed step ``step``'s cells (``tokens [B, T]``, the outputs of step ``step - 1`` in raster order);
+        return the mixed logits ``[B, n_out, V]`` of the cells step ``step`` produces."""
+        plan = state.plans[step]
+        cells = state.plans[step - 1].outputs
+        x = self._embed_grid(tokens, cells).to(state.caches[0].k.dtype)
+        feats = self._features(x, plan.cos, plan.sin, plan.mask, state, plan)
+        return self._mix(feats, plan.sources, plan.weights)

@@ -1,0 +1,113 @@
+"""Conversion between our state dicts and the official NAR / LlamaGen generator checkpoints.
+
+Official names (NAR_SPEC §5): ``layers.{i}`` for the trunk and, at ``i = n_layer``, the row head's
+extra block; ``norm``/``output`` is the column head, ``medusa_norm``/``medusa_output`` the row head;
+``cls_embedding.*`` the condition. LlamaGen's raster GPT has the same trunk with only ``norm``/``output``.
+Only the official layouts convert: NAR on a 2-D grid with the chain ``head_blocks=[1, 0]``, and the
+raster baseline with one head on the trunk.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from nar.checkpoints import load_strict, read_checkpoint
+from nar.errors import CheckpointError, ConfigError
+from nar.model.config import NARConfig
+from nar.model.nar import NARModel
+
+# Buffers the official code saves with the weights; they are inference scratch space, not weights.
+OFFICIAL_IGNORED = ("kv_cache.", "freqs_cis", "causal_mask", "diagonal_mask")
+
+
+def _check_layout(cfg: NARConfig) -> str:
+    if cfg.position != "rope" or cfg.head_sharing != "per_axis" or len(cfg.grid) != 2:
+        raise ConfigError("only the official layout converts: 2-D grid, rotary positions, one head per axis")
+    if cfg.mode == "nar" and (cfg.head_layout != "chain" or list(cfg.head_blocks) != [1, 0]):
+        raise ConfigError(f"official NAR checkpoints use head_blocks=[1, 0] (chain); got {cfg.head_blocks}")
+    if cfg.mode == "raster" and list(cfg.head_blocks) != [0]:
+        raise ConfigError(f"official LlamaGen checkpoints use head_blocks=[0]; got {cfg.head_blocks}")
+    return cfg.mode
+
+
+def _rename_pairs(cfg: NARConfig) -> list[tuple[str, str]]:
+    """(official prefix, our prefix), longest first."""
+    pairs = [(f"layers.{cfg.n_layer}.", "branches.0.0.")] if cfg.mode == "nar" else []
+    if cfg.mode == "nar":
+        pairs += [("norm.", "heads.1.norm."), ("output.", "heads.1.proj."),
+                  ("medusa_norm.", "heads.0.norm."), ("medusa_output.", "heads.0.proj.")]
+    else:
+        pairs += [("norm.", "heads.0.norm."), ("output.", "heads.0.proj.")]
+    return pairs
+
+
+def from_official_state_dict(state: dict[str, torch.Tensor], cfg: NARConfig) -> dict[str, torch.Tensor]:
+    """Official key names → ours (official inference buffers are dropped)."""
+    _check_layout(cfg)
+    pairs = _rename_pairs(cfg)
+    out = {}
+    for key, value in state.items():
+        if any(s in key for s in OFFICIAL_IGNORED):
+            continue
+        for theirs, ours in pairs:
+            if key.startswith(theirs):
+                key = ours + key[len(theirs):]
+                break
+        out[key] = value
+    return out
+
+
+def to_official_state_dict(model: NARModel) -> dict[str, torch.Tensor]:
+    """Our weights under the official key names (loadable by the official code)."""
+    pairs = _rename_pairs(model.cfg)
+    _check_layout(model.cfg)
+    out = {}
+    for key, value in model.state_dict().items():
+        for theirs, ours in pairs:
+            if key.startswith(ours):
+                key = theirs + key[len(ours):]
+                break
+        out[key] = value.detach().clone()
+    return out
+
+
+def config_from_official(state: dict[str, torch.Tensor], n_head: int, **overrides) -> NARConfig:
+    """Infer sizes from an official state dict. ``n_head`` cannot be inferred and must be given."""
+    layers = {int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.", k))}
+    if "tok_embeddings.weight" not in state or not layers:
+        raise CheckpointError("not an official NAR/LlamaGen generator state dict (no tok_embeddings/layers)")
+    vocab, dim = state["tok_embeddings.weight"].shape
+    nar = "medusa_output.weight" in state
+    fields: dict = dict(dim=dim, vocab_size=vocab, n_head=n_head, mode="nar" if nar else "raster",
+                        n_layer=len(layers) - (1 if nar else 0))
+    if "cls_embedding.embedding_table.weight" in state:
+        fields.update(condition="class", num_classes=state["cls_embedding.embedding_table.weight"].shape[0] - 1)
+    elif "cls_embedding.uncond_embedding" in state:
+        length, cap_dim = state["cls_embedding.uncond_embedding"].shape
+        fields.update(condition="caption", caption_len=length, caption_dim=cap_dim)
+    hidden = state["layers.0.feed_forward.w1.weight"].shape[0]
+    fields.update(overrides)
+    cfg = NARConfig(**fields)
+    if cfg.ffn_hidden != hidden:
+        raise CheckpointError(f"FFN hidden size {hidden} does not follow from dim={dim} and "
+                              f"multiple_of={cfg.multiple_of}; pass multiple_of/ffn_dim_multiplier")
+    return cfg
+
+
+def load_official(path: str | Path, cfg: NARConfig | None = None, n_head: int | None = None,
+                  prefer: str | None = None, **overrides) -> NARModel:
+    """Build a model from an official checkpoint file (weights under model/ema/module/state_dict or raw).
+
+    Give either ``cfg`` (e.g. ``NARConfig.from_name('NAR-L')``) or ``n_head`` to infer the rest.
+    """
+    state = read_checkpoint(path, prefer=prefer)
+    if cfg is None:
+        if n_head is None:
+            raise ConfigError("load_official needs cfg or n_head (the head count is not stored in the file)")
+        cfg = config_from_official(state, n_head, **overrides)
+    model = NARModel(cfg)
+    load_strict(model, from_official_state_dict(state, cfg), source=str(path))
+    return model
