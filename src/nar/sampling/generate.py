@@ -1,0 +1,53 @@
+"""Frontier decoding (and the raster baseline through the same loop): prefill plus one pass per step."""
+
+from __future__ import annotations
+
+import torch
+
+from nar.model import NARModel
+from nar.sampling.logits import SamplingConfig, guide, sample_tokens
+
+
+@torch.no_grad()
+def generate(model: NARModel, cond: torch.Tensor, sampling: SamplingConfig | None = None,
+             cond_mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
+             layout: str = "decode", return_logits: bool = False):
+    """Sample a batch of token grids.
+
+    Args:
+        model: a generator in ``nar`` or ``raster`` mode (the schedule follows ``model.cfg.mode``).
+        cond: class ids ``[B]`` or caption features ``[B, L, caption_dim]``.
+        cond_mask: ``[B, L]`` caption validity (captions only).
+        generator: a seeded ``torch.Generator`` on the model's device makes the result reproducible.
+        layout: KV-cache layout, ``decode`` (prefix attention) or ``sequence`` (dense mask, the reference).
+        return_logits: also return the (guided) logits of every cell ``[B, N, V]`` in raster order.
+    Returns:
+        tokens ``[B, *grid]`` in raster layout (and the logits when asked).
+    """
+    sampling = sampling or SamplingConfig()
+    B = cond.shape[0]
+    if sampling.guided:
+        cond = torch.cat([cond, model.null_condition(cond)])
+        if cond_mask is not None:
+            cond_mask = torch.cat([cond_mask, cond_mask])
+    state = model.start_inference(cond.shape[0], cond_mask=cond_mask, layout=layout, device=cond.device)
+    N = model.cfg.num_cells
+    tokens = torch.zeros(B, N, dtype=torch.long, device=cond.device)
+    all_logits = torch.zeros(B, N, model.cfg.vocab_size, device=cond.device) if return_logits else None
+    generated = 0
+    for i, plan in enumerate(state.plans):
+        if i == 0:
+            logits = model.prefill(cond, state)
+        else:
+            fed = tokens[:, state.plans[i - 1].outputs]
+            logits = model.decode_step(torch.cat([fed, fed]) if sampling.guided else fed, i, state)
+        if sampling.guided:
+            use = sampling.cfg_interval < 0 or generated <= sampling.cfg_interval
+            logits = guide(logits, sampling.cfg_scale) if use else logits[:B]
+        new = sample_tokens(logits, sampling, generator)
+        tokens[:, plan.outputs] = new
+        if all_logits is not None:
+            all_logits[:, plan.outputs] = logits
+        generated += new.shape[1]
+    tokens = tokens.view(B, *model.cfg.grid)
+    return (tokens, all_logits) if return_logits else tokens
