@@ -197,9 +197,12 @@ Produce = Callable[[Sequence[Any]], Iterator["tuple[str, dict[str, Any]] | SkipS
 
 @dataclasses.dataclass(frozen=True)
 class PerItem:
-    """Producer applying ``make_sample(item) -> fields`` to each item; any exception skips only that item."""
+    """Producer applying ``make_sample(item) -> fields`` (or a list of them) to each item.
 
-    make_sample: Callable[[Any], dict[str, Any]]
+    Any exception skips only that item, logged with the item's name.
+    """
+
+    make_sample: Callable[[Any], dict[str, Any] | list[dict[str, Any]]]
     key_prefix: str = ""
 
     def __call__(self, items: Sequence[Any], first_index: int = 0) -> Iterator[tuple[str, dict[str, Any]] | SkipSample]:
@@ -212,7 +215,12 @@ class PerItem:
             except Exception as err:  # noqa: BLE001 — one bad sample must never end a long run
                 yield SkipSample(_item_name(item), f"unexpected error: {type(err).__name__}: {err}")
                 continue
-            yield f"{self.key_prefix}{first_index + offset:09d}", fields
+            key = f"{self.key_prefix}{first_index + offset:09d}"
+            if isinstance(fields, dict):
+                yield key, fields
+            else:  # several samples from one input (e.g. clips of one video)
+                for j, sub in enumerate(fields):
+                    yield f"{key}_{j:03d}", sub
 
 
 def _item_name(item: Any) -> str:
@@ -258,12 +266,14 @@ def write_split(
     params: dict[str, Any] | None = None,
     desc: str | None = None,
     unit: str = "sample",
+    scan_bad: BadInputLog | None = None,
 ) -> SplitRecord:
     """Write ``items`` as shards ``<root>/<split>/<split>-%06d.tar``, resuming a previous run.
 
     Give either ``make_sample(item) -> fields`` (fields as in :func:`encode_field`; ``cls`` is recorded
     as the label) or ``produce(chunk, first_index)`` yielding ``(key, fields)`` or :class:`SkipSample`.
     With ``workers > 1`` shards are written in parallel processes (the callables must be picklable).
+    ``scan_bad`` holds inputs already rejected while listing them (they join the split's summary).
     ``params`` (everything that changes the output) joins the fingerprint of the item list; a resumed
     run whose fingerprint differs raises :class:`DataError` rather than mixing two datasets.
     """
@@ -306,8 +316,9 @@ def write_split(
     with tqdm(total=remaining, desc=desc or f"{split}", unit=unit, dynamic_ncols=True, leave=False) as bar:
         if workers <= 1 or len(todo) <= 1:
             for i in todo:
-                if isinstance(producer, PerItem):  # one output per item: advance the bar as we go
-                    record = _write_shard(split_dir / shard_name(split, i), chunks[i], _Counted(producer, bar), i * shard_size)
+                if make_sample is not None:  # in-process: advance the bar item by item
+                    ticking = PerItem(_Ticking(make_sample, bar))
+                    record = _write_shard(split_dir / shard_name(split, i), chunks[i], ticking, i * shard_size)
                 else:
                     record = _write_shard(split_dir / shard_name(split, i), chunks[i], producer, i * shard_size)
                     bar.update(len(chunks[i]))
@@ -326,6 +337,8 @@ def write_split(
 
     names = [shard_name(split, i) for i in range(num_shards)]
     bad = BadInputLog()
+    if scan_bad is not None:
+        bad.extend(scan_bad.files)
     for n in names:
         bad.extend(done[n]["skipped"])
     labels = np.asarray([lab for n in names for lab in done[n]["labels"]], dtype=np.int64)
@@ -341,16 +354,17 @@ def write_split(
     return record
 
 
-class _Counted:
-    """Wraps a producer to advance a progress bar by one per item consumed (in-process writing)."""
+class _Ticking:
+    """Calls ``make_sample`` and advances a progress bar by one item, whatever the outcome."""
 
-    def __init__(self, produce: Callable, bar: tqdm) -> None:
-        self.produce, self.bar = produce, bar
+    def __init__(self, make_sample: Callable, bar: tqdm) -> None:
+        self.make_sample, self.bar = make_sample, bar
 
-    def __call__(self, items: Sequence[Any], first_index: int) -> Iterator:
-        for out in self.produce(items, first_index):
+    def __call__(self, item: Any) -> Any:
+        try:
+            return self.make_sample(item)
+        finally:
             self.bar.update(1)
-            yield out
 
 
 def write_meta(root: str | os.PathLike[str], kind: str, splits: Sequence[SplitRecord], **fields: Any) -> dict[str, Any]:

@@ -1,0 +1,274 @@
+"""LightningDataModules over shard folders: images, videos and tokens.
+
+Training reads :class:`~nar.data.readers.ResampledShardStream` (resampled shards, shuffle buffer);
+validation and test read :class:`~nar.data.readers.ShardStream` (every sample exactly once across
+ranks and workers; optionally a class-balanced subset, e.g. 50 per class). Rank and world size come
+from the trainer, so the split is right under DDP on any number of nodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from nar.data.readers import (
+    ImageSample,
+    ResampledShardStream,
+    SampleTransform,
+    ShardStream,
+    TokenSample,
+    VideoSample,
+    class_balanced_ids,
+)
+from nar.data.shards import SplitIndex, read_meta
+from nar.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ShardDataConfig:
+    """Where the shards are and how to batch them (fields shared by every shard DataModule)."""
+
+    root: str = ""
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: Optional[str] = None  # None: test reads val_split
+    batch_size: int = 64
+    eval_batch_size: Optional[int] = None  # None: batch_size
+    num_workers: int = 4
+    shuffle_buffer: int = 2000
+    samples_per_epoch: Optional[int] = None  # None: the train split's size
+    eval_per_class: Optional[int] = None  # e.g. 50: class-balanced evaluation subset
+    seed: int = 0
+    pin_memory: bool = True
+    drop_last: bool = True  # training batches only; evaluation keeps every sample
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be ≥ 1, got {self.eval_batch_size}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be ≥ 0, got {self.num_workers}")
+        if self.shuffle_buffer < 1:
+            raise ValueError(f"shuffle_buffer must be ≥ 1, got {self.shuffle_buffer}")
+        if self.eval_per_class is not None and self.eval_per_class < 1:
+            raise ValueError(f"eval_per_class must be ≥ 1, got {self.eval_per_class}")
+        if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
+            raise ValueError(f"samples_per_epoch must be ≥ 1, got {self.samples_per_epoch}")
+
+
+@dataclasses.dataclass
+class ImageDataConfig(ShardDataConfig):
+    image_size: int = 256
+    random_crop: bool = False  # training: random instead of centre crop
+    hflip: bool = True  # training: random horizontal flip
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.image_size < 1:
+            raise ValueError(f"image_size must be ≥ 1, got {self.image_size}")
+
+
+@dataclasses.dataclass
+class VideoDataConfig(ShardDataConfig):
+    image_size: Optional[int] = None  # None: keep the shards' resolution
+    hflip: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(f"image_size must be ≥ 1, got {self.image_size}")
+
+
+@dataclasses.dataclass
+class TokenDataConfig(ShardDataConfig):
+    random_augmentation: bool = True  # training: pick one of the stored augmentations per sample
+    caption_features: bool = False  # also yield capfeat / capmask (text-to-image)
+
+
+class ShardDataModule(L.LightningDataModule):
+    """Base DataModule: subclasses say which meta ``kind`` they read and how samples are decoded."""
+
+    kinds: tuple[str, ...] = ()
+
+    def __init__(self, cfg: ShardDataConfig) -> None:
+        super().__init__()
+        if not cfg.root:
+            raise DataError("data root is empty: set data.root to a folder written by `nar data …`")
+        self.cfg = cfg
+        self.root = Path(cfg.root)
+        self.meta: dict[str, Any] = read_meta(self.root)
+        if self.kinds and self.meta.get("kind") not in self.kinds:
+            raise DataError(f"{self.root} holds {self.meta.get('kind')!r} shards; {type(self).__name__} reads {self.kinds}")
+        self._datasets: dict[str, Any] = {}
+
+    # --- what subclasses supply -----------------------------------------------------------------
+    def train_transform(self) -> SampleTransform:
+        raise NotImplementedError
+
+    def eval_transform(self) -> SampleTransform:
+        raise NotImplementedError
+
+    # --- dataset facts --------------------------------------------------------------------------
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta.get("classes", []))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def split_index(self, split: str) -> SplitIndex:
+        return SplitIndex.load(self.root, split)
+
+    def has_split(self, split: str) -> bool:
+        return split in self.meta["splits"]
+
+    # --- Lightning hooks ------------------------------------------------------------------------
+    def _rank_world(self) -> tuple[int | None, int | None]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return None, None  # fall back to torch.distributed inside the stream
+        return trainer.global_rank, trainer.world_size
+
+    def train_dataset(self) -> ResampledShardStream:
+        rank, world = self._rank_world()
+        return ResampledShardStream(
+            self.split_index(self.cfg.train_split),
+            self.train_transform(),
+            shuffle_buffer=self.cfg.shuffle_buffer,
+            seed=self.cfg.seed,
+            samples_per_epoch=self.cfg.samples_per_epoch,
+            rank=rank,
+            world_size=world,
+        )
+
+    def eval_dataset(self, split: str, per_class: int | None = None) -> ShardStream:
+        """Exactly-once pass over ``split``; with ``per_class``, a seeded class-balanced subset of it."""
+        rank, world = self._rank_world()
+        index = self.split_index(split)
+        ids = None
+        per_class = per_class if per_class is not None else self.cfg.eval_per_class
+        if per_class is not None:
+            if index.labels is None:
+                raise DataError(f"{self.root / split}: no labels.npy, cannot draw a class-balanced subset")
+            ids = class_balanced_ids(index.labels, per_class, seed=self.cfg.seed)
+        return ShardStream(index, self.eval_transform(), sample_ids=ids, rank=rank, world_size=world)
+
+    def _loader(self, dataset: Any, batch_size: int, drop_last: bool) -> DataLoader:
+        workers = self.cfg.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=workers,
+            pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
+            drop_last=drop_last,
+            persistent_workers=False,
+            # per-epoch worker seeds are drawn from this generator: reproducible, different each epoch
+            generator=torch.Generator().manual_seed(self.cfg.seed),
+            prefetch_factor=4 if workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset(), self.cfg.batch_size, self.cfg.drop_last)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.eval_dataset(self.cfg.val_split), self.cfg.eval_batch_size or self.cfg.batch_size, False)
+
+    def test_dataloader(self) -> DataLoader:
+        split = self.cfg.test_split or self.cfg.val_split
+        return self._loader(self.eval_dataset(split), self.cfg.eval_batch_size or self.cfg.batch_size, False)
+
+
+class ImageShardDataModule(ShardDataModule):
+    """Image (and image–caption) shards → batches ``{"image": [B, 3, S, S] in [-1, 1], "label": [B], …}``."""
+
+    kinds = ("image", "pairs")
+    cfg: ImageDataConfig
+
+    def __init__(self, cfg: ImageDataConfig) -> None:
+        super().__init__(cfg)
+
+    def train_transform(self) -> SampleTransform:
+        return ImageSample(self.cfg.image_size, random_crop=self.cfg.random_crop, hflip=self.cfg.hflip)
+
+    def eval_transform(self) -> SampleTransform:
+        return ImageSample(self.cfg.image_size)
+
+
+class VideoShardDataModule(ShardDataModule):
+    """Clip shards → batches ``{"video": [B, 3, T, S, S] in [-1, 1], "label": [B], …}``."""
+
+    kinds = ("video",)
+    cfg: VideoDataConfig
+
+    def __init__(self, cfg: VideoDataConfig) -> None:
+        super().__init__(cfg)
+
+    def train_transform(self) -> SampleTransform:
+        return VideoSample(self.cfg.image_size, hflip=self.cfg.hflip)
+
+    def eval_transform(self) -> SampleTransform:
+        return VideoSample(self.cfg.image_size)
+
+
+class TokenShardDataModule(ShardDataModule):
+    """Token shards → batches ``{"tokens": int64 [B, *grid], "label": [B], "capfeat"?, "capmask"?}``."""
+
+    kinds = ("tokens",)
+    cfg: TokenDataConfig
+
+    def __init__(self, cfg: TokenDataConfig) -> None:
+        super().__init__(cfg)
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        return tuple(self.meta["grid"])
+
+    @property
+    def codebook_size(self) -> int | None:
+        return self.meta.get("codebook_size")
+
+    def train_transform(self) -> SampleTransform:
+        return TokenSample(random_augmentation=self.cfg.random_augmentation, caption_features=self.cfg.caption_features)
+
+    def eval_transform(self) -> SampleTransform:
+        return TokenSample(random_augmentation=False, caption_features=self.cfg.caption_features)
+
+
+def datamodule_for(root: str | Path, **overrides: Any) -> ShardDataModule:
+    """The DataModule matching the ``kind`` in ``<root>/meta.json``, with config ``overrides``."""
+    kind = read_meta(root).get("kind")
+    table: dict[str, tuple[type[ShardDataModule], type[ShardDataConfig]]] = {
+        "image": (ImageShardDataModule, ImageDataConfig),
+        "pairs": (ImageShardDataModule, ImageDataConfig),
+        "video": (VideoShardDataModule, VideoDataConfig),
+        "tokens": (TokenShardDataModule, TokenDataConfig),
+    }
+    if kind not in table:
+        raise DataError(f"{root}: unknown dataset kind {kind!r}")
+    module_cls, cfg_cls = table[kind]
+    if "image_size" not in overrides and cfg_cls is ImageDataConfig and "image_size" in read_meta(root):
+        overrides["image_size"] = int(read_meta(root)["image_size"])
+    return module_cls(cfg_cls(root=str(root), **overrides))  # type: ignore[call-arg]
+
+
+__all__ = [
+    "ShardDataConfig",
+    "ImageDataConfig",
+    "VideoDataConfig",
+    "TokenDataConfig",
+    "ShardDataModule",
+    "ImageShardDataModule",
+    "VideoShardDataModule",
+    "TokenShardDataModule",
+    "datamodule_for",
+]

@@ -1,0 +1,119 @@
+"""Pixel transforms shared by writers, readers and token extraction.
+
+Images are resized the way the official extraction (LlamaGen / ADM ``center_crop_arr``) does: halve
+with a box filter while the short side is at least twice the target, then bicubic to the target and
+crop. Tensors come out as float ``[3, H, W]`` (videos ``[3, T, H, W]``) in ``[-1, 1]``.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from nar.errors import DataError
+
+
+def decode_image(data: bytes, *, name: str = "<bytes>") -> Image.Image:
+    """An RGB ``PIL.Image`` from encoded bytes; transparent images are composited on white."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except Exception as err:  # PIL raises many types for bad files
+        raise DataError(f"{name}: cannot decode image: {err}") from None
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB copy of ``img``; alpha (RGBA, LA, palette with transparency) is composited on white."""
+    if img.mode == "RGB":
+        return img
+    if (img.mode == "P" and "transparency" in img.info) or img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def resize_short_side(img: Image.Image, size: int) -> Image.Image:
+    """Resize so the short side is ``size``, box-halving first like ADM's ``center_crop_arr``."""
+    while min(*img.size) >= 2 * size:
+        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.BOX)
+    scale = size / min(*img.size)
+    return img.resize(tuple(max(size, round(x * scale)) for x in img.size), resample=Image.BICUBIC)
+
+
+def center_crop_arr(img: Image.Image, size: int) -> np.ndarray:
+    """ADM / LlamaGen centre crop: ``uint8 [size, size, 3]``."""
+    arr = np.asarray(resize_short_side(to_rgb(img), size))
+    top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
+    return arr[top : top + size, left : left + size]
+
+
+def random_crop_arr(img: Image.Image, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Resize the short side to ``size`` and crop a random ``size × size`` window: ``uint8 [size, size, 3]``."""
+    arr = np.asarray(resize_short_side(to_rgb(img), size))
+    top = int(rng.integers(0, arr.shape[0] - size + 1))
+    left = int(rng.integers(0, arr.shape[1] - size + 1))
+    return arr[top : top + size, left : left + size]
+
+
+def to_tensor_pm1(arr: np.ndarray) -> torch.Tensor:
+    """``uint8 [..., H, W, 3]`` → float ``[3, ..., H, W]`` in ``[-1, 1]`` (channels first)."""
+    x = torch.from_numpy(np.ascontiguousarray(arr)).float().div_(127.5).sub_(1.0)
+    return x.movedim(-1, 0)
+
+
+def resize_video(frames: np.ndarray, size: int) -> np.ndarray:
+    """``uint8 [T, H, W, 3]`` → ``uint8 [T, size, size, 3]``: short side to ``size`` (antialiased), centre crop."""
+    if frames.shape[1] == size and frames.shape[2] == size:
+        return frames
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # [T, 3, H, W]
+    h, w = x.shape[-2:]
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    x = x[..., top : top + size, left : left + size]
+    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def ten_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``[..., H, W]`` → ``[10, ..., size, size]``: centre, four corners, then the same five flipped.
+
+    The centre crop comes first so that augmentation 0 is always the plain evaluation view
+    (torchvision's TenCrop order is corners first; the set is the same).
+    """
+    h, w = x.shape[-2:]
+    if h < size or w < size:
+        raise ValueError(f"ten_crop: input {h}×{w} smaller than crop {size}")
+    top, left = (h - size) // 2, (w - size) // 2
+    crops = [
+        x[..., top : top + size, left : left + size],
+        x[..., :size, :size],
+        x[..., :size, w - size :],
+        x[..., h - size :, :size],
+        x[..., h - size :, w - size :],
+    ]
+    crops += [c.flip(-1) for c in crops]
+    return torch.stack(crops)
+
+
+AUGMENTATION_NAMES: dict[str, list[str]] = {
+    "none": ["center"],
+    "flip": ["center", "center_flip"],
+    "ten_crop": ["center", "top_left", "top_right", "bottom_left", "bottom_right"]
+    + [f"{n}_flip" for n in ("center", "top_left", "top_right", "bottom_left", "bottom_right")],
+}
+
+
+def field(sample: dict[str, Any], *exts: str) -> tuple[str, Any]:
+    """The first of ``exts`` present in ``sample``; :class:`DataError` naming the sample if none is."""
+    for ext in exts:
+        if ext in sample:
+            return ext, sample[ext]
+    raise DataError(f"{sample.get('__shard__', '?')}:{sample.get('__key__', '?')}: no field among {exts}")
