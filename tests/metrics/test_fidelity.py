@@ -1,0 +1,125 @@
+"""ImageFidelity: FID equals torchmetrics on the same features, FID(set, set) ≈ 0, IS and PR equal torch-fidelity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import TinyExtractor, random_images
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+from nar.errors import ConfigError
+from nar.metrics import GaussianStats, ImageFidelity
+
+
+class _FeaturesOnly(nn.Module):
+    """torchmetrics' custom-extractor interface: uint8 → [B, D]."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.num_features = inner.num_features
+
+    def forward(self, x):
+        return self.inner(x)["features"]
+
+
+def test_fid_equals_torchmetrics(tiny_extractor):
+    real, fake = random_images(64, seed=1), random_images(48, seed=2)
+    ours = ImageFidelity(extractor=tiny_extractor)
+    ref = FrechetInceptionDistance(feature=_FeaturesOnly(tiny_extractor))
+    for chunk in real.split(20):
+        ours.update(chunk, real=True)
+        ref.update(chunk, real=True)
+    for chunk in fake.split(20):
+        ours.update(chunk, real=False)
+        ref.update(chunk, real=False)
+    assert ours.compute()["fid"].item() == pytest.approx(ref.compute().item(), rel=1e-4)
+
+
+def test_fid_of_a_set_with_itself_is_zero(tiny_extractor):
+    images = random_images(64, seed=3)
+    metric = ImageFidelity(extractor=tiny_extractor)
+    metric.update(images, real=True)
+    metric.update(images, real=False)
+    assert abs(metric.compute()["fid"].item()) < 1e-6
+    other = random_images(64, seed=4)
+    metric.reset()
+    metric.update(images, real=True)
+    metric.update(other.flip(-1) // 2, real=False)
+    assert metric.compute()["fid"].item() > 0.01
+
+
+def test_float_inputs_match_uint8(tiny_extractor):
+    images = random_images(32, seed=5)
+    a, b = ImageFidelity(extractor=tiny_extractor), ImageFidelity(extractor=tiny_extractor, input_range=(0.0, 1.0))
+    a.update(images, real=True)
+    a.update(images.float() / 127.5 - 1, real=False)  # default input range [-1, 1]
+    b.update(images, real=True)
+    b.update(images.float() / 255, real=False)
+    assert abs(a.compute()["fid"].item()) < 1e-6 and abs(b.compute()["fid"].item()) < 1e-6
+
+
+def test_reference_statistics_equal_real_updates(tiny_extractor, tmp_path):
+    real, fake = random_images(64, seed=6), random_images(40, seed=7)
+    direct = ImageFidelity(extractor=tiny_extractor)
+    direct.update(real, real=True)
+    direct.update(fake, real=False)
+    path = direct.real_stats().save_npz(tmp_path / "stats.npz")
+    from_file = ImageFidelity(extractor=tiny_extractor)
+    from_file.set_reference(path)
+    from_file.update(fake, real=False)
+    assert from_file.compute()["fid"].item() == pytest.approx(direct.compute()["fid"].item(), rel=1e-6)
+    with pytest.raises(ConfigError, match="features"):
+        from_file.set_reference(GaussianStats(np.zeros(3), np.eye(3)))
+
+
+def test_keep_real_features_across_reset(tiny_extractor):
+    real, fake = random_images(40, seed=8), random_images(40, seed=9)
+    metric = ImageFidelity(extractor=tiny_extractor, reset_real_features=False)
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    first = metric.compute()["fid"].item()
+    metric.reset()
+    assert int(metric.real_count) == 40 and int(metric.fake_count) == 0
+    metric.update(fake, real=False)
+    assert metric.compute()["fid"].item() == pytest.approx(first, rel=1e-9)
+
+
+def test_inception_score_and_precision_recall_equal_torch_fidelity(tiny_extractor):
+    from torch_fidelity.metric_isc import isc_features_to_metric
+    from torch_fidelity.metric_prc import calculate_precision_recall_full
+
+    real, fake = random_images(60, seed=10), random_images(50, seed=11)
+    metric = ImageFidelity(metrics=("fid", "is", "pr"), extractor=tiny_extractor)
+    metric.update(real, real=True)
+    metric.update(fake[:25], real=False)
+    metric.update(fake[25:], real=False)
+    out = metric.compute()
+    f_real, f_fake = tiny_extractor(real)["features"], tiny_extractor(fake)["features"]
+    isc = isc_features_to_metric(tiny_extractor(fake)["logits"], splits=10)
+    precision, recall = calculate_precision_recall_full(f_fake, f_real, neighborhood=3)
+    assert out["is_mean"].item() == pytest.approx(isc["inception_score_mean"], rel=1e-5)
+    assert out["is_std"].item() == pytest.approx(isc["inception_score_std"], rel=1e-4, abs=1e-6)
+    assert out["precision"].item() == pytest.approx(precision) and out["recall"].item() == pytest.approx(recall)
+    same = ImageFidelity(metrics=("pr",), extractor=tiny_extractor)
+    same.update(real, real=True)
+    same.update(real, real=False)
+    assert same.compute()["precision"].item() == 1.0 and same.compute()["recall"].item() == 1.0
+
+
+def test_validation():
+    class NoLogits(TinyExtractor):
+        has_logits = False
+
+    with pytest.raises(ConfigError, match="logits"):
+        ImageFidelity(metrics=("fid", "is"), extractor=NoLogits())
+    with pytest.raises(ConfigError, match="subset"):
+        ImageFidelity(metrics=("kid",), extractor=TinyExtractor())
+    metric = ImageFidelity(extractor=TinyExtractor())
+    with pytest.raises(ConfigError, match=r"\[B, 3, H, W\]"):
+        metric.update(torch.zeros(2, 32, 32, 3, dtype=torch.uint8), real=True)
+    with pytest.raises(ConfigError, match="real"):
+        metric.update(random_images(4, seed=0), real=False)
+        metric.compute()
