@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TinyExtractor, random_images
+from metric_helpers import TinyExtractor, random_images
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
