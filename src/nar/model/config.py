@@ -129,6 +129,8 @@ class NARConfig:
         """A preset by name (``NAR-B`` … ``NAR-XXL``, ``NAR-tiny``, ``bench-cpu``) with overrides."""
         if name not in PRESETS:
             raise ConfigError(f"unknown preset '{name}'; known: {', '.join(PRESETS)}")
+        # head_blocks was filled in from the preset's grid and mode; re-derive it unless given.
+        overrides.setdefault("head_blocks", None)
         return replace(PRESETS[name], **overrides)
 
 
