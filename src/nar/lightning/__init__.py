@@ -1,0 +1,1 @@
+"""The Lightning layer: LightningModules and callbacks around the plain models."""

@@ -1,0 +1,275 @@
+"""LightningModule that trains a VQ tokenizer (image or video) and validates its reconstructions.
+
+Objective (LlamaGen/taming): ``w_rec * rec + w_cb * ||sg(z) - e||^2 + beta * ||z - sg(e)||^2
++ w_ent * entropy + w_p * LPIPS + lambda * w_adv * GAN``, where ``lambda`` is the adaptive weight
+(ratio of gradient norms at the decoder's last layer) once the GAN has started. Optimisation is manual
+because the generator and the PatchGAN discriminator alternate within one batch.
+
+Validation logs ``val/psnr``, ``val/ssim`` (per frame for videos), ``val/codebook_usage``,
+``val/codebook_perplexity``, ``val/rfid`` (when on) and the first batch's reconstructions to
+TensorBoard (images as a grid, videos as animated GIFs).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from nar.config import from_dict, to_dict
+from nar.errors import ConfigError
+from nar.tokenizers.config import TokenizerLossConfig, TokenizerOptimConfig, VQConfig
+from nar.tokenizers.io import LIGHTNING_CONFIG_KEY
+from nar.tokenizers.losses import (
+    PatchDiscriminator,
+    adaptive_adversarial_weight,
+    build_lpips,
+    frames_as_images,
+    generator_adversarial_loss,
+    hinge_discriminator_loss,
+)
+from nar.tokenizers.usage import CodebookUsage
+from nar.tokenizers.vq import VQTokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TokenizerValConfig:
+    """What validation measures and logs."""
+
+    rfid: bool = True  # reconstruction FID with nar.metrics' InceptionV3 (per frame for videos)
+    inception_weights: str = ""  # "" = the default converted FID network
+    log_samples: int = 8  # reconstructions written to TensorBoard from the first validation batch
+
+    def __post_init__(self) -> None:
+        if self.log_samples < 0:
+            raise ConfigError(f"val config key 'log_samples': must be >= 0, got {self.log_samples}")
+
+
+def _typed(schema: type, value: Any) -> Any:
+    if value is None:
+        return schema()
+    if isinstance(value, schema):
+        return value
+    if isinstance(value, dict):
+        return from_dict(schema, value)
+    raise ConfigError(f"expected {schema.__name__} or dict, got {type(value).__name__}")
+
+
+def batch_pixels(batch: Any) -> torch.Tensor:
+    """The pixel tensor of a batch: ``{"image"|"video": x, ...}`` (nar.data), ``(x, ...)`` or ``x``."""
+    if isinstance(batch, dict):
+        for key in ("image", "video"):
+            if key in batch:
+                return batch[key]
+        raise ConfigError(f"batch has no 'image' or 'video' entry (keys {sorted(batch)})")
+    if isinstance(batch, (list, tuple)):
+        return batch[0]
+    return batch
+
+
+class TokenizerModule(L.LightningModule):
+    """Trains :class:`~nar.tokenizers.vq.VQTokenizer`; ``self.tokenizer`` is what gets exported.
+
+    Args:
+        model, loss, optim, val: typed configs (or their dicts, as stored in the checkpoint's hparams).
+        fid_extractor: feature extractor for rFID (tests inject a tiny one); ``None`` = InceptionV3.
+    """
+
+    def __init__(self, model: VQConfig | dict, loss: TokenizerLossConfig | dict | None = None,
+                 optim: TokenizerOptimConfig | dict | None = None, val: TokenizerValConfig | dict | None = None,
+                 fid_extractor: nn.Module | None = None) -> None:
+        super().__init__()
+        self.model_cfg: VQConfig = _typed(VQConfig, model)
+        self.loss_cfg: TokenizerLossConfig = _typed(TokenizerLossConfig, loss)
+        self.optim_cfg: TokenizerOptimConfig = _typed(TokenizerOptimConfig, optim)
+        self.val_cfg: TokenizerValConfig = _typed(TokenizerValConfig, val)
+        self.save_hyperparameters({"model": to_dict(self.model_cfg), "loss": to_dict(self.loss_cfg),
+                                   "optim": to_dict(self.optim_cfg), "val": to_dict(self.val_cfg)})
+        self.automatic_optimization = False
+
+        self.tokenizer = VQTokenizer(self.model_cfg)
+        self.lpips = (build_lpips(self.loss_cfg.perceptual_vgg_path, self.loss_cfg.perceptual_lin_path)
+                      if self.loss_cfg.perceptual_weight > 0 else None)
+        self.discriminator = (PatchDiscriminator(self.loss_cfg.disc_channels, self.loss_cfg.disc_layers)
+                              if self.loss_cfg.adversarial_weight > 0 else None)
+        # Batches trained on; Lightning's global_step also counts discriminator steps (see training_step).
+        self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
+
+        self.val_psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))  # mean of per-image PSNR
+        self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
+        self.val_usage = CodebookUsage(self.model_cfg.codebook_size)
+        self.val_fid = self._build_fid(fid_extractor) if self.val_cfg.rfid else None
+
+    def _build_fid(self, extractor: nn.Module | None):
+        try:
+            from nar.metrics.fidelity import ImageFidelity
+        except ImportError as err:
+            log.warning("val/rfid is OFF: nar.metrics.fidelity is unavailable (%s)", err)
+            return None
+        return ImageFidelity(("fid",), extractor=extractor, input_range=(-1.0, 1.0),
+                             inception_weights=self.val_cfg.inception_weights or None)
+
+    # --- losses ---------------------------------------------------------------------------------
+    def reconstruction_loss(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+        if self.loss_cfg.reconstruction == "l1":
+            return F.l1_loss(x_hat, x)
+        return F.mse_loss(x_hat, x)
+
+    def generator_losses(self, x: torch.Tensor, gan_on: bool) -> dict[str, torch.Tensor]:
+        """All terms of the tokenizer's objective for pixels ``x``; ``"loss"`` is the weighted total."""
+        cfg = self.loss_cfg
+        out = self.tokenizer(x, cfg.entropy_temperature if cfg.entropy_weight > 0 else None)
+        x_hat, q = out.reconstruction, out.quantized
+        terms = {"rec": self.reconstruction_loss(x, x_hat), "codebook": q.codebook_loss,
+                 "commitment": q.commitment_loss, "entropy": q.entropy_loss}
+        nll = cfg.reconstruction_weight * terms["rec"]
+        if self.lpips is not None:
+            terms["perceptual"] = self.lpips(x_hat, x).mean()
+            nll = nll + cfg.perceptual_weight * terms["perceptual"]
+        total = (nll + cfg.codebook_weight * q.codebook_loss + cfg.commitment_beta * q.commitment_loss
+                 + cfg.entropy_weight * q.entropy_loss)
+        if gan_on:
+            terms["gan"] = generator_adversarial_loss(self.discriminator(x_hat))
+            weight = (adaptive_adversarial_weight(nll, terms["gan"], self.tokenizer.last_layer)
+                      if cfg.adaptive_weight and self.training else torch.ones((), device=x.device))
+            terms["gan_weight"] = weight
+            total = total + cfg.adversarial_weight * weight * terms["gan"]
+        terms["loss"] = total
+        terms["x_hat"] = x_hat
+        return terms
+
+    def gan_active(self) -> bool:
+        return self.discriminator is not None and int(self.batches_seen) >= self.loss_cfg.adversarial_start_step
+
+    # --- training -------------------------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x = batch_pixels(batch)
+        gan_on = self.gan_active()
+        optimizers = self.optimizers()
+        opt_g = optimizers[0] if isinstance(optimizers, list) else optimizers
+        self._warmup(opt_g, self.optim_cfg.lr)
+
+        terms = self.generator_losses(x, gan_on)
+        x_hat = terms.pop("x_hat")
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(terms["loss"])
+        if self.optim_cfg.grad_clip > 0:
+            self.clip_gradients(opt_g, gradient_clip_val=self.optim_cfg.grad_clip, gradient_clip_algorithm="norm")
+        opt_g.step()
+
+        if gan_on:
+            opt_d = optimizers[1]
+            self._warmup(opt_d, self.optim_cfg.disc_lr)
+            d_loss = hinge_discriminator_loss(self.discriminator(x.detach()), self.discriminator(x_hat.detach()))
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            # The unwrapped optimizer: Lightning would count this step in global_step, making max_steps
+            # mean half as many batches once the GAN starts. (Precision "32" / "bf16-mixed" need no scaler.)
+            opt_d.optimizer.step()
+            terms["disc"] = d_loss.detach()
+        self.batches_seen += 1
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items() if k != "loss"},
+                      on_step=True, on_epoch=False, batch_size=x.shape[0])
+        self.log("train/loss", terms["loss"].detach(), prog_bar=True, on_step=True, on_epoch=False,
+                 batch_size=x.shape[0])
+        return terms["loss"].detach()
+
+    def _warmup(self, optimizer: Any, base_lr: float) -> None:
+        steps = self.optim_cfg.warmup_steps
+        scale = min(1.0, (int(self.batches_seen) + 1) / steps) if steps else 1.0
+        for group in optimizer.param_groups:
+            group["lr"] = base_lr * scale
+
+    def configure_optimizers(self):
+        cfg = self.optim_cfg
+        # weight decay only on matrices/kernels, never on norms, biases or the codebook
+        decay = [p for n, p in self.tokenizer.named_parameters() if p.dim() >= 2 and "embedding" not in n]
+        no_decay = [p for n, p in self.tokenizer.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
+        opt_g = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas))
+        if self.discriminator is None:
+            return opt_g
+        opt_d = torch.optim.AdamW(self.discriminator.parameters(), lr=cfg.disc_lr, betas=tuple(cfg.betas),
+                                  weight_decay=cfg.weight_decay)
+        return [opt_g, opt_d]
+
+    # --- validation -----------------------------------------------------------------------------
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x = batch_pixels(batch)
+        out = self.tokenizer(x)
+        x_hat = out.reconstruction.clamp(-1.0, 1.0)
+        self.log("val/loss", self.reconstruction_loss(x, out.reconstruction), on_epoch=True, sync_dist=True,
+                 batch_size=x.shape[0])
+        real01, fake01 = (frames_as_images(x) + 1) / 2, (frames_as_images(x_hat) + 1) / 2
+        self.val_psnr.update(fake01, real01)
+        self.val_ssim.update(fake01, real01)
+        self.val_usage.update(out.quantized.codes)
+        if self.val_fid is not None:
+            self.val_fid.update(frames_as_images(x), real=True)
+            self.val_fid.update(frames_as_images(x_hat), real=False)
+        if batch_idx == 0 and self.val_cfg.log_samples:
+            self._log_reconstructions(x[: self.val_cfg.log_samples], x_hat[: self.val_cfg.log_samples])
+
+    def on_validation_epoch_end(self) -> None:
+        usage = self.val_usage.compute()
+        metrics = {"val/psnr": self.val_psnr.compute(), "val/ssim": self.val_ssim.compute(),
+                   "val/codebook_usage": usage["usage"], "val/codebook_perplexity": usage["perplexity"]}
+        if self.val_fid is not None:
+            try:  # compute() syncs first, so every rank takes the same branch
+                metrics["val/rfid"] = self.val_fid.compute()["fid"]
+            except ConfigError as err:  # fewer than two samples: no covariance
+                log.warning("val/rfid skipped: %s", err)
+            self.val_fid.reset()
+        # metric objects are already synchronised across ranks by compute()
+        self.log_dict({k: v.float() for k, v in metrics.items()}, prog_bar=True)
+        for metric in (self.val_psnr, self.val_ssim, self.val_usage):
+            metric.reset()
+
+    def _log_reconstructions(self, x: torch.Tensor, x_hat: torch.Tensor) -> None:
+        writer = getattr(self.logger, "experiment", None)
+        if writer is None or not hasattr(writer, "add_image") or self.global_rank != 0:
+            return
+        real, fake = ((x.detach().float().cpu() + 1) / 2).clamp(0, 1), ((x_hat.detach().float().cpu() + 1) / 2).clamp(0, 1)
+        step = int(self.batches_seen)
+        if x.dim() == 4:
+            from torchvision.utils import make_grid
+
+            pairs = torch.stack([real, fake], dim=1).flatten(0, 1)  # original, reconstruction, original, ...
+            writer.add_image("val/reconstructions", make_grid(pairs, nrow=2 * min(4, len(real))), step)
+        else:
+            side_by_side = torch.cat([real, fake], dim=-1)  # [B, 3, T, H, 2W]
+            add_gif(writer, "val/reconstructions", side_by_side, step)
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # lets nar.tokenizers.load_tokenizer read a training checkpoint directly
+        checkpoint[LIGHTNING_CONFIG_KEY] = to_dict(self.model_cfg)
+
+
+def add_gif(writer: Any, tag: str, videos: torch.Tensor, step: int, fps: int = 4) -> None:
+    """Write videos ``[B, 3, T, H, W]`` in [0, 1] to TensorBoard as one animated GIF (rows = videos).
+
+    TensorBoard's ``add_video`` needs moviepy; its image plugin plays GIFs, so we encode them with PIL.
+    """
+    from PIL import Image
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    frames = videos.permute(2, 0, 3, 4, 1)  # [T, B, H, W, 3]
+    frames = frames.reshape(frames.shape[0], -1, *frames.shape[3:])  # videos stacked vertically
+    arrays = (frames * 255).round().to(torch.uint8).numpy()
+    images = [Image.fromarray(a) for a in arrays]
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    height, width = arrays.shape[1:3]
+    summary = Summary(value=[Summary.Value(tag=tag, image=Summary.Image(
+        height=height, width=width, colorspace=3, encoded_image_string=buf.getvalue()))])
+    writer._get_file_writer().add_summary(summary, step)
