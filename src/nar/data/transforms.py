@@ -64,7 +64,10 @@ def random_crop_arr(img: Image.Image, size: int, rng: np.random.Generator) -> np
 
 def to_tensor_pm1(arr: np.ndarray) -> torch.Tensor:
     """``uint8 [..., H, W, 3]`` → float ``[3, ..., H, W]`` in ``[-1, 1]`` (channels first)."""
-    x = torch.from_numpy(np.ascontiguousarray(arr)).float().div_(127.5).sub_(1.0)
+    arr = np.ascontiguousarray(arr)
+    if not arr.flags.writeable:  # views of PIL images are read-only; torch wants writable memory
+        arr = arr.copy()
+    x = torch.from_numpy(arr).float().div_(127.5).sub_(1.0)
     return x.movedim(-1, 0)
 
 

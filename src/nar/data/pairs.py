@@ -1,0 +1,129 @@
+"""Image–caption pairs → image shards with a ``txt`` caption (meta kind ``pairs``).
+
+Two inputs are understood:
+
+* a folder of images, each with a same-name ``.txt`` caption beside it (``cat.jpg`` + ``cat.txt``);
+* a manifest: JSONL (one ``{"image": path, "caption": text}`` per line; ``file_name``/``path`` and
+  ``text`` are accepted too) or TSV (``path<TAB>caption``, optional header). Relative paths are
+  resolved against the manifest's folder.
+
+An image without a caption, a caption without an image, or an unreadable image is skipped and reported.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nar.data.encode import IMAGE_EXTENSIONS, EncodeImage, list_images
+from nar.data.shards import BadInputLog, write_meta, write_split
+from nar.errors import DataError
+
+log = logging.getLogger(__name__)
+
+_PATH_KEYS = ("image", "file_name", "path", "url", "filename")
+_TEXT_KEYS = ("caption", "text", "prompt", "txt")
+
+
+def scan_caption_folder(folder: Path, bad: BadInputLog) -> list[tuple]:
+    """Items ``(image path, −1, caption, None)`` for images with a same-name ``.txt`` (recursive)."""
+    items = []
+    for img in list_images(folder, recursive=True):
+        txt = img.with_suffix(".txt")
+        if not txt.is_file():
+            bad.record(img, "missing caption: no same-name .txt")
+            continue
+        caption = txt.read_text(encoding="utf-8", errors="replace").strip()
+        if not caption:
+            bad.record(txt, "missing caption: empty .txt")
+            continue
+        items.append((str(img), -1, caption, None))
+    return items
+
+
+def read_manifest(path: Path, bad: BadInputLog) -> list[tuple]:
+    """Items ``(image path, −1, caption, None)`` from a JSONL or TSV manifest."""
+    base = path.parent
+    rows: list[tuple[str, str]] = []
+    if path.suffix.lower() in (".jsonl", ".json"):
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                img = next(row[k] for k in _PATH_KEYS if k in row)
+                text = next(row[k] for k in _TEXT_KEYS if k in row)
+            except (ValueError, StopIteration, TypeError):
+                bad.record(f"{path}:{n}", "bad manifest line: needs an image path and a caption")
+                continue
+            rows.append((str(img), str(text)))
+    else:
+        with path.open(newline="", encoding="utf-8") as f:
+            for n, row in enumerate(csv.reader(f, delimiter="\t"), 1):
+                if len(row) < 2:
+                    if row:
+                        bad.record(f"{path}:{n}", "bad manifest line: needs <path>\\t<caption>")
+                    continue
+                if n == 1 and row[0].lower() in _PATH_KEYS and row[1].lower() in _TEXT_KEYS:
+                    continue  # header
+                rows.append((row[0], row[1]))
+    items = []
+    for img, text in rows:
+        p = Path(img) if Path(img).is_absolute() else base / img
+        if not p.is_file():
+            bad.record(p, "missing file: listed in the manifest but not found")
+        elif not text.strip():
+            bad.record(p, "missing caption: empty caption in the manifest")
+        else:
+            items.append((str(p), -1, text.strip(), None))
+    return items
+
+
+def write_pairs(
+    src: str | Path,
+    out: str | Path,
+    *,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    resize: int | None = None,
+    shard_size: int = 1000,
+    workers: int = 1,
+) -> dict[str, Any]:
+    """Write image–caption pairs from a folder or a manifest file ``src`` as shards under ``out``.
+
+    All pairs go to ``train``; with ``val_fraction > 0`` a seeded random part goes to ``val``.
+    """
+    src = Path(src)
+    bad = BadInputLog()
+    if src.is_dir():
+        items = scan_caption_folder(src, bad)
+        root = src
+    elif src.is_file() and src.suffix.lower() not in IMAGE_EXTENSIONS:
+        items = read_manifest(src, bad)
+        root = src.parent
+    else:
+        raise DataError(f"{src}: expected a folder of images with .txt captions, or a .jsonl/.tsv manifest")
+    if not items:
+        bad.record(src, "empty folder: no image-caption pairs")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    in_val = np.zeros(len(items), dtype=bool)
+    if val_fraction > 0 and items:
+        perm = np.random.default_rng(seed).permutation(len(items))
+        in_val[perm[: round(val_fraction * len(items))]] = True
+    encoder = EncodeImage(resize=resize, source_root=str(root))
+    records = []
+    splits = {"train": [it for it, v in zip(items, in_val) if not v]}
+    if val_fraction > 0:
+        splits["val"] = [it for it, v in zip(items, in_val) if v]
+    for split, split_items in splits.items():
+        records.append(write_split(
+            out, split, split_items, make_sample=encoder, shard_size=shard_size, workers=workers,
+            params={"resize": resize}, desc=f"pairs {split}", unit="img", scan_bad=bad if split == "train" else None,
+        ))
+    return write_meta(out, "pairs", records, classes=[], source=f"pairs:{src}", resize=resize)
