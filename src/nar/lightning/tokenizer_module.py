@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -25,7 +24,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from nar.config import from_dict, to_dict
 from nar.errors import ConfigError
-from nar.tokenizers.config import TokenizerLossConfig, TokenizerOptimConfig, VQConfig
+from nar.tokenizers.config import TokenizerLossConfig, TokenizerOptimConfig, TokenizerValConfig, VQConfig
 from nar.tokenizers.io import LIGHTNING_CONFIG_KEY
 from nar.tokenizers.losses import (
     PatchDiscriminator,
@@ -39,19 +38,6 @@ from nar.tokenizers.usage import CodebookUsage
 from nar.tokenizers.vq import VQTokenizer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TokenizerValConfig:
-    """What validation measures and logs."""
-
-    rfid: bool = True  # reconstruction FID with nar.metrics' InceptionV3 (per frame for videos)
-    inception_weights: str = ""  # "" = the default converted FID network
-    log_samples: int = 8  # reconstructions written to TensorBoard from the first validation batch
-
-    def __post_init__(self) -> None:
-        if self.log_samples < 0:
-            raise ConfigError(f"val config key 'log_samples': must be >= 0, got {self.log_samples}")
 
 
 def _typed(schema: type, value: Any) -> Any:

@@ -134,12 +134,12 @@ PRESETS: dict[str, VQConfig] = {
                                 encoder_ch_mult=[1, 2, 2, 4], decoder_ch_mult=[1, 2, 2, 4],
                                 z_channels=256, codebook_size=16384, codebook_embed_dim=8,
                                 temporal_downsample=[True, True, False]),
-    # Atari 8x64x64 clips -> 4x8x8 tokens on CPU.
-    "vq-video-tiny-atari": VQConfig(kind="video", image_size=64, num_frames=8, base_channels=32,
-                                    encoder_ch_mult=[1, 2, 2, 2], decoder_ch_mult=[1, 2, 2, 2],
+    # Atari 16-frame clips at 32x32 -> 4x8x8 tokens on CPU.
+    "vq-video-tiny-atari": VQConfig(kind="video", image_size=32, num_frames=16, base_channels=32,
+                                    encoder_ch_mult=[1, 2, 2], decoder_ch_mult=[1, 2, 2],
                                     num_res_blocks=1, z_channels=32, codebook_size=512,
                                     codebook_embed_dim=8, norm_groups=16,
-                                    temporal_downsample=[True, False, False]),
+                                    temporal_downsample=[True, True]),
 }
 
 
@@ -194,3 +194,16 @@ class TokenizerOptimConfig:
             raise ConfigError(f"optim config key 'betas': two values in [0, 1), got {list(self.betas)}")
         if self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
             raise ConfigError("optim config keys 'weight_decay', 'grad_clip', 'warmup_steps' must be >= 0")
+
+
+@dataclass
+class TokenizerValConfig:
+    """What validation measures and logs."""
+
+    rfid: bool = True  # reconstruction FID with nar.metrics' InceptionV3 (per frame for videos)
+    inception_weights: str = ""  # "" = the default converted FID network
+    log_samples: int = 8  # reconstructions written to TensorBoard from the first validation batch
+
+    def __post_init__(self) -> None:
+        if self.log_samples < 0:
+            raise ConfigError(f"val config key 'log_samples': must be >= 0, got {self.log_samples}")
