@@ -1,0 +1,187 @@
+"""Token shards: run a tokenizer once over image or video shards so generator training reads tokens.
+
+Augmentations follow the official extraction (LlamaGen ``extract_codes_c2i.py``): with ``ten_crop``
+the image is centre-cropped to ``crop_range × size`` (1.1×) and cut into ten ``size`` crops (five
+crops and their mirror images); otherwise it is centre-cropped to ``size`` and, with ``flip``, also
+mirrored. ``tokens.npy`` holds int32 ``[A, *grid]`` with augmentation 0 the plain centre view
+(names in ``meta["augmentations"]``). Token shard ``i`` is made from source shard ``i``, so a rerun
+skips the shards already done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nar.data import transforms as T
+from nar.data.shards import SkipSample, iter_tar, read_meta, write_meta, write_split
+from nar.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# captions -> (features float [B, L, D], mask bool [B, L]), right-aligned (padding first)
+TextEncoder = Callable[[list[str]], "tuple[torch.Tensor, torch.Tensor]"]
+
+
+def augment_views(x: torch.Tensor, size: int, *, flip: bool, ten_crop: bool) -> torch.Tensor:
+    """Views of one pixel tensor ``[3, (T,) H, W]`` (already ``crop_size`` if ten-crop, else ``size``) → ``[A, 3, (T,) size, size]``."""
+    if ten_crop:
+        return T.ten_crop(x, size)
+    if flip:
+        return torch.stack([x, x.flip(-1)])
+    return x[None]
+
+
+@dataclasses.dataclass
+class EncodeTokenShard:
+    """Producer: one source shard path → token samples, encoded in batches on ``device``."""
+
+    tokenizer: nn.Module
+    kind: str  # "image" | "video" | "pairs"
+    size: int
+    flip: bool = True
+    ten_crop: bool = False
+    crop_range: float = 1.1
+    batch_size: int = 64
+    device: str = "cpu"
+    text_encoder: TextEncoder | None = None
+    grid: tuple[int, ...] | None = None  # filled by the first batch
+
+    @property
+    def num_augmentations(self) -> int:
+        return 10 if self.ten_crop else 2 if self.flip else 1
+
+    def _pixels(self, raw: dict[str, Any]) -> torch.Tensor:
+        load_size = int(self.size * self.crop_range) if self.ten_crop else self.size
+        if self.kind == "video":
+            _, data = T.field(raw, "frames.npy")
+            frames = T.resize_video(np.load(io.BytesIO(data), allow_pickle=False), load_size)
+            x = T.to_tensor_pm1(frames)  # [3, T, S, S]
+        else:
+            ext, data = T.field(raw, "png", "jpg", "jpeg", "webp")
+            img = T.decode_image(data, name=f"{raw['__shard__']}:{raw['__key__']}.{ext}")
+            x = T.to_tensor_pm1(T.center_crop_arr(img, load_size))  # [3, S, S]
+        return augment_views(x, self.size, flip=self.flip, ten_crop=self.ten_crop)
+
+    @torch.inference_mode()
+    def _encode(self, views: torch.Tensor) -> np.ndarray:
+        codes = self.tokenizer.encode(views.to(self.device, non_blocking=True))
+        return codes.to("cpu", torch.int32).numpy()
+
+    def __call__(self, shard_paths: Sequence[str], first_index: int = 0) -> Iterator[Any]:
+        for shard in shard_paths:
+            batch: list[tuple[dict[str, Any], torch.Tensor]] = []
+            for raw in iter_tar(shard):
+                try:
+                    batch.append((raw, self._pixels(raw)))
+                except Exception as err:  # noqa: BLE001 — skip the sample, keep going
+                    yield SkipSample(f"{shard}:{raw['__key__']}", f"cannot decode sample: {err}")
+                    continue
+                if len(batch) == self.batch_size:
+                    yield from self._flush(batch)
+                    batch = []
+            if batch:
+                yield from self._flush(batch)
+
+    def _flush(self, batch: list[tuple[dict[str, Any], torch.Tensor]]) -> Iterator[Any]:
+        views = torch.cat([v for _, v in batch])  # [B·A, 3, (T,) S, S]
+        codes = self._encode(views)
+        codes = codes.reshape(len(batch), self.num_augmentations, *codes.shape[1:])  # [B, A, *grid]
+        if self.grid is None:
+            self.grid = tuple(codes.shape[2:])
+        feats = masks = None
+        captions = [raw["txt"].decode("utf-8") if "txt" in raw else "" for raw, _ in batch]
+        if self.text_encoder is not None:
+            feat, mask = self.text_encoder(captions)
+            feats = feat.to("cpu", torch.float16).numpy()
+            masks = mask.to("cpu", torch.uint8).numpy()
+        for b, (raw, _) in enumerate(batch):
+            fields: dict[str, Any] = {"tokens.npy": np.ascontiguousarray(codes[b])}
+            if "cls" in raw:
+                fields["cls"] = int(raw["cls"])
+            meta = _source_json(raw)
+            meta["source_shard"], meta["source_key"] = Path(raw["__shard__"]).name, raw["__key__"]
+            fields["json"] = meta
+            if "txt" in raw:
+                fields["txt"] = captions[b]
+            if feats is not None:
+                fields["capfeat.npy"], fields["capmask.npy"] = feats[b], masks[b]
+            yield raw["__key__"].replace("/", "_"), fields
+
+
+def _source_json(raw: dict[str, Any]) -> dict[str, Any]:
+    if "json" not in raw:
+        return {}
+    try:
+        import json
+
+        return dict(json.loads(raw["json"]))
+    except ValueError:
+        return {}
+
+
+def extract_tokens(
+    src: str | Path,
+    out: str | Path,
+    tokenizer: nn.Module,
+    *,
+    splits: Sequence[str] | None = None,
+    image_size: int | None = None,
+    flip: bool = True,
+    ten_crop: bool = False,
+    crop_range: float = 1.1,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    text_encoder: TextEncoder | None = None,
+    tokenizer_name: str = "",
+) -> dict[str, Any]:
+    """Encode every split of the image/video shard folder ``src`` with ``tokenizer`` into ``out``.
+
+    ``tokenizer.encode(x)`` takes pixels in ``[-1, 1]`` (``[N, 3, H, W]`` or ``[N, 3, T, H, W]``) and
+    returns codes ``[N, *grid]``. ``image_size`` defaults to the source's stored size. With
+    ``text_encoder`` each caption's features are stored as ``capfeat.npy`` / ``capmask.npy``.
+    Returns the token folder's ``meta.json``.
+    """
+    src_meta = read_meta(src)
+    kind = src_meta.get("kind")
+    if kind not in ("image", "video", "pairs"):
+        raise DataError(f"{src}: token extraction reads image, video or pairs shards, not {kind!r}")
+    size = image_size or src_meta.get("image_size")
+    if not size:
+        raise DataError(f"{src}: meta.json has no image_size; pass image_size (e.g. 256)")
+    device = str(device)
+    tokenizer = tokenizer.to(device).eval()
+    producer = EncodeTokenShard(tokenizer, kind, int(size), flip=flip, ten_crop=ten_crop, crop_range=crop_range,
+                                batch_size=batch_size, device=device, text_encoder=text_encoder)
+    params = {"size": int(size), "flip": flip, "ten_crop": ten_crop, "crop_range": crop_range, "tokenizer": tokenizer_name,
+              "text": text_encoder is not None}
+    records = []
+    for split in splits or list(src_meta["splits"]):
+        if split not in src_meta["splits"]:
+            raise DataError(f"{src}: no split {split!r}")
+        shards = [str(Path(src) / s) for s in src_meta["splits"][split]["shards"]]
+        records.append(write_split(out, split, shards, produce=producer, shard_size=1, params=params,
+                                   desc=f"tokens {split}", unit="shard"))
+    augs = "ten_crop" if ten_crop else "flip" if flip else "none"
+    grid = producer.grid
+    if grid is None and hasattr(tokenizer, "grid_shape"):
+        shape = (1, 3, src_meta.get("frames", 1), size, size) if kind == "video" else (1, 3, size, size)
+        grid = tuple(tokenizer.grid_shape(shape))
+    if grid is None:  # resumed run with nothing left to encode: keep what the folder says
+        grid = tuple(read_meta(out).get("grid", ())) if (Path(out) / "meta.json").is_file() else ()
+    extra = {k: src_meta[k] for k in ("frames", "stride", "frame_skip") if k in src_meta}
+    return write_meta(
+        out, "tokens", records, classes=src_meta.get("classes", []), grid=list(grid),
+        codebook_size=getattr(tokenizer, "codebook_size", None), augmentations=T.AUGMENTATION_NAMES[augs],
+        tokenizer=tokenizer_name, source=str(src), source_kind=kind, image_size=int(size),
+        has_captions=bool(src_meta.get("has_captions") or kind == "pairs"), caption_features=text_encoder is not None,
+        **extra,
+    )

@@ -1,0 +1,160 @@
+"""``nar data verify``: read every shard and decode every field; report problems instead of raising.
+
+Accepts a dataset folder (with ``meta.json``), a folder of ``.tar`` shards, or one ``.tar`` file.
+Checks: shards listed in ``meta.json`` exist and hold the counted samples; every field decodes
+(images, ``.npy`` arrays, class indices within ``classes``, JSON, UTF-8 text); and measures the
+decode throughput.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nar.data import transforms as T
+from nar.data.shards import META_NAME, BadInputLog, iter_tar, read_meta
+from nar.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class SplitReport:
+    split: str
+    shards: int = 0
+    expected: int | None = None
+    samples: int = 0
+    bad_samples: int = 0
+    bad_shards: int = 0
+    seconds: float = 0.0
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else float("nan")
+
+
+@dataclasses.dataclass
+class VerifyReport:
+    path: str
+    kind: str | None
+    splits: dict[str, SplitReport]
+    bad: BadInputLog
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and self.bad.total == 0
+
+    @property
+    def samples(self) -> int:
+        return sum(s.samples for s in self.splits.values())
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.splits.values())
+
+
+def decode_fields(raw: dict[str, Any], num_classes: int | None = None) -> None:
+    """Decode every field of one raw sample; raises on the first that does not decode or is out of range."""
+    name = f"{raw.get('__shard__')}:{raw.get('__key__')}"
+    payload = [k for k in raw if not k.startswith("__")]
+    if not payload:
+        raise DataError(f"{name}: sample has no fields")
+    for ext in payload:
+        data = raw[ext]
+        last = ext.rsplit(".", 1)[-1]
+        if last in ("png", "jpg", "jpeg", "webp"):
+            T.decode_image(data, name=f"{name}.{ext}")
+        elif last == "npy":
+            arr = np.load(io.BytesIO(data), allow_pickle=False)
+            if ext == "frames.npy" and (arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8):
+                raise DataError(f"{name}: frames.npy must be uint8 [T, H, W, 3], got {arr.dtype} {arr.shape}")
+            if ext == "tokens.npy" and (arr.ndim < 2 or not np.issubdtype(arr.dtype, np.integer)):
+                raise DataError(f"{name}: tokens.npy must be integer [A, *grid], got {arr.dtype} {arr.shape}")
+        elif last == "cls":
+            cls = int(data.decode("ascii").strip())
+            if num_classes and not 0 <= cls < num_classes:
+                raise DataError(f"{name}: class {cls} outside [0, {num_classes})")
+        elif last == "json":
+            json.loads(data)
+        elif last == "txt":
+            data.decode("utf-8")
+
+
+def verify(path: str | Path, *, decode: bool = True, limit: int | None = None) -> VerifyReport:
+    """Check the shards under ``path`` (dataset folder, shard folder or one ``.tar``); never raises on bad data.
+
+    ``limit`` stops each split after that many samples (a quick check and throughput estimate).
+    """
+    path = Path(path)
+    bad = BadInputLog()
+    problems: list[str] = []
+    kind, classes = None, []
+    plan: dict[str, list[tuple[Path, int | None]]] = {}
+    if path.is_dir() and (path / META_NAME).is_file():
+        try:
+            meta = read_meta(path)
+        except DataError as err:
+            return VerifyReport(str(path), None, {}, bad, [str(err)])
+        kind, classes = meta.get("kind"), meta.get("classes", [])
+        for split, info in meta["splits"].items():
+            counts = info.get("shard_samples", [None] * len(info["shards"]))
+            plan[split] = [(path / s, c) for s, c in zip(info["shards"], counts)]
+    elif path.is_dir():
+        tars = sorted(path.rglob("*.tar"))
+        if not tars:
+            return VerifyReport(str(path), None, {}, bad, [f"{path}: no meta.json and no .tar shards"])
+        for t in tars:
+            plan.setdefault(t.parent.name, []).append((t, None))
+    elif path.is_file():
+        plan[path.stem] = [(path, None)]
+    else:
+        return VerifyReport(str(path), None, {}, bad, [f"{path}: not found"])
+
+    reports: dict[str, SplitReport] = {}
+    for split, shards in plan.items():
+        rep = SplitReport(split, shards=len(shards))
+        known = [c for _, c in shards if c is not None]
+        rep.expected = int(sum(known)) if len(known) == len(shards) else None
+        start = time.perf_counter()
+        for shard, expected in shards:
+            if limit is not None and rep.samples >= limit:
+                break
+            if not shard.is_file():
+                problems.append(f"{shard}: listed in meta.json but missing")
+                rep.bad_shards += 1
+                continue
+            unreadable_before = bad.counts["unreadable shard"]
+            n = 0
+            for raw in iter_tar(shard, bad):
+                n += 1
+                if decode:
+                    try:
+                        decode_fields(raw, len(classes) or None)
+                    except Exception as err:  # noqa: BLE001 — report, keep checking
+                        bad.record(f"{shard}:{raw['__key__']}", f"cannot decode sample: {err}")
+                        rep.bad_samples += 1
+                        continue
+                rep.samples += 1
+                if limit is not None and rep.samples >= limit:
+                    break
+            if bad.counts["unreadable shard"] > unreadable_before:
+                rep.bad_shards += 1
+            if expected is not None and n != expected and (limit is None or rep.samples < limit):
+                problems.append(f"{shard}: holds {n} samples, meta.json says {expected}")
+        rep.seconds = time.perf_counter() - start
+        reports[split] = rep
+    for split, rep in reports.items():
+        log.info("verify %s/%s: %d samples (%s expected), %d bad samples, %d bad shards, %.0f samples/s",
+                 path, split, rep.samples, rep.expected if rep.expected is not None else "?", rep.bad_samples,
+                 rep.bad_shards, rep.samples_per_s)
+    if bad.total or problems:
+        log.warning("verify %s: %s; %d other problems", path, bad.summary(), len(problems))
+    return VerifyReport(str(path), kind, reports, bad, problems)
