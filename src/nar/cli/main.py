@@ -16,6 +16,7 @@ from nar.errors import NarError
 # Sub-command modules, in the order `nar --help` lists them.
 SUBCOMMANDS: list[str] = [
     "nar.cli.info",
+    "nar.cli.data",
     "nar.cli.train_tokenizer",
 ]
 
