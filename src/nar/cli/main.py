@@ -17,7 +17,11 @@ from nar.errors import NarError
 SUBCOMMANDS: list[str] = [
     "nar.cli.info",
     "nar.cli.data",
+    "nar.cli.bench",
     "nar.cli.train_tokenizer",
+    "nar.cli.train",
+    "nar.cli.evaluate",
+    "nar.cli.demo",
 ]
 
 

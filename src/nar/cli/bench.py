@@ -1,0 +1,84 @@
+"""``nar bench`` — sampling speed of NAR vs the raster baseline (and the plain reference), as a table + JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmark token generation (NAR vs raster vs reference) and tokenizer decoding")
+    p.add_argument("--preset", default="NAR-L", help="generator preset (NAR-B..NAR-XXL, bench-cpu, NAR-tiny)")
+    p.add_argument("--batch", type=int, nargs="+", default=[64])
+    p.add_argument("--cfg", type=float, default=2.0, help="CFG scale (1 = off)")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="bf16")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--reference", action="store_true", help="also time the plain official-style decoder")
+    p.add_argument("--no-raster", action="store_true", help="skip the raster baseline")
+    p.add_argument("--no-graph", action="store_true", help="run eagerly (no CUDA graph)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decoding loop")
+    p.add_argument("--tokenizer-decode", action="store_true", help="also time the VQ decoder (fp32)")
+    p.add_argument("--tokenizer", default="vq-16")
+    p.add_argument("--decode-batch", type=int, default=64)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--min-time", type=float, default=0.0, help="time each method for at least this many seconds")
+    p.add_argument("--out", default="benchmarks/results", help="folder for the JSON and markdown results")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from nar.model import NARConfig
+    from nar.sampling.bench import bench_sampling, bench_tokenizer_decode
+    from nar.sampling.logits import SamplingConfig
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("no CUDA device here; run `make bench-cpu` or pass --device cpu")
+        return 2
+    cfg = NARConfig.from_name(args.preset)
+    sampling = SamplingConfig(cfg_scale=args.cfg, top_k=args.top_k)
+    rows = bench_sampling(cfg, args.batch, sampling, device=args.device, dtype=args.dtype, raster=not args.no_raster,
+                          reference=args.reference, cuda_graph=False if args.no_graph else None,
+                          compile=args.compile, warmup=args.warmup, iters=args.iters, min_time=args.min_time)
+    if args.tokenizer_decode:
+        rows.append(bench_tokenizer_decode(args.tokenizer, args.decode_batch, cfg.grid, device=args.device,
+                                           warmup=args.warmup, iters=args.iters, min_time=args.min_time))
+    device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu"
+    threads = torch.get_num_threads()
+    header = (f"preset {args.preset} grid {cfg.grid} | CFG {args.cfg} | {args.dtype} | {args.device} "
+              f"({device_name}, torch {torch.__version__}, {threads} threads)")
+    table = ["| method | batch | passes | images/s | tokens/s | s/batch | peak GiB |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        peak = f"{r.peak_memory_gib:.2f}" if r.peak_memory_gib is not None else "-"
+        table.append(f"| {r.method} | {r.batch} | {r.forward_passes} | {r.images_per_s:.1f} | {r.tokens_per_s:.0f} "
+                     f"| {r.seconds_per_batch:.4f} | {peak} |")
+    ratios = []
+    for batch in args.batch:
+        by = {r.method: r for r in rows if r.batch == batch}
+        if "raster" in by:
+            ratios.append(f"batch {batch}: nar/raster speed-up {by['nar'].images_per_s / by['raster'].images_per_s:.2f}x")
+        if "nar-reference" in by:
+            ratios.append(f"batch {batch}: fast/reference speed-up "
+                          f"{by['nar'].images_per_s / by['nar-reference'].images_per_s:.2f}x")
+    text = "\n".join([header, "", *table, "", *ratios])
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"bench-{args.preset}-{args.device.split(':')[0]}-{args.dtype}-{time.strftime('%Y%m%d-%H%M%S')}"
+    (out / f"{stem}.md").write_text(text + "\n")
+    (out / f"{stem}.json").write_text(json.dumps({
+        "preset": args.preset, "grid": cfg.grid, "cfg_scale": args.cfg, "dtype": args.dtype, "device": args.device,
+        "device_name": device_name, "torch": torch.__version__, "threads": threads,
+        "rows": [asdict(r) for r in rows]}, indent=2))
+    print(f"\nwrote {out / stem}.{{json,md}}")
+    first = {r.method: r for r in rows if r.batch == args.batch[0]}
+    if "raster" in first:
+        print(f"nar/raster speed-up: {first['nar'].images_per_s / first['raster'].images_per_s:.2f}x")
+    return 0

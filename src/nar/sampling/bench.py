@@ -1,0 +1,114 @@
+"""Sampling benchmark: NAR (fast sampler) vs the raster baseline vs the plain reference, side by side."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from nar.model import NARConfig, NARModel
+from nar.sampling.fast import FastSampler
+from nar.sampling.logits import SamplingConfig
+from nar.sampling.reference import reference_generate
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class BenchRow:
+    method: str
+    batch: int
+    forward_passes: int
+    images_per_s: float
+    tokens_per_s: float
+    seconds_per_batch: float
+    peak_memory_gib: float | None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device: torch.device, warmup: int, iters: int, min_time: float) -> float:
+    """Median-free simple mean over ``iters`` calls after ``warmup`` (at least ``min_time`` seconds)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    n, start = 0, time.perf_counter()
+    while n < iters or time.perf_counter() - start < min_time:
+        fn()
+        n += 1
+        if device.type == "cuda" and n % 4 == 0:
+            _sync(device)
+    _sync(device)
+    return (time.perf_counter() - start) / n
+
+
+def random_model(cfg: NARConfig, device: torch.device, dtype: torch.dtype, seed: int = 0) -> NARModel:
+    torch.manual_seed(seed)
+    model = NARModel(cfg)
+    for head in model.heads:  # zero-initialised heads would give flat logits; random is the realistic case
+        torch.nn.init.normal_(head.proj.weight, std=cfg.initializer_range)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def _peak(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def bench_sampling(cfg: NARConfig, batches: list[int], sampling: SamplingConfig, device: str = "cpu",
+                   dtype: str = "fp32", raster: bool = True, reference: bool = False, cuda_graph: bool | None = None,
+                   compile: bool = False, warmup: int = 1, iters: int = 3, min_time: float = 0.0,
+                   seed: int = 0) -> list[BenchRow]:
+    """Time token generation (no pixel decoding) for each batch size and method."""
+    dev = torch.device(device)
+    dt = DTYPES[dtype]
+    rows: list[BenchRow] = []
+    nar = random_model(cfg, dev, dt, seed)
+    models = {"nar": nar}
+    if raster:
+        models["raster"] = random_model(NARConfig(**{**asdict(cfg), "mode": "raster", "head_blocks": None}), dev, dt, seed)
+    N = cfg.num_cells
+    for batch in batches:
+        gen = torch.Generator(device=dev).manual_seed(seed)
+        labels = torch.randint(0, cfg.num_classes, (batch,), device=dev, generator=gen)
+        for name, model in models.items():
+            _reset_peak(dev)
+            sampler = FastSampler(model, batch, sampling, cuda_graph=cuda_graph, compile=compile)
+            sec = time_call(lambda s=sampler: s(labels, generator=gen), dev, warmup, iters, min_time)
+            rows.append(BenchRow(name, batch, sampler.num_passes, batch / sec, batch * N / sec, sec, _peak(dev)))
+            log.info("%s batch %d: %.1f images/s", name, batch, batch / sec)
+            del sampler
+        if reference:
+            _reset_peak(dev)
+            sec = time_call(lambda: reference_generate(nar, labels, sampling, generator=gen), dev,
+                            min(warmup, 1), max(1, iters // 2), 0.0)
+            rows.append(BenchRow("nar-reference", batch, nar.num_passes, batch / sec, batch * N / sec, sec, _peak(dev)))
+            log.info("nar-reference batch %d: %.1f images/s", batch, batch / sec)
+    return rows
+
+
+def bench_tokenizer_decode(preset: str, batch: int, grid: list[int], device: str = "cpu", dtype: str = "fp32",
+                           warmup: int = 1, iters: int = 3, min_time: float = 0.0) -> BenchRow:
+    """Images/s of a tokenizer's decoder (random weights) on ``batch`` random code grids."""
+    from nar.tokenizers import build_tokenizer
+
+    dev = torch.device(device)
+    tok = build_tokenizer(preset).to(device=dev, dtype=DTYPES[dtype]).eval()
+    codes = torch.randint(0, tok.codebook_size, (batch, *grid), device=dev)
+    _reset_peak(dev)
+    with torch.no_grad():
+        sec = time_call(lambda: tok.decode(codes), dev, warmup, iters, min_time)
+    return BenchRow(f"decode:{preset}", batch, 1, batch / sec, batch * len(codes[0].flatten()) / sec, sec, _peak(dev))
