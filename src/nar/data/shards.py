@@ -496,9 +496,24 @@ def iter_tar(path: str | os.PathLike[str], bad: BadInputLog | None = None) -> It
                 if current is None:
                     current = {"__key__": key, "__shard__": str(path)}
                 current[ext] = data
+        if not _has_end_marker(path):
+            raise tarfile.ReadError("truncated: no end-of-archive marker")
     except (tarfile.TarError, OSError, EOFError, ValueError) as err:
         (bad or BadInputLog()).record(path, f"unreadable shard: {type(err).__name__}: {err}")
-        # the partial sample at the point of damage is incomplete: drop it
+        # the partial sample at the point of damage may be incomplete: drop it
         return
     if current is not None:
         yield current
+
+
+def _has_end_marker(path: Path) -> bool:
+    """A plain tar ends with two zero blocks; a shard cut between members lacks them (compressed: not checked)."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+        if magic.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ")):
+            return True
+        size = f.seek(0, os.SEEK_END)
+        if size < 1024 or size % 512:
+            return False
+        f.seek(size - 1024)
+        return f.read(1024) == bytes(1024)
