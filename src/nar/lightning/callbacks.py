@@ -1,0 +1,310 @@
+"""Side work of generator training, run where rank matters: frontier-decoding validation and a metrics file.
+
+:class:`FrontierDecodingCallback` (validation): samples a fixed set of conditions with the fast
+sampler, decodes them to pixels, logs an image grid (videos: an animated GIF and a frames grid) and a
+PNG under ``<run>/samples/``, logs forward passes and images/s, and feeds generated and real samples to
+torchmetrics (FID and friends for images, FVD or its named proxy for videos) whose sufficient
+statistics are summed across ranks, so the scores are exact under DDP.
+
+Which samples a rank generates depends only on the sample index: the fixed condition list is cut
+into chunks of ``eval.batch_size``, chunk ``c`` goes to rank ``c % world`` and is sampled with seed
+``eval.seed + c``. A 2-process run therefore generates the same samples as a 1-process run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from nar.lightning.config import EvalConfig, TrainConfig
+from nar.model import NARModel
+from nar.sampling import SamplingConfig
+
+log = logging.getLogger(__name__)
+
+
+def make_sampler(model: NARModel, batch: int, sampling: SamplingConfig, cond_mask: torch.Tensor | None = None):
+    """A callable ``(cond, generator) -> tokens [B, *grid]``: the fast sampler when it is available."""
+    try:
+        from nar.sampling.fast import FastSampler
+
+        return FastSampler(model, batch=batch, sampling=sampling, cond_mask=cond_mask)
+    except ImportError:  # pragma: no cover - the plain loop has the same semantics
+        from nar.sampling import generate
+
+        return lambda cond, generator=None: generate(model, cond, sampling, cond_mask=cond_mask, generator=generator)
+
+
+def condition_list(model: NARModel, num_samples: int) -> torch.Tensor:
+    """The fixed class ids ``[num_samples]`` validation samples: round-robin over the classes."""
+    return torch.arange(num_samples) % model.cfg.num_classes
+
+
+def build_metrics(eval_cfg: EvalConfig, video: bool) -> dict[str, Any]:
+    """torchmetrics objects named by ``eval.metrics`` for images or videos (real statistics kept across resets)."""
+    from nar.metrics import FrechetVideoDistance, FVDProxyInception, ImageFidelity
+
+    wanted = list(eval_cfg.metrics)
+    out: dict[str, Any] = {}
+    if video:
+        if "fvd" in wanted or "fvd_proxy" in wanted:
+            if eval_cfg.i3d_path:
+                out["fvd"] = FrechetVideoDistance(eval_cfg.i3d_path, reset_real_features=False)
+            else:
+                out["fvd"] = FVDProxyInception(reset_real_features=False)
+    else:
+        image = [m for m in wanted if m in ("fid", "is", "pr")]
+        if image:
+            metric = ImageFidelity(metrics=image, reset_real_features=False,
+                                   inception_weights=eval_cfg.inception_weights or None)
+            if eval_cfg.reference_stats:
+                metric.set_reference(eval_cfg.reference_stats)
+            out["image"] = metric
+    return out
+
+
+def to_unit(pixels: torch.Tensor) -> torch.Tensor:
+    """``[-1, 1]`` → ``[0, 1]``, clamped."""
+    return ((pixels.float() + 1) / 2).clamp(0, 1)
+
+
+def image_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
+    """``[B, 3, H, W]`` in [0, 1] → one ``[3, H', W']`` grid."""
+    from torchvision.utils import make_grid
+
+    nrow = nrow or max(1, int(math.ceil(math.sqrt(images.shape[0]))))
+    return make_grid(images, nrow=nrow, padding=1, pad_value=1.0)
+
+
+def save_png(grid: torch.Tensor, path: Path) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = (grid.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+class FrontierDecodingCallback(Callback):
+    """Generates, decodes, logs and scores samples at the end of every validation (see module docstring).
+
+    Logged (all ranks agree): ``val/fid`` (and ``val/precision``, ``val/recall``, ``val/is_mean`` when
+    asked) or ``val/fvd`` / ``val/fvd_proxy_inception``; ``val/forward_passes`` (per image),
+    ``val/images_per_sec`` (token generation, this rank), ``val/decode_images_per_sec``.
+    """
+
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.eval = cfg.eval
+        self.run_dir = Path(run_dir)
+        self.metrics: dict[str, Any] | None = None
+        self._real_done = False
+        self._val_tokens: list[torch.Tensor] = []
+        self._val_captions: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        self.last_results: dict[str, float] = {}
+        self.last_grid: Path | None = None
+
+    # ------------------------------------------------------------------------------ collection
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._val_tokens, self._val_captions = [], []
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if trainer.sanity_checking:
+            return
+        if not self._real_done and not self.eval.real_root and not self.eval.reference_stats and "tokens" in batch:
+            self._val_tokens.append(batch["tokens"].detach())
+        if pl_module.cfg.model.condition == "caption" and "capfeat" in batch:
+            self._val_captions.append((batch["capfeat"].detach(), batch.get("capmask")))
+
+    # ------------------------------------------------------------------------------ the work
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self.run(trainer, pl_module)
+
+    @torch.no_grad()
+    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        model: NARModel = pl_module.eval_model
+        tokenizer = pl_module.tokenizer
+        device = pl_module.device
+        rank, world = trainer.global_rank, trainer.world_size
+        video = len(model.cfg.grid) == 3
+        was_training = model.training
+        model.eval()
+        if self.metrics is None:
+            self.metrics = build_metrics(self.eval, video) if tokenizer is not None else {}
+        for m in self.metrics.values():
+            m.to(device)
+
+        # 1. generate this rank's chunks of the fixed condition list
+        n = self.eval.num_samples
+        bs = self.eval.batch_size
+        conds, masks = self._conditions(model, n, device)
+        n = conds.shape[0]
+        chunks = [c for c in range(math.ceil(n / bs)) if c % world == rank]
+        tokens_all, gen_seconds = [], 0.0
+        for c in chunks:
+            cond = conds[c * bs:(c + 1) * bs]
+            mask = masks[c * bs:(c + 1) * bs] if masks is not None else None
+            sampler = make_sampler(model, cond.shape[0], self.cfg.sampling, cond_mask=mask)
+            generator = torch.Generator(device=device).manual_seed(self.eval.seed + c)
+            _sync(device)
+            start = time.perf_counter()
+            tokens_all.append(sampler(cond, generator=generator))
+            _sync(device)
+            gen_seconds += time.perf_counter() - start
+        n_local = sum(t.shape[0] for t in tokens_all)
+        results: dict[str, float] = {"val/forward_passes": float(model.num_passes)}
+        if n_local:
+            results["val/images_per_sec"] = n_local / max(gen_seconds, 1e-9)
+
+        # 2. decode and score
+        samples: list[torch.Tensor] = []
+        if tokenizer is not None:
+            start = time.perf_counter()
+            for t in tokens_all:
+                pixels = tokenizer.decode(t.to(device)).float().clamp(-1, 1)
+                samples.append(pixels)
+                for m in self.metrics.values():
+                    m.update(pixels, real=False)
+            _sync(device)
+            if n_local:
+                results["val/decode_images_per_sec"] = n_local / max(time.perf_counter() - start, 1e-9)
+            if not self._real_done:
+                self._update_real(trainer, pl_module, tokenizer, video)
+            for m in self.metrics.values():
+                for key, value in m.compute().items():
+                    results[f"val/{key}"] = float(value)
+                m.reset()
+
+        # 3. log scalars and pictures
+        for key, value in results.items():
+            pl_module.log(key, value, rank_zero_only=False, sync_dist=False)
+        if trainer.is_global_zero:
+            self._log_pictures(trainer, samples, tokens_all, video)
+        model.train(was_training)
+        self.last_results = results
+        if trainer.is_global_zero:
+            log.info("step %d: %s", trainer.global_step, ", ".join(f"{k}={v:.4g}" for k, v in sorted(results.items())))
+        return results
+
+    def _conditions(self, model: NARModel, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if model.cfg.condition == "class":
+            return condition_list(model, n).to(device), None
+        if not self._val_captions:
+            raise RuntimeError("caption-conditioned validation needs caption features in the val batches")
+        feats = torch.cat([f for f, _ in self._val_captions])[:n].to(device)
+        masks = [m for _, m in self._val_captions]
+        mask = torch.cat(masks)[:n].to(device) if all(m is not None for m in masks) else None
+        return feats, mask
+
+    def _update_real(self, trainer: L.Trainer, pl_module: L.LightningModule, tokenizer: Any, video: bool) -> None:
+        if not self.metrics or self.eval.reference_stats:
+            self._real_done = True
+            return
+        device = pl_module.device
+        if self.eval.real_root:
+            for pixels in iter_real(self.eval, trainer.global_rank, trainer.world_size, video,
+                                    tokenizer_size=_tokenizer_size(tokenizer)):
+                for m in self.metrics.values():
+                    m.update(pixels.to(device), real=True)
+        else:
+            # No real pixels configured: the tokenizer's reconstructions of the val tokens (this removes
+            # the tokenizer's own error from the score; set eval.real_root for the standard protocol).
+            for t in self._val_tokens:
+                for chunk in t.split(self.eval.batch_size):
+                    pixels = tokenizer.decode(chunk.to(device)).float().clamp(-1, 1)
+                    for m in self.metrics.values():
+                        m.update(pixels, real=True)
+        self._real_done = True
+        self._val_tokens = []
+
+    def _log_pictures(self, trainer: L.Trainer, samples: list[torch.Tensor], tokens: list[torch.Tensor],
+                      video: bool) -> None:
+        if not samples or self.eval.grid_samples == 0:
+            return
+        pix = to_unit(torch.cat(samples)[: self.eval.grid_samples]).cpu()
+        step = trainer.global_step
+        writer = _tb_writer(trainer)
+        if video:
+            b, _, t, h, w = pix.shape
+            frames = pix.permute(0, 2, 1, 3, 4).reshape(b * t, 3, h, w)  # rows = samples, columns = frames
+            grid = image_grid(frames, nrow=t)
+            if writer is not None:
+                try:
+                    from nar.lightning.tokenizer_module import add_gif
+
+                    add_gif(writer, "val/samples_video", pix[:8], step)
+                except Exception as err:  # noqa: BLE001 - a picture must never stop training
+                    log.warning("could not log the video summary: %s", err)
+        else:
+            grid = image_grid(pix)
+        if writer is not None:
+            writer.add_image("val/samples", grid, step)
+        path = save_png(grid, self.run_dir / "samples" / f"step_{step:07d}.png")
+        save_png(grid, self.run_dir / "samples" / "latest.png")
+        self.last_grid = path
+
+
+class MetricsFileCallback(Callback):
+    """Appends every validation's ``val/*`` scalars to ``<run>/metrics.jsonl`` (rank 0), for scripts and tests."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        super().__init__()
+        self.path = Path(run_dir) / "metrics.jsonl"
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        row = {"step": trainer.global_step}
+        row.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+def iter_real(eval_cfg: EvalConfig, rank: int, world: int, video: bool, tokenizer_size: int | None = None):
+    """This rank's share of the first ``num_real`` (or ``num_samples``) real samples, as pixel batches."""
+    from nar.data.datamodules import datamodule_for
+    from nar.data.readers import ShardStream
+
+    overrides: dict[str, Any] = {"num_workers": 0}
+    if tokenizer_size:
+        overrides["image_size"] = tokenizer_size
+    dm = datamodule_for(eval_cfg.real_root, **overrides)
+    index = dm.split_index(eval_cfg.real_split)
+    n = min(index.total, eval_cfg.num_real or eval_cfg.num_samples)
+    stream = ShardStream(index, dm.eval_transform(), sample_ids=np.arange(n), rank=rank, world_size=world)
+    key = "video" if video else "image"
+    loader = torch.utils.data.DataLoader(stream, batch_size=eval_cfg.batch_size, num_workers=0)
+    for batch in loader:
+        yield batch[key]
+
+
+def _tokenizer_size(tokenizer: Any) -> int | None:
+    cfg = getattr(tokenizer, "config", None)
+    return getattr(cfg, "image_size", None)
+
+
+def _tb_writer(trainer: L.Trainer):
+    for logger in trainer.loggers:
+        exp = getattr(logger, "experiment", None)
+        if exp is not None and hasattr(exp, "add_image"):
+            return exp
+    return None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

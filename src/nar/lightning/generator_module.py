@@ -1,0 +1,240 @@
+"""LightningModule around the NAR generator (or its raster baseline) and a frozen tokenizer.
+
+The model (:class:`~nar.model.NARModel`) knows nothing of Lightning; this module owns the loss
+(cross-entropy of the mixed logits, teacher forced), condition dropout for CFG, AdamW with weight
+decay only on >= 2-D weights, the warm-up + schedule, the EMA copy used for evaluation, and the
+non-finite loss guard. The EMA weights are a frozen submodule, so they live in every checkpoint and a
+resumed run continues them.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric
+
+from nar.config import to_dict
+from nar.errors import NarError
+from nar.lightning.config import TrainConfig, train_config_from_dict
+from nar.model import NARModel
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(NarError):
+    """The training loss became NaN or infinite; the message names the step and the batch."""
+
+
+def load_frozen_tokenizer(path: str, config: str = "") -> nn.Module:
+    """The tokenizer named by ``path`` (file or preset), in eval mode with gradients off."""
+    from nar.tokenizers import load_tokenizer
+
+    tok = load_tokenizer(path, config=config or None)
+    tok.eval()
+    for p in tok.parameters():
+        p.requires_grad_(False)
+    return tok
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
+    """Multiplier of the base learning rate at optimizer step ``step`` (0-based)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, max(0.0, (step - warmup) / max(1, total - warmup)))
+    if schedule == "cosine":
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_ratio + (1.0 - min_ratio) * (1.0 - progress)  # linear
+
+
+class GeneratorModule(L.LightningModule):
+    """Trains ``NARModel(cfg.model)`` on token batches (or pixels tokenized on the fly).
+
+    Batches (from :mod:`nar.data.datamodules`): ``{"tokens": int64 [B, *grid], "label": [B]}`` or
+    ``{"image": [B, 3, H, W] | "video": [B, 3, T, H, W], "label": [B]}``; text-to-image batches carry
+    ``capfeat [B, L, D]`` and ``capmask [B, L]`` instead of a usable label.
+
+    Logged: ``train/loss``, ``train/loss_<axis>`` (each head's own loss on the cells it predicts),
+    ``train/lr``, ``val/loss`` (EMA weights, exact mean over every rank's samples).
+    """
+
+    def __init__(self, cfg: TrainConfig | dict[str, Any], tokenizer: nn.Module | None = None) -> None:
+        super().__init__()
+        if isinstance(cfg, dict):  # rebuilt from a checkpoint's hyper-parameters
+            cfg = train_config_from_dict(cfg)
+        self.cfg = cfg
+        self.save_hyperparameters({"cfg": to_dict(cfg)})
+        self.model = NARModel(cfg.model)
+        self.ema_model: NARModel | None = None
+        if cfg.ema.enabled:
+            self.ema_model = copy.deepcopy(self.model).eval()
+            self.ema_model.requires_grad_(False)
+        # Not a submodule: the tokenizer is frozen and loaded from its own file, so it stays out of checkpoints.
+        object.__setattr__(self, "_tokenizer", tokenizer)
+        object.__setattr__(self, "_train_forward", None)
+        self.val_loss = MeanMetric()
+
+    # ------------------------------------------------------------------------------ helpers
+    @property
+    def tokenizer(self) -> nn.Module | None:
+        if self._tokenizer is None and self.cfg.tokenizer.path:
+            object.__setattr__(self, "_tokenizer", load_frozen_tokenizer(self.cfg.tokenizer.path, self.cfg.tokenizer.config))
+        if self._tokenizer is not None:
+            self._tokenizer.to(self.device)
+        return self._tokenizer
+
+    @property
+    def eval_model(self) -> NARModel:
+        """The weights evaluation and sampling use: the EMA copy when enabled."""
+        return self.ema_model if self.ema_model is not None else self.model
+
+    def _forward_train(self):
+        if self._train_forward is None:
+            fwd = self.model.forward_train
+            if self.cfg.trainer.compile:
+                fwd = torch.compile(fwd)
+            object.__setattr__(self, "_train_forward", fwd)
+        return self._train_forward
+
+    def batch_inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(tokens [B, N], cond, cond_mask)`` from a data batch; pixels are tokenized with the frozen tokenizer."""
+        if "tokens" in batch:
+            tokens = batch["tokens"]
+        else:
+            pixels = batch["image"] if "image" in batch else batch.get("video")
+            if pixels is None:
+                raise NarError(f"batch has none of tokens/image/video (keys: {sorted(batch)})")
+            if self.tokenizer is None:
+                raise NarError("pixel batches need a tokenizer: set tokenizer.path")
+            with torch.no_grad():
+                tokens = self.tokenizer.encode(pixels)
+        tokens = tokens.reshape(tokens.shape[0], -1).long()
+        if tokens.shape[1] != self.cfg.model.num_cells:
+            raise NarError(f"batch grid has {tokens.shape[1]} cells, model.grid={self.cfg.model.grid} has "
+                           f"{self.cfg.model.num_cells}")
+        if self.cfg.model.condition == "caption":
+            return tokens, batch["capfeat"], batch.get("capmask")
+        return tokens, batch["label"].long(), None
+
+    # ------------------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        tokens, cond, cond_mask = self.batch_inputs(batch)
+        B = tokens.shape[0]
+        if self.cfg.optim.cond_dropout > 0:
+            drop = torch.rand(B, device=tokens.device) < self.cfg.optim.cond_dropout
+            cond = self.model.drop_condition(cond, drop)
+        log_heads = self.global_step % self.cfg.trainer.log_every == 0
+        out = self._forward_train()(tokens, cond, cond_mask, return_axis_logits=log_heads)
+        logits, per_axis = out if log_heads else (out, None)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens.reshape(-1))
+        self._check_finite(loss, batch, batch_idx)
+        self.log("train/loss", loss, prog_bar=True, batch_size=B)
+        if per_axis is not None:
+            with torch.no_grad():
+                for name, (axis_logits, valid) in zip(self.cfg.model.axis_names, per_axis):
+                    if valid.any():
+                        head_loss = F.cross_entropy(axis_logits[:, valid].reshape(-1, axis_logits.shape[-1]).float(),
+                                                    tokens[:, valid].reshape(-1))
+                        self.log(f"train/loss_{name}", head_loss, batch_size=B)
+        if self._trainer is not None:
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=B)
+        return loss
+
+    def _check_finite(self, loss: torch.Tensor, batch: dict[str, Any], batch_idx: int) -> None:
+        if torch.isfinite(loss.detach()).item():
+            return
+        keys = batch.get("__key__")
+        sample = f", samples {list(keys)[:8]}" if keys is not None else ""
+        raise NonFiniteLossError(f"non-finite training loss {loss.item()} at step {self.global_step} "
+                                 f"(batch {batch_idx} of epoch {self.current_epoch}{sample}); stopping. "
+                                 f"Lower optim.lr, raise optim.warmup_steps, or check the data.")
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema_model is None or (batch_idx + 1) % self.cfg.trainer.accumulate:
+            return
+        self.update_ema()
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        step = self.global_step
+        decay = self.cfg.ema.decay
+        if self.cfg.ema.warmup:
+            decay = min(decay, (1 + step) / (10 + step))
+        ema = [p for p in self.ema_model.parameters()]
+        cur = [p.detach() for p in self.model.parameters()]
+        torch._foreach_lerp_(ema, [c.to(e.dtype) for e, c in zip(ema, cur)], 1.0 - decay)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.cfg.optim
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        # nanoGPT's rule: matrices and embeddings decay, gains (norms) do not.
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": o.weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        fused = torch.cuda.is_available() and all(p.is_cuda for p in params)
+        opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused or None)
+        total = self.cfg.trainer.max_steps
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_factor(s, o.warmup_steps, total, o.schedule, o.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------ validation
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if "__empty__" in batch:  # nar evaluate without a data folder: only the decoding callback runs
+            return
+        tokens, cond, cond_mask = self.batch_inputs(batch)
+        model = self.eval_model
+        was_training = model.training
+        model.eval()
+        logits = model.forward_train(tokens, cond, cond_mask)
+        model.train(was_training)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens.reshape(-1), reduction="none")
+        self.val_loss.update(loss.view(tokens.shape[0], -1).mean(1))  # per-sample means: exact across ranks
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_loss.update_count:
+            self.log("val/loss", self.val_loss.compute(), sync_dist=False)
+        self.val_loss.reset()
+
+    test_step = validation_step
+    on_test_epoch_end = on_validation_epoch_end
+
+    def on_fit_start(self) -> None:
+        if self.ema_model is not None:
+            self.ema_model.eval()
+
+
+def load_generator(path: str, cfg: TrainConfig | None = None, prefer_ema: bool = True,
+                   map_location: str | torch.device = "cpu") -> tuple[NARModel, TrainConfig | None]:
+    """A generator from one of our Lightning checkpoints (EMA weights by default) or an official ``.pt``.
+
+    Returns ``(model in eval mode, the run config stored in the checkpoint or None)``. Official
+    checkpoints are read with :func:`nar.model.official.load_official` and need ``cfg.model``.
+    """
+    from nar.checkpoints import load_strict
+    from nar.errors import CheckpointError
+    from nar.model.official import load_official
+
+    obj = torch.load(path, map_location=map_location, weights_only=False)
+    if isinstance(obj, dict) and "pytorch-lightning_version" in obj:
+        stored = obj.get("hyper_parameters", {}).get("cfg")
+        run_cfg = train_config_from_dict(stored) if stored else cfg
+        if run_cfg is None:
+            raise CheckpointError(f"{path}: no run config stored; pass --config")
+        state = obj["state_dict"]
+        prefix = "ema_model." if prefer_ema and any(k.startswith("ema_model.") for k in state) else "model."
+        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        model = NARModel(run_cfg.model)
+        load_strict(model, weights, source=f"{path} ({prefix[:-1]} weights)")
+        return model.eval(), run_cfg
+    if cfg is None:
+        raise CheckpointError(f"{path} is not a nar Lightning checkpoint; official checkpoints need a config (--config)")
+    model = load_official(path, cfg=cfg.model, prefer="ema" if prefer_ema and isinstance(obj, dict) and "ema" in obj else None)
+    return model.eval(), None
