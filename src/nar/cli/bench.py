@@ -54,11 +54,12 @@ def run(args: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     header = (f"preset {args.preset} grid {cfg.grid} | CFG {args.cfg} | {args.dtype} | {args.device} "
               f"({device_name}, torch {torch.__version__}, {threads} threads)")
-    table = ["| method | batch | passes | images/s | tokens/s | s/batch | peak GiB |", "|---|---|---|---|---|---|---|"]
+    table = ["| method | batch | passes | images/s | tokens/s | s/batch | peak GiB | execution |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         peak = f"{r.peak_memory_gib:.2f}" if r.peak_memory_gib is not None else "-"
         table.append(f"| {r.method} | {r.batch} | {r.forward_passes} | {r.images_per_s:.1f} | {r.tokens_per_s:.0f} "
-                     f"| {r.seconds_per_batch:.4f} | {peak} |")
+                     f"| {r.seconds_per_batch:.4f} | {peak} | {r.execution} |")
     ratios = []
     for batch in args.batch:
         by = {r.method: r for r in rows if r.batch == batch}

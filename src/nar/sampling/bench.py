@@ -28,6 +28,7 @@ class BenchRow:
     tokens_per_s: float
     seconds_per_batch: float
     peak_memory_gib: float | None
+    execution: str = "eager"
 
 
 def _sync(device: torch.device) -> None:
@@ -88,14 +89,16 @@ def bench_sampling(cfg: NARConfig, batches: list[int], sampling: SamplingConfig,
             _reset_peak(dev)
             sampler = FastSampler(model, batch, sampling, cuda_graph=cuda_graph, compile=compile)
             sec = time_call(lambda s=sampler: s(labels, generator=gen), dev, warmup, iters, min_time)
-            rows.append(BenchRow(name, batch, sampler.num_passes, batch / sec, batch * N / sec, sec, _peak(dev)))
+            mode = ("cuda-graph" if sampler.use_graph else "eager") + ("+compile" if compile else "")
+            rows.append(BenchRow(name, batch, sampler.num_passes, batch / sec, batch * N / sec, sec, _peak(dev), mode))
             log.info("%s batch %d: %.1f images/s", name, batch, batch / sec)
             del sampler
         if reference:
             _reset_peak(dev)
             sec = time_call(lambda: reference_generate(nar, labels, sampling, generator=gen), dev,
                             min(warmup, 1), max(1, iters // 2), 0.0)
-            rows.append(BenchRow("nar-reference", batch, nar.num_passes, batch / sec, batch * N / sec, sec, _peak(dev)))
+            rows.append(BenchRow("nar-reference", batch, nar.num_passes, batch / sec, batch * N / sec, sec, _peak(dev),
+                                 "eager, dense mask, per-token sampling"))
             log.info("nar-reference batch %d: %.1f images/s", batch, batch / sec)
     return rows
 

@@ -111,6 +111,12 @@ class FastSampler:
             self._step(generator)
         else:
             if self._graph is None or generator is not self._graph_generator:
-                self._capture(generator)
+                try:
+                    self._capture(generator)
+                except RuntimeError as err:  # e.g. an op that cannot be captured on this torch build
+                    log.warning("CUDA graph capture failed (%s); running eagerly", err)
+                    self.use_graph = False
+                    self._graph = None
+                    return self(cond, generator)
             self._graph.replay()
         return self.tokens.view(self.batch, *self.model.cfg.grid).clone()

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Every GPU check in one call on the lent device (see README "Benchmarks"). Writes results under $OUT.
+#   run with:  bash benchmarks/gpu_checks.sh
+# The device image has torch but not omegaconf/webdataset: they travel as pure-Python copies in .gpu-site/.
+set -uo pipefail
+export PYTHONPATH="$PWD/src:$PWD/.gpu-site${PYTHONPATH:+:$PYTHONPATH}"
+OUT="${OUT:-/tmp/nar-gpu}"; mkdir -p "$OUT"
+PY=python3
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee "$OUT/gpu.txt"
+$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))" | tee -a "$OUT/gpu.txt"
+echo "== gpu tests"
+timeout 120 $PY -m pytest -q -p no:cacheprovider -m gpu tests/sampling 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt"
+echo "== NAR-L: NAR vs raster vs reference, CFG 2.0, bf16, VQ-16 decode fp32"
+timeout 330 $PY -m nar.cli.main bench --preset NAR-L --batch 64 256 --cfg 2.0 --dtype bf16 --device cuda \
+    --reference --tokenizer-decode --iters 5 --min-time 2 --out "$OUT" 2>&1 | grep -v Warning | tee "$OUT/bench_nar_l.txt"
+echo "== NAR-B: NAR vs reference"
+timeout 90 $PY -m nar.cli.main bench --preset NAR-B --batch 64 256 --cfg 2.0 --dtype bf16 --device cuda \
+    --reference --no-raster --iters 5 --min-time 2 --out "$OUT" 2>&1 | grep -v Warning | tee "$OUT/bench_nar_b.txt"
