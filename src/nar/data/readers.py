@@ -99,7 +99,9 @@ class ShardStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.bad = BadInputLog()
 
-    def __len__(self) -> int:
+    # No __len__: with several workers each ends on a partial batch, so a length in batches would be
+    # wrong and Lightning would stop the pass early. Ask for the sample count instead.
+    def num_samples(self) -> int:
         """Samples this rank reads (all its workers together)."""
         rank, world, _, _ = _reader_identity(self.rank, self.world_size)
         lo, hi = partition_bounds(len(self.sample_ids), world, rank)

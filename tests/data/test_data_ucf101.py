@@ -1,0 +1,53 @@
+"""UCF-101 layout → clip shards decoded with PyAV; corrupt and missing videos are skipped."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from nar_data_testutil import UCF_CLASSES, run_data_cli
+
+from nar.data.readers import ShardStream, VideoSample
+from nar.data.shards import SplitIndex, iter_tar
+from nar.data.ucf101 import clip_starts, write_ucf101
+
+
+def test_clip_starts():
+    assert clip_starts(20, 16, 1) == [2]
+    assert clip_starts(40, 16, 0) == [0, 16]
+    assert clip_starts(10, 16, 3) == [0]
+    assert clip_starts(32, 16, 3) == [0, 8, 16]
+
+
+def test_ucf101_clip_shards(mini_ucf101, tmp_path):
+    out = tmp_path / "clips"
+    meta = write_ucf101(mini_ucf101, out, frames=4, stride=3, size=16, clips_per_video=2, shard_size=2)
+    assert meta["kind"] == "video" and meta["classes"] == list(UCF_CLASSES)
+    assert meta["frames"] == 4 and meta["stride"] == 3 and meta["image_size"] == 16
+    train, test = meta["splits"]["train"], meta["splits"]["test"]
+    # train: videos of 12 and 16 frames per class; span 10 → 2 clips each
+    assert train["samples"] == 8 and len(train["shards"]) == 2
+    assert test["samples"] == 4  # two 20-frame videos, 2 clips each
+    reasons = sorted(r.split(":")[0] for _, r in test["skipped"]["files"])
+    assert reasons == ["cannot decode video", "missing file"]
+
+    index = SplitIndex.load(out, "train")
+    assert index.labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    raw = next(iter_tar(index.shards[0]))
+    info = json.loads(raw["json"])
+    assert info["label"] == UCF_CLASSES[0] and info["start"] == 0 and not info["padded"]
+    clips = list(ShardStream(index, VideoSample()))
+    assert all(c["video"].shape == (3, 4, 16, 16) for c in clips)
+    # frame i of a test video is grey level 8 i: the stride is visible in the pixels
+    levels = (clips[0]["video"][0, :, 8, 8].numpy() + 1) * 127.5
+    assert np.allclose(np.diff(levels), 24, atol=6)
+
+
+def test_ucf101_pads_short_videos_and_cli(mini_ucf101, tmp_path, capsys):
+    out = tmp_path / "clips"
+    code = run_data_cli(["data", "ucf101", str(mini_ucf101), "--out", str(out), "--frames", "16", "--size", "8",
+                         "--splits", "train", "--limit", "2"])
+    assert code == 0 and "train" in capsys.readouterr().out
+    raw = next(iter_tar(out / "train" / "train-000000.tar"))
+    assert json.loads(raw["json"])["padded"] is True  # 12 frames < 16
+    assert run_data_cli(["data", "verify", str(out)]) == 0
