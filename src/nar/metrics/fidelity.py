@@ -227,7 +227,8 @@ class ImageFidelity(GaussianPairMetric):
             result["is_mean"] = torch.tensor(score["inception_score_mean"])
             result["is_std"] = torch.tensor(score["inception_score_std"])
         if "pr" in self.metrics:
-            if not self.real_features:
+            # list states before a distributed sync, one concatenated tensor after it
+            if isinstance(self.real_features, list) and not self.real_features:
                 raise ConfigError("precision/recall need real images' features (statistics files hold none)")
             real, fake = dim_zero_cat(self.real_features), dim_zero_cat(self.fake_features)
             k = self.pr_neighborhood

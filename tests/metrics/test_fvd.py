@@ -1,0 +1,72 @@
+"""FVD with a local I3D TorchScript (StyleGAN-V calling convention), and the separately named proxy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from metric_helpers import TinyExtractor, random_images
+from torch import nn
+
+from nar.errors import ConfigError
+from nar.metrics import FrechetVideoDistance, FVDProxyInception
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+
+
+class TinyI3D(nn.Module):
+    """Same signature as StyleGAN-V's i3d_torchscript.pt; asserts the input convention."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(3, 12, kernel_size=(2, 16, 16), stride=(1, 16, 16))
+
+    def forward(self, x: torch.Tensor, rescale: bool = True, resize: bool = True, return_features: bool = False) -> torch.Tensor:
+        assert not rescale and not resize and return_features
+        assert x.shape[-1] == 224 and x.shape[-2] == 224
+        assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0
+        return torch.tanh(self.conv(x)).mean(dim=(2, 3, 4))
+
+
+def _videos(n: int, seed: int, t: int = 4) -> torch.Tensor:
+    """uint8 [n, 3, t, 32, 32]."""
+    return random_images(n * t, seed=seed).reshape(n, t, 3, 32, 32).transpose(1, 2)
+
+
+@pytest.fixture
+def i3d_path(tmp_path):
+    path = tmp_path / "i3d_torchscript.pt"
+    torch.manual_seed(0)
+    torch.jit.save(torch.jit.script(TinyI3D()), str(path))
+    return path
+
+
+def test_fvd_with_torchscript_detector(i3d_path):
+    real, fake = _videos(20, seed=1), _videos(20, seed=2)
+    metric = FrechetVideoDistance(i3d_path, num_features=12)
+    metric.update(real, real=True)
+    metric.update(real.float() / 127.5 - 1, real=False)  # float in [-1, 1] == the same uint8 videos
+    assert abs(metric.compute()["fvd"].item()) < 1e-5
+    metric.reset()
+    metric.update(real, real=True)
+    metric.update(fake.flip(-1), real=False)
+    assert metric.compute()["fvd"].item() > 0
+
+
+def test_missing_detector_points_to_the_proxy(tmp_path):
+    with pytest.raises(ConfigError, match="fvd_proxy_inception"):
+        FrechetVideoDistance(tmp_path / "nope.pt")
+
+
+def test_proxy_is_named_apart_and_sees_motion():
+    extractor = TinyExtractor().eval()
+    still = random_images(16, seed=3)[:, :, None].expand(-1, -1, 4, -1, -1)  # [16, 3, 4, 32, 32] static
+    moving = _videos(16, seed=3)
+    metric = FVDProxyInception(extractor=extractor)
+    metric.update(still, real=True)
+    metric.update(still, real=False)
+    out = metric.compute()
+    assert set(out) == {"fvd_proxy_inception"} and abs(out["fvd_proxy_inception"].item()) < 1e-6
+    metric.reset()
+    metric.update(still, real=True)
+    metric.update(moving, real=False)
+    assert metric.compute()["fvd_proxy_inception"].item() > 0.01
