@@ -116,7 +116,12 @@ def build_config(data: str, config: str | None = None, overrides: list[str] | tu
 
 def build_datamodule(cfg: TrainTokenizerConfig):
     """The nar.data DataModule for ``cfg.data`` whose samples match ``cfg.model`` (checked against meta.json)."""
-    from nar.data.datamodules import ImageDataConfig, ImageShardDataModule, VideoDataConfig, VideoShardDataModule
+    from nar.data.datamodules import (
+        ImageDataConfig,
+        ImageShardDataModule,
+        VideoDataConfig,
+        VideoShardDataModule,
+    )
     from nar.data.shards import read_meta
 
     meta = read_meta(cfg.data.root)

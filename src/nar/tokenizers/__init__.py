@@ -4,7 +4,13 @@ Every tokenizer has ``codebook_size``, ``grid_shape(input_shape)``, ``encode(x) 
 and ``decode(codes) -> x`` (images ``[B, 3, H, W]``, videos ``[B, 3, T, H, W]``, pixels in ``[-1, 1]``).
 """
 
-from nar.tokenizers.config import PRESETS, TokenizerLossConfig, TokenizerOptimConfig, TokenizerValConfig, VQConfig
+from nar.tokenizers.config import (
+    PRESETS,
+    TokenizerLossConfig,
+    TokenizerOptimConfig,
+    TokenizerValConfig,
+    VQConfig,
+)
 from nar.tokenizers.io import (
     export_official_vq,
     infer_official_config,

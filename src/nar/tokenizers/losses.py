@@ -47,9 +47,9 @@ class LPIPS(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        from torchvision.models import vgg16
+        from torchvision.models.vgg import cfgs, make_layers
 
-        features = vgg16(weights=None).features
+        features = make_layers(cfgs["D"])  # VGG16's convolutional trunk, without the 120M-weight classifier
         starts = (0, *VGG_STAGE_ENDS[:-1])
         self.stages = nn.ModuleList(features[a:b] for a, b in zip(starts, VGG_STAGE_ENDS))
         self.heads = nn.ModuleList(nn.Conv2d(w, 1, kernel_size=1, bias=False) for w in VGG_STAGE_WIDTHS)

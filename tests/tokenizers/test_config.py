@@ -1,0 +1,66 @@
+"""Bad tokenizer configs fail at start-up with a message naming the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from nar.cli.train_tokenizer import build_config
+from nar.errors import ConfigError
+from nar.tokenizers import PRESETS, TokenizerLossConfig, VQConfig
+from tokenizer_helpers import tiny_image, tiny_video
+
+
+@pytest.mark.parametrize("overrides,key", [
+    ({"image_size": 250}, "image_size"),  # 250 not divisible by 16
+    ({"kind": "audio"}, "kind"),
+    ({"base_channels": 48}, "encoder_ch_mult"),  # 48 not divisible by 32 groups
+    ({"decoder_ch_mult": [1, 2]}, "decoder_ch_mult"),
+    ({"num_frames": 4}, "num_frames"),  # images have one frame
+    ({"codebook_size": 1}, "codebook_size"),
+])
+def test_bad_image_config_names_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        VQConfig(**overrides)
+
+
+def test_bad_video_config_names_the_key():
+    with pytest.raises(ConfigError, match="'num_frames'.*not divisible by the temporal"):
+        tiny_video(num_frames=5)
+    with pytest.raises(ConfigError, match="'temporal_downsample'"):
+        tiny_video(temporal_downsample=[True])
+    with pytest.raises(ConfigError, match="'temporal_downsample'"):
+        tiny_image(temporal_downsample=[True])
+
+
+def test_every_preset_is_valid_and_has_the_documented_grid():
+    grids = {"vq-16": (16, 16), "vq-8": (32, 32), "vq-tiny-emoji": (8, 8), "vq-video-ucf101": (4, 16, 16),
+             "vq-video-tiny-atari": (4, 8, 8)}
+    assert {name: cfg.grid for name, cfg in PRESETS.items()} == grids
+    vq16 = VQConfig.from_name("vq-16")
+    assert (vq16.base_channels, vq16.encoder_ch_mult, vq16.z_channels, vq16.codebook_size,
+            vq16.codebook_embed_dim) == (128, [1, 1, 2, 2, 4], 256, 16384, 8)
+    with pytest.raises(ConfigError, match="unknown tokenizer preset"):
+        VQConfig.from_name("vq-17")
+
+
+def test_loss_config_validation():
+    with pytest.raises(ConfigError, match="'reconstruction'"):
+        TokenizerLossConfig(reconstruction="huber")
+    with pytest.raises(ConfigError, match="'adversarial_weight'"):
+        TokenizerLossConfig(adversarial_weight=-1.0)
+
+
+@pytest.mark.parametrize("data", ["emoji", "atari", "imagenet", "ucf101"])
+def test_cli_config_of_every_dataset_builds(data):
+    cfg = build_config(data, root="/nonexistent/shards")
+    assert cfg.model == VQConfig.from_name({"emoji": "vq-tiny-emoji", "atari": "vq-video-tiny-atari",
+                                            "imagenet": "vq-16", "ucf101": "vq-video-ucf101"}[data])
+
+
+def test_cli_bad_override_fails_at_start_up():
+    with pytest.raises(ConfigError, match="image_size.*not divisible by the spatial downsampling factor 4"):
+        build_config("emoji", overrides=["model.image_size=30"])
+    with pytest.raises(ConfigError, match="model.codebook_sise"):
+        build_config("emoji", overrides=["model.codebook_sise=8"])
+    with pytest.raises(ConfigError, match="needs --root"):
+        build_config("imagenet")
