@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from tokenizer_helpers import tiny_image, tiny_video
 
 from nar.cli.train_tokenizer import build_config
 from nar.errors import ConfigError
 from nar.tokenizers import PRESETS, TokenizerLossConfig, VQConfig
-from tokenizer_helpers import tiny_image, tiny_video
 
 
 @pytest.mark.parametrize("overrides,key", [

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tokenizer_helpers import tiny_image, tiny_video
 
 from nar.errors import CheckpointError, ConfigError
 from nar.tokenizers import VQTokenizer, load_tokenizer, save_tokenizer
-from tokenizer_helpers import tiny_image, tiny_video
 
 
 @pytest.mark.parametrize("make_config,shape", [(tiny_image, (2, 3, 16, 16)), (tiny_video, (2, 3, 4, 16, 16))])

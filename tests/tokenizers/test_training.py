@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import logging
 
-import lightning as L
 import pytest
 import torch
+from tokenizer_helpers import tiny_image, tiny_video
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import lightning as L
 from nar.lightning.tokenizer_module import TokenizerModule
 from nar.tokenizers import TokenizerLossConfig, TokenizerOptimConfig, TokenizerValConfig, load_tokenizer
 from nar.tokenizers.usage import CodebookUsage
-from tokenizer_helpers import tiny_image, tiny_video
 
 
 class TinyExtractor(nn.Module):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tokenizer_helpers import tiny_image, tiny_video
 
 from nar.tokenizers import VQConfig, VQTokenizer, build_tokenizer
-
-from tokenizer_helpers import tiny_image, tiny_video
 
 
 @pytest.mark.parametrize("height,width", [(16, 16), (16, 24), (8, 32)])

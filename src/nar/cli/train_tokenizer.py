@@ -146,11 +146,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def train(cfg: TrainTokenizerConfig, gpus: int = 0, nodes: int = 1, cpu: bool = False) -> int:
-    import lightning as L
     import torch
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    import lightning as L
     from nar.config import to_dict
     from nar.lightning.tokenizer_module import TokenizerModule
     from nar.tokenizers.io import save_tokenizer
