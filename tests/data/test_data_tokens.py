@@ -1,0 +1,111 @@
+"""Token extraction with flip and ten-crop; token DataModule; videos."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from nar.data.datamodules import TokenDataConfig, TokenShardDataModule
+from nar.data.encode import encode_png
+from nar.data.shards import SplitIndex, iter_tar, read_meta, write_meta, write_split
+from nar.data.tokens import extract_tokens
+from nar.data.transforms import ten_crop
+
+
+class PoolTokenizer(nn.Module):
+    """A stand-in tokenizer: mean of each 4×4 patch of the red channel, quantised to 16 codes."""
+
+    codebook_size = 16
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        red = x[:, 0]  # [B, (T,) H, W]
+        if red.dim() == 4:  # video: pool 2 frames together
+            red = nn.functional.avg_pool3d(red[:, None], (2, 4, 4))[:, 0]
+        else:
+            red = nn.functional.avg_pool2d(red[:, None], 4)[:, 0]
+        return ((red + 1) / 2 * 15.999).long()
+
+
+def _gradient_image(i: int) -> dict:
+    arr = np.zeros((16, 16, 3), dtype=np.uint8)
+    arr[..., 0] = np.linspace(0, 255, 16, dtype=np.uint8)[None, :]  # red grows left → right
+    return {"png": encode_png(Image.fromarray(arr)), "cls": i % 2, "txt": f"caption {i}", "json": {"i": i}}
+
+
+@pytest.fixture
+def images(tmp_path):
+    root = tmp_path / "img"
+    rec = write_split(root, "train", list(range(5)), make_sample=_gradient_image, shard_size=2)
+    write_meta(root, "image", [rec], classes=["x", "y"], image_size=16)
+    return root
+
+
+def test_ten_crop_order():
+    x = torch.arange(36.0).reshape(1, 6, 6)
+    crops = ten_crop(x, 4)
+    assert crops.shape == (10, 1, 4, 4)
+    assert torch.equal(crops[0], x[:, 1:5, 1:5]) and torch.equal(crops[1], x[:, :4, :4])
+    assert torch.equal(crops[5], crops[0].flip(-1))
+
+
+def test_extract_tokens_with_flip_then_resume(images, tmp_path):
+    tok = PoolTokenizer()
+    out = tmp_path / "tok"
+    meta = extract_tokens(images, out, tok, flip=True, batch_size=2, tokenizer_name="pool")
+    assert meta["kind"] == "tokens" and meta["grid"] == [4, 4] and meta["codebook_size"] == 16
+    assert meta["augmentations"] == ["center", "center_flip"] and meta["classes"] == ["x", "y"]
+    assert meta["splits"]["train"]["shard_samples"] == [2, 2, 1]  # one token shard per image shard
+    raw = next(iter_tar(out / "train" / "train-000000.tar"))
+    codes = np.load(__import__("io").BytesIO(raw["tokens.npy"]))
+    assert codes.dtype == np.int32 and codes.shape == (2, 4, 4)
+    assert (np.diff(codes[0], axis=1) >= 0).all() and np.array_equal(codes[1], codes[0][:, ::-1])
+    assert raw["txt"] == b"caption 0" and raw["cls"] == b"0"
+    assert SplitIndex.load(out, "train").labels.tolist() == [0, 1, 0, 1, 0]
+
+    calls = tok.calls
+    extract_tokens(images, out, tok, flip=True, batch_size=2, tokenizer_name="pool")
+    assert tok.calls == calls  # every shard already done
+
+    dm = TokenShardDataModule(TokenDataConfig(root=str(out), val_split="train", batch_size=5, num_workers=0, shuffle_buffer=2))
+    assert dm.grid == (4, 4)
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["tokens"].shape == (5, 4, 4) and batch["tokens"].dtype == torch.int64
+    assert torch.equal(batch["tokens"][0], torch.from_numpy(codes[0]).long())  # eval: the centre view
+    train = next(iter(dm.train_dataloader()))
+    assert train["tokens"].shape == (5, 4, 4)
+
+
+def test_extract_tokens_ten_crop_and_caption_features(images, tmp_path):
+    def text_encoder(captions):
+        feats = torch.randn(len(captions), 6, 3)
+        mask = torch.zeros(len(captions), 6, dtype=torch.bool)
+        mask[:, -2:] = True  # right-aligned
+        return feats, mask
+
+    meta = extract_tokens(images, tmp_path / "tok", PoolTokenizer(), ten_crop=True, text_encoder=text_encoder)
+    assert len(meta["augmentations"]) == 10 and meta["caption_features"]
+    raw = next(iter_tar(tmp_path / "tok" / "train" / "train-000000.tar"))
+    assert np.load(__import__("io").BytesIO(raw["tokens.npy"])).shape == (10, 4, 4)
+    dm = TokenShardDataModule(TokenDataConfig(root=str(tmp_path / "tok"), val_split="train", batch_size=2, num_workers=0,
+                                              caption_features=True))
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["capfeat"].shape == (2, 6, 3) and batch["capmask"].dtype == torch.bool
+
+
+def test_extract_tokens_from_video_shards(tmp_path):
+    def clip(i: int) -> dict:
+        return {"frames.npy": np.full((4, 8, 8, 3), 40 * i, dtype=np.uint8), "cls": i}
+
+    rec = write_split(tmp_path / "vid", "train", list(range(3)), make_sample=clip, shard_size=3)
+    write_meta(tmp_path / "vid", "video", [rec], classes=["a", "b", "c"], image_size=8, frames=4)
+    meta = extract_tokens(tmp_path / "vid", tmp_path / "tok", PoolTokenizer(), flip=False)
+    assert meta["grid"] == [2, 2, 2] and meta["augmentations"] == ["center"] and meta["frames"] == 4
+    assert read_meta(tmp_path / "tok")["splits"]["train"]["samples"] == 3
