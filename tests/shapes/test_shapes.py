@@ -13,6 +13,7 @@ from nar.shapes import (
     caption,
     detect,
     evaluate,
+    parse_prompt,
     render_scene,
     sample_scene,
     score,
@@ -104,3 +105,12 @@ def test_bad_values_raise():
         sample_scene(np.random.default_rng(0), "nonsense")
     with pytest.raises(ConfigError, match="colour"):
         Primitive("circle", "mauve", 0.5, 0.5, 0.1)
+
+
+def test_prompt_parses_back_to_its_spec():
+    rng = np.random.default_rng(9)
+    for _ in range(200):
+        scene = sample_scene(rng)
+        assert parse_prompt(scene.prompt) == scene.spec
+    with pytest.raises(ConfigError, match="shapes prompt"):
+        parse_prompt("a watercolor of a fox")

@@ -234,3 +234,52 @@ def sample_scene(rng: np.random.Generator, family: str | None = None) -> Scene:
             break
     spec["prompt"] = prompt_for(spec)
     return Scene(primitives=tuple(prims), family=family, prompt=spec["prompt"], spec=spec)
+
+
+_WORD_NUMBERS = {w: n for n, w in NUMBER_WORDS.items()}
+
+
+def parse_prompt(prompt: str) -> dict[str, Any]:
+    """The GenEval spec of a prompt written by :func:`prompt_for` (so samples saved with only their prompt
+    can be scored). Raises :class:`ConfigError` for text outside the shapes grammar."""
+    text = " ".join(prompt.lower().strip().rstrip(".").split())
+    if not text.startswith("a photo of "):
+        raise ConfigError(f"not a shapes prompt (expected 'a photo of …'): {prompt!r}")
+    words = text[len("a photo of "):].split(" ")
+
+    def obj(tokens: list[str]) -> dict[str, Any]:
+        """``[article] [colour] shape``."""
+        if tokens and tokens[0] in ("a", "an"):
+            tokens = tokens[1:]
+        if len(tokens) == 2 and tokens[0] in PALETTE and tokens[1] in SHAPES:
+            return {"class": tokens[1], "count": 1, "color": tokens[0]}
+        if len(tokens) == 1 and tokens[0] in SHAPES:
+            return {"class": tokens[0], "count": 1}
+        raise ConfigError(f"cannot parse {' '.join(tokens)!r} in shapes prompt {prompt!r}")
+
+    spec: dict[str, Any]
+    if words[0] in _WORD_NUMBERS and len(words) == 2 and words[1].rstrip("s") in SHAPES:
+        n, shape = _WORD_NUMBERS[words[0]], words[1][:-1]
+        spec = {"tag": "counting", "include": [{"class": shape, "count": n}], "exclude": [{"class": shape, "count": n + 1}]}
+    elif "and" in words:
+        i = words.index("and")
+        a, b = obj(words[:i]), obj(words[i + 1:])
+        colored = "color" in a and "color" in b
+        if ("color" in a) != ("color" in b):
+            raise ConfigError(f"mixed coloured/uncoloured objects in {prompt!r}")
+        spec = {"tag": "color_attr" if colored else "two_object", "include": [a, b], "exclude": []}
+    else:
+        text_rest = " ".join(words)
+        for rel in RELATIONS:
+            token = f" {rel} "
+            if token in text_rest:
+                left, right = text_rest.split(token, 1)
+                a, b = obj(left.split(" ")), obj(right.split(" "))
+                a["position"] = [rel, 0]
+                spec = {"tag": "position", "include": [b, a], "exclude": []}
+                break
+        else:
+            single = obj(words)
+            spec = {"tag": "colors" if "color" in single else "single_object", "include": [single], "exclude": []}
+    spec["prompt"] = prompt_for(spec)
+    return spec
