@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from nar_data_testutil import WNIDS, run_data_cli, write_jpeg
 
 from nar.data.imagenet import write_imagenet
 from nar.data.shards import SplitIndex, iter_tar, read_meta
 from nar.data.verify import verify
 from nar.errors import DataError
-
-from nar_data_testutil import WNIDS, run_data_cli, write_jpeg
 
 
 def test_imagenet_shards_skip_bad_files_and_keep_class_names(mini_imagenet, tmp_path, caplog):

@@ -10,7 +10,13 @@ from torch.utils.data import DataLoader
 
 from nar.data.datamodules import ImageDataConfig, ImageShardDataModule, TokenDataConfig, datamodule_for
 from nar.data.encode import encode_png
-from nar.data.readers import ImageSample, ResampledShardStream, ShardStream, class_balanced_ids, partition_bounds
+from nar.data.readers import (
+    ImageSample,
+    ResampledShardStream,
+    ShardStream,
+    class_balanced_ids,
+    partition_bounds,
+)
 from nar.data.shards import SplitIndex, write_meta, write_split
 from nar.errors import ConfigError, DataError
 

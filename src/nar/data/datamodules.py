@@ -11,12 +11,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+import lightning as L
 from nar.data.readers import (
     ImageSample,
     ResampledShardStream,
@@ -39,13 +39,13 @@ class ShardDataConfig:
     root: str = ""
     train_split: str = "train"
     val_split: str = "val"
-    test_split: Optional[str] = None  # None: test reads val_split
+    test_split: str | None = None  # None: test reads val_split
     batch_size: int = 64
-    eval_batch_size: Optional[int] = None  # None: batch_size
+    eval_batch_size: int | None = None  # None: batch_size
     num_workers: int = 4
     shuffle_buffer: int = 2000
-    samples_per_epoch: Optional[int] = None  # None: the train split's size
-    eval_per_class: Optional[int] = None  # e.g. 50: class-balanced evaluation subset
+    samples_per_epoch: int | None = None  # None: the train split's size
+    eval_per_class: int | None = None  # e.g. 50: class-balanced evaluation subset
     seed: int = 0
     pin_memory: bool = True
     drop_last: bool = True  # training batches only; evaluation keeps every sample
@@ -79,7 +79,7 @@ class ImageDataConfig(ShardDataConfig):
 
 @dataclasses.dataclass
 class VideoDataConfig(ShardDataConfig):
-    image_size: Optional[int] = None  # None: keep the shards' resolution
+    image_size: int | None = None  # None: keep the shards' resolution
     hflip: bool = False
 
     def __post_init__(self) -> None:
