@@ -21,6 +21,7 @@ SUBCOMMANDS: list[str] = [
     "nar.cli.train_tokenizer",
     "nar.cli.train",
     "nar.cli.evaluate",
+    "nar.cli.eval_samples",
     "nar.cli.demo",
 ]
 

