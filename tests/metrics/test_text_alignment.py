@@ -53,3 +53,10 @@ def test_overall_is_the_mean_of_families():
     assert out["geneval_overall"].item() == pytest.approx(0.5)
     with pytest.raises(ConfigError):
         GenEvalShapes().compute()
+
+
+def test_clip_score_needs_a_local_checkpoint(tmp_path):
+    from nar.metrics import OpenCLIPScore
+
+    with pytest.raises(ConfigError, match="open_clip_torch|not found"):
+        OpenCLIPScore(tmp_path / "missing.bin")

@@ -130,7 +130,7 @@ def convert_fid_helper_inception(src: str | Path | None = None, dst: str | Path 
         raise ConfigError(f"conversion left torch-fidelity keys unset: {sorted(missing)[:5]}")
 
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_suffix(".tmp")
+    tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")  # ranks converting at once never share a temp file
     torch.save(state, tmp)
     if verify:
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
@@ -145,8 +145,8 @@ def convert_fid_helper_inception(src: str | Path | None = None, dst: str | Path 
             tmp.unlink()
             raise ConfigError(f"converted Inception disagrees with {src} by {err:.2e} (> {CONVERSION_TOLERANCE})")
         log.info("converted %s -> %s (max |feature difference| %.1e)", src, dst, err)
-    tmp.replace(dst)
     dst.with_suffix(".json").write_text(json.dumps({"source": str(src), "source_sha1": _sha1(src), "has_logits": False}))
+    tmp.replace(dst)
     return dst
 
 
