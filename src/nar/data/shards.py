@@ -324,7 +324,7 @@ def write_split(
                     bar.update(len(chunks[i]))
                 finish(i, record)
         else:
-            ctx = multiprocessing.get_context("spawn")
+            ctx = multiprocessing.get_context(_start_method())
             with futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
                 jobs = {
                     pool.submit(_write_shard, split_dir / shard_name(split, i), chunks[i], producer, i * shard_size): i
@@ -352,6 +352,15 @@ def write_split(
     )
     log.info("split %r: %d samples in %d shards; %s", split, record.samples, num_shards, bad.summary())
     return record
+
+
+def _start_method() -> str:
+    """``fork`` (no re-import, fast start) unless CUDA is initialised here, which a fork must not inherit."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    cuda_live = torch is not None and torch.cuda.is_initialized()
+    return "fork" if "fork" in multiprocessing.get_all_start_methods() and not cuda_live else "spawn"
 
 
 class _Ticking:

@@ -64,11 +64,9 @@ def random_crop_arr(img: Image.Image, size: int, rng: np.random.Generator) -> np
 
 def to_tensor_pm1(arr: np.ndarray) -> torch.Tensor:
     """``uint8 [..., H, W, 3]`` → float ``[3, ..., H, W]`` in ``[-1, 1]`` (channels first)."""
-    arr = np.ascontiguousarray(arr)
-    if not arr.flags.writeable:  # views of PIL images are read-only; torch wants writable memory
-        arr = arr.copy()
-    x = torch.from_numpy(arr).float().div_(127.5).sub_(1.0)
-    return x.movedim(-1, 0)
+    # numpy, not torch: single-threaded, so a DataLoader-less caller does not fight for cores
+    x = np.moveaxis(np.asarray(arr, dtype=np.float32), -1, 0)
+    return torch.from_numpy(np.ascontiguousarray(x) * np.float32(1 / 127.5) - np.float32(1.0))
 
 
 def resize_video(frames: np.ndarray, size: int) -> np.ndarray:
