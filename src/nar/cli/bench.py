@@ -22,7 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-raster", action="store_true", help="skip the raster baseline")
     p.add_argument("--no-graph", action="store_true", help="run eagerly (no CUDA graph)")
     p.add_argument("--compile", action="store_true", help="torch.compile the decoding loop")
-    p.add_argument("--tokenizer-decode", action="store_true", help="also time the VQ decoder (fp32)")
+    p.add_argument("--tokenizer-decode", action="store_true", help="also time the VQ decoder")
+    p.add_argument("--decode-dtype", nargs="+", choices=["fp32", "bf16", "fp16"], default=["fp32"],
+                   help="precisions to time the decoder in (fp32 is the official setting)")
     p.add_argument("--tokenizer", default="vq-16")
     p.add_argument("--decode-batch", type=int, default=64)
     p.add_argument("--warmup", type=int, default=1)
@@ -48,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
                           reference=args.reference, cuda_graph=False if args.no_graph else None,
                           compile=args.compile, warmup=args.warmup, iters=args.iters, min_time=args.min_time)
     if args.tokenizer_decode:
-        rows.append(bench_tokenizer_decode(args.tokenizer, args.decode_batch, cfg.grid, device=args.device,
-                                           warmup=args.warmup, iters=args.iters, min_time=args.min_time))
+        for dt in args.decode_dtype:
+            rows.append(bench_tokenizer_decode(args.tokenizer, args.decode_batch, cfg.grid, device=args.device,
+                                               dtype=dt, warmup=args.warmup, iters=args.iters, min_time=args.min_time))
     device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu"
     threads = torch.get_num_threads()
     header = (f"preset {args.preset} grid {cfg.grid} | CFG {args.cfg} | {args.dtype} | {args.device} "

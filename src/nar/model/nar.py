@@ -45,8 +45,7 @@ class StepPlan:
     positions: torch.Tensor  # [T] sequence positions fed
     slots: torch.Tensor | slice  # where their keys go in the cache
     kv_limit: int | None  # attend to the first kv_limit slots (None: the whole cache)
-    cos: torch.Tensor  # [T, hd/2]
-    sin: torch.Tensor
+    rope: torch.Tensor  # [T, hd/2] complex
     mask: torch.Tensor | None  # [B|1, 1, T, kv] bool, None = everything visible
     sources: torch.Tensor  # [A, n_out] index into the T fed tokens (clamped; see weights)
     weights: torch.Tensor  # [A, n_out] float: valid / number of valid predictors
@@ -60,6 +59,8 @@ class InferenceState:
     caches: list[KVCache]
     plans: list[StepPlan]
     layout: str
+    # Every axis's head projection side by side, [V, A * D]: one matmul mixes all heads (mean of logits).
+    head_weight: torch.Tensor | None = None
 
 
 class NARModel(nn.Module):
@@ -104,14 +105,12 @@ class NARModel(nn.Module):
         # Index tables are always computed on the CPU (also when the module is built on 'meta').
         with torch.device("cpu"):
             if cfg.position == "rope":
-                cos, sin = rotary_table(cfg.grid, cfg.head_dim, C, cfg.rope_base)
-            else:
-                cos = torch.ones(cfg.seq_len, cfg.head_dim // 2)
-                sin = torch.zeros(cfg.seq_len, cfg.head_dim // 2)
+                rope = rotary_table(cfg.grid, cfg.head_dim, C, cfg.rope_base)
+            else:  # identity rotation
+                rope = torch.ones(cfg.seq_len, cfg.head_dim // 2, dtype=torch.complex64)
             pred = self.geometry.predictors(cfg.mode)  # [A, N]
             train_mask = self.geometry.attention_mask(C, cfg.mode)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("rope", rope, persistent=False)
         self.register_buffer("predictors", pred, persistent=False)
         self.register_buffer("train_mask", train_mask, persistent=False)
         self.reset_parameters()
@@ -155,15 +154,15 @@ class NARModel(nn.Module):
             x = x + (self.pos_embedding if cells is None else self.pos_embedding[cells])
         return x
 
-    def _features(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+    def _features(self, x: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None,
                   state: InferenceState | None = None, plan: StepPlan | None = None) -> list[torch.Tensor]:
         """Run trunk and branches; return the hidden states each predicting axis reads."""
         caches = iter(state.caches) if state is not None else None
 
         def run(block: Block, h: torch.Tensor) -> torch.Tensor:
             if caches is None:
-                return block(h, cos, sin, mask)
-            return block(h, cos, sin, mask, next(caches), plan.slots, plan.kv_limit)
+                return block(h, rope, mask)
+            return block(h, rope, mask, next(caches), plan.slots, plan.kv_limit)
 
         for block in self.layers:
             x = run(block, x)
@@ -213,7 +212,7 @@ class NARModel(nn.Module):
         x = torch.cat([self.cls_embedding(cond), self._embed_grid(tokens)], dim=1)
         x = self.tok_dropout(x)
         mask = self._full_mask(cond_mask, x.shape[0])
-        feats = self._features(x, self.rope_cos, self.rope_sin, mask)
+        feats = self._features(x, self.rope, mask)
         src, w = self._mix_plan(self.predictors, C, x.shape[1])
         logits = self._mix(feats, src, w)
         if not return_axis_logits:
@@ -248,7 +247,7 @@ class NARModel(nn.Module):
         reference the fast layout is tested against.
         """
         cfg = self.cfg
-        device = torch.device(device) if device is not None else self.rope_cos.device
+        device = torch.device(device) if device is not None else self.rope.device
         dtype = dtype or self.tok_embeddings.weight.dtype
         C, L = cfg.num_cond_tokens, cfg.seq_len
         n_blocks = len(self.layers) + sum(len(b) for b in self.branches)
@@ -300,17 +299,19 @@ class NARModel(nn.Module):
                     mask = None if slot_valid is None else slot_valid[:, None, None, :kv_limit]
             plans.append(StepPlan(
                 positions=positions.to(device), slots=slots, kv_limit=kv_limit,
-                cos=self.rope_cos[positions.to(self.rope_cos.device)].to(device),
-                sin=self.rope_sin[positions.to(self.rope_sin.device)].to(device),
+                rope=self.rope[positions.to(self.rope.device)].to(device),
                 mask=mask, sources=src.to(device), weights=w.to(device), outputs=step.outputs.to(device)))
-        return InferenceState(caches, plans, layout)
+        head_weight = None
+        if cfg.mixing == "logits":
+            head_weight = torch.cat([self.heads[h].proj.weight for h in self._head_of_axis], dim=1).detach()
+        return InferenceState(caches, plans, layout, head_weight)
 
     def prefill(self, cond: torch.Tensor, state: InferenceState) -> torch.Tensor:
         """Condition tokens in; logits ``[B, 1, V]`` of the first cell out."""
         plan = state.plans[0]
         x = self.cls_embedding(cond).to(state.caches[0].k.dtype)
-        feats = self._features(x, plan.cos, plan.sin, plan.mask, state, plan)
-        return self._mix(feats, plan.sources, plan.weights)
+        feats = self._features(x, plan.rope, plan.mask, state, plan)
+        return self._mix_inference(feats, plan, state)
 
     def decode_step(self, tokens: torch.Tensor, step: int, state: InferenceState) -> torch.Tensor:
         """Feed step ``step``'s cells (``tokens [B, T]``, the outputs of step ``step - 1`` in raster order);
@@ -318,5 +319,14 @@ class NARModel(nn.Module):
         plan = state.plans[step]
         cells = state.plans[step - 1].outputs
         x = self._embed_grid(tokens, cells).to(state.caches[0].k.dtype)
-        feats = self._features(x, plan.cos, plan.sin, plan.mask, state, plan)
-        return self._mix(feats, plan.sources, plan.weights)
+        feats = self._features(x, plan.rope, plan.mask, state, plan)
+        return self._mix_inference(feats, plan, state)
+
+    def _mix_inference(self, feats: list[torch.Tensor], plan: StepPlan, state: InferenceState) -> torch.Tensor:
+        """As :meth:`_mix`; for the mean of logits, all heads in one matmul: the weighted, normalised
+        features of every axis side by side times the heads' projections side by side."""
+        if state.head_weight is None:
+            return self._mix(feats, plan.sources, plan.weights)
+        parts = [self.heads[self._head_of_axis[a]].norm(h[:, src]) * w[None, :, None].to(h.dtype)
+                 for a, (h, src, w) in enumerate(zip(feats, plan.sources, plan.weights))]
+        return F.linear(torch.cat(parts, dim=-1), state.head_weight).float()

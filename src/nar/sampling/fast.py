@@ -84,6 +84,9 @@ class FastSampler:
             generated += prev.shape[1]
 
     def _capture(self, generator: torch.Generator | None) -> None:
+        # Warm-up and capture draw random numbers; restore the generator so the first replay starts from
+        # the caller's state (the same seed then gives the same tokens on every call).
+        saved = generator.get_state() if generator is not None else torch.cuda.get_rng_state(self.device)
         # Warm up on a side stream (allocator, cuBLAS/attention kernels), then record one generation.
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
@@ -97,6 +100,10 @@ class FastSampler:
         with torch.cuda.graph(graph):
             self._step(generator)
         self._graph, self._graph_generator = graph, generator
+        if generator is not None:
+            generator.set_state(saved)
+        else:
+            torch.cuda.set_rng_state(saved, self.device)
 
     @torch.no_grad()
     def __call__(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -39,7 +39,7 @@ class SamplingConfig:
 def guide(logits: torch.Tensor, scale: float) -> torch.Tensor:
     """``[2B, n, V]`` (conditional half first) → ``uncond + scale * (cond - uncond)`` ``[B, n, V]``."""
     cond, uncond = logits.chunk(2, dim=0)
-    return uncond + scale * (cond - uncond)
+    return torch.lerp(uncond, cond, scale)  # one fused pass; lerp extrapolates for scale > 1
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -62,8 +62,10 @@ def sample_tokens(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Ge
     """``logits [B, n, V]`` → tokens ``[B, n]``; the exponential-race trick keeps it sync-free."""
     if cfg.greedy:
         return logits.argmax(-1)
-    logits = filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p)
-    probs = logits.softmax(-1)
-    # argmax(p / E) with E ~ Exp(1) draws from p (equivalent to a Gumbel-max draw).
-    race = torch.empty_like(probs).exponential_(1.0, generator=generator)
-    return (probs / race).argmax(-1)
+    logits = logits.float()
+    if cfg.temperature != 1.0:
+        logits = logits / cfg.temperature
+    logits = filter_logits(logits, cfg.top_k, cfg.top_p)
+    # argmax(p / E) with E ~ Exp(1) draws from p; in log space, argmax(logits - log E) needs no softmax.
+    race = torch.empty_like(logits).exponential_(1.0, generator=generator)
+    return (logits - race.log()).argmax(-1)
