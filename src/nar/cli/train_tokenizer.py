@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,8 @@ def train(cfg: TrainTokenizerConfig, gpus: int = 0, nodes: int = 1, cpu: bool = 
     from nar.lightning.tokenizer_module import TokenizerModule
     from nar.tokenizers.io import save_tokenizer
 
+    # Lightning suggests saving pre-step weights for manual optimisation; the post-step state is what we want.
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     L.seed_everything(cfg.trainer.seed, workers=True)
     use_gpu = torch.cuda.is_available() and not cpu
     devices = (gpus or torch.cuda.device_count()) if use_gpu else 1

@@ -119,26 +119,26 @@ class VQConfig:
         return cls(**fields)
 
 
-# Paper-scale and CPU-sized tokenizers. Tiny ones use 16 norm groups so that narrow widths stay legal.
+# Paper-scale and CPU-sized tokenizers. Tiny ones use 8 norm groups so that narrow widths stay legal.
 PRESETS: dict[str, VQConfig] = {
     # LlamaGen VQ-16 (72M params), the tokenizer of NAR's ImageNet models: 256 px -> 16x16 tokens.
     "vq-16": VQConfig(),
     # LlamaGen VQ-8 (same widths, one level fewer): 256 px -> 32x32 tokens.
     "vq-8": VQConfig(encoder_ch_mult=[1, 2, 2, 4], decoder_ch_mult=[1, 2, 2, 4]),
-    # 32 px emoji -> 8x8 tokens; trains to a usable reconstruction on CPU in minutes.
-    "vq-tiny-emoji": VQConfig(image_size=32, base_channels=32, encoder_ch_mult=[1, 2, 2],
-                              decoder_ch_mult=[1, 2, 2], num_res_blocks=1, z_channels=32,
-                              codebook_size=512, codebook_embed_dim=8, norm_groups=16),
+    # 32 px emoji -> 8x8 tokens (widths 16/32/64, 0.8M parameters): trains on CPU in minutes.
+    "vq-tiny-emoji": VQConfig(image_size=32, base_channels=16, encoder_ch_mult=[1, 2, 4],
+                              decoder_ch_mult=[1, 2, 4], num_res_blocks=1, z_channels=32,
+                              codebook_size=512, codebook_embed_dim=8, norm_groups=8),
     # UCF-101 16x128x128 clips -> 4x16x16 tokens (the paper's video grid).
     "vq-video-ucf101": VQConfig(kind="video", image_size=128, num_frames=16, base_channels=128,
                                 encoder_ch_mult=[1, 2, 2, 4], decoder_ch_mult=[1, 2, 2, 4],
                                 z_channels=256, codebook_size=16384, codebook_embed_dim=8,
                                 temporal_downsample=[True, True, False]),
-    # Atari 16-frame clips at 32x32 -> 4x8x8 tokens on CPU.
-    "vq-video-tiny-atari": VQConfig(kind="video", image_size=32, num_frames=16, base_channels=32,
-                                    encoder_ch_mult=[1, 2, 2], decoder_ch_mult=[1, 2, 2],
+    # Atari 16-frame clips at 32x32 -> 4x8x8 tokens (widths 16/32/64, 2.1M parameters), CPU-sized.
+    "vq-video-tiny-atari": VQConfig(kind="video", image_size=32, num_frames=16, base_channels=16,
+                                    encoder_ch_mult=[1, 2, 4], decoder_ch_mult=[1, 2, 4],
                                     num_res_blocks=1, z_channels=32, codebook_size=512,
-                                    codebook_embed_dim=8, norm_groups=16,
+                                    codebook_embed_dim=8, norm_groups=8,
                                     temporal_downsample=[True, True]),
 }
 
