@@ -63,6 +63,13 @@ def build_metrics(eval_cfg: EvalConfig, video: bool) -> dict[str, Any]:
                 out["fvd"] = FVDProxyInception(reset_real_features=False)
     else:
         image = [m for m in wanted if m in ("fid", "is", "pr")]
+        if "is" in image and not eval_cfg.inception_weights:
+            log.warning("eval.metrics: skipping 'is' — the default FID network has no classifier; "
+                        "set eval.inception_weights to a torch-fidelity Inception file with its fc layer")
+            image.remove("is")
+        if "pr" in image and eval_cfg.reference_stats and not eval_cfg.real_root:
+            log.warning("eval.metrics: skipping 'pr' — precision/recall need real images (eval.real_root)")
+            image.remove("pr")
         if image:
             metric = ImageFidelity(metrics=image, reset_real_features=False,
                                    inception_weights=eval_cfg.inception_weights or None)
