@@ -90,9 +90,22 @@ def test_resampled_stream_quota_seed_and_epochs(image_root):
     assert take(1)[0] != epoch0
     assert epoch0 != sorted(epoch0)  # shuffled
 
-    # with workers and ranks: each (rank, worker) gets its share of the epoch
+    # with workers and ranks: every (rank, worker) gets the same share, so ranks see equal batch counts
     n = [len(_keys(ResampledShardStream(index, samples_per_epoch=17, rank=r, world_size=2), workers=2)) for r in (0, 1)]
-    assert sum(n) == 17
+    assert n == [8, 8]
+
+
+def test_resampled_stream_survives_an_unreadable_shard(image_root, caplog):
+    index = SplitIndex.load(image_root, "train")
+    index.shards[1].write_bytes(b"this is no tar file")
+    ds = ResampledShardStream(index, shuffle_buffer=3, samples_per_epoch=200)
+    assert len(list(ds)) == 200 and ds.bad.counts["unreadable shard"] == 1
+    warned = [r for r in caplog.records if "train-000001.tar" in r.getMessage() and "skipped" in r.getMessage()]
+    assert len(warned) == 1  # logged once, then the shard is left out
+    for shard in index.shards:
+        shard.write_bytes(b"")
+    with pytest.raises(DataError, match="no readable"):
+        list(ResampledShardStream(index, samples_per_epoch=5))
 
 
 def test_reader_skips_undecodable_samples(tmp_path, caplog):

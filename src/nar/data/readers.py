@@ -154,8 +154,8 @@ class ResampledShardStream(IterableDataset):
         world_size: int | None = None,
     ) -> None:
         super().__init__()
-        if not index.shards:
-            raise DataError(f"{index.root}: split {index.split!r} has no shards")
+        if not index.shards or index.total == 0:
+            raise DataError(f"{index.root}: split {index.split!r} has no samples")
         self.index = index
         self.transform = transform
         self.shuffle_buffer = max(1, shuffle_buffer)
@@ -170,20 +170,25 @@ class ResampledShardStream(IterableDataset):
 
     def __iter__(self) -> Iterator[Any]:
         rank, world, worker, workers = _reader_identity(self.rank, self.world_size)
-        lo, hi = partition_bounds(self.samples_per_epoch, world * workers, rank * workers + worker)
-        quota = hi - lo
+        # the same quota for every (rank, worker): every rank then has the same number of batches,
+        # which DDP needs (a rank with one batch more waits forever in the gradient all-reduce)
+        quota = self.samples_per_epoch // (world * workers)
         info = get_worker_info()
         # a fresh worker seed per DataLoader iterator (i.e. per epoch); in-process, count epochs ourselves
         epoch_seed = info.seed % (2**63) if info is not None else self._epoch
         self._epoch += 1
         rng = np.random.default_rng([self.seed, rank, worker, epoch_seed])
-        counts = np.asarray(self.index.counts, dtype=np.float64)
-        probs = counts / counts.sum() if (counts > 0).all() and counts.sum() > 0 else None
+        weights = np.asarray(self.index.counts, dtype=np.float64)
+        if (weights < 0).any():  # sizes unknown: uniform over shards
+            weights = np.ones_like(weights)
         buffer: list[dict[str, Any]] = []
         produced, empty_draws = 0, 0
         while produced < quota:
-            shard = int(rng.choice(len(self.index.shards), p=probs))
+            if weights.sum() <= 0:
+                raise DataError(f"{self.index.root}: no readable shards left in split {self.index.split!r}")
+            shard = int(rng.choice(len(self.index.shards), p=weights / weights.sum()))
             got = 0
+            unreadable_before = self.bad.counts["unreadable shard"]
             for raw in iter_tar(self.index.shards[shard], self.bad):
                 got += 1
                 buffer.append(raw)
@@ -195,6 +200,9 @@ class ResampledShardStream(IterableDataset):
                     yield out
                     if produced >= quota:
                         return
+            if self.bad.counts["unreadable shard"] > unreadable_before:
+                log.warning("excluding %s from further draws this epoch", self.index.shards[shard])
+                weights[shard] = 0.0
             empty_draws = empty_draws + 1 if got == 0 else 0
             if empty_draws > 10 + 2 * len(self.index.shards):
                 raise DataError(f"{self.index.root}: no readable samples in split {self.index.split!r}")

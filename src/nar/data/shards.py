@@ -59,9 +59,17 @@ class BadInputLog:
 
     counts: Counter[str] = dataclasses.field(default_factory=Counter)
     files: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    _seen: set[str] = dataclasses.field(default_factory=set, repr=False)
 
     def record(self, path: str | os.PathLike[str], reason: str, *, quiet: bool = False) -> None:
-        """Note one skipped input ``path`` and why; logs a warning naming the file unless ``quiet``."""
+        """Note one skipped input ``path`` and why; logs a warning naming the file unless ``quiet``.
+
+        A path met again (a reader's next epoch) is counted but not logged or listed again.
+        """
+        if str(path) in self._seen:
+            self.counts[_reason_kind(reason)] += 1
+            return
+        self._seen.add(str(path))
         if not quiet:
             log.warning("skipped %s: %s", path, reason)
         self.counts[_reason_kind(reason)] += 1
