@@ -113,7 +113,8 @@ def export_official_vq(tokenizer: VQTokenizer) -> dict[str, dict[str, torch.Tens
 
 
 def infer_official_config(state: dict[str, torch.Tensor], image_size: int = 256) -> VQConfig:
-    """Read widths, levels, res-blocks and codebook off the shapes of an official VQ state dict."""
+    """Read widths, levels, res-blocks and codebook off the shapes of an official VQ state dict
+    (LlamaGen always uses GroupNorm(32); the training image size is not stored, ``image_size`` sets it)."""
     try:
         base = state["encoder.conv_in.weight"].shape[0]
         codebook_size, embed_dim = state["quantize.embedding.weight"].shape
@@ -125,13 +126,12 @@ def infer_official_config(state: dict[str, torch.Tensor], image_size: int = 256)
             return out if prefix == "encoder" else out[::-1]  # decoder blocks run lowest level first
 
         res_blocks = len({m.group(1) for k in state if (m := re.match(r"encoder\.conv_blocks\.0\.res\.(\d+)\.", k))})
-        groups = 32 if base % 32 == 0 else base
     except (KeyError, IndexError) as err:
         raise CheckpointError(f"not a LlamaGen VQ state dict (missing {err})") from None
     enc = mults("encoder")
     return VQConfig(image_size=max(image_size, 2 ** (len(enc) - 1)), base_channels=int(base), encoder_ch_mult=enc,
                     decoder_ch_mult=mults("decoder"), num_res_blocks=res_blocks, z_channels=int(z_channels),
-                    codebook_size=int(codebook_size), codebook_embed_dim=int(embed_dim), norm_groups=groups)
+                    codebook_size=int(codebook_size), codebook_embed_dim=int(embed_dim), norm_groups=32)
 
 
 def _as_config(config: VQConfig | str | dict[str, Any]) -> VQConfig:
