@@ -109,3 +109,21 @@ def test_extract_tokens_from_video_shards(tmp_path):
     meta = extract_tokens(tmp_path / "vid", tmp_path / "tok", PoolTokenizer(), flip=False)
     assert meta["grid"] == [2, 2, 2] and meta["augmentations"] == ["center"] and meta["frames"] == 4
     assert read_meta(tmp_path / "tok")["splits"]["train"]["samples"] == 3
+
+
+def test_cli_tokens_with_a_real_tokenizer_preset(tmp_path, capsys):
+    """`nar data embedded` (emoji subset) → `nar data tokens --tokenizer vq-tiny-emoji` → a token DataModule."""
+    pytest.importorskip("nar.tokenizers")
+    from nar_data_testutil import run_data_cli
+
+    from nar.data.embedded.emoji import build_emoji
+
+    build_emoji(tmp_path / "emoji", limit=6, size=32, val_fraction=0.0)
+    code = run_data_cli(["data", "tokens", str(tmp_path / "emoji"), "--out", str(tmp_path / "tok"),
+                         "--tokenizer", "vq-tiny-emoji", "--device", "cpu", "--batch-size", "4"])
+    assert code == 0 and "grid (8, 8)" in capsys.readouterr().out
+    meta = read_meta(tmp_path / "tok")
+    assert meta["codebook_size"] == 512 and meta["splits"]["train"]["samples"] == 6
+    dm = TokenShardDataModule(TokenDataConfig(root=str(tmp_path / "tok"), val_split="train", batch_size=6, num_workers=0))
+    tokens = next(iter(dm.val_dataloader()))["tokens"]
+    assert tokens.shape == (6, 8, 8) and 0 <= int(tokens.min()) and int(tokens.max()) < 512
