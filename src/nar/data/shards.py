@@ -321,7 +321,7 @@ def write_split(
 
     chunks = {i: items[i * shard_size : (i + 1) * shard_size] for i in todo}
     remaining = sum(len(c) for c in chunks.values())
-    with tqdm(total=remaining, desc=desc or f"{split}", unit=unit, dynamic_ncols=True, leave=False) as bar:
+    with tqdm(total=remaining, desc=desc or split, unit=unit, dynamic_ncols=True, leave=False, disable=remaining == 0) as bar:
         if workers <= 1 or len(todo) <= 1:
             for i in todo:
                 if make_sample is not None:  # in-process: advance the bar item by item
