@@ -180,3 +180,21 @@ def test_datamodule_under_a_lightning_trainer(image_root):
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(probe, datamodule=dm)
     assert trainer.global_step == 2 and probe.val_seen == NUM
+
+
+def test_rank_comes_from_the_trainer_or_the_process_group(image_root, monkeypatch):
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    dm = ImageShardDataModule(ImageDataConfig(root=str(image_root), image_size=8, num_workers=0))
+    dm.trainer = SimpleNamespace(global_rank=1, world_size=2)  # what Lightning sets under DDP
+    stream = dm.eval_dataset("val")
+    assert (stream.rank, stream.world_size) == (1, 2) and stream.num_samples() == NUM - NUM // 2
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    index = SplitIndex.load(image_root, "val")
+    rank0 = [s["__key__"] for s in ShardStream(index)]  # rank from the process group
+    assert rank0 == [f"{i:09d}" for i in range(NUM // 2)]
