@@ -46,11 +46,12 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
 
-    def write(self, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor | slice) -> None:
-        """Store ``k, v`` ``[B, H_kv, T, hd]`` at ``slots`` (a slice for contiguous writes, else indices)."""
-        if isinstance(slots, slice):
-            self.k[:, :, slots] = k
-            self.v[:, :, slots] = v
+    def write(self, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor | int) -> None:
+        """Store ``k, v`` ``[B, H_kv, T, hd]`` at ``slots``: an int writes slots ``slots … slots + T - 1``
+        (contiguous, the fast layout), a tensor lists the slots."""
+        if isinstance(slots, int):
+            self.k[:, :, slots:slots + k.shape[2]] = k
+            self.v[:, :, slots:slots + k.shape[2]] = v
         else:
             self.k.index_copy_(2, slots, k)
             self.v.index_copy_(2, slots, v)
@@ -60,12 +61,18 @@ def apply_rotary(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
     """Rotate interleaved channel pairs ``(x0, x1), (x2, x3), …`` in float32.
 
     Args:
-        x: ``[B, T, H, hd]``. rope: complex ``[T, hd/2]``, ``cos + i sin`` (all-zero rows zero the
-            token: the official quirk for condition tokens).
+        x: ``[B, T, H, hd]``. rope: ``[T, hd/2, 2]`` float, ``(cos, sin)`` per pair (all-zero rows zero
+            the token: the official quirk for condition tokens).
     """
-    # A pair (x0, x1) as the complex number x0 + i x1 times cos + i sin: one kernel, not ten.
-    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())  # [B, T, H, hd/2]
-    return torch.view_as_real(xc * rope[None, :, None, :]).flatten(-2).type_as(x)
+    xf = x.float().unflatten(-1, (-1, 2))  # [B, T, H, hd/2, 2]
+    if torch.compiler.is_compiling():
+        # Real arithmetic, which the compiler fuses into one kernel (it cannot generate complex code).
+        c, s = rope[None, :, None, :, 0], rope[None, :, None, :, 1]
+        x0, x1 = xf[..., 0], xf[..., 1]
+        return torch.stack((x0 * c - x1 * s, x1 * c + x0 * s), dim=-1).flatten(-2).type_as(x)
+    # Eagerly, a pair (x0, x1) as x0 + i x1 times cos + i sin: one kernel instead of ten.
+    xc = torch.view_as_complex(xf.contiguous())
+    return torch.view_as_real(xc * torch.view_as_complex(rope)[None, :, None, :]).flatten(-2).type_as(x)
 
 
 class Attention(nn.Module):
@@ -84,7 +91,7 @@ class Attention(nn.Module):
         rope: torch.Tensor,
         mask: torch.Tensor | None,
         cache: KVCache | None = None,
-        slots: torch.Tensor | slice | None = None,
+        slots: torch.Tensor | int | None = None,
         kv_limit: int | None = None,
     ) -> torch.Tensor:
         """``x [B, T, D]`` → ``[B, T, D]``.
@@ -136,14 +143,14 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None,
-                cache: KVCache | None = None, slots: torch.Tensor | slice | None = None,
+                cache: KVCache | None = None, slots: torch.Tensor | int | None = None,
                 kv_limit: int | None = None) -> torch.Tensor:
         h = x + self.drop_path(self.attention(self.attention_norm(x), rope, mask, cache, slots, kv_limit))
         return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))
 
 
 def rotary_table(grid: list[int], head_dim: int, num_cond: int, base: float) -> torch.Tensor:
-    """Complex ``cos + i sin`` of shape ``[C + N, head_dim / 2]``: condition tokens, then the grid (raster order).
+    """``[C + N, head_dim / 2, 2]`` (cos, sin) per channel pair: condition tokens, then the grid (raster order).
 
     The head dim's channel pairs are split evenly between the axes, first axis first; each axis with
     ``p`` pairs rotates pair ``j`` by ``coord * base^(-2j / (2p))``. For two axes this is the official
@@ -164,4 +171,4 @@ def rotary_table(grid: list[int], head_dim: int, num_cond: int, base: float) -> 
     if used < pairs:  # unrotated leftovers: identity rotation
         cos[:, used:], sin[:, used:] = 1.0, 0.0
     zeros = torch.zeros(num_cond, pairs)
-    return torch.complex(torch.cat([zeros, cos]), torch.cat([zeros, sin]))
+    return torch.stack([torch.cat([zeros, cos]), torch.cat([zeros, sin])], dim=-1)

@@ -43,9 +43,9 @@ class StepPlan:
     """Device-side constants of one decoding pass (built once per generation)."""
 
     positions: torch.Tensor  # [T] sequence positions fed
-    slots: torch.Tensor | slice  # where their keys go in the cache
+    slots: torch.Tensor | int  # where their keys go in the cache (int: the first of contiguous slots)
     kv_limit: int | None  # attend to the first kv_limit slots (None: the whole cache)
-    rope: torch.Tensor  # [T, hd/2] complex
+    rope: torch.Tensor  # [T, hd/2, 2] (cos, sin), float32
     mask: torch.Tensor | None  # [B|1, 1, T, kv] bool, None = everything visible
     sources: torch.Tensor  # [A, n_out] index into the T fed tokens (clamped; see weights)
     weights: torch.Tensor  # [A, n_out] float: valid / number of valid predictors
@@ -61,6 +61,8 @@ class InferenceState:
     layout: str
     # Every axis's head projection side by side, [V, A * D]: one matmul mixes all heads (mean of logits).
     head_weight: torch.Tensor | None = None
+    # Optional replacements for each block's forward, in cache order (e.g. compiled versions).
+    runners: list | None = None
 
 
 class NARModel(nn.Module):
@@ -106,16 +108,25 @@ class NARModel(nn.Module):
         with torch.device("cpu"):
             if cfg.position == "rope":
                 rope = rotary_table(cfg.grid, cfg.head_dim, C, cfg.rope_base)
-            else:  # identity rotation
-                rope = torch.ones(cfg.seq_len, cfg.head_dim // 2, dtype=torch.complex64)
+            else:  # identity rotation: cos 1, sin 0
+                rope = torch.stack([torch.ones(cfg.seq_len, cfg.head_dim // 2),
+                                    torch.zeros(cfg.seq_len, cfg.head_dim // 2)], dim=-1)
             pred = self.geometry.predictors(cfg.mode)  # [A, N]
             train_mask = self.geometry.attention_mask(C, cfg.mode)
+        # Kept in float32 whatever the model's dtype (see _apply).
         self.register_buffer("rope", rope, persistent=False)
         self.register_buffer("predictors", pred, persistent=False)
         self.register_buffer("train_mask", train_mask, persistent=False)
         self.reset_parameters()
 
     # ------------------------------------------------------------------------------ set-up
+    def _apply(self, fn, recurse=True):
+        # `.to(bfloat16)` must not round the rotary table: positions are rotated in float32.
+        rope = self.rope
+        out = super()._apply(fn, recurse)
+        self.rope = rope.to(device=self.tok_embeddings.weight.device)
+        return out
+
     @property
     def head_names(self) -> tuple[str, ...]:
         return self.cfg.axis_names if self.cfg.head_sharing == "per_axis" else ("shared",)
@@ -132,6 +143,10 @@ class NARModel(nn.Module):
                 nn.init.normal_(m.weight, std=std)
         for head in self.heads:  # zero-initialised outputs: every head starts at uniform logits
             nn.init.zeros_(head.proj.weight)
+
+    def blocks(self) -> list[Block]:
+        """Every transformer block in cache order: the trunk, then each branch."""
+        return [*self.layers, *(b for branch in self.branches for b in branch)]
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -158,11 +173,13 @@ class NARModel(nn.Module):
                   state: InferenceState | None = None, plan: StepPlan | None = None) -> list[torch.Tensor]:
         """Run trunk and branches; return the hidden states each predicting axis reads."""
         caches = iter(state.caches) if state is not None else None
+        runners = iter(state.runners) if state is not None and state.runners else None
 
         def run(block: Block, h: torch.Tensor) -> torch.Tensor:
             if caches is None:
                 return block(h, rope, mask)
-            return block(h, rope, mask, next(caches), plan.slots, plan.kv_limit)
+            fn = next(runners) if runners is not None else block
+            return fn(h, rope, mask, next(caches), plan.slots, plan.kv_limit)
 
         for block in self.layers:
             x = run(block, x)
@@ -281,12 +298,12 @@ class NARModel(nn.Module):
                 preds = step.sources.clone()
             src, w = self._mix_plan(preds, offset, n_in)
             if layout == "sequence":
-                slots: torch.Tensor | slice = positions.to(device)
+                slots: torch.Tensor | int = positions.to(device)
                 kv_limit = None
                 mask = seq_mask[:, positions.to(device)][:, None]
             else:
                 start = 0 if i == 0 else C + int(rank[step.inputs[0]])
-                slots = slice(start, start + n_in)
+                slots = start
                 kv_limit = start + n_in
                 if i == 0:
                     causal = torch.ones(C, C, dtype=torch.bool, device=device).tril()

@@ -57,7 +57,14 @@ class FastSampler:
         else:
             self.cond = torch.zeros(batch, cfg.caption_len, cfg.caption_dim, device=self.device, dtype=self.dtype)
         self.tokens = torch.zeros(batch, cfg.num_cells, dtype=torch.long, device=self.device)
-        self._step = torch.compile(self._run, fullgraph=False) if compile else self._run
+        if compile:
+            # Each block is compiled once with symbolic lengths (the frontier width and the cache prefix
+            # vary per pass); the fused kernels are then recorded into the CUDA graph like any other.
+            import torch._dynamo as dynamo
+
+            dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
+            self.state.runners = [torch.compile(b, dynamic=True) for b in model.blocks()]
+        self._step = self._run
         self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_generator: torch.Generator | None = None
 
