@@ -16,12 +16,12 @@ import io
 import logging
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+import lightning as L
 from nar.config import from_dict, to_dict
 from nar.errors import ConfigError
 from nar.tokenizers.config import TokenizerLossConfig, TokenizerOptimConfig, TokenizerValConfig, VQConfig
@@ -124,7 +124,10 @@ class TokenizerModule(L.LightningModule):
         total = (nll + cfg.codebook_weight * q.codebook_loss + cfg.commitment_beta * q.commitment_loss
                  + cfg.entropy_weight * q.entropy_loss)
         if gan_on:
+            # Frozen for the generator's pass: gradients flow through it to x_hat, none land on its weights.
+            self.discriminator.requires_grad_(False)
             terms["gan"] = generator_adversarial_loss(self.discriminator(x_hat))
+            self.discriminator.requires_grad_(True)
             weight = (adaptive_adversarial_weight(nll, terms["gan"], self.tokenizer.last_layer)
                       if cfg.adaptive_weight and self.training else torch.ones((), device=x.device))
             terms["gan_weight"] = weight
@@ -157,7 +160,7 @@ class TokenizerModule(L.LightningModule):
             self._warmup(opt_d, self.optim_cfg.disc_lr)
             d_loss = hinge_discriminator_loss(self.discriminator(x.detach()), self.discriminator(x_hat.detach()))
             opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(d_loss)
+            self.manual_backward(d_loss)  # under DDP, Lightning re-arms gradient sync for each manual backward
             # The unwrapped optimizer: Lightning would count this step in global_step, making max_steps
             # mean half as many batches once the GAN starts. (Precision "32" / "bf16-mixed" need no scaler.)
             opt_d.optimizer.step()
