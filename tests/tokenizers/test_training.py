@@ -76,7 +76,7 @@ def test_gan_entropy_metrics_and_checkpoint_round_trip(tmp_path, caplog):
     run = trainer(tmp_path, steps=3, val_check_interval=3, limit_val_batches=2, logger=logger)
     run.fit(module, loader, loader)
 
-    assert run.global_step == 3 and int(module.batches_seen) == 3  # discriminator steps are not counted
+    assert run.global_step == 3 and module.batches_seen == 3  # discriminator steps are not counted
     metrics = run.callback_metrics
     for key in ("train/loss", "train/gan", "train/gan_weight", "train/disc", "train/entropy", "val/psnr",
                 "val/ssim", "val/codebook_usage", "val/codebook_perplexity", "val/rfid"):
@@ -87,6 +87,9 @@ def test_gan_entropy_metrics_and_checkpoint_round_trip(tmp_path, caplog):
     ckpt = tmp_path / "last.ckpt"
     run.save_checkpoint(ckpt)
     reloaded = load_tokenizer(ckpt)
+    resumed = TokenizerModule(tiny_image(), val=TokenizerValConfig(rfid=False))
+    resumed.on_load_checkpoint(torch.load(ckpt, map_location="cpu", weights_only=False))
+    assert resumed.batches_seen == 3  # the GAN start step survives a restart
     module.tokenizer.eval()
     assert torch.equal(reloaded.encode(images), module.tokenizer.encode(images))
 

@@ -87,8 +87,8 @@ class TokenizerModule(L.LightningModule):
                       if self.loss_cfg.perceptual_weight > 0 else None)
         self.discriminator = (PatchDiscriminator(self.loss_cfg.disc_channels, self.loss_cfg.disc_layers)
                               if self.loss_cfg.adversarial_weight > 0 else None)
-        # Batches trained on; Lightning's global_step also counts discriminator steps (see training_step).
-        self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
+        # Batches trained on (a host int: no device sync per step); saved in checkpoints.
+        self.batches_seen = 0
 
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))  # mean of per-image PSNR
         self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
@@ -137,7 +137,7 @@ class TokenizerModule(L.LightningModule):
         return terms
 
     def gan_active(self) -> bool:
-        return self.discriminator is not None and int(self.batches_seen) >= self.loss_cfg.adversarial_start_step
+        return self.discriminator is not None and self.batches_seen >= self.loss_cfg.adversarial_start_step
 
     # --- training -------------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -174,7 +174,7 @@ class TokenizerModule(L.LightningModule):
 
     def _warmup(self, optimizer: Any, base_lr: float) -> None:
         steps = self.optim_cfg.warmup_steps
-        scale = min(1.0, (int(self.batches_seen) + 1) / steps) if steps else 1.0
+        scale = min(1.0, (self.batches_seen + 1) / steps) if steps else 1.0
         for group in optimizer.param_groups:
             group["lr"] = base_lr * scale
 
@@ -228,7 +228,7 @@ class TokenizerModule(L.LightningModule):
         if writer is None or not hasattr(writer, "add_image") or self.global_rank != 0:
             return
         real, fake = ((x.detach().float().cpu() + 1) / 2).clamp(0, 1), ((x_hat.detach().float().cpu() + 1) / 2).clamp(0, 1)
-        step = int(self.batches_seen)
+        step = self.batches_seen
         if x.dim() == 4:
             from torchvision.utils import make_grid
 
@@ -242,6 +242,10 @@ class TokenizerModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # lets nar.tokenizers.load_tokenizer read a training checkpoint directly
         checkpoint[LIGHTNING_CONFIG_KEY] = to_dict(self.model_cfg)
+        checkpoint["batches_seen"] = self.batches_seen
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.batches_seen = int(checkpoint.get("batches_seen", 0))
 
 
 def add_gif(writer: Any, tag: str, videos: torch.Tensor, step: int, fps: int = 4) -> None:
