@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every GPU check in one call on the lent device (see README "Benchmarks"). Writes results under $OUT.
 #   run with:  bash benchmarks/gpu_checks.sh
-# The device image has torch but not omegaconf/webdataset: they travel as pure-Python copies in .gpu-site/.
+# The device image has torch but not omegaconf/webdataset: they travel as pure-Python copies in
+# .device-site/ (make it with benchmarks/prepare_device_site.sh; name .device-site in the call's carry).
 set -uo pipefail
-export PYTHONPATH="$PWD/src:$PWD/.gpu-site${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PWD/src:$PWD/.device-site${PYTHONPATH:+:$PYTHONPATH}"
 OUT="${OUT:-/tmp/nar-gpu}"; mkdir -p "$OUT"
 PY=python3
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee "$OUT/gpu.txt"
