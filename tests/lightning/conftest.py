@@ -4,54 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-
-def write_token_shards(root: Path, grid=(4, 4), vocab: int = 512, num_classes: int = 4, train: int = 256,
-                       val: int = 32, seed: int = 0) -> Path:
-    """A learnable token dataset: each class is a noisy copy of its own template grid."""
-    from nar.data.shards import write_meta, write_split
-
-    rng = np.random.default_rng(seed)
-    templates = rng.integers(0, vocab, size=(num_classes, *grid))
-
-    def items(n: int, offset: int) -> list[tuple[int, int]]:
-        return [(offset + i, i % num_classes) for i in range(n)]
-
-    def make(item: tuple[int, int]) -> dict:
-        idx, cls = item
-        r = np.random.default_rng(idx)
-        codes = templates[cls].copy()
-        noise = r.random(grid) < 0.1
-        codes[noise] = r.integers(0, vocab, size=int(noise.sum()))
-        return {"tokens.npy": codes[None].astype(np.int32), "cls": cls,
-                "json": {"label": f"c{cls}"}}
-
-    recs = [write_split(root, "train", items(train, 0), make_sample=make, shard_size=64),
-            write_split(root, "val", items(val, 10**6), make_sample=make, shard_size=64)]
-    write_meta(root, "tokens", recs, classes=[f"c{i}" for i in range(num_classes)], grid=list(grid),
-               codebook_size=vocab, tokenizer="vq-tiny-emoji")
-    return root
+from lightning_helpers import write_token_shards
 
 
 @pytest.fixture(scope="session")
 def token_root(tmp_path_factory) -> Path:
-    """8×8 token grids (the vq-tiny-emoji tokenizer's grid), 4 classes."""
+    """8x8 token grids (the vq-tiny-emoji tokenizer's grid), 4 classes."""
     return write_token_shards(tmp_path_factory.mktemp("tokens"), grid=(8, 8))
 
 
-def tiny_overrides(root: Path, runs: Path, name: str = "t", **extra) -> list[str]:
-    """key=value overrides of a seconds-long CPU run on ``root``."""
-    base = {
-        "name": name, "runs_root": str(runs), "data.root": str(root), "data.batch_size": 16,
-        "data.num_workers": 0, "data.shuffle_buffer": 64, "data.eval_batch_size": 16,
-        "model.dim": 64, "model.n_layer": 2, "model.n_head": 4, "model.vocab_size": 512,
-        "model.grid": "[8,8]", "model.num_classes": 4,
-        "tokenizer.path": "vq-tiny-emoji", "trainer.accelerator": "cpu", "trainer.precision": "32-true",
-        "trainer.max_steps": 20, "trainer.val_every": 0, "trainer.ckpt_every": 10, "trainer.log_every": 5,
-        "trainer.threads": 1, "optim.lr": 3e-3, "ema.decay": 0.99, "eval.num_samples": 8, "eval.batch_size": 4,
-        "eval.grid_samples": 8, "eval.metrics": "[fid]",
-    }
-    base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
+@pytest.fixture(scope="session")
+def tokenizer_file(tmp_path_factory) -> Path:
+    """A saved (random-weight, seeded) vq-tiny-emoji tokenizer: every process decodes with the same weights."""
+    import torch
+
+    from nar.tokenizers import build_tokenizer, save_tokenizer
+
+    torch.manual_seed(0)
+    return save_tokenizer(build_tokenizer("vq-tiny-emoji"), tmp_path_factory.mktemp("tok") / "tokenizer.pt")
