@@ -8,6 +8,8 @@ GPUS ?= 0
 NODES ?= 1
 DATA ?=
 CKPT ?=
+TOKENIZER ?=
+MODEL ?= l
 ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -47,10 +49,10 @@ bench-cpu: $(VENV)/.installed ## CPU benchmark: NAR vs raster on a small trunk, 
 data-embedded: $(VENV)/.installed ## build the embedded emoji/atari/shapes shards under data/
 	$(NAR) data embedded --out data/embedded $(ARGS)
 
-demo: $(VENV)/.installed ## fresh clone -> emoji shards, tiny tokenizer, tiny NAR, samples and FID on CPU
+demo: $(VENV)/.installed ## fresh clone -> emoji shards, tiny tokenizer, tiny NAR, samples and FID on CPU (ARGS=--compare-raster adds the baseline)
 	$(NAR) demo --domain emoji $(ARGS)
 
-demo-video: $(VENV)/.installed ## the demo on Atari game clips
+demo-video: $(VENV)/.installed ## the demo on Atari game clips (FVD proxy)
 	$(NAR) demo --domain atari $(ARGS)
 
 demo-t2i: $(VENV)/.installed ## text-to-image demo on shapes captions
@@ -59,31 +61,31 @@ demo-t2i: $(VENV)/.installed ## text-to-image demo on shapes captions
 train-tokenizer: $(VENV)/.installed ## train a VQ tokenizer: DATA=emoji|atari|imagenet|ucf101
 	$(NAR) train-tokenizer --data $(or $(DATA),emoji) --gpus $(GPUS) --nodes $(NODES) $(ARGS)
 
-train-imagenet: $(VENV)/.installed ## train NAR-L on ImageNet token shards: DATA=path
+train-imagenet: $(VENV)/.installed ## train NAR on ImageNet token shards: DATA=path [MODEL=b|m|l|xl|xxl (xl/xxl: FSDP)]
 	@if [ -z "$(DATA)" ]; then echo "train-imagenet needs DATA=<folder of ImageNet token shards, made by 'nar data tokens'>"; exit 2; fi
-	$(NAR) train --config experiments/imagenet/nar_l.yaml data.root=$(DATA) --gpus $(GPUS) --nodes $(NODES) $(ARGS)
+	$(NAR) train --config experiments/imagenet/nar_$(MODEL).yaml data.root=$(DATA) $(if $(TOKENIZER),tokenizer.path=$(TOKENIZER)) --gpus $(GPUS) --nodes $(NODES) --resume $(ARGS)
 
 train-ucf101: $(VENV)/.installed ## train NAR-L on UCF-101 token shards: DATA=path
 	@if [ -z "$(DATA)" ]; then echo "train-ucf101 needs DATA=<folder of UCF-101 token shards, made by 'nar data tokens'>"; exit 2; fi
-	$(NAR) train --config experiments/ucf101/nar_l.yaml data.root=$(DATA) --gpus $(GPUS) --nodes $(NODES) $(ARGS)
+	$(NAR) train --config experiments/ucf101/nar_l.yaml data.root=$(DATA) $(if $(TOKENIZER),tokenizer.path=$(TOKENIZER)) --gpus $(GPUS) --nodes $(NODES) --resume $(ARGS)
 
 train-t2i: $(VENV)/.installed ## train text-to-image NAR: DATA=path
 	@if [ -z "$(DATA)" ]; then echo "train-t2i needs DATA=<folder of caption token shards>"; exit 2; fi
 	$(NAR) train --config experiments/t2i/nar_xl.yaml data.root=$(DATA) --gpus $(GPUS) --nodes $(NODES) $(ARGS)
 
-eval-imagenet: $(VENV)/.installed ## 50 samples/class, FID/IS/precision/recall: CKPT=path
-	@if [ -z "$(CKPT)" ]; then echo "eval-imagenet needs CKPT=<NAR checkpoint (ours or official .pt)>"; exit 2; fi
-	$(NAR) evaluate --config experiments/imagenet/nar_l.yaml --ckpt $(CKPT) --gpus $(GPUS) --nodes $(NODES) $(ARGS)
+eval-imagenet: $(VENV)/.installed ## 50 samples/class, FID/IS/precision/recall: CKPT=path TOKENIZER=vq.pt [DATA=real image shards]
+	@if [ -z "$(CKPT)" ]; then echo "eval-imagenet needs CKPT=<NAR checkpoint (ours or official .pt)>, TOKENIZER=<VQ-16 .pt> and DATA=<ImageNet image shards> or ARGS=eval.reference_stats=<ADM .npz>"; exit 2; fi
+	$(NAR) evaluate --config experiments/imagenet/nar_$(MODEL).yaml --ckpt $(CKPT) --per-class 50 $(if $(TOKENIZER),tokenizer.path=$(TOKENIZER)) $(if $(DATA),eval.real_root=$(DATA) eval.num_real=50000) --gpus $(GPUS) --nodes $(NODES) $(ARGS)
 
-eval-ucf101: $(VENV)/.installed ## FVD on UCF-101: CKPT=path
-	@if [ -z "$(CKPT)" ]; then echo "eval-ucf101 needs CKPT=<NAR video checkpoint>"; exit 2; fi
-	$(NAR) evaluate --config experiments/ucf101/nar_l.yaml --ckpt $(CKPT) --gpus $(GPUS) --nodes $(NODES) $(ARGS)
+eval-ucf101: $(VENV)/.installed ## FVD on UCF-101 (10k samples): CKPT=path TOKENIZER=video vq.pt DATA=clip shards [ARGS=eval.i3d_path=i3d.pt]
+	@if [ -z "$(CKPT)" ]; then echo "eval-ucf101 needs CKPT=<NAR video checkpoint>, TOKENIZER=<video VQ .pt> and DATA=<UCF-101 clip shards>"; exit 2; fi
+	$(NAR) evaluate --config experiments/ucf101/nar_l.yaml --ckpt $(CKPT) --num-samples 10000 $(if $(TOKENIZER),tokenizer.path=$(TOKENIZER)) $(if $(DATA),eval.real_root=$(DATA) eval.num_real=10000) --gpus $(GPUS) --nodes $(NODES) $(ARGS)
 
 ablate-heads: $(VENV)/.installed ## head-configuration ablation grid on emoji (CPU-sized)
 	$(NAR) ablate --config experiments/ablations/heads_emoji.yaml $(ARGS)
 
-tensorboard: $(VENV)/.installed ## serve TensorBoard over runs/
-	$(VENV)/bin/tensorboard --logdir runs --bind_all
+tensorboard: $(VENV)/.installed ## serve TensorBoard over runs/ (PORT=6006)
+	$(VENV)/bin/tensorboard --logdir runs --bind_all --port $(or $(PORT),6006)
 
 clean: ## remove caches (keeps .venv and data)
 	rm -rf .pytest_cache .ruff_cache .hypothesis
