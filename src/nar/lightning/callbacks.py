@@ -118,12 +118,14 @@ class FrontierDecodingCallback(Callback):
         self._real_done = False
         self._val_tokens: list[torch.Tensor] = []
         self._val_captions: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        self._val_texts: list[str] = []  # the captions of _val_captions, for the text-alignment metric
+        self.text_metric: Any = None
         self.last_results: dict[str, float] = {}
         self.last_grid: Path | None = None
 
     # ------------------------------------------------------------------------------ collection
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._val_tokens, self._val_captions = [], []
+        self._val_tokens, self._val_captions, self._val_texts = [], [], []
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -133,6 +135,7 @@ class FrontierDecodingCallback(Callback):
             self._val_tokens.append(batch["tokens"].detach())
         if pl_module.cfg.model.condition == "caption" and "capfeat" in batch:
             self._val_captions.append((batch["capfeat"].detach(), batch.get("capmask")))
+            self._val_texts.extend(batch.get("caption") or [""] * batch["capfeat"].shape[0])
 
     # ------------------------------------------------------------------------------ the work
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -180,11 +183,14 @@ class FrontierDecodingCallback(Callback):
         samples: list[torch.Tensor] = []
         if tokenizer is not None:
             start = time.perf_counter()
-            for t in tokens_all:
+            text = self._text_metric(model, device)
+            for c, t in zip(chunks, tokens_all):
                 pixels = tokenizer.decode(t.to(device)).float().clamp(-1, 1)
                 samples.append(pixels)
                 for m in self.metrics.values():
                     m.update(pixels, real=False)
+                if text is not None:
+                    self._update_text(text, pixels, c * bs)
             _sync(device)
             if n_local:
                 results["val/decode_images_per_sec"] = n_local / max(time.perf_counter() - start, 1e-9)
@@ -194,6 +200,10 @@ class FrontierDecodingCallback(Callback):
                 for key, value in m.compute().items():
                     results[f"val/{key}"] = float(value)
                 m.reset()
+            if text is not None:
+                for key, value in text.compute().items():
+                    results[f"val/{key}"] = float(value)
+                text.reset()
 
         # 3. log scalars and pictures
         for key, value in results.items():
@@ -215,6 +225,30 @@ class FrontierDecodingCallback(Callback):
         masks = [m for _, m in self._val_captions]
         mask = torch.cat(masks)[:n].to(device) if all(m is not None for m in masks) else None
         return feats, mask
+
+    def _text_metric(self, model: NARModel, device: torch.device):
+        """GenEval-style text alignment (``eval.metrics`` has ``text``; caption models on shapes captions)."""
+        if "text" not in self.eval.metrics or model.cfg.condition != "caption":
+            return None
+        if self.text_metric is None:
+            from nar.metrics import GenEvalShapes
+
+            self.text_metric = GenEvalShapes()
+        return self.text_metric.to(device)
+
+    def _update_text(self, metric: Any, pixels: torch.Tensor, first: int) -> None:
+        """Score samples ``first …`` against the GenEval specs parsed from their captions (others skipped)."""
+        from nar.shapes import parse_prompt
+
+        keep, specs = [], []
+        for i, caption in enumerate(self._val_texts[first:first + pixels.shape[0]]):
+            try:
+                specs.append(parse_prompt(caption))
+                keep.append(i)
+            except ValueError:  # not a shapes prompt (ConfigError is a ValueError)
+                continue
+        if keep:
+            metric.update(pixels[keep], specs)
 
     def _update_real(self, trainer: L.Trainer, pl_module: L.LightningModule, tokenizer: Any, video: bool) -> None:
         if not self.metrics or self.eval.reference_stats:
@@ -261,6 +295,9 @@ class FrontierDecodingCallback(Callback):
             writer.add_image("val/samples", grid, step)
         path = save_png(grid, self.run_dir / "samples" / f"step_{step:07d}.png")
         save_png(grid, self.run_dir / "samples" / "latest.png")
+        if self._val_texts:  # caption models: the prompts of the grid, in grid order
+            prompts = "\n".join(self._val_texts[: pix.shape[0]]) + "\n"
+            (self.run_dir / "samples" / f"step_{step:07d}.txt").write_text(prompts)
         self.last_grid = path
 
 

@@ -21,6 +21,7 @@ from nar.config import _describe
 from nar.errors import ConfigError
 from nar.model import NARConfig
 from nar.sampling import SamplingConfig
+from nar.text import TextEncoderConfig
 
 SCHEDULES = ("constant", "cosine", "linear")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
@@ -191,6 +192,10 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # Caption models: the frozen text encoder whose features the model reads (pre-extracted into the token
+    # shards by `nar data tokens --text-encoder`, or computed on the fly from the batch captions; `nar sample`
+    # encodes prompts with it). Its max_len follows model.caption_len.
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
 
     @property
     def run_dir(self) -> Path:

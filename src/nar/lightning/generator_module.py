@@ -121,8 +121,31 @@ class GeneratorModule(L.LightningModule):
             raise NarError(f"batch grid has {tokens.shape[1]} cells, model.grid={self.cfg.model.grid} has "
                            f"{self.cfg.model.num_cells}")
         if self.cfg.model.condition == "caption":
-            return tokens, batch["capfeat"], batch.get("capmask")
+            feats, mask = self.caption_inputs(batch)
+            return tokens, feats, mask
         return tokens, batch["label"].long(), None
+
+    def caption_inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(capfeat [B, L, D], capmask [B, L] | None)``: stored in the token shards, or encoded on the fly
+        from ``batch["caption"]`` with the run's text encoder (``cfg.text``). On-the-fly features are put
+        back into ``batch`` so that callbacks (validation sampling) see the same conditions."""
+        if "capfeat" in batch:
+            return batch["capfeat"], batch.get("capmask")
+        if "caption" not in batch:
+            raise NarError(f"caption model: the batch has neither capfeat nor caption (keys: {sorted(batch)}); "
+                           "extract tokens with `nar data tokens --text-encoder ...` or use shards with captions")
+        feats, mask = self.text_encoder.encode(list(batch["caption"]))
+        batch["capfeat"], batch["capmask"] = feats.to(self.device), mask.to(self.device)
+        return batch["capfeat"], batch["capmask"]
+
+    @property
+    def text_encoder(self):
+        """The frozen :class:`~nar.text.TextEncoder` of ``cfg.text`` (loaded once; not part of checkpoints)."""
+        if getattr(self, "_text_encoder", None) is None:
+            from nar.text import build_text_encoder
+
+            object.__setattr__(self, "_text_encoder", build_text_encoder(self.cfg.text, self.cfg.model))
+        return self._text_encoder
 
     # ------------------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

@@ -9,9 +9,10 @@ from nar.text.encoder import (
     KINDS,
     TextEncoder,
     TextEncoderConfig,
+    build_text_encoder,
     default_minilm_path,
     load_text_encoder,
     right_align,
 )
 
-__all__ = ["KINDS", "TextEncoder", "TextEncoderConfig", "default_minilm_path", "load_text_encoder", "right_align"]
+__all__ = ["KINDS", "TextEncoder", "TextEncoderConfig", "build_text_encoder", "default_minilm_path", "load_text_encoder", "right_align"]

@@ -203,3 +203,21 @@ class TextEncoder(nn.Module):
 def load_text_encoder(kind: str = "minilm", path: str = "", max_len: int = 120, **kwargs) -> TextEncoder:
     """:class:`TextEncoder` from keyword settings (see :class:`TextEncoderConfig`)."""
     return TextEncoder(TextEncoderConfig(kind=kind, path=path, max_len=max_len, **kwargs))
+
+
+def build_text_encoder(cfg: TextEncoderConfig, model_cfg=None) -> TextEncoder:
+    """The encoder of ``cfg`` sized for a caption model: ``max_len`` = ``model_cfg.caption_len``.
+
+    Raises:
+        ConfigError: the encoder's feature width differs from ``model_cfg.caption_dim``.
+    """
+    from dataclasses import replace
+
+    if model_cfg is not None:
+        cfg = replace(cfg, max_len=int(model_cfg.caption_len))
+    encoder = TextEncoder(cfg)
+    if model_cfg is not None and encoder.feature_dim != int(model_cfg.caption_dim):
+        raise ConfigError(f"key 'model.caption_dim': {model_cfg.caption_dim}, but the {cfg.kind} text encoder in "
+                          f"{encoder.path} makes {encoder.feature_dim}-d features (set text.kind/text.path, or "
+                          f"model.caption_dim={encoder.feature_dim})")
+    return encoder
