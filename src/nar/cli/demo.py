@@ -4,6 +4,7 @@
     nar demo --domain atari              # the video variant (FVD proxy)
     nar demo --domain emoji --smoke      # < 2 min: the same pipeline with tiny budgets (used by the tests)
     nar demo --domain emoji --compare-raster   # NAR and the raster baseline, same trunk/tokenizer/budget
+    nar demo --domain shapes-t2i         # text-to-image: shapes captions, MiniLM features, GenEval-style score
 
 Steps (each skipped when its output already exists, so a second run resumes):
 1. embedded shards ``<data>/<domain>`` (:func:`nar.data.embedded.build_embedded`);
@@ -27,12 +28,20 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[3]
 EXPERIMENTS = ROOT / "experiments" / "demo"
-DOMAINS = ("emoji", "atari")
+DOMAINS = ("emoji", "atari", "shapes-t2i")
+# Text-to-image demos: embedded source (built under <out>/data), its builder options, the tokenizer recipe
+# (`nar train-tokenizer --data ...`) and the generator YAML under experiments/t2i/.
+T2I: dict[str, dict[str, Any]] = {
+    "shapes-t2i": {"source": "shapes", "options": {"size": 32, "num_train": 5000, "num_val": 500},
+                   "smoke_options": {"size": 32, "num_train": 160, "num_val": 32},
+                   "tokenizer": "emoji", "config": ROOT / "experiments" / "t2i" / "shapes"},
+}
 
 # Budgets per mode: tokenizer steps, generator steps, embedded-data options.
 BUDGETS: dict[str, dict[str, Any]] = {
     "emoji": {"tokenizer_steps": 200, "tokenizer_batch": 16, "smoke_tokenizer_steps": 8, "smoke_limit": 300},
     "atari": {"tokenizer_steps": 150, "tokenizer_batch": 4, "smoke_tokenizer_steps": 4, "smoke_limit": None},
+    "shapes-t2i": {"tokenizer_steps": 300, "tokenizer_batch": 16, "smoke_tokenizer_steps": 4, "smoke_limit": None},
 }
 
 
@@ -71,6 +80,8 @@ def run_demo(domain: str = "emoji", smoke: bool = False, compare_raster: bool = 
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
+    if domain in T2I and not data:  # its own scene count and size, so data/embedded/shapes stays the default one
+        data_root = out_dir / "data"
     images = ensure_embedded(domain, data_root if not smoke else out_dir / "data", smoke)
     timings["data"] = time.perf_counter() - t
 
@@ -79,7 +90,7 @@ def run_demo(domain: str = "emoji", smoke: bool = False, compare_raster: bool = 
     timings["tokenizer"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    tokens = ensure_tokens(images, tokenizer_path, out_dir / "tokens")
+    tokens = ensure_tokens(images, tokenizer_path, out_dir / "tokens", text=_text_settings(domain))
     timings["tokens"] = time.perf_counter() - t
 
     runs = {}
@@ -100,6 +111,13 @@ def ensure_embedded(domain: str, data_root: Path, smoke: bool) -> Path:
     """``<data_root>/<domain>`` with train/val shards (built by nar.data.embedded when missing)."""
     from nar.data.embedded import build_embedded
 
+    if domain in T2I:
+        source = T2I[domain]["source"]
+        folder = data_root / source
+        if not (folder / "meta.json").is_file():
+            build_embedded(data_root, only=[source],
+                           options={source: T2I[domain]["smoke_options" if smoke else "options"]})
+        return folder
     folder = data_root / domain
     if (folder / "meta.json").is_file():
         log.info("embedded %s: %s (exists)", domain, folder)
@@ -129,15 +147,16 @@ def ensure_tokenizer(domain: str, images: Path, out: Path, smoke: bool, threads:
                  "val.rfid=false", "trainer.limit_val_batches=2", f"optim.warmup_steps={min(50, steps // 4)}"]
     if smoke:
         overrides += ["trainer.limit_val_batches=1"]
-    cfg = build_config(domain, overrides=overrides, root=str(images))
+    cfg = build_config(T2I[domain]["tokenizer"] if domain in T2I else domain, overrides=overrides, root=str(images))
     train(cfg, cpu=True)
     if not path.is_file():
         raise RuntimeError(f"tokenizer training finished without writing {path}")
     return path
 
 
-def ensure_tokens(images: Path, tokenizer_path: Path, out: Path) -> Path:
-    """Token shards of every split of ``images`` (:func:`nar.data.tokens.extract_tokens`, no augmentation)."""
+def ensure_tokens(images: Path, tokenizer_path: Path, out: Path, text: Any = None) -> Path:
+    """Token shards of every split of ``images`` (:func:`nar.data.tokens.extract_tokens`, no augmentation);
+    with ``text`` = ``(TextEncoderConfig, NARConfig)`` the captions' features are stored too."""
     if (out / "meta.json").is_file():
         log.info("tokens: %s (exists)", out)
         return out
@@ -145,9 +164,24 @@ def ensure_tokens(images: Path, tokenizer_path: Path, out: Path) -> Path:
     from nar.tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer(str(tokenizer_path))
+    text_encoder = None
+    if text is not None:
+        from nar.text import build_text_encoder
+
+        text_encoder = build_text_encoder(*text)
     extract_tokens(images, out, tokenizer, image_size=tokenizer.config.image_size, flip=False, batch_size=64,
-                   tokenizer_name=str(tokenizer_path))
+                   tokenizer_name=str(tokenizer_path), text_encoder=text_encoder)
     return out
+
+
+def _text_settings(domain: str) -> Any:
+    """``(TextEncoderConfig, NARConfig)`` of a text-to-image demo's YAML (None for class-conditional demos)."""
+    if domain not in T2I:
+        return None
+    from nar.lightning.config import load_train_config
+
+    cfg = load_train_config([T2I[domain]["config"].with_suffix(".yaml")])
+    return cfg.text, cfg.model
 
 
 def generator_config(domain: str, mode: str, tokens: Path, images: Path, tokenizer_path: Path, out_dir: Path,
@@ -157,7 +191,8 @@ def generator_config(domain: str, mode: str, tokens: Path, images: Path, tokeniz
     from nar.lightning.config import load_train_config
 
     meta = read_meta(tokens)
-    yamls = [EXPERIMENTS / f"{domain}.yaml"] + ([EXPERIMENTS / f"{domain}_smoke.yaml"] if smoke else [])
+    stem = T2I[domain]["config"] if domain in T2I else EXPERIMENTS / domain
+    yamls = [stem.with_suffix(".yaml")] + ([stem.parent / f"{stem.name}_smoke.yaml"] if smoke else [])
     base = [f"name={mode}", f"runs_root={out_dir}", f"data.root={tokens}", f"tokenizer.path={tokenizer_path}",
             f"eval.real_root={images}", f"model.mode={mode}", f"model.grid=[{','.join(map(str, meta['grid']))}]",
             f"model.vocab_size={meta['codebook_size']}", f"model.num_classes={len(meta['classes'])}",
@@ -192,8 +227,10 @@ def format_report(result: dict[str, Any]) -> str:
         scores = run["scores"]
         fid = scores.get("val/fid", scores.get("val/fvd", scores.get("val/fvd_proxy_inception")))
         name = next((k[4:] for k in ("val/fid", "val/fvd", "val/fvd_proxy_inception") if k in scores), "score")
+        text = {k[4:]: v for k, v in scores.items() if k.startswith("val/geneval_")}
         lines += [f"  [{mode}] {run['steps']} steps, {run['passes']} forward passes per sample",
-                  f"    {name}: {fid:.2f}" if fid is not None else "    (no score)",
+                  f"    {name}: {fid:.2f}" if fid is not None else "    (no fidelity score)",
+                  *([f"    text alignment: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(text.items()))] if text else []),
                   f"    samples:     {run['samples']}",
                   f"    checkpoint:  {run['checkpoint']}",
                   f"    tensorboard: tensorboard --logdir {run['tensorboard']}"]
