@@ -22,6 +22,7 @@ SUBCOMMANDS: list[str] = [
     "nar.cli.train",
     "nar.cli.evaluate",
     "nar.cli.eval_samples",
+    "nar.cli.sample",
     "nar.cli.demo",
 ]
 
