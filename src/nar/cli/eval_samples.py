@@ -121,9 +121,12 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("text alignment scores images")
         metrics["text"] = GenEvalShapes()
 
-    count, missing_specs = 0, 0
+    count, missing_specs, next_log = 0, 0, 1000
     for batch, specs in iter_batches(records, args.batch_size):
         count += batch.shape[0]
+        if count >= next_log:
+            log.info("%d samples scored", count)
+            next_log += 1000
         batch = batch.to(device)
         if "image" in metrics:
             timed("image", metrics["image"].update, batch, real=False)

@@ -190,8 +190,10 @@ def reference_stats(source: str | Path, extractor: torch.nn.Module, split: str |
         log.info("real statistics from cache %s", path)
         return GaussianStats.load_npz(path)
     metric = ImageFidelity(extractor=extractor).to(device)
-    for images, _ in iter_batches(iter_records(source, split, limit), batch_size):
+    for i, (images, _) in enumerate(iter_batches(iter_records(source, split, limit), batch_size)):
         metric.update(images.to(device), real=True)
+        if (i + 1) % 20 == 0:
+            log.info("real statistics: %d images", int(metric.real_count))
     stats = metric.real_stats()
     stats.save_npz(path)
     log.info("real statistics of %d images cached at %s", stats.count, path)
