@@ -13,7 +13,7 @@ from nar.lightning.generator_module import GeneratorModule, NonFiniteLossError, 
 
 def tiny(mode: str = "nar", **extra):
     over = {"model.dim": 32, "model.n_layer": 1, "model.n_head": 2, "model.vocab_size": 16, "model.grid": "[3,4]",
-            "model.num_classes": 3, "model.mode": mode, "ema.decay": 0.5, "ema.warmup": "false", **extra}
+            "model.num_classes": 3, "model.mode": mode, "ema.decay": 0.5, "ema.warmup": "false", "trainer.log_every": 1, **extra}
     return GeneratorModule(load_train_config([], [f"{k}={v}" for k, v in over.items()]))
 
 
@@ -22,7 +22,7 @@ def batch(B: int = 4):
     return {"tokens": torch.randint(0, 16, (B, 3, 4), generator=g), "label": torch.arange(B) % 3}
 
 
-def test_loss_is_cross_entropy_of_mixed_logits_and_heads_are_named() -> None:
+def test_loss_is_cross_entropy_of_mixed_logits_and_heads_are_named() -> None:  # log_every=1: heads logged
     torch.manual_seed(0)
     m = tiny(**{"optim.cond_dropout": 0.0})
     b = batch()

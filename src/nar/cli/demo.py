@@ -39,7 +39,7 @@ T2I: dict[str, dict[str, Any]] = {
 
 # Budgets per mode: tokenizer steps, generator steps, embedded-data options.
 BUDGETS: dict[str, dict[str, Any]] = {
-    "emoji": {"tokenizer_steps": 200, "tokenizer_batch": 16, "smoke_tokenizer_steps": 8, "smoke_limit": 300},
+    "emoji": {"tokenizer_steps": 200, "tokenizer_batch": 16, "smoke_tokenizer_steps": 4, "smoke_limit": 300},
     "atari": {"tokenizer_steps": 150, "tokenizer_batch": 4, "smoke_tokenizer_steps": 4, "smoke_limit": None},
     "shapes-t2i": {"tokenizer_steps": 300, "tokenizer_batch": 16, "smoke_tokenizer_steps": 4, "smoke_limit": None},
 }
@@ -125,8 +125,13 @@ def ensure_embedded(domain: str, data_root: Path, smoke: bool) -> Path:
     options: dict[str, Any] = {}
     if smoke and domain == "emoji":
         options = {"emoji": {"limit": BUDGETS["emoji"]["smoke_limit"]}}
-    if smoke and domain == "atari":
-        options = {"atari": {"clips_per_game": 4, "val_clips_per_game": 2}}
+    if domain == "atari":
+        from nar.tokenizers import VQConfig
+
+        tok = VQConfig.from_name("vq-video-tiny-atari")  # clips shaped like the tiny video tokenizer's input
+        options = {"atari": {"frames": tok.num_frames, "size": tok.image_size}}
+        if smoke:
+            options["atari"].update(clips_per_game=4, val_clips_per_game=2)
     build_embedded(data_root, only=[domain], options=options)
     return folder
 
@@ -146,7 +151,7 @@ def ensure_tokenizer(domain: str, images: Path, out: Path, smoke: bool, threads:
                  f"trainer.cpu_threads={threads}", "data.num_workers=0", f"data.batch_size={b['tokenizer_batch']}",
                  "val.rfid=false", "trainer.limit_val_batches=2", f"optim.warmup_steps={min(50, steps // 4)}"]
     if smoke:
-        overrides += ["trainer.limit_val_batches=1"]
+        overrides += ["trainer.limit_val_batches=1", "data.batch_size=8", "data.eval_batch_size=8"]
     cfg = build_config(T2I[domain]["tokenizer"] if domain in T2I else domain, overrides=overrides, root=str(images))
     train(cfg, cpu=True)
     if not path.is_file():

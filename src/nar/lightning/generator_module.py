@@ -154,7 +154,8 @@ class GeneratorModule(L.LightningModule):
         if self.cfg.optim.cond_dropout > 0:
             drop = torch.rand(B, device=tokens.device) < self.cfg.optim.cond_dropout
             cond = self.model.drop_condition(cond, drop)
-        log_heads = self.global_step % self.cfg.trainer.log_every == 0
+        # per-head losses on the steps Lightning writes to the logger ((step + 1) % log_every == 0)
+        log_heads = (self.global_step + 1) % self.cfg.trainer.log_every == 0
         out = self._forward_train()(tokens, cond, cond_mask, return_axis_logits=log_heads)
         logits, per_axis = out if log_heads else (out, None)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens.reshape(-1))
