@@ -196,6 +196,9 @@ class TrainConfig:
     # shards by `nar data tokens --text-encoder`, or computed on the fly from the batch captions; `nar sample`
     # encodes prompts with it). Its max_len follows model.caption_len.
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    # Weights to start from when the run has no checkpoint yet (e.g. stage 2 at 512 px from stage 1 at 256 px):
+    # our .ckpt (EMA weights) or an official .pt. Rotary positions make the weights grid-independent.
+    init_from: str = ""
 
     @property
     def run_dir(self) -> Path:

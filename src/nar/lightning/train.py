@@ -158,6 +158,8 @@ def fit(cfg: TrainConfig, resume: bool = False, tokenizer: torch.nn.Module | Non
         raise ConfigError(f"{cfg.run_dir} already holds checkpoints; pass --resume to continue it or pick another name=")
     datamodule = datamodule or build_datamodule(cfg)
     module = GeneratorModule(cfg, tokenizer=tokenizer)
+    if cfg.init_from and ckpt is None:
+        init_weights(module, cfg.init_from)
     trainer, decoding = build_trainer(cfg, enable_progress_bar=enable_progress_bar)
     if trainer.is_global_zero:
         _write_config(cfg)
@@ -172,6 +174,19 @@ def fit(cfg: TrainConfig, resume: bool = False, tokenizer: torch.nn.Module | Non
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return {"metrics": metrics, "run_dir": cfg.run_dir, "checkpoint": last, "samples": decoding.last_grid,
             "global_step": trainer.global_step, "trainer": trainer, "module": module}
+
+
+def init_weights(module: GeneratorModule, path: str | Path) -> None:
+    """Start ``module`` (and its EMA copy) from the generator weights in ``path`` (shapes must match; the
+    grid may differ)."""
+    from nar.checkpoints import load_strict
+    from nar.lightning.generator_module import load_generator
+
+    model, _ = load_generator(str(path), module.cfg)
+    load_strict(module.model, model.state_dict(), source=f"init_from={path}")
+    if module.ema_model is not None:
+        module.ema_model.load_state_dict(module.model.state_dict())
+    log.info("initialised %s from %s", module.cfg.name, path)
 
 
 def evaluate(cfg: TrainConfig, ckpt: str | Path, per_class: int | None = None, num_samples: int | None = None,
