@@ -5,6 +5,7 @@
     nar demo --domain emoji --smoke      # < 2 min: the same pipeline with tiny budgets (used by the tests)
     nar demo --domain emoji --compare-raster   # NAR and the raster baseline, same trunk/tokenizer/budget
     nar demo --domain shapes-t2i         # text-to-image: shapes captions, MiniLM features, GenEval-style score
+    nar demo --domain emoji-t2i          # text-to-image on emoji names (FID)
 
 Steps (each skipped when its output already exists, so a second run resumes):
 1. embedded shards ``<data>/<domain>`` (:func:`nar.data.embedded.build_embedded`);
@@ -28,19 +29,22 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[3]
 EXPERIMENTS = ROOT / "experiments" / "demo"
-DOMAINS = ("emoji", "atari", "shapes-t2i")
+DOMAINS = ("emoji", "atari", "shapes-t2i", "emoji-t2i")
 # Text-to-image demos: embedded source (built under <out>/data), its builder options, the tokenizer recipe
 # (`nar train-tokenizer --data ...`) and the generator YAML under experiments/t2i/.
 T2I: dict[str, dict[str, Any]] = {
     "shapes-t2i": {"source": "shapes", "options": {"size": 32, "num_train": 5000, "num_val": 500},
                    "smoke_options": {"size": 32, "num_train": 160, "num_val": 32},
                    "tokenizer": "emoji", "config": ROOT / "experiments" / "t2i" / "shapes"},
+    "emoji-t2i": {"source": "emoji", "options": {"size": 32}, "smoke_options": {"size": 32, "limit": 300},
+                  "tokenizer": "emoji", "config": ROOT / "experiments" / "t2i" / "emoji"},
 }
 
 # Budgets per mode: tokenizer steps, generator steps, embedded-data options.
 BUDGETS: dict[str, dict[str, Any]] = {
     "emoji": {"tokenizer_steps": 200, "tokenizer_batch": 16, "smoke_tokenizer_steps": 4, "smoke_limit": 300},
     "atari": {"tokenizer_steps": 150, "tokenizer_batch": 4, "smoke_tokenizer_steps": 4, "smoke_limit": None},
+    "emoji-t2i": {"tokenizer_steps": 300, "tokenizer_batch": 16, "smoke_tokenizer_steps": 4, "smoke_limit": None},
     "shapes-t2i": {"tokenizer_steps": 300, "tokenizer_batch": 16, "smoke_tokenizer_steps": 4, "smoke_limit": None},
 }
 
