@@ -239,7 +239,7 @@ def format_report(result: dict[str, Any]) -> str:
         text = {k[4:]: v for k, v in scores.items() if k.startswith("val/geneval_")}
         lines += [f"  [{mode}] {run['steps']} steps, {run['passes']} forward passes per sample",
                   f"    {name}: {fid:.2f}" if fid is not None else "    (no fidelity score)",
-                  *([f"    text alignment: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(text.items()))] if text else []),
+                  *(["    text alignment: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(text.items()))] if text else []),
                   f"    samples:     {run['samples']}",
                   f"    checkpoint:  {run['checkpoint']}",
                   f"    tensorboard: tensorboard --logdir {run['tensorboard']}"]
