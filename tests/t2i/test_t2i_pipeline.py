@@ -26,7 +26,7 @@ def shapes_tokens(tmp_path_factory) -> dict:
     from nar.data.tokens import extract_tokens
     from nar.tokenizers import VQConfig, load_tokenizer, save_tokenizer
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("t2i")
     build_shapes(root / "shapes", num_train=32, num_val=8, size=16)
     torch.manual_seed(0)
@@ -61,13 +61,24 @@ def test_a_few_training_steps_then_sampling_from_prompts(shapes_tokens, tmp_path
         f"tokenizer.path={shapes_tokens['tokenizer']}", "model.grid=[4,4]", "model.caption_len=16",
         "text.max_len=16", "trainer.max_steps=4", "trainer.val_every=4", "trainer.ckpt_every=4",
         "data.batch_size=8", "data.eval_batch_size=8", "data.limit_val_samples=8", "eval.num_samples=8",
-        "eval.batch_size=8", "eval.grid_samples=8", "optim.cond_dropout=0.5", "trainer.threads=2"])
+        "eval.batch_size=8", "eval.grid_samples=8", "optim.cond_dropout=0.5", "trainer.threads=1"])
     out = fit(cfg, enable_progress_bar=False)
     metrics = out["metrics"]
     assert out["global_step"] == 4 and np.isfinite(metrics["train/loss"])
     assert 0.0 <= metrics["val/geneval_overall"] <= 1.0 and "val/loss" in metrics
     prompts = (tmp_path / "t2i" / "samples" / "step_0000004.txt").read_text().splitlines()
     assert len(prompts) == 8 and all(p.startswith("a photo of") for p in prompts)
+
+    # Stage 2 of the two-stage recipe: a larger grid starts from these weights (init_from).
+    from dataclasses import replace
+
+    from nar.lightning.generator_module import GeneratorModule
+    from nar.lightning.train import init_weights
+
+    stage2 = GeneratorModule(replace(cfg, model=replace(cfg.model, grid=[8, 8]), init_from=str(out["checkpoint"])))
+    init_weights(stage2, stage2.cfg.init_from)
+    trained = out["module"].eval_model.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in stage2.model.state_dict().items())
 
     sample_dir = tmp_path / "samples"
     rc = main(["sample", "--ckpt", str(out["checkpoint"]), "--prompt", "a photo of a red circle",

