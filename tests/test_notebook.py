@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import nbformat
-import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -81,3 +81,18 @@ def test_raster_baseline_trains_with_the_same_trunk() -> None:
     m.log = lambda *a, **k: None
     assert m.model.num_passes == 12 and tiny().model.num_passes == 6
     m.training_step(batch(), 0).backward()
+
+
+def test_pixels_are_tokenized_on_the_fly() -> None:
+    from nar.tokenizers import build_tokenizer
+
+    tok = build_tokenizer("vq-tiny-emoji").eval()  # 32 px -> 8x8 tokens
+    over = {"model.dim": 32, "model.n_layer": 1, "model.n_head": 2, "model.vocab_size": tok.codebook_size,
+            "model.grid": "[8,8]", "model.num_classes": 3}
+    m = GeneratorModule(load_train_config([], [f"{k}={v}" for k, v in over.items()]), tokenizer=tok)
+    m.log = lambda *a, **k: None
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    tokens, cond, _ = m.batch_inputs({"image": images, "label": torch.tensor([0, 2])})
+    assert tokens.shape == (2, 64) and torch.equal(tokens, tok.encode(images).view(2, -1))
+    m.training_step({"image": images, "label": torch.tensor([0, 2])}, 0).backward()
+    assert not any(p.grad is not None for p in tok.parameters())  # the tokenizer stays frozen

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import torch
+from lightning_helpers import tiny_overrides
 
 from nar.lightning.logs import read_scalars
-from lightning_helpers import tiny_overrides
 
 NAR = [sys.executable, "-m", "nar.cli.main"]
 

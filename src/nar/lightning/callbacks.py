@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+import lightning as L
 from nar.lightning.config import EvalConfig, TrainConfig
 from nar.model import NARModel
 from nar.sampling import SamplingConfig

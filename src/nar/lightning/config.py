@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -41,14 +41,14 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     batch_size: int = 256  # per process
-    eval_batch_size: Optional[int] = None
+    eval_batch_size: int | None = None
     num_workers: int = 4
     shuffle_buffer: int = 2000
-    samples_per_epoch: Optional[int] = None
-    image_size: Optional[int] = None  # pixels on the fly: None = the shards' size
+    samples_per_epoch: int | None = None
+    image_size: int | None = None  # pixels on the fly: None = the shards' size
     random_augmentation: bool = True  # token shards: pick one of the stored crops (ten-crop extraction)
     caption_features: bool = False  # text-to-image token shards
-    limit_val_samples: Optional[int] = None  # teacher-forced val/loss on at most this many samples
+    limit_val_samples: int | None = None  # teacher-forced val/loss on at most this many samples
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -14,12 +14,12 @@ import logging
 import math
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
+import lightning as L
 from nar.config import to_dict
 from nar.errors import NarError
 from nar.lightning.config import TrainConfig, train_config_from_dict

@@ -15,11 +15,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
+import lightning as L
 from nar.errors import ConfigError, DataError
 from nar.lightning.callbacks import FrontierDecodingCallback, MetricsFileCallback
 from nar.lightning.config import TrainConfig, train_config_to_dict
