@@ -125,7 +125,8 @@ PRESETS: dict[str, VQConfig] = {
     "vq-16": VQConfig(),
     # LlamaGen VQ-8 (same widths, one level fewer): 256 px -> 32x32 tokens.
     "vq-8": VQConfig(encoder_ch_mult=[1, 2, 2, 4], decoder_ch_mult=[1, 2, 2, 4]),
-    # 32 px emoji -> 8x8 tokens (widths 16/32/64, 0.8M parameters): trains on CPU in minutes.
+    # 32 px emoji -> 8x8 tokens (widths 16/32/64, 0.77M parameters); 2000 steps of batch 16 reach
+    # val PSNR 22.1 dB, SSIM 0.81 (experiments/tokenizers/README.md).
     "vq-tiny-emoji": VQConfig(image_size=32, base_channels=16, encoder_ch_mult=[1, 2, 4],
                               decoder_ch_mult=[1, 2, 4], num_res_blocks=1, z_channels=32,
                               codebook_size=512, codebook_embed_dim=8, norm_groups=8),
