@@ -8,6 +8,7 @@ GPUS ?= 0
 NODES ?= 1
 DATA ?=
 CKPT ?=
+INIT ?=
 TOKENIZER ?=
 MODEL ?= l
 ARGS ?=
@@ -69,9 +70,9 @@ train-ucf101: $(VENV)/.installed ## train NAR-L on UCF-101 token shards: DATA=pa
 	@if [ -z "$(DATA)" ]; then echo "train-ucf101 needs DATA=<folder of UCF-101 token shards, made by 'nar data tokens'>"; exit 2; fi
 	$(NAR) train --config experiments/ucf101/nar_l.yaml data.root=$(DATA) $(if $(TOKENIZER),tokenizer.path=$(TOKENIZER)) --gpus $(GPUS) --nodes $(NODES) --resume $(ARGS)
 
-train-t2i: $(VENV)/.installed ## train text-to-image NAR: DATA=path
-	@if [ -z "$(DATA)" ]; then echo "train-t2i needs DATA=<folder of caption token shards>"; exit 2; fi
-	$(NAR) train --config experiments/t2i/nar_xl.yaml data.root=$(DATA) --gpus $(GPUS) --nodes $(NODES) $(ARGS)
+train-t2i: $(VENV)/.installed ## text-to-image NAR-XL, 256 px: DATA=path; stage 2 (512 px): also INIT=<stage-1 ckpt>
+	@if [ -z "$(DATA)" ]; then echo "train-t2i needs DATA=<folder of caption token shards, made by 'nar data tokens --text-encoder t5'>"; exit 2; fi
+	$(NAR) train --config experiments/t2i/nar_xl.yaml $(if $(INIT),--config experiments/t2i/nar_xl_512.yaml init_from=$(INIT)) data.root=$(DATA) --gpus $(GPUS) --nodes $(NODES) $(ARGS)
 
 eval-imagenet: $(VENV)/.installed ## 50 samples/class, FID/IS/precision/recall: CKPT=path TOKENIZER=vq.pt [DATA=real image shards]
 	@if [ -z "$(CKPT)" ]; then echo "eval-imagenet needs CKPT=<NAR checkpoint (ours or official .pt)>, TOKENIZER=<VQ-16 .pt> and DATA=<ImageNet image shards> or ARGS=eval.reference_stats=<ADM .npz>"; exit 2; fi
