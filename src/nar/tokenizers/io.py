@@ -58,8 +58,9 @@ def load_tokenizer(
     - a file written by :func:`save_tokenizer` or a TokenizerModule Lightning checkpoint (``config``
       must be ``None`` or agree with the stored one);
     - an official LlamaGen VQ checkpoint; ``config`` (a :class:`VQConfig`, preset name, or LlamaGen's
-      ``ModelArgs`` fields as a dict) describes it, or, when ``None``, is inferred from the weights.
+      ``ModelArgs`` fields as a dict) describes it, or, when ``None`` (or ``""``), is inferred from the weights.
     """
+    config = config or None
     if isinstance(source, VQConfig) or (isinstance(source, str) and not Path(source).exists()
                                         and not source.endswith((".pt", ".pth", ".ckpt", ".bin"))):
         return VQTokenizer(_as_config(source)).eval()
