@@ -1,0 +1,184 @@
+"""Run an ablation grid: the shared data/tokenizer once, then each variant trained, scored and timed the
+same way, one complete row of ``results.csv`` at a time (a finished row is never redone)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nar.ablation.config import AblationConfig, BenchConfig, VariantConfig, variant_overrides
+from nar.ablation.report import log_hparams, plot_score_vs_speed, read_rows, write_markdown, write_rows
+from nar.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SCORE_KEYS = ("val/fid", "val/fvd", "val/fvd_proxy_inception")
+
+
+def build_train_configs(cfg: AblationConfig, shared: Sequence[str] = ()) -> list[tuple[VariantConfig, Any]]:
+    """Each variant's :class:`~nar.lightning.config.TrainConfig`: base YAMLs <- the ablation's overrides <-
+    ``shared`` (data paths, devices, command line) <- the variant's ``model.*``. Validates every variant
+    before anything runs; errors name the variant and the key."""
+    from nar.lightning.config import load_train_config
+
+    runs_root = cfg.out_dir / "runs"
+    out = []
+    for i, variant in enumerate(cfg.variants):
+        overrides = [*cfg.overrides, *shared, f"name={variant.name}", f"runs_root={runs_root}",
+                     *variant_overrides(variant)]
+        try:
+            out.append((variant, load_train_config(cfg.base, overrides)))
+        except ConfigError as err:
+            raise ConfigError(f"variants[{i}] ({variant.name}): {err}") from None
+    return out
+
+
+def fingerprint(train_cfg: Any) -> str:
+    """A hash of everything that decides a row's numbers. Head settings that build the same network
+    (e.g. a shared head's unused ``head_blocks`` entries, chain vs parallel with one branch) hash equal."""
+    data = dataclasses.asdict(train_cfg)
+    for key in ("name", "runs_root"):
+        data.pop(key)
+    data["trainer"].pop("threads", None)
+    m = data["model"]
+    blocks = list(m["head_blocks"])
+    if m["mode"] == "nar" and m["head_sharing"] == "shared":
+        m["head_blocks"], m["shared_axis"] = [blocks[m["shared_axis"]]], 0
+    if m["mode"] == "raster":  # one head, one parent: sharing and mixing change nothing
+        m.update(head_sharing="per_axis", shared_axis=-1, mixing="logits")
+    if sum(b > 0 for b in m["head_blocks"]) <= 1:
+        m["head_layout"] = "chain"  # one branch at most: chain and parallel are the same network
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def prepare_shared(cfg: AblationConfig, threads: int) -> list[str]:
+    """Embedded data -> tokenizer -> token shards for ``prepare.domain`` (``nar demo``'s steps, each skipped when
+    its output exists), as ``key=value`` overrides shared by every variant; [] without a domain."""
+    p = cfg.prepare
+    if not p.domain:
+        return []
+    from nar.cli.demo import ensure_embedded, ensure_tokenizer, ensure_tokens
+    from nar.data.shards import read_meta
+
+    images = ensure_embedded(p.domain, Path(p.data), p.smoke)
+    tok_dir = Path(p.tokenizer_dir) if p.tokenizer_dir else cfg.out_dir / "tokenizer"
+    tokenizer = ensure_tokenizer(p.domain, images, tok_dir, p.smoke, threads)
+    # Tokens live beside the tokenizer that made them, so a grid reusing `make demo`'s tokenizer reuses its tokens.
+    tokens = ensure_tokens(images, tokenizer, tok_dir.parent / "tokens")
+    meta = read_meta(tokens)
+    return [f"data.root={tokens}", f"tokenizer.path={tokenizer}", f"eval.real_root={images}",
+            f"model.grid=[{','.join(map(str, meta['grid']))}]", f"model.vocab_size={meta['codebook_size']}",
+            f"model.num_classes={len(meta['classes'])}"]
+
+
+def measure_images_per_s(model: Any, train_cfg: Any, bench: BenchConfig) -> float | None:
+    """Images/s of token generation with :class:`~nar.sampling.fast.FastSampler` (the sampling settings of the
+    run, CFG included; no pixel decoding) at ``bench.batch``; None for caption models or when disabled."""
+    if not bench.enabled or model.cfg.condition != "class":
+        return None
+    import torch
+
+    from nar.sampling.bench import time_call
+    from nar.sampling.fast import FastSampler
+
+    device = next(model.parameters()).device
+    sampler = FastSampler(model, bench.batch, train_cfg.sampling)
+    labels = torch.arange(bench.batch, device=device) % model.cfg.num_classes
+    gen = torch.Generator(device=device).manual_seed(train_cfg.trainer.seed)
+    seconds = time_call(lambda: sampler(labels, generator=gen), device, bench.warmup, bench.iters, 0.0)
+    return bench.batch / seconds
+
+
+def run_variant(variant: VariantConfig, train_cfg: Any, bench: BenchConfig) -> dict[str, Any] | None:
+    """Train (resuming its own ``last.ckpt`` if a previous attempt was interrupted), score and time one
+    variant; its row, or None on ranks other than 0."""
+    from nar.lightning.logs import read_metrics
+    from nar.lightning.train import fit, resume_path
+
+    start = time.perf_counter()
+    result = fit(train_cfg, resume=resume_path(train_cfg) is not None, enable_progress_bar=False)
+    seconds = time.perf_counter() - start
+    if not result["trainer"].is_global_zero:
+        return None
+    # A run that had already finished validates no more: its last validation is in metrics.jsonl.
+    history = read_metrics(train_cfg.run_dir)
+    scores = {**(history[-1] if history else {}), **result["metrics"]}
+    score_key = next((k for k in SCORE_KEYS if k in scores), None)
+    model = result["module"].eval_model
+    m = train_cfg.model
+    return {
+        "variant": variant.name, "label": variant.label, "mode": m.mode, "head_sharing": m.head_sharing,
+        "shared_axis": m.shared_axis, "head_blocks": json.dumps(list(m.head_blocks)), "head_layout": m.head_layout,
+        "mixing": m.mixing, "score_name": score_key[4:] if score_key else "",
+        "score": scores[score_key] if score_key else None, "paper_score": variant.paper_score,
+        "val_loss": scores.get("val/loss"), "forward_passes": int(model.num_passes),
+        "images_per_s": measure_images_per_s(model, train_cfg, bench), "parameters": int(model.num_parameters()),
+        "steps": int(result["global_step"]), "train_seconds": seconds, "same_as": "",
+    }
+
+
+def run_ablation(cfg: AblationConfig, shared: Sequence[str] = (), only: Sequence[str] | None = None,
+                 threads: int | None = None) -> dict[str, Any]:
+    """Run every variant of ``cfg`` not yet in ``<out>/results.csv``; returns ``{"rows", "csv", "markdown",
+    "plot", "tensorboard", "ran", "skipped"}``.
+
+    ``shared``: extra ``key=value`` overrides for every variant (devices, budget); ``only``: variant names
+    to run (the others keep their rows).
+    """
+    build_train_configs(cfg, shared)  # fail on a bad variant before spending minutes on the tokenizer
+    if only:
+        unknown = sorted(set(only) - {v.name for v in cfg.variants})
+        if unknown:
+            raise ConfigError(f"--only: unknown variant(s) {unknown}; known: {[v.name for v in cfg.variants]}")
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    base_threads = build_train_configs(cfg, shared)[0][1].trainer.threads
+    prepared = prepare_shared(cfg, threads or base_threads or 2)
+    configs = build_train_configs(cfg, [*prepared, *shared])
+    csv_path, md_path, png_path, tb_dir = out / "results.csv", out / "results.md", out / "fid_vs_speed.png", out / "tb"
+    order = {v.name: i for i, v in enumerate(cfg.variants)}
+    rows = read_rows(csv_path)
+    ran, skipped = [], []
+    for variant, train_cfg in configs:
+        if only and variant.name not in only:
+            continue
+        fp = fingerprint(train_cfg)
+        done = next((r for r in rows if r["variant"] == variant.name), None)
+        if done is not None:
+            if done["fingerprint"] != fp:
+                raise ConfigError(f"variant '{variant.name}': {csv_path} holds a row made with another configuration "
+                                  f"(fingerprint {done['fingerprint']} != {fp}); delete that row or pick another out=")
+            log.info("%s: done (%s), skipped", variant.name, csv_path)
+            skipped.append(variant.name)
+            continue
+        twin = next((r for r in rows if r["fingerprint"] == fp), None)
+        if twin is not None:  # the same network and budget already ran under another name: same numbers
+            log.info("%s: the same network as %s; its row is reused", variant.name, twin["variant"])
+            row = {**twin, "variant": variant.name, "label": variant.label, "paper_score": variant.paper_score,
+                   "head_sharing": train_cfg.model.head_sharing, "shared_axis": train_cfg.model.shared_axis,
+                   "head_blocks": json.dumps(list(train_cfg.model.head_blocks)),
+                   "head_layout": train_cfg.model.head_layout, "same_as": twin["variant"]}
+        else:
+            log.info("%s: training %s", variant.name, " ".join(variant_overrides(variant)) or "(base config)")
+            row = run_variant(variant, train_cfg, cfg.bench)
+            if row is None:  # not rank 0: rank 0 writes the results
+                continue
+        row["fingerprint"] = fp
+        rows.append(row)
+        rows.sort(key=lambda r: order.get(r["variant"], len(order)))
+        write_rows(csv_path, rows)  # the row exists only once complete
+        write_markdown(md_path, rows, title=cfg.name)
+        log_hparams(tb_dir, row)
+        plot_score_vs_speed(png_path, rows)
+        ran.append(variant.name)
+    if rows and not md_path.is_file():
+        write_markdown(md_path, rows, title=cfg.name)
+    return {"rows": rows, "csv": csv_path, "markdown": md_path,
+            "plot": png_path if png_path.is_file() else None, "tensorboard": tb_dir, "ran": ran, "skipped": skipped}

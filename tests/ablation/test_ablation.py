@@ -1,0 +1,91 @@
+"""``nar ablate``: config validation, and a 2-variant grid of a few CPU steps (CSV, markdown, PNG, HParams,
+resume without redoing rows)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import yaml
+from ablation_helpers import tiny_train_overrides
+
+from nar.ablation import build_train_configs, fingerprint, load_ablation_config, read_rows, run_ablation
+from nar.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _grid(tmp_path: Path, variants: list[dict], **extra) -> Path:
+    return _write(tmp_path / "grid.yaml", {"name": "t", "out": str(tmp_path / "out"), "overrides": [],
+                                           "variants": variants, **extra})
+
+
+def test_unknown_keys_name_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"variants\[1\]\.model\.head_blokcs"):
+        load_ablation_config(_grid(tmp_path, [{"name": "a"}, {"name": "b", "model": {"head_blokcs": [0, 0]}}]))
+    with pytest.raises(ConfigError, match="bench_size"):
+        load_ablation_config(_grid(tmp_path, [{"name": "a"}], bench_size=3))
+    with pytest.raises(ConfigError, match="appears twice"):
+        load_ablation_config(_grid(tmp_path, [{"name": "a"}, {"name": "a"}]))
+    cfg = load_ablation_config(_grid(tmp_path, [{"name": "a", "model": {"head_layout": "zigzag"}}]))
+    with pytest.raises(ConfigError, match=r"variants\[0\] \(a\).*head_layout"):
+        build_train_configs(cfg)
+
+
+def test_equivalent_head_settings_share_a_fingerprint(tmp_path: Path) -> None:
+    cfg = load_ablation_config(_grid(tmp_path, [
+        {"name": "none", "model": {"head_sharing": "shared", "head_blocks": [0, 0]}},
+        {"name": "col", "model": {"head_sharing": "shared", "shared_axis": -1, "head_blocks": [1, 0]}},
+        {"name": "row", "model": {"head_sharing": "shared", "shared_axis": 0, "head_blocks": [1, 0]}},
+        {"name": "mixed", "model": {}},
+        {"name": "mixed_par", "model": {"head_layout": "parallel"}},
+        {"name": "par11", "model": {"head_layout": "parallel", "head_blocks": [1, 1]}},
+        {"name": "chain11", "model": {"head_blocks": [1, 1]}}]), [])
+    fp = {v.name: fingerprint(t) for v, t in build_train_configs(cfg)}
+    assert fp["none"] == fp["col"] and fp["mixed"] == fp["mixed_par"]
+    assert len({fp["none"], fp["row"], fp["mixed"], fp["par11"], fp["chain11"]}) == 5
+
+
+@pytest.mark.parametrize("name", ["heads_emoji", "heads_atari", "heads_imagenet"])
+def test_shipped_grids_validate(name: str) -> None:
+    cfg = load_ablation_config(ROOT / "experiments" / "ablations" / f"{name}.yaml")
+    pairs = build_train_configs(cfg)
+    assert {t.model.mode for _, t in pairs} == {"nar", "raster"}
+
+
+def test_two_variant_grid_and_resume(tmp_path: Path, tiny_tokens: Path) -> None:
+    over = tiny_train_overrides(tiny_tokens)
+    path = _grid(tmp_path, [
+        {"name": "mixed", "label": "row + column heads", "model": {}, "paper_score": 3.06},
+        {"name": "row_only", "model": {"head_sharing": "shared", "shared_axis": 0, "head_blocks": [1, 0]},
+         "paper_score": 25.73},
+        {"name": "row_only_again", "model": {"head_sharing": "shared", "shared_axis": 0, "head_blocks": [1, 1]}},
+    ], overrides=over, bench={"batch": 2, "iters": 1, "warmup": 0})
+    cfg = load_ablation_config(path)
+    out = run_ablation(cfg)
+    assert out["ran"] == ["mixed", "row_only", "row_only_again"]
+    rows = read_rows(out["csv"])
+    assert [r["variant"] for r in rows] == ["mixed", "row_only", "row_only_again"]
+    mixed, row_only, again = rows
+    assert mixed["forward_passes"] == row_only["forward_passes"] == 7  # 4+4-1 frontiers
+    assert mixed["parameters"] > 0 and mixed["images_per_s"] > 0 and mixed["steps"] == 3
+    assert mixed["val_loss"] is not None and mixed["val_loss"] > 0
+    assert again["same_as"] == "row_only" and again["val_loss"] == row_only["val_loss"]
+    md = out["markdown"].read_text()
+    assert "`row_only`" in md and "Ordering vs the paper" in md
+    assert out["plot"] is None or out["plot"].read_bytes()[:4] == b"\x89PNG"
+    assert list((out["tensorboard"] / "mixed").glob("**/events.out.tfevents.*"))
+
+    # A second run redoes nothing and leaves the CSV as it was.
+    before = out["csv"].read_text()
+    again_out = run_ablation(load_ablation_config(path))
+    assert again_out["ran"] == [] and len(again_out["skipped"]) == 3
+    assert out["csv"].read_text() == before
+    with out["csv"].open() as fh:
+        assert len(list(csv.DictReader(fh))) == 3
