@@ -24,6 +24,7 @@ SUBCOMMANDS: list[str] = [
     "nar.cli.eval_samples",
     "nar.cli.sample",
     "nar.cli.demo",
+    "nar.cli.ablate",
 ]
 
 
