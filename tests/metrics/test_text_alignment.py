@@ -43,6 +43,7 @@ def test_noise_scores_near_zero():
     assert metric.compute()["geneval_overall"].item() < 0.05
 
 
+@pytest.mark.filterwarnings("ignore:The ``compute`` method:UserWarning")
 def test_overall_is_the_mean_of_families():
     metric = GenEvalShapes()
     a, sa = _batch("colors", n=4, seed=1)
