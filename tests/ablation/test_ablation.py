@@ -11,6 +11,7 @@ import yaml
 from ablation_helpers import tiny_train_overrides
 
 from nar.ablation import build_train_configs, fingerprint, load_ablation_config, read_rows, run_ablation
+from nar.ablation.report import write_rows
 from nar.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,7 +80,8 @@ def test_two_variant_grid_and_resume(tmp_path: Path, tiny_tokens: Path) -> None:
     assert again["same_as"] == "row_only" and again["val_loss"] == row_only["val_loss"]
     md = out["markdown"].read_text()
     assert "`row_only`" in md and "Ordering vs the paper" in md
-    assert out["plot"] is None or out["plot"].read_bytes()[:4] == b"\x89PNG"
+    assert mixed["score_name"] == "fid" and mixed["score"] is not None
+    assert out["plot"] is not None and out["plot"].read_bytes()[:4] == b"\x89PNG"
     assert list((out["tensorboard"] / "mixed").glob("**/events.out.tfevents.*"))
 
     # A second run redoes nothing and leaves the CSV as it was.
@@ -89,3 +91,12 @@ def test_two_variant_grid_and_resume(tmp_path: Path, tiny_tokens: Path) -> None:
     assert out["csv"].read_text() == before
     with out["csv"].open() as fh:
         assert len(list(csv.DictReader(fh))) == 3
+
+    # Interrupted after the first row: the rerun keeps it, and the trained-but-unrecorded variant continues
+    # from its own last.ckpt (no extra steps), scored from its last validation.
+    write_rows(out["csv"], rows[:1])
+    resumed = run_ablation(load_ablation_config(path))
+    assert resumed["skipped"] == ["mixed"] and resumed["ran"] == ["row_only", "row_only_again"]
+    new_rows = read_rows(out["csv"])
+    assert new_rows[0] == rows[0] and new_rows[1]["steps"] == 3
+    assert new_rows[1]["score"] == pytest.approx(row_only["score"])

@@ -145,11 +145,17 @@ def run_ablation(cfg: AblationConfig, shared: Sequence[str] = (), only: Sequence
     csv_path, md_path, png_path, tb_dir = out / "results.csv", out / "results.md", out / "fid_vs_speed.png", out / "tb"
     order = {v.name: i for i, v in enumerate(cfg.variants)}
     rows = read_rows(csv_path)
+    # Decided from names and configs only (never from rows written during this run), so that every DDP
+    # rank takes the same branch for every variant.
+    completed = {r["variant"] for r in rows}
+    earlier_fp = {r["fingerprint"]: r["variant"] for r in reversed(rows)}
+    first_of: dict[str, str] = {}
     ran, skipped = [], []
     for variant, train_cfg in configs:
+        fp = fingerprint(train_cfg)
+        twin_name = first_of.setdefault(fp, variant.name)
         if only and variant.name not in only:
             continue
-        fp = fingerprint(train_cfg)
         done = next((r for r in rows if r["variant"] == variant.name), None)
         if done is not None:
             if done["fingerprint"] != fp:
@@ -158,8 +164,13 @@ def run_ablation(cfg: AblationConfig, shared: Sequence[str] = (), only: Sequence
             log.info("%s: done (%s), skipped", variant.name, csv_path)
             skipped.append(variant.name)
             continue
-        twin = next((r for r in rows if r["fingerprint"] == fp), None)
-        if twin is not None:  # the same network and budget already ran under another name: same numbers
+        if twin_name == variant.name or twin_name not in completed:
+            twin_name = earlier_fp.get(fp, "")
+        if twin_name and twin_name != variant.name:  # the same network and budget already ran: same numbers
+            completed.add(variant.name)
+            twin = next((r for r in rows if r["variant"] == twin_name), None)
+            if twin is None:  # not rank 0: rank 0 writes the results
+                continue
             log.info("%s: the same network as %s; its row is reused", variant.name, twin["variant"])
             row = {**twin, "variant": variant.name, "label": variant.label, "paper_score": variant.paper_score,
                    "head_sharing": train_cfg.model.head_sharing, "shared_axis": train_cfg.model.shared_axis,
@@ -168,6 +179,7 @@ def run_ablation(cfg: AblationConfig, shared: Sequence[str] = (), only: Sequence
         else:
             log.info("%s: training %s", variant.name, " ".join(variant_overrides(variant)) or "(base config)")
             row = run_variant(variant, train_cfg, cfg.bench)
+            completed.add(variant.name)
             if row is None:  # not rank 0: rank 0 writes the results
                 continue
         row["fingerprint"] = fp
