@@ -1,0 +1,33 @@
+"""`nar evaluate` reads official NAR checkpoints directly (the conformance fixture's c2i model and VQ)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from nar.lightning.config import load_train_config
+from nar.lightning.train import evaluate
+
+FIXTURE = Path(__file__).resolve().parents[2].parent / "shared" / "conformance" / "official_nar_fixture.pt"
+
+
+def test_evaluate_official_checkpoint(tmp_path: Path) -> None:
+    if not FIXTURE.is_file():
+        pytest.skip(f"conformance fixture not found at {FIXTURE}")
+    fx = torch.load(FIXTURE, map_location="cpu", weights_only=False)
+    c2i, vq = fx["c2i"], fx["vq"]
+    gen_path, vq_path = tmp_path / "nar_official.pt", tmp_path / "vq_official.pt"
+    torch.save(c2i["checkpoint"], gen_path)
+    torch.save(vq["checkpoint"], vq_path)
+    c = c2i["config"]
+    cfg = load_train_config([], [
+        f"model.dim={c['dim']}", f"model.n_layer={c['n_layer']}", f"model.n_head={c['n_head']}",
+        f"model.vocab_size={c['vocab_size']}", f"model.grid=[{c['grid']},{c['grid']}]",
+        f"model.num_classes={c['num_classes']}", f"model.multiple_of={c['multiple_of']}",
+        f"tokenizer.path={vq_path}", f"runs_root={tmp_path}", "name=official", "trainer.accelerator=cpu",
+        "trainer.precision=32-true", "eval.metrics=[]", "eval.batch_size=4", "sampling.cfg_scale=2.0"])
+    scores = evaluate(cfg, gen_path, num_samples=8, enable_progress_bar=False)
+    assert scores["val/forward_passes"] == 7  # 4x4 grid: 7 frontiers
+    assert (tmp_path / "official" / "samples" / "latest.png").is_file()
