@@ -82,8 +82,8 @@ eval-ucf101: $(VENV)/.installed ## FVD on UCF-101 (10k samples): CKPT=path TOKEN
 	@if [ -z "$(CKPT)" ]; then echo "eval-ucf101 needs CKPT=<NAR video checkpoint>, TOKENIZER=<video VQ .pt> and DATA=<UCF-101 clip shards>"; exit 2; fi
 	$(NAR) evaluate --config experiments/ucf101/nar_l.yaml --ckpt $(CKPT) --num-samples 10000 $(if $(TOKENIZER),tokenizer.path=$(TOKENIZER)) $(if $(DATA),eval.real_root=$(DATA) eval.num_real=10000) --gpus $(GPUS) --nodes $(NODES) $(ARGS)
 
-ablate-heads: $(VENV)/.installed ## head-configuration ablation grid on emoji (CPU-sized)
-	$(NAR) ablate --config experiments/ablations/heads_emoji.yaml $(ARGS)
+ablate-heads: $(VENV)/.installed ## head ablation grid (CPU emoji; GRID=heads_imagenet GPUS=8 DATA=.. TOKENIZER=.. on a cluster)
+	$(NAR) ablate --config experiments/ablations/$(or $(GRID),heads_emoji).yaml --gpus $(GPUS) --nodes $(NODES) $(if $(DATA),data.root=$(DATA)) $(if $(TOKENIZER),tokenizer.path=$(TOKENIZER)) $(ARGS)
 
 tensorboard: $(VENV)/.installed ## serve TensorBoard over runs/ (PORT=6006)
 	$(VENV)/bin/tensorboard --logdir runs --bind_all --port $(or $(PORT),6006)
