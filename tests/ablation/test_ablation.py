@@ -60,7 +60,7 @@ def test_shipped_grids_validate(name: str) -> None:
     assert {t.model.mode for _, t in pairs} == {"nar", "raster"}
 
 
-def test_two_variant_grid_and_resume(tmp_path: Path, tiny_tokens: Path) -> None:
+def test_two_variant_grid_and_resume(tmp_path: Path, tiny_tokens: Path, capsys) -> None:
     over = tiny_train_overrides(tiny_tokens)
     path = _grid(tmp_path, [
         {"name": "mixed", "label": "row + column heads", "model": {}, "paper_score": 3.06},
@@ -100,3 +100,11 @@ def test_two_variant_grid_and_resume(tmp_path: Path, tiny_tokens: Path) -> None:
     new_rows = read_rows(out["csv"])
     assert new_rows[0] == rows[0] and new_rows[1]["steps"] == 3
     assert new_rows[1]["score"] == pytest.approx(row_only["score"])
+
+    # The CLI on the finished grid: nothing runs, the table is printed.
+    from nar.cli.main import main
+
+    capsys.readouterr()
+    assert main(["ablate", "--config", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "ran: -" in printed and "| `mixed` |" in printed and "fid_vs_speed.png" in printed

@@ -59,6 +59,10 @@ class BenchConfig:
     """Images/s of token generation with the fast sampler (no pixel decoding), on the trained weights."""
 
     enabled: bool = True
+    # "random": a fresh copy of the variant's network with random heads (as `nar bench`), so that images/s is a
+    # property of the configuration; "trained": the variant's EMA weights (on CPU the sampler is several times
+    # slower with the near-zero heads of a short run, which would confound the comparison).
+    weights: str = "random"
     batch: int = 16
     warmup: int = 1
     iters: int = 2
@@ -81,6 +85,8 @@ class AblationConfig:
             raise ConfigError("key 'variants': the grid is empty")
         if self.prepare.domain not in DOMAINS:
             raise ConfigError(f"key 'prepare.domain': '{self.prepare.domain}' is not one of {DOMAINS}")
+        if self.bench.weights not in ("random", "trained"):
+            raise ConfigError(f"key 'bench.weights': '{self.bench.weights}' is not one of ('random', 'trained')")
         for key in ("batch", "iters"):
             if getattr(self.bench, key) < 1:
                 raise ConfigError(f"key 'bench.{key}': must be >= 1, got {getattr(self.bench, key)}")

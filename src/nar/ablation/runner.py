@@ -80,7 +80,7 @@ def prepare_shared(cfg: AblationConfig, threads: int) -> list[str]:
 
 def measure_images_per_s(model: Any, train_cfg: Any, bench: BenchConfig) -> float | None:
     """Images/s of token generation with :class:`~nar.sampling.fast.FastSampler` (the sampling settings of the
-    run, CFG included; no pixel decoding) at ``bench.batch``, best of ``bench.iters`` calls after
+    run, CFG included; no pixel decoding; ``bench.weights``) at ``bench.batch``, best of ``bench.iters`` calls after
     ``bench.warmup``; None for caption models or when disabled."""
     if not bench.enabled or model.cfg.condition != "class":
         return None
@@ -90,6 +90,10 @@ def measure_images_per_s(model: Any, train_cfg: Any, bench: BenchConfig) -> floa
     from nar.sampling.fast import FastSampler
 
     device = next(model.parameters()).device
+    if bench.weights == "random":
+        from nar.sampling.bench import random_model
+
+        model = random_model(model.cfg, device, next(model.parameters()).dtype, seed=train_cfg.trainer.seed)
     sampler = FastSampler(model, bench.batch, train_cfg.sampling)
     labels = torch.arange(bench.batch, device=device) % model.cfg.num_classes
     gen = torch.Generator(device=device).manual_seed(train_cfg.trainer.seed)
