@@ -17,6 +17,20 @@ from nar.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _hparams_logged(run_dir: Path) -> bool:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for events in run_dir.glob("**/events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        try:
+            if "_hparams_/session_start_info" in acc.PluginTagToContent("hparams"):
+                return "ablation/score" in acc.Tags()["scalars"]
+        except KeyError:
+            continue
+    return False
+
+
 def _write(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data))
     return path
@@ -82,7 +96,7 @@ def test_two_variant_grid_and_resume(tmp_path: Path, tiny_tokens: Path, capsys) 
     assert "`row_only`" in md and "Ordering vs the paper" in md
     assert mixed["score_name"] == "fid" and mixed["score"] is not None
     assert out["plot"] is not None and out["plot"].read_bytes()[:4] == b"\x89PNG"
-    assert list((out["tensorboard"] / "mixed").glob("**/events.out.tfevents.*"))
+    assert _hparams_logged(out["tensorboard"] / "mixed")
 
     # A second run redoes nothing and leaves the CSV as it was.
     before = out["csv"].read_text()
