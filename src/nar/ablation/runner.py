@@ -140,14 +140,14 @@ def run_ablation(cfg: AblationConfig, shared: Sequence[str] = (), only: Sequence
     ``shared``: extra ``key=value`` overrides for every variant (devices, budget); ``only``: variant names
     to run (the others keep their rows).
     """
-    build_train_configs(cfg, shared)  # fail on a bad variant before spending minutes on the tokenizer
+    # Fail on a bad variant before spending minutes on the tokenizer.
+    base_threads = build_train_configs(cfg, shared)[0][1].trainer.threads
     if only:
         unknown = sorted(set(only) - {v.name for v in cfg.variants})
         if unknown:
             raise ConfigError(f"--only: unknown variant(s) {unknown}; known: {[v.name for v in cfg.variants]}")
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    base_threads = build_train_configs(cfg, shared)[0][1].trainer.threads
     prepared = prepare_shared(cfg, threads or base_threads or 2)
     configs = build_train_configs(cfg, [*prepared, *shared])
     csv_path, md_path, png_path, tb_dir = out / "results.csv", out / "results.md", out / "fid_vs_speed.png", out / "tb"
