@@ -38,6 +38,9 @@ def main() -> None:
     p.add_argument("--data", required=True, help="shapes pairs folder (val renders)")
     p.add_argument("--num", type=int, default=300)
     p.add_argument("--cfg", type=float, nargs="+", default=[4.0])
+    p.add_argument("--temperature", type=float, default=None, help="default: the run's sampling.temperature")
+    p.add_argument("--top-k", type=int, default=None, help="default: the run's sampling.top_k")
+    p.add_argument("--out", default=None, help="JSON file (default <run>/text_alignment.json)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -52,6 +55,8 @@ def main() -> None:
 
     run = Path(args.run)
     model, cfg = load_generator(str(run / "checkpoints" / "last.ckpt"))
+    knobs = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k)) if v is not None}
+    cfg = replace(cfg, sampling=replace(cfg.sampling, **knobs))
     tokenizer = load_frozen_tokenizer(cfg.tokenizer.path, cfg.tokenizer.config)
 
     # The first --num val samples: tokens, caption features, captions (token shards keep the source order).
@@ -72,7 +77,7 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
 
     renders = [r for _, r in zip(range(n), iter_records(Path(args.data), "val", n))]
-    results["ground_truth"] = score(torch.stack([torch.from_numpy(r.pixels).permute(2, 0, 1) for r in renders]),
+    results["ground_truth"] = score(torch.stack([torch.from_numpy(r.pixels.copy()).permute(2, 0, 1) for r in renders]),
                                     [r.spec for r in renders])
 
     def decode(codes: torch.Tensor) -> torch.Tensor:
@@ -103,7 +108,7 @@ def main() -> None:
     print(header)
     for name, r in results.items():
         print(f"{name:18s} {r['geneval_overall']:8.3f} " + " ".join(f"{r.get(f, float('nan')):13.3f}" for f in families))
-    out = run / "text_alignment.json"
+    out = Path(args.out) if args.out else run / "text_alignment.json"
     out.write_text(json.dumps({"num": n, "checkpoint": str(run / "checkpoints" / "last.ckpt"),
                                "sampling": {k: v for k, v in vars(cfg.sampling).items() if k != "cfg_scale"},
                                "results": results, "sampling_seconds": timings}, indent=1))
