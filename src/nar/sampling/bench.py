@@ -88,14 +88,14 @@ def bench_sampling(cfg: NARConfig, batches: list[int], sampling: SamplingConfig,
         for name, model in models.items():
             _reset_peak(dev)
             sampler = FastSampler(model, batch, sampling, cuda_graph=cuda_graph, compile=compile)
-            sec = time_call(lambda s=sampler: s(labels, generator=gen), dev, warmup, iters, min_time)
+            sec = time_call(lambda s=sampler, y=labels, g=gen: s(y, generator=g), dev, warmup, iters, min_time)
             mode = ("cuda-graph" if sampler.use_graph else "eager") + ("+compile" if compile else "")
             rows.append(BenchRow(name, batch, sampler.num_passes, batch / sec, batch * N / sec, sec, _peak(dev), mode))
             log.info("%s batch %d: %.1f images/s", name, batch, batch / sec)
             del sampler
         if reference:
             _reset_peak(dev)
-            sec = time_call(lambda: reference_generate(nar, labels, sampling, generator=gen), dev,
+            sec = time_call(lambda y=labels, g=gen: reference_generate(nar, y, sampling, generator=g), dev,
                             min(warmup, 1), max(1, iters // 2), 0.0)
             rows.append(BenchRow("nar-reference", batch, nar.num_passes, batch / sec, batch * N / sec, sec, _peak(dev),
                                  "eager, dense mask, per-token sampling"))
