@@ -93,15 +93,16 @@ def load_model(args: argparse.Namespace):
     return load_official(args.ckpt, n_head=args.n_head, prefer=prefer, **overrides).eval(), None
 
 
-def text_encoder_for(model, run_cfg, kind: str | None, path: str | None):
-    """The run's text encoder (with CLI overrides); official caption models default to FLAN-T5 (``t5``)."""
+def text_encoder_for(model, run_cfg, kind: str | None, path: str | None, device: str | None = None):
+    """The run's text encoder (with CLI overrides) on ``device``; official caption models default to FLAN-T5."""
     from dataclasses import replace
 
     from nar.text import TextEncoderConfig, build_text_encoder
 
     base = run_cfg.text if run_cfg is not None else TextEncoderConfig(kind="t5" if model.cfg.caption_dim == 2048
                                                                      else "minilm")
-    cfg = replace(base, kind=kind or base.kind, path=path if path is not None else base.path)
+    cfg = replace(base, kind=kind or base.kind, path=path if path is not None else base.path,
+                  device=device or base.device)
     return build_text_encoder(cfg, model.cfg)
 
 
@@ -182,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         temperature=args.temperature if args.temperature is not None else base.temperature,
         top_k=args.top_k if args.top_k is not None else base.top_k,
         top_p=args.top_p if args.top_p is not None else base.top_p)
-    encoder = text_encoder_for(model, run_cfg, args.text_encoder, args.text_encoder_path) if caption else None
+    encoder = text_encoder_for(model, run_cfg, args.text_encoder, args.text_encoder_path, device) if caption else None
 
     pixels = sample_images(model, tokenizer, conditions, text_encoder=encoder, sampling=sampling,
                            n_per=args.n_per_prompt, batch_size=args.batch_size, seed=args.seed, device=device)
