@@ -164,11 +164,17 @@ class FrontierDecodingCallback(Callback):
         n = conds.shape[0]
         chunks = [c for c in range(math.ceil(n / bs)) if c % world == rank]
         tokens_all, gen_seconds = [], 0.0
+        # One sampler (and one generator, re-seeded per chunk) per batch size: on a GPU the fast sampler
+        # captures its CUDA graph once instead of once per chunk. Caption masks differ per chunk: no reuse.
+        samplers: dict[int, tuple[Any, torch.Generator]] = {}
         for c in chunks:
             cond = conds[c * bs:(c + 1) * bs]
             mask = masks[c * bs:(c + 1) * bs] if masks is not None else None
-            sampler = make_sampler(model, cond.shape[0], self.cfg.sampling, cond_mask=mask)
-            generator = torch.Generator(device=device).manual_seed(self.eval.seed + c)
+            if mask is not None or cond.shape[0] not in samplers:
+                samplers[cond.shape[0]] = (make_sampler(model, cond.shape[0], self.cfg.sampling, cond_mask=mask),
+                                           torch.Generator(device=device))
+            sampler, generator = samplers[cond.shape[0]]
+            generator.manual_seed(self.eval.seed + c)
             _sync(device)
             start = time.perf_counter()
             tokens_all.append(sampler(cond, generator=generator))
