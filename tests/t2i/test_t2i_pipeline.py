@@ -120,3 +120,22 @@ def test_nar_sample_reads_official_t2i_checkpoints(conformance, tmp_path, monkey
 
     images = sorted((tmp_path / "out" / "images").glob("*.png"))
     assert len(images) == 2 and Image.open(images[0]).size == (8, 8)  # 4x4 codes, one 2x upsampling
+
+
+def test_captions_are_encoded_on_the_fly_without_stored_features(shapes_tokens):
+    from nar.data.datamodules import datamodule_for
+    from nar.lightning.config import load_train_config
+    from nar.lightning.generator_module import GeneratorModule
+
+    cfg = load_train_config([T2I / "shapes.yaml"], ["model.grid=[4,4]", "model.caption_len=16",
+                                                    "data.caption_features=false", "optim.cond_dropout=0.5"])
+    module = GeneratorModule(cfg)
+    dm = datamodule_for(str(shapes_tokens["tokens"]), caption_features=False, num_workers=0, batch_size=4)
+    batch = next(iter(dm.val_dataloader()))
+    assert "capfeat" not in batch and len(batch["caption"]) == 4
+    tokens, feats, mask = module.batch_inputs(batch)  # the run's text encoder (cfg.text), 16 slots
+    assert feats.shape == (4, 16, 384) and mask.shape == (4, 16) and "capfeat" in batch  # callbacks see them
+    expected, _ = shapes_tokens["encoder"].encode(list(batch["caption"]))
+    torch.testing.assert_close(feats, expected, atol=1e-4, rtol=0)
+    loss = module.training_step(batch, 0)  # with caption dropout to the null caption
+    assert torch.isfinite(loss)
