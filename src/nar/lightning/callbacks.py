@@ -105,7 +105,9 @@ class FrontierDecodingCallback(Callback):
     """Generates, decodes, logs and scores samples at the end of every validation (see module docstring).
 
     Logged (all ranks agree): ``val/fid`` (and ``val/precision``, ``val/recall``, ``val/is_mean`` when
-    asked) or ``val/fvd`` / ``val/fvd_proxy_inception``; ``val/forward_passes`` (per image),
+    asked) or ``val/fvd`` / ``val/fvd_proxy_inception``; caption models with ``text`` in ``eval.metrics``:
+    ``val/geneval_overall`` and ``val/geneval_<family>`` (shapes captions; the grid's prompts go to
+    ``samples/step_*.txt``); ``val/forward_passes`` (per image),
     ``val/images_per_sec`` (token generation, this rank), ``val/decode_images_per_sec``.
     """
 
