@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np  # noqa: F401  (doctest)
 
-from nar.shapes.detect import Detection, detect, evaluate, score
+from nar.shapes.detect import Detection, SceneReading, detect, evaluate, read_scene, score
 from nar.shapes.render import render_scene, shape_mask
 from nar.shapes.scene import (
     COLORS,
@@ -37,11 +37,13 @@ __all__ = [
     "Detection",
     "Primitive",
     "Scene",
+    "SceneReading",
     "caption",
     "detect",
     "evaluate",
     "parse_prompt",
     "prompt_for",
+    "read_scene",
     "relative_position",
     "render_scene",
     "sample_scene",
