@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nar.errors import ConfigError
@@ -27,23 +27,7 @@ def load_config(schema: type[T], yaml_paths: Sequence[str | Path] = (), override
         ConfigError: a file is missing, a key is unknown, or a value has the wrong type or range.
     """
     try:
-        merged = OmegaConf.structured(schema)
-        for path in yaml_paths:
-            path = Path(path)
-            if not path.is_file():
-                raise ConfigError(f"config file not found: {path}")
-            try:
-                merged = OmegaConf.merge(merged, OmegaConf.load(path))
-            except OmegaConfBaseException as err:
-                raise ConfigError(f"{path}: {_describe(err)}") from None
-        if overrides:
-            bad = [o for o in overrides if "=" not in o]
-            if bad:
-                raise ConfigError(f"overrides must look like key=value, got {bad}")
-            try:
-                merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-            except OmegaConfBaseException as err:
-                raise ConfigError(f"command-line override: {_describe(err)}") from None
+        merged = merge_sources(OmegaConf.structured(schema), yaml_paths, overrides)
         obj = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise ConfigError(_describe(err)) from None
@@ -52,6 +36,33 @@ def load_config(schema: type[T], yaml_paths: Sequence[str | Path] = (), override
             raise
         raise ConfigError(str(err)) from None
     return obj  # type: ignore[return-value]
+
+
+def merge_sources(base: DictConfig, yaml_paths: Sequence[str | Path] = (), overrides: Sequence[str] = (),
+                  dicts: Sequence[dict[str, Any]] = ()) -> DictConfig:
+    """``base`` ← each dict ← each YAML file ← ``key=value`` overrides (no conversion to objects yet).
+
+    Errors name the file or the override and the offending key.
+    """
+    for data in dicts:
+        base = OmegaConf.merge(base, OmegaConf.create(data))
+    for path in yaml_paths:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            base = OmegaConf.merge(base, OmegaConf.load(path))
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"{path}: {_describe(err)}") from None
+    if overrides:
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"overrides must look like key=value, got {bad}")
+        try:
+            base = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"command-line override: {_describe(err)}") from None
+    return base
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nar.config import _describe
+from nar.config import _describe, merge_sources
 from nar.errors import ConfigError
 from nar.model import NARConfig
 from nar.sampling import SamplingConfig
@@ -205,8 +205,9 @@ class TrainConfig:
         return Path(self.runs_root) / self.name
 
 
-def load_train_config(yaml_paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> TrainConfig:
-    """Schema defaults ← each YAML ← ``key=value`` overrides, validated; errors name the key.
+def load_train_config(yaml_paths: Sequence[str | Path] = (), overrides: Sequence[str] = (),
+                      dicts: Sequence[dict[str, Any]] = ()) -> TrainConfig:
+    """Schema defaults ← each dict ← each YAML ← ``key=value`` overrides, validated; errors name the key.
 
     Raises:
         ConfigError: a missing file, an unknown key, a value of the wrong type or out of range.
@@ -216,22 +217,7 @@ def load_train_config(yaml_paths: Sequence[str | Path] = (), overrides: Sequence
         # The schema's NARConfig() has filled head_blocks for its default mode; leave it unset so that
         # mode=raster (or another grid) gets its own default layout.
         merged.model.head_blocks = None
-        for path in yaml_paths:
-            path = Path(path)
-            if not path.is_file():
-                raise ConfigError(f"config file not found: {path}")
-            try:
-                merged = OmegaConf.merge(merged, OmegaConf.load(path))
-            except OmegaConfBaseException as err:
-                raise ConfigError(f"{path}: {_describe(err)}") from None
-        if overrides:
-            bad = [o for o in overrides if "=" not in o]
-            if bad:
-                raise ConfigError(f"overrides must look like key=value, got {bad}")
-            try:
-                merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-            except OmegaConfBaseException as err:
-                raise ConfigError(f"command-line override: {_describe(err)}") from None
+        merged = merge_sources(merged, yaml_paths, overrides, dicts)
         # Validate section by section so that a range error from a nested __post_init__ names its section.
         sections: dict[str, Any] = {}
         for f in dataclasses.fields(TrainConfig):
@@ -263,12 +249,4 @@ def train_config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Rebuild a :class:`TrainConfig` saved in a checkpoint (validated again)."""
-    yaml = OmegaConf.to_yaml(OmegaConf.create(data))
-    import tempfile
-
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
-        fh.write(yaml)
-    try:
-        return load_train_config([fh.name])
-    finally:
-        Path(fh.name).unlink(missing_ok=True)
+    return load_train_config(dicts=[data])
