@@ -21,14 +21,18 @@ def read_checkpoint(path: str | Path, prefer: str | None = None) -> dict[str, to
     Accepts a raw state dict or one nested under ``"model"``, ``"ema"``, ``"module"`` or ``"state_dict"``
     (``prefer`` picks one when several are present). A ``module.`` prefix left by DDP is removed.
     """
+    return unwrap_state_dict(load_file(path), prefer=prefer, source=str(path))
+
+
+def load_file(path: str | Path, what: str = "checkpoint", map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` a checkpoint file, with a :class:`CheckpointError` naming it when missing or unreadable."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"{what} not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
-    return unwrap_state_dict(obj, prefer=prefer, source=str(path))
+        raise CheckpointError(f"cannot read {what} {path}: {err}") from err
 
 
 def unwrap_state_dict(obj: Any, prefer: str | None = None, source: str = "checkpoint") -> dict[str, torch.Tensor]:

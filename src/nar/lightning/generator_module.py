@@ -242,11 +242,11 @@ def load_generator(path: str, cfg: TrainConfig | None = None, prefer_ema: bool =
     Returns ``(model in eval mode, the run config stored in the checkpoint or None)``. Official
     checkpoints are read with :func:`nar.model.official.load_official` and need ``cfg.model``.
     """
-    from nar.checkpoints import load_strict
+    from nar.checkpoints import load_file, load_strict
     from nar.errors import CheckpointError
     from nar.model.official import load_official
 
-    obj = torch.load(path, map_location=map_location, weights_only=False)
+    obj = load_file(path, what="generator checkpoint", map_location=map_location)
     if isinstance(obj, dict) and "pytorch-lightning_version" in obj:
         stored = obj.get("hyper_parameters", {}).get("cfg")
         run_cfg = train_config_from_dict(stored) if stored else cfg

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from nar.checkpoints import load_strict, unwrap_state_dict
+from nar.checkpoints import load_file, load_strict, unwrap_state_dict
 from nar.config import from_dict, to_dict
 from nar.errors import CheckpointError, ConfigError
 from nar.tokenizers.config import VQConfig
@@ -65,12 +65,7 @@ def load_tokenizer(
                                         and not source.endswith((".pt", ".pth", ".ckpt", ".bin"))):
         return VQTokenizer(_as_config(source)).eval()
     path = Path(source)
-    if not path.is_file():
-        raise CheckpointError(f"tokenizer checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise CheckpointError(f"cannot read tokenizer checkpoint {path}: {err}") from err
+    obj = load_file(path, what="tokenizer checkpoint")
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         stored = from_dict(VQConfig, obj["config"])
         _check_same(stored, config, path)
