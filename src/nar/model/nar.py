@@ -288,15 +288,13 @@ class NARModel(nn.Module):
 
         plans = []
         for i, step in enumerate(schedule.steps):
-            if i == 0:
+            if i == 0:  # the prefill feeds the condition; its predictors are the last condition token
                 positions = torch.arange(C)
                 n_in, offset = C, C
-                preds = step.sources.clone()
             else:
                 positions = C + step.inputs
                 n_in, offset = len(step.inputs), 0
-                preds = step.sources.clone()
-            src, w = self._mix_plan(preds, offset, n_in)
+            src, w = self._mix_plan(step.sources, offset, n_in)
             if layout == "sequence":
                 slots: torch.Tensor | int = positions.to(device)
                 kv_limit = None

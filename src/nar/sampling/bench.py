@@ -37,7 +37,7 @@ def _sync(device: torch.device) -> None:
 
 
 def time_call(fn: Callable[[], object], device: torch.device, warmup: int, iters: int, min_time: float) -> float:
-    """Median-free simple mean over ``iters`` calls after ``warmup`` (at least ``min_time`` seconds)."""
+    """Mean seconds per call of ``fn`` after ``warmup`` calls, over at least ``iters`` calls and ``min_time`` s."""
     for _ in range(warmup):
         fn()
     _sync(device)

@@ -64,7 +64,6 @@ class FastSampler:
 
             dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
             self.state.runners = [torch.compile(b, dynamic=True) for b in model.blocks()]
-        self._step = self._run
         self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_generator: torch.Generator | None = None
 
@@ -99,13 +98,13 @@ class FastSampler:
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self._step(generator)
+                self._run(generator)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         if generator is not None:
             graph.register_generator_state(generator)
         with torch.cuda.graph(graph):
-            self._step(generator)
+            self._run(generator)
         self._graph, self._graph_generator = graph, generator
         if generator is not None:
             generator.set_state(saved)
@@ -122,7 +121,7 @@ class FastSampler:
             raise ValueError(f"this sampler was built for batch {self.batch}, got {cond.shape[0]} conditions")
         self.cond.copy_(cond)
         if not self.use_graph:
-            self._step(generator)
+            self._run(generator)
         else:
             if self._graph is None or generator is not self._graph_generator:
                 try:
