@@ -21,7 +21,8 @@ import logging
 import torch
 
 from nar.model import NARModel
-from nar.sampling.logits import SamplingConfig, guide, sample_tokens
+from nar.sampling.generate import decode_into
+from nar.sampling.logits import SamplingConfig
 
 log = logging.getLogger(__name__)
 
@@ -73,21 +74,9 @@ class FastSampler:
 
     @torch.no_grad()
     def _run(self, generator: torch.Generator | None) -> None:
-        model, s, B = self.model, self.sampling, self.batch
-        cond = torch.cat([self.cond, model.null_condition(self.cond)]) if s.guided else self.cond
-        generated = 0
-        prev = None
-        for i, plan in enumerate(self.state.plans):
-            if i == 0:
-                logits = model.prefill(cond, self.state)
-            else:
-                logits = model.decode_step(torch.cat([prev, prev]) if s.guided else prev, i, self.state)
-            if s.guided:
-                use = s.cfg_interval < 0 or generated <= s.cfg_interval
-                logits = guide(logits, s.cfg_scale) if use else logits[:B]
-            prev = sample_tokens(logits, s, generator)
-            self.tokens[:, plan.outputs] = prev
-            generated += prev.shape[1]
+        s = self.sampling
+        cond = torch.cat([self.cond, self.model.null_condition(self.cond)]) if s.guided else self.cond
+        decode_into(self.model, self.state, cond, s, self.tokens, generator)
 
     def _capture(self, generator: torch.Generator | None) -> None:
         # Warm-up and capture draw random numbers; restore the generator so the first replay starts from

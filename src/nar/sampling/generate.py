@@ -34,20 +34,31 @@ def generate(model: NARModel, cond: torch.Tensor, sampling: SamplingConfig | Non
     N = model.cfg.num_cells
     tokens = torch.zeros(B, N, dtype=torch.long, device=cond.device)
     all_logits = torch.zeros(B, N, model.cfg.vocab_size, device=cond.device) if return_logits else None
+    decode_into(model, state, cond, sampling, tokens, generator, all_logits)
+    tokens = tokens.view(B, *model.cfg.grid)
+    return (tokens, all_logits) if return_logits else tokens
+
+
+def decode_into(model: NARModel, state, cond: torch.Tensor, sampling: SamplingConfig, tokens: torch.Tensor,
+                generator: torch.Generator | None = None, logits_out: torch.Tensor | None = None) -> None:
+    """The decoding loop shared by :func:`generate` and the fast sampler: prefill, then one pass per step.
+
+    ``cond`` already holds the null half when guided (``[2B, ...]``); sampled cells are written into
+    ``tokens [B, N]`` (raster order) and, when given, their guided logits into ``logits_out [B, N, V]``.
+    """
+    B = tokens.shape[0]
     generated = 0
+    prev = None
     for i, plan in enumerate(state.plans):
         if i == 0:
             logits = model.prefill(cond, state)
-        else:
-            fed = tokens[:, state.plans[i - 1].outputs]
-            logits = model.decode_step(torch.cat([fed, fed]) if sampling.guided else fed, i, state)
+        else:  # feed the cells the previous pass produced
+            logits = model.decode_step(torch.cat([prev, prev]) if sampling.guided else prev, i, state)
         if sampling.guided:
             use = sampling.cfg_interval < 0 or generated <= sampling.cfg_interval
             logits = guide(logits, sampling.cfg_scale) if use else logits[:B]
-        new = sample_tokens(logits, sampling, generator)
-        tokens[:, plan.outputs] = new
-        if all_logits is not None:
-            all_logits[:, plan.outputs] = logits
-        generated += new.shape[1]
-    tokens = tokens.view(B, *model.cfg.grid)
-    return (tokens, all_logits) if return_logits else tokens
+        prev = sample_tokens(logits, sampling, generator)
+        tokens[:, plan.outputs] = prev
+        if logits_out is not None:
+            logits_out[:, plan.outputs] = logits
+        generated += prev.shape[1]
