@@ -18,6 +18,16 @@ from nar.tokenizers.config import VQConfig
 from nar.tokenizers.quantizer import QuantizerOutput, VectorQuantizer
 
 
+def run_level(block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """One resolution level of the encoder or decoder: its res blocks, each followed by its attention
+    block when the level has them (the resampling is left to the caller)."""
+    for i, res in enumerate(block.res):
+        h = res(h)
+        if len(block.attn):
+            h = block.attn[i](h)
+    return h
+
+
 class Encoder(nn.Module):
     """Levels of res-blocks, each but the last ending in a downsample; attention at the lowest level."""
 
@@ -51,10 +61,7 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
         for block in self.conv_blocks:
-            for i, res in enumerate(block.res):
-                h = res(h)
-                if len(block.attn):
-                    h = block.attn[i](h)
+            h = run_level(block, h)
             if hasattr(block, "downsample"):
                 h = block.downsample(h)
         for layer in self.mid:
@@ -98,10 +105,7 @@ class Decoder(nn.Module):
         for layer in self.mid:
             h = layer(h)
         for block in self.conv_blocks:
-            for i, res in enumerate(block.res):
-                h = res(h)
-                if len(block.attn):
-                    h = block.attn[i](h)
+            h = run_level(block, h)
             if hasattr(block, "upsample"):
                 h = block.upsample(h)
         return self.conv_out(swish(self.norm_out(h)))
