@@ -57,6 +57,8 @@ def test_equivalent_head_settings_share_a_fingerprint(tmp_path: Path) -> None:
     cfg = load_ablation_config(_grid(tmp_path, [
         {"name": "none", "model": {"head_sharing": "shared", "head_blocks": [0, 0]}},
         {"name": "col", "model": {"head_sharing": "shared", "shared_axis": -1, "head_blocks": [1, 0]}},
+        {"name": "col_only", "model": {"head_sharing": "shared", "shared_axis": -1, "head_blocks": [1, 0],
+                                       "parents": "col"}},
         {"name": "row", "model": {"head_sharing": "shared", "shared_axis": 0, "head_blocks": [1, 0]}},
         {"name": "mixed", "model": {}},
         {"name": "mixed_par", "model": {"head_layout": "parallel"}},
@@ -64,7 +66,7 @@ def test_equivalent_head_settings_share_a_fingerprint(tmp_path: Path) -> None:
         {"name": "chain11", "model": {"head_blocks": [1, 1]}}]), [])
     fp = {v.name: fingerprint(t) for v, t in build_train_configs(cfg)}
     assert fp["none"] == fp["col"] and fp["mixed"] == fp["mixed_par"]
-    assert len({fp["none"], fp["row"], fp["mixed"], fp["par11"], fp["chain11"]}) == 5
+    assert len({fp["none"], fp["col_only"], fp["row"], fp["mixed"], fp["par11"], fp["chain11"]}) == 6
 
 
 @pytest.mark.parametrize("name", ["heads_emoji", "heads_atari", "heads_imagenet"])

@@ -107,3 +107,21 @@ def test_known_counts():
 def test_bad_shape_is_rejected():
     with pytest.raises(ConfigError, match="grid shape"):
         GridGeometry((0, 4))
+
+
+@settings(max_examples=40, deadline=None)
+@given(shapes, st.data())
+def test_keep_axis_leaves_one_parent_where_the_axis_has_one(shape, data):
+    geo = GridGeometry(shape)
+    axis = data.draw(st.integers(0, geo.ndim - 1))
+    pred = geo.predictors()
+    kept = geo.keep_axis(pred, axis)
+    has = pred[axis] != NO_PREDICTOR
+    valid = kept != NO_PREDICTOR
+    # Along the axis nothing changes; where the axis predicts, it is the only predictor.
+    assert torch.equal(kept[axis], pred[axis])
+    assert torch.all(valid[:, has].sum(0) == 1)
+    # Elsewhere every other parent stays, and every cell keeps at least one predictor.
+    assert torch.equal(kept[:, ~has], pred[:, ~has])
+    assert torch.all(valid.sum(0) >= 1)
+    assert geo.keep_axis(pred, None) is pred

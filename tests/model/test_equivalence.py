@@ -15,6 +15,8 @@ CASES = [
     dict(grid=[2, 3, 4], head_layout="parallel"),
     dict(grid=[3, 4], head_sharing="shared", head_blocks=[0, 0]),
     dict(grid=[3, 4], head_sharing="shared", shared_axis=0),
+    dict(grid=[3, 4], head_sharing="shared", shared_axis=0, parents="row"),
+    dict(grid=[2, 3, 4], parents="col"),
     dict(grid=[3, 4], mixing="probs"),
     dict(grid=[3, 4], position="absolute"),
     dict(grid=[3, 4], n_kv_head=2),

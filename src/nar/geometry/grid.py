@@ -173,6 +173,22 @@ class GridGeometry:
         pred[:, 0] = FROM_CONDITION
         return pred
 
+    @staticmethod
+    def keep_axis(predictors: torch.Tensor, axis: int | None) -> torch.Tensor:
+        """Restrict a ``[n_axes, n]`` predictor table (training predictors or a step's sources) so a
+        cell is predicted only along ``axis`` whenever it has a parent there; cells without one (the
+        first row of a row-only table, say) keep their other parents. ``axis=None``: unchanged.
+
+        This is the single-direction ablation: one direction's neighbour predicts each cell, instead
+        of the mean over every parent.
+        """
+        if axis is None:
+            return predictors
+        has_primary = predictors[axis] != NO_PREDICTOR  # [n]
+        out = torch.where(has_primary[None], torch.full_like(predictors, NO_PREDICTOR), predictors)
+        out[axis] = predictors[axis]
+        return out
+
     # ----------------------------------------------------------------------------------------
     # Masks
     # ----------------------------------------------------------------------------------------

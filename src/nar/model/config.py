@@ -39,6 +39,9 @@ class NARConfig:
     # "per_axis": one head per axis; "shared": one head (axis `shared_axis`'s) predicts every neighbour.
     head_sharing: str = "per_axis"
     shared_axis: int = -1
+    # Which parents predict a cell: "all" (the mean over every parent, official) or one axis name
+    # ("row", "col", "time"): only the parent along that axis when the cell has one (ablations).
+    parents: str = "all"
     # How the parents' predictions combine: "logits" (mean of logits) or "probs" (mean of probabilities).
     mixing: str = "logits"
     # "rope": axial rotary embeddings (official 2-D layout for images); "absolute": learned table.
@@ -88,11 +91,18 @@ class NARConfig:
             raise ConfigError(f"head_blocks: counts must be >= 0, got {self.head_blocks}")
         if not -k <= self.shared_axis < k:
             raise ConfigError(f"shared_axis: {self.shared_axis} is not an axis of grid {self.grid}")
+        allowed = ("all", *self.axis_names) if self.mode == "nar" else ("all",)
+        _choice("parents", self.parents, allowed)
         for key in ("token_dropout", "attn_dropout", "resid_dropout", "ffn_dropout", "drop_path"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ConfigError(f"{key}: must be in [0, 1), got {getattr(self, key)}")
 
     # ---------------------------------------------------------------- derived shapes
+    @property
+    def parent_axis(self) -> int | None:
+        """Index of the only predicting axis (``parents`` names one), or None for every parent."""
+        return None if self.parents == "all" else self.axis_names.index(self.parents)
+
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_head

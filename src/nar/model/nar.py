@@ -111,7 +111,7 @@ class NARModel(nn.Module):
             else:  # identity rotation: cos 1, sin 0
                 rope = torch.stack([torch.ones(cfg.seq_len, cfg.head_dim // 2),
                                     torch.zeros(cfg.seq_len, cfg.head_dim // 2)], dim=-1)
-            pred = self.geometry.predictors(cfg.mode)  # [A, N]
+            pred = self.geometry.keep_axis(self.geometry.predictors(cfg.mode), cfg.parent_axis)  # [A, N]
             train_mask = self.geometry.attention_mask(C, cfg.mode)
         # Kept in float32 whatever the model's dtype (see _apply).
         self.register_buffer("rope", rope, persistent=False)
@@ -294,7 +294,7 @@ class NARModel(nn.Module):
             else:
                 positions = C + step.inputs
                 n_in, offset = len(step.inputs), 0
-            src, w = self._mix_plan(step.sources, offset, n_in)
+            src, w = self._mix_plan(self.geometry.keep_axis(step.sources, cfg.parent_axis), offset, n_in)
             if layout == "sequence":
                 slots: torch.Tensor | int = positions.to(device)
                 kv_limit = None
