@@ -22,7 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-raster", action="store_true", help="skip the raster baseline")
     p.add_argument("--no-graph", action="store_true", help="run eagerly (no CUDA graph)")
     p.add_argument("--compile", action="store_true", help="torch.compile the decoding loop")
+    p.add_argument("--attention", choices=["auto", "sdpa", "triton"], default="auto",
+                   help="decode-pass attention: the small-query Triton kernel (auto: on a GPU with Triton) or SDPA")
     p.add_argument("--tokenizer-decode", action="store_true", help="also time the VQ decoder")
+    p.add_argument("--decode-compile", action="store_true",
+                   help="also time the VQ decoder compiled with torch.compile (tokenizer.decoder.compile())")
     p.add_argument("--decode-dtype", nargs="+", choices=["fp32", "bf16", "fp16"], default=["fp32"],
                    help="precisions to time the decoder in (fp32 is the official setting)")
     p.add_argument("--tokenizer", default="vq-16")
@@ -48,11 +52,14 @@ def run(args: argparse.Namespace) -> int:
     sampling = SamplingConfig(cfg_scale=args.cfg, top_k=args.top_k)
     rows = bench_sampling(cfg, args.batch, sampling, device=args.device, dtype=args.dtype, raster=not args.no_raster,
                           reference=args.reference, cuda_graph=False if args.no_graph else None,
-                          compile=args.compile, warmup=args.warmup, iters=args.iters, min_time=args.min_time)
+                          compile=args.compile, warmup=args.warmup, iters=args.iters, min_time=args.min_time,
+                          attention=args.attention)
     if args.tokenizer_decode:
         for dt in args.decode_dtype:
-            rows.append(bench_tokenizer_decode(args.tokenizer, args.decode_batch, cfg.grid, device=args.device,
-                                               dtype=dt, warmup=args.warmup, iters=args.iters, min_time=args.min_time))
+            for compiled in (False, True) if args.decode_compile else (False,):
+                rows.append(bench_tokenizer_decode(args.tokenizer, args.decode_batch, cfg.grid, device=args.device,
+                                                   dtype=dt, warmup=args.warmup, iters=args.iters,
+                                                   min_time=args.min_time, compile=compiled))
     device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu"
     threads = torch.get_num_threads()
     header = (f"preset {args.preset} grid {cfg.grid} | CFG {args.cfg} | {args.dtype} | {args.device} "

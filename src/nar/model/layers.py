@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nar.model.config import NARConfig
+from nar.model.decode_attention import prefix_attention
 
 
 class RMSNorm(nn.Module):
@@ -38,13 +39,20 @@ class FeedForward(nn.Module):
 
 
 class KVCache:
-    """A static key/value buffer ``[B, H_kv, L, head_dim]`` written in place at given slots."""
+    """A static key/value buffer ``[B, H_kv, L, head_dim]`` written in place at given slots.
+
+    ``attention='triton'`` attends through the small-query kernel of :mod:`nar.model.decode_attention`
+    wherever it applies (SDPA elsewhere); ``'sdpa'`` always uses PyTorch's SDPA.
+    """
 
     def __init__(self, batch: int, n_kv_head: int, length: int, head_dim: int, dtype: torch.dtype,
-                 device: torch.device | str):
+                 device: torch.device | str, attention: str = "sdpa"):
+        if attention not in ("sdpa", "triton"):
+            raise ValueError(f"attention must be 'sdpa' or 'triton', got {attention!r}")
         shape = (batch, n_kv_head, length, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.attention = attention
 
     def write(self, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor | int) -> None:
         """Store ``k, v`` ``[B, H_kv, T, hd]`` at ``slots``: an int writes slots ``slots … slots + T - 1``
@@ -111,6 +119,8 @@ class Attention(nn.Module):
             k, v = cache.k, cache.v
             if kv_limit is not None:
                 k, v = k[:, :, :kv_limit], v[:, :, :kv_limit]
+            if cache.attention == "triton":
+                return self.resid_dropout(self.wo(prefix_attention(q, k, v, mask)))
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0,
             enable_gqa=self.n_kv_head != self.n_head)

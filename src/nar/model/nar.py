@@ -255,20 +255,22 @@ class NARModel(nn.Module):
 
     # ------------------------------------------------------------------------------ inference
     def start_inference(self, batch: int, cond_mask: torch.Tensor | None = None, layout: str = "decode",
-                        dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> InferenceState:
+                        dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+                        attention: str = "sdpa") -> InferenceState:
         """Allocate KV caches and build every step's plan for a batch of ``batch`` sequences.
 
         ``layout='decode'`` stores keys in decode order so each step attends to a prefix of the cache
         (no mask beyond caption padding). ``layout='sequence'`` stores keys at their sequence positions
         and masks the whole cache at every step, as the official implementation does; it is the
-        reference the fast layout is tested against.
+        reference the fast layout is tested against. ``attention='triton'`` attends through the
+        small-query kernel (:mod:`nar.model.decode_attention`) where it applies.
         """
         cfg = self.cfg
         device = torch.device(device) if device is not None else self.rope.device
         dtype = dtype or self.tok_embeddings.weight.dtype
         C, L = cfg.num_cond_tokens, cfg.seq_len
         n_blocks = len(self.layers) + sum(len(b) for b in self.branches)
-        caches = [KVCache(batch, cfg.kv_heads, L, cfg.head_dim, dtype, device) for _ in range(n_blocks)]
+        caches = [KVCache(batch, cfg.kv_heads, L, cfg.head_dim, dtype, device, attention) for _ in range(n_blocks)]
         if layout not in ("decode", "sequence"):
             raise ValueError(f"layout must be 'decode' or 'sequence', got {layout!r}")
         key_valid = self._key_valid(cond_mask.to(device)) if cond_mask is not None else None  # sequence order

@@ -4,7 +4,8 @@ What makes it fast, compared with the plain loop in :mod:`nar.sampling.generate`
 ``sequence`` layout (the official code's formulation):
 
 * keys are stored in decode order, so each pass attends to a prefix of the cache with no mask at
-  all (class conditions) — flash attention instead of the math kernel over a dense boolean mask;
+  all (class conditions), on the GPU through a kernel sized for a frontier's few queries
+  (:mod:`nar.model.decode_attention`) instead of the math kernel over a dense boolean mask;
 * every per-step constant (slots, positions, rotary rows, parent maps) is built once on the device;
 * sampling is batched over the frontier with the exponential race — no per-token loop, no host sync;
 * every step has a fixed shape, so prefill + all passes + sampling are captured once into a single
@@ -21,6 +22,7 @@ import logging
 import torch
 
 from nar.model import NARModel
+from nar.model.decode_attention import triton_available
 from nar.sampling.generate import decode_into
 from nar.sampling.logits import SamplingConfig
 
@@ -37,7 +39,8 @@ class FastSampler:
     """
 
     def __init__(self, model: NARModel, batch: int, sampling: SamplingConfig | None = None,
-                 cond_mask: torch.Tensor | None = None, cuda_graph: bool | None = None, compile: bool = False):
+                 cond_mask: torch.Tensor | None = None, cuda_graph: bool | None = None, compile: bool = False,
+                 attention: str = "auto"):
         self.model = model.eval()
         self.sampling = sampling or SamplingConfig()
         self.batch = batch
@@ -52,7 +55,12 @@ class FastSampler:
         if cond_mask is not None:
             mask = cond_mask.to(self.device)
             mask = torch.cat([mask, mask]) if self.sampling.guided else mask
-        self.state = model.start_inference(rows, cond_mask=mask, layout="decode", device=self.device)
+        if attention == "auto":  # the small-query kernel where it runs: half precision on a GPU with Triton
+            half = self.dtype in (torch.bfloat16, torch.float16)
+            attention = "triton" if self.device.type == "cuda" and half and triton_available() else "sdpa"
+        self.attention = attention
+        self.state = model.start_inference(rows, cond_mask=mask, layout="decode", device=self.device,
+                                           attention=attention)
         if cfg.condition == "class":
             self.cond = torch.zeros(batch, dtype=torch.long, device=self.device)
         else:
