@@ -11,7 +11,12 @@ import textwrap
 import pytest
 import torch
 
-from nar.model.decode_attention import kernel_applies, prefix_attention, prefix_attention_sdpa, triton_available
+from nar.model.decode_attention import (
+    kernel_applies,
+    prefix_attention,
+    prefix_attention_sdpa,
+    triton_available,
+)
 
 CHECK = textwrap.dedent("""
     import itertools, torch
