@@ -63,6 +63,8 @@ class InferenceState:
     head_weight: torch.Tensor | None = None
     # Optional replacements for each block's forward, in cache order (e.g. compiled versions).
     runners: list | None = None
+    # False: logits come back in the model's dtype and the caller upcasts (fused into its sampling).
+    upcast: bool = True
 
 
 class NARModel(nn.Module):
@@ -346,4 +348,5 @@ class NARModel(nn.Module):
             return self._mix(feats, plan.sources, plan.weights)
         parts = [self.heads[self._head_of_axis[a]].norm(h[:, src]) * w[None, :, None].to(h.dtype)
                  for a, (h, src, w) in enumerate(zip(feats, plan.sources, plan.weights))]
-        return F.linear(torch.cat(parts, dim=-1), state.head_weight).float()
+        out = F.linear(torch.cat(parts, dim=-1), state.head_weight)
+        return out.float() if state.upcast else out

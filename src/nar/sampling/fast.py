@@ -24,9 +24,48 @@ import torch
 from nar.model import NARModel
 from nar.model.decode_attention import triton_available
 from nar.sampling.generate import decode_into
-from nar.sampling.logits import SamplingConfig
+from nar.sampling.logits import SamplingConfig, guide
 
 log = logging.getLogger(__name__)
+
+
+class CompiledDraw:
+    """Guidance, temperature and the exponential race of :func:`nar.sampling.logits.sample_tokens` (GPU
+    branch) as two compiled kernels around the random draw.
+
+    Eagerly the logits make seven passes over ``[2B, n, V]`` memory (upcast, lerp, noise, log, subtract,
+    argmax); compiled, one pass reads the model's half-precision logits and writes the guided float32
+    ones, and one reads those with the noise and reduces to the argmax. The random numbers are drawn
+    by the same ``exponential_`` call on the same generator, so the tokens are the plain path's.
+    Only for plain sampling (no greedy, top-k or top-p: those keep the general path).
+    """
+
+    def __init__(self, sampling: SamplingConfig):
+        self.sampling = sampling
+        self.prepare = torch.compile(self._prepare, dynamic=True)
+        self.pick = torch.compile(self._pick, dynamic=True)
+
+    @staticmethod
+    def applies(sampling: SamplingConfig) -> bool:
+        return not sampling.greedy and sampling.top_k == 0 and sampling.top_p >= 1.0
+
+    def _prepare(self, raw: torch.Tensor, guided: bool) -> torch.Tensor:
+        s = self.sampling
+        x = raw.float()
+        if guided:
+            x = guide(x, s.cfg_scale)
+        elif s.guided:  # past the guidance interval: the conditional half alone
+            x = x[: x.shape[0] // 2]
+        return x / s.temperature if s.temperature != 1.0 else x
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, race: torch.Tensor) -> torch.Tensor:
+        return (logits - race.log()).argmax(-1)
+
+    def __call__(self, raw: torch.Tensor, guided: bool, generator: torch.Generator | None) -> torch.Tensor:
+        logits = self.prepare(raw, guided)
+        race = torch.empty_like(logits).exponential_(1.0, generator=generator)
+        return self.pick(logits, race)
 
 
 class FastSampler:
@@ -73,6 +112,11 @@ class FastSampler:
 
             dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
             self.state.runners = [torch.compile(b, dynamic=True) for b in model.blocks()]
+        # On the GPU the sampling arithmetic compiles too; the model then hands back half-precision logits.
+        self.draw = None
+        if compile and self.device.type == "cuda" and CompiledDraw.applies(self.sampling):
+            self.draw = CompiledDraw(self.sampling)
+            self.state.upcast = False
         self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_generator: torch.Generator | None = None
 
@@ -84,7 +128,7 @@ class FastSampler:
     def _run(self, generator: torch.Generator | None) -> None:
         s = self.sampling
         cond = torch.cat([self.cond, self.model.null_condition(self.cond)]) if s.guided else self.cond
-        decode_into(self.model, self.state, cond, s, self.tokens, generator)
+        decode_into(self.model, self.state, cond, s, self.tokens, generator, draw=self.draw)
 
     def _capture(self, generator: torch.Generator | None) -> None:
         # Warm-up and capture draw random numbers; restore the generator so the first replay starts from

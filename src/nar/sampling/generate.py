@@ -40,11 +40,14 @@ def generate(model: NARModel, cond: torch.Tensor, sampling: SamplingConfig | Non
 
 
 def decode_into(model: NARModel, state, cond: torch.Tensor, sampling: SamplingConfig, tokens: torch.Tensor,
-                generator: torch.Generator | None = None, logits_out: torch.Tensor | None = None) -> None:
+                generator: torch.Generator | None = None, logits_out: torch.Tensor | None = None,
+                draw=None) -> None:
     """The decoding loop shared by :func:`generate` and the fast sampler: prefill, then one pass per step.
 
     ``cond`` already holds the null half when guided (``[2B, ...]``); sampled cells are written into
     ``tokens [B, N]`` (raster order) and, when given, their guided logits into ``logits_out [B, N, V]``.
+    ``draw(logits, guided, generator) -> tokens`` replaces guidance + :func:`sample_tokens` (the fast
+    sampler's compiled version of the same arithmetic).
     """
     B = tokens.shape[0]
     generated = 0
@@ -54,10 +57,14 @@ def decode_into(model: NARModel, state, cond: torch.Tensor, sampling: SamplingCo
             logits = model.prefill(cond, state)
         else:  # feed the cells the previous pass produced
             logits = model.decode_step(torch.cat([prev, prev]) if sampling.guided else prev, i, state)
-        if sampling.guided:
-            use = sampling.cfg_interval < 0 or generated <= sampling.cfg_interval
-            logits = guide(logits, sampling.cfg_scale) if use else logits[:B]
-        prev = sample_tokens(logits, sampling, generator)
+        use = sampling.guided and (sampling.cfg_interval < 0 or generated <= sampling.cfg_interval)
+        if draw is not None and logits_out is None:
+            prev = draw(logits, use, generator)
+        else:
+            logits = logits.float()
+            if sampling.guided:
+                logits = guide(logits, sampling.cfg_scale) if use else logits[:B]
+            prev = sample_tokens(logits, sampling, generator)
         tokens[:, plan.outputs] = prev
         if logits_out is not None:
             logits_out[:, plan.outputs] = logits
