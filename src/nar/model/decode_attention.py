@@ -16,6 +16,8 @@ the fallback wherever the kernel does not apply (CPU, float32, per-query masks, 
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -55,8 +57,7 @@ def kernel_applies(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) 
 
 
 def _interpreting() -> bool:
-    import os
-
+    """Triton's CPU interpreter (``TRITON_INTERPRET=1``), which the tests run the kernel in."""
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
