@@ -23,8 +23,10 @@ CHECK = textwrap.dedent("""
     from nar.model.decode_attention import kernel_applies, prefix_attention, prefix_attention_sdpa
     torch.manual_seed(0)
     worst = 0.0
-    for (H, Hkv), T, S, masked in itertools.product([(4, 4), (4, 2)], [1, 5, 16], [1, 37, 130], [False, True]):
-        B, hd, L = 3, 16, 160
+    cases = list(itertools.product([(4, 4), (4, 2)], [1, 5, 16], [1, 37, 130], [False, True], [16]))
+    cases += [((2, 2), 40, 150, True, 64), ((2, 1), 64, 70, False, 32)]  # video-wide frontiers, other head dims
+    for (H, Hkv), T, S, masked, hd in cases:
+        B, L = 3, 160
         qk = torch.randn(B, T, H + Hkv, hd)            # the model's layout: q and k rotated together
         q = qk.transpose(1, 2)[:, :H]                   # a strided view, as in Attention.forward
         cache_k, cache_v = torch.randn(B, Hkv, L, hd), torch.randn(B, Hkv, L, hd)

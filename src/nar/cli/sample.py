@@ -50,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-encoder-path", default=None, help="local text-encoder folder (t5: FLAN-T5-XL)")
     p.add_argument("--device", default=None, help="torch device (default cuda when available)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--compile-decoder", action="store_true",
+                   help="on a GPU, torch.compile the tokenizer's decoder (pays off for many batches)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run)
 
@@ -184,6 +186,8 @@ def run(args: argparse.Namespace) -> int:
         top_k=args.top_k if args.top_k is not None else base.top_k,
         top_p=args.top_p if args.top_p is not None else base.top_p)
     encoder = text_encoder_for(model, run_cfg, args.text_encoder, args.text_encoder_path, device) if caption else None
+    if args.compile_decoder and str(device).startswith("cuda"):
+        tokenizer.decoder.compile()
 
     pixels = sample_images(model, tokenizer, conditions, text_encoder=encoder, sampling=sampling,
                            n_per=args.n_per_prompt, batch_size=args.batch_size, seed=args.seed, device=device)

@@ -156,6 +156,8 @@ class FrontierDecodingCallback(Callback):
         model.eval()
         if self.metrics is None:
             self.metrics = build_metrics(self.eval, video) if tokenizer is not None else {}
+            if self.eval.compile_decoder and tokenizer is not None and device.type == "cuda":
+                tokenizer.decoder.compile()  # in place, once; the first decode compiles
         for m in self.metrics.values():
             m.to(device)
 
