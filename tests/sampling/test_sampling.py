@@ -19,9 +19,9 @@ SETUPS = {
 }
 
 
-def make(kind: str) -> tuple[NARModel, torch.Tensor, torch.Tensor | None]:
+def make(kind: str, dim: int = 32) -> tuple[NARModel, torch.Tensor, torch.Tensor | None]:
     torch.manual_seed(0)
-    cfg = NARConfig(dim=32, n_layer=2, n_head=4, vocab_size=32, num_classes=5, token_dropout=0.0,
+    cfg = NARConfig(dim=dim, n_layer=2, n_head=4, vocab_size=32, num_classes=5, token_dropout=0.0,
                     resid_dropout=0.0, ffn_dropout=0.0, **SETUPS[kind])
     model = NARModel(cfg).eval()
     for p in model.parameters():
@@ -144,14 +144,8 @@ def test_small_query_kernel_sampler_matches_sdpa_on_the_gpu(kind):
 
     if not triton_available():
         pytest.skip("Triton is not installed")
-    torch.manual_seed(0)
-    cfg = NARConfig(dim=64, n_layer=2, n_head=4, vocab_size=32, num_classes=5, token_dropout=0.0,
-                    resid_dropout=0.0, ffn_dropout=0.0, **SETUPS[kind])
-    model = NARModel(cfg).eval()
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.3)
+    model, cond, mask = make(kind, dim=64)  # head dim 16: the kernel's smallest
     model = model.cuda().to(torch.bfloat16)
-    _, cond, mask = make(kind)
     cond = cond.repeat(8, *[1] * (cond.dim() - 1)).cuda()
     cond = cond.to(torch.bfloat16) if cond.is_floating_point() else cond
     mask = mask.repeat(8, 1).cuda() if mask is not None else None
@@ -185,12 +179,7 @@ def test_compiled_draw_is_the_plain_race(guided_now):
 @pytest.mark.gpu
 def test_compiled_sampler_matches_eager_sampler_on_the_gpu():
     """compile=True (compiled blocks + compiled draw) against the plain CUDA-graph sampler, same seed."""
-    torch.manual_seed(0)
-    cfg = NARConfig(dim=64, n_layer=2, n_head=4, vocab_size=32, num_classes=5, token_dropout=0.0,
-                    resid_dropout=0.0, ffn_dropout=0.0, grid=[4, 5])
-    model = NARModel(cfg).eval()
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.3)
+    model, _, _ = make("image", dim=64)
     model = model.cuda().to(torch.bfloat16)
     cond = torch.arange(16, device="cuda") % 5
     s = SamplingConfig(cfg_scale=2.0)
