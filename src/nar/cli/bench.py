@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -13,6 +14,8 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark token generation (NAR vs raster vs reference) and tokenizer decoding")
     p.add_argument("--preset", default="NAR-L", help="generator preset (NAR-B..NAR-XXL, bench-cpu, NAR-tiny)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override preset fields, e.g. --set dim=128 vocab_size=1024 (values parsed as YAML)")
     p.add_argument("--batch", type=int, nargs="+", default=[64])
     p.add_argument("--cfg", type=float, default=2.0, help="CFG scale (1 = off)")
     p.add_argument("--top-k", type=int, default=0)
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device here; run `make bench-cpu` or pass --device cpu")
         return 2
-    cfg = NARConfig.from_name(args.preset)
+    cfg = NARConfig.from_name(args.preset, **parse_overrides(args.overrides))  # a bad key or value: ConfigError
     sampling = SamplingConfig(cfg_scale=args.cfg, top_k=args.top_k)
     rows = bench_sampling(cfg, args.batch, sampling, device=args.device, dtype=args.dtype, raster=not args.no_raster,
                           reference=args.reference, cuda_graph=False if args.no_graph else None,
@@ -62,14 +65,16 @@ def run(args: argparse.Namespace) -> int:
                                                    min_time=args.min_time, compile=compiled))
     device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu"
     threads = torch.get_num_threads()
-    header = (f"preset {args.preset} grid {cfg.grid} | CFG {args.cfg} | {args.dtype} | {args.device} "
+    preset = args.preset + "".join(f" {o}" for o in args.overrides)
+    header = (f"preset {preset} grid {cfg.grid} | CFG {args.cfg} | {args.dtype} | {args.device} "
               f"({device_name}, torch {torch.__version__}, {threads} threads)")
-    table = ["| method | batch | passes | images/s | tokens/s | s/batch | peak GiB | execution |",
-             "|---|---|---|---|---|---|---|---|"]
+    table = ["| method | batch | passes | images/s | tokens/s | s/batch | ms/pass | peak GiB | execution |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         peak = f"{r.peak_memory_gib:.2f}" if r.peak_memory_gib is not None else "-"
         table.append(f"| {r.method} | {r.batch} | {r.forward_passes} | {r.images_per_s:.1f} | {r.tokens_per_s:.0f} "
-                     f"| {r.seconds_per_batch:.4f} | {peak} | {r.execution} |")
+                     f"| {r.seconds_per_batch:.4f} | {1e3 * r.seconds_per_batch / r.forward_passes:.2f} | {peak} "
+                     f"| {r.execution} |")
     ratios = []
     for batch in args.batch:
         by = {r.method: r for r in rows if r.batch == batch}
@@ -82,10 +87,11 @@ def run(args: argparse.Namespace) -> int:
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"bench-{args.preset}-{args.device.split(':')[0]}-{args.dtype}-{time.strftime('%Y%m%d-%H%M%S')}"
+    tag = "".join("+" + re.sub(r"[^A-Za-z0-9_.]+", "", o.replace("=", "")) for o in args.overrides)
+    stem = f"bench-{args.preset}{tag}-{args.device.split(':')[0]}-{args.dtype}-{time.strftime('%Y%m%d-%H%M%S')}"
     (out / f"{stem}.md").write_text(text + "\n")
     (out / f"{stem}.json").write_text(json.dumps({
-        "preset": args.preset, "grid": cfg.grid, "cfg_scale": args.cfg, "dtype": args.dtype, "device": args.device,
+        "preset": args.preset, "overrides": args.overrides, "config": asdict(cfg), "grid": cfg.grid, "cfg_scale": args.cfg, "dtype": args.dtype, "device": args.device,
         "device_name": device_name, "torch": torch.__version__, "threads": threads,
         "rows": [asdict(r) for r in rows]}, indent=2))
     print(f"\nwrote {out / stem}.{{json,md}}")
@@ -93,3 +99,18 @@ def run(args: argparse.Namespace) -> int:
     if "raster" in first:
         print(f"nar/raster speed-up: {first['nar'].images_per_s / first['raster'].images_per_s:.2f}x")
     return 0
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["dim=128", "grid=[8, 8]"]`` → ``{"dim": 128, "grid": [8, 8]}`` (each value read as YAML)."""
+    import yaml
+
+    from nar.errors import ConfigError
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set: expected KEY=VALUE, got {pair!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out

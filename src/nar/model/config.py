@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from nar.errors import ConfigError
@@ -139,9 +139,20 @@ class NARConfig:
         """A preset by name (``NAR-B`` … ``NAR-XXL``, ``NAR-tiny``, ``bench-cpu``) with overrides."""
         if name not in PRESETS:
             raise ConfigError(f"unknown preset '{name}'; known: {', '.join(PRESETS)}")
+        base = PRESETS[name]
+        known = {f.name for f in fields(cls)}
+        for key, value in overrides.items():
+            if key not in known:
+                raise ConfigError(f"{key}: not a NARConfig field; known: {', '.join(sorted(known))}")
+            default = getattr(base, key)
+            if value is None or default is None:
+                continue
+            ok = isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int))
+            if not ok or (isinstance(value, bool) and not isinstance(default, bool)):
+                raise ConfigError(f"{key}: expected {type(default).__name__} like {default!r}, got {value!r}")
         # head_blocks was filled in from the preset's grid and mode; re-derive it unless given.
         overrides.setdefault("head_blocks", None)
-        return replace(PRESETS[name], **overrides)
+        return replace(base, **overrides)
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:

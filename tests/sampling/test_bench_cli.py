@@ -1,0 +1,47 @@
+"""`nar bench` end to end on the CPU with a tiny trunk: the table, the JSON, the speed-up line, bad overrides."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from nar.cli.main import main
+from nar.errors import ConfigError
+from nar.model import NARConfig
+
+
+def test_bench_writes_rows_for_every_method_with_overrides(tmp_path, capsys):
+    out = tmp_path / "results"
+    assert main(["bench", "--preset", "NAR-tiny", "--set", "dim=32", "grid=[3, 5]", "--device", "cpu",
+                 "--dtype", "fp32", "--batch", "2", "--reference", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^nar/raster speed-up: \d+\.\d\dx$", printed.strip().splitlines()[-1])
+    (result,) = out.glob("bench-NAR-tiny+dim32+grid35-cpu-fp32-*.json")
+    report = json.loads(result.read_text())
+    assert report["config"]["dim"] == 32 and report["grid"] == [3, 5]
+    rows = {r["method"]: r for r in report["rows"]}
+    # one pass per anti-diagonal (the prefill yields the first cell); raster: one per cell
+    assert rows["nar"]["forward_passes"] == rows["nar-reference"]["forward_passes"] == 3 + 5 - 1
+    assert rows["raster"]["forward_passes"] == 15
+    for r in rows.values():
+        assert r["images_per_s"] > 0 and r["seconds_per_batch"] == pytest.approx(2 / r["images_per_s"])
+    assert "| ms/pass |" in printed and result.with_suffix(".md").read_text().startswith("preset NAR-tiny dim=32")
+
+
+@pytest.mark.parametrize("pair, message", [("dimm=32", "dimm: not a NARConfig field"),
+                                           ("dim=3.5", "dim: expected int"),
+                                           ("dim", "expected KEY=VALUE")])
+def test_bad_overrides_name_the_key(pair, message, tmp_path, caplog):
+    assert main(["bench", "--preset", "NAR-tiny", "--set", pair, "--device", "cpu", "--out", str(tmp_path)]) == 2
+    assert message in caplog.text
+    assert not list(tmp_path.iterdir())
+
+
+def test_from_name_checks_override_types():
+    assert NARConfig.from_name("NAR-tiny", rope_base=100).rope_base == 100  # an int for a float field is fine
+    with pytest.raises(ConfigError, match="mode: expected str"):
+        NARConfig.from_name("NAR-tiny", mode=1)
+    with pytest.raises(ConfigError, match="n_layer: expected int"):
+        NARConfig.from_name("NAR-tiny", n_layer=True)
