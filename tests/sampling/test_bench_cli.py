@@ -15,7 +15,8 @@ from nar.model import NARConfig
 def test_bench_writes_rows_for_every_method_with_overrides(tmp_path, capsys):
     out = tmp_path / "results"
     assert main(["bench", "--preset", "NAR-tiny", "--set", "dim=32", "grid=[3, 5]", "--device", "cpu",
-                 "--dtype", "fp32", "--batch", "2", "--reference", "--out", str(out)]) == 0
+                 "--dtype", "fp32", "--batch", "2", "--reference", "--rounds", "2", "--iters", "1",
+                 "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert re.search(r"^nar/raster speed-up: \d+\.\d\dx$", printed.strip().splitlines()[-1])
     (result,) = out.glob("bench-NAR-tiny+dim32+grid35-cpu-fp32-*.json")
@@ -27,6 +28,11 @@ def test_bench_writes_rows_for_every_method_with_overrides(tmp_path, capsys):
     assert rows["raster"]["forward_passes"] == 15
     for r in rows.values():
         assert r["images_per_s"] > 0 and r["seconds_per_batch"] == pytest.approx(2 / r["images_per_s"])
+    # NAR and raster alternate round by round; the speed-up is the median of the paired ratios
+    assert len(rows["nar"]["round_seconds"]) == len(rows["raster"]["round_seconds"]) == 2
+    ratios = sorted(r / n for n, r in zip(rows["nar"]["round_seconds"], rows["raster"]["round_seconds"]))
+    assert f"nar/raster speed-up: {sum(ratios) / 2:.2f}x" == printed.strip().splitlines()[-1]
+    assert f"(rounds {ratios[0]:.2f}-{ratios[1]:.2f}x)" in printed or ratios[0] == ratios[1]
     assert "| ms/pass |" in printed and result.with_suffix(".md").read_text().startswith("preset NAR-tiny dim=32")
 
 

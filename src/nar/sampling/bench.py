@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -26,9 +27,10 @@ class BenchRow:
     forward_passes: int
     images_per_s: float
     tokens_per_s: float
-    seconds_per_batch: float
+    seconds_per_batch: float  # the median over rounds
     peak_memory_gib: float | None
     execution: str = "eager"
+    round_seconds: list[float] = field(default_factory=list)  # seconds per batch in each round
 
 
 def _sync(device: torch.device) -> None:
@@ -72,8 +74,16 @@ def _reset_peak(device: torch.device) -> None:
 def bench_sampling(cfg: NARConfig, batches: list[int], sampling: SamplingConfig, device: str = "cpu",
                    dtype: str = "fp32", raster: bool = True, reference: bool = False, cuda_graph: bool | None = None,
                    compile: bool = False, warmup: int = 1, iters: int = 3, min_time: float = 0.0,
-                   seed: int = 0, attention: str = "auto") -> list[BenchRow]:
-    """Time token generation (no pixel decoding) for each batch size and method."""
+                   seed: int = 0, attention: str = "auto", rounds: int = 1) -> list[BenchRow]:
+    """Time token generation (no pixel decoding) for each batch size and method.
+
+    With ``rounds > 1`` the NAR and raster samplers are built side by side and timed in alternation,
+    ``rounds`` times each (``iters`` calls a round); a row reports the median round and keeps every
+    round, so a ratio can be taken round by round and a drift of the machine's speed during the run
+    hits both methods alike. Peak memory is then that of both samplers together.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     dev = torch.device(device)
     dt = DTYPES[dtype]
     rows: list[BenchRow] = []
@@ -85,23 +95,72 @@ def bench_sampling(cfg: NARConfig, batches: list[int], sampling: SamplingConfig,
     for batch in batches:
         gen = torch.Generator(device=dev).manual_seed(seed)
         labels = torch.randint(0, cfg.num_classes, (batch,), device=dev, generator=gen)
-        for name, model in models.items():
+        run = _SamplerTimer(sampling, labels, gen, dev, cuda_graph, compile, attention, warmup, iters, min_time)
+        if rounds == 1:  # one method at a time, each with its own peak memory
+            for name, model in models.items():
+                _reset_peak(dev)
+                sampler = run.build(model)
+                rows.append(run.row(name, sampler, [run.time(sampler, True)], _peak(dev)))
+                del sampler
+        else:
             _reset_peak(dev)
-            sampler = FastSampler(model, batch, sampling, cuda_graph=cuda_graph, compile=compile, attention=attention)
-            sec = time_call(lambda s=sampler, y=labels, g=gen: s(y, generator=g), dev, warmup, iters, min_time)
-            mode = ("cuda-graph" if sampler.use_graph else "eager") + ("+compile" if compile else "")
-            mode += f", {sampler.attention} attention"
-            rows.append(BenchRow(name, batch, sampler.num_passes, batch / sec, batch * N / sec, sec, _peak(dev), mode))
-            log.info("%s batch %d: %.1f images/s", name, batch, batch / sec)
-            del sampler
+            samplers = {name: run.build(model) for name, model in models.items()}
+            seconds: dict[str, list[float]] = {name: [] for name in samplers}
+            for r in range(rounds):
+                for name, sampler in samplers.items():
+                    seconds[name].append(run.time(sampler, r == 0))
+            rows += [run.row(name, sampler, seconds[name], _peak(dev)) for name, sampler in samplers.items()]
+            del samplers
         if reference:
             _reset_peak(dev)
             sec = time_call(lambda y=labels, g=gen: reference_generate(nar, y, sampling, generator=g), dev,
                             min(warmup, 1), max(1, iters // 2), 0.0)
             rows.append(BenchRow("nar-reference", batch, nar.num_passes, batch / sec, batch * N / sec, sec, _peak(dev),
-                                 "eager, dense mask, per-token sampling"))
+                                 "eager, dense mask, per-token sampling", [sec]))
             log.info("nar-reference batch %d: %.1f images/s", batch, batch / sec)
     return rows
+
+
+@dataclass
+class _SamplerTimer:
+    """Builds and times fast samplers for one batch of conditions."""
+
+    sampling: SamplingConfig
+    labels: torch.Tensor
+    gen: torch.Generator
+    device: torch.device
+    cuda_graph: bool | None
+    compile: bool
+    attention: str
+    warmup: int
+    iters: int
+    min_time: float
+
+    def build(self, model: NARModel) -> FastSampler:
+        return FastSampler(model, len(self.labels), self.sampling, cuda_graph=self.cuda_graph, compile=self.compile,
+                           attention=self.attention)
+
+    def time(self, sampler: FastSampler, first: bool) -> float:
+        return time_call(lambda: sampler(self.labels, generator=self.gen), self.device,
+                         self.warmup if first else 0, self.iters, self.min_time)
+
+    def row(self, name: str, sampler: FastSampler, seconds: list[float], peak: float | None) -> BenchRow:
+        batch, sec = len(self.labels), statistics.median(seconds)
+        mode = ("cuda-graph" if sampler.use_graph else "eager") + ("+compile" if self.compile else "")
+        mode += f", {sampler.attention} attention"
+        log.info("%s batch %d: %.1f images/s", name, batch, batch / sec)
+        return BenchRow(name, batch, sampler.num_passes, batch / sec, batch * sampler.model.cfg.num_cells / sec, sec,
+                        peak, mode, seconds)
+
+
+def speedup(fast: BenchRow, slow: BenchRow) -> tuple[float, float, float]:
+    """``slow``'s seconds over ``fast``'s: the median of the round-by-round ratios and their range
+    (rows timed in the same rounds), else the ratio of the two medians three times."""
+    if len(fast.round_seconds) == len(slow.round_seconds) > 1:
+        ratios = [s / f for f, s in zip(fast.round_seconds, slow.round_seconds)]
+        return statistics.median(ratios), min(ratios), max(ratios)
+    ratio = slow.seconds_per_batch / fast.seconds_per_batch
+    return ratio, ratio, ratio
 
 
 def bench_tokenizer_decode(preset: str, batch: int, grid: list[int], device: str = "cpu", dtype: str = "fp32",
