@@ -103,13 +103,14 @@ def main() -> None:
               "raster": random_model(NARConfig(**{**asdict(cfg), "mode": "raster", "head_blocks": None}), dev, dt)}
     cond = torch.zeros(args.batch, dtype=torch.long)
     L = cfg.seq_len
-    prefixes = sorted({max(32, L * k // 8) for k in range(1, 9)})
     states = {name: model.start_inference(args.batch) for name, model in models.items()}
     # one pass of each frontier width (raster: every pass feeds one cell), at each cache length
     widths = {}
     for name, state in states.items():
         for i, (T, _) in enumerate(schedule(state), start=1):
             widths.setdefault(name, {}).setdefault(T, i)
+    shortest = cfg.num_cond_tokens + max(widths["nar"])  # the condition and the widest frontier
+    prefixes = sorted({max(shortest, L * k // 8) for k in range(1, 9)})
     jobs = [(name, T, kv) for name in models for T in sorted(widths[name]) for kv in prefixes]
     # Jobs of both models in a shuffled order, several rounds: the machine's speed drifts within a
     # minute here, and the drift must fall on NAR and raster alike.
