@@ -96,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     stem = f"bench-{args.preset}{tag}-{args.device.split(':')[0]}-{args.dtype}-{time.strftime('%Y%m%d-%H%M%S')}"
     (out / f"{stem}.md").write_text(text + "\n")
     (out / f"{stem}.json").write_text(json.dumps({
-        "preset": args.preset, "overrides": args.overrides, "config": asdict(cfg), "grid": cfg.grid, "cfg_scale": args.cfg, "dtype": args.dtype, "device": args.device,
+        "preset": args.preset, "overrides": args.overrides, "config": asdict(cfg), "grid": cfg.grid,
+        "cfg_scale": args.cfg, "dtype": args.dtype, "device": args.device,
         "device_name": device_name, "torch": torch.__version__, "threads": threads, "rounds": args.rounds,
         "rows": [asdict(r) for r in rows]}, indent=2))
     print(f"\nwrote {out / stem}.{{json,md}}")

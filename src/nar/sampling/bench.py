@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from nar.errors import ConfigError
 from nar.model import NARConfig, NARModel
 from nar.sampling.fast import FastSampler
 from nar.sampling.logits import SamplingConfig
@@ -83,7 +84,7 @@ def bench_sampling(cfg: NARConfig, batches: list[int], sampling: SamplingConfig,
     hits both methods alike. Peak memory is then that of both samplers together.
     """
     if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
+        raise ConfigError(f"rounds: must be >= 1, got {rounds}")
     dev = torch.device(device)
     dt = DTYPES[dtype]
     rows: list[BenchRow] = []
