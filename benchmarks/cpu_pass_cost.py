@@ -1,17 +1,18 @@
 """What one decoding pass costs on this CPU, for NAR and for raster on the same trunk, and what that
 means for their speed ratio.
 
-Each pass (``decode_step`` + sampling) is timed on its own, repeated: every NAR step and a spread of
-raster steps. Least squares then splits a pass into
+Each pass (``decode_step`` + sampling) is timed on its own: one pass of every frontier width (raster:
+every pass feeds one cell) at eight cache lengths, the measurements of both models in a shuffled order
+over several rounds so that the machine's drift falls on both alike. Least squares then splits a pass into
 
     seconds = fixed + per_cell * T + per_key * S
 
-with T the cells fed (a frontier for NAR, 1 for raster) and S the cached keys attended. The
-profiler splits ``per_cell`` into matrix multiplications and everything else (attention, norms,
-rotary, sampling, copies). The last table gives the NAR/raster ratio as measured and two bounds
-computed from the fitted terms: if every per-cell cost except the matrix multiplications were free,
-and if all per-cell cost were free (NAR then pays only its fixed cost: one more block and a second
-head than raster per pass, 31 passes instead of 256).
+with T the cells fed and S the cached keys attended. The profiler gives the matrix multiplications'
+share of ``per_cell`` (the rest is attention, norms, rotary, sampling, copies). The last table gives
+the NAR/raster ratio as measured on whole generations (``nar bench --rounds 5``), as the fit sums it
+over both schedules, and two bounds from the fit: if every per-cell cost except the matrix
+multiplications were free, and if all per-cell cost were free (NAR then pays only its fixed cost: one
+more block and a second head than raster per pass, 31 passes instead of 256).
 
     .venv/bin/python benchmarks/cpu_pass_cost.py                      # the `make bench-cpu` trunk
     .venv/bin/python benchmarks/cpu_pass_cost.py --set dim=128 --out benchmarks/results/x.md
@@ -23,7 +24,7 @@ import argparse
 import platform
 import random
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ import torch
 
 from nar.cli.bench import parse_overrides
 from nar.model import NARConfig
-from nar.sampling.bench import DTYPES, bench_sampling, random_model, speedup
+from nar.sampling.bench import DTYPES, bench_sampling, random_model, raster_baseline, speedup
 from nar.sampling.logits import SamplingConfig, sample_tokens
 
 
@@ -100,7 +101,7 @@ def main() -> None:
     cfg = NARConfig.from_name(args.preset, **parse_overrides(args.overrides))
     dev, dt = torch.device("cpu"), DTYPES[args.dtype]
     models = {"nar": random_model(cfg, dev, dt),
-              "raster": random_model(NARConfig(**{**asdict(cfg), "mode": "raster", "head_blocks": None}), dev, dt)}
+              "raster": random_model(raster_baseline(cfg), dev, dt)}
     cond = torch.zeros(args.batch, dtype=torch.long)
     L = cfg.seq_len
     states = {name: model.start_inference(args.batch) for name, model in models.items()}

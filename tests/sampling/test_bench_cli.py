@@ -38,7 +38,7 @@ def test_bench_writes_rows_for_every_method_with_overrides(tmp_path, capsys):
 
 @pytest.mark.parametrize("pair, message", [("dimm=32", "dimm: not a NARConfig field"),
                                            ("dim=3.5", "dim: expected int"),
-                                           ("dim", "expected KEY=VALUE")])
+                                           ("dim", "overrides must look like key=value, got ['dim']")])
 def test_bad_overrides_name_the_key(pair, message, tmp_path, caplog):
     assert main(["bench", "--preset", "NAR-tiny", "--set", pair, "--device", "cpu", "--out", str(tmp_path)]) == 2
     assert message in caplog.text

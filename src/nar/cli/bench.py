@@ -107,15 +107,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def parse_overrides(pairs: list[str]) -> dict:
-    """``["dim=128", "grid=[8, 8]"]`` → ``{"dim": 128, "grid": [8, 8]}`` (each value read as YAML)."""
-    import yaml
+    """``["dim=128", "grid=[8, 8]"]`` → ``{"dim": 128, "grid": [8, 8]}``, read as the training CLI reads
+    its ``key=value`` overrides (:func:`nar.config.merge_sources`)."""
+    from omegaconf import OmegaConf
 
-    from nar.errors import ConfigError
+    from nar.config import merge_sources
 
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set: expected KEY=VALUE, got {pair!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    return OmegaConf.to_container(merge_sources(OmegaConf.create({}), overrides=pairs))

@@ -6,7 +6,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -62,6 +62,11 @@ def random_model(cfg: NARConfig, device: torch.device, dtype: torch.dtype, seed:
     return model.to(device=device, dtype=dtype).eval()
 
 
+def raster_baseline(cfg: NARConfig) -> NARConfig:
+    """The raster next-token model on ``cfg``'s trunk (one head, no head blocks)."""
+    return replace(cfg, mode="raster", head_blocks=None)
+
+
 def _peak(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
@@ -91,7 +96,7 @@ def bench_sampling(cfg: NARConfig, batches: list[int], sampling: SamplingConfig,
     nar = random_model(cfg, dev, dt, seed)
     models = {"nar": nar}
     if raster:
-        models["raster"] = random_model(NARConfig(**{**asdict(cfg), "mode": "raster", "head_blocks": None}), dev, dt, seed)
+        models["raster"] = random_model(raster_baseline(cfg), dev, dt, seed)
     N = cfg.num_cells
     for batch in batches:
         gen = torch.Generator(device=dev).manual_seed(seed)
