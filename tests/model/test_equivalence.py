@@ -23,6 +23,8 @@ CASES = [
     dict(grid=[3, 4], mode="raster"),
     dict(grid=[2, 2, 3], mode="raster"),
     dict(grid=[3, 4], condition="caption", caption_len=5, caption_dim=8),
+    dict(grid=[2, 3], condition="caption", caption_len=1, caption_dim=8),
+    dict(grid=[2, 3], mode="raster", condition="caption", caption_len=4, caption_dim=8),
 ]
 
 

@@ -1,5 +1,5 @@
 """Token-grid geometry: the single source of frontiers, masks and decoding schedules."""
 
-from nar.geometry.grid import DecodeStep, GridGeometry, Schedule
+from nar.geometry.grid import DecodeLayout, DecodeStep, GridGeometry, Schedule, StepLayout
 
-__all__ = ["DecodeStep", "GridGeometry", "Schedule"]
+__all__ = ["DecodeLayout", "DecodeStep", "GridGeometry", "Schedule", "StepLayout"]

@@ -4,8 +4,8 @@ A grid of shape ``(d_1, ..., d_k)`` stores its ``N = prod(d)`` tokens in raster 
 The distance of cell ``c`` is ``sum(c)``; frontier ``s`` holds every cell at distance ``s``, so there
 are ``sum(d) - k + 1`` frontiers. Axis ``i``'s parent of ``c`` is ``c - e_i``.
 
-Everything that needs a mask, an order or a parent map asks this module: the training pass, the
-samplers (plain and fast) and the tests.
+Everything that needs a mask, an order, a parent map or a KV-cache layout asks this module: the
+training pass, the samplers (plain and fast) and the tests.
 """
 
 from __future__ import annotations
@@ -57,6 +57,69 @@ class Schedule:
         return len(self.steps)
 
 
+@dataclass(frozen=True)
+class StepLayout:
+    """Where one pass of a schedule reads and writes, in both KV-cache layouts (CPU tensors).
+
+    ``T`` is the number of tokens the pass feeds, ``L = C + N`` the sequence length. In the *decode*
+    layout the cache stores keys in decode order (condition slots ``0 … C-1``, then grid cell ``c`` at
+    slot ``C + rank(c)`` in :attr:`Schedule.order`), so every pass writes contiguous slots right after
+    the previous pass's and attends to a prefix of the cache. In the *sequence* layout keys sit at
+    their sequence positions and every pass is masked over the whole cache.
+
+    Attributes:
+        positions: ``[T]`` int64 sequence positions fed: ``arange(C)`` for the prefill, else ``C + inputs``.
+        start: first decode-layout slot the pass writes; it writes ``start … start + T - 1``.
+        kv_limit: ``start + T``, the decode-layout slots the pass attends to: exactly the keys fed so far.
+        mask: ``[T, kv_limit]`` bool, which of those slots each query may see (training-mask rows in
+            slot order), or None when every query sees all of them (every pass of ``nar`` and ``raster``
+            except a prefill over more than one condition token, which is causal).
+        sequence_mask: ``[T, L]`` bool, the training-mask rows of ``positions`` (the sequence layout).
+        sources: ``[A, n_out]`` the step's predictor table (:attr:`DecodeStep.sources`).
+        source_offset: condition tokens fed ahead of the grid inputs: input ``j`` is fed token
+            ``source_offset + j`` and ``FROM_CONDITION`` is fed token ``source_offset - 1``.
+        outputs: ``[n_out]`` raster indices of the cells produced.
+    """
+
+    positions: torch.Tensor
+    start: int
+    kv_limit: int
+    mask: torch.Tensor | None
+    sequence_mask: torch.Tensor
+    sources: torch.Tensor
+    source_offset: int
+    outputs: torch.Tensor
+
+
+@dataclass(frozen=True)
+class DecodeLayout:
+    """Every pass of ``schedule(mode)`` laid out for a KV cache behind ``num_cond`` condition tokens.
+
+    Attributes:
+        slot_position: ``[L]`` int64 sequence position whose key the decode layout stores in each slot.
+    """
+
+    mode: str
+    num_cond: int
+    steps: tuple[StepLayout, ...]
+    slot_position: torch.Tensor
+
+    def key_valid(self, cond_mask: torch.Tensor, order: str = "sequence") -> torch.Tensor:
+        """``[B, L]`` bool validity of every key given ``cond_mask [B, C]`` (1 = token, 0 = caption
+        padding); grid keys are always valid. ``order='sequence'``: keys at their sequence positions
+        (training pass, sequence layout); ``'decode'``: keys at their decode-layout slots."""
+        if cond_mask.shape[-1] != self.num_cond:
+            raise ValueError(f"condition mask has {cond_mask.shape[-1]} slots, the layout {self.num_cond}")
+        grid = torch.ones(cond_mask.shape[0], len(self.slot_position) - self.num_cond, dtype=torch.bool,
+                          device=cond_mask.device)
+        valid = torch.cat([cond_mask.bool(), grid], dim=1)
+        if order == "sequence":
+            return valid
+        if order == "decode":
+            return valid[:, self.slot_position.to(valid.device)]
+        raise ValueError(f"order must be 'sequence' or 'decode', got {order!r}")
+
+
 class GridGeometry:
     """Geometry of one token grid. Cheap to build; tensors are computed once and cached (CPU, int64)."""
 
@@ -65,6 +128,7 @@ class GridGeometry:
         if not 1 <= len(shape) <= 8 or any(d < 1 for d in shape):
             raise ConfigError(f"grid shape must have 1..8 positive axes, got {shape}")
         self.shape = shape
+        self._layouts: dict[tuple[int, str], DecodeLayout] = {}
 
     def __repr__(self) -> str:
         return f"GridGeometry{self.shape}"
@@ -148,13 +212,6 @@ class GridGeometry:
             raise IndexError(f"frontier {s} out of range for {self} ({self.num_frontiers} frontiers)")
         return self.frontier_order[self.frontier_offsets[s]: self.frontier_offsets[s + 1]]
 
-    @cached_property
-    def frontier_rank(self) -> torch.Tensor:
-        """``[N]`` position of every raster cell in :attr:`frontier_order` (its inverse)."""
-        rank = torch.empty(self.num_cells, dtype=torch.long)
-        rank[self.frontier_order] = torch.arange(self.num_cells)
-        return rank
-
     # ----------------------------------------------------------------------------------------
     # Predictors: which position's output predicts which cell, for the training pass
     # ----------------------------------------------------------------------------------------
@@ -198,7 +255,7 @@ class GridGeometry:
         ``nar``: grid query ``q`` sees grid key ``k`` iff ``dist(k) <= dist(q)``; ``raster``: causal.
         Every grid token sees every condition token; condition tokens are causal among themselves.
         ``order='frontier'`` returns the same relation with the grid permuted into decode order.
-        Caption padding is applied separately (:func:`caption_key_mask`).
+        Caption padding is applied separately (:meth:`DecodeLayout.key_valid`).
         """
         n = self.num_cells
         if mode == "nar":
@@ -223,6 +280,51 @@ class GridGeometry:
         if mode == "raster":
             return self._raster_schedule
         raise ConfigError(f"unknown decoding mode '{mode}' (expected 'nar' or 'raster')")
+
+    def decode_layout(self, num_cond: int, mode: str = "nar") -> DecodeLayout:
+        """Sequence positions, cache slots and masks of every pass of ``schedule(mode)`` behind
+        ``num_cond`` condition tokens (cached per ``(num_cond, mode)``; CPU tensors).
+
+        Built only from the schedule (its steps and ``order``) and :meth:`attention_mask`, so it holds for
+        any schedule whose step inputs are the previous step's outputs and whose order is the
+        concatenation of the step outputs; other schedules raise ``ConfigError``.
+        """
+        key = (int(num_cond), mode)
+        if key not in self._layouts:
+            with torch.device("cpu"):  # also when called under another default device
+                self._layouts[key] = self._build_decode_layout(*key)
+        return self._layouts[key]
+
+    def _build_decode_layout(self, num_cond: int, mode: str) -> DecodeLayout:
+        if num_cond < 1:
+            raise ConfigError(f"decoding needs at least one condition token (it predicts the first cell), got {num_cond}")
+        schedule = self.schedule(mode)
+        n = self.num_cells
+        rank = torch.full((n,), -1, dtype=torch.long)
+        rank[schedule.order] = torch.arange(len(schedule.order))
+        if len(schedule.order) != n or bool((rank < 0).any()):
+            raise ConfigError(f"schedule '{mode}': its order is not a permutation of the {n} cells of {self}")
+        cond = torch.arange(num_cond)
+        slot_position = torch.cat([cond, num_cond + schedule.order])  # [L]
+        position_slot = torch.cat([cond, num_cond + rank])  # [L], its inverse
+        train = self.attention_mask(num_cond, mode)  # [L, L]
+        steps, written = [], 0
+        for i, step in enumerate(schedule.steps):
+            positions = cond if i == 0 else num_cond + step.inputs  # [T]
+            start, kv_limit = written, written + len(positions)
+            if not torch.equal(position_slot[positions], torch.arange(start, kv_limit)):
+                raise ConfigError(
+                    f"schedule '{mode}': step {i} does not feed the cells that follow step {i - 1}'s in its "
+                    "order; a prefix cache needs each step's inputs to be the previous step's outputs and "
+                    "the order to be the concatenation of the outputs")
+            rows = train[positions]  # [T, L]
+            visible = rows[:, slot_position[:kv_limit]]  # [T, kv_limit]
+            steps.append(StepLayout(
+                positions=positions, start=start, kv_limit=kv_limit,
+                mask=None if bool(visible.all()) else visible, sequence_mask=rows, sources=step.sources,
+                source_offset=int((positions < num_cond).sum()), outputs=step.outputs))
+            written = kv_limit
+        return DecodeLayout(mode, num_cond, tuple(steps), slot_position)
 
     @cached_property
     def _nar_schedule(self) -> Schedule:

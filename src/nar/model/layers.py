@@ -159,19 +159,19 @@ class Block(nn.Module):
         return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))
 
 
-def rotary_table(grid: list[int], head_dim: int, num_cond: int, base: float) -> torch.Tensor:
-    """``[C + N, head_dim / 2, 2]`` (cos, sin) per channel pair: condition tokens, then the grid (raster order).
+def rotary_table(coords: torch.Tensor, head_dim: int, num_cond: int, base: float) -> torch.Tensor:
+    """``[C + N, head_dim / 2, 2]`` (cos, sin) per channel pair: condition tokens, then the grid cells.
 
+    ``coords [N, k]`` are the cells' coordinates in sequence order (:attr:`GridGeometry.coords`, raster).
     The head dim's channel pairs are split evenly between the axes, first axis first; each axis with
     ``p`` pairs rotates pair ``j`` by ``coord * base^(-2j / (2p))``. For two axes this is the official
     layout (first half of the channels by row, second half by column). Pairs left over when the split
     is uneven are not rotated. Condition rows are all zero: the official models zero their queries and
     keys, and their checkpoints depend on it.
     """
-    k = len(grid)
+    k = coords.shape[1]
     pairs = head_dim // 2
     per_axis = pairs // k
-    coords = torch.stack(torch.meshgrid(*[torch.arange(d) for d in grid], indexing="ij"), -1).reshape(-1, k)
     angles = torch.zeros(coords.shape[0], pairs)
     freqs = 1.0 / (base ** (torch.arange(0, 2 * per_axis, 2)[:per_axis].float() / (2 * per_axis)))
     for axis in range(k):

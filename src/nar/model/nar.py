@@ -109,7 +109,7 @@ class NARModel(nn.Module):
         # Index tables are always computed on the CPU (also when the module is built on 'meta').
         with torch.device("cpu"):
             if cfg.position == "rope":
-                rope = rotary_table(cfg.grid, cfg.head_dim, C, cfg.rope_base)
+                rope = rotary_table(self.geometry.coords, cfg.head_dim, C, cfg.rope_base)
             else:  # identity rotation: cos 1, sin 0
                 rope = torch.stack([torch.ones(cfg.seq_len, cfg.head_dim // 2),
                                     torch.zeros(cfg.seq_len, cfg.head_dim // 2)], dim=-1)
@@ -252,8 +252,7 @@ class NARModel(nn.Module):
 
     def _key_valid(self, cond_mask: torch.Tensor) -> torch.Tensor:
         """``[B, C + N]`` key validity in sequence order."""
-        grid_ok = torch.ones(cond_mask.shape[0], self.cfg.num_cells, dtype=torch.bool, device=cond_mask.device)
-        return torch.cat([cond_mask.bool(), grid_ok], dim=1)
+        return self.geometry.decode_layout(self.cfg.num_cond_tokens, self.cfg.mode).key_valid(cond_mask)
 
     # ------------------------------------------------------------------------------ inference
     def start_inference(self, batch: int, cond_mask: torch.Tensor | None = None, layout: str = "decode",
@@ -268,57 +267,37 @@ class NARModel(nn.Module):
         small-query kernel (:mod:`nar.model.decode_attention`) where it applies.
         """
         cfg = self.cfg
-        device = torch.device(device) if device is not None else self.rope.device
-        dtype = dtype or self.tok_embeddings.weight.dtype
-        C, L = cfg.num_cond_tokens, cfg.seq_len
-        n_blocks = len(self.layers) + sum(len(b) for b in self.branches)
-        caches = [KVCache(batch, cfg.kv_heads, L, cfg.head_dim, dtype, device, attention) for _ in range(n_blocks)]
         if layout not in ("decode", "sequence"):
             raise ValueError(f"layout must be 'decode' or 'sequence', got {layout!r}")
-        key_valid = self._key_valid(cond_mask.to(device)) if cond_mask is not None else None  # sequence order
-        schedule = self.geometry.schedule(cfg.mode)
-        rank = torch.empty(cfg.num_cells, dtype=torch.long)
-        rank[schedule.order] = torch.arange(cfg.num_cells)
-        seq_mask = self.geometry.attention_mask(C, cfg.mode).to(device)
-        if key_valid is not None:
-            seq_mask = seq_mask[None] & (key_valid[:, None, :] | torch.eye(L, dtype=torch.bool, device=device)[None])
-        else:
-            seq_mask = seq_mask[None]
-        # Key validity in decode-slot order: the condition keeps its slots, grid cells move to their rank.
-        slot_valid = None
-        if key_valid is not None:
-            slot_valid = torch.ones_like(key_valid)
-            slot_valid[:, :C] = key_valid[:, :C]
+        device = torch.device(device) if device is not None else self.rope.device
+        dtype = dtype or self.tok_embeddings.weight.dtype
+        n_blocks = len(self.layers) + sum(len(b) for b in self.branches)
+        caches = [KVCache(batch, cfg.kv_heads, cfg.seq_len, cfg.head_dim, dtype, device, attention)
+                  for _ in range(n_blocks)]
+        geo = self.geometry.decode_layout(cfg.num_cond_tokens, cfg.mode)
+        key_valid = None  # [B, C + N] in the cache's order
+        if cond_mask is not None:
+            key_valid = geo.key_valid(cond_mask.to(device), "sequence" if layout == "sequence" else "decode")
 
         plans = []
-        for i, step in enumerate(schedule.steps):
-            if i == 0:  # the prefill feeds the condition; its predictors are the last condition token
-                positions = torch.arange(C)
-                n_in, offset = C, C
-            else:
-                positions = C + step.inputs
-                n_in, offset = len(step.inputs), 0
-            src, w = self._mix_plan(self.geometry.keep_axis(step.sources, cfg.parent_axis), offset, n_in)
+        for step in geo.steps:
+            positions = step.positions.to(device)
+            src, w = self._mix_plan(self.geometry.keep_axis(step.sources, cfg.parent_axis), step.source_offset,
+                                    len(step.positions))
+            # A condition query must see its own key even when that slot is caption padding.
+            cond_queries = step.source_offset > 0
             if layout == "sequence":
-                slots: torch.Tensor | int = positions.to(device)
+                slots: torch.Tensor | int = positions
                 kv_limit = None
-                mask = seq_mask[:, positions.to(device)][:, None]
+                mask = _visible(step.sequence_mask.to(device), key_valid, positions, cond_queries)
             else:
-                start = 0 if i == 0 else C + int(rank[step.inputs[0]])
-                slots = start
-                kv_limit = start + n_in
-                if i == 0:
-                    causal = torch.ones(C, C, dtype=torch.bool, device=device).tril()
-                    if slot_valid is not None:
-                        eye = torch.eye(C, dtype=torch.bool, device=device)
-                        mask = (causal[None] & (slot_valid[:, None, :C] | eye[None]))[:, None]
-                    else:
-                        mask = None if C == 1 else causal[None, None]
-                else:
-                    mask = None if slot_valid is None else slot_valid[:, None, None, :kv_limit]
+                slots, kv_limit = step.start, step.kv_limit
+                rows = None if step.mask is None else step.mask.to(device)
+                own = torch.arange(step.start, step.kv_limit, device=device)
+                mask = _visible(rows, None if key_valid is None else key_valid[:, :kv_limit], own, cond_queries)
             plans.append(StepPlan(
-                positions=positions.to(device), slots=slots, kv_limit=kv_limit,
-                rope=self.rope[positions.to(self.rope.device)].to(device),
+                positions=positions, slots=slots, kv_limit=kv_limit,
+                rope=self.rope[step.positions.to(self.rope.device)].to(device),
                 mask=mask, sources=src.to(device), weights=w.to(device), outputs=step.outputs.to(device)))
         head_weight = None
         if cfg.mixing == "logits":
@@ -350,3 +329,23 @@ class NARModel(nn.Module):
                  for a, (h, src, w) in enumerate(zip(feats, plan.sources, plan.weights))]
         out = F.linear(torch.cat(parts, dim=-1), state.head_weight)
         return out.float() if state.upcast else out
+
+
+def _visible(rows: torch.Tensor | None, key_valid: torch.Tensor | None, query_slots: torch.Tensor,
+             cond_queries: bool) -> torch.Tensor | None:
+    """Attention mask ``[B|1, 1, T, K]`` of one pass, or None when every key is visible.
+
+    Args:
+        rows: ``[T, K]`` geometric visibility of the ``K`` cache keys (None: all visible).
+        key_valid: ``[B, K]`` key validity (caption padding), None without padding.
+        query_slots: ``[T]`` slot of each query's own key, always visible to a condition query.
+        cond_queries: whether the pass feeds condition tokens; grid keys are always valid, so a pass of
+            grid queries needs only the key row, broadcast over the queries.
+    """
+    if key_valid is None:
+        return None if rows is None else rows[None, None]
+    keys = key_valid[:, None, :]  # [B, 1, K]
+    if cond_queries:
+        own = torch.arange(key_valid.shape[1], device=key_valid.device)[None] == query_slots[:, None]  # [T, K]
+        keys = keys | own[None]
+    return (keys if rows is None else rows[None] & keys)[:, None]
