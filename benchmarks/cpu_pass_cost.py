@@ -30,9 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nar.cli.bench import parse_overrides
 from nar.model import NARConfig
-from nar.sampling.bench import DTYPES, bench_sampling, random_model, raster_baseline, speedup
+from nar.sampling.bench import DTYPES, bench_sampling, parse_overrides, random_model, raster_baseline, speedup
 from nar.sampling.logits import SamplingConfig, sample_tokens
 
 

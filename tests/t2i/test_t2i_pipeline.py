@@ -82,7 +82,7 @@ def test_a_few_training_steps_then_sampling_from_prompts(shapes_tokens, tmp_path
 
     sample_dir = tmp_path / "samples"
     rc = main(["sample", "--ckpt", str(out["checkpoint"]), "--prompt", "a photo of a red circle",
-               "--prompt", "a photo of two blue squares", "--n-per-prompt", "2", "--cfg", "3.0",
+               "--prompt", "a photo of two blue squares", "--n-per-prompt", "2", "--guidance", "3.0",
                "--out", str(sample_dir)])
     assert rc == 0
     assert sorted(p.name for p in (sample_dir / "images").glob("*.png")) == [
@@ -103,18 +103,18 @@ class FixtureCaptions:
 
 
 def test_nar_sample_reads_official_t2i_checkpoints(conformance, tmp_path, monkeypatch):
-    import nar.cli.sample as sample_cli
+    import nar.workflows.sample as sample_workflow
 
     entry = conformance["t2i"]
     ckpt, vq = tmp_path / "t2i.pt", tmp_path / "vq.pt"
     torch.save({"model": entry["checkpoint"]["model"]}, ckpt)
     torch.save({"model": conformance["vq"]["checkpoint"]["model"]}, vq)
     args = ["sample", "--ckpt", str(ckpt), "--official", "--n-head", "4", "--grid", "4", "4",
-            "--tokenizer", str(vq), "--prompt", "a red circle", "--prompt", "two squares", "--cfg", "2.0",
+            "--tokenizer", str(vq), "--prompt", "a red circle", "--prompt", "two squares", "--guidance", "2.0",
             "--out", str(tmp_path / "out")]
     # No text encoder makes the fixture's 16-d features: a clear error, nothing downloaded.
     assert main(args) == 2
-    monkeypatch.setattr(sample_cli, "text_encoder_for", lambda *a, **k: FixtureCaptions(entry))
+    monkeypatch.setattr(sample_workflow, "text_encoder_for", lambda *a, **k: FixtureCaptions(entry))
     assert main(args) == 0
     from PIL import Image
 

@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override preset fields, e.g. --set dim=128 vocab_size=1024 (values parsed as YAML)")
     p.add_argument("--batch", type=int, nargs="+", default=[64])
-    p.add_argument("--cfg", type=float, default=2.0, help="CFG scale (1 = off)")
+    p.add_argument("--guidance", "--cfg", dest="guidance", type=float, default=2.0,
+                   help="classifier-free guidance scale, 1 = off (default: %(default)s, the paper's benchmark setting)")
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="bf16")
     p.add_argument("--device", default="cuda")
@@ -48,14 +49,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from nar.model import NARConfig
-    from nar.sampling.bench import bench_sampling, bench_tokenizer_decode, speedup
+    from nar.sampling.bench import bench_sampling, bench_tokenizer_decode, parse_overrides, speedup
     from nar.sampling.logits import SamplingConfig
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device here; run `make bench-cpu` or pass --device cpu")
         return 2
     cfg = NARConfig.from_name(args.preset, **parse_overrides(args.overrides))  # a bad key or value: ConfigError
-    sampling = SamplingConfig(cfg_scale=args.cfg, top_k=args.top_k)
+    sampling = SamplingConfig(cfg_scale=args.guidance, top_k=args.top_k)
     rows = bench_sampling(cfg, args.batch, sampling, device=args.device, dtype=args.dtype, raster=not args.no_raster,
                           reference=args.reference, cuda_graph=False if args.no_graph else None,
                           compile=args.compile, warmup=args.warmup, iters=args.iters, min_time=args.min_time,
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu"
     threads = torch.get_num_threads()
     preset = args.preset + "".join(f" {o}" for o in args.overrides)
-    header = (f"preset {preset} grid {cfg.grid} | CFG {args.cfg} | {args.dtype} | {args.device} "
+    header = (f"preset {preset} grid {cfg.grid} | CFG {args.guidance} | {args.dtype} | {args.device} "
               f"({device_name}, torch {torch.__version__}, {threads} threads)")
     table = ["| method | batch | passes | images/s | tokens/s | s/batch | ms/pass | peak GiB | execution |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     (out / f"{stem}.md").write_text(text + "\n")
     (out / f"{stem}.json").write_text(json.dumps({
         "preset": args.preset, "overrides": args.overrides, "config": asdict(cfg), "grid": cfg.grid,
-        "cfg_scale": args.cfg, "dtype": args.dtype, "device": args.device,
+        "cfg_scale": args.guidance, "dtype": args.dtype, "device": args.device,
         "device_name": device_name, "torch": torch.__version__, "threads": threads, "rounds": args.rounds,
         "rows": [asdict(r) for r in rows]}, indent=2))
     print(f"\nwrote {out / stem}.{{json,md}}")
@@ -105,12 +106,3 @@ def run(args: argparse.Namespace) -> int:
         print(headline)
     return 0
 
-
-def parse_overrides(pairs: list[str]) -> dict:
-    """``["dim=128", "grid=[8, 8]"]`` → ``{"dim": 128, "grid": [8, 8]}``, read as the training CLI reads
-    its ``key=value`` overrides (:func:`nar.config.merge_sources`)."""
-    from omegaconf import OmegaConf
-
-    from nar.config import merge_sources
-
-    return OmegaConf.to_container(merge_sources(OmegaConf.create({}), overrides=pairs))

@@ -1,6 +1,16 @@
 """Sampling: frontier decoding, the raster baseline, CFG and sampling knobs."""
 
+from nar.sampling.api import make_sampler
 from nar.sampling.generate import generate
-from nar.sampling.logits import SamplingConfig, filter_logits, guide, sample_tokens
+from nar.sampling.logits import (
+    SamplingConfig,
+    apply_guidance,
+    filter_logits,
+    guidance_on,
+    guide,
+    sample_tokens,
+    with_null,
+)
 
-__all__ = ["SamplingConfig", "filter_logits", "generate", "guide", "sample_tokens"]
+__all__ = ["SamplingConfig", "apply_guidance", "filter_logits", "generate", "guidance_on", "guide", "make_sampler",
+           "sample_tokens", "with_null"]

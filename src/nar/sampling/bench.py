@@ -7,6 +7,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
@@ -52,6 +53,16 @@ def time_call(fn: Callable[[], object], device: torch.device, warmup: int, iters
             _sync(device)
     _sync(device)
     return (time.perf_counter() - start) / n
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["dim=128", "grid=[8, 8]"]`` → ``{"dim": 128, "grid": [8, 8]}``, read as the training CLI reads
+    its ``key=value`` overrides (:func:`nar.config.merge_sources`); ``NARConfig.from_name`` then checks them."""
+    from omegaconf import OmegaConf
+
+    from nar.config import merge_sources
+
+    return OmegaConf.to_container(merge_sources(OmegaConf.create({}), overrides=pairs))
 
 
 def random_model(cfg: NARConfig, device: torch.device, dtype: torch.dtype, seed: int = 0) -> NARModel:

@@ -24,7 +24,7 @@ import torch
 from nar.model import NARModel
 from nar.model.decode_attention import triton_available
 from nar.sampling.generate import decode_into
-from nar.sampling.logits import SamplingConfig, guide
+from nar.sampling.logits import SamplingConfig, apply_guidance, with_null
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,7 @@ class CompiledDraw:
 
     def _prepare(self, raw: torch.Tensor, guided: bool) -> torch.Tensor:
         s = self.sampling
-        x = raw.float()
-        if guided:
-            x = guide(x, s.cfg_scale)
-        elif s.guided:  # past the guidance interval: the conditional half alone
-            x = x[: x.shape[0] // 2]
+        x = apply_guidance(raw.float(), s, guided)  # the plain loop's arithmetic; `guided` is a bool per pass
         return x / s.temperature if s.temperature != 1.0 else x
 
     @staticmethod
@@ -90,21 +86,19 @@ class FastSampler:
         if self.use_graph and self.device.type != "cuda":
             raise ValueError("cuda_graph=True needs the model on a CUDA device")
         cfg = model.cfg
+        if cfg.condition == "class":
+            self.cond = torch.zeros(batch, dtype=torch.long, device=self.device)
+        else:
+            self.cond = torch.zeros(batch, cfg.caption_len, cfg.caption_dim, device=self.device, dtype=self.dtype)
         rows = 2 * batch if self.sampling.guided else batch
-        mask = None
-        if cond_mask is not None:
-            mask = cond_mask.to(self.device)
-            mask = torch.cat([mask, mask]) if self.sampling.guided else mask
+        _, mask = with_null(model, self.cond, cond_mask.to(self.device) if cond_mask is not None else None,
+                            self.sampling)
         if attention == "auto":  # the small-query kernel where it runs: half precision on a GPU with Triton
             half = self.dtype in (torch.bfloat16, torch.float16)
             attention = "triton" if self.device.type == "cuda" and half and triton_available() else "sdpa"
         self.attention = attention
         self.state = model.start_inference(rows, cond_mask=mask, layout="decode", device=self.device,
                                            attention=attention)
-        if cfg.condition == "class":
-            self.cond = torch.zeros(batch, dtype=torch.long, device=self.device)
-        else:
-            self.cond = torch.zeros(batch, cfg.caption_len, cfg.caption_dim, device=self.device, dtype=self.dtype)
         self.tokens = torch.zeros(batch, cfg.num_cells, dtype=torch.long, device=self.device)
         if compile:
             # Each block is compiled once with symbolic lengths (the frontier width and the cache prefix
@@ -127,9 +121,8 @@ class FastSampler:
 
     @torch.no_grad()
     def _run(self, generator: torch.Generator | None) -> None:
-        s = self.sampling
-        cond = torch.cat([self.cond, self.model.null_condition(self.cond)]) if s.guided else self.cond
-        decode_into(self.model, self.state, cond, s, self.tokens, generator, draw=self.draw)
+        cond, _ = with_null(self.model, self.cond, None, self.sampling)
+        decode_into(self.model, self.state, cond, self.sampling, self.tokens, generator, draw=self.draw)
 
     def _capture(self, generator: torch.Generator | None) -> None:
         # Warm-up and capture draw random numbers; restore the generator so the first replay starts from

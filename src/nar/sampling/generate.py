@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from nar.model import NARModel
-from nar.sampling.logits import SamplingConfig, guide, sample_tokens
+from nar.sampling.logits import SamplingConfig, apply_guidance, guidance_on, sample_tokens, with_null
 
 
 @torch.no_grad()
@@ -26,10 +26,7 @@ def generate(model: NARModel, cond: torch.Tensor, sampling: SamplingConfig | Non
     """
     sampling = sampling or SamplingConfig()
     B = cond.shape[0]
-    if sampling.guided:
-        cond = torch.cat([cond, model.null_condition(cond)])
-        if cond_mask is not None:
-            cond_mask = torch.cat([cond_mask, cond_mask])
+    cond, cond_mask = with_null(model, cond, cond_mask, sampling)
     state = model.start_inference(cond.shape[0], cond_mask=cond_mask, layout=layout, device=cond.device)
     N = model.cfg.num_cells
     tokens = torch.zeros(B, N, dtype=torch.long, device=cond.device)
@@ -46,10 +43,9 @@ def decode_into(model: NARModel, state, cond: torch.Tensor, sampling: SamplingCo
 
     ``cond`` already holds the null half when guided (``[2B, ...]``); sampled cells are written into
     ``tokens [B, N]`` (raster order) and, when given, their guided logits into ``logits_out [B, N, V]``.
-    ``draw(logits, guided, generator) -> tokens`` replaces guidance + :func:`sample_tokens` (the fast
+    ``draw(logits, on, generator) -> tokens`` replaces guidance + :func:`sample_tokens` (the fast
     sampler's compiled version of the same arithmetic).
     """
-    B = tokens.shape[0]
     generated = 0
     prev = None
     for i, plan in enumerate(state.plans):
@@ -57,13 +53,11 @@ def decode_into(model: NARModel, state, cond: torch.Tensor, sampling: SamplingCo
             logits = model.prefill(cond, state)
         else:  # feed the cells the previous pass produced
             logits = model.decode_step(torch.cat([prev, prev]) if sampling.guided else prev, i, state)
-        use = sampling.guided and (sampling.cfg_interval < 0 or generated <= sampling.cfg_interval)
+        on = guidance_on(sampling, generated)
         if draw is not None and logits_out is None:
-            prev = draw(logits, use, generator)
+            prev = draw(logits, on, generator)
         else:
-            logits = logits.float()
-            if sampling.guided:
-                logits = guide(logits, sampling.cfg_scale) if use else logits[:B]
+            logits = apply_guidance(logits.float(), sampling, on)
             prev = sample_tokens(logits, sampling, generator)
         tokens[:, plan.outputs] = prev
         if logits_out is not None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from nar.errors import ConfigError
+
+if TYPE_CHECKING:
+    from nar.model import NARModel
 
 
 @dataclass
@@ -40,6 +44,35 @@ def guide(logits: torch.Tensor, scale: float) -> torch.Tensor:
     """``[2B, n, V]`` (conditional half first) → ``uncond + scale * (cond - uncond)`` ``[B, n, V]``."""
     cond, uncond = logits.chunk(2, dim=0)
     return torch.lerp(uncond, cond, scale)  # one fused pass; lerp extrapolates for scale > 1
+
+
+def with_null(model: NARModel, cond: torch.Tensor, cond_mask: torch.Tensor | None,
+              sampling: SamplingConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The conditions a guided run decodes: ``cond [B, ...]`` then the null condition, ``[2B, ...]``, and the
+    caption mask ``[B, L]`` doubled to ``[2B, L]`` (the null caption is masked as its caption is).
+    Unguided, both come back unchanged."""
+    if not sampling.guided:
+        return cond, cond_mask
+    cond = torch.cat([cond, model.null_condition(cond)])
+    return cond, torch.cat([cond_mask, cond_mask]) if cond_mask is not None else None
+
+
+def guidance_on(sampling: SamplingConfig, generated: int) -> bool:
+    """Whether the pass after ``generated`` sampled tokens (per sample) is guided: CFG is on and
+    ``cfg_interval`` is -1 or not yet exceeded."""
+    return sampling.guided and (sampling.cfg_interval < 0 or generated <= sampling.cfg_interval)
+
+
+def apply_guidance(logits: torch.Tensor, sampling: SamplingConfig, on: bool) -> torch.Tensor:
+    """One pass's logits → the logits its tokens are drawn from, ``[B, n, V]``.
+
+    Guided runs hand in ``[2B, n, V]`` (conditional half first): with ``on`` (see :func:`guidance_on`) the
+    halves are mixed by :func:`guide`, past the CFG interval the conditional half is kept. Unguided logits
+    ``[B, n, V]`` pass through. No upcast here: callers choose when to go to float32.
+    """
+    if not sampling.guided:
+        return logits
+    return guide(logits, sampling.cfg_scale) if on else logits[: logits.shape[0] // 2]
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:

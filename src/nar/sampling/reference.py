@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from nar.model import NARModel
-from nar.sampling.logits import SamplingConfig, guide, sample_tokens
+from nar.sampling.logits import SamplingConfig, apply_guidance, guidance_on, sample_tokens, with_null
 
 
 @torch.no_grad()
@@ -19,9 +19,7 @@ def reference_generate(model: NARModel, cond: torch.Tensor, sampling: SamplingCo
     """Same contract as :func:`nar.sampling.generate`; returns tokens ``[B, *grid]``."""
     sampling = sampling or SamplingConfig()
     B = cond.shape[0]
-    if sampling.guided:
-        cond = torch.cat([cond, model.null_condition(cond)])
-        cond_mask = torch.cat([cond_mask, cond_mask]) if cond_mask is not None else None
+    cond, cond_mask = with_null(model, cond, cond_mask, sampling)
     state = model.start_inference(cond.shape[0], cond_mask=cond_mask, layout="sequence", device=cond.device)
     schedule = model.geometry.schedule(model.cfg.mode)
     tokens = torch.zeros(B, model.cfg.num_cells, dtype=torch.long, device=cond.device)
@@ -34,9 +32,7 @@ def reference_generate(model: NARModel, cond: torch.Tensor, sampling: SamplingCo
             fed_cells = torch.tensor(schedule.steps[i - 1].outputs.tolist(), device=cond.device)
             fed = tokens[:, fed_cells]
             logits = model.decode_step(torch.cat([fed, fed]) if sampling.guided else fed, i, state)
-        if sampling.guided:
-            use = sampling.cfg_interval < 0 or generated <= sampling.cfg_interval
-            logits = guide(logits, sampling.cfg_scale) if use else logits[:B]
+        logits = apply_guidance(logits, sampling, guidance_on(sampling, generated))
         for j, cell in enumerate(step.outputs.tolist()):  # one token at a time
             tokens[:, cell] = sample_tokens(logits[:, j:j + 1], sampling, generator)[:, 0]
         generated += len(step.outputs)

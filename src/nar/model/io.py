@@ -1,0 +1,139 @@
+"""Loading generators: our Lightning checkpoints and the official NAR / LlamaGen ``.pt`` files, read once.
+
+Our checkpoint (written by the training run) is a Lightning dict: the weights under ``state_dict`` with
+the prefixes ``model.`` (trained) and ``ema_model.`` (the EMA copy, when the run kept one), and the run
+config as a plain dict under ``hyper_parameters["cfg"]`` whose ``model`` section is a :class:`NARConfig`.
+An official file holds only weights (``model``/``ema``/``module``/``state_dict`` or raw, official key
+names, NAR_SPEC §5): its :class:`NARConfig` is given, or inferred from the shapes with ``n_head``.
+Every load is strict; a mismatch lists missing/unexpected keys and shapes. The model layer imports no
+Lightning: a run config comes back as the plain dict, for the caller to type.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nar.checkpoints import load_file, load_strict, unwrap_state_dict
+from nar.errors import CheckpointError
+from nar.model.config import NARConfig
+from nar.model.nar import NARModel
+from nar.model.official import config_from_official, from_official_state_dict
+
+log = logging.getLogger(__name__)
+
+LIGHTNING_MARK = "pytorch-lightning_version"  # a key every Lightning checkpoint has
+PREFIXES = ("ema_model.", "model.")  # the EMA copy, then the trained weights
+
+
+def read_generator_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """The object stored in ``path``, memory-mapped where the file allows it (zip format): the tensors are
+    read when the weights are copied into a model, not at load time.
+
+    Raises:
+        CheckpointError: the file is missing or unreadable (naming it).
+    """
+    path = Path(path)
+    if path.is_file():
+        try:
+            return torch.load(path, map_location=map_location, mmap=True, weights_only=False)
+        except Exception:  # noqa: BLE001 - a legacy (non-zip) file cannot be mapped: read it whole below
+            log.debug("%s cannot be memory-mapped; reading it whole", path)
+    return load_file(path, what="generator checkpoint", map_location=map_location)
+
+
+def is_run_checkpoint(obj: Any) -> bool:
+    """Whether ``obj`` (a loaded checkpoint) is one of our Lightning checkpoints."""
+    return isinstance(obj, Mapping) and LIGHTNING_MARK in obj
+
+
+def _run_config(obj: Any) -> dict[str, Any] | None:
+    if not is_run_checkpoint(obj):
+        return None
+    stored = (obj.get("hyper_parameters") or {}).get("cfg")
+    if not stored:
+        return None
+    if not isinstance(stored, Mapping):  # an OmegaConf node, should a writer have stored one
+        from omegaconf import OmegaConf
+
+        stored = OmegaConf.to_container(stored, resolve=True)
+    return dict(stored)
+
+
+def stored_run_config(path: str | Path) -> dict[str, Any] | None:
+    """The run config (a plain dict with ``model``, ``tokenizer``, ``sampling``, ``text`` … sections) stored in
+    one of our checkpoints; ``None`` for official files and checkpoints without one. Type a section with
+    :func:`nar.config.from_dict`, e.g. ``from_dict(SamplingConfig, run["sampling"])``."""
+    return _run_config(read_generator_file(path))
+
+
+def _weights(obj: Any, path: str | Path, cfg: NARConfig | None, prefer_ema: bool, n_head: int | None,
+             overrides: dict[str, Any]) -> tuple[dict[str, torch.Tensor], NARConfig, str]:
+    """``(state dict under our key names, the config it belongs to, a label for load errors)`` of a loaded file."""
+    if is_run_checkpoint(obj):
+        from nar.config import from_dict  # OmegaConf only when a run config is read
+
+        run = _run_config(obj)
+        model_cfg = from_dict(NARConfig, run.get("model", {})) if run else cfg
+        if model_cfg is None:
+            raise CheckpointError(f"{path}: no run config stored; pass --config")
+        state = obj["state_dict"]
+        prefix = PREFIXES[0] if prefer_ema and any(k.startswith(PREFIXES[0]) for k in state) else PREFIXES[1]
+        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        return weights, model_cfg, f"{path} ({prefix[:-1]} weights)"
+    if cfg is None and n_head is None:
+        raise CheckpointError(f"{path} is not a nar Lightning checkpoint; official checkpoints need a config (--config)")
+    prefer = "ema" if prefer_ema and isinstance(obj, Mapping) and "ema" in obj else None  # the official EMA weights
+    state = unwrap_state_dict(obj, prefer=prefer, source=str(path))
+    cfg = cfg if cfg is not None else config_from_official(state, n_head, **overrides)
+    return from_official_state_dict(state, cfg), cfg, str(path)
+
+
+def load_generator_and_run_config(path: str | Path, cfg: NARConfig | None = None, prefer_ema: bool = True,
+                                  map_location: str | torch.device = "cpu", *, n_head: int | None = None,
+                                  **overrides: Any) -> tuple[NARModel, dict[str, Any] | None]:
+    """:func:`load_generator` and :func:`stored_run_config` from one read of the file."""
+    obj = read_generator_file(path, map_location)
+    weights, model_cfg, label = _weights(obj, path, cfg, prefer_ema, n_head, overrides)
+    model = NARModel(model_cfg)
+    load_strict(model, weights, source=label)
+    return model.eval(), _run_config(obj)
+
+
+def load_generator(path: str | Path, cfg: NARConfig | None = None, prefer_ema: bool = True,
+                   map_location: str | torch.device = "cpu", *, n_head: int | None = None,
+                   **overrides: Any) -> NARModel:
+    """A generator in eval mode from one of our checkpoints or an official ``.pt``, the file read once.
+
+    Our checkpoints: the stored run config's ``model`` section wins over ``cfg`` (used only when none is
+    stored); the EMA weights when ``prefer_ema`` and the run kept them, else the trained ones.
+    Official files: ``cfg`` describes the model, or ``n_head`` (plus ``overrides`` such as ``grid``) lets
+    the rest be read off the shapes (:func:`nar.model.official.config_from_official`); the official ``ema``
+    entry is taken when ``prefer_ema`` and present.
+
+    Raises:
+        CheckpointError: missing or unreadable file, no config for it, or weights that do not match
+            (missing/unexpected keys and shape differences listed).
+    """
+    return load_generator_and_run_config(path, cfg, prefer_ema, map_location, n_head=n_head, **overrides)[0]
+
+
+def load_weights_into(model: NARModel, path: str | Path, prefer_ema: bool = True) -> None:
+    """Copy the generator weights of ``path`` (ours or official) into ``model``, strictly (a run's ``init_from``).
+
+    The shapes must match ``model``'s; the grid may differ (rotary positions hold no grid-sized weights).
+    Official files are converted for ``model.cfg``.
+
+    Raises:
+        CheckpointError: the weights do not fit ``model`` (the diff names the keys and shapes).
+    """
+    weights, _, label = _weights(read_generator_file(path), path, model.cfg, prefer_ema, None, {})
+    load_strict(model, weights, source=f"init_from={label}")
+
+
+__all__ = ["load_generator", "load_generator_and_run_config", "load_weights_into", "read_generator_file",
+           "is_run_checkpoint", "stored_run_config"]

@@ -1,0 +1,252 @@
+"""Sampling to files (``nar sample``): a generator, its tokenizer and, for captions, a text encoder →
+``<out>/images/<i>_<j>.png`` (sample ``j`` of prompt/class ``i``, the prompt beside it in ``<i>_<j>.txt``),
+``<out>/grid.png`` (one row per prompt/class) and ``<out>/samples.json``.
+
+Our checkpoints carry the run config (:func:`nar.model.io.stored_run_config`): its ``model``, ``tokenizer``,
+``sampling`` and ``text`` sections give the defaults, typed here with :func:`nar.config.from_dict`. Official
+``.pt`` files are described by ``n_head`` (and ``grid``) or by run YAMLs (``config``), read the same way.
+No Lightning here: the model layer loads the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nar.config import from_dict
+from nar.errors import ConfigError
+from nar.model import NARConfig, NARModel
+from nar.model.io import load_generator_and_run_config
+from nar.sampling import SamplingConfig, make_sampler
+from nar.text import TextEncoderConfig
+
+log = logging.getLogger(__name__)
+
+# Guidance scales of official checkpoints when no run config sets one: the paper's settings.
+OFFICIAL_GUIDANCE = {"caption": 4.0, "class": 2.0}
+
+
+@dataclass
+class SampleJob:
+    """What to sample and where; ``None`` means "the run's setting" (see :func:`sampling_for`)."""
+
+    ckpt: str
+    out: str
+    official: bool = False  # ckpt is an official NAR .pt: needs n_head (and grid) or config
+    n_head: int | None = None
+    grid: list[int] | None = None
+    config: list[str] = field(default_factory=list)  # run YAMLs describing an official checkpoint
+    tokenizer: str | None = None
+    tokenizer_config: str | None = None
+    prompts: list[str] = field(default_factory=list)
+    prompt_file: str | None = None
+    classes: list[int] | None = None
+    n_per_prompt: int = 1
+    guidance: float | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int = 0
+    batch_size: int = 32
+    text_encoder: str | None = None  # "minilm" | "t5"
+    text_encoder_path: str | None = None
+    device: str | None = None  # None: cuda when available
+    threads: int = 0
+    compile_decoder: bool = False
+
+
+@dataclass
+class SampleResult:
+    out: Path
+    grid: Path
+    records: list[dict[str, Any]]
+    sampling: SamplingConfig
+
+
+def read_prompts(prompts: Sequence[str] = (), prompt_file: str | None = None) -> list[str]:
+    """``prompts`` then the lines of ``prompt_file`` (blank lines and ``#`` comments skipped)."""
+    out = [p for p in prompts if p.strip()]
+    if prompt_file:
+        path = Path(prompt_file)
+        if not path.is_file():
+            raise ConfigError(f"--prompt-file: {path} does not exist")
+        out += [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    return out
+
+
+def run_config_from_yaml(paths: Sequence[str | Path]) -> dict[str, Any]:
+    """Run YAMLs merged in order into the plain dict a checkpoint stores (sections typed by the caller)."""
+    from omegaconf import OmegaConf
+
+    from nar.config import merge_sources
+
+    return OmegaConf.to_container(merge_sources(OmegaConf.create({}), paths), resolve=True)
+
+
+def load_for_sampling(job: SampleJob) -> tuple[NARModel, dict[str, Any] | None]:
+    """``(model in eval mode, the run config dict or None)`` from ``job.ckpt``, the file read once."""
+    if not job.official:
+        if job.n_head is not None or job.grid is not None:
+            raise ConfigError("--n-head/--grid describe official checkpoints; add --official")
+        return load_generator_and_run_config(job.ckpt)
+    if job.config:
+        run = run_config_from_yaml(job.config)
+        model, _ = load_generator_and_run_config(job.ckpt, from_dict(NARConfig, run.get("model") or {}))
+        return model, run
+    if job.n_head is None:
+        raise ConfigError("--official needs --n-head (NAR-XL: 20) or --config describing the model")
+    overrides: dict[str, Any] = {"grid": list(job.grid)} if job.grid else {}
+    model, _ = load_generator_and_run_config(job.ckpt, n_head=job.n_head, **overrides)
+    return model, None
+
+
+def default_guidance(model_cfg: NARConfig, run: dict[str, Any] | None) -> float:
+    """The run's ``sampling.cfg_scale`` (always stored in our checkpoints; a ``--config`` YAML may set it),
+    else the paper's setting for official checkpoints: 4.0 text-to-image, 2.0 class-conditional."""
+    stored = ((run or {}).get("sampling") or {}).get("cfg_scale")
+    return float(stored) if stored is not None else OFFICIAL_GUIDANCE[model_cfg.condition]
+
+
+def sampling_for(job: SampleJob, model_cfg: NARConfig, run: dict[str, Any] | None) -> SamplingConfig:
+    """The run's sampling settings (defaults without one) with the job's choices on top."""
+    base = from_dict(SamplingConfig, (run or {}).get("sampling") or {})
+    chosen = dict(cfg_scale=job.guidance, temperature=job.temperature, top_k=job.top_k, top_p=job.top_p)
+    chosen = {k: v for k, v in chosen.items() if v is not None}
+    return replace(base, **{"cfg_scale": default_guidance(model_cfg, run), **chosen})
+
+
+def text_encoder_for(model: NARModel, run: dict[str, Any] | None, kind: str | None, path: str | None,
+                     device: str | None = None) -> Callable:
+    """The run's text encoder (with these overrides) on ``device``; without a run config, official caption
+    models (2048-d features) default to FLAN-T5, others to MiniLM."""
+    from nar.text import build_text_encoder
+
+    if run is not None:
+        base = from_dict(TextEncoderConfig, run.get("text") or {})
+    else:
+        base = TextEncoderConfig(kind="t5" if model.cfg.caption_dim == 2048 else "minilm")
+    cfg = replace(base, kind=kind or base.kind, path=path if path is not None else base.path,
+                  device=device or base.device)
+    return build_text_encoder(cfg, model.cfg)
+
+
+def load_tokenizer_for(model: NARModel, run: dict[str, Any] | None, path: str | None,
+                       config: str | None) -> tuple[torch.nn.Module, str]:
+    """``(frozen tokenizer in eval mode, its path)``: ``path`` or the run's ``tokenizer`` section."""
+    from nar.tokenizers import load_tokenizer
+
+    ref = (run or {}).get("tokenizer") or {}
+    tok_path = path or ref.get("path", "")
+    if not tok_path:
+        raise ConfigError("--tokenizer is required (the checkpoint names no tokenizer)")
+    tok_config = config or (ref.get("config", "") if not path else "")
+    tokenizer = load_tokenizer(tok_path, config=tok_config or None).eval().requires_grad_(False)
+    if getattr(tokenizer, "codebook_size", model.cfg.vocab_size) > model.cfg.vocab_size:
+        raise ConfigError(f"tokenizer {tok_path} has {tokenizer.codebook_size} codes, the model only "
+                          f"{model.cfg.vocab_size}")
+    return tokenizer, str(tok_path)
+
+
+def conditions_for(model: NARModel, job: SampleJob) -> list[Any]:
+    """The prompts (caption models) or class ids (class models) of ``job``, checked against the model."""
+    prompts = read_prompts(job.prompts, job.prompt_file)
+    if model.cfg.condition == "caption":
+        if job.classes:
+            raise ConfigError(f"{job.ckpt} is a text-to-image model: give --prompt/--prompt-file, not --classes")
+        if not prompts:
+            raise ConfigError("text-to-image checkpoint: give --prompt \"...\" (repeatable) or --prompt-file FILE")
+        return prompts
+    if prompts:
+        raise ConfigError(f"{job.ckpt} is class-conditional: give --classes, not prompts")
+    if not job.classes:
+        raise ConfigError("class-conditional checkpoint: give --classes 1 2 3")
+    bad = [c for c in job.classes if not 0 <= c < model.cfg.num_classes]
+    if bad:
+        raise ConfigError(f"--classes {bad} outside 0..{model.cfg.num_classes - 1}")
+    return list(job.classes)
+
+
+@torch.no_grad()
+def sample_images(model: NARModel, tokenizer: torch.nn.Module, conditions: list[Any], *,
+                  text_encoder: Callable | None = None, sampling: SamplingConfig | None = None, n_per: int = 1,
+                  batch_size: int = 32, seed: int = 0, device: str = "cpu") -> torch.Tensor:
+    """Samples for each condition (a prompt, or a class id) → pixels ``[len(conditions) * n_per, 3, H, W]`` in [-1, 1].
+
+    Rows are grouped by condition (``n_per`` consecutive samples each); batch ``b`` uses seed ``seed + b``.
+    Prompts go through ``text_encoder(list[str]) -> (features [B, L, D], mask [B, L])``.
+    """
+    model = model.to(device).eval()
+    tokenizer = tokenizer.to(device).eval()
+    caption = model.cfg.condition == "caption"
+    items = [c for c in conditions for _ in range(n_per)]
+    images = []
+    for b, start in enumerate(range(0, len(items), batch_size)):
+        chunk = items[start:start + batch_size]
+        if caption:
+            feats, mask = text_encoder(list(chunk))
+            cond, cond_mask = feats.to(device), mask.to(device)
+        else:
+            cond, cond_mask = torch.as_tensor(chunk, dtype=torch.long, device=device), None
+        sampler = make_sampler(model, len(chunk), sampling, cond_mask=cond_mask)
+        generator = torch.Generator(device=device).manual_seed(seed + b)
+        tokens = sampler(cond, generator=generator)
+        images.append(tokenizer.decode(tokens.to(device)).float().clamp(-1, 1).cpu())
+    return torch.cat(images)
+
+
+def write_samples(out: Path, pixels: torch.Tensor, conditions: list[Any], n_per: int,
+                  caption: bool) -> tuple[list[dict[str, Any]], Path]:
+    """PNGs (and prompt files) under ``out/images`` and ``out/grid.png`` from ``pixels [B, 3, H, W]`` in [-1, 1];
+    returns the ``samples.json`` records and the grid's path."""
+    from nar.pictures import image_grid, save_png, to_unit
+
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    unit = to_unit(pixels)
+    records = []
+    for i, cond in enumerate(conditions):
+        for j in range(n_per):
+            stem = f"{i:04d}_{j:02d}"
+            save_png(unit[i * n_per + j], out / "images" / f"{stem}.png")
+            if caption:  # beside the PNG: nar eval-samples reads it as the sample's prompt
+                (out / "images" / f"{stem}.txt").write_text(f"{cond}\n")
+            records.append({"file": f"images/{stem}.png", "prompt" if caption else "class": cond})
+    grid = save_png(image_grid(unit, nrow=n_per if len(conditions) > 1 else None), out / "grid.png")
+    return records, grid
+
+
+def run_sample(job: SampleJob) -> SampleResult:
+    """The whole ``nar sample`` job (see the module docstring).
+
+    Raises:
+        ConfigError: conditions that do not fit the model, a missing tokenizer, bad sampling values.
+        CheckpointError: an unreadable checkpoint or weights that do not fit their config.
+    """
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    if job.n_per_prompt < 1 or job.batch_size < 1:
+        raise ConfigError("--n-per-prompt and --batch-size must be >= 1")
+    device = job.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, run = load_for_sampling(job)
+    caption = model.cfg.condition == "caption"
+    conditions = conditions_for(model, job)
+    tokenizer, tok_path = load_tokenizer_for(model, run, job.tokenizer, job.tokenizer_config)
+    sampling = sampling_for(job, model.cfg, run)
+    encoder = text_encoder_for(model, run, job.text_encoder, job.text_encoder_path, device) if caption else None
+    if job.compile_decoder and str(device).startswith("cuda"):
+        tokenizer.decoder.compile()
+    log.info("sampling %d x %d with guidance %s on %s", len(conditions), job.n_per_prompt, sampling.cfg_scale, device)
+
+    pixels = sample_images(model, tokenizer, conditions, text_encoder=encoder, sampling=sampling,
+                           n_per=job.n_per_prompt, batch_size=job.batch_size, seed=job.seed, device=device)
+    out = Path(job.out)
+    records, grid = write_samples(out, pixels, conditions, job.n_per_prompt, caption)
+    (out / "samples.json").write_text(json.dumps(
+        {"ckpt": str(job.ckpt), "tokenizer": tok_path, "sampling": vars(sampling), "seed": job.seed,
+         "samples": records}, indent=1))
+    return SampleResult(out, grid, records, sampling)

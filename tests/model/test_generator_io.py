@@ -1,0 +1,96 @@
+"""nar.model.io: our Lightning checkpoints and official files, EMA choice, one read, strict init_from loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nar.config import to_dict
+from nar.errors import CheckpointError
+from nar.model import NARConfig, NARModel, load_generator, load_weights_into, stored_run_config
+from nar.model.io import load_generator_and_run_config
+from nar.model.official import to_official_state_dict
+from nar.sampling import SamplingConfig
+
+
+def tiny(**overrides) -> NARConfig:
+    return NARConfig.from_name("NAR-tiny", **{"dim": 32, "n_layer": 1, "n_head": 2, **overrides})
+
+
+def run_checkpoint(path, cfg: NARConfig, ema: bool = True, seed: int = 0) -> tuple[NARModel, NARModel | None]:
+    """A checkpoint as our training run writes it: Lightning keys, prefixed weights, the run config as a dict."""
+    torch.manual_seed(seed)
+    model, ema_model = NARModel(cfg), NARModel(cfg) if ema else None
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if ema_model is not None:
+        state.update({f"ema_model.{k}": v for k, v in ema_model.state_dict().items()})
+    run = {"name": "tiny", "model": to_dict(cfg), "tokenizer": {"path": "vq-tiny-emoji", "config": ""},
+           "sampling": to_dict(SamplingConfig(cfg_scale=3.0))}
+    torch.save({"pytorch-lightning_version": "2.4", "hyper_parameters": {"cfg": run}, "state_dict": state,
+                "global_step": 7}, path)
+    return model, ema_model
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sb = b.state_dict()
+    return all(torch.equal(v, sb[k]) for k, v in a.state_dict().items())
+
+
+def test_run_checkpoint_loads_ema_by_default_with_its_stored_config(tmp_path):
+    cfg = tiny(grid=[3, 5])
+    model, ema = run_checkpoint(tmp_path / "last.ckpt", cfg)
+    loaded = load_generator(tmp_path / "last.ckpt", tiny())  # the stored model config wins over the given one
+    assert loaded.cfg.grid == [3, 5] and not loaded.training and same_weights(loaded, ema)
+    assert same_weights(load_generator(tmp_path / "last.ckpt", prefer_ema=False), model)
+    run = stored_run_config(tmp_path / "last.ckpt")
+    assert run["tokenizer"]["path"] == "vq-tiny-emoji" and run["sampling"]["cfg_scale"] == 3.0
+    assert NARConfig(**run["model"]) == cfg
+    plain, _ = run_checkpoint(tmp_path / "plain.ckpt", cfg, ema=False, seed=1)  # a run without EMA
+    assert same_weights(load_generator(tmp_path / "plain.ckpt"), plain)
+
+
+def test_official_file_ema_entry_and_one_read(tmp_path, monkeypatch):
+    cfg = tiny()
+    torch.manual_seed(0)
+    trained, ema = NARModel(cfg), NARModel(cfg)
+    path = tmp_path / "official.pt"
+    torch.save({"model": to_official_state_dict(trained), "ema": to_official_state_dict(ema), "args": {}}, path)
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k.get("mmap")) or real_load(*a, **k))
+    model, run = load_generator_and_run_config(path, n_head=cfg.n_head)
+    assert run is None and loads == [True] and same_weights(model, ema)
+    assert same_weights(load_generator(path, cfg, prefer_ema=False), trained)
+    assert stored_run_config(path) is None
+
+
+def test_legacy_files_load_without_mmap(tmp_path):
+    cfg = tiny()
+    src = NARModel(cfg)
+    torch.save({"model": to_official_state_dict(src)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    assert same_weights(load_generator(tmp_path / "old.pt", cfg), src)
+
+
+def test_errors_name_the_file(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_generator(tmp_path / "missing.ckpt")
+    torch.save({"model": to_official_state_dict(NARModel(tiny()))}, tmp_path / "official.pt")
+    with pytest.raises(CheckpointError, match="official checkpoints need a config"):
+        load_generator(tmp_path / "official.pt")
+    with pytest.raises(CheckpointError, match=r"official.pt does not match NARModel:\n  shape differences"):
+        load_generator_and_run_config(tmp_path / "official.pt", tiny(dim=64, n_head=4))
+
+
+def test_load_weights_into_a_larger_grid_and_a_strict_diff(tmp_path):
+    _, ema = run_checkpoint(tmp_path / "stage1.ckpt", tiny(grid=[4, 4]))
+    stage2 = NARModel(tiny(grid=[8, 8]))
+    load_weights_into(stage2, tmp_path / "stage1.ckpt")
+    assert same_weights(stage2, ema)
+    official = tmp_path / "official.pt"
+    src = NARModel(tiny())
+    torch.save({"model": to_official_state_dict(src)}, official)
+    target = NARModel(tiny(grid=[6, 2]))
+    load_weights_into(target, official)
+    assert same_weights(target, src)
+    with pytest.raises(CheckpointError, match=r"init_from=.*stage1.ckpt \(ema_model weights\)"):
+        load_weights_into(NARModel(tiny(dim=64, n_head=4)), tmp_path / "stage1.ckpt")

@@ -1,0 +1,103 @@
+"""`nar sample` / `nar bench` without Lightning, the guidance defaults and the --cfg alias, and the one
+sampling surface (make_sampler, the CFG helpers) that every sampler shares."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from nar.cli.main import main
+from nar.config import to_dict
+from nar.model import NARConfig, NARModel
+from nar.model.official import to_official_state_dict
+from nar.sampling import SamplingConfig, apply_guidance, generate, guidance_on, guide, make_sampler, with_null
+from nar.sampling.fast import FastSampler
+from nar.workflows.sample import SampleJob, sampling_for
+
+TINY = NARConfig.from_name("NAR-tiny", dim=32, n_layer=1, n_head=2, vocab_size=512, grid=[2, 2], num_classes=4)
+# Runs `nar ARGS...` in a fresh interpreter, then fails unless Lightning stayed out of it.
+NO_LIGHTNING = ("import sys\nfrom nar.cli.main import main\ntry:\n    rc = main(sys.argv[1:])\n"
+                "except SystemExit as exit_:\n    rc = exit_.code\n"
+                "assert 'lightning' not in sys.modules, sorted(m for m in sys.modules if m.startswith('lightning'))\n"
+                "sys.exit(rc)")
+
+
+def save_run_checkpoint(path, cfg: NARConfig, sampling: SamplingConfig) -> None:
+    """A checkpoint as a training run writes it (Lightning keys, ``model.`` weights, the run config dict)."""
+    run = {"model": to_dict(cfg), "tokenizer": {"path": "vq-tiny-emoji", "config": ""}, "sampling": to_dict(sampling)}
+    state = {f"model.{k}": v for k, v in NARModel(cfg).state_dict().items()}
+    torch.save({"pytorch-lightning_version": "2", "hyper_parameters": {"cfg": run}, "state_dict": state}, path)
+
+
+def nar_without_lightning(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", NO_LIGHTNING, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_nar_sample_and_bench_import_no_lightning(tmp_path):
+    save_run_checkpoint(tmp_path / "last.ckpt", TINY, SamplingConfig(cfg_scale=3.0, top_k=5))
+    out = tmp_path / "out"
+    proc = nar_without_lightning("sample", "--ckpt", str(tmp_path / "last.ckpt"), "--classes", "0", "3",
+                                 "--n-per-prompt", "2", "--device", "cpu", "--threads", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "samples.json").read_text())
+    assert report["sampling"]["cfg_scale"] == 3.0 and report["sampling"]["top_k"] == 5  # the run's settings
+    assert report["tokenizer"] == "vq-tiny-emoji" and [r["class"] for r in report["samples"]] == [0, 0, 3, 3]
+    assert len(list((out / "images").glob("*.png"))) == 4 and (out / "grid.png").is_file()
+    proc = nar_without_lightning("bench", "--help")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    help_text = " ".join(proc.stdout.split())
+    assert "--guidance GUIDANCE, --cfg GUIDANCE" in help_text and "(default: 2.0, the paper's benchmark setting)" in help_text
+
+
+def test_official_guidance_defaults_and_the_cfg_alias(tmp_path, capsys):
+    ckpt = tmp_path / "c2i.pt"
+    torch.save({"model": to_official_state_dict(NARModel(TINY))}, ckpt)
+    base = ["sample", "--ckpt", str(ckpt), "--official", "--n-head", "2", "--grid", "2", "2", "--tokenizer",
+            "vq-tiny-emoji", "--classes", "1", "--device", "cpu"]
+    for extra, scale in [([], 2.0), (["--cfg", "1.5"], 1.5), (["--guidance", "1.0"], 1.0)]:
+        out = tmp_path / f"out{scale}"
+        assert main([*base, *extra, "--out", str(out)]) == 0
+        assert json.loads((out / "samples.json").read_text())["sampling"]["cfg_scale"] == scale
+    t2i = NARConfig.from_name("NAR-tiny", condition="caption", caption_len=6, caption_dim=8)
+    assert sampling_for(SampleJob("x.pt", "out"), t2i, None).cfg_scale == 4.0  # official text-to-image
+    from_yaml = {"sampling": {"cfg_scale": 7.5, "top_k": 100}}  # a --config file that sets it
+    assert sampling_for(SampleJob("x.pt", "out"), t2i, from_yaml) == SamplingConfig(cfg_scale=7.5, top_k=100)
+    assert sampling_for(SampleJob("x.pt", "out", guidance=1.0, top_p=0.9), t2i, from_yaml).cfg_scale == 1.0
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert ("default: the run's sampling.cfg_scale for our checkpoints; official checkpoints: 4.0 text-to-image, "
+            "2.0 class-conditional, the paper's settings") in help_text
+
+
+def test_make_sampler_is_the_fast_sampler_and_draws_what_generate_draws():
+    torch.manual_seed(0)
+    model = NARModel(NARConfig.from_name("NAR-tiny", grid=[3, 4])).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    cond = torch.tensor([0, 7])
+    s = SamplingConfig(cfg_scale=2.0, cfg_interval=4, top_k=10)
+    sampler = make_sampler(model, 2, s, attention="sdpa")
+    assert isinstance(sampler, FastSampler) and sampler.attention == "sdpa"
+    want = generate(model, cond, s, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(sampler(cond, generator=torch.Generator().manual_seed(3)), want)
+
+
+def test_cfg_helpers():
+    model = NARModel(NARConfig.from_name("NAR-tiny", condition="caption", caption_len=3, caption_dim=8))
+    feats, mask = torch.randn(2, 3, 8), torch.tensor([[0, 1, 1], [1, 1, 1]]).bool()
+    guided, plain = SamplingConfig(cfg_scale=2.0, cfg_interval=3), SamplingConfig()
+    cond2, mask2 = with_null(model, feats, mask, guided)
+    assert cond2.shape == (4, 3, 8) and torch.equal(cond2[:2], feats) and torch.equal(mask2, torch.cat([mask, mask]))
+    assert torch.equal(cond2[2:], model.null_condition(feats))
+    assert with_null(model, feats, mask, plain) == (feats, mask)
+    assert [guidance_on(guided, n) for n in (0, 3, 4)] == [True, True, False] and not guidance_on(plain, 0)
+    assert guidance_on(SamplingConfig(cfg_scale=2.0), 10**6)  # cfg_interval -1: always
+    logits = torch.randn(4, 5, 7)
+    assert torch.equal(apply_guidance(logits, guided, True), guide(logits, 2.0))
+    assert torch.equal(apply_guidance(logits, guided, False), logits[:2])  # past the interval: conditional half
+    assert apply_guidance(logits, plain, False) is logits
