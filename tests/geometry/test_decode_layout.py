@@ -1,7 +1,10 @@
 """Property tests of the decode layout (cache slots, prefixes and masks of every pass) against the
-training mask, over 1-, 2- and 3-axis grids, square or not, for every schedule."""
+training mask, over 1-, 2- and 3-axis grids, square or not, for every schedule (nar, raster, par with
+every region split, and arbitrary chunked orders)."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 import torch
@@ -10,18 +13,26 @@ from hypothesis import strategies as st
 
 from nar.errors import ConfigError
 from nar.geometry import DecodeStep, GridGeometry, Schedule
-from nar.geometry.grid import FROM_CONDITION
+from nar.geometry.grid import FROM_CONDITION, NO_PREDICTOR
 
 shapes = st.lists(st.integers(1, 5), min_size=1, max_size=3).map(tuple)
-modes = st.sampled_from(["nar", "raster"])
 num_conds = st.sampled_from([1, 2, 4])
 
 
-def check_layout(geo: GridGeometry, num_cond: int, mode: str) -> None:
+@st.composite
+def decodings(draw, shape: tuple[int, ...]):
+    """``(mode, regions)``: nar, raster, or par with a valid region count (a divisor) per axis."""
+    mode = draw(st.sampled_from(["nar", "raster", "par"]))
+    if mode != "par":
+        return mode, None
+    return mode, tuple(draw(st.sampled_from([r for r in range(1, d + 1) if d % r == 0])) for d in shape)
+
+
+def check_layout(geo: GridGeometry, num_cond: int, mode: str, regions: tuple[int, ...] | None = None) -> None:
     """Every property the KV cache relies on, checked against ``attention_mask(num_cond, mode)``."""
-    layout = geo.decode_layout(num_cond, mode)
-    schedule = geo.schedule(mode)
-    train = geo.attention_mask(num_cond, mode)  # [L, L]
+    layout = geo.decode_layout(num_cond, mode, regions=regions)
+    schedule = geo.schedule(mode, regions=regions)
+    train = geo.attention_mask(num_cond, mode, regions=regions)  # [L, L]
     L = num_cond + geo.num_cells
     slot_position = layout.slot_position
     # Every grid cell occupies exactly one decode slot; the condition keeps its own.
@@ -31,7 +42,7 @@ def check_layout(geo: GridGeometry, num_cond: int, mode: str) -> None:
     assert torch.equal(fed, slot_position)
     assert len(layout.steps) == schedule.num_passes
 
-    end = 0
+    end, read_back = 0, []
     for i, (step, sched_step) in enumerate(zip(layout.steps, schedule.steps)):
         # A step's slots are contiguous and start where the previous step's end.
         assert step.start == end and step.kv_limit == step.start + len(step.positions)
@@ -53,19 +64,49 @@ def check_layout(geo: GridGeometry, num_cond: int, mode: str) -> None:
         # The sequence layout masks each pass with the training rows of the positions it feeds.
         assert torch.equal(step.sequence_mask, rows)
         assert torch.equal(step.sources, sched_step.sources) and torch.equal(step.outputs, sched_step.outputs)
+        check_source_slots(step, sched_step, slot_position, train, num_cond)
+        read_back.append(step.source_slots[(step.source_slots >= 0) & (step.source_slots < step.start)])
+    # The decoder keeps exactly the outputs some later pass reads back.
+    assert torch.equal(layout.kept_slots, torch.unique(torch.cat(read_back)))
+    assert layout.regions == regions and schedule.regions == regions
 
 
-@settings(max_examples=60, deadline=None)
-@given(shapes, modes, num_conds)
-def test_decode_layout_is_a_prefix_cache_of_the_training_mask(shape, mode, num_cond):
-    check_layout(GridGeometry(shape), num_cond, mode)
+def check_source_slots(step, sched_step, slot_position: torch.Tensor, train: torch.Tensor, num_cond: int) -> None:
+    """``source_slots`` holds the slot of the token whose output predicts each cell (the one
+    ``sources`` names among ``reads``), and that output sees only keys written before the pass."""
+    src, slots = sched_step.sources, step.source_slots
+    cell = src >= 0
+    assert torch.equal(slot_position[slots[cell]], num_cond + sched_step.reads[src[cell]])
+    assert bool((slots[src == FROM_CONDITION] == num_cond - 1).all())
+    assert bool((slots[src == NO_PREDICTOR] == NO_PREDICTOR).all())
+    # Reads are the earlier-fed predictors, then this pass's inputs.
+    n_back = len(sched_step.reads) - len(sched_step.inputs)
+    assert torch.equal(sched_step.reads[n_back:], sched_step.inputs)
+    used = slots[slots >= 0]
+    assert bool((used < step.kv_limit).all())
+    assert not bool(train[slot_position[used]][:, slot_position[step.kv_limit:]].any())
+
+
+@settings(max_examples=80, deadline=None)
+@given(shapes.flatmap(lambda s: st.tuples(st.just(s), decodings(s))), num_conds)
+def test_decode_layout_is_a_prefix_cache_of_the_training_mask(shape_decoding, num_cond):
+    shape, (mode, regions) = shape_decoding
+    check_layout(GridGeometry(shape), num_cond, mode, regions)
+
+
+@pytest.mark.parametrize("shape", [(4, 6), (2, 4, 6), (6,)])
+def test_decode_layout_of_every_par_region_split(shape):
+    geo = GridGeometry(shape)
+    for regions in itertools.product(*[[r for r in range(1, d + 1) if d % r == 0] for d in shape]):
+        check_layout(geo, 2, "par", regions)
 
 
 @settings(max_examples=30, deadline=None)
-@given(shapes, modes, num_conds, st.data())
-def test_key_valid_in_decode_slots_permutes_the_sequence_order(shape, mode, num_cond, data):
+@given(shapes.flatmap(lambda s: st.tuples(st.just(s), decodings(s))), num_conds, st.data())
+def test_key_valid_in_decode_slots_permutes_the_sequence_order(shape_decoding, num_cond, data):
+    shape, (mode, regions) = shape_decoding
     geo = GridGeometry(shape)
-    layout = geo.decode_layout(num_cond, mode)
+    layout = geo.decode_layout(num_cond, mode, regions=regions)
     cond_mask = torch.tensor(data.draw(st.lists(st.booleans(), min_size=2 * num_cond, max_size=2 * num_cond)))
     cond_mask = cond_mask.view(2, num_cond)
     seq = layout.key_valid(cond_mask.float())  # [2, L]
@@ -82,18 +123,18 @@ class ChunkedGeometry(GridGeometry):
         bounds = [0, *cuts, len(order)]
         self.chunks = [torch.tensor(order[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
-    def schedule(self, mode: str = "nar") -> Schedule:
+    def schedule(self, mode: str = "nar", *, regions=None) -> Schedule:
         if mode != "chunks":
-            return super().schedule(mode)
+            return super().schedule(mode, regions=regions)
         steps = [DecodeStep(torch.zeros(0, dtype=torch.long), self.chunks[0],
                             torch.full((1, len(self.chunks[0])), FROM_CONDITION))]
         for inputs, outputs in zip(self.chunks[:-1], self.chunks[1:]):
             steps.append(DecodeStep(inputs, outputs, torch.zeros(1, len(outputs), dtype=torch.long)))
         return Schedule("chunks", tuple(steps), torch.cat(self.chunks))
 
-    def attention_mask(self, num_cond: int, mode: str = "nar", order: str = "raster") -> torch.Tensor:
+    def attention_mask(self, num_cond: int, mode: str = "nar", order: str = "raster", *, regions=None) -> torch.Tensor:
         if mode != "chunks":
-            return super().attention_mask(num_cond, mode, order)
+            return super().attention_mask(num_cond, mode, order, regions=regions)
         level = torch.empty(self.num_cells, dtype=torch.long)
         for i, chunk in enumerate(self.chunks):
             level[chunk] = i
@@ -121,15 +162,48 @@ def test_schedule_that_skips_cells_is_rejected():
     good = geo.schedule("chunks")
     steps = list(good.steps)
     steps[2] = DecodeStep(torch.tensor([0, 1]), steps[2].outputs, steps[2].sources)  # not step 1's outputs
-    geo.schedule = lambda mode="nar": Schedule("chunks", tuple(steps), good.order)
+    geo.schedule = lambda mode="nar", regions=None: Schedule("chunks", tuple(steps), good.order)
     with pytest.raises(ConfigError, match="step 2"):
         geo.decode_layout(1, "chunks")
 
 
-def test_layout_is_cached_per_condition_length_and_mode():
-    geo = GridGeometry((3, 4))
+def test_schedule_reading_an_unfed_output_is_rejected():
+    geo = ChunkedGeometry((2, 3), [0, 1, 2, 3, 4, 5], [2, 4])
+    good = geo.schedule("chunks")
+    steps = list(good.steps)
+    steps[1] = DecodeStep(steps[1].inputs, steps[1].outputs, steps[1].sources, reads=steps[2].inputs)  # cells 2, 3
+    geo.schedule = lambda mode="nar", regions=None: Schedule("chunks", tuple(steps), good.order)
+    with pytest.raises(ConfigError, match="step 1 reads the output of a cell it has not fed"):
+        geo.decode_layout(1, "chunks")
+
+
+def test_layout_is_cached_per_condition_length_mode_and_regions():
+    geo = GridGeometry((4, 4))
     assert geo.decode_layout(2, "nar") is geo.decode_layout(2, "nar")
     assert geo.decode_layout(2, "nar") is not geo.decode_layout(1, "nar")
     assert geo.decode_layout(2, "nar") is not geo.decode_layout(2, "raster")
+    par = geo.decode_layout(2, "par", regions=(2, 2))
+    assert geo.decode_layout(2, "par", regions=[2, 2]) is par  # a YAML list is the same decoding
+    assert geo.decode_layout(2, "par", regions=(1, 2)) is not par
+    assert geo.decode_layout(1, "par", regions=(2, 2)) is not par
     with pytest.raises(ConfigError, match="condition token"):
         geo.decode_layout(0, "nar")
+    with pytest.raises(ConfigError, match="regions"):
+        geo.decode_layout(1, "par")
+    with pytest.raises(ConfigError, match="regions"):
+        geo.decode_layout(1, "nar", regions=(2, 2))
+
+
+def test_only_par_reads_outputs_back():
+    geo = GridGeometry((4, 6))
+    for mode in ("nar", "raster"):
+        layout = geo.decode_layout(3, mode)
+        assert layout.kept_slots.numel() == 0
+        for step in layout.steps[1:]:
+            assert bool((step.source_slots[step.source_slots >= 0] >= step.start).all())
+    # PAR-4x: the first parallel pass (pass k = 4) reads the outputs of all four regions' first cells,
+    # fed in passes 1 ... 4 at slots C ... C + 3; the decoder keeps the three fed before it.
+    layout = geo.decode_layout(3, "par", regions=(2, 2))
+    assert layout.kept_slots.tolist() == [3, 4, 5]
+    assert layout.steps[4].source_slots.tolist() == [[3, 4, 5, 6]]
+    assert (layout.steps[4].start, layout.steps[4].kv_limit) == (6, 7)
