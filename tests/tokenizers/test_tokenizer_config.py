@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from tokenizer_helpers import tiny_image, tiny_video
 
-from nar.cli.train_tokenizer import build_config
 from nar.errors import ConfigError
 from nar.tokenizers import PRESETS, TokenizerLossConfig, VQConfig
+from nar.workflows.tokenizer import tokenizer_config
 
 
 @pytest.mark.parametrize("overrides,key", [
@@ -52,15 +52,26 @@ def test_loss_config_validation():
 
 @pytest.mark.parametrize("data", ["emoji", "atari", "imagenet", "ucf101"])
 def test_cli_config_of_every_dataset_builds(data):
-    cfg = build_config(data, root="/nonexistent/shards")
+    cfg = tokenizer_config(data, root="/nonexistent/shards")
     assert cfg.model == VQConfig.from_name({"emoji": "vq-tiny-emoji", "atari": "vq-video-tiny-atari",
                                             "imagenet": "vq-16", "ucf101": "vq-video-ucf101"}[data])
 
 
 def test_cli_bad_override_fails_at_start_up():
-    with pytest.raises(ConfigError, match="image_size.*not divisible by the spatial downsampling factor 4"):
-        build_config("emoji", overrides=["model.image_size=30"])
-    with pytest.raises(ConfigError, match="model.codebook_sise"):
-        build_config("emoji", overrides=["model.codebook_sise=8"])
-    with pytest.raises(ConfigError, match="needs --root"):
-        build_config("imagenet")
+    with pytest.raises(ConfigError, match=r"model\.image_size.*not divisible by the spatial downsampling factor 4"):
+        tokenizer_config("emoji", overrides=["model.image_size=30"])
+    with pytest.raises(ConfigError, match=r"model\.codebook_sise"):
+        tokenizer_config("emoji", overrides=["model.codebook_sise=8"])
+    with pytest.raises(ConfigError, match=r"data\.root.*--root"):
+        tokenizer_config("imagenet")
+
+
+def test_tokenizer_and_generator_runs_share_the_trainer_keys():
+    """One trainer section: the same keys, names and checks for both kinds of run."""
+    from nar.runs import TokenizerRunConfig, TrainConfig, TrainerConfig
+
+    assert type(TokenizerRunConfig().trainer) is type(TrainConfig().trainer) is TrainerConfig
+    cfg = tokenizer_config("emoji", overrides=["trainer.threads=1", "runs_root=/tmp/r", "name=tok"])
+    assert str(cfg.run_dir) == "/tmp/r/tok" and cfg.trainer.threads == 1
+    with pytest.raises(ConfigError, match=r"trainer\.precision"):
+        tokenizer_config("emoji", overrides=["trainer.precision=16-mixed"])

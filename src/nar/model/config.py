@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from nar.errors import ConfigError
@@ -19,6 +19,9 @@ class NARConfig:
     one extra block stacked on it (``head_blocks=[1, 0]``, ``head_layout='chain'``).
     """
 
+    # A preset's name (PRESETS): in a YAML, ``model: {preset: NAR-L}`` takes NAR-L's fields as defaults and
+    # the section's other keys on top (nar.config.load_config). Informational once loaded.
+    preset: str = field(default="", compare=False)
     dim: int = 1024
     n_layer: int = 24
     n_head: int = 16
@@ -32,7 +35,8 @@ class NARConfig:
     caption_len: int = 120
     # "nar": next-neighbour prediction; "raster": the LlamaGen-style next-token baseline.
     mode: str = "nar"
-    # Extra transformer blocks in front of each axis head (None: official layout, see __post_init__).
+    # Extra transformer blocks in front of each axis head; None = the official layout of the grid and mode
+    # (see blocks_per_axis). Left None rather than filled in, so that changing grid or mode re-derives it.
     head_blocks: list[int] | None = None
     # "chain": the heads tap one stack of extra blocks at their depth; "parallel": one branch each.
     head_layout: str = "chain"
@@ -60,18 +64,19 @@ class NARConfig:
     def __post_init__(self) -> None:
         self.grid = [int(g) for g in self.grid]
         if not 1 <= len(self.grid) <= 3 or any(g < 1 for g in self.grid):
-            raise ConfigError(f"grid: expected 1 to 3 positive sizes, got {self.grid}")
+            raise ConfigError(f"expected 1 to 3 positive sizes, got {self.grid}", key="grid")
         for key in ("dim", "n_layer", "n_head", "vocab_size", "num_classes", "caption_dim", "caption_len"):
             if getattr(self, key) < 1:
-                raise ConfigError(f"{key}: must be positive, got {getattr(self, key)}")
+                raise ConfigError(f"must be positive, got {getattr(self, key)}", key=key)
         if self.dim % self.n_head:
-            raise ConfigError(f"dim: {self.dim} is not divisible by n_head={self.n_head}")
+            raise ConfigError(f"{self.dim} is not divisible by n_head={self.n_head}", key="dim")
         if self.n_kv_head is not None and (self.n_kv_head < 1 or self.n_head % self.n_kv_head):
-            raise ConfigError(f"n_kv_head: {self.n_kv_head} must divide n_head={self.n_head}")
+            raise ConfigError(f"{self.n_kv_head} must divide n_head={self.n_head}", key="n_kv_head")
         if self.head_dim % 2:
-            raise ConfigError(f"head dim {self.head_dim} must be even for rotary embeddings")
+            raise ConfigError(f"head dim {self.dim}/{self.n_head} = {self.head_dim} must be even for rotary embeddings",
+                              key="n_head")
         if self.position == "rope" and self.head_dim // 2 < len(self.grid):
-            raise ConfigError(f"head dim {self.head_dim} is too small to rotate {len(self.grid)} axes")
+            raise ConfigError(f"head dim {self.head_dim} is too small to rotate {len(self.grid)} axes", key="n_head")
         _choice("condition", self.condition, ("class", "caption"))
         _choice("mode", self.mode, ("nar", "raster"))
         _choice("head_layout", self.head_layout, ("chain", "parallel"))
@@ -79,25 +84,31 @@ class NARConfig:
         _choice("mixing", self.mixing, ("logits", "probs"))
         _choice("position", self.position, ("rope", "absolute"))
         k = len(self.grid)
-        if self.head_blocks is None:
-            # Official: column head on the trunk, each earlier axis one block deeper (a chain).
-            self.head_blocks = [k - 1 - i for i in range(k)] if self.mode == "nar" else [0]
-        self.head_blocks = [int(b) for b in self.head_blocks]
+        blocks = self.blocks_per_axis
         expected = k if self.mode == "nar" else 1
-        if len(self.head_blocks) != expected:
-            raise ConfigError(f"head_blocks: expected {expected} entries for mode={self.mode} and grid {self.grid}, "
-                              f"got {self.head_blocks}")
-        if any(b < 0 for b in self.head_blocks):
-            raise ConfigError(f"head_blocks: counts must be >= 0, got {self.head_blocks}")
+        if len(blocks) != expected:
+            raise ConfigError(f"expected {expected} entries for mode={self.mode} and grid {self.grid}, "
+                              f"got {self.head_blocks}", key="head_blocks")
+        if any(b < 0 for b in blocks):
+            raise ConfigError(f"counts must be >= 0, got {self.head_blocks}", key="head_blocks")
         if not -k <= self.shared_axis < k:
-            raise ConfigError(f"shared_axis: {self.shared_axis} is not an axis of grid {self.grid}")
+            raise ConfigError(f"{self.shared_axis} is not an axis of grid {self.grid}", key="shared_axis")
         allowed = ("all", *self.axis_names) if self.mode == "nar" else ("all",)
         _choice("parents", self.parents, allowed)
         for key in ("token_dropout", "attn_dropout", "resid_dropout", "ffn_dropout", "drop_path"):
             if not 0.0 <= getattr(self, key) < 1.0:
-                raise ConfigError(f"{key}: must be in [0, 1), got {getattr(self, key)}")
+                raise ConfigError(f"must be in [0, 1), got {getattr(self, key)}", key=key)
 
     # ---------------------------------------------------------------- derived shapes
+    @property
+    def blocks_per_axis(self) -> list[int]:
+        """Extra blocks in front of each axis head: ``head_blocks``, or the official layout when unset
+        (column head on the trunk, each earlier axis one block deeper, a chain; raster: one head on the trunk)."""
+        if self.head_blocks is not None:
+            return [int(b) for b in self.head_blocks]
+        k = len(self.grid)
+        return [k - 1 - i for i in range(k)] if self.mode == "nar" else [0]
+
     @property
     def parent_axis(self) -> int | None:
         """Index of the only predicting axis (``parents`` names one), or None for every parent."""
@@ -143,21 +154,24 @@ class NARConfig:
         known = {f.name for f in fields(cls)}
         for key, value in overrides.items():
             if key not in known:
-                raise ConfigError(f"{key}: not a NARConfig field; known: {', '.join(sorted(known))}")
+                raise ConfigError(f"not a NARConfig field; known: {', '.join(sorted(known))}", key=key)
             default = getattr(base, key)
             if value is None or default is None:
                 continue
             ok = isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int))
             if not ok or (isinstance(value, bool) and not isinstance(default, bool)):
-                raise ConfigError(f"{key}: expected {type(default).__name__} like {default!r}, got {value!r}")
-        # head_blocks was filled in from the preset's grid and mode; re-derive it unless given.
-        overrides.setdefault("head_blocks", None)
-        return replace(base, **overrides)
+                raise ConfigError(f"expected {type(default).__name__} like {default!r}, got {value!r}", key=key)
+        return replace(base, preset=name, **overrides)
+
+    @classmethod
+    def preset_fields(cls, name: str) -> dict[str, Any]:
+        """Preset ``name`` as a plain dict, the defaults of a config section saying ``preset: name``."""
+        return asdict(cls.from_name(name))
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ConfigError(f"{key}: '{value}' is not one of {allowed}")
+        raise ConfigError(f"'{value}' is not one of {allowed}", key=key)
 
 
 # The paper's sizes (ImageNet 256 px, VQ-16 → 16×16 tokens, vocabulary 16384, 1000 classes).

@@ -83,7 +83,7 @@ class NARModel(nn.Module):
             self.pos_embedding = nn.Parameter(torch.zeros(cfg.num_cells, cfg.dim))
 
         # Which features each predicting axis reads: (branch index, depth); depth 0 = the trunk output.
-        blocks = list(cfg.head_blocks)
+        blocks = cfg.blocks_per_axis
         if cfg.head_sharing == "shared":
             blocks = [blocks[cfg.shared_axis]]
         if cfg.head_layout == "chain":
@@ -95,7 +95,7 @@ class NARModel(nn.Module):
             for b in blocks:
                 sources.append((nxt, b))
                 nxt += b > 0
-        n_axes = len(cfg.head_blocks)
+        n_axes = len(cfg.blocks_per_axis)
         self._sources = sources if cfg.head_sharing == "per_axis" else sources * n_axes
         self._head_of_axis = list(range(n_axes)) if cfg.head_sharing == "per_axis" else [0] * n_axes
 

@@ -26,10 +26,10 @@ OFFICIAL_IGNORED = ("kv_cache.", "freqs_cis", "causal_mask", "diagonal_mask")
 def _check_layout(cfg: NARConfig) -> str:
     if cfg.position != "rope" or cfg.head_sharing != "per_axis" or len(cfg.grid) != 2:
         raise ConfigError("only the official layout converts: 2-D grid, rotary positions, one head per axis")
-    if cfg.mode == "nar" and (cfg.head_layout != "chain" or list(cfg.head_blocks) != [1, 0]):
-        raise ConfigError(f"official NAR checkpoints use head_blocks=[1, 0] (chain); got {cfg.head_blocks}")
-    if cfg.mode == "raster" and list(cfg.head_blocks) != [0]:
-        raise ConfigError(f"official LlamaGen checkpoints use head_blocks=[0]; got {cfg.head_blocks}")
+    if cfg.mode == "nar" and (cfg.head_layout != "chain" or cfg.blocks_per_axis != [1, 0]):
+        raise ConfigError(f"official NAR checkpoints use head_blocks=[1, 0] (chain); got {cfg.blocks_per_axis}")
+    if cfg.mode == "raster" and cfg.blocks_per_axis != [0]:
+        raise ConfigError(f"official LlamaGen checkpoints use head_blocks=[0]; got {cfg.blocks_per_axis}")
     return cfg.mode
 
 

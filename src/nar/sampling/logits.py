@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,14 +27,17 @@ class SamplingConfig:
     greedy: bool = False
 
     def __post_init__(self) -> None:
+        for key in ("cfg_scale", "temperature", "top_p"):
+            if not math.isfinite(getattr(self, key)):
+                raise ConfigError(f"must be a finite number, got {getattr(self, key)}", key=key)
         if self.temperature <= 0 and not self.greedy:
-            raise ConfigError(f"temperature: must be > 0 (use greedy=true for argmax), got {self.temperature}")
+            raise ConfigError(f"must be > 0 (use greedy=true for argmax), got {self.temperature}", key="temperature")
         if self.top_k < 0:
-            raise ConfigError(f"top_k: must be >= 0 (0 = off), got {self.top_k}")
+            raise ConfigError(f"must be >= 0 (0 = off), got {self.top_k}", key="top_k")
         if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"top_p: must be in (0, 1], got {self.top_p}")
+            raise ConfigError(f"must be in (0, 1], got {self.top_p}", key="top_p")
         if self.cfg_interval < -1:
-            raise ConfigError(f"cfg_interval: must be -1 (always) or >= 0, got {self.cfg_interval}")
+            raise ConfigError(f"must be -1 (always) or >= 0, got {self.cfg_interval}", key="cfg_interval")
 
     @property
     def guided(self) -> bool:

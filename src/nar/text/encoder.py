@@ -60,13 +60,13 @@ class TextEncoderConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ConfigError(f"text encoder kind: '{self.kind}' is not one of {KINDS}")
+            raise ConfigError(f"'{self.kind}' is not one of {KINDS}", key="kind")
         if self.max_len < 2:
-            raise ConfigError(f"text encoder max_len: must be >= 2, got {self.max_len}")
+            raise ConfigError(f"must be >= 2, got {self.max_len}", key="max_len")
         if self.dtype not in DTYPES:
-            raise ConfigError(f"text encoder dtype: '{self.dtype}' is not one of {tuple(DTYPES)}")
+            raise ConfigError(f"'{self.dtype}' is not one of {tuple(DTYPES)}", key="dtype")
         if self.batch_size < 1:
-            raise ConfigError(f"text encoder batch_size: must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"must be >= 1, got {self.batch_size}", key="batch_size")
 
     @property
     def feature_dim(self) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from nar.errors import ConfigError
@@ -26,6 +26,9 @@ class VQConfig:
     this with one more res-block per level, as LlamaGen does.
     """
 
+    # A preset's name (see PRESETS): in a YAML, ``model: {preset: vq-tiny-emoji}`` takes the preset's fields as
+    # defaults and the section's other keys on top (nar.config.load_config). Informational once loaded.
+    preset: str = field(default="", compare=False)
     kind: str = "image"
     image_size: int = 256  # H = W of the inputs the tokenizer is trained on
     num_frames: int = 1  # T of the video clips (1 for images)
@@ -44,7 +47,7 @@ class VQConfig:
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> ConfigError:
-            return ConfigError(f"tokenizer config key '{key}': {why}")
+            return ConfigError(why, key=key)
 
         if self.kind not in KINDS:
             raise bad("kind", f"must be one of {KINDS}, got {self.kind!r}")
@@ -103,7 +106,12 @@ class VQConfig:
         """A preset by name (see :data:`PRESETS`), with optional field overrides."""
         if name not in PRESETS:
             raise ConfigError(f"unknown tokenizer preset {name!r}; known: {sorted(PRESETS)}")
-        return replace(copy.deepcopy(PRESETS[name]), **overrides)
+        return replace(copy.deepcopy(PRESETS[name]), preset=name, **overrides)
+
+    @classmethod
+    def preset_fields(cls, name: str) -> dict[str, Any]:
+        """The fields of preset ``name`` as a plain dict (the config loader's defaults for ``preset: name``)."""
+        return asdict(cls.from_name(name))
 
     @classmethod
     def from_official(cls, official: dict[str, Any], **overrides: Any) -> VQConfig:
@@ -165,16 +173,16 @@ class TokenizerLossConfig:
 
     def __post_init__(self) -> None:
         if self.reconstruction not in ("l1", "l2"):
-            raise ConfigError(f"loss config key 'reconstruction': must be 'l1' or 'l2', got {self.reconstruction!r}")
+            raise ConfigError(f"must be 'l1' or 'l2', got {self.reconstruction!r}", key="reconstruction")
         for key in ("reconstruction_weight", "codebook_weight", "commitment_beta", "entropy_weight",
                     "perceptual_weight", "adversarial_weight", "adversarial_start_step"):
             value = getattr(self, key)
             if value < 0 or (isinstance(value, float) and not math.isfinite(value)):
-                raise ConfigError(f"loss config key '{key}': must be a finite number >= 0, got {value}")
+                raise ConfigError(f"must be a finite number >= 0, got {value}", key=key)
         if self.entropy_temperature <= 0:
-            raise ConfigError(f"loss config key 'entropy_temperature': must be > 0, got {self.entropy_temperature}")
+            raise ConfigError(f"must be > 0, got {self.entropy_temperature}", key="entropy_temperature")
         if self.disc_channels < 1 or self.disc_layers < 1:
-            raise ConfigError("loss config keys 'disc_channels' and 'disc_layers' must be >= 1")
+            raise ConfigError("must be >= 1", key="disc_channels" if self.disc_channels < 1 else "disc_layers")
 
 
 @dataclass
@@ -190,11 +198,12 @@ class TokenizerOptimConfig:
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.disc_lr <= 0:
-            raise ConfigError(f"optim config keys 'lr'/'disc_lr': must be > 0, got {self.lr}/{self.disc_lr}")
+            raise ConfigError(f"must be > 0, got {self.lr}/{self.disc_lr}", key="lr" if self.lr <= 0 else "disc_lr")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ConfigError(f"optim config key 'betas': two values in [0, 1), got {list(self.betas)}")
+            raise ConfigError(f"two values in [0, 1), got {list(self.betas)}", key="betas")
         if self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
-            raise ConfigError("optim config keys 'weight_decay', 'grad_clip', 'warmup_steps' must be >= 0")
+            raise ConfigError("must be >= 0", key=next(k for k in ("weight_decay", "grad_clip", "warmup_steps")
+                                                        if getattr(self, k) < 0))
 
 
 @dataclass
@@ -207,4 +216,4 @@ class TokenizerValConfig:
 
     def __post_init__(self) -> None:
         if self.log_samples < 0:
-            raise ConfigError(f"val config key 'log_samples': must be >= 0, got {self.log_samples}")
+            raise ConfigError(f"must be >= 0, got {self.log_samples}", key="log_samples")
