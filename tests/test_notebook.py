@@ -16,13 +16,13 @@ def _fake_run(run: Path) -> None:
     """A run folder as `nar train` writes it: Lightning-style checkpoint, TensorBoard scalars, metrics."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from nar.config import to_dict
-    from nar.lightning.config import load_train_config
+    from nar.config import load_config, to_dict
     from nar.model import NARModel
+    from nar.runs import TrainConfig
     from nar.tokenizers import build_tokenizer, save_tokenizer
 
     tok = save_tokenizer(build_tokenizer("vq-tiny-emoji"), run / "tokenizer.pt")
-    cfg = load_train_config([], ["model.dim=32", "model.n_layer=1", "model.n_head=2", "model.vocab_size=512",
+    cfg = load_config(TrainConfig, [], ["model.dim=32", "model.n_layer=1", "model.n_head=2", "model.vocab_size=512",
                                  "model.grid=[8,8]", "model.num_classes=4", f"tokenizer.path={tok}"])
     state = {f"model.{k}": v for k, v in NARModel(cfg.model).state_dict().items()}
     (run / "checkpoints").mkdir(parents=True)

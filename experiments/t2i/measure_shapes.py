@@ -47,17 +47,21 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
+    from nar.config import from_dict
     from nar.data.datamodules import datamodule_for
-    from nar.lightning.callbacks import make_sampler
-    from nar.lightning.generator_module import load_frozen_tokenizer, load_generator
     from nar.metrics.sources import iter_records
+    from nar.model.io import load_generator_and_run_config
+    from nar.runs import TrainConfig
+    from nar.sampling import make_sampler
     from nar.shapes import parse_prompt
+    from nar.tokenizers import load_tokenizer
 
     run = Path(args.run)
-    model, cfg = load_generator(str(run / "checkpoints" / "last.ckpt"))
+    model, stored = load_generator_and_run_config(run / "checkpoints" / "last.ckpt")
+    cfg = from_dict(TrainConfig, stored)
     knobs = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k)) if v is not None}
     cfg = replace(cfg, sampling=replace(cfg.sampling, **knobs))
-    tokenizer = load_frozen_tokenizer(cfg.tokenizer.path, cfg.tokenizer.config)
+    tokenizer = load_tokenizer(cfg.tokenizer.path, config=cfg.tokenizer.config or None)
 
     # The first --num val samples: tokens, caption features, captions (token shards keep the source order).
     dm = datamodule_for(args.tokens, caption_features=True, num_workers=0, batch_size=args.batch_size,

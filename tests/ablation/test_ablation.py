@@ -10,9 +10,15 @@ import pytest
 import yaml
 from ablation_helpers import tiny_train_overrides
 
-from nar.ablation import build_train_configs, fingerprint, load_ablation_config, read_rows, run_ablation
-from nar.ablation.report import write_rows
 from nar.errors import ConfigError
+from nar.workflows.ablation import (
+    build_train_configs,
+    fingerprint,
+    load_ablation_config,
+    read_rows,
+    run_ablation,
+)
+from nar.workflows.ablation.report import write_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from nar.lightning.config import load_train_config
-from nar.lightning.train import evaluate
+from nar.config import load_config
+from nar.runs import TrainConfig
+from nar.workflows.train import evaluate
 
 FIXTURE = Path(__file__).resolve().parents[2].parent / "shared" / "conformance" / "official_nar_fixture.pt"
 
@@ -22,7 +23,7 @@ def test_evaluate_official_checkpoint(tmp_path: Path) -> None:
     torch.save(c2i["checkpoint"], gen_path)
     torch.save(vq["checkpoint"], vq_path)
     c = c2i["config"]
-    cfg = load_train_config([], [
+    cfg = load_config(TrainConfig, [], [
         f"model.dim={c['dim']}", f"model.n_layer={c['n_layer']}", f"model.n_head={c['n_head']}",
         f"model.vocab_size={c['vocab_size']}", f"model.grid=[{c['grid']},{c['grid']}]",
         f"model.num_classes={c['num_classes']}", f"model.multiple_of={c['multiple_of']}",

@@ -7,14 +7,15 @@ import math
 import pytest
 import torch
 
-from nar.lightning.config import load_train_config
+from nar.config import load_config
 from nar.lightning.generator_module import GeneratorModule, NonFiniteLossError, lr_factor
+from nar.runs import TrainConfig
 
 
 def tiny(mode: str = "nar", **extra):
     over = {"model.dim": 32, "model.n_layer": 1, "model.n_head": 2, "model.vocab_size": 16, "model.grid": "[3,4]",
             "model.num_classes": 3, "model.mode": mode, "ema.decay": 0.5, "ema.warmup": "false", "trainer.log_every": 1, **extra}
-    return GeneratorModule(load_train_config([], [f"{k}={v}" for k, v in over.items()]))
+    return GeneratorModule(load_config(TrainConfig, [], [f"{k}={v}" for k, v in over.items()]))
 
 
 def batch(B: int = 4):
@@ -89,7 +90,7 @@ def test_pixels_are_tokenized_on_the_fly() -> None:
     tok = build_tokenizer("vq-tiny-emoji").eval()  # 32 px -> 8x8 tokens
     over = {"model.dim": 32, "model.n_layer": 1, "model.n_head": 2, "model.vocab_size": tok.codebook_size,
             "model.grid": "[8,8]", "model.num_classes": 3}
-    m = GeneratorModule(load_train_config([], [f"{k}={v}" for k, v in over.items()]), tokenizer=tok)
+    m = GeneratorModule(load_config(TrainConfig, [], [f"{k}={v}" for k, v in over.items()]), tokenizer=tok)
     m.log = lambda *a, **k: None
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     tokens, cond, _ = m.batch_inputs({"image": images, "label": torch.tensor([0, 2])})

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from nar.config import load_config
 from nar.errors import ConfigError
-from nar.lightning.config import load_train_config
+from nar.runs import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 YAMLS = sorted(p for p in (ROOT / "experiments").glob("*/*.yaml") if p.parent.name in ("imagenet", "ucf101", "demo"))
@@ -16,17 +17,17 @@ YAMLS = sorted(p for p in (ROOT / "experiments").glob("*/*.yaml") if p.parent.na
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_experiment_yaml_loads(path: Path) -> None:
     paths = [path.with_name(path.name.replace("_smoke", ""))] if "_smoke" in path.name else []
-    cfg = load_train_config([*paths, path])
+    cfg = load_config(TrainConfig, [*paths, path])
     assert cfg.model.num_cells > 0 and cfg.model.seq_len > cfg.model.num_cells
 
 
 def test_paper_recipe_of_nar_l() -> None:
-    cfg = load_train_config([ROOT / "experiments/imagenet/nar_l.yaml"])
+    cfg = load_config(TrainConfig, [ROOT / "experiments/imagenet/nar_l.yaml"])
     assert (cfg.model.dim, cfg.model.n_layer, cfg.model.n_head) == (1024, 24, 16)
     assert cfg.optim.lr == 1e-4 and list(cfg.optim.betas) == [0.9, 0.95] and cfg.optim.weight_decay == 0.05
     assert cfg.optim.cond_dropout == 0.1 and cfg.optim.grad_clip == 1.0 and cfg.model.token_dropout == 0.1
     assert cfg.sampling.cfg_scale == 2.0 and cfg.eval.per_class == 50
-    ucf = load_train_config([ROOT / "experiments/ucf101/nar_l.yaml"])
+    ucf = load_config(TrainConfig, [ROOT / "experiments/ucf101/nar_l.yaml"])
     assert ucf.model.grid == [4, 16, 16] and ucf.sampling.cfg_scale == 1.25
 
 
@@ -44,22 +45,57 @@ def test_paper_recipe_of_nar_l() -> None:
 ])
 def test_errors_name_the_key(override: list[str], key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        load_train_config([], override)
+        load_config(TrainConfig, [], override)
 
 
 def test_yaml_error_names_file_and_key(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim:\n  warmup: 10\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml.*optim\.warmup"):
-        load_train_config([bad])
+        load_config(TrainConfig, [bad])
 
 
 def test_raster_override_gets_its_own_head_layout() -> None:
-    cfg = load_train_config([ROOT / "experiments/demo/emoji.yaml"], ["model.mode=raster"])
-    assert cfg.model.head_blocks == [0] and cfg.model.axis_names == ("next",)
+    cfg = load_config(TrainConfig, [ROOT / "experiments/demo/emoji.yaml"], ["model.mode=raster"])
+    assert cfg.model.blocks_per_axis == [0] and cfg.model.axis_names == ("next",)
 
 
 def test_cli_reports_bad_key(capsys) -> None:
     from nar.cli.main import main
 
     assert main(["train", "--config", str(ROOT / "experiments/demo/emoji.yaml"), "optim.lr=-1"]) == 2
+
+
+def test_a_yaml_names_a_preset_and_overrides_fields_on_top(tmp_path: Path) -> None:
+    from nar.model import NARConfig
+
+    cfg = load_config(TrainConfig, [ROOT / "experiments/imagenet/nar_xl.yaml"])
+    xl = NARConfig.from_name("NAR-XL")
+    assert (cfg.model.dim, cfg.model.n_layer, cfg.model.n_head, cfg.model.preset) == (xl.dim, xl.n_layer, xl.n_head, "NAR-XL")
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("model:\n  preset: NAR-L\n  n_layer: 3\n")
+    cfg = load_config(TrainConfig, [mine], ["model.dim=512"])
+    assert (cfg.model.dim, cfg.model.n_layer, cfg.model.n_head) == (512, 3, 16)  # the file's and the override's keys win
+    with pytest.raises(ConfigError, match=r"model\.preset.*NAR-Q"):
+        load_config(TrainConfig, [], ["model.preset=NAR-Q"])
+
+
+def test_changing_grid_or_mode_re_derives_the_head_layout() -> None:
+    cfg = load_config(TrainConfig, [], ["model.grid=[2,4,4]"])
+    assert cfg.model.head_blocks is None and cfg.model.blocks_per_axis == [2, 1, 0]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("optim:\n  lr: [1\n", r"bad\.yaml: line \d+, column \d+ YAML syntax error"),
+    ("- a\n- b\n", r"bad\.yaml: the top level must be a mapping"),
+])
+def test_malformed_yaml_is_named(tmp_path: Path, text: str, message: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(TrainConfig, [bad])
+
+
+def test_packaged_configs_resolve_by_name(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # away from the checkout: the package data answers
+    assert load_config(TrainConfig, ["demo/emoji"]).name == load_config(TrainConfig, ["experiments/demo/emoji.yaml"]).name

@@ -53,10 +53,11 @@ def test_token_shards_carry_caption_features(shapes_tokens):
 
 
 def test_a_few_training_steps_then_sampling_from_prompts(shapes_tokens, tmp_path):
-    from nar.lightning.config import load_train_config
-    from nar.lightning.train import fit
+    from nar.config import load_config
+    from nar.runs import TrainConfig
+    from nar.workflows.train import fit
 
-    cfg = load_train_config([T2I / "shapes.yaml", T2I / "shapes_smoke.yaml"], [
+    cfg = load_config(TrainConfig, [T2I / "shapes.yaml", T2I / "shapes_smoke.yaml"], [
         f"runs_root={tmp_path}", "name=t2i", f"data.root={shapes_tokens['tokens']}",
         f"tokenizer.path={shapes_tokens['tokenizer']}", "model.grid=[4,4]", "model.caption_len=16",
         "text.max_len=16", "trainer.max_steps=4", "trainer.val_every=4", "trainer.ckpt_every=4",
@@ -73,7 +74,7 @@ def test_a_few_training_steps_then_sampling_from_prompts(shapes_tokens, tmp_path
     from dataclasses import replace
 
     from nar.lightning.generator_module import GeneratorModule
-    from nar.lightning.train import init_weights
+    from nar.workflows.train import init_weights
 
     stage2 = GeneratorModule(replace(cfg, model=replace(cfg.model, grid=[8, 8]), init_from=str(out["checkpoint"])))
     init_weights(stage2, stage2.cfg.init_from)
@@ -123,11 +124,12 @@ def test_nar_sample_reads_official_t2i_checkpoints(conformance, tmp_path, monkey
 
 
 def test_captions_are_encoded_on_the_fly_without_stored_features(shapes_tokens):
+    from nar.config import load_config
     from nar.data.datamodules import datamodule_for
-    from nar.lightning.config import load_train_config
     from nar.lightning.generator_module import GeneratorModule
+    from nar.runs import TrainConfig
 
-    cfg = load_train_config([T2I / "shapes.yaml"], ["model.grid=[4,4]", "model.caption_len=16",
+    cfg = load_config(TrainConfig, [T2I / "shapes.yaml"], ["model.grid=[4,4]", "model.caption_len=16",
                                                     "data.caption_features=false", "optim.cond_dropout=0.5"])
     module = GeneratorModule(cfg)
     dm = datamodule_for(str(shapes_tokens["tokens"]), caption_features=False, num_workers=0, batch_size=4)

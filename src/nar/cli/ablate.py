@@ -35,8 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nar.ablation import load_ablation_config, markdown_table, run_ablation
     from nar.cli.train import device_overrides
+    from nar.workflows.ablation import load_ablation_config, markdown_table, run_ablation
 
     cfg = load_ablation_config(args.config, args.set)
     only = [s for s in args.only.split(",") if s] or None

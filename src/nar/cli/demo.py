@@ -1,4 +1,4 @@
-"""``nar demo`` — from a fresh clone to samples and an FID on the CPU, in minutes.
+"""``nar demo`` — from a fresh install to samples and an FID on the CPU, in minutes.
 
     nar demo --domain emoji              # ~15 min on 2 CPU cores
     nar demo --domain atari              # the video variant (FVD proxy)
@@ -7,248 +7,36 @@
     nar demo --domain shapes-t2i         # text-to-image: shapes captions, MiniLM features, GenEval-style score
     nar demo --domain emoji-t2i          # text-to-image on emoji names (FID)
 
-Steps (each skipped when its output already exists, so a second run resumes):
-1. embedded shards ``<data>/<domain>`` (:func:`nar.data.embedded.build_embedded`);
-2. a tiny VQ tokenizer (``nar train-tokenizer`` with ``experiments/tokenizers/<domain>.yaml``);
-3. token shards (:func:`nar.data.tokens.extract_tokens`);
-4. a tiny NAR (``experiments/demo/<domain>.yaml``) trained with validation by frontier decoding;
-5. FID (video: the Inception FVD proxy) of the EMA weights against the held-out real samples,
-   a PNG sample grid and TensorBoard logs, whose paths are printed.
+Steps: embedded shards, a tiny tokenizer, token shards, a tiny NAR trained with validation by frontier
+decoding, its FID and sample grid (:mod:`nar.workflows.demo`). Each step is skipped when its output
+exists, so a second run resumes.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import time
-from pathlib import Path
-from typing import Any
-
-log = logging.getLogger(__name__)
-
-ROOT = Path(__file__).resolve().parents[3]
-EXPERIMENTS = ROOT / "experiments" / "demo"
-DOMAINS = ("emoji", "atari", "shapes-t2i", "emoji-t2i")
-# Text-to-image demos: embedded source (built under <out>/data), its builder options, the tokenizer recipe
-# (`nar train-tokenizer --data ...`) and the generator YAML under experiments/t2i/.
-T2I: dict[str, dict[str, Any]] = {
-    "shapes-t2i": {"source": "shapes", "options": {"size": 32, "num_train": 5000, "num_val": 500},
-                   "smoke_options": {"size": 32, "num_train": 160, "num_val": 32},
-                   "tokenizer": "emoji", "config": ROOT / "experiments" / "t2i" / "shapes"},
-    "emoji-t2i": {"source": "emoji", "options": {"size": 32}, "smoke_options": {"size": 32, "limit": 300},
-                  "tokenizer": "emoji", "config": ROOT / "experiments" / "t2i" / "emoji"},
-}
-
-# Budgets per mode: tokenizer steps, generator steps, embedded-data options.
-BUDGETS: dict[str, dict[str, Any]] = {
-    "emoji": {"tokenizer_steps": 200, "tokenizer_batch": 16, "smoke_tokenizer_steps": 4, "smoke_limit": 300},
-    "atari": {"tokenizer_steps": 150, "tokenizer_batch": 4, "smoke_tokenizer_steps": 4, "smoke_limit": None},
-    "emoji-t2i": {"tokenizer_steps": 300, "tokenizer_batch": 16, "smoke_tokenizer_steps": 4, "smoke_limit": None},
-    "shapes-t2i": {"tokenizer_steps": 1200, "tokenizer_batch": 16, "smoke_tokenizer_steps": 4, "smoke_limit": None},
-}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from nar.workflows.demo import DOMAINS
+
     p = sub.add_parser("demo", help="CPU demo: embedded data -> tiny tokenizer -> tiny NAR -> samples + FID",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--domain", choices=DOMAINS, default="emoji")
+    p.add_argument("--domain", choices=DOMAINS, default="emoji", help="dataset and task (default: emoji)")
     p.add_argument("--smoke", action="store_true", help="tiny budgets (< 2 min), for tests and CI")
     p.add_argument("--compare-raster", action="store_true",
                    help="also train the raster baseline with the same trunk, tokenizer and budget; report both")
-    p.add_argument("--out", default=None, help="demo folder (default runs/demo-<domain>[-smoke])")
-    p.add_argument("--data", default=None, help="embedded data folder (default data/embedded)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--out", default=None, help="demo folder (default: runs/demo-<domain>[-smoke])")
+    p.add_argument("--data", default=None, help="embedded data folder (default: data/embedded)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the generator config")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from nar.workflows.demo import format_report, run_demo
+
     result = run_demo(args.domain, smoke=args.smoke, compare_raster=args.compare_raster, out=args.out,
                       data=args.data, threads=args.threads, overrides=args.overrides)
     print(format_report(result))
     return 0
-
-
-def run_demo(domain: str = "emoji", smoke: bool = False, compare_raster: bool = False, out: str | None = None,
-             data: str | None = None, threads: int = 2, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Run the demo; returns ``{"runs": {mode: {...}}, "tokenizer", "tokens", "seconds", ...}``."""
-    import torch
-
-    torch.set_num_threads(threads)
-    start = time.perf_counter()
-    suffix = "-smoke" if smoke else ""
-    out_dir = Path(out or ROOT / "runs" / f"demo-{domain}{suffix}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    data_root = Path(data or ROOT / "data" / "embedded")
-    timings: dict[str, float] = {}
-
-    t = time.perf_counter()
-    if domain in T2I and not data:  # its own scene count and size, so data/embedded/shapes stays the default one
-        data_root = out_dir / "data"
-    images = ensure_embedded(domain, data_root if not smoke else out_dir / "data", smoke)
-    timings["data"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    tokenizer_path = ensure_tokenizer(domain, images, out_dir / "tokenizer", smoke, threads)
-    timings["tokenizer"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    tokens = ensure_tokens(images, tokenizer_path, out_dir / "tokens", text=_text_settings(domain))
-    timings["tokens"] = time.perf_counter() - t
-
-    runs = {}
-    modes = ["nar", "raster"] if compare_raster else ["nar"]
-    for mode in modes:
-        t = time.perf_counter()
-        runs[mode] = train_generator(domain, mode, tokens, images, tokenizer_path, out_dir, smoke, threads, overrides)
-        timings[f"generator_{mode}"] = time.perf_counter() - t
-    result = {"domain": domain, "smoke": smoke, "out": str(out_dir), "data": str(images),
-              "tokenizer": str(tokenizer_path), "tokens": str(tokens), "runs": runs, "timings": timings,
-              "seconds": time.perf_counter() - start}
-    (out_dir / "demo_result.json").write_text(json.dumps(result, indent=1, default=str))
-    return result
-
-
-# ------------------------------------------------------------------------------------------ steps
-def ensure_embedded(domain: str, data_root: Path, smoke: bool) -> Path:
-    """``<data_root>/<domain>`` with train/val shards (built by nar.data.embedded when missing)."""
-    from nar.data.embedded import build_embedded
-
-    if domain in T2I:
-        source = T2I[domain]["source"]
-        folder = data_root / source
-        if not (folder / "meta.json").is_file():
-            build_embedded(data_root, only=[source],
-                           options={source: T2I[domain]["smoke_options" if smoke else "options"]})
-        return folder
-    folder = data_root / domain
-    if (folder / "meta.json").is_file():
-        log.info("embedded %s: %s (exists)", domain, folder)
-        return folder
-    options: dict[str, Any] = {}
-    if smoke and domain == "emoji":
-        options = {"emoji": {"limit": BUDGETS["emoji"]["smoke_limit"]}}
-    if domain == "atari":
-        from nar.tokenizers import VQConfig
-
-        tok = VQConfig.from_name("vq-video-tiny-atari")  # clips shaped like the tiny video tokenizer's input
-        options = {"atari": {"frames": tok.num_frames, "size": tok.image_size}}
-        if smoke:
-            options["atari"].update(clips_per_game=4, val_clips_per_game=2)
-    build_embedded(data_root, only=[domain], options=options)
-    return folder
-
-
-def ensure_tokenizer(domain: str, images: Path, out: Path, smoke: bool, threads: int) -> Path:
-    """Train the domain's tiny tokenizer with ``nar train-tokenizer``'s code path; returns ``tokenizer.pt``."""
-    path = out / "tokenizer.pt"
-    if path.is_file():
-        log.info("tokenizer: %s (exists)", path)
-        return path
-    from nar.cli.train_tokenizer import build_config, train
-
-    b = BUDGETS[domain]
-    steps = b["smoke_tokenizer_steps"] if smoke else b["tokenizer_steps"]
-    # CPU budget: small batches, one validation at the end, no rFID (the generator's FID follows).
-    overrides = [f"trainer.out={out}", f"trainer.max_steps={steps}", f"trainer.val_every={steps}",
-                 f"trainer.cpu_threads={threads}", "data.num_workers=0", f"data.batch_size={b['tokenizer_batch']}",
-                 "val.rfid=false", "trainer.limit_val_batches=2", f"optim.warmup_steps={min(50, steps // 4)}"]
-    if smoke:
-        overrides += ["trainer.limit_val_batches=1", "data.batch_size=8", "data.eval_batch_size=8"]
-    cfg = build_config(T2I[domain]["tokenizer"] if domain in T2I else domain, overrides=overrides, root=str(images))
-    train(cfg, cpu=True)
-    if not path.is_file():
-        raise RuntimeError(f"tokenizer training finished without writing {path}")
-    return path
-
-
-def ensure_tokens(images: Path, tokenizer_path: Path, out: Path, text: Any = None) -> Path:
-    """Token shards of every split of ``images`` (:func:`nar.data.tokens.extract_tokens`, no augmentation);
-    with ``text`` = ``(TextEncoderConfig, NARConfig)`` the captions' features are stored too."""
-    if (out / "meta.json").is_file():
-        log.info("tokens: %s (exists)", out)
-        return out
-    from nar.data.tokens import extract_tokens
-    from nar.tokenizers import load_tokenizer
-
-    tokenizer = load_tokenizer(str(tokenizer_path))
-    text_encoder = None
-    if text is not None:
-        from nar.text import build_text_encoder
-
-        text_encoder = build_text_encoder(*text)
-    extract_tokens(images, out, tokenizer, image_size=tokenizer.config.image_size, flip=False, batch_size=64,
-                   tokenizer_name=str(tokenizer_path), text_encoder=text_encoder)
-    return out
-
-
-def _text_settings(domain: str) -> Any:
-    """``(TextEncoderConfig, NARConfig)`` of a text-to-image demo's YAML (None for class-conditional demos)."""
-    if domain not in T2I:
-        return None
-    from nar.lightning.config import load_train_config
-
-    cfg = load_train_config([T2I[domain]["config"].with_suffix(".yaml")])
-    return cfg.text, cfg.model
-
-
-def generator_config(domain: str, mode: str, tokens: Path, images: Path, tokenizer_path: Path, out_dir: Path,
-                     smoke: bool, threads: int, overrides: list[str] | tuple[str, ...] = ()):
-    """The generator config of the demo: ``experiments/demo/<domain>.yaml`` (+ ``_smoke.yaml``) + data paths."""
-    from nar.data.shards import read_meta
-    from nar.lightning.config import load_train_config
-
-    meta = read_meta(tokens)
-    stem = T2I[domain]["config"] if domain in T2I else EXPERIMENTS / domain
-    yamls = [stem.with_suffix(".yaml")] + ([stem.parent / f"{stem.name}_smoke.yaml"] if smoke else [])
-    base = [f"name={mode}", f"runs_root={out_dir}", f"data.root={tokens}", f"tokenizer.path={tokenizer_path}",
-            f"eval.real_root={images}", f"model.mode={mode}", f"model.grid=[{','.join(map(str, meta['grid']))}]",
-            f"model.vocab_size={meta['codebook_size']}", f"model.num_classes={len(meta['classes'])}",
-            f"trainer.threads={threads}"]
-    return load_train_config(yamls, [*base, *overrides])
-
-
-def train_generator(domain: str, mode: str, tokens: Path, images: Path, tokenizer_path: Path, out_dir: Path,
-                    smoke: bool, threads: int, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    from nar.lightning.train import fit, resume_path
-
-    cfg = generator_config(domain, mode, tokens, images, tokenizer_path, out_dir, smoke, threads, overrides)
-    done = cfg.run_dir / "result.json"
-    if done.is_file():
-        log.info("%s generator: %s (exists)", mode, done)
-        return json.loads(done.read_text())
-    result = fit(cfg, resume=resume_path(cfg) is not None, enable_progress_bar=False)
-    scores = {k: v for k, v in result["metrics"].items() if k.startswith("val/")}
-    summary = {"mode": mode, "run_dir": str(result["run_dir"]), "checkpoint": str(result["checkpoint"]),
-               "samples": str(result["samples"]) if result["samples"] else None,
-               "tensorboard": str(result["run_dir"] / "tb"), "steps": result["global_step"],
-               "passes": int(result["module"].model.num_passes), "scores": scores}
-    done.write_text(json.dumps(summary, indent=1))
-    return summary
-
-
-def format_report(result: dict[str, Any]) -> str:
-    lines = [f"demo ({result['domain']}{', smoke' if result['smoke'] else ''}) finished in "
-             f"{result['seconds'] / 60:.1f} min",
-             f"  data:       {result['data']}", f"  tokenizer:  {result['tokenizer']}", f"  tokens:     {result['tokens']}"]
-    for mode, run in result["runs"].items():
-        scores = run["scores"]
-        fid = scores.get("val/fid", scores.get("val/fvd", scores.get("val/fvd_proxy_inception")))
-        name = next((k[4:] for k in ("val/fid", "val/fvd", "val/fvd_proxy_inception") if k in scores), "score")
-        text = {k[4:]: v for k, v in scores.items() if k.startswith("val/geneval_")}
-        lines += [f"  [{mode}] {run['steps']} steps, {run['passes']} forward passes per sample",
-                  f"    {name}: {fid:.2f}" if fid is not None else "    (no fidelity score)",
-                  *(["    text alignment: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(text.items()))] if text else []),
-                  f"    samples:     {run['samples']}",
-                  f"    checkpoint:  {run['checkpoint']}",
-                  f"    tensorboard: tensorboard --logdir {run['tensorboard']}"]
-    if "nar" in result["runs"] and "raster" in result["runs"]:
-        a, b = result["runs"]["nar"]["scores"], result["runs"]["raster"]["scores"]
-        key = "val/fid" if "val/fid" in a else next((k for k in a if k.startswith("val/fvd")), None)
-        if key and key in b:
-            ratio = a[key] / b[key]
-            speed = result["runs"]["raster"]["passes"] / result["runs"]["nar"]["passes"]
-            lines.append(f"  NAR / raster {key[4:]}: {a[key]:.2f} / {b[key]:.2f} = {ratio:.3f} "
-                         f"({'within' if ratio <= 1.15 else 'NOT within'} 15%); {speed:.1f}x fewer forward passes")
-    return "\n".join(lines)

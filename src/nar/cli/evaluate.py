@@ -33,13 +33,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nar.lightning.config import load_train_config
-    from nar.lightning.train import evaluate
+    from nar.config import load_config
+    from nar.runs.config import TrainConfig
+    from nar.workflows.train import evaluate
 
     overrides = [*device_overrides(args), *args.overrides]
     if not any(o.startswith("trainer.val_every=") for o in overrides):
         overrides.append("trainer.val_every=0")
-    cfg = load_train_config(args.config, overrides)
+    cfg = load_config(TrainConfig, args.config, overrides)
     scores = evaluate(cfg, args.ckpt, per_class=args.per_class, num_samples=args.num_samples)
     import lightning.fabric.utilities.rank_zero as rz
 

@@ -1,7 +1,9 @@
 """``nar`` — one entry point; each sub-command lives in its own module under ``nar.cli``.
 
 A module listed in ``SUBCOMMANDS`` defines ``register(subparsers)``, which adds its parser and sets
-``func`` to a callable taking the parsed ``argparse.Namespace`` and returning an exit code.
+``func`` to a callable taking the parsed ``argparse.Namespace`` and returning an exit code. The package's
+own errors end in one log line and their exit code (:mod:`nar.errors`: 2 for input to fix, 1 for a
+failure at run time, 75 for a run stopped by a signal after saving its checkpoint).
 """
 
 from __future__ import annotations
@@ -47,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except NarError as err:
+    except NarError as err:  # one line naming the file, key or value; 2 = fix the input, 1 = runtime failure
         logging.getLogger("nar").error("%s", err)
-        return 2
+        return err.exit_code
 
 
 if __name__ == "__main__":

@@ -49,10 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nar.lightning.config import load_train_config
-    from nar.lightning.train import fit
+    from nar.config import load_config
+    from nar.runs.config import TrainConfig
+    from nar.workflows.train import fit
 
-    cfg = load_train_config(args.config, [*device_overrides(args), *args.overrides])
+    cfg = load_config(TrainConfig, args.config, [*device_overrides(args), *args.overrides])
     out = fit(cfg, resume=args.resume)
     if out["trainer"].is_global_zero:
         scores = {k: v for k, v in out["metrics"].items() if k.startswith("val/")}

@@ -94,6 +94,15 @@ class TokenDataConfig(ShardDataConfig):
     caption_features: bool = False  # also yield capfeat / capmask (text-to-image)
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGINT/SIGTERM to the main process, which saves a checkpoint and then stops
+    them (Ctrl-C reaches the whole process group; a worker dying first would end the run with an error)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class ShardDataModule(L.LightningDataModule):
     """Base DataModule: subclasses say which meta ``kind`` they read and how samples are decoded."""
 
@@ -175,6 +184,7 @@ class ShardDataModule(L.LightningDataModule):
             # per-epoch worker seeds are drawn from this generator: reproducible, different each epoch
             generator=torch.Generator().manual_seed(self.cfg.seed),
             prefetch_factor=4 if workers > 0 else None,
+            worker_init_fn=ignore_stop_signals if workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -20,27 +20,16 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 import lightning as L
-from nar.config import to_dict
+from nar.config import from_dict, to_dict
 from nar.errors import NarError
-from nar.lightning.config import TrainConfig, train_config_from_dict
 from nar.model import NARModel
+from nar.runs.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(NarError):
     """The training loss became NaN or infinite; the message names the step and the batch."""
-
-
-def load_frozen_tokenizer(path: str, config: str = "") -> nn.Module:
-    """The tokenizer named by ``path`` (file or preset), in eval mode with gradients off."""
-    from nar.tokenizers import load_tokenizer
-
-    tok = load_tokenizer(path, config=config or None)
-    tok.eval()
-    for p in tok.parameters():
-        p.requires_grad_(False)
-    return tok
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
@@ -69,7 +58,7 @@ class GeneratorModule(L.LightningModule):
     def __init__(self, cfg: TrainConfig | dict[str, Any], tokenizer: nn.Module | None = None) -> None:
         super().__init__()
         if isinstance(cfg, dict):  # rebuilt from a checkpoint's hyper-parameters
-            cfg = train_config_from_dict(cfg)
+            cfg = from_dict(TrainConfig, cfg)
         self.cfg = cfg
         self.save_hyperparameters({"cfg": to_dict(cfg)})
         self.model = NARModel(cfg.model)
@@ -86,7 +75,10 @@ class GeneratorModule(L.LightningModule):
     @property
     def tokenizer(self) -> nn.Module | None:
         if self._tokenizer is None and self.cfg.tokenizer.path:
-            object.__setattr__(self, "_tokenizer", load_frozen_tokenizer(self.cfg.tokenizer.path, self.cfg.tokenizer.config))
+            from nar.tokenizers import load_tokenizer
+
+            frozen = load_tokenizer(self.cfg.tokenizer.path, config=self.cfg.tokenizer.config or None).requires_grad_(False)
+            object.__setattr__(self, "_tokenizer", frozen)
         if self._tokenizer is not None:
             self._tokenizer.to(self.device)
         return self._tokenizer
@@ -233,32 +225,3 @@ class GeneratorModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.ema_model is not None:
             self.ema_model.eval()
-
-
-def load_generator(path: str, cfg: TrainConfig | None = None, prefer_ema: bool = True,
-                   map_location: str | torch.device = "cpu") -> tuple[NARModel, TrainConfig | None]:
-    """A generator from one of our Lightning checkpoints (EMA weights by default) or an official ``.pt``.
-
-    Returns ``(model in eval mode, the run config stored in the checkpoint or None)``. Official
-    checkpoints are read with :func:`nar.model.official.load_official` and need ``cfg.model``.
-    """
-    from nar.checkpoints import load_file, load_strict
-    from nar.errors import CheckpointError
-    from nar.model.official import load_official
-
-    obj = load_file(path, what="generator checkpoint", map_location=map_location)
-    if isinstance(obj, dict) and "pytorch-lightning_version" in obj:
-        stored = obj.get("hyper_parameters", {}).get("cfg")
-        run_cfg = train_config_from_dict(stored) if stored else cfg
-        if run_cfg is None:
-            raise CheckpointError(f"{path}: no run config stored; pass --config")
-        state = obj["state_dict"]
-        prefix = "ema_model." if prefer_ema and any(k.startswith("ema_model.") for k in state) else "model."
-        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        model = NARModel(run_cfg.model)
-        load_strict(model, weights, source=f"{path} ({prefix[:-1]} weights)")
-        return model.eval(), run_cfg
-    if cfg is None:
-        raise CheckpointError(f"{path} is not a nar Lightning checkpoint; official checkpoints need a config (--config)")
-    model = load_official(path, cfg=cfg.model, prefer="ema" if prefer_ema and isinstance(obj, dict) and "ema" in obj else None)
-    return model.eval(), None

@@ -12,7 +12,6 @@ TensorBoard (images as a grid, videos as animated GIFs).
 
 from __future__ import annotations
 
-import io
 import logging
 from typing import Any
 
@@ -24,6 +23,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 import lightning as L
 from nar.config import from_dict, to_dict
 from nar.errors import ConfigError
+from nar.pictures import add_gif
 from nar.tokenizers.config import TokenizerLossConfig, TokenizerOptimConfig, TokenizerValConfig, VQConfig
 from nar.tokenizers.io import LIGHTNING_CONFIG_KEY
 from nar.tokenizers.losses import (
@@ -246,23 +246,3 @@ class TokenizerModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.batches_seen = int(checkpoint.get("batches_seen", 0))
-
-
-def add_gif(writer: Any, tag: str, videos: torch.Tensor, step: int, fps: int = 4) -> None:
-    """Write videos ``[B, 3, T, H, W]`` in [0, 1] to TensorBoard as one animated GIF (rows = videos).
-
-    TensorBoard's ``add_video`` needs moviepy; its image plugin plays GIFs, so we encode them with PIL.
-    """
-    from PIL import Image
-    from tensorboard.compat.proto.summary_pb2 import Summary
-
-    frames = videos.permute(2, 0, 3, 4, 1)  # [T, B, H, W, 3]
-    frames = frames.reshape(frames.shape[0], -1, *frames.shape[3:])  # videos stacked vertically
-    arrays = (frames * 255).round().to(torch.uint8).numpy()
-    images = [Image.fromarray(a) for a in arrays]
-    buf = io.BytesIO()
-    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-    height, width = arrays.shape[1:3]
-    summary = Summary(value=[Summary.Value(tag=tag, image=Summary.Image(
-        height=height, width=width, colorspace=3, encoded_image_string=buf.getvalue()))])
-    writer._get_file_writer().add_summary(summary, step)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from nar.errors import ConfigError
@@ -56,9 +57,9 @@ class FrechetVideoDistance(GaussianPairMetric):
         b, _, t, h, w = videos.shape
         x = to_uint8(videos, self.input_range).float() / 127.5 - 1  # the detector's [-1, 1]
         if (h, w) != (I3D_SIZE, I3D_SIZE):
-            frames = x.permute(0, 2, 1, 3, 4).reshape(b * t, 3, h, w)
+            frames = rearrange(x, "b c t h w -> (b t) c h w")
             frames = F.interpolate(frames, size=(I3D_SIZE, I3D_SIZE), mode="bilinear", align_corners=False)
-            x = frames.reshape(b, t, 3, I3D_SIZE, I3D_SIZE).permute(0, 2, 1, 3, 4)
+            x = rearrange(frames, "(b t) c h w -> b c t h w", b=b)
         if next(iter(self._detector.parameters()), x).device != x.device:
             self._detector.to(x.device)
         features = self._detector(x.contiguous(), rescale=False, resize=False, return_features=True)
@@ -91,7 +92,7 @@ class FVDProxyInception(GaussianPairMetric):
         b, _, t, h, w = videos.shape
         if t < 2:
             raise ConfigError(f"fvd_proxy_inception needs ≥ 2 frames, got {t}")
-        frames = to_uint8(videos, self.input_range).permute(0, 2, 1, 3, 4).reshape(b * t, 3, h, w)
+        frames = rearrange(to_uint8(videos, self.input_range), "b c t h w -> (b t) c h w")
         ext = self._extractor
         param = next(ext.parameters(), None)
         if param is not None and param.device != frames.device:

@@ -11,6 +11,7 @@ shapes grammar.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -38,6 +39,33 @@ class Record:
     spec: dict[str, Any] | None = None
 
 
+@dataclasses.dataclass
+class _LazyRecord:
+    """A record whose pixels are decoded only when this process keeps it."""
+
+    load: Any
+    spec: dict[str, Any] | None
+
+    def resolve(self, image_size: int | None) -> Record:
+        pixels = self.load()
+        if image_size is not None:
+            pixels = _fit(pixels, image_size)
+        return Record(pixels, self.spec)
+
+
+def _fit(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Images: the ADM centre crop to ``size``; videos ``[T, H, W, 3]``: frames resized to ``size``."""
+    from nar.data import transforms as T
+
+    if pixels.ndim == 4:
+        return T.resize_video(pixels, size)
+    if pixels.shape[:2] == (size, size):
+        return pixels
+    from PIL import Image
+
+    return T.center_crop_arr(Image.fromarray(pixels), size)
+
+
 def _spec_from(meta: dict[str, Any] | None, text: str | None) -> dict[str, Any] | None:
     from nar.shapes import parse_prompt
 
@@ -61,6 +89,14 @@ def _decode_image(data: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
+def _decode_image_file(path: Path) -> np.ndarray:
+    return _decode_image(path.read_bytes())
+
+
+def _decode_frames(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
 def shard_paths(source: str | Path, split: str | None = None) -> list[Path]:
     """The ``.tar`` shards of a dataset folder (``split`` from ``meta.json``), a shard folder or one shard."""
     source = Path(source)
@@ -79,11 +115,24 @@ def shard_paths(source: str | Path, split: str | None = None) -> list[Path]:
     return []
 
 
-def iter_records(source: str | Path, split: str | None = None, limit: int | None = None) -> Iterator[Record]:
-    """Samples of ``source`` in a fixed order (see the module docstring); at most ``limit``."""
+def iter_records(source: str | Path, split: str | None = None, limit: int | None = None, *,
+                 image_size: int | None = None, rank: int = 0, world_size: int = 1) -> Iterator[Record]:
+    """Samples of ``source`` in a fixed order (see the module docstring); at most ``limit``.
+
+    ``image_size``: images get the ADM centre crop to that size (the generator's resolution), video frames
+    a resize; ``None`` keeps the stored pixels. ``rank``/``world_size``: this process's share, sample ``i``
+    going to rank ``i % world_size`` (every rank reads the order, only its own samples are decoded), so the
+    ranks together see each of the first ``limit`` samples exactly once.
+    """
     source = Path(source)
     if not source.exists():
         raise DataError(f"samples not found: {source}")
+    for i, record in enumerate(_iter_raw_records(source, split, limit)):
+        if i % world_size == rank:
+            yield record.resolve(image_size)
+
+
+def _iter_raw_records(source: Path, split: str | None, limit: int | None) -> Iterator[_LazyRecord]:
     count = 0
 
     def done() -> bool:
@@ -101,7 +150,7 @@ def iter_records(source: str | Path, split: str | None = None, limit: int | None
         for i in range(arr.shape[0]):
             if done():
                 return
-            yield Record(arr[i], _spec_from(None, str(prompts[i]) if prompts is not None else None))
+            yield _LazyRecord(functools.partial(np.asarray, arr[i]), _spec_from(None, str(prompts[i]) if prompts is not None else None))
             count += 1
         return
 
@@ -116,12 +165,12 @@ def iter_records(source: str | Path, split: str | None = None, limit: int | None
                 meta = json.loads(raw["json"]) if "json" in raw else None
                 text = raw["txt"].decode("utf-8") if "txt" in raw else None
                 if "frames.npy" in raw:
-                    pixels = np.load(io.BytesIO(raw["frames.npy"]))
+                    load = functools.partial(_decode_frames, raw["frames.npy"])
                 elif "png" in raw or "jpg" in raw:
-                    pixels = _decode_image(raw.get("png") or raw["jpg"])
+                    load = functools.partial(_decode_image, raw.get("png") or raw["jpg"])
                 else:
                     continue  # token shards etc. carry no pixels
-                yield Record(pixels, _spec_from(meta, text))
+                yield _LazyRecord(load, _spec_from(meta, text))
                 count += 1
         return
 
@@ -134,7 +183,7 @@ def iter_records(source: str | Path, split: str | None = None, limit: int | None
                 return
             caption = path.with_suffix(".txt")
             text = caption.read_text().strip() if caption.is_file() else None
-            yield Record(_decode_image(path.read_bytes()), _spec_from(None, text))
+            yield _LazyRecord(functools.partial(_decode_image_file, path), _spec_from(None, text))
             count += 1
         return
     raise DataError(f"{source}: not an .npz, a .tar shard, a dataset/shard folder or an image folder")

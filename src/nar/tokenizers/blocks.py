@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 
@@ -21,15 +22,13 @@ def _fold_frames(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """``[B, C, T, H, W]`` -> ``[B*T, C, H, W]`` (images pass through); returns the frame count."""
     if x.dim() != 5:
         return x, 0
-    b, c, t, h, w = x.shape
-    return x.transpose(1, 2).reshape(b * t, c, h, w), t
+    return rearrange(x, "b c t h w -> (b t) c h w"), x.shape[2]
 
 
 def _unfold_frames(x: torch.Tensor, frames: int) -> torch.Tensor:
     if not frames:
         return x
-    bt, c, h, w = x.shape
-    return x.reshape(bt // frames, frames, c, h, w).transpose(1, 2)
+    return rearrange(x, "(b t) c h w -> b c t h w", t=frames)
 
 
 class FrameGroupNorm(nn.GroupNorm):

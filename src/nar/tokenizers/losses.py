@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from nar.checkpoints import read_checkpoint
@@ -26,7 +27,7 @@ VGG_STAGE_WIDTHS = (64, 128, 256, 512, 512)
 
 def frames_as_images(x: torch.Tensor) -> torch.Tensor:
     """``[B, C, T, H, W]`` -> ``[B*T, C, H, W]``; images pass through."""
-    return x.transpose(1, 2).flatten(0, 1) if x.dim() == 5 else x
+    return rearrange(x, "b c t h w -> (b t) c h w") if x.dim() == 5 else x
 
 
 def torchmetrics_lpips_heads() -> Path | None:

@@ -12,9 +12,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nar.ablation.config import AblationConfig, BenchConfig, VariantConfig, variant_overrides
-from nar.ablation.report import log_hparams, plot_score_vs_speed, read_rows, write_markdown, write_rows
+from nar.config import load_config
 from nar.errors import ConfigError
+from nar.runs.config import TrainConfig
+from nar.workflows.ablation.config import AblationConfig, BenchConfig, VariantConfig, variant_overrides
+from nar.workflows.ablation.report import (
+    log_hparams,
+    plot_score_vs_speed,
+    read_rows,
+    write_markdown,
+    write_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -22,18 +30,16 @@ SCORE_KEYS = ("val/fid", "val/fvd", "val/fvd_proxy_inception")
 
 
 def build_train_configs(cfg: AblationConfig, shared: Sequence[str] = ()) -> list[tuple[VariantConfig, Any]]:
-    """Each variant's :class:`~nar.lightning.config.TrainConfig`: base YAMLs <- the ablation's overrides <-
+    """Each variant's :class:`~nar.runs.TrainConfig`: base YAMLs <- the ablation's overrides <-
     ``shared`` (data paths, devices, command line) <- the variant's ``model.*``. Validates every variant
     before anything runs; errors name the variant and the key."""
-    from nar.lightning.config import load_train_config
-
     runs_root = cfg.out_dir / "runs"
     out = []
     for i, variant in enumerate(cfg.variants):
         overrides = [*cfg.overrides, *shared, f"name={variant.name}", f"runs_root={runs_root}",
                      *variant_overrides(variant)]
         try:
-            out.append((variant, load_train_config(cfg.base, overrides)))
+            out.append((variant, load_config(TrainConfig, cfg.base, overrides)))
         except ConfigError as err:
             raise ConfigError(f"variants[{i}] ({variant.name}): {err}") from None
     return out
@@ -47,7 +53,9 @@ def fingerprint(train_cfg: Any) -> str:
         data.pop(key)
     data["trainer"].pop("threads", None)
     m = data["model"]
-    blocks = list(m["head_blocks"])
+    m.pop("preset", None)  # informational: the fields decide
+    blocks = train_cfg.model.blocks_per_axis
+    m["head_blocks"] = blocks
     if m["mode"] == "nar" and m["head_sharing"] == "shared":
         m["head_blocks"], m["shared_axis"] = [blocks[m["shared_axis"]]], 0
     if m["mode"] == "raster":  # one head, one parent: sharing and mixing change nothing
@@ -64,8 +72,8 @@ def prepare_shared(cfg: AblationConfig, threads: int) -> list[str]:
     p = cfg.prepare
     if not p.domain:
         return []
-    from nar.cli.demo import ensure_embedded, ensure_tokenizer, ensure_tokens
     from nar.data.shards import read_meta
+    from nar.workflows.demo import ensure_embedded, ensure_tokenizer, ensure_tokens
 
     images = ensure_embedded(p.domain, Path(p.data), p.smoke)
     tok_dir = Path(p.tokenizer_dir) if p.tokenizer_dir else cfg.out_dir / "tokenizer"
@@ -108,10 +116,11 @@ def run_variant(variant: VariantConfig, train_cfg: Any, bench: BenchConfig) -> d
     """Train (resuming its own ``last.ckpt`` if a previous attempt was interrupted), score and time one
     variant; its row, or None on ranks other than 0."""
     from nar.lightning.logs import read_metrics
-    from nar.lightning.train import fit, resume_path
+    from nar.runs.folder import has_checkpoints
+    from nar.workflows.train import fit
 
     start = time.perf_counter()
-    result = fit(train_cfg, resume=resume_path(train_cfg) is not None, enable_progress_bar=False)
+    result = fit(train_cfg, resume=has_checkpoints(train_cfg.run_dir), enable_progress_bar=False)
     seconds = time.perf_counter() - start
     if not result["trainer"].is_global_zero:
         return None
@@ -123,7 +132,7 @@ def run_variant(variant: VariantConfig, train_cfg: Any, bench: BenchConfig) -> d
     m = train_cfg.model
     return {
         "variant": variant.name, "label": variant.label, "mode": m.mode, "head_sharing": m.head_sharing,
-        "shared_axis": m.shared_axis, "head_blocks": json.dumps(list(m.head_blocks)), "head_layout": m.head_layout,
+        "shared_axis": m.shared_axis, "head_blocks": json.dumps(m.blocks_per_axis), "head_layout": m.head_layout,
         "mixing": m.mixing, "score_name": score_key[4:] if score_key else "",
         "score": scores[score_key] if score_key else None, "paper_score": variant.paper_score,
         "val_loss": scores.get("val/loss"), "forward_passes": int(model.num_passes),
@@ -182,7 +191,7 @@ def run_ablation(cfg: AblationConfig, shared: Sequence[str] = (), only: Sequence
             log.info("%s: the same network as %s; its row is reused", variant.name, twin["variant"])
             row = {**twin, "variant": variant.name, "label": variant.label, "paper_score": variant.paper_score,
                    "head_sharing": train_cfg.model.head_sharing, "shared_axis": train_cfg.model.shared_axis,
-                   "head_blocks": json.dumps(list(train_cfg.model.head_blocks)),
+                   "head_blocks": json.dumps(train_cfg.model.blocks_per_axis),
                    "head_layout": train_cfg.model.head_layout, "same_as": twin["variant"]}
         else:
             log.info("%s: training %s", variant.name, " ".join(variant_overrides(variant)) or "(base config)")

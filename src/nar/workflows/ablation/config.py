@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from nar.config import load_config
+from nar.config import config_path, load_config
 from nar.errors import ConfigError
 from nar.model import NARConfig
 
@@ -114,11 +114,13 @@ class AblationConfig:
 def load_ablation_config(path: str | Path, overrides: Sequence[str] = ()) -> AblationConfig:
     """Schema defaults <- the YAML <- ``key=value`` overrides of the *ablation* keys (``out=...``).
 
-    ``base`` paths are resolved against the working directory first, then the YAML's folder.
+    ``path`` may name a packaged grid (``ablations/heads_emoji.yaml``). ``base`` paths are resolved against
+    the working directory first, then the YAML's folder, then the packaged experiment configs.
     """
+    path = config_path(path)
     cfg = load_config(AblationConfig, [path], overrides)
     here = Path(path).resolve().parent
-    cfg.base = [str(p if Path(p).is_file() else here / p) for p in cfg.base]
+    cfg.base = [str(p if Path(p).is_file() else here / p if (here / p).is_file() else config_path(p)) for p in cfg.base]
     return cfg
 
 

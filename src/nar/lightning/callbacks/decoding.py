@@ -1,6 +1,4 @@
-"""Side work of generator training, run where rank matters: frontier-decoding validation and a metrics file.
-
-:class:`FrontierDecodingCallback` (validation): samples a fixed set of conditions with the fast
+"""Frontier-decoding validation: :class:`FrontierDecodingCallback`: samples a fixed set of conditions with the fast
 sampler, decodes them to pixels, logs an image grid (videos: an animated GIF and a frames grid) and a
 PNG under ``<run>/samples/``, logs forward passes and images/s, and feeds generated and real samples to
 torchmetrics (FID and friends for images, FVD or its named proxy for videos) whose sufficient
@@ -13,92 +11,29 @@ into chunks of ``eval.batch_size``, chunk ``c`` goes to rank ``c % world`` and i
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
 import lightning as L
-from nar.lightning.config import EvalConfig, TrainConfig
+from nar.metrics.registry import build_metrics
+from nar.metrics.sources import iter_batches, iter_records
 from nar.model import NARModel
-from nar.sampling import SamplingConfig
+from nar.pictures import add_gif, sample_grid, save_png, to_unit
+from nar.runs.config import TrainConfig
+from nar.sampling import make_sampler
 
 log = logging.getLogger(__name__)
-
-
-def make_sampler(model: NARModel, batch: int, sampling: SamplingConfig, cond_mask: torch.Tensor | None = None):
-    """A callable ``(cond, generator) -> tokens [B, *grid]``: the fast sampler when it is available."""
-    try:
-        from nar.sampling.fast import FastSampler
-
-        return FastSampler(model, batch=batch, sampling=sampling, cond_mask=cond_mask)
-    except ImportError:  # pragma: no cover - the plain loop has the same semantics
-        from nar.sampling import generate
-
-        return lambda cond, generator=None: generate(model, cond, sampling, cond_mask=cond_mask, generator=generator)
 
 
 def condition_list(model: NARModel, num_samples: int) -> torch.Tensor:
     """The fixed class ids ``[num_samples]`` validation samples: round-robin over the classes."""
     return torch.arange(num_samples) % model.cfg.num_classes
-
-
-def build_metrics(eval_cfg: EvalConfig, video: bool) -> dict[str, Any]:
-    """torchmetrics objects named by ``eval.metrics`` for images or videos (real statistics kept across resets)."""
-    from nar.metrics import FrechetVideoDistance, FVDProxyInception, ImageFidelity
-
-    wanted = list(eval_cfg.metrics)
-    out: dict[str, Any] = {}
-    if video:
-        if "fvd" in wanted or "fvd_proxy" in wanted:
-            if eval_cfg.i3d_path:
-                out["fvd"] = FrechetVideoDistance(eval_cfg.i3d_path, reset_real_features=False)
-            else:
-                out["fvd"] = FVDProxyInception(reset_real_features=False)
-    else:
-        image = [m for m in wanted if m in ("fid", "is", "pr")]
-        if "is" in image and not eval_cfg.inception_weights:
-            log.warning("eval.metrics: skipping 'is' — the default FID network has no classifier; "
-                        "set eval.inception_weights to a torch-fidelity Inception file with its fc layer")
-            image.remove("is")
-        if "pr" in image and eval_cfg.reference_stats and not eval_cfg.real_root:
-            log.warning("eval.metrics: skipping 'pr' — precision/recall need real images (eval.real_root)")
-            image.remove("pr")
-        if image:
-            metric = ImageFidelity(metrics=image, reset_real_features=False,
-                                   inception_weights=eval_cfg.inception_weights or None)
-            if eval_cfg.reference_stats:
-                metric.set_reference(eval_cfg.reference_stats)
-            out["image"] = metric
-    return out
-
-
-def to_unit(pixels: torch.Tensor) -> torch.Tensor:
-    """``[-1, 1]`` → ``[0, 1]``, clamped."""
-    return ((pixels.float() + 1) / 2).clamp(0, 1)
-
-
-def image_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
-    """``[B, 3, H, W]`` in [0, 1] → one ``[3, H', W']`` grid."""
-    from torchvision.utils import make_grid
-
-    nrow = nrow or max(1, int(math.ceil(math.sqrt(images.shape[0]))))
-    return make_grid(images, nrow=nrow, padding=1, pad_value=1.0)
-
-
-def save_png(grid: torch.Tensor, path: Path) -> Path:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = (grid.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    Image.fromarray(arr).save(path)
-    return path
 
 
 class FrontierDecodingCallback(Callback):
@@ -155,7 +90,10 @@ class FrontierDecodingCallback(Callback):
         was_training = model.training
         model.eval()
         if self.metrics is None:
-            self.metrics = build_metrics(self.eval, video) if tokenizer is not None else {}
+            e = self.eval
+            self.metrics = build_metrics(e.metrics, video=video, inception_weights=e.inception_weights,
+                                         i3d_path=e.i3d_path, reference_stats=e.reference_stats,
+                                         have_real=bool(e.real_root)) if tokenizer is not None else {}
             if self.eval.compile_decoder and tokenizer is not None and device.type == "cuda":
                 tokenizer.decoder.compile()  # in place, once; the first decode compiles
         for m in self.metrics.values():
@@ -266,8 +204,11 @@ class FrontierDecodingCallback(Callback):
             return
         device = pl_module.device
         if self.eval.real_root:
-            for pixels in iter_real(self.eval, trainer.global_rank, trainer.world_size, video,
-                                    tokenizer_size=_tokenizer_size(tokenizer)):
+            e = self.eval
+            size = getattr(getattr(tokenizer, "config", None), "image_size", None)
+            records = iter_records(e.real_root, e.real_split, e.num_real or e.num_samples, image_size=size,
+                                   rank=trainer.global_rank, world_size=trainer.world_size)
+            for pixels, _ in iter_batches(records, e.batch_size):
                 for m in self.metrics.values():
                     m.update(pixels.to(device), real=True)
         else:
@@ -288,19 +229,12 @@ class FrontierDecodingCallback(Callback):
         pix = to_unit(torch.cat(samples)[: self.eval.grid_samples]).cpu()
         step = trainer.global_step
         writer = _tb_writer(trainer)
-        if video:
-            b, _, t, h, w = pix.shape
-            frames = pix.permute(0, 2, 1, 3, 4).reshape(b * t, 3, h, w)  # rows = samples, columns = frames
-            grid = image_grid(frames, nrow=t)
-            if writer is not None:
-                try:
-                    from nar.lightning.tokenizer_module import add_gif
-
-                    add_gif(writer, "val/samples_video", pix[:8], step)
-                except Exception as err:  # noqa: BLE001 - a picture must never stop training
-                    log.warning("could not log the video summary: %s", err)
-        else:
-            grid = image_grid(pix)
+        grid = sample_grid(pix)  # videos: a row of frames per sample
+        if video and writer is not None:
+            try:
+                add_gif(writer, "val/samples_video", pix[:8], step)
+            except Exception as err:  # noqa: BLE001 - a picture must never stop training
+                log.warning("could not log the video summary: %s", err)
         if writer is not None:
             writer.add_image("val/samples", grid, step)
         path = save_png(grid, self.run_dir / "samples" / f"step_{step:07d}.png")
@@ -309,46 +243,6 @@ class FrontierDecodingCallback(Callback):
             prompts = "\n".join(self._val_texts[: pix.shape[0]]) + "\n"
             (self.run_dir / "samples" / f"step_{step:07d}.txt").write_text(prompts)
         self.last_grid = path
-
-
-class MetricsFileCallback(Callback):
-    """Appends every validation's ``val/*`` scalars to ``<run>/metrics.jsonl`` (rank 0), for scripts and tests."""
-
-    def __init__(self, run_dir: str | Path) -> None:
-        super().__init__()
-        self.path = Path(run_dir) / "metrics.jsonl"
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        row = {"step": trainer.global_step}
-        row.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-
-
-def iter_real(eval_cfg: EvalConfig, rank: int, world: int, video: bool, tokenizer_size: int | None = None):
-    """This rank's share of the first ``num_real`` (or ``num_samples``) real samples, as pixel batches."""
-    from nar.data.datamodules import datamodule_for
-    from nar.data.readers import ShardStream
-
-    overrides: dict[str, Any] = {"num_workers": 0}
-    if tokenizer_size:
-        overrides["image_size"] = tokenizer_size
-    dm = datamodule_for(eval_cfg.real_root, **overrides)
-    index = dm.split_index(eval_cfg.real_split)
-    n = min(index.total, eval_cfg.num_real or eval_cfg.num_samples)
-    stream = ShardStream(index, dm.eval_transform(), sample_ids=np.arange(n), rank=rank, world_size=world)
-    key = "video" if video else "image"
-    loader = torch.utils.data.DataLoader(stream, batch_size=eval_cfg.batch_size, num_workers=0)
-    for batch in loader:
-        yield batch[key]
-
-
-def _tokenizer_size(tokenizer: Any) -> int | None:
-    cfg = getattr(tokenizer, "config", None)
-    return getattr(cfg, "image_size", None)
 
 
 def _tb_writer(trainer: L.Trainer):

@@ -1,0 +1,133 @@
+"""One Lightning ``Trainer`` for every run (generators and tokenizers), and one run-folder layout.
+
+A run folder ``<runs_root>/<name>/`` holds::
+
+    config.yaml          the validated run config (written once the run has started)
+    tb/                  TensorBoard logs
+    checkpoints/         step_<step>.ckpt every trainer.ckpt_every steps, and last.ckpt
+    metrics.jsonl        every validation's scores (generators)
+    samples/             PNG sample grids (generators)
+    tokenizer.pt         the exported tokenizer (tokenizer runs)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+
+import lightning as L
+from nar.errors import RunInterrupted
+from nar.lightning.callbacks.run_guard import PreemptionCallback, RunConfigCallback
+from nar.lightning.checkpointing import AtomicCheckpointIO
+from nar.locks import FolderLock
+from nar.runs.config import DataSection, RunConfig, val_batches
+from nar.runs.folder import CHECKPOINTS
+
+log = logging.getLogger(__name__)
+
+TENSORBOARD = "tb"
+LAST = "last.ckpt"
+
+
+def resolve_accelerator(accelerator: str) -> str:
+    """``auto`` → ``gpu`` when CUDA is available, else ``cpu``."""
+    if accelerator == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return accelerator
+
+
+def strategy_for(run: RunConfig, block_types: set[type] | None = None) -> Any:
+    """The Lightning strategy of ``trainer.strategy``: DDP (gloo on CPU, NCCL on GPUs) when more than one
+    process runs, FSDP wrapping each of ``block_types`` when asked."""
+    t = run.trainer
+    if t.strategy == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        return FSDPStrategy(auto_wrap_policy=block_types or set(), sharding_strategy="FULL_SHARD",
+                            state_dict_type="full")
+    if t.strategy == "ddp" or (t.strategy == "auto" and t.world_size > 1):
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(process_group_backend=None, find_unused_parameters=False)
+    return "auto"
+
+
+def build_trainer(run: RunConfig, data: DataSection, callbacks: list | None = None, *, grad_clip: float = 0.0,
+                  strategy: Any = None, logger: bool = True, enable_progress_bar: bool | None = None) -> L.Trainer:
+    """The trainer of ``run``: its accelerator, precision (CPU runs fall back to full precision), strategy,
+    step budget, validation and checkpoint cadence, TensorBoard logger and learning-rate monitor.
+
+    ``grad_clip`` > 0 clips gradients by global norm (automatic optimisation only); ``strategy``
+    overrides :func:`strategy_for` (e.g. DDP with unused parameters for a GAN's idle discriminator).
+    """
+    t = run.trainer
+    run_dir = run.run_dir
+    accelerator = resolve_accelerator(t.accelerator)
+    precision = t.precision
+    if accelerator == "cpu" and precision in ("bf16-mixed", "16-mixed"):
+        log.info("CPU run: precision %s -> 32-true", precision)
+        precision = "32-true"
+    every = t.ckpt_every or t.max_steps
+    callbacks = [
+        RunConfigCallback(run),
+        PreemptionCallback(run_dir / CHECKPOINTS / LAST),
+        *(callbacks or []),
+        # No "-v1" copies: a resumed (or copied) run keeps writing last.ckpt, and resume reads by content.
+        ModelCheckpoint(dirpath=run_dir / CHECKPOINTS, filename="step_{step:07d}", auto_insert_metric_name=False,
+                        every_n_train_steps=every, save_top_k=-1, save_last=True, enable_version_counter=False),
+    ]
+    loggers = []
+    if logger:
+        loggers.append(TensorBoardLogger(str(run_dir), name=TENSORBOARD, version="", default_hp_metric=False))
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    return L.Trainer(
+        accelerator=accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=strategy if strategy is not None else strategy_for(run),
+        precision=precision, max_steps=t.max_steps, max_epochs=-1,
+        val_check_interval=t.val_every if t.val_every else None, check_val_every_n_epoch=None if t.val_every else 10**9,
+        num_sanity_val_steps=0, limit_val_batches=val_batches(data),
+        gradient_clip_val=grad_clip or None, gradient_clip_algorithm="norm",
+        accumulate_grad_batches=t.accumulate, log_every_n_steps=t.log_every, logger=loggers or False,
+        callbacks=callbacks, plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir),
+        use_distributed_sampler=False,
+        enable_progress_bar=enable_progress_bar if enable_progress_bar is not None else os.isatty(2),
+        enable_model_summary=False, deterministic=t.deterministic or None,
+    )
+
+
+def prepare_process(run: RunConfig) -> None:
+    """Per-process set-up every run does first: CPU threads and the seed (workers included)."""
+    if run.trainer.threads:
+        torch.set_num_threads(run.trainer.threads)
+    L.seed_everything(run.trainer.seed, workers=True, verbose=False)
+
+
+@contextlib.contextmanager
+def run_folder_lock(run: RunConfig) -> Iterator[None]:
+    """Hold ``run.run_dir`` exclusively for this job (rank 0 takes the lock; the other ranks are its own)."""
+    if rank_zero_only.rank != 0:
+        yield
+        return
+    with FolderLock(run.run_dir, f"training {run.name}"):
+        yield
+
+
+def fit_or_interrupt(trainer: L.Trainer, module: L.LightningModule, **fit_kwargs: Any) -> None:
+    """``trainer.fit``; a stop asked by SIGINT/SIGTERM (checkpoint saved) becomes :class:`RunInterrupted`."""
+    guard = next(c for c in trainer.callbacks if isinstance(c, PreemptionCallback))
+    try:
+        trainer.fit(module, **fit_kwargs)
+    except SystemExit:  # Lightning's own SIGTERM stop, raised after our checkpoint was saved
+        if guard.saved is None:
+            raise
+    if guard.saved is not None:
+        raise RunInterrupted(f"stopped by {guard.signal_name} at step {trainer.global_step}; checkpoint saved to "
+                             f"{guard.saved}; continue with --resume")

@@ -1,0 +1,44 @@
+"""The metric objects an evaluation asks for by name (``fid``, ``is``, ``pr``, ``fvd``, ``fvd_proxy``)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+IMAGE_METRICS = ("fid", "is", "pr")
+VIDEO_METRICS = ("fvd", "fvd_proxy")
+
+
+def build_metrics(names: list[str] | tuple[str, ...], *, video: bool, inception_weights: str = "", i3d_path: str = "",
+                  reference_stats: str = "", have_real: bool = True) -> dict[str, Any]:
+    """torchmetrics objects for ``names``, keyed ``image`` / ``fvd``; real statistics survive ``reset()``.
+
+    Images: one :class:`~nar.metrics.ImageFidelity` computing every asked image metric (``is`` needs an
+    Inception with its classifier, ``inception_weights``; ``pr`` needs real images, not only statistics).
+    Videos: FVD with a local I3D (``i3d_path``), else the Inception proxy, reported under its own name.
+    """
+    from nar.metrics import FrechetVideoDistance, FVDProxyInception, ImageFidelity
+
+    wanted = list(names)
+    out: dict[str, Any] = {}
+    if video:
+        if any(m in wanted for m in VIDEO_METRICS):
+            out["fvd"] = (FrechetVideoDistance(i3d_path, reset_real_features=False) if i3d_path
+                          else FVDProxyInception(reset_real_features=False))
+        return out
+    image = [m for m in wanted if m in IMAGE_METRICS]
+    if "is" in image and not inception_weights:
+        log.warning("eval.metrics: skipping 'is' — the default FID network has no classifier; "
+                    "set eval.inception_weights to a torch-fidelity Inception file with its fc layer")
+        image.remove("is")
+    if "pr" in image and reference_stats and not have_real:
+        log.warning("eval.metrics: skipping 'pr' — precision/recall need real images (eval.real_root)")
+        image.remove("pr")
+    if image:
+        metric = ImageFidelity(metrics=image, reset_real_features=False, inception_weights=inception_weights or None)
+        if reference_stats:
+            metric.set_reference(reference_stats)
+        out["image"] = metric
+    return out

@@ -1,0 +1,289 @@
+"""Typed run configurations: one trainer section and one run-folder identity for generators and tokenizers.
+
+``TrainConfig`` (``nar train`` / ``nar evaluate``) nests the generator's :class:`~nar.model.NARConfig`,
+the data, optimiser, EMA, trainer, sampling and evaluation settings; ``TokenizerRunConfig``
+(``nar train-tokenizer``) nests the VQ model, its losses and its data. Both share :class:`RunConfig`:
+``name`` and ``runs_root`` make the run folder ``<runs_root>/<name>/``, and ``trainer`` is the same
+:class:`TrainerConfig` with the same keys. YAML files in ``experiments/`` only override these defaults
+(:func:`nar.config.load_config`); unknown keys and bad values fail at start-up naming the full key.
+
+Range checks raise :class:`~nar.errors.ConfigError` with the field name as ``key``; the loader adds the
+section (``optim.lr``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nar.errors import ConfigError
+from nar.model import NARConfig
+from nar.sampling import SamplingConfig
+from nar.text import TextEncoderConfig
+from nar.tokenizers.config import TokenizerLossConfig, TokenizerOptimConfig, TokenizerValConfig, VQConfig
+
+SCHEDULES = ("constant", "cosine", "linear")
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
+STRATEGIES = ("auto", "ddp", "fsdp")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+METRICS = ("fid", "is", "pr", "fvd", "fvd_proxy", "text")
+
+
+def _at_least(obj: object, minimum: int | float, *keys: str, optional: bool = False) -> None:
+    for key in keys:
+        value = getattr(obj, key)
+        if optional and value is None:
+            continue
+        if value < minimum:
+            raise ConfigError(f"must be >= {minimum}{' or null' if optional else ''}, got {value}", key=key)
+
+
+def _one_of(obj: object, key: str, allowed: tuple[str, ...]) -> None:
+    if getattr(obj, key) not in allowed:
+        raise ConfigError(f"'{getattr(obj, key)}' is not one of {allowed}", key=key)
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared by every run
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning trainer settings, the same keys for generator and tokenizer runs.
+
+    ``devices``/``num_nodes`` are per-node GPUs (or CPU processes) and nodes; ``threads`` sets
+    ``torch.set_num_threads`` (0 = torch's default) for CPU runs on shared machines.
+    """
+
+    max_steps: int = 1000
+    precision: str = "bf16-mixed"  # CPU runs fall back to 32-true
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | fsdp (FSDP shards each transformer block, for XL/XXL)
+    compile: bool = False  # torch.compile the training forward (generators)
+    val_every: int = 1000  # steps between validations (0 = only at the end)
+    ckpt_every: int = 1000  # steps between checkpoints (always one at the end)
+    log_every: int = 50
+    seed: int = 0
+    threads: int = 0
+    accumulate: int = 1
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "max_steps", "devices", "num_nodes", "log_every", "accumulate")
+        _at_least(self, 0, "val_every", "ckpt_every", "threads")
+        _one_of(self, "precision", PRECISIONS)
+        _one_of(self, "strategy", STRATEGIES)
+        _one_of(self, "accelerator", ACCELERATORS)
+
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.num_nodes
+
+
+@dataclass
+class RunConfig:
+    """What every run has: its folder ``<runs_root>/<name>/`` and its trainer settings."""
+
+    name: str = "run"
+    runs_root: str = "runs"
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name or self.name in (".", ".."):
+            raise ConfigError(f"'{self.name}' is not a folder name", key="name")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_root) / self.name
+
+
+@dataclass
+class DataSection:
+    """Shard folder and batching, the keys every run's ``data`` section has.
+
+    ``val_split`` is the split evaluation reads, by role: ``val``, ``test`` or any split in ``meta.json``.
+    """
+
+    root: str = ""
+    train_split: str = "train"
+    val_split: str = "val"
+    batch_size: int = 256  # per process
+    eval_batch_size: int | None = None
+    num_workers: int = 4
+    shuffle_buffer: int = 2000
+    limit_val_samples: int | None = None  # validate on at most this many samples
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "batch_size", "shuffle_buffer")
+        _at_least(self, 0, "num_workers")
+        _at_least(self, 1, "eval_batch_size", "limit_val_samples", optional=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Generator runs
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig(DataSection):
+    """Token shards (``nar data tokens``), or image/video shards tokenized on the fly."""
+
+    samples_per_epoch: int | None = None
+    image_size: int | None = None  # pixels on the fly: None = the shards' size
+    random_augmentation: bool = True  # token shards: pick one of the stored crops (ten-crop extraction)
+    caption_features: bool = False  # text-to-image token shards
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _at_least(self, 1, "samples_per_epoch", "image_size", optional=True)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW; weight decay only on >= 2-D weights (matrices and embeddings), never on norms."""
+
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = 0.05
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    schedule: str = "constant"  # after warm-up: constant | cosine | linear (decay to min_lr_ratio * lr)
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0  # 0 = off
+    cond_dropout: float = 0.1  # class / caption dropped to null (CFG training)
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"must be > 0, got {self.lr}", key="lr")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"needs two values in [0, 1), got {list(self.betas)}", key="betas")
+        _at_least(self, 0, "weight_decay", "warmup_steps", "grad_clip", "eps")
+        _one_of(self, "schedule", SCHEDULES)
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"must be in [0, 1], got {self.min_lr_ratio}", key="min_lr_ratio")
+        if not 0.0 <= self.cond_dropout < 1.0:
+            raise ConfigError(f"must be in [0, 1), got {self.cond_dropout}", key="cond_dropout")
+
+
+@dataclass
+class EMAConfig:
+    """Exponential moving average of the weights; evaluation and sampling use it when enabled."""
+
+    enabled: bool = True
+    decay: float = 0.9999
+    warmup: bool = True  # effective decay min(decay, (1 + step) / (10 + step)): short runs still average
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.decay < 1.0:
+            raise ConfigError(f"must be in [0, 1), got {self.decay}", key="decay")
+
+
+@dataclass
+class TokenizerRef:
+    """The frozen tokenizer: decodes samples to pixels, and tokenizes pixel shards on the fly."""
+
+    path: str = ""  # our tokenizer file / Lightning checkpoint, an official VQ .pt, or a preset name
+    config: str = ""  # preset name describing an official checkpoint ("" = inferred from the weights)
+
+
+@dataclass
+class EvalConfig:
+    """Frontier-decoding validation (during training) and ``nar evaluate``."""
+
+    # Validation: generate this many samples (round-robin over classes, or over the first captions).
+    num_samples: int = 64
+    grid_samples: int = 64  # how many of them go into the logged image grid
+    batch_size: int = 64
+    real_root: str = ""  # image/video shard folder of real samples ("" = tokenizer reconstructions of val tokens)
+    real_split: str = "val"
+    num_real: int = 0  # 0 = as many as generated
+    metrics: list[str] = field(default_factory=lambda: ["fid"])  # fid, is, pr, fvd, fvd_proxy, text
+    inception_weights: str = ""  # "" = the offline-converted FID InceptionV3
+    i3d_path: str = ""  # TorchScript I3D for FVD ("" = the Inception proxy, reported as fvd_proxy_inception)
+    reference_stats: str = ""  # ADM-style .npz with the reference mu/sigma (instead of real samples)
+    per_class: int = 50  # nar evaluate: samples per class
+    seed: int = 0
+    # On a GPU, torch.compile the tokenizer's decoder once (VQ-16 bf16 decode 390 -> 1099 img/s on an H100,
+    # ~20 s to compile): worth it for FID-10k/50k evaluations, not for a 64-sample validation.
+    compile_decoder: bool = False
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "num_samples", "batch_size", "per_class")
+        _at_least(self, 0, "grid_samples", "num_real")
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown:
+            raise ConfigError(f"unknown {unknown}; known: {METRICS}", key="metrics")
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """One generator run: everything ``nar train`` needs."""
+
+    model: NARConfig = field(default_factory=NARConfig)
+    tokenizer: TokenizerRef = field(default_factory=TokenizerRef)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    # Caption models: the frozen text encoder whose features the model reads (pre-extracted into the token
+    # shards by `nar data tokens --text-encoder`, or computed on the fly from the batch captions; `nar sample`
+    # encodes prompts with it). Its max_len follows model.caption_len.
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    # Weights to start from when the run has no checkpoint yet (e.g. stage 2 at 512 px from stage 1 at 256 px):
+    # our .ckpt (EMA weights) or an official .pt. Rotary positions make the weights grid-independent.
+    init_from: str = ""
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenizer runs
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TokenizerDataConfig(DataSection):
+    """Image or video shards the tokenizer learns to reconstruct."""
+
+    batch_size: int = 32
+    eval_batch_size: int | None = 32
+    num_workers: int = 2
+    shuffle_buffer: int = 1000
+    limit_val_samples: int | None = 256
+    hflip: bool = False  # random horizontal flips while training
+
+
+@dataclass
+class TokenizerRunConfig(RunConfig):
+    """One tokenizer run: everything ``nar train-tokenizer`` needs. ``model.preset`` names a VQ preset."""
+
+    name: str = "tokenizer"
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(
+        max_steps=2000, precision="32-true", val_every=500, ckpt_every=500, log_every=20))
+    model: VQConfig = field(default_factory=VQConfig)
+    loss: TokenizerLossConfig = field(default_factory=TokenizerLossConfig)
+    optim: TokenizerOptimConfig = field(default_factory=TokenizerOptimConfig)
+    val: TokenizerValConfig = field(default_factory=TokenizerValConfig)
+    data: TokenizerDataConfig = field(default_factory=TokenizerDataConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # The discriminator step bypasses a grad scaler, and the tokenizer has no sharded or accumulated path.
+        if self.trainer.precision not in ("32-true", "bf16-mixed"):
+            raise ConfigError(f"tokenizers train in '32-true' or 'bf16-mixed', got {self.trainer.precision!r}",
+                              key="trainer.precision")
+        if self.trainer.strategy == "fsdp":
+            raise ConfigError("tokenizers train with ddp (72M parameters fit every GPU)", key="trainer.strategy")
+        if self.trainer.accumulate != 1:
+            raise ConfigError("tokenizer training steps every batch (manual optimisation)", key="trainer.accumulate")
+
+
+def val_batches(data: DataSection) -> int | float:
+    """``limit_val_batches`` for Lightning from ``data.limit_val_samples`` (1.0 = the whole split)."""
+    if data.limit_val_samples is None:
+        return 1.0
+    return max(1, math.ceil(data.limit_val_samples / (data.eval_batch_size or data.batch_size)))
