@@ -38,14 +38,14 @@ test-slow: $(VENV)/.installed ## run only the slow tests
 test-all: $(VENV)/.installed ## run every test, slow and gpu included
 	$(PY) -m pytest -q -m "" $(ARGS)
 
-lint: $(VENV)/.installed ## ruff check
-	$(VENV)/bin/ruff check src tests
+lint: $(VENV)/.installed ## ruff check over the whole repository (src, tests, benchmarks, experiments, notebooks)
+	$(VENV)/bin/ruff check .
 
 bench: $(VENV)/.installed ## sampling benchmark on the GPU (NAR-L, CFG 2.0, bf16, batch 64 and 256)
-	$(NAR) bench --preset NAR-L --batch 64 256 --cfg 2.0 --dtype bf16 --device cuda --reference --tokenizer-decode --decode-dtype fp32 bf16 --decode-compile $(ARGS)
+	$(NAR) bench --preset NAR-L --batch 64 256 --guidance 2.0 --dtype bf16 --device cuda --reference --tokenizer-decode --decode-dtype fp32 bf16 --decode-compile $(ARGS)
 
 bench-cpu: $(VENV)/.installed ## CPU benchmark: NAR vs raster on a small trunk, 16x16 grid, batch 8, bf16, 5 alternating rounds (ARGS="--dtype fp32")
-	$(NAR) bench --preset bench-cpu --batch 8 --cfg 1.0 --dtype bf16 --device cpu --reference --warmup 3 --iters 2 --rounds 5 $(ARGS)
+	$(NAR) bench --preset bench-cpu --batch 8 --guidance 1.0 --dtype bf16 --device cpu --reference --warmup 3 --iters 2 --rounds 5 $(ARGS)
 
 data-embedded: $(VENV)/.installed ## build the embedded emoji/atari/shapes shards under data/
 	$(NAR) data embedded --out data/embedded $(ARGS)

@@ -12,14 +12,14 @@ $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_na
 echo "== gpu tests"
 timeout 150 $PY -m pytest -q -p no:cacheprovider -m gpu tests/sampling tests/model 2>&1 | tail -3 | tee "$OUT/gpu_tests.txt"
 echo "== NAR-L: NAR vs raster vs reference, CFG 2.0, bf16; VQ-16 decode fp32 and bf16, eager and compiled"
-timeout 240 $PY -m nar.cli.main bench --preset NAR-L --batch 64 256 --cfg 2.0 --dtype bf16 --device cuda \
+timeout 240 $PY -m nar.cli.main bench --preset NAR-L --batch 64 256 --guidance 2.0 --dtype bf16 --device cuda \
     --reference --tokenizer-decode --decode-dtype fp32 bf16 --decode-compile --iters 5 --min-time 2 --out "$OUT" 2>&1 \
     | grep -v -e Warning -e "return t.to" | tee "$OUT/bench_nar_l.txt"
 echo "== NAR-L with PyTorch's SDPA instead of the small-query kernel (the attention change, side by side)"
-timeout 90 $PY -m nar.cli.main bench --preset NAR-L --batch 64 256 --cfg 2.0 --dtype bf16 --device cuda \
+timeout 90 $PY -m nar.cli.main bench --preset NAR-L --batch 64 256 --guidance 2.0 --dtype bf16 --device cuda \
     --no-raster --attention sdpa --iters 5 --min-time 2 --out "$OUT" 2>&1 \
     | grep -v -e Warning -e "return t.to" | tail -8 | tee "$OUT/bench_nar_l_sdpa.txt"
 echo "== NAR-L compiled blocks (inductor) inside the CUDA graph"
-timeout ${COMPILE_TIMEOUT:-200} $PY -m nar.cli.main bench --preset NAR-L --batch 64 256 --cfg 2.0 --dtype bf16 \
+timeout ${COMPILE_TIMEOUT:-200} $PY -m nar.cli.main bench --preset NAR-L --batch 64 256 --guidance 2.0 --dtype bf16 \
     --device cuda --no-raster --compile --iters 5 --min-time 2 --out "$OUT" 2>&1 \
     | grep -v -e Warning -e "return t.to" | tail -8 | tee "$OUT/bench_nar_l_compile.txt"
