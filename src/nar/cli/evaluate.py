@@ -5,8 +5,9 @@
         eval.reference_stats=VIRTUAL_imagenet256_labeled.npz
     nar evaluate --config experiments/ucf101/nar_l.yaml --ckpt runs/ucf/checkpoints/last.ckpt eval.i3d_path=i3d.pt
 
-Images: ``eval.per_class`` samples of every class (50 → 50k for ImageNet) with ``sampling.*`` (CFG 2.0 in
-the ImageNet configs), FID / IS / precision / recall per ``eval.metrics`` against ``eval.real_root``
+Images: ``eval.per_class`` samples of every class (50 → 50k for ImageNet) with ``sampling.*``. Guidance:
+the config's ``sampling.cfg_scale`` (default 1.0 = none; 2.0 in the ImageNet configs, 1.25 for UCF-101),
+changed with ``sampling.cfg_scale=...``, FID / IS / precision / recall per ``eval.metrics`` against ``eval.real_root``
 samples or ``eval.reference_stats``. Videos: FVD with ``eval.i3d_path``, else the Inception proxy
 (reported as ``fvd_proxy_inception``). Scores are printed and written to ``<run>/eval_<ckpt>.json``.
 """
