@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -34,15 +37,20 @@ def test_writer_renames_on_close_and_aborts_on_error(tmp_path):
     path = tmp_path / "s" / "train-000000.tar"
     with ShardWriter(path) as w:
         w.write("a", {"txt": "hello"})
-        assert (tmp_path / "s" / "train-000000.tar.tmp").is_file() and not path.exists()
-    assert path.is_file() and not (tmp_path / "s" / "train-000000.tar.tmp").exists()
+        assert w.tmp_path.is_file() and w.tmp_path.parent == path.parent and not path.exists()
+        assert str(os.getpid()) in w.tmp_path.name  # one temporary per writing process
+    assert path.is_file() and not list((tmp_path / "s").glob(".*.tmp"))
 
     broken = tmp_path / "s" / "train-000001.tar"
     with pytest.raises(RuntimeError):
         with ShardWriter(broken) as w:
             w.write("a", {"txt": "hello"})
             raise RuntimeError("crash while writing")
-    assert not broken.exists() and not broken.with_name(broken.name + ".tmp").exists()
+    assert not broken.exists() and not list((tmp_path / "s").glob(".*.tmp"))
+    aborted = ShardWriter(tmp_path / "s" / "train-000002.tar")
+    aborted.write("a", {"txt": "x"})
+    aborted.abort()
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["train-000000.tar"]
     with pytest.raises(ValueError):
         ShardWriter(tmp_path / "x.tar").write("has.dot", {"txt": "x"})
 
@@ -66,6 +74,13 @@ def test_write_split_skips_bad_items_records_labels_and_is_deterministic(tmp_pat
         assert (tmp_path / "a" / s).read_bytes() == (tmp_path / "b" / s).read_bytes()
 
 
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
 class Crash:
     """Fails hard (like a kill) at one item, counts calls."""
 
@@ -85,12 +100,16 @@ def test_write_split_resumes_after_a_crash_without_redoing_finished_shards(tmp_p
         write_split(tmp_path, "train", list(range(10)), make_sample=crash, shard_size=4)
     done = sorted(p.name for p in (tmp_path / "train").glob("*.tar"))
     assert done == ["train-000000.tar"]  # shard 1 was half-written: never left as a .tar
-    (tmp_path / "train" / "train-000002.tar.tmp").write_bytes(b"junk from a killed process")
+    dead = _dead_pid()
+    (tmp_path / "train" / f".train-000002.tar.{dead}.tmp").write_bytes(b"junk from a killed process")
+    live = tmp_path / "train" / f".train-000002.tar.{os.getppid()}.tmp"  # a live process's: never touched
+    live.write_bytes(b"someone else's")
 
     again = Crash(at=None)
     rec = write_split(tmp_path, "train", list(range(10)), make_sample=again, shard_size=4)
     assert again.calls == 6  # items 4…9 only
-    assert rec.shard_samples == [4, 4, 2] and not list((tmp_path / "train").glob("*.tmp"))
+    assert rec.shard_samples == [4, 4, 2]
+    assert [p.name for p in (tmp_path / "train").glob("*.tmp")] == [live.name]  # the dead writer's is gone
 
     with pytest.raises(DataError, match="different inputs"):
         write_split(tmp_path, "train", list(range(11)), make_sample=again, shard_size=4)

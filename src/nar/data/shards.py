@@ -1,8 +1,11 @@
 """Webdataset shards: an atomic, resumable writer, a tolerant tar reader and the dataset's ``meta.json``.
 
 A dataset folder holds ``meta.json`` and one folder per split of ``<split>-%06d.tar`` shards (see
-docs/CONTRACTS.md). A shard is written as ``*.tar.tmp`` and renamed when complete, so a reader never
-sees a half-written shard. Items are cut into shards by position (shard ``i`` = items
+docs/CONTRACTS.md). Every file is written atomically (:mod:`nar.atomic`: a ``.<name>.<pid>.tmp`` beside it,
+renamed when complete), so a reader never sees a half-written shard, and a failed write (read-only
+folder, full disk) raises :class:`~nar.atomic.WriteError` naming the file and leaves no temporary. A
+writer holds the folder's lock (:func:`dataset_lock`) throughout: a second writer is refused, naming
+the first, and only temporaries of dead writers are ever removed. Items are cut into shards by position (shard ``i`` = items
 ``[i·S, (i+1)·S)``), and each finished shard is recorded in ``<split>/_progress.json``: a restarted
 writer skips finished shards and redoes only the rest. Bad inputs never stop a run: they are logged
 with their file name, counted and summarised.
@@ -11,6 +14,7 @@ with their file name, counted and summarised.
 from __future__ import annotations
 
 import concurrent.futures as futures
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -27,7 +31,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from nar.atomic import WriteError, atomic_open, atomic_path, remove_stale_temporaries, write_text
 from nar.errors import DataError
+from nar.locks import FolderLock
 
 log = logging.getLogger(__name__)
 
@@ -128,18 +134,31 @@ def encode_field(value: Any) -> bytes:
     raise TypeError(f"cannot store a {type(value).__name__} in a shard")
 
 
+class _Discarded(Exception):
+    """Thrown into the atomic write by :meth:`ShardWriter.abort` to drop the temporary file."""
+
+
 class ShardWriter:
-    """Writes one tar shard atomically: members go to ``<path>.tmp``, which is renamed on :meth:`close`.
+    """Writes one tar shard atomically (:func:`nar.atomic.atomic_path`): members go to a temporary
+    ``.<name>.<pid>.tmp`` beside ``path``, which :meth:`close` fsyncs and renames.
 
     Members get mtime 0 and no owner, so the same samples give byte-identical shards. As a context
-    manager, an exception inside the block removes the temporary file instead of renaming it.
+    manager, an exception inside the block removes the temporary file instead of renaming it; an
+    ``OSError`` (full disk, read-only folder) comes out as :class:`~nar.atomic.WriteError` naming ``path``.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.tmp_path = self.path.with_name(self.path.name + ".tmp")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tar = tarfile.open(self.tmp_path, "w", format=tarfile.USTAR_FORMAT)
+        self._atomic = atomic_path(self.path)
+        self.tmp_path: Path = self._atomic.__enter__()
+        self._done = False
+        try:
+            self._file = open(self.tmp_path, "wb")  # noqa: SIM115 — closed by close() / abort()
+        except OSError as err:
+            self._done = True
+            self._atomic.__exit__(type(err), err, err.__traceback__)  # raises WriteError naming the shard
+            raise
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
         self.count = 0
 
     def write(self, key: str, fields: dict[str, Any]) -> None:
@@ -154,24 +173,38 @@ class ShardWriter:
         self.count += 1
 
     def close(self) -> None:
-        """Finish the tar and move it into place (``os.replace`` is atomic on one file system)."""
-        self._tar.close()
-        with open(self.tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(self.tmp_path, self.path)
+        """Finish the tar and move it into place (fsync, then ``os.replace``: atomic on one file system)."""
+        try:
+            self._tar.close()
+            self._file.close()
+        except BaseException as err:
+            self._discard(err)
+            raise
+        self._done = True
+        self._atomic.__exit__(None, None, None)
 
     def abort(self) -> None:
-        self._tar.close()
-        self.tmp_path.unlink(missing_ok=True)
+        """Drop the shard: close and delete the temporary file."""
+        with contextlib.suppress(_Discarded):
+            self._discard(_Discarded())
+
+    def _discard(self, err: BaseException) -> None:
+        """Close and delete the temporary file; raises :class:`~nar.atomic.WriteError` if ``err`` is an ``OSError``."""
+        if self._done:
+            return
+        self._done = True
+        with contextlib.suppress(OSError):  # flushing onto a full disk fails again: the file goes anyway
+            self._file.close()
+        self._atomic.__exit__(type(err), err, err.__traceback__)
 
     def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
+        if exc is None:
             self.close()
         else:
-            self.abort()
+            self._discard(exc)
 
 
 @dataclasses.dataclass
@@ -291,75 +324,86 @@ def write_split(
         raise ValueError(f"shard_size must be ≥ 1, got {shard_size}")
     producer = produce if produce is not None else PerItem(make_sample)  # type: ignore[arg-type]
     root = Path(root)
-    split_dir = root / split
-    split_dir.mkdir(parents=True, exist_ok=True)
-    for stale in split_dir.glob("*.tar.tmp"):  # left by a killed run; never complete
-        stale.unlink()
+    with dataset_lock(root):  # held by the caller too when it writes several splits
+        split_dir = root / split
+        _make_folder(split_dir)
+        remove_stale_temporaries(split_dir)  # left by killed writers (dead pids only), never complete
 
-    num_shards = max(1, -(-len(items) // shard_size))
-    fp = fingerprint(items, shard_size=shard_size, **(params or {}))
-    progress_path = split_dir / PROGRESS_NAME
-    done: dict[str, dict[str, Any]] = {}
-    if progress_path.is_file():
-        progress = _read_json(progress_path)
-        if progress.get("fingerprint") != fp:
-            raise DataError(
-                f"{split_dir} holds shards written from different inputs or settings; "
-                "write to a new folder or delete it (or pass --overwrite)"
-            )
-        done = {k: v for k, v in progress.get("done", {}).items() if (split_dir / k).is_file()}
-    if not items:
-        log.warning("split %r: no inputs found; writing an empty split", split)
+        num_shards = max(1, -(-len(items) // shard_size))
+        fp = fingerprint(items, shard_size=shard_size, **(params or {}))
+        progress_path = split_dir / PROGRESS_NAME
+        done: dict[str, dict[str, Any]] = {}
+        if progress_path.is_file():
+            progress = _read_json(progress_path)
+            if progress.get("fingerprint") != fp:
+                raise DataError(
+                    f"{split_dir} holds shards written from different inputs or settings; "
+                    "write to a new folder or delete it (or pass --overwrite)"
+                )
+            done = {k: v for k, v in progress.get("done", {}).items() if (split_dir / k).is_file()}
+        if not items:
+            log.warning("split %r: no inputs found; writing an empty split", split)
 
-    todo = [i for i in range(num_shards) if shard_name(split, i) not in done]
-    if done:
-        log.info("split %r: %d of %d shards already complete, resuming", split, num_shards - len(todo), num_shards)
+        todo = [i for i in range(num_shards) if shard_name(split, i) not in done]
+        if done:
+            log.info("split %r: %d of %d shards already complete, resuming", split, num_shards - len(todo), num_shards)
 
-    def finish(index: int, record: ShardRecord) -> None:
-        done[shard_name(split, index)] = dataclasses.asdict(record)
-        _write_json(progress_path, {"fingerprint": fp, "num_shards": num_shards, "done": done})
+        def finish(index: int, record: ShardRecord) -> None:
+            done[shard_name(split, index)] = dataclasses.asdict(record)
+            _write_json(progress_path, {"fingerprint": fp, "num_shards": num_shards, "done": done})
 
-    chunks = {i: items[i * shard_size : (i + 1) * shard_size] for i in todo}
-    remaining = sum(len(c) for c in chunks.values())
-    with tqdm(total=remaining, desc=desc or split, unit=unit, dynamic_ncols=True, leave=False, disable=remaining == 0) as bar:
-        if workers <= 1 or len(todo) <= 1:
-            for i in todo:
-                if make_sample is not None:  # in-process: advance the bar item by item
-                    ticking = PerItem(_Ticking(make_sample, bar))
-                    record = _write_shard(split_dir / shard_name(split, i), chunks[i], ticking, i * shard_size)
-                else:
-                    record = _write_shard(split_dir / shard_name(split, i), chunks[i], producer, i * shard_size)
-                    bar.update(len(chunks[i]))
-                finish(i, record)
-        else:
-            ctx = multiprocessing.get_context(_start_method())
-            with futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                jobs = {
-                    pool.submit(_write_shard, split_dir / shard_name(split, i), chunks[i], producer, i * shard_size): i
-                    for i in todo
-                }
-                for job in futures.as_completed(jobs):
-                    i = jobs[job]
-                    finish(i, job.result())
+        chunks = {i: items[i * shard_size : (i + 1) * shard_size] for i in todo}
+        remaining = sum(len(c) for c in chunks.values())
+        with tqdm(total=remaining, desc=desc or split, unit=unit, dynamic_ncols=True, leave=False, disable=remaining == 0) as bar:
+            if workers <= 1 or len(todo) <= 1:
+                for i in todo:
+                    if make_sample is not None:  # in-process: advance the bar item by item
+                        ticking = PerItem(_Ticking(make_sample, bar))
+                        record = _write_shard(split_dir / shard_name(split, i), chunks[i], ticking, i * shard_size)
+                    else:
+                        record = _write_shard(split_dir / shard_name(split, i), chunks[i], producer, i * shard_size)
+                        bar.update(len(chunks[i]))
+                    finish(i, record)
+            else:
+                jobs = {i: (split_dir / shard_name(split, i), chunks[i], producer, i * shard_size) for i in todo}
+                for i, record in _write_in_pool(jobs, workers):
+                    finish(i, record)
                     bar.update(len(chunks[i]))
 
-    names = [shard_name(split, i) for i in range(num_shards)]
-    bad = BadInputLog()
-    if scan_bad is not None:
-        bad.extend(scan_bad.files)
-    for n in names:
-        bad.extend(done[n]["skipped"])
-    labels = np.asarray([lab for n in names for lab in done[n]["labels"]], dtype=np.int64)
-    np.save(split_dir / LABELS_NAME, labels)
-    record = SplitRecord(
-        split=split,
-        shards=[f"{split}/{n}" for n in names],
-        shard_samples=[int(done[n]["samples"]) for n in names],
-        labels=labels,
-        bad=bad,
-    )
-    log.info("split %r: %d samples in %d shards; %s", split, record.samples, num_shards, bad.summary())
-    return record
+        names = [shard_name(split, i) for i in range(num_shards)]
+        bad = BadInputLog()
+        if scan_bad is not None:
+            bad.extend(scan_bad.files)
+        for n in names:
+            bad.extend(done[n]["skipped"])
+        labels = np.asarray([lab for n in names for lab in done[n]["labels"]], dtype=np.int64)
+        with atomic_open(split_dir / LABELS_NAME, "wb") as fh:
+            np.save(fh, labels)
+        record = SplitRecord(
+            split=split,
+            shards=[f"{split}/{n}" for n in names],
+            shard_samples=[int(done[n]["samples"]) for n in names],
+            labels=labels,
+            bad=bad,
+        )
+        log.info("split %r: %d samples in %d shards; %s", split, record.samples, num_shards, bad.summary())
+        return record
+
+
+def _write_in_pool(jobs: dict[int, tuple], workers: int) -> Iterator[tuple[int, ShardRecord]]:
+    """Run ``_write_shard(*jobs[i])`` in ``workers`` processes, yielding ``(i, record)`` as each finishes.
+
+    On the first failure the shards not yet started are cancelled (the running ones finish or clean up
+    their own temporaries) and the error is raised.
+    """
+    ctx = multiprocessing.get_context(_start_method())
+    pool = futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    try:
+        running = {pool.submit(_write_shard, *args): i for i, args in jobs.items()}
+        for job in futures.as_completed(running):
+            yield running[job], job.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _start_method() -> str:
@@ -384,6 +428,43 @@ class _Ticking:
             self.bar.update(1)
 
 
+_LOCKED: dict[Path, int] = {}  # dataset folders this process holds, with their nesting depth
+
+
+@contextlib.contextmanager
+def dataset_lock(root: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold the dataset folder ``root`` (created if missing) exclusively for the block.
+
+    Every writer takes it (:func:`write_split`, :func:`write_meta`, and each ``write_*`` / ``build_*``
+    around all its splits), so two processes never write one folder: the second gets
+    :class:`~nar.locks.LockError` naming the holder (its pid, host and command). Nested use in one process
+    (a writer calling ``write_split``) shares the outer lock. A lock left by a dead process is taken
+    over; temporaries of dead writers in ``root`` are then removed.
+    """
+    root = Path(root)
+    _make_folder(root)
+    key = root.resolve()
+    if key in _LOCKED:
+        _LOCKED[key] += 1
+        try:
+            yield root
+        finally:
+            _LOCKED[key] -= 1
+        return
+    lock = FolderLock(root, "writing a dataset")
+    try:
+        lock.acquire()
+    except OSError as err:
+        raise WriteError(f"cannot write {lock.path}: {err.strerror or err}") from err
+    _LOCKED[key] = 1
+    try:
+        remove_stale_temporaries(root)
+        yield root
+    finally:
+        del _LOCKED[key]
+        lock.release()
+
+
 def write_meta(root: str | os.PathLike[str], kind: str, splits: Sequence[SplitRecord], **fields: Any) -> dict[str, Any]:
     """Create or update ``<root>/meta.json`` with ``kind``, the given splits and any other ``fields``.
 
@@ -391,7 +472,11 @@ def write_meta(root: str | os.PathLike[str], kind: str, splits: Sequence[SplitRe
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    root = Path(root)
+    with dataset_lock(root):
+        return _update_meta(Path(root), kind, splits, fields)
+
+
+def _update_meta(root: Path, kind: str, splits: Sequence[SplitRecord], fields: dict[str, Any]) -> dict[str, Any]:
     path = root / META_NAME
     meta: dict[str, Any] = _read_json(path) if path.is_file() else {}
     if meta.get("kind", kind) != kind:
@@ -411,10 +496,15 @@ def write_meta(root: str | os.PathLike[str], kind: str, splits: Sequence[SplitRe
     return meta
 
 
+def _make_folder(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise WriteError(f"cannot create {path}: {err.strerror or err}") from err
+
+
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=1, ensure_ascii=False))
 
 
 def _read_json(path: Path) -> Any:
@@ -438,6 +528,32 @@ def read_meta(root: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(meta, dict) or "splits" not in meta:
         raise DataError(f"{path} has no 'splits': not a nar dataset")
     return meta
+
+
+SPLIT_ROLES = ("training", "evaluation")
+EVAL_SPLITS = ("val", "test")  # stand-ins for each other: ImageNet has train/val, UCF-101 train/test
+
+
+def resolve_split(meta: dict[str, Any], wanted: str, *, role: str = "evaluation",
+                  root: str | os.PathLike[str] | None = None) -> str:
+    """The split of ``meta`` to read for ``wanted`` (``train``, ``val``, ``test`` or any split name).
+
+    A split present is returned as is. For ``role="evaluation"`` a missing ``val`` falls back to ``test``
+    and a missing ``test`` to ``val`` (one info line says so). Otherwise :class:`DataError` lists the
+    splits the dataset has; ``root`` names the folder in messages.
+    """
+    if role not in SPLIT_ROLES:
+        raise ValueError(f"role must be one of {SPLIT_ROLES}, got {role!r}")
+    splits = meta.get("splits", {})
+    if wanted in splits:
+        return wanted
+    where = f"{root}: " if root is not None else ""
+    if role == "evaluation" and wanted in EVAL_SPLITS:
+        for other in EVAL_SPLITS:
+            if other in splits:
+                log.info("%sno %r split; evaluating on %r", where, wanted, other)
+                return other
+    raise DataError(f"{where}no {role} split {wanted!r}; the dataset has {sorted(splits) or 'no splits'}")
 
 
 @dataclasses.dataclass(frozen=True)
