@@ -12,6 +12,7 @@ from nar.data.datamodules import ImageDataConfig, ImageShardDataModule, TokenDat
 from nar.data.encode import encode_png
 from nar.data.readers import (
     ImageSample,
+    MissingSamples,
     ResampledShardStream,
     ShardStream,
     class_balanced_ids,
@@ -35,7 +36,7 @@ def image_root(tmp_path):
     root = tmp_path / "images"
     recs = [write_split(root, "train", list(range(NUM)), make_sample=_image, shard_size=5),
             write_split(root, "val", list(range(NUM)), make_sample=_image, shard_size=4)]
-    write_meta(root, "image", recs, classes=["a", "b", "c"], image_size=8)
+    write_meta(root, "image", recs, classes=["a", "b", "c"])  # 12×10 images: no fixed stored size
     return root
 
 
@@ -114,10 +115,15 @@ def test_reader_skips_undecodable_samples(tmp_path, caplog):
 
     rec = write_split(tmp_path, "val", list(range(5)), make_sample=maybe_bad, shard_size=5)
     write_meta(tmp_path, "image", [rec], classes=["a"])
-    ds = ShardStream(SplitIndex.load(tmp_path, "val"), ImageSample(8))
+    ds = ShardStream(SplitIndex.load(tmp_path, "val"), ImageSample(8), allow_missing=True)
     got = list(ds)
     assert len(got) == 4 and ds.bad.total == 1
+    assert (ds.expected, ds.delivered, ds.last_pass.missing) == (5, 4, 1)
     assert any("000000002" in r.getMessage() for r in caplog.records)
+    strict = ShardStream(SplitIndex.load(tmp_path, "val"), ImageSample(8))  # the default: no score on fewer samples
+    with pytest.raises(MissingSamples, match=r"4 of 5 selected samples read; 1 skipped .*val-000000.tar:000000002"):
+        list(strict)
+    assert MissingSamples.exit_code == 1
 
 
 def test_image_datamodule_batches(image_root):
@@ -174,7 +180,7 @@ def test_datamodule_under_a_lightning_trainer(image_root):
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    dm = datamodule_for(image_root, batch_size=4, num_workers=0, samples_per_epoch=8)
+    dm = datamodule_for(image_root, image_size=8, batch_size=4, num_workers=0, samples_per_epoch=8)
     probe = Probe()
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)

@@ -4,6 +4,10 @@ Training reads :class:`~nar.data.readers.ResampledShardStream` (resampled shards
 validation and test read :class:`~nar.data.readers.ShardStream` (every sample exactly once across
 ranks and workers; optionally a class-balanced subset, e.g. 50 per class). Rank and world size come
 from the trainer, so the split is right under DDP on any number of nodes.
+
+Splits are found by role (:func:`~nar.data.shards.resolve_split`): evaluation asked for ``val`` reads
+``test`` where only that exists (UCF-101) and the other way round. Every sample is checked against
+``meta.json`` (:class:`~nar.data.checks.SampleSpec`); bad ones are skipped and counted, never batched.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import lightning as L
+from nar.data.checks import SampleSpec
 from nar.data.readers import (
     ImageSample,
     ResampledShardStream,
@@ -26,7 +31,7 @@ from nar.data.readers import (
     VideoSample,
     class_balanced_ids,
 )
-from nar.data.shards import SplitIndex, read_meta
+from nar.data.shards import SplitIndex, read_meta, resolve_split
 from nar.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -38,7 +43,7 @@ class ShardDataConfig:
 
     root: str = ""
     train_split: str = "train"
-    val_split: str = "val"
+    val_split: str = "val"  # by role: a missing val falls back to test and the other way round
     test_split: str | None = None  # None: test reads val_split
     batch_size: int = 64
     eval_batch_size: int | None = None  # None: batch_size
@@ -49,6 +54,9 @@ class ShardDataConfig:
     seed: int = 0
     pin_memory: bool = True
     drop_last: bool = True  # training batches only; evaluation keeps every sample
+    # evaluation: a pass that reads fewer samples than selected (truncated or missing shards, bad samples)
+    # raises MissingSamples naming the shards; True only logs it
+    allow_missing: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -69,7 +77,7 @@ class ShardDataConfig:
 class ImageDataConfig(ShardDataConfig):
     image_size: int = 256
     random_crop: bool = False  # training: random instead of centre crop
-    hflip: bool = True  # training: random horizontal flip
+    hflip: bool = False  # training: random horizontal flip (opt-in: wrong for digits, text, …)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -117,6 +125,7 @@ class ShardDataModule(L.LightningDataModule):
         self.meta: dict[str, Any] = read_meta(self.root)
         if self.kinds and self.meta.get("kind") not in self.kinds:
             raise DataError(f"{self.root} holds {self.meta.get('kind')!r} shards; {type(self).__name__} reads {self.kinds}")
+        self.spec = SampleSpec.from_meta(self.meta)  # what every sample must be; bad ones are skipped
         self._datasets: dict[str, Any] = {}
 
     # --- what subclasses supply -----------------------------------------------------------------
@@ -138,6 +147,10 @@ class ShardDataModule(L.LightningDataModule):
     def split_index(self, split: str) -> SplitIndex:
         return SplitIndex.load(self.root, split)
 
+    def resolve_split(self, split: str, role: str = "evaluation") -> str:
+        """The split read for ``split`` in ``role`` (see :func:`nar.data.shards.resolve_split`)."""
+        return resolve_split(self.meta, split, role=role, root=self.root)
+
     def has_split(self, split: str) -> bool:
         return split in self.meta["splits"]
 
@@ -151,18 +164,22 @@ class ShardDataModule(L.LightningDataModule):
     def train_dataset(self) -> ResampledShardStream:
         rank, world = self._rank_world()
         return ResampledShardStream(
-            self.split_index(self.cfg.train_split),
+            self.split_index(self.resolve_split(self.cfg.train_split, "training")),
             self.train_transform(),
             shuffle_buffer=self.cfg.shuffle_buffer,
             seed=self.cfg.seed,
             samples_per_epoch=self.cfg.samples_per_epoch,
+            batch_size=self.cfg.batch_size,  # every epoch: whole batches, at least one per rank and worker
             rank=rank,
             world_size=world,
         )
 
     def eval_dataset(self, split: str, per_class: int | None = None) -> ShardStream:
-        """Exactly-once pass over ``split``; with ``per_class``, a seeded class-balanced subset of it."""
+        """Exactly-once pass over ``split`` (resolved by role: ``val`` ↔ ``test``); with ``per_class``, a
+        seeded class-balanced subset of it. The stream raises :class:`~nar.data.readers.MissingSamples` at
+        the end of a short pass unless ``cfg.allow_missing``."""
         rank, world = self._rank_world()
+        split = self.resolve_split(split)
         index = self.split_index(split)
         ids = None
         per_class = per_class if per_class is not None else self.cfg.eval_per_class
@@ -170,7 +187,8 @@ class ShardDataModule(L.LightningDataModule):
             if index.labels is None:
                 raise DataError(f"{self.root / split}: no labels.npy, cannot draw a class-balanced subset")
             ids = class_balanced_ids(index.labels, per_class, seed=self.cfg.seed)
-        return ShardStream(index, self.eval_transform(), sample_ids=ids, rank=rank, world_size=world)
+        return ShardStream(index, self.eval_transform(), sample_ids=ids, rank=rank, world_size=world,
+                           allow_missing=self.cfg.allow_missing)
 
     def _loader(self, dataset: Any, batch_size: int, drop_last: bool) -> DataLoader:
         workers = self.cfg.num_workers
@@ -208,10 +226,10 @@ class ImageShardDataModule(ShardDataModule):
         super().__init__(cfg)
 
     def train_transform(self) -> SampleTransform:
-        return ImageSample(self.cfg.image_size, random_crop=self.cfg.random_crop, hflip=self.cfg.hflip)
+        return ImageSample(self.cfg.image_size, random_crop=self.cfg.random_crop, hflip=self.cfg.hflip, spec=self.spec)
 
     def eval_transform(self) -> SampleTransform:
-        return ImageSample(self.cfg.image_size)
+        return ImageSample(self.cfg.image_size, spec=self.spec)
 
 
 class VideoShardDataModule(ShardDataModule):
@@ -224,10 +242,10 @@ class VideoShardDataModule(ShardDataModule):
         super().__init__(cfg)
 
     def train_transform(self) -> SampleTransform:
-        return VideoSample(self.cfg.image_size, hflip=self.cfg.hflip)
+        return VideoSample(self.cfg.image_size, hflip=self.cfg.hflip, spec=self.spec)
 
     def eval_transform(self) -> SampleTransform:
-        return VideoSample(self.cfg.image_size)
+        return VideoSample(self.cfg.image_size, spec=self.spec)
 
 
 class TokenShardDataModule(ShardDataModule):
@@ -248,10 +266,11 @@ class TokenShardDataModule(ShardDataModule):
         return self.meta.get("codebook_size")
 
     def train_transform(self) -> SampleTransform:
-        return TokenSample(random_augmentation=self.cfg.random_augmentation, caption_features=self.cfg.caption_features)
+        return TokenSample(random_augmentation=self.cfg.random_augmentation, caption_features=self.cfg.caption_features,
+                           spec=self.spec)
 
     def eval_transform(self) -> SampleTransform:
-        return TokenSample(random_augmentation=False, caption_features=self.cfg.caption_features)
+        return TokenSample(random_augmentation=False, caption_features=self.cfg.caption_features, spec=self.spec)
 
 
 def datamodule_for(root: str | Path, **overrides: Any) -> ShardDataModule:

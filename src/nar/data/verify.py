@@ -2,8 +2,10 @@
 
 Accepts a dataset folder (with ``meta.json``), a folder of ``.tar`` shards, or one ``.tar`` file.
 Checks: shards listed in ``meta.json`` exist and hold the counted samples; every field decodes
-(images, ``.npy`` arrays, class indices within ``classes``, JSON, UTF-8 text); and measures the
-decode throughput.
+(images, ``.npy`` arrays, JSON, UTF-8 text); every sample matches ``meta.json`` with the same checks
+the readers apply (:class:`~nar.data.checks.SampleSpec`: classes within ``classes``, token arrays
+``[A, *grid]`` with ids below ``codebook_size``, clips of ``frames`` frames, fixed image sizes); and
+measures the decode throughput.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from nar.data import transforms as T
+from nar.data.checks import SampleSpec, sample_name, skip_reason
 from nar.data.shards import META_NAME, BadInputLog, iter_tar, read_meta
 from nar.errors import DataError
 
@@ -61,31 +64,38 @@ class VerifyReport:
         return sum(s.seconds for s in self.splits.values())
 
 
-def decode_fields(raw: dict[str, Any], num_classes: int | None = None) -> None:
-    """Decode every field of one raw sample; raises on the first that does not decode or is out of range."""
-    name = f"{raw.get('__shard__')}:{raw.get('__key__')}"
+def decode_fields(raw: dict[str, Any], spec: SampleSpec | None = None) -> None:
+    """Decode every field of one raw sample and check it against ``spec`` (from ``meta.json``); raises on
+    the first field that does not decode (:class:`DataError`) or contradicts the spec
+    (:class:`~nar.data.checks.InvalidSample`)."""
+    spec = spec or SampleSpec()
+    name = sample_name(raw)
     payload = [k for k in raw if not k.startswith("__")]
     if not payload:
         raise DataError(f"{name}: sample has no fields")
+    spec.label(raw, name)  # also when ``cls`` is missing: a labelled dataset needs it
     for ext in payload:
         data = raw[ext]
         last = ext.rsplit(".", 1)[-1]
         if last in ("png", "jpg", "jpeg", "webp"):
-            T.decode_image(data, name=f"{name}.{ext}")
+            spec.image(T.decode_image(data, name=f"{name}.{ext}"), name)
         elif last == "npy":
             arr = np.load(io.BytesIO(data), allow_pickle=False)
-            if ext == "frames.npy" and (arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8):
-                raise DataError(f"{name}: frames.npy must be uint8 [T, H, W, 3], got {arr.dtype} {arr.shape}")
-            if ext == "tokens.npy" and (arr.ndim < 2 or not np.issubdtype(arr.dtype, np.integer)):
-                raise DataError(f"{name}: tokens.npy must be integer [A, *grid], got {arr.dtype} {arr.shape}")
-        elif last == "cls":
-            cls = int(data.decode("ascii").strip())
-            if num_classes and not 0 <= cls < num_classes:
-                raise DataError(f"{name}: class {cls} outside [0, {num_classes})")
+            if ext == "frames.npy":
+                spec.frames_array(arr, name)
+            elif ext == "tokens.npy":
+                spec.tokens(arr, name)
         elif last == "json":
             json.loads(data)
         elif last == "txt":
             data.decode("utf-8")
+
+
+def meta_problems(meta: dict[str, Any], root: Path) -> list[str]:
+    """What ``meta.json`` itself lacks for its kind (a token dataset without ``grid`` trains unchecked)."""
+    if meta.get("kind") != "tokens":
+        return []
+    return [f"{root / META_NAME}: a token dataset needs '{key}'" for key in ("grid", "codebook_size") if not meta.get(key)]
 
 
 def verify(path: str | Path, *, decode: bool = True, limit: int | None = None) -> VerifyReport:
@@ -96,14 +106,15 @@ def verify(path: str | Path, *, decode: bool = True, limit: int | None = None) -
     path = Path(path)
     bad = BadInputLog()
     problems: list[str] = []
-    kind, classes = None, []
+    kind, spec = None, SampleSpec()
     plan: dict[str, list[tuple[Path, int | None]]] = {}
     if path.is_dir() and (path / META_NAME).is_file():
         try:
             meta = read_meta(path)
         except DataError as err:
             return VerifyReport(str(path), None, {}, bad, [str(err)])
-        kind, classes = meta.get("kind"), meta.get("classes", [])
+        kind, spec = meta.get("kind"), SampleSpec.from_meta(meta)
+        problems += meta_problems(meta, path)
         for split, info in meta["splits"].items():
             counts = info.get("shard_samples", [None] * len(info["shards"]))
             plan[split] = [(path / s, c) for s, c in zip(info["shards"], counts)]
@@ -137,9 +148,9 @@ def verify(path: str | Path, *, decode: bool = True, limit: int | None = None) -
                 n += 1
                 if decode:
                     try:
-                        decode_fields(raw, len(classes) or None)
+                        decode_fields(raw, spec)
                     except Exception as err:  # noqa: BLE001 — report, keep checking
-                        bad.record(f"{shard}:{raw['__key__']}", f"cannot decode sample: {err}")
+                        bad.record(sample_name(raw), skip_reason(err))
                         rep.bad_samples += 1
                         continue
                 rep.samples += 1
