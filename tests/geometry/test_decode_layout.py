@@ -33,16 +33,18 @@ def check_layout(geo: GridGeometry, num_cond: int, mode: str, regions: tuple[int
     layout = geo.decode_layout(num_cond, mode, regions=regions)
     schedule = geo.schedule(mode, regions=regions)
     train = geo.attention_mask(num_cond, mode, regions=regions)  # [L, L]
-    L = num_cond + geo.num_cells
+    n, k = geo.num_cells, schedule.num_transition
+    L = num_cond + n + k
+    assert train.shape == (L, L)
     slot_position = layout.slot_position
-    # Every grid cell occupies exactly one decode slot; the condition keeps its own.
+    # Every grid cell and transition token occupies exactly one decode slot; the condition keeps its own.
     assert sorted(slot_position.tolist()) == list(range(L))
     assert torch.equal(slot_position[:num_cond], torch.arange(num_cond))
     fed = torch.cat([s.positions for s in layout.steps] + [num_cond + layout.steps[-1].outputs])
-    assert torch.equal(fed, slot_position)
+    assert torch.equal(fed, slot_position) and torch.equal(slot_position[num_cond:], num_cond + schedule.feed_order)
     assert len(layout.steps) == schedule.num_passes
 
-    end, read_back = 0, []
+    end = 0
     for i, (step, sched_step) in enumerate(zip(layout.steps, schedule.steps)):
         # A step's slots are contiguous and start where the previous step's end.
         assert step.start == end and step.kv_limit == step.start + len(step.positions)
@@ -59,32 +61,27 @@ def check_layout(geo: GridGeometry, num_cond: int, mode: str, regions: tuple[int
             assert (step.mask is None) == (num_cond == 1)
             assert step.mask is None or torch.equal(step.mask, causal)
         else:  # every key of the prefix is visible to every query: no mask
-            assert torch.equal(step.positions, num_cond + sched_step.inputs) and step.source_offset == 0
+            tokens = torch.cat([sched_step.inputs, n + sched_step.transition])
+            assert torch.equal(step.positions, num_cond + tokens) and step.source_offset == 0
             assert bool(rows[:, prefix].all()) and step.mask is None
         # The sequence layout masks each pass with the training rows of the positions it feeds.
         assert torch.equal(step.sequence_mask, rows)
         assert torch.equal(step.sources, sched_step.sources) and torch.equal(step.outputs, sched_step.outputs)
-        check_source_slots(step, sched_step, slot_position, train, num_cond)
-        read_back.append(step.source_slots[(step.source_slots >= 0) & (step.source_slots < step.start)])
-    # The decoder keeps exactly the outputs some later pass reads back.
-    assert torch.equal(layout.kept_slots, torch.unique(torch.cat(read_back)))
+        assert torch.equal(step.transition, sched_step.transition)
+        check_sources(step, num_cond)
     assert layout.regions == regions and schedule.regions == regions
 
 
-def check_source_slots(step, sched_step, slot_position: torch.Tensor, train: torch.Tensor, num_cond: int) -> None:
-    """``source_slots`` holds the slot of the token whose output predicts each cell (the one
-    ``sources`` names among ``reads``), and that output sees only keys written before the pass."""
-    src, slots = sched_step.sources, step.source_slots
-    cell = src >= 0
-    assert torch.equal(slot_position[slots[cell]], num_cond + sched_step.reads[src[cell]])
-    assert bool((slots[src == FROM_CONDITION] == num_cond - 1).all())
-    assert bool((slots[src == NO_PREDICTOR] == NO_PREDICTOR).all())
-    # Reads are the earlier-fed predictors, then this pass's inputs.
-    n_back = len(sched_step.reads) - len(sched_step.inputs)
-    assert torch.equal(sched_step.reads[n_back:], sched_step.inputs)
-    used = slots[slots >= 0]
-    assert bool((used < step.kv_limit).all())
-    assert not bool(train[slot_position[used]][:, slot_position[step.kv_limit:]].any())
+def check_sources(step, num_cond: int) -> None:
+    """Each cell is predicted by a token this pass feeds (the prefill: the last condition token), whose
+    output sees no cell this pass outputs."""
+    src = step.sources
+    assert bool(((src >= 0) | (src == FROM_CONDITION) | (src == NO_PREDICTOR)).all())
+    assert bool((src < len(step.positions)).all())
+    assert bool((src == FROM_CONDITION).any()) == (step.source_offset > 0)
+    positions = torch.where(src == FROM_CONDITION, step.source_offset - 1, step.source_offset + src.clamp(min=0))
+    rows = step.sequence_mask[positions[src != NO_PREDICTOR]]  # [n, L]
+    assert not bool(rows[:, num_cond + step.outputs].any())
 
 
 @settings(max_examples=80, deadline=None)
@@ -167,13 +164,12 @@ def test_schedule_that_skips_cells_is_rejected():
         geo.decode_layout(1, "chunks")
 
 
-def test_schedule_reading_an_unfed_output_is_rejected():
+def test_mask_seeing_a_later_pass_is_rejected():
     geo = ChunkedGeometry((2, 3), [0, 1, 2, 3, 4, 5], [2, 4])
-    good = geo.schedule("chunks")
-    steps = list(good.steps)
-    steps[1] = DecodeStep(steps[1].inputs, steps[1].outputs, steps[1].sources, reads=steps[2].inputs)  # cells 2, 3
-    geo.schedule = lambda mode="nar", regions=None: Schedule("chunks", tuple(steps), good.order)
-    with pytest.raises(ConfigError, match="step 1 reads the output of a cell it has not fed"):
+    mask = geo.attention_mask(1, "chunks")
+    mask[1 + 2, 1 + 4] = True  # cell 2 (fed in pass 2) sees cell 4 (fed in pass 3)
+    geo.attention_mask = lambda num_cond, mode="nar", order="raster", regions=None: mask
+    with pytest.raises(ConfigError, match="step 2 attends to a token fed in a later pass"):
         geo.decode_layout(1, "chunks")
 
 
@@ -194,16 +190,17 @@ def test_layout_is_cached_per_condition_length_mode_and_regions():
         geo.decode_layout(1, "nar", regions=(2, 2))
 
 
-def test_only_par_reads_outputs_back():
+def test_par_feeds_its_transition_tokens_with_the_last_first_cell():
     geo = GridGeometry((4, 6))
     for mode in ("nar", "raster"):
         layout = geo.decode_layout(3, mode)
-        assert layout.kept_slots.numel() == 0
-        for step in layout.steps[1:]:
-            assert bool((step.source_slots[step.source_slots >= 0] >= step.start).all())
-    # PAR-4x: the first parallel pass (pass k = 4) reads the outputs of all four regions' first cells,
-    # fed in passes 1 ... 4 at slots C ... C + 3; the decoder keeps the three fed before it.
+        assert len(layout.slot_position) == 3 + 24 and all(len(s.transition) == 0 for s in layout.steps)
+    # PAR-4x: passes 1 … 3 feed the first cells of regions 0 … 2 at slots 3 … 5; pass 4 (the first parallel
+    # one) feeds region 3's first cell and transition tokens 0 … 2 (sequence positions C + 24 …) at slots 6 … 9.
     layout = geo.decode_layout(3, "par", regions=(2, 2))
-    assert layout.kept_slots.tolist() == [3, 4, 5]
-    assert layout.steps[4].source_slots.tolist() == [[3, 4, 5, 6]]
-    assert (layout.steps[4].start, layout.steps[4].kv_limit) == (6, 7)
+    assert len(layout.slot_position) == 3 + 24 + 3
+    step = layout.steps[4]
+    assert (step.start, step.kv_limit) == (6, 10) and step.transition.tolist() == [0, 1, 2]
+    assert step.positions.tolist() == [3 + 15, 3 + 24, 3 + 25, 3 + 26]
+    assert step.sources.tolist() == [[1, 2, 3, 0]]  # region j's second cell from transition token j, region 3's from its first
+    assert [len(s.transition) for s in layout.steps] == [0, 0, 0, 0, 3] + [0] * 4  # 4 + 6 - 1 passes

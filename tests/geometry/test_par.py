@@ -1,6 +1,7 @@
 """Property tests of the PAR schedule (Wang et al., "Parallelized Autoregressive Visual Generation")
 over 1-, 2- and 3-axis grids, square or not, with every valid region split: the first cell of every
-region one region a pass, then the cells at each relative position of all regions in one pass."""
+region one region a pass, then the cells at each relative position of all regions in one pass, with
+k - 1 transition tokens fed between the two phases."""
 
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ def every_split(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
 
 
 def loop_reference(shape, regions):
-    """Generation pass and predictor of every cell, cell by cell from the published description."""
+    """Generation pass and predictor of every cell, cell by cell from the published description: the
+    second cell of region j < k - 1 is predicted by transition token j (token N + j) when regions have
+    more than one cell."""
     size = [d // r for d, r in zip(shape, regions)]
     region_ids = {c: j for j, c in enumerate(itertools.product(*[range(r) for r in regions]))}  # raster over regions
     rel_ids = {c: q for q, c in enumerate(itertools.product(*[range(s) for s in size]))}  # raster in a region
@@ -45,8 +48,10 @@ def loop_reference(shape, regions):
         q = rel_ids[tuple(ci % si for ci, si in zip(c, size))]
         cell_of[j, q] = cell
         where.append((j, q))
+    n = len(where)
     passes = [j if q == 0 else k + q - 1 for j, q in where]
-    pred = [cell_of[j, q - 1] if q else (cell_of[j - 1, 0] if j else FROM_CONDITION) for j, q in where]
+    pred = [n + j if q == 1 and j < k - 1 else cell_of[j, q - 1] if q else (cell_of[j - 1, 0] if j else FROM_CONDITION)
+            for j, q in where]
     return torch.tensor(passes), torch.tensor([pred])
 
 
@@ -59,6 +64,14 @@ def check_par(shape: tuple[int, ...], regions: tuple[int, ...], num_cond: int = 
     ref_passes, ref_pred = loop_reference(shape, regions)
     # Region order raster, raster order within a region, one head.
     assert torch.equal(passes, ref_passes) and torch.equal(pred, ref_pred)
+    # k - 1 transition tokens when there is a parallel phase, at the positions of regions 0 … k-2's first cells,
+    # one level with the last region's first cell (they are fed with it).
+    t = k - 1 if n // k > 1 else 0
+    firsts = torch.cat([s.outputs for s in sched.steps[:k]])  # [k] first cells, region order
+    assert sched.num_transition == t
+    assert torch.equal(geo.token_cells("par", regions=regions), torch.cat([torch.arange(n), firsts[:t]]))
+    levels = geo.token_levels("par", regions=regions)
+    assert torch.equal(levels, torch.cat([passes, torch.full((t,), k - 1)]))
 
     # k first cells one at a time, then N/k - 1 parallel passes of k cells.
     assert sched.num_passes == k + n // k - 1
@@ -69,36 +82,43 @@ def check_par(shape: tuple[int, ...], regions: tuple[int, ...], num_cond: int = 
     for p, step in enumerate(sched.steps):
         assert bool((passes[step.outputs] == p).all())
         assert bool((step.outputs[1:] > step.outputs[:-1]).all())  # raster order = region order
-        # Each step feeds the previous step's outputs.
+        # Each step feeds the previous step's outputs, the first parallel pass then every transition token.
         assert torch.equal(step.inputs, sched.steps[p - 1].outputs if p else torch.zeros(0, dtype=torch.long))
-        # Its sources name each output's predictor among the cells it reads.
+        assert step.transition.tolist() == (list(range(t)) if p == k else [])
+        # Its sources name each output's predictor among the tokens it feeds.
+        fed = torch.cat([step.inputs, n + step.transition])
         src = step.sources[0]
         from_cond = src == FROM_CONDITION
         assert bool(from_cond.any()) == (p == 0)
-        assert torch.equal(step.reads[src[~from_cond]], pred[0, step.outputs[~from_cond]])
-        if p == k and n // k > 1:  # the first parallel pass reads every region's first cell, in region order
-            assert torch.equal(step.reads, sched.steps[0].outputs.new_tensor([s.outputs[0] for s in sched.steps[:k]]))
-        else:
-            assert step.reads is step.inputs
+        assert torch.equal(fed[src[~from_cond]], pred[0, step.outputs[~from_cond]])
+    # Every token but the last pass's outputs is fed exactly once.
+    assert sorted(sched.feed_order.tolist()) == list(range(n + t))
 
-    # A cell's predictor is produced in a strictly earlier pass; only the very first cell uses the condition.
+    # A cell's predictor is fed in the pass that outputs the cell; only the very first cell uses the condition.
     has = pred[0] >= 0
-    assert bool((passes[pred[0][has]] < passes[has]).all())
+    assert bool((levels[pred[0][has]] == passes[has] - 1).all())
     assert (~has).nonzero().flatten().tolist() == [0]
+    # With one head, a token's output predicts at most one cell.
+    assert len(set(pred[0][has].tolist())) == int(has.sum())
 
     # Training mask: a fed token sees exactly the tokens fed in the same or an earlier pass...
     mask = geo.attention_mask(num_cond, "par", regions=regions)
-    grid = mask[num_cond:, num_cond:]
-    assert torch.equal(grid, passes[:, None] >= passes[None, :])
+    assert mask.shape == (num_cond + n + t,) * 2
+    tokens = mask[num_cond:, num_cond:]
+    assert torch.equal(tokens, levels[:, None] >= levels[None, :])
+    assert torch.equal(tokens[:n, :n], passes[:, None] >= passes[None, :])
     assert bool(mask[num_cond:, :num_cond].all())
     assert torch.equal(mask[:num_cond, :num_cond], torch.ones(num_cond, num_cond, dtype=torch.bool).tril())
     assert not bool(mask[:num_cond, num_cond:].any())
     # ... so the output predicting a cell depends only on cells produced before that cell's pass.
-    seen = grid[pred[0].clamp(min=0)]  # [N, N] keys visible at each cell's predictor
+    seen = tokens[pred[0].clamp(min=0), :n]  # [N, N] cells visible at each cell's predictor
     produced_before = passes[None, :] < passes[:, None]  # [N, N]
     assert not bool((seen & ~produced_before)[has].any())
+    # The transition tokens see every region's first cell; no cell of the sequential phase sees them.
+    if t:
+        assert bool(tokens[n:, firsts].all()) and not bool(tokens[firsts[:-1]][:, n:].any())
     # In decode order the mask is block-causal by pass.
-    perm = torch.cat([torch.arange(num_cond), num_cond + sched.order])
+    perm = torch.cat([torch.arange(num_cond), num_cond + sched.feed_order])
     assert torch.equal(geo.attention_mask(num_cond, "par", "decode", regions=regions), mask[perm][:, perm])
 
 
@@ -142,10 +162,16 @@ def test_par_4x_on_4x4_by_hand():
     # Regions: top-left {0,1,4,5}, top-right {2,3,6,7}, bottom-left {8,9,12,13}, bottom-right {10,11,14,15}.
     assert [s.outputs.tolist() for s in sched.steps] == [[0], [2], [8], [10], [1, 3, 9, 11], [4, 6, 12, 14],
                                                           [5, 7, 13, 15]]
+    # Second cells 1, 3, 9 from transition tokens 16, 17, 18; cell 11 from the last region's first cell 10.
     assert geo.predictors("par", regions=(2, 2))[0].tolist() == [
-        FROM_CONDITION, 0, 0, 2, 1, 4, 3, 6, 2, 8, 8, 10, 9, 12, 11, 14]
-    assert sched.steps[4].reads.tolist() == [0, 2, 8, 10] and sched.steps[4].sources.tolist() == [[0, 1, 2, 3]]
+        FROM_CONDITION, 16, 0, 17, 1, 4, 3, 6, 2, 18, 8, 10, 9, 12, 11, 14]
+    step = sched.steps[4]  # the first parallel pass feeds cell 10, then transition tokens 0, 1, 2
+    assert step.inputs.tolist() == [10] and step.transition.tolist() == [0, 1, 2]
+    assert step.sources.tolist() == [[1, 2, 3, 0]]
     assert sched.steps[5].sources.tolist() == [[0, 1, 2, 3]]  # cell r - 1 of each region, fed in raster order
+    assert geo.token_cells("par", regions=(2, 2))[16:].tolist() == [0, 2, 8]  # regions 0 … 2's first cells
+    layout = geo.decode_layout(1, "par", regions=(2, 2))
+    assert layout.steps[4].positions.tolist() == [11, 17, 18, 19] and (layout.steps[4].start, layout.steps[4].kv_limit) == (4, 8)
 
 
 @settings(max_examples=30, deadline=None)
@@ -158,6 +184,7 @@ def test_one_region_and_one_cell_regions_are_raster(shape):
         assert torch.equal(par.order, raster.order)
         assert torch.equal(geo.predictors("par", regions=regions), geo.predictors("raster"))
         assert torch.equal(geo.attention_mask(1, "par", regions=regions), geo.attention_mask(1, "raster"))
+        assert par.num_transition == 0
 
 
 def test_schedules_are_cached_per_regions():
@@ -166,8 +193,11 @@ def test_schedules_are_cached_per_regions():
     assert geo.schedule("par", regions=(2, 2)) is not geo.schedule("par", regions=(4, 4))
     assert geo.schedule("par", regions=(2, 2)).regions == (2, 2) and geo.schedule("nar").regions is None
     # The returned maps are copies: editing them leaves the geometry alone.
-    geo.predictors("par", regions=(2, 2))[0, 1] = 7
-    assert geo.predictors("par", regions=(2, 2))[0, 1] == 0
+    geo.predictors("par", regions=(2, 2))[0, 2] = 7
+    assert geo.predictors("par", regions=(2, 2))[0, 2] == 0
+    geo.token_cells("par", regions=(2, 2))[16] = 7
+    geo.token_levels("par", regions=(2, 2))[16] = 7
+    assert geo.token_cells("par", regions=(2, 2))[16] == 0 and geo.token_levels("par", regions=(2, 2))[16] == 3
 
 
 @pytest.mark.parametrize("call", ["schedule", "predictors", "generation_pass", "attention_mask", "decode_layout"])
@@ -194,17 +224,22 @@ def test_modes_without_regions_still_work_positionally():
     assert geo.schedule().mode == "nar" and geo.schedule("raster").num_passes == 12
     assert geo.attention_mask(1, "nar", "frontier").shape == (13, 13)
     assert geo.decode_layout(1).regions is None
-    # nar and raster never read an earlier pass's output: every step reads exactly what it feeds.
+    # nar and raster feed no transition tokens: the sequence is the condition and the grid.
     for mode in ("nar", "raster"):
-        assert all(s.reads is s.inputs for s in geo.schedule(mode).steps)
+        assert geo.schedule(mode).num_transition == 0 and torch.equal(geo.schedule(mode).feed_order, geo.schedule(mode).order)
+        assert torch.equal(geo.token_cells(mode), torch.arange(12)) and geo.attention_mask(2, mode).shape == (14, 14)
 
 
 def test_schedule_from_maps_rejects_broken_maps():
     passes = torch.tensor([0, 1, 1])
-    with pytest.raises(ValueError, match="earlier pass"):  # cell 2 predicted from a cell of its own pass
+    with pytest.raises(ValueError, match="not fed in the pass"):  # cell 2 predicted from a cell of its own pass
         schedule_from_maps("x", passes, torch.tensor([[FROM_CONDITION, 0, 1]]))
-    with pytest.raises(ValueError, match="earlier pass"):  # the condition predicts only the first pass
+    with pytest.raises(ValueError, match="not fed in the pass"):  # the condition predicts only the first pass
         schedule_from_maps("x", passes, torch.tensor([[FROM_CONDITION, 0, FROM_CONDITION]]))
+    with pytest.raises(ValueError, match="not fed in the pass"):  # cell 3's predictor was fed two passes before
+        schedule_from_maps("x", torch.tensor([0, 1, 2, 2]), torch.tensor([[FROM_CONDITION, 0, 1, 0]]))
+    with pytest.raises(ValueError, match="transition token"):  # level 1 would be fed in pass 2, which is not there
+        schedule_from_maps("x", torch.tensor([0, 1, 1, 1]), torch.tensor([[FROM_CONDITION, 0, 0]]))
     with pytest.raises(ValueError, match="none empty"):
         schedule_from_maps("x", torch.tensor([0, 2, 2]), torch.tensor([[FROM_CONDITION, 0, 0]]))
     with pytest.raises(ValueError, match="no predictor"):
