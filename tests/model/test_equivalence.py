@@ -25,6 +25,15 @@ CASES = [
     dict(grid=[3, 4], condition="caption", caption_len=5, caption_dim=8),
     dict(grid=[2, 3], condition="caption", caption_len=1, caption_dim=8),
     dict(grid=[2, 3], mode="raster", condition="caption", caption_len=4, caption_dim=8),
+    # PAR: k - 1 transition tokens fed with the last region's first cell (none with one region or one-cell regions)
+    dict(grid=[4, 4], mode="par", regions=[2, 2]),
+    dict(grid=[4, 6], mode="par", regions=[2, 3]),
+    dict(grid=[8], mode="par", regions=[4]),
+    dict(grid=[2, 4, 4], mode="par", regions=[1, 2, 2]),
+    dict(grid=[2, 4, 4], mode="par", regions=[2, 2, 2]),
+    dict(grid=[4, 4], mode="par", regions=[4, 4]),
+    dict(grid=[4, 4], mode="par", regions=[2, 2], position="absolute"),
+    dict(grid=[4, 4], mode="par", regions=[2, 2], condition="caption", caption_len=5, caption_dim=8),
 ]
 
 
@@ -77,6 +86,33 @@ def test_pass_counts():
     assert tiny(grid=[4, 4]).num_passes == 7
     assert tiny(grid=[2, 4, 4]).num_passes == 8
     assert tiny(grid=[4, 4], mode="raster").num_passes == 16
+    assert tiny(grid=[4, 4], mode="par", regions=[2, 2]).num_passes == 4 + 3
+    assert tiny(grid=[8, 8], mode="par", regions=[4, 4]).num_passes == 16 + 3
+
+
+def test_par_adds_only_its_transition_tokens():
+    """nar and raster state dicts are unchanged; PAR is the raster network plus k - 1 transition embeddings."""
+    raster = set(tiny(grid=[4, 4], mode="raster").state_dict())
+    assert not any("transition" in key for key in set(tiny(grid=[4, 4]).state_dict()) | raster)
+    par = tiny(grid=[4, 4], mode="par", regions=[2, 2])
+    assert set(par.state_dict()) == raster | {"transition_embeddings.weight"}
+    assert par.transition_embeddings.weight.shape == (3, 32) and par.cfg.seq_len == 1 + 16 + 3
+    assert set(tiny(grid=[4, 4], mode="par", regions=[4, 4]).state_dict()) == raster  # one-cell regions: none
+
+
+def test_transition_token_j_feeds_only_the_parallel_phase():
+    """Changing transition token j changes the logits of the parallel phase (first of all region j's second
+    cell) and leaves the sequential phase (every region's first cell) alone."""
+    model = tiny(grid=[4, 4], mode="par", regions=[2, 2])
+    tokens, cond, _ = inputs(model)
+    firsts = torch.tensor([0, 2, 8, 10])
+    with torch.no_grad():
+        ref = model.forward_train(tokens, cond)
+        for j, second in enumerate([1, 3, 9]):
+            model.transition_embeddings.weight[j] += 1.0
+            diff = (model.forward_train(tokens, cond) - ref).abs().amax(dim=(0, 2))  # [N]
+            model.transition_embeddings.weight[j] -= 1.0
+            assert diff[firsts].max() == 0 and diff[second] > 1e-3
 
 
 def test_caption_padding_does_not_change_logits():

@@ -25,6 +25,10 @@ def test_preset_parameter_counts(name, millions):
     (dict(head_blocks=[1]), "head_blocks"),
     (dict(n_kv_head=3), "n_kv_head"),
     (dict(grid=[2, 2, 2, 2]), "grid"),
+    (dict(mode="par"), "regions'?: mode 'par' needs regions"),
+    (dict(mode="par", regions=[3, 2]), "regions'?: .*axis 0 has 16 cells"),
+    (dict(mode="par", regions=[2, 2, 2]), "regions'?: .*one count per axis"),
+    (dict(regions=[2, 2]), "regions'?: .*'par' only"),
 ])
 def test_bad_config_names_the_key(bad, match):
     with pytest.raises(ConfigError, match=match):
@@ -61,6 +65,8 @@ def test_missing_file_and_wrong_layout(tmp_path):
         read_checkpoint(tmp_path / "nope.pt")
     with pytest.raises(ConfigError, match="head_blocks"):
         to_official_state_dict(NARModel(NARConfig.from_name("NAR-tiny", head_layout="parallel", head_blocks=[2, 1])))
+    with pytest.raises(ConfigError, match="PAR"):
+        to_official_state_dict(NARModel(NARConfig.from_name("NAR-tiny", mode="par", regions=[2, 2])))
 
 
 def test_llamagen_raster_layout_round_trips(tmp_path):

@@ -16,6 +16,9 @@ SETUPS = {
     "video": dict(grid=[2, 3, 4]),
     "caption": dict(grid=[3, 4], condition="caption", caption_len=6, caption_dim=8),
     "raster": dict(grid=[3, 4], mode="raster"),
+    "par": dict(grid=[4, 4], mode="par", regions=[2, 2]),
+    "par-video-caption": dict(grid=[2, 2, 4], mode="par", regions=[1, 2, 2], condition="caption", caption_len=6,
+                              caption_dim=8),
 }
 
 
@@ -45,7 +48,7 @@ def test_fast_plain_and_reference_agree_under_greedy(kind, cfg_scale):
     assert plain.shape == (3, *model.cfg.grid)
 
 
-@pytest.mark.parametrize("kind", ["image", "video", "caption"])
+@pytest.mark.parametrize("kind", ["image", "video", "caption", "par"])
 def test_fast_logits_match_plain_logits(kind):
     model, cond, mask = make(kind)
     s = SamplingConfig(greedy=True, cfg_scale=2.0)
@@ -55,9 +58,10 @@ def test_fast_logits_match_plain_logits(kind):
     torch.testing.assert_close(logits_a, logits_b, atol=1e-5, rtol=1e-5)
 
 
-def test_greedy_decoding_reproduces_teacher_forcing():
+@pytest.mark.parametrize("kind", ["image", "par"])
+def test_greedy_decoding_reproduces_teacher_forcing(kind):
     """Greedy tokens are the argmax of the training pass fed those same tokens (CFG off)."""
-    model, cond, _ = make("image")
+    model, cond, _ = make(kind)
     tokens = generate(model, cond, SamplingConfig(greedy=True))
     logits = model.forward_train(tokens.flatten(1), cond)
     assert torch.equal(logits.argmax(-1), tokens.flatten(1))
@@ -137,7 +141,7 @@ def test_cuda_graph_sampler_matches_eager():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("kind", ["image", "caption"])
+@pytest.mark.parametrize("kind", ["image", "caption", "par", "par-video-caption"])
 def test_small_query_kernel_sampler_matches_sdpa_on_the_gpu(kind):
     """bf16 CUDA-graph sampler: the Triton decode attention against SDPA, greedy (rounding may flip a rare near-tie)."""
     from nar.model.decode_attention import triton_available

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from nar.errors import ConfigError
+from nar.geometry import GridGeometry
 
 AXIS_NAMES = {1: ("col",), 2: ("row", "col"), 3: ("time", "row", "col")}
 
@@ -33,8 +34,12 @@ class NARConfig:
     num_classes: int = 1000
     caption_dim: int = 2048
     caption_len: int = 120
-    # "nar": next-neighbour prediction; "raster": the LlamaGen-style next-token baseline.
+    # "nar": next-neighbour prediction; "raster": the LlamaGen-style next-token baseline; "par": PAR (Wang et
+    # al.), the first cell of each of `regions` regions one at a time, then one cell of every region per pass.
     mode: str = "nar"
+    # mode "par" only: regions along each axis, each dividing its axis ([2, 2]: PAR-4x, [4, 4]: PAR-16x,
+    # [1, 2, 2]: a 4x split of every video frame). PAR adds regions - 1 learnable transition tokens.
+    regions: list[int] | None = None
     # Extra transformer blocks in front of each axis head; None = the official layout of the grid and mode
     # (see blocks_per_axis). Left None rather than filled in, so that changing grid or mode re-derives it.
     head_blocks: list[int] | None = None
@@ -78,7 +83,12 @@ class NARConfig:
         if self.position == "rope" and self.head_dim // 2 < len(self.grid):
             raise ConfigError(f"head dim {self.head_dim} is too small to rotate {len(self.grid)} axes", key="n_head")
         _choice("condition", self.condition, ("class", "caption"))
-        _choice("mode", self.mode, ("nar", "raster"))
+        _choice("mode", self.mode, ("nar", "raster", "par"))
+        try:  # the geometry is the one judge of a decoding
+            _, regions = GridGeometry(self.grid).decoding(self.mode, self.regions)
+        except ConfigError as err:
+            raise ConfigError(err.message, key="regions") from None
+        self.regions = list(regions) if regions is not None else None
         _choice("head_layout", self.head_layout, ("chain", "parallel"))
         _choice("head_sharing", self.head_sharing, ("per_axis", "shared"))
         _choice("mixing", self.mixing, ("logits", "probs"))
@@ -131,8 +141,14 @@ class NARConfig:
         return math.prod(self.grid)
 
     @property
+    def num_transition_tokens(self) -> int:
+        """PAR's learnable transition tokens (``prod(regions) - 1`` for ``par``, else 0), fed after the grid."""
+        return len(GridGeometry(self.grid).token_cells(self.mode, regions=self.regions)) - self.num_cells
+
+    @property
     def seq_len(self) -> int:
-        return self.num_cond_tokens + self.num_cells
+        """Tokens of the training sequence: condition, grid, transition tokens."""
+        return self.num_cond_tokens + self.num_cells + self.num_transition_tokens
 
     @property
     def ffn_hidden(self) -> int:

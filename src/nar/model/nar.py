@@ -7,8 +7,10 @@ Three entry points share every line of the network:
 * :meth:`NARModel.decode_step` — the cells of one step in, the logits of the next step out, through a
   static KV cache.
 
-With ``mode='raster'`` the same module is the LlamaGen-style next-token baseline (one head, causal mask).
-The loss lives outside the model; so do sampling and CFG (:mod:`nar.sampling`).
+With ``mode='raster'`` the same module is the LlamaGen-style next-token baseline (one head, causal mask);
+with ``mode='par'`` it is PAR (one head; ``prod(regions) - 1`` learnable transition tokens, which follow the
+grid in the training sequence and are fed with the last region's first cell when decoding: see
+:mod:`nar.geometry.grid`). The loss lives outside the model; so do sampling and CFG (:mod:`nar.sampling`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nar.geometry import GridGeometry
+from nar.geometry import DecodeLayout, GridGeometry, Schedule
 from nar.geometry.grid import FROM_CONDITION, NO_PREDICTOR
 from nar.model.conditioning import CaptionEmbedding, ClassEmbedding
 from nar.model.config import NARConfig
@@ -50,6 +52,7 @@ class StepPlan:
     sources: torch.Tensor  # [A, n_out] index into the T fed tokens (clamped; see weights)
     weights: torch.Tensor  # [A, n_out] float: valid / number of valid predictors
     outputs: torch.Tensor  # [n_out] raster cells produced
+    transition: torch.Tensor | None = None  # [K_p] PAR transition tokens fed after the cells (None: none)
 
 
 @dataclass
@@ -78,6 +81,10 @@ class NARModel(nn.Module):
         else:
             self.cls_embedding = CaptionEmbedding(cfg.caption_dim, cfg.dim, cfg.caption_len)
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        # PAR's learnable transition tokens (only mode 'par' has any: nar and raster state dicts are unchanged).
+        token_cells = self.geometry.token_cells(cfg.mode, regions=cfg.regions)  # [N + K], CPU
+        if cfg.num_transition_tokens:
+            self.transition_embeddings = nn.Embedding(cfg.num_transition_tokens, cfg.dim)
         self.tok_dropout = nn.Dropout(cfg.token_dropout)
         if cfg.position == "absolute":
             self.pos_embedding = nn.Parameter(torch.zeros(cfg.num_cells, cfg.dim))
@@ -108,17 +115,20 @@ class NARModel(nn.Module):
 
         # Index tables are always computed on the CPU (also when the module is built on 'meta').
         with torch.device("cpu"):
-            if cfg.position == "rope":
-                rope = rotary_table(self.geometry.coords, cfg.head_dim, C, cfg.rope_base)
+            if cfg.position == "rope":  # every token rotated by its cell's coordinates (a transition token's: its region's)
+                rope = rotary_table(self.geometry.coords[token_cells], cfg.head_dim, C, cfg.rope_base)
             else:  # identity rotation: cos 1, sin 0
                 rope = torch.stack([torch.ones(cfg.seq_len, cfg.head_dim // 2),
                                     torch.zeros(cfg.seq_len, cfg.head_dim // 2)], dim=-1)
-            pred = self.geometry.keep_axis(self.geometry.predictors(cfg.mode), cfg.parent_axis)  # [A, N]
-            train_mask = self.geometry.attention_mask(C, cfg.mode)
+            pred = self.geometry.keep_axis(self.geometry.predictors(cfg.mode, regions=cfg.regions),
+                                           cfg.parent_axis)  # [A, N]
+            train_mask = self.geometry.attention_mask(C, cfg.mode, regions=cfg.regions)  # [L, L]
         # Kept in float32 whatever the model's dtype (see _apply).
         self.register_buffer("rope", rope, persistent=False)
         self.register_buffer("predictors", pred, persistent=False)
         self.register_buffer("train_mask", train_mask, persistent=False)
+        # [K] the cell whose absolute position embedding each transition token adds.
+        self.register_buffer("transition_cells", token_cells[cfg.num_cells:], persistent=False)
         self.reset_parameters()
 
     # ------------------------------------------------------------------------------ set-up
@@ -134,9 +144,19 @@ class NARModel(nn.Module):
         return self.cfg.axis_names if self.cfg.head_sharing == "per_axis" else ("shared",)
 
     @property
+    def schedule(self) -> Schedule:
+        """The decoding schedule of ``cfg.mode`` (and ``cfg.regions``)."""
+        return self.geometry.schedule(self.cfg.mode, regions=self.cfg.regions)
+
+    @property
+    def decode_layout(self) -> DecodeLayout:
+        """Positions, cache slots and masks of every pass behind the condition tokens."""
+        return self.geometry.decode_layout(self.cfg.num_cond_tokens, self.cfg.mode, regions=self.cfg.regions)
+
+    @property
     def num_passes(self) -> int:
         """Forward passes to generate one sample (prefill included)."""
-        return self.geometry.schedule(self.cfg.mode).num_passes
+        return self.schedule.num_passes
 
     def reset_parameters(self) -> None:
         std = self.cfg.initializer_range
@@ -170,6 +190,13 @@ class NARModel(nn.Module):
         if self.cfg.position == "absolute":
             x = x + (self.pos_embedding if cells is None else self.pos_embedding[cells])
         return x
+
+    def _embed_transition(self, index: torch.Tensor, batch: int) -> torch.Tensor:
+        """``[batch, K_p, D]`` transition tokens ``index [K_p]`` (at their region's first cell's position)."""
+        x = self.transition_embeddings(index)  # [K_p, D]
+        if self.cfg.position == "absolute":
+            x = x + self.pos_embedding[self.transition_cells[index]]
+        return x[None].expand(batch, -1, -1)
 
     def _features(self, x: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None,
                   state: InferenceState | None = None, plan: StepPlan | None = None) -> list[torch.Tensor]:
@@ -228,8 +255,11 @@ class NARModel(nn.Module):
             ``logits [B, N, V]`` float32, or ``(logits, [(logits_a [B,N,V], valid_a [N]), ...])``.
         """
         C = self.cfg.num_cond_tokens
-        x = torch.cat([self.cls_embedding(cond), self._embed_grid(tokens)], dim=1)
-        x = self.tok_dropout(x)
+        parts = [self.cls_embedding(cond), self._embed_grid(tokens)]  # [B, C, D], [B, N, D]
+        if self.cfg.num_transition_tokens:  # PAR: [B, K, D] after the grid
+            every = torch.arange(self.cfg.num_transition_tokens, device=tokens.device)
+            parts.append(self._embed_transition(every, tokens.shape[0]))
+        x = self.tok_dropout(torch.cat(parts, dim=1))  # [B, L, D]
         mask = self._full_mask(cond_mask, x.shape[0])
         feats = self._features(x, self.rope, mask)
         src, w = self._mix_plan(self.predictors, C, x.shape[1])
@@ -251,8 +281,8 @@ class NARModel(nn.Module):
         return (mask[None] & (key_ok[:, None, :] | eye[None]))[:, None]
 
     def _key_valid(self, cond_mask: torch.Tensor) -> torch.Tensor:
-        """``[B, C + N]`` key validity in sequence order."""
-        return self.geometry.decode_layout(self.cfg.num_cond_tokens, self.cfg.mode).key_valid(cond_mask)
+        """``[B, L]`` key validity in sequence order."""
+        return self.decode_layout.key_valid(cond_mask)
 
     # ------------------------------------------------------------------------------ inference
     def start_inference(self, batch: int, cond_mask: torch.Tensor | None = None, layout: str = "decode",
@@ -274,8 +304,8 @@ class NARModel(nn.Module):
         n_blocks = len(self.layers) + sum(len(b) for b in self.branches)
         caches = [KVCache(batch, cfg.kv_heads, cfg.seq_len, cfg.head_dim, dtype, device, attention)
                   for _ in range(n_blocks)]
-        geo = self.geometry.decode_layout(cfg.num_cond_tokens, cfg.mode)
-        key_valid = None  # [B, C + N] in the cache's order
+        geo = self.decode_layout
+        key_valid = None  # [B, L] in the cache's order
         if cond_mask is not None:
             key_valid = geo.key_valid(cond_mask.to(device), "sequence" if layout == "sequence" else "decode")
 
@@ -298,7 +328,8 @@ class NARModel(nn.Module):
             plans.append(StepPlan(
                 positions=positions, slots=slots, kv_limit=kv_limit,
                 rope=self.rope[step.positions.to(self.rope.device)].to(device),
-                mask=mask, sources=src.to(device), weights=w.to(device), outputs=step.outputs.to(device)))
+                mask=mask, sources=src.to(device), weights=w.to(device), outputs=step.outputs.to(device),
+                transition=step.transition.to(device) if len(step.transition) else None))
         head_weight = None
         if cfg.mixing == "logits":
             head_weight = torch.cat([self.heads[h].proj.weight for h in self._head_of_axis], dim=1).detach()
@@ -312,11 +343,15 @@ class NARModel(nn.Module):
         return self._mix_inference(feats, plan, state)
 
     def decode_step(self, tokens: torch.Tensor, step: int, state: InferenceState) -> torch.Tensor:
-        """Feed step ``step``'s cells (``tokens [B, T]``, the outputs of step ``step - 1`` in raster order);
-        return the mixed logits ``[B, n_out, V]`` of the cells step ``step`` produces."""
+        """Feed step ``step``'s cells (``tokens [B, T]``, the outputs of step ``step - 1`` in raster order),
+        followed by the step's transition tokens (PAR's first parallel pass); return the mixed logits
+        ``[B, n_out, V]`` of the cells step ``step`` produces."""
         plan = state.plans[step]
         cells = state.plans[step - 1].outputs
-        x = self._embed_grid(tokens, cells).to(state.caches[0].k.dtype)
+        x = self._embed_grid(tokens, cells)
+        if plan.transition is not None:
+            x = torch.cat([x, self._embed_transition(plan.transition, x.shape[0])], dim=1)
+        x = x.to(state.caches[0].k.dtype)
         feats = self._features(x, plan.rope, plan.mask, state, plan)
         return self._mix_inference(feats, plan, state)
 

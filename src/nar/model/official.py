@@ -24,6 +24,8 @@ OFFICIAL_IGNORED = ("kv_cache.", "freqs_cis", "causal_mask", "diagonal_mask")
 
 
 def _check_layout(cfg: NARConfig) -> str:
+    if cfg.mode == "par":
+        raise ConfigError("no official NAR or LlamaGen checkpoint holds a PAR model (mode 'par')")
     if cfg.position != "rope" or cfg.head_sharing != "per_axis" or len(cfg.grid) != 2:
         raise ConfigError("only the official layout converts: 2-D grid, rotary positions, one head per axis")
     if cfg.mode == "nar" and (cfg.head_layout != "chain" or cfg.blocks_per_axis != [1, 0]):

@@ -15,7 +15,7 @@ def generate(model: NARModel, cond: torch.Tensor, sampling: SamplingConfig | Non
     """Sample a batch of token grids.
 
     Args:
-        model: a generator in ``nar`` or ``raster`` mode (the schedule follows ``model.cfg.mode``).
+        model: a generator in ``nar``, ``raster`` or ``par`` mode (the schedule follows ``model.cfg.mode``).
         cond: class ids ``[B]`` or caption features ``[B, L, caption_dim]``.
         cond_mask: ``[B, L]`` caption validity (captions only).
         generator: a seeded ``torch.Generator`` on the model's device makes the result reproducible.

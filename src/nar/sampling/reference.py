@@ -21,7 +21,7 @@ def reference_generate(model: NARModel, cond: torch.Tensor, sampling: SamplingCo
     B = cond.shape[0]
     cond, cond_mask = with_null(model, cond, cond_mask, sampling)
     state = model.start_inference(cond.shape[0], cond_mask=cond_mask, layout="sequence", device=cond.device)
-    schedule = model.geometry.schedule(model.cfg.mode)
+    schedule = model.schedule
     tokens = torch.zeros(B, model.cfg.num_cells, dtype=torch.long, device=cond.device)
     generated = 0
     for i, step in enumerate(schedule.steps):
