@@ -52,3 +52,30 @@ def test_from_name_checks_override_types():
         NARConfig.from_name("NAR-tiny", mode=1)
     with pytest.raises(ConfigError, match="n_layer'?: expected int"):
         NARConfig.from_name("NAR-tiny", n_layer=True)
+
+
+def test_bench_times_par_beside_nar_and_raster(tmp_path, capsys):
+    out = tmp_path / "results"
+    assert main(["bench", "--preset", "NAR-tiny", "--set", "dim=32", "--device", "cpu", "--dtype", "fp32",
+                 "--batch", "2", "--rounds", "2", "--iters", "1", "--warmup", "0",
+                 "--schedules", "nar", "raster", "par-2x2", "par-4x4", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    (result,) = out.glob("*.json")
+    report = json.loads(result.read_text())
+    assert report["schedules"] == ["nar", "raster", "par-2x2", "par-4x4"]
+    rows = {r["method"]: r for r in report["rows"]}
+    # 4x4 grid: NAR 7 passes, raster 16, PAR-4x 4 + 4 - 1 = 7, PAR-16x (one-cell regions) 16 + 1 - 1 = 16
+    assert [rows[m]["forward_passes"] for m in report["schedules"]] == [7, 16, 7, 16]
+    assert all(len(r["round_seconds"]) == 2 for r in rows.values())  # timed in the same alternating rounds
+    for other in ("raster", "par-2x2", "par-4x4"):
+        assert re.search(rf"^batch 2: nar/{other} speed-up \d+\.\d\dx", printed, re.M)
+    assert printed.strip().splitlines()[-1].startswith("nar/raster speed-up:")
+
+
+@pytest.mark.parametrize("schedule, message", [("par-3x3", "par-3x3: regions .*axis 0 has 4 cells"),
+                                               ("zigzag", "'zigzag' is not nar, raster or par-")])
+def test_bad_schedule_names_the_key(schedule, message, tmp_path, caplog):
+    assert main(["bench", "--preset", "NAR-tiny", "--schedules", "nar", schedule, "--device", "cpu",
+                 "--out", str(tmp_path)]) == 2
+    assert re.search(f"schedules'?: {message}", caplog.text), caplog.text
+    assert not list(tmp_path.iterdir())

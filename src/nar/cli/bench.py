@@ -1,4 +1,4 @@
-"""``nar bench`` — sampling speed of NAR vs the raster baseline (and the plain reference), as a table + JSON."""
+"""``nar bench`` — sampling speed of NAR vs the raster and PAR baselines (and the plain reference), as a table + JSON."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmark token generation (NAR vs raster vs reference) and tokenizer decoding")
+    p = sub.add_parser("bench", help="benchmark token generation (NAR vs raster vs PAR vs reference) and tokenizer "
+                                     "decoding")
     p.add_argument("--preset", default="NAR-L", help="generator preset (NAR-B..NAR-XXL, bench-cpu, NAR-tiny)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override preset fields, e.g. --set dim=128 vocab_size=1024 (values parsed as YAML)")
@@ -23,7 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="bf16")
     p.add_argument("--device", default="cuda")
     p.add_argument("--reference", action="store_true", help="also time the plain official-style decoder")
-    p.add_argument("--no-raster", action="store_true", help="skip the raster baseline")
+    p.add_argument("--schedules", nargs="+", default=["nar", "raster"], metavar="SCHEDULE",
+                   help="methods to time on the preset's trunk, in this order: nar, raster, and PAR as par-<regions "
+                        "per axis joined by x> (par-2x2: PAR-4x, par-4x4: PAR-16x, par-1x2x2 for video) "
+                        "(default: %(default)s)")
+    p.add_argument("--no-raster", action="store_true", help="skip the raster baseline (drops it from --schedules)")
     p.add_argument("--no-graph", action="store_true", help="run eagerly (no CUDA graph)")
     p.add_argument("--compile", action="store_true", help="torch.compile the decoding loop")
     p.add_argument("--attention", choices=["auto", "sdpa", "triton"], default="auto",
@@ -39,8 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--min-time", type=float, default=0.0, help="time each method for at least this many seconds")
     p.add_argument("--rounds", type=int, default=1,
-                   help="time NAR and raster in alternation this many rounds (iters calls each); report the median "
-                        "round and the round-by-round speed-up with its range")
+                   help="time the --schedules in alternation this many rounds (iters calls each); report the median "
+                        "round and the round-by-round speed-ups of NAR over each other method with their range")
     p.add_argument("--out", default="benchmarks/results", help="folder for the JSON and markdown results")
     p.set_defaults(func=run)
 
@@ -57,10 +62,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     cfg = NARConfig.from_name(args.preset, **parse_overrides(args.overrides))  # a bad key or value: ConfigError
     sampling = SamplingConfig(cfg_scale=args.guidance, top_k=args.top_k)
-    rows = bench_sampling(cfg, args.batch, sampling, device=args.device, dtype=args.dtype, raster=not args.no_raster,
-                          reference=args.reference, cuda_graph=False if args.no_graph else None,
-                          compile=args.compile, warmup=args.warmup, iters=args.iters, min_time=args.min_time,
-                          attention=args.attention, rounds=args.rounds)
+    schedules = [s for s in args.schedules if not (args.no_raster and s == "raster")]
+    rows = bench_sampling(cfg, args.batch, sampling, device=args.device, dtype=args.dtype, reference=args.reference,
+                          cuda_graph=False if args.no_graph else None, compile=args.compile, warmup=args.warmup,
+                          iters=args.iters, min_time=args.min_time, attention=args.attention, rounds=args.rounds,
+                          schedules=schedules)
     if args.tokenizer_decode:
         for dt in args.decode_dtype:
             for compiled in (False, True) if args.decode_compile else (False,):
@@ -82,11 +88,12 @@ def run(args: argparse.Namespace) -> int:
     ratios, headline = [], None
     for batch in args.batch:
         by = {r.method: r for r in rows if r.batch == batch}
-        if "raster" in by:
-            mid, lo, hi = speedup(by["nar"], by["raster"])
+        for other in (s for s in schedules if s != "nar" and "nar" in by):
+            mid, lo, hi = speedup(by["nar"], by[other])
             spread = f" (rounds {lo:.2f}-{hi:.2f}x)" if hi > lo else ""
-            ratios.append(f"batch {batch}: nar/raster speed-up {mid:.2f}x{spread}")
-            headline = headline or f"nar/raster speed-up: {mid:.2f}x"
+            ratios.append(f"batch {batch}: nar/{other} speed-up {mid:.2f}x{spread}")
+            if other == "raster":
+                headline = headline or f"nar/raster speed-up: {mid:.2f}x"
         if "nar-reference" in by:
             ratios.append(f"batch {batch}: fast/reference speed-up {speedup(by['nar'], by['nar-reference'])[0]:.2f}x")
     text = "\n".join([header, "", *table, "", *ratios])
@@ -100,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         "preset": args.preset, "overrides": args.overrides, "config": asdict(cfg), "grid": cfg.grid,
         "cfg_scale": args.guidance, "dtype": args.dtype, "device": args.device,
         "device_name": device_name, "torch": torch.__version__, "threads": threads, "rounds": args.rounds,
+        "schedules": schedules,
         "rows": [asdict(r) for r in rows]}, indent=2))
     print(f"\nwrote {out / stem}.{{json,md}}")
     if headline:

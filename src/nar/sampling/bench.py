@@ -1,11 +1,11 @@
-"""Sampling benchmark: NAR (fast sampler) vs the raster baseline vs the plain reference, side by side."""
+"""Sampling benchmark: NAR (fast sampler) vs the raster and PAR baselines vs the plain reference, side by side."""
 
 from __future__ import annotations
 
 import logging
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -75,7 +75,25 @@ def random_model(cfg: NARConfig, device: torch.device, dtype: torch.dtype, seed:
 
 def raster_baseline(cfg: NARConfig) -> NARConfig:
     """The raster next-token model on ``cfg``'s trunk (one head, no head blocks)."""
-    return replace(cfg, mode="raster", head_blocks=None)
+    return replace(cfg, mode="raster", regions=None, head_blocks=None)
+
+
+def schedule_config(cfg: NARConfig, schedule: str) -> NARConfig:
+    """The generator of one benchmark schedule on ``cfg``'s trunk: ``nar`` (``cfg`` itself), ``raster``
+    (:func:`raster_baseline`) or ``par-RxC`` (PAR with ``R``, ``C`` … regions per axis, one head, e.g.
+    ``par-2x2`` for PAR-4x, ``par-1x4x4`` for a 16x split of every video frame)."""
+    if schedule == "nar":
+        return cfg
+    if schedule == "raster":
+        return raster_baseline(cfg)
+    counts = schedule.removeprefix("par-").split("x")
+    if not schedule.startswith("par-") or not all(c.isdigit() for c in counts):
+        raise ConfigError(f"'{schedule}' is not nar, raster or par-<regions per axis joined by x> (par-2x2)",
+                          key="schedules")
+    try:
+        return replace(cfg, mode="par", regions=[int(c) for c in counts], head_blocks=None)
+    except ConfigError as err:
+        raise ConfigError(f"{schedule}: {err.message}", key="schedules") from None
 
 
 def _peak(device: torch.device) -> float | None:
@@ -91,23 +109,28 @@ def _reset_peak(device: torch.device) -> None:
 def bench_sampling(cfg: NARConfig, batches: list[int], sampling: SamplingConfig, device: str = "cpu",
                    dtype: str = "fp32", raster: bool = True, reference: bool = False, cuda_graph: bool | None = None,
                    compile: bool = False, warmup: int = 1, iters: int = 3, min_time: float = 0.0,
-                   seed: int = 0, attention: str = "auto", rounds: int = 1) -> list[BenchRow]:
+                   seed: int = 0, attention: str = "auto", rounds: int = 1,
+                   schedules: Sequence[str] | None = None) -> list[BenchRow]:
     """Time token generation (no pixel decoding) for each batch size and method.
 
-    With ``rounds > 1`` the NAR and raster samplers are built side by side and timed in alternation,
-    ``rounds`` times each (``iters`` calls a round); a row reports the median round and keeps every
-    round, so a ratio can be taken round by round and a drift of the machine's speed during the run
-    hits both methods alike. Peak memory is then that of both samplers together.
+    ``schedules`` names the methods, each a fast sampler on ``cfg``'s trunk (:func:`schedule_config`:
+    ``nar``, ``raster``, ``par-2x2`` …); default ``nar`` and, with ``raster``, ``raster``. With ``rounds > 1``
+    their samplers are built side by side and timed in alternation, ``rounds`` times each (``iters`` calls a
+    round); a row reports the median round and keeps every round, so a ratio can be taken round by round and
+    a drift of the machine's speed during the run hits every method alike. Peak memory is then that of all
+    the samplers together.
     """
     if rounds < 1:
         raise ConfigError(f"rounds: must be >= 1, got {rounds}")
+    names = list(schedules) if schedules is not None else ["nar", "raster"] if raster else ["nar"]
+    if len(set(names)) != len(names) or not names:
+        raise ConfigError(f"schedules: name each method once, got {names}")
+    configs = {name: schedule_config(cfg, name) for name in names}  # every name checked before any timing
     dev = torch.device(device)
     dt = DTYPES[dtype]
     rows: list[BenchRow] = []
-    nar = random_model(cfg, dev, dt, seed)
-    models = {"nar": nar}
-    if raster:
-        models["raster"] = random_model(raster_baseline(cfg), dev, dt, seed)
+    models = {name: random_model(c, dev, dt, seed) for name, c in configs.items()}
+    nar = models["nar"] if "nar" in models else random_model(cfg, dev, dt, seed) if reference else None
     N = cfg.num_cells
     for batch in batches:
         gen = torch.Generator(device=dev).manual_seed(seed)
