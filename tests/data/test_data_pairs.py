@@ -7,7 +7,7 @@ import json
 import numpy as np
 from nar_data_testutil import run_data_cli, write_jpeg
 
-from nar.data.pairs import write_pairs
+from nar.data.pairs import held_out_count, write_pairs
 from nar.data.shards import iter_tar
 
 
@@ -33,12 +33,19 @@ def test_pairs_from_jsonl_and_tsv(tmp_path, capsys):
     lines = [json.dumps({"image": f"imgs/{i}.png", "caption": f"caption {i}"}) for i in range(3)]
     lines += ['{"image": "imgs/missing.png", "caption": "gone"}', "not json"]
     (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
-    meta = write_pairs(tmp_path / "m.jsonl", tmp_path / "out1")
+    meta = write_pairs(tmp_path / "m.jsonl", tmp_path / "out1", val_fraction=0.0)
     assert meta["splits"]["train"]["samples"] == 3 and meta["splits"]["train"]["skipped"]["count"] == 2
+    assert "val" not in meta["splits"]
     first = next(iter_tar(tmp_path / "out1" / "train" / "train-000000.tar"))
     assert "png" in first and first["txt"] == b"caption 0"
 
     (tmp_path / "m.tsv").write_text("image\tcaption\n" + "".join(f"imgs/{i}.png\tcaption {i}\n" for i in range(3)))
     assert run_data_cli(["data", "pairs", str(tmp_path / "m.tsv"), "--out", str(tmp_path / "out2")]) == 0
-    assert "3" in capsys.readouterr().out
+    # by default a small val split is held out (at least one pair of two or more), and the summary says so
+    assert "val: 1 of 3 pairs held out (--val-fraction 0.05, --seed 0)" in capsys.readouterr().out
     assert run_data_cli(["data", "verify", str(tmp_path / "out2")]) == 0
+
+
+def test_held_out_count():
+    assert [held_out_count(n, 0.05) for n in (0, 1, 2, 19, 40, 1000)] == [0, 0, 1, 1, 2, 50]
+    assert held_out_count(1000, 0.0) == 0 and held_out_count(3, 0.9) == 2  # never the whole dataset

