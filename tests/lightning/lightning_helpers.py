@@ -18,6 +18,7 @@ def tiny_overrides(root: Path, runs: Path, name: str = "t", tokenizer: str | Pat
         "trainer.max_steps": 20, "trainer.val_every": 0, "trainer.ckpt_every": 10, "trainer.log_every": 5,
         "trainer.threads": 1, "optim.lr": 3e-3, "ema.decay": 0.99, "eval.num_samples": 8, "eval.batch_size": 4,
         "eval.grid_samples": 8, "eval.metrics": "[fid]",
+        "allow_degraded": "true",  # FID against tokenizer reconstructions: no real images in these tests
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

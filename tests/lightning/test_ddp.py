@@ -28,13 +28,13 @@ def test_two_process_gloo_matches_one_process(token_root: Path, tokenizer_file: 
     assert rows and rows[-1]["step"] == 4
     two = rows[-1]
 
-    single = subprocess.run(
-        [*NAR, "evaluate", "--config", str(tmp_path / "ddp" / "config.yaml"),
-         "--ckpt", str(tmp_path / "ddp" / "checkpoints" / "last.ckpt"), "--num-samples", "8",
-         "trainer.devices=1", "trainer.strategy=auto", "name=ddp-eval"],
-        env=env, capture_output=True, text=True, timeout=600)
+    # The checkpoint alone: its stored run config and budget (eval.num_samples = 8), one process.
+    single = subprocess.run([*NAR, "evaluate", "--ckpt", str(tmp_path / "ddp" / "checkpoints" / "last.ckpt"),
+                             "trainer.strategy=auto"], env=env, capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-4000:]
-    one = json.loads((tmp_path / "ddp-eval" / "eval_last.json").read_text())
+    results = json.loads((tmp_path / "ddp" / "eval" / "last-8" / "results.json").read_text())
+    assert results["num_samples"] == 8 and "reconstructions" in results["reference"]
+    one = results["scores"]
     for key in ("val/loss", "val/fid"):
         assert one[key] == pytest.approx(two[key], rel=1e-4, abs=1e-4), (key, one[key], two[key])
     assert one["val/forward_passes"] == two["val/forward_passes"] == 15

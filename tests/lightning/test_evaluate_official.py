@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,6 +30,10 @@ def test_evaluate_official_checkpoint(tmp_path: Path) -> None:
         f"model.num_classes={c['num_classes']}", f"model.multiple_of={c['multiple_of']}",
         f"tokenizer.path={vq_path}", f"runs_root={tmp_path}", "name=official", "trainer.accelerator=cpu",
         "trainer.precision=32-true", "eval.metrics=[]", "eval.batch_size=4", "sampling.cfg_scale=2.0"])
-    scores = evaluate(cfg, gen_path, num_samples=8, enable_progress_bar=False)
-    assert scores["val/forward_passes"] == 7  # 4x4 grid: 7 frontiers
-    assert (tmp_path / "official" / "samples" / "latest.png").is_file()
+    results = evaluate(cfg, gen_path, num_samples=8, enable_progress_bar=False)
+    assert results["scores"]["val/forward_passes"] == 7  # 4x4 grid: 7 frontiers
+    out = tmp_path / "official" / "eval" / "nar_official-8"  # beside the run's outputs, never over them
+    assert (out / "samples" / "latest.png").is_file() and not (tmp_path / "official" / "samples").exists()
+    with np.load(out / "samples_8.npz") as data:  # the ADM evaluator's input
+        assert data["arr_0"].dtype == np.uint8 and data["arr_0"].shape[0] == 8 and data["arr_0"].shape[-1] == 3
+    assert results["num_samples"] == 8

@@ -53,11 +53,9 @@ def test_token_shards_carry_caption_features(shapes_tokens):
 
 
 def test_a_few_training_steps_then_sampling_from_prompts(shapes_tokens, tmp_path):
-    from nar.config import load_config
-    from nar.runs import TrainConfig
-    from nar.workflows.train import fit
+    from nar.workflows.train import fit, generator_config
 
-    cfg = load_config(TrainConfig, [T2I / "shapes.yaml", T2I / "shapes_smoke.yaml"], [
+    cfg = generator_config([T2I / "shapes.yaml", T2I / "shapes_smoke.yaml"], [
         f"runs_root={tmp_path}", "name=t2i", f"data.root={shapes_tokens['tokens']}",
         f"tokenizer.path={shapes_tokens['tokenizer']}", "model.grid=[4,4]", "model.caption_len=16",
         "text.max_len=16", "trainer.max_steps=4", "trainer.val_every=4", "trainer.ckpt_every=4",

@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer-config", default=None, help="preset describing an official VQ checkpoint")
     p.add_argument("--prompt", action="append", default=[], help="a caption (repeat for several)")
     p.add_argument("--prompt-file", default=None, help="one caption per line (blank lines and '#' comments skipped)")
-    p.add_argument("--classes", type=int, nargs="+", default=None, help="class ids (class-conditional models)")
+    p.add_argument("--classes", nargs="+", default=None,
+                   help="class ids or class names of the training data (class-conditional models)")
     p.add_argument("--n-per-prompt", type=int, default=1, help="samples per prompt / class (default: %(default)s)")
     p.add_argument("--guidance", "--cfg", dest="guidance", type=float, default=None, help=GUIDANCE_HELP)
     p.add_argument("--temperature", type=float, default=None, help="(default: the run's sampling.temperature, else 1)")

@@ -49,11 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nar.config import load_config
-    from nar.runs.config import TrainConfig
-    from nar.workflows.train import fit
+    from nar.workflows.train import fit, generator_config
 
-    cfg = load_config(TrainConfig, args.config, [*device_overrides(args), *args.overrides])
+    cfg = generator_config(args.config, [*device_overrides(args), *args.overrides])
     out = fit(cfg, resume=args.resume)
     if out["trainer"].is_global_zero:
         scores = {k: v for k, v in out["metrics"].items() if k.startswith("val/")}

@@ -91,6 +91,10 @@ class RunConfig:
     name: str = "run"
     runs_root: str = "runs"
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    # A piece the config asks for but cannot have (a perceptual loss without VGG weights, IS without an
+    # Inception classifier, FID without real images) stops the run at start naming the key, unless this is
+    # true; then it runs without the piece and the run's summary lists it.
+    allow_degraded: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name in (".", ".."):
@@ -208,6 +212,8 @@ class EvalConfig:
     reference_stats: str = ""  # ADM-style .npz with the reference mu/sigma (instead of real samples)
     per_class: int = 50  # nar evaluate: samples per class
     seed: int = 0
+    # Score on fewer real samples than asked (eval.num_real, else eval.num_samples) instead of failing.
+    allow_fewer: bool = False
     # On a GPU, torch.compile the tokenizer's decoder once (VQ-16 bf16 decode 390 -> 1099 img/s on an H100,
     # ~20 s to compile): worth it for FID-10k/50k evaluations, not for a 64-sample validation.
     compile_decoder: bool = False
@@ -235,6 +241,9 @@ class TrainConfig(RunConfig):
     # shards by `nar data tokens --text-encoder`, or computed on the fly from the batch captions; `nar sample`
     # encodes prompts with it). Its max_len follows model.caption_len.
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    # Class names of the training data in id order (filled from the token shards' meta.json); `nar sample
+    # --classes` accepts them.
+    classes: list[str] = field(default_factory=list)
     # Weights to start from when the run has no checkpoint yet (e.g. stage 2 at 512 px from stage 1 at 256 px):
     # our .ckpt (EMA weights) or an official .pt. Rotary positions make the weights grid-independent.
     init_from: str = ""

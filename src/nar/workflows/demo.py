@@ -168,17 +168,15 @@ def _text_settings(domain: str) -> Any:
 
 def generator_config(domain: str, mode: str, tokens: Path, images: Path, tokenizer_path: Path, out_dir: Path,
                      smoke: bool, threads: int, overrides: list[str] | tuple[str, ...] = ()):
-    """The generator config of the demo: ``experiments/demo/<domain>.yaml`` (+ ``_smoke.yaml``) + data paths."""
-    from nar.data.shards import read_meta
+    """The generator config of the demo: the packaged ``demo/<domain>.yaml`` (+ ``_smoke.yaml``) + data paths;
+    grid, vocabulary and classes come from the token shards (:func:`nar.workflows.train.generator_config`)."""
+    from nar.workflows.train import generator_config as run_config
 
-    meta = read_meta(tokens)
     stem = T2I[domain]["config"] if domain in T2I else f"demo/{domain}"
     yamls = [f"{stem}.yaml"] + ([f"{stem}_smoke.yaml"] if smoke else [])
     base = [f"name={mode}", f"runs_root={out_dir}", f"data.root={tokens}", f"tokenizer.path={tokenizer_path}",
-            f"eval.real_root={images}", f"model.mode={mode}", f"model.grid=[{','.join(map(str, meta['grid']))}]",
-            f"model.vocab_size={meta['codebook_size']}", f"model.num_classes={len(meta['classes'])}",
-            f"trainer.threads={threads}"]
-    return load_config(TrainConfig, yamls, [*base, *overrides])
+            f"eval.real_root={images}", f"model.mode={mode}", f"trainer.threads={threads}"]
+    return run_config(yamls, [*base, *overrides])
 
 
 def train_generator(domain: str, mode: str, tokens: Path, images: Path, tokenizer_path: Path, out_dir: Path,

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from nar.atomic import write_text
 from nar.config import from_dict
 from nar.errors import ConfigError
 from nar.model import NARConfig, NARModel
@@ -46,7 +47,7 @@ class SampleJob:
     tokenizer_config: str | None = None
     prompts: list[str] = field(default_factory=list)
     prompt_file: str | None = None
-    classes: list[int] | None = None
+    classes: list[int | str] | None = None  # ids, or names from the training data's meta.json
     n_per_prompt: int = 1
     guidance: float | None = None
     temperature: float | None = None
@@ -76,7 +77,11 @@ def read_prompts(prompts: Sequence[str] = (), prompt_file: str | None = None) ->
         path = Path(prompt_file)
         if not path.is_file():
             raise ConfigError(f"--prompt-file: {path} does not exist")
-        out += [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"--prompt-file: {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+        out += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     return out
 
 
@@ -153,8 +158,35 @@ def load_tokenizer_for(model: NARModel, run: dict[str, Any] | None, path: str | 
     return tokenizer, str(tok_path)
 
 
-def conditions_for(model: NARModel, job: SampleJob) -> list[Any]:
-    """The prompts (caption models) or class ids (class models) of ``job``, checked against the model."""
+def class_ids(wanted: Sequence[int | str], num_classes: int, names: Sequence[str] = ()) -> list[int]:
+    """Class ids from ids or names (``names`` = the training data's classes, in id order; matched exactly, then
+    ignoring case). Raises :class:`ConfigError` naming what does not resolve."""
+    lowered: dict[str, int] = {}
+    for i, name in enumerate(names):
+        lowered.setdefault(str(name).lower(), i)
+    out, unknown = [], []
+    for item in wanted:
+        text = str(item).strip()
+        if text.lstrip("-").isdigit():
+            out.append(int(text))
+        elif text in names:
+            out.append(list(names).index(text))
+        elif text.lower() in lowered:
+            out.append(lowered[text.lower()])
+        else:
+            unknown.append(text)
+    if unknown:
+        known = ", ".join(map(str, names[:12])) + (" ..." if len(names) > 12 else "") if names else "none stored"
+        raise ConfigError(f"--classes: unknown class name(s) {unknown}; the run's classes: {known}")
+    bad = [c for c in out if not 0 <= c < num_classes]
+    if bad:
+        raise ConfigError(f"--classes {bad} outside 0..{num_classes - 1}")
+    return out
+
+
+def conditions_for(model: NARModel, job: SampleJob, class_names: Sequence[str] = ()) -> list[Any]:
+    """The prompts (caption models) or class ids (class models) of ``job``, checked against the model;
+    classes may be given by name (``class_names``: the run's, from its training data)."""
     prompts = read_prompts(job.prompts, job.prompt_file)
     if model.cfg.condition == "caption":
         if job.classes:
@@ -165,11 +197,8 @@ def conditions_for(model: NARModel, job: SampleJob) -> list[Any]:
     if prompts:
         raise ConfigError(f"{job.ckpt} is class-conditional: give --classes, not prompts")
     if not job.classes:
-        raise ConfigError("class-conditional checkpoint: give --classes 1 2 3")
-    bad = [c for c in job.classes if not 0 <= c < model.cfg.num_classes]
-    if bad:
-        raise ConfigError(f"--classes {bad} outside 0..{model.cfg.num_classes - 1}")
-    return list(job.classes)
+        raise ConfigError("class-conditional checkpoint: give --classes 1 2 3 (ids or class names)")
+    return class_ids(job.classes, model.cfg.num_classes, class_names)
 
 
 @torch.no_grad()
@@ -202,21 +231,25 @@ def sample_images(model: NARModel, tokenizer: torch.nn.Module, conditions: list[
 
 def write_samples(out: Path, pixels: torch.Tensor, conditions: list[Any], n_per: int,
                   caption: bool) -> tuple[list[dict[str, Any]], Path]:
-    """PNGs (and prompt files) under ``out/images`` and ``out/grid.png`` from ``pixels [B, 3, H, W]`` in [-1, 1];
-    returns the ``samples.json`` records and the grid's path."""
-    from nar.pictures import image_grid, save_png, to_unit
+    """Per sample a PNG (images) or an animated GIF (videos) under ``out/images``, with its prompt beside it
+    for caption models; ``out/grid.png``: one row per prompt/class, or for videos one row of frames per
+    sample. ``pixels [B, 3, H, W]`` or ``[B, 3, T, H, W]`` in [-1, 1]. Returns the records and the grid path."""
+    from nar.pictures import sample_grid, save_gif, save_png, to_unit
 
     (out / "images").mkdir(parents=True, exist_ok=True)
     unit = to_unit(pixels)
+    video = unit.dim() == 5
     records = []
     for i, cond in enumerate(conditions):
         for j in range(n_per):
             stem = f"{i:04d}_{j:02d}"
-            save_png(unit[i * n_per + j], out / "images" / f"{stem}.png")
-            if caption:  # beside the PNG: nar eval-samples reads it as the sample's prompt
-                (out / "images" / f"{stem}.txt").write_text(f"{cond}\n")
-            records.append({"file": f"images/{stem}.png", "prompt" if caption else "class": cond})
-    grid = save_png(image_grid(unit, nrow=n_per if len(conditions) > 1 else None), out / "grid.png")
+            sample = unit[i * n_per + j]
+            name = f"images/{stem}.gif" if video else f"images/{stem}.png"
+            (save_gif if video else save_png)(sample, out / name)
+            if caption:  # beside the picture: nar eval-samples reads it as the sample's prompt
+                write_text(out / "images" / f"{stem}.txt", f"{cond}\n")
+            records.append({"file": name, "prompt" if caption else "class": cond})
+    grid = save_png(sample_grid(unit, nrow=n_per if len(conditions) > 1 else None), out / "grid.png")
     return records, grid
 
 
@@ -232,9 +265,11 @@ def run_sample(job: SampleJob) -> SampleResult:
     if job.n_per_prompt < 1 or job.batch_size < 1:
         raise ConfigError("--n-per-prompt and --batch-size must be >= 1")
     device = job.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA device is visible (use --device cpu)")
     model, run = load_for_sampling(job)
     caption = model.cfg.condition == "caption"
-    conditions = conditions_for(model, job)
+    conditions = conditions_for(model, job, (run or {}).get("classes") or [])
     tokenizer, tok_path = load_tokenizer_for(model, run, job.tokenizer, job.tokenizer_config)
     sampling = sampling_for(job, model.cfg, run)
     encoder = text_encoder_for(model, run, job.text_encoder, job.text_encoder_path, device) if caption else None
@@ -246,7 +281,7 @@ def run_sample(job: SampleJob) -> SampleResult:
                            n_per=job.n_per_prompt, batch_size=job.batch_size, seed=job.seed, device=device)
     out = Path(job.out)
     records, grid = write_samples(out, pixels, conditions, job.n_per_prompt, caption)
-    (out / "samples.json").write_text(json.dumps(
+    write_text(out / "samples.json", json.dumps(
         {"ckpt": str(job.ckpt), "tokenizer": tok_path, "sampling": vars(sampling), "seed": job.seed,
-         "samples": records}, indent=1))
+         "samples": records}, indent=1, allow_nan=False))
     return SampleResult(out, grid, records, sampling)

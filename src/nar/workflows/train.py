@@ -6,7 +6,9 @@ decoding and can continue a killed run, ``evaluate`` scores a checkpoint (ours o
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from typing import Any
 import torch
 
 import lightning as L
-from nar.config import from_dict
+from nar.config import load_config
 from nar.errors import ConfigError
 from nar.lightning.callbacks import FrontierDecodingCallback, MetricsFileCallback
 from nar.lightning.data import generator_datamodule
@@ -32,6 +34,52 @@ from nar.runs.config import TrainConfig
 from nar.runs.folder import CHECKPOINTS, has_checkpoints, resume_checkpoint
 
 log = logging.getLogger(__name__)
+
+
+# What a token folder's meta.json tells a run about its model, as config keys.
+DATA_FACTS = ("model.grid", "model.vocab_size", "model.num_classes", "classes", "tokenizer.path")
+
+
+def facts_from_data(root: str | Path) -> dict[str, Any]:
+    """Config values a token-shard folder's ``meta.json`` implies: grid, vocabulary (the codebook), number of
+    classes and their names, and the tokenizer that made the tokens (when its file still exists)."""
+    from nar.data.shards import read_meta
+
+    meta = read_meta(root)
+    if meta.get("kind") != "tokens":
+        return {}
+    out: dict[str, Any] = {"model": {}}
+    if meta.get("grid"):
+        out["model"]["grid"] = [int(g) for g in meta["grid"]]
+    if meta.get("codebook_size"):
+        out["model"]["vocab_size"] = int(meta["codebook_size"])
+    classes = [str(c) for c in meta.get("class_names") or meta.get("classes") or []]
+    if classes:
+        out["model"]["num_classes"] = len(classes)
+        out["classes"] = classes
+    tokenizer = meta.get("tokenizer")
+    if tokenizer and Path(tokenizer).is_file():
+        out["tokenizer"] = {"path": str(tokenizer)}
+    return out
+
+
+def generator_config(yamls: Sequence[str | Path] = (), overrides: Sequence[str] = (),
+                     base: dict[str, Any] | None = None) -> TrainConfig:
+    """The run config of ``nar train``: schema defaults ← ``base`` (a stored run config) ← what the token shards'
+    ``meta.json`` says (grid, vocabulary, classes, tokenizer) ← the YAMLs ← ``key=value`` overrides.
+
+    So a key a YAML or an override sets always wins, and one nobody sets comes from the data.
+    """
+    from omegaconf import OmegaConf
+
+    from nar.config import config_path, merge_sources
+
+    dicts = [base] if base else []
+    user = merge_sources(OmegaConf.create(base or {}), [config_path(p) for p in yamls], overrides)
+    root = OmegaConf.select(user, "data.root", default="")
+    if root and Path(root, "meta.json").is_file():
+        dicts.append(facts_from_data(root))
+    return load_config(TrainConfig, yamls, overrides, dicts)
 
 
 def generator_trainer(cfg: TrainConfig, enable_progress_bar: bool | None = None,
@@ -55,7 +103,10 @@ def fit(cfg: TrainConfig, resume: bool = False, tokenizer: torch.nn.Module | Non
     a checkpoint and raise :class:`~nar.errors.RunInterrupted`. Returns ``{"metrics", "run_dir",
     "checkpoint", "samples", "global_step", "trainer", "module"}`` (rank 0's view).
     """
+    from nar.workflows.preflight import check_generator_run
+
     prepare_process(cfg)
+    degraded = check_generator_run(cfg, needs_data=datamodule is None)
     with run_folder_lock(cfg):
         ckpt = resume_checkpoint(cfg.run_dir) if resume else None
         if resume and ckpt is None:
@@ -79,7 +130,7 @@ def fit(cfg: TrainConfig, resume: bool = False, tokenizer: torch.nn.Module | Non
             trainer.validate(module, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return {"metrics": metrics, "run_dir": cfg.run_dir, "checkpoint": last, "samples": decoding.last_grid,
-            "global_step": trainer.global_step, "trainer": trainer, "module": module}
+            "global_step": trainer.global_step, "trainer": trainer, "module": module, "degraded": degraded}
 
 
 def init_weights(module: GeneratorModule, path: str | Path) -> None:
@@ -91,31 +142,88 @@ def init_weights(module: GeneratorModule, path: str | Path) -> None:
     log.info("initialised %s from %s", module.cfg.name, path)
 
 
-def evaluate(cfg: TrainConfig, ckpt: str | Path, per_class: int | None = None, num_samples: int | None = None,
-             enable_progress_bar: bool | None = None) -> dict[str, float]:
-    """Score a checkpoint (ours: EMA weights; or an official ``.pt``) with the frontier-decoding callback.
-
-    ``per_class`` samples of every class (ImageNet protocol: 50) unless ``num_samples`` is given.
-    Teacher-forced ``val/loss`` is reported too when ``data.root`` is set.
-    """
-    prepare_process(cfg)
+def evaluation_config(ckpt: str | Path, yamls: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> TrainConfig:
+    """The config ``nar evaluate`` scores ``ckpt`` with: the run config stored in our checkpoints (its model,
+    tokenizer, sampling and evaluation budget) ← YAMLs ← ``key=value``. Official ``.pt`` files store none:
+    they need a YAML describing the model."""
     stored = stored_run_config(ckpt)
-    if stored is not None:  # our checkpoint: its model config wins, the evaluation settings stay
-        run_cfg = from_dict(TrainConfig, stored)
-        cfg = replace(cfg, model=run_cfg.model, tokenizer=cfg.tokenizer if cfg.tokenizer.path else run_cfg.tokenizer)
+    if stored is None and not yamls:
+        raise ConfigError(f"{ckpt} stores no run config (an official checkpoint?): give --config describing the "
+                          "model, e.g. --config imagenet/nar_l.yaml")
+    if stored is not None:
+        # The stored run's folder names stay; evaluation writes under the checkpoint's own run folder.
+        stored = {**stored, "trainer": {**stored.get("trainer", {}), "devices": 1, "num_nodes": 1}}
+    return generator_config(yamls, overrides, base=stored)
+
+
+def evaluation_dir(cfg: TrainConfig, ckpt: str | Path, num_samples: int) -> Path:
+    """``<run>/eval/<checkpoint>-<N>``: beside the checkpoint's run folder (our ``.ckpt`` in ``<run>/checkpoints``),
+    else under the config's run folder; never the training outputs themselves."""
+    ckpt = Path(ckpt)
+    run_dir = ckpt.parent.parent if ckpt.parent.name == CHECKPOINTS else cfg.run_dir
+    return run_dir / "eval" / f"{ckpt.stem}-{num_samples}"
+
+
+def reference_of(cfg: TrainConfig) -> str:
+    """What generated samples are scored against, in words (for the log and the results file)."""
+    e = cfg.eval
+    if e.reference_stats:
+        return f"reference statistics {e.reference_stats}"
+    if e.real_root:
+        return f"{e.num_real or e.num_samples} real samples of {e.real_root} ({e.real_split})"
+    if cfg.data.root:
+        return f"tokenizer reconstructions of {cfg.data.root} ({cfg.data.val_split}) tokens"
+    return "nothing (no eval.real_root, eval.reference_stats or data.root)"
+
+
+def evaluate(cfg: TrainConfig, ckpt: str | Path, per_class: int | None = None, num_samples: int | None = None,
+             out: str | Path | None = None, enable_progress_bar: bool | None = None) -> dict[str, Any]:
+    """Score a checkpoint (ours: EMA weights; or an official ``.pt``) by frontier decoding.
+
+    Sample budget: ``num_samples``, else ``per_class`` × classes (ImageNet protocol: 50), else the config's
+    ``eval.num_samples``. Samples stream through the metrics and into ``<out>/chunks`` (a killed evaluation
+    continues from them), then into ``<out>/samples_<N>.npz`` (``arr_0`` uint8, the ADM evaluator's input).
+    ``<out>`` defaults to :func:`evaluation_dir`. Teacher-forced ``val/loss`` is reported too when
+    ``data.root`` is set. Returns the results written to ``<out>/results.json``.
+    """
+    from nar.atomic import write_text
+    from nar.lightning.generation import write_samples_npz
+    from nar.workflows.preflight import check_generator_run
+
+    for flag, value in (("--num-samples", num_samples), ("--per-class", per_class)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    n = num_samples or (per_class * cfg.model.num_classes if per_class else cfg.eval.num_samples)
+    out = Path(out) if out else evaluation_dir(cfg, ckpt, n)
+    cfg = replace(cfg, eval=replace(cfg.eval, num_samples=n), ema=replace(cfg.ema, enabled=False),
+                  runs_root=str(out.parent), name=out.name)
+    prepare_process(cfg)
+    degraded = check_generator_run(cfg, needs_data=False)
     model = load_generator(ckpt, cfg.model)
-    n = num_samples or (per_class or cfg.eval.per_class) * cfg.model.num_classes
-    cfg = replace(cfg, eval=replace(cfg.eval, num_samples=n), ema=replace(cfg.ema, enabled=False))
+    log.info("evaluating %s: %d samples (%s, guidance %g, %d passes each) scored %s against %s; results in %s",
+             ckpt, n, cfg.model.mode, cfg.sampling.cfg_scale, model.num_passes, "/".join(cfg.eval.metrics) or "-",
+             reference_of(cfg), out)
     module = GeneratorModule(cfg)
     module.model.load_state_dict(model.state_dict())
     trainer, decoding = generator_trainer(cfg, enable_progress_bar=enable_progress_bar)
+    decoding.sample_dir = out / "chunks"
     if cfg.data.root:
         trainer.validate(module, datamodule=generator_datamodule(cfg), verbose=False)
     else:
         trainer.validate(module, dataloaders=[_EmptyLoader()], verbose=False)
-    out = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    out.update(decoding.last_results)
-    return out
+    scores = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    scores.update(decoding.last_results)
+    results: dict[str, Any] = {
+        "checkpoint": str(ckpt), "scores": scores, "num_samples": n, "num_real": decoding.last_counts.get("real"),
+        "reference": reference_of(cfg), "sampling": vars(cfg.sampling), "mode": cfg.model.mode,
+        "forward_passes": model.num_passes, "degraded": degraded, "out": str(out)}
+    if trainer.is_global_zero:
+        if module.tokenizer is not None:
+            chunks = -(-n // cfg.eval.batch_size)
+            results["samples_npz"] = str(write_samples_npz(out / "chunks", chunks, out / f"samples_{n}.npz"))
+        write_text(out / "results.json", json.dumps(results, indent=1, sort_keys=True, allow_nan=False,
+                                                    default=str))
+    return results
 
 
 class _EmptyLoader(list):

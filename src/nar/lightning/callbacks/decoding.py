@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,15 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 import lightning as L
+from nar.atomic import write_text
+from nar.errors import RuntimeFailure
+from nar.lightning.generation import ChunkGenerator, stream_chunks, to_uint8
 from nar.metrics.registry import build_metrics
 from nar.metrics.sources import iter_batches, iter_records
 from nar.model import NARModel
-from nar.pictures import add_gif, sample_grid, save_png, to_unit
+from nar.pictures import add_gif, sample_grid, save_png
+from nar.progress import Progress
 from nar.runs.config import TrainConfig
-from nar.sampling import make_sampler
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,11 @@ class FrontierDecodingCallback(Callback):
         self._val_texts: list[str] = []  # the captions of _val_captions, for the text-alignment metric
         self.text_metric: Any = None
         self.last_results: dict[str, float] = {}
+        self.last_counts: dict[str, int] = {}
         self.last_grid: Path | None = None
+        self.real_count = 0
+        # nar evaluate: chunks of generated samples go here (and are read back when it is run again)
+        self.sample_dir: Path | None = None
 
     # ------------------------------------------------------------------------------ collection
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -89,59 +95,41 @@ class FrontierDecodingCallback(Callback):
         video = len(model.cfg.grid) == 3
         was_training = model.training
         model.eval()
+        e = self.eval
         if self.metrics is None:
-            e = self.eval
             self.metrics = build_metrics(e.metrics, video=video, inception_weights=e.inception_weights,
                                          i3d_path=e.i3d_path, reference_stats=e.reference_stats,
                                          have_real=bool(e.real_root)) if tokenizer is not None else {}
-            if self.eval.compile_decoder and tokenizer is not None and device.type == "cuda":
+            if e.compile_decoder and tokenizer is not None and device.type == "cuda":
                 tokenizer.decoder.compile()  # in place, once; the first decode compiles
         for m in self.metrics.values():
             m.to(device)
 
-        # 1. generate this rank's chunks of the fixed condition list
-        n = self.eval.num_samples
-        bs = self.eval.batch_size
-        conds, masks = self._conditions(model, n, device)
-        n = conds.shape[0]
-        chunks = [c for c in range(math.ceil(n / bs)) if c % world == rank]
-        tokens_all, gen_seconds = [], 0.0
-        # One sampler (and one generator, re-seeded per chunk) per batch size: on a GPU the fast sampler
-        # captures its CUDA graph once instead of once per chunk. Caption masks differ per chunk: no reuse.
-        samplers: dict[int, tuple[Any, torch.Generator]] = {}
-        for c in chunks:
-            cond = conds[c * bs:(c + 1) * bs]
-            mask = masks[c * bs:(c + 1) * bs] if masks is not None else None
-            if mask is not None or cond.shape[0] not in samplers:
-                samplers[cond.shape[0]] = (make_sampler(model, cond.shape[0], self.cfg.sampling, cond_mask=mask),
-                                           torch.Generator(device=device))
-            sampler, generator = samplers[cond.shape[0]]
-            generator.manual_seed(self.eval.seed + c)
-            _sync(device)
-            start = time.perf_counter()
-            tokens_all.append(sampler(cond, generator=generator))
-            _sync(device)
-            gen_seconds += time.perf_counter() - start
-        n_local = sum(t.shape[0] for t in tokens_all)
+        conds, masks = self._conditions(model, e.num_samples, device)
+        n, bs = conds.shape[0], e.batch_size
+        labels = conds.cpu() if model.cfg.condition == "class" else None
+        chunks = [c for c in range(math.ceil(n / bs)) if c % world == rank]  # chunk c: seed eval.seed + c
         results: dict[str, float] = {"val/forward_passes": float(model.num_passes)}
-        if n_local:
-            results["val/images_per_sec"] = n_local / max(gen_seconds, 1e-9)
-
-        # 2. decode and score
-        samples: list[torch.Tensor] = []
-        if tokenizer is not None:
-            start = time.perf_counter()
+        grid: list[torch.Tensor] = []
+        if tokenizer is None:  # no pixels: time the token generation only
+            gen = ChunkGenerator(model, tokenizer, self.cfg.sampling, device)
+            for c in chunks:
+                gen.tokens(conds[c * bs:(c + 1) * bs], masks[c * bs:(c + 1) * bs] if masks is not None else None,
+                           e.seed + c)
+                gen.generated += min(bs, n - c * bs)
+        else:
+            gen = ChunkGenerator(model, tokenizer, self.cfg.sampling, device)
             text = self._text_metric(model, device)
-            for c, t in zip(chunks, tokens_all):
-                pixels = tokenizer.decode(t.to(device)).float().clamp(-1, 1)
-                samples.append(pixels)
-                for m in self.metrics.values():
-                    m.update(pixels, real=False)
-                if text is not None:
-                    self._update_text(text, pixels, c * bs)
-            _sync(device)
-            if n_local:
-                results["val/decode_images_per_sec"] = n_local / max(time.perf_counter() - start, 1e-9)
+            consumers = [self._metric_consumer(), self._grid_consumer(grid)]
+            if text is not None:
+                consumers.append(self._text_consumer(text, bs))
+            local = sum(min(bs, n - c * bs) for c in chunks)
+            with Progress(local, f"sampling {n} (this rank {local})", unit="img", every_s=30,
+                          enabled=trainer.is_global_zero and local >= 4 * bs) as progress:
+                reused = stream_chunks(gen, conds, masks, chunks, bs, e.seed, consumers, folder=self.sample_dir,
+                                       labels=labels, progress=progress)
+            if reused:
+                log.info("rank %d: %d of %d chunks read back from %s", rank, reused, len(chunks), self.sample_dir)
             if not self._real_done:
                 self._update_real(trainer, pl_module, tokenizer, video)
             for m in self.metrics.values():
@@ -152,17 +140,40 @@ class FrontierDecodingCallback(Callback):
                 for key, value in text.compute().items():
                     results[f"val/{key}"] = float(value)
                 text.reset()
+        if gen.generated and gen.generate_seconds > 0:
+            results["val/images_per_sec"] = gen.generated / gen.generate_seconds
+        if gen.generated and gen.decode_seconds > 0:
+            results["val/decode_images_per_sec"] = gen.generated / gen.decode_seconds
 
-        # 3. log scalars and pictures
         for key, value in results.items():
             pl_module.log(key, value, rank_zero_only=False, sync_dist=False)
         if trainer.is_global_zero:
-            self._log_pictures(trainer, samples, tokens_all, video)
+            self._log_pictures(trainer, grid, video)
         model.train(was_training)
         self.last_results = results
+        self.last_counts = {"generated": n, "real": self.real_count}
         if trainer.is_global_zero:
             log.info("step %d: %s", trainer.global_step, ", ".join(f"{k}={v:.4g}" for k, v in sorted(results.items())))
         return results
+
+    # ------------------------------------------------------------------------------ consumers
+    def _metric_consumer(self):
+        def consume(c: int, pixels: torch.Tensor, labels: torch.Tensor | None) -> None:
+            for m in self.metrics.values():
+                m.update(pixels, real=False)
+        return consume
+
+    def _grid_consumer(self, grid: list[torch.Tensor]):
+        def consume(c: int, pixels: torch.Tensor, labels: torch.Tensor | None) -> None:
+            kept = sum(g.shape[0] for g in grid)
+            if kept < self.eval.grid_samples:
+                grid.append(pixels[: self.eval.grid_samples - kept].cpu())
+        return consume
+
+    def _text_consumer(self, metric: Any, batch_size: int):
+        def consume(c: int, pixels: torch.Tensor, labels: torch.Tensor | None) -> None:
+            self._update_text(metric, pixels, c * batch_size)
+        return consume
 
     def _conditions(self, model: NARModel, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
         if model.cfg.condition == "class":
@@ -203,30 +214,42 @@ class FrontierDecodingCallback(Callback):
             self._real_done = True
             return
         device = pl_module.device
-        if self.eval.real_root:
-            e = self.eval
+        e = self.eval
+        count = 0
+        if e.real_root:
             size = getattr(getattr(tokenizer, "config", None), "image_size", None)
-            records = iter_records(e.real_root, e.real_split, e.num_real or e.num_samples, image_size=size,
+            wanted = e.num_real or e.num_samples
+            records = iter_records(e.real_root, e.real_split, wanted, image_size=size,
                                    rank=trainer.global_rank, world_size=trainer.world_size)
             for pixels, _ in iter_batches(records, e.batch_size):
+                count += pixels.shape[0]
                 for m in self.metrics.values():
                     m.update(pixels.to(device), real=True)
+            total = int(trainer.strategy.reduce(torch.tensor(float(count), device=device), reduce_op="sum").item())
+            if total < wanted:
+                message = (f"eval.real_root {e.real_root} ({e.real_split}) gave {total} real samples, {wanted} "
+                           "were asked for (eval.num_real, else eval.num_samples)")
+                if not e.allow_fewer:
+                    raise RuntimeFailure(message + "; lower eval.num_real or set eval.allow_fewer=true")
+                log.warning("%s; scoring on fewer (eval.allow_fewer)", message)
+            self.real_count = total
         else:
             # No real pixels configured: the tokenizer's reconstructions of the val tokens (this removes
             # the tokenizer's own error from the score; set eval.real_root for the standard protocol).
             for t in self._val_tokens:
-                for chunk in t.split(self.eval.batch_size):
-                    pixels = tokenizer.decode(chunk.to(device)).float().clamp(-1, 1)
+                for chunk in t.split(e.batch_size):
+                    pixels = to_uint8(tokenizer.decode(chunk.to(device)).clamp(-1, 1))
+                    count += pixels.shape[0]
                     for m in self.metrics.values():
                         m.update(pixels, real=True)
+            self.real_count = count
         self._real_done = True
         self._val_tokens = []
 
-    def _log_pictures(self, trainer: L.Trainer, samples: list[torch.Tensor], tokens: list[torch.Tensor],
-                      video: bool) -> None:
+    def _log_pictures(self, trainer: L.Trainer, samples: list[torch.Tensor], video: bool) -> None:
         if not samples or self.eval.grid_samples == 0:
             return
-        pix = to_unit(torch.cat(samples)[: self.eval.grid_samples]).cpu()
+        pix = torch.cat(samples)[: self.eval.grid_samples].float() / 255
         step = trainer.global_step
         writer = _tb_writer(trainer)
         grid = sample_grid(pix)  # videos: a row of frames per sample
@@ -241,7 +264,7 @@ class FrontierDecodingCallback(Callback):
         save_png(grid, self.run_dir / "samples" / "latest.png")
         if self._val_texts:  # caption models: the prompts of the grid, in grid order
             prompts = "\n".join(self._val_texts[: pix.shape[0]]) + "\n"
-            (self.run_dir / "samples" / f"step_{step:07d}.txt").write_text(prompts)
+            write_text(self.run_dir / "samples" / f"step_{step:07d}.txt", prompts)
         self.last_grid = path
 
 
@@ -251,8 +274,3 @@ def _tb_writer(trainer: L.Trainer):
         if exp is not None and hasattr(exp, "add_image"):
             return exp
     return None
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -1,0 +1,170 @@
+"""Evaluation samples generated chunk by chunk, streamed through the metrics and (for ``nar evaluate``) to disk.
+
+The fixed condition list is cut into chunks of ``batch_size``; chunk ``c`` is sampled with seed
+``seed + c``, so which samples exist depends only on the list, never on the number of processes. Each
+chunk is decoded to ``uint8`` pixels, handed to the consumers (metric updates, the picture grid) and,
+when a folder is given, written as ``chunk_<c>.npz`` (atomic). Device memory therefore holds one chunk
+whatever the number of samples, and a killed evaluation continues from the chunks on disk: a chunk whose
+file exists is read back instead of generated, and the metrics see exactly the same ``uint8`` pixels
+either way. :func:`write_samples_npz` then streams every chunk into one ADM-style ``samples_<N>.npz``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nar.atomic import atomic_path
+from nar.progress import Progress
+from nar.sampling import SamplingConfig, make_sampler
+
+log = logging.getLogger(__name__)
+
+# (chunk index, uint8 pixels [b, 3, H, W] or [b, 3, T, H, W] on the model's device, labels [b] or None)
+Consumer = Callable[[int, torch.Tensor, "torch.Tensor | None"], None]
+
+
+def chunk_path(folder: str | Path, chunk: int) -> Path:
+    return Path(folder) / f"chunk_{chunk:06d}.npz"
+
+
+def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """Decoder output in [-1, 1] → ``uint8`` in [0, 255] (the rounding the ADM evaluator's samples have)."""
+    return ((pixels.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def channels_last(pixels: torch.Tensor) -> np.ndarray:
+    """``[b, 3, H, W]`` → ``[b, H, W, 3]`` (videos ``[b, 3, T, H, W]`` → ``[b, T, H, W, 3]``), numpy."""
+    return pixels.movedim(1, -1).contiguous().cpu().numpy()
+
+
+def save_chunk(path: Path, pixels: torch.Tensor, labels: torch.Tensor | None) -> None:
+    arrays = {"pixels": channels_last(pixels)}
+    if labels is not None:
+        arrays["labels"] = labels.cpu().numpy().astype(np.int64)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def load_chunk(path: Path, expected: int) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """A chunk file's pixels (channels first) and labels; None when it is missing, unreadable or short."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as data:
+            pixels = torch.from_numpy(data["pixels"]).movedim(-1, 1).contiguous()
+            labels = torch.from_numpy(data["labels"]) if "labels" in data else None
+    except Exception as err:  # noqa: BLE001 - a damaged chunk is generated again
+        log.warning("%s is unreadable (%s); generating it again", path, err)
+        return None
+    if pixels.shape[0] != expected:
+        log.warning("%s holds %d samples, expected %d; generating it again", path, pixels.shape[0], expected)
+        return None
+    return pixels, labels
+
+
+class ChunkGenerator:
+    """Samples and decodes chunks of a fixed condition list with one sampler per chunk size."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: torch.nn.Module, sampling: SamplingConfig,
+                 device: torch.device) -> None:
+        self.model, self.tokenizer, self.sampling, self.device = model, tokenizer, sampling, device
+        self._samplers: dict[int, tuple[Any, torch.Generator]] = {}
+        self.generate_seconds = 0.0
+        self.decode_seconds = 0.0
+        self.generated = 0
+
+    @torch.no_grad()
+    def tokens(self, cond: torch.Tensor, mask: torch.Tensor | None, seed: int) -> torch.Tensor:
+        b = cond.shape[0]
+        # On a GPU the fast sampler captures its CUDA graph once per batch size; caption masks are fixed per
+        # sampler, so caption chunks get their own.
+        if mask is not None or b not in self._samplers:
+            self._samplers[b] = (make_sampler(self.model, b, self.sampling, cond_mask=mask),
+                                 torch.Generator(device=self.device))
+        sampler, generator = self._samplers[b]
+        generator.manual_seed(seed)
+        _sync(self.device)
+        start = time.perf_counter()
+        tokens = sampler(cond, generator=generator)
+        _sync(self.device)
+        self.generate_seconds += time.perf_counter() - start
+        return tokens
+
+    @torch.no_grad()
+    def pixels(self, cond: torch.Tensor, mask: torch.Tensor | None, seed: int) -> torch.Tensor:
+        tokens = self.tokens(cond, mask, seed)
+        start = time.perf_counter()
+        pixels = to_uint8(self.tokenizer.decode(tokens.to(self.device)).clamp(-1, 1))
+        _sync(self.device)
+        self.decode_seconds += time.perf_counter() - start
+        self.generated += pixels.shape[0]
+        return pixels
+
+
+def stream_chunks(generator: ChunkGenerator, conds: torch.Tensor, masks: torch.Tensor | None,
+                  chunks: Sequence[int], batch_size: int, seed: int, consumers: Sequence[Consumer],
+                  folder: Path | None = None, labels: torch.Tensor | None = None,
+                  progress: Progress | None = None) -> int:
+    """Generate (or read back from ``folder``) each of ``chunks`` and hand it to every consumer; returns the
+    number of chunks read back from disk."""
+    reused = 0
+    for c in chunks:
+        lo, hi = c * batch_size, min((c + 1) * batch_size, conds.shape[0])
+        chunk_labels = labels[lo:hi] if labels is not None else None
+        stored = load_chunk(chunk_path(folder, c), hi - lo) if folder is not None else None
+        if stored is not None:
+            pixels = stored[0].to(generator.device)
+            reused += 1
+        else:
+            pixels = generator.pixels(conds[lo:hi], masks[lo:hi] if masks is not None else None, seed + c)
+            if folder is not None:
+                save_chunk(chunk_path(folder, c), pixels, chunk_labels)
+        for consume in consumers:
+            consume(c, pixels, chunk_labels)
+        if progress is not None:
+            progress.update(hi - lo)
+    return reused
+
+
+def write_samples_npz(folder: str | Path, num_chunks: int, out: str | Path) -> Path:
+    """Stream ``chunk_*.npz`` 0 … ``num_chunks - 1`` into one ``.npz`` with ``arr_0`` ``uint8 [N, H, W, 3]``
+    (videos ``[N, T, H, W, 3]``), the ADM evaluator's sample format, plus ``arr_1`` = the class labels when the
+    chunks have them. Memory holds one chunk at a time; the file appears only once complete."""
+    folder, out = Path(folder), Path(out)
+    shapes, total, has_labels = None, 0, True
+    for c in range(num_chunks):
+        with np.load(chunk_path(folder, c)) as data:
+            pix = data["pixels"]
+            shapes = shapes or pix.shape[1:]
+            if pix.shape[1:] != shapes:
+                raise ValueError(f"{chunk_path(folder, c)}: sample shape {pix.shape[1:]} != {shapes}")
+            total += pix.shape[0]
+            has_labels = has_labels and "labels" in data
+    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        _stream_array(zf, "arr_0", folder, num_chunks, "pixels", (total, *shapes), np.uint8)
+        if has_labels:
+            _stream_array(zf, "arr_1", folder, num_chunks, "labels", (total,), np.int64)
+    return out
+
+
+def _stream_array(zf: zipfile.ZipFile, name: str, folder: Path, num_chunks: int, key: str, shape: tuple,
+                  dtype: Any) -> None:
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+    with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
+        np.lib.format.write_array_header_2_0(fh, header)
+        for c in range(num_chunks):
+            with np.load(chunk_path(folder, c)) as data:
+                fh.write(np.ascontiguousarray(data[key], dtype=dtype).tobytes())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,78 @@
+"""Progress of long work that shows in a terminal and in a log file alike.
+
+On a terminal it is a tqdm bar; otherwise (a cluster job's log, ``nohup``) one log line every
+``every_s`` seconds with the count, the rate and the time left, and one at the end, so a log file shows
+progress as it goes instead of a carriage-return bar flushed at exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+log = logging.getLogger("nar")
+
+
+def fmt_seconds(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class Progress:
+    """``with Progress(total, "sampling", unit="img") as p: ... p.update(n)``; ``enabled=False`` is silent."""
+
+    def __init__(self, total: int, desc: str, unit: str = "it", every_s: float = 30.0, enabled: bool = True,
+                 tty: bool | None = None) -> None:
+        self.total, self.desc, self.unit, self.every_s = max(0, int(total)), desc, unit, every_s
+        self.enabled = enabled and self.total > 0
+        self.done = 0
+        self.start = self.last = time.perf_counter()
+        self._bar = None
+        if self.enabled and (tty if tty is not None else sys.stderr.isatty() and not os.environ.get("NAR_LOG_PROGRESS")):
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
+
+    @property
+    def rate(self) -> float:
+        elapsed = time.perf_counter() - self.start
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    def line(self) -> str:
+        rate = self.rate
+        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+        left = fmt_seconds(eta) if eta == eta else "?"
+        return (f"{self.desc}: {self.done}/{self.total} {self.unit} ({100 * self.done / self.total:.0f} %), "
+                f"{rate:.3g} {self.unit}/s, {left} left")
+
+    def update(self, n: int = 1) -> None:
+        if not self.enabled:
+            return
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+            return
+        now = time.perf_counter()
+        if now - self.last >= self.every_s and self.done < self.total:
+            self.last = now
+            log.info("%s", self.line())
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        log.info("%s: %d %s in %s (%.3g %s/s)", self.desc, self.done, self.unit,
+                 fmt_seconds(time.perf_counter() - self.start), self.rate, self.unit)
+        self.enabled = False
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,95 @@
+"""Checks a run makes before it spends anything: every input it names exists and fits, and every piece it
+asks for can be had (or the config says it may run without it).
+
+Each problem is a :class:`~nar.errors.ConfigError` naming the key. A piece that is asked for but missing
+("degraded": a perceptual loss without VGG weights, IS without an Inception classifier, FID with no real
+images) stops the run too unless ``allow_degraded: true``; then it is logged and listed in the run summary.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from nar.errors import ConfigError
+from nar.runs.config import TokenizerRunConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+FIDELITY = ("fid", "is", "pr", "fvd", "fvd_proxy")
+
+
+def _gate(run: TrainConfig | TokenizerRunConfig, degraded: list[str]) -> list[str]:
+    if degraded and not run.allow_degraded:
+        raise ConfigError("asked for but not available:\n  " + "\n  ".join(degraded)
+                          + "\nprovide them, drop them from the config, or set allow_degraded=true to run without")
+    for piece in degraded:
+        log.warning("degraded (allow_degraded): %s", piece)
+    return degraded
+
+
+def tokenizer_codebook(path: str, config: str = "") -> int:
+    """The codebook size of the tokenizer ``path`` names (a file or a preset), read at start."""
+    from nar.tokenizers import load_tokenizer
+
+    if not Path(path).is_file() and path.endswith((".pt", ".pth", ".ckpt", ".bin")):
+        raise ConfigError(f"tokenizer file not found: {path}", key="tokenizer.path")
+    return int(load_tokenizer(path, config=config or None).codebook_size)
+
+
+def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[str]:
+    """Start-time checks of a generator run (training or evaluation); returns the degraded pieces allowed."""
+    from nar.data.shards import read_meta
+
+    degraded: list[str] = []
+    e = cfg.eval
+    if needs_data and not cfg.data.root:
+        raise ConfigError("empty; point it at a shard folder (e.g. made by `nar data tokens`)", key="data.root")
+    if cfg.tokenizer.path:
+        codebook = tokenizer_codebook(cfg.tokenizer.path, cfg.tokenizer.config)
+        if cfg.model.vocab_size > codebook:
+            raise ConfigError(f"{cfg.model.vocab_size}, but the tokenizer {cfg.tokenizer.path} has only {codebook} "
+                              "codes (the generator would sample ids it cannot decode)", key="model.vocab_size")
+    asked = [m for m in e.metrics if m in FIDELITY]
+    if asked and not cfg.tokenizer.path:
+        degraded.append(f"eval.metrics {asked}: no tokenizer.path to decode samples to pixels, so no scores")
+    if e.real_root:
+        meta = read_meta(e.real_root)  # DataError naming the folder when it is not a dataset
+        if e.real_split not in meta.get("splits", {}):
+            raise ConfigError(f"no split {e.real_split!r} in {e.real_root} (has {sorted(meta.get('splits', {}))})",
+                              key="eval.real_split")
+    if e.reference_stats:
+        path = Path(e.reference_stats)
+        if not path.is_file():
+            raise ConfigError(f"file not found: {path}", key="eval.reference_stats")
+        with np.load(path) as data:
+            if not {"mu", "sigma"} <= set(data.keys()):
+                raise ConfigError(f"{path} has no mu/sigma (keys {sorted(data.keys())})", key="eval.reference_stats")
+    video = len(cfg.model.grid) == 3
+    if cfg.tokenizer.path and not video:
+        if "fid" in asked and not e.real_root and not e.reference_stats:
+            degraded.append("eval.metrics fid: no eval.real_root or eval.reference_stats; the reference would be "
+                            "the tokenizer's reconstructions of val tokens (no tokenizer error in the score)")
+        if "is" in asked and not e.inception_weights:
+            degraded.append("eval.metrics is: eval.inception_weights (an Inception with its classifier) is not set")
+        if "pr" in asked and not e.real_root:
+            degraded.append("eval.metrics pr: precision/recall need real images (eval.real_root)")
+    if cfg.tokenizer.path and video and any(m in asked for m in ("fvd", "fvd_proxy")) and not e.real_root:
+        degraded.append("eval.metrics fvd: no eval.real_root; the reference would be tokenizer reconstructions")
+    if video and "fvd" in asked and not e.i3d_path:
+        degraded.append("eval.metrics fvd: no eval.i3d_path; scored with the Inception proxy (fvd_proxy_inception)")
+    return _gate(cfg, degraded)
+
+
+def check_tokenizer_run(cfg: TokenizerRunConfig) -> list[str]:
+    """Start-time checks of a tokenizer run; returns the degraded pieces allowed."""
+    degraded: list[str] = []
+    loss = cfg.loss
+    if loss.perceptual_weight > 0 and not (loss.perceptual_vgg_path and Path(loss.perceptual_vgg_path).is_file()):
+        degraded.append(f"loss.perceptual_weight {loss.perceptual_weight}: loss.perceptual_vgg_path "
+                        f"{loss.perceptual_vgg_path or '(unset)'} is not a VGG16 weights file; no perceptual loss")
+    if cfg.val.inception_weights and not Path(cfg.val.inception_weights).is_file():
+        raise ConfigError(f"file not found: {cfg.val.inception_weights}", key="val.inception_weights")
+    return _gate(cfg, degraded)
