@@ -30,6 +30,7 @@ class Progress:
         self.total, self.desc, self.unit, self.every_s = max(0, int(total)), desc, unit, every_s
         self.enabled = enabled and self.total > 0
         self.done = 0
+        self.start_done = 0  # work done before this process started (a resumed run): not in the rate
         self.start = self.last = time.perf_counter()
         self._bar = None
         if self.enabled and (tty if tty is not None else sys.stderr.isatty() and not os.environ.get("NAR_LOG_PROGRESS")):
@@ -40,7 +41,7 @@ class Progress:
     @property
     def rate(self) -> float:
         elapsed = time.perf_counter() - self.start
-        return self.done / elapsed if elapsed > 0 else 0.0
+        return (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
 
     def line(self) -> str:
         rate = self.rate

@@ -12,6 +12,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 
 from nar.errors import NarError
 
@@ -30,23 +31,76 @@ SUBCOMMANDS: list[str] = [
 ]
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written (their examples keep their lines) and every option's default in its help,
+    unless the help already says it or there is none to state (unset, off, empty)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        default = action.default
+        if ("default" in help_text or default in (None, False, [], "", argparse.SUPPRESS)
+                or isinstance(action, argparse._HelpAction) or not action.option_strings):
+            return action.help
+        return f"{help_text} (default: %(default)s)"
+
+
+def _every_parser(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                yield from _every_parser(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nar", description="Neighboring Autoregressive Modeling suite")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(name).register(sub)
+    for p in _every_parser(parser):  # one help style for every sub-command
+        p.formatter_class = HelpFormatter
     return parser
+
+
+class _DropNoise(logging.Filter):
+    """Lightning's advertising and what it says about settings nobody chose."""
+
+    NOISE = ("Tip:", "was configured so 100% of the batches", "`weights_only` was not set")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(n in message for n in self.NOISE)
+
+
+# Sub-commands that run Lightning (its import adds a console handler of its own).
+LIGHTNING_COMMANDS = ("train", "evaluate", "train-tokenizer", "demo", "ablate")
+
+
+def configure_logging(verbose: bool = False, lightning: bool = False) -> None:
+    """One line per event: our format on the root logger, Lightning's loggers sent through it (``import
+    lightning`` gives them a console handler of their own, which printed every line twice), known noise
+    dropped."""
+    if lightning:
+        import lightning  # noqa: F401  (so that its handlers exist before they are removed)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_DropNoise())
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
+    # The EMA copy is in eval mode on purpose; the pytree deprecation is Lightning's own.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    configure_logging(args.verbose, lightning=args.command in LIGHTNING_COMMANDS)
     try:
         return int(args.func(args) or 0)
     except NarError as err:  # one line naming the file, key or value; 2 = fix the input, 1 = runtime failure

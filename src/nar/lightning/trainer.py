@@ -25,6 +25,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 import lightning as L
 from nar.errors import RunInterrupted
+from nar.lightning.callbacks.progress_log import LogProgressCallback
 from nar.lightning.callbacks.run_guard import PreemptionCallback, RunConfigCallback
 from nar.lightning.checkpointing import AtomicCheckpointIO
 from nar.locks import FolderLock
@@ -84,6 +85,9 @@ def build_trainer(run: RunConfig, data: DataSection, callbacks: list | None = No
         ModelCheckpoint(dirpath=run_dir / CHECKPOINTS, filename="step_{step:07d}", auto_insert_metric_name=False,
                         every_n_train_steps=every, save_top_k=-1, save_last=True, enable_version_counter=False),
     ]
+    show_bar = enable_progress_bar if enable_progress_bar is not None else os.isatty(2)
+    if not show_bar:  # a log file: progress as a line every 30 s instead of a bar flushed at exit
+        callbacks.append(LogProgressCallback())
     loggers = []
     if logger:
         loggers.append(TensorBoardLogger(str(run_dir), name=TENSORBOARD, version="", default_hp_metric=False))
@@ -98,7 +102,7 @@ def build_trainer(run: RunConfig, data: DataSection, callbacks: list | None = No
         accumulate_grad_batches=t.accumulate, log_every_n_steps=t.log_every, logger=loggers or False,
         callbacks=callbacks, plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir),
         use_distributed_sampler=False,
-        enable_progress_bar=enable_progress_bar if enable_progress_bar is not None else os.isatty(2),
+        enable_progress_bar=show_bar,
         enable_model_summary=False, deterministic=t.deterministic or None,
     )
 

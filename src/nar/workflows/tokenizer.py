@@ -23,22 +23,73 @@ DATASETS = ("emoji", "atari", "imagenet", "ucf101")
 TOKENIZER_FILE = "tokenizer.pt"
 
 
+# The recipe (packaged YAML) for data of a kind and size when none is named: small images and clips get
+# the CPU-sized tokenizers, larger ones LlamaGen's VQ-16 / the UCF-101 video tokenizer.
+SMALL = 64
+RECIPES = {("image", True): "emoji", ("image", False): "imagenet", ("video", True): "atari", ("video", False): "ucf101"}
+
+
+def recipe_for(root: str | Path, preset: str | None = None) -> tuple[str, list[str]]:
+    """``(recipe name, overrides)`` for the shards in ``root``, read off their ``meta.json``: the recipe of their
+    kind and stored size, the tokenizer preset (``preset`` or the recipe's) at that size and clip length."""
+    from nar.data.shards import read_meta
+    from nar.tokenizers import VQConfig
+
+    meta = read_meta(root)
+    kind = "video" if meta.get("kind") == "video" else "image"
+    size = meta.get("image_size") or meta.get("resize")
+    recipe = RECIPES[kind, bool(size) and int(size) <= SMALL]
+    overrides = [f"name=tokenizer-{Path(root).resolve().name}"]
+    if preset:
+        VQConfig.from_name(preset)  # ConfigError naming an unknown preset
+        overrides.append(f"model.preset={preset}")
+    if size:
+        overrides.append(f"model.image_size={int(size)}")
+    if kind == "video" and meta.get("frames"):
+        overrides.append(f"model.num_frames={int(meta['frames'])}")
+    log.info("%s: %s shards%s -> the %r recipe%s", root, kind, f" of {size} px" if size else "", recipe,
+             f" with preset {preset}" if preset else "")
+    return recipe, overrides
+
+
 def tokenizer_config(data: str | None = None, config: str | Path | None = None, overrides: Sequence[str] = (),
-                     root: str | None = None) -> TokenizerRunConfig:
-    """``tokenizers/<data>.yaml`` (or ``config``) ← ``key=value`` overrides ← ``root``, validated.
+                     root: str | None = None, preset: str | None = None) -> TokenizerRunConfig:
+    """The run config of ``nar train-tokenizer``: a recipe YAML (``tokenizers/<data>.yaml``, ``config``, or, with
+    only ``root``, the recipe its data's kind and size call for) ← what ``root``'s ``meta.json`` says (size,
+    frames) ← ``preset`` ← ``key=value`` overrides, validated.
 
     Raises:
-        ConfigError: an unknown dataset, key or value; no shard folder.
+        ConfigError: an unknown dataset, preset, key or value; no shard folder; a recipe that would resample the
+            data (its ``model.image_size`` differs from the shards' stored size and nobody asked for it).
     """
+    if config is None and data is not None and data not in DATASETS:
+        raise ConfigError(f"unknown --data {data!r}; choose from {list(DATASETS)}, give --config, or only --root")
+    from_data: list[str] = [f"model.preset={preset}"] if preset else []
+    if root and data is None and config is None and (Path(root) / "meta.json").is_file():
+        data, from_data = recipe_for(root, preset)  # no recipe named: the data's kind and size pick it
     if config is None and data is None:
-        raise ConfigError("give --data (a known recipe) or --config (a tokenizer YAML)")
-    if config is None and data not in DATASETS:
-        raise ConfigError(f"unknown --data {data!r}; choose from {list(DATASETS)} or give --config")
+        raise ConfigError("give --root (the recipe follows the data), --data (a named recipe) or --config")
     yamls = [config or f"tokenizers/{data}.yaml"]
-    cfg = load_config(TokenizerRunConfig, yamls, [*overrides, *([f"data.root={root}"] if root else [])])
+    explicit = [*overrides, *([f"data.root={root}"] if root else [])]
+    cfg = load_config(TokenizerRunConfig, yamls, [*from_data, *explicit])
     if not cfg.data.root:
         raise ConfigError("no shard folder: give --root (or data.root=...)", key="data.root")
+    _check_size(cfg, explicit)
     return cfg
+
+
+def _check_size(cfg: TokenizerRunConfig, explicit: Sequence[str]) -> None:
+    """Refuse to upsample the data to the tokenizer's size, unless ``model.image_size`` was set on purpose."""
+    from nar.data.shards import read_meta
+
+    if not (Path(cfg.data.root) / "meta.json").is_file():
+        return  # the DataModule names the missing folder when training starts
+    meta = read_meta(cfg.data.root)
+    stored = meta.get("image_size") or meta.get("resize")
+    if stored and int(stored) < cfg.model.image_size and not any(o.startswith("model.image_size=") for o in explicit):
+        raise ConfigError(f"{cfg.model.image_size}, but {cfg.data.root} holds {stored}-px samples (they would be "
+                          f"upsampled {cfg.model.image_size / int(stored):.3g}x); give only --root to pick the recipe "
+                          f"by the data's size, or set model.image_size={stored}", key="model.image_size")
 
 
 def train_tokenizer(cfg: TokenizerRunConfig, resume: bool = False, enable_progress_bar: bool | None = None) -> Path | None:
@@ -46,7 +97,9 @@ def train_tokenizer(cfg: TokenizerRunConfig, resume: bool = False, enable_progre
     None elsewhere). ``resume`` continues from the newest intact checkpoint; SIGINT/SIGTERM save one and
     raise :class:`~nar.errors.RunInterrupted`."""
     from nar.lightning.trainer import run_folder_lock
+    from nar.workflows.preflight import check_tokenizer_run
 
+    check_tokenizer_run(cfg)
     with run_folder_lock(cfg):
         return _train_tokenizer(cfg, resume, enable_progress_bar)
 
