@@ -42,7 +42,8 @@ DATA_FACTS = ("model.grid", "model.vocab_size", "model.num_classes", "classes", 
 
 def facts_from_data(root: str | Path) -> dict[str, Any]:
     """Config values a token-shard folder's ``meta.json`` implies: grid, vocabulary (the codebook), number of
-    classes and their names, and the tokenizer that made the tokens (when its file still exists)."""
+    classes and their names, the tokenizer that made the tokens and the real samples they came from (when
+    those files still exist), and for caption features the caption model's slots and width."""
     from nar.data.shards import read_meta
 
     meta = read_meta(root)
@@ -60,7 +61,33 @@ def facts_from_data(root: str | Path) -> dict[str, Any]:
     tokenizer = meta.get("tokenizer")
     if tokenizer and Path(tokenizer).is_file():
         out["tokenizer"] = {"path": str(tokenizer)}
+    source = meta.get("source")
+    if source and (Path(source) / "meta.json").is_file():
+        splits = read_meta(source).get("splits", {})
+        split = next((s for s in ("val", "test") if s in splits), None)
+        if split:
+            out["eval"] = {"real_root": str(source), "real_split": split}
+    if meta.get("caption_features"):
+        slots, width = _caption_shape(root, meta)
+        out["model"].update(condition="caption", caption_len=slots, caption_dim=width)
+        out["data"] = {"caption_features": True}
+        out["text"] = {"kind": "t5" if width == 2048 else "minilm", "max_len": slots}
     return out
+
+
+def _caption_shape(root: str | Path, meta: dict[str, Any]) -> tuple[int, int]:
+    """``(slots, width)`` of the stored caption features, read off the first sample."""
+    from nar.data.shards import iter_tar
+
+    split = next(iter(meta["splits"].values()))
+    for raw in iter_tar(Path(root) / split["shards"][0]):
+        if "capfeat.npy" in raw:
+            import io
+
+            import numpy as np
+
+            return tuple(int(d) for d in np.load(io.BytesIO(raw["capfeat.npy"])).shape)  # type: ignore[return-value]
+    raise ConfigError(f"{root}: meta.json says caption_features but its first shard holds none", key="data.root")
 
 
 def generator_config(yamls: Sequence[str | Path] = (), overrides: Sequence[str] = (),
