@@ -83,8 +83,9 @@ class NARModel(nn.Module):
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         # PAR's learnable transition tokens (only mode 'par' has any: nar and raster state dicts are unchanged).
         token_cells = self.geometry.token_cells(cfg.mode, regions=cfg.regions)  # [N + K], CPU
-        if cfg.num_transition_tokens:
-            self.transition_embeddings = nn.Embedding(cfg.num_transition_tokens, cfg.dim)
+        self.num_transition_tokens = len(token_cells) - cfg.num_cells
+        if self.num_transition_tokens:
+            self.transition_embeddings = nn.Embedding(self.num_transition_tokens, cfg.dim)
         self.tok_dropout = nn.Dropout(cfg.token_dropout)
         if cfg.position == "absolute":
             self.pos_embedding = nn.Parameter(torch.zeros(cfg.num_cells, cfg.dim))
@@ -118,8 +119,8 @@ class NARModel(nn.Module):
             if cfg.position == "rope":  # every token rotated by its cell's coordinates (a transition token's: its region's)
                 rope = rotary_table(self.geometry.coords[token_cells], cfg.head_dim, C, cfg.rope_base)
             else:  # identity rotation: cos 1, sin 0
-                rope = torch.stack([torch.ones(cfg.seq_len, cfg.head_dim // 2),
-                                    torch.zeros(cfg.seq_len, cfg.head_dim // 2)], dim=-1)
+                L = C + len(token_cells)
+                rope = torch.stack([torch.ones(L, cfg.head_dim // 2), torch.zeros(L, cfg.head_dim // 2)], dim=-1)
             pred = self.geometry.keep_axis(self.geometry.predictors(cfg.mode, regions=cfg.regions),
                                            cfg.parent_axis)  # [A, N]
             train_mask = self.geometry.attention_mask(C, cfg.mode, regions=cfg.regions)  # [L, L]
@@ -256,8 +257,8 @@ class NARModel(nn.Module):
         """
         C = self.cfg.num_cond_tokens
         parts = [self.cls_embedding(cond), self._embed_grid(tokens)]  # [B, C, D], [B, N, D]
-        if self.cfg.num_transition_tokens:  # PAR: [B, K, D] after the grid
-            every = torch.arange(self.cfg.num_transition_tokens, device=tokens.device)
+        if self.num_transition_tokens:  # PAR: [B, K, D] after the grid
+            every = torch.arange(self.num_transition_tokens, device=tokens.device)
             parts.append(self._embed_transition(every, tokens.shape[0]))
         x = self.tok_dropout(torch.cat(parts, dim=1))  # [B, L, D]
         mask = self._full_mask(cond_mask, x.shape[0])
@@ -302,9 +303,9 @@ class NARModel(nn.Module):
         device = torch.device(device) if device is not None else self.rope.device
         dtype = dtype or self.tok_embeddings.weight.dtype
         n_blocks = len(self.layers) + sum(len(b) for b in self.branches)
-        caches = [KVCache(batch, cfg.kv_heads, cfg.seq_len, cfg.head_dim, dtype, device, attention)
-                  for _ in range(n_blocks)]
         geo = self.decode_layout
+        caches = [KVCache(batch, cfg.kv_heads, len(geo.slot_position), cfg.head_dim, dtype, device, attention)
+                  for _ in range(n_blocks)]
         key_valid = None  # [B, L] in the cache's order
         if cond_mask is not None:
             key_valid = geo.key_valid(cond_mask.to(device), "sequence" if layout == "sequence" else "decode")
