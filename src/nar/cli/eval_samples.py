@@ -19,6 +19,8 @@ import logging
 import time
 from pathlib import Path
 
+from nar.atomic import write_text
+
 log = logging.getLogger(__name__)
 
 METRICS = ("fid", "is", "pr", "fvd", "text")
@@ -42,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--i3d", default=None, help="I3D TorchScript for FVD (without it: fvd_proxy_inception)")
     p.add_argument("--cache", default=None, help="cache folder (default $NAR_CACHE or ~/.cache/nar)")
     p.add_argument("--save-ref", default=None, help="also write the real statistics as an ADM-style .npz")
-    p.add_argument("--out", default=None, help="JSON results file (default <samples name>.eval.json)")
+    p.add_argument("--out", default=None,
+                   help="JSON results file (default: <samples name>.eval.json beside the samples, not in the cwd)")
     p.set_defaults(func=run)
 
 
@@ -154,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     for key, value in results.items():
         print(f"{key:<{width}}  {value:.4f}")
     print(f"({count} samples; seconds per 1k samples: {per_1k})")
-    out = Path(args.out) if args.out else Path(f"{samples.stem if samples.is_file() else samples.name}.eval.json")
-    out.write_text(json.dumps(report, indent=2))
+    out = Path(args.out) if args.out else samples.parent / f"{samples.stem if samples.is_file() else samples.name}.eval.json"
+    write_text(out, json.dumps(report, indent=2, allow_nan=False))
     log.info("wrote %s", out)
     return 0

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from nar.atomic import write_with
 from nar.checkpoints import load_file, load_strict, unwrap_state_dict
 from nar.config import from_dict, to_dict
 from nar.errors import CheckpointError, ConfigError
@@ -41,10 +42,7 @@ def save_tokenizer(tokenizer: VQTokenizer, path: str | Path) -> Path:
         "config": to_dict(tokenizer.config),
         "state_dict": {k: v.detach().cpu() for k, v in tokenizer.state_dict().items()},
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)  # never leave a half-written file under the final name
-    return path
+    return write_with(path, lambda tmp: torch.save(payload, tmp))  # never a half-written file under the name
 
 
 def load_tokenizer(

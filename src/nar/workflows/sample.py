@@ -152,9 +152,10 @@ def load_tokenizer_for(model: NARModel, run: dict[str, Any] | None, path: str | 
         raise ConfigError("--tokenizer is required (the checkpoint names no tokenizer)")
     tok_config = config or (ref.get("config", "") if not path else "")
     tokenizer = load_tokenizer(tok_path, config=tok_config or None).eval().requires_grad_(False)
-    if getattr(tokenizer, "codebook_size", model.cfg.vocab_size) > model.cfg.vocab_size:
-        raise ConfigError(f"tokenizer {tok_path} has {tokenizer.codebook_size} codes, the model only "
-                          f"{model.cfg.vocab_size}")
+    codebook = getattr(tokenizer, "codebook_size", model.cfg.vocab_size)
+    if model.cfg.vocab_size > codebook:  # the model would sample ids the tokenizer cannot decode
+        raise ConfigError(f"--tokenizer {tok_path} has {codebook} codes, but the model samples "
+                          f"{model.cfg.vocab_size} (model.vocab_size); use the run's own tokenizer")
     return tokenizer, str(tok_path)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 import lightning as L
-from nar.config import load_config
+from nar.config import from_dict, load_config
 from nar.errors import ConfigError
 from nar.lightning.callbacks import FrontierDecodingCallback, MetricsFileCallback
 from nar.lightning.data import generator_datamodule
@@ -141,6 +141,8 @@ def fit(cfg: TrainConfig, resume: bool = False, tokenizer: torch.nn.Module | Non
         elif not resume and has_checkpoints(cfg.run_dir):
             raise ConfigError(f"{cfg.run_dir} already holds checkpoints; pass --resume to continue it or pick "
                               "another name=")
+        if ckpt is not None:
+            check_resumable(cfg, ckpt.path)
         datamodule = datamodule or generator_datamodule(cfg)
         module = GeneratorModule(cfg, tokenizer=tokenizer)
         if cfg.init_from and ckpt is None:
@@ -158,6 +160,25 @@ def fit(cfg: TrainConfig, resume: bool = False, tokenizer: torch.nn.Module | Non
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return {"metrics": metrics, "run_dir": cfg.run_dir, "checkpoint": last, "samples": decoding.last_grid,
             "global_step": trainer.global_step, "trainer": trainer, "module": module, "degraded": degraded}
+
+
+def check_resumable(cfg: TrainConfig, path: Path) -> None:
+    """Refuse (naming the keys) to resume ``path`` into a differently shaped network, before anything is written."""
+    from dataclasses import asdict
+
+    stored = stored_run_config(path)
+    if not stored:
+        return
+    theirs_cfg = from_dict(TrainConfig, stored).model
+    mine = {**asdict(cfg.model), "head_blocks": cfg.model.blocks_per_axis}
+    theirs = {**asdict(theirs_cfg), "head_blocks": theirs_cfg.blocks_per_axis}
+    shape_keys = ("dim", "n_layer", "n_head", "n_kv_head", "vocab_size", "condition", "num_classes", "caption_dim",
+                  "caption_len", "mode", "head_blocks", "head_layout", "head_sharing", "position", "regions")
+    differ = [k for k in shape_keys if k in mine and mine[k] != theirs.get(k)]
+    if differ:
+        pairs = ", ".join(f"model.{k}={theirs.get(k)} (config: {mine[k]})" for k in differ)
+        raise ConfigError(f"--resume: {path} was trained with {pairs}; resume with the run's own settings or start "
+                          "another name=")
 
 
 def init_weights(module: GeneratorModule, path: str | Path) -> None:

@@ -49,11 +49,10 @@ class PreemptionCallback(Callback):
             log.warning("%s: saving a checkpoint at the next step boundary, then stopping (Ctrl-C again to abort)",
                         name)
         self.signal_name = name
-        previous = self._previous.get(signum)
-        if signum == signal.SIGTERM and callable(previous):
-            previous(signum, frame)  # Lightning's own notifier (it stops the loop after this step)
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After Lightning has installed its own SIGTERM handler (which would stop the loop without saving,
+        # exit code 0): ours replaces it for the run and Lightning's is restored at the end.
         if threading.current_thread() is not threading.main_thread():
             return
         for signum in (signal.SIGINT, signal.SIGTERM):

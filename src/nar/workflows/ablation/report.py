@@ -7,10 +7,11 @@ import csv
 import io
 import logging
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from nar.atomic import atomic_path, write_text
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +48,7 @@ def write_rows(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in COLUMNS})
-    _atomic_write(path, buf.getvalue())
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_text(path, buf.getvalue())
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -100,7 +92,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], title: str = "") -> str:
 
 
 def write_markdown(path: str | Path, rows: Sequence[dict[str, Any]], title: str = "") -> None:
-    _atomic_write(Path(path), markdown_table(rows, title))
+    write_text(Path(path), markdown_table(rows, title))
 
 
 def plot_score_vs_speed(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path | None:
@@ -125,10 +117,9 @@ def plot_score_vs_speed(path: str | Path, rows: Sequence[dict[str, Any]]) -> Pat
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
