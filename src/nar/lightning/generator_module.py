@@ -216,7 +216,14 @@ class GeneratorModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if self.val_loss.update_count:
-            self.log("val/loss", self.val_loss.compute(), sync_dist=False)
+            # The teacher-forced cross-entropy is the exact negative log-likelihood of the sampler's own
+            # distribution (unguided, temperature 1): every schedule draws a pass's cells independently from
+            # the logits this pass computes for them (NAR_SPEC §9). In bits it compares schedules and heads.
+            nats = self.val_loss.compute()
+            self.log("val/loss", nats, sync_dist=False)
+            self.log("val/bits_per_token", nats / math.log(2), sync_dist=False)
+            self.log("val/bits_per_image", nats * self.cfg.model.num_cells / math.log(2), sync_dist=False)
+            self.log("val/samples", self.val_loss.weight.float(), sync_dist=False)  # all ranks, after compute()
         self.val_loss.reset()
 
     test_step = validation_step
