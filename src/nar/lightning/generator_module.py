@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 
 import lightning as L
 from nar.config import from_dict, to_dict
@@ -70,6 +70,7 @@ class GeneratorModule(L.LightningModule):
         object.__setattr__(self, "_tokenizer", tokenizer)
         object.__setattr__(self, "_train_forward", None)
         self.val_loss = MeanMetric()
+        self.val_count = SumMetric()
 
     # ------------------------------------------------------------------------------ helpers
     @property
@@ -213,6 +214,7 @@ class GeneratorModule(L.LightningModule):
         model.train(was_training)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens.reshape(-1), reduction="none")
         self.val_loss.update(loss.view(tokens.shape[0], -1).mean(1))  # per-sample means: exact across ranks
+        self.val_count.update(torch.tensor(float(tokens.shape[0]), device=tokens.device))
 
     def on_validation_epoch_end(self) -> None:
         if self.val_loss.update_count:
@@ -223,8 +225,9 @@ class GeneratorModule(L.LightningModule):
             self.log("val/loss", nats, sync_dist=False)
             self.log("val/bits_per_token", nats / math.log(2), sync_dist=False)
             self.log("val/bits_per_image", nats * self.cfg.model.num_cells / math.log(2), sync_dist=False)
-            self.log("val/samples", self.val_loss.weight.float(), sync_dist=False)  # all ranks, after compute()
+            self.log("val/samples", self.val_count.compute(), sync_dist=False)  # every rank's, summed
         self.val_loss.reset()
+        self.val_count.reset()
 
     test_step = validation_step
     on_test_epoch_end = on_validation_epoch_end
