@@ -77,18 +77,25 @@ def class_balanced_ids(labels: np.ndarray, per_class: int, *, seed: int = 0) -> 
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
 
 
-class MissingSamples(DataError):
+class StreamError(DataError):
+    """A stream cannot go on (no readable shards, every sample skipped); the message names the split.
+
+    Raised inside a DataLoader worker, it is re-raised in the main process with the worker's traceback
+    prepended to the message; the constructor keeps only our own line, so ``nar`` still prints one line.
+    """
+
+    def __init__(self, message: str) -> None:
+        if "Original Traceback" in message:
+            message = message.rsplit(f"{type(self).__name__}: ", 1)[-1].strip()
+        super().__init__(message)
+
+
+class MissingSamples(StreamError):
     """An evaluation pass delivered fewer of its selected samples than expected (truncated, missing or
     unreadable shards, skipped samples); the message names the shards and the counts. A run-time
     failure (exit 1): the data folder was accepted, the pass came out short."""
 
     exit_code = EXIT_RUNTIME
-
-    def __init__(self, message: str) -> None:
-        # Re-raised from a DataLoader worker, the message carries the worker's traceback: keep our line.
-        if "Original Traceback" in message:
-            message = message.rsplit(f"{type(self).__name__}: ", 1)[-1].strip()
-        super().__init__(message)
 
 
 @dataclasses.dataclass
@@ -287,14 +294,14 @@ class ResampledShardStream(IterableDataset):
             rejected_in_a_row = 0 if out is not None else rejected_in_a_row + 1
             if rejected_in_a_row > patience:
                 last = self.bad.files[-1] if self.bad.files else ("?", "?")
-                raise DataError(f"{self.index.root}: split {self.index.split!r}: the last {rejected_in_a_row} samples "
+                raise StreamError(f"{self.index.root}: split {self.index.split!r}: the last {rejected_in_a_row} samples "
                                 f"read were all skipped (e.g. {last[0]}: {last[1]}); check meta.json against the "
                                 "shards with `nar data verify`")
             return out
 
         while produced < quota:
             if weights.sum() <= 0:
-                raise DataError(f"{self.index.root}: no readable shards left in split {self.index.split!r}")
+                raise StreamError(f"{self.index.root}: no readable shards left in split {self.index.split!r}")
             shard = int(rng.choice(len(self.index.shards), p=weights / weights.sum()))
             got = 0
             unreadable_before = self.bad.counts["unreadable shard"]
@@ -314,7 +321,7 @@ class ResampledShardStream(IterableDataset):
                 weights[shard] = 0.0
             empty_draws = empty_draws + 1 if got == 0 else 0
             if empty_draws > 10 + 2 * len(self.index.shards):
-                raise DataError(f"{self.index.root}: no readable samples in split {self.index.split!r}")
+                raise StreamError(f"{self.index.root}: no readable samples in split {self.index.split!r}")
             if len(buffer) >= min(self.shuffle_buffer, self.index.total):
                 # buffer larger than the split: drain so small datasets still produce
                 while buffer and produced < quota:
