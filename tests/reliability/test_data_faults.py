@@ -104,6 +104,7 @@ def test_second_writer_is_refused_naming_the_first_and_nothing_of_the_first_is_l
         assert refused.value.exit_code == EXIT_USAGE and f"pid {first.pid}" in str(refused.value)
         assert "\n" not in str(refused.value)
         assert [p for p in _temporaries(root) if str(first.pid) in p.name]  # its shard in progress: untouched
+        assert any(f"being written (locked by pid {first.pid}" in p for p in verify(root).problems)
     finally:
         go.touch()
         out, err = first.communicate(timeout=60)

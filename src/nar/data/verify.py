@@ -24,6 +24,7 @@ from nar.data import transforms as T
 from nar.data.checks import SampleSpec, sample_name, skip_reason
 from nar.data.shards import META_NAME, BadInputLog, iter_tar, read_meta
 from nar.errors import DataError
+from nar.locks import read_lock
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +109,15 @@ def verify(path: str | Path, *, decode: bool = True, limit: int | None = None) -
     problems: list[str] = []
     kind, spec = None, SampleSpec()
     plan: dict[str, list[tuple[Path, int | None]]] = {}
+    holder = read_lock(path) if path.is_dir() else None
+    if holder is not None:  # a writer at work: what is there now is not the finished dataset
+        problems.append(f"{path} is being written (locked by pid {holder.get('pid')} on {holder.get('host')}, "
+                        f"`{holder.get('command', '?')}`); verify it once that writer has finished")
     if path.is_dir() and (path / META_NAME).is_file():
         try:
             meta = read_meta(path)
         except DataError as err:
-            return VerifyReport(str(path), None, {}, bad, [str(err)])
+            return VerifyReport(str(path), None, {}, bad, [*problems, str(err)])
         kind, spec = meta.get("kind"), SampleSpec.from_meta(meta)
         problems += meta_problems(meta, path)
         for split, info in meta["splits"].items():
@@ -121,7 +126,7 @@ def verify(path: str | Path, *, decode: bool = True, limit: int | None = None) -
     elif path.is_dir():
         tars = sorted(path.rglob("*.tar"))
         if not tars:
-            return VerifyReport(str(path), None, {}, bad, [f"{path}: no meta.json and no .tar shards"])
+            return VerifyReport(str(path), None, {}, bad, [*problems, f"{path}: no meta.json and no .tar shards"])
         for t in tars:
             plan.setdefault(t.parent.name, []).append((t, None))
     elif path.is_file():
