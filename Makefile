@@ -41,11 +41,11 @@ test-all: $(VENV)/.installed ## run every test, slow and gpu included
 lint: $(VENV)/.installed ## ruff check over the whole repository (src, tests, benchmarks, experiments, notebooks)
 	$(VENV)/bin/ruff check .
 
-bench: $(VENV)/.installed ## sampling benchmark on the GPU (NAR-L, CFG 2.0, bf16, batch 64 and 256)
-	$(NAR) bench --preset NAR-L --batch 64 256 --guidance 2.0 --dtype bf16 --device cuda --reference --tokenizer-decode --decode-dtype fp32 bf16 --decode-compile $(ARGS)
+bench: $(VENV)/.installed ## sampling benchmark on the GPU (NAR-L, CFG 2.0, bf16, batch 64 and 256; NAR, raster, PAR-4x/16x, reference)
+	$(NAR) bench --preset NAR-L --batch 64 256 --guidance 2.0 --dtype bf16 --device cuda --reference --tokenizer-decode --decode-dtype fp32 bf16 --decode-compile --schedules nar raster par-2x2 par-4x4 $(ARGS)
 
-bench-cpu: $(VENV)/.installed ## CPU benchmark: NAR vs raster on a small trunk, 16x16 grid, batch 8, bf16, 5 alternating rounds (ARGS="--dtype fp32")
-	$(NAR) bench --preset bench-cpu --batch 8 --guidance 1.0 --dtype bf16 --device cpu --reference --warmup 3 --iters 2 --rounds 5 $(ARGS)
+bench-cpu: $(VENV)/.installed ## CPU benchmark: NAR vs raster vs PAR-4x/16x on a small trunk, 16x16 grid, batch 8, bf16, 5 alternating rounds (ARGS="--dtype fp32")
+	$(NAR) bench --preset bench-cpu --batch 8 --guidance 1.0 --dtype bf16 --device cpu --reference --warmup 3 --iters 2 --rounds 5 --schedules nar raster par-2x2 par-4x4 $(ARGS)
 
 data-embedded: $(VENV)/.installed ## build the embedded emoji/atari/shapes shards under data/
 	$(NAR) data embedded --out data/embedded $(ARGS)

@@ -37,7 +37,7 @@ def recipe_for(root: str | Path, preset: str | None = None) -> tuple[str, list[s
 
     meta = read_meta(root)
     kind = "video" if meta.get("kind") == "video" else "image"
-    size = meta.get("image_size") or meta.get("resize")
+    size = meta.get("image_size") or meta.get("resize") or stored_image_size(root, meta)
     recipe = RECIPES[kind, bool(size) and int(size) <= SMALL]
     overrides = [f"name=tokenizer-{Path(root).resolve().name}"]
     if preset:
@@ -50,6 +50,28 @@ def recipe_for(root: str | Path, preset: str | None = None) -> tuple[str, list[s
     log.info("%s: %s shards%s -> the %r recipe%s", root, kind, f" of {size} px" if size else "", recipe,
              f" with preset {preset}" if preset else "")
     return recipe, overrides
+
+
+def stored_image_size(root: str | Path, meta: dict, probe: int = 16) -> int | None:
+    """The short side of the first ``probe`` training images when the shards keep original bytes (no size in
+    ``meta.json``); None when there are none to read."""
+    import io
+
+    from PIL import Image
+
+    from nar.data.shards import iter_tar
+
+    split = meta.get("splits", {}).get("train") or next(iter(meta.get("splits", {}).values()), None)
+    sides = []
+    for shard in (split or {}).get("shards", [])[:1]:
+        for raw in iter_tar(Path(root) / shard):
+            data = raw.get("png") or raw.get("jpg") or raw.get("jpeg")
+            if data is not None:
+                with Image.open(io.BytesIO(data)) as img:
+                    sides.append(min(img.size))
+            if len(sides) >= probe:
+                break
+    return min(sides) if sides else None
 
 
 def tokenizer_config(data: str | None = None, config: str | Path | None = None, overrides: Sequence[str] = (),

@@ -16,7 +16,7 @@ from nar.atomic import atomic_path, write_text
 log = logging.getLogger(__name__)
 
 # CSV columns, in order. ``score`` is FID (images) or FVD / its Inception proxy (video), named by ``score_name``.
-COLUMNS = ("variant", "label", "mode", "head_sharing", "shared_axis", "head_blocks", "head_layout", "mixing",
+COLUMNS = ("variant", "label", "mode", "regions", "head_sharing", "shared_axis", "head_blocks", "head_layout", "mixing",
            "score_name", "score", "paper_score", "val_loss", "forward_passes", "images_per_s", "parameters",
            "steps", "train_seconds", "same_as", "fingerprint")
 FLOATS = ("score", "paper_score", "val_loss", "images_per_s", "train_seconds")

@@ -58,7 +58,7 @@ def fingerprint(train_cfg: Any) -> str:
     m["head_blocks"] = blocks
     if m["mode"] == "nar" and m["head_sharing"] == "shared":
         m["head_blocks"], m["shared_axis"] = [blocks[m["shared_axis"]]], 0
-    if m["mode"] == "raster":  # one head, one parent: sharing and mixing change nothing
+    if m["mode"] in ("raster", "par"):  # one head, one parent: sharing and mixing change nothing
         m.update(head_sharing="per_axis", shared_axis=-1, mixing="logits")
     if sum(b > 0 for b in m["head_blocks"]) <= 1:
         m["head_layout"] = "chain"  # one branch at most: chain and parallel are the same network
@@ -133,6 +133,7 @@ def run_variant(variant: VariantConfig, train_cfg: Any, bench: BenchConfig) -> d
     return {
         "variant": variant.name, "label": variant.label, "mode": m.mode, "head_sharing": m.head_sharing,
         "shared_axis": m.shared_axis, "head_blocks": json.dumps(m.blocks_per_axis), "head_layout": m.head_layout,
+        "regions": json.dumps(list(m.regions)) if m.regions else "",
         "mixing": m.mixing, "score_name": score_key[4:] if score_key else "",
         "score": scores[score_key] if score_key else None, "paper_score": variant.paper_score,
         "val_loss": scores.get("val/loss"), "forward_passes": int(model.num_passes),
