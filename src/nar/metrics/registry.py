@@ -7,7 +7,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-IMAGE_METRICS = ("fid", "is", "pr")
+IMAGE_METRICS = ("fid", "is", "pr", "kid")
 VIDEO_METRICS = ("fvd", "fvd_proxy")
 
 
@@ -33,9 +33,10 @@ def build_metrics(names: list[str] | tuple[str, ...], *, video: bool, inception_
         log.warning("eval.metrics: skipping 'is' — the default FID network has no classifier; "
                     "set eval.inception_weights to a torch-fidelity Inception file with its fc layer")
         image.remove("is")
-    if "pr" in image and reference_stats and not have_real:
-        log.warning("eval.metrics: skipping 'pr' — precision/recall need real images (eval.real_root)")
-        image.remove("pr")
+    for name in ("pr", "kid"):
+        if name in image and reference_stats and not have_real:
+            log.warning("eval.metrics: skipping %r — it needs real images' features (eval.real_root)", name)
+            image.remove(name)
     if image:
         metric = ImageFidelity(metrics=image, reset_real_features=False, inception_weights=inception_weights or None)
         if reference_stats:

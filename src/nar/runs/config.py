@@ -27,7 +27,7 @@ SCHEDULES = ("constant", "cosine", "linear")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
 STRATEGIES = ("auto", "ddp", "fsdp")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
-METRICS = ("fid", "is", "pr", "fvd", "fvd_proxy", "text")
+METRICS = ("fid", "is", "pr", "kid", "fvd", "fvd_proxy", "text")
 
 
 def _at_least(obj: object, minimum: int | float, *keys: str, optional: bool = False) -> None:

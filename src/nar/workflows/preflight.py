@@ -18,7 +18,7 @@ from nar.runs.config import TokenizerRunConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
-FIDELITY = ("fid", "is", "pr", "fvd", "fvd_proxy")
+FIDELITY = ("fid", "is", "pr", "kid", "fvd", "fvd_proxy")
 
 
 def _gate(run: TrainConfig | TokenizerRunConfig, degraded: list[str]) -> list[str]:
@@ -74,8 +74,9 @@ def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[st
                             "the tokenizer's reconstructions of val tokens (no tokenizer error in the score)")
         if "is" in asked and not e.inception_weights:
             degraded.append("eval.metrics is: eval.inception_weights (an Inception with its classifier) is not set")
-        if "pr" in asked and not e.real_root:
-            degraded.append("eval.metrics pr: precision/recall need real images (eval.real_root)")
+        for name in ("pr", "kid"):
+            if name in asked and not e.real_root:
+                degraded.append(f"eval.metrics {name}: needs real images' features (eval.real_root)")
     if cfg.tokenizer.path and video and any(m in asked for m in ("fvd", "fvd_proxy")) and not e.real_root:
         degraded.append("eval.metrics fvd: no eval.real_root; the reference would be tokenizer reconstructions")
     if video and "fvd" in asked and not e.i3d_path:
