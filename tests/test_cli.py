@@ -20,7 +20,7 @@ def _options(parser: argparse.ArgumentParser):
 def test_every_help_states_its_defaults() -> None:
     missing = []
     for p, action in _options(build_parser()):
-        if action.default in (None, False, [], "", argparse.SUPPRESS):
+        if action.default is None or action.default is False or action.default in ([], "", argparse.SUPPRESS):
             continue
         text = p.formatter_class(prog=p.prog)._get_help_string(action) or ""
         if "default" not in text:

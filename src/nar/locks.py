@@ -25,6 +25,8 @@ from nar.errors import NarError
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".nar.lock"
+# An empty lock file younger than this is a writer filling it in, not a dead one.
+FILL_SECONDS = 10.0
 
 
 class LockError(NarError):
@@ -64,6 +66,7 @@ class FolderLock:
         key = self.path.resolve() if self.path.parent.exists() else self.path.absolute()
         if FolderLock._held.get(key):
             FolderLock._held[key] += 1
+            self._key = key  # so that this (nested) release counts down too
             return self
         self.folder.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
@@ -105,10 +108,12 @@ class FolderLock:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    @staticmethod
-    def _stale(holder: dict[str, Any]) -> bool:
-        if not holder:  # unreadable: a writer died between creating and filling it
-            return True
+    def _stale(self, holder: dict[str, Any]) -> bool:
+        if not holder:  # unreadable: a writer died between creating and filling it, or is filling it right now
+            try:
+                return time.time() - self.path.stat().st_mtime > FILL_SECONDS
+            except FileNotFoundError:
+                return True
         return holder.get("host") == socket.gethostname() and not pid_alive(int(holder.get("pid", -1)))
 
     def _refusal(self, holder: dict[str, Any]) -> str:

@@ -38,8 +38,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
         help_text = action.help or ""
         default = action.default
-        if ("default" in help_text or default in (None, False, [], "", argparse.SUPPRESS)
-                or isinstance(action, argparse._HelpAction) or not action.option_strings):
+        unset = default is None or default is False or default == [] or default == "" or default is argparse.SUPPRESS
+        if "default" in help_text or unset or isinstance(action, argparse._HelpAction) or not action.option_strings:
             return action.help
         return f"{help_text} (default: %(default)s)"
 

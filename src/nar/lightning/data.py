@@ -21,7 +21,7 @@ from nar.runs.config import DataSection, TokenizerRunConfig, TrainConfig
 def _common(d: DataSection, seed: int) -> dict[str, Any]:
     return dict(root=d.root, train_split=d.train_split, val_split=d.val_split, batch_size=d.batch_size,
                 eval_batch_size=d.eval_batch_size, num_workers=d.num_workers, shuffle_buffer=d.shuffle_buffer,
-                seed=seed)
+                allow_missing=d.allow_missing, seed=seed)
 
 
 def generator_datamodule(cfg: TrainConfig) -> L.LightningDataModule:

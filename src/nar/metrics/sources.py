@@ -103,12 +103,10 @@ def shard_paths(source: str | Path, split: str | None = None) -> list[Path]:
     if source.is_file() and source.suffix == ".tar":
         return [source]
     if (source / "meta.json").is_file():
-        from nar.data.shards import read_meta
+        from nar.data.shards import read_meta, resolve_split
 
         meta = read_meta(source)
-        split = split or ("val" if "val" in meta["splits"] else next(iter(meta["splits"])))
-        if split not in meta["splits"]:
-            raise DataError(f"{source}: no split {split!r} (has {sorted(meta['splits'])})")
+        split = resolve_split(meta, split or "val", root=source)
         return [source / s for s in meta["splits"][split]["shards"]]
     if source.is_dir():
         return sorted(source.glob("*.tar"))

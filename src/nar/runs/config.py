@@ -120,6 +120,8 @@ class DataSection:
     num_workers: int = 4
     shuffle_buffer: int = 2000
     limit_val_samples: int | None = None  # validate on at most this many samples
+    # Report validation over fewer samples than selected (a truncated or missing val shard) instead of failing.
+    allow_missing: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -56,10 +56,10 @@ def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[st
     if asked and not cfg.tokenizer.path:
         degraded.append(f"eval.metrics {asked}: no tokenizer.path to decode samples to pixels, so no scores")
     if e.real_root:
+        from nar.data.shards import resolve_split
+
         meta = read_meta(e.real_root)  # DataError naming the folder when it is not a dataset
-        if e.real_split not in meta.get("splits", {}):
-            raise ConfigError(f"no split {e.real_split!r} in {e.real_root} (has {sorted(meta.get('splits', {}))})",
-                              key="eval.real_split")
+        resolve_split(meta, e.real_split, root=e.real_root)  # val/test by role, else the splits it has
     if e.reference_stats:
         path = Path(e.reference_stats)
         if not path.is_file():

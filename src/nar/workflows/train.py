@@ -63,10 +63,13 @@ def facts_from_data(root: str | Path) -> dict[str, Any]:
         out["tokenizer"] = {"path": str(tokenizer)}
     source = meta.get("source")
     if source and (Path(source) / "meta.json").is_file():
-        splits = read_meta(source).get("splits", {})
-        split = next((s for s in ("val", "test") if s in splits), None)
-        if split:
-            out["eval"] = {"real_root": str(source), "real_split": split}
+        from nar.data.shards import resolve_split
+        from nar.errors import DataError
+
+        try:
+            out["eval"] = {"real_root": str(source), "real_split": resolve_split(read_meta(source), "val", root=source)}
+        except DataError:
+            pass  # no evaluation split there: nothing to infer
     if meta.get("caption_features"):
         slots, width = _caption_shape(root, meta)
         out["model"].update(condition="caption", caption_len=slots, caption_dim=width)
