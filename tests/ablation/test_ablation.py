@@ -11,6 +11,7 @@ import yaml
 from ablation_helpers import tiny_train_overrides
 
 from nar.errors import ConfigError
+from nar.lightning.logs import read_metrics
 from nar.workflows.ablation import (
     build_train_configs,
     fingerprint,
@@ -102,7 +103,7 @@ def test_two_variant_grid_and_resume(tmp_path: Path, tiny_tokens: Path, capsys) 
     assert mixed["val_loss"] is not None and mixed["val_loss"] > 0
     assert again["same_as"] == "row_only" and again["val_loss"] == row_only["val_loss"]
     md = out["markdown"].read_text()
-    assert "`row_only`" in md and "Ordering vs the paper" in md
+    assert "`row_only`" in md and "The paper's orderings" in md and "| `mixed` (3.06) < `row_only` (25.73) |" in md
     assert mixed["score_name"] == "fid" and mixed["score"] is not None
     assert out["plot"] is not None and out["plot"].read_bytes()[:4] == b"\x89PNG"
     assert _hparams_logged(out["tensorboard"] / "mixed")
@@ -131,3 +132,27 @@ def test_two_variant_grid_and_resume(tmp_path: Path, tiny_tokens: Path, capsys) 
     assert main(["ablate", "--config", str(path)]) == 0
     printed = capsys.readouterr().out
     assert "ran: -" in printed and "| `mixed` |" in printed and "fid_vs_speed.png" in printed
+
+
+def test_seeds_run_in_parallel_and_report_intervals(tmp_path: Path, tiny_tokens: Path) -> None:
+    """Two seeds per variant trained two at a time: one row per run, each variant's mean and 95 % CI, the
+    paper's ordering with agreement and separation, NAR vs raster, and the learning curves."""
+    over = [*tiny_train_overrides(tiny_tokens), "trainer.max_steps=4", "trainer.val_every=2", "eval.decode_every=2",
+            "eval.metrics=[]"]
+    path = _grid(tmp_path, [
+        {"name": "mixed", "model": {}, "paper_score": 3.06},
+        {"name": "raster", "model": {"mode": "raster"}, "paper_score": 3.80},
+    ], overrides=over, bench={"batch": 2, "iters": 1, "warmup": 0})
+    cfg = load_ablation_config(path, ["seeds=[0,1]", "jobs=2"])
+    out = run_ablation(cfg)
+    rows = read_rows(out["csv"])
+    assert sorted(r["run"] for r in rows) == ["mixed-s0", "mixed-s1", "raster-s0", "raster-s1"]
+    assert {r["seed"] for r in rows} == {0, 1} and all(r["bits_per_token"] > 0 for r in rows)
+    md = out["markdown"].read_text()
+    assert "±" in md and "| `mixed` (3.06) < `raster` (3.80) |" in md and "NAR (mixed) vs raster" in md
+    assert out["curves"] is not None and out["curves"].read_bytes()[:4] == b"\x89PNG"
+    curve = [m for m in read_metrics(tmp_path / "out" / "runs" / "mixed-s0") if "val/bits_per_token" in m]
+    # bits/token at every validation, samples generated only at every second one (and the last)
+    assert [m["step"] for m in curve] == [2, 4]
+    assert "val/images_per_sec" not in curve[0] and "val/images_per_sec" in curve[-1]
+    assert curve[1]["train_seconds"] > curve[0]["train_seconds"] > 0

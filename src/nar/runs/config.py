@@ -213,6 +213,9 @@ class EvalConfig:
     i3d_path: str = ""  # TorchScript I3D for FVD ("" = the Inception proxy, reported as fvd_proxy_inception)
     reference_stats: str = ""  # ADM-style .npz with the reference mu/sigma (instead of real samples)
     per_class: int = 50  # nar evaluate: samples per class
+    # Generate and score samples at every k-th validation during training (and always at the last); the
+    # teacher-forced val loss (exact bits/token) runs at every one. 1 = every validation.
+    decode_every: int = 1
     seed: int = 0
     # Score on fewer real samples than asked (eval.num_real, else eval.num_samples) instead of failing.
     allow_fewer: bool = False
@@ -221,7 +224,7 @@ class EvalConfig:
     compile_decoder: bool = False
 
     def __post_init__(self) -> None:
-        _at_least(self, 1, "num_samples", "batch_size", "per_class")
+        _at_least(self, 1, "num_samples", "batch_size", "per_class", "decode_every")
         _at_least(self, 0, "grid_samples", "num_real")
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown:

@@ -63,6 +63,7 @@ class FrontierDecodingCallback(Callback):
         self.last_counts: dict[str, int] = {}
         self.last_grid: Path | None = None
         self.real_count = 0
+        self._validations = 0
         # nar evaluate: chunks of generated samples go here (and are read back when it is run again)
         self.sample_dir: Path | None = None
 
@@ -84,6 +85,11 @@ class FrontierDecodingCallback(Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
+        self._validations += 1
+        fitting = trainer.state.fn == "fit"
+        last = not fitting or trainer.global_step >= trainer.max_steps
+        if not last and self._validations % self.eval.decode_every:
+            return  # a bits-only validation (eval.decode_every)
         self.run(trainer, pl_module)
 
     @torch.no_grad()

@@ -1,9 +1,12 @@
-"""``<run>/metrics.jsonl``: every validation's ``val/*`` scalars, one JSON line each (rank 0)."""
+"""``<run>/metrics.jsonl``: every validation's ``val/*`` scalars, one JSON line each (rank 0), with the step and
+the seconds spent training so far (learning curves against steps and against wall-clock)."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
@@ -11,17 +14,39 @@ import lightning as L
 
 
 class MetricsFileCallback(Callback):
-    """Appends every validation's ``val/*`` scalars to ``<run>/metrics.jsonl`` (rank 0), for scripts and tests."""
+    """Appends every validation's ``val/*`` scalars to ``<run>/metrics.jsonl`` (rank 0), for scripts and tests.
+
+    ``train_seconds`` counts the time inside training steps only (validation, checkpointing and start-up
+    excluded), carried over a resume through the checkpoint, so curves of different schedules compare the
+    cost of learning, not of evaluating.
+    """
 
     def __init__(self, run_dir: str | Path) -> None:
         super().__init__()
         self.path = Path(run_dir) / "metrics.jsonl"
+        self.train_seconds = 0.0
+        self._batch_start: float | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._batch_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._batch_start is not None:
+            self.train_seconds += time.perf_counter() - self._batch_start
+            self._batch_start = None
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        row = {"step": trainer.global_step}
+        row: dict[str, Any] = {"step": trainer.global_step, "train_seconds": round(self.train_seconds, 3)}
         row.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_seconds": self.train_seconds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.train_seconds = float(state_dict.get("train_seconds", 0.0))

@@ -79,10 +79,19 @@ class AblationConfig:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     variants: list[VariantConfig] = field(default_factory=list)
+    # Training seeds: every variant trains once per seed (trainer.seed, data.seed and eval.seed all set to it), and
+    # results.md reports each variant's mean and 95 % confidence interval over them.
+    seeds: list[int] = field(default_factory=lambda: [0])
+    # Runs trained at once, each in its own process with trainer.threads = cores / jobs (CPU grids; 1 under DDP).
+    jobs: int = 1
 
     def __post_init__(self) -> None:
         if not self.variants:
             raise ConfigError("key 'variants': the grid is empty")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"key 'seeds': needs distinct seeds, got {list(self.seeds)}")
+        if self.jobs < 1:
+            raise ConfigError(f"key 'jobs': must be >= 1, got {self.jobs}")
         if self.prepare.domain not in DOMAINS:
             raise ConfigError(f"key 'prepare.domain': '{self.prepare.domain}' is not one of {DOMAINS}")
         if self.bench.weights not in ("random", "trained"):

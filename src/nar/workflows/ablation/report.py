@@ -1,9 +1,12 @@
-"""The results of a grid: ``results.csv`` (written atomically, one complete row per variant), ``results.md``,
-TensorBoard HParams and ``fid_vs_speed.png``."""
+"""The results of a grid: ``results.csv`` (written atomically, one complete row per run = variant × seed),
+``results.md`` (each variant's mean and 95 % confidence interval over its seeds, and for every pair of rows the
+paper orders whether ours agrees and whether the intervals separate), TensorBoard HParams, ``fid_vs_speed.png``
+and ``learning_curves.png`` (bits/token against steps and against training seconds)."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import math
@@ -16,11 +19,11 @@ from nar.atomic import atomic_path, write_text
 log = logging.getLogger(__name__)
 
 # CSV columns, in order. ``score`` is FID (images) or FVD / its Inception proxy (video), named by ``score_name``.
-COLUMNS = ("variant", "label", "mode", "regions", "head_sharing", "shared_axis", "head_blocks", "head_layout", "mixing",
-           "score_name", "score", "paper_score", "val_loss", "forward_passes", "images_per_s", "parameters",
-           "steps", "train_seconds", "same_as", "fingerprint")
-FLOATS = ("score", "paper_score", "val_loss", "images_per_s", "train_seconds")
-INTS = ("shared_axis", "forward_passes", "parameters", "steps")
+COLUMNS = ("run", "variant", "seed", "label", "mode", "regions", "head_sharing", "shared_axis", "head_blocks",
+           "head_layout", "mixing", "score_name", "score", "kid", "kid_std", "bits_per_token", "paper_score", "val_loss",
+           "forward_passes", "images_per_s", "parameters", "steps", "train_seconds", "same_as", "fingerprint")
+FLOATS = ("score", "kid", "kid_std", "bits_per_token", "paper_score", "val_loss", "images_per_s", "train_seconds")
+INTS = ("seed", "shared_axis", "forward_passes", "parameters", "steps")
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
@@ -36,6 +39,7 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
                 row[key] = float(row[key]) if row.get(key) not in (None, "") else None
             for key in INTS:
                 row[key] = int(float(row[key])) if row.get(key) not in (None, "") else None
+            row["run"] = row.get("run") or row["variant"]  # rows written before runs had seeds
             rows.append(row)
     return rows
 
@@ -59,40 +63,209 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+@dataclasses.dataclass
+class Estimate:
+    """Mean of one quantity over a variant's seeds, with its 95 % confidence interval (Student's t)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    def __str__(self) -> str:
+        if self.n < 2:
+            return _fmt(self.mean, 4)
+        return f"{_fmt(self.mean, 4)} ± {_fmt(self.high - self.mean, 2)}"
+
+    def separates(self, other: Estimate) -> bool:
+        """The two intervals do not overlap (needs >= 2 seeds on each side)."""
+        return self.n > 1 and other.n > 1 and (self.high < other.low or other.high < self.low)
+
+
+def estimate(values: Sequence[float]) -> Estimate | None:
+    """Mean and 95 % confidence interval of ``values`` (one per seed); None when there are none."""
+    values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not values:
+        return None
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return Estimate(mean, mean, mean, 1)
+    from scipy.stats import t
+
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    half = float(t.ppf(0.975, len(values) - 1)) * sd / math.sqrt(len(values))
+    return Estimate(mean, mean - half, mean + half, len(values))
+
+
+# The quantities summarised per variant: (row key, label, lower is better).
+SUMMARISED = (("bits_per_token", "bits/token", True), ("score", "FID", True), ("kid", "KID", True))
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per variant (grid order): its first row's description and an :class:`Estimate` per quantity."""
+    variants: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        variants.setdefault(r["variant"], []).append(r)
+    out = []
+    for group in variants.values():
+        entry = {**group[0], "seeds": sorted(r.get("seed") or 0 for r in group)}
+        for key, _, _ in SUMMARISED:
+            entry[key] = estimate([r.get(key) for r in group])
+        speeds = [r["images_per_s"] for r in group if r.get("images_per_s") is not None]
+        entry["images_per_s"] = sum(speeds) / len(speeds) if speeds else None
+        out.append(entry)
+    return out
+
+
+def paper_pairs(summary: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Pairs ``(better, worse)`` of variants the paper orders (both have a paper FID; lower is better)."""
+    scored = [v for v in summary if v.get("paper_score") is not None]
+    pairs = []
+    for i, a in enumerate(scored):
+        for b in scored[i + 1:]:
+            if a["paper_score"] != b["paper_score"]:
+                pairs.append((a, b) if a["paper_score"] < b["paper_score"] else (b, a))
+    return pairs
+
+
 def ordering_agreement(rows: Sequence[dict[str, Any]]) -> tuple[int, int] | None:
-    """Pairs of rows (both with a paper score, distinct configurations) ordered the same way by our score and
-    the paper's: ``(agreeing, total)``; None when fewer than two such rows."""
-    scored = [r for r in rows if r.get("paper_score") is not None and r.get("score") is not None and not r.get("same_as")]
-    pairs = [(a, b) for i, a in enumerate(scored) for b in scored[i + 1:]]
+    """Pairs the paper orders that our mean score orders the same way: ``(agreeing, total)``; None when none."""
+    pairs = [(a, b) for a, b in paper_pairs(summarise(rows)) if a.get("score") and b.get("score")]
     if not pairs:
         return None
-    agree = sum((a["score"] - b["score"]) * (a["paper_score"] - b["paper_score"]) > 0 for a, b in pairs)
-    return agree, len(pairs)
+    return sum(a["score"].mean < b["score"].mean for a, b in pairs), len(pairs)
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], title: str = "") -> str:
-    """``results.md``: one row per configuration, then how the ordering compares with the paper's."""
+def markdown_table(rows: Sequence[dict[str, Any]], title: str = "", runs_root: str | Path | None = None) -> str:
+    """``results.md``: the per-variant summary, the paper's orderings, NAR vs raster, then every run."""
+    summary = summarise(rows)
     name = next((r["score_name"] for r in rows if r.get("score_name")), "score")
-    head = ["variant", "configuration", name, "paper FID", "val loss", "passes", "images/s", "params (M)", "steps"]
+    seeds = max((len(v["seeds"]) for v in summary), default=0)
     lines = [f"# {title}" if title else "# Ablation", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+             f"Mean ± half-width of the 95 % confidence interval over {seeds} training seed(s) (Student's t). "
+             "bits/token is the exact negative log-likelihood of the sampler's own distribution (teacher-forced, "
+             f"unguided) on the fixed validation set; {name} and KID are of the generated samples.", ""]
+    head = ["variant", "configuration", "passes", "bits/token", name, "KID × 1e3", "paper FID", "images/s", "seeds"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for v in summary:
+        kid = v.get("kid")
+        kid_text = str(Estimate(kid.mean * 1e3, kid.low * 1e3, kid.high * 1e3, kid.n)) if kid else "—"
+        label = (v.get("label") or "") + (f" (same network as `{v['same_as']}`)" if v.get("same_as") else "")
+        lines.append("| " + " | ".join([f"`{v['variant']}`", label, _fmt(v.get("forward_passes")),
+                                           str(v["bits_per_token"] or "—"), str(v["score"] or "—"), kid_text,
+                                           _fmt(v.get("paper_score")), _fmt(v.get("images_per_s"), 1),
+                                           str(len(v["seeds"]))]) + " |")
+    pairs = paper_pairs(summary)
+    if pairs:
+        lines += ["", "## The paper's orderings", "",
+                  "Each pair the paper orders by FID (its better row first): does our mean order them the same way, "
+                  "and do the confidence intervals separate?", "",
+                  "| paper: better < worse | bits/token | " + name + " | KID |", "|---|---|---|---|"]
+        for a, b in pairs:
+            cells = []
+            for key, _, _ in SUMMARISED:
+                ea, eb = a.get(key), b.get(key)
+                if not ea or not eb:
+                    cells.append("—")
+                    continue
+                agree = "agrees" if ea.mean < eb.mean else "**reversed**"
+                cells.append(f"{agree}, {'CIs separate' if ea.separates(eb) else 'CIs overlap'}")
+            lines.append(f"| `{a['variant']}` ({_fmt(a['paper_score'])}) < `{b['variant']}` ({_fmt(b['paper_score'])}) | "
+                         + " | ".join(cells) + " |")
+    lines += nar_vs_raster(summary, rows, runs_root)
+    lines += ["", "## Every run", "",
+              "| run | bits/token | " + name + " | KID | val loss | passes | images/s | steps | train s |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        label = r.get("label") or ""
-        if r.get("same_as"):
-            label += f" (same network as `{r['same_as']}`)"
-        params = r["parameters"] / 1e6 if r.get("parameters") is not None else None
-        lines.append("| " + " | ".join([
-            f"`{r['variant']}`", label, _fmt(r.get("score")), _fmt(r.get("paper_score")), _fmt(r.get("val_loss"), 4),
-            _fmt(r.get("forward_passes")), _fmt(r.get("images_per_s"), 1), _fmt(params, 3), _fmt(r.get("steps"))]) + " |")
-    agreement = ordering_agreement(rows)
-    if agreement:
-        lines += ["", f"Ordering vs the paper (pairs of rows with a paper FID, distinct networks): "
-                      f"{agreement[0]}/{agreement[1]} pairs agree."]
+        lines.append("| " + " | ".join([f"`{r['run']}`" + (f" (= `{r['same_as']}`)" if r.get("same_as") else ""),
+                                           _fmt(r.get("bits_per_token"), 4), _fmt(r.get("score")), _fmt(r.get("kid"), 4),
+                                           _fmt(r.get("val_loss"), 4), _fmt(r.get("forward_passes")),
+                                           _fmt(r.get("images_per_s"), 1), _fmt(r.get("steps")),
+                                           _fmt(r.get("train_seconds"), 0)]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(path: str | Path, rows: Sequence[dict[str, Any]], title: str = "") -> None:
-    write_text(Path(path), markdown_table(rows, title))
+def nar_vs_raster(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]],
+                  runs_root: str | Path | None) -> list[str]:
+    """The NAR-vs-raster comparison at equal steps: bits/token gap, passes, and where each curve ends."""
+    by_name = {v["variant"]: v for v in summary}
+    nar, raster = by_name.get("mixed"), by_name.get("raster")
+    if not nar or not raster or not nar.get("bits_per_token") or not raster.get("bits_per_token"):
+        return []
+    bn, br = nar["bits_per_token"], raster["bits_per_token"]
+    gap = (bn.mean - br.mean) / br.mean
+    speed = raster["forward_passes"] / nar["forward_passes"] if nar.get("forward_passes") else float("nan")
+    lines = ["", "## NAR (mixed) vs raster, same trunk, data and steps", "",
+             f"- bits/token: NAR {bn} vs raster {br}: NAR is {100 * gap:+.2f} % "
+             f"({'within' if abs(gap) <= 0.03 else 'NOT within'} 3 %), "
+             f"CIs {'separate' if bn.separates(br) else 'overlap'}; {nar['forward_passes']} vs "
+             f"{raster['forward_passes']} forward passes ({speed:.2f}x fewer)."]
+    curves = {n: mean_curve(rows, n, runs_root) for n in ("mixed", "raster")} if runs_root else {}
+    if curves.get("mixed") and curves.get("raster"):
+        end_nar, end_raster = curves["mixed"][-1], curves["raster"][-1]
+        reach = next((step for step, _, bits in curves["raster"] if bits <= end_nar[2]), None)
+        lines.append(f"- Where the curves end (step {end_nar[0]}): NAR {end_nar[2]:.4f} bits/token after "
+                     f"{end_nar[1]:.0f} s of training, raster {end_raster[2]:.4f} after {end_raster[1]:.0f} s; "
+                     + (f"raster first reached NAR's final value at step {reach}." if reach is not None
+                        else "raster never reached NAR's final value." if end_raster[2] > end_nar[2]
+                        else "NAR never reached raster's final value."))
+    return lines
+
+
+def mean_curve(rows: Sequence[dict[str, Any]], variant: str, runs_root: str | Path | None
+               ) -> list[tuple[int, float, float]]:
+    """``[(step, train seconds, bits/token)]`` averaged over the variant's seeds (steps every seed reached)."""
+    from nar.lightning.logs import read_metrics
+
+    per_run = []
+    for r in rows:
+        if r["variant"] != variant or r.get("same_as") or runs_root is None:
+            continue
+        points = {int(m["step"]): (m.get("train_seconds", float("nan")), m["val/bits_per_token"])
+                  for m in read_metrics(Path(runs_root) / r["run"]) if "val/bits_per_token" in m}
+        if points:
+            per_run.append(points)
+    if not per_run:
+        return []
+    steps = sorted(set.intersection(*(set(p) for p in per_run)))
+    return [(s, sum(p[s][0] for p in per_run) / len(per_run), sum(p[s][1] for p in per_run) / len(per_run))
+            for s in steps]
+
+
+def write_markdown(path: str | Path, rows: Sequence[dict[str, Any]], title: str = "",
+                   runs_root: str | Path | None = None) -> None:
+    write_text(Path(path), markdown_table(rows, title, runs_root))
+
+
+def plot_learning_curves(path: str | Path, rows: Sequence[dict[str, Any]], runs_root: str | Path) -> Path | None:
+    """bits/token against steps (left) and training seconds (right), one line per variant (mean over seeds)."""
+    curves = {v: mean_curve(rows, v, runs_root) for v in dict.fromkeys(r["variant"] for r in rows)}
+    curves = {v: c for v, c in curves.items() if c}
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120, sharey=True)
+    for variant, curve in curves.items():
+        style = dict(lw=2.2 if variant in ("mixed", "raster") else 1.0,
+                     color="black" if variant == "raster" else None, ls="--" if variant.startswith("par") else "-")
+        by_step.plot([c[0] for c in curve], [c[2] for c in curve], label=variant, **style)
+        by_time.plot([c[1] for c in curve], [c[2] for c in curve], label=variant, **style)
+    by_step.set_xlabel("training step")
+    by_time.set_xlabel("training seconds (validation excluded)")
+    by_step.set_ylabel("val bits/token (exact NLL)")
+    for ax in (by_step, by_time):
+        ax.grid(alpha=0.3)
+    by_time.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
 
 
 def plot_score_vs_speed(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path | None:
@@ -129,9 +302,9 @@ def log_hparams(tb_dir: str | Path, row: dict[str, Any]) -> None:
 
     hparams = {k: (row[k] if row.get(k) is not None else "") for k in
                ("variant", "mode", "head_sharing", "shared_axis", "head_blocks", "head_layout", "mixing")}
-    metrics = {f"ablation/{k}": float(row[k]) for k in ("score", "val_loss", "forward_passes", "images_per_s",
-                                                          "parameters") if row.get(k) is not None}
-    writer = SummaryWriter(log_dir=str(Path(tb_dir) / row["variant"]))
+    metrics = {f"ablation/{k}": float(row[k]) for k in ("score", "kid", "bits_per_token", "val_loss", "forward_passes",
+                                                          "images_per_s", "parameters") if row.get(k) is not None}
+    writer = SummaryWriter(log_dir=str(Path(tb_dir) / row.get("run", row["variant"])))
     try:
         writer.add_hparams(hparams, metrics, run_name=".")
     finally:

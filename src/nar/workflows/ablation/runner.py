@@ -1,12 +1,19 @@
 """Run an ablation grid: the shared data/tokenizer once, then each variant trained, scored and timed the
-same way, one complete row of ``results.csv`` at a time (a finished row is never redone)."""
+same way for every seed, one complete row of ``results.csv`` per run (a finished row is never redone).
+
+With ``jobs > 1`` runs train side by side, each in its own process with ``cores / jobs`` CPU threads; the
+parent writes every row as its run completes, so an interrupted grid resumes where it stopped.
+"""
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
 import logging
+import multiprocessing
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +25,7 @@ from nar.runs.config import TrainConfig
 from nar.workflows.ablation.config import AblationConfig, BenchConfig, VariantConfig, variant_overrides
 from nar.workflows.ablation.report import (
     log_hparams,
+    plot_learning_curves,
     plot_score_vs_speed,
     read_rows,
     write_markdown,
@@ -29,19 +37,41 @@ log = logging.getLogger(__name__)
 SCORE_KEYS = ("val/fid", "val/fvd", "val/fvd_proxy_inception")
 
 
+@dataclasses.dataclass
+class Run:
+    """One training run of the grid: a variant at one seed (``name`` = its run folder and CSV key)."""
+
+    variant: VariantConfig
+    seed: int
+    name: str
+    train_cfg: Any
+
+
+def run_name(variant: str, seed: int, seeds: Sequence[int]) -> str:
+    return variant if len(seeds) == 1 else f"{variant}-s{seed}"
+
+
 def build_train_configs(cfg: AblationConfig, shared: Sequence[str] = ()) -> list[tuple[VariantConfig, Any]]:
-    """Each variant's :class:`~nar.runs.TrainConfig`: base YAMLs <- the ablation's overrides <-
+    """Each variant's :class:`~nar.runs.TrainConfig` (first seed): base YAMLs <- the ablation's overrides <-
     ``shared`` (data paths, devices, command line) <- the variant's ``model.*``. Validates every variant
     before anything runs; errors name the variant and the key."""
+    return [(r.variant, r.train_cfg) for r in build_runs(cfg, shared) if r.seed == cfg.seeds[0]]
+
+
+def build_runs(cfg: AblationConfig, shared: Sequence[str] = ()) -> list[Run]:
+    """Every (variant, seed) run of the grid, variant-major; the seed sets ``trainer.seed``, ``data.seed`` and
+    ``eval.seed``, so the seeds are independent replicates of training, data order and sampling."""
     runs_root = cfg.out_dir / "runs"
     out = []
     for i, variant in enumerate(cfg.variants):
-        overrides = [*cfg.overrides, *shared, f"name={variant.name}", f"runs_root={runs_root}",
-                     *variant_overrides(variant)]
-        try:
-            out.append((variant, load_config(TrainConfig, cfg.base, overrides)))
-        except ConfigError as err:
-            raise ConfigError(f"variants[{i}] ({variant.name}): {err}") from None
+        for seed in cfg.seeds:
+            name = run_name(variant.name, seed, cfg.seeds)
+            overrides = [*cfg.overrides, *shared, f"name={name}", f"runs_root={runs_root}",
+                         f"trainer.seed={seed}", f"data.seed={seed}", f"eval.seed={seed}", *variant_overrides(variant)]
+            try:
+                out.append(Run(variant, seed, name, load_config(TrainConfig, cfg.base, overrides)))
+            except ConfigError as err:
+                raise ConfigError(f"variants[{i}] ({variant.name}): {err}") from None
     return out
 
 
@@ -112,9 +142,10 @@ def measure_images_per_s(model: Any, train_cfg: Any, bench: BenchConfig) -> floa
     return bench.batch / seconds
 
 
-def run_variant(variant: VariantConfig, train_cfg: Any, bench: BenchConfig) -> dict[str, Any] | None:
-    """Train (resuming its own ``last.ckpt`` if a previous attempt was interrupted), score and time one
-    variant; its row, or None on ranks other than 0."""
+def run_variant(variant: VariantConfig, train_cfg: Any, bench: BenchConfig, seed: int = 0,
+                name: str | None = None) -> dict[str, Any] | None:
+    """Train (resuming its own checkpoint if a previous attempt was interrupted), score and time one run;
+    its row, or None on ranks other than 0."""
     from nar.lightning.logs import read_metrics
     from nar.runs.folder import has_checkpoints
     from nar.workflows.train import fit
@@ -131,6 +162,8 @@ def run_variant(variant: VariantConfig, train_cfg: Any, bench: BenchConfig) -> d
     model = result["module"].eval_model
     m = train_cfg.model
     return {
+        "run": name or variant.name, "seed": seed, "bits_per_token": scores.get("val/bits_per_token"),
+        "kid": scores.get("val/kid_mean"), "kid_std": scores.get("val/kid_std"),
         "variant": variant.name, "label": variant.label, "mode": m.mode, "head_sharing": m.head_sharing,
         "shared_axis": m.shared_axis, "head_blocks": json.dumps(m.blocks_per_axis), "head_layout": m.head_layout,
         "regions": json.dumps(list(m.regions)) if m.regions else "",
@@ -142,73 +175,99 @@ def run_variant(variant: VariantConfig, train_cfg: Any, bench: BenchConfig) -> d
     }
 
 
+def _run_in_process(run: Run, bench: BenchConfig, threads: int) -> dict[str, Any] | None:
+    """A grid run in a worker process (``jobs > 1``): its own logging and CPU threads."""
+    from nar.cli.main import configure_logging  # the worker is a fresh interpreter
+
+    configure_logging(lightning=True)
+    run.train_cfg = dataclasses.replace(run.train_cfg, trainer=dataclasses.replace(run.train_cfg.trainer,
+                                                                                   threads=threads))
+    return run_variant(run.variant, run.train_cfg, bench, run.seed, run.name)
+
+
 def run_ablation(cfg: AblationConfig, shared: Sequence[str] = (), only: Sequence[str] | None = None,
                  threads: int | None = None) -> dict[str, Any]:
-    """Run every variant of ``cfg`` not yet in ``<out>/results.csv``; returns ``{"rows", "csv", "markdown",
-    "plot", "tensorboard", "ran", "skipped"}``.
+    """Run every (variant, seed) of ``cfg`` not yet in ``<out>/results.csv``; returns ``{"rows", "csv", "markdown",
+    "plot", "curves", "tensorboard", "ran", "skipped"}``.
 
     ``shared``: extra ``key=value`` overrides for every variant (devices, budget); ``only``: variant names
     to run (the others keep their rows).
     """
     # Fail on a bad variant before spending minutes on the tokenizer.
-    base_threads = build_train_configs(cfg, shared)[0][1].trainer.threads
+    first = build_runs(cfg, shared)[0].train_cfg
     if only:
         unknown = sorted(set(only) - {v.name for v in cfg.variants})
         if unknown:
             raise ConfigError(f"--only: unknown variant(s) {unknown}; known: {[v.name for v in cfg.variants]}")
+    if cfg.jobs > 1 and first.trainer.world_size > 1:
+        raise ConfigError("jobs > 1 runs CPU processes side by side; with several devices per run keep jobs=1",
+                          key="jobs")
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    prepared = prepare_shared(cfg, threads or base_threads or 2)
-    configs = build_train_configs(cfg, [*prepared, *shared])
-    csv_path, md_path, png_path, tb_dir = out / "results.csv", out / "results.md", out / "fid_vs_speed.png", out / "tb"
-    order = {v.name: i for i, v in enumerate(cfg.variants)}
-    rows = read_rows(csv_path)
-    # Decided from names and configs only (never from rows written during this run), so that every DDP
-    # rank takes the same branch for every variant.
-    completed = {r["variant"] for r in rows}
-    earlier_fp = {r["fingerprint"]: r["variant"] for r in reversed(rows)}
-    first_of: dict[str, str] = {}
-    ran, skipped = [], []
-    for variant, train_cfg in configs:
-        fp = fingerprint(train_cfg)
-        twin_name = first_of.setdefault(fp, variant.name)
-        if only and variant.name not in only:
+    prepared = prepare_shared(cfg, threads or first.trainer.threads or 2)
+    runs = build_runs(cfg, [*prepared, *shared])
+    paths = {"csv": out / "results.csv", "markdown": out / "results.md", "plot": out / "fid_vs_speed.png",
+             "curves": out / "learning_curves.png", "tensorboard": out / "tb"}
+    order = {r.name: i for i, r in enumerate(runs)}
+    rows = read_rows(paths["csv"])
+    done = {r["run"]: r for r in rows}
+    by_fingerprint = {r["fingerprint"]: r for r in rows}
+    todo, skipped, twins = [], [], []
+    for run in runs:
+        if only and run.variant.name not in only:
             continue
-        done = next((r for r in rows if r["variant"] == variant.name), None)
-        if done is not None:
-            if done["fingerprint"] != fp:
-                raise ConfigError(f"variant '{variant.name}': {csv_path} holds a row made with another configuration "
-                                  f"(fingerprint {done['fingerprint']} != {fp}); delete that row or pick another out=")
-            log.info("%s: done (%s), skipped", variant.name, csv_path)
-            skipped.append(variant.name)
-            continue
-        if twin_name == variant.name or twin_name not in completed:
-            twin_name = earlier_fp.get(fp, "")
-        if twin_name and twin_name != variant.name:  # the same network and budget already ran: same numbers
-            completed.add(variant.name)
-            twin = next((r for r in rows if r["variant"] == twin_name), None)
-            if twin is None:  # not rank 0: rank 0 writes the results
-                continue
-            log.info("%s: the same network as %s; its row is reused", variant.name, twin["variant"])
-            row = {**twin, "variant": variant.name, "label": variant.label, "paper_score": variant.paper_score,
-                   "head_sharing": train_cfg.model.head_sharing, "shared_axis": train_cfg.model.shared_axis,
-                   "head_blocks": json.dumps(train_cfg.model.blocks_per_axis),
-                   "head_layout": train_cfg.model.head_layout, "same_as": twin["variant"]}
+        fp = fingerprint(run.train_cfg)
+        if run.name in done:
+            if done[run.name]["fingerprint"] != fp:
+                raise ConfigError(f"run '{run.name}': {paths['csv']} holds a row made with another configuration "
+                                  f"(fingerprint {done[run.name]['fingerprint']} != {fp}); delete that row or pick "
+                                  "another out=")
+            skipped.append(run.name)
+        elif fp in by_fingerprint or any(fp == f for _, f in todo):
+            twins.append((run, fp))  # the same network, budget and seed as another row: the same numbers
         else:
-            log.info("%s: training %s", variant.name, " ".join(variant_overrides(variant)) or "(base config)")
-            row = run_variant(variant, train_cfg, cfg.bench)
-            completed.add(variant.name)
-            if row is None:  # not rank 0: rank 0 writes the results
-                continue
+            todo.append((run, fp))
+    ran: list[str] = []
+
+    def finish(row: dict[str, Any] | None, fp: str) -> None:
+        if row is None:  # not rank 0: rank 0 writes the results
+            return
         row["fingerprint"] = fp
         rows.append(row)
-        rows.sort(key=lambda r: order.get(r["variant"], len(order)))
-        write_rows(csv_path, rows)  # the row exists only once complete
-        write_markdown(md_path, rows, title=cfg.name)
-        log_hparams(tb_dir, row)
-        plot_score_vs_speed(png_path, rows)
-        ran.append(variant.name)
-    if rows and not md_path.is_file():
-        write_markdown(md_path, rows, title=cfg.name)
-    return {"rows": rows, "csv": csv_path, "markdown": md_path,
-            "plot": png_path if png_path.is_file() else None, "tensorboard": tb_dir, "ran": ran, "skipped": skipped}
+        by_fingerprint.setdefault(fp, row)
+        rows.sort(key=lambda r: order.get(r["run"], len(order)))
+        write_rows(paths["csv"], rows)  # the row exists only once complete
+        write_markdown(paths["markdown"], rows, title=cfg.name, runs_root=out / "runs")
+        log_hparams(paths["tensorboard"], row)
+        plot_score_vs_speed(paths["plot"], rows)
+        plot_learning_curves(paths["curves"], rows, out / "runs")
+        ran.append(row["run"])
+
+    log.info("%s: %d runs to train (%d variants x %d seeds), %d done, %d twins, %d at a time", cfg.name, len(todo),
+             len(cfg.variants), len(cfg.seeds), len(skipped), len(twins), cfg.jobs)
+    if cfg.jobs > 1 and len(todo) > 1:
+        threads_each = max(1, (os.cpu_count() or 2) // cfg.jobs)
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no forked torch state
+        with concurrent.futures.ProcessPoolExecutor(cfg.jobs, mp_context=context) as pool:
+            futures = {pool.submit(_run_in_process, run, cfg.bench, threads_each): (run, fp) for run, fp in todo}
+            for future in concurrent.futures.as_completed(futures):
+                run, fp = futures[future]
+                finish(future.result(), fp)  # a failed run raises here, naming itself in its traceback
+    else:
+        for run, fp in todo:
+            log.info("%s: training %s", run.name, " ".join(variant_overrides(run.variant)) or "(base config)")
+            finish(run_variant(run.variant, run.train_cfg, cfg.bench, run.seed, run.name), fp)
+    for run, fp in twins:
+        twin = by_fingerprint.get(fp)
+        if twin is None:  # not rank 0
+            continue
+        log.info("%s: the same network as %s; its row is reused", run.name, twin["run"])
+        m = run.train_cfg.model
+        finish({**twin, "run": run.name, "variant": run.variant.name, "label": run.variant.label,
+                "paper_score": run.variant.paper_score, "head_sharing": m.head_sharing, "shared_axis": m.shared_axis,
+                "head_blocks": json.dumps(m.blocks_per_axis), "head_layout": m.head_layout, "same_as": twin["run"]},
+               fp)
+    if rows and not paths["markdown"].is_file():
+        write_markdown(paths["markdown"], rows, title=cfg.name, runs_root=out / "runs")
+    return {"rows": rows, **{k: (v if k in ("csv", "markdown", "tensorboard") or v.is_file() else None)
+                             for k, v in paths.items()}, "ran": ran, "skipped": skipped}
