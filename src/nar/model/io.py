@@ -3,6 +3,11 @@
 Our checkpoint (written by the training run) is a Lightning dict: the weights under ``state_dict`` with
 the prefixes ``model.`` (trained) and ``ema_model.`` (the EMA copy, when the run kept one), and the run
 config as a plain dict under ``hyper_parameters["cfg"]`` whose ``model`` section is a :class:`NARConfig`.
+A sharded run (``trainer.strategy: fsdp``) writes a manifest instead: the same dict with an empty
+``state_dict`` and a ``sharded`` entry naming its shard folder (``torch.distributed.checkpoint`` files, see
+:mod:`nar.lightning.sharding`); the weights are read from that folder on one process, one set at a time.
+``nar export`` writes one consolidated file, ours (the ``nar_export`` mark, the run config and one set of
+weights under ``model.``) or the official key format.
 An official file holds only weights (``model``/``ema``/``module``/``state_dict`` or raw, official key
 names, NAR_SPEC §5): its :class:`NARConfig` is given, or inferred from the shapes with ``n_head``.
 Every load is strict; a mismatch lists missing/unexpected keys and shapes. The model layer imports no
@@ -12,6 +17,7 @@ Lightning: a run config comes back as the plain dict, for the caller to type.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +33,10 @@ from nar.model.official import config_from_official, from_official_state_dict
 log = logging.getLogger(__name__)
 
 LIGHTNING_MARK = "pytorch-lightning_version"  # a key every Lightning checkpoint has
+EXPORT_MARK = "nar_export"  # a consolidated file written by `nar export` (ours)
 PREFIXES = ("ema_model.", "model.")  # the EMA copy, then the trained weights
+SHARDED_KEY = "sharded"  # a manifest's entry naming its shard folder and files
+SHARDS_DIR = "sharded"  # shard folders live in <run>/checkpoints/sharded/
 
 
 def read_generator_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
@@ -47,8 +56,54 @@ def read_generator_file(path: str | Path, map_location: str | torch.device = "cp
 
 
 def is_run_checkpoint(obj: Any) -> bool:
-    """Whether ``obj`` (a loaded checkpoint) is one of our Lightning checkpoints."""
-    return isinstance(obj, Mapping) and LIGHTNING_MARK in obj
+    """Whether ``obj`` (a loaded checkpoint) is one of ours: a Lightning checkpoint, a sharded manifest or an
+    exported file."""
+    return isinstance(obj, Mapping) and (LIGHTNING_MARK in obj or EXPORT_MARK in obj)
+
+
+def sharded_folder(obj: Any, path: str | Path) -> Path | None:
+    """The shard folder of the manifest ``obj`` (loaded from ``path``), checked complete: every file it lists is
+    there with its size. ``None`` when ``obj`` is not a sharded manifest.
+
+    Raises:
+        CheckpointError: a listed file is missing or has another size (naming them).
+    """
+    entry = obj.get(SHARDED_KEY) if isinstance(obj, Mapping) else None
+    if not entry:
+        return None
+    folder = Path(path).parent / entry["folder"]
+    bad = []
+    for name, size in entry["files"].items():
+        f = folder / name
+        if not f.is_file():
+            bad.append(f"{name} missing")
+        elif f.stat().st_size != size:
+            bad.append(f"{name} has {f.stat().st_size} bytes, {size} written")
+    if bad:
+        raise CheckpointError(f"{path}: its shard folder {folder} is incomplete ({'; '.join(bad[:8])})")
+    return folder
+
+
+def read_sharded_weights(folder: str | Path, prefer_ema: bool = True) -> tuple[dict[str, torch.Tensor], str]:
+    """``(weights under our key names, prefix)`` read from a shard folder on this process alone (no process
+    group): the EMA copy (``ema_model.``) when ``prefer_ema`` and it is there, else the trained weights.
+    Only that set is read (4 bytes per parameter), not the other one nor the optimizer state."""
+    from torch.distributed.checkpoint import FileSystemReader, load
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    reader = FileSystemReader(str(folder))
+    stored = {k: m for k, m in reader.read_metadata().state_dict_metadata.items()
+              if k.startswith("state_dict.") and isinstance(m, TensorStorageMetadata)}
+    ema = any(k.startswith("state_dict." + PREFIXES[0]) for k in stored)
+    prefix = PREFIXES[0] if prefer_ema and ema else PREFIXES[1]
+    wanted = {k[len("state_dict."):]: torch.empty(m.size, dtype=m.properties.dtype) for k, m in stored.items()
+              if k.startswith("state_dict." + prefix)}
+    if not wanted:
+        raise CheckpointError(f"{folder}: no {prefix[:-1]} weights in this shard folder")
+    with warnings.catch_warnings():  # "assuming ... a single process": exactly the intent
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled")
+        load({"state_dict": wanted}, storage_reader=reader, no_dist=True)
+    return {k[len(prefix):]: v for k, v in wanted.items()}, prefix
 
 
 def _run_config(obj: Any) -> dict[str, Any] | None:
@@ -81,9 +136,7 @@ def _weights(obj: Any, path: str | Path, cfg: NARConfig | None, prefer_ema: bool
         model_cfg = from_dict(NARConfig, run.get("model", {})) if run else cfg
         if model_cfg is None:
             raise CheckpointError(f"{path}: no run config stored; pass --config")
-        state = obj["state_dict"]
-        prefix = PREFIXES[0] if prefer_ema and any(k.startswith(PREFIXES[0]) for k in state) else PREFIXES[1]
-        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        weights, prefix = run_weights(obj, path, prefer_ema)
         return weights, model_cfg, f"{path} ({prefix[:-1]} weights)"
     if cfg is None and n_head is None:
         raise CheckpointError(f"{path} is not a nar Lightning checkpoint; official checkpoints need a config (--config)")
@@ -91,6 +144,18 @@ def _weights(obj: Any, path: str | Path, cfg: NARConfig | None, prefer_ema: bool
     state = unwrap_state_dict(obj, prefer=prefer, source=str(path))
     cfg = cfg if cfg is not None else config_from_official(state, n_head, **overrides)
     return from_official_state_dict(state, cfg), cfg, str(path)
+
+
+def run_weights(obj: Any, path: str | Path, prefer_ema: bool = True) -> tuple[dict[str, torch.Tensor], str]:
+    """``(weights under our key names, the prefix they were stored under)`` of one of our checkpoints ``obj``
+    (loaded from ``path``): a ``.ckpt``, a sharded manifest (its folder read) or an exported file. The EMA copy
+    when ``prefer_ema`` and the run kept one, else the trained weights."""
+    folder = sharded_folder(obj, path)
+    if folder is not None:
+        return read_sharded_weights(folder, prefer_ema)
+    state = obj["state_dict"]
+    prefix = PREFIXES[0] if prefer_ema and any(k.startswith(PREFIXES[0]) for k in state) else PREFIXES[1]
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, prefix
 
 
 def load_generator_and_run_config(path: str | Path, cfg: NARConfig | None = None, prefer_ema: bool = True,
@@ -136,4 +201,4 @@ def load_weights_into(model: NARModel, path: str | Path, prefer_ema: bool = True
 
 
 __all__ = ["load_generator", "load_generator_and_run_config", "load_weights_into", "read_generator_file",
-           "is_run_checkpoint", "stored_run_config"]
+           "is_run_checkpoint", "read_sharded_weights", "run_weights", "sharded_folder", "stored_run_config"]
