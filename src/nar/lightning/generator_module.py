@@ -5,6 +5,11 @@ The model (:class:`~nar.model.NARModel`) knows nothing of Lightning; this module
 decay only on >= 2-D weights, the warm-up + schedule, the EMA copy used for evaluation, and the
 non-finite loss guard. The EMA weights are a frozen submodule, so they live in every checkpoint and a
 resumed run continues them.
+
+Under ``trainer.strategy: fsdp`` (:mod:`nar.lightning.sharding`) ``configure_model`` shards the model and its
+EMA copy the same way (each block, then the root), the EMA update lerps matching local shards, and every
+validation gathers the evaluation weights once into a plain model (:attr:`eval_model`) that the teacher-forced
+loss and the frontier-decoding callback use, dropped when the validation ends.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from torchmetrics import MeanMetric, SumMetric
 import lightning as L
 from nar.config import from_dict, to_dict
 from nar.errors import NarError
+from nar.lightning.sharding import ShardedStrategy, full, gather_full_model, is_sharded, local
 from nar.model import NARModel
 from nar.runs.config import TrainConfig
 
@@ -44,6 +50,20 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: floa
     return min_ratio + (1.0 - min_ratio) * (1.0 - progress)  # linear
 
 
+def _drop_condition(model: NARModel, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
+    """Forward pre-hook: ``model(tokens, cond, ..., drop=mask [B])`` replaces ``cond`` by the null condition where
+    ``mask`` is True (CFG training). It runs inside the forward, after FSDP's own pre-hook has gathered the
+    model's weights: outside it, the learned null caption would be a shard, and its gradient would miss the
+    reduce-scatter."""
+    if "drop" not in kwargs:
+        return None
+    kwargs = dict(kwargs)
+    drop = kwargs.pop("drop")
+    if drop is not None:
+        args = (args[0], model.drop_condition(args[1], drop), *args[2:])
+    return args, kwargs
+
+
 class GeneratorModule(L.LightningModule):
     """Trains ``NARModel(cfg.model)`` on token batches (or pixels tokenized on the fly).
 
@@ -52,7 +72,8 @@ class GeneratorModule(L.LightningModule):
     ``capfeat [B, L, D]`` and ``capmask [B, L]`` instead of a usable label.
 
     Logged: ``train/loss``, ``train/loss_<axis>`` (each head's own loss on the cells it predicts),
-    ``train/lr``, ``val/loss`` (EMA weights, exact mean over every rank's samples).
+    ``train/lr``, ``train/grad_norm`` (global norm before clipping, when clipping), ``val/loss`` (EMA weights,
+    exact mean over every rank's samples).
     """
 
     def __init__(self, cfg: TrainConfig | dict[str, Any], tokenizer: nn.Module | None = None) -> None:
@@ -66,9 +87,12 @@ class GeneratorModule(L.LightningModule):
         if cfg.ema.enabled:
             self.ema_model = copy.deepcopy(self.model).eval()
             self.ema_model.requires_grad_(False)
+        # Condition dropout inside the model's forward (the EMA copy has no such hook): see _drop_condition.
+        self.model.register_forward_pre_hook(_drop_condition, with_kwargs=True)
         # Not a submodule: the tokenizer is frozen and loaded from its own file, so it stays out of checkpoints.
         object.__setattr__(self, "_tokenizer", tokenizer)
         object.__setattr__(self, "_train_forward", None)
+        object.__setattr__(self, "_gathered", None)  # sharded runs: the plain evaluation copy during validation
         self.val_loss = MeanMetric()
         self.val_count = SumMetric()
 
@@ -86,12 +110,32 @@ class GeneratorModule(L.LightningModule):
 
     @property
     def eval_model(self) -> NARModel:
-        """The weights evaluation and sampling use: the EMA copy when enabled."""
+        """The weights evaluation and sampling use: the EMA copy when enabled (sharded runs: its gathered
+        plain copy while a validation runs)."""
+        if self._gathered is not None:
+            return self._gathered
         return self.ema_model if self.ema_model is not None else self.model
 
+    @property
+    def sharded(self) -> bool:
+        """Whether the model is sharded (``trainer.strategy: fsdp``)."""
+        return is_sharded(self.model)
+
+    def configure_model(self) -> None:
+        """Shard the model and its EMA copy alike under :class:`~nar.lightning.sharding.ShardedStrategy`
+        (Lightning calls this before every fit/validate: it shards once)."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if not isinstance(strategy, ShardedStrategy) or self.sharded:
+            return
+        strategy.shard(self.model)
+        if self.ema_model is not None:
+            strategy.shard(self.ema_model)
+
     def _forward_train(self):
+        """``self.model`` called as a module (its ``forward`` is ``forward_train``), compiled when asked: the call
+        runs the hooks, FSDP's (gather each unit's weights, free them after) and the condition dropout."""
         if self._train_forward is None:
-            fwd = self.model.forward_train
+            fwd = self.model
             if self.cfg.trainer.compile:
                 fwd = torch.compile(fwd)
             object.__setattr__(self, "_train_forward", fwd)
@@ -144,12 +188,12 @@ class GeneratorModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         tokens, cond, cond_mask = self.batch_inputs(batch)
         B = tokens.shape[0]
+        drop = None
         if self.cfg.optim.cond_dropout > 0:
             drop = torch.rand(B, device=tokens.device) < self.cfg.optim.cond_dropout
-            cond = self.model.drop_condition(cond, drop)
         # per-head losses on the steps Lightning writes to the logger ((step + 1) % log_every == 0)
         log_heads = (self.global_step + 1) % self.cfg.trainer.log_every == 0
-        out = self._forward_train()(tokens, cond, cond_mask, return_axis_logits=log_heads)
+        out = self._forward_train()(tokens, cond, cond_mask, return_axis_logits=log_heads, drop=drop)
         logits, per_axis = out if log_heads else (out, None)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens.reshape(-1))
         self._check_finite(loss, batch, batch_idx)
@@ -174,10 +218,13 @@ class GeneratorModule(L.LightningModule):
                                  f"(batch {batch_idx} of epoch {self.current_epoch}{sample}); stopping. "
                                  f"Lower optim.lr, raise optim.warmup_steps, or check the data.")
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.ema_model is None or (batch_idx + 1) % self.cfg.trainer.accumulate:
-            return
-        self.update_ema()
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # Here, not in on_train_batch_end: the callbacks' on_train_batch_end (the step checkpoint, the save on
+        # SIGTERM) run before the module's, so a checkpoint would miss this step's EMA update and a resumed
+        # run's EMA would lag an uninterrupted one's by that update.
+        if self.ema_model is not None:
+            self.update_ema()
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -185,9 +232,23 @@ class GeneratorModule(L.LightningModule):
         decay = self.cfg.ema.decay
         if self.cfg.ema.warmup:
             decay = min(decay, (1 + step) / (10 + step))
-        ema = [p for p in self.ema_model.parameters()]
-        cur = [p.detach() for p in self.model.parameters()]
+        # Sharded: both copies are sharded by the same rule, so each rank lerps its own matching shards.
+        ema = [local(p) for p in self.ema_model.parameters()]
+        cur = [local(p.detach()) for p in self.model.parameters()]
         torch._foreach_lerp_(ema, [c.to(e.dtype) for e, c in zip(ema, cur)], 1.0 - decay)
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Clip by global norm and log that norm (``train/grad_norm``, before clipping). Sharded gradients are
+        ``DTensor`` shards: ``clip_grad_norm_`` all-reduces the norm over them, so every rank clips alike."""
+        if not gradient_clip_val:
+            return
+        if gradient_clip_algorithm not in (None, "norm"):
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+        self.log("train/grad_norm", full(norm), batch_size=self.cfg.data.batch_size)
 
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.cfg.optim
@@ -195,7 +256,8 @@ class GeneratorModule(L.LightningModule):
         # nanoGPT's rule: matrices and embeddings decay, gains (norms) do not.
         groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": o.weight_decay},
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        fused = torch.cuda.is_available() and all(p.is_cuda for p in params)
+        # fused AdamW only on plain CUDA tensors; sharded (DTensor) parameters take the foreach path
+        fused = torch.cuda.is_available() and all(p.is_cuda for p in params) and not self.sharded
         opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused or None)
         total = self.cfg.trainer.max_steps
         sched = torch.optim.lr_scheduler.LambdaLR(
@@ -229,8 +291,19 @@ class GeneratorModule(L.LightningModule):
         self.val_loss.reset()
         self.val_count.reset()
 
+    def on_validation_start(self) -> None:
+        # After the callbacks' start hooks, before any batch: every rank gathers at the same point.
+        if self.sharded:
+            object.__setattr__(self, "_gathered", gather_full_model(self.ema_model if self.ema_model is not None else self.model))
+
+    def on_validation_end(self) -> None:
+        # After the callbacks' epoch-end hooks (the frontier decoding): the gathered copy is freed.
+        object.__setattr__(self, "_gathered", None)
+
     test_step = validation_step
     on_test_epoch_end = on_validation_epoch_end
+    on_test_start = on_validation_start
+    on_test_end = on_validation_end
 
     def on_fit_start(self) -> None:
         if self.ema_model is not None:

@@ -4,7 +4,8 @@ A run folder ``<runs_root>/<name>/`` holds::
 
     config.yaml          the validated run config (written once the run has started)
     tb/                  TensorBoard logs
-    checkpoints/         step_<step>.ckpt every trainer.ckpt_every steps, and last.ckpt
+    checkpoints/         step_<step>.ckpt every trainer.ckpt_every steps, and last.ckpt (fsdp: manifests of
+                         the shard folders in checkpoints/sharded/, see nar.lightning.sharding)
     metrics.jsonl        every validation's scores (generators)
     samples/             PNG sample grids (generators)
     tokenizer.pt         the exported tokenizer (tokenizer runs)
@@ -24,7 +25,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 import lightning as L
-from nar.errors import RunInterrupted
+from nar.errors import ConfigError, RunInterrupted
 from nar.lightning.callbacks.progress_log import LogProgressCallback
 from nar.lightning.callbacks.run_guard import PreemptionCallback, RunConfigCallback
 from nar.lightning.checkpointing import AtomicCheckpointIO
@@ -47,13 +48,17 @@ def resolve_accelerator(accelerator: str) -> str:
 
 def strategy_for(run: RunConfig, block_types: set[type] | None = None) -> Any:
     """The Lightning strategy of ``trainer.strategy``: DDP (gloo on CPU, NCCL on GPUs) when more than one
-    process runs, FSDP wrapping each of ``block_types`` when asked."""
+    process runs; ``fsdp``: FSDP2 over every process, each of ``block_types`` its own unit, sharded
+    checkpoints (:class:`~nar.lightning.sharding.ShardedStrategy`, also with one process, so that any number
+    of processes resumes a sharded run)."""
     t = run.trainer
     if t.strategy == "fsdp":
-        from lightning.pytorch.strategies import FSDPStrategy
+        from nar.lightning.sharding import ShardedStrategy
 
-        return FSDPStrategy(auto_wrap_policy=block_types or set(), sharding_strategy="FULL_SHARD",
-                            state_dict_type="full")
+        if t.precision == "16-mixed" and resolve_accelerator(t.accelerator) != "cpu":
+            raise ConfigError("fsdp trains in bf16-mixed, bf16-true or 32-true (Lightning's FSDP2 has no fp16 "
+                              "loss scaling)", key="trainer.precision")
+        return ShardedStrategy(t.world_size, block_types or ())
     if t.strategy == "ddp" or (t.strategy == "auto" and t.world_size > 1):
         from lightning.pytorch.strategies import DDPStrategy
 
