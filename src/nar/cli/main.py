@@ -24,6 +24,7 @@ SUBCOMMANDS: list[str] = [
     "nar.cli.train_tokenizer",
     "nar.cli.train",
     "nar.cli.evaluate",
+    "nar.cli.export",
     "nar.cli.eval_samples",
     "nar.cli.sample",
     "nar.cli.demo",
