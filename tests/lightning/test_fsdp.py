@@ -1,0 +1,235 @@
+"""Sharded training (``trainer.strategy: fsdp``, FSDP2) on this CPU: two gloo processes, the NAR-XL config shrunk
+to a tiny trunk, killed with SIGKILL after a validation and a sharded save, resumed, finished; compared with an
+uninterrupted one-process (unsharded) run of the same global batch.
+
+Every training sample is the same grid, so every batch is the same whatever the sampling: a two-process batch
+of 2 x 4 equals the one-process batch of 8, and the resumed run's batches equal an uninterrupted run's even
+though the data stream restarts after a resume (continuing at the exact sample is the data readers' part).
+Dropout and condition dropout are off: their masks are drawn per process. Tolerance: 2e-5 on losses and
+gradient norms, 1e-4 on weights (two shards summed by the gloo reduce-scatter vs. one batch: float32 sums in
+another order, through eight AdamW steps); measured differences are ~1e-6.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from lightning_helpers import write_token_shards
+
+from nar.lightning.logs import read_metrics, read_scalars
+from nar.model.io import SHARDED_KEY, load_generator, sharded_folder
+
+ROOT = Path(__file__).resolve().parents[2]
+XL = ROOT / "experiments" / "imagenet" / "nar_xl.yaml"
+NAR = [sys.executable, "-m", "nar.cli.main"]
+LOSS_TOL, WEIGHT_TOL = 2e-5, 1e-4
+
+
+@pytest.fixture(scope="module")
+def one_sample_tokens(tmp_path_factory) -> Path:
+    """One training grid (every batch is that grid repeated); 8 validation grids."""
+    return write_token_shards(tmp_path_factory.mktemp("tokens1"), grid=(8, 8), train=1, val=8)
+
+
+def xl_overrides(root: Path, runs: Path, tokenizer: Path, name: str, **extra) -> list[str]:
+    """nar_xl.yaml shrunk to a seconds-long CPU run (2 blocks of width 64); EMA and fsdp as in the YAML, the clip
+    lowered to 0.25 so that it acts at every step of this model (its gradient norms are 0.5-1.5)."""
+    base = {
+        "name": name, "runs_root": str(runs), "data.root": str(root), "data.batch_size": 4, "data.num_workers": 0,
+        "data.shuffle_buffer": 8, "data.eval_batch_size": 4, "data.limit_val_samples": 8,
+        "model.dim": 64, "model.n_layer": 2, "model.n_head": 4, "model.vocab_size": 512, "model.grid": "[8,8]",
+        "model.num_classes": 4, "model.token_dropout": 0, "model.resid_dropout": 0, "model.ffn_dropout": 0,
+        "optim.cond_dropout": 0, "optim.grad_clip": 0.25, "optim.lr": 3e-3, "ema.decay": 0.9, "tokenizer.path": str(tokenizer),
+        "trainer.accelerator": "cpu", "trainer.precision": "32-true", "trainer.compile": "false",
+        "trainer.devices": 2, "trainer.max_steps": 8, "trainer.val_every": 4, "trainer.ckpt_every": 4,
+        "trainer.log_every": 1, "trainer.threads": 1, "eval.num_samples": 8, "eval.batch_size": 4,
+        "eval.grid_samples": 8, "eval.metrics": "[fid]", "allow_degraded": "true",
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(args: list[str], logs: Path, world: int = 2) -> list[subprocess.Popen]:
+    """``nar <args>`` as ``world`` ranks started together, as torchrun starts them (rank 0 spawning the others is
+    Lightning's own launcher, tested by test_ddp), each in its own process group (its children included)."""
+    port, procs = _free_port(), []
+    for rank in range(world):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "WORLD_SIZE": str(world), "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "NODE_RANK": "0"}
+        with open(logs / f"rank{rank}.log", "wb") as err:
+            procs.append(subprocess.Popen([*NAR, *args], env=env, stdout=subprocess.DEVNULL, stderr=err,
+                                          start_new_session=True))
+    return procs
+
+
+def stderr_of(logs: Path) -> str:
+    return "\n".join(f"--- {f.name}\n{f.read_text()[-3000:]}" for f in sorted(logs.glob("rank*.log")))
+
+
+def finish(procs: list[subprocess.Popen], logs: Path, timeout: float = 300) -> None:
+    try:
+        codes = [p.wait(timeout=timeout) for p in procs]
+    finally:
+        kill(procs)
+    assert codes == [0] * len(procs), stderr_of(logs)
+
+
+def kill(procs: list[subprocess.Popen]) -> None:
+    """SIGKILL every rank at once (a node lost): ``kill -9`` of each rank's process group."""
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+    for p in procs:
+        p.wait()
+
+
+def kill_when(procs: list[subprocess.Popen], ready, logs: Path, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    try:
+        while not ready():
+            assert all(p.poll() is None for p in procs), stderr_of(logs)
+            assert time.time() < deadline, f"not ready within {timeout} s\n{stderr_of(logs)}"
+            time.sleep(0.05)
+    finally:
+        kill(procs)
+
+
+def _curve(run: Path, tag: str) -> dict[int, float]:
+    return dict(read_scalars(run, tag)[tag])  # a step logged before the kill and again after it: the later value
+
+
+def test_two_process_fsdp_kill_resume_equals_one_process(one_sample_tokens: Path, tokenizer_file: Path,
+                                                        tmp_path: Path) -> None:
+    from nar.workflows.train import fit, generator_config
+
+    over = xl_overrides(one_sample_tokens, tmp_path, tokenizer_file, "fsdp")
+    run = tmp_path / "fsdp"
+    ckpts = run / "checkpoints"
+
+    # 1. Two processes: 4 steps, validation (frontier decoding + FID), sharded save; then SIGKILL to both ranks.
+    logs = tmp_path / "first"
+    logs.mkdir()
+    kill_when(launch(["train", "--config", str(XL), *over], logs), lambda: (ckpts / "step_0000004.ckpt").is_file()
+              and any(r["step"] == 4 for r in read_metrics(run)), logs)
+    manifest = torch.load(ckpts / "step_0000004.ckpt", map_location="cpu", weights_only=False)
+    shards = sharded_folder(manifest, ckpts / "step_0000004.ckpt")
+    assert manifest["global_step"] == 4 and manifest["state_dict"] == {}
+    assert sorted(p.name for p in shards.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert manifest[SHARDED_KEY]["world_size"] == 2
+
+    # 2. Resume (from the newest intact manifest) and finish.
+    logs = tmp_path / "resumed"
+    logs.mkdir()
+    finish(launch(["train", "--config", str(XL), *over, "--resume"], logs), logs)
+    assert "(step 4)" in (logs / "rank0.log").read_text()  # resumed from the step-4 checkpoint, not from scratch
+    assert not list((ckpts / "sharded").glob(".*.tmp")), "a killed save's temporary folder was left behind"
+    rows = {r["step"]: r for r in read_metrics(run)}
+    assert {4, 8} <= set(rows) and all(rows[s]["val/fid"] > 0 for s in (4, 8))
+
+    # 3. One process, unsharded, the same global batch (8), no interruption.
+    ref_over = xl_overrides(one_sample_tokens, tmp_path, tokenizer_file, "one", **{
+        "trainer.devices": 1, "trainer.strategy": "auto", "data.batch_size": 8, "trainer.val_every": 0,
+        "eval.metrics": "[]"})  # val/loss (compared below) and samples; its FID would cost 20 s
+    ref = fit(generator_config([XL], ref_over), final_validation=True, enable_progress_bar=False)
+    one = tmp_path / "one"
+
+    for tag in ("train/loss", "train/grad_norm"):
+        sharded, plain = _curve(run, tag), _curve(one, tag)
+        assert sorted(sharded) == sorted(plain) == list(range(8)), (tag, sorted(sharded))
+        for step in plain:
+            assert sharded[step] == pytest.approx(plain[step], abs=LOSS_TOL), (tag, step, sharded[step], plain[step])
+    assert min(_curve(one, "train/grad_norm").values()) > 0.25  # the clip acted at every step
+
+    # Final weights: the trained ones and the EMA copy, read from the sharded manifest.
+    for ema in (False, True):
+        mine = load_generator(ckpts / "last.ckpt", prefer_ema=ema).state_dict()
+        theirs = load_generator(one / "checkpoints" / "last.ckpt", prefer_ema=ema).state_dict()
+        worst = max((mine[k] - theirs[k]).abs().max().item() for k in theirs)
+        assert worst < WEIGHT_TOL, (ema, worst)
+    # Validation on the gathered EMA weights scores like the unsharded run (same samples, same val set).
+    assert rows[8]["val/loss"] == pytest.approx(ref["metrics"]["val/loss"], abs=LOSS_TOL)
+
+
+CAPTION_DROP = """
+import sys
+import torch, torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from nar.lightning.generator_module import _drop_condition
+from nar.model import NARConfig, NARModel
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+cfg = NARConfig(dim=32, n_layer=1, n_head=2, vocab_size=64, grid=[4, 4], condition="caption", caption_len=6,
+                caption_dim=8, token_dropout=0.0, resid_dropout=0.0, ffn_dropout=0.0, drop_path=0.0)
+torch.manual_seed(0)
+plain, sharded = NARModel(cfg), NARModel(cfg)
+for head in plain.heads:  # non-zero heads: every weight gets a gradient
+    torch.nn.init.normal_(head.proj.weight, std=0.1)
+sharded.load_state_dict(plain.state_dict())
+for m in (plain, sharded):
+    m.register_forward_pre_hook(_drop_condition, with_kwargs=True)
+mesh = init_device_mesh("cpu", (2,))
+for block in sharded.blocks():
+    fully_shard(block, mesh=mesh)
+fully_shard(sharded, mesh=mesh)
+g = torch.Generator().manual_seed(1)
+tokens, feats = torch.randint(0, 64, (4, 16), generator=g), torch.randn(4, 6, 8, generator=g)
+drop = torch.tensor([True, False, True, False])
+def loss(model, rows):
+    logits = model(tokens[rows], feats[rows], None, drop=drop[rows])
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, 64), tokens[rows].reshape(-1))
+loss(sharded, slice(2 * rank, 2 * rank + 2)).backward()  # this rank's half of the batch
+loss(plain, slice(0, 4)).backward()  # the whole batch
+mine = sharded.cls_embedding.uncond_embedding.grad.full_tensor()
+ref = plain.cls_embedding.uncond_embedding.grad
+assert ref.abs().max() > 1e-4, ref.abs().max()
+assert (mine - ref).abs().max() < 1e-6, (mine - ref).abs().max()
+print("ok", rank)
+"""
+
+
+@pytest.mark.slow  # ~35 s on this CPU (torchrun and two processes importing Lightning)
+def test_caption_dropout_under_fsdp_trains_the_null_caption(tmp_path: Path) -> None:
+    """The t2i config's caption dropout: the learned null caption is a sharded parameter outside the forward, so
+    the dropout runs in a pre-hook inside it; its gradient over two ranks equals the one-process gradient."""
+    script = tmp_path / "caption_drop.py"
+    script.write_text(CAPTION_DROP)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           f"--master_port={_free_port()}", str(script)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.count("ok") == 2, done.stdout[-2000:] + done.stderr[-4000:]
+
+
+def test_fsdp_configs_get_the_sharded_strategy(tmp_path: Path) -> None:
+    from nar.errors import ConfigError
+    from nar.lightning.sharding import ShardedStrategy
+    from nar.lightning.trainer import strategy_for
+    from nar.model.layers import Block
+    from nar.workflows.train import generator_config
+
+    for yaml in (XL, XL.with_name("nar_xxl.yaml"), ROOT / "experiments" / "t2i" / "nar_xl.yaml"):
+        cfg = generator_config([yaml], [f"runs_root={tmp_path}", "trainer.devices=8"])
+        strategy = strategy_for(cfg, {Block})
+        assert isinstance(strategy, ShardedStrategy) and strategy.block_types == (Block,), yaml
+        assert cfg.optim.grad_clip == 1.0 and cfg.ema.enabled
+    with pytest.raises(ConfigError, match="trainer.precision"):
+        strategy_for(generator_config([XL], [f"runs_root={tmp_path}", "trainer.precision=16-mixed",
+                                             "trainer.accelerator=gpu"]))
