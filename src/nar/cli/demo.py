@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="demo folder (default: runs/demo-<domain>[-smoke])")
     p.add_argument("--data", default=None, help="embedded data folder (default: data/embedded)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    p.add_argument("--tokenizer-steps", type=int, default=None,
+                   help="tokenizer training steps (default: the domain's budget, emoji 200); with generator "
+                   "overrides such as trainer.max_steps=600 this sets the demo's budget split")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the generator config")
     p.set_defaults(func=run)
 
@@ -37,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from nar.workflows.demo import format_report, run_demo
 
     result = run_demo(args.domain, smoke=args.smoke, compare_raster=args.compare_raster, out=args.out,
-                      data=args.data, threads=args.threads, overrides=args.overrides)
+                      data=args.data, threads=args.threads, overrides=args.overrides,
+                      tokenizer_steps=args.tokenizer_steps)
     print(format_report(result))
     return 0

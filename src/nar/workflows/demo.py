@@ -44,8 +44,13 @@ BUDGETS: dict[str, dict[str, Any]] = {
 
 
 def run_demo(domain: str = "emoji", smoke: bool = False, compare_raster: bool = False, out: str | None = None,
-             data: str | None = None, threads: int = 2, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Run the demo; returns ``{"runs": {mode: {...}}, "tokenizer", "tokens", "seconds", ...}``."""
+             data: str | None = None, threads: int = 2, overrides: list[str] | tuple[str, ...] = (),
+             tokenizer_steps: int | None = None) -> dict[str, Any]:
+    """Run the demo; returns ``{"runs": {mode: {...}}, "ceiling", "tokenizer", "tokens", "seconds", ...}``.
+
+    ``tokenizer_steps`` replaces the domain's tokenizer budget (:data:`BUDGETS`); ``overrides`` change the
+    generator's config (``trainer.max_steps=...``, ``eval.num_samples=...``): the demo's budget split.
+    """
     import torch
 
     torch.set_num_threads(threads)
@@ -63,7 +68,7 @@ def run_demo(domain: str = "emoji", smoke: bool = False, compare_raster: bool = 
     timings["data"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    tokenizer_path = ensure_tokenizer(domain, images, out_dir / "tokenizer", smoke, threads)
+    tokenizer_path = ensure_tokenizer(domain, images, out_dir / "tokenizer", smoke, threads, tokenizer_steps)
     timings["tokenizer"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -76,9 +81,14 @@ def run_demo(domain: str = "emoji", smoke: bool = False, compare_raster: bool = 
         t = time.perf_counter()
         runs[mode] = train_generator(domain, mode, tokens, images, tokenizer_path, out_dir, smoke, threads, overrides)
         timings[f"generator_{mode}"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    cfg = generator_config(domain, "nar", tokens, images, tokenizer_path, out_dir, smoke, threads, overrides)
+    ceiling = tokenizer_ceiling(cfg, out_dir / "tokenizer" / "ceiling.json")
+    timings["ceiling"] = time.perf_counter() - t
     result = {"domain": domain, "smoke": smoke, "out": str(out_dir), "data": str(images),
-              "tokenizer": str(tokenizer_path), "tokens": str(tokens), "runs": runs, "timings": timings,
-              "seconds": time.perf_counter() - start}
+              "tokenizer": str(tokenizer_path), "tokens": str(tokens), "runs": runs, "ceiling": ceiling,
+              "timings": timings, "seconds": time.perf_counter() - start}
     (out_dir / "demo_result.json").write_text(json.dumps(result, indent=1, default=str))
     return result
 
@@ -113,7 +123,8 @@ def ensure_embedded(domain: str, data_root: Path, smoke: bool) -> Path:
     return folder
 
 
-def ensure_tokenizer(domain: str, images: Path, out: Path, smoke: bool, threads: int) -> Path:
+def ensure_tokenizer(domain: str, images: Path, out: Path, smoke: bool, threads: int,
+                     steps: int | None = None) -> Path:
     """Train the domain's tiny tokenizer with ``nar train-tokenizer``'s code path; returns ``tokenizer.pt``."""
     path = out / "tokenizer.pt"
     if path.is_file():
@@ -122,7 +133,7 @@ def ensure_tokenizer(domain: str, images: Path, out: Path, smoke: bool, threads:
     from nar.workflows.tokenizer import tokenizer_config, train_tokenizer
 
     b = BUDGETS[domain]
-    steps = b["smoke_tokenizer_steps"] if smoke else b["tokenizer_steps"]
+    steps = steps or (b["smoke_tokenizer_steps"] if smoke else b["tokenizer_steps"])
     # CPU budget: small batches, one validation at the end, no rFID (the generator's FID follows).
     overrides = [f"runs_root={out.parent}", f"name={out.name}", f"trainer.max_steps={steps}",
                  f"trainer.val_every={steps}", f"trainer.ckpt_every={steps}", f"trainer.threads={threads}",
@@ -194,9 +205,58 @@ def train_generator(domain: str, mode: str, tokens: Path, images: Path, tokenize
     summary = {"mode": mode, "run_dir": str(result["run_dir"]), "checkpoint": str(result["checkpoint"]),
                "samples": str(result["samples"]) if result["samples"] else None,
                "tensorboard": str(result["run_dir"] / "tb"), "steps": result["global_step"],
-               "passes": int(result["module"].model.num_passes), "scores": scores}
+               "passes": int(result["module"].model.num_passes), "cells": cfg.model.num_cells, "scores": scores}
     done.write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def tokenizer_ceiling(cfg: Any, cache: Path) -> dict[str, Any]:
+    """The score a perfect generator would get: the tokenizer's reconstructions of training tokens against the
+    same real samples the generator is scored against, same count and metric (cached beside the tokenizer).
+
+    A generator that reproduced the training token distribution exactly would score this, so the gap between
+    the demo's FID and this number is what more generator training can still win."""
+    key = {"metrics": list(cfg.eval.metrics), "n": cfg.eval.num_real or cfg.eval.num_samples,
+           "real": cfg.eval.real_root, "split": cfg.eval.real_split, "tokens": cfg.data.root}
+    if cache.is_file():
+        stored = json.loads(cache.read_text())
+        if stored.get("key") == key:
+            return stored["scores"]
+    import torch
+
+    from nar.data.datamodules import datamodule_for
+    from nar.lightning.generation import to_uint8
+    from nar.metrics.registry import build_metrics
+    from nar.metrics.sources import iter_batches, iter_records
+    from nar.tokenizers import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.tokenizer.path)
+    video = len(cfg.model.grid) == 3
+    e = cfg.eval
+    metrics = build_metrics(e.metrics, video=video, inception_weights=e.inception_weights, i3d_path=e.i3d_path,
+                            have_real=True)
+    n = key["n"]
+    for pixels, _ in iter_batches(iter_records(e.real_root, e.real_split, n, image_size=tokenizer.config.image_size),
+                                  e.batch_size):
+        for m in metrics.values():
+            m.update(pixels, real=True)
+    seen = 0
+    loader = datamodule_for(cfg.data.root, num_workers=0, eval_batch_size=e.batch_size, val_split="train",
+                            batch_size=e.batch_size).val_dataloader()
+    with torch.no_grad():
+        for batch in loader:
+            pixels = to_uint8(tokenizer.decode(batch["tokens"][: n - seen]).clamp(-1, 1))
+            for m in metrics.values():
+                m.update(pixels, real=False)
+            seen += pixels.shape[0]
+            if seen >= n:
+                break
+    scores = {k: float(v) for m in metrics.values() for k, v in m.compute().items()}
+    scores["samples"] = seen
+    from nar.atomic import write_text
+
+    write_text(cache, json.dumps({"key": key, "scores": scores}, indent=1))
+    return scores
 
 
 def format_report(result: dict[str, Any]) -> str:
@@ -208,8 +268,14 @@ def format_report(result: dict[str, Any]) -> str:
         fid = scores.get("val/fid", scores.get("val/fvd", scores.get("val/fvd_proxy_inception")))
         name = next((k[4:] for k in ("val/fid", "val/fvd", "val/fvd_proxy_inception") if k in scores), "score")
         text = {k[4:]: v for k, v in scores.items() if k.startswith("val/geneval_")}
+        ceiling = (result.get("ceiling") or {}).get(name)
+        bits = scores.get("val/bits_per_token")
         lines += [f"  [{mode}] {run['steps']} steps, {run['passes']} forward passes per sample",
-                  f"    {name}: {fid:.2f}" if fid is not None else "    (no fidelity score)",
+                  (f"    {name}: {fid:.2f}" + (f"   (tokenizer ceiling: {ceiling:.2f}, its reconstructions of "
+                                                  f"training images)" if ceiling is not None else ""))
+                  if fid is not None else "    (no fidelity score)",
+                  *([f"    bits/token: {bits:.4f} (exact likelihood of the val tokens, "
+                     f"{bits * run.get('cells', 0):.0f} bits per sample)"] if bits is not None else []),
                   *(["    text alignment: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(text.items()))] if text else []),
                   f"    samples:     {run['samples']}",
                   f"    checkpoint:  {run['checkpoint']}",
