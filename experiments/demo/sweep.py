@@ -1,0 +1,75 @@
+"""Measure `nar demo`'s budget split: tokenizer steps against generator steps, at a fixed sample count.
+
+    python experiments/demo/sweep.py --out runs/demo-sweep --results experiments/demo/results/sweep-<date>
+
+Each setting runs the whole demo (`nar demo --domain emoji`, the same embedded data for all, built once and
+timed) in its own folder, with `--tokenizer-steps T trainer.max_steps=G`; the wall time, FID, the tokenizer's
+ceiling and bits/token of each go into `sweep.json` and `sweep.md` with the exact commands. The sample count
+stays at the demo's 200 for every setting: FID at different sample counts is not comparable (its bias grows as
+N shrinks), so the split is between the two trainings only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SETTINGS = [(200, 200), (200, 600), (400, 400), (150, 900), (300, 700)]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/demo-sweep", help="working folder (one demo folder per setting)")
+    p.add_argument("--results", required=True, help="folder for sweep.json / sweep.md")
+    p.add_argument("--settings", nargs="*", default=[f"{t}:{g}" for t, g in SETTINGS],
+                   help="TOKENIZER_STEPS:GENERATOR_STEPS pairs")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    out, results = Path(args.out), Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    data = out / "data"
+    nar = [sys.executable, "-m", "nar"]
+    start = time.perf_counter()
+    subprocess.run([*nar, "data", "embedded", "--only", "emoji", "--out", str(data)], check=True)
+    data_seconds = time.perf_counter() - start
+    rows = []
+    for setting in args.settings:
+        tok, gen = (int(x) for x in setting.split(":"))
+        folder = out / f"t{tok}-g{gen}"
+        cmd = [*nar, "demo", "--domain", "emoji", "--data", str(data), "--out", str(folder), "--threads",
+               str(args.threads), "--tokenizer-steps", str(tok), f"trainer.max_steps={gen}", f"trainer.val_every={gen}"]
+        start = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        if done.returncode != 0:
+            print(done.stderr[-3000:], file=sys.stderr)
+            raise SystemExit(f"setting {setting} failed")
+        result = json.loads((folder / "demo_result.json").read_text())
+        scores = result["runs"]["nar"]["scores"]
+        rows.append({"tokenizer_steps": tok, "generator_steps": gen, "seconds": seconds,
+                     "seconds_with_data": seconds + data_seconds, "fid": scores.get("val/fid"),
+                     "ceiling_fid": result["ceiling"].get("fid"), "bits_per_token": scores.get("val/bits_per_token"),
+                     "timings": result["timings"], "command": " ".join(cmd[2:])})
+        print(json.dumps(rows[-1]), flush=True)
+    (results / "sweep.json").write_text(json.dumps({"machine": platform.processor() or platform.machine(),
+                                                     "data_seconds": data_seconds, "rows": rows}, indent=1))
+    lines = ["# `nar demo` budget sweep (emoji, 2 CPU threads)", "",
+             f"`python experiments/demo/sweep.py --out {args.out} --results {args.results}`; embedded data built once "
+             f"in {data_seconds:.0f} s (`nar data embedded --only emoji`).", "",
+             "| tokenizer steps | generator steps | minutes (+ data) | FID (200) | tokenizer ceiling | bits/token |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['tokenizer_steps']} | {r['generator_steps']} | {r['seconds'] / 60:.1f} "
+                     f"({r['seconds_with_data'] / 60:.1f}) | {r['fid']:.1f} | {r['ceiling_fid']:.1f} | "
+                     f"{r['bits_per_token']:.4f} |")
+    (results / "sweep.md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
