@@ -294,7 +294,8 @@ class GeneratorModule(L.LightningModule):
     def on_validation_start(self) -> None:
         # After the callbacks' start hooks, before any batch: every rank gathers at the same point.
         if self.sharded:
-            object.__setattr__(self, "_gathered", gather_full_model(self.ema_model if self.ema_model is not None else self.model))
+            source = self.ema_model if self.ema_model is not None else self.model
+            object.__setattr__(self, "_gathered", gather_full_model(source))
 
     def on_validation_end(self) -> None:
         # After the callbacks' epoch-end hooks (the frontier decoding): the gathered copy is freed.
