@@ -7,7 +7,8 @@ import logging
 
 import pytest
 
-from nar.cli.main import _every_parser, build_parser, configure_logging
+from nar.cli.main import _every_parser, build_parser
+from nar.logconfig import configure_logging
 
 
 def _options(parser: argparse.ArgumentParser):

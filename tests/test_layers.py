@@ -18,7 +18,7 @@ SRC = ROOT / "src" / "nar"
 # Lower layers first; a package may import packages of strictly lower layers (and itself).
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"config", "checkpoints", "pictures", "atomic", "progress"},
+    {"config", "checkpoints", "pictures", "atomic", "progress", "logconfig"},
     {"locks", "geometry", "shapes", "text", "tokenizers"},
     {"model", "data"},
     {"sampling", "metrics"},

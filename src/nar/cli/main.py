@@ -12,9 +12,9 @@ import argparse
 import importlib
 import logging
 import sys
-import warnings
 
 from nar.errors import NarError
+from nar.logconfig import configure_logging
 
 # Sub-command modules, in the order `nar --help` lists them.
 SUBCOMMANDS: list[str] = [
@@ -64,38 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _DropNoise(logging.Filter):
-    """Lightning's advertising and what it says about settings nobody chose."""
-
-    NOISE = ("Tip:", "was configured so 100% of the batches", "`weights_only` was not set")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not any(n in message for n in self.NOISE)
-
-
 # Sub-commands that run Lightning (its import adds a console handler of its own).
 LIGHTNING_COMMANDS = ("train", "evaluate", "train-tokenizer", "demo", "ablate")
-
-
-def configure_logging(verbose: bool = False, lightning: bool = False) -> None:
-    """One line per event: our format on the root logger, Lightning's loggers sent through it (``import
-    lightning`` gives them a console handler of their own, which printed every line twice), known noise
-    dropped."""
-    if lightning:
-        import lightning  # noqa: F401  (so that its handlers exist before they are removed)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_DropNoise())
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logger = logging.getLogger(name)
-        for handler in list(logger.handlers):
-            logger.removeHandler(handler)
-        logger.propagate = True
-    # The EMA copy is in eval mode on purpose; the pytree deprecation is Lightning's own.
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -245,3 +245,35 @@ def reference_stats(source: str | Path, extractor: torch.nn.Module, split: str |
     stats.save_npz(path)
     log.info("real statistics of %d images cached at %s", stats.count, path)
     return stats
+
+
+def real_features(source: str | Path, extractor: torch.nn.Module, split: str | None, limit: int | None,
+                  image_size: int | None = None, batch_size: int = 50, device: str | torch.device = "cpu",
+                  cache: str | Path | None = None) -> torch.Tensor:
+    """Extractor features ``[n, D]`` (float32, CPU) of the first ``limit`` samples of ``source`` at ``image_size``,
+    computed once and cached under ``<cache>/features/`` (key: files + sizes + mtimes + split + limit + size +
+    extractor), so runs scored against the same real set (a seeded ablation grid) extract them once."""
+    from nar.atomic import atomic_path
+    from nar.metrics.fidelity import to_uint8
+    from nar.metrics.inception import cache_dir
+
+    source = Path(source)
+    name = getattr(extractor, "name", type(extractor).__name__)
+    key = _source_fingerprint(source, split, limit, f"{name}@{image_size}")
+    path = cache_dir(cache) / "features" / f"{source.name}-{split}-{key}.npy"
+    if path.is_file():
+        log.info("real features from cache %s", path)
+        return torch.from_numpy(np.load(path))
+    param = next(extractor.parameters(), None)
+    if param is not None and param.device != torch.device(device):
+        extractor.to(device)
+    extractor.eval()
+    chunks = []
+    with torch.no_grad():
+        for images, _ in iter_batches(iter_records(source, split, limit, image_size=image_size), batch_size):
+            chunks.append(extractor(to_uint8(images.to(device)))["features"].float().cpu())
+    features = torch.cat(chunks) if chunks else torch.zeros(0, int(getattr(extractor, "num_features", 0)))
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, features.numpy())
+    log.info("real features of %d samples cached at %s", features.shape[0], path)
+    return features

@@ -30,8 +30,12 @@ class CheckpointInfo:
 def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
     """Open ``path`` (memory-mapped, tensors not read) and return its step; raises on a truncated or
     unreadable file, or one that is not a Lightning training checkpoint."""
+    from nar.model.io import sharded_folder
+
     path = Path(path)
     obj = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    if sharded_folder(obj, path) is not None:  # an FSDP manifest: its shard files are checked complete instead
+        return CheckpointInfo(path, int(obj["global_step"]), int(obj.get("epoch", 0)))
     if not isinstance(obj, dict) or "global_step" not in obj or "state_dict" not in obj:
         raise ValueError("not a Lightning training checkpoint (no global_step / state_dict)")
     return CheckpointInfo(path, int(obj["global_step"]), int(obj.get("epoch", 0)))

@@ -203,7 +203,8 @@ def evaluation_config(ckpt: str | Path, yamls: Sequence[str | Path] = (), overri
                           "model, e.g. --config imagenet/nar_l.yaml")
     if stored is not None:
         # The stored run's folder names stay; evaluation writes under the checkpoint's own run folder.
-        stored = {**stored, "trainer": {**stored.get("trainer", {}), "devices": 1, "num_nodes": 1}}
+        # One process unless told otherwise: no sharding (a sharded run's weights are gathered at load).
+        stored = {**stored, "trainer": {**stored.get("trainer", {}), "devices": 1, "num_nodes": 1, "strategy": "auto"}}
     return generator_config(yamls, overrides, base=stored)
 
 

@@ -24,7 +24,7 @@ from nar.atomic import write_text
 from nar.errors import RuntimeFailure
 from nar.lightning.generation import ChunkGenerator, stream_chunks, to_uint8
 from nar.metrics.registry import build_metrics
-from nar.metrics.sources import iter_batches, iter_records
+from nar.metrics.sources import iter_batches, iter_records, real_features
 from nar.model import NARModel
 from nar.pictures import add_gif, sample_grid, save_png
 from nar.progress import Progress
@@ -225,12 +225,21 @@ class FrontierDecodingCallback(Callback):
         if e.real_root:
             size = getattr(getattr(tokenizer, "config", None), "image_size", None)
             wanted = e.num_real or e.num_samples
-            records = iter_records(e.real_root, e.real_split, wanted, image_size=size,
-                                   rank=trainer.global_rank, world_size=trainer.world_size)
-            for pixels, _ in iter_batches(records, e.batch_size):
-                count += pixels.shape[0]
-                for m in self.metrics.values():
-                    m.update(pixels.to(device), real=True)
+            image = self.metrics.get("image")
+            if image is not None and trainer.world_size == 1 and len(self.metrics) == 1:
+                # one process: the real features come from (and go to) a cache, shared by every run scored
+                # against the same real samples at the same size
+                features = real_features(e.real_root, image.extractor, e.real_split, wanted, image_size=size,
+                                         batch_size=e.batch_size, device=device)
+                image.update_features(features.to(device), real=True)
+                count = features.shape[0]
+            else:
+                records = iter_records(e.real_root, e.real_split, wanted, image_size=size,
+                                       rank=trainer.global_rank, world_size=trainer.world_size)
+                for pixels, _ in iter_batches(records, e.batch_size):
+                    count += pixels.shape[0]
+                    for m in self.metrics.values():
+                        m.update(pixels.to(device), real=True)
             total = int(trainer.strategy.reduce(torch.tensor(float(count), device=device), reduce_op="sum").item())
             if total < wanted:
                 message = (f"eval.real_root {e.real_root} ({e.real_split}) gave {total} real samples, {wanted} "

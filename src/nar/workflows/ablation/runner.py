@@ -177,7 +177,7 @@ def run_variant(variant: VariantConfig, train_cfg: Any, bench: BenchConfig, seed
 
 def _run_in_process(run: Run, bench: BenchConfig, threads: int) -> dict[str, Any] | None:
     """A grid run in a worker process (``jobs > 1``): its own logging and CPU threads."""
-    from nar.cli.main import configure_logging  # the worker is a fresh interpreter
+    from nar.logconfig import configure_logging  # the worker is a fresh interpreter
 
     configure_logging(lightning=True)
     run.train_cfg = dataclasses.replace(run.train_cfg, trainer=dataclasses.replace(run.train_cfg.trainer,
