@@ -27,6 +27,8 @@ from nar.data.readers import (
     ResampledShardStream,
     SampleTransform,
     ShardStream,
+    StreamLoader,
+    StreamPosition,
     TokenSample,
     VideoSample,
     class_balanced_ids,
@@ -127,6 +129,7 @@ class ShardDataModule(L.LightningDataModule):
             raise DataError(f"{self.root} holds {self.meta.get('kind')!r} shards; {type(self).__name__} reads {self.kinds}")
         self.spec = SampleSpec.from_meta(self.meta)  # what every sample must be; bad ones are skipped
         self._datasets: dict[str, Any] = {}
+        self._train_position: StreamPosition | None = None
 
     # --- what subclasses supply -----------------------------------------------------------------
     def train_transform(self) -> SampleTransform:
@@ -190,9 +193,15 @@ class ShardDataModule(L.LightningDataModule):
         return ShardStream(index, self.eval_transform(), sample_ids=ids, rank=rank, world_size=world,
                            allow_missing=self.cfg.allow_missing)
 
-    def _loader(self, dataset: Any, batch_size: int, drop_last: bool) -> DataLoader:
+    def resume_train_stream(self, position: StreamPosition) -> None:
+        """Continue training at ``position`` (saved in a checkpoint by
+        :class:`~nar.lightning.callbacks.data_position.DataPositionCallback`): the next ``train_dataloader()``
+        yields exactly the batches an uninterrupted run would have yielded next."""
+        self._train_position = position
+
+    def _loader(self, dataset: Any, batch_size: int, drop_last: bool, loader: type[DataLoader] = DataLoader) -> DataLoader:
         workers = self.cfg.num_workers
-        return DataLoader(
+        return loader(
             dataset,
             batch_size=batch_size,
             num_workers=workers,
@@ -206,7 +215,12 @@ class ShardDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset(), self.cfg.batch_size, self.cfg.drop_last)
+        """Training batches; each pass is the next epoch of the stream (:class:`~nar.data.readers.StreamLoader`),
+        and batches carry ``__stream__`` (their position, a list of tuples that stays on the CPU)."""
+        dataset = self.train_dataset()
+        if self._train_position is not None:
+            dataset.position = self._train_position
+        return self._loader(dataset, self.cfg.batch_size, self.cfg.drop_last, StreamLoader)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.eval_dataset(self.cfg.val_split), self.cfg.eval_batch_size or self.cfg.batch_size, False)

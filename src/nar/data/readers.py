@@ -19,13 +19,13 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, default_collate, default_convert, get_worker_info
 
 from nar.data import transforms as T
 from nar.data.checks import SampleSpec, sample_name, skip_reason
@@ -212,6 +212,37 @@ class ShardStream(IterableDataset):
             log.warning("%s", report.describe(where))
 
 
+STREAM_KEY = "__stream__"  # training samples: (epoch, reader, readers, draw); batches: a list of those tuples
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamPosition:
+    """How far a training stream got: in epoch ``epoch``, ``batches`` batches (per rank) were consumed, and
+    reader ``w`` (a logical DataLoader worker) of rank ``r`` had made ``draws[r][w]`` draws for them.
+
+    ``workers`` and ``world_size`` are the layout the position was recorded with; it is exact only for the
+    same layout (:meth:`ResampledShardStream.normalized`).
+    """
+
+    epoch: int = 0
+    batches: int = 0
+    workers: int = 1
+    world_size: int = 1
+    draws: tuple[tuple[int, ...], ...] = ()
+
+    def next_epoch(self) -> StreamPosition:
+        return StreamPosition(epoch=self.epoch + 1, workers=self.workers, world_size=self.world_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batches": self.batches, "workers": self.workers, "world_size": self.world_size,
+                "draws": [list(d) for d in self.draws]}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> StreamPosition:
+        return cls(epoch=int(state["epoch"]), batches=int(state["batches"]), workers=int(state["workers"]),
+                   world_size=int(state["world_size"]), draws=tuple(tuple(int(x) for x in d) for d in state["draws"]))
+
+
 class ResampledShardStream(IterableDataset):
     """Training stream: shards drawn with replacement (probability ∝ size), shuffled through a buffer.
 
@@ -219,8 +250,16 @@ class ResampledShardStream(IterableDataset):
     over ranks and workers. With ``batch_size`` each (rank, worker) share is rounded up to whole batches
     (at least one), so a batch larger than the split — or than a worker's share — wraps around the
     resampled stream instead of leaving an epoch without a single full batch (which under
-    ``drop_last`` made training spin forever without a step). The RNG is seeded from ``seed``, the rank
-    and the DataLoader's per-epoch worker seed, so a seeded run is reproducible and successive epochs differ.
+    ``drop_last`` made training spin forever without a step).
+
+    The stream is a function of ``seed``, the rank, the reader (DataLoader worker) and the epoch alone:
+    which shard each draw reads and which buffered sample it takes depend only on the shard sizes in
+    ``meta.json`` and an RNG seeded with ``[seed, rank, reader, epoch]``, and every random choice of the
+    sample transform (crop, flip, augmentation) comes from numbers fixed per draw (:class:`DrawRandom`). So a
+    :class:`StreamPosition` (``position``) can be fast-forwarded by replaying the draws on the sizes alone,
+    without reading or decoding the samples already consumed; only the samples still in the shuffle buffer
+    are read again. Each pass over the dataset is the next epoch (:class:`StreamLoader` numbers them in the
+    main process). Samples that are dicts carry ``__stream__ = (epoch, reader, readers, draw)``.
     """
 
     def __init__(
@@ -236,8 +275,11 @@ class ResampledShardStream(IterableDataset):
         world_size: int | None = None,
     ) -> None:
         super().__init__()
-        if not index.shards or index.total == 0:
+        if not index.shards or index.total <= 0:
             raise DataError(f"{index.root}: split {index.split!r} has no samples")
+        if any(c < 0 for c in index.counts):
+            raise DataError(f"{index.root}: split {index.split!r} has shards of unknown size; index them with "
+                            "`nar data index` or rewrite them with `nar data`")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
         self.index = index
@@ -247,88 +289,316 @@ class ResampledShardStream(IterableDataset):
         self.samples_per_epoch = samples_per_epoch if samples_per_epoch is not None else index.total
         self.batch_size = batch_size
         self.rank, self.world_size = rank, world_size
-        self._epoch = 0
+        self.position = StreamPosition()
         self.bad = BadInputLog()
 
     def set_epoch(self, epoch: int) -> None:
-        self._epoch = epoch
+        """Start the next pass at the beginning of ``epoch``."""
+        self.position = StreamPosition(epoch=epoch)
 
     def quota(self, readers: int) -> int:
         """Samples each of ``readers`` (ranks × workers) yields per epoch."""
         # the same quota for every (rank, worker): every rank then has the same number of batches,
-        # which DDP needs (a rank with one batch more waits forever in the gradient all-reduce)
+        # which DDP needs (a rank with one batch more waits forever in the gradient all-reduce), and a
+        # DataLoader's round robin over its workers is the same every epoch
         share = self.samples_per_epoch // readers
         if self.batch_size is None:
             return share
         return max(1, -(-share // self.batch_size)) * self.batch_size
 
+    def batches_per_epoch(self, workers: int, world_size: int) -> int:
+        """Batches one rank's DataLoader yields per epoch (``batch_size`` must be set)."""
+        if self.batch_size is None:
+            raise ValueError("batches_per_epoch needs batch_size")
+        return workers * (self.quota(world_size * workers) // self.batch_size)
+
+    def normalized(self, position: StreamPosition, workers: int, world_size: int) -> StreamPosition:
+        """``position`` as the next pass starts it: a finished epoch moves on to the next one, and a position
+        recorded with another number of workers or ranks (or without ``batch_size``) cannot be continued
+        exactly, so the next epoch starts afresh (logged)."""
+        fresh = StreamPosition(epoch=position.epoch, workers=workers, world_size=world_size)
+        if position.batches <= 0:
+            return fresh
+        if (self.batch_size is None or position.workers != workers or position.world_size != world_size
+                or len(position.draws) != world_size or any(len(d) != workers for d in position.draws)):
+            log.warning("%s: split %r: the saved data position is for %d workers × %d ranks, this run has %d × %d; "
+                        "continuing with epoch %d from its start instead of mid-epoch %d", self.index.root,
+                        self.index.split, position.workers, position.world_size, workers, world_size,
+                        position.epoch + 1, position.epoch)
+            return dataclasses.replace(fresh, epoch=position.epoch + 1)
+        if position.batches >= self.batches_per_epoch(workers, world_size):
+            return dataclasses.replace(fresh, epoch=position.epoch + 1)
+        return position
+
     def __iter__(self) -> Iterator[Any]:
         rank, world, worker, workers = _reader_identity(self.rank, self.world_size)
-        quota = self.quota(world * workers)
-        info = get_worker_info()
-        # a fresh worker seed per DataLoader iterator (i.e. per epoch); in-process, count epochs ourselves
-        epoch_seed = info.seed % (2**63) if info is not None else self._epoch
-        self._epoch += 1
-        rng = np.random.default_rng([self.seed, rank, worker, epoch_seed])
+        position = self.normalized(self.position, workers, world)
+        self.position = position.next_epoch()  # this copy's next pass (in-process: the next epoch)
+        return self._epoch(position, rank, world, worker, workers)
+
+    def _epoch(self, position: StreamPosition, rank: int, world: int, worker: int, workers: int) -> Iterator[Any]:
+        consumed = position.batches
+        # the DataLoader takes batch j from worker j % workers; after `consumed` batches, worker 0 must
+        # serve the batch of reader consumed % workers: readers are rotated, so the round robin goes on unchanged
+        reader = (worker + consumed) % workers
+        reader_batches = consumed // workers + (1 if reader < consumed % workers else 0)
+        skip = position.draws[rank][reader] if consumed else 0
+        quota = self.quota(world * workers) - reader_batches * (self.batch_size or 0)
+        epoch = position.epoch
+        plan = _DrawPlan(self.index.counts, min(self.shuffle_buffer, self.index.total),
+                         np.random.default_rng([self.seed, rank, reader, epoch]))
+        numbers = _DrawNumbers([self.seed, rank, reader, epoch])
+        cursor = _ShardCursor(self.index, self.bad)
+        if skip:
+            plan.skip(skip)
+            numbers.skip(skip)
+            cursor.refill(plan)
         skipped_before = self.bad.total
         try:
-            yield from self._draw(quota, rng)
+            yield from self._draw(quota, plan, numbers, cursor, (epoch, reader, workers), [self.seed, rank, reader, epoch])
         finally:
+            cursor.close()
             if self.bad.total > skipped_before:
                 log.warning("%s: split %r (rank %d, worker %d): %d inputs skipped this epoch; so far %s",
                             self.index.root, self.index.split, rank, worker, self.bad.total - skipped_before,
                             self.bad.summary())
 
-    def _draw(self, quota: int, rng: np.random.Generator) -> Iterator[Any]:
-        weights = np.asarray(self.index.counts, dtype=np.float64)
-        if (weights < 0).any():  # sizes unknown: uniform over shards
-            weights = np.ones_like(weights)
-        buffer: list[dict[str, Any]] = []
-        produced, empty_draws, rejected_in_a_row = 0, 0, 0
+    def _draw(self, quota: int, plan: _DrawPlan, numbers: _DrawNumbers, cursor: _ShardCursor,
+              stream: tuple[int, int, int], seed: list[int]) -> Iterator[Any]:
+        produced, rejected_in_a_row = 0, 0
         # every sample of the split met twice over and none usable: do not spin forever
         patience = 4 * self.index.total + 64
-
-        def take() -> Any:
-            nonlocal rejected_in_a_row
-            out = _apply(self.transform, _pop_random(buffer, rng), rng, self.bad)
-            rejected_in_a_row = 0 if out is not None else rejected_in_a_row + 1
-            if rejected_in_a_row > patience:
-                last = self.bad.files[-1] if self.bad.files else ("?", "?")
-                raise StreamError(f"{self.index.root}: split {self.index.split!r}: the last {rejected_in_a_row} samples "
-                                f"read were all skipped (e.g. {last[0]}: {last[1]}); check meta.json against the "
-                                "shards with `nar data verify`")
-            return out
-
+        drawable = {s for s, c in enumerate(self.index.counts) if c > 0}
         while produced < quota:
-            if weights.sum() <= 0:
+            draw = plan.draws
+            entry = plan.next(cursor.fetch)
+            out = None
+            if entry[2] is not None:
+                out = _apply(self.transform, entry[2], DrawRandom(numbers.row(draw), [*seed, draw]), self.bad)
+            elif drawable <= cursor.unreadable:
                 raise StreamError(f"{self.index.root}: no readable shards left in split {self.index.split!r}")
-            shard = int(rng.choice(len(self.index.shards), p=weights / weights.sum()))
-            got = 0
-            unreadable_before = self.bad.counts["unreadable shard"]
-            for raw in iter_tar(self.index.shards[shard], self.bad):
-                got += 1
-                buffer.append(raw)
-                if len(buffer) < self.shuffle_buffer:
-                    continue
-                out = take()
-                if out is not None:
-                    produced += 1
-                    yield out
-                    if produced >= quota:
-                        return
-            if self.bad.counts["unreadable shard"] > unreadable_before:
-                log.warning("excluding %s from further draws this epoch", self.index.shards[shard])
-                weights[shard] = 0.0
-            empty_draws = empty_draws + 1 if got == 0 else 0
-            if empty_draws > 10 + 2 * len(self.index.shards):
-                raise StreamError(f"{self.index.root}: no readable samples in split {self.index.split!r}")
-            if len(buffer) >= min(self.shuffle_buffer, self.index.total):
-                # buffer larger than the split: drain so small datasets still produce
-                while buffer and produced < quota:
-                    out = take()
-                    if out is not None:
-                        produced += 1
-                        yield out
+            if out is None:
+                rejected_in_a_row += 1
+                if rejected_in_a_row > patience:
+                    last = self.bad.files[-1] if self.bad.files else ("?", "?")
+                    raise StreamError(f"{self.index.root}: split {self.index.split!r}: the last {rejected_in_a_row} "
+                                      f"samples read were all skipped (e.g. {last[0]}: {last[1]}); check meta.json "
+                                      "against the shards with `nar data verify`")
+                continue
+            rejected_in_a_row = 0
+            if isinstance(out, dict):
+                out[STREAM_KEY] = (*stream, draw)
+            produced += 1
+            yield out
+
+
+_PENDING = object()  # a buffered sample not read yet (fast-forward)
+
+
+class _DrawPlan:
+    """Which ``(shard, offset)`` each draw of one reader's epoch takes: shards drawn with probability ∝ size,
+    read in order into a buffer of ``capacity`` entries, one taken at random per draw. It depends on the sizes
+    and ``rng`` only, so :meth:`skip` replays draws without any data; :meth:`next` asks ``fetch(shard, offset)``
+    for each sample it buffers (None: missing or unreadable). Entries are ``[shard, offset, raw]``."""
+
+    def __init__(self, counts: Sequence[int], capacity: int, rng: np.random.Generator) -> None:
+        self.counts = np.asarray(counts, dtype=np.int64)
+        self.p = self.counts / self.counts.sum()
+        self.capacity = max(1, capacity)
+        self.rng = rng
+        self.buffer: list[list[Any]] = []
+        self.shard, self.offset, self.size = -1, 0, 0
+        self.draws = 0
+
+    def next(self, fetch: Callable[[int, int], Any]) -> list[Any]:
+        while len(self.buffer) < self.capacity:
+            if self.offset >= self.size:
+                self.shard = int(self.rng.choice(len(self.p), p=self.p))
+                self.offset, self.size = 0, int(self.counts[self.shard])
+                continue
+            self.buffer.append([self.shard, self.offset, fetch(self.shard, self.offset)])
+            self.offset += 1
+        self.draws += 1
+        return _pop_random(self.buffer, self.rng)
+
+    def skip(self, draws: int) -> None:
+        for _ in range(draws):
+            self.next(lambda shard, offset: _PENDING)
+
+
+class _ShardCursor:
+    """Reads the samples a :class:`_DrawPlan` buffers, each drawn shard once front to back; a shard that
+    cannot be opened is remembered (``unreadable``) and not reopened this epoch."""
+
+    def __init__(self, index: SplitIndex, bad: BadInputLog) -> None:
+        self.index, self.bad = index, bad
+        self.shard, self.next_offset = -1, 0
+        self.samples: Iterator[dict[str, Any]] | None = None
+        self.unreadable: set[int] = set()
+
+    def fetch(self, shard: int, offset: int) -> dict[str, Any] | None:
+        if shard in self.unreadable:
+            return None
+        if shard != self.shard or offset != self.next_offset:
+            self._open(shard)
+            self._advance_to(offset)
+        raw = self._read()
+        self.next_offset += 1
+        return raw
+
+    def _open(self, shard: int) -> None:
+        self.close()
+        self.shard, self.next_offset = shard, 0
+        self.samples = iter_tar(self.index.shards[shard], self.bad)
+
+    def _read(self) -> dict[str, Any] | None:
+        if self.samples is None:
+            return None
+        unreadable_before = self.bad.counts["unreadable shard"]
+        raw = next(self.samples, None)
+        if raw is None:
+            self.samples = None  # ended: the rest of this shard's offsets are missing
+            if self.bad.counts["unreadable shard"] == unreadable_before:
+                self.bad.record(self.index.shards[self.shard], f"short shard: ended after {self.next_offset} of "
+                                f"{self.index.counts[self.shard]} samples that meta.json counts")
+            elif self.next_offset == 0:
+                log.warning("leaving %s out of the rest of this epoch", self.index.shards[self.shard])
+                self.unreadable.add(self.shard)
+        return raw
+
+    def _advance_to(self, offset: int) -> None:
+        while self.next_offset < offset:
+            self._read()
+            self.next_offset += 1
+
+    def refill(self, plan: _DrawPlan) -> None:
+        """After :meth:`_DrawPlan.skip`: read the buffered samples again, and leave the cursor where the plan is."""
+        wanted: dict[int, set[int]] = {}
+        for shard, offset, _ in plan.buffer:
+            wanted.setdefault(shard, set()).add(offset)
+        found: dict[tuple[int, int], dict[str, Any] | None] = {}
+        current = plan.shard if plan.offset < plan.size else -1
+        for shard in sorted(wanted, key=lambda s: s == current):  # the plan's current shard last: it stays open
+            self._open(shard)
+            last = max(wanted[shard]) if shard != current else plan.offset - 1
+            while self.next_offset <= last:
+                raw = self._read() if shard not in self.unreadable else None
+                if self.next_offset in wanted[shard]:
+                    found[(shard, self.next_offset)] = raw
+                self.next_offset += 1
+        if current >= 0 and current not in wanted:
+            self._open(current)
+            self._advance_to(plan.offset)
+        for entry in plan.buffer:
+            entry[2] = found.get((entry[0], entry[1]))
+
+    def close(self) -> None:
+        if self.samples is not None:
+            self.samples.close()  # type: ignore[attr-defined]
+            self.samples = None
+
+
+class _DrawNumbers:
+    """Uniform numbers in ``[0, 1)``, :data:`PER_DRAW` for each draw, from one PCG64 stream: row ``d`` is the
+    stream's values ``[PER_DRAW·d, PER_DRAW·(d+1))`` however far one has skipped (``advance``, no generating)."""
+
+    PER_DRAW = 4
+    BLOCK = 1024
+
+    def __init__(self, seed: Sequence[int]) -> None:
+        self.bits = np.random.PCG64(np.random.SeedSequence(list(seed) + [1]))
+        self.generator = np.random.Generator(self.bits)
+        self.block = np.zeros((0, self.PER_DRAW))
+        self.start = 0  # draw of the block's first row
+        self.end = 0  # draw the next block starts at
+
+    def skip(self, draws: int) -> None:
+        self.bits.advance(self.PER_DRAW * (draws - self.end))
+        self.start = self.end = draws
+        self.block = self.block[:0]
+
+    def row(self, draw: int) -> np.ndarray:
+        while draw >= self.end:
+            if draw >= self.end + self.BLOCK:
+                self.skip(draw)
+            self.block = self.generator.random((self.BLOCK, self.PER_DRAW))
+            self.start, self.end = self.end, self.end + self.BLOCK
+        return self.block[draw - self.start]
+
+
+class DrawRandom:
+    """The random numbers one draw of a training stream hands its sample transform, in place of a
+    ``numpy.random.Generator``: :meth:`random` and scalar :meth:`integers` use the draw's fixed uniforms (so
+    a sample's crop or flip does not depend on how many numbers earlier samples took); anything else comes
+    from a generator seeded with the draw (``seed``)."""
+
+    __slots__ = ("_uniforms", "_used", "_seed", "_generator")
+
+    def __init__(self, uniforms: np.ndarray, seed: Sequence[int]) -> None:
+        self._uniforms, self._used, self._seed = uniforms, 0, list(seed)
+        self._generator: np.random.Generator | None = None
+
+    def _fallback(self) -> np.random.Generator:
+        if self._generator is None:
+            self._generator = np.random.default_rng(self._seed)
+        return self._generator
+
+    def _take(self) -> float:
+        if self._used < len(self._uniforms):
+            self._used += 1
+            return float(self._uniforms[self._used - 1])
+        return float(self._fallback().random())
+
+    def random(self, size: Any = None) -> Any:
+        return self._take() if size is None else self._fallback().random(size)
+
+    def integers(self, low: int, high: int | None = None, size: Any = None, endpoint: bool = False, **kw: Any) -> Any:
+        if size is not None or kw:
+            return self._fallback().integers(low, high, size=size, endpoint=endpoint, **kw)
+        if high is None:
+            low, high = 0, low
+        high = int(high) + (1 if endpoint else 0)
+        if high <= low:
+            raise ValueError(f"integers: high ({high}) must exceed low ({low})")
+        return int(low) + min(int(self._take() * (high - low)), high - low - 1)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fallback(), name)
+
+
+def collate_stream(samples: Any) -> Any:
+    """``default_collate``, except that the samples' ``__stream__`` tuples stay a plain list (they never move
+    to a device, so reading a batch's position costs no device synchronisation)."""
+    if not isinstance(samples, list):
+        return default_convert(samples)
+    if samples and isinstance(samples[0], dict) and STREAM_KEY in samples[0]:
+        stream = [s.pop(STREAM_KEY) for s in samples]
+        batch = default_collate(samples)
+        batch[STREAM_KEY] = stream
+        return batch
+    return default_collate(samples)
+
+
+class StreamLoader(DataLoader):
+    """A ``DataLoader`` whose passes over a :class:`ResampledShardStream` are its epochs, in order: each
+    ``iter()`` reads the dataset's ``position`` (normalised for this loader's workers), hands it to the
+    workers and moves the main process's copy on to the next epoch. Set ``dataset.position`` before
+    iterating to continue a saved position. Batches are collated by :func:`collate_stream`."""
+
+    def __init__(self, dataset: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("collate_fn", collate_stream)
+        super().__init__(dataset, **kwargs)
+
+    def __iter__(self) -> Any:
+        stream = self.dataset if isinstance(self.dataset, ResampledShardStream) else None
+        if stream is None:
+            return super().__iter__()
+        _, world, _, _ = _reader_identity(stream.rank, stream.world_size)
+        position = stream.position = stream.normalized(stream.position, max(1, self.num_workers), world)
+        iterator = super().__iter__()  # workers start here, each with a copy of `position`
+        if self.num_workers > 0:  # in-process, the dataset's own __iter__ moved on already
+            stream.position = position.next_epoch()
+        return iterator
 
 
 def _pop_random(buffer: list, rng: np.random.Generator) -> Any:

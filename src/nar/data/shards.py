@@ -22,11 +22,14 @@ import json
 import logging
 import multiprocessing
 import os
+import shlex
 import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import numpy as np
 from tqdm import tqdm
@@ -308,7 +311,8 @@ def write_split(
     desc: str | None = None,
     unit: str = "sample",
     scan_bad: BadInputLog | None = None,
-) -> SplitRecord:
+    part: tuple[int, int] = (0, 1),
+) -> SplitRecord | None:
     """Write ``items`` as shards ``<root>/<split>/<split>-%06d.tar``, resuming a previous run.
 
     Give either ``make_sample(item) -> fields`` (fields as in :func:`encode_field`; ``cls`` is recorded
@@ -317,11 +321,19 @@ def write_split(
     ``scan_bad`` holds inputs already rejected while listing them (they join the split's summary).
     ``params`` (everything that changes the output) joins the fingerprint of the item list; a resumed
     run whose fingerprint differs raises :class:`DataError` rather than mixing two datasets.
+
+    ``part=(rank, world)`` with ``world > 1``: this process writes only the shards ``i ≡ rank (mod world)``,
+    recording them in its own ``_progress.<rank>of<world>.json``, and returns None; once every part is done,
+    one process calls :func:`collect_split`. The caller holds the folder for the whole group
+    (:func:`group_dataset_lock`). A resumed run may use any number of parts: finished shards are finished.
     """
     if (make_sample is None) == (produce is None):
         raise ValueError("pass exactly one of make_sample or produce")
     if shard_size < 1:
         raise ValueError(f"shard_size must be ≥ 1, got {shard_size}")
+    rank, world = part
+    if not 0 <= rank < world:
+        raise ValueError(f"part must be (rank, world) with 0 ≤ rank < world, got {part}")
     producer = produce if produce is not None else PerItem(make_sample)  # type: ignore[arg-type]
     root = Path(root)
     with dataset_lock(root):  # held by the caller too when it writes several splits
@@ -331,26 +343,19 @@ def write_split(
 
         num_shards = max(1, -(-len(items) // shard_size))
         fp = fingerprint(items, shard_size=shard_size, **(params or {}))
-        progress_path = split_dir / PROGRESS_NAME
-        done: dict[str, dict[str, Any]] = {}
-        if progress_path.is_file():
-            progress = _read_json(progress_path)
-            if progress.get("fingerprint") != fp:
-                raise DataError(
-                    f"{split_dir} holds shards written from different inputs or settings; "
-                    "write to a new folder or delete it (or pass --overwrite)"
-                )
-            done = {k: v for k, v in progress.get("done", {}).items() if (split_dir / k).is_file()}
+        done = _finished_shards(split_dir, fp)
+        progress_path = split_dir / (PROGRESS_NAME if world == 1 else f"_progress.{rank}of{world}.json")
+        mine = {k: v for k, v in done.items() if k in _read_progress(progress_path, fp)}
         if not items:
             log.warning("split %r: no inputs found; writing an empty split", split)
 
-        todo = [i for i in range(num_shards) if shard_name(split, i) not in done]
-        if done:
-            log.info("split %r: %d of %d shards already complete, resuming", split, num_shards - len(todo), num_shards)
+        todo = [i for i in range(rank, num_shards, world) if shard_name(split, i) not in done]
+        if done and rank == 0:
+            log.info("split %r: %d of %d shards already complete, resuming", split, len(done), num_shards)
 
         def finish(index: int, record: ShardRecord) -> None:
-            done[shard_name(split, index)] = dataclasses.asdict(record)
-            _write_json(progress_path, {"fingerprint": fp, "num_shards": num_shards, "done": done})
+            mine[shard_name(split, index)] = done[shard_name(split, index)] = dataclasses.asdict(record)
+            _write_json(progress_path, {"fingerprint": fp, "num_shards": num_shards, "done": mine})
 
         chunks = {i: items[i * shard_size : (i + 1) * shard_size] for i in todo}
         remaining = sum(len(c) for c in chunks.values())
@@ -369,25 +374,63 @@ def write_split(
                 for i, record in _write_in_pool(jobs, workers):
                     finish(i, record)
                     bar.update(len(chunks[i]))
+        if world > 1:
+            return None
+        return collect_split(root, split, scan_bad=scan_bad, fingerprint_=fp, num_shards=num_shards)
 
-        names = [shard_name(split, i) for i in range(num_shards)]
-        bad = BadInputLog()
-        if scan_bad is not None:
-            bad.extend(scan_bad.files)
-        for n in names:
-            bad.extend(done[n]["skipped"])
-        labels = np.asarray([lab for n in names for lab in done[n]["labels"]], dtype=np.int64)
-        with atomic_open(split_dir / LABELS_NAME, "wb") as fh:
-            np.save(fh, labels)
-        record = SplitRecord(
-            split=split,
-            shards=[f"{split}/{n}" for n in names],
-            shard_samples=[int(done[n]["samples"]) for n in names],
-            labels=labels,
-            bad=bad,
-        )
-        log.info("split %r: %d samples in %d shards; %s", split, record.samples, num_shards, bad.summary())
-        return record
+
+def _read_progress(path: Path, fp: str) -> dict[str, dict[str, Any]]:
+    """The shards a progress file records as done; :class:`DataError` when it belongs to other inputs."""
+    if not path.is_file():
+        return {}
+    progress = _read_json(path)
+    if progress.get("fingerprint") != fp:
+        raise DataError(f"{path.parent} holds shards written from different inputs or settings; "
+                        "write to a new folder or delete it (or pass --overwrite)")
+    return dict(progress.get("done", {}))
+
+
+def _progress_files(split_dir: Path) -> list[Path]:
+    return sorted(split_dir.glob("_progress*.json"))
+
+
+def _finished_shards(split_dir: Path, fp: str) -> dict[str, dict[str, Any]]:
+    """Every shard recorded as done by any part (file still present), checked against ``fp``."""
+    done: dict[str, dict[str, Any]] = {}
+    for path in _progress_files(split_dir):
+        done.update(_read_progress(path, fp))
+    return {k: v for k, v in done.items() if (split_dir / k).is_file()}
+
+
+def collect_split(root: str | os.PathLike[str], split: str, *, scan_bad: BadInputLog | None = None,
+                  fingerprint_: str | None = None, num_shards: int | None = None) -> SplitRecord:
+    """The record of a split whose shards every part of :func:`write_split` has finished: per-shard counts,
+    skipped inputs, and ``labels.npy`` (written atomically). Raises :class:`DataError` naming missing shards."""
+    split_dir = Path(root) / split
+    files = _progress_files(split_dir)
+    if not files:
+        raise DataError(f"{split_dir}: no shards recorded as written")
+    first = _read_json(files[0])
+    fp = fingerprint_ or first.get("fingerprint")
+    num_shards = num_shards if num_shards is not None else int(first.get("num_shards", 0))
+    done = _finished_shards(split_dir, fp)
+    names = [shard_name(split, i) for i in range(num_shards)]
+    missing = [n for n in names if n not in done]
+    if missing:
+        raise DataError(f"{split_dir}: {len(missing)} of {num_shards} shards were not written "
+                        f"(e.g. {missing[0]}); rerun the same command to finish them")
+    bad = BadInputLog()
+    if scan_bad is not None:
+        bad.extend(scan_bad.files)
+    for n in names:
+        bad.extend(done[n]["skipped"])
+    labels = np.asarray([lab for n in names for lab in done[n]["labels"]], dtype=np.int64)
+    with atomic_open(split_dir / LABELS_NAME, "wb") as fh:
+        np.save(fh, labels)
+    record = SplitRecord(split=split, shards=[f"{split}/{n}" for n in names],
+                         shard_samples=[int(done[n]["samples"]) for n in names], labels=labels, bad=bad)
+    log.info("split %r: %d samples in %d shards; %s", split, record.samples, num_shards, bad.summary())
+    return record
 
 
 def _write_in_pool(jobs: dict[int, tuple], workers: int) -> Iterator[tuple[int, ShardRecord]]:
@@ -465,6 +508,47 @@ def dataset_lock(root: str | os.PathLike[str]) -> Iterator[Path]:
         lock.release()
 
 
+@contextlib.contextmanager
+def group_dataset_lock(root: str | os.PathLike[str], rank: int, world_size: int) -> Iterator[Path]:
+    """:func:`dataset_lock` for a group of processes writing one folder together (``torch.distributed``
+    initialised): rank 0 takes the folder's lock, the other ranks write under it once rank 0 has it. If rank 0
+    is refused (another writer holds the folder), every rank raises its :class:`~nar.locks.LockError`."""
+    import torch.distributed as dist
+
+    if world_size <= 1:
+        with dataset_lock(root) as path:
+            yield path
+        return
+    root = Path(root)
+    with contextlib.ExitStack() as stack:
+        refusal: list[BaseException | None] = [None]
+        if rank == 0:
+            try:
+                stack.enter_context(dataset_lock(root))
+            except Exception as err:  # noqa: BLE001 — every rank must hear of it
+                refusal[0] = err
+        dist.broadcast_object_list(refusal, src=0)
+        if refusal[0] is not None:
+            raise refusal[0]
+        if rank != 0:  # rank 0's lock covers the group: nested dataset_lock calls here are no-ops
+            stack.enter_context(lock_held_elsewhere(root))
+        yield root
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(root: str | os.PathLike[str]) -> Iterator[Path]:
+    """Write into ``root`` under a lock that another process of the same job holds (rank 0, or the launcher of
+    worker processes): :func:`dataset_lock` calls inside the block are no-ops."""
+    key = Path(root).resolve()
+    _LOCKED[key] = _LOCKED.get(key, 0) + 1
+    try:
+        yield Path(root)
+    finally:
+        _LOCKED[key] -= 1
+        if not _LOCKED[key]:
+            del _LOCKED[key]
+
+
 def write_meta(root: str | os.PathLike[str], kind: str, splits: Sequence[SplitRecord], **fields: Any) -> dict[str, Any]:
     """Create or update ``<root>/meta.json`` with ``kind``, the given splits and any other ``fields``.
 
@@ -513,10 +597,58 @@ def _read_json(path: Path) -> Any:
     except (OSError, ValueError) as err:
         raise DataError(f"cannot read {path}: {err}") from None
 
-
 # --------------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------------
+
+# s3:// has no reader of its own in webdataset: it streams through this command (``{url}`` is replaced).
+S3_PIPE_ENV = "NAR_S3_PIPE"
+S3_PIPE_DEFAULT = "aws s3 cp {url} -"
+
+ShardLocation = Path | str  # a local file (Path) or a URL / ``pipe:`` command (str) that webdataset's gopen opens
+
+
+def is_url(spec: str | os.PathLike[str]) -> bool:
+    """Whether ``spec`` is a URL or ``pipe:`` command rather than a file path (``C:/…`` is a path)."""
+    if isinstance(spec, os.PathLike):
+        return False
+    scheme = urlparse(spec).scheme
+    return len(scheme) > 1
+
+
+def shard_location(root: str | os.PathLike[str], spec: str | os.PathLike[str]) -> ShardLocation:
+    """Where shard ``spec`` of the dataset folder ``root`` is read from.
+
+    A path (relative to ``root``, or absolute) gives a ``Path``; ``file:`` URLs too. ``s3://`` URLs become a
+    ``pipe:`` command (``$NAR_S3_PIPE``, default ``aws s3 cp {url} -``); other URLs (``http(s)://``, ``gs://``,
+    …) and ``pipe:`` commands are returned as they are, for :func:`open_shard`.
+    """
+    if not is_url(spec):
+        return Path(root) / spec
+    spec = str(spec)
+    scheme = urlparse(spec).scheme
+    if scheme == "file":
+        return Path(url2pathname(urlparse(spec).path))
+    if scheme == "s3":
+        return "pipe:" + os.environ.get(S3_PIPE_ENV, S3_PIPE_DEFAULT).replace("{url}", shlex.quote(spec))
+    return spec
+
+
+def expand_specs(specs: str | Sequence[str]) -> list[str]:
+    """Shard specs with brace patterns expanded (``train-{000000..001281}.tar``); a string may also join several
+    patterns with ``::`` (webdataset's own expansion: ``webdataset.shardlists.expand_urls``)."""
+    from webdataset.shardlists import expand_urls
+
+    if isinstance(specs, str):
+        return list(expand_urls(specs))
+    return [url for spec in specs for url in (expand_urls(spec) if "{" in spec else [spec])]
+
+
+def open_shard(location: ShardLocation) -> IO[bytes]:
+    """A binary stream of one shard, opened by ``webdataset.gopen`` (local file, ``pipe:``, ``http(s)://``, …)."""
+    from webdataset.gopen import gopen
+
+    return gopen(str(location), "rb")
 
 
 def read_meta(root: str | os.PathLike[str]) -> dict[str, Any]:
@@ -558,11 +690,15 @@ def resolve_split(meta: dict[str, Any], wanted: str, *, role: str = "evaluation"
 
 @dataclasses.dataclass(frozen=True)
 class SplitIndex:
-    """The shards of one split with their sample counts; global sample ``i`` lives in shard ``searchsorted``."""
+    """The shards of one split with their sample counts; global sample ``i`` lives in shard ``searchsorted``.
+
+    ``shards`` holds :func:`shard_location` values: ``Path`` for local files, ``str`` for URLs and
+    ``pipe:`` commands (``meta.json`` may list either, brace patterns included).
+    """
 
     root: Path
     split: str
-    shards: tuple[Path, ...]
+    shards: tuple[ShardLocation, ...]
     counts: tuple[int, ...]
     labels: np.ndarray | None = None
 
@@ -574,7 +710,7 @@ class SplitIndex:
         if split not in meta["splits"]:
             raise DataError(f"{root}: no split {split!r} (has {sorted(meta['splits'])})")
         info = meta["splits"][split]
-        shards = tuple(root / s for s in info["shards"])
+        shards = tuple(shard_location(root, s) for s in expand_specs(info["shards"]))
         counts = tuple(int(c) for c in info.get("shard_samples", [-1] * len(shards)))
         if len(counts) != len(shards):
             raise DataError(f"{root / META_NAME}: split {split!r} lists {len(shards)} shards but {len(counts)} counts")
@@ -600,17 +736,54 @@ class SplitIndex:
         return np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
 
 
-def iter_tar(path: str | os.PathLike[str], bad: BadInputLog | None = None) -> Iterator[dict[str, Any]]:
+class _Tail:
+    """A read-only stream that remembers how many bytes went through it and the last two chunks, so that the
+    end of a tar can be checked after ``tarfile`` has stopped reading (streams cannot seek back)."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+        self.size = 0
+        self.head = b""
+        self._last = self._before = b""
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.stream.read(n)
+        if data:
+            if not self.head:
+                self.head = data[:6]
+            self.size += len(data)
+            self._before, self._last = self._last, data
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 16):
+            pass
+
+    def ends_with_marker(self) -> bool:
+        """A plain tar ends with two zero blocks; a shard cut between members lacks them (compressed: not checked)."""
+        if self.head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ")):
+            return True
+        tail = (self._before + self._last)[-1024:]
+        return self.size >= 1024 and self.size % 512 == 0 and tail == bytes(1024)
+
+
+def iter_tar(location: ShardLocation, bad: BadInputLog | None = None) -> Iterator[dict[str, Any]]:
     """Samples of one tar shard in order, as ``{"__key__", "__shard__", ext: bytes, …}``.
 
-    Members are grouped webdataset-style: the key is the member name up to the first dot of its
-    basename. A missing, truncated or corrupt shard ends its iteration with a warning (recorded in
-    ``bad``) instead of an exception; the samples read before the damage are still yielded.
+    ``location`` is a local path or anything :func:`open_shard` opens (``pipe:``, ``http(s)://``; see
+    :func:`shard_location`). Members are grouped webdataset-style: the key is the member name up to the first
+    dot of its basename. A missing, truncated or corrupt shard (or a ``pipe:`` command that fails) ends its
+    iteration with a warning (recorded in ``bad``) instead of an exception; the samples read before the
+    damage are still yielded.
     """
-    path = Path(path)
+    name = str(location)
     current: dict[str, Any] | None = None
+    stream: IO[bytes] | None = None
+    finished = False
     try:
-        with tarfile.open(path, "r|*") as tar:
+        stream = open_shard(location)
+        tail = _Tail(stream)
+        with tarfile.open(fileobj=tail, mode="r|*") as tar:  # type: ignore[call-overload]
             for member in tar:
                 if not member.isfile():
                     continue
@@ -627,26 +800,21 @@ def iter_tar(path: str | os.PathLike[str], bad: BadInputLog | None = None) -> It
                     yield current
                     current = None
                 if current is None:
-                    current = {"__key__": key, "__shard__": str(path)}
+                    current = {"__key__": key, "__shard__": name}
                 current[ext] = data
-        if not _has_end_marker(path):
+                tar.members = []  # a stream of a million members must not keep them all
+        tail.drain()
+        if not tail.ends_with_marker():
             raise tarfile.ReadError("truncated: no end-of-archive marker")
+        finished = True
+        stream.close()  # a pipe: command's exit status is checked here
     except (tarfile.TarError, OSError, EOFError, ValueError) as err:
-        (bad or BadInputLog()).record(path, f"unreadable shard: {type(err).__name__}: {err}")
+        (bad or BadInputLog()).record(name, f"unreadable shard: {type(err).__name__}: {err}")
         # the partial sample at the point of damage may be incomplete: drop it
         return
+    finally:
+        if stream is not None and not finished:
+            with contextlib.suppress(Exception):  # stopped early (or failed): a pipe's exit status is moot
+                stream.close()
     if current is not None:
         yield current
-
-
-def _has_end_marker(path: Path) -> bool:
-    """A plain tar ends with two zero blocks; a shard cut between members lacks them (compressed: not checked)."""
-    with open(path, "rb") as f:
-        magic = f.read(6)
-        if magic.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ")):
-            return True
-        size = f.seek(0, os.SEEK_END)
-        if size < 1024 or size % 512:
-            return False
-        f.seek(size - 1024)
-        return f.read(1024) == bytes(1024)

@@ -1,0 +1,80 @@
+"""The training stream is a function of seed, rank, worker and epoch, and a saved position continues it exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nar.data.encode import encode_png
+from nar.data.readers import ImageSample, ResampledShardStream, StreamLoader, StreamPosition, _DrawNumbers
+from nar.data.shards import SplitIndex, write_meta, write_split
+
+NUM, BATCH, EPOCH = 23, 4, 24
+
+
+def _image(i: int) -> dict:
+    if i == 9:
+        return {"png": b"not a png", "cls": 0}  # skipped by the reader: draws and batches no longer line up
+    arr = np.random.default_rng(i).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    return {"png": encode_png(Image.fromarray(arr)), "cls": i % 3}
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory) -> SplitIndex:
+    root = tmp_path_factory.mktemp("images")
+    write_meta(root, "image", [write_split(root, "train", list(range(NUM)), make_sample=_image, shard_size=5)],
+               classes=["a", "b", "c"])
+    return SplitIndex.load(root, "train")
+
+
+def _loader(index: SplitIndex, workers: int, position: StreamPosition | None = None) -> StreamLoader:
+    stream = ResampledShardStream(index, ImageSample(8, random_crop=True, hflip=True), shuffle_buffer=6, seed=3,
+                                  samples_per_epoch=EPOCH, batch_size=BATCH)
+    if position is not None:
+        stream.position = position
+    return StreamLoader(stream, batch_size=BATCH, num_workers=workers, drop_last=True)
+
+
+def _position_after(batches: list[dict], workers: int) -> StreamPosition:
+    """What DataPositionCallback records after ``batches``."""
+    from nar.lightning.callbacks.data_position import DataPositionCallback
+
+    tracker = DataPositionCallback()
+    for i, batch in enumerate(batches):
+        tracker.on_train_batch_start(None, None, batch, i)
+    return StreamPosition(epoch=tracker.epoch, batches=tracker.batches, workers=max(1, workers), world_size=1,
+                          draws=(tuple(tracker.draws),))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_saved_position_continues_with_the_same_batches(index, workers):
+    loader = _loader(index, workers)
+    uninterrupted = [b for _ in range(2) for b in loader]  # two epochs
+    assert len(uninterrupted) == 2 * EPOCH // BATCH
+    assert [b["__stream__"][0][0] for b in uninterrupted] == [0] * 6 + [1] * 6
+    keys = [b["__key__"] for b in uninterrupted]
+    assert keys[:6] != keys[6:]  # epochs differ
+    for stop in (1, 3, 6, 7):
+        resumed_loader = _loader(index, workers, _position_after(uninterrupted[:stop], workers))
+        resumed = [b for _ in range(2) for b in resumed_loader][: len(uninterrupted) - stop]
+        assert [b["__key__"] for b in resumed] == keys[stop:], f"stopped after {stop} batches"
+        for a, b in zip(resumed, uninterrupted[stop:]):  # random crops and flips too
+            assert torch.equal(a["image"], b["image"])
+
+
+def test_another_worker_count_starts_the_next_epoch(index, caplog):
+    batches = list(_loader(index, 2))[:3]
+    resumed = _loader(index, 0, _position_after(batches, 2))
+    first = next(iter(resumed))
+    assert first["__stream__"][0][0] == 1 and "continuing with epoch 1" in caplog.text
+
+
+def test_draw_numbers_skip_without_generating():
+    ahead = _DrawNumbers([1, 2, 3, 4])
+    rows = [ahead.row(d).copy() for d in range(3000)]
+    for start in (0, 5, 1024, 2500):
+        skipped = _DrawNumbers([1, 2, 3, 4])
+        skipped.skip(start)
+        assert np.array_equal(skipped.row(start), rows[start]) and np.array_equal(skipped.row(2999), rows[2999])
