@@ -17,7 +17,8 @@ def _data_parsers() -> dict[str, argparse.ArgumentParser]:
     return next(a for a in data._actions if isinstance(a, argparse._SubParsersAction)).choices
 
 
-@pytest.mark.parametrize("name", ["imagenet", "ucf101", "pairs", "tokens", "embedded", "verify", "bench-read"])
+@pytest.mark.parametrize("name", ["imagenet", "ucf101", "pairs", "tokens", "embedded", "verify", "bench-read", "index",
+                                  "import-codes"])
 def test_every_option_shows_its_default(name):
     parser = _data_parsers()[name]
     formatter = parser._get_formatter()
@@ -36,3 +37,8 @@ def test_tokens_help_names_the_official_recipe_and_flip_is_opt_in():
     assert args.flip is False and args.image_size is None
     pairs = _data_parsers()["pairs"].parse_args(["src", "--out", "o"])
     assert pairs.val_fraction == 0.05
+
+
+def test_import_codes_help_states_the_codebook_default():
+    text = " ".join(_data_parsers()["import-codes"].format_help().split())
+    assert "16384 is LlamaGen's VQ-16" in text and "(default: 16384)" in text

@@ -13,6 +13,7 @@ from nar.data.encode import encode_png
 from nar.data.shards import SplitIndex, iter_tar, read_meta, write_meta, write_split
 from nar.data.tokens import extract_tokens
 from nar.data.transforms import ten_crop
+from nar.errors import DataError
 
 
 class PoolTokenizer(nn.Module):
@@ -127,6 +128,17 @@ def test_cli_tokens_with_a_real_tokenizer_preset(tmp_path, capsys):
     dm = TokenShardDataModule(TokenDataConfig(root=str(tmp_path / "tok"), val_split="train", batch_size=6, num_workers=0))
     tokens = next(iter(dm.val_dataloader()))["tokens"]
     assert tokens.shape == (6, 8, 8) and 0 <= int(tokens.min()) and int(tokens.max()) < 512
+    # --gpus 2 on the CPU: two processes, each loading the tokenizer (a file: a preset's weights are random), one
+    # meta.json, the same tokens as one process
+    from nar.tokenizers import load_tokenizer, save_tokenizer
+
+    saved = save_tokenizer(load_tokenizer("vq-tiny-emoji"), tmp_path / "vq.pt")
+    for out, extra in (("one", []), ("two", ["--gpus", "2"])):
+        assert run_data_cli(["data", "tokens", str(tmp_path / "emoji"), "--out", str(tmp_path / out), *extra,
+                             "--tokenizer", str(saved), "--device", "cpu", "--batch-size", "4"]) == 0
+    one, two = (TokenShardDataModule(TokenDataConfig(root=str(tmp_path / out), val_split="train", batch_size=6,
+                                                     num_workers=0)) for out in ("one", "two"))
+    assert torch.equal(next(iter(one.val_dataloader()))["tokens"], next(iter(two.val_dataloader()))["tokens"])
 
 
 def test_image_size_comes_from_the_tokenizer_and_is_checked_against_meta(images, tmp_path):
@@ -148,3 +160,29 @@ def test_image_size_comes_from_the_tokenizer_and_is_checked_against_meta(images,
     assert meta["augmentations"] == ["center"]  # no flip unless asked for
     with pytest.raises(DataError, match="pass --image-size N"):
         tokenizer_image_size(images, {}, PoolTokenizer(), None)
+
+
+def _pool_tokenizer(device: str) -> PoolTokenizer:
+    return PoolTokenizer()
+
+
+def test_two_processes_give_the_same_tokens_per_key_as_one(tmp_path):
+    """A gloo group of two CPU processes splits the source shards; one meta.json, the same tokens per key."""
+    from nar.data.tokens import extract_tokens_parallel
+
+    root = tmp_path / "img"
+    rec = write_split(root, "train", list(range(9)), make_sample=_gradient_image, shard_size=2)  # 5 shards
+    write_meta(root, "image", [rec], classes=["x", "y"], image_size=16)
+    one = extract_tokens(root, tmp_path / "one", PoolTokenizer(), flip=True, batch_size=3)
+    two = extract_tokens_parallel(root, tmp_path / "two", _pool_tokenizer, 2, flip=True, batch_size=3)
+
+    def tokens(out) -> dict[str, bytes]:
+        return {s["__key__"]: s["tokens.npy"] for shard in SplitIndex.load(out, "train").shards for s in iter_tar(shard)}
+
+    assert tokens(tmp_path / "two") == tokens(tmp_path / "one") and len(tokens(tmp_path / "one")) == 9
+    assert two["splits"] == one["splits"] and two["grid"] == one["grid"] == [4, 4]
+    assert sorted(p.name for p in (tmp_path / "two" / "train").glob("_progress*")) == ["_progress.0of2.json",
+                                                                                     "_progress.1of2.json"]
+    assert not (tmp_path / "two" / ".nar.lock").exists()
+    with pytest.raises(DataError, match="no split 'nope'"):  # an error in the workers is raised here
+        extract_tokens_parallel(root, tmp_path / "three", _pool_tokenizer, 2, splits=["nope"])

@@ -3,7 +3,10 @@
     nar data imagenet  SRC --out DIR        ImageNet folders → image shards
     nar data ucf101    VIDEOS --out DIR     UCF-101 .avi + split lists → clip shards
     nar data pairs     SRC --out DIR        images + captions (folder or JSONL/TSV) → shards
-    nar data tokens    SRC --out DIR --tokenizer CKPT   image/video shards → token shards
+    nar data tokens    SRC --out DIR --tokenizer CKPT   image/video shards → token shards (--gpus N, torchrun)
+    nar data index     SPEC --out DIR       meta.json for an existing webdataset image set (paths, {..} patterns,
+                                            pipe: commands, http(s)://, s3:// URLs), read once, not rewritten
+    nar data import-codes CODE_PATH --out DIR   codes extracted by LlamaGen / official NAR → token shards
     nar data embedded  --out data/embedded  emoji / atari / shapes, offline from PyPI packages
     nar data verify    PATH                 decode everything, report problems (exit 1 if any)
     nar data bench-read PATH                DataModule read throughput (samples/s)
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import shutil
 import time
@@ -100,6 +104,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--crop-range", type=float, default=1.1, help="resize factor before --ten-crop")
     q.add_argument("--batch-size", type=int, default=64, help="images per tokenizer call")
     q.add_argument("--device", default="cuda" if _cuda() else "cpu", help="device of the tokenizer")
+    q.add_argument("--gpus", type=int, default=1,
+                   help="processes sharing the source shards, one per GPU (cuda:0…N-1; CPU processes when --device "
+                   "cpu); under torchrun the ranks are torchrun's. Each writes its own token shards, rank 0 merges "
+                   "meta.json")
     q.add_argument("--text-encoder", choices=("minilm", "t5"), default=None,
                    help="also store caption features (capfeat.npy/capmask.npy) of each sample's txt: minilm = the "
                    "packaged all-MiniLM-L6-v2 (384-d), t5 = FLAN-T5-XL from --text-encoder-path (2048-d) (default: none)")
@@ -121,6 +129,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--shapes-size", type=int, default=64, help="shapes scene pixels")
     q.add_argument("--workers", type=int, default=1, help="processes writing shards in parallel")
     q.set_defaults(func=run_embedded)
+
+    q = command("index", "write meta.json (per-shard counts, labels.npy, classes) for an existing webdataset image "
+                "set (jpg/png, cls, optional json/txt) by reading it once; the shards stay where they are")
+    q.add_argument("spec", help="shards: paths, brace patterns (train-{000000..001281}.tar), pipe: commands, "
+                   "http(s):// or s3:// URLs; several joined by '::'")
+    q.add_argument("--out", required=True, help="folder for meta.json and <split>/labels.npy")
+    q.add_argument("--split", default="train", help="split name these shards become (index each split once)")
+    q.add_argument("--kind", choices=("image",), default="image", help="what the samples are")
+    q.add_argument("--classes", default=None,
+                   help="file with one class name per line, in class-index order (default: class names from the "
+                   "samples' json, else 0…N-1)")
+    q.add_argument("--decode", action="store_true", help="also decode every image once (slower)")
+    q.add_argument("--workers", type=int, default=1, help="shards read in parallel processes")
+    q.set_defaults(func=run_index)
+
+    q = writer("import-codes", "codes extracted by LlamaGen's / the official NAR's extract_codes_c2i.py "
+               "(<code_path>/<dataset><size>_codes/<i>.npy [1, A, L] and _labels/<i>.npy; plain, flip, ten_crop, "
+               "with the ten_crop_105 companion the official dataset mixes in) → token shards, centre view first, "
+               "the other views in the official order")
+    q.add_argument("code_path", help="the --code-path of the extraction (e.g. imagenet_code_c2i_flip_ten_crop)")
+    q.add_argument("--split", default="train", help="split name of the token shards")
+    q.add_argument("--image-size", type=int, default=None,
+                   help="which <dataset><size>_codes folder, when the code path holds several (default: the only one)")
+    q.add_argument("--codebook-size", type=int, default=16384,
+                   help="codes must be below this; 16384 is LlamaGen's VQ-16 (vq_ds16_c2i.pt), the official tokenizer")
+    q.add_argument("--grid", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="token grid of each view (default: square, from the code length: 256 → 16 16)")
+    q.add_argument("--no-105", dest="mix_105", action="store_false",
+                   help="leave out the <code_path>_105 companion of a ten_crop extraction (default: mixed in when present)")
+    q.add_argument("--limit", type=int, default=None,
+                   help="first N images only, e.g. 1281167 to drop the distributed sampler's padding (default: all)")
+    q.add_argument("--synset-map", default=None,
+                   help="LOC_synset_mapping.txt: classes become its sorted wnids, with names (default: 0…N-1)")
+    q.add_argument("--num-classes", type=int, default=None, help="number of classes (default: the largest label + 1)")
+    q.add_argument("--tokenizer", default="", help="the VQ checkpoint the codes came from, recorded in meta.json "
+                   "(default: none recorded)")
+    _shard_args(q, 1000)
+    q.set_defaults(func=run_import_codes)
 
     q = command("verify", "decode every sample of a dataset folder / shard and check it against meta.json "
                 "(classes, token grid and codebook, frames, sizes); report problems, exit 1 if any")
@@ -231,28 +277,78 @@ def run_pairs(args: argparse.Namespace) -> int:
 
 
 def run_tokens(args: argparse.Namespace) -> int:
+    import os
+
+    from nar.data.tokens import extract_tokens, extract_tokens_parallel
+
+    options = dict(splits=args.splits, image_size=args.image_size, flip=args.flip, ten_crop=args.ten_crop,
+                   crop_range=args.crop_range, batch_size=args.batch_size, tokenizer_name=str(args.tokenizer))
+    make_text = (functools.partial(_text_encoder_on, args.text_encoder, args.text_encoder_path, args.caption_len)
+                 if args.text_encoder else None)
+    make_tokenizer = functools.partial(_tokenizer_on, args.tokenizer, args.tokenizer_config)
+    start = time.perf_counter()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: this process is one rank of the group
+        meta = _tokens_under_torchrun(args, make_tokenizer, make_text, options)
+        out = Path(args.out)
+        if meta is None:
+            return 0
+    elif args.gpus > 1:
+        with _output(args.out, args.overwrite) as out:
+            meta = extract_tokens_parallel(args.src, out, make_tokenizer, args.gpus,
+                                           device="cuda" if args.device.startswith("cuda") else "cpu",
+                                           make_text_encoder=make_text, **options)
+    else:
+        tokenizer = make_tokenizer(args.device)
+        text_encoder = make_text(args.device) if make_text is not None else None
+        with _output(args.out, args.overwrite) as out:
+            meta = extract_tokens(args.src, out, tokenizer, device=args.device, text_encoder=text_encoder, **options)
+    _print_summary(meta, out, time.perf_counter() - start)
+    print(f"  grid {tuple(meta['grid'])}, {len(meta['augmentations'])} augmentations: {', '.join(meta['augmentations'])}")
+    return 0
+
+
+def _tokens_under_torchrun(args: argparse.Namespace, make_tokenizer: Any, make_text: Any,
+                           options: dict[str, Any]) -> dict[str, Any] | None:
+    """One rank of ``torchrun --nproc-per-node N -m nar data tokens …``: device ``cuda:$LOCAL_RANK`` (or the CPU),
+    a gloo group for the bookkeeping; rank 0 returns meta.json, the others None."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
     from nar.data.tokens import extract_tokens
 
+    if args.overwrite:
+        raise DataError("--overwrite is not supported under torchrun; delete the output folder first")
+    device = args.device
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", init_method="env://")
+    try:
+        meta = extract_tokens(args.src, args.out, make_tokenizer(device), device=device,
+                              text_encoder=make_text(device) if make_text is not None else None, **options)
+    finally:
+        rank = dist.get_rank()
+        dist.destroy_process_group()
+    return meta if rank == 0 else None
+
+
+def _tokenizer_on(path: str, config: str | None, device: str) -> Any:
+    """The tokenizer of ``--tokenizer`` (each process of ``--gpus N`` loads its own; the extraction moves it to
+    ``device``)."""
     try:
         from nar.tokenizers import load_tokenizer
     except ImportError as err:
         raise DataError(f"nar.tokenizers is not available: {err}") from None
-    tokenizer = load_tokenizer(args.tokenizer, args.tokenizer_config)
-    text_encoder = None
-    if args.text_encoder:
-        from nar.text import TextEncoder, TextEncoderConfig
+    return load_tokenizer(path, config)
 
-        text_encoder = TextEncoder(TextEncoderConfig(kind=args.text_encoder, path=args.text_encoder_path,
-                                                     max_len=args.caption_len, device=args.device))
-    with _output(args.out, args.overwrite) as out:
-        start = time.perf_counter()
-        meta = extract_tokens(args.src, out, tokenizer, splits=args.splits, image_size=args.image_size,
-                              flip=args.flip, ten_crop=args.ten_crop, crop_range=args.crop_range,
-                              batch_size=args.batch_size, device=args.device, tokenizer_name=str(args.tokenizer),
-                              text_encoder=text_encoder)
-    _print_summary(meta, out, time.perf_counter() - start)
-    print(f"  grid {tuple(meta['grid'])}, {len(meta['augmentations'])} augmentations: {', '.join(meta['augmentations'])}")
-    return 0
+
+def _text_encoder_on(kind: str, path: str, max_len: int, device: str) -> Any:
+    from nar.text import TextEncoder, TextEncoderConfig
+
+    return TextEncoder(TextEncoderConfig(kind=kind, path=path, max_len=max_len, device=device))
 
 
 def run_embedded(args: argparse.Namespace) -> int:
@@ -272,6 +368,33 @@ def run_embedded(args: argparse.Namespace) -> int:
             start = time.perf_counter()
             meta = build_embedded(out, only=[name], seed=args.seed, options=options)[name]
             _print_summary(meta, out / name, time.perf_counter() - start)
+    return 0
+
+
+def run_index(args: argparse.Namespace) -> int:
+    from nar.data.index import index_shards
+
+    classes = None
+    if args.classes:
+        classes = [line.split()[0] for line in Path(args.classes).read_text().splitlines() if line.strip()]
+    start = time.perf_counter()
+    meta = index_shards(args.spec, args.out, split=args.split, kind=args.kind, workers=args.workers, decode=args.decode,
+                        classes=classes)
+    _print_summary(meta, Path(args.out), time.perf_counter() - start)
+    return 0
+
+
+def run_import_codes(args: argparse.Namespace) -> int:
+    from nar.data.official import import_codes
+
+    with _output(args.out, args.overwrite) as out:
+        start = time.perf_counter()
+        meta = import_codes(args.code_path, out, split=args.split, image_size=args.image_size,
+                            codebook_size=args.codebook_size, grid=args.grid, mix_105=args.mix_105, limit=args.limit,
+                            shard_size=args.shard_size, workers=args.workers, synset_map=args.synset_map,
+                            num_classes=args.num_classes, tokenizer=args.tokenizer)
+    _print_summary(meta, out, time.perf_counter() - start)
+    print(f"  grid {tuple(meta['grid'])}, {len(meta['augmentations'])} views: {', '.join(meta['augmentations'])}")
     return 0
 
 

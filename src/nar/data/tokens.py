@@ -23,7 +23,20 @@ import torch
 from torch import nn
 
 from nar.data import transforms as T
-from nar.data.shards import SkipSample, dataset_lock, iter_tar, read_meta, write_meta, write_split
+from nar.data.shards import (
+    SkipSample,
+    SplitRecord,
+    collect_split,
+    dataset_lock,
+    expand_specs,
+    group_dataset_lock,
+    iter_tar,
+    lock_held_elsewhere,
+    read_meta,
+    shard_location,
+    write_meta,
+    write_split,
+)
 from nar.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -143,6 +156,8 @@ def extract_tokens(
     device: str | torch.device = "cpu",
     text_encoder: TextEncoder | None = None,
     tokenizer_name: str = "",
+    rank: int | None = None,
+    world_size: int | None = None,
 ) -> dict[str, Any]:
     """Encode every split of the image/video shard folder ``src`` with ``tokenizer`` into ``out``.
 
@@ -151,16 +166,32 @@ def extract_tokens(
     checked against the source's ``meta.json``; ``image_size`` (``--image-size``) overrides both. With
     ``text_encoder`` each caption's features are stored as ``capfeat.npy`` / ``capmask.npy``.
     Returns the token folder's ``meta.json``.
+
+    Several processes (``torch.distributed`` initialised, e.g. under torchrun, or :func:`extract_tokens_parallel`)
+    share the work: rank ``r`` of ``world_size`` encodes source shards ``i ≡ r (mod world_size)`` into token shard
+    ``i`` (one image never goes to two ranks), rank 0 holds the folder's lock and, once every rank is done,
+    merges the one ``meta.json``. A failure on any rank ends every rank with an error naming it.
     """
     src_meta = read_meta(src)
     kind = src_meta.get("kind")
     if kind not in ("image", "video", "pairs"):
         raise DataError(f"{src}: token extraction reads image, video or pairs shards, not {kind!r}")
     size = tokenizer_image_size(src, src_meta, tokenizer, image_size)
-    with dataset_lock(out):
+    rank, world = _rank_world(rank, world_size)
+    with group_dataset_lock(out, rank, world):
         return _extract(src, out, tokenizer, src_meta, kind, size, splits=splits, flip=flip, ten_crop=ten_crop,
                         crop_range=crop_range, batch_size=batch_size, device=device, text_encoder=text_encoder,
-                        tokenizer_name=tokenizer_name)
+                        tokenizer_name=tokenizer_name, rank=rank, world=world)
+
+
+def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def tokenizer_image_size(src: str | Path, src_meta: dict[str, Any], tokenizer: nn.Module, override: int | None) -> int:
@@ -187,7 +218,7 @@ def tokenizer_image_size(src: str | Path, src_meta: dict[str, Any], tokenizer: n
 def _extract(
     src: str | Path, out: str | Path, tokenizer: nn.Module, src_meta: dict[str, Any], kind: str, size: int, *,
     splits: Sequence[str] | None, flip: bool, ten_crop: bool, crop_range: float, batch_size: int,
-    device: str | torch.device, text_encoder: TextEncoder | None, tokenizer_name: str,
+    device: str | torch.device, text_encoder: TextEncoder | None, tokenizer_name: str, rank: int = 0, world: int = 1,
 ) -> dict[str, Any]:
     device = str(device)
     tokenizer = tokenizer.to(device).eval()
@@ -195,25 +226,175 @@ def _extract(
                                 batch_size=batch_size, device=device, text_encoder=text_encoder)
     params = {"size": int(size), "flip": flip, "ten_crop": ten_crop, "crop_range": crop_range, "tokenizer": tokenizer_name,
               "text": text_encoder is not None}
-    records = []
-    for split in splits or list(src_meta["splits"]):
+    names = list(splits or src_meta["splits"])
+    for split in names:
         if split not in src_meta["splits"]:
             raise DataError(f"{src}: no split {split!r}")
-        shards = [str(Path(src) / s) for s in src_meta["splits"][split]["shards"]]
-        records.append(write_split(out, split, shards, produce=producer, shard_size=1, params=params,
-                                   desc=f"tokens {split}", unit="shard"))
-    augs = "ten_crop" if ten_crop else "flip" if flip else "none"
+
+    def encode() -> list[SplitRecord | None]:
+        records = []
+        for split in names:
+            # str, as before URLs were allowed: a folder half-written by an older version still resumes
+            shards = [str(shard_location(src, s)) for s in expand_specs(src_meta["splits"][split]["shards"])]
+            records.append(write_split(out, split, shards, produce=producer, shard_size=1, params=params,
+                                       desc=f"tokens {split}", unit="shard", part=(rank, world)))
+        return records
+
+    records = _together(encode, rank, world, "token extraction")
     grid = producer.grid
+    if world > 1:  # a rank with no shard left to encode has not seen the grid
+        grid = next((g for g in _gather(grid, world) if g is not None), None)
     if grid is None and hasattr(tokenizer, "grid_shape"):
         shape = (1, 3, src_meta.get("frames", 1), size, size) if kind == "video" else (1, 3, size, size)
         grid = tuple(tokenizer.grid_shape(shape))
     if grid is None:  # resumed run with nothing left to encode: keep what the folder says
         grid = tuple(read_meta(out).get("grid", ())) if (Path(out) / "meta.json").is_file() else ()
+    augs = "ten_crop" if ten_crop else "flip" if flip else "none"
     extra = {k: src_meta[k] for k in ("frames", "stride", "frame_skip") if k in src_meta}
-    return write_meta(
-        out, "tokens", records, classes=src_meta.get("classes", []), grid=list(grid),
-        codebook_size=getattr(tokenizer, "codebook_size", None), augmentations=T.AUGMENTATION_NAMES[augs],
-        tokenizer=tokenizer_name, source=str(src), source_kind=kind, image_size=int(size),
-        has_captions=bool(src_meta.get("has_captions") or kind == "pairs"), caption_features=text_encoder is not None,
-        **extra,
-    )
+
+    def merge() -> dict[str, Any] | None:
+        if rank != 0:
+            return None
+        done = [r if r is not None else collect_split(out, split) for split, r in zip(names, records)]
+        return write_meta(
+            out, "tokens", done, classes=src_meta.get("classes", []), grid=list(grid),
+            codebook_size=getattr(tokenizer, "codebook_size", None), augmentations=T.AUGMENTATION_NAMES[augs],
+            tokenizer=tokenizer_name, source=str(src), source_kind=kind, image_size=int(size),
+            has_captions=bool(src_meta.get("has_captions") or kind == "pairs"), caption_features=text_encoder is not None,
+            **extra,
+        )
+
+    meta = _together(merge, rank, world, "writing meta.json")
+    return meta if meta is not None else read_meta(out)
+
+
+def _gather(obj: Any, world: int) -> list[Any]:
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _together(action: Callable[[], Any], rank: int, world: int, what: str) -> Any:
+    """``action()`` on every rank; then every rank learns whether any failed (one all-gather), so that no rank
+    waits forever for one that stopped. The failing rank raises its own error, the others one naming it."""
+    if world <= 1:
+        return action()
+    try:
+        result, error = action(), None
+    except Exception as err:  # noqa: BLE001 — reported to every rank, then re-raised
+        result, error = None, err
+    reports = _gather(None if error is None else f"{type(error).__name__}: {error}", world)
+    if error is not None:
+        raise error
+    failed = [(r, msg) for r, msg in enumerate(reports) if msg]
+    if failed:
+        raise DataError(f"{what} failed on rank {failed[0][0]} of {world}: {failed[0][1]}")
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Several processes on one machine (`nar data tokens --gpus N`)
+# --------------------------------------------------------------------------------------------------
+
+
+def extract_tokens_parallel(
+    src: str | Path,
+    out: str | Path,
+    make_tokenizer: Callable[[str], nn.Module],
+    processes: int,
+    *,
+    device: str = "cpu",
+    make_text_encoder: Callable[[str], TextEncoder] | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """:func:`extract_tokens` in ``processes`` processes (a gloo group), one per GPU when ``device`` is ``cuda``
+    (process ``r`` on ``cuda:r``), else on the CPU. ``make_tokenizer(device)`` (and ``make_text_encoder``) build
+    each process's own copy; they must be picklable where CUDA forces the spawn start method. Returns ``meta.json``;
+    an error in any process is raised here (its own type when it is one of nar's)."""
+    if processes < 1:
+        raise ValueError(f"processes must be ≥ 1, got {processes}")
+    if device == "cuda" and processes > torch.cuda.device_count():
+        raise DataError(f"--gpus {processes}, but {torch.cuda.device_count()} CUDA devices are visible")
+    with dataset_lock(out):  # this process holds the folder for its workers (spawned ones cannot inherit it)
+        results = run_processes(_extract_rank, processes, src, out, make_tokenizer, make_text_encoder, device, kwargs)
+    return results[0]
+
+
+def _extract_rank(rank: int, world: int, src: Any, out: Any, make_tokenizer: Callable, make_text_encoder: Callable | None,
+                  device: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    where = f"cuda:{rank}" if device == "cuda" else device
+    if device == "cuda":
+        torch.cuda.set_device(rank)
+    text = make_text_encoder(where) if make_text_encoder is not None else None
+    with lock_held_elsewhere(out):
+        return extract_tokens(src, out, make_tokenizer(where), device=where, text_encoder=text, rank=rank,
+                              world_size=world, **kwargs)
+
+
+def run_processes(fn: Callable[..., Any], processes: int, *args: Any, timeout_s: float = 1800.0) -> list[Any]:
+    """``fn(rank, world, *args)`` in ``processes`` local processes joined in a gloo process group; their return
+    values by rank. A process that raises (or dies) ends the others and its error is raised here."""
+    import multiprocessing
+    import queue as queues
+    import tempfile
+
+    from nar.data.shards import _start_method
+
+    ctx = multiprocessing.get_context(_start_method())
+    messages = ctx.Queue()
+    with tempfile.TemporaryDirectory(prefix="nar-group-") as tmp:
+        init = f"file://{tmp}/store"
+        forked = ctx.get_start_method() == "fork"
+        procs = [ctx.Process(target=_process_entry, args=(fn, rank, processes, init, timeout_s, forked, args, messages))
+                 for rank in range(processes)]
+        for p in procs:
+            p.start()
+        results: dict[int, tuple[bool, Any]] = {}
+        try:
+            while len(results) < processes:
+                try:
+                    rank, ok, value = messages.get(timeout=1.0)
+                    results[rank] = (ok, value)
+                except queues.Empty:
+                    dead = [r for r, p in enumerate(procs) if not p.is_alive() and r not in results]
+                    if dead:
+                        results.setdefault(dead[0], (False, DataError(f"process {dead[0]} of {processes} died "
+                                                                       f"(exit code {procs[dead[0]].exitcode})")))
+                        break
+        finally:
+            for p in procs:
+                p.join(timeout=5 if len(results) == processes else 0.1)
+                if p.is_alive():
+                    p.terminate()
+                    p.join()
+    errors = [value for ok, value in results.values() if not ok]
+    if errors:  # the rank whose own error it was, before those that only heard of it
+        own = [e for e in errors if "failed on rank" not in str(e)]
+        raise (own or errors)[0]
+    return [results[r][1] for r in range(processes)]
+
+
+def _process_entry(fn: Callable[..., Any], rank: int, world: int, init: str, timeout_s: float, forked: bool,
+                   args: tuple, messages: Any) -> None:
+    import datetime
+    import pickle
+
+    import torch.distributed as dist
+
+    if forked:  # an OpenMP pool the parent had started hangs a forked child's first parallel op (as DataLoader workers do)
+        torch.set_num_threads(1)
+    try:
+        dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+        messages.put((rank, True, fn(rank, world, *args)))
+    except BaseException as err:  # noqa: BLE001 — handed to the parent, which raises it
+        try:
+            pickle.loads(pickle.dumps(err))
+        except Exception:  # noqa: BLE001 — an error that does not travel: its text does
+            err = DataError(f"rank {rank}: {type(err).__name__}: {err}")
+        messages.put((rank, False, err))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,6 +1,7 @@
 """``nar data verify``: read every shard and decode every field; report problems instead of raising.
 
-Accepts a dataset folder (with ``meta.json``), a folder of ``.tar`` shards, or one ``.tar`` file.
+Accepts a dataset folder (with ``meta.json``, whose shards may be URLs or ``pipe:`` commands), a folder of
+``.tar`` shards, or one ``.tar`` file.
 Checks: shards listed in ``meta.json`` exist and hold the counted samples; every field decodes
 (images, ``.npy`` arrays, JSON, UTF-8 text); every sample matches ``meta.json`` with the same checks
 the readers apply (:class:`~nar.data.checks.SampleSpec`: classes within ``classes``, token arrays
@@ -22,7 +23,15 @@ import numpy as np
 
 from nar.data import transforms as T
 from nar.data.checks import SampleSpec, sample_name, skip_reason
-from nar.data.shards import META_NAME, BadInputLog, iter_tar, read_meta
+from nar.data.shards import (
+    META_NAME,
+    BadInputLog,
+    ShardLocation,
+    expand_specs,
+    iter_tar,
+    read_meta,
+    shard_location,
+)
 from nar.errors import DataError
 from nar.locks import read_lock
 
@@ -108,7 +117,7 @@ def verify(path: str | Path, *, decode: bool = True, limit: int | None = None) -
     bad = BadInputLog()
     problems: list[str] = []
     kind, spec = None, SampleSpec()
-    plan: dict[str, list[tuple[Path, int | None]]] = {}
+    plan: dict[str, list[tuple[ShardLocation, int | None]]] = {}
     holder = read_lock(path) if path.is_dir() else None
     if holder is not None:  # a writer at work: what is there now is not the finished dataset
         problems.append(f"{path} is being written (locked by pid {holder.get('pid')} on {holder.get('host')}, "
@@ -121,8 +130,9 @@ def verify(path: str | Path, *, decode: bool = True, limit: int | None = None) -
         kind, spec = meta.get("kind"), SampleSpec.from_meta(meta)
         problems += meta_problems(meta, path)
         for split, info in meta["splits"].items():
-            counts = info.get("shard_samples", [None] * len(info["shards"]))
-            plan[split] = [(path / s, c) for s, c in zip(info["shards"], counts)]
+            shards = [shard_location(path, s) for s in expand_specs(info["shards"])]
+            counts = info.get("shard_samples", [None] * len(shards))
+            plan[split] = list(zip(shards, counts))
     elif path.is_dir():
         tars = sorted(path.rglob("*.tar"))
         if not tars:
@@ -143,7 +153,7 @@ def verify(path: str | Path, *, decode: bool = True, limit: int | None = None) -
         for shard, expected in shards:
             if limit is not None and rep.samples >= limit:
                 break
-            if not shard.is_file():
+            if isinstance(shard, Path) and not shard.is_file():
                 problems.append(f"{shard}: listed in meta.json but missing")
                 rep.bad_shards += 1
                 continue

@@ -1,0 +1,84 @@
+"""`nar data import-codes`: the official extract layout (plain, flip, ten_crop + its ten_crop_105 companion)
+becomes token shards; every code and label arrives, centre view first, the others in the official order."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from nar.data.official import OFFICIAL_TEN_CROP, import_codes
+from nar.data.shards import SplitIndex, iter_tar, read_meta
+from nar.errors import DataError
+
+N, L, VOCAB = 7, 16, 50  # 16 codes per view: a 4×4 grid
+
+
+def _extract(code_path, views: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """What extract_codes_c2i.py writes: imagenet64_codes/<i>.npy [1, views, L] and imagenet64_labels/<i>.npy [1]."""
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, VOCAB, (N, 1, views, L))
+    labels = rng.integers(0, 3, N)
+    for sub in ("imagenet64_codes", "imagenet64_labels"):
+        (code_path / sub).mkdir(parents=True)
+    for i in range(N):
+        np.save(code_path / "imagenet64_codes" / f"{i}.npy", codes[i])
+        np.save(code_path / "imagenet64_labels" / f"{i}.npy", labels[i : i + 1])
+    return codes[:, 0], labels
+
+
+def _stored(out) -> tuple[dict, np.ndarray, list[int]]:
+    samples = [s for shard in SplitIndex.load(out, "train").shards for s in iter_tar(shard)]
+    tokens = np.stack([np.load(io.BytesIO(s["tokens.npy"])) for s in samples])
+    return samples, tokens, [int(s["cls"]) for s in samples]
+
+
+def test_ten_crop_with_its_105_companion(tmp_path):
+    main, labels = _extract(tmp_path / "imagenet_code_c2i_flip_ten_crop", 10, 0)
+    extra, _ = _extract(tmp_path / "imagenet_code_c2i_flip_ten_crop_105", 10, 1)
+    for i in range(N):  # the companion's labels are the same images' labels
+        np.save(tmp_path / "imagenet_code_c2i_flip_ten_crop_105" / "imagenet64_labels" / f"{i}.npy", labels[i : i + 1])
+    out = tmp_path / "tokens"
+    meta = import_codes(tmp_path / "imagenet_code_c2i_flip_ten_crop", out, codebook_size=VOCAB, shard_size=3)
+    order = [4, 0, 1, 2, 3, 5, 6, 7, 8, 9]  # torchvision TenCrop order, centre moved first
+    assert meta["augmentations"] == [OFFICIAL_TEN_CROP[i] for i in order] + [OFFICIAL_TEN_CROP[i] + "_105" for i in order]
+    assert meta["augmentations"][:2] == ["center", "top_left"] and meta["augmentations"][5] == "top_right_flip"
+    assert meta["grid"] == [4, 4] and meta["codebook_size"] == VOCAB and meta["image_size"] == 64
+    assert meta["splits"]["train"]["shard_samples"] == [3, 3, 1] and meta["crop_range"] == 1.1
+    samples, tokens, classes = _stored(out)
+    assert [s["__key__"] for s in samples] == [f"{i:09d}" for i in range(N)]
+    assert tokens.dtype == np.int32 and tokens.shape == (N, 20, 4, 4)
+    want = np.concatenate([main[:, order], extra[:, order]], axis=1).reshape(N, 20, 4, 4)
+    assert np.array_equal(tokens, want) and classes == labels.tolist()
+    assert SplitIndex.load(out, "train").labels.tolist() == labels.tolist()
+    assert read_meta(out)["classes"] == [str(c) for c in range(max(labels) + 1)]
+
+
+def test_flip_and_plain_extractions_and_bad_files(tmp_path, capsys):
+    from nar_data_testutil import run_data_cli
+
+    codes, labels = _extract(tmp_path / "imagenet_code_c2i_flip", 2, 2)
+    (tmp_path / "imagenet_code_c2i_flip" / "imagenet64_labels" / "3.npy").unlink()  # a missing label: skipped
+    np.save(tmp_path / "imagenet_code_c2i_flip" / "imagenet64_codes" / "5.npy", np.full((1, 2, L), VOCAB))
+    (tmp_path / "map.txt").write_text("n02 two\nn00 zero\nn01 one\n")
+    assert run_data_cli(["data", "import-codes", str(tmp_path / "imagenet_code_c2i_flip"), "--out", str(tmp_path / "t"),
+                         "--codebook-size", str(VOCAB), "--synset-map", str(tmp_path / "map.txt")]) == 0
+    assert "2 views: center, center_flip" in capsys.readouterr().out
+    meta = read_meta(tmp_path / "t")
+    assert meta["classes"] == ["n00", "n01", "n02"] and meta["class_names"] == ["zero", "one", "two"]
+    skipped = dict(meta["splits"]["train"]["skipped"]["files"])
+    assert any(p.endswith("labels/3.npy") and "missing" in r for p, r in skipped.items())
+    assert any(p.endswith("codes/5.npy") and f"code {VOCAB} outside" in r for p, r in skipped.items())
+    samples, tokens, classes = _stored(tmp_path / "t")
+    kept = [i for i in range(N) if i not in (3, 5)]
+    assert np.array_equal(tokens, codes[kept].reshape(-1, 2, 4, 4)) and classes == labels[kept].tolist()
+
+    plain = tmp_path / "imagenet_code_plain"
+    codes, _ = _extract(plain, 1, 3)
+    meta = import_codes(plain, tmp_path / "p", codebook_size=VOCAB, grid=(2, 8))
+    assert meta["augmentations"] == ["center"] and meta["grid"] == [2, 8]
+    assert np.array_equal(_stored(tmp_path / "p")[1], codes.reshape(N, 1, 2, 8))
+    with pytest.raises(DataError, match="not a square grid; pass --grid"):
+        np.save(plain / "imagenet64_codes" / "0.npy", np.zeros((1, 1, 12), dtype=np.int64))
+        import_codes(plain, tmp_path / "q", codebook_size=VOCAB)
