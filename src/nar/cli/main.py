@@ -21,6 +21,7 @@ SUBCOMMANDS: list[str] = [
     "nar.cli.info",
     "nar.cli.data",
     "nar.cli.bench",
+    "nar.cli.bench_data",
     "nar.cli.train_tokenizer",
     "nar.cli.train",
     "nar.cli.evaluate",

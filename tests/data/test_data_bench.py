@@ -1,0 +1,23 @@
+"""`nar bench-data`: our reader and a plain webdataset pipeline read the same JPEG shards, side by side."""
+
+from __future__ import annotations
+
+import json
+
+from nar.data.bench import compare_readers, write_synthetic
+
+
+def test_compare_readers_and_the_written_results(tmp_path, capsys):
+    root = write_synthetic(tmp_path / "jpegs", images=6, shard_size=4)
+    result = compare_readers(root, images=6, crop=32, rounds=2)
+    assert [r.first for r in result.rounds] == ["ours", "plain"] and result.ours > 0 and result.plain > 0
+    assert result.ratio == result.ours / result.plain
+
+    from nar.cli.main import main
+
+    out = tmp_path / "results"
+    assert main(["bench-data", "--synthetic", "6", "--synthetic-dir", str(root), "--images", "4", "--rounds", "1",
+                 "--crop", "32", "--out", str(out)]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["machine"]["webdataset"] and len(report["rounds"]) == 1 and report["ratio_ours_over_plain"] > 0
+    assert "Target: ours ≥ 0.9 × plain" in (out / "README.md").read_text() and "| **median** |" in capsys.readouterr().out
