@@ -234,39 +234,39 @@ def _print_summary(meta: dict[str, Any], out: Path, seconds: float) -> None:
         print(f"  {total} samples in {seconds:.1f} s ({total / seconds:.0f} samples/s, resumed shards included)")
 
 
+def _written(args: argparse.Namespace, write: Any) -> dict[str, Any]:
+    """``write(out)`` into ``--out`` (held, emptied first with ``--overwrite``), then the summary table."""
+    with _output(args.out, args.overwrite) as out:
+        start = time.perf_counter()
+        meta = write(out)
+    _print_summary(meta, out, time.perf_counter() - start)
+    return meta
+
+
 def run_imagenet(args: argparse.Namespace) -> int:
     from nar.data.imagenet import write_imagenet
 
-    with _output(args.out, args.overwrite) as out:
-        start = time.perf_counter()
-        meta = write_imagenet(args.src, out, splits=args.splits, resize=args.resize, shard_size=args.shard_size,
-                              workers=args.workers, val_labels=args.val_labels, synset_map=args.synset_map,
-                              limit_per_class=args.limit_per_class)
-    _print_summary(meta, out, time.perf_counter() - start)
+    _written(args, lambda out: write_imagenet(
+        args.src, out, splits=args.splits, resize=args.resize, shard_size=args.shard_size, workers=args.workers,
+        val_labels=args.val_labels, synset_map=args.synset_map, limit_per_class=args.limit_per_class))
     return 0
 
 
 def run_ucf101(args: argparse.Namespace) -> int:
     from nar.data.ucf101 import write_ucf101
 
-    with _output(args.out, args.overwrite) as out:
-        start = time.perf_counter()
-        meta = write_ucf101(args.videos, out, splits_dir=args.splits_dir, split_index=args.split_index,
-                            splits=args.splits, frames=args.frames, stride=args.stride, size=args.size,
-                            clips_per_video=args.clips_per_video, shard_size=args.shard_size, workers=args.workers,
-                            limit=args.limit)
-    _print_summary(meta, out, time.perf_counter() - start)
+    _written(args, lambda out: write_ucf101(
+        args.videos, out, splits_dir=args.splits_dir, split_index=args.split_index, splits=args.splits,
+        frames=args.frames, stride=args.stride, size=args.size, clips_per_video=args.clips_per_video,
+        shard_size=args.shard_size, workers=args.workers, limit=args.limit))
     return 0
 
 
 def run_pairs(args: argparse.Namespace) -> int:
     from nar.data.pairs import write_pairs
 
-    with _output(args.out, args.overwrite) as out:
-        start = time.perf_counter()
-        meta = write_pairs(args.src, out, val_fraction=args.val_fraction, seed=args.seed, resize=args.resize,
-                           shard_size=args.shard_size, workers=args.workers)
-    _print_summary(meta, out, time.perf_counter() - start)
+    meta = _written(args, lambda out: write_pairs(args.src, out, val_fraction=args.val_fraction, seed=args.seed,
+                                                  resize=args.resize, shard_size=args.shard_size, workers=args.workers))
     if "val" in meta["splits"]:
         total = sum(info["samples"] for info in meta["splits"].values())
         print(f"  val: {meta['splits']['val']['samples']} of {total} pairs held out "
@@ -387,13 +387,10 @@ def run_index(args: argparse.Namespace) -> int:
 def run_import_codes(args: argparse.Namespace) -> int:
     from nar.data.official import import_codes
 
-    with _output(args.out, args.overwrite) as out:
-        start = time.perf_counter()
-        meta = import_codes(args.code_path, out, split=args.split, image_size=args.image_size,
-                            codebook_size=args.codebook_size, grid=args.grid, mix_105=args.mix_105, limit=args.limit,
-                            shard_size=args.shard_size, workers=args.workers, synset_map=args.synset_map,
-                            num_classes=args.num_classes, tokenizer=args.tokenizer)
-    _print_summary(meta, out, time.perf_counter() - start)
+    meta = _written(args, lambda out: import_codes(
+        args.code_path, out, split=args.split, image_size=args.image_size, codebook_size=args.codebook_size,
+        grid=args.grid, mix_105=args.mix_105, limit=args.limit, shard_size=args.shard_size, workers=args.workers,
+        synset_map=args.synset_map, num_classes=args.num_classes, tokenizer=args.tokenizer))
     print(f"  grid {tuple(meta['grid'])}, {len(meta['augmentations'])} views: {', '.join(meta['augmentations'])}")
     return 0
 

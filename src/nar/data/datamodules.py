@@ -1,7 +1,8 @@
 """LightningDataModules over shard folders: images, videos and tokens.
 
-Training reads :class:`~nar.data.readers.ResampledShardStream` (resampled shards, shuffle buffer);
-validation and test read :class:`~nar.data.readers.ShardStream` (every sample exactly once across
+Training reads :class:`~nar.data.readers.ResampledShardStream` (resampled shards, shuffle buffer) through a
+:class:`~nar.data.readers.StreamLoader` (each pass the next epoch; ``resume_train_stream`` continues a saved
+position at the exact sample); validation and test read :class:`~nar.data.readers.ShardStream` (every sample exactly once across
 ranks and workers; optionally a class-balanced subset, e.g. 50 per class). Rank and world size come
 from the trainer, so the split is right under DDP on any number of nodes.
 
@@ -218,8 +219,8 @@ class ShardDataModule(L.LightningDataModule):
         """Training batches; each pass is the next epoch of the stream (:class:`~nar.data.readers.StreamLoader`),
         and batches carry ``__stream__`` (their position, a list of tuples that stays on the CPU)."""
         dataset = self.train_dataset()
-        if self._train_position is not None:
-            dataset.position = self._train_position
+        if self._train_position is not None:  # once: a dataloader built again later starts where the stream is
+            dataset.position, self._train_position = self._train_position, None
         return self._loader(dataset, self.cfg.batch_size, self.cfg.drop_last, StreamLoader)
 
     def val_dataloader(self) -> DataLoader:
