@@ -14,7 +14,7 @@ MODEL ?= l
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-slow test-all lint bench bench-cpu demo demo-video demo-t2i \
+.PHONY: help setup test test-slow test-all lint bench bench-train bench-cpu demo demo-video demo-t2i \
         data-embedded train-tokenizer train-imagenet train-ucf101 train-t2i eval-imagenet \
         eval-ucf101 tensorboard ablate-heads clean
 
@@ -43,6 +43,9 @@ lint: $(VENV)/.installed ## ruff check over the whole repository (src, tests, be
 
 bench: $(VENV)/.installed ## sampling benchmark on the GPU (NAR-L, CFG 2.0, bf16, batch 64 and 256; NAR, raster, PAR-4x/16x, reference)
 	$(NAR) bench --preset NAR-L --batch 64 256 --guidance 2.0 --dtype bf16 --device cuda --reference --tokenizer-decode --decode-dtype fp32 bf16 --decode-compile --schedules nar raster par-2x2 par-4x4 $(ARGS)
+
+bench-train: $(VENV)/.installed ## training throughput and MFU on the GPU: NAR-L, per-device batch 32 (the 8-GPU recipe), bf16, compiled
+	$(PY) benchmarks/train_throughput.py --preset NAR-L --batch 32 --dtype bf16 --compile --device cuda $(ARGS)
 
 bench-cpu: $(VENV)/.installed ## CPU benchmark: NAR vs raster vs PAR-4x/16x on a small trunk, 16x16 grid, batch 8, bf16, 5 alternating rounds (ARGS="--dtype fp32")
 	$(NAR) bench --preset bench-cpu --batch 8 --guidance 1.0 --dtype bf16 --device cpu --reference --warmup 3 --iters 2 --rounds 5 --schedules nar raster par-2x2 par-4x4 $(ARGS)

@@ -14,9 +14,11 @@ loss and the frontier-decoding callback use, dropped when the validation ends.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -38,12 +40,19 @@ class NonFiniteLossError(NarError):
     """The training loss became NaN or infinite; the message names the step and the batch."""
 
 
-def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
-    """Multiplier of the base learning rate at optimizer step ``step`` (0-based)."""
+def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float, *, epoch_steps: int = 0,
+              milestones: Sequence[int] = (), gamma: float = 0.2) -> float:
+    """Multiplier of the base learning rate at optimizer step ``step`` (0-based).
+
+    ``multistep`` is the official recipe's ``MultiStepLR`` stepped once per epoch: in epoch ``step // epoch_steps``
+    the rate is ``gamma`` to the number of ``milestones`` (epochs) already reached.
+    """
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
         return 1.0
+    if schedule == "multistep":
+        return gamma ** bisect.bisect_right(list(milestones), step // max(1, epoch_steps))
     progress = min(1.0, max(0.0, (step - warmup) / max(1, total - warmup)))
     if schedule == "cosine":
         return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -260,8 +269,11 @@ class GeneratorModule(L.LightningModule):
         fused = torch.cuda.is_available() and all(p.is_cuda for p in params) and not self.sharded
         opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused or None)
         total = self.cfg.trainer.max_steps
+        if o.schedule == "multistep" and o.epoch_steps is None:
+            raise NarError("optim.schedule=multistep needs optim.epoch_steps (nar train derives it from the data)")
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: lr_factor(s, o.warmup_steps, total, o.schedule, o.min_lr_ratio))
+            opt, lambda s: lr_factor(s, o.warmup_steps, total, o.schedule, o.min_lr_ratio, epoch_steps=o.epoch_steps or 0,
+                                     milestones=o.milestone_epochs, gamma=o.gamma))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ------------------------------------------------------------------------------ validation
@@ -309,3 +321,8 @@ class GeneratorModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.ema_model is not None:
             self.ema_model.eval()
+        if self.cfg.trainer.throughput:
+            from nar.model.flops import training_flops_per_sample
+
+            # read by Lightning's ThroughputMonitor each step: FLOP/s and, where the device's peak is known, MFU
+            self.flops_per_batch = training_flops_per_sample(self.cfg.model) * self.cfg.data.batch_size

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 
 import lightning as L
@@ -81,15 +81,16 @@ def build_trainer(run: RunConfig, data: DataSection, callbacks: list | None = No
     if accelerator == "cpu" and precision in ("bf16-mixed", "16-mixed"):
         log.info("CPU run: precision %s -> 32-true", precision)
         precision = "32-true"
-    every = t.ckpt_every or t.max_steps
     callbacks = [
         RunConfigCallback(run),
         PreemptionCallback(run_dir / CHECKPOINTS / LAST),
         *(callbacks or []),
-        # No "-v1" copies: a resumed (or copied) run keeps writing last.ckpt, and resume reads by content.
-        ModelCheckpoint(dirpath=run_dir / CHECKPOINTS, filename="step_{step:07d}", auto_insert_metric_name=False,
-                        every_n_train_steps=every, save_top_k=-1, save_last=True, enable_version_counter=False),
+        *retention(run),
     ]
+    if t.throughput and getattr(run, "model", None) is not None:  # generator runs: FLOPs per batch are known
+        # rates over a window of steps: the first values appear after `window_size` steps
+        callbacks.append(ThroughputMonitor(batch_size_fn=_batch_size, length_fn=_tokens_per_sample,
+                                           window_size=max(2, min(50, 2 * t.log_every))))
     show_bar = enable_progress_bar if enable_progress_bar is not None else os.isatty(2)
     if not show_bar:  # a log file: progress as a line every 30 s instead of a bar flushed at exit
         callbacks.append(LogProgressCallback())
@@ -109,7 +110,53 @@ def build_trainer(run: RunConfig, data: DataSection, callbacks: list | None = No
         use_distributed_sampler=False,
         enable_progress_bar=show_bar,
         enable_model_summary=False, deterministic=t.deterministic or None,
+        profiler=(_profiler(t.profiler, run_dir) if t.profiler else None),
     )
+
+
+def retention(run: RunConfig) -> list[ModelCheckpoint]:
+    """The checkpoint callbacks of ``trainer.keep_*`` (see :class:`~nar.runs.TrainerConfig`). None of them makes
+    ``-v1`` copies: a resumed (or copied) run keeps writing the same names, and resume reads by content."""
+    t = run.trainer
+    folder = run.run_dir / CHECKPOINTS
+    common = dict(dirpath=folder, auto_insert_metric_name=False, enable_version_counter=False)
+    out = [ModelCheckpoint(filename="step_{step:07d}", every_n_train_steps=t.ckpt_every or t.max_steps,
+                           save_top_k=t.keep_recent, monitor="step", mode="max", save_last=True, **common)]
+    if t.keep_every:
+        out.append(ModelCheckpoint(filename="keep_{step:07d}", every_n_train_steps=t.keep_every, save_top_k=-1,
+                                   **common))
+    if t.keep_best:
+        out.append(ModelCheckpoint(filename="best_{step:07d}", monitor=t.best_metric, mode="min",
+                                   save_top_k=t.keep_best, save_on_train_epoch_end=False, **common))
+    return out
+
+
+def disk_estimate(run: RunConfig, parameters: int, ema: bool) -> str:
+    """One line: the size of a checkpoint (fp32 weights, EMA copy, two Adam moments) and of all kept at once."""
+    each = parameters * 4 * (3 + (1 if ema else 0))
+    kept = run.trainer.checkpoints_kept()
+    return (f"checkpoints: ~{each / 1e9:.2f} GB each ({parameters / 1e6:.1f}M parameters x 4 bytes x "
+            f"{3 + int(ema)}: weights{', EMA' if ema else ''}, Adam moments), up to {kept} kept (last + "
+            f"{run.trainer.keep_recent} recent + permanent every {run.trainer.keep_every or '-'} + "
+            f"{run.trainer.keep_best} best) = ~{each * kept / 1e9:.1f} GB")
+
+
+def _profiler(kind: str, run_dir: Any) -> Any:
+    from lightning.pytorch import profilers
+
+    cls = {"simple": profilers.SimpleProfiler, "advanced": profilers.AdvancedProfiler,
+           "pytorch": profilers.PyTorchProfiler}[kind]
+    return cls(dirpath=str(run_dir), filename="profile")
+
+
+def _batch_size(batch: Any) -> int:
+    value = batch.get("tokens", batch.get("image", batch.get("video"))) if isinstance(batch, dict) else batch
+    return int(value.shape[0])
+
+
+def _tokens_per_sample(batch: Any) -> int:
+    tokens = batch.get("tokens") if isinstance(batch, dict) else None
+    return int(tokens[0].numel()) if tokens is not None else 1
 
 
 def prepare_process(run: RunConfig) -> None:

@@ -23,7 +23,7 @@ from nar.sampling import SamplingConfig
 from nar.text import TextEncoderConfig
 from nar.tokenizers.config import TokenizerLossConfig, TokenizerOptimConfig, TokenizerValConfig, VQConfig
 
-SCHEDULES = ("constant", "cosine", "linear")
+SCHEDULES = ("constant", "cosine", "linear", "multistep")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
 STRATEGIES = ("auto", "ddp", "fsdp")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
@@ -65,8 +65,16 @@ class TrainerConfig:
     strategy: str = "auto"  # auto | ddp | fsdp (FSDP shards each transformer block, for XL/XXL)
     compile: bool = False  # torch.compile the training forward (generators)
     val_every: int = 1000  # steps between validations (0 = only at the end)
-    ckpt_every: int = 1000  # steps between checkpoints (always one at the end)
+    ckpt_every: int = 1000  # steps between checkpoints (always one at the end, and last.ckpt each time)
+    # Retention: the newest `keep_recent` step_*.ckpt; a permanent keep_*.ckpt every `keep_every` steps (0 = none);
+    # the `keep_best` best by `best_metric` (lower is better; 0 = none), kept as best_*.ckpt. Plus last.ckpt.
+    keep_recent: int = 2
+    keep_every: int = 0
+    keep_best: int = 0
+    best_metric: str = "val/fid"
     log_every: int = 50
+    profiler: str = ""  # "" | simple | advanced | pytorch (Lightning's profilers; report in the run folder)
+    throughput: bool = True  # samples/s, tokens/s, FLOP/s and MFU (where the device's peak is known) in TensorBoard
     seed: int = 0
     threads: int = 0
     accumulate: int = 1
@@ -74,7 +82,8 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "max_steps", "devices", "num_nodes", "log_every", "accumulate")
-        _at_least(self, 0, "val_every", "ckpt_every", "threads")
+        _at_least(self, 0, "val_every", "ckpt_every", "threads", "keep_recent", "keep_every", "keep_best")
+        _one_of(self, "profiler", ("", "simple", "advanced", "pytorch"))
         _one_of(self, "precision", PRECISIONS)
         _one_of(self, "strategy", STRATEGIES)
         _one_of(self, "accelerator", ACCELERATORS)
@@ -82,6 +91,11 @@ class TrainerConfig:
     @property
     def world_size(self) -> int:
         return self.devices * self.num_nodes
+
+    def checkpoints_kept(self) -> int:
+        """At most how many checkpoints the run keeps at once (for the disk estimate)."""
+        permanent = self.max_steps // self.keep_every if self.keep_every else 0
+        return 1 + self.keep_recent + permanent + self.keep_best
 
 
 @dataclass
@@ -140,13 +154,16 @@ class DataConfig(DataSection):
     """Token shards (``nar data tokens``), or image/video shards tokenized on the fly."""
 
     samples_per_epoch: int | None = None
+    # Batch over all processes and accumulation steps (official: 256). Set, it decides data.batch_size per process:
+    # global_batch / (devices x nodes x trainer.accumulate), which must divide evenly.
+    global_batch: int | None = None
     image_size: int | None = None  # pixels on the fly: None = the shards' size
     random_augmentation: bool = True  # token shards: pick one of the stored crops (ten-crop extraction)
     caption_features: bool = False  # text-to-image token shards
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _at_least(self, 1, "samples_per_epoch", "image_size", optional=True)
+        _at_least(self, 1, "samples_per_epoch", "image_size", "global_batch", optional=True)
 
 
 @dataclass
@@ -158,8 +175,14 @@ class OptimConfig:
     weight_decay: float = 0.05
     eps: float = 1e-8
     warmup_steps: int = 0
-    schedule: str = "constant"  # after warm-up: constant | cosine | linear (decay to min_lr_ratio * lr)
+    # After warm-up: constant | cosine | linear (decay to min_lr_ratio * lr) | multistep (the official recipe:
+    # lr * gamma ** (milestones passed), stepped once per epoch, like torch's MultiStepLR).
+    schedule: str = "constant"
     min_lr_ratio: float = 0.0
+    epochs: int = 300  # multistep: the training length in epochs the milestones are placed in
+    milestones: list[int] | None = None  # multistep: epochs; None = the official [E/2, 2E/3, 5E/6] (int())
+    gamma: float = 0.2  # multistep: factor at each milestone
+    epoch_steps: int | None = None  # multistep: optimizer steps per epoch; None = train samples // global batch
     grad_clip: float = 1.0  # 0 = off
     cond_dropout: float = 0.1  # class / caption dropped to null (CFG training)
 
@@ -174,6 +197,19 @@ class OptimConfig:
             raise ConfigError(f"must be in [0, 1], got {self.min_lr_ratio}", key="min_lr_ratio")
         if not 0.0 <= self.cond_dropout < 1.0:
             raise ConfigError(f"must be in [0, 1), got {self.cond_dropout}", key="cond_dropout")
+        _at_least(self, 1, "epochs")
+        _at_least(self, 1, "epoch_steps", optional=True)
+        if not 0.0 < self.gamma <= 1.0:
+            raise ConfigError(f"must be in (0, 1], got {self.gamma}", key="gamma")
+        if self.milestones is not None and list(self.milestones) != sorted(self.milestones):
+            raise ConfigError(f"must be increasing epochs, got {list(self.milestones)}", key="milestones")
+
+    @property
+    def milestone_epochs(self) -> list[int]:
+        """The multistep milestones in epochs: given, or the official ``int(E/2), int(2E/3), int(5E/6)``."""
+        if self.milestones is not None:
+            return [int(m) for m in self.milestones]
+        return [int(self.epochs * 0.5), int(self.epochs * 2 / 3), int(self.epochs * 5 / 6)]
 
 
 @dataclass
@@ -233,7 +269,8 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig(RunConfig):
-    """One generator run: everything ``nar train`` needs."""
+    """One generator run: everything ``nar train`` needs. ``data.global_batch`` sets the per-process batch
+    (checked divisible, :meth:`__post_init__`)."""
 
     model: NARConfig = field(default_factory=NARConfig)
     tokenizer: TokenizerRef = field(default_factory=TokenizerRef)
@@ -252,6 +289,17 @@ class TrainConfig(RunConfig):
     # Weights to start from when the run has no checkpoint yet (e.g. stage 2 at 512 px from stage 1 at 256 px):
     # our .ckpt (EMA weights) or an official .pt. Rotary positions make the weights grid-independent.
     init_from: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        g = self.data.global_batch
+        if g is not None:
+            parts = self.trainer.world_size * self.trainer.accumulate
+            if g % parts:
+                raise ConfigError(f"{g} is not divisible by trainer.devices x trainer.num_nodes x trainer.accumulate "
+                                  f"= {self.trainer.devices} x {self.trainer.num_nodes} x {self.trainer.accumulate}; "
+                                  "change one of these keys", key="data.global_batch")
+            self.data.batch_size = g // parts  # per process
 
 
 # --------------------------------------------------------------------------------------------------

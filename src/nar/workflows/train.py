@@ -24,6 +24,7 @@ from nar.lightning.generator_module import GeneratorModule
 from nar.lightning.trainer import (
     LAST,
     build_trainer,
+    disk_estimate,
     fit_or_interrupt,
     prepare_process,
     run_folder_lock,
@@ -146,6 +147,7 @@ def fit(cfg: TrainConfig, resume: bool = False, tokenizer: torch.nn.Module | Non
                               "another name=")
         if ckpt is not None:
             check_resumable(cfg, ckpt.path)
+        cfg = with_epoch_steps(cfg)
         datamodule = datamodule or generator_datamodule(cfg)
         module = GeneratorModule(cfg, tokenizer=tokenizer)
         if cfg.init_from and ckpt is None:
@@ -154,6 +156,7 @@ def fit(cfg: TrainConfig, resume: bool = False, tokenizer: torch.nn.Module | Non
         if trainer.is_global_zero:
             log.info("%s: %s mode, %.2fM parameters, %d forward passes per sample; run folder %s", cfg.name,
                      cfg.model.mode, module.model.num_parameters() / 1e6, module.model.num_passes, cfg.run_dir)
+            log.info("%s", disk_estimate(cfg, module.model.num_parameters(), cfg.ema.enabled))
         fit_or_interrupt(trainer, module, datamodule=datamodule, ckpt_path=str(ckpt.path) if ckpt else None)
         last = cfg.run_dir / CHECKPOINTS / LAST
         trainer.save_checkpoint(last)
@@ -163,6 +166,23 @@ def fit(cfg: TrainConfig, resume: bool = False, tokenizer: torch.nn.Module | Non
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return {"metrics": metrics, "run_dir": cfg.run_dir, "checkpoint": last, "samples": decoding.last_grid,
             "global_step": trainer.global_step, "trainer": trainer, "module": module, "degraded": degraded}
+
+
+def with_epoch_steps(cfg: TrainConfig) -> TrainConfig:
+    """``optim.epoch_steps`` for the multistep schedule, when unset: the training split's samples over the global
+    batch, rounded down (the official loader drops the last partial batch of each epoch)."""
+    o = cfg.optim
+    if o.schedule != "multistep" or o.epoch_steps is not None:
+        return cfg
+    from nar.data.shards import read_meta, resolve_split
+
+    meta = read_meta(cfg.data.root)
+    samples = int(meta["splits"][resolve_split(meta, cfg.data.train_split, role="training")]["samples"])
+    global_batch = cfg.data.batch_size * cfg.trainer.world_size * cfg.trainer.accumulate
+    steps = max(1, samples // global_batch)
+    log.info("multistep schedule: %d samples / global batch %d = %d steps an epoch; lr x%g at epochs %s", samples,
+             global_batch, steps, o.gamma, o.milestone_epochs)
+    return replace(cfg, optim=replace(o, epoch_steps=steps))
 
 
 def check_resumable(cfg: TrainConfig, path: Path) -> None:

@@ -1,0 +1,106 @@
+"""The official recipe as the ImageNet configs' defaults, checkpoint retention, throughput and profiling.
+
+The learning rate and the parameter groups are compared with the official formulas of
+NAR-images/autoregressive/train/train_c2i.py: ``MultiStepLR(milestones=[int(E*0.5), int(E*2/3), int(E*5/6)],
+gamma=0.2)`` stepped once per epoch, weight decay on the parameters with >= 2 dimensions (named in the official
+key format).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from lightning_helpers import tiny_overrides
+
+from nar.config import load_config
+from nar.errors import ConfigError
+from nar.lightning.generator_module import GeneratorModule
+from nar.runs import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def official_lr(step: int, epoch_steps: int, epochs: int = 300, lr: float = 1e-4) -> float:
+    """torch's MultiStepLR as the official loop drives it: one scheduler.step() after each epoch."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([param], lr=lr)
+    sched = torch.optim.lr_scheduler.MultiStepLR(
+        opt, milestones=[int(epochs * 0.5), int(epochs * 2 / 3), int(epochs * 5 / 6)], gamma=0.2)
+    for _ in range(step // epoch_steps):
+        sched.step()
+    return opt.param_groups[0]["lr"]
+
+
+@pytest.mark.parametrize("step", [0, 5003, 5004, 750_599, 750_600, 1_000_799, 1_000_800, 1_251_000, 1_501_199])
+def test_learning_rate_follows_the_official_multistep(step: int) -> None:
+    cfg = load_config(TrainConfig, [ROOT / "experiments/imagenet/nar_b.yaml"],
+                      ["trainer.devices=8", "optim.epoch_steps=5004"])
+    module = GeneratorModule(cfg)
+    opt_cfg = module.configure_optimizers()
+    sched = opt_cfg["lr_scheduler"]["scheduler"]
+    ours = cfg.optim.lr * sched.lr_lambdas[0](step)
+    assert ours == pytest.approx(official_lr(step, 5004), rel=1e-12)
+
+
+def test_parameter_groups_match_the_official_rule() -> None:
+    from nar.model.official import to_official_state_dict
+
+    cfg = load_config(TrainConfig, [ROOT / "experiments/imagenet/nar_b.yaml"],
+                      ["trainer.devices=8", "optim.epoch_steps=5004", "model.n_layer=2"])
+    module = GeneratorModule(cfg)
+    opt = module.configure_optimizers()["optimizer"]
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.05 for p in g["params"]}
+    official = to_official_state_dict(module.model)  # official names -> the same tensors' values
+    ours_by_value = {name: p for name, p in module.model.named_parameters()}
+    # The official rule: every parameter with >= 2 dimensions decays, the others do not. Match by shape and data.
+    for name, tensor in official.items():
+        match = [p for p in ours_by_value.values() if p.shape == tensor.shape and torch.equal(p.detach(), tensor)]
+        assert match, name
+        assert (id(match[0]) in decayed) == (tensor.dim() >= 2), name
+    assert cfg.ema.enabled is False and cfg.optim.betas == [0.9, 0.95] and cfg.optim.grad_clip == 1.0
+
+
+def test_global_batch_is_fixed_whatever_the_devices() -> None:
+    for devices, nodes, accumulate, per_device in ((8, 1, 1, 32), (4, 2, 1, 32), (8, 1, 2, 16), (1, 1, 1, 256)):
+        cfg = load_config(TrainConfig, ["imagenet/nar_l.yaml"], [f"trainer.devices={devices}",
+                                                                 f"trainer.num_nodes={nodes}",
+                                                                 f"trainer.accumulate={accumulate}"])
+        assert cfg.data.batch_size == per_device
+    with pytest.raises(ConfigError, match=r"data\.global_batch.*trainer\.devices.*trainer\.accumulate"):
+        load_config(TrainConfig, ["imagenet/nar_l.yaml"], ["trainer.devices=6"])
+
+
+def test_retention_throughput_and_profiler(token_root: Path, tmp_path: Path) -> None:
+    """keep_recent newest step files, a permanent one every keep_every, the best by val/loss; throughput and
+    FLOP/s in TensorBoard; the profiler's report in the run folder; the disk estimate at start."""
+    from nar.lightning.logs import read_scalars
+    from nar.workflows.train import fit
+
+    cfg = load_config(TrainConfig, [], tiny_overrides(token_root, tmp_path, name="keep", **{
+        "trainer.max_steps": 12, "trainer.ckpt_every": 2, "trainer.keep_recent": 2, "trainer.keep_every": 6,
+        "trainer.keep_best": 1, "trainer.best_metric": "val/loss", "trainer.val_every": 4, "trainer.log_every": 1,
+        "trainer.profiler": "simple", "eval.metrics": "[]"}))
+    fit(cfg, enable_progress_bar=False)
+    names = sorted(p.name for p in (cfg.run_dir / "checkpoints").glob("*.ckpt"))
+    assert [n for n in names if n.startswith("step_")] == ["step_0000010.ckpt", "step_0000012.ckpt"]
+    assert [n for n in names if n.startswith("keep_")] == ["keep_0000006.ckpt", "keep_0000012.ckpt"]
+    assert len([n for n in names if n.startswith("best_")]) == 1 and "last.ckpt" in names
+    scalars = read_scalars(cfg.run_dir)
+    assert any("samples_per_sec" in k for k in scalars) and any("flops_per_sec" in k for k in scalars)
+    assert list(cfg.run_dir.glob("*profile*.txt"))
+
+
+def test_training_throughput_benchmark_runs(tmp_path: Path) -> None:
+    """benchmarks/train_throughput.py (the GPU MFU measurement) on a tiny trunk on the CPU."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), "--preset", "NAR-tiny",
+                           "--batch", "4", "--dtype", "fp32", "--device", "cpu", "--steps", "2", "--warmup", "1",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = json.loads(next(tmp_path.glob("train-NAR-tiny-*.json")).read_text())
+    assert row["images_per_s"] > 0 and row["model_tflops_per_s"] > 0 and row["mfu"] is None  # no CPU peak
