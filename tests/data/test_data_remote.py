@@ -132,3 +132,17 @@ def test_verify_reads_a_set_indexed_by_url(timm_set, server, tmp_path):
     index_shards(f"{server}/imagenet1k-train-{{0000..0002}}.tar", tmp_path / "v")
     report = verify(tmp_path / "v")
     assert report.ok and report.samples == TRAIN, report.problems
+
+
+def test_shard_specs_become_locations(tmp_path, monkeypatch):
+    from nar.data.shards import expand_specs, shard_location
+
+    assert shard_location(tmp_path, "train/a.tar") == tmp_path / "train" / "a.tar"
+    assert shard_location(tmp_path, "/abs/a.tar") == Path("/abs/a.tar")
+    assert shard_location(tmp_path, "file:///abs/a.tar") == Path("/abs/a.tar")
+    assert shard_location(tmp_path, "s3://bucket/set/a.tar") == "pipe:aws s3 cp s3://bucket/set/a.tar -"
+    monkeypatch.setenv("NAR_S3_PIPE", "s5cmd cat {url}")
+    assert shard_location(tmp_path, "s3://b/a.tar") == "pipe:s5cmd cat s3://b/a.tar"
+    assert shard_location(tmp_path, "https://host/a.tar") == "https://host/a.tar"
+    assert expand_specs("x-{00..02}.tar::y.tar") == ["x-00.tar", "x-01.tar", "x-02.tar", "y.tar"]
+    assert expand_specs(["pipe:cat a-{0..1}.tar", "b.tar"]) == ["pipe:cat a-0.tar", "pipe:cat a-1.tar", "b.tar"]

@@ -5,7 +5,12 @@
   by at most one; each (rank, worker) reads only the shards its part touches. Together they read
   every selected sample exactly once.
 * :class:`ResampledShardStream` — training: shards drawn with replacement (weighted by size) and a
-  shuffle buffer, a fixed number of samples per epoch, reseeded each epoch from the DataLoader's seed.
+  shuffle buffer, a fixed number of samples per epoch; a function of seed, rank, worker and epoch, so a
+  :class:`StreamPosition` saved in a checkpoint continues it at the exact sample. :class:`StreamLoader` makes
+  each pass the next epoch.
+
+Shards are opened by webdataset's ``gopen`` (:func:`nar.data.shards.iter_tar`): local files, ``pipe:`` commands,
+``http(s)://`` and ``s3://`` URLs, whatever ``meta.json`` lists.
 
 Every decoder error, and every sample that contradicts ``meta.json`` (:mod:`nar.data.checks`), is logged
 with the shard and key, counted in the stream's ``bad`` log and skipped: a multi-day run never dies on one
