@@ -208,6 +208,29 @@ def test_short_evaluation_pass_names_the_shard(tmp_path, damage, caplog):
     assert 8 <= seen < 12
 
 
+LEAK_WORKERS = """
+    import sys
+    sys.path.insert(0, {here!r})
+    from test_data_faults import _write_tokens
+    from pathlib import Path
+    from nar.data.datamodules import TokenDataConfig, TokenShardDataModule
+    root = _write_tokens(Path({root!r}), n=12, split="val")
+    dm = TokenShardDataModule(TokenDataConfig(root=str(root), batch_size=2, num_workers=2, pin_memory=False))
+    it = iter(dm.val_dataloader())
+    next(it)
+    print("started", flush=True)
+    # exit with the iterator (and its workers, which ignore SIGTERM) still alive
+"""
+
+
+def test_a_process_exits_with_dataloader_workers_left_open(tmp_path):
+    """An iterator never closed (its frame kept by an exception, say) leaves workers that ignore SIGTERM; the
+    process still exits at once (the suite once hung at exit in CI on exactly this)."""
+    code = textwrap.dedent(LEAK_WORKERS).format(here=str(Path(__file__).parent), root=str(tmp_path / "tok"))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "started" in done.stdout, done.stderr[-3000:]
+
+
 # --------------------------------------------------------------------------------------------------
 # Read-only folders and full disks
 # --------------------------------------------------------------------------------------------------

@@ -107,11 +107,39 @@ class TokenDataConfig(ShardDataConfig):
 
 def ignore_stop_signals(worker_id: int) -> None:
     """DataLoader workers leave SIGINT/SIGTERM to the main process, which saves a checkpoint and then stops
-    them (Ctrl-C reaches the whole process group; a worker dying first would end the run with an error)."""
+    them (Ctrl-C reaches the whole process group; a worker dying first would end the run with an error).
+    Workers that ignore SIGTERM outlive ``multiprocessing``'s exit-time ``terminate()``: see
+    :func:`kill_workers_at_exit`, which the parent registers before it starts them."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+_KILL_AT_EXIT_REGISTERED = False
+
+
+def kill_workers_at_exit() -> None:
+    """At interpreter exit, SIGKILL the daemonic children (DataLoader workers) still alive.
+
+    A DataLoader iterator that is never closed (an exception kept its frame alive, say) leaves its workers
+    running; ``multiprocessing`` stops daemonic children at exit with SIGTERM and then joins them, and workers
+    started by :func:`ignore_stop_signals` ignore SIGTERM, so the process would wait forever. This exit hook
+    (registered after ``multiprocessing``'s, so it runs first) kills them instead; it is registered once."""
+    global _KILL_AT_EXIT_REGISTERED
+    if _KILL_AT_EXIT_REGISTERED:
+        return
+    import atexit
+    import multiprocessing
+
+    def kill_daemonic_children() -> None:
+        for child in multiprocessing.active_children():
+            if child.daemon:
+                child.kill()
+                child.join(5)
+
+    atexit.register(kill_daemonic_children)
+    _KILL_AT_EXIT_REGISTERED = True
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -202,6 +230,8 @@ class ShardDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Any, batch_size: int, drop_last: bool, loader: type[DataLoader] = DataLoader) -> DataLoader:
         workers = self.cfg.num_workers
+        if workers > 0:
+            kill_workers_at_exit()
         return loader(
             dataset,
             batch_size=batch_size,
