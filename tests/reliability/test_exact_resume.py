@@ -1,6 +1,6 @@
 """Resume to the exact sample: a run stopped (or killed with SIGKILL) at step k and resumed from its checkpoint
 trains on exactly the batches, in the same order and with the same losses, as an uninterrupted run; two
-DataLoader workers, several epochs. DataPositionCallback is wired in here the way build_trainer registers it."""
+DataLoader workers, several epochs, through build_trainer's own callbacks (DataPositionCallback among them)."""
 
 from __future__ import annotations
 
@@ -55,16 +55,18 @@ class Recorder(Callback):
 
 
 def train(args: list[str], recorder: Recorder, resume: bool = False) -> None:
-    """``nar train`` in this process, with DataPositionCallback (and ``recorder``) added to build_trainer's."""
+    """``nar train`` in this process, with ``recorder`` added to build_trainer's callbacks."""
     import nar.workflows.train as workflow
     from nar.lightning.callbacks.data_position import DataPositionCallback
     from nar.lightning.trainer import build_trainer
 
-    def with_position(run, data, callbacks=None, **kw):
-        return build_trainer(run, data, [*(callbacks or []), DataPositionCallback(), recorder], **kw)
+    def recorded(run, data, callbacks=None, **kw):
+        trainer = build_trainer(run, data, [*(callbacks or []), recorder], **kw)
+        assert any(isinstance(c, DataPositionCallback) for c in trainer.callbacks)
+        return trainer
 
     original = workflow.build_trainer
-    workflow.build_trainer = with_position
+    workflow.build_trainer = recorded
     try:
         workflow.fit(workflow.generator_config(overrides=args), resume=resume, final_validation=False,
                      enable_progress_bar=False)

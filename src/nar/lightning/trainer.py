@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,14 +24,16 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 
 import lightning as L
 from nar.errors import ConfigError, RunInterrupted
+from nar.lightning.callbacks.data_position import DataPositionCallback
 from nar.lightning.callbacks.progress_log import LogProgressCallback
 from nar.lightning.callbacks.run_guard import PreemptionCallback, RunConfigCallback
 from nar.lightning.checkpointing import AtomicCheckpointIO
 from nar.locks import FolderLock
-from nar.runs.config import DataSection, RunConfig, val_batches
+from nar.runs.config import DataSection, RunConfig, TrainConfig, val_batches
 from nar.runs.folder import CHECKPOINTS
 
 log = logging.getLogger(__name__)
@@ -84,13 +87,14 @@ def build_trainer(run: RunConfig, data: DataSection, callbacks: list | None = No
     callbacks = [
         RunConfigCallback(run),
         PreemptionCallback(run_dir / CHECKPOINTS / LAST),
+        DataPositionCallback(),  # every checkpoint holds the stream position and RNG: resume to the exact sample
         *(callbacks or []),
         *retention(run),
     ]
-    if t.throughput and getattr(run, "model", None) is not None:  # generator runs: FLOPs per batch are known
+    if t.throughput and isinstance(run, TrainConfig):  # generator runs: their module counts FLOPs per batch
         # rates over a window of steps: the first values appear after `window_size` steps
-        callbacks.append(ThroughputMonitor(batch_size_fn=_batch_size, length_fn=_tokens_per_sample,
-                                           window_size=max(2, min(50, 2 * t.log_every))))
+        callbacks.append(TrainThroughputMonitor(batch_size_fn=_batch_size, length_fn=_tokens_in_batch,
+                                                window_size=max(2, min(50, 2 * t.log_every))))
     show_bar = enable_progress_bar if enable_progress_bar is not None else os.isatty(2)
     if not show_bar:  # a log file: progress as a line every 30 s instead of a bar flushed at exit
         callbacks.append(LogProgressCallback())
@@ -149,14 +153,55 @@ def _profiler(kind: str, run_dir: Any) -> Any:
     return cls(dirpath=str(run_dir), filename="profile")
 
 
+class TrainThroughputMonitor(ThroughputMonitor):
+    """Lightning's monitor for the training steps only: samples, tokens and FLOPs per second (MFU where the
+    device's peak is known). ``flops_per_batch`` counts a training step, so validation batches (a loss forward,
+    then frontier decoding) are not rated; their wall time is taken out of the training clock instead, as the
+    parent does, so a validation does not sink the training rate. ``trainer.validate`` runs rate nothing."""
+
+    def on_validation_start(self, trainer: L.Trainer, *_: Any) -> None:
+        self._val_started = time.perf_counter()
+
+    def on_validation_batch_end(self, *_: Any, **__: Any) -> None:
+        pass
+
+    def on_validation_end(self, trainer: L.Trainer, *_: Any) -> None:
+        started = getattr(self, "_val_started", None)
+        if started is not None and trainer.state.fn == TrainerFn.FITTING and RunningStage.TRAINING in self._t0s:
+            self._t0s[RunningStage.TRAINING] += time.perf_counter() - started
+        self._val_started = None
+
+    def on_test_start(self, *_: Any) -> None:
+        pass
+
+    def on_test_batch_end(self, *_: Any, **__: Any) -> None:
+        pass
+
+    def on_predict_start(self, *_: Any) -> None:
+        pass
+
+    def on_predict_batch_end(self, *_: Any, **__: Any) -> None:
+        pass
+
+
+def _first_tensor(batch: Any) -> torch.Tensor:
+    """The batch's token grids (or pixels): the dict entry every generator/tokenizer batch has."""
+    if isinstance(batch, dict):
+        for key in ("tokens", "image", "video"):
+            if isinstance(batch.get(key), torch.Tensor):
+                return batch[key]
+        raise KeyError(f"a training batch without tokens, image or video (keys: {sorted(batch)})")
+    return batch
+
+
 def _batch_size(batch: Any) -> int:
-    value = batch.get("tokens", batch.get("image", batch.get("video"))) if isinstance(batch, dict) else batch
-    return int(value.shape[0])
+    return int(_first_tensor(batch).shape[0])
 
 
-def _tokens_per_sample(batch: Any) -> int:
-    tokens = batch.get("tokens") if isinstance(batch, dict) else None
-    return int(tokens[0].numel()) if tokens is not None else 1
+def _tokens_in_batch(batch: Any) -> int:
+    """Tokens in the whole batch (Lightning's ``length_fn`` sums it across batches, and needs it >= samples)."""
+    value = _first_tensor(batch)
+    return int(value.numel()) if isinstance(batch, dict) and "tokens" in batch else int(value.shape[0])
 
 
 def prepare_process(run: RunConfig) -> None:
