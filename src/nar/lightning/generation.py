@@ -112,21 +112,27 @@ class ChunkGenerator:
 def stream_chunks(generator: ChunkGenerator, conds: torch.Tensor, masks: torch.Tensor | None,
                   chunks: Sequence[int], batch_size: int, seed: int, consumers: Sequence[Consumer],
                   folder: Path | None = None, labels: torch.Tensor | None = None,
-                  progress: Progress | None = None) -> int:
+                  progress: Progress | None = None, seconds: dict[str, float] | None = None) -> int:
     """Generate (or read back from ``folder``) each of ``chunks`` and hand it to every consumer; returns the
-    number of chunks read back from disk."""
+    number of chunks read back from disk. ``seconds`` (when given) accumulates the wall time of writing and
+    reading chunk files (``write``, ``read``); the generator keeps its own sampling and decoding times."""
     reused = 0
+    seconds = seconds if seconds is not None else {}
     for c in chunks:
         lo, hi = c * batch_size, min((c + 1) * batch_size, conds.shape[0])
         chunk_labels = labels[lo:hi] if labels is not None else None
+        start = time.perf_counter()
         stored = load_chunk(chunk_path(folder, c), hi - lo) if folder is not None else None
+        seconds["read"] = seconds.get("read", 0.0) + time.perf_counter() - start
         if stored is not None:
             pixels = stored[0].to(generator.device)
             reused += 1
         else:
             pixels = generator.pixels(conds[lo:hi], masks[lo:hi] if masks is not None else None, seed + c)
             if folder is not None:
+                start = time.perf_counter()
                 save_chunk(chunk_path(folder, c), pixels, chunk_labels)
+                seconds["write"] = seconds.get("write", 0.0) + time.perf_counter() - start
         for consume in consumers:
             consume(c, pixels, chunk_labels)
         if progress is not None:

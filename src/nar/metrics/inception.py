@@ -22,6 +22,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -168,12 +169,17 @@ class InceptionV3Extractor(nn.Module):
         cache: cache folder for the converted weights (default :func:`cache_dir`).
 
     ``forward(uint8 [B, 3, H, W])`` → ``{"features": [B, 2048]}`` plus ``"logits": [B, 1008]``
-    (torch-fidelity's ``logits_unbiased``, what its IS uses) when the weights have a classifier.
+    (torch-fidelity's ``logits_unbiased``, what its IS uses) when the weights have a classifier, plus
+    ``"spatial": [B, 2023]`` with ``spatial=True``: the ADM evaluator's sFID features, the first 7 channels of
+    TF-Inception's ``mixed_6/conv`` (here ``Mixed_6d.branch1x1``, 17x17 after the 299-px resize), flattened in
+    TensorFlow's height-width-channel order so the reference batch's ``mu_s``/``sigma_s`` line up.
     """
 
     num_features = 2048
+    num_spatial = 7 * 17 * 17
 
-    def __init__(self, weights_path: str | Path | None = None, cache: str | Path | None = None) -> None:
+    def __init__(self, weights_path: str | Path | None = None, cache: str | Path | None = None,
+                 spatial: bool = False) -> None:
         super().__init__()
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
@@ -187,6 +193,12 @@ class InceptionV3Extractor(nn.Module):
         features = ["2048", "logits_unbiased"] if self.has_logits else ["2048"]
         self.net = FeatureExtractorInceptionV3("inception-v3-compat", features, feature_extractor_weights_path=str(path))
         self.name = f"inception-v3:{meta.get('source_sha1', _sha1(path))[:12]}"
+        self.spatial = spatial
+        self._mixed_6 = None
+        if spatial:
+            def keep(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+                self._mixed_6 = output
+            self.net.Mixed_6d.branch1x1.register_forward_hook(keep)
 
     def train(self, mode: bool = True) -> InceptionV3Extractor:
         return super().train(False)  # batch-norm statistics are part of the metric's definition
@@ -197,4 +209,7 @@ class InceptionV3Extractor(nn.Module):
         result = {"features": out[0]}
         if self.has_logits:
             result["logits"] = out[1]
+        if self.spatial:
+            result["spatial"] = self._mixed_6[:, :7].permute(0, 2, 3, 1).flatten(1)
+            self._mixed_6 = None
         return result

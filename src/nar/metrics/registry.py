@@ -1,13 +1,17 @@
-"""The metric objects an evaluation asks for by name (``fid``, ``is``, ``pr``, ``fvd``, ``fvd_proxy``)."""
+"""The metric objects an evaluation asks for by name (``fid``, ``is``, ``pr``, ``kid``, ``sfid``, ``fvd``,
+``fvd_proxy``)."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+from nar.metrics.fidelity import IMAGE_METRICS
+
+__all__ = ["IMAGE_METRICS", "VIDEO_METRICS", "build_metrics", "reference_keys"]
+
 log = logging.getLogger(__name__)
 
-IMAGE_METRICS = ("fid", "is", "pr", "kid")
 VIDEO_METRICS = ("fvd", "fvd_proxy")
 
 
@@ -16,7 +20,10 @@ def build_metrics(names: list[str] | tuple[str, ...], *, video: bool, inception_
     """torchmetrics objects for ``names``, keyed ``image`` / ``fvd``; real statistics survive ``reset()``.
 
     Images: one :class:`~nar.metrics.ImageFidelity` computing every asked image metric (``is`` needs an
-    Inception with its classifier, ``inception_weights``; ``pr`` needs real images, not only statistics).
+    Inception with its classifier, ``inception_weights``; ``pr``/``kid`` need real images, not only statistics:
+    ``eval.real_root`` or a reference batch that holds ``arr_0``; ``sfid`` with a reference needs its
+    ``mu_s``/``sigma_s``). Missing pieces were refused at start (:mod:`nar.workflows.preflight`) unless
+    ``allow_degraded``; here they are dropped with a warning.
     Videos: FVD with a local I3D (``i3d_path``), else the Inception proxy, reported under its own name.
     """
     from nar.metrics import FrechetVideoDistance, FVDProxyInception, ImageFidelity
@@ -35,11 +42,23 @@ def build_metrics(names: list[str] | tuple[str, ...], *, video: bool, inception_
         image.remove("is")
     for name in ("pr", "kid"):
         if name in image and reference_stats and not have_real:
-            log.warning("eval.metrics: skipping %r — it needs real images' features (eval.real_root)", name)
+            log.warning("eval.metrics: skipping %r — it needs real images' features (eval.real_root, or a "
+                        "reference batch with arr_0)", name)
             image.remove(name)
+    if "sfid" in image and reference_stats and not reference_keys(reference_stats) >= {"mu_s", "sigma_s"}:
+        log.warning("eval.metrics: skipping 'sfid' — %s has no mu_s/sigma_s", reference_stats)
+        image.remove("sfid")
     if image:
         metric = ImageFidelity(metrics=image, reset_real_features=False, inception_weights=inception_weights or None)
         if reference_stats:
             metric.set_reference(reference_stats)
         out["image"] = metric
     return out
+
+
+def reference_keys(path: str) -> set[str]:
+    """The arrays an ``.npz`` reference batch holds (``mu``, ``sigma``, ``mu_s``, ``sigma_s``, ``arr_0``…)."""
+    import numpy as np
+
+    with np.load(path) as data:
+        return set(data.keys())

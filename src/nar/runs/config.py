@@ -27,7 +27,7 @@ SCHEDULES = ("constant", "cosine", "linear", "multistep")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
 STRATEGIES = ("auto", "ddp", "fsdp")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
-METRICS = ("fid", "is", "pr", "kid", "fvd", "fvd_proxy", "text")
+METRICS = ("fid", "is", "pr", "kid", "sfid", "fvd", "fvd_proxy", "text")
 
 
 def _at_least(obj: object, minimum: int | float, *keys: str, optional: bool = False) -> None:
@@ -244,7 +244,7 @@ class EvalConfig:
     real_root: str = ""  # image/video shard folder of real samples ("" = tokenizer reconstructions of val tokens)
     real_split: str = "val"
     num_real: int = 0  # 0 = as many as generated
-    metrics: list[str] = field(default_factory=lambda: ["fid"])  # fid, is, pr, fvd, fvd_proxy, text
+    metrics: list[str] = field(default_factory=lambda: ["fid"])  # fid, is, pr, kid, sfid, fvd, fvd_proxy, text
     inception_weights: str = ""  # "" = the offline-converted FID InceptionV3
     i3d_path: str = ""  # TorchScript I3D for FVD ("" = the Inception proxy, reported as fvd_proxy_inception)
     reference_stats: str = ""  # ADM-style .npz with the reference mu/sigma (instead of real samples)

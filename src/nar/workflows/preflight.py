@@ -18,7 +18,7 @@ from nar.runs.config import TokenizerRunConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
-FIDELITY = ("fid", "is", "pr", "kid", "fvd", "fvd_proxy")
+FIDELITY = ("fid", "is", "pr", "kid", "sfid", "fvd", "fvd_proxy")
 
 
 def _gate(run: TrainConfig | TokenizerRunConfig, degraded: list[str]) -> list[str]:
@@ -60,13 +60,15 @@ def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[st
 
         meta = read_meta(e.real_root)  # DataError naming the folder when it is not a dataset
         resolve_split(meta, e.real_split, root=e.real_root)  # val/test by role, else the splits it has
+    reference: set[str] = set()
     if e.reference_stats:
         path = Path(e.reference_stats)
         if not path.is_file():
             raise ConfigError(f"file not found: {path}", key="eval.reference_stats")
         with np.load(path) as data:
-            if not {"mu", "sigma"} <= set(data.keys()):
-                raise ConfigError(f"{path} has no mu/sigma (keys {sorted(data.keys())})", key="eval.reference_stats")
+            reference = set(data.keys())
+        if not {"mu", "sigma"} <= reference:
+            raise ConfigError(f"{path} has no mu/sigma (keys {sorted(reference)})", key="eval.reference_stats")
     video = len(cfg.model.grid) == 3
     if cfg.tokenizer.path and not video:
         if "fid" in asked and not e.real_root and not e.reference_stats:
@@ -75,8 +77,14 @@ def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[st
         if "is" in asked and not e.inception_weights:
             degraded.append("eval.metrics is: eval.inception_weights (an Inception with its classifier) is not set")
         for name in ("pr", "kid"):
-            if name in asked and not e.real_root:
-                degraded.append(f"eval.metrics {name}: needs real images' features (eval.real_root)")
+            if name in asked and not e.real_root and "arr_0" not in reference:
+                degraded.append(f"eval.metrics {name}: needs real images' features (eval.real_root, or an "
+                                "eval.reference_stats batch that holds its images as arr_0)")
+        if "sfid" in asked and e.reference_stats and not {"mu_s", "sigma_s"} <= reference:
+            degraded.append(f"eval.metrics sfid: eval.reference_stats {e.reference_stats} has no mu_s/sigma_s "
+                            "(spatial statistics)")
+        elif "sfid" in asked and not e.reference_stats and not e.real_root:
+            degraded.append("eval.metrics sfid: no eval.real_root or eval.reference_stats with mu_s/sigma_s")
     if cfg.tokenizer.path and video and any(m in asked for m in ("fvd", "fvd_proxy")) and not e.real_root:
         degraded.append("eval.metrics fvd: no eval.real_root; the reference would be tokenizer reconstructions")
     if video and "fvd" in asked and not e.i3d_path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -279,6 +280,8 @@ def evaluate(cfg: TrainConfig, ckpt: str | Path, per_class: int | None = None, n
     module.model.load_state_dict(model.state_dict())
     trainer, decoding = generator_trainer(cfg, enable_progress_bar=enable_progress_bar)
     decoding.sample_dir = out / "chunks"
+    if trainer.is_global_zero:
+        claim_chunk_folder(decoding.sample_dir, ckpt, cfg)
     if cfg.data.root:
         trainer.validate(module, datamodule=generator_datamodule(cfg), verbose=False)
     else:
@@ -288,14 +291,42 @@ def evaluate(cfg: TrainConfig, ckpt: str | Path, per_class: int | None = None, n
     results: dict[str, Any] = {
         "checkpoint": str(ckpt), "scores": scores, "num_samples": n, "num_real": decoding.last_counts.get("real"),
         "reference": reference_of(cfg), "sampling": vars(cfg.sampling), "mode": cfg.model.mode,
-        "forward_passes": model.num_passes, "degraded": degraded, "out": str(out)}
+        "forward_passes": model.num_passes, "degraded": degraded, "out": str(out),
+        "seconds": {k: round(v, 3) for k, v in decoding.last_seconds.items()}}  # rank 0's, by stage
     if trainer.is_global_zero:
         if module.tokenizer is not None:
             chunks = -(-n // cfg.eval.batch_size)
+            start = time.perf_counter()
             results["samples_npz"] = str(write_samples_npz(out / "chunks", chunks, out / f"samples_{n}.npz"))
+            results["seconds"]["npz"] = round(time.perf_counter() - start, 3)
         write_text(out / "results.json", json.dumps(results, indent=1, sort_keys=True, allow_nan=False,
                                                     default=str))
     return results
+
+
+def claim_chunk_folder(folder: Path, ckpt: str | Path, cfg: TrainConfig) -> None:
+    """Chunks on disk are reused by a rerun only when they come from the same samples: the checkpoint (path,
+    size, time), sampling settings, seed, chunk size and count are written beside them at the first run, and a
+    rerun with other settings into the same folder stops naming what differs (instead of mixing samples)."""
+    from nar.atomic import write_text
+
+    path = Path(ckpt)
+    stat = path.stat() if path.is_file() else None
+    settings = {"checkpoint": str(path.resolve()), "size": stat.st_size if stat else None,
+                "mtime": int(stat.st_mtime) if stat else None, "sampling": vars(cfg.sampling),
+                "seed": cfg.eval.seed, "batch_size": cfg.eval.batch_size, "num_samples": cfg.eval.num_samples,
+                "mode": cfg.model.mode}
+    settings = json.loads(json.dumps(settings, default=str))
+    record = folder / "settings.json"
+    if record.is_file():
+        before = json.loads(record.read_text())
+        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        if changed:
+            raise ConfigError(f"{folder} holds samples made with other settings ({', '.join(changed)} differ); "
+                              "evaluate into another --out, or delete the folder to start again")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text(record, json.dumps(settings, indent=1, sort_keys=True))
 
 
 class _EmptyLoader(list):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,9 @@ class FrontierDecodingCallback(Callback):
         self.last_results: dict[str, float] = {}
         self.last_counts: dict[str, int] = {}
         self.last_grid: Path | None = None
+        # this rank's wall seconds of the last decoding validation, by stage: tokens (sampling), decode,
+        # features (Inception/I3D on generated samples), write/read (chunk files), real, scores
+        self.last_seconds: dict[str, float] = {}
         self.real_count = 0
         self._validations = 0
         # nar evaluate: chunks of generated samples go here (and are read back when it is run again)
@@ -105,7 +109,8 @@ class FrontierDecodingCallback(Callback):
         if self.metrics is None:
             self.metrics = build_metrics(e.metrics, video=video, inception_weights=e.inception_weights,
                                          i3d_path=e.i3d_path, reference_stats=e.reference_stats,
-                                         have_real=bool(e.real_root)) if tokenizer is not None else {}
+                                         have_real=bool(e.real_root) or self._reference_images()) \
+                if tokenizer is not None else {}
             if e.compile_decoder and tokenizer is not None and device.type == "cuda":
                 tokenizer.decoder.compile()  # in place, once; the first decode compiles
         for m in self.metrics.values():
@@ -126,22 +131,28 @@ class FrontierDecodingCallback(Callback):
         else:
             gen = ChunkGenerator(model, tokenizer, self.cfg.sampling, device)
             text = self._text_metric(model, device)
-            consumers = [self._metric_consumer(), self._grid_consumer(grid)]
+            seconds: dict[str, float] = {}
+            consumers = [self._metric_consumer(seconds), self._grid_consumer(grid)]
             if text is not None:
                 consumers.append(self._text_consumer(text, bs))
             local = sum(min(bs, n - c * bs) for c in chunks)
             with Progress(local, f"sampling {n} (this rank {local})", unit="img", every_s=30,
                           enabled=trainer.is_global_zero and local >= 4 * bs) as progress:
                 reused = stream_chunks(gen, conds, masks, chunks, bs, e.seed, consumers, folder=self.sample_dir,
-                                       labels=labels, progress=progress)
+                                       labels=labels, progress=progress, seconds=seconds)
             if reused:
                 log.info("rank %d: %d of %d chunks read back from %s", rank, reused, len(chunks), self.sample_dir)
+            start = time.perf_counter()
             if not self._real_done:
                 self._update_real(trainer, pl_module, tokenizer, video)
+            seconds["real"] = time.perf_counter() - start
+            start = time.perf_counter()
             for m in self.metrics.values():
                 for key, value in m.compute().items():
                     results[f"val/{key}"] = float(value)
                 m.reset()
+            seconds["scores"] = time.perf_counter() - start
+            self.last_seconds = {"tokens": gen.generate_seconds, "decode": gen.decode_seconds, **seconds}
             if text is not None:
                 for key, value in text.compute().items():
                     results[f"val/{key}"] = float(value)
@@ -163,10 +174,12 @@ class FrontierDecodingCallback(Callback):
         return results
 
     # ------------------------------------------------------------------------------ consumers
-    def _metric_consumer(self):
+    def _metric_consumer(self, seconds: dict[str, float]):
         def consume(c: int, pixels: torch.Tensor, labels: torch.Tensor | None) -> None:
+            start = time.perf_counter()
             for m in self.metrics.values():
                 m.update(pixels, real=False)
+            seconds["features"] = seconds.get("features", 0.0) + time.perf_counter() - start
         return consume
 
     def _grid_consumer(self, grid: list[torch.Tensor]):
@@ -215,26 +228,35 @@ class FrontierDecodingCallback(Callback):
         if keep:
             metric.update(pixels[keep], specs)
 
+    def _reference_images(self) -> bool:
+        """Whether ``eval.reference_stats`` is a reference batch holding its images (``arr_0``, as ADM's do)."""
+        from nar.metrics.registry import reference_keys
+
+        return bool(self.eval.reference_stats) and "arr_0" in reference_keys(self.eval.reference_stats)
+
     def _update_real(self, trainer: L.Trainer, pl_module: L.LightningModule, tokenizer: Any, video: bool) -> None:
-        if not self.metrics or self.eval.reference_stats:
-            self._real_done = True
+        image = self.metrics.get("image") if self.metrics else None
+        needs_images = image is not None and image.keeps_features  # precision/recall, KID
+        if not self.metrics or (self.eval.reference_stats and not needs_images):
+            self._real_done = True  # FID/sFID against the reference's statistics
             return
         device = pl_module.device
         e = self.eval
         count = 0
-        if e.real_root:
+        real_root, real_split = (e.reference_stats, None) if e.reference_stats else (e.real_root, e.real_split)
+        if real_root:
             size = getattr(getattr(tokenizer, "config", None), "image_size", None)
             wanted = e.num_real or e.num_samples
-            image = self.metrics.get("image")
-            if image is not None and trainer.world_size == 1 and len(self.metrics) == 1:
+            if image is not None and trainer.world_size == 1 and len(self.metrics) == 1 \
+                    and "sfid" not in image.metrics:
                 # one process: the real features come from (and go to) a cache, shared by every run scored
                 # against the same real samples at the same size
-                features = real_features(e.real_root, image.extractor, e.real_split, wanted, image_size=size,
+                features = real_features(real_root, image.extractor, real_split, wanted, image_size=size,
                                          batch_size=e.batch_size, device=device)
                 image.update_features(features.to(device), real=True)
                 count = features.shape[0]
             else:
-                records = iter_records(e.real_root, e.real_split, wanted, image_size=size,
+                records = iter_records(real_root, real_split, wanted, image_size=size,
                                        rank=trainer.global_rank, world_size=trainer.world_size)
                 for pixels, _ in iter_batches(records, e.batch_size):
                     count += pixels.shape[0]
@@ -242,8 +264,10 @@ class FrontierDecodingCallback(Callback):
                         m.update(pixels.to(device), real=True)
             total = int(trainer.strategy.reduce(torch.tensor(float(count), device=device), reduce_op="sum").item())
             if total < wanted:
-                message = (f"eval.real_root {e.real_root} ({e.real_split}) gave {total} real samples, {wanted} "
-                           "were asked for (eval.num_real, else eval.num_samples)")
+                source = (f"eval.reference_stats {real_root} (arr_0)" if e.reference_stats
+                          else f"eval.real_root {real_root} ({real_split})")
+                message = (f"{source} gave {total} real samples, {wanted} were asked for (eval.num_real, else "
+                           "eval.num_samples)")
                 if not e.allow_fewer:
                     raise RuntimeFailure(message + "; lower eval.num_real or set eval.allow_fewer=true")
                 log.warning("%s; scoring on fewer (eval.allow_fewer)", message)
