@@ -244,7 +244,7 @@ def run_ablation(cfg: AblationConfig, shared: Sequence[str] = (), only: Sequence
         ran.append(row["run"])
 
     log.info("%s: %d runs to train (%d variants x %d seeds), %d done, %d twins, %d at a time", cfg.name, len(todo),
-             len(cfg.variants), len(cfg.seeds), len(skipped), len(twins), cfg.jobs)
+             len(set(only)) if only else len(cfg.variants), len(cfg.seeds), len(skipped), len(twins), cfg.jobs)
     if cfg.jobs > 1 and len(todo) > 1:
         threads_each = max(1, (os.cpu_count() or 2) // cfg.jobs)
         context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no forked torch state
