@@ -218,3 +218,30 @@ def test_second_interrupt_aborts_at_once() -> None:
     with pytest.raises(KeyboardInterrupt):
         guard._handle(signal.SIGINT, None)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def test_messages_instead_of_tracebacks(tmp_path: Path, caplog) -> None:
+    """8. A YAML syntax error, a YAML whose top level is a list, a YAML or prompt file that is not UTF-8, and
+    --device cuda without a GPU: one line naming the file or value, exit 2 (read-only folders and full disks:
+    test_data_faults.py and test_full_disk_truncated_files_and_resume)."""
+    from nar.errors import ConfigError
+    from nar.workflows.sample import read_prompts
+
+    files = {"syntax.yaml": b"optim:\n  lr: [1\n", "list.yaml": b"- a\n- b\n", "latin1.yaml": b"name: caf\xe9\n"}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+        caplog.clear()
+        assert main(["train", "--config", str(tmp_path / name), f"runs_root={tmp_path / 'runs'}"]) == 2, name
+        assert name in caplog.text and "Traceback" not in caplog.text, caplog.text
+    assert not (tmp_path / "runs").exists()
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(b"a red circle\n\xff\xfe a blue square\n")
+    with pytest.raises(ConfigError, match=r"prompts\.txt is not UTF-8 text .* at byte 13"):
+        read_prompts([], str(prompts))
+
+    if not torch.cuda.is_available():
+        caplog.clear()
+        assert main(["sample", "--ckpt", str(tmp_path / "any.ckpt"), "--classes", "1", "--device", "cuda",
+                     "--out", str(tmp_path / "s")]) == 2
+        assert "--device cuda" in caplog.text and not (tmp_path / "s").exists()
