@@ -260,6 +260,13 @@ def plot_learning_curves(path: str | Path, rows: Sequence[dict[str, Any]], runs_
     for ax in (by_step, by_time):
         ax.grid(alpha=0.3)
     by_time.legend(fontsize=7)
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig: Any, path: str | Path) -> Path:
+    """Lay out ``fig``, write it as a PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -288,12 +295,7 @@ def plot_score_vs_speed(path: str | Path, rows: Sequence[dict[str, Any]]) -> Pat
     ax.set_ylabel(f"{points[0].get('score_name') or 'score'} (lower is better)")
     ax.set_title("head configurations: quality vs speed")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def log_hparams(tb_dir: str | Path, row: dict[str, Any]) -> None:
