@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -56,11 +57,22 @@ def main() -> int:
                      "ceiling_fid": result["ceiling"].get("fid"), "bits_per_token": scores.get("val/bits_per_token"),
                      "timings": result["timings"], "command": " ".join(cmd[2:])})
         print(json.dumps(rows[-1]), flush=True)
-    (results / "sweep.json").write_text(json.dumps({"machine": platform.processor() or platform.machine(),
+        write_results(results, args, data_seconds, rows)  # after every setting: a stopped sweep keeps its rows
+    return 0
+
+
+def write_results(results: Path, args: argparse.Namespace, data_seconds: float, rows: list[dict]) -> None:
+    command = f"python experiments/demo/sweep.py --out {args.out} --results {args.results} --threads {args.threads}" \
+              f" --settings {' '.join(args.settings)}"
+    machine = f"{platform.machine()}, {os.cpu_count()} logical CPUs, {platform.platform()}"
+    (results / "sweep.json").write_text(json.dumps({"command": command, "machine": machine,
+                                                     "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                                                      "data_seconds": data_seconds, "rows": rows}, indent=1))
-    lines = ["# `nar demo` budget sweep (emoji, 2 CPU threads)", "",
-             f"`python experiments/demo/sweep.py --out {args.out} --results {args.results}`; embedded data built once "
-             f"in {data_seconds:.0f} s (`nar data embedded --only emoji`).", "",
+    lines = [f"# `nar demo` budget sweep (emoji, {args.threads} CPU threads)", "",
+             f"`{command}`", "",
+             f"Machine: {machine}. Embedded data built once in {data_seconds:.0f} s (`nar data embedded --only "
+             "emoji`). Each row is one whole `nar demo` (its command in sweep.json): tokenizer, tokens, generator, "
+             "200 samples, FID against 200 held-out images, the tokenizer's ceiling FID on the same real set.", "",
              "| tokenizer steps | generator steps | minutes (+ data) | FID (200) | tokenizer ceiling | bits/token |",
              "|---|---|---|---|---|---|"]
     for r in rows:
@@ -68,7 +80,6 @@ def main() -> int:
                      f"({r['seconds_with_data'] / 60:.1f}) | {r['fid']:.1f} | {r['ceiling_fid']:.1f} | "
                      f"{r['bits_per_token']:.4f} |")
     (results / "sweep.md").write_text("\n".join(lines) + "\n")
-    return 0
 
 
 if __name__ == "__main__":
