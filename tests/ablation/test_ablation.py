@@ -156,3 +156,53 @@ def test_seeds_run_in_parallel_and_report_intervals(tmp_path: Path, tiny_tokens:
     assert [m["step"] for m in curve] == [2, 4]
     assert "val/images_per_sec" not in curve[0] and "val/images_per_sec" in curve[-1]
     assert curve[1]["train_seconds"] > curve[0]["train_seconds"] > 0
+
+
+def test_a_stopped_grid_stops_its_runs_and_keeps_their_checkpoints(tmp_path: Path, tiny_tokens: Path) -> None:
+    """SIGINT to the grid's own process (as Ctrl-C in a terminal: its workers have their own process group)
+    while two runs train side by side: queued runs never start, each running run saves its checkpoint, no worker
+    is left, exit 75; the same command then finishes the grid, resuming the two from their checkpoints."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from nar.runs.folder import resume_checkpoint
+
+    over = [*tiny_train_overrides(tiny_tokens), "trainer.max_steps=5000", "trainer.val_every=0",
+            "trainer.ckpt_every=5000", "eval.metrics=[]"]
+    path = _grid(tmp_path, [{"name": "a", "model": {}}, {"name": "b", "model": {"mode": "raster"}}], overrides=over,
+                 bench={"batch": 2, "iters": 1, "warmup": 0}, seeds=[0, 1], jobs=2)
+    runs = tmp_path / "out" / "runs"
+    cmd = [sys.executable, "-m", "nar", "ablate", "--config", str(path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while len(list(runs.glob("*/config.yaml"))) < 2:  # both workers are training (config.yaml: training runs)
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline, "the runs did not start"
+        time.sleep(0.1)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    code = proc.wait(120)
+    err = proc.stderr.read()
+    assert code == 75, err[-3000:]
+    assert "grid stopped by a signal" in err and "Traceback" not in err
+    started = sorted(p.parent.name for p in runs.glob("*/config.yaml"))
+    assert started == ["a-s0", "a-s1"], started  # the queued runs (b-*) never started
+    steps = []
+    for name in started:
+        saved = resume_checkpoint(runs / name)
+        assert saved is not None and 0 < saved.step < 5000, (name, saved)
+        steps.append(saved.step)
+    workers = subprocess.run(["pgrep", "-f", "multiprocessing.spawn"], capture_output=True, text=True).stdout.split()
+    assert not [pid for pid in workers if os.path.exists(f"/proc/{pid}") and
+                str(tmp_path) in open(f"/proc/{pid}/cmdline").read()]
+    assert not (tmp_path / "out" / "results.csv").exists()
+
+    end = max(steps) + 5
+    done = subprocess.run([*cmd, f"trainer.max_steps={end}", f"trainer.ckpt_every={end}"], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {r["run"]: r for r in read_rows(tmp_path / "out" / "results.csv")}
+    assert sorted(rows) == ["a-s0", "a-s1", "b-s0", "b-s1"] and {r["steps"] for r in rows.values()} == {end}

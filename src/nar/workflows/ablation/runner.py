@@ -8,19 +8,22 @@ parent writes every row as its run completes, so an interrupted grid resumes whe
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from nar.config import load_config
-from nar.errors import ConfigError
+from nar.errors import ConfigError, RunInterrupted
 from nar.runs.config import TrainConfig
 from nar.workflows.ablation.config import AblationConfig, BenchConfig, VariantConfig, variant_overrides
 from nar.workflows.ablation.report import (
@@ -175,14 +178,70 @@ def run_variant(variant: VariantConfig, train_cfg: Any, bench: BenchConfig, seed
     }
 
 
+_STOP: Any = None  # in a grid worker: the grid's stop event (set when the grid is stopping)
+
+
+def _init_worker(stop: Any) -> None:
+    """A grid worker: its own process group (a terminal's Ctrl-C reaches the grid process only) and the stop
+    event, which a run queued to this worker before the stop checks before it starts."""
+    global _STOP
+    os.setpgrp()
+    _STOP = stop
+
+
 def _run_in_process(run: Run, bench: BenchConfig, threads: int) -> dict[str, Any] | None:
     """A grid run in a worker process (``jobs > 1``): its own logging and CPU threads."""
     from nar.logconfig import configure_logging  # the worker is a fresh interpreter
+
+    if _STOP is not None and _STOP.is_set():
+        raise RunInterrupted(f"{run.name}: not started, the grid is stopping")
 
     configure_logging(lightning=True)
     run.train_cfg = dataclasses.replace(run.train_cfg, trainer=dataclasses.replace(run.train_cfg.trainer,
                                                                                    threads=threads))
     return run_variant(run.variant, run.train_cfg, bench, run.seed, run.name)
+
+
+def _run_side_by_side(todo: list[tuple[Run, str]], jobs: int, bench: BenchConfig, threads: int, finish: Any) -> None:
+    """The grid's runs in ``jobs`` worker processes, each row written as its run completes.
+
+    A stop (SIGINT or SIGTERM to this process, or a failed run) does not wait for the queue: runs not started
+    are cancelled, the running ones get one SIGTERM, save a checkpoint and stop (their trainer's handler), and
+    the grid ends with :class:`RunInterrupted` (exit 75). The workers have their own process group, so a
+    terminal's Ctrl-C reaches this process only and each worker hears of it once (a second SIGINT would make a
+    worker abort without saving). Rerunning the command keeps the finished rows and resumes the interrupted
+    runs from their checkpoints."""
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no forked torch state
+    stop = context.Event()
+    pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
+                                                  initargs=(stop,))
+    futures = {pool.submit(_run_in_process, run, bench, threads): (run, fp) for run, fp in todo}
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
+    try:
+        for future in concurrent.futures.as_completed(futures):
+            run, fp = futures[future]
+            finish(future.result(), fp)  # a failed run raises here, naming itself in its traceback
+    except BaseException as err:
+        stop.set()  # a run already handed to a worker's queue does not start
+        for future in futures:
+            future.cancel()
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(process.pid, signal.SIGTERM)
+        pool.shutdown(wait=True, cancel_futures=True)
+        if isinstance(err, KeyboardInterrupt):
+            raise RunInterrupted("grid stopped by a signal: the running runs saved their checkpoints, finished rows "
+                                 "are in results.csv; run the same command again to continue") from None
+        raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    pool.shutdown(wait=True)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def run_ablation(cfg: AblationConfig, shared: Sequence[str] = (), only: Sequence[str] | None = None,
@@ -246,13 +305,7 @@ def run_ablation(cfg: AblationConfig, shared: Sequence[str] = (), only: Sequence
     log.info("%s: %d runs to train (%d variants x %d seeds), %d done, %d twins, %d at a time", cfg.name, len(todo),
              len(set(only)) if only else len(cfg.variants), len(cfg.seeds), len(skipped), len(twins), cfg.jobs)
     if cfg.jobs > 1 and len(todo) > 1:
-        threads_each = max(1, (os.cpu_count() or 2) // cfg.jobs)
-        context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no forked torch state
-        with concurrent.futures.ProcessPoolExecutor(cfg.jobs, mp_context=context) as pool:
-            futures = {pool.submit(_run_in_process, run, cfg.bench, threads_each): (run, fp) for run, fp in todo}
-            for future in concurrent.futures.as_completed(futures):
-                run, fp = futures[future]
-                finish(future.result(), fp)  # a failed run raises here, naming itself in its traceback
+        _run_side_by_side(todo, cfg.jobs, cfg.bench, max(1, (os.cpu_count() or 2) // cfg.jobs), finish)
     else:
         for run, fp in todo:
             log.info("%s: training %s", run.name, " ".join(variant_overrides(run.variant)) or "(base config)")
