@@ -133,9 +133,18 @@ def kill_workers_at_exit() -> None:
     import multiprocessing
 
     def kill_daemonic_children() -> None:
-        for child in multiprocessing.active_children():
-            if child.daemon:
+        import contextlib
+        import signal
+
+        # torch's SIGCHLD handler raises when a DataLoader worker dies: it would cut this hook short
+        with contextlib.suppress(ValueError):  # not the main thread
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        children = [child for child in multiprocessing.active_children() if child.daemon]
+        for child in children:
+            with contextlib.suppress(Exception):
                 child.kill()
+        for child in children:
+            with contextlib.suppress(Exception):
                 child.join(5)
 
     atexit.register(kill_daemonic_children)
