@@ -227,7 +227,7 @@ def test_a_process_exits_with_dataloader_workers_left_open(tmp_path):
     """An iterator never closed (its frame kept by an exception, say) leaves workers that ignore SIGTERM; the
     process still exits at once (the suite once hung at exit in CI on exactly this)."""
     code = textwrap.dedent(LEAK_WORKERS).format(here=str(Path(__file__).parent), root=str(tmp_path / "tok"))
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "started" in done.stdout, done.stderr[-3000:]
 
 
