@@ -174,7 +174,9 @@ def run_variant(variant: VariantConfig, train_cfg: Any, bench: BenchConfig, seed
         "score": scores[score_key] if score_key else None, "paper_score": variant.paper_score,
         "val_loss": scores.get("val/loss"), "forward_passes": int(model.num_passes),
         "images_per_s": measure_images_per_s(model, train_cfg, bench), "parameters": int(model.num_parameters()),
-        "steps": int(result["global_step"]), "train_seconds": seconds, "same_as": "",
+        # the run's own training clock (metrics.jsonl, validation excluded, summed over resumes); the wall time
+        # of this call only when the run records none (a run already finished takes ~1 s to collect)
+        "steps": int(result["global_step"]), "train_seconds": scores.get("train_seconds", seconds), "same_as": "",
     }
 
 
