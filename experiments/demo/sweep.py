@@ -38,9 +38,14 @@ def main() -> int:
     start = time.perf_counter()
     subprocess.run([*nar, "data", "embedded", "--only", "emoji", "--out", str(data)], check=True)
     data_seconds = time.perf_counter() - start
-    rows = []
+    earlier = results / "sweep.json"  # a later invocation adds settings to the same table
+    rows = json.loads(earlier.read_text())["rows"] if earlier.is_file() else []
+    done = {(r["tokenizer_steps"], r["generator_steps"]) for r in rows}
     for setting in args.settings:
         tok, gen = (int(x) for x in setting.split(":"))
+        if (tok, gen) in done:
+            print(f"{setting}: already in {earlier}", flush=True)
+            continue
         folder = out / f"t{tok}-g{gen}"
         cmd = [*nar, "demo", "--domain", "emoji", "--data", str(data), "--out", str(folder), "--threads",
                str(args.threads), "--tokenizer-steps", str(tok), f"trainer.max_steps={gen}", f"trainer.val_every={gen}"]
@@ -62,14 +67,16 @@ def main() -> int:
 
 
 def write_results(results: Path, args: argparse.Namespace, data_seconds: float, rows: list[dict]) -> None:
+    settings = " ".join(f"{r['tokenizer_steps']}:{r['generator_steps']}" for r in rows)
     command = f"python experiments/demo/sweep.py --out {args.out} --results {args.results} --threads {args.threads}" \
-              f" --settings {' '.join(args.settings)}"
+              f" --settings {settings}"
     machine = f"{platform.machine()}, {os.cpu_count()} logical CPUs, {platform.platform()}"
     (results / "sweep.json").write_text(json.dumps({"command": command, "machine": machine,
                                                      "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                                                      "data_seconds": data_seconds, "rows": rows}, indent=1))
     lines = [f"# `nar demo` budget sweep (emoji, {args.threads} CPU threads)", "",
-             f"`{command}`", "",
+             f"`{command}` (settings may have been added by later invocations of the same command; each row's own "
+             "command is in sweep.json)", "",
              f"Machine: {machine}. Embedded data built once in {data_seconds:.0f} s (`nar data embedded --only "
              "emoji`). Each row is one whole `nar demo` (its command in sweep.json): tokenizer, tokens, generator, "
              "200 samples, FID against 200 held-out images, the tokenizer's ceiling FID on the same real set.", "",
