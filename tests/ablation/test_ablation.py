@@ -53,6 +53,8 @@ def test_unknown_keys_name_the_key(tmp_path: Path) -> None:
         load_ablation_config(_grid(tmp_path, [{"name": "a"}, {"name": "b", "model": {"head_blokcs": [0, 0]}}]))
     with pytest.raises(ConfigError, match="bench_size"):
         load_ablation_config(_grid(tmp_path, [{"name": "a"}], bench_size=3))
+    with pytest.raises(ConfigError, match=r"prepare\.tokenizer_steps"):
+        load_ablation_config(_grid(tmp_path, [{"name": "a"}], prepare={"tokenizer_steps": 0}))
     with pytest.raises(ConfigError, match="appears twice"):
         load_ablation_config(_grid(tmp_path, [{"name": "a"}, {"name": "a"}]))
     cfg = load_ablation_config(_grid(tmp_path, [{"name": "a", "model": {"head_layout": "zigzag"}}]))

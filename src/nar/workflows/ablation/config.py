@@ -52,6 +52,7 @@ class PrepareConfig:
     data: str = "data/embedded"  # embedded shard folder (built when missing)
     tokenizer_dir: str = ""  # folder of tokenizer.pt ("" = <out>/tokenizer); reused when it exists
     smoke: bool = False  # tiny tokenizer budget and data (tests)
+    tokenizer_steps: int | None = None  # the tokenizer's training steps (None: `nar demo`'s budget for the domain)
 
 
 @dataclass
@@ -94,6 +95,8 @@ class AblationConfig:
             raise ConfigError(f"key 'jobs': must be >= 1, got {self.jobs}")
         if self.prepare.domain not in DOMAINS:
             raise ConfigError(f"key 'prepare.domain': '{self.prepare.domain}' is not one of {DOMAINS}")
+        if self.prepare.tokenizer_steps is not None and self.prepare.tokenizer_steps < 1:
+            raise ConfigError(f"key 'prepare.tokenizer_steps': must be >= 1, got {self.prepare.tokenizer_steps}")
         if self.bench.weights not in ("random", "trained"):
             raise ConfigError(f"key 'bench.weights': '{self.bench.weights}' is not one of ('random', 'trained')")
         for key in ("batch", "iters"):

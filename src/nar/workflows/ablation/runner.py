@@ -110,7 +110,7 @@ def prepare_shared(cfg: AblationConfig, threads: int) -> list[str]:
 
     images = ensure_embedded(p.domain, Path(p.data), p.smoke)
     tok_dir = Path(p.tokenizer_dir) if p.tokenizer_dir else cfg.out_dir / "tokenizer"
-    tokenizer = ensure_tokenizer(p.domain, images, tok_dir, p.smoke, threads)
+    tokenizer = ensure_tokenizer(p.domain, images, tok_dir, p.smoke, threads, p.tokenizer_steps)
     # Tokens live beside the tokenizer that made them, so a grid reusing `make demo`'s tokenizer reuses its tokens.
     tokens = ensure_tokens(images, tokenizer, tok_dir.parent / "tokens")
     meta = read_meta(tokens)
