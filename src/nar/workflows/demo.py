@@ -36,7 +36,7 @@ T2I: dict[str, dict[str, Any]] = {
 
 # Budgets per mode: tokenizer steps, generator steps, embedded-data options.
 BUDGETS: dict[str, dict[str, Any]] = {
-    "emoji": {"tokenizer_steps": 200, "tokenizer_batch": 16, "smoke_tokenizer_steps": 4, "smoke_limit": 300},
+    "emoji": {"tokenizer_steps": 800, "tokenizer_batch": 16, "smoke_tokenizer_steps": 4, "smoke_limit": 300},
     "atari": {"tokenizer_steps": 150, "tokenizer_batch": 4, "smoke_tokenizer_steps": 4, "smoke_limit": None},
     "emoji-t2i": {"tokenizer_steps": 300, "tokenizer_batch": 16, "smoke_tokenizer_steps": 4, "smoke_limit": None},
     "shapes-t2i": {"tokenizer_steps": 1200, "tokenizer_batch": 16, "smoke_tokenizer_steps": 4, "smoke_limit": None},
