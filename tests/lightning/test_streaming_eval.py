@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ import torch
 from nar.config import load_config, to_dict
 from nar.lightning.generation import chunk_path
 from nar.runs import TrainConfig
+from process_helpers import sigkill_once_exists
 
 NAR = [sys.executable, "-m", "nar"]
 
@@ -81,15 +80,7 @@ def test_killed_evaluation_continues_to_the_same_files_and_scores(setup, tmp_pat
     cut = tmp_path / "cut"
     proc = subprocess.Popen([*NAR, *evaluate_args(ckpt, cut, n, batch, *metrics)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    try:
-        while not chunk_path(cut / "chunks", 1).exists():
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
-            assert time.time() < deadline, "no second chunk"
-            time.sleep(0.01)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(60)
+    sigkill_once_exists(proc, chunk_path(cut / "chunks", 1), 300, "second chunk")
     assert not (cut / "results.json").exists() and not chunk_path(cut / "chunks", 2).exists()
     again = subprocess.run([*NAR, *evaluate_args(ckpt, cut, n, batch, *metrics)], env=env, capture_output=True,
                            text=True, timeout=600)

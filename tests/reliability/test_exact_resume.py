@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 from lightning.pytorch.callbacks import Callback
 
+from process_helpers import sigkill_once_exists
 from token_data import write_token_shards
 
 STEPS, STOP = 20, 11  # 8 batches per epoch: the stop falls mid-epoch 1, after an odd number of its batches
@@ -118,15 +117,7 @@ def test_killed_and_resumed_run_sees_the_same_batches(tokens, tmp_path, uninterr
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ckpt = tmp_path / "killed" / "checkpoints" / "step_0000010.ckpt"
-    deadline = time.time() + 240
-    try:
-        while not ckpt.exists():
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
-            assert time.time() < deadline, "no checkpoint of step 10"
-            time.sleep(0.02)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(60)
+    sigkill_once_exists(proc, ckpt, 240, "checkpoint of step 10")
     saved = resume_checkpoint(tmp_path / "killed")
     assert saved is not None and saved.step >= 10
     killed = [json.loads(line) for line in log.read_text().splitlines()]
