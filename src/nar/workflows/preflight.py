@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from nar.errors import ConfigError
 from nar.runs.config import TokenizerRunConfig, TrainConfig
 
@@ -42,6 +40,7 @@ def tokenizer_codebook(path: str, config: str = "") -> int:
 def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[str]:
     """Start-time checks of a generator run (training or evaluation); returns the degraded pieces allowed."""
     from nar.data.shards import read_meta
+    from nar.metrics.registry import reference_keys
 
     degraded: list[str] = []
     e = cfg.eval
@@ -65,8 +64,7 @@ def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[st
         path = Path(e.reference_stats)
         if not path.is_file():
             raise ConfigError(f"file not found: {path}", key="eval.reference_stats")
-        with np.load(path) as data:
-            reference = set(data.keys())
+        reference = reference_keys(str(path))
         if not {"mu", "sigma"} <= reference:
             raise ConfigError(f"{path} has no mu/sigma (keys {sorted(reference)})", key="eval.reference_stats")
     video = len(cfg.model.grid) == 3
