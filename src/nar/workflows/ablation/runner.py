@@ -219,7 +219,10 @@ def _run_side_by_side(todo: list[tuple[Run, str]], jobs: int, bench: BenchConfig
                                                   initargs=(stop,))
     futures = {pool.submit(_run_in_process, run, bench, threads): (run, fp) for run, fp in todo}
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
+    # Both stop signals get our handler, as a training run's do (PreemptionCallback): a grid started in the
+    # background by a shell inherits SIGINT ignored, and Python then installs no KeyboardInterrupt for it.
+    stops = (signal.SIGINT, signal.SIGTERM) if main_thread else ()
+    previous = {signum: signal.signal(signum, _interrupt) for signum in stops}
     try:
         for future in concurrent.futures.as_completed(futures):
             run, fp = futures[future]
@@ -237,8 +240,8 @@ def _run_side_by_side(todo: list[tuple[Run, str]], jobs: int, bench: BenchConfig
                                  "are in results.csv; run the same command again to continue") from None
         raise
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     pool.shutdown(wait=True)
 
 
