@@ -159,6 +159,17 @@ def test_seeds_run_in_parallel_and_report_intervals(tmp_path: Path, tiny_tokens:
     assert "val/images_per_sec" not in curve[0] and "val/images_per_sec" in curve[-1]
     assert curve[1]["train_seconds"] > curve[0]["train_seconds"] > 0
 
+    # The per-step gap table: mixed's mean bits/token over its seeds relative to raster's, at each validated step.
+    def mean_bits(variant: str, step: int) -> float:
+        values = [m["val/bits_per_token"] for seed in (0, 1)
+                  for m in read_metrics(tmp_path / "out" / "runs" / f"{variant}-s{seed}") if m.get("step") == step]
+        assert len(values) == 2
+        return sum(values) / 2
+
+    assert "| step | `mixed` |" in md
+    for step in (2, 4):
+        assert f"| {step} | {100 * (mean_bits('mixed', step) / mean_bits('raster', step) - 1):+.2f} % |" in md
+
 
 def test_a_stopped_grid_stops_its_runs_and_keeps_their_checkpoints(tmp_path: Path, tiny_tokens: Path) -> None:
     """SIGINT to the grid's own process (as Ctrl-C in a terminal: its workers have their own process group)

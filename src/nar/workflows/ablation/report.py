@@ -200,7 +200,10 @@ def nar_vs_raster(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, An
              f"({'within' if abs(gap) <= 0.03 else 'NOT within'} 3 %), "
              f"CIs {'separate' if bn.separates(br) else 'overlap'}; {nar['forward_passes']} vs "
              f"{raster['forward_passes']} forward passes ({speed:.2f}x fewer)."]
-    curves = {n: mean_curve(rows, n, runs_root) for n in ("mixed", "raster")} if runs_root else {}
+    # Every NAR variant's learning curve against raster's, step by step (mean over seeds): the gap's trend.
+    nar_variants = [v["variant"] for v in summary if v.get("mode") == "nar" and not v.get("same_as")]
+    curves = ({n: mean_curve(rows, n, runs_root) for n in dict.fromkeys([*nar_variants, "mixed", "raster"])}
+              if runs_root else {})
     if curves.get("mixed") and curves.get("raster"):
         end_nar, end_raster = curves["mixed"][-1], curves["raster"][-1]
         reach = next((step for step, _, bits in curves["raster"] if bits <= end_nar[2]), None)
@@ -209,6 +212,16 @@ def nar_vs_raster(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, An
                      + (f"raster first reached NAR's final value at step {reach}." if reach is not None
                         else "raster never reached NAR's final value." if end_raster[2] > end_nar[2]
                         else "NAR never reached raster's final value."))
+    bits_at = {n: {step: bits for step, _, bits in curve} for n, curve in curves.items() if curve}
+    shown = [n for n in nar_variants if n in bits_at]
+    if "raster" in bits_at and shown:
+        lines += ["", "Each NAR variant's bits/token relative to raster's at the same step (mean over seeds; "
+                  "negative: NAR ahead):", "",
+                  "| step | " + " | ".join(f"`{n}`" for n in shown) + " |", "|---" * (len(shown) + 1) + "|"]
+        for step, raster_bits in sorted(bits_at["raster"].items()):
+            cells = [bits_at[n].get(step) for n in shown]
+            lines.append(f"| {step} | " + " | ".join("—" if b is None else f"{100 * (b / raster_bits - 1):+.2f} %"
+                                                   for b in cells) + " |")
     return lines
 
 
