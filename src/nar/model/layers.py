@@ -109,7 +109,15 @@ class Attention(nn.Module):
         under ``mask`` ``[B|1, 1, T, kv_limit]`` (None: every one of them is visible).
         """
         B, T, _ = x.shape
-        qk, v = self.wqkv(x).split([(self.n_head + self.n_kv_head) * self.head_dim, self.n_kv_head * self.head_dim], -1)
+        out = self.attend(self.wqkv(x), rope, mask, cache, slots, kv_limit)
+        return self.resid_dropout(self.wo(out))
+
+    def attend(self, qkv: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None = None,
+               slots: torch.Tensor | int | None = None, kv_limit: int | None = None) -> torch.Tensor:
+        """Everything between the two projections: ``qkv [B, T, (H + 2 H_kv) hd]`` (the ``wqkv`` output) →
+        rotary, cache write, attention → ``[B, T, H * hd]`` (what ``wo`` reads). Arguments as :meth:`forward`."""
+        B, T, _ = qkv.shape
+        qk, v = qkv.split([(self.n_head + self.n_kv_head) * self.head_dim, self.n_kv_head * self.head_dim], -1)
         # q and k are rotated together: [B, T, H + H_kv, hd]
         qk = apply_rotary(qk.view(B, T, self.n_head + self.n_kv_head, self.head_dim), rope)
         q, k = qk.transpose(1, 2).split([self.n_head, self.n_kv_head], dim=1)  # [B, H, T, hd], [B, H_kv, T, hd]
@@ -120,11 +128,11 @@ class Attention(nn.Module):
             if kv_limit is not None:
                 k, v = k[:, :, :kv_limit], v[:, :, :kv_limit]
             if cache.attention == "triton":
-                return self.resid_dropout(self.wo(prefix_attention(q, k, v, mask)))
+                return prefix_attention(q, k, v, mask)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0,
             enable_gqa=self.n_kv_head != self.n_head)
-        return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(B, T, -1)))
+        return out.transpose(1, 2).reshape(B, T, -1)
 
 
 class DropPath(nn.Module):
@@ -157,6 +165,30 @@ class Block(nn.Module):
                 kv_limit: int | None = None) -> torch.Tensor:
         h = x + self.drop_path(self.attention(self.attention_norm(x), rope, mask, cache, slots, kv_limit))
         return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))
+
+    def forward_segments(self, xs: list[torch.Tensor], ropes: list[torch.Tensor], masks: list[torch.Tensor | None],
+                         caches: list[KVCache], slots: list[torch.Tensor | int],
+                         kv_limits: list[int | None]) -> list[torch.Tensor]:
+        """:meth:`forward` of several independent decoding passes at once (inference only).
+
+        Segment ``i`` is ``xs[i] [B_i, T_i, D]`` with its own rotary rows, mask, cache, slots and prefix, as one
+        call of :meth:`forward` would take them. The row-wise work (norms, every projection, SwiGLU) runs
+        once over all segments' tokens side by side, so the matrix products see the tokens of every pass;
+        only rotary, the cache write and attention run per segment. Segment ``i`` of the result equals
+        ``forward`` of segment ``i`` up to the rounding of the larger matrix products.
+        """
+        if self.training:
+            raise RuntimeError("forward_segments is for decoding; train through forward")
+        shapes = [x.shape[:2] for x in xs]
+        sizes = [b * t for b, t in shapes]
+        flat = torch.cat([x.reshape(-1, x.shape[-1]) for x in xs])  # [sum B_i T_i, D]
+        qkv = self.attention.wqkv(self.attention_norm(flat)).split(sizes)
+        attn = [self.attention.attend(q.view(b, t, -1), rope, mask, cache, slot, limit).reshape(b * t, -1)
+                for q, (b, t), rope, mask, cache, slot, limit in zip(qkv, shapes, ropes, masks, caches, slots,
+                                                                       kv_limits)]
+        h = flat + self.attention.wo(torch.cat(attn))
+        h = h + self.feed_forward(self.ffn_norm(h))
+        return [part.view(b, t, -1) for part, (b, t) in zip(h.split(sizes), shapes)]
 
 
 def rotary_table(coords: torch.Tensor, head_dim: int, num_cond: int, base: float) -> torch.Tensor:

@@ -202,24 +202,32 @@ class NARModel(nn.Module):
     def _features(self, x: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None,
                   state: InferenceState | None = None, plan: StepPlan | None = None) -> list[torch.Tensor]:
         """Run trunk and branches; return the hidden states each predicting axis reads."""
-        caches = iter(state.caches) if state is not None else None
-        runners = iter(state.runners) if state is not None and state.runners else None
+        if state is None:
+            return self._features_of(lambda i, block, hs: [block(hs[0], rope, mask)], [x])[0]
+        caches = state.caches
+        runners = state.runners or self.blocks()
 
-        def run(block: Block, h: torch.Tensor) -> torch.Tensor:
-            if caches is None:
-                return block(h, rope, mask)
-            fn = next(runners) if runners is not None else block
-            return fn(h, rope, mask, next(caches), plan.slots, plan.kv_limit)
+        def run(i: int, block: Block, hs: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [runners[i](hs[0], rope, mask, caches[i], plan.slots, plan.kv_limit)]
 
+        return self._features_of(run, [x])[0]
+
+    def _features_of(self, run, xs: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+        """Trunk and branches over segments ``xs``: ``run(block index, block, hidden states) -> hidden states``
+        applies block ``i`` (cache order) to every segment; returns, per segment, each predicting axis's input."""
+        i = 0
         for block in self.layers:
-            x = run(block, x)
-        taps = [[x] for _ in self.branches]
+            xs = run(i, block, xs)
+            i += 1
+        taps = [[xs] for _ in self.branches]
         for branch, tap in zip(self.branches, taps):
-            h = x
+            hs = xs
             for block in branch:
-                h = run(block, h)
-                tap.append(h)
-        return [x if depth == 0 else taps[b][depth] for b, depth in self._sources]
+                hs = run(i, block, hs)
+                i += 1
+                tap.append(hs)
+        per_axis = [xs if depth == 0 else taps[b][depth] for b, depth in self._sources]
+        return [[axis[s] for axis in per_axis] for s in range(len(xs))]
 
     def _mix(self, feats: list[torch.Tensor], sources: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Mixed logits ``[B, n_out, V]`` (float32) from per-axis features ``[B, T, D]``.
@@ -338,23 +346,47 @@ class NARModel(nn.Module):
 
     def prefill(self, cond: torch.Tensor, state: InferenceState) -> torch.Tensor:
         """Condition tokens in; logits ``[B, 1, V]`` of the first cell out."""
-        plan = state.plans[0]
-        x = self.cls_embedding(cond).to(state.caches[0].k.dtype)
-        feats = self._features(x, plan.rope, plan.mask, state, plan)
-        return self._mix_inference(feats, plan, state)
+        return self.decode_steps([(self.step_input(0, state, cond=cond), 0, state)])[0]
 
     def decode_step(self, tokens: torch.Tensor, step: int, state: InferenceState) -> torch.Tensor:
         """Feed step ``step``'s cells (``tokens [B, T]``, the outputs of step ``step - 1`` in raster order),
         followed by the step's transition tokens (PAR's first parallel pass); return the mixed logits
         ``[B, n_out, V]`` of the cells step ``step`` produces."""
+        return self.decode_steps([(self.step_input(step, state, tokens=tokens), step, state)])[0]
+
+    def step_input(self, step: int, state: InferenceState, cond: torch.Tensor | None = None,
+                   tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """The embeddings pass ``step`` feeds: the condition ``cond`` at step 0, else ``tokens [B, T]`` (the
+        cells step ``step - 1`` produced, raster order) and the step's transition tokens."""
+        dtype = state.caches[0].k.dtype
+        if step == 0:
+            return self.cls_embedding(cond).to(dtype)
         plan = state.plans[step]
-        cells = state.plans[step - 1].outputs
-        x = self._embed_grid(tokens, cells)
+        x = self._embed_grid(tokens, state.plans[step - 1].outputs)
         if plan.transition is not None:
             x = torch.cat([x, self._embed_transition(plan.transition, x.shape[0])], dim=1)
-        x = x.to(state.caches[0].k.dtype)
-        feats = self._features(x, plan.rope, plan.mask, state, plan)
-        return self._mix_inference(feats, plan, state)
+        return x.to(dtype)
+
+    def decode_steps(self, passes: list[tuple[torch.Tensor, int, InferenceState]],
+                     segment_runners: list | None = None) -> list[torch.Tensor]:
+        """Several independent decoding passes as one: ``(input from step_input, step, state)`` each, every
+        state with its own caches. One pass runs each block as :meth:`Block.forward` (or ``state.runners``);
+        several run each block once over all their tokens (:meth:`Block.forward_segments`, or the
+        ``segment_runners`` replacing it, in cache order), which keeps the matrix products full when each
+        pass alone is narrow. Returns each pass's mixed logits, as :meth:`decode_step` would."""
+        plans = [state.plans[step] for _, step, state in passes]
+        if len(passes) == 1:
+            (x, _, state), plan = passes[0], plans[0]
+            return [self._mix_inference(self._features(x, plan.rope, plan.mask, state, plan), plan, state)]
+        blocks = segment_runners or [b.forward_segments for b in self.blocks()]
+        states = [state for _, _, state in passes]
+
+        def run(i: int, block: Block, hs: list[torch.Tensor]) -> list[torch.Tensor]:
+            return blocks[i](hs, [p.rope for p in plans], [p.mask for p in plans], [s.caches[i] for s in states],
+                             [p.slots for p in plans], [p.kv_limit for p in plans])
+
+        feats = self._features_of(run, [x for x, _, _ in passes])
+        return [self._mix_inference(f, plan, state) for f, plan, state in zip(feats, plans, states)]
 
     def _mix_inference(self, feats: list[torch.Tensor], plan: StepPlan, state: InferenceState) -> torch.Tensor:
         """As :meth:`_mix`; for the mean of logits, all heads in one matmul: the weighted, normalised
