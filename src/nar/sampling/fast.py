@@ -65,6 +65,52 @@ class CompiledDraw:
         return self.pick(logits, race)
 
 
+def choose_attention(attention: str, device: torch.device, dtype: torch.dtype) -> str:
+    """``auto`` → the small-query kernel where it runs (half precision on a GPU with Triton), else SDPA."""
+    if attention != "auto":
+        return attention
+    half = dtype in (torch.bfloat16, torch.float16)
+    return "triton" if device.type == "cuda" and half and triton_available() else "sdpa"
+
+
+def compile_blocks(fns: list, mode: bool | str = True) -> list:
+    """``torch.compile`` each of ``fns`` (blocks, or their ``forward_segments``) with symbolic lengths: the
+    frontier width and the cache prefix vary per pass. The fused kernels are then recorded into the CUDA
+    graph like any other. ``mode``: True for inductor's default, or a ``torch.compile`` mode name
+    (``max-autotune-no-cudagraphs``; the sampler records its own graph, so never a cudagraphs mode)."""
+    import torch._dynamo as dynamo
+
+    dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
+    kwargs = {} if mode is True else {"mode": mode}
+    return [torch.compile(fn, dynamic=True, **kwargs) for fn in fns]
+
+
+def capture_graph(run, generators: list[torch.Generator | None], device: torch.device) -> torch.cuda.CUDAGraph:
+    """Record ``run()`` into a CUDA graph (after two warm-up calls on a side stream: allocator, cuBLAS and
+    attention kernels) and return it. The warm-up and the capture draw random numbers: every generator in
+    ``generators`` (None: the device's default one) is registered with the graph and then restored, so the
+    first replay starts from the caller's state and a seed gives the same tokens on every call."""
+    gens = [g for g in generators if g is not None]
+    saved = [g.get_state() for g in gens]
+    default = torch.cuda.get_rng_state(device) if None in generators else None
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            run()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    for g in gens:
+        graph.register_generator_state(g)
+    with torch.cuda.graph(graph):
+        run()
+    for g, state in zip(gens, saved):
+        g.set_state(state)
+    if default is not None:
+        torch.cuda.set_rng_state(default, device)
+    return graph
+
+
 class FastSampler:
     """Reusable sampler for a fixed batch size, condition kind and sampling config.
 
@@ -75,7 +121,7 @@ class FastSampler:
     """
 
     def __init__(self, model: NARModel, batch: int, sampling: SamplingConfig | None = None,
-                 cond_mask: torch.Tensor | None = None, cuda_graph: bool | None = None, compile: bool = False,
+                 cond_mask: torch.Tensor | None = None, cuda_graph: bool | None = None, compile: bool | str = False,
                  attention: str = "auto"):
         self.model = model.eval()
         self.sampling = sampling or SamplingConfig()
@@ -93,20 +139,12 @@ class FastSampler:
         rows = 2 * batch if self.sampling.guided else batch
         _, mask = with_null(model, self.cond, cond_mask.to(self.device) if cond_mask is not None else None,
                             self.sampling)
-        if attention == "auto":  # the small-query kernel where it runs: half precision on a GPU with Triton
-            half = self.dtype in (torch.bfloat16, torch.float16)
-            attention = "triton" if self.device.type == "cuda" and half and triton_available() else "sdpa"
-        self.attention = attention
+        self.attention = attention = choose_attention(attention, self.device, self.dtype)
         self.state = model.start_inference(rows, cond_mask=mask, layout="decode", device=self.device,
                                            attention=attention)
         self.tokens = torch.zeros(batch, cfg.num_cells, dtype=torch.long, device=self.device)
         if compile:
-            # Each block is compiled once with symbolic lengths (the frontier width and the cache prefix
-            # vary per pass); the fused kernels are then recorded into the CUDA graph like any other.
-            import torch._dynamo as dynamo
-
-            dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
-            self.state.runners = [torch.compile(b, dynamic=True) for b in model.blocks()]
+            self.state.runners = compile_blocks(model.blocks(), compile)
         # On the GPU the sampling arithmetic compiles too; the model then hands back half-precision logits.
         self.draw = None
         if compile and self.device.type == "cuda" and CompiledDraw.applies(self.sampling):
@@ -125,26 +163,8 @@ class FastSampler:
         decode_into(self.model, self.state, cond, self.sampling, self.tokens, generator, draw=self.draw)
 
     def _capture(self, generator: torch.Generator | None) -> None:
-        # Warm-up and capture draw random numbers; restore the generator so the first replay starts from
-        # the caller's state (the same seed then gives the same tokens on every call).
-        saved = generator.get_state() if generator is not None else torch.cuda.get_rng_state(self.device)
-        # Warm up on a side stream (allocator, cuBLAS/attention kernels), then record one generation.
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._run(generator)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        if generator is not None:
-            graph.register_generator_state(generator)
-        with torch.cuda.graph(graph):
-            self._run(generator)
-        self._graph, self._graph_generator = graph, generator
-        if generator is not None:
-            generator.set_state(saved)
-        else:
-            torch.cuda.set_rng_state(saved, self.device)
+        self._graph = capture_graph(lambda: self._run(generator), [generator], self.device)
+        self._graph_generator = generator
 
     @torch.no_grad()
     def __call__(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

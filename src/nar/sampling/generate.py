@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from nar.model import NARModel
@@ -37,14 +39,15 @@ def generate(model: NARModel, cond: torch.Tensor, sampling: SamplingConfig | Non
 
 
 def decode_into(model: NARModel, state, cond: torch.Tensor, sampling: SamplingConfig, tokens: torch.Tensor,
-                generator: torch.Generator | None = None, logits_out: torch.Tensor | None = None,
-                draw=None) -> None:
+                generator: torch.Generator | Sequence[torch.Generator | None] | None = None,
+                logits_out: torch.Tensor | None = None, draw=None) -> None:
     """The decoding loop shared by :func:`generate` and the fast sampler: prefill, then one pass per step.
 
     ``cond`` already holds the null half when guided (``[2B, ...]``); sampled cells are written into
     ``tokens [B, N]`` (raster order) and, when given, their guided logits into ``logits_out [B, N, V]``.
     ``draw(logits, on, generator) -> tokens`` replaces guidance + :func:`sample_tokens` (the fast
-    sampler's compiled version of the same arithmetic).
+    sampler's compiled version of the same arithmetic). ``generator`` may be a sequence with one generator
+    per pass (the wavefront sampler's per-half streams, :mod:`nar.sampling.wavefront`).
     """
     generated = 0
     prev = None
@@ -54,11 +57,12 @@ def decode_into(model: NARModel, state, cond: torch.Tensor, sampling: SamplingCo
         else:  # feed the cells the previous pass produced
             logits = model.decode_step(torch.cat([prev, prev]) if sampling.guided else prev, i, state)
         on = guidance_on(sampling, generated)
+        gen = generator[i] if isinstance(generator, Sequence) else generator
         if draw is not None and logits_out is None:
-            prev = draw(logits, on, generator)
+            prev = draw(logits, on, gen)
         else:
             logits = apply_guidance(logits.float(), sampling, on)
-            prev = sample_tokens(logits, sampling, generator)
+            prev = sample_tokens(logits, sampling, gen)
         tokens[:, plan.outputs] = prev
         if logits_out is not None:
             logits_out[:, plan.outputs] = logits
