@@ -1,0 +1,63 @@
+"""What float8 block weights do to a generator's tokens: greedy agreement and the likelihood of reference samples.
+
+A bf16 model (random weights, heads drawn like the benchmark's) and its :func:`nar.model.fp8.quantize_fp8`
+copy decode the same labels (:func:`nar.sampling.precision.precision_report`). Writes ``fp8-<preset>-*.json``
+with the figures and the command under ``--out``.
+
+    PYTHONPATH=src python3 benchmarks/fp8_agreement.py --preset NAR-L --samples 64 --device cuda --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from nar.model import NARConfig
+from nar.model.fp8 import quantize_fp8
+from nar.sampling.bench import parse_overrides, random_model
+from nar.sampling.logits import SamplingConfig
+from nar.sampling.precision import precision_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="NAR-L")
+    p.add_argument("--set", nargs="+", default=[], dest="overrides", metavar="KEY=VALUE")
+    p.add_argument("--samples", type=int, default=64)
+    p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="benchmarks/results")
+    args = p.parse_args(argv)
+    cfg = NARConfig.from_name(args.preset, **parse_overrides(args.overrides))
+    dev = torch.device(args.device)
+    reference = random_model(cfg, dev, torch.bfloat16, args.seed)
+    candidate = copy.deepcopy(reference)
+    summary = quantize_fp8(candidate)
+    labels = torch.randint(0, cfg.num_classes, (args.samples,), generator=torch.Generator().manual_seed(args.seed))
+    start = time.perf_counter()
+    report = precision_report(reference, candidate, labels.to(dev), SamplingConfig(cfg_scale=args.guidance),
+                              generator_seed=args.seed)
+    report = {"preset": args.preset, "overrides": args.overrides, "cfg_scale": args.guidance, "samples": args.samples,
+              "device_name": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
+              "torch": torch.__version__, "fp8": summary.as_dict(), **report,
+              "seconds": time.perf_counter() - start,
+              "command": "python3 benchmarks/fp8_agreement.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"fp8-{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(report, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k not in ("fp8", "command")}, indent=1))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
