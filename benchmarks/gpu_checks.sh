@@ -1,28 +1,41 @@
 #!/usr/bin/env bash
-# Every GPU check in one call on the lent device (see README "Benchmarks"). Writes results under $OUT.
-#   run with:  bash benchmarks/gpu_checks.sh
+# Every GPU check of the sampling work in one call on the lent device (README "Benchmarks"), most important
+# first, each section under its own time limit so a slow one cannot take the others with it; the benchmark
+# files are rewritten after every row, so a section cut short keeps the rows it finished.
+#   run with:  bash benchmarks/gpu_checks.sh        (results and gpu_checks.log under $OUT; ~6.5 min)
 # The device image has torch but not omegaconf/webdataset: they travel as pure-Python copies in
 # .device-site/ (make it with benchmarks/prepare_device_site.sh; name .device-site in the call's carry).
+# At most 8 files come back from a call: the log, three benchmark pairs (.json + .md) and the fp8 report.
 set -uo pipefail
-export PYTHONPATH="$PWD/src:$PWD/.device-site${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PWD/src:$PWD/.device-site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/nar-gpu}"; mkdir -p "$OUT"
+LOG="$OUT/gpu_checks.log"
 PY=python3
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee "$OUT/gpu.txt"
-$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))" | tee -a "$OUT/gpu.txt"
-echo "== gpu tests"
-timeout 150 $PY -m pytest -q -p no:cacheprovider -m gpu tests/sampling tests/model 2>&1 | tail -3 | tee "$OUT/gpu_tests.txt"
-echo "== NAR-L training throughput and MFU, one GPU, per-device batch 32 (the 8-GPU recipe), bf16, compiled"
-timeout 300 $PY benchmarks/train_throughput.py --preset NAR-L --batch 32 --dtype bf16 --compile --device cuda \
-    --out "$OUT" 2>&1 | tail -3 | tee "$OUT/train_throughput.txt"
-echo "== NAR-L: NAR vs raster vs reference, CFG 2.0, bf16; VQ-16 decode fp32 and bf16, eager and compiled"
-timeout 240 $PY -m nar.cli.main bench --preset NAR-L --batch 64 256 --guidance 2.0 --dtype bf16 --device cuda \
-    --reference --tokenizer-decode --decode-dtype fp32 bf16 --decode-compile --iters 5 --min-time 2 --out "$OUT" 2>&1 \
-    | grep -v -e Warning -e "return t.to" | tee "$OUT/bench_nar_l.txt"
-echo "== NAR-L with PyTorch's SDPA instead of the small-query kernel (the attention change, side by side)"
-timeout 90 $PY -m nar.cli.main bench --preset NAR-L --batch 64 256 --guidance 2.0 --dtype bf16 --device cuda \
-    --no-raster --attention sdpa --iters 5 --min-time 2 --out "$OUT" 2>&1 \
-    | grep -v -e Warning -e "return t.to" | tail -8 | tee "$OUT/bench_nar_l_sdpa.txt"
-echo "== NAR-L compiled blocks (inductor) inside the CUDA graph"
-timeout ${COMPILE_TIMEOUT:-200} $PY -m nar.cli.main bench --preset NAR-L --batch 64 256 --guidance 2.0 --dtype bf16 \
-    --device cuda --no-raster --compile --iters 5 --min-time 2 --out "$OUT" 2>&1 \
-    | grep -v -e Warning -e "return t.to" | tail -8 | tee "$OUT/bench_nar_l_compile.txt"
+NAR="$PY -m nar.cli.main"
+L="--guidance 2.0 --dtype bf16 --device cuda --iters 3 --min-time 1 --out $OUT"
+quiet() { grep -v -e Warning -e "return t.to" -e "warnings.warn"; }
+section() { echo "== $(date +%T) $*" | tee -a "$LOG"; }
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name(0))"
+} 2>&1 | tee -a "$LOG"
+
+section "1. NAR-L tokens only, CFG 2.0, bf16: fast sampler, raster, reference, wavefront (two cohorts in flight)"
+timeout 70 $NAR bench --preset NAR-L --batch 64 256 $L --reference --schedules nar raster --variants wavefront \
+    2>&1 | quiet | tee -a "$LOG"
+
+section "2. NAR-L compiled: wavefront, tokens + VQ-16 decode (bf16, compiled, second stream), one-batch sampler"
+timeout 170 $NAR bench --preset NAR-L --batch 64 256 $L --schedules nar --variants wavefront+compile compile \
+    --decode-with wavefront+compile --tokenizer vq-16 --decode-dtype bf16 --decode-compile 2>&1 | quiet | tee -a "$LOG"
+
+section "3. fp8 block weights: greedy token agreement and bits/token of bf16 samples (NAR-L, 64 samples, CFG 2.0)"
+timeout 30 $PY benchmarks/fp8_agreement.py --preset NAR-L --samples 64 --guidance 2.0 --device cuda --out "$OUT" \
+    2>&1 | quiet | tee -a "$LOG"
+
+section "4. NAR-B at batch 256: fast, wavefront+compile"
+timeout 55 $NAR bench --preset NAR-B --batch 256 $L --schedules nar --variants wavefront+compile 2>&1 | quiet \
+    | tee -a "$LOG"
+
+section "5. GPU tests: wavefront graph == eager, bf16 agreement with the one-batch sampler, fp8 kernel"
+timeout 45 $PY -m pytest -q -p no:cacheprovider -m gpu tests/sampling/test_wavefront.py tests/model/test_fp8.py \
+    2>&1 | tail -15 | tee -a "$LOG"
+section "done"

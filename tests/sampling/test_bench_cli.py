@@ -79,3 +79,39 @@ def test_bad_schedule_names_the_key(schedule, message, tmp_path, caplog):
                  "--out", str(tmp_path)]) == 2
     assert re.search(f"schedules'?: {message}", caplog.text), caplog.text
     assert not list(tmp_path.iterdir())
+
+
+def test_bench_variants_decode_rows_and_fraction_of_peak(tmp_path, capsys):
+    """--variants adds NAR rows per faster path, --decode-with tokens + pixels rows, --peak-tflops the
+    % of peak column; the JSON keeps the command and each row's FLOPs per image."""
+    from nar.model.flops import sampling_flops_per_image
+
+    out = tmp_path / "results"
+    assert main(["bench", "--preset", "NAR-tiny", "--set", "dim=32", "grid=[4, 4]", "--device", "cpu", "--dtype",
+                 "fp32", "--batch", "2", "--iters", "1", "--warmup", "0", "--no-raster", "--variants", "wavefront",
+                 "--decode-with", "wavefront", "--tokenizer", "vq-tiny-emoji", "--peak-tflops", "0.001",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(next(out.glob("*.json")).read_text())
+    rows = {r["method"]: r for r in report["rows"]}
+    assert set(rows) == {"nar", "nar+wavefront", "nar+wavefront+decode"}
+    assert "2 cohorts of 2 in flight" in rows["nar+wavefront"]["execution"]
+    assert "+ decode vq-tiny-emoji:fp32" in rows["nar+wavefront+decode"]["execution"]
+    flops = sampling_flops_per_image(NARConfig.from_name("NAR-tiny", dim=32, grid=[4, 4]), guided=True)
+    for r in rows.values():
+        assert r["flops_per_image"] == flops
+        assert r["fraction_of_peak"] == pytest.approx(r["images_per_s"] * flops / 1e9)
+    wave = rows["nar+wavefront"]  # a period of 7 passes completes two batches
+    assert wave["ms_per_pass"] == pytest.approx(1e3 * wave["seconds_per_batch"] * 2 / 7)
+    assert report["variants"] == ["wavefront"] and report["command"].startswith("nar bench")
+    assert "% of peak" in printed and "batch 2: nar+wavefront over nar:" in printed
+
+
+def test_sampling_flops_count_the_decode_prefixes():
+    """Guided sampling FLOPs are twice the unguided; the attention term is the decode layout's prefixes."""
+    from nar.model.flops import sampling_flops_per_image
+
+    cfg = NARConfig.from_name("NAR-tiny", dim=32, grid=[4, 4])
+    assert sampling_flops_per_image(cfg, True) == 2 * sampling_flops_per_image(cfg, False)
+    longer = NARConfig.from_name("NAR-tiny", dim=32, grid=[4, 8])
+    assert sampling_flops_per_image(longer, False) > 1.9 * sampling_flops_per_image(cfg, False)

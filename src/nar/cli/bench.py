@@ -6,6 +6,7 @@ import argparse
 import json
 import platform
 import re
+import shlex
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -31,6 +32,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-raster", action="store_true", help="skip the raster baseline (drops it from --schedules)")
     p.add_argument("--no-graph", action="store_true", help="run eagerly (no CUDA graph)")
     p.add_argument("--compile", action="store_true", help="torch.compile the decoding loop")
+    p.add_argument("--variants", nargs="+", default=[], metavar="VARIANT",
+                   help="extra NAR rows, each 'fast' or options joined by '+' from compile, autotune (compile with "
+                        "max-autotune-no-cudagraphs), wavefront (two cohorts in flight, a steady stream), fp8 (block "
+                        "weights in float8, Hopper GPUs), e.g. wavefront wavefront+compile fp8+wavefront+compile")
+    p.add_argument("--decode-with", nargs="+", default=[], metavar="VARIANT",
+                   help="tokens + pixels rows: these variants' samplers followed by the --tokenizer decoder (first "
+                        "--decode-dtype, compiled with --decode-compile) in the same stream")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the device's dense bf16 peak for the %% of peak column (default: from the card's name for "
+                        "H100/H200/A100/L40S/B200; none on a CPU)")
     p.add_argument("--attention", choices=["auto", "sdpa", "triton"], default="auto",
                    help="decode-pass attention: the small-query Triton kernel (auto: on a GPU with Triton) or SDPA")
     p.add_argument("--tokenizer-decode", action="store_true", help="also time the VQ decoder")
@@ -54,7 +65,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from nar.model import NARConfig
-    from nar.sampling.bench import bench_sampling, bench_tokenizer_decode, parse_overrides, speedup
+    from nar.sampling.bench import (
+        bench_sampling,
+        bench_tokenizer_decode,
+        build_decoder,
+        parse_overrides,
+        peak_tflops,
+    )
     from nar.sampling.logits import SamplingConfig
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -63,54 +80,92 @@ def run(args: argparse.Namespace) -> int:
     cfg = NARConfig.from_name(args.preset, **parse_overrides(args.overrides))  # a bad key or value: ConfigError
     sampling = SamplingConfig(cfg_scale=args.guidance, top_k=args.top_k)
     schedules = [s for s in args.schedules if not (args.no_raster and s == "raster")]
+    device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu"
+    peak = args.peak_tflops or (peak_tflops(device_name) if args.device.startswith("cuda") else None)
+    decoder = None
+    if args.decode_with:
+        decoder = build_decoder(args.tokenizer, cfg.grid, args.device, args.decode_dtype[0], args.decode_compile,
+                                batch=min(args.batch))
+    threads = torch.get_num_threads()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = "".join("+" + re.sub(r"[^A-Za-z0-9_.]+", "", o.replace("=", "")) for o in args.overrides)
+    stem = f"bench-{args.preset}{tag}-{args.device.split(':')[0]}-{args.dtype}-{time.strftime('%Y%m%d-%H%M%S')}"
+    command = "nar " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []))
+    report = dict(preset=args.preset, overrides=args.overrides, config=asdict(cfg), grid=cfg.grid,
+                  cfg_scale=args.guidance, dtype=args.dtype, device=args.device, device_name=device_name,
+                  torch=torch.__version__, threads=threads, rounds=args.rounds, schedules=schedules,
+                  variants=args.variants, decode_with=args.decode_with, peak_tflops=peak, command=command)
+
+    def write(rows: list, final: bool = False) -> str:
+        """The table so far into ``<stem>.md`` and ``.json`` (after every row: a run cut short keeps its rows)."""
+        text = _render(args, cfg, rows, schedules, device_name, threads, peak, torch.__version__)
+        (out / f"{stem}.md").write_text(text + ("" if final else "\n\n(incomplete: the run is still going or was "
+                                                                   "stopped)") + "\n")
+        (out / f"{stem}.json").write_text(json.dumps({**report, "complete": final, "rows": [asdict(r) for r in rows]},
+                                                     indent=2))
+        return text
+
     rows = bench_sampling(cfg, args.batch, sampling, device=args.device, dtype=args.dtype, reference=args.reference,
                           cuda_graph=False if args.no_graph else None, compile=args.compile, warmup=args.warmup,
                           iters=args.iters, min_time=args.min_time, attention=args.attention, rounds=args.rounds,
-                          schedules=schedules)
+                          schedules=schedules, variants=args.variants, decoder=decoder,
+                          decode_variants=args.decode_with, peak=peak, on_row=write)
     if args.tokenizer_decode:
         for dt in args.decode_dtype:
             for compiled in (False, True) if args.decode_compile else (False,):
                 rows.append(bench_tokenizer_decode(args.tokenizer, args.decode_batch, cfg.grid, device=args.device,
                                                    dtype=dt, warmup=args.warmup, iters=args.iters,
                                                    min_time=args.min_time, compile=compiled))
-    device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu"
-    threads = torch.get_num_threads()
-    preset = args.preset + "".join(f" {o}" for o in args.overrides)
-    header = (f"preset {preset} grid {cfg.grid} | CFG {args.guidance} | {args.dtype} | {args.device} "
-              f"({device_name}, torch {torch.__version__}, {threads} threads)")
-    table = ["| method | batch | passes | images/s | tokens/s | s/batch | ms/pass | peak GiB | execution |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        peak = f"{r.peak_memory_gib:.2f}" if r.peak_memory_gib is not None else "-"
-        table.append(f"| {r.method} | {r.batch} | {r.forward_passes} | {r.images_per_s:.1f} | {r.tokens_per_s:.0f} "
-                     f"| {r.seconds_per_batch:.4f} | {1e3 * r.seconds_per_batch / r.forward_passes:.2f} | {peak} "
-                     f"| {r.execution} |")
+                write(rows)
+    text = write(rows, final=True)
+    print(text)
+    print(f"\nwrote {out / stem}.{{json,md}}")
+    by_batch = [r for r in rows if r.method == "nar"]
+    headline = _headline(rows, schedules, by_batch)
+    if headline:
+        print(headline)
+    return 0
+
+
+
+def _ratios(rows: list, schedules: list[str], batches: list[int]) -> tuple[list[str], str | None]:
+    from nar.sampling.bench import speedup
+
     ratios, headline = [], None
-    for batch in args.batch:
+    for batch in batches:
         by = {r.method: r for r in rows if r.batch == batch}
-        for other in (s for s in schedules if s != "nar" and "nar" in by):
+        for other in (s for s in schedules if s != "nar" and s in by and "nar" in by):
             mid, lo, hi = speedup(by["nar"], by[other])
             spread = f" (rounds {lo:.2f}-{hi:.2f}x)" if hi > lo else ""
             ratios.append(f"batch {batch}: nar/{other} speed-up {mid:.2f}x{spread}")
             if other == "raster":
                 headline = headline or f"nar/raster speed-up: {mid:.2f}x"
-        if "nar-reference" in by:
+        for method in (m for m in by if m.startswith("nar+") and "nar" in by):
+            ratios.append(f"batch {batch}: {method} over nar: {speedup(by['nar'], by[method])[0] ** -1:.2f}x")
+        if "nar-reference" in by and "nar" in by:
             ratios.append(f"batch {batch}: fast/reference speed-up {speedup(by['nar'], by['nar-reference'])[0]:.2f}x")
-    text = "\n".join([header, "", *table, "", *ratios])
-    print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = "".join("+" + re.sub(r"[^A-Za-z0-9_.]+", "", o.replace("=", "")) for o in args.overrides)
-    stem = f"bench-{args.preset}{tag}-{args.device.split(':')[0]}-{args.dtype}-{time.strftime('%Y%m%d-%H%M%S')}"
-    (out / f"{stem}.md").write_text(text + "\n")
-    (out / f"{stem}.json").write_text(json.dumps({
-        "preset": args.preset, "overrides": args.overrides, "config": asdict(cfg), "grid": cfg.grid,
-        "cfg_scale": args.guidance, "dtype": args.dtype, "device": args.device,
-        "device_name": device_name, "torch": torch.__version__, "threads": threads, "rounds": args.rounds,
-        "schedules": schedules,
-        "rows": [asdict(r) for r in rows]}, indent=2))
-    print(f"\nwrote {out / stem}.{{json,md}}")
-    if headline:
-        print(headline)
-    return 0
+    return ratios, headline
 
+
+def _headline(rows: list, schedules: list[str], _nar_rows: list) -> str | None:
+    return _ratios(rows, schedules, sorted({r.batch for r in rows}))[1]
+
+
+def _render(args: argparse.Namespace, cfg, rows: list, schedules: list[str], device_name: str, threads: int,
+            peak: float | None, torch_version: str) -> str:
+    preset = args.preset + "".join(f" {o}" for o in args.overrides)
+    header = (f"preset {preset} grid {cfg.grid} | CFG {args.guidance} | {args.dtype} | {args.device} "
+              f"({device_name}, torch {torch_version}, {threads} threads)")
+    if peak:
+        header += (f"\n% of peak: sampling FLOPs per image (tokens only, CFG rows included) x images/s over "
+                   f"{peak:.0f} TFLOP/s dense bf16")
+    table = ["| method | batch | passes | images/s | tokens/s | s/batch | ms/pass | % of peak | peak GiB | execution |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        mem = f"{r.peak_memory_gib:.2f}" if r.peak_memory_gib is not None else "-"
+        frac = f"{100 * r.fraction_of_peak:.1f}" if r.fraction_of_peak is not None else "-"
+        table.append(f"| {r.method} | {r.batch} | {r.forward_passes} | {r.images_per_s:.1f} | {r.tokens_per_s:.0f} "
+                     f"| {r.seconds_per_batch:.4f} | {r.ms_per_pass:.2f} | {frac} | {mem} | {r.execution} |")
+    ratios, _ = _ratios(rows, schedules, args.batch)
+    return "\n".join([header, "", *table, "", *ratios])

@@ -72,6 +72,7 @@ LIGHTNING_COMMANDS = ("train", "evaluate", "train-tokenizer", "demo", "ablate")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as given, for result files
     configure_logging(args.verbose, lightning=args.command in LIGHTNING_COMMANDS)
     try:
         return int(args.func(args) or 0)

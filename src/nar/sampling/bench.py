@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import statistics
 import time
@@ -13,13 +14,47 @@ import torch
 
 from nar.errors import ConfigError
 from nar.model import NARConfig, NARModel
+from nar.model.flops import sampling_flops_per_image
 from nar.sampling.fast import FastSampler
 from nar.sampling.logits import SamplingConfig
 from nar.sampling.reference import reference_generate
+from nar.sampling.wavefront import WavefrontSampler
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from the vendors' datasheets, matched on the name
+# torch reports; H200 is the H100's chip with more memory. Pass --peak-tflops for any other card.
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0, "L40S": 362.0, "B200": 2250.0}
+
+VARIANT_OPTIONS = ("compile", "autotune", "wavefront", "fp8")
+
+
+def peak_tflops(device_name: str) -> float | None:
+    """The dense bf16 peak of a known card (the longest matching key of :data:`PEAK_BF16_TFLOPS`), else None."""
+    hits = [k for k in PEAK_BF16_TFLOPS if k in device_name.upper()]
+    return PEAK_BF16_TFLOPS[max(hits, key=len)] if hits else None
+
+
+def parse_variant(name: str) -> frozenset[str]:
+    """``fast`` (the CUDA-graph sampler as it is) or options joined by ``+``: ``compile`` (inductor blocks and
+    sampling), ``autotune`` (compile with ``max-autotune-no-cudagraphs``), ``wavefront`` (two cohorts in
+    flight, :mod:`nar.sampling.wavefront`), ``fp8`` (block weights in float8, :mod:`nar.model.fp8`)."""
+    if name == "fast":
+        return frozenset()
+    opts = name.split("+")
+    bad = [o for o in opts if o not in VARIANT_OPTIONS]
+    if bad or len(set(opts)) != len(opts):
+        raise ConfigError(f"'{name}' is not 'fast' or options joined by '+' from {', '.join(VARIANT_OPTIONS)}",
+                          key="variants")
+    return frozenset(opts)
+
+
+def variant_method(variant: str) -> str:
+    """The row name of NAR under ``variant``: ``nar`` or ``nar+<options in a fixed order>``."""
+    opts = parse_variant(variant)
+    return "+".join(["nar", *(o for o in VARIANT_OPTIONS if o in opts)])
 
 
 @dataclass
@@ -33,6 +68,13 @@ class BenchRow:
     peak_memory_gib: float | None
     execution: str = "eager"
     round_seconds: list[float] = field(default_factory=list)  # seconds per batch in each round
+    ms_per_pass: float | None = None  # wall time of one forward pass (a wavefront pass serves two cohorts)
+    flops_per_image: int | None = None  # sampling FLOPs per image (tokens only), CFG included
+    fraction_of_peak: float | None = None  # images/s x FLOPs per image over the device's dense bf16 peak
+
+    def __post_init__(self) -> None:
+        if self.ms_per_pass is None:
+            self.ms_per_pass = 1e3 * self.seconds_per_batch / self.forward_passes
 
 
 def _sync(device: torch.device) -> None:
@@ -110,7 +152,10 @@ def bench_sampling(cfg: NARConfig, batches: list[int], sampling: SamplingConfig,
                    dtype: str = "fp32", raster: bool = True, reference: bool = False, cuda_graph: bool | None = None,
                    compile: bool = False, warmup: int = 1, iters: int = 3, min_time: float = 0.0,
                    seed: int = 0, attention: str = "auto", rounds: int = 1,
-                   schedules: Sequence[str] | None = None) -> list[BenchRow]:
+                   schedules: Sequence[str] | None = None, variants: Sequence[str] = (),
+                   decoder: Decoder | None = None, decode_variants: Sequence[str] = (),
+                   peak: float | None = None, on_row: Callable[[list[BenchRow]], object] | None = None
+                   ) -> list[BenchRow]:
     """Time token generation (no pixel decoding) for each batch size and method.
 
     ``schedules`` names the methods, each a fast sampler on ``cfg``'s trunk (:func:`schedule_config`:
@@ -119,6 +164,12 @@ def bench_sampling(cfg: NARConfig, batches: list[int], sampling: SamplingConfig,
     round); a row reports the median round and keeps every round, so a ratio can be taken round by round and
     a drift of the machine's speed during the run hits every method alike. Peak memory is then that of all
     the samplers together.
+
+    ``variants`` adds a NAR row per faster path (:func:`parse_variant`, e.g. ``compile``, ``wavefront+compile``,
+    ``fp8+wavefront+compile``), each timed after the schedules, one at a time. ``decoder`` with
+    ``decode_variants`` adds tokens + pixels rows: the sampler of that variant followed by the tokenizer's
+    decoder, images/s counting decoded images. ``peak`` (TFLOP/s) fills each row's fraction of peak.
+    ``on_row(rows)`` is called after every row (the CLI writes its files then, so a run cut short keeps them).
     """
     if rounds < 1:
         raise ConfigError(f"rounds: must be >= 1, got {rounds}")
@@ -126,11 +177,21 @@ def bench_sampling(cfg: NARConfig, batches: list[int], sampling: SamplingConfig,
     if len(set(names)) != len(names) or not names:
         raise ConfigError(f"schedules: name each method once, got {names}")
     configs = {name: schedule_config(cfg, name) for name in names}  # every name checked before any timing
+    for v in (*variants, *decode_variants):
+        parse_variant(v)
+    variants = [v for v in variants if parse_variant(v) or "nar" not in configs]  # 'fast' is the nar row itself
     dev = torch.device(device)
     dt = DTYPES[dtype]
-    rows: list[BenchRow] = []
+    rows = _Rows(on_row, peak, sampling, configs, cfg)
     models = {name: random_model(c, dev, dt, seed) for name, c in configs.items()}
-    nar = models["nar"] if "nar" in models else random_model(cfg, dev, dt, seed) if reference else None
+    nar = (models["nar"] if "nar" in models
+           else random_model(cfg, dev, dt, seed) if reference or variants or decode_variants else None)
+    fp8_model = None
+    if any("fp8" in parse_variant(v) for v in (*variants, *decode_variants)):
+        from nar.model.fp8 import quantize_fp8
+
+        fp8_model = copy.deepcopy(nar)
+        log.info("fp8: %s", quantize_fp8(fp8_model))
     N = cfg.num_cells
     for batch in batches:
         gen = torch.Generator(device=dev).manual_seed(seed)
@@ -151,6 +212,17 @@ def bench_sampling(cfg: NARConfig, batches: list[int], sampling: SamplingConfig,
                     seconds[name].append(run.time(sampler, r == 0))
             rows += [run.row(name, sampler, seconds[name], _peak(dev)) for name, sampler in samplers.items()]
             del samplers
+        order = [(v, False) for v in variants]  # each variant's tokens + pixels row right after its own
+        for v in decode_variants:
+            order.insert(order.index((v, False)) + 1 if (v, False) in order else len(order), (v, True))
+        for variant, with_decode in order:
+            opts = parse_variant(variant)
+            _reset_peak(dev)
+            sampler = run.build(fp8_model if "fp8" in opts else nar, opts)
+            method = variant_method(variant) + ("+decode" if with_decode else "")
+            rows.append(run.row(method, sampler, [run.time(sampler, True, decoder if with_decode else None)],
+                                _peak(dev), decoder if with_decode else None))
+            del sampler
         if reference:
             _reset_peak(dev)
             sec = time_call(lambda y=labels, g=gen: reference_generate(nar, y, sampling, generator=g), dev,
@@ -158,7 +230,69 @@ def bench_sampling(cfg: NARConfig, batches: list[int], sampling: SamplingConfig,
             rows.append(BenchRow("nar-reference", batch, nar.num_passes, batch / sec, batch * N / sec, sec, _peak(dev),
                                  "eager, dense mask, per-token sampling", [sec]))
             log.info("nar-reference batch %d: %.1f images/s", batch, batch / sec)
-    return rows
+    return list(rows)
+
+
+class _Rows(list):
+    """The benchmark's rows: each appended row gets its FLOPs per image and fraction of peak, then ``on_row``."""
+
+    def __init__(self, on_row, peak: float | None, sampling: SamplingConfig, configs: dict[str, NARConfig],
+                 cfg: NARConfig):
+        super().__init__()
+        self.on_row, self.peak, self.sampling, self.configs, self.cfg = on_row, peak, sampling, configs, cfg
+
+    def append(self, r: BenchRow) -> None:
+        base = r.method.split("+")[0]
+        if base in self.configs or base in ("nar", "nar-reference"):
+            r.flops_per_image = sampling_flops_per_image(self.configs.get(base, self.cfg), self.sampling.guided)
+            if self.peak:
+                r.fraction_of_peak = r.images_per_s * r.flops_per_image / (self.peak * 1e12)
+        super().append(r)
+        if self.on_row is not None:
+            self.on_row(list(self))
+
+    def __iadd__(self, rows):
+        for r in rows:
+            self.append(r)
+        return self
+
+
+@dataclass
+class Decoder:
+    """A tokenizer's decoder as the benchmark runs it (see :func:`build_decoder`)."""
+
+    tokenizer: torch.nn.Module
+    name: str
+    execution: str
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.tokenizer.decode(tokens)
+
+
+def build_decoder(preset: str, grid: list[int], device: str, dtype: str, compile: bool,
+                  batch: int | None = None) -> Decoder:
+    """A tokenizer preset (random weights) set up for speed on ``device``: channels-last and cuDNN autotuning
+    for image decoders on a GPU, and with ``compile`` the decoder compiled in place (``tokenizer.decoder.
+    compile()``, what a user does too: inductor fuses each GroupNorm with its SiLU and keeps the channels-last
+    layout between the cuDNN convolutions). With ``batch``, the compilation happens here, on random codes."""
+    from nar.tokenizers import build_tokenizer
+
+    dev = torch.device(device)
+    tok = build_tokenizer(preset).to(device=dev, dtype=DTYPES[dtype]).eval()
+    execution = "eager"
+    if dev.type == "cuda" and len(grid) == 2:
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once
+        tok = tok.to(memory_format=torch.channels_last)  # cuDNN's fastest convolution layout
+        execution = "eager, channels_last, cudnn.benchmark"
+    if compile:
+        start = time.perf_counter()
+        tok.decoder.compile()
+        if batch:
+            with torch.no_grad():
+                tok.decode(torch.randint(0, tok.codebook_size, (batch, *grid), device=dev))  # compiles
+            _sync(dev)
+        execution = execution.replace("eager", "compiled") + f" ({time.perf_counter() - start:.0f} s to compile)"
+    return Decoder(tok, f"{preset}:{dtype}", execution)
 
 
 @dataclass
@@ -176,21 +310,73 @@ class _SamplerTimer:
     iters: int
     min_time: float
 
-    def build(self, model: NARModel) -> FastSampler:
-        return FastSampler(model, len(self.labels), self.sampling, cuda_graph=self.cuda_graph, compile=self.compile,
+    def build(self, model: NARModel, options: frozenset[str] = frozenset()):
+        """A fast sampler, or with the ``wavefront`` option a :class:`WavefrontSampler`; ``compile`` and
+        ``autotune`` compile it (the latter with ``max-autotune-no-cudagraphs``)."""
+        compile: bool | str = self.compile or "compile" in options
+        if "autotune" in options:
+            compile = "max-autotune-no-cudagraphs"
+        if "wavefront" in options:
+            return WavefrontSampler(model, len(self.labels), self.sampling, cuda_graph=self.cuda_graph,
+                                    compile=compile, attention=self.attention)
+        return FastSampler(model, len(self.labels), self.sampling, cuda_graph=self.cuda_graph, compile=compile,
                            attention=self.attention)
 
-    def time(self, sampler: FastSampler, first: bool) -> float:
-        return time_call(lambda: sampler(self.labels, generator=self.gen), self.device,
-                         self.warmup if first else 0, self.iters, self.min_time)
+    def time(self, sampler, first: bool, decoder: Decoder | None = None) -> float:
+        """Seconds per batch of ``len(labels)`` images (a wavefront period completes two, in a steady stream).
 
-    def row(self, name: str, sampler: FastSampler, seconds: list[float], peak: float | None) -> BenchRow:
+        With ``decoder``, each batch's tokens are decoded too: on a GPU on a second CUDA stream, so the decoder
+        of one batch runs beside the sampling of the next (the sampler's narrow passes leave SMs free), as a
+        sampling job would run them; on a CPU one after the other."""
+        overlap = decoder is not None and self.device.type == "cuda"
+        side = torch.cuda.Stream(self.device) if overlap else None
+
+        def decode(tokens: torch.Tensor) -> None:
+            if side is None:
+                decoder(tokens)
+                return
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                decoder(tokens)
+            tokens.record_stream(side)  # the allocator keeps it until the side stream is done with it
+
+        if isinstance(sampler, WavefrontSampler):
+            grid = sampler.model.cfg.grid
+
+            @torch.no_grad()
+            def call():
+                sampler.run_period()
+                if decoder is not None:  # copies: the next period overwrites the sampler's buffers
+                    decode(sampler.finished.view(-1, *grid).clone())
+                    decode(sampler.slots[0].tokens.view(-1, *grid).clone())
+            return time_call(call, self.device, self.warmup if first else 0, self.iters, self.min_time) / 2
+
+        @torch.no_grad()
+        def one():
+            tokens = sampler(self.labels, generator=self.gen)
+            if decoder is not None:
+                decode(tokens)
+        return time_call(one, self.device, self.warmup if first else 0, self.iters, self.min_time)
+
+    def row(self, name: str, sampler, seconds: list[float], peak: float | None,
+            decoder: Decoder | None = None) -> BenchRow:
         batch, sec = len(self.labels), statistics.median(seconds)
-        mode = ("cuda-graph" if sampler.use_graph else "eager") + ("+compile" if self.compile else "")
+        compiled = self.compile or (sampler.runners if isinstance(sampler, WavefrontSampler)
+                                    else sampler.state.runners)
+        mode = ("cuda-graph" if sampler.use_graph else "eager") + ("+compile" if compiled else "")
         mode += f", {sampler.attention} attention"
+        passes_per_batch = sampler.num_passes
+        if isinstance(sampler, WavefrontSampler):
+            mode += f", 2 cohorts of {batch} in flight"
+            passes_per_batch = sampler.num_passes / 2
+        if any(type(m).__name__ == "FP8Linear" for m in sampler.model.modules()):
+            mode += ", fp8 block weights"
+        if decoder is not None:
+            where = "on a second CUDA stream" if self.device.type == "cuda" else "after each batch"
+            mode += f", + decode {decoder.name} {where} ({decoder.execution})"
         log.info("%s batch %d: %.1f images/s", name, batch, batch / sec)
         return BenchRow(name, batch, sampler.num_passes, batch / sec, batch * sampler.model.cfg.num_cells / sec, sec,
-                        peak, mode, seconds)
+                        peak, mode, seconds, ms_per_pass=1e3 * sec / passes_per_batch)
 
 
 def speedup(fast: BenchRow, slow: BenchRow) -> tuple[float, float, float]:
@@ -205,29 +391,12 @@ def speedup(fast: BenchRow, slow: BenchRow) -> tuple[float, float, float]:
 
 def bench_tokenizer_decode(preset: str, batch: int, grid: list[int], device: str = "cpu", dtype: str = "fp32",
                            warmup: int = 1, iters: int = 3, min_time: float = 0.0, compile: bool = False) -> BenchRow:
-    """Images/s of a tokenizer's decoder (random weights) on ``batch`` random code grids.
-
-    ``compile`` compiles the decoder in place (``tokenizer.decoder.compile()``, what a user does too):
-    inductor fuses each GroupNorm with its SiLU and keeps the channels-last layout between the cuDNN
-    convolutions, which the eager GroupNorm does not."""
-    from nar.tokenizers import build_tokenizer
-
+    """Images/s of a tokenizer's decoder (random weights, :func:`build_decoder`) on ``batch`` random code grids."""
     dev = torch.device(device)
-    tok = build_tokenizer(preset).to(device=dev, dtype=DTYPES[dtype]).eval()
-    execution = "eager"
-    if dev.type == "cuda" and len(grid) == 2:
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once
-        tok = tok.to(memory_format=torch.channels_last)  # cuDNN's fastest convolution layout
-        execution = "eager, channels_last, cudnn.benchmark"
-    codes = torch.randint(0, tok.codebook_size, (batch, *grid), device=dev)
     _reset_peak(dev)
+    decoder = build_decoder(preset, grid, device, dtype, compile, batch)
+    codes = torch.randint(0, decoder.tokenizer.codebook_size, (batch, *grid), device=dev)
     with torch.no_grad():
-        if compile:
-            start = time.perf_counter()
-            tok.decoder.compile()
-            tok.decode(codes)  # compiles
-            _sync(dev)
-            execution = execution.replace("eager", "compiled") + f" ({time.perf_counter() - start:.0f} s to compile)"
-        sec = time_call(lambda: tok.decode(codes), dev, warmup, iters, min_time)
+        sec = time_call(lambda: decoder(codes), dev, warmup, iters, min_time)
     return BenchRow(f"decode:{preset}:{dtype}", batch, 1, batch / sec, batch * len(codes[0].flatten()) / sec, sec,
-                    _peak(dev), execution)
+                    _peak(dev), decoder.execution)
