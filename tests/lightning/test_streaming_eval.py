@@ -162,3 +162,19 @@ def test_peak_memory_does_not_grow_with_the_number_of_samples(tokenizer_file, tm
             assert data["arr_0"].shape == (n, 64, 64, 3)
     print(f"peak RSS: {peaks[200]:.1f} MB at 200 samples, {peaks[2000]:.1f} MB at 2000")
     assert peaks[2000] - peaks[200] < 20, peaks  # MB
+
+
+def test_evaluate_through_the_wavefront_sampler(setup, tmp_path, caplog):
+    """eval.sampler=wavefront: nar evaluate writes every sample; a misspelt sampler is refused, naming the key.
+    (That a resumed wavefront run regenerates its chunks exactly: tests/sampling/test_wavefront.py.)"""
+    from nar.cli.main import main
+
+    ckpt, _ = setup
+    n, batch = 10, 4  # chunks of 4 + 4 + 2
+    out = tmp_path / "wave"
+    assert main(evaluate_args(ckpt, out, n, batch, "eval.metrics=[]", "eval.sampler=wavefront")) == 0
+    with np.load(out / f"samples_{n}.npz") as data:
+        whole = data["arr_0"]
+    assert whole.shape[0] == n
+    assert main(evaluate_args(ckpt, tmp_path / "bad", n, batch, "eval.sampler=wavefrnt")) == 2
+    assert "sampler" in caplog.text and "wavefrnt" in caplog.text

@@ -113,3 +113,17 @@ def test_cfg_helpers():
     assert torch.equal(apply_guidance(logits, guided, True), guide(logits, 2.0))
     assert torch.equal(apply_guidance(logits, guided, False), logits[:2])  # past the interval: conditional half
     assert apply_guidance(logits, plain, False) is logits
+
+
+def test_nar_sample_takes_a_sampler_option(tmp_path, caplog):
+    """--sampler wavefront samples every asked class (batches of 2: two cohorts and a padded third); a
+    misspelt sampler stops before any loading, naming the option."""
+    save_run_checkpoint(tmp_path / "last.ckpt", TINY, SamplingConfig(cfg_scale=2.0))
+    out = tmp_path / "out"
+    assert main(["sample", "--ckpt", str(tmp_path / "last.ckpt"), "--classes", "0", "1", "2", "3", "1",
+                 "--batch-size", "2", "--sampler", "wavefront", "--device", "cpu", "--out", str(out)]) == 0
+    report = json.loads((out / "samples.json").read_text())
+    assert [r["class"] for r in report["samples"]] == [0, 1, 2, 3, 1]
+    assert main(["sample", "--ckpt", str(tmp_path / "missing.ckpt"), "--classes", "0", "--sampler", "turbo",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "--sampler" in caplog.text and "turbo" in caplog.text

@@ -129,3 +129,73 @@ def test_wavefront_bf16_compiled_agrees_with_the_one_batch_sampler_on_the_gpu():
     for compile in (False, True):
         got = WavefrontSampler(model, 16, s, compile=compile)(cond)
         assert (got == want).float().mean().item() > 0.97, compile
+
+
+# ---------------------------------------------------------------------------------------- the sampler option
+def test_sample_stream_paths_draw_what_their_samplers_draw():
+    """sample_stream: 'fast' is make_sampler seeded per batch; 'wavefront' is the stream, a short last batch
+    padded and trimmed; a caption model asked for the wavefront keeps the one-batch sampler."""
+    from nar.sampling import make_sampler, sample_stream
+
+    model = make("image")
+    s = SamplingConfig(cfg_scale=2.0, top_k=10)
+    cond = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])  # batches of 3: 3 + 3 + 2
+    batches = [(cond[i:i + 3], None, 20 + i // 3) for i in range(0, 8, 3)]
+    fast = list(sample_stream(model, batches, s, "fast"))
+    for (c, _, seed), tokens in zip(batches, fast):
+        assert torch.equal(tokens, make_sampler(model, len(c), s)(c, generator=torch.Generator().manual_seed(seed)))
+    wave = list(sample_stream(model, batches, s, "wavefront"))
+    assert [t.shape[0] for t in wave] == [3, 3, 2]
+    for (c, _, seed), tokens in zip(batches, wave):
+        assert torch.equal(tokens, alone(model, c, s, seed)[:len(c)]) if len(c) == 3 else \
+            torch.equal(tokens, alone(model, torch.cat([c, c[-1:]]), s, seed)[:2])
+    caption = NARModel(NARConfig(dim=32, n_layer=1, n_head=4, vocab_size=32, grid=[3, 3], condition="caption",
+                                 caption_len=4, caption_dim=8)).eval()
+    feats, mask = torch.randn(2, 4, 8), torch.ones(2, 4)
+    one = list(sample_stream(caption, [(feats, mask, 5)], s, "wavefront"))
+    assert torch.equal(one[0], list(sample_stream(caption, [(feats, mask, 5)], s, "fast"))[0])
+
+
+def test_sampler_option_names_its_error():
+    from nar.runs.config import EvalConfig
+    from nar.sampling import parse_sampler
+
+    assert parse_sampler("fast") == frozenset() and parse_sampler("wavefront+compile") == {"wavefront", "compile"}
+    for bad in ("wavefrnt", "compile+compile", ""):
+        with pytest.raises(ConfigError, match="sampler"):
+            parse_sampler(bad)
+    with pytest.raises(ConfigError, match="sampler"):
+        EvalConfig(sampler="turbo")
+
+
+def test_a_resumed_wavefront_evaluation_regenerates_missing_chunks_exactly(tmp_path):
+    """stream_chunks through the wavefront: delete chunk files of a finished run and run again: the chunks on
+    disk are read back, the missing ones come out byte for byte as before (each depends on its seed alone)."""
+    from nar.lightning.generation import ChunkGenerator, chunk_path, load_chunk, stream_chunks
+
+    class Identity(torch.nn.Module):  # tokens as pixels: enough to compare chunks
+        def decode(self, tokens):
+            return tokens.float()[:, None].expand(-1, 3, -1, -1) / 32 * 2 - 1
+
+    model = make("image")
+    s = SamplingConfig(cfg_scale=2.0)
+    conds = torch.arange(17) % 5
+    chunks = list(range(6))  # 3 + 3 + 3 + 3 + 3 + 2
+    seen: dict[int, torch.Tensor] = {}
+
+    def run(gen):
+        return stream_chunks(gen, conds, None, chunks, 3, 7, [lambda c, px, _: seen.__setitem__(c, px.clone())],
+                             folder=tmp_path)
+
+    assert run(ChunkGenerator(model, Identity(), s, torch.device("cpu"), sampler="wavefront")) == 0
+    first = {c: load_chunk(chunk_path(tmp_path, c), len(seen[c]))[0] for c in chunks}
+    for c in (1, 4, 5):
+        chunk_path(tmp_path, c).unlink()
+    gen = ChunkGenerator(model, Identity(), s, torch.device("cpu"), sampler="wavefront")
+    assert run(gen) == 3 and gen.generated == 3 + 3 + 2
+    for c in chunks:
+        assert torch.equal(load_chunk(chunk_path(tmp_path, c), len(seen[c]))[0], first[c]), c
+    fast = ChunkGenerator(model, Identity(), s, torch.device("cpu"), sampler="fast")
+    other = tmp_path / "fast"
+    stream_chunks(fast, conds, None, chunks, 3, 7, [], folder=other)
+    assert not torch.equal(load_chunk(chunk_path(other, 0), 3)[0], first[0])  # other draws, same distribution

@@ -51,6 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--compile-decoder", action="store_true",
                    help="on a GPU, torch.compile the tokenizer's decoder (pays off for many batches)")
+    p.add_argument("--sampler", default="fast",
+                   help="sampling path: fast, or options joined by '+' from compile, autotune, wavefront (two batches "
+                        "in flight; class ids; other draws for a seed than fast), fp8 (float8 block weights, Hopper), "
+                        "e.g. wavefront+compile (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run)
 
@@ -65,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         n_per_prompt=args.n_per_prompt, guidance=args.guidance, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, text_encoder=args.text_encoder,
         text_encoder_path=args.text_encoder_path, device=args.device, threads=args.threads,
-        compile_decoder=args.compile_decoder)
+        compile_decoder=args.compile_decoder, sampler=args.sampler)
     result = run_sample(job)
     print(f"{len(result.records)} samples in {result.out} (grid: {result.grid})")
     return 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import torch
 
 from nar.atomic import atomic_path
 from nar.progress import Progress
-from nar.sampling import SamplingConfig, make_sampler
+from nar.sampling import SamplingConfig, sample_stream
 
 log = logging.getLogger(__name__)
 
@@ -71,36 +71,33 @@ def load_chunk(path: Path, expected: int) -> tuple[torch.Tensor, torch.Tensor | 
 
 
 class ChunkGenerator:
-    """Samples and decodes chunks of a fixed condition list with one sampler per chunk size."""
+    """Samples and decodes chunks of a fixed condition list through the sampler ``sampler`` names
+    (:func:`nar.sampling.parse_sampler`: ``fast``, ``compile``, ``wavefront+compile``, …)."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: torch.nn.Module, sampling: SamplingConfig,
-                 device: torch.device) -> None:
+                 device: torch.device, sampler: str = "fast") -> None:
         self.model, self.tokenizer, self.sampling, self.device = model, tokenizer, sampling, device
-        self._samplers: dict[int, tuple[Any, torch.Generator]] = {}
+        self.sampler = sampler
         self.generate_seconds = 0.0
         self.decode_seconds = 0.0
         self.generated = 0
 
     @torch.no_grad()
-    def tokens(self, cond: torch.Tensor, mask: torch.Tensor | None, seed: int) -> torch.Tensor:
-        b = cond.shape[0]
-        # On a GPU the fast sampler captures its CUDA graph once per batch size; caption masks are fixed per
-        # sampler, so caption chunks get their own.
-        if mask is not None or b not in self._samplers:
-            self._samplers[b] = (make_sampler(self.model, b, self.sampling, cond_mask=mask),
-                                 torch.Generator(device=self.device))
-        sampler, generator = self._samplers[b]
-        generator.manual_seed(seed)
-        _sync(self.device)
-        start = time.perf_counter()
-        tokens = sampler(cond, generator=generator)
-        _sync(self.device)
-        self.generate_seconds += time.perf_counter() - start
-        return tokens
+    def tokens_stream(self, batches: Sequence[tuple[torch.Tensor, torch.Tensor | None, int]]) -> Iterator[torch.Tensor]:
+        """Tokens of each ``(cond, mask, seed)`` in order; the time spent producing them counts as sampling."""
+        stream = sample_stream(self.model, batches, self.sampling, self.sampler)
+        while True:
+            _sync(self.device)
+            start = time.perf_counter()
+            tokens = next(stream, None)
+            _sync(self.device)
+            self.generate_seconds += time.perf_counter() - start
+            if tokens is None:
+                return
+            yield tokens
 
     @torch.no_grad()
-    def pixels(self, cond: torch.Tensor, mask: torch.Tensor | None, seed: int) -> torch.Tensor:
-        tokens = self.tokens(cond, mask, seed)
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         start = time.perf_counter()
         pixels = to_uint8(self.tokenizer.decode(tokens.to(self.device)).clamp(-1, 1))
         _sync(self.device)
@@ -115,29 +112,42 @@ def stream_chunks(generator: ChunkGenerator, conds: torch.Tensor, masks: torch.T
                   progress: Progress | None = None, seconds: dict[str, float] | None = None) -> int:
     """Generate (or read back from ``folder``) each of ``chunks`` and hand it to every consumer; returns the
     number of chunks read back from disk. ``seconds`` (when given) accumulates the wall time of writing and
-    reading chunk files (``write``, ``read``); the generator keeps its own sampling and decoding times."""
-    reused = 0
+    reading chunk files (``write``, ``read``); the generator keeps its own sampling and decoding times.
+
+    Chunks on disk are read and handed over first, then the missing ones are generated as one stream in
+    chunk order (the wavefront sampler needs the next chunks while it finishes one)."""
     seconds = seconds if seconds is not None else {}
-    for c in chunks:
-        lo, hi = c * batch_size, min((c + 1) * batch_size, conds.shape[0])
-        chunk_labels = labels[lo:hi] if labels is not None else None
-        start = time.perf_counter()
-        stored = load_chunk(chunk_path(folder, c), hi - lo) if folder is not None else None
-        seconds["read"] = seconds.get("read", 0.0) + time.perf_counter() - start
-        if stored is not None:
-            pixels = stored[0].to(generator.device)
-            reused += 1
-        else:
-            pixels = generator.pixels(conds[lo:hi], masks[lo:hi] if masks is not None else None, seed + c)
-            if folder is not None:
-                start = time.perf_counter()
-                save_chunk(chunk_path(folder, c), pixels, chunk_labels)
-                seconds["write"] = seconds.get("write", 0.0) + time.perf_counter() - start
+
+    def span(c: int) -> tuple[int, int]:
+        return c * batch_size, min((c + 1) * batch_size, conds.shape[0])
+
+    def hand_over(c: int, pixels: torch.Tensor) -> None:
+        lo, hi = span(c)
         for consume in consumers:
-            consume(c, pixels, chunk_labels)
+            consume(c, pixels, labels[lo:hi] if labels is not None else None)
         if progress is not None:
             progress.update(hi - lo)
-    return reused
+
+    missing = []
+    for c in chunks:
+        start = time.perf_counter()
+        stored = load_chunk(chunk_path(folder, c), span(c)[1] - span(c)[0]) if folder is not None else None
+        seconds["read"] = seconds.get("read", 0.0) + time.perf_counter() - start
+        if stored is None:
+            missing.append(c)
+        else:
+            hand_over(c, stored[0].to(generator.device))
+    batches = [(conds[lo:hi], masks[lo:hi] if masks is not None else None, seed + c)
+               for c in missing for lo, hi in [span(c)]]
+    for c, tokens in zip(missing, generator.tokens_stream(batches)):
+        pixels = generator.decode(tokens)
+        if folder is not None:
+            lo, hi = span(c)
+            start = time.perf_counter()
+            save_chunk(chunk_path(folder, c), pixels, labels[lo:hi] if labels is not None else None)
+            seconds["write"] = seconds.get("write", 0.0) + time.perf_counter() - start
+        hand_over(c, pixels)
+    return len(chunks) - len(missing)
 
 
 def write_samples_npz(folder: str | Path, num_chunks: int, out: str | Path) -> Path:

@@ -10,10 +10,10 @@ Rounding: e4m3 keeps 3 mantissa bits, so a value scaled into its range is rounde
 entries below ``absmax / 2^15`` fall into e4m3's subnormals or to zero. Weights are quantized once,
 activations at every call, each row with its own scale; ``_scaled_mm`` accumulates in float32.
 
-Speed: uncompiled, quantizing the activations takes several passes over them and costs more than the
-fp8 matmul saves (an H200 ran a 1024→2816 layer 2 to 4 times slower than bf16). Under ``torch.compile``
-(``FastSampler(compile=True)``) they fuse, and only large matmuls gain (M = 16384: 113 µs against
-129 µs); a NAR-B batch of 64 sampled 13 % slower than in bf16. What fp8 surely halves is the blocks'
+Speed: the activations are quantized at every call, an extra pass over them that only
+``torch.compile`` fuses into its neighbours, so fp8 pays only where the matrix products are large enough
+for the halved operand bytes and the faster fp8 tensor cores to cover it. Measure before relying on it:
+``nar bench --variants fp8+wavefront+compile wavefront+compile``. What it surely halves is the blocks'
 weight memory.
 """
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from nar.errors import ConfigError
 from nar.model import NARConfig
-from nar.sampling import SamplingConfig
+from nar.sampling import SamplingConfig, parse_sampler
 from nar.text import TextEncoderConfig
 from nar.tokenizers.config import TokenizerLossConfig, TokenizerOptimConfig, TokenizerValConfig, VQConfig
 
@@ -258,8 +258,13 @@ class EvalConfig:
     # On a GPU, torch.compile the tokenizer's decoder once (VQ-16 bf16 decode 390 -> 1099 img/s on an H100,
     # ~20 s to compile): worth it for FID-10k/50k evaluations, not for a 64-sample validation.
     compile_decoder: bool = False
+    # The sampling path (nar.sampling.parse_sampler): fast (the CUDA-graph sampler), or options joined by '+'
+    # from compile, autotune, wavefront (two cohorts in flight; class conditions), fp8 (float8 block weights).
+    # Compiling costs ~1 min once per process; see benchmarks/results for what each one measured.
+    sampler: str = "fast"
 
     def __post_init__(self) -> None:
+        parse_sampler(self.sampler)
         _at_least(self, 1, "num_samples", "batch_size", "per_class", "decode_every")
         _at_least(self, 0, "grid_samples", "num_real")
         unknown = [m for m in self.metrics if m not in METRICS]

@@ -1,6 +1,6 @@
 """Sampling: frontier decoding, the raster baseline, CFG and sampling knobs."""
 
-from nar.sampling.api import make_sampler
+from nar.sampling.api import make_sampler, parse_sampler, sample_stream
 from nar.sampling.generate import generate
 from nar.sampling.logits import (
     SamplingConfig,
@@ -13,4 +13,4 @@ from nar.sampling.logits import (
 )
 
 __all__ = ["SamplingConfig", "apply_guidance", "filter_logits", "generate", "guidance_on", "guide", "make_sampler",
-           "sample_tokens", "with_null"]
+           "parse_sampler", "sample_stream", "sample_tokens", "with_null"]

@@ -1,17 +1,62 @@
-"""The one way to get a sampler: ``make_sampler`` hands back the fast sampler where it is available,
-else the plain loop; both draw the same tokens for the same seed (tested token for token)."""
+"""The ways to get samples: ``make_sampler`` hands back the fast sampler for one batch at a time (the plain
+loop where it is unavailable; both draw the same tokens for the same seed, tested token for token), and
+``sample_stream`` runs a sequence of batches through the sampler a ``sampler`` option names: the fast one,
+compiled, the wavefront stream or fp8 block weights (see :func:`parse_sampler`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from itertools import chain
 from typing import Any
 
 import torch
 
+from nar.errors import ConfigError
 from nar.model import NARModel
 from nar.sampling.logits import SamplingConfig
 
+log = logging.getLogger(__name__)
+
 Sampler = Callable[..., torch.Tensor]  # (cond, generator=None) -> tokens [B, *grid]
+
+SAMPLER_OPTIONS = ("compile", "autotune", "wavefront", "fp8")
+
+
+def parse_sampler(name: str, key: str = "sampler") -> frozenset[str]:
+    """``fast`` (the CUDA-graph sampler as it is) or options joined by ``+``:
+
+    * ``compile``: inductor-compiled blocks and sampling arithmetic inside the CUDA graph;
+    * ``autotune``: the same with ``max-autotune-no-cudagraphs`` (long compile; implies ``compile``);
+    * ``wavefront``: two cohorts in flight, half a schedule apart (:mod:`nar.sampling.wavefront`; class
+      conditions only, other draws than the one-batch sampler for the same seed);
+    * ``fp8``: a bf16 copy of the model with float8 block weights (:mod:`nar.model.fp8`; Hopper GPUs).
+    """
+    if name == "fast":
+        return frozenset()
+    opts = name.split("+")
+    bad = [o for o in opts if o not in SAMPLER_OPTIONS]
+    if bad or len(set(opts)) != len(opts):
+        raise ConfigError(f"'{name}' is not 'fast' or options joined by '+' from {', '.join(SAMPLER_OPTIONS)}",
+                          key=key)
+    return frozenset(opts)
+
+
+def compile_mode(options: frozenset[str]) -> bool | str:
+    """The ``compile`` argument of the samplers for parsed ``options``."""
+    return "max-autotune-no-cudagraphs" if "autotune" in options else "compile" in options
+
+
+def model_for(model: NARModel, options: frozenset[str]) -> NARModel:
+    """``model`` itself, or with ``fp8`` a bf16 copy whose block weights are float8 (the original is untouched)."""
+    if "fp8" not in options:
+        return model
+    from nar.model.fp8 import quantize_fp8
+
+    quantized = copy.deepcopy(model).to(torch.bfloat16).eval()
+    log.info("sampling with %s", quantize_fp8(quantized))
+    return quantized
 
 
 def make_sampler(model: NARModel, batch: int, sampling: SamplingConfig | None, cond_mask: torch.Tensor | None = None,
@@ -34,3 +79,59 @@ def make_sampler(model: NARModel, batch: int, sampling: SamplingConfig | None, c
             return generate(model, cond, sampling, cond_mask=cond_mask, generator=generator)
 
         return plain
+
+
+Batch = tuple[torch.Tensor, torch.Tensor | None, int]  # (conditions, caption mask or None, seed)
+
+
+def sample_stream(model: NARModel, batches: Iterable[Batch], sampling: SamplingConfig | None,
+                  sampler: str = "fast") -> Iterator[torch.Tensor]:
+    """Tokens ``[b, *grid]`` for each ``(cond [b, ...], cond_mask, seed)`` of ``batches``, in order.
+
+    ``sampler`` names the path (:func:`parse_sampler`). The one-batch samplers draw batch ``i`` from a generator
+    seeded with its seed (as :func:`make_sampler` with ``generator.manual_seed(seed)``); the wavefront draws each
+    batch from its own two seeded generators (:mod:`nar.sampling.wavefront`), so in both a batch's tokens depend
+    on its conditions and seed alone. The wavefront needs class conditions; caption batches keep the one-batch
+    sampler (said once in the log). Its batches must not exceed the first one's size: smaller ones (the last
+    of a list) are padded by repeating their last condition, and trimmed.
+    """
+    options = parse_sampler(sampler)
+    model = model_for(model, options)
+    compile = compile_mode(options)
+    batches = iter(batches)
+    if "wavefront" in options:
+        if model.cfg.condition == "class":
+            yield from _wavefront(model, batches, sampling, compile)
+            return
+        log.info("the wavefront sampler takes class conditions; these caption batches use the one-batch sampler")
+    samplers: dict[int, Sampler] = {}
+    generators: dict[torch.device, torch.Generator] = {}
+    for cond, mask, seed in batches:
+        b = cond.shape[0]
+        if mask is not None or b not in samplers:  # caption masks are fixed per sampler
+            samplers[b] = make_sampler(model, b, sampling, cond_mask=mask, compile=compile)
+        gen = generators.setdefault(cond.device, torch.Generator(device=cond.device))
+        yield samplers[b](cond, generator=gen.manual_seed(seed))
+
+
+def _wavefront(model: NARModel, batches: Iterator[Batch], sampling: SamplingConfig | None,
+               compile: bool | str) -> Iterator[torch.Tensor]:
+    from nar.sampling.wavefront import WavefrontSampler
+
+    first = next(batches, None)
+    if first is None:
+        return
+    size = first[0].shape[0]
+    stream = WavefrontSampler(model, size, sampling, compile=compile)
+    sizes: list[int] = []
+
+    def cohorts() -> Iterator[tuple[torch.Tensor, int]]:
+        for cond, _, seed in chain([first], batches):
+            n = cond.shape[0]
+            if n > size:
+                raise ValueError(f"the wavefront stream was built for batches of {size}; got one of {n}")
+            sizes.append(n)
+            yield (cond if n == size else torch.cat([cond, cond[-1:].expand(size - n)])), seed
+
+    for i, tokens in enumerate(stream.stream(cohorts())):
+        yield tokens[:sizes[i]]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import statistics
 import time
@@ -15,6 +14,7 @@ import torch
 from nar.errors import ConfigError
 from nar.model import NARConfig, NARModel
 from nar.model.flops import sampling_flops_per_image
+from nar.sampling.api import SAMPLER_OPTIONS, compile_mode, model_for, parse_sampler
 from nar.sampling.fast import FastSampler
 from nar.sampling.logits import SamplingConfig
 from nar.sampling.reference import reference_generate
@@ -28,7 +28,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # torch reports; H200 is the H100's chip with more memory. Pass --peak-tflops for any other card.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0, "L40S": 362.0, "B200": 2250.0}
 
-VARIANT_OPTIONS = ("compile", "autotune", "wavefront", "fp8")
+VARIANT_OPTIONS = SAMPLER_OPTIONS
 
 
 def peak_tflops(device_name: str) -> float | None:
@@ -38,17 +38,8 @@ def peak_tflops(device_name: str) -> float | None:
 
 
 def parse_variant(name: str) -> frozenset[str]:
-    """``fast`` (the CUDA-graph sampler as it is) or options joined by ``+``: ``compile`` (inductor blocks and
-    sampling), ``autotune`` (compile with ``max-autotune-no-cudagraphs``), ``wavefront`` (two cohorts in
-    flight, :mod:`nar.sampling.wavefront`), ``fp8`` (block weights in float8, :mod:`nar.model.fp8`)."""
-    if name == "fast":
-        return frozenset()
-    opts = name.split("+")
-    bad = [o for o in opts if o not in VARIANT_OPTIONS]
-    if bad or len(set(opts)) != len(opts):
-        raise ConfigError(f"'{name}' is not 'fast' or options joined by '+' from {', '.join(VARIANT_OPTIONS)}",
-                          key="variants")
-    return frozenset(opts)
+    """A benchmark variant: a sampler option as :func:`nar.sampling.api.parse_sampler` reads it."""
+    return parse_sampler(name, key="variants")
 
 
 def variant_method(variant: str) -> str:
@@ -188,10 +179,7 @@ def bench_sampling(cfg: NARConfig, batches: list[int], sampling: SamplingConfig,
            else random_model(cfg, dev, dt, seed) if reference or variants or decode_variants else None)
     fp8_model = None
     if any("fp8" in parse_variant(v) for v in (*variants, *decode_variants)):
-        from nar.model.fp8 import quantize_fp8
-
-        fp8_model = copy.deepcopy(nar)
-        log.info("fp8: %s", quantize_fp8(fp8_model))
+        fp8_model = model_for(nar, frozenset({"fp8"}))
     N = cfg.num_cells
     for batch in batches:
         gen = torch.Generator(device=dev).manual_seed(seed)
@@ -313,9 +301,7 @@ class _SamplerTimer:
     def build(self, model: NARModel, options: frozenset[str] = frozenset()):
         """A fast sampler, or with the ``wavefront`` option a :class:`WavefrontSampler`; ``compile`` and
         ``autotune`` compile it (the latter with ``max-autotune-no-cudagraphs``)."""
-        compile: bool | str = self.compile or "compile" in options
-        if "autotune" in options:
-            compile = "max-autotune-no-cudagraphs"
+        compile = compile_mode(options) or self.compile
         if "wavefront" in options:
             return WavefrontSampler(model, len(self.labels), self.sampling, cuda_graph=self.cuda_graph,
                                     compile=compile, attention=self.attention)

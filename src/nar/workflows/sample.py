@@ -24,7 +24,7 @@ from nar.config import from_dict
 from nar.errors import ConfigError
 from nar.model import NARConfig, NARModel
 from nar.model.io import load_generator_and_run_config
-from nar.sampling import SamplingConfig, make_sampler
+from nar.sampling import SamplingConfig, parse_sampler, sample_stream
 from nar.text import TextEncoderConfig
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class SampleJob:
     device: str | None = None  # None: cuda when available
     threads: int = 0
     compile_decoder: bool = False
+    sampler: str = "fast"  # nar.sampling.parse_sampler: fast, compile, wavefront+compile, fp8+…
 
 
 @dataclass
@@ -205,28 +206,29 @@ def conditions_for(model: NARModel, job: SampleJob, class_names: Sequence[str] =
 @torch.no_grad()
 def sample_images(model: NARModel, tokenizer: torch.nn.Module, conditions: list[Any], *,
                   text_encoder: Callable | None = None, sampling: SamplingConfig | None = None, n_per: int = 1,
-                  batch_size: int = 32, seed: int = 0, device: str = "cpu") -> torch.Tensor:
+                  batch_size: int = 32, seed: int = 0, device: str = "cpu", sampler: str = "fast") -> torch.Tensor:
     """Samples for each condition (a prompt, or a class id) → pixels ``[len(conditions) * n_per, 3, H, W]`` in [-1, 1].
 
     Rows are grouped by condition (``n_per`` consecutive samples each); batch ``b`` uses seed ``seed + b``.
-    Prompts go through ``text_encoder(list[str]) -> (features [B, L, D], mask [B, L])``.
+    Prompts go through ``text_encoder(list[str]) -> (features [B, L, D], mask [B, L])``. ``sampler`` names the
+    sampling path (:func:`nar.sampling.parse_sampler`).
     """
     model = model.to(device).eval()
     tokenizer = tokenizer.to(device).eval()
     caption = model.cfg.condition == "caption"
     items = [c for c in conditions for _ in range(n_per)]
-    images = []
-    for b, start in enumerate(range(0, len(items), batch_size)):
-        chunk = items[start:start + batch_size]
-        if caption:
-            feats, mask = text_encoder(list(chunk))
-            cond, cond_mask = feats.to(device), mask.to(device)
-        else:
-            cond, cond_mask = torch.as_tensor(chunk, dtype=torch.long, device=device), None
-        sampler = make_sampler(model, len(chunk), sampling, cond_mask=cond_mask)
-        generator = torch.Generator(device=device).manual_seed(seed + b)
-        tokens = sampler(cond, generator=generator)
-        images.append(tokenizer.decode(tokens.to(device)).float().clamp(-1, 1).cpu())
+
+    def batches():
+        for b, start in enumerate(range(0, len(items), batch_size)):
+            chunk = items[start:start + batch_size]
+            if caption:
+                feats, mask = text_encoder(list(chunk))
+                yield feats.to(device), mask.to(device), seed + b
+            else:
+                yield torch.as_tensor(chunk, dtype=torch.long, device=device), None, seed + b
+
+    images = [tokenizer.decode(tokens.to(device)).float().clamp(-1, 1).cpu()
+              for tokens in sample_stream(model, batches(), sampling, sampler)]
     return torch.cat(images)
 
 
@@ -261,6 +263,7 @@ def run_sample(job: SampleJob) -> SampleResult:
         ConfigError: conditions that do not fit the model, a missing tokenizer, bad sampling values.
         CheckpointError: an unreadable checkpoint or weights that do not fit their config.
     """
+    parse_sampler(job.sampler, key="--sampler")  # a typo fails before any loading
     if job.threads:
         torch.set_num_threads(job.threads)
     if job.n_per_prompt < 1 or job.batch_size < 1:
@@ -279,7 +282,8 @@ def run_sample(job: SampleJob) -> SampleResult:
     log.info("sampling %d x %d with guidance %s on %s", len(conditions), job.n_per_prompt, sampling.cfg_scale, device)
 
     pixels = sample_images(model, tokenizer, conditions, text_encoder=encoder, sampling=sampling,
-                           n_per=job.n_per_prompt, batch_size=job.batch_size, seed=job.seed, device=device)
+                           n_per=job.n_per_prompt, batch_size=job.batch_size, seed=job.seed, device=device,
+                           sampler=job.sampler)
     out = Path(job.out)
     records, grid = write_samples(out, pixels, conditions, job.n_per_prompt, caption)
     write_text(out / "samples.json", json.dumps(

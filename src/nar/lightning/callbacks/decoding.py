@@ -122,14 +122,13 @@ class FrontierDecodingCallback(Callback):
         chunks = [c for c in range(math.ceil(n / bs)) if c % world == rank]  # chunk c: seed eval.seed + c
         results: dict[str, float] = {"val/forward_passes": float(model.num_passes)}
         grid: list[torch.Tensor] = []
+        gen = ChunkGenerator(model, tokenizer, self.cfg.sampling, device, sampler=e.sampler)
         if tokenizer is None:  # no pixels: time the token generation only
-            gen = ChunkGenerator(model, tokenizer, self.cfg.sampling, device)
-            for c in chunks:
-                gen.tokens(conds[c * bs:(c + 1) * bs], masks[c * bs:(c + 1) * bs] if masks is not None else None,
-                           e.seed + c)
-                gen.generated += min(bs, n - c * bs)
+            batches = [(conds[c * bs:(c + 1) * bs], masks[c * bs:(c + 1) * bs] if masks is not None else None,
+                        e.seed + c) for c in chunks]
+            for tokens in gen.tokens_stream(batches):
+                gen.generated += tokens.shape[0]
         else:
-            gen = ChunkGenerator(model, tokenizer, self.cfg.sampling, device)
             text = self._text_metric(model, device)
             seconds: dict[str, float] = {}
             consumers = [self._metric_consumer(seconds), self._grid_consumer(grid)]
