@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from model_helpers import seeded_model
 from nar.errors import ConfigError
-from nar.model import NARConfig, NARModel
+from nar.model import NARModel
 from nar.sampling import SamplingConfig, filter_logits, generate, guide
 from nar.sampling.fast import FastSampler
 from nar.sampling.reference import reference_generate
@@ -23,12 +24,8 @@ SETUPS = {
 
 
 def make(kind: str, dim: int = 32) -> tuple[NARModel, torch.Tensor, torch.Tensor | None]:
-    torch.manual_seed(0)
-    cfg = NARConfig(dim=dim, n_layer=2, n_head=4, vocab_size=32, num_classes=5, token_dropout=0.0,
-                    resid_dropout=0.0, ffn_dropout=0.0, **SETUPS[kind])
-    model = NARModel(cfg).eval()
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.3)
+    model = seeded_model(dim, **SETUPS[kind])
+    cfg = model.cfg
     if cfg.condition == "class":
         return model, torch.tensor([0, 3, 4]), None
     feats = torch.randn(3, cfg.caption_len, cfg.caption_dim)

@@ -85,6 +85,16 @@ def compile_blocks(fns: list, mode: bool | str = True) -> list:
     return [torch.compile(fn, dynamic=True, **kwargs) for fn in fns]
 
 
+def placement(model: NARModel, cuda_graph: bool | None) -> tuple[torch.device, torch.dtype, bool]:
+    """The device and dtype a sampler runs in (the model's) and whether it records a CUDA graph: by default on
+    a GPU; ``cuda_graph=True`` off a GPU is an error."""
+    p = next(model.parameters())
+    use_graph = (p.device.type == "cuda") if cuda_graph is None else cuda_graph
+    if use_graph and p.device.type != "cuda":
+        raise ValueError("cuda_graph=True needs the model on a CUDA device")
+    return p.device, p.dtype, use_graph
+
+
 def capture_graph(run, generators: list[torch.Generator | None], device: torch.device) -> torch.cuda.CUDAGraph:
     """Record ``run()`` into a CUDA graph (after two warm-up calls on a side stream: allocator, cuBLAS and
     attention kernels) and return it. The warm-up and the capture draw random numbers: every generator in
@@ -126,11 +136,7 @@ class FastSampler:
         self.model = model.eval()
         self.sampling = sampling or SamplingConfig()
         self.batch = batch
-        p = next(model.parameters())
-        self.device, self.dtype = p.device, p.dtype
-        self.use_graph = (self.device.type == "cuda") if cuda_graph is None else cuda_graph
-        if self.use_graph and self.device.type != "cuda":
-            raise ValueError("cuda_graph=True needs the model on a CUDA device")
+        self.device, self.dtype, self.use_graph = placement(model, cuda_graph)
         cfg = model.cfg
         if cfg.condition == "class":
             self.cond = torch.zeros(batch, dtype=torch.long, device=self.device)

@@ -30,7 +30,7 @@ import torch
 
 from nar.errors import ConfigError
 from nar.model import NARModel
-from nar.sampling.fast import CompiledDraw, capture_graph, choose_attention, compile_blocks
+from nar.sampling.fast import CompiledDraw, capture_graph, choose_attention, compile_blocks, placement
 from nar.sampling.logits import SamplingConfig, apply_guidance, guidance_on, sample_tokens, with_null
 
 log = logging.getLogger(__name__)
@@ -88,11 +88,7 @@ class WavefrontSampler:
         self.model = model.eval()
         self.sampling = sampling or SamplingConfig()
         self.batch = batch
-        p = next(model.parameters())
-        self.device, self.dtype = p.device, p.dtype
-        self.use_graph = (self.device.type == "cuda") if cuda_graph is None else cuda_graph
-        if self.use_graph and self.device.type != "cuda":
-            raise ValueError("cuda_graph=True needs the model on a CUDA device")
+        self.device, self.dtype, self.use_graph = placement(model, cuda_graph)
         self.attention = choose_attention(attention, self.device, self.dtype)
         self.slots = (_Slot(model, batch, self.sampling, self.device, self.attention),
                       _Slot(model, batch, self.sampling, self.device, self.attention))
