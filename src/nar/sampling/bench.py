@@ -312,8 +312,8 @@ class _SamplerTimer:
         """Seconds per batch of ``len(labels)`` images (a wavefront period completes two, in a steady stream).
 
         With ``decoder``, each batch's tokens are decoded too: on a GPU on a second CUDA stream, so the decoder
-        of one batch runs beside the sampling of the next (the sampler's narrow passes leave SMs free), as a
-        sampling job would run them; on a CPU one after the other."""
+        of one batch can run beside the sampling of the next where the GPU has room (on the 2026-12-04 H200 run
+        it had none: the pair took as long as the two one after the other); on a CPU one after the other."""
         overlap = decoder is not None and self.device.type == "cuda"
         side = torch.cuda.Stream(self.device) if overlap else None
 
