@@ -47,8 +47,8 @@ bench: $(VENV)/.installed ## GPU sampling benchmark, one run: NAR-L CFG 2.0 bf16
 bench-train: $(VENV)/.installed ## training throughput and MFU on the GPU: NAR-L, per-device batch 32 (the 8-GPU recipe), bf16, compiled
 	$(PY) benchmarks/train_throughput.py --preset NAR-L --batch 32 --dtype bf16 --compile --device cuda $(ARGS)
 
-bench-cpu: $(VENV)/.installed ## CPU benchmark: NAR vs raster vs PAR-4x/16x on a small trunk, 16x16 grid, batch 8, bf16, 5 alternating rounds (ARGS="--dtype fp32")
-	$(NAR) bench --preset bench-cpu --batch 8 --guidance 1.0 --dtype bf16 --device cpu --reference --warmup 3 --iters 2 --rounds 5 --schedules nar raster par-2x2 par-4x4 $(ARGS)
+bench-cpu: $(VENV)/.installed ## CPU benchmark: NAR (and its wavefront) vs raster vs PAR-4x/16x on a small trunk, 16x16 grid, batch 8, bf16, 5 alternating rounds (ARGS="--dtype fp32")
+	$(NAR) bench --preset bench-cpu --batch 8 --guidance 1.0 --dtype bf16 --device cpu --reference --warmup 3 --iters 2 --rounds 5 --schedules nar raster par-2x2 par-4x4 --variants wavefront $(ARGS)
 
 data-embedded: $(VENV)/.installed ## build the embedded emoji/atari/shapes shards under data/
 	$(NAR) data embedded --out data/embedded $(ARGS)

@@ -115,3 +115,17 @@ def test_sampling_flops_count_the_decode_prefixes():
     assert sampling_flops_per_image(cfg, True) == 2 * sampling_flops_per_image(cfg, False)
     longer = NARConfig.from_name("NAR-tiny", dim=32, grid=[4, 8])
     assert sampling_flops_per_image(longer, False) > 1.9 * sampling_flops_per_image(cfg, False)
+
+
+def test_variants_alternate_with_the_schedules_in_rounds(tmp_path, capsys):
+    """With --rounds, variant rows are timed in the same alternating rounds; their speed-up over nar is the
+    median of the round-by-round ratios, and a decode row still follows."""
+    out = tmp_path / "results"
+    assert main(["bench", "--preset", "NAR-tiny", "--set", "dim=32", "grid=[3, 3]", "--device", "cpu", "--dtype",
+                 "fp32", "--batch", "2", "--iters", "1", "--warmup", "0", "--rounds", "3", "--no-raster",
+                 "--variants", "wavefront", "--out", str(out)]) == 0
+    rows = {r["method"]: r for r in json.loads(next(out.glob("*.json")).read_text())["rows"]}
+    nar, wave = rows["nar"]["round_seconds"], rows["nar+wavefront"]["round_seconds"]
+    assert len(nar) == len(wave) == 3
+    ratios = sorted(n / w for n, w in zip(nar, wave))
+    assert f"batch 2: nar+wavefront over nar: {ratios[1]:.2f}x" in capsys.readouterr().out

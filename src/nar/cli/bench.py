@@ -142,7 +142,9 @@ def _ratios(rows: list, schedules: list[str], batches: list[int]) -> tuple[list[
             if other == "raster":
                 headline = headline or f"nar/raster speed-up: {mid:.2f}x"
         for method in (m for m in by if m.startswith("nar+") and "nar" in by):
-            ratios.append(f"batch {batch}: {method} over nar: {speedup(by['nar'], by[method])[0] ** -1:.2f}x")
+            mid, lo, hi = speedup(by[method], by["nar"])
+            spread = f" (rounds {lo:.2f}-{hi:.2f}x)" if hi > lo else ""
+            ratios.append(f"batch {batch}: {method} over nar: {mid:.2f}x{spread}")
         if "nar-reference" in by and "nar" in by:
             ratios.append(f"batch {batch}: fast/reference speed-up {speedup(by['nar'], by['nar-reference'])[0]:.2f}x")
     return ratios, headline

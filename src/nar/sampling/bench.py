@@ -157,7 +157,8 @@ def bench_sampling(cfg: NARConfig, batches: list[int], sampling: SamplingConfig,
     the samplers together.
 
     ``variants`` adds a NAR row per faster path (:func:`parse_variant`, e.g. ``compile``, ``wavefront+compile``,
-    ``fp8+wavefront+compile``), each timed after the schedules, one at a time. ``decoder`` with
+    ``fp8+wavefront+compile``): timed after the schedules one at a time, or with ``rounds > 1`` in the same
+    alternating rounds as the schedules (their speed-ups over ``nar`` then round by round too). ``decoder`` with
     ``decode_variants`` adds tokens + pixels rows: the sampler of that variant followed by the tokenizer's
     decoder, images/s counting decoded images. ``peak`` (TFLOP/s) fills each row's fraction of peak.
     ``on_row(rows)`` is called after every row (the CLI writes its files then, so a run cut short keeps them).
@@ -191,16 +192,19 @@ def bench_sampling(cfg: NARConfig, batches: list[int], sampling: SamplingConfig,
                 sampler = run.build(model)
                 rows.append(run.row(name, sampler, [run.time(sampler, True)], _peak(dev)))
                 del sampler
-        else:
+        else:  # the schedules and the variants' token rows side by side, alternating
             _reset_peak(dev)
             samplers = {name: run.build(model) for name, model in models.items()}
+            samplers |= {variant_method(v): run.build(fp8_model if "fp8" in parse_variant(v) else nar,
+                                                      parse_variant(v)) for v in variants}
             seconds: dict[str, list[float]] = {name: [] for name in samplers}
             for r in range(rounds):
                 for name, sampler in samplers.items():
                     seconds[name].append(run.time(sampler, r == 0))
             rows += [run.row(name, sampler, seconds[name], _peak(dev)) for name, sampler in samplers.items()]
             del samplers
-        order = [(v, False) for v in variants]  # each variant's tokens + pixels row right after its own
+        timed = [] if rounds == 1 else variants  # variants already timed in the rounds keep only their decode rows
+        order = [(v, False) for v in variants if v not in timed]  # each tokens + pixels row after its own
         for v in decode_variants:
             order.insert(order.index((v, False)) + 1 if (v, False) in order else len(order), (v, True))
         for variant, with_decode in order:
