@@ -121,12 +121,10 @@ def run(args: argparse.Namespace) -> int:
     text = write(rows, final=True)
     print(text)
     print(f"\nwrote {out / stem}.{{json,md}}")
-    by_batch = [r for r in rows if r.method == "nar"]
-    headline = _headline(rows, schedules, by_batch)
+    headline = _ratios(rows, schedules, args.batch)[1]
     if headline:
         print(headline)
     return 0
-
 
 
 def _ratios(rows: list, schedules: list[str], batches: list[int]) -> tuple[list[str], str | None]:
@@ -148,10 +146,6 @@ def _ratios(rows: list, schedules: list[str], batches: list[int]) -> tuple[list[
         if "nar-reference" in by and "nar" in by:
             ratios.append(f"batch {batch}: fast/reference speed-up {speedup(by['nar'], by['nar-reference'])[0]:.2f}x")
     return ratios, headline
-
-
-def _headline(rows: list, schedules: list[str], _nar_rows: list) -> str | None:
-    return _ratios(rows, schedules, sorted({r.batch for r in rows}))[1]
 
 
 def _render(args: argparse.Namespace, cfg, rows: list, schedules: list[str], device_name: str, threads: int,

@@ -130,8 +130,9 @@ def stream_chunks(generator: ChunkGenerator, conds: torch.Tensor, masks: torch.T
 
     missing = []
     for c in chunks:
+        lo, hi = span(c)
         start = time.perf_counter()
-        stored = load_chunk(chunk_path(folder, c), span(c)[1] - span(c)[0]) if folder is not None else None
+        stored = load_chunk(chunk_path(folder, c), hi - lo) if folder is not None else None
         seconds["read"] = seconds.get("read", 0.0) + time.perf_counter() - start
         if stored is None:
             missing.append(c)

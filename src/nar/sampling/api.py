@@ -110,8 +110,9 @@ def sample_stream(model: NARModel, batches: Iterable[Batch], sampling: SamplingC
         b = cond.shape[0]
         if mask is not None or b not in samplers:  # caption masks are fixed per sampler
             samplers[b] = make_sampler(model, b, sampling, cond_mask=mask, compile=compile)
-        gen = generators.setdefault(cond.device, torch.Generator(device=cond.device))
-        yield samplers[b](cond, generator=gen.manual_seed(seed))
+        if cond.device not in generators:
+            generators[cond.device] = torch.Generator(device=cond.device)
+        yield samplers[b](cond, generator=generators[cond.device].manual_seed(seed))
 
 
 def _wavefront(model: NARModel, batches: Iterator[Batch], sampling: SamplingConfig | None,

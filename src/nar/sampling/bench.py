@@ -28,8 +28,6 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # torch reports; H200 is the H100's chip with more memory. Pass --peak-tflops for any other card.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0, "L40S": 362.0, "B200": 2250.0}
 
-VARIANT_OPTIONS = SAMPLER_OPTIONS
-
 
 def peak_tflops(device_name: str) -> float | None:
     """The dense bf16 peak of a known card (the longest matching key of :data:`PEAK_BF16_TFLOPS`), else None."""
@@ -45,7 +43,7 @@ def parse_variant(name: str) -> frozenset[str]:
 def variant_method(variant: str) -> str:
     """The row name of NAR under ``variant``: ``nar`` or ``nar+<options in a fixed order>``."""
     opts = parse_variant(variant)
-    return "+".join(["nar", *(o for o in VARIANT_OPTIONS if o in opts)])
+    return "+".join(["nar", *(o for o in SAMPLER_OPTIONS if o in opts)])
 
 
 @dataclass
