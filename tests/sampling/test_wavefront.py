@@ -177,7 +177,8 @@ def test_sampler_option_names_its_error():
 
 def test_a_resumed_wavefront_evaluation_regenerates_missing_chunks_exactly(tmp_path):
     """stream_chunks through the wavefront: delete chunk files of a finished run and run again: the chunks on
-    disk are read back, the missing ones come out byte for byte as before (each depends on its seed alone)."""
+    disk are read back, the missing ones come out byte for byte as before (each depends on its seed alone),
+    and the consumers see every chunk in chunk order, as in the uninterrupted run."""
     from nar.lightning.generation import ChunkGenerator, chunk_path, load_chunk, stream_chunks
 
     class Identity(torch.nn.Module):  # tokens as pixels: enough to compare chunks
@@ -189,19 +190,39 @@ def test_a_resumed_wavefront_evaluation_regenerates_missing_chunks_exactly(tmp_p
     conds = torch.arange(17) % 5
     chunks = list(range(6))  # 3 + 3 + 3 + 3 + 3 + 2
     seen: dict[int, torch.Tensor] = {}
+    order: list[int] = []
 
-    def run(gen):
-        return stream_chunks(gen, conds, None, chunks, 3, 7, [lambda c, px, _: seen.__setitem__(c, px.clone())],
-                             folder=tmp_path)
+    def record(c, px, _):
+        seen[c] = px.clone()
+        order.append(c)
+
+    def run(gen, *extra):
+        order.clear()
+        return stream_chunks(gen, conds, None, chunks, 3, 7, [record, *extra], folder=tmp_path)
 
     assert run(ChunkGenerator(model, Identity(), s, torch.device("cpu"), sampler="wavefront")) == 0
+    assert order == chunks
     first = {c: load_chunk(chunk_path(tmp_path, c), len(seen[c]))[0] for c in chunks}
     for c in (1, 4, 5):
         chunk_path(tmp_path, c).unlink()
     gen = ChunkGenerator(model, Identity(), s, torch.device("cpu"), sampler="wavefront")
     assert run(gen) == 3 and gen.generated == 3 + 3 + 2
+    assert order == chunks  # chunks 2 and 3 wait for chunk 1, which is generated
     for c in chunks:
         assert torch.equal(load_chunk(chunk_path(tmp_path, c), len(seen[c]))[0], first[c]), c
+        assert torch.equal(seen[c], first[c]), c
+
+    # A stored chunk that vanishes between the check and its turn is generated on its own, the same bytes.
+    chunk_path(tmp_path, 1).unlink()
+
+    def lose_chunk_3(c, px, _):
+        if c == 1:
+            chunk_path(tmp_path, 3).unlink()
+
+    gen = ChunkGenerator(model, Identity(), s, torch.device("cpu"), sampler="wavefront")
+    assert run(gen, lose_chunk_3) == 4 and gen.generated == 3 + 3
+    assert order == chunks
+    assert torch.equal(seen[3], first[3]) and torch.equal(load_chunk(chunk_path(tmp_path, 3), 3)[0], first[3])
     fast = ChunkGenerator(model, Identity(), s, torch.device("cpu"), sampler="fast")
     other = tmp_path / "fast"
     stream_chunks(fast, conds, None, chunks, 3, 7, [], folder=other)

@@ -110,16 +110,42 @@ def stream_chunks(generator: ChunkGenerator, conds: torch.Tensor, masks: torch.T
                   chunks: Sequence[int], batch_size: int, seed: int, consumers: Sequence[Consumer],
                   folder: Path | None = None, labels: torch.Tensor | None = None,
                   progress: Progress | None = None, seconds: dict[str, float] | None = None) -> int:
-    """Generate (or read back from ``folder``) each of ``chunks`` and hand it to every consumer; returns the
-    number of chunks read back from disk. ``seconds`` (when given) accumulates the wall time of writing and
-    reading chunk files (``write``, ``read``); the generator keeps its own sampling and decoding times.
+    """Generate (or read back from ``folder``) each of ``chunks`` and hand it to every consumer, in the order of
+    ``chunks``; returns the number of chunks read back from disk. ``seconds`` (when given) accumulates the wall
+    time of writing and reading chunk files (``write``, ``read``); the generator keeps its own sampling and
+    decoding times.
 
-    Chunks on disk are read and handed over first, then the missing ones are generated as one stream in
-    chunk order (the wavefront sampler needs the next chunks while it finishes one)."""
+    The consumers see the chunks in the same order whether a run is fresh or resumed, so a resumed evaluation
+    feeds its metrics and picture grid exactly what an uninterrupted one would. Every stored chunk is checked
+    first; the missing ones are then generated as one stream in chunk order (the wavefront sampler needs the
+    next chunks while it finishes one). Memory holds one chunk: a stored chunk that comes after a missing one
+    is read again at its turn (a resumed run's stored chunks usually all come first, and are read once)."""
     seconds = seconds if seconds is not None else {}
 
     def span(c: int) -> tuple[int, int]:
         return c * batch_size, min((c + 1) * batch_size, conds.shape[0])
+
+    def read(c: int) -> torch.Tensor | None:
+        if folder is None:
+            return None
+        lo, hi = span(c)
+        start = time.perf_counter()
+        stored = load_chunk(chunk_path(folder, c), hi - lo)
+        seconds["read"] = seconds.get("read", 0.0) + time.perf_counter() - start
+        return stored[0].to(generator.device) if stored is not None else None
+
+    def batch(c: int) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        lo, hi = span(c)
+        return conds[lo:hi], masks[lo:hi] if masks is not None else None, seed + c
+
+    def generate(c: int, tokens: torch.Tensor) -> torch.Tensor:
+        pixels = generator.decode(tokens)
+        if folder is not None:
+            lo, hi = span(c)
+            start = time.perf_counter()
+            save_chunk(chunk_path(folder, c), pixels, labels[lo:hi] if labels is not None else None)
+            seconds["write"] = seconds.get("write", 0.0) + time.perf_counter() - start
+        return pixels
 
     def hand_over(c: int, pixels: torch.Tensor) -> None:
         lo, hi = span(c)
@@ -128,27 +154,28 @@ def stream_chunks(generator: ChunkGenerator, conds: torch.Tensor, masks: torch.T
         if progress is not None:
             progress.update(hi - lo)
 
-    missing = []
+    missing: list[int] = []
     for c in chunks:
-        lo, hi = span(c)
-        start = time.perf_counter()
-        stored = load_chunk(chunk_path(folder, c), hi - lo) if folder is not None else None
-        seconds["read"] = seconds.get("read", 0.0) + time.perf_counter() - start
-        if stored is None:
+        pixels = read(c)
+        if pixels is None:
             missing.append(c)
-        else:
-            hand_over(c, stored[0].to(generator.device))
-    batches = [(conds[lo:hi], masks[lo:hi] if masks is not None else None, seed + c)
-               for c in missing for lo, hi in [span(c)]]
-    for c, tokens in zip(missing, generator.tokens_stream(batches)):
-        pixels = generator.decode(tokens)
-        if folder is not None:
-            lo, hi = span(c)
-            start = time.perf_counter()
-            save_chunk(chunk_path(folder, c), pixels, labels[lo:hi] if labels is not None else None)
-            seconds["write"] = seconds.get("write", 0.0) + time.perf_counter() - start
+        elif not missing:  # nothing before it is missing: its turn is now
+            hand_over(c, pixels)
+    if not missing:
+        return len(chunks)
+    reused = len(chunks) - len(missing)
+    stream = generator.tokens_stream([batch(c) for c in missing])
+    todo = set(missing)
+    for c in chunks[chunks.index(missing[0]):]:
+        if c in todo:
+            hand_over(c, generate(c, next(stream)))
+            continue
+        pixels = read(c)
+        if pixels is None:  # valid a moment ago, gone or damaged since: generate it on its own (same seed)
+            pixels = generate(c, next(generator.tokens_stream([batch(c)])))
+            reused -= 1
         hand_over(c, pixels)
-    return len(chunks) - len(missing)
+    return reused
 
 
 def write_samples_npz(folder: str | Path, num_chunks: int, out: str | Path) -> Path:
