@@ -10,12 +10,14 @@ shapes grammar.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import io
 import json
 import logging
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -97,6 +99,62 @@ def _decode_frames(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
+def _identity(x: Any) -> Any:
+    return x
+
+
+def _npz_prompts(source: Path, n: int) -> np.ndarray | None:
+    """The ``prompts`` array of a sample ``.npz`` (one caption per sample), or None when it has none."""
+    with np.load(source) as data:
+        if "prompts" not in data:
+            return None
+        prompts = data["prompts"]
+    if prompts.shape[:1] != (n,):
+        raise DataError(f"{source}: 'prompts' holds {prompts.shape[0] if prompts.ndim else 0} captions for {n} samples")
+    return prompts
+
+
+@contextlib.contextmanager
+def _npz_samples(source: Path) -> Iterator[tuple[int, Iterator[np.ndarray]]]:
+    """``(N, samples)``: the ``arr_0`` ``uint8 [N, H, W, 3]`` (or ``[N, T, H, W, 3]``) of an ``.npz``, read one
+    sample at a time from the archive, so a 50k-sample batch (10 GB at 256², 39 GB at 512²) never sits in
+    memory whole. Works for stored (``np.savez``) and compressed (``np.savez_compressed``) archives."""
+    try:
+        zf = zipfile.ZipFile(source)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise DataError(f"{source}: not a readable .npz ({err})") from err
+    with zf:
+        names = zf.namelist()
+        if "arr_0.npy" not in names:
+            keys = sorted(n.removesuffix(".npy") for n in names)
+            raise DataError(f"{source}: no 'arr_0' array (keys {keys}); a statistics file (mu/sigma) can only be "
+                            "a --ref")
+        with zf.open("arr_0.npy") as fh:
+            try:
+                version = np.lib.format.read_magic(fh)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = read_header(fh)
+            except ValueError as err:
+                raise DataError(f"{source}: arr_0 is not a .npy array ({err})") from err
+            if dtype != np.uint8 or len(shape) not in (4, 5) or shape[-1] != 3 or fortran:
+                raise DataError(f"{source}: arr_0 must be uint8 [N, H, W, 3] or [N, T, H, W, 3] in C order, got "
+                                f"{dtype} {shape}{' (Fortran order)' if fortran else ''}")
+            size = int(np.prod(shape[1:]))
+
+            def samples() -> Iterator[np.ndarray]:
+                for i in range(shape[0]):
+                    raw = fh.read(size)
+                    if len(raw) != size:
+                        raise DataError(f"{source}: arr_0 ends in sample {i} of {shape[0]} (the file is truncated)")
+                    yield np.frombuffer(bytearray(raw), dtype=np.uint8).reshape(shape[1:])
+
+            try:
+                yield shape[0], samples()
+            except zipfile.BadZipFile as err:
+                raise DataError(f"{source}: arr_0 is damaged ({err})") from err
+
+
 def shard_paths(source: str | Path, split: str | None = None) -> list[Path]:
     """The ``.tar`` shards of a dataset folder (``split`` from ``meta.json``), a shard folder or one shard."""
     source = Path(source)
@@ -137,19 +195,15 @@ def _iter_raw_records(source: Path, split: str | None, limit: int | None) -> Ite
         return limit is not None and count >= limit
 
     if source.is_file() and source.suffix == ".npz":
-        with np.load(source) as data:
-            if "arr_0" not in data:
-                raise DataError(f"{source}: no 'arr_0' array (keys {sorted(data.keys())}); a statistics file "
-                                "(mu/sigma) can only be a --ref")
-            arr = data["arr_0"]
-            prompts = data["prompts"] if "prompts" in data else None
-        if arr.dtype != np.uint8 or arr.shape[-1] != 3:
-            raise DataError(f"{source}: arr_0 must be uint8 [N, H, W, 3] or [N, T, H, W, 3], got {arr.dtype} {arr.shape}")
-        for i in range(arr.shape[0]):
-            if done():
-                return
-            yield _LazyRecord(functools.partial(np.asarray, arr[i]), _spec_from(None, str(prompts[i]) if prompts is not None else None))
-            count += 1
+        with _npz_samples(source) as (n, samples):
+            prompts = _npz_prompts(source, n)
+            for i in range(n):
+                if done():
+                    return
+                pixels = next(samples)
+                yield _LazyRecord(functools.partial(_identity, pixels),
+                                  _spec_from(None, str(prompts[i]) if prompts is not None else None))
+                count += 1
         return
 
     shards = shard_paths(source, split)
