@@ -1,0 +1,60 @@
+"""benchmarks/pass_profile.py: kernel names fall in the right families, and the report runs end to end on CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "pass_profile.py"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("pass_profile", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name, family", [
+    # kernel names as the H200 profile recorded them (benchmarks/results/h200-2026-11-26-session2/probe.txt)
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x64_4x1x1_cga1", "decode attention"),
+    ("_prefix_attention_kernel", "decode attention"),
+    ("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_TNT", "matmul"),
+    ("triton_tem_fused_mm_0", "matmul"),
+    ("triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_0", "fused by Inductor"),
+    ("triton_red_fused_argmax_log_sub_1", "sampling"),
+    ("void at::native::vectorized_elementwise_kernel<8, at::native::bfloat16_copy_kernel_cuda(at::Tensor",
+     "copy / cache write / gather"),
+    ("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<c10::BFloat16, float>", "norm"),
+    ("void at::native::vectorized_elementwise_kernel<8, at::native::CUDAFunctor_add<c10::BFloat16>>",
+     "eager elementwise"),
+    ("aten::mm", "matmul"),
+    ("aten::view", "views, allocation, dispatch"),
+    ("TorchDynamo Cache Lookup", "compiled-code guards and calls"),
+    ("cudaStreamSynchronize", "other"),
+])
+def test_kernel_families(script, name, family):
+    assert script.kernel_family(name) == family
+
+
+def test_profile_report_on_cpu(tmp_path):
+    out = tmp_path / "profile.md"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--preset", "NAR-tiny", "--set", "grid=[4, 6]",
+                           "--batch", "2", "--periods", "1", "--top", "5", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = out.read_text()
+    assert report in proc.stdout
+    assert "NAR-tiny 4x6, batch 2 per cohort" in report and "--batch 2" in report
+    # 4 + 6 - 1 passes; a period feeds every pass of both cohorts: 2 cohorts x 24 cells x 2 samples x 2 (CFG)
+    assert "9 passes per period" in report and "192 fed rows per period" in report
+    table = [line for line in report.splitlines() if line.startswith("| ") and "ms per period" not in line]
+    families = [line for line in table if line.count("|") == 6 and not line.startswith("| `")]
+    shares = [float(line.split("|")[3].strip().rstrip("%")) for line in families if not line.startswith("| all")]
+    assert abs(sum(shares) - 100) < 0.5 and any(line.startswith("| matmul |") for line in families)
+    assert len([line for line in table if line.startswith("| `")]) == 5
