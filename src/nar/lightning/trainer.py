@@ -130,9 +130,41 @@ def retention(run: RunConfig) -> list[ModelCheckpoint]:
         out.append(ModelCheckpoint(filename="keep_{step:07d}", every_n_train_steps=t.keep_every, save_top_k=-1,
                                    **common))
     if t.keep_best:
-        out.append(ModelCheckpoint(filename="best_{step:07d}", monitor=t.best_metric, mode="min",
-                                   save_top_k=t.keep_best, save_on_train_epoch_end=False, **common))
+        out.append(BestCheckpoint(filename="best_{step:07d}", monitor=t.best_metric, mode=run.best_mode(),
+                                  save_top_k=t.keep_best, save_on_train_epoch_end=False, **common))
     return out
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """The ``trainer.keep_best`` best checkpoints by ``trainer.best_metric``, ranked only at validations that
+    logged it.
+
+    A decoding score (``val/fid``…) is logged at decoding validations only (``eval.decode_every``); Lightning's
+    callback would raise at a validation without it, ending the run, and the decoding callback drops its
+    previous scores when a validation starts, so a stale score never ranks another step. A key that the config
+    check (:meth:`RunConfig.best_mode`) allowed but that this run cannot log (a metric dropped by
+    ``allow_degraded``) is warned about once; the run goes on without best checkpoints.
+    """
+
+    _seen = False  # the monitored key was logged at some validation of this process
+    _told = False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.monitor in trainer.callback_metrics:
+            self._seen = self._seen or not trainer.sanity_checking
+            super().on_validation_end(trainer, pl_module)
+            return
+        if not self._told and trainer.is_global_zero:
+            log.info("step %d: this validation logged no %s; best checkpoints rank only validations that log it",
+                     trainer.global_step, self.monitor)
+            self._told = True
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_fit_end(trainer, pl_module)
+        if not self._seen and trainer.is_global_zero and trainer.global_step >= trainer.max_steps:
+            logged = sorted(k for k in trainer.callback_metrics if k.startswith("val/"))
+            log.warning("no best checkpoint: no validation of this run logged trainer.best_metric=%s (they logged "
+                        "%s)", self.monitor, logged)
 
 
 def disk_estimate(run: RunConfig, parameters: int, ema: bool) -> str:

@@ -28,6 +28,13 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
 STRATEGIES = ("auto", "ddp", "fsdp")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 METRICS = ("fid", "is", "pr", "kid", "sfid", "fvd", "fvd_proxy", "text")
+# The validation keys each image metric of METRICS logs (FrontierDecodingCallback), with the direction that
+# is better; videos log val/fvd (a local I3D) or val/fvd_proxy_inception.
+DECODING_METRICS: dict[str, dict[str, str]] = {
+    "fid": {"val/fid": "min"}, "sfid": {"val/sfid": "min"}, "is": {"val/is_mean": "max"},
+    "kid": {"val/kid_mean": "min"}, "pr": {"val/precision": "max", "val/recall": "max"},
+    "text": {"val/geneval_overall": "max"},
+}
 
 
 def _at_least(obj: object, minimum: int | float, *keys: str, optional: bool = False) -> None:
@@ -67,7 +74,9 @@ class TrainerConfig:
     val_every: int = 1000  # steps between validations (0 = only at the end)
     ckpt_every: int = 1000  # steps between checkpoints (always one at the end, and last.ckpt each time)
     # Retention: the newest `keep_recent` step_*.ckpt; a permanent keep_*.ckpt every `keep_every` steps (0 = none);
-    # the `keep_best` best by `best_metric` (lower is better; 0 = none), kept as best_*.ckpt. Plus last.ckpt.
+    # the `keep_best` best by `best_metric` (0 = none), kept as best_*.ckpt. Plus last.ckpt. `best_metric` is one
+    # of the keys the run's validation logs (RunConfig.validation_metrics: lower is better for losses and
+    # distances, higher for IS, precision/recall, GenEval, PSNR…); only validations that logged it rank.
     keep_recent: int = 2
     keep_every: int = 0
     keep_best: int = 0
@@ -113,6 +122,21 @@ class RunConfig:
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name in (".", ".."):
             raise ConfigError(f"'{self.name}' is not a folder name", key="name")
+        if self.trainer.keep_best:
+            self.best_mode()  # a best_metric this run never logs fails now, not after the first validation
+
+    def validation_metrics(self) -> dict[str, str]:
+        """The keys this run's validation can log, each with the direction that is better (``min``/``max``)."""
+        return {"val/loss": "min"}
+
+    def best_mode(self) -> str:
+        """``min`` or ``max``: which way ``trainer.best_metric`` improves (an error when validation never logs it)."""
+        metrics = self.validation_metrics()
+        key = self.trainer.best_metric
+        if key not in metrics:
+            raise ConfigError(f"{key!r} is not logged by this run's validation; it logs {sorted(metrics)}",
+                              key="trainer.best_metric")
+        return metrics[key]
 
     @property
     def run_dir(self) -> Path:
@@ -295,6 +319,25 @@ class TrainConfig(RunConfig):
     # our .ckpt (EMA weights) or an official .pt. Rotary positions make the weights grid-independent.
     init_from: str = ""
 
+    def validation_metrics(self) -> dict[str, str]:
+        """The teacher-forced loss (every validation) and the scores of ``eval.metrics`` (decoding validations,
+        :attr:`EvalConfig.decode_every`): videos score FVD, images the image metrics."""
+        from nar.shapes.scene import FAMILIES
+
+        out = {"val/loss": "min", "val/bits_per_token": "min", "val/bits_per_image": "min"}
+        asked = set(self.eval.metrics)
+        if len(self.model.grid) == 3:
+            if asked & {"fvd", "fvd_proxy"}:  # FVD with a local I3D, else its Inception proxy under its own name
+                out["val/fvd" if self.eval.i3d_path else "val/fvd_proxy_inception"] = "min"
+        else:
+            if not self.eval.inception_weights:
+                asked.discard("is")  # the default FID network has no classifier: IS is skipped
+            for name in sorted(asked & set(DECODING_METRICS)):
+                out.update(DECODING_METRICS[name])
+        if "text" in asked:
+            out.update({f"val/geneval_{family}": "max" for family in FAMILIES})
+        return out
+
     def __post_init__(self) -> None:
         super().__post_init__()
         g = self.data.global_batch
@@ -330,12 +373,20 @@ class TokenizerRunConfig(RunConfig):
 
     name: str = "tokenizer"
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(
-        max_steps=2000, precision="32-true", val_every=500, ckpt_every=500, log_every=20))
+        max_steps=2000, precision="32-true", val_every=500, ckpt_every=500, log_every=20, best_metric="val/rfid"))
     model: VQConfig = field(default_factory=VQConfig)
     loss: TokenizerLossConfig = field(default_factory=TokenizerLossConfig)
     optim: TokenizerOptimConfig = field(default_factory=TokenizerOptimConfig)
     val: TokenizerValConfig = field(default_factory=TokenizerValConfig)
     data: TokenizerDataConfig = field(default_factory=TokenizerDataConfig)
+
+    def validation_metrics(self) -> dict[str, str]:
+        """What :class:`~nar.lightning.tokenizer_module.TokenizerModule` logs at every validation."""
+        out = {"val/loss": "min", "val/psnr": "max", "val/ssim": "max", "val/codebook_usage": "max",
+               "val/codebook_perplexity": "max"}
+        if self.val.rfid:
+            out["val/rfid"] = "min"
+        return out
 
     def __post_init__(self) -> None:
         super().__post_init__()

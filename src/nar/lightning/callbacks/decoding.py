@@ -74,6 +74,11 @@ class FrontierDecodingCallback(Callback):
     # ------------------------------------------------------------------------------ collection
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._val_tokens, self._val_captions, self._val_texts = [], [], []
+        # The scores of the last decoding validation stay among Lightning's callback metrics until logged again;
+        # a bits-only validation (eval.decode_every) must not hand them to callbacks as its own (the best
+        # checkpoint would rank this step by another step's FID).
+        for key in self.last_results:
+            trainer.callback_metrics.pop(key, None)
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:

@@ -1,0 +1,52 @@
+"""Best checkpoints: ranked only by validations that logged the metric, in the metric's own direction, and a
+metric the run never logs refused at start instead of ending the run at its first validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from lightning_helpers import tiny_overrides
+
+from nar.config import load_config
+from nar.errors import ConfigError
+from nar.runs import TrainConfig
+from nar.runs.config import TokenizerRunConfig
+
+
+def test_best_metric_must_be_logged_and_takes_its_direction() -> None:
+    with pytest.raises(ConfigError, match=r"trainer\.best_metric.*'val/fid' is not logged.*val/bits_per_token"):
+        load_config(TrainConfig, [], ["trainer.keep_best=2", "eval.metrics=[]"])
+    with pytest.raises(ConfigError, match=r"trainer\.best_metric.*val/is_mean"):  # IS needs a classifier
+        load_config(TrainConfig, [], ["trainer.keep_best=1", "trainer.best_metric=val/is_mean", "eval.metrics=[is]"])
+    modes = {key: load_config(TrainConfig, [], ["trainer.keep_best=1", f"trainer.best_metric={key}",
+                                                  "eval.metrics=[fid,pr,kid]"]).best_mode()
+             for key in ("val/fid", "val/precision", "val/kid_mean", "val/bits_per_token")}
+    assert modes == {"val/fid": "min", "val/precision": "max", "val/kid_mean": "min", "val/bits_per_token": "min"}
+    video = ["model.grid=[2,4,4]", "trainer.keep_best=1", "eval.metrics=[fvd]"]
+    assert load_config(TrainConfig, [], [*video, "trainer.best_metric=val/fvd_proxy_inception"]).best_mode() == "min"
+    with pytest.raises(ConfigError, match=r"trainer\.best_metric.*'val/fvd'"):  # no I3D: the proxy's key
+        load_config(TrainConfig, [], [*video, "trainer.best_metric=val/fvd"])
+    t2i = load_config(TrainConfig, [], ["trainer.keep_best=1", "trainer.best_metric=val/geneval_counting",
+                                        "eval.metrics=[text]"])
+    assert t2i.best_mode() == "max"
+    # tokenizer runs log val/rfid (not val/fid), PSNR and SSIM (higher is better)
+    tok = load_config(TokenizerRunConfig, [], ["trainer.keep_best=1"])
+    assert tok.trainer.best_metric == "val/rfid" and tok.best_mode() == "min"
+    assert load_config(TokenizerRunConfig, [], ["trainer.keep_best=1", "trainer.best_metric=val/psnr"]).best_mode() == "max"
+    with pytest.raises(ConfigError, match=r"trainer\.best_metric.*val/rfid"):
+        load_config(TokenizerRunConfig, [], ["trainer.keep_best=1", "val.rfid=false"])
+
+
+def test_bits_only_validations_neither_end_the_run_nor_rank_a_step(token_root: Path, tmp_path: Path) -> None:
+    """Validations at steps 2, 4, 6, 8 decode every second time (4 and 8): the best-by-FID files are those two
+    steps. Lightning's own callback raised at step 2 (no val/fid), and the FID of step 4, left among the callback
+    metrics, would have ranked step 6 too."""
+    from nar.workflows.train import fit
+
+    cfg = load_config(TrainConfig, [], tiny_overrides(token_root, tmp_path, name="best", **{
+        "trainer.max_steps": 8, "trainer.val_every": 2, "trainer.ckpt_every": 4, "trainer.keep_best": 3,
+        "trainer.best_metric": "val/fid", "eval.decode_every": 2, "eval.num_samples": 4}))
+    fit(cfg, enable_progress_bar=False)
+    best = sorted(p.name for p in (cfg.run_dir / "checkpoints").glob("best_*.ckpt"))
+    assert best == ["best_0000004.ckpt", "best_0000008.ckpt"]
