@@ -50,3 +50,40 @@ def test_bits_only_validations_neither_end_the_run_nor_rank_a_step(token_root: P
     fit(cfg, enable_progress_bar=False)
     best = sorted(p.name for p in (cfg.run_dir / "checkpoints").glob("best_*.ckpt"))
     assert best == ["best_0000004.ckpt", "best_0000008.ckpt"]
+
+
+def test_a_stop_during_a_decoding_validation_comes_within_a_chunk(token_root: Path, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """SIGTERM while the first validation decodes (chunk 1 of 4): the validation ends after that chunk, logs no
+    score, and the checkpoint comes at the next step, instead of after every chunk of the validation; the
+    validation Lightning runs as the run stops decodes nothing."""
+    import os
+    import signal
+
+    from nar.errors import RunInterrupted
+    from nar.lightning.generation import ChunkGenerator
+    from nar.lightning.logs import read_metrics
+    from nar.runs.folder import read_checkpoint_info
+    from nar.workflows.train import fit
+
+    decoded = []
+    plain = ChunkGenerator.decode
+
+    def decode(self, tokens):
+        decoded.append(tokens.shape[0])
+        if len(decoded) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler of the running fit takes it
+        return plain(self, tokens)
+
+    monkeypatch.setattr(ChunkGenerator, "decode", decode)
+    cfg = load_config(TrainConfig, [], tiny_overrides(token_root, tmp_path, name="stop", **{
+        "trainer.max_steps": 50, "trainer.val_every": 2, "trainer.ckpt_every": 50, "trainer.keep_best": 1,
+        "eval.num_samples": 16, "eval.batch_size": 4}))
+    with pytest.raises(RunInterrupted):
+        fit(cfg, enable_progress_bar=False)
+    assert decoded == [4]
+    assert read_checkpoint_info(cfg.run_dir / "checkpoints" / "last.ckpt").step == 3
+    rows = read_metrics(cfg.run_dir)
+    assert [r["step"] for r in rows] == [2, 3]  # step 3: the validation of the stop, its loss only
+    assert all("val/fid" not in r and "val/bits_per_token" in r for r in rows)
+    assert not list((cfg.run_dir / "checkpoints").glob("best_*.ckpt"))

@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import Callback
 import lightning as L
 from nar.atomic import write_text
 from nar.errors import RuntimeFailure
+from nar.lightning.callbacks.run_guard import PreemptionCallback
 from nar.lightning.generation import ChunkGenerator, stream_chunks, to_uint8
 from nar.metrics.registry import build_metrics
 from nar.metrics.sources import iter_batches, iter_records, real_features
@@ -32,6 +33,43 @@ from nar.progress import Progress
 from nar.runs.config import TrainConfig
 
 log = logging.getLogger(__name__)
+
+
+class _StopAsked(Exception):
+    """SIGINT/SIGTERM was asked before or during a decoding validation (:class:`_StopGuard`)."""
+
+
+class _StopGuard:
+    """Ends a training run's decoding validation once SIGINT/SIGTERM was asked, so the checkpoint of
+    :class:`~nar.lightning.callbacks.run_guard.PreemptionCallback` comes within a chunk's time rather than after
+    the whole validation (a cluster's grace period is often 30-120 s), and the validation Lightning runs when a
+    run stops decodes nothing.
+
+    Checked before the first chunk and, as the last consumer, after each chunk. Under DDP the ranks decide together
+    (one boolean all-reduce per check) and only after each of their first ``num_chunks // world`` chunks, the
+    count every rank reaches, so all of them stop at the same point."""
+
+    def __init__(self, trainer: L.Trainer, guard: PreemptionCallback, num_chunks: int) -> None:
+        self.trainer, self.guard = trainer, guard
+        self.checks = num_chunks // trainer.world_size
+        self.handed = 0
+
+    @classmethod
+    def of(cls, trainer: L.Trainer, num_chunks: int) -> _StopGuard | None:
+        guard = next((cb for cb in trainer.callbacks if isinstance(cb, PreemptionCallback)), None)
+        return cls(trainer, guard, num_chunks) if guard is not None and trainer.state.fn == "fit" else None
+
+    def check(self) -> None:
+        asked = self.guard.signal_name is not None
+        if self.trainer.world_size > 1:
+            asked = self.trainer.strategy.reduce_boolean_decision(asked, all=False)
+        if asked:
+            raise _StopAsked
+
+    def __call__(self, c: int, pixels: torch.Tensor, labels: torch.Tensor | None) -> None:
+        self.handed += 1
+        if self.handed <= self.checks:
+            self.check()
 
 
 def condition_list(model: NARModel, num_samples: int) -> torch.Tensor:
@@ -128,39 +166,55 @@ class FrontierDecodingCallback(Callback):
         results: dict[str, float] = {"val/forward_passes": float(model.num_passes)}
         grid: list[torch.Tensor] = []
         gen = ChunkGenerator(model, tokenizer, self.cfg.sampling, device, sampler=e.sampler)
-        if tokenizer is None:  # no pixels: time the token generation only
-            batches = [(conds[c * bs:(c + 1) * bs], masks[c * bs:(c + 1) * bs] if masks is not None else None,
-                        e.seed + c) for c in chunks]
-            for tokens in gen.tokens_stream(batches):
-                gen.generated += tokens.shape[0]
-        else:
-            text = self._text_metric(model, device)
-            seconds: dict[str, float] = {}
-            consumers = [self._metric_consumer(seconds), self._grid_consumer(grid)]
-            if text is not None:
-                consumers.append(self._text_consumer(text, bs))
-            local = sum(min(bs, n - c * bs) for c in chunks)
-            with Progress(local, f"sampling {n} (this rank {local})", unit="img", every_s=30,
-                          enabled=trainer.is_global_zero and local >= 4 * bs) as progress:
-                reused = stream_chunks(gen, conds, masks, chunks, bs, e.seed, consumers, folder=self.sample_dir,
-                                       labels=labels, progress=progress, seconds=seconds)
-            if reused:
-                log.info("rank %d: %d of %d chunks read back from %s", rank, reused, len(chunks), self.sample_dir)
-            start = time.perf_counter()
-            if not self._real_done:
-                self._update_real(trainer, pl_module, tokenizer, video)
-            seconds["real"] = time.perf_counter() - start
-            start = time.perf_counter()
-            for m in self.metrics.values():
-                for key, value in m.compute().items():
-                    results[f"val/{key}"] = float(value)
+        stop = _StopGuard.of(trainer, math.ceil(n / bs))
+        try:
+            if stop is not None:
+                stop.check()
+            if tokenizer is None:  # no pixels: time the token generation only
+                batches = [(conds[c * bs:(c + 1) * bs], masks[c * bs:(c + 1) * bs] if masks is not None else None,
+                            e.seed + c) for c in chunks]
+                for c, tokens in zip(chunks, gen.tokens_stream(batches)):
+                    gen.generated += tokens.shape[0]
+                    if stop is not None:
+                        stop(c, tokens, None)
+            else:
+                text = self._text_metric(model, device)
+                seconds: dict[str, float] = {}
+                consumers = [self._metric_consumer(seconds), self._grid_consumer(grid)]
+                if text is not None:
+                    consumers.append(self._text_consumer(text, bs))
+                if stop is not None:
+                    consumers.append(stop)  # last: the chunk is counted everywhere before a stop
+                local = sum(min(bs, n - c * bs) for c in chunks)
+                with Progress(local, f"sampling {n} (this rank {local})", unit="img", every_s=30,
+                              enabled=trainer.is_global_zero and local >= 4 * bs) as progress:
+                    reused = stream_chunks(gen, conds, masks, chunks, bs, e.seed, consumers, folder=self.sample_dir,
+                                           labels=labels, progress=progress, seconds=seconds)
+                if reused:
+                    log.info("rank %d: %d of %d chunks read back from %s", rank, reused, len(chunks), self.sample_dir)
+                start = time.perf_counter()
+                if not self._real_done:
+                    self._update_real(trainer, pl_module, tokenizer, video)
+                seconds["real"] = time.perf_counter() - start
+                start = time.perf_counter()
+                for m in self.metrics.values():
+                    for key, value in m.compute().items():
+                        results[f"val/{key}"] = float(value)
+                    m.reset()
+                seconds["scores"] = time.perf_counter() - start
+                self.last_seconds = {"tokens": gen.generate_seconds, "decode": gen.decode_seconds, **seconds}
+                if text is not None:
+                    for key, value in text.compute().items():
+                        results[f"val/{key}"] = float(value)
+                    text.reset()
+        except _StopAsked:  # nothing is logged: BestCheckpoint skips this validation
+            for m in [*self.metrics.values(), *([self.text_metric] if self.text_metric is not None else [])]:
                 m.reset()
-            seconds["scores"] = time.perf_counter() - start
-            self.last_seconds = {"tokens": gen.generate_seconds, "decode": gen.decode_seconds, **seconds}
-            if text is not None:
-                for key, value in text.compute().items():
-                    results[f"val/{key}"] = float(value)
-                text.reset()
+            model.train(was_training)
+            if trainer.is_global_zero:
+                log.warning("step %d: decoding validation stopped after %d of %d samples (this rank): a stop was "
+                            "asked; the checkpoint follows at the next step", trainer.global_step, gen.generated, n)
+            return {}
         if gen.generated and gen.generate_seconds > 0:
             results["val/images_per_sec"] = gen.generated / gen.generate_seconds
         if gen.generated and gen.decode_seconds > 0:

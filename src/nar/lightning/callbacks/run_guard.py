@@ -4,7 +4,9 @@
 stop at the next step boundary; the callback then saves a resumable checkpoint (``last.ckpt``, through the
 atomic checkpoint writer) and stops, and :func:`nar.workflows.train.fit` exits with
 :data:`~nar.errors.EXIT_INTERRUPTED`. A second SIGINT aborts at once. Under DDP every rank takes the same
-decision (one boolean all-reduce per step), so all of them save and stop together.
+decision (one boolean all-reduce per step), so all of them save and stop together. A signal that arrives during
+a decoding validation ends that validation after its current chunk (the frontier-decoding callback asks
+:attr:`PreemptionCallback.signal_name`), so the checkpoint does not wait for the whole validation.
 
 :class:`RunConfigCallback`: ``config.yaml`` is written when training starts, i.e. after a resumed
 checkpoint has loaded into the model, so a failed ``--resume`` (another ``model.dim``) leaves the folder's
