@@ -1,0 +1,203 @@
+"""How fast NAR sampling could be on a card, from the work it must do: a floor on the time of one image.
+
+No device is needed: the model is counted, not run. For a preset, a batch and a sampler (one batch in flight, or
+the wavefront's two cohorts), one image's tokens take at least
+
+  * its **matrix products** (``nar.model.flops.sampling_flops_per_image``: every pass's projections, heads and
+    the exact prefix attention, CFG rows included) at the card's dense peak, bf16 or, for the blocks' linear
+    layers under ``fp8`` weights, fp8;
+  * its **KV-cache reads**: every pass of every block reads the keys and values of the prefix it attends to
+    (``kv_limit`` of the decode layout), once per sequence (two per image under CFG);
+  * its share of the **weight reads**: every pass reads the weights once for all the sequences it feeds (a
+    one-batch pass serves ``batch`` images, a wavefront pass ``2 x batch``);
+  * its **logits**: written once by the head projection and read once by the draw (half precision, CFG rows
+    included), the least any sampler moves;
+
+at the card's memory bandwidth. The kernels of a pass run one after another, so the floor adds the compute
+time and the memory time ("sum"); "max" (compute and memory perfectly overlapped) is the looser bound.
+Activations between kernels, launch gaps and imperfect kernels are left out: a real sampler is slower than
+both. Given ``nar bench`` result files (``--measured``), each matching row gets its measured images/s and the
+fraction of the "sum" ceiling it reaches.
+
+    .venv/bin/python benchmarks/roofline.py --measured benchmarks/results/h200-2026-12-04/bench-*.json \\
+        --out benchmarks/results/roofline-2026-12-07
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nar.model import NARConfig, NARModel
+from nar.model.flops import sampling_flops_per_image
+
+# Datasheet figures of the SXM cards: dense (no sparsity) tensor-core TFLOP/s and HBM bandwidth in TB/s.
+CARDS = {
+    "H100": {"bf16": 989.4, "fp8": 1978.9, "tbps": 3.35},
+    "H200": {"bf16": 989.4, "fp8": 1978.9, "tbps": 4.8},
+}
+# weights: the blocks' linear layers (heads, embeddings and attention stay bf16); kv: the cache's element bytes
+PRECISIONS = {"bf16": (2, 2), "fp8 weights": (1, 2), "fp8 weights + fp8 KV": (1, 1)}
+
+
+@dataclass
+class Work:
+    """What one image's tokens cost (CFG included), independent of the card."""
+
+    preset: str
+    batch: int
+    sampler: str
+    precision: str
+    passes: int
+    fed_rows: int  # trunk rows per image
+    flops_block_linear: float
+    flops_other: float  # heads, prefix attention
+    kv_bytes: float
+    weight_bytes: float
+    logit_bytes: float
+
+    @property
+    def bytes(self) -> float:
+        return self.kv_bytes + self.weight_bytes + self.logit_bytes
+
+
+def count(preset: str, batch: int, sampler: str, precision: str, guided: bool = True) -> Work:
+    cfg = NARConfig.from_name(preset)
+    with torch.device("meta"):
+        model = NARModel(cfg)
+    seqs = 2 if guided else 1
+    blocks = model.blocks()
+    block_linear = sum(m.weight.numel() for b in blocks for m in b.modules() if isinstance(m, nn.Linear))
+    head_proj = sum(h.proj.weight.numel() for h in model.heads)
+    steps = model.decode_layout.steps
+    rows = seqs * sum(len(s.positions) for s in steps)
+    flops = sampling_flops_per_image(cfg, guided)
+    f_blocks = 2.0 * block_linear * rows
+    w_bytes, kv_elem = PRECISIONS[precision]
+    kv_keys = sum(s.kv_limit for s in steps)  # keys read per block per sequence over a generation
+    kv = seqs * kv_keys * len(blocks) * 2 * cfg.kv_heads * cfg.head_dim * kv_elem
+    images_per_pass = batch * (2 if sampler == "wavefront" else 1)
+    weights = (block_linear * w_bytes + head_proj * 2) * len(steps) / images_per_pass
+    logits = 2 * seqs * cfg.num_cells * cfg.vocab_size * 2  # half-precision logits written once, read once
+    return Work(preset, batch, sampler, precision, len(steps), rows, f_blocks, flops - f_blocks, kv, weights, logits)
+
+
+def ceilings(w: Work, card: str) -> dict[str, float]:
+    c = CARDS[card]
+    fp8 = w.precision != "bf16"
+    t_compute = w.flops_block_linear / ((c["fp8"] if fp8 else c["bf16"]) * 1e12) + w.flops_other / (c["bf16"] * 1e12)
+    t_memory = w.bytes / (c["tbps"] * 1e12)
+    return {"compute_us": 1e6 * t_compute, "memory_us": 1e6 * t_memory,
+            "kv_us": 1e6 * w.kv_bytes / (c["tbps"] * 1e12),
+            "ceiling_sum": 1.0 / (t_compute + t_memory), "ceiling_max": 1.0 / max(t_compute, t_memory)}
+
+
+def measured_rows(paths: list[Path]) -> list[dict]:
+    """``nar bench`` rows of NAR (tokens only) with their card, preset and sampler."""
+    out = []
+    for path in paths:
+        data = json.loads(path.read_text())
+        name = str(data.get("device_name", ""))
+        card = next((k for k in sorted(CARDS, key=len, reverse=True) if k in name.upper()), None)
+        if card is None or data.get("dtype") != "bf16" or data.get("overrides"):
+            continue
+        for row in data.get("rows", []):
+            method = str(row.get("method", ""))
+            parts = method.split("+")
+            if parts[0] != "nar" or "decode" in parts or method == "nar-reference":
+                continue
+            precision = "fp8 weights" if "fp8" in parts else "bf16"
+            if "compile" in str(row.get("execution", "")) and "compile" not in parts:
+                method += " (compiled)"  # files from before the variants named it
+            out.append({"card": card, "preset": data.get("preset"), "batch": int(row["batch"]), "method": method,
+                        "sampler": "wavefront" if "wavefront" in parts else "one-batch", "precision": precision,
+                        "images_per_s": float(row["images_per_s"]), "file": path.as_posix()})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--presets", nargs="+", default=["NAR-L", "NAR-B"])
+    ap.add_argument("--batches", nargs="+", type=int, default=[64, 256])
+    ap.add_argument("--cards", nargs="+", default=sorted(CARDS), choices=sorted(CARDS))
+    ap.add_argument("--measured", nargs="*", type=Path, default=[], help="nar bench JSON files to compare with")
+    ap.add_argument("--targets", nargs="*", default=[], metavar="PRESET:BATCH:IMG_PER_S",
+                    help="speed targets to set against the ceilings (e.g. NAR-L:256:1300)")
+    ap.add_argument("--out", type=Path, default=None, help="folder for roofline.md and roofline.json")
+    args = ap.parse_args(argv)
+    command = shlex.join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
+
+    measured = measured_rows(args.measured)
+    table = []
+    for preset in args.presets:
+        for batch in args.batches:
+            for sampler in ("one-batch", "wavefront"):
+                for precision in PRECISIONS:
+                    w = count(preset, batch, sampler, precision)
+                    for card in args.cards:
+                        row = {**asdict(w), "card": card, **ceilings(w, card)}
+                        hits = [m for m in measured if (m["card"], m["preset"], m["batch"], m["sampler"],
+                                                        m["precision"]) == (card, preset, batch, sampler, precision)]
+                        row["measured"] = [{k: m[k] for k in ("method", "images_per_s", "file")} for m in hits]
+                        table.append(row)
+
+    lines = [
+        "# Sampling roofline: the fewest seconds an image's tokens can take (CFG 2.0)",
+        "",
+        f"Command: `{command}`. A model of the work, not a measurement: see the script's docstring for what it "
+        "counts and leaves out. Per image: FLOPs at the card's dense peak (`compute`), KV-cache, weight and logit "
+        "bytes at its HBM bandwidth (`memory`, of which `KV`); the ceilings are images/s with compute and memory "
+        "one after the other (`sum`) or overlapped (`max`). Cards: "
+        + "; ".join(f"{k} {v['bf16']:g} bf16 / {v['fp8']:g} fp8 TFLOP/s, {v['tbps']:g} TB/s" for k, v in CARDS.items())
+        + " (datasheet, SXM).",
+        "",
+        "| preset | batch | sampler | precision | card | GFLOP | MB read (KV) | compute us | memory us (KV) | "
+        "ceiling sum | ceiling max | measured img/s (of sum) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in table:
+        seen = ", ".join(f"{m['method']} {m['images_per_s']:.1f} ({m['images_per_s'] / r['ceiling_sum']:.0%})"
+                         for m in r["measured"]) or ""
+        gflop = (r["flops_block_linear"] + r["flops_other"]) / 1e9
+        mb = (r["kv_bytes"] + r["weight_bytes"] + r["logit_bytes"]) / 1e6
+        lines.append(f"| {r['preset']} | {r['batch']} | {r['sampler']} | {r['precision']} | {r['card']} | "
+                     f"{gflop:.0f} | {mb:.0f} ({r['kv_bytes'] / 1e6:.0f}) | {r['compute_us']:.0f} | "
+                     f"{r['memory_us']:.0f} ({r['kv_us']:.0f}) | {r['ceiling_sum']:.0f} | {r['ceiling_max']:.0f} | "
+                     f"{seen} |")
+    targets = []
+    for spec in args.targets:
+        try:
+            preset, batch, speed = spec.split(":")
+            target = {"preset": preset, "batch": int(batch), "images_per_s": float(speed)}
+        except ValueError:
+            ap.error(f"--targets: {spec!r} is not PRESET:BATCH:IMG_PER_S")
+        target["needs"] = {f"{r['card']}, {r['sampler']}, {r['precision']}": target["images_per_s"] / r["ceiling_sum"]
+                           for r in table if (r["preset"], r["batch"]) == (preset, target["batch"])}
+        targets.append(target)
+    if targets:
+        lines += ["", "Each target as a fraction of the `sum` ceiling (how close to the floor a sampler must come):", "",
+                  "| card, sampler, precision | " + " | ".join(
+                      f"{t['preset']} batch {t['batch']} >= {t['images_per_s']:g} img/s" for t in targets) + " |",
+                  "|---|" + "---|" * len(targets)]
+        for case in dict.fromkeys(k for t in targets for k in t["needs"]):
+            lines.append(f"| {case} | " + " | ".join(
+                f"{t['needs'][case]:.0%}" if case in t["needs"] else "" for t in targets) + " |")
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "roofline.md").write_text(report)
+        (args.out / "roofline.json").write_text(json.dumps({"command": command, "cards": CARDS, "rows": table, "targets": targets},
+                                                           indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""benchmarks/roofline.py: the work it counts matches the geometry, and measured rows find their ceilings."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from nar.model import NARConfig
+from nar.model.flops import sampling_flops_per_image
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "roofline.py"
+
+
+@pytest.fixture(scope="module")
+def roofline():
+    spec = importlib.util.spec_from_file_location("roofline", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["roofline"] = module  # its dataclass looks itself up there
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("roofline", None)
+
+
+def test_counted_work_follows_the_geometry(roofline):
+    cfg = NARConfig.from_name("NAR-tiny")
+    rows, cols = cfg.grid
+    w = roofline.count("NAR-tiny", 8, "one-batch", "bf16")
+    # NAR passes: the condition, then the anti-diagonals i + j = 0 … rows + cols - 2 fed one per pass (the last
+    # diagonal is produced, never fed); pass k attends to every key fed so far, its own included.
+    widths = [1] + [sum(1 for i in range(rows) for j in range(cols) if i + j == d) for d in range(rows + cols - 2)]
+    keys = sum(sum(widths[:k + 1]) for k in range(len(widths)))
+    assert w.passes == len(widths) == rows + cols - 1
+    assert w.fed_rows == 2 * sum(widths)  # CFG: two sequences per image
+    per_key = 2 * cfg.kv_heads * cfg.head_dim * 2  # k and v, bf16
+    blocks = cfg.n_layer + sum(cfg.blocks_per_axis)
+    assert w.kv_bytes == 2 * keys * blocks * per_key
+    assert w.flops_block_linear + w.flops_other == pytest.approx(sampling_flops_per_image(cfg, True))
+    assert w.logit_bytes == 2 * 2 * cfg.num_cells * cfg.vocab_size * 2
+    # two cohorts per pass halve the weight reads of an image; fp8 halves the blocks' weights and the cache
+    wave = roofline.count("NAR-tiny", 8, "wavefront", "bf16")
+    assert wave.weight_bytes == pytest.approx(w.weight_bytes / 2) and wave.kv_bytes == w.kv_bytes
+    fp8 = roofline.count("NAR-tiny", 8, "one-batch", "fp8 weights + fp8 KV")
+    assert fp8.kv_bytes == w.kv_bytes / 2 and fp8.weight_bytes < w.weight_bytes
+    c = roofline.ceilings(w, "H100")
+    assert c["ceiling_sum"] == pytest.approx(1e6 / (c["compute_us"] + c["memory_us"]))
+    assert c["ceiling_max"] >= c["ceiling_sum"]
+
+
+def test_measured_rows_are_matched_to_their_ceiling(roofline, tmp_path):
+    bench = {"preset": "NAR-tiny", "overrides": {}, "dtype": "bf16", "device_name": "NVIDIA H200",
+             "rows": [{"method": "nar+compile+wavefront", "batch": 8, "images_per_s": 100.0, "execution": "x"},
+                      {"method": "raster", "batch": 8, "images_per_s": 5.0},
+                      {"method": "nar", "batch": 8, "images_per_s": 50.0, "execution": "cuda-graph+compile"}]}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(bench))
+    out = tmp_path / "out"
+    assert roofline.main(["--presets", "NAR-tiny", "--batches", "8", "--cards", "H200", "--measured", str(path),
+                          "--targets", "NAR-tiny:8:100", "--out", str(out)]) == 0
+    saved = json.loads((out / "roofline.json").read_text())
+    rows = saved["rows"]
+    wave = next(r for r in rows if (r["sampler"], r["precision"]) == ("wavefront", "bf16"))
+    assert saved["targets"][0]["needs"]["H200, wavefront, bf16"] == pytest.approx(100 / wave["ceiling_sum"])
+    hit = {(r["sampler"], r["precision"]): [m["method"] for m in r["measured"]] for r in rows}
+    assert hit[("wavefront", "bf16")] == ["nar+compile+wavefront"]
+    assert hit[("one-batch", "bf16")] == ["nar (compiled)"] and hit[("one-batch", "fp8 weights")] == []
+    assert "nar+compile+wavefront 100.0 (" in (out / "roofline.md").read_text()
