@@ -41,8 +41,8 @@ test-all: $(VENV)/.installed ## run every test, slow and gpu included
 lint: $(VENV)/.installed ## ruff check over the whole repository (src, tests, benchmarks, experiments, notebooks)
 	$(VENV)/bin/ruff check .
 
-bench: $(VENV)/.installed ## GPU sampling benchmark, one run: NAR-L CFG 2.0 bf16, batch 64 and 256: fast, compiled, wavefront, fp8, reference, raster, PAR-4x/16x, tokens only and tokens + VQ-16 decode, % of peak
-	$(NAR) bench --preset NAR-L --batch 64 256 --guidance 2.0 --dtype bf16 --device cuda --reference --schedules nar raster par-2x2 par-4x4 --variants compile wavefront wavefront+compile fp8+wavefront+compile --decode-with compile wavefront+compile --tokenizer-decode --decode-dtype bf16 fp32 --decode-compile $(ARGS)
+bench: $(VENV)/.installed ## GPU sampling benchmark, one run: NAR-L CFG 2.0 bf16, batch 64 and 256: fast, compiled, wavefront, fp8 weights, fp8 KV cache, reference, raster, PAR-4x/16x, tokens only and tokens + VQ-16 decode, % of peak
+	$(NAR) bench --preset NAR-L --batch 64 256 --guidance 2.0 --dtype bf16 --device cuda --reference --schedules nar raster par-2x2 par-4x4 --variants compile wavefront wavefront+compile fp8+wavefront+compile fp8kv+wavefront+compile fp8+fp8kv+wavefront+compile --decode-with compile wavefront+compile --tokenizer-decode --decode-dtype bf16 fp32 --decode-compile $(ARGS)
 
 bench-train: $(VENV)/.installed ## training throughput and MFU on the GPU: NAR-L, per-device batch 32 (the 8-GPU recipe), bf16, compiled
 	$(PY) benchmarks/train_throughput.py --preset NAR-L --batch 32 --dtype bf16 --compile --device cuda $(ARGS)

@@ -6,9 +6,11 @@
 #   device call timeout_s=595 and run it first thing, before anything else spends the 15-minute budget)
 # Limits sized from the 2026-12-04 H200 run (benchmarks/results/h200-2026-12-04/): start-up ~35 s per section,
 # compiling a NAR-L sampler ~55 s, the VQ-16 decoder ~36 s per batch size.
-# Order: the compiled headline rows; then the kernel profile of the compiled wavefront period (where the time
-# per fed row goes: the measurement the next speed-up needs); NAR-B; the GPU tests; last, the uncompiled
-# wavefront, reference and raster rows at batch 64 (measured on the H200 before). The fp8 agreement report
+# Order: the compiled headline rows (the one-batch compiled row, measured at batch 64 on both cards before, gives
+# its place to fp8 weights + an fp8 KV cache, the lower floor of benchmarks/results/roofline-2026-12-07/); then
+# the kernel profile of the compiled wavefront period (where the time per fed row goes: the measurement the next
+# speed-up needs); NAR-B; the GPU tests; last, the uncompiled wavefront, reference and raster rows at batch 64
+# (measured on the H200 before). The fp8 agreement report
 # (benchmarks/fp8_agreement.py) is left out: on random weights its greedy agreement says little, and the
 # 2026-12-04 run has it.
 # The device image has torch but not omegaconf/webdataset: they travel as pure-Python copies in
@@ -27,9 +29,9 @@ section() { echo "== $(date +%T) $*" | tee -a "$LOG"; }
   $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name(0))"
 } 2>&1 | tee -a "$LOG"
 
-section "1. NAR-L compiled: wavefront, tokens + VQ-16 decode (bf16, compiled, second stream), one-batch, fp8"
-timeout 290 $NAR bench --preset NAR-L --batch 64 256 $L --schedules nar --variants wavefront+compile compile \
-    fp8+wavefront+compile \
+section "1. NAR-L compiled wavefront: bf16, fp8 weights, fp8 weights + fp8 KV cache; tokens + VQ-16 decode"
+timeout 290 $NAR bench --preset NAR-L --batch 64 256 $L --schedules nar --variants wavefront+compile \
+    fp8+wavefront+compile fp8+fp8kv+wavefront+compile \
     --decode-with wavefront+compile --tokenizer vq-16 --decode-dtype bf16 --decode-compile 2>&1 | quiet | tee -a "$LOG"
 
 section "2. Kernel profile of one compiled wavefront period (NAR-L, batch 64 per cohort, CFG 2.0, bf16)"
@@ -40,8 +42,9 @@ section "3. NAR-B at batch 256: fast, wavefront+compile"
 timeout 80 $NAR bench --preset NAR-B --batch 256 $L --schedules nar --variants wavefront+compile 2>&1 | quiet \
     | tee -a "$LOG"
 
-section "4. GPU tests: wavefront graph == eager, bf16 agreement with the one-batch sampler, fp8 kernel"
+section "4. GPU tests: wavefront graph == eager, bf16 agreement, fp8 weights kernel, decode attention (fp8 KV too)"
 timeout 60 $PY -m pytest -q -p no:cacheprovider -m gpu tests/sampling/test_wavefront.py tests/model/test_fp8.py \
+    tests/model/test_decode_attention.py \
     2>&1 | tail -15 | tee -a "$LOG"
 
 section "5. NAR-L at batch 64, uncompiled: fast sampler, wavefront, reference, raster"

@@ -42,6 +42,23 @@ CHECK = textwrap.dedent("""
         worst = max(worst, (got - want).abs().max().item())
     assert worst < 1e-5, worst
 
+    # A float8 cache (a scale per row) read and scaled inside the kernel: the same numbers as SDPA over the
+    # dequantized prefix, masked or not, with grouped heads.
+    from nar.model.decode_attention import quantize_fp8
+    for (H, Hkv), T, S, masked in [((4, 4), 1, 1, False), ((4, 2), 16, 130, True), ((4, 4), 5, 37, False)]:
+        B, L, hd = 3, 160, 16
+        q = torch.randn(B, T, H + Hkv, hd).transpose(1, 2)[:, :H]
+        (k8, ks), (v8, vs) = quantize_fp8(torch.randn(B, Hkv, L, hd)), quantize_fp8(3 * torch.randn(B, Hkv, L, hd))
+        mask = None
+        if masked:
+            keep = torch.rand(B, S) > 0.4
+            keep[:, -1] = True
+            mask = keep[:, None, None, :]
+        args = (k8[:, :, :S], v8[:, :, :S], mask, ks[:, :, :S], vs[:, :, :S])
+        assert kernel_applies(q, args[0], mask)
+        got, want = prefix_attention(q, *args), prefix_attention_sdpa(q, *args)
+        assert (got - want).abs().max().item() < 1e-5
+
     # The fast sampler through the kernel gives the sampler through SDPA, token for token (greedy),
     # for class conditions and for padded captions (the per-key mask).
     from nar.model import NARConfig, NARModel
@@ -96,3 +113,9 @@ def test_kernel_matches_sdpa_on_the_gpu(dtype) -> None:
             assert kernel_applies(q, k, mask)
             got, want = prefix_attention(q, k, v, mask).float(), prefix_attention_sdpa(q, k, v, mask).float()
             assert (got - want).norm() / want.norm() < 1e-2
+            if torch.cuda.get_device_capability() >= (8, 9):  # a float8 cache, scaled inside the kernel
+                from nar.model.decode_attention import quantize_fp8
+                (k8, ks), (v8, vs) = quantize_fp8(k), quantize_fp8(v)
+                got = prefix_attention(q, k8, v8, mask, ks, vs).float()
+                want = prefix_attention_sdpa(q, k8, v8, mask, ks, vs).float()
+                assert (got - want).norm() / want.norm() < 1e-2

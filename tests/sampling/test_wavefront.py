@@ -27,10 +27,11 @@ def make(kind: str, dim: int = 32) -> NARModel:
     return seeded_model(dim, **SETUPS[kind])
 
 
-def alone(model: NARModel, cond: torch.Tensor, sampling: SamplingConfig, seed: int) -> torch.Tensor:
+def alone(model: NARModel, cond: torch.Tensor, sampling: SamplingConfig, seed: int,
+          kv_dtype: torch.dtype | None = None) -> torch.Tensor:
     """One cohort through the plain loop with the wavefront's two generators."""
     c, _ = with_null(model, cond, None, sampling)
-    state = model.start_inference(c.shape[0])
+    state = model.start_inference(c.shape[0], kv_dtype=kv_dtype)
     tokens = torch.zeros(cond.shape[0], model.cfg.num_cells, dtype=torch.long)
     decode_into(model, state, c, sampling, tokens, split_generators(seed, len(state.plans), "cpu"))
     return tokens.view(cond.shape[0], *model.cfg.grid)
@@ -48,6 +49,18 @@ def test_each_cohort_decodes_as_it_would_alone(kind, cohorts):
     assert out.shape == (3 * cohorts, *model.cfg.grid)
     for i in range(cohorts):
         assert torch.equal(out[3 * i:3 * i + 3], alone(model, cond[3 * i:3 * i + 3], s, 11 + i)), i
+
+
+@pytest.mark.parametrize("kind", ["image", "video", "par"])
+def test_a_float8_cache_stream_is_the_plain_loop_with_that_cache(kind):
+    """With ``kv_dtype`` float8 the segments of a pass write and read their own float8 caches: each cohort is
+    still token for token the plain loop's run with the same cache type (sampled, float32 arithmetic)."""
+    model = make(kind)
+    s = SamplingConfig(cfg_scale=2.0, temperature=0.9)
+    cond = torch.arange(6) % 5
+    out = WavefrontSampler(model, 3, s, kv_dtype=torch.float8_e4m3fn)(cond, seed=4)
+    for i in range(2):
+        assert torch.equal(out[3 * i:3 * i + 3], alone(model, cond[3 * i:3 * i + 3], s, 4 + i, torch.float8_e4m3fn))
 
 
 @pytest.mark.parametrize("kind", ["image", "par"])

@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variants", nargs="+", default=[], metavar="VARIANT",
                    help="extra NAR rows, each 'fast' or options joined by '+' from compile, autotune (compile with "
                         "max-autotune-no-cudagraphs), wavefront (two cohorts in flight, a steady stream), fp8 (block "
-                        "weights in float8, Hopper GPUs), e.g. wavefront wavefront+compile fp8+wavefront+compile")
+                        "weights in float8, Hopper GPUs), fp8kv (KV caches in float8), e.g. wavefront "
+                        "wavefront+compile fp8+wavefront+compile fp8+fp8kv+wavefront+compile")
     p.add_argument("--decode-with", nargs="+", default=[], metavar="VARIANT",
                    help="tokens + pixels rows: these variants' samplers followed by the --tokenizer decoder (first "
                         "--decode-dtype, compiled with --decode-compile) in the same stream")

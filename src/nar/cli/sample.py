@@ -54,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", default="fast",
                    help="sampling path: fast, or options joined by '+' from compile, autotune, wavefront (two batches "
                         "in flight; class ids; other draws for a seed than fast), fp8 (float8 block weights, Hopper), "
+                        "fp8kv (float8 KV caches), "
                         "e.g. wavefront+compile (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run)

@@ -28,17 +28,34 @@ except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
 MAX_QUERIES = 64  # longer query blocks (a long caption's prefill) go to SDPA
+FP8 = torch.float8_e4m3fn  # the cache's element type under ``kv_dtype=fp8`` (max 448, 3 mantissa bits)
+
+
+def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x [..., hd]`` → (``x / scale`` in float8 e4m3, ``scale [...]`` float32): one scale per key or value row
+    (a token of one head), its largest magnitude mapped to e4m3's 448, so every row keeps 3 mantissa bits."""
+    amax = x.detach().abs().amax(-1).float()
+    scale = (amax / torch.finfo(FP8).max).clamp_min(torch.finfo(torch.float32).tiny)
+    return (x.float() / scale[..., None]).to(FP8), scale
+
+
+def dequantize(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The inverse of :func:`quantize_fp8`, in ``dtype``."""
+    return (x.float() * scale[..., None]).to(dtype)
 
 
 def triton_available() -> bool:
     return triton is not None
 
 
-def prefix_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                          mask: torch.Tensor | None = None) -> torch.Tensor:
+def prefix_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                          k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> torch.Tensor:
     """The plain formulation: ``q [B, H, T, hd]``, ``k, v [B, H_kv, S, hd]``, ``mask`` broadcastable to
-    ``[B, H, T, S]`` (True = visible) or None → ``[B, T, H * hd]``."""
+    ``[B, H, T, S]`` (True = visible) or None → ``[B, T, H * hd]``. With ``k_scale, v_scale [B, H_kv, S]``,
+    ``k`` and ``v`` are float8 rows of :func:`quantize_fp8`, dequantized first."""
     B, H, T, hd = q.shape
+    if k_scale is not None:
+        k, v = dequantize(k, k_scale, q.dtype), dequantize(v, v_scale, q.dtype)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=k.shape[1] != H)
     return out.transpose(1, 2).reshape(B, T, H * hd)
 
@@ -52,6 +69,8 @@ def kernel_applies(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) 
         return False
     if q.device.type == "cuda" and q.dtype not in (torch.bfloat16, torch.float16):
         return False
+    if k.dtype == FP8 and q.device.type == "cuda" and torch.cuda.get_device_capability(q.device) < (8, 9):
+        return False  # Triton converts float8 e4m3 on Ada and Hopper only
     # Only a per-key mask (caption padding), shared by every head and query.
     return mask is None or (mask.dim() == 4 and mask.shape[1] == 1 and mask.shape[2] == 1)
 
@@ -61,22 +80,24 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     mask: torch.Tensor | None = None) -> torch.Tensor:
-    """As :func:`prefix_attention_sdpa`, through the small-query kernel when :func:`kernel_applies`."""
+def prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                     k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """As :func:`prefix_attention_sdpa`, through the small-query kernel when :func:`kernel_applies` (a float8
+    cache is read as float8 and scaled inside the kernel: half the bytes of a bf16 cache)."""
     if not kernel_applies(q, k, mask):
-        return prefix_attention_sdpa(q, k, v, mask)
-    return torch.ops.nar.prefix_attention(q, k, v, mask)
+        return prefix_attention_sdpa(q, k, v, mask, k_scale, v_scale)
+    return torch.ops.nar.prefix_attention(q, k, v, mask, k_scale, v_scale)
 
 
 if triton is not None:
 
     @triton.jit
     def _prefix_attention_kernel(
-        Q, K, V, OUT, KEEP,
-        sqb, sqh, sqt, skb, skh, skl, svb, svh, svl, sob, sot, soh, smb, sml,
+        Q, K, V, OUT, KEEP, KS, VS,
+        sqb, sqh, sqt, skb, skh, skl, svb, svh, svl, sob, sot, soh, smb, sml, ssb, ssh, ssl,
         T, S, H, GROUP, scale,
-        HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+        HAS_MASK: tl.constexpr, QUANT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        HEAD_DIM: tl.constexpr,
     ):
         pid = tl.program_id(0)
         b = pid // H
@@ -91,11 +112,16 @@ if triton is not None:
         qk_scale = scale * 1.4426950408889634  # exp2 instead of exp
         k_base = K + b * skb + hk * skh
         v_base = V + b * svb + hk * svh
+        scale_base = b * ssb + hk * ssh  # the row scales of a float8 cache (k and v alike laid out)
         for start in range(0, S, BLOCK_N):
             cols = start + tl.arange(0, BLOCK_N)
             in_range = cols < S
             k = tl.load(k_base + cols[:, None] * skl + dims[None, :], mask=in_range[:, None], other=0.0)
+            if QUANT:
+                k = k.to(q.dtype)
             s = tl.dot(q, tl.trans(k)) * qk_scale  # [BLOCK_M, BLOCK_N], float32
+            if QUANT:  # q . (k8 * ks) = (q . k8) * ks, one scale per key
+                s = s * tl.load(KS + scale_base + cols * ssl, mask=in_range, other=0.0)[None, :]
             keep = in_range
             if HAS_MASK:
                 keep = keep & (tl.load(KEEP + b * smb + cols * sml, mask=in_range, other=0) != 0)
@@ -107,15 +133,20 @@ if triton is not None:
             p = tl.exp2(s - m_shift[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
             v = tl.load(v_base + cols[:, None] * svl + dims[None, :], mask=in_range[:, None], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            if QUANT:  # p @ (v8 * vs) = (p * vs) @ v8, one scale per value row
+                v = v.to(q.dtype)
+                pv = p * tl.load(VS + scale_base + cols * ssl, mask=in_range, other=0.0)[None, :]
+            else:
+                pv = p
+            acc = acc * alpha[:, None] + tl.dot(pv.to(v.dtype), v)
             m_i = m_new
         acc = acc / l_i[:, None]
         tl.store(OUT + b * sob + rows[:, None] * sot + h * soh + dims[None, :], acc.to(OUT.dtype.element_ty),
                  mask=rows[:, None] < T)
 
     @torch.library.custom_op("nar::prefix_attention", mutates_args=())
-    def _prefix_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                             mask: torch.Tensor | None) -> torch.Tensor:
+    def _prefix_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                             k_scale: torch.Tensor | None, v_scale: torch.Tensor | None) -> torch.Tensor:
         B, H, T, hd = q.shape
         S = k.shape[2]
         out = torch.empty(B, T, H, hd, dtype=q.dtype, device=q.device)
@@ -124,19 +155,23 @@ if triton is not None:
         keep = None
         if mask is not None:
             keep = mask.expand(B, 1, 1, S)[:, 0, 0].to(torch.int8)
+        quant = k_scale is not None
+        if quant and k_scale.stride() != v_scale.stride():  # one set of strides serves both
+            k_scale, v_scale = k_scale.contiguous(), v_scale.contiguous()
         block_m = max(16, triton.next_power_of_2(T))
         _prefix_attention_kernel[(B * H,)](
-            q, k, v, out, keep if keep is not None else out,
+            q, k, v, out, keep if keep is not None else out, k_scale if quant else out, v_scale if quant else out,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
             keep.stride(0) if keep is not None else 0, keep.stride(1) if keep is not None else 0,
+            *(k_scale.stride() if quant else (0, 0, 0)),
             T, S, H, H // k.shape[1], hd ** -0.5,
-            HAS_MASK=keep is not None, BLOCK_M=block_m, BLOCK_N=64, HEAD_DIM=hd,
+            HAS_MASK=keep is not None, QUANT=quant, BLOCK_M=block_m, BLOCK_N=64, HEAD_DIM=hd,
             num_warps=4, num_stages=2,
         )
         return out.view(B, T, H * hd)
 
     @_prefix_attention_op.register_fake
-    def _(q, k, v, mask):
+    def _(q, k, v, mask, k_scale, v_scale):
         B, H, T, hd = q.shape
         return q.new_empty(B, T, H * hd)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nar.model.config import NARConfig
-from nar.model.decode_attention import prefix_attention
+from nar.model.decode_attention import FP8, dequantize, prefix_attention, quantize_fp8
 
 
 class RMSNorm(nn.Module):
@@ -42,27 +42,51 @@ class KVCache:
     """A static key/value buffer ``[B, H_kv, L, head_dim]`` written in place at given slots.
 
     ``attention='triton'`` attends through the small-query kernel of :mod:`nar.model.decode_attention`
-    wherever it applies (SDPA elsewhere); ``'sdpa'`` always uses PyTorch's SDPA.
+    wherever it applies (SDPA elsewhere); ``'sdpa'`` always uses PyTorch's SDPA. ``kv_dtype=torch.float8_e4m3fn``
+    stores every key and value row (a token of one head) as float8 with its own float32 scale
+    (:func:`~nar.model.decode_attention.quantize_fp8`): half the bytes every decoding pass reads, at the cost
+    of 3 mantissa bits; attention dequantizes (inside the kernel on a GPU). None stores ``dtype``.
     """
 
     def __init__(self, batch: int, n_kv_head: int, length: int, head_dim: int, dtype: torch.dtype,
-                 device: torch.device | str, attention: str = "sdpa"):
+                 device: torch.device | str, attention: str = "sdpa", kv_dtype: torch.dtype | None = None):
         if attention not in ("sdpa", "triton"):
             raise ValueError(f"attention must be 'sdpa' or 'triton', got {attention!r}")
+        if kv_dtype not in (None, dtype, FP8):
+            raise ValueError(f"kv_dtype must be None or {FP8}, got {kv_dtype}")
+        self.quantized = kv_dtype == FP8
+        self.dtype = dtype  # what attention computes in (the stored dtype is ``self.k.dtype``)
         shape = (batch, n_kv_head, length, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.k = torch.zeros(shape, dtype=kv_dtype or dtype, device=device)
+        self.v = torch.zeros(shape, dtype=kv_dtype or dtype, device=device)
+        self.k_scale = self.v_scale = None
+        if self.quantized:
+            self.k_scale = torch.zeros(shape[:3], dtype=torch.float32, device=device)
+            self.v_scale = torch.zeros(shape[:3], dtype=torch.float32, device=device)
         self.attention = attention
 
     def write(self, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor | int) -> None:
         """Store ``k, v`` ``[B, H_kv, T, hd]`` at ``slots``: an int writes slots ``slots … slots + T - 1``
         (contiguous, the fast layout), a tensor lists the slots."""
-        if isinstance(slots, int):
-            self.k[:, :, slots:slots + k.shape[2]] = k
-            self.v[:, :, slots:slots + k.shape[2]] = v
-        else:
-            self.k.index_copy_(2, slots, k)
-            self.v.index_copy_(2, slots, v)
+        pairs = [(self.k, k), (self.v, v)]
+        if self.quantized:
+            (k, ks), (v, vs) = quantize_fp8(k), quantize_fp8(v)
+            pairs = [(self.k, k), (self.v, v), (self.k_scale, ks), (self.v_scale, vs)]
+        for buffer, rows in pairs:
+            if isinstance(slots, int):
+                buffer[:, :, slots:slots + rows.shape[2]] = rows
+            elif buffer.dtype == FP8:  # index_copy_ has no float8 kernel on the CPU: copy the bytes
+                buffer.view(torch.uint8).index_copy_(2, slots, rows.view(torch.uint8))
+            else:
+                buffer.index_copy_(2, slots, rows)
+
+    def prefix(self, kv_limit: int | None) -> tuple[torch.Tensor, ...]:
+        """``(k, v, k_scale, v_scale)`` of the first ``kv_limit`` slots (all when None); the scales are None
+        unless the cache is float8."""
+        parts = (self.k, self.v, self.k_scale, self.v_scale)
+        if kv_limit is None:
+            return parts
+        return tuple(x[:, :, :kv_limit] if x is not None else None for x in parts)
 
 
 def apply_rotary(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
@@ -124,11 +148,11 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         if cache is not None:
             cache.write(k, v, slots)
-            k, v = cache.k, cache.v
-            if kv_limit is not None:
-                k, v = k[:, :, :kv_limit], v[:, :, :kv_limit]
+            k, v, k_scale, v_scale = cache.prefix(kv_limit)
             if cache.attention == "triton":
-                return prefix_attention(q, k, v, mask)
+                return prefix_attention(q, k, v, mask, k_scale, v_scale)
+            if cache.quantized:
+                k, v = dequantize(k, k_scale, q.dtype), dequantize(v, v_scale, q.dtype)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0,
             enable_gqa=self.n_kv_head != self.n_head)

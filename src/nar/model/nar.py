@@ -296,14 +296,15 @@ class NARModel(nn.Module):
     # ------------------------------------------------------------------------------ inference
     def start_inference(self, batch: int, cond_mask: torch.Tensor | None = None, layout: str = "decode",
                         dtype: torch.dtype | None = None, device: torch.device | str | None = None,
-                        attention: str = "sdpa") -> InferenceState:
+                        attention: str = "sdpa", kv_dtype: torch.dtype | None = None) -> InferenceState:
         """Allocate KV caches and build every step's plan for a batch of ``batch`` sequences.
 
         ``layout='decode'`` stores keys in decode order so each step attends to a prefix of the cache
         (no mask beyond caption padding). ``layout='sequence'`` stores keys at their sequence positions
         and masks the whole cache at every step, as the official implementation does; it is the
         reference the fast layout is tested against. ``attention='triton'`` attends through the
-        small-query kernel (:mod:`nar.model.decode_attention`) where it applies.
+        small-query kernel (:mod:`nar.model.decode_attention`) where it applies. ``kv_dtype=torch.float8_e4m3fn``
+        keeps the caches in float8 with a scale per row (:class:`~nar.model.layers.KVCache`).
         """
         cfg = self.cfg
         if layout not in ("decode", "sequence"):
@@ -312,8 +313,8 @@ class NARModel(nn.Module):
         dtype = dtype or self.tok_embeddings.weight.dtype
         n_blocks = len(self.layers) + sum(len(b) for b in self.branches)
         geo = self.decode_layout
-        caches = [KVCache(batch, cfg.kv_heads, len(geo.slot_position), cfg.head_dim, dtype, device, attention)
-                  for _ in range(n_blocks)]
+        caches = [KVCache(batch, cfg.kv_heads, len(geo.slot_position), cfg.head_dim, dtype, device, attention,
+                          kv_dtype) for _ in range(n_blocks)]
         key_valid = None  # [B, L] in the cache's order
         if cond_mask is not None:
             key_valid = geo.key_valid(cond_mask.to(device), "sequence" if layout == "sequence" else "decode")
@@ -358,7 +359,7 @@ class NARModel(nn.Module):
                    tokens: torch.Tensor | None = None) -> torch.Tensor:
         """The embeddings pass ``step`` feeds: the condition ``cond`` at step 0, else ``tokens [B, T]`` (the
         cells step ``step - 1`` produced, raster order) and the step's transition tokens."""
-        dtype = state.caches[0].k.dtype
+        dtype = state.caches[0].dtype
         if step == 0:
             return self.cls_embedding(cond).to(dtype)
         plan = state.plans[step]

@@ -283,7 +283,8 @@ class EvalConfig:
     # ~20 s to compile): worth it for FID-10k/50k evaluations, not for a 64-sample validation.
     compile_decoder: bool = False
     # The sampling path (nar.sampling.parse_sampler): fast (the CUDA-graph sampler), or options joined by '+'
-    # from compile, autotune, wavefront (two cohorts in flight; class conditions), fp8 (float8 block weights).
+    # from compile, autotune, wavefront (two cohorts in flight; class conditions), fp8 (float8 block weights),
+    # fp8kv (float8 KV caches).
     # Compiling costs ~1 min once per process; see benchmarks/results for what each one measured.
     sampler: str = "fast"
 

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 Sampler = Callable[..., torch.Tensor]  # (cond, generator=None) -> tokens [B, *grid]
 
-SAMPLER_OPTIONS = ("compile", "autotune", "wavefront", "fp8")
+SAMPLER_OPTIONS = ("compile", "autotune", "wavefront", "fp8", "fp8kv")
 
 
 def parse_sampler(name: str, key: str = "sampler") -> frozenset[str]:
@@ -31,7 +31,12 @@ def parse_sampler(name: str, key: str = "sampler") -> frozenset[str]:
     * ``autotune``: the same with ``max-autotune-no-cudagraphs`` (long compile; implies ``compile``);
     * ``wavefront``: two cohorts in flight, half a schedule apart (:mod:`nar.sampling.wavefront`; class
       conditions only, other draws than the one-batch sampler for the same seed);
-    * ``fp8``: a bf16 copy of the model with float8 block weights (:mod:`nar.model.fp8`; Hopper GPUs).
+    * ``fp8``: a bf16 copy of the model with float8 block weights (:mod:`nar.model.fp8`; Hopper GPUs);
+    * ``fp8kv``: KV caches in float8 with a scale per key and value row (:class:`~nar.model.layers.KVCache`):
+      half the bytes every pass reads; the attention kernel reads float8 on Ada and Hopper GPUs.
+
+    ``fp8`` and ``fp8kv`` change the numbers the model computes: measure what they change
+    (:mod:`nar.sampling.precision`, ``benchmarks/fp8_agreement.py``) before trusting their samples.
     """
     if name == "fast":
         return frozenset()
@@ -46,6 +51,11 @@ def parse_sampler(name: str, key: str = "sampler") -> frozenset[str]:
 def compile_mode(options: frozenset[str]) -> bool | str:
     """The ``compile`` argument of the samplers for parsed ``options``."""
     return "max-autotune-no-cudagraphs" if "autotune" in options else "compile" in options
+
+
+def kv_dtype_of(options: frozenset[str]) -> torch.dtype | None:
+    """The samplers' ``kv_dtype`` for parsed ``options``: float8 e4m3 with ``fp8kv``, else the model's dtype."""
+    return torch.float8_e4m3fn if "fp8kv" in options else None
 
 
 def model_for(model: NARModel, options: frozenset[str]) -> NARModel:
@@ -97,11 +107,11 @@ def sample_stream(model: NARModel, batches: Iterable[Batch], sampling: SamplingC
     """
     options = parse_sampler(sampler)
     model = model_for(model, options)
-    compile = compile_mode(options)
+    compile, kv_dtype = compile_mode(options), kv_dtype_of(options)
     batches = iter(batches)
     if "wavefront" in options:
         if model.cfg.condition == "class":
-            yield from _wavefront(model, batches, sampling, compile)
+            yield from _wavefront(model, batches, sampling, compile, kv_dtype)
             return
         log.info("the wavefront sampler takes class conditions; these caption batches use the one-batch sampler")
     samplers: dict[int, Sampler] = {}
@@ -109,21 +119,21 @@ def sample_stream(model: NARModel, batches: Iterable[Batch], sampling: SamplingC
     for cond, mask, seed in batches:
         b = cond.shape[0]
         if mask is not None or b not in samplers:  # caption masks are fixed per sampler
-            samplers[b] = make_sampler(model, b, sampling, cond_mask=mask, compile=compile)
+            samplers[b] = make_sampler(model, b, sampling, cond_mask=mask, compile=compile, kv_dtype=kv_dtype)
         if cond.device not in generators:
             generators[cond.device] = torch.Generator(device=cond.device)
         yield samplers[b](cond, generator=generators[cond.device].manual_seed(seed))
 
 
 def _wavefront(model: NARModel, batches: Iterator[Batch], sampling: SamplingConfig | None,
-               compile: bool | str) -> Iterator[torch.Tensor]:
+               compile: bool | str, kv_dtype: torch.dtype | None) -> Iterator[torch.Tensor]:
     from nar.sampling.wavefront import WavefrontSampler
 
     first = next(batches, None)
     if first is None:
         return
     size = first[0].shape[0]
-    stream = WavefrontSampler(model, size, sampling, compile=compile)
+    stream = WavefrontSampler(model, size, sampling, compile=compile, kv_dtype=kv_dtype)
     sizes: list[int] = []
 
     def cohorts() -> Iterator[tuple[torch.Tensor, int]]:

@@ -14,7 +14,7 @@ import torch
 from nar.errors import ConfigError
 from nar.model import NARConfig, NARModel
 from nar.model.flops import sampling_flops_per_image
-from nar.sampling.api import SAMPLER_OPTIONS, compile_mode, model_for, parse_sampler
+from nar.sampling.api import SAMPLER_OPTIONS, compile_mode, kv_dtype_of, model_for, parse_sampler
 from nar.sampling.fast import FastSampler
 from nar.sampling.logits import SamplingConfig
 from nar.sampling.reference import reference_generate
@@ -302,13 +302,14 @@ class _SamplerTimer:
 
     def build(self, model: NARModel, options: frozenset[str] = frozenset()):
         """A fast sampler, or with the ``wavefront`` option a :class:`WavefrontSampler`; ``compile`` and
-        ``autotune`` compile it (the latter with ``max-autotune-no-cudagraphs``)."""
-        compile = compile_mode(options) or self.compile
+        ``autotune`` compile it (the latter with ``max-autotune-no-cudagraphs``), ``fp8kv`` keeps its KV caches in
+        float8."""
+        compile, kv_dtype = compile_mode(options) or self.compile, kv_dtype_of(options)
         if "wavefront" in options:
             return WavefrontSampler(model, len(self.labels), self.sampling, cuda_graph=self.cuda_graph,
-                                    compile=compile, attention=self.attention)
+                                    compile=compile, attention=self.attention, kv_dtype=kv_dtype)
         return FastSampler(model, len(self.labels), self.sampling, cuda_graph=self.cuda_graph, compile=compile,
-                           attention=self.attention)
+                           attention=self.attention, kv_dtype=kv_dtype)
 
     def time(self, sampler, first: bool, decoder: Decoder | None = None) -> float:
         """Seconds per batch of ``len(labels)`` images (a wavefront period completes two, in a steady stream).
@@ -359,6 +360,9 @@ class _SamplerTimer:
             passes_per_batch = sampler.num_passes / 2
         if any(type(m).__name__ == "FP8Linear" for m in sampler.model.modules()):
             mode += ", fp8 block weights"
+        slot_state = sampler.slots[0].state if isinstance(sampler, WavefrontSampler) else sampler.state
+        if slot_state.caches[0].quantized:
+            mode += ", fp8 KV cache"
         if decoder is not None:
             where = "on a second CUDA stream" if self.device.type == "cuda" else "after each batch"
             mode += f", + decode {decoder.name} {where} ({decoder.execution})"

@@ -132,7 +132,7 @@ class FastSampler:
 
     def __init__(self, model: NARModel, batch: int, sampling: SamplingConfig | None = None,
                  cond_mask: torch.Tensor | None = None, cuda_graph: bool | None = None, compile: bool | str = False,
-                 attention: str = "auto"):
+                 attention: str = "auto", kv_dtype: torch.dtype | None = None):
         self.model = model.eval()
         self.sampling = sampling or SamplingConfig()
         self.batch = batch
@@ -147,7 +147,7 @@ class FastSampler:
                             self.sampling)
         self.attention = attention = choose_attention(attention, self.device, self.dtype)
         self.state = model.start_inference(rows, cond_mask=mask, layout="decode", device=self.device,
-                                           attention=attention)
+                                           attention=attention, kv_dtype=kv_dtype)
         self.tokens = torch.zeros(batch, cfg.num_cells, dtype=torch.long, device=self.device)
         if compile:
             self.state.runners = compile_blocks(model.blocks(), compile)

@@ -13,7 +13,7 @@ from nar.sampling.logits import SamplingConfig, apply_guidance, guidance_on, sam
 @torch.no_grad()
 def generate(model: NARModel, cond: torch.Tensor, sampling: SamplingConfig | None = None,
              cond_mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
-             layout: str = "decode", return_logits: bool = False):
+             layout: str = "decode", return_logits: bool = False, kv_dtype: torch.dtype | None = None):
     """Sample a batch of token grids.
 
     Args:
@@ -23,13 +23,15 @@ def generate(model: NARModel, cond: torch.Tensor, sampling: SamplingConfig | Non
         generator: a seeded ``torch.Generator`` on the model's device makes the result reproducible.
         layout: KV-cache layout, ``decode`` (prefix attention) or ``sequence`` (dense mask, the reference).
         return_logits: also return the (guided) logits of every cell ``[B, N, V]`` in raster order.
+        kv_dtype: ``torch.float8_e4m3fn`` keeps the KV caches in float8 (:class:`~nar.model.layers.KVCache`).
     Returns:
         tokens ``[B, *grid]`` in raster layout (and the logits when asked).
     """
     sampling = sampling or SamplingConfig()
     B = cond.shape[0]
     cond, cond_mask = with_null(model, cond, cond_mask, sampling)
-    state = model.start_inference(cond.shape[0], cond_mask=cond_mask, layout=layout, device=cond.device)
+    state = model.start_inference(cond.shape[0], cond_mask=cond_mask, layout=layout, device=cond.device,
+                                  kv_dtype=kv_dtype)
     N = model.cfg.num_cells
     tokens = torch.zeros(B, N, dtype=torch.long, device=cond.device)
     all_logits = torch.zeros(B, N, model.cfg.vocab_size, device=cond.device) if return_logits else None

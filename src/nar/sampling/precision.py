@@ -1,4 +1,5 @@
-"""How much a lower-precision copy of a generator (e.g. :func:`nar.model.fp8.quantize_fp8`) changes it.
+"""How much a lower-precision copy of a generator (e.g. :func:`nar.model.fp8.quantize_fp8`), or a float8 KV
+cache (``kv_dtype``), changes it.
 
 Two figures a reader can check:
 
@@ -7,7 +8,9 @@ Two figures a reader can check:
   strict figure: it says how often the outputs are the same, not how different they are.
 * likelihood of the reference's own samples: the reference draws grids with the given sampling, and the
   teacher-forced pass (the exact likelihood of a grid) scores those same grids under both models, in bits
-  per token. A candidate that lost accuracy assigns the reference's samples less probability.
+  per token. A candidate that lost accuracy assigns the reference's samples less probability. With a
+  float8 KV cache the grids are scored through the decoding passes themselves (:func:`decode_bits_per_token`,
+  the same likelihood, read from the caches a sampler uses), for the reference and the candidate alike.
 """
 
 from __future__ import annotations
@@ -52,15 +55,36 @@ def bits_per_token(model: NARModel, tokens: torch.Tensor, labels: torch.Tensor) 
     return nats.item() / math.log(2)
 
 
+def decode_bits_per_token(model: NARModel, tokens: torch.Tensor, labels: torch.Tensor,
+                          kv_dtype: torch.dtype | None = None) -> float:
+    """As :func:`bits_per_token`, through the decoding passes: every pass is fed the cells of ``tokens`` its
+    predecessor produced, and its logits score the cells it produces (the model's unguided conditional
+    distribution). The caches are the samplers' (``kv_dtype`` as :meth:`NARModel.start_inference` takes it),
+    so this is the likelihood a float8 cache actually gives."""
+    device = _device(model)
+    tokens, labels = tokens.to(device).flatten(1), labels.to(device)  # [B, N]
+    state = model.start_inference(tokens.shape[0], layout="decode", device=device, kv_dtype=kv_dtype)
+    nats = torch.zeros((), dtype=torch.float64, device=device)
+    for i, plan in enumerate(state.plans):
+        if i == 0:
+            logits = model.prefill(labels, state)
+        else:
+            logits = model.decode_step(tokens[:, state.plans[i - 1].outputs], i, state)
+        nats += F.cross_entropy(logits.float().transpose(1, 2), tokens[:, plan.outputs], reduction="sum").double()
+    return nats.item() / tokens.numel() / math.log(2)
+
+
 @torch.no_grad()
 def precision_report(reference: NARModel, candidate: NARModel, labels: torch.Tensor, sampling: SamplingConfig,
-                     generator_seed: int = 0) -> dict[str, float]:
+                     generator_seed: int = 0, candidate_kv_dtype: torch.dtype | None = None) -> dict[str, float]:
     """Compare ``candidate`` (a lower-precision copy) with ``reference`` on class ids ``labels [B]``.
 
     Greedy decoding uses ``sampling`` with ``greedy=True`` (same CFG scale and interval). The samples
     scored are drawn from ``reference`` with ``sampling`` itself and a generator seeded with
     ``generator_seed`` on the reference's device. Both models are put in eval mode for the call (their
-    flags are restored after) and run without gradients.
+    flags are restored after) and run without gradients. ``candidate_kv_dtype`` (``torch.float8_e4m3fn``)
+    decodes the candidate with a float8 KV cache, and scores both models through their decoding passes
+    (:func:`decode_bits_per_token`); ``candidate`` may then be ``reference`` itself.
 
     Returns:
         ``greedy_token_agreement`` (fraction of equal tokens), ``greedy_sample_identical`` (fraction of
@@ -84,13 +108,18 @@ def precision_report(reference: NARModel, candidate: NARModel, labels: torch.Ten
     with _eval_mode(reference, candidate):
         greedy = replace(sampling, greedy=True)
         ref_greedy = generate(reference, labels.to(_device(reference)), greedy)  # [B, *grid]
-        cand_greedy = generate(candidate, labels.to(_device(candidate)), greedy).to(ref_greedy.device)
+        cand_greedy = generate(candidate, labels.to(_device(candidate)), greedy,
+                               kv_dtype=candidate_kv_dtype).to(ref_greedy.device)
         same = (ref_greedy == cand_greedy).flatten(1)  # [B, N]
 
         generator = torch.Generator(device=_device(reference)).manual_seed(generator_seed)
         samples = generate(reference, labels.to(_device(reference)), sampling, generator=generator)
-        ref_bits = bits_per_token(reference, samples, labels)
-        cand_bits = bits_per_token(candidate, samples, labels)
+        if candidate_kv_dtype is None:
+            ref_bits = bits_per_token(reference, samples, labels)
+            cand_bits = bits_per_token(candidate, samples, labels)
+        else:
+            ref_bits = decode_bits_per_token(reference, samples, labels)
+            cand_bits = decode_bits_per_token(candidate, samples, labels, candidate_kv_dtype)
 
     delta = cand_bits - ref_bits
     if ref_bits != 0:

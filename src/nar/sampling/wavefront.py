@@ -56,10 +56,11 @@ class _Slot:
     """One cohort position of the stream: its conditions, KV caches, tokens and two generators."""
 
     def __init__(self, model: NARModel, batch: int, sampling: SamplingConfig, device: torch.device,
-                 attention: str):
+                 attention: str, kv_dtype: torch.dtype | None = None):
         self.cond = torch.zeros(batch, dtype=torch.long, device=device)
         rows = 2 * batch if sampling.guided else batch
-        self.state = model.start_inference(rows, layout="decode", device=device, attention=attention)
+        self.state = model.start_inference(rows, layout="decode", device=device, attention=attention,
+                                           kv_dtype=kv_dtype)
         self.tokens = torch.zeros(batch, model.cfg.num_cells, dtype=torch.long, device=device)
         self.generators = (torch.Generator(device=device), torch.Generator(device=device))
 
@@ -81,7 +82,8 @@ class WavefrontSampler:
     """
 
     def __init__(self, model: NARModel, batch: int, sampling: SamplingConfig | None = None,
-                 cuda_graph: bool | None = None, compile: bool | str = False, attention: str = "auto"):
+                 cuda_graph: bool | None = None, compile: bool | str = False, attention: str = "auto",
+                 kv_dtype: torch.dtype | None = None):
         if model.cfg.condition != "class":
             raise ConfigError("the wavefront sampler takes class conditions; caption models keep the one-batch "
                               "sampler (their caption masks differ per batch)", key="wavefront")
@@ -90,8 +92,8 @@ class WavefrontSampler:
         self.batch = batch
         self.device, self.dtype, self.use_graph = placement(model, cuda_graph)
         self.attention = choose_attention(attention, self.device, self.dtype)
-        self.slots = (_Slot(model, batch, self.sampling, self.device, self.attention),
-                      _Slot(model, batch, self.sampling, self.device, self.attention))
+        self.slots = (_Slot(model, batch, self.sampling, self.device, self.attention, kv_dtype),
+                      _Slot(model, batch, self.sampling, self.device, self.attention, kv_dtype))
         plans = self.slots[0].state.plans
         self.passes = len(plans)
         if self.passes < 2:
