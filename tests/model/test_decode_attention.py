@@ -44,17 +44,17 @@ CHECK = textwrap.dedent("""
 
     # A float8 cache (a scale per row) read and scaled inside the kernel: the same numbers as SDPA over the
     # dequantized prefix, masked or not, with grouped heads.
-    from nar.model.decode_attention import quantize_fp8
+    from nar.model.float8 import quantize_rows
     for (H, Hkv), T, S, masked in [((4, 4), 1, 1, False), ((4, 2), 16, 130, True), ((4, 4), 5, 37, False)]:
         B, L, hd = 3, 160, 16
         q = torch.randn(B, T, H + Hkv, hd).transpose(1, 2)[:, :H]
-        (k8, ks), (v8, vs) = quantize_fp8(torch.randn(B, Hkv, L, hd)), quantize_fp8(3 * torch.randn(B, Hkv, L, hd))
+        (k8, ks), (v8, vs) = quantize_rows(torch.randn(B, Hkv, L, hd)), quantize_rows(3 * torch.randn(B, Hkv, L, hd))
         mask = None
         if masked:
             keep = torch.rand(B, S) > 0.4
             keep[:, -1] = True
             mask = keep[:, None, None, :]
-        args = (k8[:, :, :S], v8[:, :, :S], mask, ks[:, :, :S], vs[:, :, :S])
+        args = (k8[:, :, :S], v8[:, :, :S], mask, ks[:, :, :S, 0], vs[:, :, :S, 0])
         assert kernel_applies(q, args[0], mask)
         got, want = prefix_attention(q, *args), prefix_attention_sdpa(q, *args)
         assert (got - want).abs().max().item() < 1e-5
@@ -114,8 +114,9 @@ def test_kernel_matches_sdpa_on_the_gpu(dtype) -> None:
             got, want = prefix_attention(q, k, v, mask).float(), prefix_attention_sdpa(q, k, v, mask).float()
             assert (got - want).norm() / want.norm() < 1e-2
             if torch.cuda.get_device_capability() >= (8, 9):  # a float8 cache, scaled inside the kernel
-                from nar.model.decode_attention import quantize_fp8
-                (k8, ks), (v8, vs) = quantize_fp8(k), quantize_fp8(v)
+                from nar.model.float8 import quantize_rows
+                (k8, ks), (v8, vs) = quantize_rows(k), quantize_rows(v)
+                ks, vs = ks[..., 0], vs[..., 0]  # the cache keeps one scale per row: [B, H_kv, S]
                 got = prefix_attention(q, k8, v8, mask, ks, vs).float()
                 want = prefix_attention_sdpa(q, k8, v8, mask, ks, vs).float()
                 assert (got - want).norm() / want.norm() < 1e-2

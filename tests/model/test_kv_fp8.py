@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from model_helpers import seeded_model
-from nar.model.decode_attention import FP8, dequantize, prefix_attention_sdpa, quantize_fp8
+from nar.model.decode_attention import prefix_attention_sdpa
+from nar.model.float8 import FP8, dequantize_rows, quantize_rows
 from nar.model.layers import KVCache
 from nar.sampling import SamplingConfig, sample_stream
 from nar.sampling.fast import FastSampler
@@ -31,7 +32,8 @@ def test_rows_are_stored_within_e4m3_rounding_at_any_slots() -> None:
     cache.write(k, v, 2)  # contiguous slots 2..5
     cache.write(k[:, :, :2], v[:, :, :2], torch.tensor([7, 9]))  # listed slots
     ck, cv, ks, vs = cache.prefix(None)
-    for got, want in ((dequantize(ck, ks, torch.float32), k), (dequantize(cv, vs, torch.float32), v)):
+    for got, want in ((dequantize_rows(ck, ks[..., None], torch.float32), k),
+                      (dequantize_rows(cv, vs[..., None], torch.float32), v)):
         rows = want.abs().amax(-1, keepdim=True)
         assert ((got[:, :, 2:6] - want).abs() <= rows * 2 ** -4).all()  # 3 mantissa bits: half an ulp of the max
         assert torch.equal(got[:, :, [7, 9]], got[:, :, 2:4])
@@ -44,9 +46,9 @@ def test_rows_are_stored_within_e4m3_rounding_at_any_slots() -> None:
 def test_attention_over_the_float8_cache_is_attention_over_its_dequantized_rows() -> None:
     torch.manual_seed(1)
     q = torch.randn(2, 4, 3, 16)
-    (k8, ks), (v8, vs) = quantize_fp8(torch.randn(2, 2, 9, 16)), quantize_fp8(torch.randn(2, 2, 9, 16))
-    want = prefix_attention_sdpa(q, dequantize(k8, ks, q.dtype), dequantize(v8, vs, q.dtype))
-    assert torch.equal(prefix_attention_sdpa(q, k8, v8, None, ks, vs), want)
+    (k8, ks), (v8, vs) = quantize_rows(torch.randn(2, 2, 9, 16)), quantize_rows(torch.randn(2, 2, 9, 16))
+    want = prefix_attention_sdpa(q, dequantize_rows(k8, ks, q.dtype), dequantize_rows(v8, vs, q.dtype))
+    assert torch.equal(prefix_attention_sdpa(q, k8, v8, None, ks[..., 0], vs[..., 0]), want)
 
 
 @pytest.mark.parametrize("kind", ["image", "video", "caption"])

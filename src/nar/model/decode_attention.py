@@ -12,6 +12,10 @@ take): one Triton program per (sequence, head) streams the prefix once with an o
 writes the output straight into the ``[B, T, H * hd]`` layout the output projection reads (no
 transpose copy). :func:`prefix_attention_sdpa` is the plain formulation it is tested against and
 the fallback wherever the kernel does not apply (CPU, float32, per-query masks, long query blocks).
+
+A float8 cache (:func:`nar.model.float8.quantize_rows`: e4m3 rows, a float32 scale each) halves the bytes a pass
+reads; the kernel loads the float8 rows and applies the scales to the scores and the probabilities, the plain
+formulation dequantizes first.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from nar.model.float8 import FP8, dequantize_rows
+
 try:  # Triton ships with CUDA builds of PyTorch; CPU-only installs go without it.
     import triton
     import triton.language as tl
@@ -28,20 +34,6 @@ except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
 MAX_QUERIES = 64  # longer query blocks (a long caption's prefill) go to SDPA
-FP8 = torch.float8_e4m3fn  # the cache's element type under ``kv_dtype=fp8`` (max 448, 3 mantissa bits)
-
-
-def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x [..., hd]`` → (``x / scale`` in float8 e4m3, ``scale [...]`` float32): one scale per key or value row
-    (a token of one head), its largest magnitude mapped to e4m3's 448, so every row keeps 3 mantissa bits."""
-    amax = x.detach().abs().amax(-1).float()
-    scale = (amax / torch.finfo(FP8).max).clamp_min(torch.finfo(torch.float32).tiny)
-    return (x.float() / scale[..., None]).to(FP8), scale
-
-
-def dequantize(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The inverse of :func:`quantize_fp8`, in ``dtype``."""
-    return (x.float() * scale[..., None]).to(dtype)
 
 
 def triton_available() -> bool:
@@ -52,10 +44,10 @@ def prefix_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mas
                           k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> torch.Tensor:
     """The plain formulation: ``q [B, H, T, hd]``, ``k, v [B, H_kv, S, hd]``, ``mask`` broadcastable to
     ``[B, H, T, S]`` (True = visible) or None → ``[B, T, H * hd]``. With ``k_scale, v_scale [B, H_kv, S]``,
-    ``k`` and ``v`` are float8 rows of :func:`quantize_fp8`, dequantized first."""
+    ``k`` and ``v`` are float8 rows (:func:`nar.model.float8.quantize_rows`), dequantized first."""
     B, H, T, hd = q.shape
     if k_scale is not None:
-        k, v = dequantize(k, k_scale, q.dtype), dequantize(v, v_scale, q.dtype)
+        k, v = dequantize_rows(k, k_scale[..., None], q.dtype), dequantize_rows(v, v_scale[..., None], q.dtype)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=k.shape[1] != H)
     return out.transpose(1, 2).reshape(B, T, H * hd)
 

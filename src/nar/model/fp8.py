@@ -4,11 +4,8 @@ stored as ``float8_e4m3fn`` and multiplied by ``torch._scaled_mm``.
 Nothing here is on by default: a caller converts a bf16/fp16 model with :func:`quantize_fp8` and should
 measure what that did to the tokens (:func:`nar.sampling.precision.precision_report`).
 
-Rounding: e4m3 keeps 3 mantissa bits, so a value scaled into its range is rounded to within
-``2^-4`` of itself (half a unit in the last place), against ``2^-8`` for bf16. Scaling per row
-(``absmax / 448``, 448 the largest e4m3 value) puts each row's largest entry at the top of the range;
-entries below ``absmax / 2^15`` fall into e4m3's subnormals or to zero. Weights are quantized once,
-activations at every call, each row with its own scale; ``_scaled_mm`` accumulates in float32.
+Rounding is :mod:`nar.model.float8`'s (e4m3 rows, a scale each). Weights are quantized once, activations at
+every call, each row with its own scale; ``_scaled_mm`` accumulates in float32.
 
 Speed: the activations are quantized at every call, an extra pass over them that only
 ``torch.compile`` fuses into its neighbours, so fp8 pays only where the matrix products are large enough
@@ -24,25 +21,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from nar.model.float8 import FP8, quantize_rows
 from nar.model.nar import NARModel
 
-FP8 = torch.float8_e4m3fn
-FP8_MAX = torch.finfo(FP8).max  # 448
 # torch._scaled_mm on the GPU needs both the inner (K) and the output (N) size to be multiples of 16.
 FP8_ALIGN = 16
-_TINY = torch.finfo(torch.float32).tiny
-
-
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x [M, K]`` → ``(x_fp8 [M, K] float8_e4m3fn, scale [M, 1] float32)`` with ``x ≈ x_fp8 * scale``.
-
-    Each row is scaled so its absolute maximum lands on 448. The scale is floored at the smallest normal
-    float32, so an all-zero row quantizes to zeros (not 0/0, also where subnormals are flushed). The clamp
-    guards the cast: e4m3fn has no infinity, and a value cast from far enough past 448 becomes NaN.
-    """
-    amax = torch.linalg.vector_norm(x, float("inf"), dim=-1, keepdim=True, dtype=torch.float32)  # max |x|, [M, 1]
-    scale = (amax / FP8_MAX).clamp_min(_TINY)
-    return (x / scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8), scale
 
 
 class FP8Linear(nn.Module):

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nar.model.config import NARConfig
-from nar.model.decode_attention import FP8, dequantize, prefix_attention, quantize_fp8
+from nar.model.decode_attention import prefix_attention
+from nar.model.float8 import FP8, dequantize_rows, quantize_rows
 
 
 class RMSNorm(nn.Module):
@@ -44,7 +45,7 @@ class KVCache:
     ``attention='triton'`` attends through the small-query kernel of :mod:`nar.model.decode_attention`
     wherever it applies (SDPA elsewhere); ``'sdpa'`` always uses PyTorch's SDPA. ``kv_dtype=torch.float8_e4m3fn``
     stores every key and value row (a token of one head) as float8 with its own float32 scale
-    (:func:`~nar.model.decode_attention.quantize_fp8`): half the bytes every decoding pass reads, at the cost
+    (:func:`~nar.model.float8.quantize_rows`): half the bytes every decoding pass reads, at the cost
     of 3 mantissa bits; attention dequantizes (inside the kernel on a GPU). None stores ``dtype``.
     """
 
@@ -70,8 +71,8 @@ class KVCache:
         (contiguous, the fast layout), a tensor lists the slots."""
         pairs = [(self.k, k), (self.v, v)]
         if self.quantized:
-            (k, ks), (v, vs) = quantize_fp8(k), quantize_fp8(v)
-            pairs = [(self.k, k), (self.v, v), (self.k_scale, ks), (self.v_scale, vs)]
+            (k, ks), (v, vs) = quantize_rows(k), quantize_rows(v)
+            pairs = [(self.k, k), (self.v, v), (self.k_scale, ks[..., 0]), (self.v_scale, vs[..., 0])]
         for buffer, rows in pairs:
             if isinstance(slots, int):
                 buffer[:, :, slots:slots + rows.shape[2]] = rows
@@ -152,7 +153,7 @@ class Attention(nn.Module):
             if cache.attention == "triton":
                 return prefix_attention(q, k, v, mask, k_scale, v_scale)
             if cache.quantized:
-                k, v = dequantize(k, k_scale, q.dtype), dequantize(v, v_scale, q.dtype)
+                k, v = dequantize_rows(k, k_scale[..., None], q.dtype), dequantize_rows(v, v_scale[..., None], q.dtype)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0,
             enable_gqa=self.n_kv_head != self.n_head)
