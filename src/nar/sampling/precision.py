@@ -55,6 +55,7 @@ def bits_per_token(model: NARModel, tokens: torch.Tensor, labels: torch.Tensor) 
     return nats.item() / math.log(2)
 
 
+@torch.no_grad()
 def decode_bits_per_token(model: NARModel, tokens: torch.Tensor, labels: torch.Tensor,
                           kv_dtype: torch.dtype | None = None) -> float:
     """As :func:`bits_per_token`, through the decoding passes: every pass is fed the cells of ``tokens`` its
