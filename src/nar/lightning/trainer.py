@@ -141,9 +141,10 @@ class BestCheckpoint(ModelCheckpoint):
 
     A decoding score (``val/fid``…) is logged at decoding validations only (``eval.decode_every``); Lightning's
     callback would raise at a validation without it, ending the run, and the decoding callback drops its
-    previous scores when a validation starts, so a stale score never ranks another step. A key that the config
-    check (:meth:`RunConfig.best_mode`) allowed but that this run cannot log (a metric dropped by
-    ``allow_degraded``) is warned about once; the run goes on without best checkpoints.
+    previous scores when a validation starts, so a stale score never ranks another step. The first validation
+    without the key is noted in the log; a key that the config check (:meth:`RunConfig.best_mode`) allowed but
+    that the run never logged (a metric dropped by ``allow_degraded``) gets a warning when training ends, and the
+    run goes on without best checkpoints.
     """
 
     _seen = False  # the monitored key was logged at some validation of this process
