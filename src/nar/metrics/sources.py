@@ -99,10 +99,6 @@ def _decode_frames(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-def _identity(x: Any) -> Any:
-    return x
-
-
 def _npz_prompts(source: Path, n: int) -> np.ndarray | None:
     """The ``prompts`` array of a sample ``.npz`` (one caption per sample), or None when it has none."""
     with np.load(source) as data:
@@ -201,7 +197,7 @@ def _iter_raw_records(source: Path, split: str | None, limit: int | None) -> Ite
                 if done():
                     return
                 pixels = next(samples)
-                yield _LazyRecord(functools.partial(_identity, pixels),
+                yield _LazyRecord(functools.partial(np.asarray, pixels),
                                   _spec_from(None, str(prompts[i]) if prompts is not None else None))
                 count += 1
         return

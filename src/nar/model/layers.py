@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nar.model.config import NARConfig
-from nar.model.decode_attention import prefix_attention
-from nar.model.float8 import FP8, dequantize_rows, quantize_rows
+from nar.model.decode_attention import prefix_attention, prefix_attention_sdpa
+from nar.model.float8 import FP8, quantize_rows
 
 
 class RMSNorm(nn.Module):
@@ -152,8 +152,8 @@ class Attention(nn.Module):
             k, v, k_scale, v_scale = cache.prefix(kv_limit)
             if cache.attention == "triton":
                 return prefix_attention(q, k, v, mask, k_scale, v_scale)
-            if cache.quantized:
-                k, v = dequantize_rows(k, k_scale[..., None], q.dtype), dequantize_rows(v, v_scale[..., None], q.dtype)
+            if cache.quantized:  # SDPA over the dequantized rows
+                return prefix_attention_sdpa(q, k, v, mask, k_scale, v_scale)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0,
             enable_gqa=self.n_kv_head != self.n_head)

@@ -15,6 +15,7 @@ import torch
 
 from nar.errors import ConfigError
 from nar.model import NARModel
+from nar.model.float8 import FP8
 from nar.sampling.logits import SamplingConfig
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def compile_mode(options: frozenset[str]) -> bool | str:
 
 def kv_dtype_of(options: frozenset[str]) -> torch.dtype | None:
     """The samplers' ``kv_dtype`` for parsed ``options``: float8 e4m3 with ``fp8kv``, else the model's dtype."""
-    return torch.float8_e4m3fn if "fp8kv" in options else None
+    return FP8 if "fp8kv" in options else None
 
 
 def model_for(model: NARModel, options: frozenset[str]) -> NARModel:
