@@ -256,7 +256,7 @@ def run_folder_lock(run: RunConfig) -> Iterator[None]:
 
 def fit_or_interrupt(trainer: L.Trainer, module: L.LightningModule, **fit_kwargs: Any) -> None:
     """``trainer.fit``; a stop asked by SIGINT/SIGTERM (checkpoint saved) becomes :class:`RunInterrupted`."""
-    guard = next(c for c in trainer.callbacks if isinstance(c, PreemptionCallback))
+    guard = PreemptionCallback.of(trainer)
     try:
         trainer.fit(module, **fit_kwargs)
     except SystemExit:  # Lightning's own SIGTERM stop, raised after our checkpoint was saved

@@ -56,7 +56,7 @@ class _StopGuard:
 
     @classmethod
     def of(cls, trainer: L.Trainer, num_chunks: int) -> _StopGuard | None:
-        guard = next((cb for cb in trainer.callbacks if isinstance(cb, PreemptionCallback)), None)
+        guard = PreemptionCallback.of(trainer)
         return cls(trainer, guard, num_chunks) if guard is not None and trainer.state.fn == "fit" else None
 
     def check(self) -> None:

@@ -40,6 +40,12 @@ class PreemptionCallback(Callback):
         self.saved: Path | None = None
         self._previous: dict[int, Any] = {}
 
+    @staticmethod
+    def of(trainer: L.Trainer) -> PreemptionCallback | None:
+        """The trainer's preemption callback (every trainer of :func:`nar.lightning.trainer.build_trainer` has
+        one), or None."""
+        return next((cb for cb in trainer.callbacks if isinstance(cb, PreemptionCallback)), None)
+
     # --- signal handling (main thread only) ------------------------------------------------------
     def _handle(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
