@@ -37,12 +37,12 @@ from torch import nn
 
 from nar.model import NARConfig, NARModel
 from nar.model.flops import sampling_flops_per_image
+from nar.sampling.bench import PEAK_BF16_TFLOPS, card_of
 
-# Datasheet figures of the SXM cards: dense (no sparsity) tensor-core TFLOP/s and HBM bandwidth in TB/s.
-CARDS = {
-    "H100": {"bf16": 989.4, "fp8": 1978.9, "tbps": 3.35},
-    "H200": {"bf16": 989.4, "fp8": 1978.9, "tbps": 4.8},
-}
+# The SXM cards: dense bf16 peak as `nar bench` counts it (PEAK_BF16_TFLOPS), fp8 twice that (Hopper's tensor
+# cores), and the datasheet's HBM bandwidth in TB/s.
+CARDS = {card: {"bf16": PEAK_BF16_TFLOPS[card], "fp8": 2 * PEAK_BF16_TFLOPS[card], "tbps": tbps}
+         for card, tbps in (("H100", 3.35), ("H200", 4.8))}
 # weights: the blocks' linear layers (heads, embeddings and attention stay bf16); kv: the cache's element bytes
 PRECISIONS = {"bf16": (2, 2), "fp8 weights": (1, 2), "fp8 weights + fp8 KV": (1, 1)}
 
@@ -77,7 +77,7 @@ def count(preset: str, batch: int, sampler: str, precision: str, guided: bool = 
     block_linear = sum(m.weight.numel() for b in blocks for m in b.modules() if isinstance(m, nn.Linear))
     head_proj = sum(h.proj.weight.numel() for h in model.heads)
     steps = model.decode_layout.steps
-    rows = seqs * sum(len(s.positions) for s in steps)
+    rows = seqs * sum(len(s.positions) + len(s.transition) for s in steps)  # PAR's transition tokens too
     flops = sampling_flops_per_image(cfg, guided)
     f_blocks = 2.0 * block_linear * rows
     w_bytes, kv_elem = PRECISIONS[precision]
@@ -104,9 +104,8 @@ def measured_rows(paths: list[Path]) -> list[dict]:
     out = []
     for path in paths:
         data = json.loads(path.read_text())
-        name = str(data.get("device_name", ""))
-        card = next((k for k in sorted(CARDS, key=len, reverse=True) if k in name.upper()), None)
-        if card is None or data.get("dtype") != "bf16" or data.get("overrides"):
+        card = card_of(str(data.get("device_name", "")))
+        if card not in CARDS or data.get("dtype") != "bf16" or data.get("overrides"):
             continue
         for row in data.get("rows", []):
             method = str(row.get("method", ""))

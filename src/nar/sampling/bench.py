@@ -29,10 +29,16 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0, "L40S": 362.0, "B200": 2250.0}
 
 
-def peak_tflops(device_name: str) -> float | None:
-    """The dense bf16 peak of a known card (the longest matching key of :data:`PEAK_BF16_TFLOPS`), else None."""
+def card_of(device_name: str) -> str | None:
+    """The key of :data:`PEAK_BF16_TFLOPS` a device name holds (the longest that matches), else None."""
     hits = [k for k in PEAK_BF16_TFLOPS if k in device_name.upper()]
-    return PEAK_BF16_TFLOPS[max(hits, key=len)] if hits else None
+    return max(hits, key=len) if hits else None
+
+
+def peak_tflops(device_name: str) -> float | None:
+    """The dense bf16 peak of a known card (:func:`card_of`), else None."""
+    card = card_of(device_name)
+    return PEAK_BF16_TFLOPS[card] if card else None
 
 
 def parse_variant(name: str) -> frozenset[str]:
