@@ -95,12 +95,10 @@ def test_retention_throughput_and_profiler(token_root: Path, tmp_path: Path) -> 
 def test_training_throughput_benchmark_runs(tmp_path: Path) -> None:
     """benchmarks/train_throughput.py (the GPU MFU measurement) on a tiny trunk on the CPU."""
     import json
-    import subprocess
-    import sys
 
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), "--preset", "NAR-tiny",
-                           "--batch", "4", "--dtype", "fp32", "--device", "cpu", "--steps", "2", "--warmup", "1",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    from script_helpers import run_script
+
+    run_script("train_throughput.py", "--preset", "NAR-tiny", "--batch", "4", "--dtype", "fp32", "--device", "cpu",
+               "--steps", "2", "--warmup", "1", "--out", str(tmp_path))
     row = json.loads(next(tmp_path.glob("train-NAR-tiny-*.json")).read_text())
     assert row["images_per_s"] > 0 and row["model_tflops_per_s"] > 0 and row["mfu"] is None  # no CPU peak

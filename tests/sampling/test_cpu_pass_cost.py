@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "cpu_pass_cost.py"
+from script_helpers import run_script
 
 
 def test_pass_cost_report(tmp_path):
     out = tmp_path / "cost.md"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--preset", "NAR-tiny", "--set", "grid=[4, 6]",
-                           "--batch", "2", "--reps", "1", "--rounds", "1", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_script("cpu_pass_cost.py", "--preset", "NAR-tiny", "--set", "grid=[4, 6]", "--batch", "2", "--reps", "1",
+               "--rounds", "1", "--out", str(out))
     report = out.read_text()
     assert "grid [4, 6], batch 2" in report
     for row in ("| NAR |", "| raster |", "measured: whole generations", "summed over both schedules",

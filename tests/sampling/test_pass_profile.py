@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "pass_profile.py"
+from script_helpers import load_script, run_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("pass_profile", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("pass_profile.py")
 
 
 @pytest.mark.parametrize("name, family", [
@@ -44,10 +36,8 @@ def test_kernel_families(script, name, family):
 
 def test_profile_report_on_cpu(tmp_path):
     out = tmp_path / "profile.md"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--preset", "NAR-tiny", "--set", "grid=[4, 6]",
-                           "--batch", "2", "--periods", "1", "--top", "5", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_script("pass_profile.py", "--preset", "NAR-tiny", "--set", "grid=[4, 6]", "--batch", "2",
+                      "--periods", "1", "--top", "5", "--out", str(out))
     report = out.read_text()
     assert report in proc.stdout
     assert "NAR-tiny 4x6, batch 2 per cohort" in report and "--batch 2" in report

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from nar.model import NARConfig
 from nar.model.flops import sampling_flops_per_image
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "roofline.py"
+from script_helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def roofline():
-    spec = importlib.util.spec_from_file_location("roofline", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["roofline"] = module  # its dataclass looks itself up there
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("roofline", None)
+    return load_script("roofline.py")
 
 
 def test_counted_work_follows_the_geometry(roofline):
