@@ -82,24 +82,29 @@ def test_bad_schedule_names_the_key(schedule, message, tmp_path, caplog):
 
 
 def test_bench_variants_decode_rows_and_fraction_of_peak(tmp_path, capsys):
-    """--variants adds NAR rows per faster path, --decode-with tokens + pixels rows, --peak-tflops the
-    % of peak column; the JSON keeps the command and each row's FLOPs per image."""
+    """--variants adds NAR rows per faster path, --decode-with tokens + pixels rows, --tokenizer-decode the
+    decoder alone, --peak-tflops the % of peak column; the JSON keeps the command and each row's FLOPs per image
+    (a decode row's counting the decoder's too)."""
     from nar.model.flops import sampling_flops_per_image
+    from nar.tokenizers.cost import decode_cost
 
     out = tmp_path / "results"
     assert main(["bench", "--preset", "NAR-tiny", "--set", "dim=32", "grid=[4, 4]", "--device", "cpu", "--dtype",
                  "fp32", "--batch", "2", "--iters", "1", "--warmup", "0", "--no-raster", "--variants", "wavefront",
                  "--decode-with", "wavefront", "--tokenizer", "vq-tiny-emoji", "--peak-tflops", "0.001",
-                 "--out", str(out)]) == 0
+                 "--tokenizer-decode", "--decode-batch", "2", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     report = json.loads(next(out.glob("*.json")).read_text())
     rows = {r["method"]: r for r in report["rows"]}
-    assert set(rows) == {"nar", "nar+wavefront", "nar+wavefront+decode"}
+    assert set(rows) == {"nar", "nar+wavefront", "nar+wavefront+decode", "decode:vq-tiny-emoji:fp32"}
     assert "2 cohorts of 2 in flight" in rows["nar+wavefront"]["execution"]
     assert "+ decode vq-tiny-emoji:fp32" in rows["nar+wavefront+decode"]["execution"]
-    flops = sampling_flops_per_image(NARConfig.from_name("NAR-tiny", dim=32, grid=[4, 4]), guided=True)
-    for r in rows.values():
-        assert r["flops_per_image"] == flops
+    tokens = sampling_flops_per_image(NARConfig.from_name("NAR-tiny", dim=32, grid=[4, 4]), guided=True)
+    pixels = decode_cost("vq-tiny-emoji", [4, 4]).flops
+    assert pixels > 0
+    for method, r in rows.items():
+        flops = (tokens if method.startswith("nar") else 0) + (pixels if "decode" in method else 0)
+        assert r["flops_per_image"] == flops, method
         assert r["fraction_of_peak"] == pytest.approx(r["images_per_s"] * flops / 1e9)
     wave = rows["nar+wavefront"]  # a period of 7 passes completes two batches
     assert wave["ms_per_pass"] == pytest.approx(1e3 * wave["seconds_per_batch"] * 2 / 7)

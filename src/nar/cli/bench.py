@@ -96,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     report = dict(preset=args.preset, overrides=args.overrides, config=asdict(cfg), grid=cfg.grid,
                   cfg_scale=args.guidance, dtype=args.dtype, device=args.device, device_name=device_name,
                   torch=torch.__version__, threads=threads, rounds=args.rounds, schedules=schedules,
-                  variants=args.variants, decode_with=args.decode_with, peak_tflops=peak, command=command)
+                  variants=args.variants, decode_with=args.decode_with, peak_tflops=peak, command=command,
+                  tokenizer=args.tokenizer if args.decode_with or args.tokenizer_decode else None)
 
     def write(rows: list, final: bool = False) -> str:
         """The table so far into ``<stem>.md`` and ``.json`` (after every row: a run cut short keeps its rows)."""
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             for compiled in (False, True) if args.decode_compile else (False,):
                 rows.append(bench_tokenizer_decode(args.tokenizer, args.decode_batch, cfg.grid, device=args.device,
                                                    dtype=dt, warmup=args.warmup, iters=args.iters,
-                                                   min_time=args.min_time, compile=compiled))
+                                                   min_time=args.min_time, compile=compiled, peak=peak))
                 write(rows)
     text = write(rows, final=True)
     print(text)
@@ -155,8 +156,8 @@ def _render(args: argparse.Namespace, cfg, rows: list, schedules: list[str], dev
     header = (f"preset {preset} grid {cfg.grid} | CFG {args.guidance} | {args.dtype} | {args.device} "
               f"({device_name}, torch {torch_version}, {threads} threads)")
     if peak:
-        header += (f"\n% of peak: sampling FLOPs per image (tokens only, CFG rows included) x images/s over "
-                   f"{peak:.0f} TFLOP/s dense bf16")
+        header += (f"\n% of peak: FLOPs per image (the tokens', CFG rows included; + the decoder's on decode rows) "
+                   f"x images/s over {peak:.0f} TFLOP/s dense bf16")
     table = ["| method | batch | passes | images/s | tokens/s | s/batch | ms/pass | % of peak | peak GiB | execution |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -64,7 +64,7 @@ class BenchRow:
     execution: str = "eager"
     round_seconds: list[float] = field(default_factory=list)  # seconds per batch in each round
     ms_per_pass: float | None = None  # wall time of one forward pass (a wavefront pass serves two cohorts)
-    flops_per_image: int | None = None  # sampling FLOPs per image (tokens only), CFG included
+    flops_per_image: int | None = None  # sampling FLOPs per image, CFG included; + the decoder's on decode rows
     fraction_of_peak: float | None = None  # images/s x FLOPs per image over the device's dense bf16 peak
 
     def __post_init__(self) -> None:
@@ -178,7 +178,7 @@ def bench_sampling(cfg: NARConfig, batches: list[int], sampling: SamplingConfig,
     variants = [v for v in variants if parse_variant(v) or "nar" not in configs]  # 'fast' is the nar row itself
     dev = torch.device(device)
     dt = DTYPES[dtype]
-    rows = _Rows(on_row, peak, sampling, configs, cfg)
+    rows = _Rows(on_row, peak, sampling, configs, cfg, decoder.flops_per_image if decoder is not None else 0)
     models = {name: random_model(c, dev, dt, seed) for name, c in configs.items()}
     nar = (models["nar"] if "nar" in models
            else random_model(cfg, dev, dt, seed) if reference or variants or decode_variants else None)
@@ -230,17 +230,21 @@ def bench_sampling(cfg: NARConfig, batches: list[int], sampling: SamplingConfig,
 
 
 class _Rows(list):
-    """The benchmark's rows: each appended row gets its FLOPs per image and fraction of peak, then ``on_row``."""
+    """The benchmark's rows: each appended row gets its FLOPs per image and fraction of peak, then ``on_row``.
+    A tokens + pixels row (``+decode``) counts the decoder's FLOPs (``decode_flops``) beside the tokens'."""
 
     def __init__(self, on_row, peak: float | None, sampling: SamplingConfig, configs: dict[str, NARConfig],
-                 cfg: NARConfig):
+                 cfg: NARConfig, decode_flops: int = 0):
         super().__init__()
         self.on_row, self.peak, self.sampling, self.configs, self.cfg = on_row, peak, sampling, configs, cfg
+        self.decode_flops = decode_flops
 
     def append(self, r: BenchRow) -> None:
-        base = r.method.split("+")[0]
-        if base in self.configs or base in ("nar", "nar-reference"):
-            r.flops_per_image = sampling_flops_per_image(self.configs.get(base, self.cfg), self.sampling.guided)
+        parts = r.method.split("+")
+        if parts[0] in self.configs or parts[0] in ("nar", "nar-reference"):
+            r.flops_per_image = sampling_flops_per_image(self.configs.get(parts[0], self.cfg), self.sampling.guided)
+            if "decode" in parts:
+                r.flops_per_image += self.decode_flops
             if self.peak:
                 r.fraction_of_peak = r.images_per_s * r.flops_per_image / (self.peak * 1e12)
         super().append(r)
@@ -260,6 +264,7 @@ class Decoder:
     tokenizer: torch.nn.Module
     name: str
     execution: str
+    flops_per_image: int  # one grid of codes to pixels (nar.tokenizers.cost)
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.tokenizer.decode(tokens)
@@ -272,6 +277,7 @@ def build_decoder(preset: str, grid: list[int], device: str, dtype: str, compile
     compile()``, what a user does too: inductor fuses each GroupNorm with its SiLU and keeps the channels-last
     layout between the cuDNN convolutions). With ``batch``, the compilation happens here, on random codes."""
     from nar.tokenizers import build_tokenizer
+    from nar.tokenizers.cost import decode_cost
 
     dev = torch.device(device)
     tok = build_tokenizer(preset).to(device=dev, dtype=DTYPES[dtype]).eval()
@@ -288,7 +294,7 @@ def build_decoder(preset: str, grid: list[int], device: str, dtype: str, compile
                 tok.decode(torch.randint(0, tok.codebook_size, (batch, *grid), device=dev))  # compiles
             _sync(dev)
         execution = execution.replace("eager", "compiled") + f" ({time.perf_counter() - start:.0f} s to compile)"
-    return Decoder(tok, f"{preset}:{dtype}", execution)
+    return Decoder(tok, f"{preset}:{dtype}", execution, decode_cost(preset, grid).flops)
 
 
 @dataclass
@@ -388,13 +394,18 @@ def speedup(fast: BenchRow, slow: BenchRow) -> tuple[float, float, float]:
 
 
 def bench_tokenizer_decode(preset: str, batch: int, grid: list[int], device: str = "cpu", dtype: str = "fp32",
-                           warmup: int = 1, iters: int = 3, min_time: float = 0.0, compile: bool = False) -> BenchRow:
-    """Images/s of a tokenizer's decoder (random weights, :func:`build_decoder`) on ``batch`` random code grids."""
+                           warmup: int = 1, iters: int = 3, min_time: float = 0.0, compile: bool = False,
+                           peak: float | None = None) -> BenchRow:
+    """Images/s of a tokenizer's decoder (random weights, :func:`build_decoder`) on ``batch`` random code grids;
+    with ``peak`` (TFLOP/s), its fraction of peak from the decoder's counted FLOPs."""
     dev = torch.device(device)
     _reset_peak(dev)
     decoder = build_decoder(preset, grid, device, dtype, compile, batch)
     codes = torch.randint(0, decoder.tokenizer.codebook_size, (batch, *grid), device=dev)
     with torch.no_grad():
         sec = time_call(lambda: decoder(codes), dev, warmup, iters, min_time)
-    return BenchRow(f"decode:{preset}:{dtype}", batch, 1, batch / sec, batch * len(codes[0].flatten()) / sec, sec,
-                    _peak(dev), decoder.execution)
+    row = BenchRow(f"decode:{preset}:{dtype}", batch, 1, batch / sec, batch * len(codes[0].flatten()) / sec, sec,
+                   _peak(dev), decoder.execution, flops_per_image=decoder.flops_per_image)
+    if peak:
+        row.fraction_of_peak = row.images_per_s * decoder.flops_per_image / (peak * 1e12)
+    return row
