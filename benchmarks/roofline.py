@@ -15,6 +15,12 @@ the wavefront's two cohorts), one image's tokens take at least
 
 at the card's memory bandwidth. The kernels of a pass run one after another, so the floor adds the compute
 time and the memory time ("sum"); "max" (compute and memory perfectly overlapped) is the looser bound.
+
+Tokens + pixels (``--decoder``, the VQ-16 decoder by default): one image's decode costs its convolutions'
+and attention's FLOPs at the bf16 peak, plus every convolution's input read once and output written once
+(bf16; the least a decoder moves when each norm, activation and residual add is fused into a convolution)
+and its share of the decoder's weights at the bandwidth (``nar.tokenizers.cost``). A tokens + decode ceiling
+puts the decode after the tokens' "sum" floor: tokens and pixels share one card, and both already fill it.
 Activations between kernels, launch gaps and imperfect kernels are left out: a real sampler is slower than
 both. Given ``nar bench`` result files (``--measured``), each matching row gets its measured images/s and the
 fraction of the "sum" ceiling it reaches.
@@ -38,6 +44,7 @@ from torch import nn
 from nar.model import NARConfig, NARModel
 from nar.model.flops import sampling_flops_per_image
 from nar.sampling.bench import PEAK_BF16_TFLOPS, card_of
+from nar.tokenizers.cost import decode_cost
 
 # The SXM cards: dense bf16 peak as `nar bench` counts it (PEAK_BF16_TFLOPS), fp8 twice that (Hopper's tensor
 # cores), and the datasheet's HBM bandwidth in TB/s.
@@ -99,8 +106,20 @@ def ceilings(w: Work, card: str) -> dict[str, float]:
             "ceiling_sum": 1.0 / (t_compute + t_memory), "ceiling_max": 1.0 / max(t_compute, t_memory)}
 
 
+def decode_us(tokenizer: str, grid: list[int], batch: int, card: str) -> dict[str, float]:
+    """The floor of one image's decode on ``card`` (bf16, ``batch`` images sharing each weight read)."""
+    cost = decode_cost(tokenizer, grid)
+    c = CARDS[card]
+    compute = cost.flops / (c["bf16"] * 1e12)
+    memory = (cost.conv_bytes + cost.weight_bytes / batch) / (c["tbps"] * 1e12)
+    return {"decode_gflop": cost.flops / 1e9, "decode_mb": (cost.conv_bytes + cost.weight_bytes / batch) / 1e6,
+            "decode_compute_us": 1e6 * compute, "decode_memory_us": 1e6 * memory,
+            "decode_ceiling": 1.0 / (compute + memory)}
+
+
 def measured_rows(paths: list[Path]) -> list[dict]:
-    """``nar bench`` rows of NAR (tokens only) with their card, preset and sampler."""
+    """``nar bench`` rows of NAR with their card, preset and sampler: tokens only, or tokens + decode
+    (``decode`` true, with the tokenizer the file names)."""
     out = []
     for path in paths:
         data = json.loads(path.read_text())
@@ -110,14 +129,31 @@ def measured_rows(paths: list[Path]) -> list[dict]:
         for row in data.get("rows", []):
             method = str(row.get("method", ""))
             parts = method.split("+")
-            if parts[0] != "nar" or "decode" in parts or method == "nar-reference":
+            if parts[0] != "nar" or method == "nar-reference":
                 continue
             precision = "fp8 weights" if "fp8" in parts else "bf16"
             if "compile" in str(row.get("execution", "")) and "compile" not in parts:
                 method += " (compiled)"  # files from before the variants named it
             out.append({"card": card, "preset": data.get("preset"), "batch": int(row["batch"]), "method": method,
                         "sampler": "wavefront" if "wavefront" in parts else "one-batch", "precision": precision,
+                        "decode": "decode" in parts, "tokenizer": data.get("tokenizer", "vq-16"),
                         "images_per_s": float(row["images_per_s"]), "file": path.as_posix()})
+    return out
+
+
+def measured_decoders(paths: list[Path]) -> list[dict]:
+    """``nar bench --tokenizer-decode`` rows of a decoder alone in bf16 (``decode:<tokenizer>:bf16``)."""
+    out = []
+    for path in paths:
+        data = json.loads(path.read_text())
+        card = card_of(str(data.get("device_name", "")))
+        for row in data.get("rows", []) if card in CARDS else []:
+            kind, _, rest = str(row.get("method", "")).partition(":")
+            tokenizer, _, dtype = rest.partition(":")
+            if kind == "decode" and dtype == "bf16":
+                out.append({"card": card, "tokenizer": tokenizer, "batch": int(row["batch"]), "grid": data["grid"],
+                            "execution": str(row.get("execution", "")), "images_per_s": float(row["images_per_s"]),
+                            "file": path.as_posix()})
     return out
 
 
@@ -127,8 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", nargs="+", type=int, default=[64, 256])
     ap.add_argument("--cards", nargs="+", default=sorted(CARDS), choices=sorted(CARDS))
     ap.add_argument("--measured", nargs="*", type=Path, default=[], help="nar bench JSON files to compare with")
-    ap.add_argument("--targets", nargs="*", default=[], metavar="PRESET:BATCH:IMG_PER_S",
-                    help="speed targets to set against the ceilings (e.g. NAR-L:256:1300)")
+    ap.add_argument("--targets", nargs="*", default=[], metavar="PRESET:BATCH:IMG_PER_S[:decode]",
+                    help="speed targets to set against the ceilings (e.g. NAR-L:256:1300; NAR-L:64:600:decode for "
+                         "tokens + decoded pixels)")
+    ap.add_argument("--decoder", default="vq-16", help="tokenizer preset whose decoder the tokens + decode rows use")
     ap.add_argument("--out", type=Path, default=None, help="folder for roofline.md and roofline.json")
     args = ap.parse_args(argv)
     command = shlex.join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
@@ -144,7 +182,13 @@ def main(argv: list[str] | None = None) -> int:
                         row = {**asdict(w), "card": card, **ceilings(w, card)}
                         hits = [m for m in measured if (m["card"], m["preset"], m["batch"], m["sampler"],
                                                         m["precision"]) == (card, preset, batch, sampler, precision)]
-                        row["measured"] = [{k: m[k] for k in ("method", "images_per_s", "file")} for m in hits]
+                        row["measured"] = [{k: m[k] for k in ("method", "images_per_s", "file")}
+                                           for m in hits if not m["decode"]]
+                        grid = NARConfig.from_name(preset).grid
+                        row |= decode_us(args.decoder, grid, batch, card)
+                        row["ceiling_with_decode"] = 1.0 / (1.0 / row["ceiling_sum"] + 1.0 / row["decode_ceiling"])
+                        row["measured_with_decode"] = [{k: m[k] for k in ("method", "images_per_s", "file")}
+                                                       for m in hits if m["decode"] and m["tokenizer"] == args.decoder]
                         table.append(row)
 
     lines = [
@@ -170,20 +214,53 @@ def main(argv: list[str] | None = None) -> int:
                      f"{gflop:.0f} | {mb:.0f} ({r['kv_bytes'] / 1e6:.0f}) | {r['compute_us']:.0f} | "
                      f"{r['memory_us']:.0f} ({r['kv_us']:.0f}) | {r['ceiling_sum']:.0f} | {r['ceiling_max']:.0f} | "
                      f"{seen} |")
+    lines += [
+        "",
+        f"## Tokens + {args.decoder} decode, images/s of decoded pixels",
+        "",
+        f"The {args.decoder} decoder in bf16 after the tokens (see the docstring): its FLOPs at the bf16 peak and its "
+        "convolutions' input and output bytes plus its share of the weights at the bandwidth (`decode us`, compute "
+        "+ memory), alone (`decode ceiling`) and after the tokens' `sum` floor (`with decode`).",
+        "",
+        "| preset | batch | sampler | precision | card | decode GFLOP | decode MB | decode us | decode ceiling | "
+        "tokens ceiling | with decode | measured img/s (of with decode) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in table:
+        seen = ", ".join(f"{m['method']} {m['images_per_s']:.1f} ({m['images_per_s'] / r['ceiling_with_decode']:.0%})"
+                         for m in r["measured_with_decode"]) or ""
+        lines.append(f"| {r['preset']} | {r['batch']} | {r['sampler']} | {r['precision']} | {r['card']} | "
+                     f"{r['decode_gflop']:.0f} | {r['decode_mb']:.0f} | "
+                     f"{r['decode_compute_us']:.0f} + {r['decode_memory_us']:.0f} | {r['decode_ceiling']:.0f} | "
+                     f"{r['ceiling_sum']:.0f} | {r['ceiling_with_decode']:.0f} | {seen} |")
+    decoders = [m for m in measured_decoders(args.measured) if m["tokenizer"] == args.decoder]
+    if decoders:
+        lines += ["", f"The {args.decoder} decoder alone (`nar bench --tokenizer-decode`, bf16), measured against its "
+                  "ceiling:", "", "| card | batch | execution | measured img/s | decode ceiling | of ceiling |",
+                  "|---|---|---|---|---|---|"]
+        for m in decoders:
+            m["decode_ceiling"] = decode_us(args.decoder, m["grid"], m["batch"], m["card"])["decode_ceiling"]
+            lines.append(f"| {m['card']} | {m['batch']} | {m['execution']} | {m['images_per_s']:.1f} | "
+                         f"{m['decode_ceiling']:.0f} | {m['images_per_s'] / m['decode_ceiling']:.0%} |")
     targets = []
     for spec in args.targets:
         try:
-            preset, batch, speed = spec.split(":")
-            target = {"preset": preset, "batch": int(batch), "images_per_s": float(speed)}
+            preset, batch, speed, *what = spec.split(":")
+            if what not in ([], ["decode"]):
+                raise ValueError(spec)
+            target = {"preset": preset, "batch": int(batch), "images_per_s": float(speed), "decode": bool(what)}
         except ValueError:
-            ap.error(f"--targets: {spec!r} is not PRESET:BATCH:IMG_PER_S")
-        target["needs"] = {f"{r['card']}, {r['sampler']}, {r['precision']}": target["images_per_s"] / r["ceiling_sum"]
+            ap.error(f"--targets: {spec!r} is not PRESET:BATCH:IMG_PER_S[:decode]")
+        ceiling = "ceiling_with_decode" if target["decode"] else "ceiling_sum"
+        target["needs"] = {f"{r['card']}, {r['sampler']}, {r['precision']}": target["images_per_s"] / r[ceiling]
                            for r in table if (r["preset"], r["batch"]) == (preset, target["batch"])}
         targets.append(target)
     if targets:
-        lines += ["", "Each target as a fraction of the `sum` ceiling (how close to the floor a sampler must come):", "",
+        lines += ["", "Each target as a fraction of its ceiling (`sum`, or `with decode` for a tokens + decode "
+                  "target): how close to the floor a sampler must come.", "",
                   "| card, sampler, precision | " + " | ".join(
-                      f"{t['preset']} batch {t['batch']} >= {t['images_per_s']:g} img/s" for t in targets) + " |",
+                      f"{t['preset']} batch {t['batch']} >= {t['images_per_s']:g} img/s"
+                      + (" with decode" if t["decode"] else "") for t in targets) + " |",
                   "|---|" + "---|" * len(targets)]
         for case in dict.fromkeys(k for t in targets for k in t["needs"]):
             lines.append(f"| {case} | " + " | ".join(
@@ -193,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "roofline.md").write_text(report)
-        (args.out / "roofline.json").write_text(json.dumps({"command": command, "cards": CARDS, "rows": table, "targets": targets},
-                                                           indent=1) + "\n")
+        saved = {"command": command, "cards": CARDS, "rows": table, "decoders": decoders, "targets": targets}
+        (args.out / "roofline.json").write_text(json.dumps(saved, indent=1) + "\n")
     return 0
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from nar.model import NARConfig
 from nar.model.flops import sampling_flops_per_image
+from nar.tokenizers.cost import decode_cost
 from script_helpers import load_script
 
 
@@ -41,16 +42,36 @@ def test_counted_work_follows_the_geometry(roofline):
     assert c["ceiling_max"] >= c["ceiling_sum"]
 
 
+def test_decode_floor_counts_the_decoders_work(roofline):
+    """A decode's floor: its counted FLOPs at the bf16 peak, its convolutions' traffic and a batch's share of
+    its weights at the bandwidth."""
+    cost = decode_cost("vq-tiny-emoji", [4, 4])
+    card = roofline.CARDS["H100"]
+    for batch in (1, 8):
+        d = roofline.decode_us("vq-tiny-emoji", [4, 4], batch, "H100")
+        assert d["decode_compute_us"] == pytest.approx(1e6 * cost.flops / (card["bf16"] * 1e12))
+        moved = cost.conv_bytes + cost.weight_bytes / batch
+        assert d["decode_memory_us"] == pytest.approx(1e6 * moved / (card["tbps"] * 1e12))
+        assert d["decode_ceiling"] == pytest.approx(1e6 / (d["decode_compute_us"] + d["decode_memory_us"]))
+    one = roofline.decode_us("vq-tiny-emoji", [4, 4], 1, "H100")
+    assert d["decode_ceiling"] > one["decode_ceiling"]  # a batch shares each weight read
+
+
 def test_measured_rows_are_matched_to_their_ceiling(roofline, tmp_path):
-    bench = {"preset": "NAR-tiny", "overrides": {}, "dtype": "bf16", "device_name": "NVIDIA H200",
+    bench = {"preset": "NAR-tiny", "overrides": {}, "dtype": "bf16", "device_name": "NVIDIA H200", "grid": [4, 4],
+             "tokenizer": "vq-tiny-emoji",
              "rows": [{"method": "nar+compile+wavefront", "batch": 8, "images_per_s": 100.0, "execution": "x"},
                       {"method": "raster", "batch": 8, "images_per_s": 5.0},
-                      {"method": "nar", "batch": 8, "images_per_s": 50.0, "execution": "cuda-graph+compile"}]}
+                      {"method": "nar", "batch": 8, "images_per_s": 50.0, "execution": "cuda-graph+compile"},
+                      {"method": "nar+compile+wavefront+decode", "batch": 8, "images_per_s": 40.0, "execution": "x"},
+                      {"method": "decode:vq-tiny-emoji:bf16", "batch": 8, "images_per_s": 30.0, "execution": "y"},
+                      {"method": "decode:vq-tiny-emoji:fp32", "batch": 8, "images_per_s": 20.0, "execution": "z"}]}
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(bench))
     out = tmp_path / "out"
     assert roofline.main(["--presets", "NAR-tiny", "--batches", "8", "--cards", "H200", "--measured", str(path),
-                          "--targets", "NAR-tiny:8:100", "--out", str(out)]) == 0
+                          "--decoder", "vq-tiny-emoji", "--targets", "NAR-tiny:8:100", "NAR-tiny:8:40:decode",
+                          "--out", str(out)]) == 0
     saved = json.loads((out / "roofline.json").read_text())
     rows = saved["rows"]
     wave = next(r for r in rows if (r["sampler"], r["precision"]) == ("wavefront", "bf16"))
@@ -58,4 +79,16 @@ def test_measured_rows_are_matched_to_their_ceiling(roofline, tmp_path):
     hit = {(r["sampler"], r["precision"]): [m["method"] for m in r["measured"]] for r in rows}
     assert hit[("wavefront", "bf16")] == ["nar+compile+wavefront"]
     assert hit[("one-batch", "bf16")] == ["nar (compiled)"] and hit[("one-batch", "fp8 weights")] == []
-    assert "nar+compile+wavefront 100.0 (" in (out / "roofline.md").read_text()
+    text = (out / "roofline.md").read_text()
+    assert "nar+compile+wavefront 100.0 (" in text
+    # tokens + decode: the decode's floor after the tokens' own, the decode row and target matched to it
+    decode = roofline.decode_us("vq-tiny-emoji", [4, 4], 8, "H200")["decode_ceiling"]
+    assert wave["ceiling_with_decode"] == pytest.approx(1 / (1 / wave["ceiling_sum"] + 1 / decode))
+    assert [m["method"] for m in wave["measured_with_decode"]] == ["nar+compile+wavefront+decode"]
+    assert saved["targets"][1]["decode"] is True
+    assert saved["targets"][1]["needs"]["H200, wavefront, bf16"] == pytest.approx(40 / wave["ceiling_with_decode"])
+    assert "nar+compile+wavefront+decode 40.0 (" in text
+    # the decoder alone: its bf16 row only, against its own ceiling
+    assert [(m["images_per_s"], m["decode_ceiling"]) for m in saved["decoders"]] == [(30.0, pytest.approx(decode))]
+    with pytest.raises(SystemExit):
+        roofline.main(["--presets", "NAR-tiny", "--targets", "NAR-tiny:8:40:pixels"])
