@@ -205,15 +205,18 @@ def main(argv: list[str] | None = None) -> int:
         "ceiling sum | ceiling max | measured img/s (of sum) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    def case(r: dict) -> str:
+        return f"| {r['preset']} | {r['batch']} | {r['sampler']} | {r['precision']} | {r['card']} | "
+
+    def seen(measured: list[dict], ceiling: float) -> str:
+        return ", ".join(f"{m['method']} {m['images_per_s']:.1f} ({m['images_per_s'] / ceiling:.0%})" for m in measured)
+
     for r in table:
-        seen = ", ".join(f"{m['method']} {m['images_per_s']:.1f} ({m['images_per_s'] / r['ceiling_sum']:.0%})"
-                         for m in r["measured"]) or ""
         gflop = (r["flops_block_linear"] + r["flops_other"]) / 1e9
         mb = (r["kv_bytes"] + r["weight_bytes"] + r["logit_bytes"]) / 1e6
-        lines.append(f"| {r['preset']} | {r['batch']} | {r['sampler']} | {r['precision']} | {r['card']} | "
-                     f"{gflop:.0f} | {mb:.0f} ({r['kv_bytes'] / 1e6:.0f}) | {r['compute_us']:.0f} | "
+        lines.append(f"{case(r)}{gflop:.0f} | {mb:.0f} ({r['kv_bytes'] / 1e6:.0f}) | {r['compute_us']:.0f} | "
                      f"{r['memory_us']:.0f} ({r['kv_us']:.0f}) | {r['ceiling_sum']:.0f} | {r['ceiling_max']:.0f} | "
-                     f"{seen} |")
+                     f"{seen(r['measured'], r['ceiling_sum'])} |")
     lines += [
         "",
         f"## Tokens + {args.decoder} decode, images/s of decoded pixels",
@@ -227,12 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table:
-        seen = ", ".join(f"{m['method']} {m['images_per_s']:.1f} ({m['images_per_s'] / r['ceiling_with_decode']:.0%})"
-                         for m in r["measured_with_decode"]) or ""
-        lines.append(f"| {r['preset']} | {r['batch']} | {r['sampler']} | {r['precision']} | {r['card']} | "
-                     f"{r['decode_gflop']:.0f} | {r['decode_mb']:.0f} | "
+        lines.append(f"{case(r)}{r['decode_gflop']:.0f} | {r['decode_mb']:.0f} | "
                      f"{r['decode_compute_us']:.0f} + {r['decode_memory_us']:.0f} | {r['decode_ceiling']:.0f} | "
-                     f"{r['ceiling_sum']:.0f} | {r['ceiling_with_decode']:.0f} | {seen} |")
+                     f"{r['ceiling_sum']:.0f} | {r['ceiling_with_decode']:.0f} | "
+                     f"{seen(r['measured_with_decode'], r['ceiling_with_decode'])} |")
     decoders = [m for m in measured_decoders(args.measured) if m["tokenizer"] == args.decoder]
     if decoders:
         lines += ["", f"The {args.decoder} decoder alone (`nar bench --tokenizer-decode`, bf16), measured against its "
