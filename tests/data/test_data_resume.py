@@ -78,3 +78,25 @@ def test_draw_numbers_skip_without_generating():
         skipped = _DrawNumbers([1, 2, 3, 4])
         skipped.skip(start)
         assert np.array_equal(skipped.row(start), rows[start]) and np.array_equal(skipped.row(2999), rows[2999])
+
+
+def test_a_shard_drawn_again_while_its_samples_are_buffered_resumes_exactly(tmp_path):
+    """With a buffer about a shard's size, a shard is often drawn again while samples of its previous pass sit in
+    the buffer at offsets past the new pass's: a resume re-reads those too (every stop point, several seeds)."""
+    root = tmp_path / "keys"
+    write_meta(root, "image", [write_split(root, "train", list(range(12)), shard_size=6,
+                                           make_sample=lambda i: {"cls": i % 2, "txt": str(i)})], classes=["a", "b"])
+    index = SplitIndex.load(root, "train")
+
+    def keys(seed: int, draws: int | None = None) -> list[tuple[str, int]]:
+        stream = ResampledShardStream(index, lambda raw, rng: {"key": raw["__key__"]}, shuffle_buffer=6, seed=seed,
+                                      samples_per_epoch=30, batch_size=1)
+        if draws is not None:
+            stream.position = StreamPosition(epoch=0, batches=draws, workers=1, world_size=1, draws=((draws,),))
+        return [(s["key"], s["__stream__"][3]) for s in stream]
+
+    for seed in range(3):
+        full = keys(seed)
+        assert len(full) == 30
+        for stop in range(1, len(full)):
+            assert keys(seed, full[stop - 1][1] + 1) == full[stop:], f"seed {seed}, stopped after {stop} samples"

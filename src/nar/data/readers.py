@@ -485,13 +485,15 @@ class _ShardCursor:
         current = plan.shard if plan.offset < plan.size else -1
         for shard in sorted(wanted, key=lambda s: s == current):  # the plan's current shard last: it stays open
             self._open(shard)
-            last = max(wanted[shard]) if shard != current else plan.offset - 1
+            # The current shard's pass is read up to the plan's offset; the buffer can also hold samples of an
+            # earlier pass over the same shard, further in, when the shard was drawn again.
+            last = max(max(wanted[shard]), plan.offset - 1 if shard == current else -1)
             while self.next_offset <= last:
                 raw = self._read() if shard not in self.unreadable else None
                 if self.next_offset in wanted[shard]:
                     found[(shard, self.next_offset)] = raw
                 self.next_offset += 1
-        if current >= 0 and current not in wanted:
+        if current >= 0 and (self.shard, self.next_offset) != (current, plan.offset):
             self._open(current)
             self._advance_to(plan.offset)
         for entry in plan.buffer:
