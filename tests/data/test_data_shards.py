@@ -155,3 +155,34 @@ def test_split_index_locates_samples(tmp_path):
         read_meta(tmp_path / "train")
     with tarfile.open(tmp_path / rec.shards[0]) as tar:
         assert all(m.mtime == 0 for m in tar.getmembers())
+
+
+def test_skipped_inputs_past_the_listed_names_are_still_counted(tmp_path, monkeypatch):
+    """meta.json lists the first MAX_LISTED_BAD skipped names but counts every one: a scan's rejects and an
+    indexed shard's samples without an image alike."""
+    from PIL import Image
+
+    from nar.data import shards
+    from nar.data.index import index_shards
+
+    monkeypatch.setattr(shards, "MAX_LISTED_BAD", 3)
+    scan = BadInputLog()
+    for i in range(5):
+        scan.record(f"scan{i}.png", "cannot decode image: broken", quiet=True)
+    rec = write_split(tmp_path / "a", "train", list(range(10)), make_sample=make_sample, shard_size=4, scan_bad=scan)
+    assert rec.bad.total == 5 + 2 and rec.bad.counts["cannot decode image"] == 5 + 1 and len(rec.bad.files) == 3
+
+    shard = tmp_path / "foreign-0000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for i in range(5):  # a class, no image
+            info = tarfile.TarInfo(f"k{i}.cls")
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"0"))
+        png = io.BytesIO()
+        Image.new("RGB", (4, 4)).save(png, format="PNG")
+        for suffix, data in (("png", png.getvalue()), ("cls", b"1")):
+            info = tarfile.TarInfo(f"ok.{suffix}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    skipped = index_shards(str(shard), tmp_path / "idx")["splits"]["train"]["skipped"]
+    assert skipped["count"] == 5 and len(skipped["files"]) == 3

@@ -59,7 +59,7 @@ class ShardSummary:
     samples: int = 0
     labels: list[int] = dataclasses.field(default_factory=list)
     names: dict[int, str] = dataclasses.field(default_factory=dict)
-    bad: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    bad: BadInputLog = dataclasses.field(default_factory=BadInputLog)
     captions: bool = False
 
 
@@ -89,7 +89,7 @@ def summarize_shard(location: ShardLocation, decode: bool = False) -> ShardSumma
                 T.decode_image(data, name=f"{name}.{ext}")
         except DataError as err:
             bad.record(name, skip_reason(err), quiet=True)
-    out.bad = list(bad.files)
+    out.bad = bad
     return out
 
 
@@ -145,7 +145,7 @@ def index_shards(
         summaries = _summarize_all(locations, decode, workers)
         bad = BadInputLog()
         for summary in summaries:
-            bad.extend(summary.bad)
+            bad.merge(summary.bad)
         if bad.total:
             log.warning("%s: %s; readers skip these samples by name", spec, bad.summary())
         labels = np.asarray([lab for s in summaries for lab in s.labels], dtype=np.int64)

@@ -90,6 +90,14 @@ class BadInputLog:
         for path, reason in entries:
             self.record(path, reason, quiet=True)
 
+    def merge(self, other: BadInputLog) -> None:
+        """Add another log's counts (all of them, not only the names it lists) and its listed names."""
+        self.counts.update(other.counts)
+        for path, reason in other.files:
+            if path not in self._seen and len(self.files) < MAX_LISTED_BAD:
+                self.files.append((path, reason))
+            self._seen.add(path)
+
     @property
     def total(self) -> int:
         return sum(self.counts.values())
@@ -421,7 +429,7 @@ def collect_split(root: str | os.PathLike[str], split: str, *, scan_bad: BadInpu
                         f"(e.g. {missing[0]}); rerun the same command to finish them")
     bad = BadInputLog()
     if scan_bad is not None:
-        bad.extend(scan_bad.files)
+        bad.merge(scan_bad)
     for n in names:
         bad.extend(done[n]["skipped"])
     labels = np.asarray([lab for n in names for lab in done[n]["labels"]], dtype=np.int64)
