@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
+
 import numpy as np
 import pytest
 import torch
@@ -65,7 +68,7 @@ def test_extract_tokens_with_flip_then_resume(images, tmp_path):
     assert meta["augmentations"] == ["center", "center_flip"] and meta["classes"] == ["x", "y"]
     assert meta["splits"]["train"]["shard_samples"] == [2, 2, 1]  # one token shard per image shard
     raw = next(iter_tar(out / "train" / "train-000000.tar"))
-    codes = np.load(__import__("io").BytesIO(raw["tokens.npy"]))
+    codes = np.load(io.BytesIO(raw["tokens.npy"]))
     assert codes.dtype == np.int32 and codes.shape == (2, 4, 4)
     assert (np.diff(codes[0], axis=1) >= 0).all() and np.array_equal(codes[1], codes[0][:, ::-1])
     assert raw["txt"] == b"caption 0" and raw["cls"] == b"0"
@@ -186,3 +189,58 @@ def test_two_processes_give_the_same_tokens_per_key_as_one(tmp_path):
     assert not (tmp_path / "two" / ".nar.lock").exists()
     with pytest.raises(DataError, match="no split 'nope'"):  # an error in the workers is raised here
         extract_tokens_parallel(root, tmp_path / "three", _pool_tokenizer, 2, splits=["nope"])
+
+
+def _tar(path, members: list[tuple[str, bytes]]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_foreign_shards_unreadable_sources_and_odd_keys(tmp_path):
+    """Token extraction over an indexed shard set: a class that is not an integer skips its sample (named), keys
+    made by ``tar -C dir .`` (``./a0``) become keys a shard can hold, a source shard that cannot be read is left
+    unwritten while the others are written (the run then ends with an error naming it, and the same command
+    finishes once it is back), and one damaged part-way keeps what it read and names the loss."""
+    from nar.data.index import index_shards
+
+    png = _gradient_image(0)["png"]
+    src = tmp_path / "src"
+    src.mkdir()
+    _tar(src / "s-0.tar", [("./a0.png", png), ("./a0.cls", b"1"), ("./a1.png", png), ("./a1.cls", b"n01440764"),
+                           ("./d.x/a2.png", png), ("./d.x/a2.cls", b"0")])
+    _tar(src / "s-1.tar", [(f"b{i}.{ext}", data) for i in range(3) for ext, data in (("png", png), ("cls", b"0"))])
+    _tar(src / "s-2.tar", [(f"c{i}.{ext}", data) for i in range(4) for ext, data in (("png", png), ("cls", b"1"))])
+    index_shards(str(src / "s-{0..2}.tar"), src, classes=["x", "y"])
+    with tarfile.open(src / "s-2.tar") as tar:
+        cut = tar.getmember("c3.png").offset_data + 10  # a cut member: the sample before it may be partial too
+    (src / "s-2.tar").write_bytes((src / "s-2.tar").read_bytes()[:cut])
+    (src / "s-1.tar").rename(tmp_path / "away.tar")
+
+    out = tmp_path / "tok"
+    with pytest.raises(DataError, match="1 of 3 shards were not written"):
+        extract_tokens(src, out, PoolTokenizer(), batch_size=2, image_size=16)
+    first = {s["__key__"]: s for s in iter_tar(out / "train" / "train-000000.tar")}
+    assert sorted(first) == ["a0", "d_x_a2"] and first["a0"]["cls"] == b"1"
+    assert not (out / "train" / "train-000001.tar").exists()
+
+    (tmp_path / "away.tar").rename(src / "s-1.tar")
+    meta = extract_tokens(src, out, PoolTokenizer(), batch_size=2, image_size=16)
+    train = meta["splits"]["train"]
+    assert train["shard_samples"] == [2, 3, 2]
+    reasons = dict(train["skipped"]["files"])
+    assert "is not an integer" in reasons[f"{src / 's-0.tar'}:./a1"]
+    assert "samples after the first 2 are lost" in reasons[str(src / "s-2.tar")]
+
+
+def test_indexing_into_another_kind_of_dataset_changes_nothing(tmp_path, images):
+    from nar.data.index import index_shards
+
+    out = tmp_path / "tok"
+    extract_tokens(images, out, PoolTokenizer(), batch_size=2, tokenizer_name="pool")
+    labels = (out / "train" / "labels.npy").read_bytes()
+    with pytest.raises(DataError, match="describes a 'tokens' dataset"):
+        index_shards(str(images / "train" / "train-000000.tar"), out)  # other labels than the tokens'
+    assert (out / "train" / "labels.npy").read_bytes() == labels

@@ -34,6 +34,7 @@ from nar.data.shards import (
     ShardLocation,
     SplitRecord,
     _start_method,
+    check_kind,
     dataset_lock,
     expand_specs,
     is_url,
@@ -142,6 +143,7 @@ def index_shards(
     stored = [stored_spec(s, out) for s in specs]
     locations = [shard_location(out, s) for s in stored]
     with dataset_lock(out):
+        check_kind(out, kind)  # before reading every shard, and before labels.npy replaces another dataset's
         summaries = _summarize_all(locations, decode, workers)
         bad = BadInputLog()
         for summary in summaries:
@@ -151,18 +153,18 @@ def index_shards(
         labels = np.asarray([lab for s in summaries for lab in s.labels], dtype=np.int64)
         if not len(labels):
             raise DataError(f"{spec}: no samples in {len(specs)} shards ({bad.summary()})")
-        split_dir = out / split
-        split_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_open(split_dir / LABELS_NAME, "wb") as fh:
-            np.save(fh, labels)
-        record = SplitRecord(split=split, shards=stored, shard_samples=[s.samples for s in summaries], labels=labels,
-                             bad=bad)
         names: dict[int, str] = {}
         for summary in summaries:
             for label, name in summary.names.items():
                 names.setdefault(label, name)
         fields = {"classes": _classes(out, labels, names, classes), "source": spec if isinstance(spec, str) else specs,
                   "indexed": True, "has_captions": any(s.captions for s in summaries)}
+        split_dir = out / split
+        split_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_open(split_dir / LABELS_NAME, "wb") as fh:
+            np.save(fh, labels)
+        record = SplitRecord(split=split, shards=stored, shard_samples=[s.samples for s in summaries], labels=labels,
+                             bad=bad)
         meta = write_meta(out, kind, [record], **fields)
     log.info("%s: %d samples in %d shards indexed as split %r of %s", spec, record.samples, len(stored), split, out)
     return meta

@@ -62,6 +62,12 @@ class SkipSample(DataError):
         self.reason = reason
 
 
+class ShardUnavailable(DataError):
+    """Raised by a producer whose input for one shard cannot be read now (a missing source shard, a failed
+    ``pipe:``): :func:`write_split` leaves that shard unwritten, goes on with the others, and the split is
+    refused as unfinished, so the same command, rerun once the input is back, writes it."""
+
+
 @dataclasses.dataclass
 class BadInputLog:
     """Counts skipped inputs by reason and keeps the first few names; each is logged as it happens."""
@@ -367,19 +373,30 @@ def write_split(
 
         chunks = {i: items[i * shard_size : (i + 1) * shard_size] for i in todo}
         remaining = sum(len(c) for c in chunks.values())
+        def unavailable(index: int, err: ShardUnavailable) -> None:
+            log.warning("%s left unwritten: %s; rerun the same command once its input can be read",
+                        shard_name(split, index), err)
+
         with tqdm(total=remaining, desc=desc or split, unit=unit, dynamic_ncols=True, leave=False, disable=remaining == 0) as bar:
             if workers <= 1 or len(todo) <= 1:
                 for i in todo:
-                    if make_sample is not None:  # in-process: advance the bar item by item
-                        ticking = PerItem(_Ticking(make_sample, bar))
-                        record = _write_shard(split_dir / shard_name(split, i), chunks[i], ticking, i * shard_size)
-                    else:
-                        record = _write_shard(split_dir / shard_name(split, i), chunks[i], producer, i * shard_size)
-                        bar.update(len(chunks[i]))
+                    try:
+                        if make_sample is not None:  # in-process: advance the bar item by item
+                            ticking = PerItem(_Ticking(make_sample, bar))
+                            record = _write_shard(split_dir / shard_name(split, i), chunks[i], ticking, i * shard_size)
+                        else:
+                            record = _write_shard(split_dir / shard_name(split, i), chunks[i], producer, i * shard_size)
+                            bar.update(len(chunks[i]))
+                    except ShardUnavailable as err:
+                        unavailable(i, err)
+                        continue
                     finish(i, record)
             else:
                 jobs = {i: (split_dir / shard_name(split, i), chunks[i], producer, i * shard_size) for i in todo}
                 for i, record in _write_in_pool(jobs, workers):
+                    if isinstance(record, ShardUnavailable):
+                        unavailable(i, record)
+                        continue
                     finish(i, record)
                     bar.update(len(chunks[i]))
         if world > 1:
@@ -441,10 +458,11 @@ def collect_split(root: str | os.PathLike[str], split: str, *, scan_bad: BadInpu
     return record
 
 
-def _write_in_pool(jobs: dict[int, tuple], workers: int) -> Iterator[tuple[int, ShardRecord]]:
-    """Run ``_write_shard(*jobs[i])`` in ``workers`` processes, yielding ``(i, record)`` as each finishes.
+def _write_in_pool(jobs: dict[int, tuple], workers: int) -> Iterator[tuple[int, ShardRecord | ShardUnavailable]]:
+    """Run ``_write_shard(*jobs[i])`` in ``workers`` processes, yielding ``(i, record)`` as each finishes (the
+    :class:`ShardUnavailable` in place of the record of a shard whose input cannot be read).
 
-    On the first failure the shards not yet started are cancelled (the running ones finish or clean up
+    On the first other failure the shards not yet started are cancelled (the running ones finish or clean up
     their own temporaries) and the error is raised.
     """
     ctx = multiprocessing.get_context(_start_method())
@@ -452,7 +470,11 @@ def _write_in_pool(jobs: dict[int, tuple], workers: int) -> Iterator[tuple[int, 
     try:
         running = {pool.submit(_write_shard, *args): i for i, args in jobs.items()}
         for job in futures.as_completed(running):
-            yield running[job], job.result()
+            try:
+                result: ShardRecord | ShardUnavailable = job.result()
+            except ShardUnavailable as err:
+                result = err
+            yield running[job], result
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -568,11 +590,23 @@ def write_meta(root: str | os.PathLike[str], kind: str, splits: Sequence[SplitRe
         return _update_meta(Path(root), kind, splits, fields)
 
 
-def _update_meta(root: Path, kind: str, splits: Sequence[SplitRecord], fields: dict[str, Any]) -> dict[str, Any]:
+def check_kind(root: str | os.PathLike[str], kind: str) -> None:
+    """Raise :class:`DataError` when ``<root>/meta.json`` describes a dataset of another kind than ``kind``: what
+    :func:`write_meta` would refuse, asked before anything is written into the folder."""
+    _existing_meta(Path(root), kind)
+
+
+def _existing_meta(root: Path, kind: str) -> dict[str, Any]:
     path = root / META_NAME
     meta: dict[str, Any] = _read_json(path) if path.is_file() else {}
     if meta.get("kind", kind) != kind:
         raise DataError(f"{path} describes a {meta['kind']!r} dataset, not {kind!r}")
+    return meta
+
+
+def _update_meta(root: Path, kind: str, splits: Sequence[SplitRecord], fields: dict[str, Any]) -> dict[str, Any]:
+    path = root / META_NAME
+    meta = _existing_meta(root, kind)
     meta.update(fields)
     meta["kind"] = kind
     meta.setdefault("classes", [])

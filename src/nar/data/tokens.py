@@ -23,7 +23,10 @@ import torch
 from torch import nn
 
 from nar.data import transforms as T
+from nar.data.checks import InvalidSample, SampleSpec
 from nar.data.shards import (
+    BadInputLog,
+    ShardUnavailable,
     SkipSample,
     SplitRecord,
     collect_split,
@@ -91,19 +94,37 @@ class EncodeTokenShard:
         return codes.to("cpu", torch.int32).numpy()
 
     def __call__(self, shard_paths: Sequence[str], first_index: int = 0) -> Iterator[Any]:
+        """Token samples of each source shard, keyed by their source keys (:func:`token_key`). A source shard
+        that cannot be read at all raises :class:`ShardUnavailable` (its token shard is left for a rerun); one
+        damaged part-way keeps the samples before the damage and skips the rest, named in ``meta.json``."""
         for shard in shard_paths:
             batch: list[tuple[dict[str, Any], torch.Tensor]] = []
-            for raw in iter_tar(shard):
+            damage, read = BadInputLog(), 0
+            spec = SampleSpec()  # any class ≥ −1: the source's meta.json already vetted its classes
+            keys: set[str] = set()
+            for raw in iter_tar(shard, damage):
+                read += 1
+                name = f"{shard}:{raw['__key__']}"
                 try:
+                    raw["__label__"] = spec.label(raw, name)
                     batch.append((raw, self._pixels(raw)))
-                except Exception as err:  # noqa: BLE001 — skip the sample, keep going
-                    yield SkipSample(f"{shard}:{raw['__key__']}", f"cannot decode sample: {err}")
+                except InvalidSample as err:
+                    yield SkipSample(name, err.reason)
                     continue
+                except Exception as err:  # noqa: BLE001 — skip the sample, keep going
+                    yield SkipSample(name, f"cannot decode sample: {err}")
+                    continue
+                raw["__token_key__"] = token_key(raw["__key__"], keys)
                 if len(batch) == self.batch_size:
                     yield from self._flush(batch)
                     batch = []
             if batch:
                 yield from self._flush(batch)
+            if damage.total:
+                reason = damage.files[0][1] if damage.files else "unreadable shard"
+                if not read:
+                    raise ShardUnavailable(f"{shard}: {reason}")
+                yield SkipSample(str(shard), f"{reason} (the samples after the first {read} are lost)")
 
     def _flush(self, batch: list[tuple[dict[str, Any], torch.Tensor]]) -> Iterator[Any]:
         views = torch.cat([v for _, v in batch])  # [B·A, 3, (T,) S, S]
@@ -120,7 +141,7 @@ class EncodeTokenShard:
         for b, (raw, _) in enumerate(batch):
             fields: dict[str, Any] = {"tokens.npy": np.ascontiguousarray(codes[b])}
             if "cls" in raw:
-                fields["cls"] = int(raw["cls"])
+                fields["cls"] = raw["__label__"]
             meta = _source_json(raw)
             meta["source_shard"], meta["source_key"] = Path(raw["__shard__"]).name, raw["__key__"]
             fields["json"] = meta
@@ -128,7 +149,21 @@ class EncodeTokenShard:
                 fields["txt"] = captions[b]
             if feats is not None:
                 fields["capfeat.npy"], fields["capmask.npy"] = feats[b], masks[b]
-            yield raw["__key__"].replace("/", "_"), fields
+            yield raw["__token_key__"], fields
+
+
+def token_key(source_key: str, used: set[str]) -> str:
+    """A token sample's key from its source key: ``./`` prefixes dropped, ``/`` and ``.`` (which a webdataset key
+    cannot hold) turned into ``_``, and a suffix where that makes two keys of one shard equal."""
+    key = source_key
+    while key.startswith("./"):
+        key = key[2:]
+    key = key.replace("/", "_").replace(".", "_") or "_"
+    unique, n = key, 1
+    while unique in used:
+        unique, n = f"{key}_{n}", n + 1
+    used.add(unique)
+    return unique
 
 
 def _source_json(raw: dict[str, Any]) -> dict[str, Any]:
