@@ -125,3 +125,38 @@ def test_killed_and_resumed_run_sees_the_same_batches(tokens, tmp_path, uninterr
     train(args, resumed, resume=True)
     steps = [tuple(s) for s in killed if s[0] <= saved.step] + resumed.steps
     assert_same_steps(steps, uninterrupted)
+
+
+class _Killed(RuntimeError):
+    pass
+
+
+class _KillAt(Recorder):
+    """Records like Recorder, and dies (an exception, as a crash) as the first batch after ``step`` starts."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step:
+            raise _Killed(f"killed at step {trainer.global_step}")
+
+
+@pytest.mark.parametrize("how", ["stopped", "killed"])
+def test_resumed_from_an_epochs_last_batch_with_a_validation_there(tokens, tmp_path, how):
+    """Step 8 ends data epoch 0 and is a validation and checkpoint step: the resumed run trains on epoch 1, not
+    epoch 2 (Lightning begins a pass over the finished epoch and drops it, after a stop once, after a crash twice;
+    the stream must follow what was trained on, not the passes begun)."""
+    extra = {"trainer.max_steps": 12, "trainer.val_every": 4, "trainer.ckpt_every": 4, "data.num_workers": 0}
+    full = Recorder()
+    train(overrides(tokens, tmp_path / "full", "full", **extra), full)
+    args = overrides(tokens, tmp_path / "resumed", "resumed", **extra)
+    first = Recorder(stop_at=8) if how == "stopped" else _KillAt(8)
+    try:
+        train(args, first)
+    except _Killed:
+        assert how == "killed"
+    resumed = Recorder()
+    train(args, resumed, resume=True)
+    assert_same_steps(first.steps + resumed.steps, full.steps)

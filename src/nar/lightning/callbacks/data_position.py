@@ -6,7 +6,10 @@ the CPU. :class:`DataPositionCallback` notes, as each batch starts its step, how
 consumed and how many draws each reader made for them; ``state_dict`` saves that (every rank's draws) with every
 rank's RNG states (torch CPU and CUDA, numpy, ``random``). On resume, ``load_state_dict`` hands the position to the
 DataModule (``resume_train_stream``) before the train dataloader starts, which fast-forwards each worker past
-what was consumed without reading or decoding it, and ``on_train_start`` puts the RNG states back. A run killed
+what was consumed without reading or decoding it, and ``on_train_start`` puts the RNG states back. Every epoch
+start hands the stream the position of the last batch trained on again, so the next pass continues from what was
+trained, not from how many passes were begun: resumed at an epoch's last batch, Lightning begins a pass and drops
+it (once or twice, depending on where the checkpoint was saved). A run killed
 at any step (``kill -9`` included) and resumed from its newest checkpoint then sees exactly the batches an
 uninterrupted run would have seen next; optimizer, scheduler and EMA come back with Lightning's own state.
 """
@@ -22,7 +25,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 import lightning as L
-from nar.data.readers import STREAM_KEY, StreamPosition
+from nar.data.readers import STREAM_KEY, ResampledShardStream, StreamPosition
 
 log = logging.getLogger(__name__)
 
@@ -129,3 +132,13 @@ class DataPositionCallback(Callback):
         if self._rng_to_restore is not None:
             set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The next pass starts from what was trained on (normalized: a finished epoch moves on to the next one).
+        # A pass begun before this hook (the fit's first) has its position already; this one is then unused.
+        stream = getattr(getattr(trainer, "train_dataloader", None), "dataset", None)
+        if isinstance(stream, ResampledShardStream):
+            rank, world = trainer.global_rank, trainer.world_size
+            draws = tuple(tuple(self.draws) if r == rank else (0,) * self.workers for r in range(world))
+            stream.position = StreamPosition(epoch=self.epoch, batches=self.batches, workers=self.workers,
+                                             world_size=world, draws=draws)  # other ranks' draws: theirs to keep
