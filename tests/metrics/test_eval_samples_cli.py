@@ -11,6 +11,7 @@ from PIL import Image
 
 import nar.metrics
 from nar.cli.main import main
+from nar.data.shards import ShardWriter
 from nar.shapes import render_scene, sample_scene
 
 
@@ -67,3 +68,35 @@ def test_bad_arguments_exit_2():
     np.savez("s.npz", arr_0=_nhwc(4, seed=4))
     assert main(["eval-samples", "s.npz", "--metrics", "kid"]) == 2
     assert main(["eval-samples", "s.npz", "--metrics", "fid"]) == 2  # no --ref
+
+
+def test_statistics_ref_serves_fid_only(monkeypatch, caplog):
+    """pr/fvd against a mu/sigma --ref: one line naming the file and the metrics, before any extractor is built
+    (not the sample reader's "a statistics file can only be a --ref")."""
+    dim = TinyExtractor.num_features
+    np.savez("stats.npz", mu=np.zeros(dim), sigma=np.eye(dim))
+    np.savez("s.npz", arr_0=_nhwc(4, seed=5))
+    frames = _nhwc(8, seed=6)
+    np.savez("v.npz", arr_0=frames.reshape(4, 2, *frames.shape[1:]))  # [N, T, H, W, 3]
+
+    def no_extractor(*args, **kwargs):
+        raise AssertionError("extractor built before --ref was checked")
+
+    monkeypatch.setattr(nar.metrics, "default_extractor", no_extractor)
+    for samples, metrics, named in (("s.npz", "fid,pr", "pr"), ("v.npz", "fvd", "fvd")):
+        caplog.clear()
+        assert main(["eval-samples", samples, "--ref", "stats.npz", "--metrics", metrics]) == 2
+        assert "--ref stats.npz is a statistics file (mu/sigma), which only serves fid" in caplog.text, caplog.text
+        assert f"--metrics {named} need real images/videos as --ref" in caplog.text
+
+
+def test_ref_without_pixels_names_it(caplog):
+    """A token-shard folder as --ref holds no images: exit 2 naming it, for fid (statistics) and pr (features)."""
+    with ShardWriter("tokens/train-000000.tar") as w:
+        for i in range(3):
+            w.write(f"{i:06d}", {"tokens.npy": np.zeros((2, 2), np.int16)})
+    np.savez("s.npz", arr_0=_nhwc(4, seed=7))
+    for metric in ("fid", "pr"):
+        caplog.clear()
+        assert main(["eval-samples", "s.npz", "--ref", "tokens", "--metrics", metric]) == 2
+        assert "tokens: 0 images/videos" in caplog.text and "token shards hold none" in caplog.text, caplog.text

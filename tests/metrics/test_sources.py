@@ -8,9 +8,11 @@ import zipfile
 
 import numpy as np
 import pytest
+from metric_helpers import TinyExtractor
 
+from nar.data.shards import ShardWriter
 from nar.errors import DataError
-from nar.metrics.sources import iter_records
+from nar.metrics.sources import iter_records, reference_stats
 
 
 def _images(n: int, size: int = 8, seed: int = 0) -> np.ndarray:
@@ -81,3 +83,18 @@ def test_bad_npz_batches_name_the_file(tmp_path):
     assert len([next(records) for _ in range(4)]) == 4
     with pytest.raises(DataError, match=r"short\.npz.*sample 4 of 10.*truncated"):
         next(records)
+
+
+def test_reference_stats_of_fewer_than_two_images_names_the_source(tmp_path):
+    """Token shards carry no pixels (and a limit of 1 leaves one image): a DataError naming the source, not a
+    covariance ValueError."""
+    tokens = tmp_path / "tokens"
+    with ShardWriter(tokens / "train-000000.tar") as w:
+        for i in range(3):
+            w.write(f"{i:06d}", {"tokens.npy": np.zeros((2, 2), np.int16)})
+    with pytest.raises(DataError, match=r"tokens: 0 images/videos, .*token shards hold none"):
+        reference_stats(tokens, TinyExtractor(), cache=tmp_path / "cache")
+    np.savez(tmp_path / "real.npz", arr_0=_images(3, size=16))
+    with pytest.raises(DataError, match=r"real\.npz: 1 images/videos within limit 1"):
+        reference_stats(tmp_path / "real.npz", TinyExtractor(), limit=1, cache=tmp_path / "cache")
+    assert not list(tmp_path.glob("cache/**/*.npz"))  # nothing cached

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from nar.cli.main import main
-from nar.config import to_dict
+from nar.config import config_path, to_dict
+from nar.errors import ConfigError
 from nar.model import NARConfig, NARModel
 from nar.model.official import to_official_state_dict
 from nar.sampling import SamplingConfig, apply_guidance, generate, guidance_on, guide, make_sampler, with_null
 from nar.sampling.fast import FastSampler
-from nar.workflows.sample import SampleJob, sampling_for
+from nar.workflows.sample import SampleJob, read_prompts, run_config_from_yaml, sampling_for
 
 TINY = NARConfig.from_name("NAR-tiny", dim=32, n_layer=1, n_head=2, vocab_size=512, grid=[2, 2], num_classes=4)
 # Runs `nar ARGS...` in a fresh interpreter, then fails unless Lightning stayed out of it.
@@ -127,3 +128,25 @@ def test_nar_sample_takes_a_sampler_option(tmp_path, caplog):
     assert main(["sample", "--ckpt", str(tmp_path / "missing.ckpt"), "--classes", "0", "--sampler", "turbo",
                  "--out", str(tmp_path / "x")]) == 2
     assert "--sampler" in caplog.text and "turbo" in caplog.text
+
+
+def test_read_prompts_skips_indented_comments_and_a_bom(tmp_path):
+    """Comment lines count however indented; a UTF-8 BOM (Windows editors) does not end up in the first prompt."""
+    prompts = ["a photo of a red circle", "a photo of a blue square"]
+    path = tmp_path / "prompts.txt"
+    path.write_text(f"# header\n{prompts[0]}\n  # indented comment\n\t#tabbed\n\n{prompts[1]}\n", encoding="utf-8-sig")
+    assert read_prompts(["x"], str(path)) == ["x", *prompts]
+    path.write_bytes(b"\xef\xbb\xbfa red circle\n\xff a blue square\n")
+    with pytest.raises(ConfigError, match=r"prompts\.txt is not UTF-8 text .* at byte 16"):  # counted in the file
+        read_prompts([], str(path))
+
+
+def test_run_config_from_yaml_takes_packaged_experiment_names(tmp_path, monkeypatch):
+    """`--config demo/emoji.yaml` names the packaged experiment, as for `nar train`, outside a checkout too."""
+    monkeypatch.chdir(tmp_path)
+    packaged = config_path("demo/emoji.yaml")
+    assert packaged.is_file() and not (tmp_path / "demo").exists()
+    run = run_config_from_yaml(["demo/emoji.yaml"])
+    assert run == run_config_from_yaml([packaged]) and run["model"]
+    with pytest.raises(ConfigError, match=r"missing\.yaml"):
+        run_config_from_yaml(["missing.yaml"])

@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from nar.errors import ConfigError
+    from nar.errors import ConfigError, DataError
     from nar.metrics import (
         FrechetVideoDistance,
         FVDProxyInception,
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         ImageFidelity,
         default_extractor,
     )
-    from nar.metrics.sources import iter_batches, iter_records, reference_stats
+    from nar.metrics.sources import is_statistics_file, iter_batches, iter_records, reference_stats
 
     wanted = [m.strip() for m in args.metrics.split(",") if m.strip()]
     unknown = [m for m in wanted if m not in METRICS]
@@ -68,6 +68,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--metrics: unknown {unknown}; choose from {','.join(METRICS)}")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    feature_metrics = [m for m in wanted if m in ("pr", "fvd")]
+    if args.ref and feature_metrics and is_statistics_file(args.ref):
+        # pr/fvd compare real features (or videos) themselves; mu/sigma only give a Fréchet distance of images
+        raise ConfigError(f"--ref {args.ref} is a statistics file (mu/sigma), which only serves fid: "
+                          f"--metrics {','.join(feature_metrics)} need real images/videos as --ref (a dataset/shard folder, "
+                          "an image folder or an .npz with arr_0)")
     device = torch.device(args.device)
     samples = Path(args.samples)
 
@@ -95,6 +101,16 @@ def run(args: argparse.Namespace) -> int:
         seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
         return out
 
+    def reference_batches():
+        """The real ``--ref`` samples in batches; fewer than 2 (token shards hold none) is an error naming it."""
+        count = 0
+        for batch, _ in iter_batches(iter_records(Path(args.ref), args.ref_split, args.ref_limit), args.batch_size):
+            count += batch.shape[0]
+            yield batch
+        if count < 2:
+            raise DataError(f"--ref {args.ref}: {count} images/videos, fewer than the 2 real statistics need "
+                            "(token shards hold none)")
+
     extractor = None
     if image_wanted or ("fvd" in wanted and not args.i3d):
         extractor = default_extractor(args.inception_weights, args.cache)
@@ -105,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
             ref = Path(args.ref)
             if "pr" in image_wanted:
                 # precision/recall need the real features themselves, not just their statistics
-                for images, _ in iter_batches(iter_records(ref, args.ref_split, args.ref_limit), args.batch_size):
+                for images in reference_batches():
                     timed("reference", fidelity.update, images.to(device), real=True)
             else:
                 stats = timed("reference", reference_stats, ref, extractor, args.ref_split, args.batch_size,
@@ -117,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         fvd = (FrechetVideoDistance(args.i3d, input_range=(0.0, 1.0)) if args.i3d
                else FVDProxyInception(extractor=extractor, input_range=(0.0, 1.0))).to(device)
         metrics["fvd"] = fvd
-        for videos, _ in iter_batches(iter_records(Path(args.ref), args.ref_split, args.ref_limit), args.batch_size):
+        for videos in reference_batches():
             timed("reference", fvd.update, videos.to(device), real=True)
     if "text" in wanted:
         if video:

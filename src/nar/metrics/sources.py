@@ -268,6 +268,20 @@ def _source_fingerprint(source: Path, split: str | None, limit: int | None, extr
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
+def is_statistics_file(source: str | Path) -> bool:
+    """Whether ``source`` is an ``.npz`` of ``mu``/``sigma`` (ADM evaluator format): it holds feature statistics,
+    not images, so it serves FID only. Read from the archive's listing, nothing loaded."""
+    source = Path(source)
+    if source.suffix != ".npz" or not source.is_file():
+        return False
+    try:
+        with zipfile.ZipFile(source) as zf:
+            names = set(zf.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False  # reading it as samples names the problem
+    return {"mu.npy", "sigma.npy"} <= names
+
+
 def reference_stats(source: str | Path, extractor: torch.nn.Module, split: str | None = "train",
                     batch_size: int = 50, device: str | torch.device = "cpu", limit: int | None = None,
                     cache: str | Path | None = None) -> GaussianStats:
@@ -277,10 +291,8 @@ def reference_stats(source: str | Path, extractor: torch.nn.Module, split: str |
     from nar.metrics.inception import cache_dir
 
     source = Path(source)
-    if source.suffix == ".npz":
-        with np.load(source) as data:
-            if "mu" in data and "sigma" in data:
-                return GaussianStats.load_npz(source)
+    if is_statistics_file(source):
+        return GaussianStats.load_npz(source)
     key = _source_fingerprint(source, split, limit, getattr(extractor, "name", type(extractor).__name__))
     path = cache_dir(cache) / "stats" / f"{source.name}-{split}-{key}.npz"
     if path.is_file():
@@ -291,6 +303,10 @@ def reference_stats(source: str | Path, extractor: torch.nn.Module, split: str |
         metric.update(images.to(device), real=True)
         if (i + 1) % 20 == 0:
             log.info("real statistics: %d images", int(metric.real_count))
+    if int(metric.real_count) < 2:  # a covariance needs two; token shards etc. carry no pixels at all
+        within = f" within limit {limit}" if limit is not None else ""
+        raise DataError(f"{source}: {int(metric.real_count)} images/videos{within}, fewer than the 2 real "
+                        "statistics need (token shards hold none)")
     stats = metric.real_stats()
     stats.save_npz(path)
     log.info("real statistics of %d images cached at %s", stats.count, path)

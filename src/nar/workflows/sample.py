@@ -72,27 +72,31 @@ class SampleResult:
 
 
 def read_prompts(prompts: Sequence[str] = (), prompt_file: str | None = None) -> list[str]:
-    """``prompts`` then the lines of ``prompt_file`` (blank lines and ``#`` comments skipped)."""
+    """``prompts`` then the lines of ``prompt_file`` (blank lines and ``#`` comments, indented ones too, skipped;
+    a UTF-8 BOM, as Windows editors write, dropped)."""
     out = [p for p in prompts if p.strip()]
     if prompt_file:
         path = Path(prompt_file)
         if not path.is_file():
             raise ConfigError(f"--prompt-file: {path} does not exist")
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_bytes().decode("utf-8").removeprefix("\ufeff")
         except UnicodeDecodeError as err:
             raise ConfigError(f"--prompt-file: {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
-        out += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        lines = (line.strip() for line in text.splitlines())
+        out += [line for line in lines if line and not line.startswith("#")]
     return out
 
 
 def run_config_from_yaml(paths: Sequence[str | Path]) -> dict[str, Any]:
-    """Run YAMLs merged in order into the plain dict a checkpoint stores (sections typed by the caller)."""
+    """Run YAMLs merged in order into the plain dict a checkpoint stores (sections typed by the caller). Each path
+    is a file or a packaged experiment name (``demo/emoji.yaml``), as for ``nar train``, so it works from a wheel."""
     from omegaconf import OmegaConf
 
-    from nar.config import merge_sources
+    from nar.config import config_path, merge_sources
 
-    return OmegaConf.to_container(merge_sources(OmegaConf.create({}), paths), resolve=True)
+    return OmegaConf.to_container(merge_sources(OmegaConf.create({}), [config_path(p) for p in paths]),
+                                  resolve=True)
 
 
 def load_for_sampling(job: SampleJob) -> tuple[NARModel, dict[str, Any] | None]:
