@@ -236,6 +236,16 @@ def test_a_resumed_wavefront_evaluation_regenerates_missing_chunks_exactly(tmp_p
     assert run(gen, lose_chunk_3) == 4 and gen.generated == 3 + 3
     assert order == chunks
     assert torch.equal(seen[3], first[3]) and torch.equal(load_chunk(chunk_path(tmp_path, 3), 3)[0], first[3])
+
+    # The short last chunk alone (the only one missing, or a rank's only chunk): drawn padded to the list's batch
+    # size, as in the full run, so the same samples.
+    chunk_path(tmp_path, 5).unlink()
+    gen = ChunkGenerator(model, Identity(), s, torch.device("cpu"), sampler="wavefront")
+    assert run(gen) == 5 and gen.generated == 2 and torch.equal(seen[5], first[5])
+    alone: dict[int, torch.Tensor] = {}
+    stream_chunks(ChunkGenerator(model, Identity(), s, torch.device("cpu"), sampler="wavefront"), conds, None, [5], 3,
+                  7, [lambda c, px, _: alone.__setitem__(c, px.clone())])
+    assert torch.equal(alone[5], first[5])
     fast = ChunkGenerator(model, Identity(), s, torch.device("cpu"), sampler="fast")
     other = tmp_path / "fast"
     stream_chunks(fast, conds, None, chunks, 3, 7, [], folder=other)

@@ -83,9 +83,11 @@ class ChunkGenerator:
         self.generated = 0
 
     @torch.no_grad()
-    def tokens_stream(self, batches: Sequence[tuple[torch.Tensor, torch.Tensor | None, int]]) -> Iterator[torch.Tensor]:
-        """Tokens of each ``(cond, mask, seed)`` in order; the time spent producing them counts as sampling."""
-        stream = sample_stream(self.model, batches, self.sampling, self.sampler)
+    def tokens_stream(self, batches: Sequence[tuple[torch.Tensor, torch.Tensor | None, int]],
+                      batch_size: int | None = None) -> Iterator[torch.Tensor]:
+        """Tokens of each ``(cond, mask, seed)`` in order; the time spent producing them counts as sampling.
+        ``batch_size``: the chunk size of the whole list (a short last chunk, even alone, is drawn as in the list)."""
+        stream = sample_stream(self.model, batches, self.sampling, self.sampler, batch_size)
         while True:
             _sync(self.device)
             start = time.perf_counter()
@@ -164,7 +166,7 @@ def stream_chunks(generator: ChunkGenerator, conds: torch.Tensor, masks: torch.T
     if not missing:
         return len(chunks)
     reused = len(chunks) - len(missing)
-    stream = generator.tokens_stream([batch(c) for c in missing])
+    stream = generator.tokens_stream([batch(c) for c in missing], batch_size)
     todo = set(missing)
     for c in chunks[chunks.index(missing[0]):]:
         if c in todo:
@@ -172,7 +174,7 @@ def stream_chunks(generator: ChunkGenerator, conds: torch.Tensor, masks: torch.T
             continue
         pixels = read(c)
         if pixels is None:  # valid a moment ago, gone or damaged since: generate it on its own (same seed)
-            pixels = generate(c, next(generator.tokens_stream([batch(c)])))
+            pixels = generate(c, next(generator.tokens_stream([batch(c)], batch_size)))
             reused -= 1
         hand_over(c, pixels)
     return reused

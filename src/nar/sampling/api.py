@@ -96,15 +96,17 @@ Batch = tuple[torch.Tensor, torch.Tensor | None, int]  # (conditions, caption ma
 
 
 def sample_stream(model: NARModel, batches: Iterable[Batch], sampling: SamplingConfig | None,
-                  sampler: str = "fast") -> Iterator[torch.Tensor]:
+                  sampler: str = "fast", batch_size: int | None = None) -> Iterator[torch.Tensor]:
     """Tokens ``[b, *grid]`` for each ``(cond [b, ...], cond_mask, seed)`` of ``batches``, in order.
 
     ``sampler`` names the path (:func:`parse_sampler`). The one-batch samplers draw batch ``i`` from a generator
     seeded with its seed (as :func:`make_sampler` with ``generator.manual_seed(seed)``); the wavefront draws each
     batch from its own two seeded generators (:mod:`nar.sampling.wavefront`), so in both a batch's tokens depend
     on its conditions and seed alone. The wavefront needs class conditions; caption batches keep the one-batch
-    sampler (said once in the log). Its batches must not exceed the first one's size: smaller ones (the last
-    of a list) are padded by repeating their last condition, and trimmed.
+    sampler (said once in the log). Its cohorts are ``batch_size`` rows (default: the first batch's size), and
+    no batch may exceed that: smaller ones (the last of a list) are padded by repeating their last condition, and
+    trimmed. Give the list's batch size when a stream may start at its short last batch (a resumed evaluation
+    regenerating only that chunk): the padding is part of what the cohort draws, so it must be the same.
     """
     options = parse_sampler(sampler)
     model = model_for(model, options)
@@ -112,7 +114,7 @@ def sample_stream(model: NARModel, batches: Iterable[Batch], sampling: SamplingC
     batches = iter(batches)
     if "wavefront" in options:
         if model.cfg.condition == "class":
-            yield from _wavefront(model, batches, sampling, compile, kv_dtype)
+            yield from _wavefront(model, batches, sampling, compile, kv_dtype, batch_size)
             return
         log.info("the wavefront sampler takes class conditions; these caption batches use the one-batch sampler")
     samplers: dict[int, Sampler] = {}
@@ -127,13 +129,13 @@ def sample_stream(model: NARModel, batches: Iterable[Batch], sampling: SamplingC
 
 
 def _wavefront(model: NARModel, batches: Iterator[Batch], sampling: SamplingConfig | None,
-               compile: bool | str, kv_dtype: torch.dtype | None) -> Iterator[torch.Tensor]:
+               compile: bool | str, kv_dtype: torch.dtype | None, batch_size: int | None) -> Iterator[torch.Tensor]:
     from nar.sampling.wavefront import WavefrontSampler
 
     first = next(batches, None)
     if first is None:
         return
-    size = first[0].shape[0]
+    size = batch_size or first[0].shape[0]
     stream = WavefrontSampler(model, size, sampling, compile=compile, kv_dtype=kv_dtype)
     sizes: list[int] = []
 

@@ -232,7 +232,7 @@ def sample_images(model: NARModel, tokenizer: torch.nn.Module, conditions: list[
                 yield torch.as_tensor(chunk, dtype=torch.long, device=device), None, seed + b
 
     images = [tokenizer.decode(tokens.to(device)).float().clamp(-1, 1).cpu()
-              for tokens in sample_stream(model, batches(), sampling, sampler)]
+              for tokens in sample_stream(model, batches(), sampling, sampler, batch_size)]
     return torch.cat(images)
 
 

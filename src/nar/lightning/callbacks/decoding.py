@@ -173,7 +173,7 @@ class FrontierDecodingCallback(Callback):
             if tokenizer is None:  # no pixels: time the token generation only
                 batches = [(conds[c * bs:(c + 1) * bs], masks[c * bs:(c + 1) * bs] if masks is not None else None,
                             e.seed + c) for c in chunks]
-                for c, tokens in zip(chunks, gen.tokens_stream(batches)):
+                for c, tokens in zip(chunks, gen.tokens_stream(batches, bs)):
                     gen.generated += tokens.shape[0]
                     if stop is not None:
                         stop(c, tokens, None)
