@@ -87,3 +87,29 @@ def test_a_stop_during_a_decoding_validation_comes_within_a_chunk(token_root: Pa
     assert [r["step"] for r in rows] == [2, 3]  # step 3: the validation of the stop, its loss only
     assert all("val/fid" not in r and "val/bits_per_token" in r for r in rows)
     assert not list((cfg.run_dir / "checkpoints").glob("best_*.ckpt"))
+
+
+def test_decoding_validations_follow_the_step_and_val_every_counts_steps(token_root: Path, tmp_path: Path) -> None:
+    """eval.decode_every picks validations by their step (every second one of val_every=2: steps 4, 8, 12), so a
+    callback made fresh by a resume after step 2 decodes where an uninterrupted run does; and trainer.val_every
+    counts optimizer steps when trainer.accumulate gathers several batches into one."""
+    from types import SimpleNamespace
+
+    from nar.lightning.callbacks.decoding import FrontierDecodingCallback
+    from nar.lightning.trainer import build_trainer
+
+    cfg = load_config(TrainConfig, [], tiny_overrides(token_root, tmp_path, **{
+        "trainer.max_steps": 12, "trainer.val_every": 2, "eval.decode_every": 2}))
+    callback = FrontierDecodingCallback(cfg, tmp_path)
+    decoded: list[int] = []
+    callback.run = lambda trainer, pl_module: decoded.append(trainer.global_step)
+    for step in (4, 6, 8, 10, 12):
+        trainer = SimpleNamespace(sanity_checking=False, state=SimpleNamespace(fn="fit"), global_step=step,
+                                  max_steps=12)
+        callback.on_validation_epoch_end(trainer, None)
+    assert decoded == [4, 8, 12]
+
+    accumulated = load_config(TrainConfig, [], tiny_overrides(token_root, tmp_path, **{
+        "trainer.val_every": 3, "trainer.accumulate": 2}))
+    trainer = build_trainer(accumulated, accumulated.data, logger=False, enable_progress_bar=False)
+    assert trainer.val_check_interval == 3 * 2  # Lightning counts batches

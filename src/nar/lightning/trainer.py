@@ -106,7 +106,9 @@ def build_trainer(run: RunConfig, data: DataSection, callbacks: list | None = No
         accelerator=accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=strategy if strategy is not None else strategy_for(run),
         precision=precision, max_steps=t.max_steps, max_epochs=-1,
-        val_check_interval=t.val_every if t.val_every else None, check_val_every_n_epoch=None if t.val_every else 10**9,
+        # Lightning counts val_check_interval in batches; val_every is in optimizer steps (accumulate batches each)
+        val_check_interval=t.val_every * t.accumulate if t.val_every else None,
+        check_val_every_n_epoch=None if t.val_every else 10**9,
         num_sanity_val_steps=0, limit_val_batches=val_batches(data),
         gradient_clip_val=grad_clip or None, gradient_clip_algorithm="norm",
         accumulate_grad_batches=t.accumulate, log_every_n_steps=t.log_every, logger=loggers or False,

@@ -105,7 +105,6 @@ class FrontierDecodingCallback(Callback):
         # features (Inception/I3D on generated samples), write/read (chunk files), real, scores
         self.last_seconds: dict[str, float] = {}
         self.real_count = 0
-        self._validations = 0
         # nar evaluate: chunks of generated samples go here (and are read back when it is run again)
         self.sample_dir: Path | None = None
 
@@ -132,10 +131,12 @@ class FrontierDecodingCallback(Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        self._validations += 1
         fitting = trainer.state.fn == "fit"
         last = not fitting or trainer.global_step >= trainer.max_steps
-        if not last and self._validations % self.eval.decode_every:
+        # The k-th validation of a run is at step k x val_every: counted from the step, so a resumed run decodes
+        # at the steps an uninterrupted one does.
+        every = self.cfg.trainer.val_every
+        if not last and every and (trainer.global_step // every) % self.eval.decode_every:
             return  # a bits-only validation (eval.decode_every)
         self.run(trainer, pl_module)
 
