@@ -160,3 +160,37 @@ def test_resumed_from_an_epochs_last_batch_with_a_validation_there(tokens, tmp_p
     resumed = Recorder()
     train(args, resumed, resume=True)
     assert_same_steps(first.steps + resumed.steps, full.steps)
+
+
+class _SignalAt(Recorder):
+    """Records like Recorder, and takes SIGTERM (the preemption handler's own entry) as micro-batch ``at`` starts."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at, self.seen = at, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        from nar.lightning.callbacks.run_guard import PreemptionCallback
+
+        if self.seen == self.at:
+            PreemptionCallback.of(trainer)._handle(15, None)
+        self.seen += 1
+
+
+def test_a_preemption_between_accumulated_batches_saves_at_the_optimizer_step(tokens, tmp_path):
+    """trainer.accumulate=2 and SIGTERM during the first micro-batch of step 5: the checkpoint waits for the step
+    (the first micro-batch's gradient is in no checkpoint), and the resumed run trains as the uninterrupted one."""
+    from nar.errors import RunInterrupted
+
+    extra = {"trainer.max_steps": 8, "trainer.accumulate": 2, "trainer.ckpt_every": 100, "data.num_workers": 0}
+    full = Recorder()
+    train(overrides(tokens, tmp_path / "full", "full", **extra), full)
+    assert len(full.steps) == 16
+    args = overrides(tokens, tmp_path / "pre", "pre", **extra)
+    first = _SignalAt(2 * 4)
+    with pytest.raises(RunInterrupted):
+        train(args, first)
+    assert [s[0] for s in first.steps][-2:] == [4, 5]  # stopped after step 5's second micro-batch
+    resumed = Recorder()
+    train(args, resumed, resume=True)
+    assert_same_steps(first.steps + resumed.steps, full.steps)

@@ -39,6 +39,7 @@ class PreemptionCallback(Callback):
         self.signal_name: str | None = None  # set once a stop was asked
         self.saved: Path | None = None
         self._previous: dict[int, Any] = {}
+        self._step_seen = -1
 
     @staticmethod
     def of(trainer: L.Trainer) -> PreemptionCallback | None:
@@ -61,6 +62,7 @@ class PreemptionCallback(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After Lightning has installed its own SIGTERM handler (which would stop the loop without saving,
         # exit code 0): ours replaces it for the run and Lightning's is restored at the end.
+        self._step_seen = trainer.global_step
         if threading.current_thread() is not threading.main_thread():
             return
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -86,7 +88,10 @@ class PreemptionCallback(Callback):
         asked = self.signal_name is not None
         if trainer.world_size > 1:  # every rank stops at the same step, whichever got the signal
             asked = trainer.strategy.reduce_boolean_decision(asked, all=False)
-        if not asked or self.saved is not None:
+        # A step boundary is a batch whose optimizer step ran: under trainer.accumulate the gradients of the
+        # micro-batches before it are in no checkpoint, while the data position already is past them.
+        stepped, self._step_seen = trainer.global_step != self._step_seen, trainer.global_step
+        if not asked or self.saved is not None or not stepped:
             return
         self.signal_name = self.signal_name or "a signal on another rank"
         trainer.save_checkpoint(self.last_path)
