@@ -89,6 +89,37 @@ def test_a_stop_during_a_decoding_validation_comes_within_a_chunk(token_root: Pa
     assert not list((cfg.run_dir / "checkpoints").glob("best_*.ckpt"))
 
 
+def test_a_stop_during_the_last_validation_is_an_interruption_and_resume_scores_it(token_root: Path, tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    """SIGTERM while the validation of the last step decodes: no step is left to save at, so the checkpoint is
+    saved as fit ends and the run is interrupted (not a finished run without its final scores); --resume then
+    validates that step again."""
+    import os
+    import signal
+
+    from nar.errors import RunInterrupted
+    from nar.lightning.generation import ChunkGenerator
+    from nar.lightning.logs import read_metrics
+    from nar.workflows.train import fit
+
+    plain, calls = ChunkGenerator.decode, []
+
+    def decode(self, tokens):
+        calls.append(tokens.shape[0])
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return plain(self, tokens)
+
+    monkeypatch.setattr(ChunkGenerator, "decode", decode)
+    cfg = load_config(TrainConfig, [], tiny_overrides(token_root, tmp_path, name="last", **{
+        "trainer.max_steps": 4, "trainer.val_every": 4, "eval.num_samples": 8, "eval.batch_size": 4}))
+    with pytest.raises(RunInterrupted):
+        fit(cfg, enable_progress_bar=False)
+    assert not any("val/fid" in r for r in read_metrics(cfg.run_dir))
+    out = fit(cfg, resume=True, enable_progress_bar=False)
+    assert out["global_step"] == 4 and "val/fid" in read_metrics(cfg.run_dir)[-1]
+
+
 def test_decoding_validations_follow_the_step_and_val_every_counts_steps(token_root: Path, tmp_path: Path) -> None:
     """eval.decode_every picks validations by their step (every second one of val_every=2: steps 4, 8, 12), so a
     callback made fresh by a resume after step 2 decodes where an uninterrupted run does; and trainer.val_every

@@ -257,13 +257,18 @@ def run_folder_lock(run: RunConfig) -> Iterator[None]:
 
 
 def fit_or_interrupt(trainer: L.Trainer, module: L.LightningModule, **fit_kwargs: Any) -> None:
-    """``trainer.fit``; a stop asked by SIGINT/SIGTERM (checkpoint saved) becomes :class:`RunInterrupted`."""
+    """``trainer.fit``; a stop asked by SIGINT/SIGTERM (checkpoint saved) becomes :class:`RunInterrupted`, also
+    when it came after the last step (during the last validation, which it cut short): the checkpoint is saved
+    here then, and ``--resume`` validates that step again."""
     guard = PreemptionCallback.of(trainer)
     try:
         trainer.fit(module, **fit_kwargs)
     except SystemExit:  # Lightning's own SIGTERM stop, raised after our checkpoint was saved
         if guard.saved is None:
             raise
+    if guard.signal_name is not None and guard.saved is None:  # no step was left to save at
+        trainer.save_checkpoint(guard.last_path)
+        guard.saved = guard.last_path
     if guard.saved is not None:
         raise RunInterrupted(f"stopped by {guard.signal_name} at step {trainer.global_step}; checkpoint saved to "
                              f"{guard.saved}; continue with --resume")

@@ -161,8 +161,7 @@ def fit(cfg: TrainConfig, resume: bool = False, tokenizer: torch.nn.Module | Non
         fit_or_interrupt(trainer, module, datamodule=datamodule, ckpt_path=str(ckpt.path) if ckpt else None)
         last = cfg.run_dir / CHECKPOINTS / LAST
         trainer.save_checkpoint(last)
-        validated_last = cfg.trainer.val_every and trainer.global_step % cfg.trainer.val_every == 0
-        if final_validation and not validated_last:
+        if final_validation and decoding.validated_step != trainer.global_step:
             trainer.validate(module, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return {"metrics": metrics, "run_dir": cfg.run_dir, "checkpoint": last, "samples": decoding.last_grid,

@@ -105,6 +105,9 @@ class FrontierDecodingCallback(Callback):
         # features (Inception/I3D on generated samples), write/read (chunk files), real, scores
         self.last_seconds: dict[str, float] = {}
         self.real_count = 0
+        # the step of the last decoding validation that finished (saved in checkpoints: a run resumed at its last
+        # step validates again when that step's validation was stopped or never ran)
+        self.validated_step = -1
         # nar evaluate: chunks of generated samples go here (and are read back when it is run again)
         self.sample_dir: Path | None = None
 
@@ -214,7 +217,7 @@ class FrontierDecodingCallback(Callback):
             model.train(was_training)
             if trainer.is_global_zero:
                 log.warning("step %d: decoding validation stopped after %d of %d samples (this rank): a stop was "
-                            "asked; the checkpoint follows at the next step", trainer.global_step, gen.generated, n)
+                            "asked; the checkpoint follows", trainer.global_step, gen.generated, n)
             return {}
         if gen.generated and gen.generate_seconds > 0:
             results["val/images_per_sec"] = gen.generated / gen.generate_seconds
@@ -228,9 +231,16 @@ class FrontierDecodingCallback(Callback):
         model.train(was_training)
         self.last_results = results
         self.last_counts = {"generated": n, "real": self.real_count}
+        self.validated_step = trainer.global_step
         if trainer.is_global_zero:
             log.info("step %d: %s", trainer.global_step, ", ".join(f"{k}={v:.4g}" for k, v in sorted(results.items())))
         return results
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"validated_step": self.validated_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.validated_step = int(state_dict.get("validated_step", -1))
 
     # ------------------------------------------------------------------------------ consumers
     def _metric_consumer(self, seconds: dict[str, float]):
