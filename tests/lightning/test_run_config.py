@@ -99,3 +99,16 @@ def test_malformed_yaml_is_named(tmp_path: Path, text: str, message: str) -> Non
 def test_packaged_configs_resolve_by_name(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)  # away from the checkout: the package data answers
     assert load_config(TrainConfig, ["demo/emoji"]).name == load_config(TrainConfig, ["experiments/demo/emoji.yaml"]).name
+
+
+def test_limit_val_samples_is_a_total_over_processes_in_whole_batches():
+    """Lightning's limit_val_batches is each process's: data.limit_val_samples is split over the processes and
+    rounded down to whole batches, so no run validates on more samples than asked (one batch each at least)."""
+    from nar.runs.config import DataSection, val_batches
+
+    data = DataSection(root="x", batch_size=8, eval_batch_size=64, limit_val_samples=10000)
+    for world in (1, 2, 8, 64):
+        per_process = val_batches(data, world)
+        assert per_process * 64 * world <= 10000 < (per_process + 1) * 64 * world
+    assert val_batches(DataSection(root="x", batch_size=8, limit_val_samples=3)) == 1  # one batch, the least
+    assert val_batches(DataSection(root="x", batch_size=8)) == 1.0  # the whole split

@@ -109,7 +109,7 @@ def build_trainer(run: RunConfig, data: DataSection, callbacks: list | None = No
         # Lightning counts val_check_interval in batches; val_every is in optimizer steps (accumulate batches each)
         val_check_interval=t.val_every * t.accumulate if t.val_every else None,
         check_val_every_n_epoch=None if t.val_every else 10**9,
-        num_sanity_val_steps=0, limit_val_batches=val_batches(data),
+        num_sanity_val_steps=0, limit_val_batches=val_batches(data, t.world_size),
         gradient_clip_val=grad_clip or None, gradient_clip_algorithm="norm",
         accumulate_grad_batches=t.accumulate, log_every_n_steps=t.log_every, logger=loggers or False,
         callbacks=callbacks, plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir),

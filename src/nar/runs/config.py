@@ -13,7 +13,6 @@ section (``optim.lr``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,7 +156,7 @@ class DataSection:
     eval_batch_size: int | None = None
     num_workers: int = 4
     shuffle_buffer: int = 2000
-    limit_val_samples: int | None = None  # validate on at most this many samples
+    limit_val_samples: int | None = None  # validate on at most this many samples (whole batches, >= 1 per process)
     # Report validation over fewer samples than selected (a truncated or missing val shard) instead of failing.
     allow_missing: bool = False
     seed: int = 0
@@ -401,8 +400,9 @@ class TokenizerRunConfig(RunConfig):
             raise ConfigError("tokenizer training steps every batch (manual optimisation)", key="trainer.accumulate")
 
 
-def val_batches(data: DataSection) -> int | float:
-    """``limit_val_batches`` for Lightning from ``data.limit_val_samples`` (1.0 = the whole split)."""
+def val_batches(data: DataSection, world_size: int = 1) -> int | float:
+    """``limit_val_batches`` for Lightning from ``data.limit_val_samples`` (1.0 = the whole split): whole batches
+    per process (Lightning's limit is each process's), as many as keep the total within the limit, at least one."""
     if data.limit_val_samples is None:
         return 1.0
-    return max(1, math.ceil(data.limit_val_samples / (data.eval_batch_size or data.batch_size)))
+    return max(1, data.limit_val_samples // ((data.eval_batch_size or data.batch_size) * world_size))
