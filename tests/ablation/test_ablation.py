@@ -223,3 +223,18 @@ def test_a_stopped_grid_stops_its_runs_and_keeps_their_checkpoints(tmp_path: Pat
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {r["run"]: r for r in read_rows(tmp_path / "out" / "results.csv")}
     assert sorted(rows) == ["a-s0", "a-s1", "b-s0", "b-s1"] and {r["steps"] for r in rows.values()} == {end}
+
+
+def test_the_shared_tokenizer_step_resumes_a_stopped_run(tmp_path: Path) -> None:
+    """The tokenizer step of `nar demo` / `nar ablate` (ensure_tokenizer) stopped after its checkpoint but before
+    tokenizer.pt (a SIGTERM, a kill): the rerun resumes it instead of refusing a folder that holds checkpoints."""
+    from nar.data.embedded.emoji import build_emoji
+    from nar.workflows.demo import ensure_tokenizer
+
+    images = tmp_path / "emoji"
+    build_emoji(images, size=32, limit=24)
+    out = tmp_path / "tokenizer"
+    path = ensure_tokenizer("emoji", images, out, smoke=True, threads=1, steps=2)
+    path.unlink()
+    assert list((out / "checkpoints").glob("*.ckpt"))
+    assert ensure_tokenizer("emoji", images, out, smoke=True, threads=1, steps=2) == path and path.is_file()

@@ -143,7 +143,10 @@ def ensure_tokenizer(domain: str, images: Path, out: Path, smoke: bool, threads:
         [f"data.limit_val_samples={2 * 64}"]
     cfg = tokenizer_config(T2I[domain]["tokenizer"] if domain in T2I else domain, overrides=overrides,
                            root=str(images))
-    train_tokenizer(cfg, enable_progress_bar=False)
+    from nar.runs.folder import has_checkpoints
+
+    # A run stopped (or killed before tokenizer.pt) goes on from its checkpoint, as the generator step does.
+    train_tokenizer(cfg, resume=has_checkpoints(cfg.run_dir), enable_progress_bar=False)
     if not path.is_file():
         raise RuntimeError(f"tokenizer training finished without writing {path}")
     return path
