@@ -1,13 +1,16 @@
 """`nar data …` command line: every sub-command's --help shows its defaults (an option defaulting to
-None says in its help what unset means)."""
+None says in its help what unset means); options reach the writers and readers as meant."""
 
 from __future__ import annotations
 
 import argparse
 
 import pytest
+from PIL import Image
 
 from nar.cli import data as data_cli
+from nar.data.encode import encode_png
+from nar.errors import ConfigError, DataError
 
 
 def _data_parsers() -> dict[str, argparse.ArgumentParser]:
@@ -42,3 +45,50 @@ def test_tokens_help_names_the_official_recipe_and_flip_is_opt_in():
 def test_import_codes_help_states_the_codebook_default():
     text = " ".join(_data_parsers()["import-codes"].format_help().split())
     assert "16384 is LlamaGen's VQ-16" in text and "(default: 16384)" in text
+
+
+def test_classes_file_keeps_whole_names(tmp_path):
+    """``index --classes``: one class name per line with its spaces kept; only a ``LOC_synset_mapping.txt`` line
+    (a wnid, then its names) is cut to the wnid."""
+    import io
+    import json
+    import tarfile
+
+    from nar_data_testutil import run_data_cli
+
+    names = ["golden retriever", "great white shark", "n01440764", "  padded  "]
+    with tarfile.open(tmp_path / "train-0000.tar", "w") as tar:
+        for i in range(len(names)):
+            for ext, data in (("png", encode_png(Image.new("RGB", (4, 4)))), ("cls", str(i).encode())):
+                info = tarfile.TarInfo(f"{i:06d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "classes.txt").write_text("\n".join(names) + "\n\n")
+    assert run_data_cli(["data", "index", str(tmp_path / "train-0000.tar"), "--out", str(tmp_path / "idx"),
+                         "--classes", str(tmp_path / "classes.txt")]) == 0
+    assert json.loads((tmp_path / "idx" / "meta.json").read_text())["classes"] == [n.strip() for n in names]
+    (tmp_path / "map.txt").write_text("n01440764 tench, Tinca tinca\nn01443537\tgoldfish, Carassius auratus\n")
+    assert data_cli.read_class_file(tmp_path / "map.txt") == ["n01440764", "n01443537"]
+    with pytest.raises(DataError, match=f"--classes {tmp_path / 'none.txt'}: cannot read"):
+        data_cli.read_class_file(tmp_path / "none.txt")
+
+
+def test_bench_read_image_size_on_tokens(tmp_path):
+    """``bench-read --image-size`` on a token dataset (no image size to crop to) is a ConfigError naming the
+    option and the folder, not a TypeError from the token config."""
+    import numpy as np
+
+    from nar.data.official import import_codes
+
+    codes = tmp_path / "codes"
+    for sub in ("imagenet8_codes", "imagenet8_labels"):
+        (codes / sub).mkdir(parents=True)
+    for i in range(4):
+        np.save(codes / "imagenet8_codes" / f"{i}.npy", np.zeros((1, 1, 4), dtype=np.int64))
+        np.save(codes / "imagenet8_labels" / f"{i}.npy", np.array([i % 2]))
+    import_codes(codes, tmp_path / "tok", codebook_size=8)
+    argv = ["data", "bench-read", str(tmp_path / "tok"), "--workers", "0", "--batch-size", "2", "--batches", "1"]
+    parser = argparse.ArgumentParser(prog="nar")
+    data_cli.register(parser.add_subparsers(dest="command"))
+    with pytest.raises(ConfigError, match=f"--image-size 8: {tmp_path / 'tok'} is a token dataset"):
+        data_cli.run_bench_read(parser.parse_args([*argv, "--image-size", "8"]))

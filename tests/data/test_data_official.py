@@ -82,3 +82,44 @@ def test_flip_and_plain_extractions_and_bad_files(tmp_path, capsys):
     with pytest.raises(DataError, match="not a square grid; pass --grid"):
         np.save(plain / "imagenet64_codes" / "0.npy", np.zeros((1, 1, 12), dtype=np.int64))
         import_codes(plain, tmp_path / "q", codebook_size=VOCAB)
+
+
+def test_second_split_keeps_the_classes(tmp_path):
+    """A val split holding the first classes only, imported after train, keeps meta.json's classes: the train
+    samples of the other classes stay valid."""
+    _extract(tmp_path / "train_codes", 1, 4)
+    _extract(tmp_path / "val_codes", 1, 5)
+    for i in range(N):  # train: every image its own class; val: class 0 only
+        np.save(tmp_path / "train_codes" / "imagenet64_labels" / f"{i}.npy", np.array([i]))
+        np.save(tmp_path / "val_codes" / "imagenet64_labels" / f"{i}.npy", np.array([0]))
+    out = tmp_path / "tokens"
+    import_codes(tmp_path / "train_codes", out, codebook_size=VOCAB)
+    meta = import_codes(tmp_path / "val_codes", out, split="val", codebook_size=VOCAB)
+    assert meta["classes"] == [str(c) for c in range(N)] == read_meta(out)["classes"]
+
+
+def test_unreadable_first_code_file(tmp_path):
+    """A corrupt ``0.npy`` is skipped and reported like any other bad file (the shapes come from the next
+    readable one); when none is readable the error names the folder."""
+    codes, _ = _extract(tmp_path / "imagenet_code_c2i_flip", 2, 6)
+    folder = tmp_path / "imagenet_code_c2i_flip" / "imagenet64_codes"
+    (folder / "0.npy").write_bytes((folder / "0.npy").read_bytes()[:60])  # truncated by a killed extraction
+    meta = import_codes(tmp_path / "imagenet_code_c2i_flip", tmp_path / "t", codebook_size=VOCAB)
+    assert meta["splits"]["train"]["samples"] == N - 1
+    assert [(p.endswith("codes/0.npy"), r.startswith("cannot read")) for p, r in
+            meta["splits"]["train"]["skipped"]["files"]] == [(True, True)]
+    assert np.array_equal(_stored(tmp_path / "t")[1], codes[1:].reshape(N - 1, 2, 4, 4))
+    for i in range(N):
+        (folder / f"{i}.npy").write_bytes(b"not numpy")
+    with pytest.raises(DataError, match=f"{folder}: none of its {N} <i>.npy files"):
+        import_codes(tmp_path / "imagenet_code_c2i_flip", tmp_path / "u", codebook_size=VOCAB)
+
+
+def test_ten_crop_given_as_dot(tmp_path, monkeypatch):
+    """``.`` from inside a ten-crop extraction is still a ten-crop one, with its ``_105`` companion mixed in."""
+    _extract(tmp_path / "imagenet_code_c2i_flip_ten_crop", 10, 7)
+    _extract(tmp_path / "imagenet_code_c2i_flip_ten_crop_105", 10, 7)
+    monkeypatch.chdir(tmp_path / "imagenet_code_c2i_flip_ten_crop")
+    meta = import_codes(".", tmp_path / "tokens", codebook_size=VOCAB)
+    assert len(meta["augmentations"]) == 20 and meta["augmentations"][-1].endswith("_105")
+    assert meta["crop_range"] == 1.1

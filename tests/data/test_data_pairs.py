@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 from nar_data_testutil import run_data_cli, write_jpeg
 
-from nar.data.pairs import held_out_count, write_pairs
-from nar.data.shards import iter_tar
+from nar.data.pairs import held_out_count, read_manifest, write_pairs
+from nar.data.shards import BadInputLog, iter_tar
 
 
 def test_pairs_from_caption_folder(tmp_path):
@@ -49,3 +50,37 @@ def test_pairs_from_jsonl_and_tsv(tmp_path, capsys):
 def test_held_out_count():
     assert [held_out_count(n, 0.05) for n in (0, 1, 2, 19, 40, 1000)] == [0, 0, 1, 1, 2, 50]
     assert held_out_count(1000, 0.0) == 0 and held_out_count(3, 0.9) == 2  # never the whole dataset
+
+
+def test_tsv_manifest_keeps_quotes(tmp_path):
+    """TSV lines split on the first tab, no csv quoting: a leading or unclosed quote stays in the caption
+    and never swallows the lines after it."""
+    rng = np.random.default_rng(2)
+    names = [f"{i}.png" for i in range(4)]
+    for name in names:
+        write_jpeg(tmp_path / name, rng)
+    captions = ['"Hello," she said', '"an open quote', "a red square", "a blue square"]
+    (tmp_path / "m.tsv").write_text("".join(f"{n}\t{c}\n" for n, c in zip(names, captions)) + "no tab here\n")
+    bad = BadInputLog()
+    items = read_manifest(tmp_path / "m.tsv", bad)
+    assert [(Path(it[0]).name, it[2]) for it in items] == list(zip(names, captions))
+    assert bad.files == [(f"{tmp_path / 'm.tsv'}:{len(names) + 1}", "bad manifest line: needs <path>\\t<caption>")]
+
+
+def test_json_array_manifest(tmp_path):
+    """A ``.json`` manifest that is one JSON array (one line or pretty-printed) is read as a list of
+    objects, not line by line as JSONL; a bad entry is recorded by its index."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(3):
+        write_jpeg(tmp_path / f"{i}.png", rng)
+        rows.append({"image": f"{i}.png", "caption": f"caption {i}"})
+    for indent in (None, 2):
+        path = tmp_path / f"m{indent}.json"
+        path.write_text(json.dumps([*rows, {"image": "0.png"}], indent=indent))
+        bad = BadInputLog()
+        items = read_manifest(path, bad)
+        assert [it[2] for it in items] == [r["caption"] for r in rows]
+        assert [f for f, _ in bad.files] == [f"{path}[{len(rows)}]"]
+    (tmp_path / "lines.json").write_text("\n".join(json.dumps(r) for r in rows))  # JSONL named .json still reads
+    assert len(read_manifest(tmp_path / "lines.json", BadInputLog())) == len(rows)

@@ -145,6 +145,20 @@ def test_image_datamodule_batches(image_root):
     assert first["image"].shape == (1, 3, 10, 10)
 
 
+def test_eval_per_class_on_unlabelled_split(tmp_path):
+    """eval_per_class on a split whose samples have no class (captions / pairs: labels all −1) would select
+    nothing and evaluate zero samples: refused, naming the split, the setting and the sample count."""
+    root = tmp_path / "pairs"
+    unlabelled = [{k: v for k, v in _image(i).items() if k != "cls"} for i in range(NUM)]
+    rec = write_split(root, "val", unlabelled, make_sample=dict, shard_size=NUM)
+    write_meta(root, "pairs", [rec], classes=[])
+    dm = ImageShardDataModule(ImageDataConfig(root=str(root), image_size=8, batch_size=4, num_workers=0,
+                                              eval_per_class=2))
+    with pytest.raises(DataError, match=f"val: eval_per_class=2 .* none of its {NUM} samples has a class"):
+        dm.val_dataloader()
+    full = ImageShardDataModule(ImageDataConfig(root=str(root), image_size=8, batch_size=NUM, num_workers=0))
+    assert sum(len(b["image"]) for b in full.val_dataloader()) == NUM  # without it, every sample is evaluated
+
 def test_datamodule_config_errors(image_root, tmp_path):
     with pytest.raises(ValueError, match="batch_size"):
         ImageDataConfig(root=str(image_root), batch_size=0)

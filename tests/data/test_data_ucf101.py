@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
+import pytest
 from nar_data_testutil import UCF_CLASSES, run_data_cli
 
 from nar.data.readers import ShardStream, VideoSample
-from nar.data.shards import SplitIndex, iter_tar
+from nar.data.shards import SplitIndex, iter_tar, read_meta
 from nar.data.ucf101 import clip_starts, write_ucf101
+from nar.errors import DataError
 
 
 def test_clip_starts():
@@ -51,3 +54,23 @@ def test_ucf101_pads_short_videos_and_cli(mini_ucf101, tmp_path, capsys):
     raw = next(iter_tar(out / "train" / "train-000000.tar"))
     assert json.loads(raw["json"])["padded"] is True  # 12 frames < 16
     assert run_data_cli(["data", "verify", str(out)]) == 0
+
+
+def test_second_split_with_other_clips_is_refused(mini_ucf101, tmp_path):
+    """A split written later with other frames / stride / size / classes would overwrite meta.json's and make the
+    first split's clips invalid: refused before anything is written, naming the field and both values."""
+    out = tmp_path / "clips"
+    write_ucf101(mini_ucf101, out, splits=("train",), frames=4, size=8, limit=1)
+    for changed, match in (({"frames": 2}, "have frames 4, this run asks for 2 \\(--frames\\)"),
+                           ({"stride": 2}, "have stride 1, this run asks for 2 \\(--stride\\)"),
+                           ({"size": 6}, "have image_size 8, this run asks for 6 \\(--size\\)")):
+        with pytest.raises(DataError, match=f"{re.escape(str(out / 'meta.json'))}: its splits \\['train'\\] {match}.*another --out"):
+            write_ucf101(mini_ucf101, out, splits=("test",), **{"frames": 4, "size": 8, "limit": 1, **changed})
+    class_ind = mini_ucf101.parent / "ucfTrainTestlist" / "classInd.txt"
+    class_ind.write_text(class_ind.read_text().replace(UCF_CLASSES[1], "Other"))
+    with pytest.raises(DataError, match=f"class 1 '{UCF_CLASSES[1]}', this run asks for 'Other' \\(classInd.txt\\)"):
+        write_ucf101(mini_ucf101, out, splits=("test",), frames=4, size=8, limit=1)
+    assert not (out / "test").exists() and read_meta(out)["frames"] == 4
+    class_ind.write_text(class_ind.read_text().replace("Other", UCF_CLASSES[1]))
+    meta = write_ucf101(mini_ucf101, out, splits=("test",), frames=4, size=8, limit=1)  # the same clips: fine
+    assert sorted(meta["splits"]) == ["test", "train"]

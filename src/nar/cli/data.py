@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import functools
 import logging
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from typing import Any
 
 from nar.cli.main import HelpFormatter  # every option's default in its --help, as for all of nar
 from nar.data.pairs import DEFAULT_VAL_FRACTION
-from nar.errors import DataError
+from nar.errors import ConfigError, DataError
 
 log = logging.getLogger("nar.data")
 
@@ -138,8 +139,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--split", default="train", help="split name these shards become (index each split once)")
     q.add_argument("--kind", choices=("image",), default="image", help="what the samples are")
     q.add_argument("--classes", default=None,
-                   help="file with one class name per line, in class-index order (default: class names from the "
-                   "samples' json, else 0…N-1)")
+                   help="file with one class name per line, in class-index order (a LOC_synset_mapping.txt line "
+                   "'<wnid> <names>' gives its wnid; default: class names from the samples' json, else 0…N-1)")
     q.add_argument("--decode", action="store_true", help="also decode every image once (slower)")
     q.add_argument("--workers", type=int, default=1, help="shards read in parallel processes")
     q.set_defaults(func=run_index)
@@ -371,12 +372,28 @@ def run_embedded(args: argparse.Namespace) -> int:
     return 0
 
 
+_WNID_LINE = re.compile(r"(n\d{8})\s+\S")  # LOC_synset_mapping.txt: "n01440764 tench, Tinca tinca"
+
+
+def read_class_file(path: str | Path) -> list[str]:
+    """``--classes``: one class name per non-blank line, spaces kept ("golden retriever"); a line that is a
+    WordNet id followed by its names (``LOC_synset_mapping.txt``) gives the wnid, the class name ImageNet uses."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"--classes {path}: cannot read: {err}") from None
+    classes = []
+    for line in (raw.strip() for raw in lines):
+        if line:
+            wnid = _WNID_LINE.match(line)
+            classes.append(wnid.group(1) if wnid else line)
+    return classes
+
+
 def run_index(args: argparse.Namespace) -> int:
     from nar.data.index import index_shards
 
-    classes = None
-    if args.classes:
-        classes = [line.split()[0] for line in Path(args.classes).read_text().splitlines() if line.strip()]
+    classes = read_class_file(args.classes) if args.classes else None
     start = time.perf_counter()
     meta = index_shards(args.spec, args.out, split=args.split, kind=args.kind, workers=args.workers, decode=args.decode,
                         classes=classes)
@@ -414,6 +431,11 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_bench_read(args: argparse.Namespace) -> int:
+    from nar.data.shards import read_meta
+
+    if args.image_size and read_meta(args.path).get("kind") == "tokens":  # token grids are read as stored
+        raise ConfigError(f"--image-size {args.image_size}: {args.path} is a token dataset, which has no image "
+                          "size; leave --image-size out")
     import torch
 
     from nar.data.datamodules import datamodule_for

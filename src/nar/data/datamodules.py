@@ -217,8 +217,9 @@ class ShardDataModule(L.LightningDataModule):
 
     def eval_dataset(self, split: str, per_class: int | None = None) -> ShardStream:
         """Exactly-once pass over ``split`` (resolved by role: ``val`` ↔ ``test``); with ``per_class``, a
-        seeded class-balanced subset of it. The stream raises :class:`~nar.data.readers.MissingSamples` at
-        the end of a short pass unless ``cfg.allow_missing``."""
+        seeded class-balanced subset of it (refused on a split whose samples have no class, e.g. captions).
+        The stream raises :class:`~nar.data.readers.MissingSamples` at the end of a short pass unless
+        ``cfg.allow_missing``."""
         rank, world = self._rank_world()
         split = self.resolve_split(split)
         index = self.split_index(split)
@@ -227,6 +228,10 @@ class ShardDataModule(L.LightningDataModule):
         if per_class is not None:
             if index.labels is None:
                 raise DataError(f"{self.root / split}: no labels.npy, cannot draw a class-balanced subset")
+            if len(index.labels) and not (index.labels >= 0).any():  # captions / pairs: every label is −1
+                raise DataError(f"{self.root / split}: eval_per_class={per_class} draws a class-balanced subset, but "
+                                f"none of its {len(index.labels)} samples has a class (a "
+                                f"{self.meta.get('kind')!r} dataset); unset eval_per_class to evaluate them all")
             ids = class_balanced_ids(index.labels, per_class, seed=self.cfg.seed)
         return ShardStream(index, self.eval_transform(), sample_ids=ids, rank=rank, world_size=world,
                            allow_missing=self.cfg.allow_missing)

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from nar.data.imagenet import read_synset_names
-from nar.data.shards import SkipSample, dataset_lock, write_meta, write_split
+from nar.data.shards import META_NAME, SkipSample, dataset_lock, read_meta, write_meta, write_split
 from nar.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -75,14 +75,19 @@ class CodeFolder:
     image_size: int
 
     @property
+    def absolute(self) -> Path:
+        """``path`` made absolute without following links: ``.`` (run from inside the folder) has a name too."""
+        return Path(os.path.abspath(self.path))
+
+    @property
     def ten_crop(self) -> bool:
-        return "ten_crop" in self.path.name
+        return "ten_crop" in self.absolute.name
 
     @property
     def crop_range(self) -> float | None:
         if not self.ten_crop:
             return None
-        return 1.05 if self.path.name.endswith("ten_crop_105") else 1.1
+        return 1.05 if self.absolute.name.endswith("ten_crop_105") else 1.1
 
 
 def find_code_folder(code_path: str | os.PathLike[str], image_size: int | None = None) -> CodeFolder:
@@ -109,9 +114,10 @@ def find_code_folder(code_path: str | os.PathLike[str], image_size: int | None =
 
 def companion_105(folder: CodeFolder) -> CodeFolder | None:
     """The ``<code_path>_105`` extraction the official dataset mixes in, when ``code_path`` ends in ``ten_crop``."""
-    if not folder.path.name.endswith("ten_crop"):
+    base = folder.absolute
+    if not base.name.endswith("ten_crop"):
         return None
-    sibling = folder.path.with_name(folder.path.name + SUFFIX_105)
+    sibling = base.with_name(base.name + SUFFIX_105)
     if not sibling.is_dir():
         return None
     try:
@@ -167,6 +173,22 @@ class CodeSample:
             raise SkipSample(path, f"cannot read: {err}") from None
 
 
+def _first_readable(codes: Path, indices: Sequence[int]) -> np.ndarray:
+    """The first ``<i>.npy`` in ``codes`` that loads, for the views and codes per view. Unreadable ones before it
+    are skipped here and reported as bad samples by the import, like every other unreadable file."""
+    for i in indices:
+        path = codes / f"{i}.npy"
+        try:
+            first = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            log.debug("%s: cannot read (%s); taking the code shape from the next file", path, err)
+            continue
+        if first.ndim >= 1 and first.shape[-1] > 0:
+            return first
+        log.debug("%s: shape %s holds no codes; taking the code shape from the next file", path, first.shape)
+    raise DataError(f"{codes}: none of its {len(indices)} <i>.npy files can be read as codes")
+
+
 def grid_of(length: int, grid: Sequence[int] | None = None) -> tuple[int, int]:
     """The token grid of ``length`` codes: ``grid`` if given (checked), else the square one (256 → 16×16)."""
     if grid is not None:
@@ -209,7 +231,7 @@ def import_codes(
     indices = _indices(main.codes)
     if not indices:
         raise DataError(f"{main.codes}: no <i>.npy files")
-    first = np.load(main.codes / f"{indices[0]}.npy", allow_pickle=False)
+    first = _first_readable(main.codes, indices)
     views, length = (first.shape[-2] if first.ndim >= 2 else 1), first.shape[-1]
     hw = grid_of(length, grid)
     names: list[str] = []
@@ -227,7 +249,7 @@ def import_codes(
                                                       "codebook_size": codebook_size, "grid": list(hw)},
                              desc=f"codes {split}", unit="img")
         assert record is not None
-        classes, class_names = _classes(record.labels, synset_map, num_classes)
+        classes, class_names = _classes(Path(out), record.labels, synset_map, num_classes)
         fields: dict[str, Any] = {"classes": classes, "grid": list(hw), "codebook_size": codebook_size,
                                   "augmentations": names, "tokenizer": tokenizer, "source": str(main.path),
                                   "source_kind": "image", "image_size": main.image_size,
@@ -240,8 +262,11 @@ def import_codes(
         return write_meta(out, "tokens", [record], **fields)
 
 
-def _classes(labels: np.ndarray, synset_map: str | os.PathLike[str] | None,
+def _classes(out: Path, labels: np.ndarray, synset_map: str | os.PathLike[str] | None,
              num_classes: int | None) -> tuple[list[str], list[str] | None]:
+    """The wnids of ``synset_map`` with their names, else ``num_classes`` or the largest label + 1 — but never
+    fewer than ``out``'s ``meta.json`` already lists when those cover the labels: a small split imported after
+    ``train`` (val holding the first classes only) must not shrink the classes ``train`` was checked against."""
     top = int(labels.max()) + 1 if len(labels) else 0
     if synset_map is not None:
         names = read_synset_names(Path(synset_map))
@@ -249,6 +274,10 @@ def _classes(labels: np.ndarray, synset_map: str | os.PathLike[str] | None,
         if len(wnids) < top:
             raise DataError(f"{synset_map}: {len(wnids)} classes, but the labels go up to {top - 1}")
         return wnids, [names[w] for w in wnids]
+    if num_classes is None and (out / META_NAME).is_file():
+        existing = read_meta(out).get("classes") or []
+        if len(existing) >= top:
+            return list(existing), None  # their class_names, if any, stay in meta.json
     n = num_classes if num_classes is not None else top
     if n < top:
         raise DataError(f"--num-classes {n}, but the labels go up to {top - 1}")

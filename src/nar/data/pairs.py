@@ -4,7 +4,8 @@ Two inputs are understood:
 
 * a folder of images, each with a same-name ``.txt`` caption beside it (``cat.jpg`` + ``cat.txt``);
 * a manifest: JSONL (one ``{"image": path, "caption": text}`` per line; ``file_name``/``path`` and
-  ``text`` are accepted too) or TSV (``path<TAB>caption``, optional header). Relative paths are
+  ``text`` are accepted too), a ``.json`` array of such objects, or TSV (``path<TAB>caption``, split on
+  the first tab with no quoting, so captions keep their quotes; optional header). Relative paths are
   resolved against the manifest's folder.
 
 An image without a caption, a caption without an image, or an unreadable image is skipped and reported.
@@ -12,7 +13,6 @@ An image without a caption, a caption without an image, or an unreadable image i
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
@@ -47,32 +47,55 @@ def scan_caption_folder(folder: Path, bad: BadInputLog) -> list[tuple]:
     return items
 
 
+def _manifest_row(row: Any) -> tuple[str, str]:
+    """``(image path, caption)`` of one manifest object; ``ValueError`` when either is missing."""
+    if not isinstance(row, dict):
+        raise ValueError("not an object")
+    img = next((row[k] for k in _PATH_KEYS if k in row), None)
+    text = next((row[k] for k in _TEXT_KEYS if k in row), None)
+    if img is None or text is None:
+        raise ValueError("no image path or caption")
+    return str(img), str(text)
+
+
 def read_manifest(path: Path, bad: BadInputLog) -> list[tuple]:
-    """Items ``(image path, −1, caption, None)`` from a JSONL or TSV manifest."""
+    """Items ``(image path, −1, caption, None)`` from a JSONL, JSON-array or TSV manifest."""
     base = path.parent
     rows: list[tuple[str, str]] = []
+    content = path.read_text(encoding="utf-8")
     if path.suffix.lower() in (".jsonl", ".json"):
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        whole = None
+        if path.suffix.lower() == ".json":  # an ordinary JSON array (one line or pretty-printed)
+            try:
+                whole = json.loads(content)
+            except ValueError:
+                pass  # not one JSON document: read it as JSONL below
+        if isinstance(whole, list):
+            for i, row in enumerate(whole):
+                try:
+                    rows.append(_manifest_row(row))
+                except ValueError:
+                    bad.record(f"{path}[{i}]", "bad manifest line: needs an image path and a caption")
+        else:
+            for n, line in enumerate(content.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(_manifest_row(json.loads(line)))
+                except ValueError:
+                    bad.record(f"{path}:{n}", "bad manifest line: needs an image path and a caption")
+    else:
+        # split on the first tab only, no csv quoting: a caption may start with or hold unbalanced quotes
+        for n, line in enumerate(content.splitlines(), 1):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-                img = next(row[k] for k in _PATH_KEYS if k in row)
-                text = next(row[k] for k in _TEXT_KEYS if k in row)
-            except (ValueError, StopIteration, TypeError):
-                bad.record(f"{path}:{n}", "bad manifest line: needs an image path and a caption")
+            img, tab, caption = line.partition("\t")
+            if not tab:
+                bad.record(f"{path}:{n}", "bad manifest line: needs <path>\\t<caption>")
                 continue
-            rows.append((str(img), str(text)))
-    else:
-        with path.open(newline="", encoding="utf-8") as f:
-            for n, row in enumerate(csv.reader(f, delimiter="\t"), 1):
-                if len(row) < 2:
-                    if row:
-                        bad.record(f"{path}:{n}", "bad manifest line: needs <path>\\t<caption>")
-                    continue
-                if n == 1 and row[0].lower() in _PATH_KEYS and row[1].lower() in _TEXT_KEYS:
-                    continue  # header
-                rows.append((row[0], row[1]))
+            if n == 1 and img.strip().lower() in _PATH_KEYS and caption.strip().lower() in _TEXT_KEYS:
+                continue  # header
+            rows.append((img, caption))
     items = []
     for img, text in rows:
         p = Path(img) if Path(img).is_absolute() else base / img

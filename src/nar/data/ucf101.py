@@ -24,7 +24,15 @@ from typing import Any
 import numpy as np
 
 from nar.data import transforms as T
-from nar.data.shards import BadInputLog, SkipSample, dataset_lock, write_meta, write_split
+from nar.data.shards import (
+    META_NAME,
+    BadInputLog,
+    SkipSample,
+    dataset_lock,
+    read_meta,
+    write_meta,
+    write_split,
+)
 from nar.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -131,6 +139,27 @@ class EncodeClips:
         return samples
 
 
+def _check_same_clips(out: Path, fields: dict[str, Any]) -> None:
+    """Refuse, before writing anything, a split whose clips differ from those ``out/meta.json`` describes:
+    ``frames``, ``stride``, ``image_size`` and ``classes`` are dataset-wide, and overwriting them would make
+    every clip of the splits already there invalid."""
+    if not (out / META_NAME).is_file():
+        return
+    meta = read_meta(out)
+    flags = {"frames": "--frames", "stride": "--stride", "image_size": "--size", "classes": "classInd.txt"}
+    for key, value in fields.items():
+        if key not in meta or meta[key] == value:
+            continue
+        have, want = f"{key} {meta[key]}", str(value)
+        if key == "classes":  # name the first difference, not two lists of 101 names
+            diff = next((i for i, (a, b) in enumerate(zip(meta[key], value)) if a != b), None)
+            have, want = ((f"class {diff} {meta[key][diff]!r}", repr(value[diff])) if diff is not None else
+                          (f"{len(meta[key])} classes", f"{len(value)}"))
+        raise DataError(f"{out / META_NAME}: its splits {sorted(meta.get('splits', {}))} have {have}, this run asks "
+                        f"for {want} ({flags[key]}); write these splits to another --out (or pass --overwrite to "
+                        "replace the dataset)")
+
+
 def write_ucf101(
     videos: str | Path,
     out: str | Path,
@@ -161,6 +190,7 @@ def write_ucf101(
     classes = read_class_index(lists / "classInd.txt")
     encoder = EncodeClips(tuple(classes), frames=frames, stride=stride, size=size, clips_per_video=clips_per_video)
     with dataset_lock(out):  # one writer per folder, across all its splits and meta.json
+        _check_same_clips(Path(out), {"frames": frames, "stride": stride, "image_size": size, "classes": classes})
         records = []
         for split in splits:
             list_path = lists / f"{split}list{split_index:02d}.txt"
