@@ -30,26 +30,39 @@ def _data():
 
 
 def _evaluate(rank: int, world: int) -> dict[str, float]:
-    """Rank ``rank`` of ``world`` sees every ``world``-th contiguous block (uneven sizes on purpose)."""
+    """Rank ``rank`` of ``world`` gets chunk ``c`` of every set when ``c % world == rank``, as the decoding callback
+    shards its samples (uneven shares; ``cat`` gathers them rank-major, in another order than one process)."""
     real, fake, shapes, specs, v_real, v_fake = _data()
     extractor = TinyExtractor().eval()
-    fidelity = ImageFidelity(metrics=("fid", "is", "pr"), extractor=extractor, is_splits=5)
+    fidelity = ImageFidelity(metrics=("fid", "is", "pr", "kid"), extractor=extractor, is_splits=5)
+    # a single chunk goes to rank 0: rank 1 gets no generated samples at all (no_fake), no real ones (no_real)
+    no_fake = ImageFidelity(metrics=("fid", "is", "pr", "kid"), extractor=extractor, is_splits=2)
+    no_real = ImageFidelity(metrics=("fid", "pr", "kid"), extractor=extractor)
     geneval = GenEvalShapes()
     proxy = FVDProxyInception(extractor=extractor)
 
-    def part(x, n):
-        bounds = [0, n * 3 // 5, n] if world == 2 else [0, n]
-        return x[bounds[rank]:bounds[rank + 1]]
+    def mine(x, chunk):
+        return [c for i, c in enumerate(x.split(chunk)) if i % world == rank]
 
-    for chunk in part(real, N_REAL).split(7):
-        fidelity.update(chunk, real=True)
-    for chunk in part(fake, N_FAKE).split(7):
-        fidelity.update(chunk, real=False)
-    idx = part(torch.arange(N_SCENES), N_SCENES)
+    for c in mine(real, 7):
+        fidelity.update(c, real=True)
+        no_fake.update(c, real=True)
+    for c in mine(fake, 7):
+        fidelity.update(c, real=False)
+    for c in mine(fake[:12], 12):
+        no_fake.update(c, real=False)
+        no_real.update(c, real=True)
+    for c in mine(real, 6):
+        no_real.update(c, real=False)
+    idx = torch.cat(mine(torch.arange(N_SCENES), 5))
     geneval.update(shapes[idx], [specs[i] for i in idx])
-    proxy.update(part(v_real, N_VIDEOS), real=True)
-    proxy.update(part(v_fake, N_VIDEOS), real=False)
-    out = {**fidelity.compute(), **geneval.compute(), **proxy.compute()}
+    for c in mine(v_real, 5):
+        proxy.update(c, real=True)
+    for c in mine(v_fake, 5):
+        proxy.update(c, real=False)
+    out = {**fidelity.compute(), **geneval.compute(), **proxy.compute(),
+           **{f"no_fake_{k}": v for k, v in no_fake.compute().items()},
+           **{f"no_real_{k}": v for k, v in no_real.compute().items()}}
     return {k: float(v) for k, v in out.items()}
 
 
@@ -81,3 +94,4 @@ def test_two_processes_equal_one(tmp_path):
         for key, value in single.items():
             assert multi[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
     assert 0 < single["geneval_overall"] < 1
+    assert {"kid_mean", "is_mean", "no_fake_is_mean", "no_fake_precision", "no_real_kid_mean"} <= single.keys()

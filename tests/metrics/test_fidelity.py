@@ -11,6 +11,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 
 from nar.errors import ConfigError
 from nar.metrics import GaussianStats, ImageFidelity
+from nar.metrics.fidelity import canonical_order, kid
 
 
 class _FeaturesOnly(nn.Module):
@@ -98,7 +99,8 @@ def test_inception_score_and_precision_recall_equal_torch_fidelity(tiny_extracto
     metric.update(fake[25:], real=False)
     out = metric.compute()
     f_real, f_fake = tiny_extractor(real)["features"], tiny_extractor(fake)["features"]
-    isc = isc_features_to_metric(tiny_extractor(fake)["logits"], splits=10)
+    # IS scores the logits in canonical order (then torch-fidelity's seeded shuffle): same formula, same input
+    isc = isc_features_to_metric(canonical_order(tiny_extractor(fake)["logits"]), splits=10)
     precision, recall = calculate_precision_recall_full(f_fake, f_real, neighborhood=3)
     assert out["is_mean"].item() == pytest.approx(isc["inception_score_mean"], rel=1e-5)
     assert out["is_std"].item() == pytest.approx(isc["inception_score_std"], rel=1e-4, abs=1e-6)
@@ -122,4 +124,46 @@ def test_validation():
         metric.update(torch.zeros(2, 32, 32, 3, dtype=torch.uint8), real=True)
     with pytest.raises(ConfigError, match="real"):
         metric.update(random_images(4, seed=0), real=False)
+        metric.compute()
+
+
+def test_canonical_order_depends_only_on_the_rows():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 4, generator=g)
+    x[10] = x[3]  # a repeated row
+    x[20, 0] = x[5, 0]  # a tie in the first column only
+    a = canonical_order(x)
+    assert torch.equal(a, canonical_order(x[torch.randperm(50, generator=g)]))
+    assert sorted(map(tuple, a.tolist())) == [tuple(r) for r in a.tolist()]  # lexicographic
+    assert torch.equal(canonical_order(x.double()), a.double())
+
+
+def test_inception_score_and_kid_do_not_depend_on_the_sample_order():
+    """The same samples fed in two orders (in order, and rank-major as a 2-rank DDP gather returns the decoding
+    callback's chunks: 0, 2, 4, …, then 1, 3, 5, …) give identical IS and KID."""
+    g = torch.Generator().manual_seed(1)
+    n, chunk = 300, 30
+    feats_fake, feats_real = torch.randn(n, 16, generator=g), torch.randn(n, 16, generator=g) + 0.1
+    logits = 3 * torch.randn(n, 10, generator=g)
+    chunks = torch.arange(n).split(chunk)
+    orders = (torch.arange(n), torch.cat(chunks[0::2] + chunks[1::2]))
+    scores = []
+    for order in orders:
+        metric = ImageFidelity(metrics=("is",), extractor=TinyExtractor(), is_splits=10)
+        metric.update_features(feats_fake[order], real=False, logits=logits[order])
+        scores.append(metric.compute())
+    assert scores[0]["is_mean"].item() == scores[1]["is_mean"].item()
+    assert scores[0]["is_std"].item() == scores[1]["is_std"].item()
+    # KID's subsets (here 100 of 300 samples, as ImageFidelity's 1000 of more) select rows by index
+    kids = [kid(feats_fake[order], feats_real[order], subsets=20, subset_size=100) for order in orders]
+    assert kids[0]["kid_mean"].item() == kids[1]["kid_mean"].item()
+    assert kids[0]["kid_std"].item() == kids[1]["kid_std"].item()
+
+
+@pytest.mark.parametrize(("metrics", "missing"), [(("pr",), "generated features"), (("kid",), "generated features"),
+                                                  (("is",), "logits")])
+def test_no_generated_samples_is_a_clear_error(metrics, missing):
+    metric = ImageFidelity(metrics=metrics, extractor=TinyExtractor())
+    metric.update(random_images(12, seed=1), real=True)
+    with pytest.raises(ConfigError, match=f"no generated samples.*{missing}"):
         metric.compute()

@@ -139,3 +139,25 @@ def test_captions_are_encoded_on_the_fly_without_stored_features(shapes_tokens):
     torch.testing.assert_close(feats, expected, atol=1e-4, rtol=0)
     loss = module.training_step(batch, 0)  # with caption dropout to the null caption
     assert torch.isfinite(loss)
+
+
+def test_on_the_fly_caption_features_train_without_caption_dropout(shapes_tokens):
+    """encode() returns ordinary tensors (not inference-mode ones), so a loss over them can be backpropagated."""
+    from nar.config import load_config
+    from nar.data.datamodules import datamodule_for
+    from nar.lightning.generator_module import GeneratorModule
+    from nar.runs import TrainConfig
+
+    feats, mask = shapes_tokens["encoder"].encode(["a red circle", "two blue squares"])
+    assert not feats.is_inference() and not mask.is_inference()
+    layer = torch.nn.Linear(feats.shape[-1], 4)
+    (layer(feats) * mask[..., None]).sum().backward()
+    assert layer.weight.grad is not None
+
+    cfg = load_config(TrainConfig, [T2I / "shapes.yaml"], ["model.grid=[4,4]", "model.caption_len=16",
+                                                    "data.caption_features=false", "optim.cond_dropout=0.0"])
+    module = GeneratorModule(cfg)
+    dm = datamodule_for(str(shapes_tokens["tokens"]), caption_features=False, num_workers=0, batch_size=4)
+    loss = module.training_step(next(iter(dm.train_dataloader())), 0)  # every caption encoded on the fly
+    loss.backward()
+    assert torch.isfinite(loss) and any(p.grad is not None for p in module.parameters())

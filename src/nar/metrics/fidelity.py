@@ -1,10 +1,13 @@
 """FID, Inception Score and precision/recall as one torchmetrics ``Metric`` sharing one feature pass.
 
 States are sufficient statistics (``Σx``, ``Σxxᵀ``, ``n`` in float64) with ``dist_reduce_fx="sum"``, so
-the DDP result equals the single-process one up to float64 summation order. Precision/recall and IS
-need the samples themselves: their states are per-sample features/logits gathered with ``"cat"``
-(set functions for precision/recall; IS shuffles with torch-fidelity's fixed seed, so it matches a
-single process that saw the samples in rank order).
+the DDP result equals the single-process one up to float64 summation order. Precision/recall, KID and
+IS need the samples themselves: their states are per-sample features/logits gathered with ``"cat"``,
+in rank order. Precision/recall are set functions; IS (a seeded shuffle into splits) and KID (seeded
+random subsets) depend on the sample order, so both first put the samples in :func:`canonical_order`:
+their values depend only on which samples were seen, not on how they were split across processes,
+batched or gathered. A process that saw no samples of some kind still takes part in the gather (with an
+empty ``[0, width]`` state).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from nar.errors import ConfigError
 from nar.metrics.frechet import GaussianStats, frechet_distance, moments_from_sums
@@ -138,18 +142,64 @@ class GaussianPairMetric(Metric):
             setattr(self, k, v)
 
 
+# Integer dtype of the same width as each float dtype: rows are compared by their bit patterns.
+_SAME_WIDTH_INT = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16,
+                   torch.bfloat16: torch.int16}
+
+
+def canonical_order(samples: torch.Tensor) -> torch.Tensor:
+    """``samples`` ``[N, D]`` with their rows sorted lexicographically (column 0 first, then 1, …).
+
+    The result depends only on the multiset of rows, not on the order they came in: identical rows are
+    interchangeable, and any two different rows have a fixed order. Floats are compared exactly through their
+    bit patterns, in numeric order with ``-0.0`` before ``0.0`` (NaNs, which should not occur, sort at the ends
+    by sign). IS and KID apply it before their seeded shuffle/subsets, so one process and several (whose
+    ``"cat"`` gather is rank-major: chunks 0, 2, 4, …, then 1, 3, 5, … under the decoding callback's
+    sharding) give the same values on the same samples.
+    """
+    if samples.ndim != 2:
+        raise ConfigError(f"expected samples [N, D], got {tuple(samples.shape)}")
+    if samples.shape[0] < 2 or samples.shape[1] == 0:
+        return samples
+    x = samples.contiguous()
+    if not x.is_floating_point():
+        rows, counts = torch.unique(x, dim=0, sorted=True, return_counts=True)
+        return rows.repeat_interleave(counts, dim=0)
+    # Sign-magnitude float bits → integers in the floats' numeric order: negative patterns get their magnitude
+    # bits flipped (an involution, so the same map brings the sorted rows back).
+    int_dtype = _SAME_WIDTH_INT[x.dtype]
+    flip = torch.iinfo(int_dtype).max
+
+    def ordered(k: torch.Tensor) -> torch.Tensor:
+        return torch.where(k < 0, k ^ flip, k)
+
+    rows, counts = torch.unique(ordered(x.view(int_dtype)), dim=0, sorted=True, return_counts=True)  # lexicographic
+    return ordered(rows.repeat_interleave(counts, dim=0)).view(x.dtype)
+
+
 def kid(fake: torch.Tensor, real: torch.Tensor, subsets: int = 100, subset_size: int = 1000) -> dict[str, torch.Tensor]:
     """Kernel inception distance (Binkowski et al. 2018) with torch-fidelity's unbiased estimator: the mean and
-    std over ``subsets`` random subsets (seeded) of at most ``subset_size`` samples per side."""
+    std over ``subsets`` random subsets (seeded) of at most ``subset_size`` samples per side.
+
+    Both sides are put in :func:`canonical_order` before the subsets are drawn, so the result does not depend on
+    the order of the rows (e.g. how they were split across processes and gathered)."""
     from torch_fidelity.metric_kid import kid_features_to_metric
 
     size = min(subset_size, fake.shape[0], real.shape[0])
     if size < 2:
         raise ConfigError(f"KID needs >= 2 samples per side, got {real.shape[0]} real, {fake.shape[0]} fake")
+    fake, real = canonical_order(fake), canonical_order(real)
     out = kid_features_to_metric(fake.double(), real.double(), kid_subsets=subsets, kid_subset_size=size,
                                  kid_degree=3, kid_gamma=None, kid_coef0=1, rng_seed=2020, verbose=False)
     return {"kid_mean": torch.tensor(out["kernel_inception_distance_mean"]),
             "kid_std": torch.tensor(out["kernel_inception_distance_std"])}
+
+
+def _rows(state: list[torch.Tensor] | torch.Tensor) -> torch.Tensor | None:
+    """A per-sample state as one ``[N, D]`` tensor (a list before a distributed sync, a tensor after it);
+    ``None`` when it holds no samples."""
+    rows = (dim_zero_cat(state) if state else None) if isinstance(state, list) else state
+    return rows if rows is not None and rows.shape[0] > 0 else None
 
 
 class ImageFidelity(GaussianPairMetric):
@@ -169,7 +219,9 @@ class ImageFidelity(GaussianPairMetric):
 
     ``update(images, real)``: ``images`` ``uint8 [B, 3, H, W]`` or float in ``input_range``.
     ``compute()`` → dict with ``fid``, and ``is_mean``/``is_std``, ``precision``/``recall``, ``kid_mean``/``kid_std``,
-    ``sfid`` when asked.
+    ``sfid`` when asked. IS and KID first sort the samples into :func:`canonical_order` (then torch-fidelity's
+    seeded shuffle/subsets), so they do not depend on the order or the process the samples came from; IS equals
+    torch-fidelity's on the canonically ordered logits.
     The extractor is not registered as a submodule (its weights stay out of checkpoints); it follows
     the input's device.
     """
@@ -215,6 +267,9 @@ class ImageFidelity(GaussianPairMetric):
             self.add_state("fake_features", [], dist_reduce_fx="cat")
         if "is" in metrics:
             self.add_state("fake_logits", [], dist_reduce_fx="cat")
+        # Logit width, for an empty [0, C] state on a process without generated samples: the extractor's
+        # ``num_logits`` when it has one, otherwise recorded at the first update and agreed on at sync.
+        self._logit_width = int(getattr(extractor, "num_logits", -1) or -1)
         self._spatial_reference: GaussianStats | None = None
         if "sfid" in metrics:
             self._add_moment_states("spatial_", int(extractor.num_spatial))
@@ -252,7 +307,31 @@ class ImageFidelity(GaussianPairMetric):
         if "is" in self.metrics and not real:
             if logits is None:
                 raise ConfigError("'is' needs logits for generated samples")
+            if logits.ndim != 2 or logits.shape[0] != features.shape[0]:
+                raise ConfigError(f"expected logits [{features.shape[0]}, C], got {tuple(logits.shape)}")
+            self._logit_width = int(logits.shape[1])
             self.fake_logits.append(logits.float())
+
+    def _sync_dist(self, dist_sync_fn=gather_all_tensors, process_group=None) -> None:
+        """torchmetrics' gather, after giving each empty per-sample list state one ``[0, width]`` tensor.
+
+        torchmetrics would gather an empty list as a 1-D empty tensor against the other processes' ``[n, D]``
+        ones, which the backend rejects; a process without samples of some kind (e.g. no generated samples: the
+        decoding callback gives chunk ``c`` to rank ``c % world``) is normal. Feature widths are known
+        (``num_features``); the logit width is the largest one any process has seen (one small gather).
+        """
+        widths: dict[str, int] = {}
+        if self.keeps_features:
+            widths["real_features"] = widths["fake_features"] = self.num_features
+        if "is" in self.metrics:
+            local = torch.tensor([self._logit_width], dtype=torch.long, device=self.device)
+            seen = dist_sync_fn(local, group=process_group or self.process_group)
+            widths["fake_logits"] = max(0, *(int(w.max()) for w in seen))
+        for name, width in widths.items():
+            state = getattr(self, name)
+            if isinstance(state, list) and not state:
+                setattr(self, name, [torch.zeros(0, width, dtype=torch.float32, device=self.device)])
+        super()._sync_dist(dist_sync_fn, process_group=process_group)
 
     def compute(self) -> dict[str, torch.Tensor]:
         from torch_fidelity.metric_isc import isc_features_to_metric
@@ -264,17 +343,26 @@ class ImageFidelity(GaussianPairMetric):
         if "sfid" in self.metrics:
             result["sfid"] = self._frechet_of("spatial_", self._spatial_reference, "spatial").float()
         if "is" in self.metrics:
-            logits = dim_zero_cat(self.fake_logits)
+            logits = _rows(self.fake_logits)
+            if logits is None:
+                raise ConfigError("Inception Score: no generated samples, so no logits to score "
+                                  "(update(images, real=False) first)")
             if logits.shape[0] < self.is_splits:
                 raise ConfigError(f"Inception Score needs ≥ {self.is_splits} generated samples, got {logits.shape[0]}")
-            score = isc_features_to_metric(logits, splits=self.is_splits, shuffle=True, rng_seed=2020)
+            # canonical order first: the seeded shuffle then splits the same samples the same way however
+            # they were split across processes or batched
+            score = isc_features_to_metric(canonical_order(logits), splits=self.is_splits, shuffle=True,
+                                           rng_seed=2020)
             result["is_mean"] = torch.tensor(score["inception_score_mean"])
             result["is_std"] = torch.tensor(score["inception_score_std"])
         if self.keeps_features:
-            # list states before a distributed sync, one concatenated tensor after it
-            if isinstance(self.real_features, list) and not self.real_features:
-                raise ConfigError("precision/recall and KID need real images' features (statistics files hold none)")
-            real, fake = dim_zero_cat(self.real_features), dim_zero_cat(self.fake_features)
+            real, fake = _rows(self.real_features), _rows(self.fake_features)
+            if real is None:
+                raise ConfigError("precision/recall and KID need real images' features (statistics files hold none): "
+                                  "update(images, real=True)")
+            if fake is None:
+                raise ConfigError("precision/recall and KID: no generated samples, so no generated features "
+                                  "(update(images, real=False) first)")
         if "kid" in self.metrics:
             result.update(kid(fake, real))
         if "pr" in self.metrics:

@@ -173,9 +173,13 @@ class TextEncoder(nn.Module):
     def max_len(self) -> int:
         return self.cfg.max_len
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Captions → ``(features float32 [B, max_len, D] right-aligned, mask bool [B, max_len])`` on CPU."""
+        """Captions → ``(features float32 [B, max_len, D] right-aligned, mask bool [B, max_len])`` on CPU.
+
+        Runs under ``no_grad``, not ``inference_mode``: the results are ordinary tensors, so features encoded
+        on the fly can feed a trained model whose loss is backpropagated.
+        """
         if isinstance(captions, str):
             captions = [captions]
         feats, masks = [], []
