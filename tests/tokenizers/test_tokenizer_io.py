@@ -30,6 +30,32 @@ def test_load_checks_a_given_config(tmp_path):
         load_tokenizer(path, config=tiny_image(codebook_size=64))
 
 
+def test_a_preset_and_its_fields_are_the_same_config(tmp_path):
+    """The informational preset name is not compared: a file of a preset loads with its fields spelt out."""
+    from dataclasses import replace
+
+    from nar.tokenizers import VQConfig
+
+    path = save_tokenizer(VQTokenizer(VQConfig.from_name("vq-tiny-emoji")), tmp_path / "tok.pt")
+    assert load_tokenizer(path, config=replace(VQConfig.from_name("vq-tiny-emoji"), preset="")).config.grid == (8, 8)
+
+
+def test_a_video_tokenizer_saved_before_causal_pad_keeps_its_layout(tmp_path, caplog):
+    """A video tokenizer file without causal_pad was built with kernel - 1 frames of front padding: it loads with
+    that layout (the codes its weights give), and a warning says what the layout misses."""
+    from dataclasses import replace
+
+    old = VQTokenizer(replace(tiny_video(), causal_pad="kernel")).eval()
+    path = save_tokenizer(old, tmp_path / "tok.pt")
+    payload = torch.load(path, weights_only=False)
+    del payload["config"]["causal_pad"]
+    torch.save(payload, path)
+    x = torch.rand(1, 3, 4, 16, 16) * 2 - 1
+    loaded = load_tokenizer(path, config=tiny_video())
+    assert loaded.config.causal_pad == "kernel" and "saved before 2026-12-07" in caplog.text
+    assert torch.equal(loaded.encode(x), old.encode(x))
+
+
 def test_load_strict_reports_mismatch(tmp_path):
     tokenizer = VQTokenizer(tiny_image())
     path = save_tokenizer(tokenizer, tmp_path / "tok.pt")

@@ -30,16 +30,23 @@ def test_video_encode_decode_shapes(frames, height, width):
     assert tokenizer.decode(codes).shape == x.shape
 
 
-def test_video_codes_are_causal_in_time():
-    """Tokens of the first t' steps depend only on the frames they cover, not on later frames."""
-    tokenizer = VQTokenizer(tiny_video()).eval()
-    x = torch.rand(1, 3, 4, 16, 16) * 2 - 1
-    changed = x.clone()
-    changed[:, :, 2:] = torch.rand(1, 3, 2, 16, 16) * 2 - 1
-    z = tokenizer.quant_conv(tokenizer.encoder(x))
-    z_changed = tokenizer.quant_conv(tokenizer.encoder(changed))
-    torch.testing.assert_close(z[:, :, 0], z_changed[:, :, 0])
-    assert not torch.allclose(z[:, :, 1], z_changed[:, :, 1])
+@pytest.mark.parametrize("config", [tiny_video(), VQConfig.from_name("vq-video-tiny-atari")], ids=["x2", "x4"])
+def test_video_codes_are_causal_in_time_and_see_every_frame(config):
+    """Frame t of a clip reaches the latent step that stands for it (t // factor) and no earlier one: causal,
+    and no frame skipped by a time-halving step (the last frames of a clip included)."""
+    torch.manual_seed(0)
+    tokenizer = VQTokenizer(config).eval()
+    factor, frames = config.temporal_factor, 2 * config.temporal_factor
+    x = torch.rand(1, 3, frames, 16, 16) * 2 - 1
+    with torch.no_grad():
+        z = tokenizer.quant_conv(tokenizer.encoder(x))
+        for t in range(frames):
+            changed = x.clone()
+            changed[:, :, t] = torch.rand(1, 3, 16, 16) * 2 - 1
+            moved = (tokenizer.quant_conv(tokenizer.encoder(changed)) - z).abs().amax(dim=(0, 1, 3, 4))
+            step = t // factor
+            assert (moved[:step] == 0).all(), f"frame {t} reaches step {moved[:step].nonzero()} before its own"
+            assert moved[step] > 0, f"frame {t} never reaches its own step {step}"
 
 
 def test_grid_shape_of_presets():

@@ -43,14 +43,19 @@ class FrameGroupNorm(nn.GroupNorm):
 
 
 class CausalConv3d(nn.Conv3d):
-    """3-D convolution that pads time only at the front, so output frame t sees input frames <= t."""
+    """3-D convolution that pads time only at the front, so no output step sees a frame after the ones it stands
+    for. With time stride s it pads ``kernel - s`` frames (``causal_pad="stride"``): output step j reads frames
+    ``s*j + s - kernel .. s*j + s - 1``, every frame of its own stride among them, so none is skipped;
+    ``causal_pad="kernel"`` pads ``kernel - 1`` (the same for stride 1; with stride 2 it never reads frames
+    ``2j + 1``, the layout of video tokenizers saved before 2026-12-07)."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int = 3, stride: tuple[int, int, int] = (1, 1, 1),
-                 spatial_pad: tuple[int, int, int, int] | None = None) -> None:
+                 spatial_pad: tuple[int, int, int, int] | None = None, causal_pad: str = "stride") -> None:
         super().__init__(in_ch, out_ch, kernel_size=kernel, stride=stride, padding=0)
         p = kernel // 2
+        front = kernel - stride[0] if causal_pad == "stride" else kernel - 1
         # F.pad order: (w_left, w_right, h_top, h_bottom, t_front, t_back)
-        self.pad = (*(spatial_pad if spatial_pad is not None else (p, p, p, p)), kernel - 1, 0)
+        self.pad = (*(spatial_pad if spatial_pad is not None else (p, p, p, p)), front, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(F.pad(x, self.pad))
@@ -110,13 +115,13 @@ class Downsample(nn.Module):
     For videos ``temporal`` also halves T with a causal stride-2 step in time.
     """
 
-    def __init__(self, dims: int, channels: int, temporal: bool = False) -> None:
+    def __init__(self, dims: int, channels: int, temporal: bool = False, causal_pad: str = "stride") -> None:
         super().__init__()
         if dims == 2:
             self.conv: nn.Module = nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=0)
         else:
             self.conv = CausalConv3d(channels, channels, 3, stride=(2 if temporal else 1, 2, 2),
-                                     spatial_pad=(0, 1, 0, 1))
+                                     spatial_pad=(0, 1, 0, 1), causal_pad=causal_pad)
         self.dims = dims
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ from typing import Any
 from nar.errors import ConfigError
 
 KINDS = ("image", "video")
+CAUSAL_PADS = ("stride", "kernel")
 
 
 @dataclass
@@ -44,6 +45,10 @@ class VQConfig:
     dropout: float = 0.0
     # video only: one flag per downsampling step (len(encoder_ch_mult) - 1), true = also halve T
     temporal_downsample: list[bool] = field(default_factory=list)
+    # video only: frames a causal convolution pads in front: "stride" (kernel - time stride, so a step that halves
+    # T still sees every frame: latent step j covers frames 2j-1 .. 2j+1) or "kernel" (kernel - 1, as video
+    # tokenizers saved before 2026-12-07 were built: their halving steps never read frames 2j+1, the last ones)
+    causal_pad: str = "stride"
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> ConfigError:
@@ -51,6 +56,8 @@ class VQConfig:
 
         if self.kind not in KINDS:
             raise bad("kind", f"must be one of {KINDS}, got {self.kind!r}")
+        if self.causal_pad not in CAUSAL_PADS:
+            raise bad("causal_pad", f"must be one of {CAUSAL_PADS}, got {self.causal_pad!r}")
         for key in ("image_size", "num_frames", "base_channels", "num_res_blocks", "z_channels",
                     "codebook_embed_dim", "norm_groups"):
             if getattr(self, key) < 1:

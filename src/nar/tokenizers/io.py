@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +66,12 @@ def load_tokenizer(
     path = Path(source)
     obj = load_file(path, what="tokenizer checkpoint")
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        stored = from_dict(VQConfig, obj["config"])
+        stored = _stored_config(obj["config"], path)
         _check_same(stored, config, path)
         tokenizer = VQTokenizer(stored)
         load_strict(tokenizer, obj["state_dict"], source=str(path))
     elif isinstance(obj, dict) and LIGHTNING_CONFIG_KEY in obj:
-        stored = from_dict(VQConfig, obj[LIGHTNING_CONFIG_KEY])
+        stored = _stored_config(obj[LIGHTNING_CONFIG_KEY], path)
         _check_same(stored, config, path)
         state = {k[len(LIGHTNING_PREFIX):]: v for k, v in obj["state_dict"].items() if k.startswith(LIGHTNING_PREFIX)}
         tokenizer = VQTokenizer(stored)
@@ -138,12 +139,26 @@ def _as_config(config: VQConfig | str | dict[str, Any]) -> VQConfig:
     raise ConfigError(f"tokenizer config must be a VQConfig, preset name or dict, got {type(config).__name__}")
 
 
+def _stored_config(fields: dict[str, Any], path: Path) -> VQConfig:
+    """The config a file stores. A video tokenizer saved before ``causal_pad`` existed was built with
+    ``causal_pad="kernel"``, which its weights need (a warning says what that layout misses)."""
+    if fields.get("kind") == "video" and "causal_pad" not in fields:
+        log.warning("%s: a video tokenizer saved before 2026-12-07: loaded with causal_pad='kernel', its layout, "
+                    "whose time-halving steps never read every second frame (the last frames of a clip reach no "
+                    "code); a tokenizer trained now uses causal_pad='stride'", path)
+        fields = {**fields, "causal_pad": "kernel"}
+    return from_dict(VQConfig, fields)
+
+
 def _check_same(stored: VQConfig, given: VQConfig | str | dict[str, Any] | None, path: Path) -> None:
+    """``given`` must describe ``stored`` (dataclass equality: the informational ``preset`` is not compared;
+    ``causal_pad`` is the file's own, as its weights were trained with it)."""
     if given is None:
         return
-    given_cfg = _as_config(given)
-    if to_dict(given_cfg) != to_dict(stored):
-        diff = {k: (v, to_dict(stored)[k]) for k, v in to_dict(given_cfg).items() if to_dict(stored)[k] != v}
+    given_cfg = replace(_as_config(given), causal_pad=stored.causal_pad)
+    if given_cfg != stored:
+        ours, theirs = to_dict(given_cfg), to_dict(stored)
+        diff = {k: (v, theirs[k]) for k, v in ours.items() if k != "preset" and theirs[k] != v}
         raise ConfigError(f"{path} was saved with a different tokenizer config; differing keys "
                           f"(given, stored): {diff}")
 

@@ -50,7 +50,7 @@ class Encoder(nn.Module):
                     block.attn.append(AttnBlock(width, groups))
             if level != levels - 1:
                 temporal = dims == 3 and bool(cfg.temporal_downsample[level])
-                block.downsample = Downsample(dims, width, temporal)
+                block.downsample = Downsample(dims, width, temporal, cfg.causal_pad)
             self.conv_blocks.append(block)
         self.mid = nn.ModuleList([ResnetBlock(dims, block_in, block_in, groups, cfg.dropout),
                                   AttnBlock(block_in, groups),
