@@ -144,3 +144,40 @@ def test_decoding_validations_follow_the_step_and_val_every_counts_steps(token_r
         "trainer.val_every": 3, "trainer.accumulate": 2}))
     trainer = build_trainer(accumulated, accumulated.data, logger=False, enable_progress_bar=False)
     assert trainer.val_check_interval == 3 * 2  # Lightning counts batches
+
+
+def test_the_final_validation_ranks_and_a_sigterm_in_it_is_an_interruption(token_root: Path, tmp_path: Path,
+                                                                           monkeypatch) -> None:
+    """trainer.val_every=0: the validation the run ends with (outside fit) ranks a best checkpoint, which
+    Lightning's callback skipped outside fitting; SIGTERM during it exits as interrupted (Lightning's stop is a
+    SystemExit with status 0), and --resume validates the last step."""
+    import os
+    import signal
+
+    from nar.errors import RunInterrupted
+    from nar.lightning.generation import ChunkGenerator
+    from nar.lightning.logs import read_metrics
+    from nar.workflows.train import fit
+
+    over = {"trainer.max_steps": 3, "trainer.val_every": 0, "trainer.keep_best": 1, "trainer.best_metric": "val/fid",
+            "eval.num_samples": 8, "eval.batch_size": 4}
+    cfg = load_config(TrainConfig, [], tiny_overrides(token_root, tmp_path, name="ranked", **over))
+    fit(cfg, enable_progress_bar=False)
+    assert sorted(p.name for p in (cfg.run_dir / "checkpoints").glob("best_*.ckpt")) == ["best_0000003.ckpt"]
+
+    plain, calls = ChunkGenerator.decode, []
+
+    def decode(self, tokens):
+        calls.append(tokens.shape[0])
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return plain(self, tokens)
+
+    monkeypatch.setattr(ChunkGenerator, "decode", decode)
+    cfg = load_config(TrainConfig, [], tiny_overrides(token_root, tmp_path, name="stopped", **over))
+    with pytest.raises(RunInterrupted, match="during a validation at step 3"):
+        fit(cfg, enable_progress_bar=False)
+    assert calls == [4]  # stopped after its first chunk
+    monkeypatch.setattr(ChunkGenerator, "decode", plain)
+    fit(cfg, resume=True, enable_progress_bar=False)
+    assert "val/fid" in read_metrics(cfg.run_dir)[-1]

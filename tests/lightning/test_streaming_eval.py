@@ -178,3 +178,39 @@ def test_evaluate_through_the_wavefront_sampler(setup, tmp_path, caplog):
     assert whole.shape[0] == n
     assert main(evaluate_args(ckpt, tmp_path / "bad", n, batch, "eval.sampler=wavefrnt")) == 2
     assert "sampler" in caplog.text and "wavefrnt" in caplog.text
+
+
+def test_evaluate_out_here_other_metrics_and_a_sigterm(setup, tmp_path, monkeypatch, caplog):
+    """`--out .` writes into the current folder; a run trained with best checkpoints by val/fid is evaluated with
+    other metrics (an evaluation keeps no best checkpoints); SIGTERM during the evaluation exits as interrupted
+    (75) naming the chunk folder, not 0 without results, and the same command then finishes from the chunks."""
+    import signal
+
+    from nar.cli.main import main
+    from nar.errors import EXIT_INTERRUPTED
+    from nar.lightning.generation import ChunkGenerator
+
+    ckpt, _ = setup
+    payload = torch.load(ckpt, weights_only=False)
+    payload["hyper_parameters"]["cfg"]["trainer"].update(keep_best=1, best_metric="val/fid")
+    best = tmp_path / "best.ckpt"
+    torch.save(payload, best)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    plain, calls = ChunkGenerator.decode, []
+
+    def decode(self, tokens):
+        calls.append(tokens.shape[0])
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return plain(self, tokens)
+
+    monkeypatch.setattr(ChunkGenerator, "decode", decode)
+    args = ["evaluate", "--ckpt", str(best), "--out", ".", "--num-samples", "12", "eval.batch_size=4",
+            "trainer.threads=1", "eval.metrics=[]"]
+    assert main(args) == EXIT_INTERRUPTED
+    assert "stopped by SIGTERM" in caplog.text and str(here / "chunks") in caplog.text
+    assert not (here / "results.json").exists() and chunk_path(here / "chunks", 0).is_file()
+    assert main(args) == 0
+    assert json.loads((here / "results.json").read_text())["num_samples"] == 12

@@ -151,6 +151,15 @@ class BestCheckpoint(ModelCheckpoint):
 
     _seen = False  # the monitored key was logged at some validation of this process
     _told = False
+    # The validation a run ends with (trainer.validate after fit, when the last step was not validated) ranks
+    # too; Lightning ranks only while fitting. Its file holds no optimizer states: last.ckpt of the step does.
+    final_validation = False
+
+    def _should_skip_saving_checkpoint(self, trainer: L.Trainer) -> bool:
+        if self.final_validation and trainer.state.fn == TrainerFn.VALIDATING:
+            return (bool(trainer.fast_dev_run) or trainer.sanity_checking
+                    or self._last_global_step_saved == trainer.global_step)
+        return super()._should_skip_saving_checkpoint(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or self.monitor in trainer.callback_metrics:
@@ -162,12 +171,38 @@ class BestCheckpoint(ModelCheckpoint):
                      trainer.global_step, self.monitor)
             self._told = True
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_fit_end(trainer, pl_module)
+    def finish(self, trainer: L.Trainer) -> None:
+        """At the end of a run (after its final validation): warn when no validation logged the key."""
         if not self._seen and trainer.is_global_zero and trainer.global_step >= trainer.max_steps:
             logged = sorted(k for k in trainer.callback_metrics if k.startswith("val/"))
             log.warning("no best checkpoint: no validation of this run logged trainer.best_metric=%s (they logged "
                         "%s)", self.monitor, logged)
+
+
+def validate_or_interrupt(trainer: L.Trainer, module: L.LightningModule, on_stop: str, **validate_kwargs: Any) -> None:
+    """``trainer.validate``; SIGTERM during it becomes :class:`RunInterrupted` with ``on_stop`` (what is kept and
+    how to go on) instead of Lightning's ``SIGTERMException``, a ``SystemExit`` whose exit status is 0."""
+    try:
+        trainer.validate(module, verbose=False, **validate_kwargs)
+    except SystemExit:
+        if not trainer.received_sigterm:
+            raise
+    if trainer.received_sigterm:  # raised out of the loss batches, or the decoding stopped after a chunk
+        raise RunInterrupted(f"stopped by SIGTERM during a validation at step {trainer.global_step}; {on_stop}")
+
+
+def finish_run(trainer: L.Trainer, module: L.LightningModule, last: Any, validate: bool,
+               **validate_kwargs: Any) -> None:
+    """What a run does after ``fit``: with ``validate``, the final validation (ranked by the best checkpoints too;
+    SIGTERM in it is an interruption and ``--resume`` validates the step again); then the best checkpoints' end
+    of run check."""
+    best = [cb for cb in trainer.callbacks if isinstance(cb, BestCheckpoint)]
+    if validate:
+        for cb in best:
+            cb.final_validation = True
+        validate_or_interrupt(trainer, module, f"checkpoint {last}; continue with --resume", **validate_kwargs)
+    for cb in best:
+        cb.finish(trainer)
 
 
 def disk_estimate(run: RunConfig, parameters: int, ema: bool) -> str:

@@ -26,10 +26,12 @@ from nar.lightning.trainer import (
     LAST,
     build_trainer,
     disk_estimate,
+    finish_run,
     fit_or_interrupt,
     prepare_process,
     run_folder_lock,
     strategy_for,
+    validate_or_interrupt,
 )
 from nar.model.io import load_generator, load_weights_into, stored_run_config
 from nar.runs.config import TrainConfig
@@ -161,8 +163,8 @@ def fit(cfg: TrainConfig, resume: bool = False, tokenizer: torch.nn.Module | Non
         fit_or_interrupt(trainer, module, datamodule=datamodule, ckpt_path=str(ckpt.path) if ckpt else None)
         last = cfg.run_dir / CHECKPOINTS / LAST
         trainer.save_checkpoint(last)
-        if final_validation and decoding.validated_step != trainer.global_step:
-            trainer.validate(module, datamodule=datamodule, verbose=False)
+        finish_run(trainer, module, last, final_validation and decoding.validated_step != trainer.global_step,
+                   datamodule=datamodule)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return {"metrics": metrics, "run_dir": cfg.run_dir, "checkpoint": last, "samples": decoding.last_grid,
             "global_step": trainer.global_step, "trainer": trainer, "module": module, "degraded": degraded}
@@ -223,8 +225,10 @@ def evaluation_config(ckpt: str | Path, yamls: Sequence[str | Path] = (), overri
                           "model, e.g. --config imagenet/nar_l.yaml")
     if stored is not None:
         # The stored run's folder names stay; evaluation writes under the checkpoint's own run folder.
-        # One process unless told otherwise: no sharding (a sharded run's weights are gathered at load).
-        stored = {**stored, "trainer": {**stored.get("trainer", {}), "devices": 1, "num_nodes": 1, "strategy": "auto"}}
+        # One process unless told otherwise: no sharding (a sharded run's weights are gathered at load). No best
+        # checkpoints: an evaluation keeps none, and their metric need not be among the ones scored now.
+        stored = {**stored, "trainer": {**stored.get("trainer", {}), "devices": 1, "num_nodes": 1, "strategy": "auto",
+                                        "keep_best": 0}}
     return generator_config(yamls, overrides, base=stored)
 
 
@@ -266,7 +270,7 @@ def evaluate(cfg: TrainConfig, ckpt: str | Path, per_class: int | None = None, n
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
     n = num_samples or (per_class * cfg.model.num_classes if per_class else cfg.eval.num_samples)
-    out = Path(out) if out else evaluation_dir(cfg, ckpt, n)
+    out = Path(out).resolve() if out else evaluation_dir(cfg, ckpt, n)  # '--out .' has a name once resolved
     cfg = replace(cfg, eval=replace(cfg.eval, num_samples=n), ema=replace(cfg.ema, enabled=False),
                   runs_root=str(out.parent), name=out.name)
     prepare_process(cfg)
@@ -281,10 +285,11 @@ def evaluate(cfg: TrainConfig, ckpt: str | Path, per_class: int | None = None, n
     decoding.sample_dir = out / "chunks"
     if trainer.is_global_zero:
         claim_chunk_folder(decoding.sample_dir, ckpt, cfg)
+    kept = f"the samples generated so far are kept in {decoding.sample_dir}: run the same command to go on"
     if cfg.data.root:
-        trainer.validate(module, datamodule=generator_datamodule(cfg), verbose=False)
+        validate_or_interrupt(trainer, module, kept, datamodule=generator_datamodule(cfg))
     else:
-        trainer.validate(module, dataloaders=[_EmptyLoader()], verbose=False)
+        validate_or_interrupt(trainer, module, kept, dataloaders=[_EmptyLoader()])
     scores = {k: float(v) for k, v in trainer.callback_metrics.items()}
     scores.update(decoding.last_results)
     results: dict[str, Any] = {

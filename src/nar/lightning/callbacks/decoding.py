@@ -40,10 +40,11 @@ class _StopAsked(Exception):
 
 
 class _StopGuard:
-    """Ends a training run's decoding validation once SIGINT/SIGTERM was asked, so the checkpoint of
-    :class:`~nar.lightning.callbacks.run_guard.PreemptionCallback` comes within a chunk's time rather than after
-    the whole validation (a cluster's grace period is often 30-120 s), and the validation Lightning runs when a
-    run stops decodes nothing.
+    """Ends a decoding validation once SIGINT/SIGTERM was asked, within a chunk's time rather than after the whole
+    validation (a cluster's grace period is often 30-120 s): while fitting, so the checkpoint of
+    :class:`~nar.lightning.callbacks.run_guard.PreemptionCallback` comes next and the validation Lightning runs
+    when a run stops decodes nothing; in ``trainer.validate`` (``nar evaluate``, a run's final validation), so
+    :func:`nar.lightning.trainer.validate_or_interrupt` ends the run as interrupted (the chunks on disk stay).
 
     Checked before the first chunk and, as the last consumer, after each chunk. Under DDP the ranks decide together
     (one boolean all-reduce per check) and only after each of their first ``num_chunks // world`` chunks, the
@@ -57,10 +58,12 @@ class _StopGuard:
     @classmethod
     def of(cls, trainer: L.Trainer, num_chunks: int) -> _StopGuard | None:
         guard = PreemptionCallback.of(trainer)
-        return cls(trainer, guard, num_chunks) if guard is not None and trainer.state.fn == "fit" else None
+        return cls(trainer, guard, num_chunks) if guard is not None else None
 
     def check(self) -> None:
-        asked = self.guard.signal_name is not None
+        # while fitting our handler takes the signal; in trainer.validate (nar evaluate, a run's final validation)
+        # Lightning's does, and the caller turns it into RunInterrupted (validate_or_interrupt)
+        asked = self.guard.signal_name is not None or bool(self.trainer.received_sigterm)
         if self.trainer.world_size > 1:
             asked = self.trainer.strategy.reduce_boolean_decision(asked, all=False)
         if asked:
@@ -217,7 +220,7 @@ class FrontierDecodingCallback(Callback):
             model.train(was_training)
             if trainer.is_global_zero:
                 log.warning("step %d: decoding validation stopped after %d of %d samples (this rank): a stop was "
-                            "asked; the checkpoint follows", trainer.global_step, gen.generated, n)
+                            "asked", trainer.global_step, gen.generated, n)
             return {}
         if gen.generated and gen.generate_seconds > 0:
             results["val/images_per_sec"] = gen.generated / gen.generate_seconds
