@@ -11,6 +11,7 @@ import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from nar.config import load_config
 from nar.errors import ConfigError
@@ -87,8 +88,11 @@ def tokenizer_config(data: str | None = None, config: str | Path | None = None, 
     if config is None and data is not None and data not in DATASETS:
         raise ConfigError(f"unknown --data {data!r}; choose from {list(DATASETS)}, give --config, or only --root")
     from_data: list[str] = [f"model.preset={preset}"] if preset else []
-    if root and data is None and config is None and (Path(root) / "meta.json").is_file():
-        data, from_data = recipe_for(root, preset)  # no recipe named: the data's kind and size pick it
+    if root and data is None and config is None:  # no recipe named: the data's kind and size pick it
+        if not (Path(root) / "meta.json").is_file():
+            raise ConfigError(f"--root {root}: {Path(root) / 'meta.json'} not found; is it a dataset folder written "
+                              "by `nar data …`? (--data or --config names a recipe without reading it)")
+        data, from_data = recipe_for(root, preset)
     if config is None and data is None:
         raise ConfigError("give --root (the recipe follows the data), --data (a named recipe) or --config")
     yamls = [config or f"tokenizers/{data}.yaml"]
@@ -116,8 +120,9 @@ def _check_size(cfg: TokenizerRunConfig, explicit: Sequence[str]) -> None:
 
 def train_tokenizer(cfg: TokenizerRunConfig, resume: bool = False, enable_progress_bar: bool | None = None) -> Path | None:
     """Train ``cfg``'s tokenizer, holding its run folder exclusively; returns ``<run>/tokenizer.pt`` (on rank 0;
-    None elsewhere). ``resume`` continues from the newest intact checkpoint; SIGINT/SIGTERM save one and
-    raise :class:`~nar.errors.RunInterrupted`."""
+    None elsewhere). ``resume`` continues from the newest intact checkpoint (refused when its ``model.*`` differs
+    in shape from ``cfg``'s). Ends with ``checkpoints/last.ckpt`` and, unless the last step already validated, a
+    validation. SIGINT/SIGTERM save a checkpoint and raise :class:`~nar.errors.RunInterrupted`."""
     from nar.lightning.trainer import run_folder_lock
     from nar.workflows.preflight import check_tokenizer_run
 
@@ -126,11 +131,34 @@ def train_tokenizer(cfg: TokenizerRunConfig, resume: bool = False, enable_progre
         return _train_tokenizer(cfg, resume, enable_progress_bar)
 
 
+# VQConfig fields a resumed run may change: they shape neither the weights nor what they compute.
+RESUMABLE_CHANGES = ("preset", "image_size", "num_frames", "dropout")
+
+
+def check_resumable(cfg: TokenizerRunConfig, path: Path) -> None:
+    """Refuse (naming the keys) to resume ``path`` into a differently built tokenizer, before anything is written."""
+    import torch
+
+    from nar.config import to_dict
+    from nar.tokenizers.io import LIGHTNING_CONFIG_KEY, _stored_config
+
+    obj = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    fields = obj.get(LIGHTNING_CONFIG_KEY) if isinstance(obj, dict) else None
+    if not fields:
+        return
+    theirs, mine = to_dict(_stored_config(dict(fields), path)), to_dict(cfg.model)
+    differ = [k for k in mine if k not in RESUMABLE_CHANGES and mine[k] != theirs.get(k)]
+    if differ:
+        pairs = ", ".join(f"model.{k}={theirs.get(k)} (config: {mine[k]})" for k in differ)
+        raise ConfigError(f"--resume: {path} was trained with {pairs}; resume with the run's own settings or start "
+                          "another name=")
+
+
 def _train_tokenizer(cfg: TokenizerRunConfig, resume: bool, enable_progress_bar: bool | None) -> Path | None:
     from nar.lightning.data import tokenizer_datamodule
     from nar.lightning.tokenizer_module import TokenizerModule
-    from nar.lightning.trainer import build_trainer, fit_or_interrupt, prepare_process
-    from nar.runs.folder import has_checkpoints, resume_checkpoint
+    from nar.lightning.trainer import LAST, build_trainer, finish_run, fit_or_interrupt, prepare_process
+    from nar.runs.folder import CHECKPOINTS, has_checkpoints, resume_checkpoint
     from nar.tokenizers.io import save_tokenizer
 
     # Lightning suggests saving pre-step weights for manual optimisation; the post-step state is what we want.
@@ -139,6 +167,8 @@ def _train_tokenizer(cfg: TokenizerRunConfig, resume: bool, enable_progress_bar:
     ckpt = resume_checkpoint(cfg.run_dir) if resume else None
     if not resume and has_checkpoints(cfg.run_dir):
         raise ConfigError(f"{cfg.run_dir} already holds checkpoints; pass --resume to continue it or pick another name=")
+    if ckpt is not None:
+        check_resumable(cfg, ckpt.path)
     datamodule = tokenizer_datamodule(cfg)
     module = TokenizerModule(cfg.model, cfg.loss, cfg.optim, cfg.val)
     strategy = None
@@ -148,13 +178,19 @@ def _train_tokenizer(cfg: TokenizerRunConfig, resume: bool, enable_progress_bar:
 
         strategy = DDPStrategy(find_unused_parameters=True)
     # Manual optimisation: the module clips its own gradients (optim.grad_clip).
-    trainer = build_trainer(cfg, cfg.data, strategy=strategy, enable_progress_bar=enable_progress_bar)
+    validated = validated_step_callback()
+    trainer = build_trainer(cfg, cfg.data, [validated], strategy=strategy, enable_progress_bar=enable_progress_bar)
     out = cfg.run_dir
     if trainer.is_global_zero:
         log.info("tokenizer %s: grid %s, codebook %d, %.2fM parameters; run folder %s", cfg.model.kind,
                  cfg.model.grid, cfg.model.codebook_size,
                  sum(p.numel() for p in module.tokenizer.parameters()) / 1e6, out)
     fit_or_interrupt(trainer, module, datamodule=datamodule, ckpt_path=str(ckpt.path) if ckpt else None)
+    last = out / CHECKPOINTS / LAST
+    trainer.save_checkpoint(last)  # the last step (trainer.ckpt_every: always one at the end)
+    # A final validation unless the last step had one (trainer.val_every=0, max_steps not a multiple of it): SIGTERM
+    # during it raises RunInterrupted naming `last`, from which --resume validates the step again.
+    finish_run(trainer, module, last, validated.step != trainer.global_step, datamodule=datamodule)
     if not trainer.is_global_zero:
         return None
     path = save_tokenizer(module.tokenizer, out / TOKENIZER_FILE)
@@ -163,3 +199,17 @@ def _train_tokenizer(cfg: TokenizerRunConfig, resume: bool, enable_progress_bar:
     if final:
         log.info("last validation: %s", ", ".join(f"{k}={v:.4g}" for k, v in sorted(final.items())))
     return path
+
+
+def validated_step_callback() -> Any:
+    """A callback whose ``step`` is the step of this process's last completed validation (-1: none yet)."""
+    from lightning.pytorch.callbacks import Callback
+
+    class ValidatedStep(Callback):
+        step = -1
+
+        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+            if not trainer.sanity_checking:
+                self.step = trainer.global_step
+
+    return ValidatedStep()
