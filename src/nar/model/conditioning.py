@@ -50,12 +50,19 @@ class CaptionEmbedding(nn.Module):
         self.cap_proj = CaptionMLP(caption_dim, dim)
         self.uncond_embedding = nn.Parameter(torch.randn(caption_len, caption_dim) / caption_dim**0.5)
 
+    def check(self, features: torch.Tensor) -> None:
+        """Raise ValueError unless ``features`` is ``[B, caption_len, caption_dim]`` (a shape check, no sync)."""
+        want = tuple(self.uncond_embedding.shape)
+        if features.dim() != 3 or tuple(features.shape[1:]) != want:
+            raise ValueError(f"caption features must be [B, {want[0]}, {want[1]}] (caption_len, caption_dim), "
+                             f"got shape {tuple(features.shape)}")
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        if features.shape[1] != self.caption_len:
-            raise ValueError(f"caption features have {features.shape[1]} slots, the model expects {self.caption_len}")
+        self.check(features)
         return self.cap_proj(features.to(self.cap_proj.fc1.weight.dtype))
 
     def null_like(self, features: torch.Tensor) -> torch.Tensor:
+        self.check(features)
         return self.uncond_embedding.to(features.dtype).expand_as(features)
 
     def drop(self, features: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:

@@ -340,10 +340,20 @@ class NARModel(nn.Module):
                 rope=self.rope[step.positions.to(self.rope.device)].to(device),
                 mask=mask, sources=src.to(device), weights=w.to(device), outputs=step.outputs.to(device),
                 transition=step.transition.to(device) if len(step.transition) else None))
-        head_weight = None
-        if cfg.mixing == "logits":
-            head_weight = torch.cat([self.heads[h].proj.weight for h in self._head_of_axis], dim=1).detach()
+        head_weight = self._head_weight() if cfg.mixing == "logits" else None
         return InferenceState(caches, plans, layout, head_weight)
+
+    def _head_weight(self) -> torch.Tensor:
+        """Every axis's head projection side by side, ``[V, A * D]`` (see :attr:`InferenceState.head_weight`)."""
+        return torch.cat([self.heads[h].proj.weight for h in self._head_of_axis], dim=1).detach()
+
+    @torch.no_grad()
+    def refresh_inference(self, state: InferenceState) -> None:
+        """Copy the heads' current projections into ``state.head_weight``, in place (a captured CUDA graph
+        reads that buffer). A state kept across calls (the samplers') otherwise mixes with the heads it was
+        built with after ``load_state_dict`` (a new checkpoint, EMA weights), while the trunk follows."""
+        if state.head_weight is not None:
+            state.head_weight.copy_(self._head_weight())
 
     def prefill(self, cond: torch.Tensor, state: InferenceState) -> torch.Tensor:
         """Condition tokens in; logits ``[B, 1, V]`` of the first cell out."""

@@ -24,7 +24,7 @@ import torch
 from nar.model import NARModel
 from nar.model.decode_attention import triton_available
 from nar.sampling.generate import decode_into
-from nar.sampling.logits import SamplingConfig, apply_guidance, with_null
+from nar.sampling.logits import SamplingConfig, apply_guidance, check_condition, with_null
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class FastSampler:
 
     @torch.no_grad()
     def _run(self, generator: torch.Generator | None) -> None:
-        cond, _ = with_null(self.model, self.cond, None, self.sampling)
+        cond, _ = with_null(self.model, self.cond, None, self.sampling, check=False)  # checked in __call__
         decode_into(self.model, self.state, cond, self.sampling, self.tokens, generator, draw=self.draw)
 
     def _capture(self, generator: torch.Generator | None) -> None:
@@ -176,10 +176,14 @@ class FastSampler:
     def __call__(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """``cond`` class ids ``[batch]`` or caption features ``[batch, L, D]`` → tokens ``[batch, *grid]``.
 
-        The returned tensor is a fresh copy; the sampler's buffers are reused by the next call.
+        The returned tensor is a fresh copy; the sampler's buffers are reused by the next call. The heads'
+        weights are re-read on every call, so a ``load_state_dict`` into the model since is followed.
         """
-        if cond.shape[0] != self.batch:
-            raise ValueError(f"this sampler was built for batch {self.batch}, got {cond.shape[0]} conditions")
+        if cond.shape != self.cond.shape:  # copy_ would broadcast e.g. a [B, 1, D] caption into every slot
+            raise ValueError(f"this sampler was built for conditions of shape {tuple(self.cond.shape)} (batch "
+                             f"{self.batch}), got {tuple(cond.shape)}")
+        check_condition(self.model, cond)
+        self.model.refresh_inference(self.state)
         self.cond.copy_(cond)
         if not self.use_graph:
             self._run(generator)

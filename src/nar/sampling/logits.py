@@ -50,11 +50,35 @@ def guide(logits: torch.Tensor, scale: float) -> torch.Tensor:
     return torch.lerp(uncond, cond, scale)  # one fused pass; lerp extrapolates for scale > 1
 
 
+def check_condition(model: NARModel, cond: torch.Tensor, cond_mask: torch.Tensor | None = None) -> None:
+    """Raise ValueError unless ``cond`` is what ``model`` samples from: class ids ``[B]`` in
+    ``[0, num_classes)`` (the null id ``num_classes`` is for the CFG rows :func:`with_null` adds), or caption
+    features ``[B, caption_len, caption_dim]`` with ``cond_mask`` ``[B, caption_len]``. Class ids cost one
+    host sync: call it once per sampler call, never inside a captured graph."""
+    cfg = model.cfg
+    if cfg.condition == "class":
+        if cond.dim() != 1 or cond.is_floating_point() or cond.is_complex() or cond.dtype == torch.bool:
+            raise ValueError(f"class conditions must be integer ids [B], got {cond.dtype} of shape {tuple(cond.shape)}")
+        bad = (cond < 0) | (cond >= cfg.num_classes)
+        if bad.any():
+            raise ValueError(f"class ids must be in [0, {cfg.num_classes}) (num_classes={cfg.num_classes}; the null id is "
+                             f"for the rows guidance adds itself), got "
+                             f"{cond[bad][:8].tolist()}")
+        return
+    model.cls_embedding.check(cond)
+    if cond_mask is not None and tuple(cond_mask.shape) != tuple(cond.shape[:2]):
+        raise ValueError(f"cond_mask must be [B, caption_len] = {list(cond.shape[:2])} like the captions, got "
+                         f"{list(cond_mask.shape)}")
+
+
 def with_null(model: NARModel, cond: torch.Tensor, cond_mask: torch.Tensor | None,
-              sampling: SamplingConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+              sampling: SamplingConfig, check: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The conditions a guided run decodes: ``cond [B, ...]`` then the null condition, ``[2B, ...]``, and the
     caption mask ``[B, L]`` doubled to ``[2B, L]`` (the null caption is masked as its caption is).
-    Unguided, both come back unchanged."""
+    Unguided, both come back unchanged. ``check`` validates them first (:func:`check_condition`; off inside
+    a captured graph, whose caller checks once per call)."""
+    if check:
+        check_condition(model, cond, cond_mask)
     if not sampling.guided:
         return cond, cond_mask
     cond = torch.cat([cond, model.null_condition(cond)])

@@ -93,9 +93,13 @@ def precision_report(reference: NARModel, candidate: NARModel, labels: torch.Ten
         ``delta_bits_per_token`` (candidate minus reference), ``delta_percent`` (of the reference's),
         ``samples`` (``B``).
     Raises:
-        ValueError: ``labels`` are not class ids ``[B]``, ``sampling`` is greedy (the likelihood needs
-            drawn samples), or the models differ in shape.
+        ValueError: a model is not class-conditional, ``labels`` are not class ids ``[B]``, ``sampling`` is
+            greedy (the likelihood needs drawn samples), or the models differ in shape.
     """
+    for name, model in (("reference", reference), ("candidate", candidate)):
+        if model.cfg.condition != "class":
+            raise ValueError(f"precision_report takes class-conditional models (the likelihood is scored given "
+                             f"class ids), the {name} has condition={model.cfg.condition!r}")
     if labels.dim() != 1 or labels.is_floating_point() or labels.is_complex():
         raise ValueError(f"labels must be class ids [B] (integers), got {labels.dtype} of shape {tuple(labels.shape)}")
     if sampling.greedy:

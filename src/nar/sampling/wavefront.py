@@ -31,7 +31,14 @@ import torch
 from nar.errors import ConfigError
 from nar.model import NARModel
 from nar.sampling.fast import CompiledDraw, capture_graph, choose_attention, compile_blocks, placement
-from nar.sampling.logits import SamplingConfig, apply_guidance, guidance_on, sample_tokens, with_null
+from nar.sampling.logits import (
+    SamplingConfig,
+    apply_guidance,
+    check_condition,
+    guidance_on,
+    sample_tokens,
+    with_null,
+)
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +144,8 @@ class WavefrontSampler:
     @torch.no_grad()
     def _period(self) -> None:
         a, b = self.slots
-        cond_a = with_null(self.model, a.cond, None, self.sampling)[0]
-        cond_b = with_null(self.model, b.cond, None, self.sampling)[0]
+        cond_a = with_null(self.model, a.cond, None, self.sampling, check=False)[0]  # checked in stream
+        cond_b = with_null(self.model, b.cond, None, self.sampling, check=False)[0]
         for k in range(self.passes):
             step_a, step_b = k, (k - self.offset) % self.passes
             if step_b == 0:  # B's cohort is complete: keep it before the next one overwrites the tokens
@@ -168,9 +175,12 @@ class WavefrontSampler:
         """``(class ids [batch], seed)`` per cohort → tokens ``[batch, *grid]`` per cohort, in the same order.
 
         Each period loads the next two cohorts: slot A's decodes whole, slot B's begins and is finished in
-        the next period. The tensors handed back are fresh copies.
+        the next period. The tensors handed back are fresh copies. The heads' weights are re-read when the
+        stream starts, so a ``load_state_dict`` into the model since is followed.
         """
         a, b = self.slots
+        for slot in self.slots:
+            self.model.refresh_inference(slot.state)
         grid = self.model.cfg.grid
         cohorts = iter(cohorts)
         pending: int | None = None  # the seed of the cohort slot B began in the previous period
@@ -183,6 +193,7 @@ class WavefrontSampler:
                 if cond.shape != (self.batch,):
                     raise ValueError(f"this sampler takes cohorts of {self.batch} class ids, got shape "
                                      f"{tuple(cond.shape)}")
+                check_condition(self.model, cond)
             if first is not None:
                 a.load(first[0], first[1], both=True)
             if second is not None:
