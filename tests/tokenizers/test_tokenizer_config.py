@@ -13,7 +13,10 @@ from nar.workflows.tokenizer import tokenizer_config
 @pytest.mark.parametrize("overrides,key", [
     ({"image_size": 250}, "image_size"),  # 250 not divisible by 16
     ({"kind": "audio"}, "kind"),
-    ({"base_channels": 48}, "encoder_ch_mult"),  # 48 not divisible by 32 groups
+    ({"base_channels": 48}, "base_channels"),  # 48 not divisible by 32 groups
+    # every width base_channels * mult (24, 48) divides by 8 groups, the stem's 12 does not
+    ({"base_channels": 12, "encoder_ch_mult": [2, 4], "decoder_ch_mult": [2, 4], "norm_groups": 8, "image_size": 32},
+     "base_channels"),
     ({"decoder_ch_mult": [1, 2]}, "decoder_ch_mult"),
     ({"num_frames": 4}, "num_frames"),  # images have one frame
     ({"codebook_size": 1}, "codebook_size"),

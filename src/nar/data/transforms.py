@@ -25,18 +25,40 @@ def decode_image(data: bytes, *, name: str = "<bytes>") -> Image.Image:
         img.load()
     except Exception as err:  # PIL raises many types for bad files
         raise DataError(f"{name}: cannot decode image: {err}") from None
-    return to_rgb(img)
+    return to_rgb(img, name=name)
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB copy of ``img``; alpha (RGBA, LA, palette with transparency) is composited on white."""
+def to_rgb(img: Image.Image, *, name: str | None = None) -> Image.Image:
+    """RGB copy of ``img``; alpha (RGBA, LA, palette with transparency) is composited on white. Greyscale
+    deeper than 8 bits is scaled to 8 (PIL's own conversion clips it: a 16-bit PNG comes out almost all
+    white), see :func:`_grey_to_8bit`; ``name`` (default: the image's file) goes into its errors."""
     if img.mode == "RGB":
         return img
+    if img.mode.startswith("I") or img.mode == "F":
+        return Image.fromarray(_grey_to_8bit(img, name or getattr(img, "filename", "") or "<image>")).convert("RGB")
     if (img.mode == "P" and "transparency" in img.info) or img.mode in ("RGBA", "LA", "PA"):
         rgba = img.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(canvas, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def _grey_to_8bit(img: Image.Image, name: str) -> np.ndarray:
+    """``uint8 [H, W]`` of an ``I;16*``, ``I`` or ``F`` image: 16-bit values (``I;16``, and ``I`` within
+    ``[0, 65535]``, as Pillow opened 16-bit PNGs before ``I;16``) keep their high byte; floats within ``[0, 1]``
+    are scaled by 255, within ``[0, 255]`` rounded. Other ranges are ambiguous: DataError naming the image."""
+    arr = np.asarray(img)
+    if arr.dtype.kind == "u" and arr.dtype.itemsize == 2:
+        return (arr >> 8).astype(np.uint8)
+    lo, hi = arr.min(initial=0), arr.max(initial=0)
+    if arr.dtype.kind in "iu" and 0 <= lo and hi <= 65535:
+        return (arr >> 8).astype(np.uint8)
+    if arr.dtype.kind == "f" and 0 <= lo and hi <= 1:
+        return np.rint(arr * 255).astype(np.uint8)
+    if arr.dtype.kind == "f" and 0 <= lo and hi <= 255:
+        return np.rint(arr).astype(np.uint8)
+    raise DataError(f"{name}: {img.mode} image with values in [{lo}, {hi}]: cannot map to 8 bits (expected "
+                    f"16-bit [0, 65535] integers, or floats in [0, 1] or [0, 255])")
 
 
 def resize_short_side(img: Image.Image, size: int) -> Image.Image:
@@ -84,24 +106,26 @@ def resize_video(frames: np.ndarray, size: int) -> np.ndarray:
 
 
 def ten_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    """``[..., H, W]`` → ``[10, ..., size, size]``: centre, four corners, then the same five flipped.
+    """``[..., H, W]`` → ``[10, ..., size, size]``: centre, four corners, then the same five mirrored.
 
-    The centre crop comes first so that augmentation 0 is always the plain evaluation view
-    (torchvision's TenCrop order is corners first; the set is the same).
+    The views are torchvision's ``TenCrop`` ones, which LlamaGen's extraction uses: the centre at
+    ``round((H - size) / 2)``, and the mirrored five cut from the mirrored image, so with an odd margin the
+    mirrored centre is not the centre mirrored. The order is ours: the centre first, so that augmentation 0
+    is always the plain evaluation view, and each view named by where it was cut from the original image
+    (:data:`AUGMENTATION_NAMES`; the mirrored image's top-left crop is ``top_right_flip``).
     """
     h, w = x.shape[-2:]
     if h < size or w < size:
         raise ValueError(f"ten_crop: input {h}×{w} smaller than crop {size}")
-    top, left = (h - size) // 2, (w - size) // 2
-    crops = [
-        x[..., top : top + size, left : left + size],
-        x[..., :size, :size],
-        x[..., :size, w - size :],
-        x[..., h - size :, :size],
-        x[..., h - size :, w - size :],
-    ]
-    crops += [c.flip(-1) for c in crops]
-    return torch.stack(crops)
+    top, left = int(round((h - size) / 2)), int(round((w - size) / 2))  # torchvision's center_crop
+
+    def five(img: torch.Tensor) -> list[torch.Tensor]:  # centre, top-left, top-right, bottom-left, bottom-right
+        return [img[..., top : top + size, left : left + size], img[..., :size, :size], img[..., :size, w - size :],
+                img[..., h - size :, :size], img[..., h - size :, w - size :]]
+
+    center, tl, tr, bl, br = five(x)
+    m_center, m_tl, m_tr, m_bl, m_br = five(x.flip(-1))  # m_tl is the original's top-right corner, mirrored
+    return torch.stack([center, tl, tr, bl, br, m_center, m_tr, m_tl, m_br, m_bl])
 
 
 AUGMENTATION_NAMES: dict[str, list[str]] = {

@@ -66,6 +66,8 @@ class VQConfig:
             raise bad("codebook_size", f"must be >= 2, got {self.codebook_size}")
         if not 0.0 <= self.dropout < 1.0:
             raise bad("dropout", f"must be in [0, 1), got {self.dropout}")
+        if self.base_channels % self.norm_groups:  # the width of the stem, which the first block normalises
+            raise bad("base_channels", f"{self.base_channels} is not divisible by norm_groups={self.norm_groups}")
         for key in ("encoder_ch_mult", "decoder_ch_mult"):
             mult = list(getattr(self, key))
             if not mult or min(mult) < 1:
