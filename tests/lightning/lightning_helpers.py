@@ -22,3 +22,23 @@ def tiny_overrides(root: Path, runs: Path, name: str = "t", tokenizer: str | Pat
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+def sigterm_at_decode(monkeypatch, at: int = 1) -> list[int]:
+    """SIGTERM to this process as the ``at``-th chunk of a decoding validation is decoded (the handler of the
+    running fit or validate takes it, as a cluster's preemption); returns the batch sizes decoded, in order."""
+    import os
+    import signal
+
+    from nar.lightning.generation import ChunkGenerator
+
+    plain, decoded = ChunkGenerator.decode, []
+
+    def decode(self, tokens):
+        decoded.append(tokens.shape[0])
+        if len(decoded) == at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return plain(self, tokens)
+
+    monkeypatch.setattr(ChunkGenerator, "decode", decode)
+    return decoded

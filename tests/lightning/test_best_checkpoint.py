@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from lightning_helpers import tiny_overrides
+from lightning_helpers import sigterm_at_decode, tiny_overrides
 
 from nar.config import load_config
 from nar.errors import ConfigError
@@ -57,25 +57,12 @@ def test_a_stop_during_a_decoding_validation_comes_within_a_chunk(token_root: Pa
     """SIGTERM while the first validation decodes (chunk 1 of 4): the validation ends after that chunk, logs no
     score, and the checkpoint comes at the next step, instead of after every chunk of the validation; the
     validation Lightning runs as the run stops decodes nothing."""
-    import os
-    import signal
-
     from nar.errors import RunInterrupted
-    from nar.lightning.generation import ChunkGenerator
     from nar.lightning.logs import read_metrics
     from nar.runs.folder import read_checkpoint_info
     from nar.workflows.train import fit
 
-    decoded = []
-    plain = ChunkGenerator.decode
-
-    def decode(self, tokens):
-        decoded.append(tokens.shape[0])
-        if len(decoded) == 1:
-            os.kill(os.getpid(), signal.SIGTERM)  # the handler of the running fit takes it
-        return plain(self, tokens)
-
-    monkeypatch.setattr(ChunkGenerator, "decode", decode)
+    decoded = sigterm_at_decode(monkeypatch)
     cfg = load_config(TrainConfig, [], tiny_overrides(token_root, tmp_path, name="stop", **{
         "trainer.max_steps": 50, "trainer.val_every": 2, "trainer.ckpt_every": 50, "trainer.keep_best": 1,
         "eval.num_samples": 16, "eval.batch_size": 4}))
@@ -94,23 +81,11 @@ def test_a_stop_during_the_last_validation_is_an_interruption_and_resume_scores_
     """SIGTERM while the validation of the last step decodes: no step is left to save at, so the checkpoint is
     saved as fit ends and the run is interrupted (not a finished run without its final scores); --resume then
     validates that step again."""
-    import os
-    import signal
-
     from nar.errors import RunInterrupted
-    from nar.lightning.generation import ChunkGenerator
     from nar.lightning.logs import read_metrics
     from nar.workflows.train import fit
 
-    plain, calls = ChunkGenerator.decode, []
-
-    def decode(self, tokens):
-        calls.append(tokens.shape[0])
-        if len(calls) == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return plain(self, tokens)
-
-    monkeypatch.setattr(ChunkGenerator, "decode", decode)
+    sigterm_at_decode(monkeypatch)
     cfg = load_config(TrainConfig, [], tiny_overrides(token_root, tmp_path, name="last", **{
         "trainer.max_steps": 4, "trainer.val_every": 4, "eval.num_samples": 8, "eval.batch_size": 4}))
     with pytest.raises(RunInterrupted):
@@ -151,9 +126,6 @@ def test_the_final_validation_ranks_and_a_sigterm_in_it_is_an_interruption(token
     """trainer.val_every=0: the validation the run ends with (outside fit) ranks a best checkpoint, which
     Lightning's callback skipped outside fitting; SIGTERM during it exits as interrupted (Lightning's stop is a
     SystemExit with status 0), and --resume validates the last step."""
-    import os
-    import signal
-
     from nar.errors import RunInterrupted
     from nar.lightning.generation import ChunkGenerator
     from nar.lightning.logs import read_metrics
@@ -165,15 +137,8 @@ def test_the_final_validation_ranks_and_a_sigterm_in_it_is_an_interruption(token
     fit(cfg, enable_progress_bar=False)
     assert sorted(p.name for p in (cfg.run_dir / "checkpoints").glob("best_*.ckpt")) == ["best_0000003.ckpt"]
 
-    plain, calls = ChunkGenerator.decode, []
-
-    def decode(self, tokens):
-        calls.append(tokens.shape[0])
-        if len(calls) == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return plain(self, tokens)
-
-    monkeypatch.setattr(ChunkGenerator, "decode", decode)
+    plain = ChunkGenerator.decode
+    calls = sigterm_at_decode(monkeypatch)
     cfg = load_config(TrainConfig, [], tiny_overrides(token_root, tmp_path, name="stopped", **over))
     with pytest.raises(RunInterrupted, match="during a validation at step 3"):
         fit(cfg, enable_progress_bar=False)

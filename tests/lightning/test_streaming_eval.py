@@ -184,11 +184,10 @@ def test_evaluate_out_here_other_metrics_and_a_sigterm(setup, tmp_path, monkeypa
     """`--out .` writes into the current folder; a run trained with best checkpoints by val/fid is evaluated with
     other metrics (an evaluation keeps no best checkpoints); SIGTERM during the evaluation exits as interrupted
     (75) naming the chunk folder, not 0 without results, and the same command then finishes from the chunks."""
-    import signal
+    from lightning_helpers import sigterm_at_decode
 
     from nar.cli.main import main
     from nar.errors import EXIT_INTERRUPTED
-    from nar.lightning.generation import ChunkGenerator
 
     ckpt, _ = setup
     payload = torch.load(ckpt, weights_only=False)
@@ -198,15 +197,7 @@ def test_evaluate_out_here_other_metrics_and_a_sigterm(setup, tmp_path, monkeypa
     here = tmp_path / "here"
     here.mkdir()
     monkeypatch.chdir(here)
-    plain, calls = ChunkGenerator.decode, []
-
-    def decode(self, tokens):
-        calls.append(tokens.shape[0])
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return plain(self, tokens)
-
-    monkeypatch.setattr(ChunkGenerator, "decode", decode)
+    sigterm_at_decode(monkeypatch, at=2)
     args = ["evaluate", "--ckpt", str(best), "--out", ".", "--num-samples", "12", "eval.batch_size=4",
             "trainer.threads=1", "eval.metrics=[]"]
     assert main(args) == EXIT_INTERRUPTED

@@ -70,20 +70,14 @@ def read_manifest(path: Path, bad: BadInputLog) -> list[tuple]:
                 whole = json.loads(content)
             except ValueError:
                 pass  # not one JSON document: read it as JSONL below
-        if isinstance(whole, list):
-            for i, row in enumerate(whole):
-                try:
-                    rows.append(_manifest_row(row))
-                except ValueError:
-                    bad.record(f"{path}[{i}]", "bad manifest line: needs an image path and a caption")
-        else:
-            for n, line in enumerate(content.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(_manifest_row(json.loads(line)))
-                except ValueError:
-                    bad.record(f"{path}:{n}", "bad manifest line: needs an image path and a caption")
+        lines = not isinstance(whole, list)  # JSONL: each non-blank line one object; else the array's items
+        entries = ([(f"{path}:{n}", line) for n, line in enumerate(content.splitlines(), 1) if line.strip()] if lines
+                   else [(f"{path}[{i}]", row) for i, row in enumerate(whole)])
+        for name, entry in entries:
+            try:
+                rows.append(_manifest_row(json.loads(entry) if lines else entry))
+            except ValueError:
+                bad.record(name, "bad manifest line: needs an image path and a caption")
     else:
         # split on the first tab only, no csv quoting: a caption may start with or hold unbalanced quotes
         for n, line in enumerate(content.splitlines(), 1):
