@@ -136,3 +136,25 @@ def test_per_axis_logits_cover_their_cells():
     assert len(per_axis) == 2 and model.head_names == ("row", "col")
     row_valid, col_valid = per_axis[0][1], per_axis[1][1]
     assert row_valid.sum() == 1 + 2 * 4 and col_valid.sum() == 1 + 3 * 3  # origin + cells with that parent
+
+
+def test_half_precision_decoding_mixes_three_parents_by_their_exact_mean():
+    """A video cell with three parents mixes its heads' logits by 1/3, which bf16 rounds to 0.333984375: decoding
+    in bf16 must still give the float32 mean of the training pass (a 0.24 % larger scale was a temperature)."""
+    model = tiny(grid=[3, 3, 3]).to(torch.bfloat16)
+    tokens, cond, _ = inputs(model, 4)
+    with torch.no_grad():
+        state = model.start_inference(4)
+        model.prefill(cond, state)
+        for i in range(1, 4):  # step 3 holds an interior cell with three parents
+            plan = state.plans[i]
+            x = model.step_input(i, state, tokens=tokens[:, state.plans[i - 1].outputs])
+            feats = model._features(x, plan.rope, plan.mask, state, plan)
+        fused = model._mix_inference(feats, plan, state)
+        mean = model._mix(feats, plan.sources, plan.weights)
+    assert not plan.exact_weights
+    for parents in (2, 3):
+        cells = (plan.weights > 0).sum(0) == parents
+        assert cells.any()
+        scale = (fused[:, cells] * mean[:, cells]).sum() / (mean[:, cells] ** 2).sum()
+        assert abs(scale.item() - 1) < 1e-3, (parents, scale.item())

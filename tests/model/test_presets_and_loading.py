@@ -29,6 +29,9 @@ def test_preset_parameter_counts(name, millions):
     (dict(mode="par", regions=[3, 2]), "regions'?: .*axis 0 has 16 cells"),
     (dict(mode="par", regions=[2, 2, 2]), "regions'?: .*one count per axis"),
     (dict(regions=[2, 2]), "regions'?: .*'par' only"),
+    (dict(multiple_of=0), "multiple_of"),
+    (dict(grid=[3, 4], mode="raster", head_sharing="shared", shared_axis=1), "shared_axis'?: 1: mode=raster has one"),
+    (dict(grid=[4, 4], mode="par", regions=[2, 2], head_sharing="shared", shared_axis=1), "shared_axis"),
 ])
 def test_bad_config_names_the_key(bad, match):
     with pytest.raises(ConfigError, match=match):

@@ -70,7 +70,8 @@ class NARConfig:
         self.grid = [int(g) for g in self.grid]
         if not 1 <= len(self.grid) <= 3 or any(g < 1 for g in self.grid):
             raise ConfigError(f"expected 1 to 3 positive sizes, got {self.grid}", key="grid")
-        for key in ("dim", "n_layer", "n_head", "vocab_size", "num_classes", "caption_dim", "caption_len"):
+        for key in ("dim", "n_layer", "n_head", "vocab_size", "num_classes", "caption_dim", "caption_len",
+                    "multiple_of"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"must be positive, got {getattr(self, key)}", key=key)
         if self.dim % self.n_head:
@@ -103,6 +104,9 @@ class NARConfig:
             raise ConfigError(f"counts must be >= 0, got {self.head_blocks}", key="head_blocks")
         if not -k <= self.shared_axis < k:
             raise ConfigError(f"{self.shared_axis} is not an axis of grid {self.grid}", key="shared_axis")
+        if self.head_sharing == "shared" and not -expected <= self.shared_axis < expected:
+            raise ConfigError(f"{self.shared_axis}: mode={self.mode} has one head, so a shared head is head 0 (or -1)",
+                              key="shared_axis")
         allowed = ("all", *self.axis_names) if self.mode == "nar" else ("all",)
         _choice("parents", self.parents, allowed)
         for key in ("token_dropout", "attn_dropout", "resid_dropout", "ffn_dropout", "drop_path"):

@@ -53,6 +53,10 @@ class StepPlan:
     weights: torch.Tensor  # [A, n_out] float: valid / number of valid predictors
     outputs: torch.Tensor  # [n_out] raster cells produced
     transition: torch.Tensor | None = None  # [K_p] PAR transition tokens fed after the cells (None: none)
+    # Whether every weight is exact in the inference dtype (1, 1/2: yes; 1/3 of a video cell's three parents
+    # is 0.333984375 in bf16); if not, ``cell_weight`` [n_out] float32 scales the mixed logits instead.
+    exact_weights: bool = True
+    cell_weight: torch.Tensor | None = None
 
 
 @dataclass
@@ -335,11 +339,13 @@ class NARModel(nn.Module):
                 rows = None if step.mask is None else step.mask.to(device)
                 own = torch.arange(step.start, step.kv_limit, device=device)
                 mask = _visible(rows, None if key_valid is None else key_valid[:, :kv_limit], own, cond_queries)
+            exact = bool(torch.equal(w.to(dtype).to(w.dtype), w))
             plans.append(StepPlan(
                 positions=positions, slots=slots, kv_limit=kv_limit,
                 rope=self.rope[step.positions.to(self.rope.device)].to(device),
                 mask=mask, sources=src.to(device), weights=w.to(device), outputs=step.outputs.to(device),
-                transition=step.transition.to(device) if len(step.transition) else None))
+                transition=step.transition.to(device) if len(step.transition) else None,
+                exact_weights=exact, cell_weight=None if exact else w.amax(0).float().to(device)))
         head_weight = self._head_weight() if cfg.mixing == "logits" else None
         return InferenceState(caches, plans, layout, head_weight)
 
@@ -404,9 +410,14 @@ class NARModel(nn.Module):
         features of every axis side by side times the heads' projections side by side."""
         if state.head_weight is None:
             return self._mix(feats, plan.sources, plan.weights)
-        parts = [self.heads[self._head_of_axis[a]].norm(h[:, src]) * w[None, :, None].to(h.dtype)
+        # An inexact weight (1/3 in bf16) would scale the logits (a temperature of 0.998): the features go in
+        # with their 0/1 validity and the mean's exact weight scales the logits in float32.
+        parts = [self.heads[self._head_of_axis[a]].norm(h[:, src])
+                 * (w if plan.exact_weights else (w > 0))[None, :, None].to(h.dtype)
                  for a, (h, src, w) in enumerate(zip(feats, plan.sources, plan.weights))]
         out = F.linear(torch.cat(parts, dim=-1), state.head_weight)
+        if not plan.exact_weights:
+            return out.float() * plan.cell_weight[None, :, None]
         return out.float() if state.upcast else out
 
 
