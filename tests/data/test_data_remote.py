@@ -146,3 +146,27 @@ def test_shard_specs_become_locations(tmp_path, monkeypatch):
     assert shard_location(tmp_path, "https://host/a.tar") == "https://host/a.tar"
     assert expand_specs("x-{00..02}.tar::y.tar") == ["x-00.tar", "x-01.tar", "x-02.tar", "y.tar"]
     assert expand_specs(["pipe:cat a-{0..1}.tar", "b.tar"]) == ["pipe:cat a-0.tar", "pipe:cat a-1.tar", "b.tar"]
+
+
+def test_a_workflows_first_shard_probe_reads_pipe_and_brace_specs(tmp_path):
+    """The probes that read a dataset's first shard (the tokenizer's stored image size, the caption feature shape)
+    open shards as the readers do: a meta.json listing pipe: commands or a brace pattern works too."""
+    import json
+
+    from PIL import Image
+
+    from nar.data.encode import encode_png
+    from nar.data.shards import first_shard, write_meta, write_split
+    from nar.workflows.tokenizer import stored_image_size
+
+    root = tmp_path / "ds"
+    rec = write_split(root, "train", list(range(4)), shard_size=2, make_sample=lambda i: {
+        "png": encode_png(Image.new("RGB", (30, 40))), "cls": i % 2})
+    write_meta(root, "image", [rec], classes=["a", "b"])
+    meta = json.loads((root / "meta.json").read_text())
+    for shards in ([f"pipe:cat {root / s}" for s in meta["splits"]["train"]["shards"]],
+                   [str(root / "train" / "train-{000000..000001}.tar")]):
+        meta["splits"]["train"]["shards"] = shards
+        assert stored_image_size(root, meta) == 30
+        assert first_shard(root, meta["splits"]["train"]) is not None
+    assert first_shard(root, {"shards": []}) is None

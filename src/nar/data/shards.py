@@ -676,6 +676,13 @@ def shard_location(root: str | os.PathLike[str], spec: str | os.PathLike[str]) -
     return spec
 
 
+def first_shard(root: str | os.PathLike[str], split: dict[str, Any]) -> ShardLocation | None:
+    """Where the first shard of a ``meta.json`` split record is read from (URLs, ``pipe:`` commands and brace
+    patterns as the readers open them), or None for a split without shards."""
+    specs = expand_specs(split.get("shards", []))
+    return shard_location(root, specs[0]) if specs else None
+
+
 def expand_specs(specs: str | Sequence[str]) -> list[str]:
     """Shard specs with brace patterns expanded (``train-{000000..001281}.tar``); a string may also join several
     patterns with ``::`` (webdataset's own expansion: ``webdataset.shardlists.expand_urls``)."""

@@ -60,12 +60,13 @@ def stored_image_size(root: str | Path, meta: dict, probe: int = 16) -> int | No
 
     from PIL import Image
 
-    from nar.data.shards import iter_tar
+    from nar.data.shards import first_shard, iter_tar
 
     split = meta.get("splits", {}).get("train") or next(iter(meta.get("splits", {}).values()), None)
     sides = []
-    for shard in (split or {}).get("shards", [])[:1]:
-        for raw in iter_tar(Path(root) / shard):
+    shard = first_shard(root, split) if split else None
+    if shard is not None:
+        for raw in iter_tar(shard):
             data = raw.get("png") or raw.get("jpg") or raw.get("jpeg")
             if data is not None:
                 with Image.open(io.BytesIO(data)) as img:

@@ -84,10 +84,10 @@ def facts_from_data(root: str | Path) -> dict[str, Any]:
 
 def _caption_shape(root: str | Path, meta: dict[str, Any]) -> tuple[int, int]:
     """``(slots, width)`` of the stored caption features, read off the first sample."""
-    from nar.data.shards import iter_tar
+    from nar.data.shards import first_shard, iter_tar
 
-    split = next(iter(meta["splits"].values()))
-    for raw in iter_tar(Path(root) / split["shards"][0]):
+    shard = first_shard(root, next(iter(meta["splits"].values())))
+    for raw in iter_tar(shard) if shard is not None else ():
         if "capfeat.npy" in raw:
             import io
 
