@@ -67,23 +67,23 @@ train-tokenizer: $(VENV)/.installed ## train a VQ tokenizer: DATA=emoji|atari|im
 
 train-imagenet: $(VENV)/.installed ## train NAR on ImageNet token shards: DATA=path [MODEL=b|m|l|xl|xxl (xl/xxl: FSDP)]
 	@if [ -z "$(DATA)" ]; then echo "train-imagenet needs DATA=<folder of ImageNet token shards, made by 'nar data tokens'>"; exit 2; fi
-	$(NAR) train --config experiments/imagenet/nar_$(MODEL).yaml data.root=$(DATA) $(if $(TOKENIZER),tokenizer.path=$(TOKENIZER)) --gpus $(GPUS) --nodes $(NODES) --resume $(ARGS)
+	$(NAR) train --config experiments/imagenet/nar_$(MODEL).yaml --gpus $(GPUS) --nodes $(NODES) --resume data.root=$(DATA) $(if $(TOKENIZER),tokenizer.path=$(TOKENIZER)) $(ARGS)
 
 train-ucf101: $(VENV)/.installed ## train NAR-L on UCF-101 token shards: DATA=path
 	@if [ -z "$(DATA)" ]; then echo "train-ucf101 needs DATA=<folder of UCF-101 token shards, made by 'nar data tokens'>"; exit 2; fi
-	$(NAR) train --config experiments/ucf101/nar_l.yaml data.root=$(DATA) $(if $(TOKENIZER),tokenizer.path=$(TOKENIZER)) --gpus $(GPUS) --nodes $(NODES) --resume $(ARGS)
+	$(NAR) train --config experiments/ucf101/nar_l.yaml --gpus $(GPUS) --nodes $(NODES) --resume data.root=$(DATA) $(if $(TOKENIZER),tokenizer.path=$(TOKENIZER)) $(ARGS)
 
 train-t2i: $(VENV)/.installed ## text-to-image NAR-XL, 256 px: DATA=path; stage 2 (512 px): also INIT=<stage-1 ckpt>
 	@if [ -z "$(DATA)" ]; then echo "train-t2i needs DATA=<folder of caption token shards, made by 'nar data tokens --text-encoder t5'>"; exit 2; fi
-	$(NAR) train --config experiments/t2i/nar_xl.yaml $(if $(INIT),--config experiments/t2i/nar_xl_512.yaml init_from=$(INIT)) data.root=$(DATA) --gpus $(GPUS) --nodes $(NODES) $(ARGS)
+	$(NAR) train --config experiments/t2i/nar_xl.yaml $(if $(INIT),--config experiments/t2i/nar_xl_512.yaml) --gpus $(GPUS) --nodes $(NODES) $(if $(INIT),init_from=$(INIT)) data.root=$(DATA) $(ARGS)
 
 eval-imagenet: $(VENV)/.installed ## 50 samples/class, FID/IS/precision/recall: CKPT=path TOKENIZER=vq.pt [DATA=real image shards]
 	@if [ -z "$(CKPT)" ]; then echo "eval-imagenet needs CKPT=<NAR checkpoint (ours or official .pt)>, TOKENIZER=<VQ-16 .pt> and DATA=<ImageNet image shards> or ARGS=eval.reference_stats=<ADM .npz>"; exit 2; fi
-	$(NAR) evaluate --config experiments/imagenet/nar_$(MODEL).yaml --ckpt $(CKPT) --per-class 50 $(if $(TOKENIZER),tokenizer.path=$(TOKENIZER)) $(if $(DATA),eval.real_root=$(DATA) eval.num_real=50000) --gpus $(GPUS) --nodes $(NODES) $(ARGS)
+	$(NAR) evaluate --config experiments/imagenet/nar_$(MODEL).yaml --ckpt $(CKPT) --per-class 50 --gpus $(GPUS) --nodes $(NODES) $(if $(TOKENIZER),tokenizer.path=$(TOKENIZER)) $(if $(DATA),eval.real_root=$(DATA) eval.num_real=50000) $(ARGS)
 
 eval-ucf101: $(VENV)/.installed ## FVD on UCF-101 (10k samples): CKPT=path TOKENIZER=video vq.pt DATA=clip shards [ARGS=eval.i3d_path=i3d.pt]
 	@if [ -z "$(CKPT)" ]; then echo "eval-ucf101 needs CKPT=<NAR video checkpoint>, TOKENIZER=<video VQ .pt> and DATA=<UCF-101 clip shards>"; exit 2; fi
-	$(NAR) evaluate --config experiments/ucf101/nar_l.yaml --ckpt $(CKPT) --num-samples 10000 $(if $(TOKENIZER),tokenizer.path=$(TOKENIZER)) $(if $(DATA),eval.real_root=$(DATA) eval.num_real=10000) --gpus $(GPUS) --nodes $(NODES) $(ARGS)
+	$(NAR) evaluate --config experiments/ucf101/nar_l.yaml --ckpt $(CKPT) --num-samples 10000 --gpus $(GPUS) --nodes $(NODES) $(if $(TOKENIZER),tokenizer.path=$(TOKENIZER)) $(if $(DATA),eval.real_root=$(DATA) eval.num_real=10000) $(ARGS)
 
 ablate-heads: $(VENV)/.installed ## head ablation grid (CPU emoji; GRID=heads_imagenet GPUS=8 DATA=.. TOKENIZER=.. on a cluster)
 	$(NAR) ablate --config experiments/ablations/$(or $(GRID),heads_emoji).yaml --gpus $(GPUS) --nodes $(NODES) $(if $(DATA),data.root=$(DATA)) $(if $(TOKENIZER),tokenizer.path=$(TOKENIZER)) $(ARGS)

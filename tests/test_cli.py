@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
 from nar.cli.main import _every_parser, build_parser
+from nar.config import load_config
+from nar.errors import ConfigError
 from nar.logconfig import configure_logging
+from nar.runs.config import TrainConfig
 
 
 def _options(parser: argparse.ArgumentParser):
@@ -44,3 +51,124 @@ def test_usage_errors_exit_2(argv, code, capsys) -> None:
     from nar.cli.main import main
 
     assert main(argv) == code
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.parametrize("target, variables", [
+    ("train-imagenet", ["DATA=/d", "TOKENIZER=/t.pt"]),
+    ("train-ucf101", ["DATA=/d"]),
+    ("train-t2i", ["DATA=/d", "INIT=/init.ckpt"]),
+    ("eval-imagenet", ["CKPT=/c.pt", "TOKENIZER=/t.pt", "DATA=/d"]),
+    ("eval-ucf101", ["CKPT=/c.ckpt", "TOKENIZER=/t.pt", "DATA=/d"]),
+])
+def test_make_targets_pass_args_overrides_through(target, variables) -> None:
+    """`make <target> ARGS=key=value` (as the targets' own messages suggest): the command make would run parses,
+    with ARGS's override after the target's own ones, and ARGS may still carry flags."""
+    root = Path(__file__).resolve().parents[1]
+    args = "ARGS=eval.num_samples=7 --cpu"
+    made = subprocess.run(["make", "-n", "-C", str(root), target, *variables, "GPUS=2", args],
+                          capture_output=True, text=True, check=True).stdout
+    (line,) = [ln for ln in made.splitlines() if ln.split(" ", 1)[0].endswith("/nar")]
+    ns = build_parser().parse_args(shlex.split(line)[1:])
+    assert ns.overrides[-1] == "eval.num_samples=7" and ns.cpu and ns.gpus == 2
+    assert any(o.startswith(("data.root=", "eval.real_root=")) for o in ns.overrides)
+
+
+def test_config_interpolation_errors_name_the_key(caplog) -> None:
+    from nar.cli.main import main
+
+    assert main(["train", "--config", "demo/emoji.yaml", "eval.real_root=${data.roott}"]) == 2
+    assert "key 'eval.real_root'" in caplog.text and "data.roott" in caplog.text
+    with pytest.raises(ConfigError, match=r"model.head_blocks=\[\$\{nope\}\]'?: not a YAML value"):
+        load_config(TrainConfig, ["demo/emoji.yaml"], ["model.head_blocks=[${nope}]"])
+    with pytest.raises(ConfigError, match="key 'model.preset': cannot resolve"):
+        load_config(TrainConfig, ["demo/emoji.yaml"], ["model.preset=${nope}"])
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_demo_threads_zero_keeps_torch_default_and_negative_is_a_usage_error(tmp_path, monkeypatch, caplog) -> None:
+    import torch
+
+    import nar.workflows.demo as demo
+    from nar.cli.main import main
+
+    before = torch.get_num_threads()
+
+    def stop(domain, data_root, smoke):
+        assert torch.get_num_threads() == before
+        raise _Stop
+
+    monkeypatch.setattr(demo, "ensure_embedded", stop)
+    with pytest.raises(_Stop):
+        main(["demo", "--threads", "0", "--out", str(tmp_path / "t0")])
+    assert main(["demo", "--threads", "-1", "--out", str(tmp_path / "neg")]) == 2
+    assert "--threads" in caplog.text and "-1" in caplog.text and not (tmp_path / "neg").exists()
+
+
+def test_demo_smoke_reads_the_given_data_folder(tmp_path, monkeypatch) -> None:
+    import torch
+
+    import nar.workflows.demo as demo
+    from nar.cli.main import main
+
+    roots = []
+    threads = str(torch.get_num_threads())  # unchanged by the demo
+
+    def stop(domain, data_root, smoke):
+        roots.append(Path(data_root))
+        raise _Stop
+
+    monkeypatch.setattr(demo, "ensure_embedded", stop)
+    for extra in (["--data", str(tmp_path / "mine")], []):
+        with pytest.raises(_Stop):
+            main(["demo", "--smoke", "--threads", threads, "--out", str(tmp_path / "out"), *extra])
+    assert roots == [tmp_path / "mine", tmp_path / "out" / "data"]
+
+
+def test_demo_generator_marker_is_written_atomically_and_a_torn_one_retrains(tmp_path, monkeypatch, caplog) -> None:
+    import json
+    import os
+    import types
+
+    import nar.runs.folder as folder
+    import nar.workflows.demo as demo
+    import nar.workflows.train as wtrain
+    from nar.atomic import WriteError
+
+    run_dir = tmp_path / "nar"
+    run_dir.mkdir()
+    fits = []
+
+    def fit(cfg, **kwargs):
+        fits.append(kwargs)
+        return {"metrics": {"val/fid": 12.0}, "run_dir": run_dir, "checkpoint": run_dir / "last.ckpt",
+                "samples": None, "global_step": 3, "module": types.SimpleNamespace(model=types.SimpleNamespace(
+                    num_passes=7))}
+
+    monkeypatch.setattr(demo, "generator_config", lambda *a, **k: types.SimpleNamespace(
+        run_dir=run_dir, model=types.SimpleNamespace(num_cells=16)))
+    monkeypatch.setattr(folder, "has_checkpoints", lambda d: False)
+    monkeypatch.setattr(wtrain, "fit", fit)
+    call = ("emoji", "nar", None, None, None, tmp_path, True, 1)
+
+    real_replace = os.replace
+
+    def failing_replace(src, dst):  # the write is cut short before it is committed
+        if Path(dst).name == "result.json":
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(WriteError, match="result.json"):
+        demo.train_generator(*call)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert not (run_dir / "result.json").exists()  # no half-written marker under the final name
+
+    (run_dir / "result.json").write_text('{"mode": "na')  # torn by an older, non-atomic writer
+    summary = demo.train_generator(*call)
+    assert len(fits) == 2 and summary["steps"] == 3 and "unreadable" in caplog.text
+    assert json.loads((run_dir / "result.json").read_text()) == summary
+    assert demo.train_generator(*call) == summary and len(fits) == 2  # a valid marker: nothing trains again

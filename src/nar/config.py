@@ -96,6 +96,9 @@ def merge_sources(base: DictConfig, yaml_paths: Sequence[str | Path] = (), overr
             base = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
         except OmegaConfBaseException as err:
             raise _describe(err, "command-line override") from None
+        except yaml.YAMLError as err:  # a value that is not YAML, e.g. a list holding an unquoted ${...}
+            raise ConfigError(f"command-line override {_unparsable(overrides)!r}: not a YAML value "
+                              f"({getattr(err, 'problem', None) or err}); quote it") from None
     return base
 
 
@@ -161,7 +164,11 @@ def build(schema: type[T], node: Any, path: str = "") -> T:
         if not f.init:
             continue
         key = f"{path}.{f.name}" if path else f.name
-        kwargs[f.name] = _value(hints[f.name], node[f.name], key)
+        try:
+            value = node[f.name]  # resolves ${...} interpolations
+        except OmegaConfBaseException as err:
+            raise _unresolved(err, key) from None
+        kwargs[f.name] = _value(hints[f.name], value, key)
     try:
         return schema(**kwargs)
     except ConfigError as err:
@@ -178,8 +185,28 @@ def _value(hint: Any, value: Any, key: str) -> Any:
     if item is not None and isinstance(value, ListConfig):
         return [build(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
+        try:
+            return OmegaConf.to_container(value, resolve=True)
+        except OmegaConfBaseException as err:
+            raise _unresolved(err, key) from None
     return value
+
+
+def _unparsable(overrides: Sequence[str]) -> str:
+    """The first ``key=value`` whose value YAML cannot parse (all of them joined when none alone fails)."""
+    for item in overrides:
+        try:
+            OmegaConf.from_dotlist([item])
+        except yaml.YAMLError:
+            return item
+        except OmegaConfBaseException:
+            continue
+    return " ".join(overrides)
+
+
+def _unresolved(err: OmegaConfBaseException, key: str) -> ConfigError:
+    """A value OmegaConf cannot produce (a bad ``${...}`` interpolation) as a :class:`ConfigError` naming ``key``."""
+    return ConfigError(f"cannot resolve its value: {str(err).splitlines()[0]}", key=key)
 
 
 def _dataclass_of(hint: Any) -> type | None:
@@ -203,8 +230,11 @@ def _preset_sections(schema: type, node: DictConfig, path: str = "") -> dict[str
     """``{section path: preset fields}`` for every section whose dataclass has presets and names one."""
     out: dict[str, dict[str, Any]] = {}
     hints = typing.get_type_hints(schema)
-    if hasattr(schema, "preset_fields") and node.get(PRESET_KEY):
-        name = node[PRESET_KEY]
+    try:
+        name = node.get(PRESET_KEY) if hasattr(schema, "preset_fields") else None
+    except OmegaConfBaseException as err:
+        raise _unresolved(err, f"{path}.{PRESET_KEY}" if path else PRESET_KEY) from None
+    if name:
         try:
             out[path] = {**schema.preset_fields(name), PRESET_KEY: name}
         except ConfigError as err:

@@ -238,3 +238,22 @@ def test_the_shared_tokenizer_step_resumes_a_stopped_run(tmp_path: Path) -> None
     path.unlink()
     assert list((out / "checkpoints").glob("*.ckpt"))
     assert ensure_tokenizer("emoji", images, out, smoke=True, threads=1, steps=2) == path and path.is_file()
+
+
+def test_set_takes_one_ablation_key_each_and_leaves_training_overrides(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The module docstring's `--set out=... trainer.max_steps=50`: out is an ablation key, the step budget a
+    training override shared by every variant (not swallowed by --set); --set repeats for more keys."""
+    import nar.workflows.ablation as ablation
+    from nar.cli.main import main
+
+    seen = {}
+
+    def fake_run(cfg, shared=(), only=None, threads=None):
+        seen.update(out=cfg.out, batch=cfg.bench.batch, shared=list(shared))
+        return {"rows": [], "ran": [], "skipped": [], "csv": "c", "markdown": "m", "plot": None, "tensorboard": "t"}
+
+    monkeypatch.setattr(ablation, "run_ablation", fake_run)
+    grid = str(ROOT / "experiments" / "ablations" / "heads_emoji.yaml")
+    argv = ["ablate", "--config", grid, "--set", f"out={tmp_path}", "trainer.max_steps=50", "--set", "bench.batch=3"]
+    assert main(argv) == 0
+    assert seen["out"] == str(tmp_path) and seen["batch"] == 3 and "trainer.max_steps=50" in seen["shared"]

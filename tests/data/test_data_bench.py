@@ -21,3 +21,19 @@ def test_compare_readers_and_the_written_results(tmp_path, capsys):
     report = json.loads((out / "results.json").read_text())
     assert report["machine"]["webdataset"] and len(report["rounds"]) == 1 and report["ratio_ours_over_plain"] > 0
     assert "Target: ours ≥ 0.9 × plain" in (out / "README.md").read_text() and "| **median** |" in capsys.readouterr().out
+
+
+def test_the_recorded_command_is_the_one_given_to_main(tmp_path, monkeypatch):
+    """As `nar bench`: the command comes from main's argv (tests, notebooks, scripts), not from sys.argv."""
+    import sys
+
+    from nar.cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["pytest", "-q"])
+    out = tmp_path / "results"
+    argv = ["bench-data", "--synthetic", "4", "--synthetic-dir", str(tmp_path / "jpegs"), "--images", "2",
+            "--rounds", "1", "--crop", "32", "--out", str(out)]
+    assert main(argv) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["command"] == "nar " + " ".join(argv)
+    assert report["command"] in (out / "README.md").read_text()

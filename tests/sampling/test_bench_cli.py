@@ -134,3 +134,12 @@ def test_variants_alternate_with_the_schedules_in_rounds(tmp_path, capsys):
     assert len(nar) == len(wave) == 3
     ratios = sorted(n / w for n, w in zip(nar, wave))
     assert f"batch 2: nar+wavefront over nar: {ratios[1]:.2f}x" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag, value", [("--iters", "0"), ("--warmup", "-1")])
+def test_bad_iteration_counts_name_the_flag(flag, value, tmp_path, caplog):
+    argv = ["bench", "--preset", "NAR-tiny", "--set", "dim=32", "--device", "cpu", "--dtype", "fp32", "--batch", "1",
+            "--schedules", "nar", "--guidance", "1.0", "--min-time", "0", "--out", str(tmp_path), flag, value]
+    assert main(argv) == 2
+    assert f"{flag} must be" in caplog.text and f"got {value}" in caplog.text, caplog.text
+    assert not list(tmp_path.iterdir())

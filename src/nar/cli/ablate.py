@@ -3,7 +3,7 @@
     nar ablate --config experiments/ablations/heads_emoji.yaml                 # `make ablate-heads` (CPU)
     nar ablate --config experiments/ablations/heads_imagenet.yaml --gpus 8 data.root=... tokenizer.path=...
     nar ablate --config ... --only mixed,raster                                 # a subset of the rows
-    nar ablate --config ... --set out=runs/ablations/try2 trainer.max_steps=50
+    nar ablate --config ... --set out=runs/ablations/try2 trainer.max_steps=50   # --set: one ablation key each
 
 Writes ``<out>/results.csv`` (one row per variant, written when complete; a rerun skips finished rows and
 resumes an interrupted variant from its last checkpoint), ``results.md``, ``fid_vs_speed.png`` and
@@ -24,8 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ablate", help="train and evaluate a grid of generator variants (head ablations)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="ablation YAML (experiments/ablations/*.yaml)")
-    p.add_argument("--set", nargs="*", default=[], metavar="key=value",
-                   help="overrides of the ablation YAML's own keys (out=..., bench.batch=...)")
+    p.add_argument("--set", action="append", default=[], metavar="key=value",
+                   help="one override of the ablation YAML's own keys (out=..., bench.batch=...); repeat the flag "
+                        "for more (--set out=... --set bench.batch=8); bare key=value are training overrides")
     p.add_argument("--only", default="", help="comma-separated variant names to run (default: all)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the shared tokenizer step")
     add_device_args(p)

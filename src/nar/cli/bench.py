@@ -65,6 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from nar.errors import ConfigError
     from nar.model import NARConfig
     from nar.sampling.bench import (
         bench_sampling,
@@ -75,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
     )
     from nar.sampling.logits import SamplingConfig
 
+    if args.iters < 1:
+        raise ConfigError(f"--iters must be >= 1 (timed calls per method), got {args.iters}")
+    if args.warmup < 0:
+        raise ConfigError(f"--warmup must be >= 0, got {args.warmup}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device here; run `make bench-cpu` or pass --device cpu")
         return 2

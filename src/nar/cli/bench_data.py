@@ -7,7 +7,6 @@ import argparse
 import json
 import logging
 import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -49,8 +48,7 @@ def run(args: argparse.Namespace) -> int:
         result = compare_readers(root, split=args.split, images=args.images, crop=args.crop, rounds=args.rounds,
                                  workers=args.workers, progress=lambda line: log.info("%s", line))
         seconds = time.perf_counter() - start
-    command = "nar " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("bench-data"):]) \
-        if "bench-data" in sys.argv else "nar bench-data"
+    command = "nar " + " ".join(shlex.quote(a) for a in getattr(args, "argv", None) or ["bench-data"])  # as nar bench
     report: dict[str, Any] = {"command": command, "machine": machine(), "data": source,
                               "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "seconds": round(seconds, 1),
                               **result.to_dict()}

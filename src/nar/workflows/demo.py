@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nar.atomic import write_text
 from nar.config import load_config
+from nar.errors import ConfigError
 from nar.runs.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,10 @@ def run_demo(domain: str = "emoji", smoke: bool = False, compare_raster: bool = 
     """
     import torch
 
-    torch.set_num_threads(threads)
+    if threads < 0:
+        raise ConfigError(f"--threads must be >= 0 (0 = torch's default), got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
     start = time.perf_counter()
     suffix = "-smoke" if smoke else ""
     out_dir = Path(out or Path("runs") / f"demo-{domain}{suffix}")
@@ -64,7 +69,9 @@ def run_demo(domain: str = "emoji", smoke: bool = False, compare_raster: bool = 
     t = time.perf_counter()
     if domain in T2I and not data:  # its own scene count and size, so data/embedded/shapes stays the default one
         data_root = out_dir / "data"
-    images = ensure_embedded(domain, data_root if not smoke else out_dir / "data", smoke)
+    if smoke and not data:  # the smoke budget's own small shards, unless --data names a folder
+        data_root = out_dir / "data"
+    images = ensure_embedded(domain, data_root, smoke)
     timings["data"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -89,7 +96,7 @@ def run_demo(domain: str = "emoji", smoke: bool = False, compare_raster: bool = 
     result = {"domain": domain, "smoke": smoke, "out": str(out_dir), "data": str(images),
               "tokenizer": str(tokenizer_path), "tokens": str(tokens), "runs": runs, "ceiling": ceiling,
               "timings": timings, "seconds": time.perf_counter() - start}
-    (out_dir / "demo_result.json").write_text(json.dumps(result, indent=1, default=str))
+    write_text(out_dir / "demo_result.json", json.dumps(result, indent=1, default=str))
     return result
 
 
@@ -201,15 +208,20 @@ def train_generator(domain: str, mode: str, tokens: Path, images: Path, tokenize
     cfg = generator_config(domain, mode, tokens, images, tokenizer_path, out_dir, smoke, threads, overrides)
     done = cfg.run_dir / "result.json"
     if done.is_file():
-        log.info("%s generator: %s (exists)", mode, done)
-        return json.loads(done.read_text())
+        try:
+            summary = json.loads(done.read_text())
+        except (OSError, ValueError) as err:  # e.g. torn by a crash before atomic writes: train (resume) again
+            log.warning("%s generator: unreadable %s (%s); training again", mode, done, err)
+        else:
+            log.info("%s generator: %s (exists)", mode, done)
+            return summary
     result = fit(cfg, resume=has_checkpoints(cfg.run_dir), enable_progress_bar=False)
     scores = {k: v for k, v in result["metrics"].items() if k.startswith("val/")}
     summary = {"mode": mode, "run_dir": str(result["run_dir"]), "checkpoint": str(result["checkpoint"]),
                "samples": str(result["samples"]) if result["samples"] else None,
                "tensorboard": str(result["run_dir"] / "tb"), "steps": result["global_step"],
                "passes": int(result["module"].model.num_passes), "cells": cfg.model.num_cells, "scores": scores}
-    done.write_text(json.dumps(summary, indent=1))
+    write_text(done, json.dumps(summary, indent=1))
     return summary
 
 
