@@ -29,17 +29,16 @@ from nar.data import transforms as T
 from nar.data.checks import InvalidSample, SampleSpec, sample_name, skip_reason
 from nar.data.shards import (
     LABELS_NAME,
-    META_NAME,
     BadInputLog,
     ShardLocation,
     SplitRecord,
     _start_method,
     check_kind,
+    classes_kept,
     dataset_lock,
     expand_specs,
     is_url,
     iter_tar,
-    read_meta,
     shard_location,
     write_meta,
 )
@@ -195,11 +194,7 @@ def _classes(out: Path, labels: np.ndarray, names: dict[int, str], given: Sequen
         return list(given)
     derived = [names[i] for i in range(top)] if names and all(i in names for i in range(top)) else \
         [str(i) for i in range(top)]
-    if (out / META_NAME).is_file():
-        existing = read_meta(out).get("classes") or []
-        if len(existing) >= top:
-            return list(existing)
-    return derived
+    return classes_kept(out, top) or derived
 
 
 __all__ = ["ShardSummary", "index_shards", "stored_spec", "summarize_shard"]

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from nar.data.imagenet import read_synset_names
-from nar.data.shards import META_NAME, SkipSample, dataset_lock, read_meta, write_meta, write_split
+from nar.data.shards import SkipSample, classes_kept, dataset_lock, write_meta, write_split
 from nar.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -274,10 +274,9 @@ def _classes(out: Path, labels: np.ndarray, synset_map: str | os.PathLike[str] |
         if len(wnids) < top:
             raise DataError(f"{synset_map}: {len(wnids)} classes, but the labels go up to {top - 1}")
         return wnids, [names[w] for w in wnids]
-    if num_classes is None and (out / META_NAME).is_file():
-        existing = read_meta(out).get("classes") or []
-        if len(existing) >= top:
-            return list(existing), None  # their class_names, if any, stay in meta.json
+    kept = classes_kept(out, top) if num_classes is None else None
+    if kept is not None:
+        return kept, None  # their class_names, if any, stay in meta.json
     n = num_classes if num_classes is not None else top
     if n < top:
         raise DataError(f"--num-classes {n}, but the labels go up to {top - 1}")

@@ -590,6 +590,14 @@ def write_meta(root: str | os.PathLike[str], kind: str, splits: Sequence[SplitRe
         return _update_meta(Path(root), kind, splits, fields)
 
 
+def classes_kept(root: str | os.PathLike[str], top: int) -> list[str] | None:
+    """The classes ``<root>/meta.json`` already lists when they cover class ids below ``top``, else None: a split
+    written after another (a small ``val`` holding the first classes only) keeps them rather than shrink them."""
+    path = Path(root) / META_NAME
+    existing = (_read_json(path).get("classes") or []) if path.is_file() else []
+    return list(existing) if existing and len(existing) >= top else None
+
+
 def check_kind(root: str | os.PathLike[str], kind: str) -> None:
     """Raise :class:`DataError` when ``<root>/meta.json`` describes a dataset of another kind than ``kind``: what
     :func:`write_meta` would refuse, asked before anything is written into the folder."""
