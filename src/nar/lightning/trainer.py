@@ -193,9 +193,11 @@ def validate_or_interrupt(trainer: L.Trainer, module: L.LightningModule, on_stop
 
 def finish_run(trainer: L.Trainer, module: L.LightningModule, last: Any, validate: bool,
                **validate_kwargs: Any) -> None:
-    """What a run does after ``fit``: with ``validate``, the final validation (ranked by the best checkpoints too;
-    SIGTERM in it is an interruption and ``--resume`` validates the step again); then the best checkpoints' end
-    of run check."""
+    """What a run does after ``fit``: the checkpoint of its last step at ``last`` (``trainer.ckpt_every``: always
+    one at the end); with ``validate``, the final validation (ranked by the best checkpoints too; SIGTERM in it is
+    an interruption and ``--resume`` from ``last`` validates the step again); then the best checkpoints' end of
+    run check."""
+    trainer.save_checkpoint(last)
     best = [cb for cb in trainer.callbacks if isinstance(cb, BestCheckpoint)]
     if validate:
         for cb in best:

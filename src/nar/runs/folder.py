@@ -8,10 +8,14 @@ as ``last-v1.ckpt`` must never send a resume back in time: :func:`resume_checkpo
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+
+from nar.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,17 @@ def resume_checkpoint(run_dir: str | Path) -> CheckpointInfo | None:
     log.info("resume: continuing from %s (step %d)%s", newest.path, newest.step,
              f"; {len(bad)} unreadable checkpoint(s) skipped" if bad else "")
     return newest
+
+
+def refuse_other_model(path: str | Path, mine: dict[str, Any], theirs: dict[str, Any], keys: Iterable[str]) -> None:
+    """Refuse to resume checkpoint ``path`` into another network: a :class:`ConfigError` naming every
+    ``model.<key>`` of ``keys`` where this run's config (``mine``) differs from what ``path`` was trained with
+    (``theirs``), raised before anything is written."""
+    differ = [k for k in keys if mine[k] != theirs.get(k)]
+    if differ:
+        pairs = ", ".join(f"model.{k}={theirs.get(k)} (config: {mine[k]})" for k in differ)
+        raise ConfigError(f"--resume: {path} was trained with {pairs}; resume with the run's own settings or start "
+                          "another name=")
 
 
 def has_checkpoints(run_dir: str | Path) -> bool:

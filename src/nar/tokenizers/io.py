@@ -66,12 +66,12 @@ def load_tokenizer(
     path = Path(source)
     obj = load_file(path, what="tokenizer checkpoint")
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        stored = _stored_config(obj["config"], path)
+        stored = stored_config(obj["config"], path)
         _check_same(stored, config, path)
         tokenizer = VQTokenizer(stored)
         load_strict(tokenizer, obj["state_dict"], source=str(path))
     elif isinstance(obj, dict) and LIGHTNING_CONFIG_KEY in obj:
-        stored = _stored_config(obj[LIGHTNING_CONFIG_KEY], path)
+        stored = stored_config(obj[LIGHTNING_CONFIG_KEY], path)
         _check_same(stored, config, path)
         state = {k[len(LIGHTNING_PREFIX):]: v for k, v in obj["state_dict"].items() if k.startswith(LIGHTNING_PREFIX)}
         tokenizer = VQTokenizer(stored)
@@ -139,7 +139,7 @@ def _as_config(config: VQConfig | str | dict[str, Any]) -> VQConfig:
     raise ConfigError(f"tokenizer config must be a VQConfig, preset name or dict, got {type(config).__name__}")
 
 
-def _stored_config(fields: dict[str, Any], path: Path) -> VQConfig:
+def stored_config(fields: dict[str, Any], path: Path) -> VQConfig:
     """The config a file stores. A video tokenizer saved before ``causal_pad`` existed was built with
     ``causal_pad="kernel"``, which its weights need (a warning says what that layout misses)."""
     if fields.get("kind") == "video" and "causal_pad" not in fields:

@@ -141,18 +141,15 @@ def check_resumable(cfg: TokenizerRunConfig, path: Path) -> None:
     import torch
 
     from nar.config import to_dict
-    from nar.tokenizers.io import LIGHTNING_CONFIG_KEY, _stored_config
+    from nar.runs.folder import refuse_other_model
+    from nar.tokenizers.io import LIGHTNING_CONFIG_KEY, stored_config
 
     obj = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
     fields = obj.get(LIGHTNING_CONFIG_KEY) if isinstance(obj, dict) else None
     if not fields:
         return
-    theirs, mine = to_dict(_stored_config(dict(fields), path)), to_dict(cfg.model)
-    differ = [k for k in mine if k not in RESUMABLE_CHANGES and mine[k] != theirs.get(k)]
-    if differ:
-        pairs = ", ".join(f"model.{k}={theirs.get(k)} (config: {mine[k]})" for k in differ)
-        raise ConfigError(f"--resume: {path} was trained with {pairs}; resume with the run's own settings or start "
-                          "another name=")
+    theirs, mine = to_dict(stored_config(dict(fields), path)), to_dict(cfg.model)
+    refuse_other_model(path, mine, theirs, [k for k in mine if k not in RESUMABLE_CHANGES])
 
 
 def _train_tokenizer(cfg: TokenizerRunConfig, resume: bool, enable_progress_bar: bool | None) -> Path | None:
@@ -187,11 +184,9 @@ def _train_tokenizer(cfg: TokenizerRunConfig, resume: bool, enable_progress_bar:
                  cfg.model.grid, cfg.model.codebook_size,
                  sum(p.numel() for p in module.tokenizer.parameters()) / 1e6, out)
     fit_or_interrupt(trainer, module, datamodule=datamodule, ckpt_path=str(ckpt.path) if ckpt else None)
-    last = out / CHECKPOINTS / LAST
-    trainer.save_checkpoint(last)  # the last step (trainer.ckpt_every: always one at the end)
-    # A final validation unless the last step had one (trainer.val_every=0, max_steps not a multiple of it): SIGTERM
-    # during it raises RunInterrupted naming `last`, from which --resume validates the step again.
-    finish_run(trainer, module, last, validated.step != trainer.global_step, datamodule=datamodule)
+    # The last step's checkpoint, and a final validation unless the last step had one (trainer.val_every=0,
+    # max_steps not a multiple of it)
+    finish_run(trainer, module, out / CHECKPOINTS / LAST, validated.step != trainer.global_step, datamodule=datamodule)
     if not trainer.is_global_zero:
         return None
     path = save_tokenizer(module.tokenizer, out / TOKENIZER_FILE)

@@ -35,7 +35,7 @@ from nar.lightning.trainer import (
 )
 from nar.model.io import load_generator, load_weights_into, stored_run_config
 from nar.runs.config import TrainConfig
-from nar.runs.folder import CHECKPOINTS, has_checkpoints, resume_checkpoint
+from nar.runs.folder import CHECKPOINTS, has_checkpoints, refuse_other_model, resume_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,6 @@ def fit(cfg: TrainConfig, resume: bool = False, tokenizer: torch.nn.Module | Non
             log.info("%s", disk_estimate(cfg, module.model.num_parameters(), cfg.ema.enabled))
         fit_or_interrupt(trainer, module, datamodule=datamodule, ckpt_path=str(ckpt.path) if ckpt else None)
         last = cfg.run_dir / CHECKPOINTS / LAST
-        trainer.save_checkpoint(last)
         finish_run(trainer, module, last, final_validation and decoding.validated_step != trainer.global_step,
                    datamodule=datamodule)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -199,11 +198,7 @@ def check_resumable(cfg: TrainConfig, path: Path) -> None:
     theirs = {**asdict(theirs_cfg), "head_blocks": theirs_cfg.blocks_per_axis}
     shape_keys = ("dim", "n_layer", "n_head", "n_kv_head", "vocab_size", "condition", "num_classes", "caption_dim",
                   "caption_len", "mode", "head_blocks", "head_layout", "head_sharing", "position", "regions")
-    differ = [k for k in shape_keys if k in mine and mine[k] != theirs.get(k)]
-    if differ:
-        pairs = ", ".join(f"model.{k}={theirs.get(k)} (config: {mine[k]})" for k in differ)
-        raise ConfigError(f"--resume: {path} was trained with {pairs}; resume with the run's own settings or start "
-                          "another name=")
+    refuse_other_model(path, mine, theirs, [k for k in shape_keys if k in mine])
 
 
 def init_weights(module: GeneratorModule, path: str | Path) -> None:
