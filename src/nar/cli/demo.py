@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also train the raster baseline with the same trunk, tokenizer and budget; report both")
     p.add_argument("--out", default=None, help="demo folder (default: runs/demo-<domain>[-smoke])")
     p.add_argument("--data", default=None, help="embedded data folder (default: data/embedded)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2; 0 keeps torch's own default)")
     p.add_argument("--tokenizer-steps", type=int, default=None,
                    help="tokenizer training steps (default: the domain's budget, emoji 200); with generator "
                    "overrides such as trainer.max_steps=600 this sets the demo's budget split")
