@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from nar.config import to_dict
-from nar.errors import CheckpointError
+from nar.errors import CheckpointError, ConfigError
 from nar.model import NARConfig, NARModel, load_generator, load_weights_into, stored_run_config
-from nar.model.io import load_generator_and_run_config
+from nar.model.io import _weights, load_generator_and_run_config, read_generator_file
 from nar.model.official import to_official_state_dict
 from nar.sampling import SamplingConfig
 
@@ -79,6 +79,22 @@ def test_errors_name_the_file(tmp_path):
         load_generator(tmp_path / "official.pt")
     with pytest.raises(CheckpointError, match=r"official.pt does not match NARModel:\n  shape differences"):
         load_generator_and_run_config(tmp_path / "official.pt", tiny(dim=64, n_head=4))
+
+
+def test_run_config_without_model_section_uses_the_given_config(tmp_path):
+    cfg = tiny(grid=[3, 5])
+    model = NARModel(cfg)
+    path = tmp_path / "no_model.ckpt"
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"pytorch-lightning_version": "2.4", "hyper_parameters": {"cfg": {"name": "x"}}, "state_dict": state},
+               path)
+    weights, used, _ = _weights(read_generator_file(path), path, cfg, True, None, {})  # no NAR-L built on failure
+    assert used == cfg and set(weights) == set(model.state_dict())
+    with pytest.raises(CheckpointError, match="no_model.ckpt: no run config"):
+        _weights(read_generator_file(path), path, None, True, None, {})
+    run_checkpoint(tmp_path / "last.ckpt", cfg)
+    with pytest.raises(ConfigError, match="grid"):  # overrides describe official files, not a stored config
+        load_generator(tmp_path / "last.ckpt", grid=[5, 3])
 
 
 def test_load_weights_into_a_larger_grid_and_a_strict_diff(tmp_path):

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from nar.checkpoints import read_checkpoint
+from nar.config import from_dict
 from nar.errors import CheckpointError, ConfigError
-from nar.model import NARConfig, NARModel
+from nar.model import NARConfig, NARModel, load_generator
 from nar.model.official import config_from_official, load_official, to_official_state_dict
 
 
@@ -32,10 +33,33 @@ def test_preset_parameter_counts(name, millions):
     (dict(multiple_of=0), "multiple_of"),
     (dict(grid=[3, 4], mode="raster", head_sharing="shared", shared_axis=1), "shared_axis'?: 1: mode=raster has one"),
     (dict(grid=[4, 4], mode="par", regions=[2, 2], head_sharing="shared", shared_axis=1), "shared_axis"),
+    # Values the model would accept and turn into NaN logits, a zero-width FFN or another grid.
+    (dict(rope_base=0.0), "key 'rope_base'"),
+    (dict(rope_base=-10000.0), "key 'rope_base'"),
+    (dict(norm_eps=-1e-5), "key 'norm_eps'"),
+    (dict(norm_eps=0.0), "key 'norm_eps'"),  # an all-zero row (a zero-padded caption) would be 0/0
+    (dict(ffn_dim_multiplier=0.0), "key 'ffn_dim_multiplier'"),
+    (dict(ffn_dim_multiplier=1e-4), "key 'ffn_dim_multiplier'"),  # positive, but rounds to 0 units
+    (dict(ffn_dim_multiplier=float("nan")), "key 'ffn_dim_multiplier'"),
+    (dict(rope_base=float("nan")), "key 'rope_base'"),
+    (dict(grid="16"), "key 'grid'"),
+    (dict(grid=16), "key 'grid'"),
+    (dict(grid=[4.7, 4]), "key 'grid'"),
+    (dict(grid=[True, 4]), "key 'grid'"),
 ])
 def test_bad_config_names_the_key(bad, match):
     with pytest.raises(ConfigError, match=match):
         NARConfig(**bad)
+
+
+def test_bad_value_from_a_yaml_names_the_key():
+    with pytest.raises(ConfigError, match="rope_base"):
+        from_dict(NARConfig, {"preset": "NAR-tiny", "rope_base": -10000.0})
+
+
+def test_grid_takes_any_sequence_of_ints():
+    assert NARConfig(grid=(2, 8)).grid == [2, 8]
+    assert NARConfig(grid=torch.Size([3, 5])).grid == [3, 5]
 
 
 def test_unknown_preset():
@@ -78,3 +102,44 @@ def test_llamagen_raster_layout_round_trips(tmp_path):
     state = to_official_state_dict(src)
     assert "output.weight" in state and "medusa_output.weight" not in state
     assert config_from_official(state, n_head=4).mode == "raster"
+
+
+@pytest.mark.parametrize("ablation", [dict(mixing="probs"), dict(parents="row")])
+def test_ablations_do_not_export_to_the_official_format(tmp_path, ablation):
+    # The official code (and load_official) reads any file as the mean of logits over every parent.
+    (key,) = ablation
+    cfg = NARConfig.from_name("NAR-tiny", **ablation)
+    src = NARModel(cfg)
+    with pytest.raises(ConfigError, match=f"key '{key}'"):
+        to_official_state_dict(src)
+    # Official weights still load into an ablation (an init_from): the weights hold no mixing rule.
+    path = tmp_path / "official.pt"
+    torch.save({"model": to_official_state_dict(NARModel(NARConfig.from_name("NAR-tiny")))}, path)
+    assert getattr(load_official(path, cfg=cfg).cfg, key) == ablation[key]
+
+
+def test_truncated_official_file_and_misspelled_override(tmp_path):
+    cfg = NARConfig.from_name("NAR-tiny")
+    state = to_official_state_dict(NARModel(cfg))
+    path = tmp_path / "truncated.pt"
+    torch.save({"model": {k: v for k, v in state.items() if not k.startswith("layers.0.feed_forward")}}, path)
+    with pytest.raises(CheckpointError, match=r"truncated\.pt.*layers\.0\.feed_forward\.w1\.weight"):
+        load_generator(path, n_head=cfg.n_head)
+    with pytest.raises(CheckpointError, match=r"truncated\.pt.*layers\.0\.feed_forward\.w1\.weight"):
+        load_official(path, n_head=cfg.n_head)
+    torch.save({"model": state}, tmp_path / "whole.pt")
+    with pytest.raises(ConfigError, match="key 'grdi'"):
+        load_generator(tmp_path / "whole.pt", n_head=cfg.n_head, grdi=[4, 4])
+    with pytest.raises(ConfigError, match="key 'grdi'"):
+        config_from_official(state, n_head=cfg.n_head, grdi=[4, 4])
+
+
+def test_overrides_next_to_a_config_are_refused(tmp_path):
+    cfg = NARConfig.from_name("NAR-tiny")
+    path = tmp_path / "official.pt"
+    torch.save({"model": to_official_state_dict(NARModel(cfg))}, path)
+    with pytest.raises(ConfigError, match="grid"):
+        load_official(path, cfg=cfg, grid=[2, 8])
+    with pytest.raises(ConfigError, match="grid"):
+        load_generator(path, cfg, grid=[2, 8])
+    assert load_official(path, n_head=cfg.n_head, grid=[2, 8]).cfg.grid == [2, 8]

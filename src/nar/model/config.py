@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import operator
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -67,7 +69,7 @@ class NARConfig:
     initializer_range: float = 0.02
 
     def __post_init__(self) -> None:
-        self.grid = [int(g) for g in self.grid]
+        self.grid = _sizes("grid", self.grid)
         if not 1 <= len(self.grid) <= 3 or any(g < 1 for g in self.grid):
             raise ConfigError(f"expected 1 to 3 positive sizes, got {self.grid}", key="grid")
         for key in ("dim", "n_layer", "n_head", "vocab_size", "num_classes", "caption_dim", "caption_len",
@@ -112,6 +114,14 @@ class NARConfig:
         for key in ("token_dropout", "attn_dropout", "resid_dropout", "ffn_dropout", "drop_path"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ConfigError(f"must be in [0, 1), got {getattr(self, key)}", key=key)
+        # Both run without error and give NaN logits: rope_base <= 0 makes the rotary angles inf/NaN; with
+        # norm_eps <= 0 an all-zero row (a zero-padded caption through the bias-free projection) is 0/0.
+        for key in ("rope_base", "norm_eps"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"must be > 0, got {getattr(self, key)}", key=key)
+        if (self.ffn_dim_multiplier is not None and not self.ffn_dim_multiplier > 0) or self.ffn_hidden < 1:
+            raise ConfigError(f"{self.ffn_dim_multiplier} leaves no feed-forward units at dim={self.dim}; "
+                              "must be > 0 and large enough for one", key="ffn_dim_multiplier")
 
     # ---------------------------------------------------------------- derived shapes
     @property
@@ -187,6 +197,19 @@ class NARConfig:
     def preset_fields(cls, name: str) -> dict[str, Any]:
         """Preset ``name`` as a plain dict, the defaults of a config section saying ``preset: name``."""
         return asdict(cls.from_name(name))
+
+
+def _sizes(key: str, value: Any) -> list[int]:
+    """``value`` as a list of ints: a sequence of ints (a tuple, a ``torch.Size``, a YAML list) and nothing
+    else, so that ``"16"`` is not read as ``[1, 6]`` nor ``4.7`` cut to 4."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ConfigError(f"expected a list of sizes like [16, 16], got {value!r}", key=key)
+    try:
+        if any(isinstance(v, bool) for v in value):
+            raise TypeError
+        return [operator.index(v) for v in value]
+    except TypeError:
+        raise ConfigError(f"expected whole numbers, got {list(value)!r}", key=key) from None
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from nar.checkpoints import load_file, load_strict, unwrap_state_dict
-from nar.errors import CheckpointError
+from nar.errors import CheckpointError, ConfigError
 from nar.model.config import NARConfig
 from nar.model.nar import NARModel
 from nar.model.official import config_from_official, from_official_state_dict
@@ -132,17 +132,24 @@ def _weights(obj: Any, path: str | Path, cfg: NARConfig | None, prefer_ema: bool
     if is_run_checkpoint(obj):
         from nar.config import from_dict  # OmegaConf only when a run config is read
 
-        run = _run_config(obj)
-        model_cfg = from_dict(NARConfig, run.get("model", {})) if run else cfg
+        if overrides:  # they describe official files; silently ignored here they would mislead
+            raise ConfigError(f"overrides ({', '.join(overrides)}) describe official files; {path} stores its "
+                              "own model config")
+        stored = (_run_config(obj) or {}).get("model")
+        # A run config without a model section stores no model: the caller's cfg, not NARConfig's defaults.
+        model_cfg = from_dict(NARConfig, stored) if stored else cfg
         if model_cfg is None:
             raise CheckpointError(f"{path}: no run config stored; pass --config")
         weights, prefix = run_weights(obj, path, prefer_ema)
         return weights, model_cfg, f"{path} ({prefix[:-1]} weights)"
     if cfg is None and n_head is None:
         raise CheckpointError(f"{path} is not a nar Lightning checkpoint; official checkpoints need a config (--config)")
+    if cfg is not None and overrides:
+        raise ConfigError(f"overrides ({', '.join(overrides)}) apply to a config inferred with n_head; with a "
+                          "config given, change it instead")
     prefer = "ema" if prefer_ema and isinstance(obj, Mapping) and "ema" in obj else None  # the official EMA weights
     state = unwrap_state_dict(obj, prefer=prefer, source=str(path))
-    cfg = cfg if cfg is not None else config_from_official(state, n_head, **overrides)
+    cfg = cfg if cfg is not None else config_from_official(state, n_head, source=str(path), **overrides)
     return from_official_state_dict(state, cfg), cfg, str(path)
 
 
@@ -183,6 +190,8 @@ def load_generator(path: str | Path, cfg: NARConfig | None = None, prefer_ema: b
     Raises:
         CheckpointError: missing or unreadable file, no config for it, or weights that do not match
             (missing/unexpected keys and shape differences listed).
+        ConfigError: ``overrides`` that would be ignored (next to ``cfg``, or for one of our checkpoints), or
+            that are not NARConfig fields.
     """
     return load_generator_and_run_config(path, cfg, prefer_ema, map_location, n_head=n_head, **overrides)[0]
 

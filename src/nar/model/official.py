@@ -10,6 +10,7 @@ raster baseline with one head on the trunk.
 from __future__ import annotations
 
 import re
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 import torch
@@ -33,6 +34,17 @@ def _check_layout(cfg: NARConfig) -> str:
     if cfg.mode == "raster" and cfg.blocks_per_axis != [0]:
         raise ConfigError(f"official LlamaGen checkpoints use head_blocks=[0]; got {cfg.blocks_per_axis}")
     return cfg.mode
+
+
+def _check_export(cfg: NARConfig) -> None:
+    """A file in the official format is read back (by the official code, and by :func:`load_official`) as the
+    mean of logits over every parent; an ablation written in it would come back as another model. Loading
+    official weights into an ablation is fine: the weights hold no mixing rule."""
+    _check_layout(cfg)
+    for key, official in (("mixing", "logits"), ("parents", "all")):
+        if getattr(cfg, key) != official:
+            raise ConfigError(f"official checkpoints hold {key}='{official}' models (it is not stored, readers "
+                              f"assume it); got '{getattr(cfg, key)}': save this model in our format", key=key)
 
 
 def _rename_pairs(cfg: NARConfig) -> list[tuple[str, str]]:
@@ -64,8 +76,8 @@ def from_official_state_dict(state: dict[str, torch.Tensor], cfg: NARConfig) -> 
 
 def to_official_state_dict(model: NARModel) -> dict[str, torch.Tensor]:
     """Our weights under the official key names (loadable by the official code)."""
+    _check_export(model.cfg)
     pairs = _rename_pairs(model.cfg)
-    _check_layout(model.cfg)
     out = {}
     for key, value in model.state_dict().items():
         for theirs, ours in pairs:
@@ -76,11 +88,22 @@ def to_official_state_dict(model: NARModel) -> dict[str, torch.Tensor]:
     return out
 
 
-def config_from_official(state: dict[str, torch.Tensor], n_head: int, **overrides) -> NARConfig:
-    """Infer sizes from an official state dict. ``n_head`` cannot be inferred and must be given."""
+def config_from_official(state: dict[str, torch.Tensor], n_head: int, *, source: str = "state dict",
+                         **overrides) -> NARConfig:
+    """Infer sizes from an official state dict. ``n_head`` cannot be inferred and must be given; ``overrides``
+    (NARConfig fields, e.g. ``grid``) are applied on top; ``source`` names the file in errors.
+
+    Raises:
+        ConfigError: an override is not a NARConfig field, or a value is invalid (naming the key).
+        CheckpointError: ``state`` is not a whole official generator (naming ``source`` and the key).
+    """
+    known = {f.name for f in dataclass_fields(NARConfig)}
+    for key in overrides:
+        if key not in known:
+            raise ConfigError(f"not a NARConfig field; known: {', '.join(sorted(known))}", key=key)
     layers = {int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.", k))}
     if "tok_embeddings.weight" not in state or not layers:
-        raise CheckpointError("not an official NAR/LlamaGen generator state dict (no tok_embeddings/layers)")
+        raise CheckpointError(f"{source}: not an official NAR/LlamaGen generator state dict (no tok_embeddings/layers)")
     vocab, dim = state["tok_embeddings.weight"].shape
     nar = "medusa_output.weight" in state
     fields: dict = dict(dim=dim, vocab_size=vocab, n_head=n_head, mode="nar" if nar else "raster",
@@ -90,11 +113,14 @@ def config_from_official(state: dict[str, torch.Tensor], n_head: int, **override
     elif "cls_embedding.uncond_embedding" in state:
         length, cap_dim = state["cls_embedding.uncond_embedding"].shape
         fields.update(condition="caption", caption_len=length, caption_dim=cap_dim)
-    hidden = state["layers.0.feed_forward.w1.weight"].shape[0]
+    ffn_key = "layers.0.feed_forward.w1.weight"
+    if ffn_key not in state:  # the FFN width is read off it
+        raise CheckpointError(f"{source}: no {ffn_key} (a truncated or partial file?)")
+    hidden = state[ffn_key].shape[0]
     fields.update(overrides)
     cfg = NARConfig(**fields)
     if cfg.ffn_hidden != hidden:
-        raise CheckpointError(f"FFN hidden size {hidden} does not follow from dim={dim} and "
+        raise CheckpointError(f"{source}: FFN hidden size {hidden} does not follow from dim={dim} and "
                               f"multiple_of={cfg.multiple_of}; pass multiple_of/ffn_dim_multiplier")
     return cfg
 
@@ -103,13 +129,21 @@ def load_official(path: str | Path, cfg: NARConfig | None = None, n_head: int | 
                   prefer: str | None = None, **overrides) -> NARModel:
     """Build a model from an official checkpoint file (weights under model/ema/module/state_dict or raw).
 
-    Give either ``cfg`` (e.g. ``NARConfig.from_name('NAR-L')``) or ``n_head`` to infer the rest.
+    Give either ``cfg`` (e.g. ``NARConfig.from_name('NAR-L')``) or ``n_head`` (plus ``overrides`` such as
+    ``grid``) to infer the rest.
+
+    Raises:
+        ConfigError: neither ``cfg`` nor ``n_head``, or ``overrides`` next to ``cfg`` (they would be ignored).
+        CheckpointError: the file is missing, unreadable, or does not match the config.
     """
+    if cfg is not None and overrides:
+        raise ConfigError(f"overrides ({', '.join(overrides)}) apply to an inferred config; with cfg given, "
+                          "change cfg instead (dataclasses.replace)")
     state = read_checkpoint(path, prefer=prefer)
     if cfg is None:
         if n_head is None:
             raise ConfigError("load_official needs cfg or n_head (the head count is not stored in the file)")
-        cfg = config_from_official(state, n_head, **overrides)
+        cfg = config_from_official(state, n_head, source=str(path), **overrides)
     model = NARModel(cfg)
     load_strict(model, from_official_state_dict(state, cfg), source=str(path))
     return model
