@@ -46,6 +46,9 @@ def test_preset_parameter_counts(name, millions):
     (dict(grid=16), "key 'grid'"),
     (dict(grid=[4.7, 4]), "key 'grid'"),
     (dict(grid=[True, 4]), "key 'grid'"),
+    (dict(head_blocks=[1.9, 0]), "key 'head_blocks'"),
+    (dict(initializer_range=-0.02), "key 'initializer_range'"),
+    (dict(head_sharing="shared", shared_axis=True), "key 'shared_axis'"),
 ])
 def test_bad_config_names_the_key(bad, match):
     with pytest.raises(ConfigError, match=match):

@@ -70,6 +70,8 @@ class NARConfig:
 
     def __post_init__(self) -> None:
         self.grid = _sizes("grid", self.grid)
+        if self.head_blocks is not None:
+            self.head_blocks = _sizes("head_blocks", self.head_blocks)  # [1.9, 0] is not cut to [1, 0]
         if not 1 <= len(self.grid) <= 3 or any(g < 1 for g in self.grid):
             raise ConfigError(f"expected 1 to 3 positive sizes, got {self.grid}", key="grid")
         for key in ("dim", "n_layer", "n_head", "vocab_size", "num_classes", "caption_dim", "caption_len",
@@ -122,6 +124,10 @@ class NARConfig:
         if (self.ffn_dim_multiplier is not None and not self.ffn_dim_multiplier > 0) or self.ffn_hidden < 1:
             raise ConfigError(f"{self.ffn_dim_multiplier} leaves no feed-forward units at dim={self.dim}; "
                               "must be > 0 and large enough for one", key="ffn_dim_multiplier")
+        if not self.initializer_range >= 0:  # the std of the initial weights
+            raise ConfigError(f"must be >= 0, got {self.initializer_range}", key="initializer_range")
+        if isinstance(self.shared_axis, bool):
+            raise ConfigError(f"expected an axis index, got {self.shared_axis}", key="shared_axis")
 
     # ---------------------------------------------------------------- derived shapes
     @property
