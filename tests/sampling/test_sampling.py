@@ -86,16 +86,20 @@ def test_cfg_interval_stops_guidance():
     assert not torch.allclose(always[:, 1:], plain[:, 1:])
 
 
-@pytest.mark.parametrize("kind", ["image", "caption"])
+@pytest.mark.parametrize("kind", ["image", "video", "caption", "par"])
 def test_same_seed_same_tokens(kind):
+    """Sampled, batch 3, CFG with an interval: the plain loop, the fast sampler and the reference draw each pass
+    from the generator alike, so one seed gives one set of tokens whichever of them runs."""
     model, cond, mask = make(kind)
-    s = SamplingConfig(temperature=1.0, top_p=0.9, cfg_scale=1.5)
-    a = generate(model, cond, s, cond_mask=mask, generator=torch.Generator().manual_seed(7))
-    b = generate(model, cond, s, cond_mask=mask, generator=torch.Generator().manual_seed(7))
-    c = generate(model, cond, s, cond_mask=mask, generator=torch.Generator().manual_seed(8))
+    s = SamplingConfig(temperature=1.0, top_p=0.9, cfg_scale=1.5, cfg_interval=3)
+    seeded = lambda seed: torch.Generator().manual_seed(seed)  # noqa: E731
+    a = generate(model, cond, s, cond_mask=mask, generator=seeded(7))
+    b = generate(model, cond, s, cond_mask=mask, generator=seeded(7))
+    c = generate(model, cond, s, cond_mask=mask, generator=seeded(8))
     assert torch.equal(a, b) and not torch.equal(a, c)
-    f = FastSampler(model, 3, s, cond_mask=mask)(cond, generator=torch.Generator().manual_seed(7))
+    f = FastSampler(model, cond.shape[0], s, cond_mask=mask)(cond, generator=seeded(7))
     assert torch.equal(a, f)
+    assert torch.equal(reference_generate(model, cond, s, cond_mask=mask, generator=seeded(7)), a)
 
 
 def test_top_k_one_equals_greedy():
@@ -114,7 +118,9 @@ def test_filters():
 
 
 def test_bad_sampling_values_name_the_key():
-    for kw, key in [(dict(temperature=0.0), "temperature"), (dict(top_p=0.0), "top_p"), (dict(top_k=-1), "top_k")]:
+    for kw, key in [(dict(temperature=0.0), "temperature"), (dict(top_p=0.0), "top_p"), (dict(top_k=-1), "top_k"),
+                    (dict(top_k=2.5), "top_k"), (dict(top_k=True), "top_k"), (dict(cfg_interval=1.5), "cfg_interval"),
+                    (dict(cfg_interval=False), "cfg_interval")]:
         with pytest.raises(ConfigError, match=key):
             SamplingConfig(**kw)
 

@@ -117,15 +117,19 @@ def sample_stream(model: NARModel, batches: Iterable[Batch], sampling: SamplingC
             yield from _wavefront(model, batches, sampling, compile, kv_dtype, batch_size)
             return
         log.info("the wavefront sampler takes class conditions; these caption batches use the one-batch sampler")
-    samplers: dict[int, Sampler] = {}
+    unmasked: dict[int, Sampler] = {}  # by batch size; only these are reused
     generators: dict[torch.device, torch.Generator] = {}
     for cond, mask, seed in batches:
         b = cond.shape[0]
-        if mask is not None or b not in samplers:  # caption masks are fixed per sampler
-            samplers[b] = make_sampler(model, b, sampling, cond_mask=mask, compile=compile, kv_dtype=kv_dtype)
+        if mask is not None:  # a caption mask is fixed when a sampler is built: a new one per masked batch
+            run = make_sampler(model, b, sampling, cond_mask=mask, compile=compile, kv_dtype=kv_dtype)
+        else:
+            if b not in unmasked:
+                unmasked[b] = make_sampler(model, b, sampling, compile=compile, kv_dtype=kv_dtype)
+            run = unmasked[b]
         if cond.device not in generators:
             generators[cond.device] = torch.Generator(device=cond.device)
-        yield samplers[b](cond, generator=generators[cond.device].manual_seed(seed))
+        yield run(cond, generator=generators[cond.device].manual_seed(seed))
 
 
 def _wavefront(model: NARModel, batches: Iterator[Batch], sampling: SamplingConfig | None,

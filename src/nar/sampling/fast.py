@@ -21,6 +21,7 @@ import logging
 
 import torch
 
+from nar.errors import ConfigError
 from nar.model import NARModel
 from nar.model.decode_attention import triton_available
 from nar.sampling.generate import decode_into
@@ -85,6 +86,21 @@ def compile_blocks(fns: list, mode: bool | str = True) -> list:
     return [torch.compile(fn, dynamic=True, **kwargs) for fn in fns]
 
 
+def check_batch(batch: int) -> None:
+    """Raise :class:`~nar.errors.ConfigError` (key ``batch``) unless ``batch`` is a positive int: the samplers
+    preallocate ``batch`` rows, and a bad size would only fail later, in ``torch.zeros`` or a modulo."""
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ConfigError(f"must be a positive integer (samples per call), got {batch!r}", key="batch")
+
+
+def capture_failed(err: RuntimeError) -> None:
+    """Decide on a failed CUDA-graph capture: re-raise an out-of-memory error (running eagerly would hide it as a
+    silently slow run, and the eager run needs the same memory), else log why the sampler now runs eagerly."""
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        raise err
+    log.warning("CUDA graph capture failed (%s); running eagerly", err)
+
+
 def placement(model: NARModel, cuda_graph: bool | None) -> tuple[torch.device, torch.dtype, bool]:
     """The device and dtype a sampler runs in (the model's) and whether it records a CUDA graph: by default on
     a GPU; ``cuda_graph=True`` off a GPU is an error."""
@@ -133,6 +149,7 @@ class FastSampler:
     def __init__(self, model: NARModel, batch: int, sampling: SamplingConfig | None = None,
                  cond_mask: torch.Tensor | None = None, cuda_graph: bool | None = None, compile: bool | str = False,
                  attention: str = "auto", kv_dtype: torch.dtype | None = None):
+        check_batch(batch)
         self.model = model.eval()
         self.sampling = sampling or SamplingConfig()
         self.batch = batch
@@ -192,7 +209,7 @@ class FastSampler:
                 try:
                     self._capture(generator)
                 except RuntimeError as err:  # e.g. an op that cannot be captured on this torch build
-                    log.warning("CUDA graph capture failed (%s); running eagerly", err)
+                    capture_failed(err)
                     self.use_graph = False
                     self._graph = None
                     return self(cond, generator)

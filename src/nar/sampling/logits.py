@@ -27,6 +27,10 @@ class SamplingConfig:
     greedy: bool = False
 
     def __post_init__(self) -> None:
+        for key in ("top_k", "cfg_interval"):  # counts: a float would reach torch.topk or a token count
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"must be an integer, got {value!r} ({type(value).__name__})", key=key)
         for key in ("cfg_scale", "temperature", "top_p"):
             if not math.isfinite(getattr(self, key)):
                 raise ConfigError(f"must be a finite number, got {getattr(self, key)}", key=key)
@@ -53,9 +57,11 @@ def guide(logits: torch.Tensor, scale: float) -> torch.Tensor:
 def check_condition(model: NARModel, cond: torch.Tensor, cond_mask: torch.Tensor | None = None) -> None:
     """Raise ValueError unless ``cond`` is what ``model`` samples from: class ids ``[B]`` in
     ``[0, num_classes)`` (the null id ``num_classes`` is for the CFG rows :func:`with_null` adds), or caption
-    features ``[B, caption_len, caption_dim]`` with ``cond_mask`` ``[B, caption_len]``. Class ids cost one
-    host sync: call it once per sampler call, never inside a captured graph."""
+    features ``[B, caption_len, caption_dim]`` with ``cond_mask`` ``[B, caption_len]``; ``B >= 1``. Class ids cost
+    one host sync: call it once per sampler call, never inside a captured graph."""
     cfg = model.cfg
+    if cond.dim() >= 1 and cond.shape[0] == 0:
+        raise ValueError(f"no conditions to sample from: got a batch of 0 (shape {tuple(cond.shape)})")
     if cfg.condition == "class":
         if cond.dim() != 1 or cond.is_floating_point() or cond.is_complex() or cond.dtype == torch.bool:
             raise ValueError(f"class conditions must be integer ids [B], got {cond.dtype} of shape {tuple(cond.shape)}")

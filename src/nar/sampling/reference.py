@@ -1,8 +1,9 @@
 """A deliberately plain NAR decoder, formulated as the official sampler is, for side-by-side benchmarks.
 
 Per step it rebuilds positions on the host, attends over the whole KV cache through a dense boolean
-mask (math-kernel friendly, not flash), and samples one token at a time in a Python loop. It computes
-the same function as :func:`nar.sampling.generate` (tested under greedy decoding); only the speed differs.
+mask (math-kernel friendly, not flash), and writes the sampled tokens one at a time in a Python loop. It
+computes the same function as :func:`nar.sampling.generate`, token for token for the same seed (tested
+sampled and greedy); only the speed differs.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ def reference_generate(model: NARModel, cond: torch.Tensor, sampling: SamplingCo
             fed_cells = torch.tensor(schedule.steps[i - 1].outputs.tolist(), device=cond.device)
             fed = tokens[:, fed_cells]
             logits = model.decode_step(torch.cat([fed, fed]) if sampling.guided else fed, i, state)
-        logits = apply_guidance(logits, sampling, guidance_on(sampling, generated))
-        for j, cell in enumerate(step.outputs.tolist()):  # one token at a time
-            tokens[:, cell] = sample_tokens(logits[:, j:j + 1], sampling, generator)[:, 0]
+        # One draw per pass, as the plain loop makes it: per-cell draws would consume the generator in
+        # another order and give other tokens for the same seed once the batch or the frontier exceeds 1.
+        drawn = sample_tokens(apply_guidance(logits, sampling, guidance_on(sampling, generated)), sampling, generator)
+        for j, cell in enumerate(step.outputs.tolist()):  # written one token at a time
+            tokens[:, cell] = drawn[:, j]
         generated += len(step.outputs)
     return tokens.view(B, *model.cfg.grid)

@@ -23,14 +23,21 @@ The plain path stays the reference: the same ``decode_steps`` with one pass is t
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Iterator
 
 import torch
 
 from nar.errors import ConfigError
 from nar.model import NARModel
-from nar.sampling.fast import CompiledDraw, capture_graph, choose_attention, compile_blocks, placement
+from nar.sampling.fast import (
+    CompiledDraw,
+    capture_failed,
+    capture_graph,
+    check_batch,
+    choose_attention,
+    compile_blocks,
+    placement,
+)
 from nar.sampling.logits import (
     SamplingConfig,
     apply_guidance,
@@ -39,8 +46,6 @@ from nar.sampling.logits import (
     sample_tokens,
     with_null,
 )
-
-log = logging.getLogger(__name__)
 
 _GOLDEN = 0x9E3779B97F4A7C15  # 2^64 / golden ratio: spreads consecutive seeds far apart
 
@@ -94,6 +99,7 @@ class WavefrontSampler:
         if model.cfg.condition != "class":
             raise ConfigError("the wavefront sampler takes class conditions; caption models keep the one-batch "
                               "sampler (their caption masks differ per batch)", key="wavefront")
+        check_batch(batch)
         self.model = model.eval()
         self.sampling = sampling or SamplingConfig()
         self.batch = batch
@@ -164,7 +170,7 @@ class WavefrontSampler:
             try:
                 self._graph = capture_graph(self._period, [g for s in self.slots for g in s.generators], self.device)
             except RuntimeError as err:  # e.g. an op that cannot be captured on this torch build
-                log.warning("CUDA graph capture failed (%s); running eagerly", err)
+                capture_failed(err)
                 self.use_graph = False
                 self._period()
                 return
@@ -211,6 +217,8 @@ class WavefrontSampler:
         """Every sample of ``cond [N]`` (any ``N``): cohorts of ``batch`` seeded ``seed``, ``seed + 1``, …; the
         last one padded by repeating its conditions. Returns tokens ``[N, *grid]``."""
         n = cond.shape[0]
+        if n == 0:  # the stream would yield nothing to concatenate
+            check_condition(self.model, cond)
         cond = cond.to(self.device)
         if n % self.batch:
             cond = torch.cat([cond, cond[-1:].expand(self.batch - n % self.batch)])
