@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from nar.atomic import write_with
+
 
 def to_unit(pixels: torch.Tensor) -> torch.Tensor:
     """``[-1, 1]`` → ``[0, 1]``, clamped (float32)."""
@@ -46,13 +48,12 @@ def to_uint8_hwc(picture: torch.Tensor) -> np.ndarray:
 
 
 def save_png(picture: torch.Tensor, path: str | Path) -> Path:
-    """Write ``[3, H, W]`` in [0, 1] as a PNG (parent folders created)."""
+    """Write ``[3, H, W]`` in [0, 1] as a PNG (parent folders created), atomically (:mod:`nar.atomic`): a failed
+    write leaves no truncated file and raises :class:`~nar.atomic.WriteError` naming ``path``."""
     from PIL import Image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(to_uint8_hwc(picture)).save(path)
-    return path
+    image = Image.fromarray(to_uint8_hwc(picture))
+    return write_with(path, lambda tmp: image.save(tmp, format="PNG"))  # the temporary name has no .png
 
 
 def gif_bytes(videos: torch.Tensor, fps: int = 4) -> tuple[bytes, int, int]:
@@ -71,11 +72,10 @@ def gif_bytes(videos: torch.Tensor, fps: int = 4) -> tuple[bytes, int, int]:
 
 
 def save_gif(video: torch.Tensor, path: str | Path, fps: int = 4) -> Path:
-    """Write one video ``[3, T, H, W]`` (or a stack ``[B, 3, T, H, W]``) in [0, 1] as an animated GIF."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gif_bytes(video, fps)[0])
-    return path
+    """Write one video ``[3, T, H, W]`` (or a stack ``[B, 3, T, H, W]``) in [0, 1] as an animated GIF, atomically
+    as :func:`save_png`."""
+    data = gif_bytes(video, fps)[0]
+    return write_with(path, lambda tmp: tmp.write_bytes(data))
 
 
 def add_gif(writer: Any, tag: str, videos: torch.Tensor, step: int, fps: int = 4) -> None:

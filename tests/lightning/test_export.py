@@ -139,3 +139,28 @@ def test_commit_replaces_the_manifest_and_removes_what_it_pointed_to(tmp_path: P
     with pytest.raises(CheckpointError, match=f"{shard.name} missing"):
         export_generator(manifest, tmp_path / "y.pt")
     assert not (tmp_path / "y.pt").exists()
+
+
+def test_export_never_replaces_its_checkpoint_and_asks_before_replacing_a_file(tmp_path: Path, monkeypatch, caplog) -> None:
+    """--out naming the run checkpoint (however spelt, or through a link) is refused even with --force; another
+    existing file is replaced only with --force. The refusals name --out."""
+    module = trained_module(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    ckpt = tmp_path / "last.ckpt"
+    save_plain(module, ckpt)
+    before = ckpt.read_bytes()
+    (tmp_path / "link.pt").symlink_to(ckpt)
+    for out in ("last.ckpt", str(ckpt), "./sub/../last.ckpt", "link.pt"):
+        for force in ([], ["--force"]):
+            caplog.clear()
+            assert main(["export", "--ckpt", "last.ckpt", "--out", out, "--official", *force]) == EXIT_USAGE
+            assert "--out" in caplog.text
+    assert ckpt.read_bytes() == before and (tmp_path / "link.pt").is_symlink()
+
+    out = tmp_path / "nar.pt"
+    out.write_bytes(b"an earlier export")
+    caplog.clear()
+    assert main(["export", "--ckpt", str(ckpt), "--out", str(out)]) == EXIT_USAGE
+    assert "--out" in caplog.text and "--force" in caplog.text and out.read_bytes() == b"an earlier export"
+    assert main(["export", "--ckpt", str(ckpt), "--out", str(out), "--force"]) == 0
+    assert equal(load_generator(out), module.ema_model)

@@ -3,6 +3,7 @@ sampling surface (make_sampler, the CFG helpers) that every sampler shares."""
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 import sys
@@ -12,12 +13,19 @@ import torch
 
 from nar.cli.main import main
 from nar.config import config_path, to_dict
-from nar.errors import ConfigError
+from nar.errors import EXIT_USAGE, ConfigError
 from nar.model import NARConfig, NARModel
 from nar.model.official import to_official_state_dict
 from nar.sampling import SamplingConfig, apply_guidance, generate, guidance_on, guide, make_sampler, with_null
 from nar.sampling.fast import FastSampler
-from nar.workflows.sample import SampleJob, read_prompts, run_config_from_yaml, sampling_for
+from nar.workflows.sample import (
+    SampleJob,
+    read_prompts,
+    run_config_from_yaml,
+    run_sample,
+    sample_images,
+    sampling_for,
+)
 
 TINY = NARConfig.from_name("NAR-tiny", dim=32, n_layer=1, n_head=2, vocab_size=512, grid=[2, 2], num_classes=4)
 # Runs `nar ARGS...` in a fresh interpreter, then fails unless Lightning stayed out of it.
@@ -150,3 +158,92 @@ def test_run_config_from_yaml_takes_packaged_experiment_names(tmp_path, monkeypa
     assert run == run_config_from_yaml([packaged]) and run["model"]
     with pytest.raises(ConfigError, match=r"missing\.yaml"):
         run_config_from_yaml(["missing.yaml"])
+
+
+def test_nar_sample_refuses_a_used_folder_unless_overwrite(tmp_path, caplog):
+    """A second job into the same --out would leave the first job's pictures and prompts beside its own (and
+    eval-samples scores the whole folder): refused, naming the folder; --overwrite clears only nar sample's files."""
+    save_run_checkpoint(tmp_path / "last.ckpt", TINY, SamplingConfig(cfg_scale=2.0))
+    out, images = tmp_path / "out", tmp_path / "out" / "images"
+    base = ["sample", "--ckpt", str(tmp_path / "last.ckpt"), "--device", "cpu", "--out", str(out)]
+    assert main([*base, "--classes", "0", "1", "--n-per-prompt", "2"]) == 0
+    first = {p.name: p.read_bytes() for p in images.iterdir()}
+    assert main([*base, "--classes", "3"]) == EXIT_USAGE
+    assert str(images) in caplog.text and "--overwrite" in caplog.text
+    assert {p.name: p.read_bytes() for p in images.iterdir()} == first  # untouched
+    for name in ("0001_00.txt", "0002_01.gif"):  # what caption and video jobs leave
+        (images / name).write_text("old")
+    (images / "notes.md").write_text("mine")
+    assert main([*base, "--classes", "3", "--overwrite"]) == 0
+    assert sorted(p.name for p in images.iterdir()) == ["0000_00.png", "notes.md"]
+    assert [r["file"] for r in json.loads((out / "samples.json").read_text())["samples"]] == ["images/0000_00.png"]
+
+
+def test_nar_sample_out_must_be_a_folder_before_any_loading(tmp_path, caplog):
+    """--out naming a file is refused first (the checkpoint is never read), naming --out."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out in (afile, afile / "below"):
+        caplog.clear()
+        assert main(["sample", "--ckpt", str(tmp_path / "missing.ckpt"), "--classes", "0", "--device", "cpu",
+                     "--out", str(out)]) == EXIT_USAGE
+        assert "--out" in caplog.text and str(afile) in caplog.text and "missing.ckpt" not in caplog.text
+    assert afile.read_text() == "x"
+
+
+def test_pictures_are_written_atomically_and_errors_name_the_file(tmp_path, monkeypatch):
+    """A write that fails half way (a full disk) leaves nothing under the final name and raises a WriteError
+    naming it; so does a destination below a file."""
+    from PIL import Image
+
+    from nar.atomic import WriteError
+    from nar.pictures import save_gif, save_png
+
+    picture, video = torch.rand(3, 8, 8), torch.rand(3, 2, 8, 8)
+    assert save_png(picture, tmp_path / "ok.png").is_file() and save_gif(video, tmp_path / "ok.gif").is_file()
+
+    def disk_full(self, fp, *args, **kwargs):
+        with open(fp, "wb") as fh:  # part of the file, then no space
+            fh.write(b"\x89PNG\r\n")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", disk_full)
+    with pytest.raises(WriteError, match=r"grid\.png.*no space left"):
+        save_png(picture, tmp_path / "grid.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.gif", "ok.png"]  # no truncated file, no temporary
+    monkeypatch.undo()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(WriteError, match=r"afile/v\.gif"):
+        save_gif(video, tmp_path / "afile" / "v.gif")
+    with pytest.raises(WriteError, match=r"afile/p\.png"):
+        save_png(picture, tmp_path / "afile" / "p.png")
+
+
+def test_tokenizer_presets_decode_reproducibly_and_say_they_are_untrained(tmp_path, caplog):
+    """A preset tokenizer (smoke runs, tests) has random weights: a warning says so, and they are drawn from the
+    sample seed, so the same job gives the same pictures whatever the global RNG did before."""
+    save_run_checkpoint(tmp_path / "last.ckpt", TINY, SamplingConfig(cfg_scale=2.0))  # tokenizer.path: a preset
+    pictures = []
+    for i in range(2):
+        result = run_sample(SampleJob(ckpt=str(tmp_path / "last.ckpt"), out=str(tmp_path / f"o{i}"), classes=[1],
+                                      device="cpu", seed=0))
+        pictures.append((result.out / "images" / "0000_00.png").read_bytes())
+    assert pictures[0] == pictures[1]
+    assert "vq-tiny-emoji" in caplog.text and "untrained" in caplog.text
+
+
+def test_batches_of_neighbouring_seeds_draw_different_samples():
+    """Batch b of --seed s is not batch b - 1 of --seed s + 1: no sample repeats across two seeds' jobs."""
+
+    class TokensAsPixels(torch.nn.Module):  # the tokens themselves, as [B, 3, *grid] "pixels"
+        def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+            return (tokens.float() / TINY.vocab_size)[:, None].expand(-1, 3, -1, -1)
+
+    torch.manual_seed(0)
+    model = NARModel(TINY).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    tokenizer = TokensAsPixels()
+    runs = [sample_images(model, tokenizer, [2], n_per=4, batch_size=2, seed=seed) for seed in (0, 1, 0)]
+    assert torch.equal(runs[0], runs[2])  # a seed reproduces its samples
+    assert not any(torch.equal(a, b) for a in runs[0] for b in runs[1])

@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write one generator file (ours or official keys) from a run checkpoint",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="a run checkpoint: checkpoints/*.ckpt (plain or a sharded manifest)")
-    p.add_argument("--out", required=True, help="the file to write (.pt)")
+    p.add_argument("--out", required=True, help="the file to write (.pt); never the --ckpt file itself")
+    p.add_argument("--force", action="store_true", help="replace --out when it exists (default: refuse)")
     p.add_argument("--official", action="store_true", help="official NAR key names ({'model': weights}, no config)")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
                    help="the EMA weights (--no-ema: the trained ones; default: EMA when the run kept it)")
@@ -29,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from nar.workflows.export import export_generator
 
-    done = export_generator(args.ckpt, args.out, official=args.official, ema=args.ema)
+    done = export_generator(args.ckpt, args.out, official=args.official, ema=args.ema,
+                            force=args.force)
     print(f"{done['out']}: {done['weights']} weights of step {done['global_step']} "
           f"({done['parameters'] / 1e6:.2f}M parameters, {done['format']} format)")
     return 0

@@ -7,9 +7,9 @@
 
 Writes ``<i>_<j>.png`` (sample ``j`` of prompt/class ``i``) with the prompt beside it in
 ``<i>_<j>.txt`` under ``<out>/images/`` (so ``nar eval-samples <out>/images --metrics text`` scores shapes
-prompts), ``<out>/grid.png``
-(one row per prompt) and ``samples.json``. Our checkpoints carry the model, tokenizer, sampling and
-text-encoder settings; official ``.pt`` files need ``--official`` with ``--n-head`` (and ``--grid``) or ``--config``.
+prompts), ``<out>/grid.png`` (one row per prompt) and ``samples.json``; an ``images/`` already holding files is
+refused unless ``--overwrite``. Our checkpoints carry the model, tokenizer, sampling and text-encoder settings;
+official ``.pt`` files need ``--official`` with ``--n-head`` (and ``--grid``) or ``--config``.
 The work is :func:`nar.workflows.sample.run_sample`; this module only parses arguments.
 """
 
@@ -42,7 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=None, help="(default: the run's sampling.temperature, else 1)")
     p.add_argument("--top-k", type=int, default=None, help="(default: the run's sampling.top_k, else 0 = off)")
     p.add_argument("--top-p", type=float, default=None, help="(default: the run's sampling.top_p, else 1 = off)")
-    p.add_argument("--seed", type=int, default=0, help="batch b uses seed + b (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the job, >= 0: batch b draws from a seed hashed from (seed, b), so seeds share no "
+                        "batch; the samples depend on --batch-size too (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
     p.add_argument("--text-encoder", choices=("minilm", "t5"), default=None,
                    help="text encoder kind (default: the run's text.kind; official t2i: t5)")
@@ -56,7 +58,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "in flight; class ids; other draws for a seed than fast), fp8 (float8 block weights, Hopper), "
                         "fp8kv (float8 KV caches), "
                         "e.g. wavefront+compile (default: %(default)s)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True,
+                   help="output folder; refused when its images/ already holds files, unless --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier job's samples in --out: first removes the <i>_<j>.png/.gif/.txt files "
+                        "nar sample writes in images/ (any other file there is left, and eval-samples reads it)")
     p.set_defaults(func=run)
 
 
@@ -70,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         n_per_prompt=args.n_per_prompt, guidance=args.guidance, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, text_encoder=args.text_encoder,
         text_encoder_path=args.text_encoder_path, device=args.device, threads=args.threads,
-        compile_decoder=args.compile_decoder, sampler=args.sampler)
+        compile_decoder=args.compile_decoder, sampler=args.sampler, overwrite=args.overwrite)
     result = run_sample(job)
     print(f"{len(result.records)} samples in {result.out} (grid: {result.grid})")
     return 0

@@ -39,18 +39,22 @@ from nar.model.official import to_official_state_dict
 log = logging.getLogger(__name__)
 
 
-def export_generator(ckpt: str | Path, out: str | Path, official: bool = False, ema: bool | None = None) -> dict[str, Any]:
+def export_generator(ckpt: str | Path, out: str | Path, official: bool = False, ema: bool | None = None,
+                     force: bool = False) -> dict[str, Any]:
     """Write the generator weights of the run checkpoint ``ckpt`` to ``out`` as one file (see module doc).
 
     ``ema``: ``None`` takes the EMA copy when the run kept one, else the trained weights; ``True`` requires
     the EMA copy; ``False`` takes the trained weights. Returns a summary (``out``, ``weights``, ``format``,
-    ``parameters``, ``global_step``, ``sharded``).
+    ``parameters``, ``global_step``, ``sharded``). An existing ``out`` is replaced only with ``force``, and never
+    when it is ``ckpt`` itself.
 
     Raises:
-        ConfigError: ``ckpt`` is not one of our run checkpoints, or ``ema=True`` for a run without EMA.
+        ConfigError: ``ckpt`` is not one of our run checkpoints, ``ema=True`` for a run without EMA, ``out`` is
+            ``ckpt`` or (without ``force``) an existing file.
         CheckpointError: unreadable, incomplete (a shard missing) or weights that do not fit the stored config.
     """
     ckpt, out = Path(ckpt), Path(out)
+    check_out(ckpt, out, force)
     obj = read_generator_file(ckpt)
     if not is_run_checkpoint(obj):
         raise ConfigError(f"{ckpt} is not a nar run checkpoint (an official .pt is already one file)", key="--ckpt")
@@ -77,6 +81,17 @@ def export_generator(ckpt: str | Path, out: str | Path, official: bool = False, 
     log.info("exported %s weights of %s (step %s, %.2fM parameters) to %s%s", which, ckpt, step, n / 1e6, out,
              " (official key names)" if official else "")
     return {**info, "out": out, "parameters": n, "sharded": sharded_folder(obj, ckpt) is not None}
+
+
+def check_out(ckpt: Path, out: Path, force: bool) -> None:
+    """Refuse an ``out`` that would replace the run checkpoint (its optimizer state and config lost for good),
+    a folder, or (without ``force``) another existing file."""
+    if out.resolve() == ckpt.resolve() or (out.exists() and ckpt.exists() and out.samefile(ckpt)):
+        raise ConfigError(f"{out} is the checkpoint being exported ({ckpt}); choose another file", key="--out")
+    if out.is_dir():
+        raise ConfigError(f"{out} is a folder; give the file to write", key="--out")
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists; add --force to replace it", key="--out")
 
 
 def _model_of(weights: dict[str, torch.Tensor], cfg: NARConfig, label: str) -> NARModel:

@@ -1,6 +1,8 @@
 """Sampling to files (``nar sample``): a generator, its tokenizer and, for captions, a text encoder →
 ``<out>/images/<i>_<j>.png`` (sample ``j`` of prompt/class ``i``, the prompt beside it in ``<i>_<j>.txt``),
-``<out>/grid.png`` (one row per prompt/class) and ``<out>/samples.json``.
+``<out>/grid.png`` (one row per prompt/class) and ``<out>/samples.json``. An ``<out>/images`` holding anything is
+refused unless ``overwrite``, which first removes the files a job writes there (nothing else), so a folder never
+mixes two jobs' samples.
 
 Our checkpoints carry the run config (:func:`nar.model.io.stored_run_config`): its ``model``, ``tokenizer``,
 ``sampling`` and ``text`` sections give the defaults, typed here with :func:`nar.config.from_dict`. Official
@@ -12,14 +14,16 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from nar.atomic import write_text
+from nar.atomic import WriteError, remove_stale_temporaries, write_text
 from nar.config import from_dict
 from nar.errors import ConfigError
 from nar.model import NARConfig, NARModel
@@ -31,6 +35,8 @@ log = logging.getLogger(__name__)
 
 # Guidance scales of official checkpoints when no run config sets one: the paper's settings.
 OFFICIAL_GUIDANCE = {"caption": 4.0, "class": 2.0}
+# The files write_samples puts under <out>/images (<i>_<j>.png|gif|txt): all that --overwrite removes.
+SAMPLE_FILE = re.compile(r"\d{4,}_\d{2,}\.(png|gif|txt)")
 
 
 @dataclass
@@ -61,6 +67,7 @@ class SampleJob:
     threads: int = 0
     compile_decoder: bool = False
     sampler: str = "fast"  # nar.sampling.parse_sampler: fast, compile, wavefront+compile, fp8+…
+    overwrite: bool = False  # replace an earlier job's samples in out/images (see check_out)
 
 
 @dataclass
@@ -147,16 +154,27 @@ def text_encoder_for(model: NARModel, run: dict[str, Any] | None, kind: str | No
 
 
 def load_tokenizer_for(model: NARModel, run: dict[str, Any] | None, path: str | None,
-                       config: str | None) -> tuple[torch.nn.Module, str]:
-    """``(frozen tokenizer in eval mode, its path)``: ``path`` or the run's ``tokenizer`` section."""
-    from nar.tokenizers import load_tokenizer
+                       config: str | None, seed: int = 0) -> tuple[torch.nn.Module, str]:
+    """``(frozen tokenizer in eval mode, its path)``: ``path`` or the run's ``tokenizer`` section.
+
+    A preset name (``vq-tiny-emoji``; smoke runs and tests use them) builds a tokenizer with random weights: said in
+    a warning, and drawn from ``seed`` so the same job decodes to the same pictures."""
+    from nar.tokenizers import PRESETS, load_tokenizer
 
     ref = (run or {}).get("tokenizer") or {}
     tok_path = path or ref.get("path", "")
     if not tok_path:
         raise ConfigError("--tokenizer is required (the checkpoint names no tokenizer)")
     tok_config = config or (ref.get("config", "") if not path else "")
-    tokenizer = load_tokenizer(tok_path, config=tok_config or None).eval().requires_grad_(False)
+    if str(tok_path) in PRESETS and not Path(tok_path).exists():  # load_tokenizer's rule for a preset
+        log.warning("tokenizer %s is a preset: its decoder is untrained (random weights drawn from seed %d), so "
+                    "the pictures show only what an untrained decoder makes of the tokens", tok_path, seed)
+        with torch.random.fork_rng(devices=[]):  # the job's own draw, leaving the global RNG as it was
+            torch.manual_seed(seed)
+            tokenizer = load_tokenizer(tok_path, config=tok_config or None)
+    else:
+        tokenizer = load_tokenizer(tok_path, config=tok_config or None)
+    tokenizer = tokenizer.eval().requires_grad_(False)
     codebook = getattr(tokenizer, "codebook_size", model.cfg.vocab_size)
     if model.cfg.vocab_size > codebook:  # the model would sample ids the tokenizer cannot decode
         raise ConfigError(f"--tokenizer {tok_path} has {codebook} codes, but the model samples "
@@ -207,13 +225,21 @@ def conditions_for(model: NARModel, job: SampleJob, class_names: Sequence[str] =
     return class_ids(job.classes, model.cfg.num_classes, class_names)
 
 
+def batch_seed(seed: int, b: int) -> int:
+    """The seed of batch ``b`` of a job seeded ``seed`` (``seed >= 0``): the two hashed together (numpy's
+    ``SeedSequence``), so neighbouring seeds share no batch, as ``seed + b`` would (batch 1 of seed 0 = batch 0
+    of seed 1). In ``[0, 2**63)``, what ``torch.Generator.manual_seed`` takes."""
+    return int(np.random.SeedSequence([seed, b]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
 @torch.no_grad()
 def sample_images(model: NARModel, tokenizer: torch.nn.Module, conditions: list[Any], *,
                   text_encoder: Callable | None = None, sampling: SamplingConfig | None = None, n_per: int = 1,
                   batch_size: int = 32, seed: int = 0, device: str = "cpu", sampler: str = "fast") -> torch.Tensor:
     """Samples for each condition (a prompt, or a class id) → pixels ``[len(conditions) * n_per, 3, H, W]`` in [-1, 1].
 
-    Rows are grouped by condition (``n_per`` consecutive samples each); batch ``b`` uses seed ``seed + b``.
+    Rows are grouped by condition (``n_per`` consecutive samples each); batch ``b`` (rows ``b * batch_size`` on)
+    uses seed :func:`batch_seed` ``(seed, b)``, so the samples depend on ``batch_size`` too.
     Prompts go through ``text_encoder(list[str]) -> (features [B, L, D], mask [B, L])``. ``sampler`` names the
     sampling path (:func:`nar.sampling.parse_sampler`).
     """
@@ -227,9 +253,9 @@ def sample_images(model: NARModel, tokenizer: torch.nn.Module, conditions: list[
             chunk = items[start:start + batch_size]
             if caption:
                 feats, mask = text_encoder(list(chunk))
-                yield feats.to(device), mask.to(device), seed + b
+                yield feats.to(device), mask.to(device), batch_seed(seed, b)
             else:
-                yield torch.as_tensor(chunk, dtype=torch.long, device=device), None, seed + b
+                yield torch.as_tensor(chunk, dtype=torch.long, device=device), None, batch_seed(seed, b)
 
     images = [tokenizer.decode(tokens.to(device)).float().clamp(-1, 1).cpu()
               for tokens in sample_stream(model, batches(), sampling, sampler, batch_size)]
@@ -243,7 +269,6 @@ def write_samples(out: Path, pixels: torch.Tensor, conditions: list[Any], n_per:
     sample. ``pixels [B, 3, H, W]`` or ``[B, 3, T, H, W]`` in [-1, 1]. Returns the records and the grid path."""
     from nar.pictures import sample_grid, save_gif, save_png, to_unit
 
-    (out / "images").mkdir(parents=True, exist_ok=True)
     unit = to_unit(pixels)
     video = unit.dim() == 5
     records = []
@@ -260,14 +285,51 @@ def write_samples(out: Path, pixels: torch.Tensor, conditions: list[Any], n_per:
     return records, grid
 
 
+def check_out(out: Path, overwrite: bool) -> None:
+    """Before any loading: ``out`` is or can become a folder, and ``out/images`` holds nothing unless
+    ``overwrite`` (an earlier job's samples would stay beside the new ones, and eval-samples scores the folder)."""
+    images = out / "images"
+    nearest = next(p for p in (images, out, *out.parents) if p.exists())
+    if not nearest.is_dir():
+        where = "" if nearest == out else f", so {out} cannot be the output folder"
+        raise ConfigError(f"{nearest} is a file, not a folder{where}", key="--out")
+    if images.is_dir() and any(images.iterdir()) and not overwrite:
+        raise ConfigError(f"{images} already holds files (an earlier job's samples?); choose another --out, or add "
+                          "--overwrite to replace the samples there", key="--out")
+
+
+def clear_samples(images: Path) -> None:
+    """Remove what :func:`write_samples` writes under ``images`` (``--overwrite``), leaving any other file."""
+    if not images.is_dir():
+        return
+    old = [p for p in images.iterdir() if p.is_file() and SAMPLE_FILE.fullmatch(p.name)]
+    for path in old:
+        try:
+            path.unlink()
+        except OSError as err:
+            raise WriteError(f"--overwrite: cannot remove {path}: {err.strerror or err}") from err
+    remove_stale_temporaries(images)  # .<name>.<pid>.tmp of a killed job
+    others = sorted(p.name for p in images.iterdir())
+    log.info("--overwrite: removed %d earlier sample files from %s", len(old), images)
+    if others:
+        log.warning("%s still holds %d files nar sample did not write (%s); eval-samples of the folder reads "
+                    "them too", images, len(others), ", ".join(others[:5]) + (" ..." if len(others) > 5 else ""))
+
+
 def run_sample(job: SampleJob) -> SampleResult:
     """The whole ``nar sample`` job (see the module docstring).
 
     Raises:
-        ConfigError: conditions that do not fit the model, a missing tokenizer, bad sampling values.
+        ConfigError: conditions that do not fit the model, a missing tokenizer, bad sampling values, an ``out``
+            that is a file or holds samples (without ``overwrite``).
         CheckpointError: an unreadable checkpoint or weights that do not fit their config.
+        WriteError: a picture or ``samples.json`` that could not be written (each written atomically).
     """
     parse_sampler(job.sampler, key="--sampler")  # a typo fails before any loading
+    out = Path(job.out)
+    check_out(out, job.overwrite)
+    if job.seed < 0:
+        raise ConfigError(f"--seed {job.seed}: must be >= 0")
     if job.threads:
         torch.set_num_threads(job.threads)
     if job.n_per_prompt < 1 or job.batch_size < 1:
@@ -278,7 +340,7 @@ def run_sample(job: SampleJob) -> SampleResult:
     model, run = load_for_sampling(job)
     caption = model.cfg.condition == "caption"
     conditions = conditions_for(model, job, (run or {}).get("classes") or [])
-    tokenizer, tok_path = load_tokenizer_for(model, run, job.tokenizer, job.tokenizer_config)
+    tokenizer, tok_path = load_tokenizer_for(model, run, job.tokenizer, job.tokenizer_config, job.seed)
     sampling = sampling_for(job, model.cfg, run)
     encoder = text_encoder_for(model, run, job.text_encoder, job.text_encoder_path, device) if caption else None
     if job.compile_decoder and str(device).startswith("cuda"):
@@ -288,7 +350,8 @@ def run_sample(job: SampleJob) -> SampleResult:
     pixels = sample_images(model, tokenizer, conditions, text_encoder=encoder, sampling=sampling,
                            n_per=job.n_per_prompt, batch_size=job.batch_size, seed=job.seed, device=device,
                            sampler=job.sampler)
-    out = Path(job.out)
+    if job.overwrite:
+        clear_samples(out / "images")
     records, grid = write_samples(out, pixels, conditions, job.n_per_prompt, caption)
     write_text(out / "samples.json", json.dumps(
         {"ckpt": str(job.ckpt), "tokenizer": tok_path, "sampling": vars(sampling), "seed": job.seed,
