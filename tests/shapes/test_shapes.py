@@ -185,3 +185,16 @@ def test_prompt_parses_back_to_its_spec():
         assert parse_prompt(scene.prompt) == scene.spec
     with pytest.raises(ConfigError, match="shapes prompt"):
         parse_prompt("a watercolor of a fox")
+
+
+def test_parse_prompt_singular_counts_and_unknown_shapes():
+    """A singular noun after a number keeps its last letter ("one circle" is exactly one circle, and its canonical
+    prompt reads so); a word that is no shape, plural or not, is refused."""
+    one = parse_prompt("a photo of one circle")
+    assert one["include"] == [{"class": "circle", "count": 1}] and one["exclude"] == [{"class": "circle", "count": 2}]
+    assert one["prompt"] == "a photo of one circle" and parse_prompt(one["prompt"]) == one
+    assert parse_prompt("a photo of two square")["include"] == [{"class": "square", "count": 2}]
+    assert parse_prompt("a photo of two squares") == parse_prompt("a photo of two square")
+    for bad in ("a photo of two circless", "a photo of two hexagons", "a photo of three squar"):
+        with pytest.raises(ConfigError, match="shapes prompt"):
+            parse_prompt(bad)

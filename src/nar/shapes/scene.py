@@ -121,7 +121,8 @@ def prompt_for(spec: dict[str, Any]) -> str:
         a, b = inc[0]["class"], inc[1]["class"]
         return f"a photo of {_article(a)} {a} and {_article(b)} {b}"
     if tag == "counting":
-        return f"a photo of {NUMBER_WORDS[inc[0]['count']]} {_plural(inc[0]['class'])}"
+        n, shape = inc[0]["count"], inc[0]["class"]
+        return f"a photo of {NUMBER_WORDS[n]} {shape if n == 1 else _plural(shape)}"
     if tag == "colors":
         c = inc[0]["color"]
         return f"a photo of {_article(c)} {c} {inc[0]['class']}"
@@ -258,8 +259,9 @@ def parse_prompt(prompt: str) -> dict[str, Any]:
         raise ConfigError(f"cannot parse {' '.join(tokens)!r} in shapes prompt {prompt!r}")
 
     spec: dict[str, Any]
-    if words[0] in _WORD_NUMBERS and len(words) == 2 and words[1].rstrip("s") in SHAPES:
-        n, shape = _WORD_NUMBERS[words[0]], words[1][:-1]
+    # "two circles", and "one circle" / "two square" as people write them: one plural "s" dropped, if any.
+    if words[0] in _WORD_NUMBERS and len(words) == 2 and words[1].removesuffix("s") in SHAPES:
+        n, shape = _WORD_NUMBERS[words[0]], words[1].removesuffix("s")
         spec = {"tag": "counting", "include": [{"class": shape, "count": n}], "exclude": [{"class": shape, "count": n + 1}]}
     elif "and" in words:
         i = words.index("and")
