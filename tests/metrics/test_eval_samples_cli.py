@@ -100,3 +100,26 @@ def test_ref_without_pixels_names_it(caplog):
         caplog.clear()
         assert main(["eval-samples", "s.npz", "--ref", "tokens", "--metrics", metric]) == 2
         assert "tokens: 0 images/videos" in caplog.text and "token shards hold none" in caplog.text, caplog.text
+
+
+def test_adm_reference_batch_serves_pr_and_fvd():
+    """An ADM reference batch holds its images (arr_0) beside mu/sigma: pr and fvd read arr_0, FID still reads
+    mu/sigma (the same FID as against the statistics alone)."""
+    dim = TinyExtractor.num_features
+    rng = np.random.default_rng(0)
+    mu, sigma = rng.normal(size=dim) * 0.1, np.eye(dim) * 0.01
+    images = _nhwc(20, seed=8)
+    np.savez("s.npz", arr_0=images)
+    np.savez("ref_batch.npz", arr_0=images, mu=mu, sigma=sigma)
+    np.savez("stats.npz", mu=mu, sigma=sigma)
+    assert main(["eval-samples", "s.npz", "--ref", "ref_batch.npz", "--metrics", "fid,pr", "--out", "batch.json"]) == 0
+    assert main(["eval-samples", "s.npz", "--ref", "stats.npz", "--metrics", "fid", "--out", "stats.json"]) == 0
+    batch = json.loads(open("batch.json").read())["metrics"]
+    assert batch["precision"] == 1.0 and batch["recall"] == 1.0  # the samples are the reference's images
+    assert batch["fid"] == pytest.approx(json.loads(open("stats.json").read())["metrics"]["fid"], rel=1e-6)
+    assert batch["fid"] > 0.01  # from mu/sigma, not from arr_0 (the same images: 0)
+    videos = _nhwc(8, seed=9).reshape(4, 2, *images.shape[1:])  # [N, T, H, W, 3]
+    np.savez("v.npz", arr_0=videos)
+    np.savez("v_ref.npz", arr_0=videos, mu=np.zeros(2 * dim), sigma=np.eye(2 * dim))
+    assert main(["eval-samples", "v.npz", "--ref", "v_ref.npz", "--metrics", "fvd", "--out", "v.json"]) == 0
+    assert abs(json.loads(open("v.json").read())["metrics"]["fvd_proxy_inception"]) < 1e-6

@@ -9,7 +9,7 @@ from metric_helpers import TinyExtractor, random_images
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from nar.errors import ConfigError
+from nar.errors import ConfigError, DataError
 from nar.metrics import GaussianStats, ImageFidelity
 from nar.metrics.fidelity import canonical_order, kid
 
@@ -167,3 +167,70 @@ def test_no_generated_samples_is_a_clear_error(metrics, missing):
     metric.update(random_images(12, seed=1), real=True)
     with pytest.raises(ConfigError, match=f"no generated samples.*{missing}"):
         metric.compute()
+
+
+def test_update_features_goes_through_the_update_wrapper(tiny_extractor, recwarn):
+    """``update_features`` (the decoding callback's cached real features) counts as an update: a later compute()
+    sees the new features instead of the cached earlier result, and compute() does not warn of no update."""
+    real, fake = random_images(24, seed=12), random_images(24, seed=13)
+    metric = ImageFidelity(extractor=tiny_extractor)
+    metric.update_features(tiny_extractor(real)["features"], real=True)
+    metric.update_features(tiny_extractor(fake)["features"], real=False)
+    assert metric.update_count == 2
+    first = metric.compute()["fid"].item()
+    assert not [w for w in recwarn if "compute" in str(w.message)]
+    metric.update_features(tiny_extractor(fake)["features"] * 5 + 3, real=False)
+    fresh = ImageFidelity(extractor=tiny_extractor)
+    fresh.update(real, real=True)
+    fresh.update(fake, real=False)
+    fresh.update_features(tiny_extractor(fake)["features"] * 5 + 3, real=False)
+    assert metric.compute()["fid"].item() != first
+    assert metric.compute()["fid"].item() == pytest.approx(fresh.compute()["fid"].item(), rel=1e-9)
+
+
+@pytest.mark.parametrize("reset_real_features", [True, False])
+def test_forward_only_updates(tiny_extractor, reset_real_features):
+    """``metric(images, real=...)`` adds the batch once and returns None (a per-batch FID means nothing); the kept
+    real statistics are not counted twice, and a batch of one side only does not raise."""
+    real, fake = random_images(20, seed=14), random_images(20, seed=15)
+    called = ImageFidelity(metrics=("fid", "pr"), extractor=tiny_extractor, reset_real_features=reset_real_features)
+    updated = ImageFidelity(metrics=("fid", "pr"), extractor=tiny_extractor, reset_real_features=reset_real_features)
+    assert called(real, real=True) is None
+    assert called(fake, real=False) is None
+    updated.update(real, real=True)
+    updated.update(fake, real=False)
+    assert int(called.real_count) == int(updated.real_count) == real.shape[0]
+    assert sum(t.shape[0] for t in called.real_features) == real.shape[0]
+    assert int(called.fake_count) == fake.shape[0] and called.update_count == 2
+    ours, reference = called.compute(), updated.compute()
+    assert all(ours[k].item() == pytest.approx(reference[k].item(), rel=1e-9) for k in reference)
+
+
+class _SpatialTiny(TinyExtractor):
+    """TinyExtractor with sFID's spatial features (the first 8 feature columns, enough for the tests)."""
+
+    spatial = True
+    num_spatial = 8
+
+    def forward(self, images_uint8: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = super().forward(images_uint8)
+        return {**out, "spatial": out["features"][:, : self.num_spatial]}
+
+
+def test_rejected_reference_leaves_the_metric_unchanged(tmp_path):
+    """set_reference validates everything (FID and sFID sides) before applying any of it."""
+    extractor = _SpatialTiny().eval()
+    metric = ImageFidelity(metrics=("fid", "sfid"), extractor=extractor)
+    real = random_images(24, seed=16)
+    metric.update(real, real=True)
+    before = metric.real_stats()
+    stats = GaussianStats(np.zeros(extractor.num_features), np.eye(extractor.num_features))
+    with pytest.raises(ConfigError, match="pass the reference batch .npz path"):
+        metric.set_reference(stats)  # in memory: no mu_s/sigma_s
+    np.savez(tmp_path / "fid_only.npz", mu=stats.mu, sigma=stats.sigma)
+    with pytest.raises(DataError, match=r"fid_only\.npz.*mu_s"):
+        metric.set_reference(tmp_path / "fid_only.npz")
+    np.savez(tmp_path / "narrow_s.npz", mu=stats.mu, sigma=stats.sigma, mu_s=np.zeros(3), sigma_s=np.eye(3))
+    with pytest.raises(ConfigError, match=r"narrow_s\.npz: mu_s has 3 features"):
+        metric.set_reference(tmp_path / "narrow_s.npz")
+    assert np.array_equal(metric.real_stats().mu, before.mu)

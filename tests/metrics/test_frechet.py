@@ -57,3 +57,23 @@ def test_npz_round_trip_and_adm_format(tmp_path):
     np.savez(tmp_path / "bad.npz", arr_0=np.zeros(3))
     with pytest.raises(DataError, match="mu"):
         GaussianStats.load_npz(tmp_path / "bad.npz")
+
+
+@pytest.mark.parametrize("damage", ["not_npz", "truncated", "npy"])
+def test_damaged_reference_files_name_the_path(tmp_path, damage):
+    """A failed download (an HTML page), a cut-off archive or a bare .npy: DataError naming the file, from both
+    the statistics reader and the registry's key listing."""
+    from nar.metrics.registry import reference_keys
+
+    path = tmp_path / "VIRTUAL_ref.npz"
+    if damage == "not_npz":
+        path.write_bytes(b"<html>this is not an npz file</html>")
+    elif damage == "truncated":
+        np.savez(path, mu=np.zeros(64), sigma=np.eye(64))
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        with open(path, "wb") as fh:
+            np.save(fh, np.zeros(4))
+    for read in (GaussianStats.load_npz, reference_keys):
+        with pytest.raises(DataError, match=r"VIRTUAL_ref\.npz"):
+            read(str(path))

@@ -70,3 +70,17 @@ def test_proxy_is_named_apart_and_sees_motion():
     metric.update(still, real=True)
     metric.update(moving, real=False)
     assert metric.compute()["fvd_proxy_inception"].item() > 0.01
+
+
+@pytest.mark.parametrize("reset_real_features", [True, False])
+def test_forward_only_updates(reset_real_features):
+    """``metric(videos, real=...)`` adds the batch once and returns None: no per-batch FVD, no double count."""
+    real, fake = _videos(6, seed=4), _videos(6, seed=5)
+    called = FVDProxyInception(extractor=TinyExtractor().eval(), reset_real_features=reset_real_features)
+    updated = FVDProxyInception(extractor=TinyExtractor().eval(), reset_real_features=reset_real_features)
+    assert called(real, real=True) is None and called(fake, real=False) is None
+    updated.update(real, real=True)
+    updated.update(fake, real=False)
+    assert int(called.real_count) == int(called.fake_count) == real.shape[0]
+    assert called.compute()["fvd_proxy_inception"].item() == pytest.approx(
+        updated.compute()["fvd_proxy_inception"].item(), rel=1e-9)

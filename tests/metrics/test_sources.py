@@ -98,3 +98,62 @@ def test_reference_stats_of_fewer_than_two_images_names_the_source(tmp_path):
     with pytest.raises(DataError, match=r"real\.npz: 1 images/videos within limit 1"):
         reference_stats(tmp_path / "real.npz", TinyExtractor(), limit=1, cache=tmp_path / "cache")
     assert not list(tmp_path.glob("cache/**/*.npz"))  # nothing cached
+
+
+def _encoded(pixels: np.ndarray, fmt: str) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("ext", "fmt"), [("jpg", "JPEG"), ("jpeg", "JPEG"), ("png", "PNG"), ("webp", "WEBP")])
+def test_shards_of_every_image_field_are_read(tmp_path, ext, fmt):
+    """Every image field the data readers accept (``nar.data.index.IMAGE_FIELDS``) is scored, none skipped."""
+    images = _images(3)
+    with ShardWriter(tmp_path / "train-000000.tar") as w:
+        for i, img in enumerate(images):
+            w.write(f"{i:06d}", {ext: _encoded(img, fmt), "cls": b"0"})
+    records = list(iter_records(tmp_path))
+    assert len(records) == len(images) and all(r.pixels.shape == images[0].shape for r in records)
+
+
+def test_images_decode_as_in_training(tmp_path):
+    """Folders and shards decode like the data pipeline (``decode_image``): alpha composited on white, 16-bit
+    greyscale scaled to 8 bits (not clipped to white)."""
+    from PIL import Image
+
+    from nar.data.transforms import decode_image
+
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[:4, :4] = (255, 0, 0, 255)  # opaque red corner, transparent elsewhere
+    grey16 = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(rgba, "RGBA").save(folder / "a_rgba.png")
+    Image.fromarray(grey16).save(folder / "b_grey16.png")
+    files = sorted(folder.iterdir())
+    with ShardWriter(tmp_path / "shards" / "train-000000.tar") as w:
+        for i, path in enumerate(files):
+            w.write(f"{i:06d}", {"png": path.read_bytes()})
+    expected = [np.asarray(decode_image(p.read_bytes())) for p in files]
+    for source in (folder, tmp_path / "shards"):
+        got = [r.pixels for r in iter_records(source)]
+        assert len(got) == len(expected) and all(np.array_equal(g, e) for g, e in zip(got, expected)), source
+    assert expected[0][7, 7].tolist() == [255, 255, 255] and expected[1].mean() < 200  # what the old decoding lost
+
+
+def test_corrupt_images_name_their_file(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, img in enumerate(_images(3)):
+        (folder / f"{i}.png").write_bytes(_encoded(img, "PNG"))
+    (folder / "1.png").write_bytes(b"not a png at all")
+    with pytest.raises(DataError, match=r"imgs/1\.png: cannot decode image"):
+        list(iter_records(folder))
+    with ShardWriter(tmp_path / "sh" / "train-000000.tar") as w:
+        w.write("000000", {"png": _encoded(_images(1)[0], "PNG")})
+        w.write("000001", {"png": b"garbage"})
+    with pytest.raises(DataError, match=r"train-000000\.tar:000001\.png: cannot decode image"):
+        list(iter_records(tmp_path / "sh"))

@@ -7,7 +7,9 @@
 
 SAMPLES: an ``.npz`` with ``arr_0`` uint8 NHWC (the official sampler's file; NTHWC for videos), shards,
 a dataset folder, or a folder of PNGs. ``--ref``: a dataset/shard folder (its real statistics are
-cached) or an ``.npz`` with ``mu``/``sigma`` (ADM evaluator format). Prints a table, writes JSON.
+cached) or an ``.npz`` with ``mu``/``sigma`` (ADM evaluator format; fid only, unless it also holds its
+images as ``arr_0``, as ADM reference batches do: pr/fvd use those, fid still ``mu``/``sigma``). Prints a
+table, writes JSON.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval-samples", help="FID/IS/precision-recall, FVD (or its proxy), GenEval-shapes of samples",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("samples", help="samples: .npz (arr_0), shards, dataset folder or image folder")
-    p.add_argument("--ref", default=None, help="real data: dataset/shard folder or .npz with mu/sigma "
-                   "(needed for fid, pr, fvd)")
+    p.add_argument("--ref", default=None, help="real data: dataset/shard folder, image folder, .npz with arr_0, "
+                   "or .npz with mu/sigma (fid only unless it also holds arr_0) (needed for fid, pr, fvd)")
     p.add_argument("--metrics", default="fid", help=f"comma-separated subset of {','.join(METRICS)} (default fid)")
     p.add_argument("--samples-split", default=None, help="split of a SAMPLES dataset folder (default val)")
     p.add_argument("--ref-split", default="train", help="split of a --ref dataset folder (default train)")
@@ -60,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         ImageFidelity,
         default_extractor,
     )
+    from nar.metrics.registry import reference_keys
     from nar.metrics.sources import is_statistics_file, iter_batches, iter_records, reference_stats
 
     wanted = [m.strip() for m in args.metrics.split(",") if m.strip()]
@@ -69,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     feature_metrics = [m for m in wanted if m in ("pr", "fvd")]
-    if args.ref and feature_metrics and is_statistics_file(args.ref):
+    # An ADM reference batch holds its images (arr_0) beside mu/sigma: pr/fvd read those, FID still mu/sigma.
+    ref_statistics = bool(args.ref) and is_statistics_file(args.ref)
+    if ref_statistics and feature_metrics and "arr_0" not in reference_keys(args.ref):
         # pr/fvd compare real features (or videos) themselves; mu/sigma only give a Fréchet distance of images
         raise ConfigError(f"--ref {args.ref} is a statistics file (mu/sigma), which only serves fid: "
                           f"--metrics {','.join(feature_metrics)} need real images/videos as --ref (a dataset/shard folder, "
@@ -123,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
                 # precision/recall need the real features themselves, not just their statistics
                 for images in reference_batches():
                     timed("reference", fidelity.update, images.to(device), real=True)
+                if ref_statistics and "fid" in image_wanted:
+                    fidelity.set_reference(ref)  # FID from the batch's mu/sigma, as with --metrics fid alone
             else:
                 stats = timed("reference", reference_stats, ref, extractor, args.ref_split, args.batch_size,
                               device, args.ref_limit, args.cache)

@@ -22,6 +22,7 @@ from torch import nn
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.utilities.distributed import gather_all_tensors
+from torchmetrics.utilities.exceptions import TorchMetricsUserError
 
 from nar.errors import ConfigError
 from nar.metrics.frechet import GaussianStats, frechet_distance, moments_from_sums
@@ -58,7 +59,8 @@ class GaussianPairMetric(Metric):
     """Base: real and fake feature sums for a Fréchet distance; a loaded reference replaces the real side.
 
     ``reset_real_features=False`` keeps the real statistics across :meth:`reset` (validation loops
-    that see the same real set every epoch).
+    that see the same real set every epoch). Calling the metric (``metric(x, real=...)``) only updates it and
+    returns ``None``: a Fréchet distance of one batch means nothing (see :meth:`forward`).
     """
 
     full_state_update = False
@@ -108,13 +110,30 @@ class GaussianPairMetric(Metric):
         mu_f, sigma_f = moments_from_sums(fake_sum, getattr(self, f"{prefix}fake_outer"), count)
         return frechet_distance(mu_f, sigma_f, mu_r, sigma_r)
 
-    def set_reference(self, stats: GaussianStats | str | Path | None) -> None:
-        """Use precomputed real statistics (a :class:`GaussianStats` or an ADM ``.npz`` path); ``None`` clears."""
+    def forward(self, *args, **kwargs) -> None:
+        """As :meth:`update`, returning ``None``.
+
+        torchmetrics' ``forward`` would also compute the metric on the batch alone, by resetting the states,
+        updating and adding the saved states back: a Fréchet distance of one batch means nothing, the batch lacks
+        the other side (an error), and the real states kept by ``reset_real_features=False`` would be added twice.
+        """
+        if self._is_synced:
+            raise TorchMetricsUserError("The metric is synced: call unsync() before updating it")
+        self.update(*args, **kwargs)
+        self._forward_cache = None
+
+    def _load_reference(self, stats: GaussianStats | str | Path | None) -> GaussianStats | None:
+        """``stats`` read (a path) and checked against the extractor's width, not yet applied."""
         if isinstance(stats, (str, Path)):
             stats = GaussianStats.load_npz(stats)
         if stats is not None and stats.mu.shape[0] != self.num_features:
             raise ConfigError(f"reference statistics have {stats.mu.shape[0]} features, the extractor gives {self.num_features}")
-        self._reference = stats
+        return stats
+
+    def set_reference(self, stats: GaussianStats | str | Path | None) -> None:
+        """Use precomputed real statistics (a :class:`GaussianStats` or an ADM ``.npz`` path); ``None`` clears."""
+        self._reference = self._load_reference(stats)
+        self._computed = None  # the cached result was against the old reference
 
     def real_stats(self) -> GaussianStats:
         """Statistics of the real images seen so far (synced across processes when distributed)."""
@@ -291,12 +310,19 @@ class ImageFidelity(GaussianPairMetric):
 
     def update(self, images: torch.Tensor, real: bool) -> None:
         out = self.extract(images)
-        self.update_features(out["features"], real, out.get("logits"), out.get("spatial"))
+        self._update_features(out["features"], real, out.get("logits"), out.get("spatial"))
 
     def update_features(self, features: torch.Tensor, real: bool, logits: torch.Tensor | None = None,
                         spatial: torch.Tensor | None = None) -> None:
         """Update from precomputed extractor outputs (``features`` ``[B, D]``, ``logits`` ``[B, C]``, ``spatial``
         ``[B, 2023]``, which ``sfid`` needs)."""
+        # torchmetrics' update wrapper, as update() gets it: drops the cached compute() result, counts the
+        # update, moves list states to the CPU under compute_on_cpu. Wrapped per call, not once in __init__,
+        # so that copies and pickles of the metric do not hold a closure over the original.
+        self._wrap_update(self._update_features)(features, real, logits, spatial)
+
+    def _update_features(self, features: torch.Tensor, real: bool, logits: torch.Tensor | None,
+                         spatial: torch.Tensor | None) -> None:
         self._accumulate(features, real)
         if "sfid" in self.metrics:
             if spatial is None:
@@ -376,21 +402,20 @@ class ImageFidelity(GaussianPairMetric):
 
     def set_reference(self, stats: GaussianStats | str | Path | None) -> None:
         """As :meth:`GaussianPairMetric.set_reference`; with ``sfid`` asked, an ADM reference batch ``.npz`` also
-        gives the spatial statistics ``mu_s``/``sigma_s`` (an error naming the file when it has none)."""
-        super().set_reference(stats)
-        if "sfid" not in self.metrics:
-            return
-        if isinstance(stats, (str, Path)):
+        gives the spatial statistics ``mu_s``/``sigma_s`` (an error naming the file when it has none). Both sides
+        are read and checked before either is applied: a rejected reference leaves the metric as it was."""
+        reference = self._load_reference(stats)
+        spatial = None
+        if "sfid" in self.metrics and isinstance(stats, (str, Path)):
             spatial = GaussianStats.load_npz(stats, suffix="_s")
             if spatial.mu.shape[0] != self.spatial_real_sum.shape[0]:
                 raise ConfigError(f"{stats}: mu_s has {spatial.mu.shape[0]} features, the sFID extractor gives "
                                   f"{self.spatial_real_sum.shape[0]}")
-            self._spatial_reference = spatial
-        else:
-            self._spatial_reference = None
-            if stats is not None:
-                raise ConfigError("sfid with in-memory reference statistics: pass the reference batch .npz path "
-                                  "(it holds mu_s/sigma_s)")
+        elif "sfid" in self.metrics and stats is not None:
+            raise ConfigError("sfid with in-memory reference statistics: pass the reference batch .npz path "
+                              "(it holds mu_s/sigma_s)")
+        self._reference, self._spatial_reference = reference, spatial
+        self._computed = None
 
     def _kept_real_states(self) -> tuple[str, ...]:
         spatial = ("spatial_real_sum", "spatial_real_outer", "spatial_real_count") if "sfid" in self.metrics else ()

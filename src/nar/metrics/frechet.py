@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +47,27 @@ def moments_from_sums(total: torch.Tensor, outer: torch.Tensor, count: torch.Ten
     return mu, sigma
 
 
+_NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+
+
+@contextlib.contextmanager
+def open_npz(path: str | Path) -> Iterator[np.lib.npyio.NpzFile]:
+    """``np.load`` of an ``.npz`` archive; a damaged or non-npz file (a failed download's HTML page, a cut-off
+    archive, a bare ``.npy``), whether found on opening or on reading an array, is a :class:`DataError` naming
+    ``path`` instead of numpy's unnamed errors."""
+    try:
+        data = np.load(path, allow_pickle=False)
+    except _NPZ_ERRORS as err:
+        raise DataError(f"{path}: not a readable .npz archive ({type(err).__name__}: {err})") from err
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: a single .npy array, not an .npz archive of named arrays")
+    with data:
+        try:
+            yield data
+        except _NPZ_ERRORS as err:
+            raise DataError(f"{path}: damaged .npz archive ({type(err).__name__}: {err})") from err
+
+
 @dataclasses.dataclass
 class GaussianStats:
     """Feature mean ``[D]`` and covariance ``[D, D]`` (float64 numpy), and the sample count when known."""
@@ -69,7 +93,7 @@ class GaussianStats:
         if not path.is_file():
             raise DataError(f"statistics file not found: {path}")
         mu_key, sigma_key = f"mu{suffix}", f"sigma{suffix}"
-        with np.load(path) as data:
+        with open_npz(path) as data:
             if mu_key not in data or sigma_key not in data:
                 raise DataError(f"{path} has no '{mu_key}'/'{sigma_key}' arrays (keys: {sorted(data.keys())}); "
                                 "expected an ADM-evaluator reference batch or `nar eval-samples --save-ref` output")

@@ -57,8 +57,9 @@ def build_metrics(names: list[str] | tuple[str, ...], *, video: bool, inception_
 
 
 def reference_keys(path: str) -> set[str]:
-    """The arrays an ``.npz`` reference batch holds (``mu``, ``sigma``, ``mu_s``, ``sigma_s``, ``arr_0``…)."""
-    import numpy as np
+    """The arrays an ``.npz`` reference batch holds (``mu``, ``sigma``, ``mu_s``, ``sigma_s``, ``arr_0``…); a
+    damaged or non-npz file is a :class:`~nar.errors.DataError` naming it."""
+    from nar.metrics.frechet import open_npz
 
-    with np.load(path) as data:
+    with open_npz(path) as data:
         return set(data.keys())

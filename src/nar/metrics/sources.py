@@ -84,15 +84,16 @@ def _spec_from(meta: dict[str, Any] | None, text: str | None) -> dict[str, Any] 
     return None
 
 
-def _decode_image(data: bytes) -> np.ndarray:
-    from PIL import Image
+def _decode_image(data: bytes, name: str) -> np.ndarray:
+    """``uint8 [H, W, 3]`` decoded as the data pipeline does (alpha on white, 16-bit greyscale scaled, not
+    clipped), so real images are scored as they were trained on; a corrupt image is a DataError naming ``name``."""
+    from nar.data.transforms import decode_image
 
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return np.asarray(decode_image(data, name=name), dtype=np.uint8)
 
 
 def _decode_image_file(path: Path) -> np.ndarray:
-    return _decode_image(path.read_bytes())
+    return _decode_image(path.read_bytes(), str(path))
 
 
 def _decode_frames(data: bytes) -> np.ndarray:
@@ -204,7 +205,9 @@ def _iter_raw_records(source: Path, split: str | None, limit: int | None) -> Ite
 
     shards = shard_paths(source, split)
     if shards:
+        from nar.data.index import IMAGE_FIELDS  # the fields the data readers take an image from
         from nar.data.shards import iter_tar
+        from nar.data.transforms import field
 
         for shard in shards:
             for raw in iter_tar(shard):
@@ -214,8 +217,9 @@ def _iter_raw_records(source: Path, split: str | None, limit: int | None) -> Ite
                 text = raw["txt"].decode("utf-8") if "txt" in raw else None
                 if "frames.npy" in raw:
                     load = functools.partial(_decode_frames, raw["frames.npy"])
-                elif "png" in raw or "jpg" in raw:
-                    load = functools.partial(_decode_image, raw.get("png") or raw["jpg"])
+                elif any(ext in raw for ext in IMAGE_FIELDS):
+                    ext, data = field(raw, *IMAGE_FIELDS)
+                    load = functools.partial(_decode_image, data, f"{shard}:{raw['__key__']}.{ext}")
                 else:
                     continue  # token shards etc. carry no pixels
                 yield _LazyRecord(load, _spec_from(meta, text))
@@ -230,7 +234,7 @@ def _iter_raw_records(source: Path, split: str | None, limit: int | None) -> Ite
             if done():
                 return
             caption = path.with_suffix(".txt")
-            text = caption.read_text().strip() if caption.is_file() else None
+            text = caption.read_text(encoding="utf-8").strip() if caption.is_file() else None
             yield _LazyRecord(functools.partial(_decode_image_file, path), _spec_from(None, text))
             count += 1
         return
