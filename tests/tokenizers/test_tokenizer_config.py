@@ -6,7 +6,7 @@ import pytest
 from tokenizer_helpers import tiny_image, tiny_video
 
 from nar.errors import ConfigError
-from nar.tokenizers import PRESETS, TokenizerLossConfig, VQConfig
+from nar.tokenizers import PRESETS, TokenizerLossConfig, TokenizerOptimConfig, VQConfig
 from nar.workflows.tokenizer import tokenizer_config
 
 
@@ -78,3 +78,78 @@ def test_tokenizer_and_generator_runs_share_the_trainer_keys():
     assert str(cfg.run_dir) == "/tmp/r/tok" and cfg.trainer.threads == 1
     with pytest.raises(ConfigError, match=r"trainer\.precision"):
         tokenizer_config("emoji", overrides=["trainer.precision=16-mixed"])
+
+
+def _shards(root, kind="image", sizes=(), **fields):
+    """A dataset folder: ``meta.json`` with ``fields``, and (with ``sizes``) a train split of blank images kept as
+    original bytes (no size in ``meta.json``), as ``nar data imagenet`` writes by default."""
+    from PIL import Image
+
+    from nar.data.encode import encode_png
+    from nar.data.shards import write_meta, write_split
+
+    root.mkdir(parents=True, exist_ok=True)
+    records = []
+    if sizes:
+        records.append(write_split(root, "train", list(range(len(sizes))), shard_size=len(sizes),
+                                   make_sample=lambda i: {"png": encode_png(Image.new("RGB", sizes[i])), "cls": 0}))
+    write_meta(root, kind, records, **fields)
+    return root
+
+
+def _round(size: int, factor: int) -> int:
+    return size // factor * factor
+
+
+@pytest.mark.parametrize("fields,sizes", [
+    ({"resize": 100}, ()),  # the imagenet recipe (vq-16, factor 16)
+    ({"image_size": 30}, ()),  # the emoji recipe (factor 4)
+    ({}, ((130, 97), (120, 101))),  # original bytes, short side 97: under the recipe's 256
+    ({}, ((300, 270), (280, 290))),  # original bytes larger than the recipe's size: never above it
+])
+def test_recipe_for_rounds_the_stored_size_to_the_preset(tmp_path, fields, sizes):
+    root = _shards(tmp_path / "ds", sizes=sizes, **fields)
+    cfg = tokenizer_config(root=str(root))
+    recipe = tokenizer_config(cfg.model.preset and {"vq-16": "imagenet", "vq-tiny-emoji": "emoji"}[cfg.model.preset],
+                              root="/nonexistent/shards").model  # the recipe's own size and factor
+    stored = fields.get("image_size") or fields.get("resize") or min(min(s) for s in sizes)
+    if sizes:  # read off the images: the recipe's size caps it
+        stored = min(stored, recipe.image_size)
+    assert cfg.model.image_size == _round(stored, recipe.spatial_downsample) > 0
+
+
+def test_recipe_for_with_a_preset_rounds_to_that_preset(tmp_path):
+    root = _shards(tmp_path / "ds", resize=102)
+    cfg = tokenizer_config(root=str(root), preset="vq-tiny-emoji")
+    assert cfg.model.image_size == _round(102, VQConfig.from_name("vq-tiny-emoji").spatial_downsample)
+
+
+def test_recipe_for_refuses_sizes_the_preset_cannot_use(tmp_path):
+    factor = VQConfig.from_name("vq-tiny-emoji").spatial_downsample
+    with pytest.raises(ConfigError, match=r"model\.image_size.*smaller than .* downsampling factor"):
+        tokenizer_config(root=str(_shards(tmp_path / "small", image_size=factor - 1)))
+    atari = VQConfig.from_name("vq-video-tiny-atari")
+    frames = atari.temporal_factor + atari.temporal_factor // 2  # not a multiple: clips are never cut
+    with pytest.raises(ConfigError, match=rf"model\.num_frames.*{frames} frames.*temporal downsampling factor "
+                                          rf"{atari.temporal_factor}"):
+        tokenizer_config(root=str(_shards(tmp_path / "clips", kind="video", image_size=atari.image_size,
+                                          frames=frames)))
+    ok = tokenizer_config(root=str(_shards(tmp_path / "ok", kind="video", image_size=atari.image_size + 2,
+                                           frames=2 * atari.temporal_factor)))
+    assert (ok.model.image_size, ok.model.num_frames) == (atari.image_size, 2 * atari.temporal_factor)
+
+
+def test_the_upsampling_refusal_suggests_a_size_the_preset_takes(tmp_path):
+    emoji = VQConfig.from_name("vq-tiny-emoji")
+    stored = emoji.image_size - emoji.spatial_downsample // 2 - 1  # below the recipe's size and not a multiple
+    root = _shards(tmp_path / "ds", image_size=stored)
+    with pytest.raises(ConfigError, match=rf"upsampled.*model\.image_size={_round(stored, emoji.spatial_downsample)}$"):
+        tokenizer_config("emoji", root=str(root))
+
+
+@pytest.mark.parametrize("schema,key", [(TokenizerLossConfig, "entropy_temperature"), (TokenizerOptimConfig, "lr"),
+                                        (TokenizerOptimConfig, "disc_lr"), (TokenizerOptimConfig, "grad_clip"),
+                                        (TokenizerOptimConfig, "weight_decay")])
+def test_nan_is_refused_by_name(schema, key):
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        schema(**{key: float("nan")})

@@ -71,3 +71,20 @@ def test_load_from_config_or_preset_name():
     assert load_tokenizer("vq-tiny-emoji").config.grid == (8, 8)
     with pytest.raises(CheckpointError, match="not found"):
         load_tokenizer("missing/tokenizer.pt")
+
+
+def test_a_file_that_is_no_tokenizer_is_named(tmp_path):
+    import re
+
+    path = tmp_path / "generator_last.ckpt"  # a generator's checkpoint: neither ours nor LlamaGen's
+    torch.save({"state_dict": {"model.tok_embeddings.weight": torch.zeros(4, 2)}, "hyper_parameters": {}}, path)
+    with pytest.raises(CheckpointError, match=re.escape(str(path))):
+        load_tokenizer(path)
+
+
+@pytest.mark.parametrize("name", ["x.safetensors", "runs/tok/tokenizer"])
+def test_a_missing_path_is_not_found_not_an_unknown_preset(tmp_path, name):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_tokenizer(str(tmp_path / name) if "/" in name else name)
+    with pytest.raises(ConfigError, match="unknown tokenizer preset"):
+        load_tokenizer("vq-17")

@@ -11,8 +11,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning as L
+from nar.errors import ConfigError
 from nar.lightning.tokenizer_module import TokenizerModule
 from nar.tokenizers import TokenizerLossConfig, TokenizerOptimConfig, TokenizerValConfig, load_tokenizer
+from nar.tokenizers.losses import PatchDiscriminator
 from nar.tokenizers.usage import CodebookUsage
 
 
@@ -112,13 +114,21 @@ def test_video_module_trains_and_logs_gifs(tmp_path):
     assert gif.encoded_image_string[:6] == b"GIF89a"
 
 
-def test_lpips_from_local_files(tmp_path):
+@pytest.fixture(scope="module")
+def vgg_file(tmp_path_factory):
+    """A randomly initialised VGG16 trunk in torchvision's layout (``features.*``), as a local file."""
     from torchvision.models.vgg import cfgs, make_layers
 
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("vgg") / "vgg16.pth"
+    torch.save({f"features.{k}": v for k, v in make_layers(cfgs["D"]).state_dict().items()}, path)
+    return path
+
+
+def test_lpips_from_local_files(vgg_file):
     from nar.tokenizers.losses import build_lpips
 
-    torch.save({f"features.{k}": v for k, v in make_layers(cfgs["D"]).state_dict().items()}, tmp_path / "vgg.pth")
-    lpips = build_lpips(str(tmp_path / "vgg.pth"))
+    lpips = build_lpips(str(vgg_file))
     x, y = smooth_images(2, 32), smooth_images(2, 32).flip(-1)
     assert torch.equal(lpips(x, x), torch.zeros(2))
     assert (lpips(x, y) > 0).all()
@@ -131,3 +141,138 @@ def test_codebook_usage_metric():
     result = usage.compute()
     assert float(result["usage"]) == pytest.approx(3 / 8)
     assert 1.0 < float(result["perplexity"]) < 3.0
+
+
+GAN = {"adversarial_weight": 0.5, "adversarial_start_step": 0, "disc_channels": 8, "disc_layers": 1}
+
+
+def fit(tmp_path, module: TokenizerModule, steps: int, ckpt=None) -> L.Trainer:
+    run = trainer(tmp_path, steps=steps, limit_val_batches=0)
+    run.fit(module, DataLoader(TensorDataset(smooth_images(4)), batch_size=2), ckpt_path=ckpt)
+    return run
+
+
+@pytest.mark.parametrize("first,second", [
+    ({}, GAN),
+    (GAN, {}),
+    ({"perceptual_vgg_path": "absent"}, {"perceptual_vgg_path": "vgg"}),
+    ({"perceptual_vgg_path": "vgg"}, {"perceptual_vgg_path": "absent"}),
+], ids=["gan-turned-on", "gan-turned-off", "lpips-found", "lpips-file-gone"])
+def test_resume_with_changed_losses(tmp_path, vgg_file, caplog, first, second):
+    """The frozen LPIPS network is no part of the checkpoint; a GAN turned on at resume starts a fresh
+    discriminator (as one idle until adversarial_start_step would be), one turned off leaves its weights behind."""
+    def module(fields: dict) -> TokenizerModule:
+        paths = {"vgg": str(vgg_file), "absent": str(tmp_path / "absent-vgg16.pth")}
+        if "perceptual_vgg_path" in fields:
+            fields = {**fields, "perceptual_weight": 1.0, "perceptual_vgg_path": paths[fields["perceptual_vgg_path"]]}
+        return TokenizerModule(tiny_image(), loss=TokenizerLossConfig(**fields), val=TokenizerValConfig(rfid=False))
+
+    ckpt = tmp_path / "a.ckpt"
+    fit(tmp_path, module(first), steps=1).save_checkpoint(ckpt)
+    assert not [k for k in torch.load(ckpt, weights_only=False)["state_dict"] if k.startswith("lpips.")]
+    resumed = module(second)
+    with caplog.at_level(logging.INFO):
+        run = fit(tmp_path, resumed, steps=2, ckpt=str(ckpt))
+    assert resumed.batches_seen == 2
+    if second is GAN:
+        assert "a fresh discriminator" in caplog.text and "train/disc" in run.callback_metrics
+    if first is GAN:
+        assert "discriminator weights are dropped" in caplog.text
+
+
+def test_a_checkpoint_holding_lpips_weights_still_resumes(tmp_path, vgg_file):
+    """Checkpoints written while LPIPS was a registered submodule hold its weights: they are ignored."""
+    from nar.tokenizers.losses import build_lpips
+
+    loss = TokenizerLossConfig(perceptual_weight=1.0, perceptual_vgg_path=str(vgg_file))
+    ckpt = tmp_path / "old.ckpt"
+    fit(tmp_path, TokenizerModule(tiny_image(), loss=loss, val=TokenizerValConfig(rfid=False)), 1).save_checkpoint(ckpt)
+    old = torch.load(ckpt, weights_only=False)
+    old["state_dict"].update({f"lpips.{k}": v for k, v in build_lpips(str(vgg_file)).state_dict().items()})
+    torch.save(old, ckpt)
+    for lpips_on in (loss, TokenizerLossConfig()):
+        resumed = TokenizerModule(tiny_image(), loss=lpips_on, val=TokenizerValConfig(rfid=False))
+        fit(tmp_path, resumed, 2, ckpt=str(ckpt))
+        assert resumed.batches_seen == 2
+
+
+def test_resume_into_another_discriminator_names_the_key(tmp_path):
+    from dataclasses import replace
+
+    from nar.config import to_dict
+    from nar.tokenizers.io import LIGHTNING_CONFIG_KEY
+    from nar.workflows.tokenizer import check_resumable, tokenizer_config
+
+    cfg = tokenizer_config("emoji", root="/nonexistent/shards",
+                           overrides=[f"loss.{k}={v}" for k, v in {**GAN, "disc_layers": 2}.items()])
+    ckpt = tmp_path / "last.ckpt"
+    for theirs, refused in [(replace(cfg.loss, disc_layers=1), True), (cfg.loss, False),
+                            (replace(cfg.loss, adversarial_weight=0.0, disc_layers=1), False)]:
+        torch.save({LIGHTNING_CONFIG_KEY: to_dict(cfg.model), "hyper_parameters": {"loss": to_dict(theirs)}}, ckpt)
+        if refused:
+            with pytest.raises(ConfigError, match=r"last\.ckpt was trained with loss\.disc_layers=1 \(config: 2\)"):
+                check_resumable(cfg, ckpt)
+        else:
+            check_resumable(cfg, ckpt)
+
+
+def test_grad_clip_bounds_the_discriminator_too(tmp_path, monkeypatch):
+    """optim.grad_clip clips both networks' gradients (as LlamaGen's vq_train.py does)."""
+    clip, norms = 1e-3, {}
+    original = TokenizerModule.training_step
+
+    def step(self, batch, batch_idx):
+        out = original(self, batch, batch_idx)
+        for name, net in (("tokenizer", self.tokenizer), ("discriminator", self.discriminator)):
+            norms[name] = float(torch.stack([p.grad.norm() for p in net.parameters() if p.grad is not None]).norm())
+        return out
+
+    monkeypatch.setattr(TokenizerModule, "training_step", step)
+    torch.manual_seed(0)
+    module = TokenizerModule(tiny_image(), loss=TokenizerLossConfig(**GAN), optim=TokenizerOptimConfig(grad_clip=clip),
+                             val=TokenizerValConfig(rfid=False))
+    fit(tmp_path, module, steps=1)
+    assert set(norms) == {"tokenizer", "discriminator"}
+    for name, norm in norms.items():
+        assert 0 < norm <= clip * (1 + 1e-4), (name, norm)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3, 4])
+def test_a_discriminator_too_deep_for_the_images_fails_at_start_up(layers):
+    """Each PatchGAN layer halves the images; once its 4x4 kernels no longer fit, the module refuses to build
+    (naming loss.disc_layers) instead of crashing when the GAN starts."""
+    cfg = tiny_image()
+    x = torch.zeros(2, 3, cfg.image_size, cfg.image_size)  # two: batch norm needs more than one value
+    try:
+        PatchDiscriminator(8, layers)(x)
+        fits = True
+    except RuntimeError:  # "Kernel size can't be greater than actual input size"
+        fits = False
+    loss = TokenizerLossConfig(adversarial_weight=0.5, adversarial_start_step=10**6, disc_channels=8, disc_layers=layers)
+    if fits:
+        TokenizerModule(cfg, loss=loss, val=TokenizerValConfig(rfid=False))
+    else:
+        with pytest.raises(ConfigError, match=rf"loss\.disc_layers.*{cfg.image_size}"):
+            TokenizerModule(cfg, loss=loss, val=TokenizerValConfig(rfid=False))
+    TokenizerModule(cfg, loss=TokenizerLossConfig(disc_layers=layers), val=TokenizerValConfig(rfid=False))  # no GAN
+
+
+def test_the_discriminator_output_size_is_what_it_computes():
+    from nar.tokenizers.losses import discriminator_output_size
+
+    for size in (4, 8, 16, 24, 32):
+        for layers in (1, 2, 3):
+            expected = discriminator_output_size(size, layers)
+            if expected >= 1:
+                assert PatchDiscriminator(8, layers)(torch.zeros(2, 3, size, size)).shape[-2:] == (expected, expected)
+            else:
+                with pytest.raises(RuntimeError):
+                    PatchDiscriminator(8, layers)(torch.zeros(2, 3, size, size))
+
+
+def test_the_run_config_checks_the_discriminator_depth():
+    from nar.workflows.tokenizer import tokenizer_config
+
+    with pytest.raises(ConfigError, match=r"loss\.disc_layers"):
+        tokenizer_config("emoji", root="/nonexistent/shards",
+                         overrides=["model.image_size=8", "loss.adversarial_weight=0.5", "loss.disc_layers=3"])

@@ -30,6 +30,7 @@ from nar.tokenizers.losses import (
     PatchDiscriminator,
     adaptive_adversarial_weight,
     build_lpips,
+    check_discriminator_depth,
     frames_as_images,
     generator_adversarial_loss,
     hinge_discriminator_loss,
@@ -65,6 +66,11 @@ def batch_pixels(batch: Any) -> torch.Tensor:
 class TokenizerModule(L.LightningModule):
     """Trains :class:`~nar.tokenizers.vq.VQTokenizer`; ``self.tokenizer`` is what gets exported.
 
+    Checkpoints hold the tokenizer and (when ``loss.adversarial_weight > 0``) the discriminator, never the frozen
+    LPIPS network, so a run resumes with the perceptual loss turned on or off. A resume that turns the GAN on
+    trains a fresh discriminator (as one idle until ``loss.adversarial_start_step`` would start); one that turns
+    it off drops the saved discriminator, with a warning.
+
     Args:
         model, loss, optim, val: typed configs (or their dicts, as stored in the checkpoint's hparams).
         fid_extractor: feature extractor for rFID (tests inject a tiny one); ``None`` = InceptionV3.
@@ -82,9 +88,15 @@ class TokenizerModule(L.LightningModule):
                                    "optim": to_dict(self.optim_cfg), "val": to_dict(self.val_cfg)})
         self.automatic_optimization = False
 
+        if self.loss_cfg.adversarial_weight > 0:
+            check_discriminator_depth(self.model_cfg.image_size, self.loss_cfg.disc_layers)
+
         self.tokenizer = VQTokenizer(self.model_cfg)
-        self.lpips = (build_lpips(self.loss_cfg.perceptual_vgg_path, self.loss_cfg.perceptual_lin_path)
-                      if self.loss_cfg.perceptual_weight > 0 else None)
+        lpips = (build_lpips(self.loss_cfg.perceptual_vgg_path, self.loss_cfg.perceptual_lin_path)
+                 if self.loss_cfg.perceptual_weight > 0 else None)
+        # Unregistered on purpose (as nar.metrics' feature extractors): a fixed metric, so its weights stay out of
+        # checkpoints and a resume may turn it on or off; it follows the inputs' device (perceptual_loss).
+        object.__setattr__(self, "_lpips", lpips)
         self.discriminator = (PatchDiscriminator(self.loss_cfg.disc_channels, self.loss_cfg.disc_layers)
                               if self.loss_cfg.adversarial_weight > 0 else None)
         # Batches trained on (a host int: no device sync per step); saved in checkpoints.
@@ -104,7 +116,19 @@ class TokenizerModule(L.LightningModule):
         return ImageFidelity(("fid",), extractor=extractor, input_range=(-1.0, 1.0),
                              inception_weights=self.val_cfg.inception_weights or None)
 
+    @property
+    def lpips(self) -> nn.Module | None:
+        """The frozen LPIPS network, or None when the perceptual loss is off (not a submodule: see __init__)."""
+        return self._lpips
+
     # --- losses ---------------------------------------------------------------------------------
+    def perceptual_loss(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+        """Mean LPIPS distance of ``x_hat`` to ``x`` (``[B, 3, H, W]`` or ``[B, 3, T, H, W]``, per frame)."""
+        lpips = self._lpips
+        if next(lpips.parameters()).device != x.device:
+            lpips.to(x.device)
+        return lpips(x_hat, x).mean()
+
     def reconstruction_loss(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
         if self.loss_cfg.reconstruction == "l1":
             return F.l1_loss(x_hat, x)
@@ -119,7 +143,7 @@ class TokenizerModule(L.LightningModule):
                  "commitment": q.commitment_loss, "entropy": q.entropy_loss}
         nll = cfg.reconstruction_weight * terms["rec"]
         if self.lpips is not None:
-            terms["perceptual"] = self.lpips(x_hat, x).mean()
+            terms["perceptual"] = self.perceptual_loss(x, x_hat)
             nll = nll + cfg.perceptual_weight * terms["perceptual"]
         total = (nll + cfg.codebook_weight * q.codebook_loss + cfg.commitment_beta * q.commitment_loss
                  + cfg.entropy_weight * q.entropy_loss)
@@ -161,6 +185,8 @@ class TokenizerModule(L.LightningModule):
             d_loss = hinge_discriminator_loss(self.discriminator(x.detach()), self.discriminator(x_hat.detach()))
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(d_loss)  # under DDP, Lightning re-arms gradient sync for each manual backward
+            if self.optim_cfg.grad_clip > 0:  # both networks, as LlamaGen's vq_train.py clips them
+                self.clip_gradients(opt_d, gradient_clip_val=self.optim_cfg.grad_clip, gradient_clip_algorithm="norm")
             # The unwrapped optimizer: Lightning would count this step in global_step, making max_steps
             # mean half as many batches once the GAN starts. (Precision "32" / "bf16-mixed" need no scaler.)
             opt_d.optimizer.step()
@@ -246,3 +272,19 @@ class TokenizerModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.batches_seen = int(checkpoint.get("batches_seen", 0))
+        # Lightning loads the state dict strictly after this hook: fit it to the networks this config builds.
+        state = checkpoint.get("state_dict")
+        if state is None:
+            return
+        for key in [k for k in state if k.startswith("lpips.")]:
+            del state[key]  # written while LPIPS was a registered submodule: a fixed metric, never trained
+        saved = [k for k in state if k.startswith("discriminator.")]
+        if self.discriminator is not None and not saved:
+            log.info("the checkpoint has no discriminator (its run had loss.adversarial_weight=0): training a fresh "
+                     "discriminator from here")
+            state.update({f"discriminator.{k}": v for k, v in self.discriminator.state_dict().items()})
+        elif self.discriminator is None and saved:
+            log.warning("loss.adversarial_weight=0: the checkpoint's discriminator weights are dropped (a later "
+                        "resume with the GAN on starts a fresh one)")
+            for key in saved:
+                del state[key]

@@ -188,7 +188,7 @@ class TokenizerLossConfig:
             value = getattr(self, key)
             if value < 0 or (isinstance(value, float) and not math.isfinite(value)):
                 raise ConfigError(f"must be a finite number >= 0, got {value}", key=key)
-        if self.entropy_temperature <= 0:
+        if not 0 < self.entropy_temperature < math.inf:  # also refuses NaN
             raise ConfigError(f"must be > 0, got {self.entropy_temperature}", key="entropy_temperature")
         if self.disc_channels < 1 or self.disc_layers < 1:
             raise ConfigError("must be >= 1", key="disc_channels" if self.disc_channels < 1 else "disc_layers")
@@ -206,13 +206,15 @@ class TokenizerOptimConfig:
     warmup_steps: int = 0
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.disc_lr <= 0:
-            raise ConfigError(f"must be > 0, got {self.lr}/{self.disc_lr}", key="lr" if self.lr <= 0 else "disc_lr")
+        # comparisons written so that NaN fails them
+        for key in ("lr", "disc_lr"):
+            if not 0 < getattr(self, key) < math.inf:
+                raise ConfigError(f"must be a finite number > 0, got {getattr(self, key)}", key=key)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"two values in [0, 1), got {list(self.betas)}", key="betas")
-        if self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
-            raise ConfigError("must be >= 0", key=next(k for k in ("weight_decay", "grad_clip", "warmup_steps")
-                                                        if getattr(self, k) < 0))
+        for key in ("weight_decay", "grad_clip", "warmup_steps"):
+            if not 0 <= getattr(self, key) < math.inf:
+                raise ConfigError(f"must be a finite number >= 0, got {getattr(self, key)}", key=key)
 
 
 @dataclass

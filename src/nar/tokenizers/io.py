@@ -61,7 +61,7 @@ def load_tokenizer(
     """
     config = config or None
     if isinstance(source, VQConfig) or (isinstance(source, str) and not Path(source).exists()
-                                        and not source.endswith((".pt", ".pth", ".ckpt", ".bin"))):
+                                        and not _looks_like_path(source)):
         return VQTokenizer(_as_config(source)).eval()
     path = Path(source)
     obj = load_file(path, what="tokenizer checkpoint")
@@ -90,7 +90,7 @@ def load_official_vq(
 
     ``quantize.codebook_used`` is optional in official files; when absent ours keeps its zeros.
     """
-    cfg = infer_official_config(state) if config is None else _as_config(config)
+    cfg = infer_official_config(state, source=source) if config is None else _as_config(config)
     if cfg.kind != "image":
         raise ConfigError(f"official LlamaGen checkpoints are image tokenizers; config has kind={cfg.kind!r}")
     tokenizer = VQTokenizer(cfg)
@@ -107,9 +107,11 @@ def export_official_vq(tokenizer: VQTokenizer) -> dict[str, dict[str, torch.Tens
     return {"model": {k: v.detach().cpu().clone() for k, v in tokenizer.state_dict().items()}}
 
 
-def infer_official_config(state: dict[str, torch.Tensor], image_size: int = 256) -> VQConfig:
+def infer_official_config(state: dict[str, torch.Tensor], image_size: int = 256,
+                          source: str = "state dict") -> VQConfig:
     """Read widths, levels, res-blocks and codebook off the shapes of an official VQ state dict
-    (LlamaGen always uses GroupNorm(32); the training image size is not stored, ``image_size`` sets it)."""
+    (LlamaGen always uses GroupNorm(32); the training image size is not stored, ``image_size`` sets it).
+    ``source`` names where ``state`` came from in the error of a state dict that is not a VQ tokenizer's."""
     try:
         base = state["encoder.conv_in.weight"].shape[0]
         codebook_size, embed_dim = state["quantize.embedding.weight"].shape
@@ -122,11 +124,17 @@ def infer_official_config(state: dict[str, torch.Tensor], image_size: int = 256)
 
         res_blocks = len({m.group(1) for k in state if (m := re.match(r"encoder\.conv_blocks\.0\.res\.(\d+)\.", k))})
     except (KeyError, IndexError) as err:
-        raise CheckpointError(f"not a LlamaGen VQ state dict (missing {err})") from None
+        raise CheckpointError(f"{source}: neither a nar tokenizer file nor a LlamaGen VQ state dict "
+                              f"(missing {err})") from None
     enc = mults("encoder")
     return VQConfig(image_size=max(image_size, 2 ** (len(enc) - 1)), base_channels=int(base), encoder_ch_mult=enc,
                     decoder_ch_mult=mults("decoder"), num_res_blocks=res_blocks, z_channels=int(z_channels),
                     codebook_size=int(codebook_size), codebook_embed_dim=int(embed_dim), norm_groups=32)
+
+
+def _looks_like_path(source: str) -> bool:
+    """A name with a folder or a suffix is a file (a missing one is "not found"); preset names have neither."""
+    return "/" in source or "\\" in source or bool(Path(source).suffix)
 
 
 def _as_config(config: VQConfig | str | dict[str, Any]) -> VQConfig:

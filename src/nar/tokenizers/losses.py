@@ -16,7 +16,7 @@ from einops import rearrange
 from torch import nn
 
 from nar.checkpoints import read_checkpoint
-from nar.errors import CheckpointError
+from nar.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -110,20 +110,55 @@ def build_lpips(vgg_path: str, heads_path: str = "") -> LPIPS | None:
     return LPIPS.from_files(vgg_path, heads_path or None)
 
 
+# The PatchGAN's convolutions: kernel 4, padding 1; the strides come from _disc_strides.
+DISC_KERNEL, DISC_PADDING = 4, 1
+
+
+def _disc_strides(layers: int) -> list[int]:
+    """Stride of each convolution of a ``layers``-layer PatchDiscriminator: the stem and ``layers - 1`` more
+    halve the image, the last hidden layer and the logit layer keep its size (each trims one pixel)."""
+    return [2] + [2 if i < layers else 1 for i in range(1, layers + 1)] + [1]
+
+
+def discriminator_output_size(image_size: int, layers: int) -> int:
+    """Side of the patch-logit map that a ``layers``-layer PatchDiscriminator gives for ``image_size``-px inputs;
+    below 1 when the images shrink under the 4x4 kernel on the way (the convolution would fail)."""
+    size = image_size
+    for stride in _disc_strides(layers):
+        if size + 2 * DISC_PADDING < DISC_KERNEL:
+            return 0
+        size = (size + 2 * DISC_PADDING - DISC_KERNEL) // stride + 1
+    return size
+
+
+def check_discriminator_depth(image_size: int, layers: int) -> None:
+    """Refuse (naming ``loss.disc_layers``) a discriminator whose kernels outgrow ``image_size``-px images, which
+    would otherwise crash only when the GAN starts (``loss.adversarial_start_step``)."""
+    if discriminator_output_size(image_size, layers) >= 1:
+        return
+    fitting = [n for n in range(1, layers) if discriminator_output_size(image_size, n) >= 1]
+    remedy = (f"use loss.disc_layers<={fitting[-1]}" if fitting else
+              "the images are too small for a PatchGAN: set loss.adversarial_weight=0")
+    raise ConfigError(f"{layers} layers shrink {image_size}-px images (model.image_size) below the discriminator's "
+                      f"{DISC_KERNEL}x{DISC_KERNEL} kernel; {remedy}", key="loss.disc_layers")
+
+
 class PatchDiscriminator(nn.Module):
-    """PatchGAN (pix2pix) discriminator: ``[N, 3, H, W]`` -> patch logits ``[N, 1, h, w]``; videos per frame."""
+    """PatchGAN (pix2pix) discriminator: ``[N, 3, H, W]`` -> patch logits ``[N, 1, h, w]``; videos per frame
+    (``h = w =`` :func:`discriminator_output_size`)."""
 
     def __init__(self, channels: int = 64, layers: int = 3) -> None:
         super().__init__()
-        blocks: list[nn.Module] = [nn.Conv2d(3, channels, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
+        strides = _disc_strides(layers)
+        conv = {"kernel_size": DISC_KERNEL, "padding": DISC_PADDING}
+        blocks: list[nn.Module] = [nn.Conv2d(3, channels, stride=strides[0], **conv), nn.LeakyReLU(0.2, True)]
         width = channels
         for i in range(1, layers + 1):
             out = channels * min(2 ** i, 8)
-            stride = 2 if i < layers else 1
-            blocks += [nn.Conv2d(width, out, 4, stride=stride, padding=1, bias=False),
+            blocks += [nn.Conv2d(width, out, stride=strides[i], bias=False, **conv),
                        nn.BatchNorm2d(out), nn.LeakyReLU(0.2, True)]
             width = out
-        blocks.append(nn.Conv2d(width, 1, 4, stride=1, padding=1))
+        blocks.append(nn.Conv2d(width, 1, stride=strides[-1], **conv))
         self.net = nn.Sequential(*blocks)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

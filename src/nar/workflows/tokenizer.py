@@ -32,24 +32,51 @@ RECIPES = {("image", True): "emoji", ("image", False): "imagenet", ("video", Tru
 
 def recipe_for(root: str | Path, preset: str | None = None) -> tuple[str, list[str]]:
     """``(recipe name, overrides)`` for the shards in ``root``, read off their ``meta.json``: the recipe of their
-    kind and stored size, the tokenizer preset (``preset`` or the recipe's) at that size and clip length."""
+    kind and stored size, the tokenizer preset (``preset`` or the recipe's) at that size rounded down to a multiple
+    of the preset's spatial downsampling factor, and the clips' length.
+
+    Shards that keep original bytes (no size in ``meta.json``) train at the images' smallest short side, capped at
+    the recipe's own ``model.image_size``: what the recipe was tuned for, never upsampled.
+
+    Raises:
+        ConfigError: an unknown preset; samples smaller than the preset's downsampling factor; clips whose length
+            the preset's temporal factor does not divide (clips are used whole).
+    """
     from nar.data.shards import read_meta
     from nar.tokenizers import VQConfig
 
     meta = read_meta(root)
     kind = "video" if meta.get("kind") == "video" else "image"
-    size = meta.get("image_size") or meta.get("resize") or stored_image_size(root, meta)
-    recipe = RECIPES[kind, bool(size) and int(size) <= SMALL]
+    fixed = meta.get("image_size") or meta.get("resize")
+    size = int(fixed or stored_image_size(root, meta) or 0)
+    recipe = RECIPES[kind, bool(size) and size <= SMALL]
     overrides = [f"name=tokenizer-{Path(root).resolve().name}"]
     if preset:
         VQConfig.from_name(preset)  # ConfigError naming an unknown preset
         overrides.append(f"model.preset={preset}")
+    # the recipe's tokenizer as it stands: its own size and its downsampling factors
+    model = load_config(TokenizerRunConfig, [f"tokenizers/{recipe}.yaml"], overrides[1:]).model
+    chosen = []
     if size:
-        overrides.append(f"model.image_size={int(size)}")
+        wanted = size if fixed else min(size, model.image_size)
+        factor = model.spatial_downsample
+        if wanted < factor:
+            raise ConfigError(f"{root} holds {size}-px samples, smaller than preset {model.preset}'s spatial "
+                              f"downsampling factor {factor}; pick another preset (--preset)", key="model.image_size")
+        overrides.append(f"model.image_size={wanted // factor * factor}")
+        chosen.append(overrides[-1])
     if kind == "video" and meta.get("frames"):
-        overrides.append(f"model.num_frames={int(meta['frames'])}")
-    log.info("%s: %s shards%s -> the %r recipe%s", root, kind, f" of {size} px" if size else "", recipe,
-             f" with preset {preset}" if preset else "")
+        frames = int(meta["frames"])
+        if frames % model.temporal_factor:
+            raise ConfigError(f"the clips in {root} have {frames} frames, which preset {model.preset}'s temporal "
+                              f"downsampling factor {model.temporal_factor} does not divide (clips are used whole); "
+                              f"write clips of a multiple of {model.temporal_factor} frames or pick another preset "
+                              "(--preset)", key="model.num_frames")
+        overrides.append(f"model.num_frames={frames}")
+        chosen.append(overrides[-1])
+    how = "" if not size else f" of {size} px" + ("" if fixed else " (the smallest short side read off the images)")
+    log.info("%s: %s shards%s -> the %r recipe, preset %s%s", root, kind, how, recipe, model.preset,
+             f" with {', '.join(chosen)}" if chosen else "")
     return recipe, overrides
 
 
@@ -83,8 +110,9 @@ def tokenizer_config(data: str | None = None, config: str | Path | None = None, 
     frames) ← ``preset`` ← ``key=value`` overrides, validated.
 
     Raises:
-        ConfigError: an unknown dataset, preset, key or value; no shard folder; a recipe that would resample the
-            data (its ``model.image_size`` differs from the shards' stored size and nobody asked for it).
+        ConfigError: an unknown dataset, preset, key or value; no shard folder; a recipe that would upsample the
+            data (its ``model.image_size`` exceeds the shards' stored size and nobody asked for it); a discriminator
+            too deep for ``model.image_size`` (``loss.disc_layers``).
     """
     if config is None and data is not None and data not in DATASETS:
         raise ConfigError(f"unknown --data {data!r}; choose from {list(DATASETS)}, give --config, or only --root")
@@ -102,6 +130,10 @@ def tokenizer_config(data: str | None = None, config: str | Path | None = None, 
     if not cfg.data.root:
         raise ConfigError("no shard folder: give --root (or data.root=...)", key="data.root")
     _check_size(cfg, explicit)
+    if cfg.loss.adversarial_weight > 0:
+        from nar.tokenizers.losses import check_discriminator_depth
+
+        check_discriminator_depth(cfg.model.image_size, cfg.loss.disc_layers)
     return cfg
 
 
@@ -114,9 +146,13 @@ def _check_size(cfg: TokenizerRunConfig, explicit: Sequence[str]) -> None:
     meta = read_meta(cfg.data.root)
     stored = meta.get("image_size") or meta.get("resize")
     if stored and int(stored) < cfg.model.image_size and not any(o.startswith("model.image_size=") for o in explicit):
+        factor = cfg.model.spatial_downsample
+        fits = int(stored) // factor * factor  # the size recipe_for would pick: the largest the model takes
+        remedy = (f"set model.image_size={fits}" if fits else
+                  f"pick a preset whose downsampling factor ({factor} here) is at most {stored}")
         raise ConfigError(f"{cfg.model.image_size}, but {cfg.data.root} holds {stored}-px samples (they would be "
                           f"upsampled {cfg.model.image_size / int(stored):.3g}x); give only --root to pick the recipe "
-                          f"by the data's size, or set model.image_size={stored}", key="model.image_size")
+                          f"by the data's size, or {remedy}", key="model.image_size")
 
 
 def train_tokenizer(cfg: TokenizerRunConfig, resume: bool = False, enable_progress_bar: bool | None = None) -> Path | None:
@@ -134,10 +170,14 @@ def train_tokenizer(cfg: TokenizerRunConfig, resume: bool = False, enable_progre
 
 # VQConfig fields a resumed run may change: they shape neither the weights nor what they compute.
 RESUMABLE_CHANGES = ("preset", "image_size", "num_frames", "dropout")
+# TokenizerLossConfig fields that shape the discriminator's weights (compared when both runs have one).
+DISCRIMINATOR_SHAPE = ("disc_channels", "disc_layers")
 
 
 def check_resumable(cfg: TokenizerRunConfig, path: Path) -> None:
-    """Refuse (naming the keys) to resume ``path`` into a differently built tokenizer, before anything is written."""
+    """Refuse (naming the keys) to resume ``path`` into a differently built tokenizer or discriminator, before
+    anything is written. The loss may otherwise change: LPIPS is not saved, and a discriminator turned on starts
+    fresh (see :class:`~nar.lightning.tokenizer_module.TokenizerModule`)."""
     import torch
 
     from nar.config import to_dict
@@ -150,6 +190,14 @@ def check_resumable(cfg: TokenizerRunConfig, path: Path) -> None:
         return
     theirs, mine = to_dict(stored_config(dict(fields), path)), to_dict(cfg.model)
     refuse_other_model(path, mine, theirs, [k for k in mine if k not in RESUMABLE_CHANGES])
+    their_loss = (obj.get("hyper_parameters") or {}).get("loss") or {}
+    if cfg.loss.adversarial_weight > 0 and float(their_loss.get("adversarial_weight", 0)) > 0:
+        mine_loss = to_dict(cfg.loss)
+        differ = [k for k in DISCRIMINATOR_SHAPE if k in their_loss and their_loss[k] != mine_loss[k]]
+        if differ:
+            pairs = ", ".join(f"loss.{k}={their_loss[k]} (config: {mine_loss[k]})" for k in differ)
+            raise ConfigError(f"--resume: {path} was trained with {pairs}; resume with the run's own settings or "
+                              "start another name=")
 
 
 def _train_tokenizer(cfg: TokenizerRunConfig, resume: bool, enable_progress_bar: bool | None) -> Path | None:
