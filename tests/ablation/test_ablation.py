@@ -257,3 +257,90 @@ def test_set_takes_one_ablation_key_each_and_leaves_training_overrides(tmp_path:
     argv = ["ablate", "--config", grid, "--set", f"out={tmp_path}", "trainer.max_steps=50", "--set", "bench.batch=3"]
     assert main(argv) == 0
     assert seen["out"] == str(tmp_path) and seen["batch"] == 3 and "trainer.max_steps=50" in seen["shared"]
+
+
+def _fake_runs(monkeypatch, score=lambda variant, seed: 10.0 * (seed + 1) + len(variant)) -> list[str]:
+    """Replace training by a row whose numbers are a function of (variant, seed); returns the runs trained."""
+    import nar.workflows.ablation.runner as runner
+
+    trained: list[str] = []
+
+    def fake_run_variant(variant, train_cfg, bench, seed=0, name=None):
+        trained.append(name)
+        value = score(variant.name, seed)
+        return {"run": name, "seed": seed, "variant": variant.name, "label": variant.label,
+                "mode": train_cfg.model.mode, "score_name": "fid", "score": value, "bits_per_token": value / 10,
+                "forward_passes": 7, "paper_score": variant.paper_score, "same_as": ""}
+
+    monkeypatch.setattr(runner, "run_variant", fake_run_variant)
+    monkeypatch.setattr(runner, "plot_learning_curves", lambda *a, **k: None)
+    monkeypatch.setattr(runner, "log_hparams", lambda *a, **k: None)
+    return trained
+
+
+EMOJI = str(ROOT / "experiments" / "demo" / "emoji.yaml")
+
+
+def test_changing_the_seeds_reports_each_seed_of_the_grid_once(tmp_path: Path, monkeypatch) -> None:
+    """One seed names a run `a`, several `a-s0`, `a-s1`, ...: growing a finished grid to more seeds reuses `a`'s
+    row for `a-s0` (same fingerprint), and shrinking it leaves rows of other seeds in the CSV. The report (and
+    the rows returned) holds each seed of the current grid once; the CSV may keep the rest."""
+    from nar.workflows.ablation.report import summarise
+
+    trained = _fake_runs(monkeypatch)
+    path = _grid(tmp_path, [{"name": "a"}], base=[EMOJI], bench={"enabled": False})
+    run_ablation(load_ablation_config(path))
+    out = run_ablation(load_ablation_config(path, ["seeds=[0,1,2]"]))
+    assert trained == ["a", "a-s1", "a-s2"]  # a-s0 reuses a's row
+    (entry,) = summarise(out["rows"])
+    expected = [10.0 * (s + 1) + 1 for s in (0, 1, 2)]
+    assert entry["seeds"] == [0, 1, 2] and entry["score"].n == 3
+    assert entry["score"].mean == pytest.approx(sum(expected) / 3)
+    md = out["markdown"].read_text()
+    assert "| `a` |" not in md.split("## Every run")[1] and "`a-s0`" in md
+    # summarise on every CSV row (the stale `a` row included) still counts each (variant, seed) once
+    (entry,) = summarise(read_rows(out["csv"]))
+    assert entry["seeds"] == [0, 1, 2] and entry["score"].mean == pytest.approx(sum(expected) / 3)
+
+    # Back to one seed: `a` is reported alone, the other seeds' rows stay in the CSV only.
+    out = run_ablation(load_ablation_config(path, ["seeds=[0]"]))
+    assert out["ran"] == [] and [r["run"] for r in out["rows"]] == ["a"]
+    (entry,) = summarise(out["rows"])
+    assert entry["seeds"] == [0] and entry["score"].mean == pytest.approx(expected[0])
+    md = out["markdown"].read_text()
+    assert "`a-s1`" not in md and "| `a` |" in md.split("## Every run")[1]
+    assert {r["run"] for r in read_rows(out["csv"])} >= {"a-s0", "a-s1", "a-s2"}
+
+
+@pytest.mark.parametrize("where, override", [("overrides", "trainer.seed=3"), ("overrides", "data.seed=3"),
+                                             ("shared", "eval.seed=7"), ("shared", "trainer.seed=1"),
+                                             ("overrides", "name=x"), ("shared", "runs_root=/tmp/x")])
+def test_seeds_and_run_names_set_outside_the_grid_keys_are_refused(tmp_path: Path, where: str, override: str) -> None:
+    """The runner sets trainer/data/eval.seed from `seeds` and name/runs_root itself: setting them elsewhere
+    would be silently replaced, so it fails naming the override and the key to use."""
+    key = override.split("=")[0]
+    path = _grid(tmp_path, [{"name": "a"}], base=[EMOJI], overrides=[override] if where == "overrides" else [])
+    cfg = load_ablation_config(path)
+    with pytest.raises(ConfigError, match=rf"{key}.*(seeds|out)"):
+        build_train_configs(cfg, [override] if where == "shared" else [])
+
+
+def test_a_partial_grid_lists_the_runs_it_has_no_row_for(tmp_path: Path, monkeypatch) -> None:
+    """--only (or an interrupted grid): results.md says which variants and seeds are missing, instead of
+    looking complete without them."""
+    _fake_runs(monkeypatch)
+    path = _grid(tmp_path, [{"name": "a", "paper_score": 3.0}, {"name": "b", "model": {"mode": "raster"}},
+                            {"name": "c", "model": {"head_blocks": [1, 1]}, "paper_score": 5.0}],
+                 base=[EMOJI], bench={"enabled": False}, seeds=[0, 1])
+    out = run_ablation(load_ablation_config(path), only=["a", "b"])
+    md = out["markdown"].read_text()
+    assert "2 of 6 runs" in md and "| `c` | 0, 1 |" in md
+    # one seed of a variant missing: named with its seed
+    rows = read_rows(out["csv"])
+    write_rows(out["csv"], [r for r in rows if r["run"] != "b-s1"])
+    out = run_ablation(load_ablation_config(path), only=["a"])
+    md = out["markdown"].read_text()
+    assert "3 of 6 runs" in md and "| `b` | 1 |" in md and "| `c` | 0, 1 |" in md
+    # complete: no such section
+    out = run_ablation(load_ablation_config(path))
+    assert "Not run" not in out["markdown"].read_text()

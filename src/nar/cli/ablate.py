@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     only = [s for s in args.only.split(",") if s] or None
     result = run_ablation(cfg, shared=[*device_overrides(args), *args.overrides], only=only, threads=args.threads)
     if result["rows"]:
-        print(markdown_table(result["rows"], title=cfg.name))
+        print(markdown_table(result["rows"], title=cfg.name, missing=result["missing"]))
     print(f"ran: {', '.join(result['ran']) or '-'}; already done: {', '.join(result['skipped']) or '-'}")
     print(f"results:     {result['csv']}\n             {result['markdown']}")
     if result["plot"]:

@@ -5,7 +5,8 @@ An ablation YAML looks like::
     name: heads-emoji
     out: runs/ablations/heads-emoji
     base: [experiments/demo/emoji.yaml]        # TrainConfig YAMLs every variant starts from
-    overrides: [trainer.max_steps=150]          # shared key=value overrides (budget, seed, eval)
+    overrides: [trainer.max_steps=150]          # shared key=value overrides (budget, eval; not seeds or names)
+    seeds: [0, 1, 2]                            # every variant trains once per seed
     prepare: {domain: emoji}                    # optional: embedded data -> tokenizer -> token shards, once
     variants:
       - {name: none, label: "no dimension heads", model: {head_sharing: shared, head_blocks: [0, 0]}}
@@ -80,8 +81,9 @@ class AblationConfig:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     variants: list[VariantConfig] = field(default_factory=list)
-    # Training seeds: every variant trains once per seed (trainer.seed, data.seed and eval.seed all set to it), and
-    # results.md reports each variant's mean and 95 % confidence interval over them.
+    # Training seeds: every variant trains once per seed (trainer.seed, data.seed and eval.seed all set to it, so
+    # `overrides` and the shared overrides may not set them), and results.md reports each variant's mean and 95 %
+    # confidence interval over them.
     seeds: list[int] = field(default_factory=lambda: [0])
     # Runs trained at once, each in its own process with trainer.threads = cores / jobs (CPU grids; 1 under DDP).
     jobs: int = 1

@@ -102,13 +102,22 @@ SUMMARISED = (("bits_per_token", "bits/token", True), ("score", "FID", True), ("
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per variant (grid order): its first row's description and an :class:`Estimate` per quantity."""
+    """One entry per variant (grid order): its first own row's description (a row reused from another run only when
+    it has none) and an :class:`Estimate` per quantity.
+
+    Each (variant, seed) counts once, its first row: a grid grown from one seed to several holds both ``a`` and
+    ``a-s0`` (the same run, reused), which must not weigh seed 0 twice."""
     variants: dict[str, list[dict[str, Any]]] = {}
+    seen: set[tuple[str, int]] = set()
     for r in rows:
-        variants.setdefault(r["variant"], []).append(r)
+        key = (r["variant"], r.get("seed") or 0)
+        if key not in seen:
+            seen.add(key)
+            variants.setdefault(r["variant"], []).append(r)
     out = []
     for group in variants.values():
-        entry = {**group[0], "seeds": sorted(r.get("seed") or 0 for r in group)}
+        own = next((r for r in group if not r.get("same_as")), group[0])
+        entry = {**own, "seeds": sorted(r.get("seed") or 0 for r in group)}
         for key, _, _ in SUMMARISED:
             entry[key] = estimate([r.get(key) for r in group])
         speeds = [r["images_per_s"] for r in group if r.get("images_per_s") is not None]
@@ -136,8 +145,10 @@ def ordering_agreement(rows: Sequence[dict[str, Any]]) -> tuple[int, int] | None
     return sum(a["score"].mean < b["score"].mean for a, b in pairs), len(pairs)
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], title: str = "", runs_root: str | Path | None = None) -> str:
-    """``results.md``: the per-variant summary, the paper's orderings, NAR vs raster, then every run."""
+def markdown_table(rows: Sequence[dict[str, Any]], title: str = "", runs_root: str | Path | None = None,
+                   missing: Sequence[tuple[str, Sequence[int]]] = ()) -> str:
+    """``results.md``: what is not run yet (``missing``: ``(variant, seeds)`` without a row), the per-variant
+    summary, the paper's orderings, NAR vs raster, then every run."""
     summary = summarise(rows)
     name = next((r["score_name"] for r in rows if r.get("score_name")), "score")
     seeds = max((len(v["seeds"]) for v in summary), default=0)
@@ -145,6 +156,15 @@ def markdown_table(rows: Sequence[dict[str, Any]], title: str = "", runs_root: s
              f"Mean ± half-width of the 95 % confidence interval over {seeds} training seed(s) (Student's t). "
              "bits/token is the exact negative log-likelihood of the sampler's own distribution (teacher-forced, "
              f"unguided) on the fixed validation set; {name} and KID are of the generated samples.", ""]
+    if missing:
+        absent = sum(len(s) for _, s in missing)
+        lines += ["## Not run yet", "",
+                  f"**Incomplete grid: {absent} of {absent + len(rows)} runs have no row yet** (`--only`, or a grid "
+                  "stopped or still running). The tables below leave them out: a variant's mean is over the seeds "
+                  "it has, and the paper's orderings skip pairs with a variant not run.", "",
+                  "| variant | seeds without a row |", "|---|---|"]
+        lines += [f"| `{variant}` | {', '.join(map(str, s))} |" for variant, s in missing]
+        lines.append("")
     head = ["variant", "configuration", "passes", "bits/token", name, "KID × 1e3", "paper FID", "images/s", "seeds"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in summary:
@@ -246,8 +266,8 @@ def mean_curve(rows: Sequence[dict[str, Any]], variant: str, runs_root: str | Pa
 
 
 def write_markdown(path: str | Path, rows: Sequence[dict[str, Any]], title: str = "",
-                   runs_root: str | Path | None = None) -> None:
-    write_text(Path(path), markdown_table(rows, title, runs_root))
+                   runs_root: str | Path | None = None, missing: Sequence[tuple[str, Sequence[int]]] = ()) -> None:
+    write_text(Path(path), markdown_table(rows, title, runs_root, missing))
 
 
 def plot_learning_curves(path: str | Path, rows: Sequence[dict[str, Any]], runs_root: str | Path) -> Path | None:

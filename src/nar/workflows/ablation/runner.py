@@ -61,9 +61,30 @@ def build_train_configs(cfg: AblationConfig, shared: Sequence[str] = ()) -> list
     return [(r.variant, r.train_cfg) for r in build_runs(cfg, shared) if r.seed == cfg.seeds[0]]
 
 
+# Keys the runner sets for every run, with the grid key that decides them: set in the ablation's `overrides` or
+# the shared ones they would be silently replaced.
+RUNNER_KEYS = {"trainer.seed": "seeds", "data.seed": "seeds", "eval.seed": "seeds", "name": "out", "runs_root": "out"}
+
+
+def check_runner_keys(overrides: Sequence[str], where: str) -> None:
+    """Refuse an override of a key the runner sets itself (:data:`RUNNER_KEYS`), naming the grid key to use."""
+    for override in overrides:
+        key, _, value = override.partition("=")
+        grid_key = RUNNER_KEYS.get(key.strip())
+        if grid_key == "seeds":
+            raise ConfigError(f"{where}: '{override}' would be replaced: every run sets trainer.seed, data.seed and "
+                              f"eval.seed from the grid's key 'seeds'; write seeds: [{value.strip()}] in the grid "
+                              f"YAML (or --set seeds=[{value.strip()}]) instead")
+        if grid_key == "out":
+            raise ConfigError(f"{where}: '{override}' would be replaced: every run is named <variant>[-s<seed>] under "
+                              "<out>/runs; choose the grid's folder with its key 'out' (--set out=...) instead")
+
+
 def build_runs(cfg: AblationConfig, shared: Sequence[str] = ()) -> list[Run]:
     """Every (variant, seed) run of the grid, variant-major; the seed sets ``trainer.seed``, ``data.seed`` and
     ``eval.seed``, so the seeds are independent replicates of training, data order and sampling."""
+    check_runner_keys(cfg.overrides, "key 'overrides'")
+    check_runner_keys(shared, "shared override (command line)")
     runs_root = cfg.out_dir / "runs"
     out = []
     for i, variant in enumerate(cfg.variants):
@@ -252,10 +273,11 @@ def _interrupt(signum: int, frame: Any) -> None:
 def run_ablation(cfg: AblationConfig, shared: Sequence[str] = (), only: Sequence[str] | None = None,
                  threads: int | None = None) -> dict[str, Any]:
     """Run every (variant, seed) of ``cfg`` not yet in ``<out>/results.csv``; returns ``{"rows", "csv", "markdown",
-    "plot", "curves", "tensorboard", "ran", "skipped"}``.
+    "plot", "curves", "tensorboard", "ran", "skipped", "missing"}``.
 
     ``shared``: extra ``key=value`` overrides for every variant (devices, budget); ``only``: variant names
-    to run (the others keep their rows).
+    to run (the others keep their rows). ``rows`` and the report hold the rows of this grid's runs only (the CSV
+    keeps rows of seeds or variants since dropped); ``missing`` lists ``(variant, seeds)`` still without a row.
     """
     # Fail on a bad variant before spending minutes on the tokenizer.
     first = build_runs(cfg, shared)[0].train_cfg
@@ -293,6 +315,10 @@ def run_ablation(cfg: AblationConfig, shared: Sequence[str] = (), only: Sequence
             todo.append((run, fp))
     ran: list[str] = []
 
+    def current() -> list[dict[str, Any]]:
+        """The rows of this grid's runs: the CSV keeps rows of runs no longer in it (other seeds), not the report."""
+        return [r for r in rows if r["run"] in order]
+
     def finish(row: dict[str, Any] | None, fp: str) -> None:
         if row is None:  # not rank 0: rank 0 writes the results
             return
@@ -301,10 +327,12 @@ def run_ablation(cfg: AblationConfig, shared: Sequence[str] = (), only: Sequence
         by_fingerprint.setdefault(fp, row)
         rows.sort(key=lambda r: order.get(r["run"], len(order)))
         write_rows(paths["csv"], rows)  # the row exists only once complete
-        write_markdown(paths["markdown"], rows, title=cfg.name, runs_root=out / "runs")
+        reported = current()
+        write_markdown(paths["markdown"], reported, title=cfg.name, runs_root=out / "runs",
+                       missing=missing_runs(runs, reported))
         log_hparams(paths["tensorboard"], row)
-        plot_score_vs_speed(paths["plot"], rows)
-        plot_learning_curves(paths["curves"], rows, out / "runs")
+        plot_score_vs_speed(paths["plot"], reported)
+        plot_learning_curves(paths["curves"], reported, out / "runs")
         ran.append(row["run"])
 
     log.info("%s: %d runs to train (%d variants x %d seeds), %d done, %d twins, %d at a time", cfg.name, len(todo),
@@ -325,7 +353,22 @@ def run_ablation(cfg: AblationConfig, shared: Sequence[str] = (), only: Sequence
                 "paper_score": run.variant.paper_score, "head_sharing": m.head_sharing, "shared_axis": m.shared_axis,
                 "head_blocks": json.dumps(m.blocks_per_axis), "head_layout": m.head_layout, "same_as": twin["run"]},
                fp)
-    if rows and not paths["markdown"].is_file():
-        write_markdown(paths["markdown"], rows, title=cfg.name, runs_root=out / "runs")
-    return {"rows": rows, **{k: (v if k in ("csv", "markdown", "tensorboard") or v.is_file() else None)
-                             for k, v in paths.items()}, "ran": ran, "skipped": skipped}
+    reported = current()
+    missing = missing_runs(runs, reported)
+    # Nothing to train, so nothing rewrote the report, but the grid (seeds, variants) may have changed. Every rank
+    # gets here with the same CSV; after training only rank 0's rows are complete, and its finish() wrote them.
+    if reported and not todo and not ran:
+        write_markdown(paths["markdown"], reported, title=cfg.name, runs_root=out / "runs", missing=missing)
+    return {"rows": reported, **{k: (v if k in ("csv", "markdown", "tensorboard") or v.is_file() else None)
+                                 for k, v in paths.items()}, "ran": ran, "skipped": skipped, "missing": missing}
+
+
+def missing_runs(runs: Sequence[Run], rows: Sequence[dict[str, Any]]) -> list[tuple[str, list[int]]]:
+    """``[(variant, seeds)]`` of the grid's runs without a row (grid order): a partial grid (``--only``, stopped,
+    still running) says what its tables leave out."""
+    done = {r["run"] for r in rows}
+    missing: dict[str, list[int]] = {}
+    for run in runs:
+        if run.name not in done:
+            missing.setdefault(run.variant.name, []).append(run.seed)
+    return list(missing.items())
