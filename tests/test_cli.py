@@ -148,8 +148,8 @@ def test_demo_generator_marker_is_written_atomically_and_a_torn_one_retrains(tmp
                 "samples": None, "global_step": 3, "module": types.SimpleNamespace(model=types.SimpleNamespace(
                     num_passes=7))}
 
-    monkeypatch.setattr(demo, "generator_config", lambda *a, **k: types.SimpleNamespace(
-        run_dir=run_dir, model=types.SimpleNamespace(num_cells=16)))
+    monkeypatch.setattr(demo, "generator_config", lambda *a, **k: load_config(
+        TrainConfig, ["demo/emoji.yaml"], [f"runs_root={tmp_path}", "name=nar"]))
     monkeypatch.setattr(folder, "has_checkpoints", lambda d: False)
     monkeypatch.setattr(wtrain, "fit", fit)
     call = ("emoji", "nar", None, None, None, tmp_path, True, 1)
@@ -172,3 +172,93 @@ def test_demo_generator_marker_is_written_atomically_and_a_torn_one_retrains(tmp
     assert len(fits) == 2 and summary["steps"] == 3 and "unreadable" in caplog.text
     assert json.loads((run_dir / "result.json").read_text()) == summary
     assert demo.train_generator(*call) == summary and len(fits) == 2  # a valid marker: nothing trains again
+
+
+@pytest.mark.parametrize("argv, overrides", [
+    (["ablate", "--config", "g.yaml", "a=1", "--set", "x=y", "b=2"], ["a=1", "b=2"]),
+    (["ablate", "a=1", "--config", "g.yaml", "b=2", "--only", "m", "c=3"], ["a=1", "b=2", "c=3"]),
+    (["demo", "a=1", "--smoke", "b=2"], ["a=1", "b=2"]),
+    (["train", "--config", "c.yaml", "--resume", "data.root=/d", "--cpu", "eval.num_samples=7"],
+     ["data.root=/d", "eval.num_samples=7"]),
+    (["evaluate", "--ckpt", "x", "a=1", "--per-class", "5", "b=2"], ["a=1", "b=2"]),
+    (["train-tokenizer", "a=1", "--data", "emoji", "b=2"], ["a=1", "b=2"]),
+])
+def test_key_value_overrides_go_on_either_side_of_options(argv, overrides) -> None:
+    """`make <target> ARGS="--flag key=value"` puts overrides after the target's own options and overrides."""
+    assert build_parser().parse_args(argv).overrides == overrides
+
+
+def test_intermixed_parsing_leaves_list_options_and_nested_commands_as_they_were(capsys) -> None:
+    parser = build_parser()
+    ns = parser.parse_args(["bench", "--batch", "8", "16", "--set", "dim=32", "vocab_size=64", "--rounds", "2"])
+    assert ns.batch == [8, 16] and ns.overrides == ["dim=32", "vocab_size=64"] and ns.rounds == 2
+    with pytest.raises(SystemExit):  # bench takes no positionals: a stray word is still refused
+        parser.parse_args(["bench", "--rounds", "2", "extra=1"])
+    ns = parser.parse_args(["data", "tokens", "/in", "--tokenizer", "vq.pt", "--flip", "--out", "/tok"])
+    assert (ns.data_command, ns.src, ns.tokenizer, ns.flip, ns.out) == ("tokens", "/in", "vq.pt", True, "/tok")
+    ns = parser.parse_args(["sample", "--ckpt", "a.ckpt", "--classes", "0", "seven", "--out", "o"])
+    assert ns.classes == ["0", "seven"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["ablate", "a=1"])  # a required option is still required
+    assert "--config" in capsys.readouterr().err
+
+
+def test_demo_tokenizer_steps_help_states_the_budgets_and_bad_values_name_the_flag(tmp_path, caplog) -> None:
+    import nar.workflows.demo as demo
+    from nar.cli.main import main
+
+    demo_parser = next(p for p in _every_parser(build_parser()) if p.prog.endswith(" demo"))
+    (action,) = [a for a in demo_parser._actions if "--tokenizer-steps" in a.option_strings]
+    for domain, budget in demo.BUDGETS.items():
+        assert f"{domain} {budget['tokenizer_steps']}" in action.help
+    for steps in ("0", "-5"):
+        out = tmp_path / f"steps{steps}"
+        assert main(["demo", "--tokenizer-steps", steps, "--out", str(out)]) == 2
+        assert "--tokenizer-steps" in caplog.text and f"got {steps}" in caplog.text and not out.exists()
+    with pytest.raises(ConfigError, match="tokenizer steps.*got 0"):  # the step itself (nar ablate's prepare too)
+        demo.ensure_tokenizer("emoji", tmp_path / "images", tmp_path / "tok", smoke=True, threads=1, steps=0)
+
+
+def test_demo_generator_marker_is_reused_only_for_the_same_config(tmp_path, monkeypatch, caplog) -> None:
+    """`nar demo` rerun in the same --out: the same generator config reuses result.json; another budget trains
+    (resuming the run's checkpoint). A marker from before fingerprints is reused only when its steps and mode
+    match the config's."""
+    import json
+    import types
+
+    import nar.runs.folder as folder
+    import nar.workflows.demo as demo
+    import nar.workflows.train as wtrain
+
+    def config(domain, mode, tokens, images, tok, out_dir, smoke, threads, overrides=()):
+        return load_config(TrainConfig, ["demo/emoji.yaml"], [f"runs_root={out_dir}", f"name={mode}",
+                                                               f"model.mode={mode}", *overrides])
+
+    fits = []
+
+    def fit(cfg, **kwargs):
+        fits.append(cfg.trainer.max_steps)
+        return {"metrics": {"val/fid": float(cfg.trainer.max_steps)}, "run_dir": cfg.run_dir,
+                "checkpoint": cfg.run_dir / "last.ckpt", "samples": None, "global_step": cfg.trainer.max_steps,
+                "module": types.SimpleNamespace(model=types.SimpleNamespace(num_passes=7))}
+
+    monkeypatch.setattr(demo, "generator_config", config)
+    monkeypatch.setattr(folder, "has_checkpoints", lambda d: False)
+    monkeypatch.setattr(wtrain, "fit", fit)
+    default = config("emoji", "nar", None, None, None, tmp_path, False, 1).trainer.max_steps
+
+    def train(*overrides):
+        return demo.train_generator("emoji", "nar", None, None, None, tmp_path, False, 1, list(overrides))
+
+    first = train()
+    assert fits == [default] and train() == first and fits == [default]  # the same config: nothing trains again
+    assert train("trainer.threads=4") == first and fits == [default]  # CPU threads do not change the result
+    longer = train(f"trainer.max_steps={2 * default}")
+    assert fits == [default, 2 * default] and longer["steps"] == 2 * default
+    assert train(f"trainer.max_steps={2 * default}") == longer and len(fits) == 2
+
+    marker = tmp_path / "nar" / "result.json"
+    old = {k: v for k, v in longer.items() if k != "fingerprint"}  # written before markers had a fingerprint
+    marker.write_text(json.dumps(old))
+    assert train(f"trainer.max_steps={2 * default}") == old and len(fits) == 2 and "fingerprint" in caplog.text
+    assert train()["steps"] == default and fits[-1] == default  # its steps are not the asked budget: trains

@@ -18,7 +18,10 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from nar.workflows.demo import DOMAINS
+    from nar.workflows.demo import BUDGETS, DOMAINS
+
+    budgets = ", ".join(f"{domain} {b['tokenizer_steps']}" for domain, b in BUDGETS.items())
+    smoke = sorted({b["smoke_tokenizer_steps"] for b in BUDGETS.values()})
 
     p = sub.add_parser("demo", help="CPU demo: embedded data -> tiny tokenizer -> tiny NAR -> samples + FID",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,8 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="embedded data folder (default: data/embedded)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2; 0 keeps torch's own default)")
     p.add_argument("--tokenizer-steps", type=int, default=None,
-                   help="tokenizer training steps (default: the domain's budget, emoji 200); with generator "
-                   "overrides such as trainer.max_steps=600 this sets the demo's budget split")
+                   help=f"tokenizer training steps, >= 1 (default: the domain's budget: {budgets}; --smoke "
+                   f"{'/'.join(map(str, smoke))}); with generator overrides such as trainer.max_steps=600 this sets "
+                   "the demo's budget split")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the generator config")
     p.set_defaults(func=run)
 

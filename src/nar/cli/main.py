@@ -46,6 +46,31 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{help_text} (default: %(default)s)"
 
 
+class IntermixedParser(argparse.ArgumentParser):
+    """A sub-command parser taking options and ``key=value`` positionals in any order (``parse_intermixed_args``):
+    ``nar ablate --config g.yaml a=1 --only m b=2``, as ``make <target> ARGS="--flag key=value"`` writes it (the
+    plain parse takes the positionals once, so ``b=2`` would be refused).
+
+    Only parsers whose positionals are all optional (the ``key=value`` lists) intermix: one with a required
+    positional (``nar data tokens SRC``) would name a missing positional only after its missing options, and one
+    with a sub-command of its own (``nar data``) cannot intermix; those parse as usual."""
+
+    _intermixing = False  # parse_known_intermixed_args calls parse_known_args itself, twice
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def, override]
+        positionals = self._get_positional_actions()
+        grouped = {a for group in self._mutually_exclusive_groups for a in group._group_actions}
+        plain = self._intermixing or not positionals or \
+            any(a.nargs not in ("*", "?") or a in grouped for a in positionals)
+        if plain:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def _every_parser(parser: argparse.ArgumentParser):
     yield parser
     for action in parser._actions:
@@ -57,7 +82,7 @@ def _every_parser(parser: argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nar", description="Neighboring Autoregressive Modeling suite")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=IntermixedParser)
     for name in SUBCOMMANDS:
         importlib.import_module(name).register(sub)
     for p in _every_parser(parser):  # one help style for every sub-command

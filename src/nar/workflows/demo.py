@@ -57,6 +57,9 @@ def run_demo(domain: str = "emoji", smoke: bool = False, compare_raster: bool = 
 
     if threads < 0:
         raise ConfigError(f"--threads must be >= 0 (0 = torch's default), got {threads}")
+    if tokenizer_steps is not None and tokenizer_steps < 1:
+        raise ConfigError(f"--tokenizer-steps must be >= 1 (leave it out for the domain's budget), "
+                          f"got {tokenizer_steps}")
     if threads:
         torch.set_num_threads(threads)
     start = time.perf_counter()
@@ -140,7 +143,9 @@ def ensure_tokenizer(domain: str, images: Path, out: Path, smoke: bool, threads:
     from nar.workflows.tokenizer import tokenizer_config, train_tokenizer
 
     b = BUDGETS[domain]
-    steps = steps or (b["smoke_tokenizer_steps"] if smoke else b["tokenizer_steps"])
+    if steps is not None and steps < 1:  # 0 is not "the default": it would train nothing
+        raise ConfigError(f"tokenizer steps (--tokenizer-steps, prepare.tokenizer_steps) must be >= 1, got {steps}")
+    steps = steps if steps is not None else b["smoke_tokenizer_steps"] if smoke else b["tokenizer_steps"]
     # CPU budget: small batches, one validation at the end, no rFID (the generator's FID follows).
     overrides = [f"runs_root={out.parent}", f"name={out.name}", f"trainer.max_steps={steps}",
                  f"trainer.val_every={steps}", f"trainer.ckpt_every={steps}", f"trainer.threads={threads}",
@@ -203,26 +208,54 @@ def generator_config(domain: str, mode: str, tokens: Path, images: Path, tokeniz
 def train_generator(domain: str, mode: str, tokens: Path, images: Path, tokenizer_path: Path, out_dir: Path,
                     smoke: bool, threads: int, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     from nar.runs.folder import has_checkpoints
+    from nar.workflows.ablation.runner import fingerprint
     from nar.workflows.train import fit
 
     cfg = generator_config(domain, mode, tokens, images, tokenizer_path, out_dir, smoke, threads, overrides)
     done = cfg.run_dir / "result.json"
-    if done.is_file():
-        try:
-            summary = json.loads(done.read_text())
-        except (OSError, ValueError) as err:  # e.g. torn by a crash before atomic writes: train (resume) again
-            log.warning("%s generator: unreadable %s (%s); training again", mode, done, err)
-        else:
-            log.info("%s generator: %s (exists)", mode, done)
-            return summary
+    fp = fingerprint(cfg)  # as a grid's rows: name, run folder and CPU threads left out
+    summary = finished_generator(done, cfg, fp)
+    if summary is not None:
+        return summary
+    # Another config (e.g. trainer.max_steps=...) continues from the run's checkpoint; a differently shaped network
+    # is refused by fit, naming the keys.
     result = fit(cfg, resume=has_checkpoints(cfg.run_dir), enable_progress_bar=False)
     scores = {k: v for k, v in result["metrics"].items() if k.startswith("val/")}
     summary = {"mode": mode, "run_dir": str(result["run_dir"]), "checkpoint": str(result["checkpoint"]),
                "samples": str(result["samples"]) if result["samples"] else None,
                "tensorboard": str(result["run_dir"] / "tb"), "steps": result["global_step"],
-               "passes": int(result["module"].model.num_passes), "cells": cfg.model.num_cells, "scores": scores}
+               "passes": int(result["module"].model.num_passes), "cells": cfg.model.num_cells, "scores": scores,
+               "fingerprint": fp}
     write_text(done, json.dumps(summary, indent=1))
     return summary
+
+
+def finished_generator(marker: Path, cfg: TrainConfig, fp: str) -> dict[str, Any] | None:
+    """The summary in ``marker`` (``<run>/result.json``) when it is a finished run of ``cfg`` (config fingerprint
+    ``fp``); None to train (resume) the run instead.
+
+    A marker written before markers had a fingerprint is reused when its mode and steps are the config's (the
+    budget is what a rerun changes; retraining would cost a validation at least, and its checkpoint may be gone),
+    with a warning; otherwise the run trains again."""
+    mode = cfg.model.mode
+    if not marker.is_file():
+        return None
+    try:
+        summary = json.loads(marker.read_text())
+    except (OSError, ValueError) as err:  # e.g. torn by a crash before atomic writes: train (resume) again
+        log.warning("%s generator: unreadable %s (%s); training again", mode, marker, err)
+        return None
+    stored = summary.get("fingerprint")
+    if stored == fp:
+        log.info("%s generator: %s (exists)", mode, marker)
+        return summary
+    if stored is None and summary.get("mode") == mode and summary.get("steps") == cfg.trainer.max_steps:
+        log.warning("%s generator: %s has no config fingerprint (an older nar wrote it); reused since its mode and "
+                    "%d steps match; delete it to train with the current config", mode, marker, cfg.trainer.max_steps)
+        return summary
+    log.info("%s generator: %s was made with another config (fingerprint %s, now %s); training again from the "
+             "run's checkpoint", mode, marker, stored or "none", fp)
+    return None
 
 
 def tokenizer_ceiling(cfg: Any, cache: Path) -> dict[str, Any]:
