@@ -143,3 +143,31 @@ def test_bad_iteration_counts_name_the_flag(flag, value, tmp_path, caplog):
     assert main(argv) == 2
     assert f"{flag} must be" in caplog.text and f"got {value}" in caplog.text, caplog.text
     assert not list(tmp_path.iterdir())
+
+
+def test_bench_on_a_named_cuda_device_records_that_device(tmp_path, monkeypatch):
+    """--device cuda:1 records (and takes % of peak from) GPU 1's name, not GPU 0's (CUDA mocked: no GPU here)."""
+    import torch
+
+    import nar.sampling.bench as sampling_bench
+
+    names = {0: "NVIDIA A100-SXM4-80GB", 1: "NVIDIA H100 80GB HBM3"}
+
+    def device_name(device=None):
+        index = torch.device(device).index if isinstance(device, (str, torch.device)) else device
+        return names[index or 0]
+
+    def no_rows(*args, on_row=None, **kwargs):
+        on_row([])
+        return []
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", device_name)
+    monkeypatch.setattr(sampling_bench, "bench_sampling", no_rows)
+    assert sampling_bench.peak_tflops(names[0]) != sampling_bench.peak_tflops(names[1])
+    for device, index in (("cuda:1", 1), ("cuda:0", 0)):
+        out = tmp_path / device.replace(":", "")
+        assert main(["bench", "--preset", "NAR-tiny", "--device", device, "--out", str(out)]) == 0
+        report = json.loads(next(out.glob("*.json")).read_text())
+        assert report["device_name"] == names[index]
+        assert report["peak_tflops"] == sampling_bench.peak_tflops(names[index])

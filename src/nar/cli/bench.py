@@ -86,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = NARConfig.from_name(args.preset, **parse_overrides(args.overrides))  # a bad key or value: ConfigError
     sampling = SamplingConfig(cfg_scale=args.guidance, top_k=args.top_k)
     schedules = [s for s in args.schedules if not (args.no_raster and s == "raster")]
-    device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu"
+    # The named device's (cuda:1 is not GPU 0); plain "cuda" is the current device.
+    device_name = (torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda")
+                   else platform.processor() or "cpu")
     peak = args.peak_tflops or (peak_tflops(device_name) if args.device.startswith("cuda") else None)
     decoder = None
     if args.decode_with:

@@ -37,6 +37,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nar.data.bench import compare_readers, machine, write_synthetic
+    from nar.errors import ConfigError
+
+    counts = {"--rounds": args.rounds, "--images": args.images}
+    if not args.data:
+        counts["--synthetic"] = args.synthetic
+    for flag, value in counts.items():
+        if value < 1:  # before minutes of writing synthetic JPEGs
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
 
     with tempfile.TemporaryDirectory(prefix="nar-bench-data-") as tmp:
         if args.data:

@@ -24,6 +24,7 @@ from PIL import Image
 from nar.data import transforms as T
 from nar.data.readers import ImageSample, ShardStream
 from nar.data.shards import SplitIndex, read_meta, write_meta, write_split
+from nar.errors import ConfigError, DataError
 
 
 def natural_jpeg(seed: int, size: tuple[int, int] = (500, 375), quality: int = 90) -> bytes:
@@ -145,7 +146,12 @@ def compare_readers(root: str | Path, *, split: str = "train", images: int = 512
     """Time our reader against a plain webdataset pipeline on the image shards of ``root`` (split ``split``):
     ``rounds`` rounds of ``images`` images each, alternating which goes first, after one warm-up pass each.
     ``workers`` > 0 reads through a DataLoader with that many workers (rates are per worker)."""
+    for key, value in (("rounds", rounds), ("images", images)):
+        if value < 1:  # no median to take / no rate to divide by
+            raise ConfigError(f"must be >= 1, got {value}", key=key)
     index = SplitIndex.load(root, split)
+    if index.total < 1:  # the readers would loop forever looking for a first sample
+        raise DataError(f"{root}: split '{split}' holds no samples to time")
     readers = {"ours": lambda: _ours(index, crop), "plain": lambda: _plain(index, crop)}
     for make in readers.values():  # warm-up: file cache, imports, first-call costs
         _rate(make, min(images, index.total), workers)
