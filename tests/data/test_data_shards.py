@@ -186,3 +186,76 @@ def test_skipped_inputs_past_the_listed_names_are_still_counted(tmp_path, monkey
             tar.addfile(info, io.BytesIO(data))
     skipped = index_shards(str(shard), tmp_path / "idx")["splits"]["train"]["skipped"]
     assert skipped["count"] == 5 and len(skipped["files"]) == 3
+
+
+def _damage(path, how: str) -> None:
+    """Spoil the header of the member in the middle of the plain tar ``path`` (``gzip``: then compress it)."""
+    import gzip
+
+    with tarfile.open(path) as tar:
+        members = tar.getmembers()
+    at = members[len(members) // 2].offset
+    data = bytearray(path.read_bytes())
+    if how == "zeroed":  # a block lost to zeros reads as the end-of-archive marker
+        data[at : at + 512] = bytes(512)
+    else:  # a flipped bit: the checksum no longer matches
+        data[at + 10] ^= 0xFF
+    path.write_bytes(gzip.compress(bytes(data), mtime=0) if how == "gzip" else bytes(data))
+
+
+@pytest.mark.parametrize("how", ["flipped", "zeroed", "gzip"])
+def test_iter_tar_reports_a_damaged_member_header(tmp_path, how):
+    """tarfile's stream reader takes a bad header after the first member for the end of the archive: the shard
+    must still be recorded as damaged (named), not read as a shorter one."""
+    n = 6
+    rec = write_split(tmp_path, "train", list(range(n)), make_sample=lambda i: {"txt": f"sample {i}", "cls": i % 2},
+                      shard_size=n)
+    path = tmp_path / rec.shards[0]
+    _damage(path, how)
+    bad = BadInputLog()
+    got = list(iter_tar(path, bad))
+    assert len(got) < n
+    assert bad.total == 1 and bad.files[0][0] == str(path) and "damaged member header" in bad.files[0][1]
+
+
+def test_iter_tar_accepts_complete_tars_however_they_are_padded(tmp_path):
+    """The two zero blocks and any record padding after them (Python's tarfile: 10 KiB records; GNU tar -b 64:
+    32 KiB) are the end of a tar, not damage; gzip-compressed tars too."""
+    import gzip
+    import shutil
+
+    members = tmp_path / "m"
+    members.mkdir()
+    for i in range(3):
+        (members / f"k{i}.txt").write_bytes(b"x" * (100 + 700 * i))
+        (members / f"k{i}.cls").write_bytes(b"1")
+    names = sorted(p.name for p in members.iterdir())
+    tars = []
+    for fmt in (tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        tars.append(tmp_path / f"py{fmt}.tar")
+        with tarfile.open(tars[-1], "w", format=fmt) as tar:
+            for name in names:
+                tar.add(members / name, arcname=name)
+    tars.append(tmp_path / "py.tar.gz")
+    tars[-1].write_bytes(gzip.compress(tars[0].read_bytes()))
+    if shutil.which("tar"):
+        for block in ("20", "64"):
+            tars.append(tmp_path / f"gnu{block}.tar")
+            subprocess.run(["tar", "-b", block, "-cf", str(tars[-1]), "-C", str(members), *names], check=True)
+    for path in tars:
+        bad = BadInputLog()
+        got = list(iter_tar(path, bad))
+        assert (bad.total, [s["__key__"] for s in got]) == (0, ["k0", "k1", "k2"]), path.name
+
+
+def test_iter_tar_lower_cases_member_extensions(tmp_path):
+    """As webdataset does: an ImageNet ``x.JPEG`` member is the sample's ``jpeg`` field."""
+    path = tmp_path / "upper.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, data in (("a.JPEG", b"jpeg bytes"), ("a.Cls", b"1"), ("b.seg.PNG", b"png bytes")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    got = list(iter_tar(path))
+    assert [{k: v for k, v in s.items() if not k.startswith("__")} for s in got] == [
+        {"jpeg": b"jpeg bytes", "cls": b"1"}, {"seg.png": b"png bytes"}]

@@ -244,3 +244,134 @@ def test_indexing_into_another_kind_of_dataset_changes_nothing(tmp_path, images)
     with pytest.raises(DataError, match="describes a 'tokens' dataset"):
         index_shards(str(images / "train" / "train-000000.tar"), out)  # other labels than the tokens'
     assert (out / "train" / "labels.npy").read_bytes() == labels
+
+
+def _length_encoder(slots: int = 4, width: int = 2):
+    """A stand-in text encoder whose features hold each caption's length (to check captions meet their samples)."""
+
+    def encode(captions):
+        feats = torch.tensor([float(len(c)) for c in captions])[:, None, None].expand(-1, slots, width)
+        return feats.clone(), torch.ones(len(captions), slots, dtype=torch.bool)
+
+    return encode
+
+
+def test_a_bad_caption_skips_its_sample_and_odd_json_is_ignored(tmp_path):
+    """A caption that is not UTF-8 skips (and names) only its sample; a json field that is valid JSON but not an
+    object is ignored, as invalid JSON is."""
+    odd = {1: {"txt": b"caf\xe9 in latin-1"}, 2: {"json": b"[1, 2]"}, 3: {"json": b"7"}}
+
+    def sample(i: int) -> dict:
+        return {**_gradient_image(i), **odd.get(i, {})}
+
+    n = 5
+    src = tmp_path / "img"
+    rec = write_split(src, "train", list(range(n)), make_sample=sample, shard_size=n)
+    write_meta(src, "image", [rec], classes=["x", "y"], image_size=16)
+    meta = extract_tokens(src, tmp_path / "tok", PoolTokenizer(), batch_size=n, text_encoder=_length_encoder())
+    train = meta["splits"]["train"]
+    assert train["samples"] == n - 1 and train["skipped"]["count"] == 1
+    (name, reason), = train["skipped"]["files"]
+    assert name.endswith(":000000001") and "UTF-8" in reason
+    got = {s["__key__"]: s for s in iter_tar(tmp_path / "tok" / "train" / "train-000000.tar")}
+    assert sorted(got) == [f"{i:09d}" for i in range(n) if i != 1]
+    for key, s in got.items():
+        assert np.load(io.BytesIO(s["capfeat.npy"]))[0, 0] == len(s["txt"])  # each caption with its own sample
+        fields = __import__("json").loads(s["json"])
+        assert fields.get("i") == (None if int(key) in odd else int(key)) and fields["source_key"] == key
+
+
+def test_resuming_with_another_text_encoder_is_refused(images, tmp_path):
+    """The text encoder (its name, and its features' slots and width) is part of the settings a resumed extraction
+    must share; meta.json records it. A folder begun before it was recorded is refused with its own message."""
+    import json
+
+    from nar.data.shards import fingerprint, shard_location
+
+    out = tmp_path / "tok"
+    meta = extract_tokens(images, out, PoolTokenizer(), batch_size=2, text_encoder=_length_encoder(4, 2),
+                          text_encoder_name="minilm:/m:4")
+    assert (meta["text_encoder"], meta["caption_len"], meta["caption_dim"]) == ("minilm:/m:4", 4, 2)
+    tok = PoolTokenizer()
+    extract_tokens(images, out, tok, batch_size=2, text_encoder=_length_encoder(4, 2), text_encoder_name="minilm:/m:4")
+    assert tok.calls == 0  # same settings: every shard already done
+    for other in (dict(text_encoder=_length_encoder(5, 2), text_encoder_name="minilm:/m:4"),  # shape differs
+                  dict(text_encoder=_length_encoder(4, 3)),
+                  dict(text_encoder=_length_encoder(4, 2), text_encoder_name="t5:/m:4"),  # same shape, other model
+                  dict()):
+        with pytest.raises(DataError, match="different inputs or settings"):
+            extract_tokens(images, out, tok, batch_size=2, **other)
+    assert tok.calls == 0
+
+    # a folder written before the encoder was recorded (params with only text=True): its encoder is unknown
+    shards = [str(shard_location(images, s)) for s in read_meta(images)["splits"]["train"]["shards"]]
+    old = fingerprint(shards, shard_size=1, size=16, flip=False, ten_crop=False, crop_range=1.1, tokenizer="", text=True)
+    progress = out / "train" / "_progress.json"
+    progress.write_text(json.dumps({**json.loads(progress.read_text()), "fingerprint": old}))
+    with pytest.raises(DataError, match="did not record the text encoder"):
+        extract_tokens(images, out, tok, batch_size=2, text_encoder=_length_encoder(4, 2),
+                       text_encoder_name="minilm:/m:4")
+    assert tok.calls == 0
+
+
+def test_text_feature_shape_reads_a_text_encoders_own_sizes():
+    from nar.data.tokens import text_feature_shape
+
+    class Sized:  # nar.text.TextEncoder's max_len and feature_dim: no caption needs encoding
+        max_len, feature_dim = 7, 3
+
+        def __call__(self, captions):
+            raise AssertionError("not called")
+
+    assert text_feature_shape(Sized()) == (7, 3) and text_feature_shape(_length_encoder(5, 4)) == (5, 4)
+
+
+def test_a_text_encoder_whose_feature_shape_changes_is_refused(images, tmp_path):
+    """Slots padded to each batch's longest caption would mix capfeat shapes in one folder (training's collate
+    fails on them later): the extraction stops, naming the shard."""
+
+    def per_batch(captions):
+        slots = len(captions)  # 1 for the probe, then the batch size
+        return torch.zeros(len(captions), slots, 2), torch.ones(len(captions), slots, dtype=torch.bool)
+
+    with pytest.raises(DataError, match=r"\[2, 2\] caption features .*train-000000.tar, not the \[1, 2\]"):
+        extract_tokens(images, tmp_path / "tok", PoolTokenizer(), batch_size=2, text_encoder=per_batch)
+
+
+def test_cli_tokens_names_the_text_encoder(images, tmp_path, monkeypatch):
+    """`nar data tokens --text-encoder KIND --text-encoder-path P --caption-len L` passes ``KIND:abs(P):L``."""
+    from nar_data_testutil import run_data_cli
+
+    from nar.cli import data as data_cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(data_cli, "_tokenizer_on", lambda path, config, device: PoolTokenizer())
+    monkeypatch.setattr(data_cli, "_text_encoder_on", lambda kind, path, max_len, device: _length_encoder(max_len, 2))
+    assert run_data_cli(["data", "tokens", str(images), "--out", "tok", "--tokenizer", "pool", "--device", "cpu",
+                         "--text-encoder", "t5", "--text-encoder-path", "t5-xl", "--caption-len", "7"]) == 0
+    meta = read_meta(tmp_path / "tok")
+    assert meta["text_encoder"] == f"t5:{tmp_path / 't5-xl'}:7" and meta["caption_len"] == 7
+
+
+def test_pixels_tokenized_during_training_take_the_tokenizers_size(tmp_path):
+    """Image shards without a fixed size (an indexed foreign set) are fed at the tokenizer's own image_size, not a
+    fixed 256; a size whose token grid is not model.grid is refused at start, naming data.image_size."""
+    from nar.config import load_config
+    from nar.errors import ConfigError
+    from nar.lightning.data import generator_datamodule
+    from nar.runs import TrainConfig
+    from nar.tokenizers import load_tokenizer
+
+    tokenizer = load_tokenizer("vq-tiny-emoji")
+    size = tokenizer.config.image_size
+    grid = list(tokenizer.grid_shape((size, size)))
+    rec = write_split(tmp_path / "img", "train", list(range(2)), make_sample=_gradient_image, shard_size=2)
+    write_meta(tmp_path / "img", "image", [rec], classes=["x", "y"])  # no image_size: sizes vary
+
+    def datamodule(*overrides: str):
+        return generator_datamodule(load_config(TrainConfig, [], [f"data.root={tmp_path / 'img'}", "data.num_workers=0",
+                                                                  "tokenizer.path=vq-tiny-emoji", *overrides]))
+
+    assert datamodule(f"model.grid={grid}").cfg.image_size == size
+    with pytest.raises(ConfigError, match=rf"data.image_size.*{2 * size}.*model.grid.*data.image_size={size}"):
+        datamodule(f"model.grid={grid}", f"data.image_size={2 * size}")

@@ -111,7 +111,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "meta.json")
     q.add_argument("--text-encoder", choices=("minilm", "t5"), default=None,
                    help="also store caption features (capfeat.npy/capmask.npy) of each sample's txt: minilm = the "
-                   "packaged all-MiniLM-L6-v2 (384-d), t5 = FLAN-T5-XL from --text-encoder-path (2048-d) (default: none)")
+                   "packaged all-MiniLM-L6-v2 (384-d), t5 = FLAN-T5-XL from --text-encoder-path (2048-d) (default: none); "
+                   "a resumed run must use the same encoder, path and --caption-len")
     q.add_argument("--text-encoder-path", default="", help="local model folder (default: the packaged one, for minilm)")
     q.add_argument("--caption-len", type=int, default=120, help="caption slots, right-aligned (official 120)")
     q.set_defaults(func=run_tokens)
@@ -286,6 +287,9 @@ def run_tokens(args: argparse.Namespace) -> int:
                    crop_range=args.crop_range, batch_size=args.batch_size, tokenizer_name=str(args.tokenizer))
     make_text = (functools.partial(_text_encoder_on, args.text_encoder, args.text_encoder_path, args.caption_len)
                  if args.text_encoder else None)
+    if args.text_encoder:  # a resumed run must use the same one (the path absolute: the same folder from anywhere)
+        path = str(Path(args.text_encoder_path).expanduser().resolve()) if args.text_encoder_path else ""
+        options["text_encoder_name"] = f"{args.text_encoder}:{path}:{args.caption_len}"
     make_tokenizer = functools.partial(_tokenizer_on, args.tokenizer, args.tokenizer_config)
     start = time.perf_counter()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: this process is one rank of the group

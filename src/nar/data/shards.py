@@ -794,12 +794,14 @@ class SplitIndex:
 
 
 class _Tail:
-    """A read-only stream that remembers how many bytes went through it and the last two chunks, so that the
-    end of a tar can be checked after ``tarfile`` has stopped reading (streams cannot seek back)."""
+    """A read-only stream that remembers how many bytes went through it, the last two chunks and where its last
+    non-zero byte was, so that the end of a tar can be checked after ``tarfile`` has stopped reading (streams
+    cannot seek back)."""
 
     def __init__(self, stream: IO[bytes]) -> None:
         self.stream = stream
         self.size = 0
+        self.data_end = 0  # bytes up to and including the last non-zero one
         self.head = b""
         self._last = self._before = b""
 
@@ -808,6 +810,9 @@ class _Tail:
         if data:
             if not self.head:
                 self.head = data[:6]
+            used = len(data.rstrip(b"\0"))
+            if used:
+                self.data_end = self.size + used
             self.size += len(data)
             self._before, self._last = self._last, data
         return data
@@ -816,12 +821,34 @@ class _Tail:
         while self.read(1 << 16):
             pass
 
+    @property
+    def compressed(self) -> bool:
+        return self.head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ"))
+
     def ends_with_marker(self) -> bool:
         """A plain tar ends with two zero blocks; a shard cut between members lacks them (compressed: not checked)."""
-        if self.head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ")):
+        if self.compressed:
             return True
         tail = (self._before + self._last)[-1024:]
         return self.size >= 1024 and self.size % 512 == 0 and tail == bytes(1024)
+
+    def data_after(self, offset: int) -> int:
+        """Bytes from ``offset`` to the last non-zero byte of a plain tar (0 for a compressed one): past the end
+        of the archive there is only zero padding, so any data there belongs to members tarfile did not reach."""
+        return 0 if self.compressed else max(0, self.data_end - offset)
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+    """tarfile's stream reader takes a header with a bad checksum after the first member for the end of the
+    archive and stops without an error; raising here instead makes the shard one recorded as damaged (this also
+    covers compressed shards, whose raw bytes :class:`_Tail` cannot check)."""
+
+    @classmethod
+    def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:
+        try:
+            return super().frombuf(buf, encoding, errors)
+        except tarfile.InvalidHeaderError as err:
+            raise tarfile.ReadError(f"damaged member header ({err})") from None
 
 
 def iter_tar(location: ShardLocation, bad: BadInputLog | None = None) -> Iterator[dict[str, Any]]:
@@ -829,9 +856,10 @@ def iter_tar(location: ShardLocation, bad: BadInputLog | None = None) -> Iterato
 
     ``location`` is a local path or anything :func:`open_shard` opens (``pipe:``, ``http(s)://``; see
     :func:`shard_location`). Members are grouped webdataset-style: the key is the member name up to the first
-    dot of its basename. A missing, truncated or corrupt shard (or a ``pipe:`` command that fails) ends its
-    iteration with a warning (recorded in ``bad``) instead of an exception; the samples read before the
-    damage are still yielded.
+    dot of its basename, the field the rest, lower-cased (``x.JPEG`` → ``jpeg``, as webdataset reads it). A missing,
+    truncated or corrupt shard (a damaged member header included, which tarfile alone takes for the end of the
+    archive), or a ``pipe:`` command that fails, ends its iteration with a warning (recorded in ``bad``) instead of
+    an exception; the samples read before the damage are still yielded.
     """
     name = str(location)
     current: dict[str, Any] | None = None
@@ -840,7 +868,7 @@ def iter_tar(location: ShardLocation, bad: BadInputLog | None = None) -> Iterato
     try:
         stream = open_shard(location)
         tail = _Tail(stream)
-        with tarfile.open(fileobj=tail, mode="r|*") as tar:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=tail, mode="r|*", tarinfo=_StrictTarInfo) as tar:  # type: ignore[call-overload]
             for member in tar:
                 if not member.isfile():
                     continue
@@ -848,6 +876,7 @@ def iter_tar(location: ShardLocation, bad: BadInputLog | None = None) -> Iterato
                 if base.startswith("."):
                     continue
                 key, _, ext = base.partition(".")
+                ext = ext.lower()  # as webdataset does: ImageNet's x.JPEG is the field "jpeg"
                 key = f"{dirname}/{key}" if dirname else key
                 f = tar.extractfile(member)
                 data = f.read() if f is not None else b""
@@ -863,6 +892,10 @@ def iter_tar(location: ShardLocation, bad: BadInputLog | None = None) -> Iterato
         tail.drain()
         if not tail.ends_with_marker():
             raise tarfile.ReadError("truncated: no end-of-archive marker")
+        lost = tail.data_after(tar.offset)  # where tarfile met what it took for the end of the archive
+        if lost:
+            raise tarfile.ReadError(f"damaged member header at byte {tar.offset}: {lost} bytes of members after it "
+                                    "not read")
         finished = True
         stream.close()  # a pipe: command's exit status is checked here
     except (tarfile.TarError, OSError, EOFError, ValueError) as err:

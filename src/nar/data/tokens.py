@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -29,9 +30,11 @@ from nar.data.shards import (
     ShardUnavailable,
     SkipSample,
     SplitRecord,
+    _progress_files,
     collect_split,
     dataset_lock,
     expand_specs,
+    fingerprint,
     group_dataset_lock,
     iter_tar,
     lock_held_elsewhere,
@@ -70,6 +73,7 @@ class EncodeTokenShard:
     batch_size: int = 64
     device: str = "cpu"
     text_encoder: TextEncoder | None = None
+    caption_shape: tuple[int, int] | None = None  # (slots, width) every sample's features must have
     grid: tuple[int, ...] | None = None  # filled by the first batch
 
     @property
@@ -94,9 +98,11 @@ class EncodeTokenShard:
         return codes.to("cpu", torch.int32).numpy()
 
     def __call__(self, shard_paths: Sequence[str], first_index: int = 0) -> Iterator[Any]:
-        """Token samples of each source shard, keyed by their source keys (:func:`token_key`). A source shard
-        that cannot be read at all raises :class:`ShardUnavailable` (its token shard is left for a rerun); one
-        damaged part-way keeps the samples before the damage and skips the rest, named in ``meta.json``."""
+        """Token samples of each source shard, keyed by their source keys (:func:`token_key`). A sample that cannot
+        be used (an undecodable image, a caption that is not UTF-8, a bad class) is skipped and named in
+        ``meta.json``. A source shard that cannot be read at all raises :class:`ShardUnavailable` (its token shard
+        is left for a rerun); one damaged part-way keeps the samples before the damage and skips the rest, named in
+        ``meta.json``."""
         for shard in shard_paths:
             batch: list[tuple[dict[str, Any], torch.Tensor]] = []
             damage, read = BadInputLog(), 0
@@ -107,6 +113,7 @@ class EncodeTokenShard:
                 name = f"{shard}:{raw['__key__']}"
                 try:
                     raw["__label__"] = spec.label(raw, name)
+                    raw["__caption__"] = _caption(raw, name)
                     batch.append((raw, self._pixels(raw)))
                 except InvalidSample as err:
                     yield SkipSample(name, err.reason)
@@ -133,9 +140,14 @@ class EncodeTokenShard:
         if self.grid is None:
             self.grid = tuple(codes.shape[2:])
         feats = masks = None
-        captions = [raw["txt"].decode("utf-8") if "txt" in raw else "" for raw, _ in batch]
+        captions = [raw["__caption__"] for raw, _ in batch]
         if self.text_encoder is not None:
             feat, mask = self.text_encoder(captions)
+            if self.caption_shape is not None and tuple(feat.shape[1:]) != self.caption_shape:
+                # one folder, one shape: mixed shapes would only fail later, in a training batch's collate
+                raise DataError(f"the text encoder gave {list(feat.shape[1:])} caption features (slots, width) for "
+                                f"{batch[0][0]['__shard__']}, not the {list(self.caption_shape)} it gave at the start; "
+                                "it must pad every caption to the same number of slots")
             feats = feat.to("cpu", torch.float16).numpy()
             masks = mask.to("cpu", torch.uint8).numpy()
         for b, (raw, _) in enumerate(batch):
@@ -166,15 +178,24 @@ def token_key(source_key: str, used: set[str]) -> str:
     return unique
 
 
+def _caption(raw: dict[str, Any], name: str) -> str:
+    """The sample's ``txt`` as text ("" without one); :class:`InvalidSample` when it is not UTF-8."""
+    try:
+        return raw["txt"].decode("utf-8") if "txt" in raw else ""
+    except UnicodeDecodeError as err:
+        raise InvalidSample(name, f"caption (txt) is not UTF-8: {err}") from None
+
+
 def _source_json(raw: dict[str, Any]) -> dict[str, Any]:
+    """The source sample's ``json`` fields, carried into its token sample; {} when it has none or they are not a
+    JSON object (invalid JSON, a list, a number): they are extra, never worth losing the sample for."""
     if "json" not in raw:
         return {}
     try:
-        import json
-
-        return dict(json.loads(raw["json"]))
+        fields = json.loads(raw["json"])
     except ValueError:
         return {}
+    return dict(fields) if isinstance(fields, dict) else {}
 
 
 def extract_tokens(
@@ -191,6 +212,7 @@ def extract_tokens(
     device: str | torch.device = "cpu",
     text_encoder: TextEncoder | None = None,
     tokenizer_name: str = "",
+    text_encoder_name: str = "",
     rank: int | None = None,
     world_size: int | None = None,
 ) -> dict[str, Any]:
@@ -199,8 +221,10 @@ def extract_tokens(
     ``tokenizer.encode(x)`` takes pixels in ``[-1, 1]`` (``[N, 3, H, W]`` or ``[N, 3, T, H, W]``) and
     returns codes ``[N, *grid]``. The pixel size is the tokenizer's (``tokenizer.config.image_size``),
     checked against the source's ``meta.json``; ``image_size`` (``--image-size``) overrides both. With
-    ``text_encoder`` each caption's features are stored as ``capfeat.npy`` / ``capmask.npy``.
-    Returns the token folder's ``meta.json``.
+    ``text_encoder`` each caption's features are stored as ``capfeat.npy`` / ``capmask.npy``; its
+    ``text_encoder_name`` (the CLI's ``kind:path:caption_len``) and its features' ``[slots, width]`` join the
+    settings a resumed run must share (like ``tokenizer_name``, flip and size) and ``meta.json``
+    (``text_encoder``, ``caption_len``, ``caption_dim``). Returns the token folder's ``meta.json``.
 
     Several processes (``torch.distributed`` initialised, e.g. under torchrun, or :func:`extract_tokens_parallel`)
     share the work: rank ``r`` of ``world_size`` encodes source shards ``i ≡ r (mod world_size)`` into token shard
@@ -216,7 +240,7 @@ def extract_tokens(
     with group_dataset_lock(out, rank, world):
         return _extract(src, out, tokenizer, src_meta, kind, size, splits=splits, flip=flip, ten_crop=ten_crop,
                         crop_range=crop_range, batch_size=batch_size, device=device, text_encoder=text_encoder,
-                        tokenizer_name=tokenizer_name, rank=rank, world=world)
+                        tokenizer_name=tokenizer_name, text_encoder_name=text_encoder_name, rank=rank, world=world)
 
 
 def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -253,14 +277,21 @@ def tokenizer_image_size(src: str | Path, src_meta: dict[str, Any], tokenizer: n
 def _extract(
     src: str | Path, out: str | Path, tokenizer: nn.Module, src_meta: dict[str, Any], kind: str, size: int, *,
     splits: Sequence[str] | None, flip: bool, ten_crop: bool, crop_range: float, batch_size: int,
-    device: str | torch.device, text_encoder: TextEncoder | None, tokenizer_name: str, rank: int = 0, world: int = 1,
+    device: str | torch.device, text_encoder: TextEncoder | None, tokenizer_name: str, text_encoder_name: str = "",
+    rank: int = 0, world: int = 1,
 ) -> dict[str, Any]:
     device = str(device)
     tokenizer = tokenizer.to(device).eval()
+    caption_shape = text_feature_shape(text_encoder) if text_encoder is not None else None
     producer = EncodeTokenShard(tokenizer, kind, int(size), flip=flip, ten_crop=ten_crop, crop_range=crop_range,
-                                batch_size=batch_size, device=device, text_encoder=text_encoder)
-    params = {"size": int(size), "flip": flip, "ten_crop": ten_crop, "crop_range": crop_range, "tokenizer": tokenizer_name,
-              "text": text_encoder is not None}
+                                batch_size=batch_size, device=device, text_encoder=text_encoder,
+                                caption_shape=caption_shape)
+    # the settings as written before the text encoder was recorded; still all of them when there is none
+    old_params = {"size": int(size), "flip": flip, "ten_crop": ten_crop, "crop_range": crop_range,
+                  "tokenizer": tokenizer_name, "text": text_encoder is not None}
+    params = dict(old_params)
+    if caption_shape is not None:
+        params.update(text_encoder=text_encoder_name, caption_shape=list(caption_shape))
     names = list(splits or src_meta["splits"])
     for split in names:
         if split not in src_meta["splits"]:
@@ -271,6 +302,8 @@ def _extract(
         for split in names:
             # str, as before URLs were allowed: a folder half-written by an older version still resumes
             shards = [str(shard_location(src, s)) for s in expand_specs(src_meta["splits"][split]["shards"])]
+            if caption_shape is not None:
+                _refuse_unrecorded_text_encoder(Path(out) / split, shards, old_params)
             records.append(write_split(out, split, shards, produce=producer, shard_size=1, params=params,
                                        desc=f"tokens {split}", unit="shard", part=(rank, world)))
         return records
@@ -286,6 +319,8 @@ def _extract(
         grid = tuple(read_meta(out).get("grid", ())) if (Path(out) / "meta.json").is_file() else ()
     augs = "ten_crop" if ten_crop else "flip" if flip else "none"
     extra = {k: src_meta[k] for k in ("frames", "stride", "frame_skip") if k in src_meta}
+    if caption_shape is not None:
+        extra.update(text_encoder=text_encoder_name, caption_len=caption_shape[0], caption_dim=caption_shape[1])
 
     def merge() -> dict[str, Any] | None:
         if rank != 0:
@@ -301,6 +336,32 @@ def _extract(
 
     meta = _together(merge, rank, world, "writing meta.json")
     return meta if meta is not None else read_meta(out)
+
+
+def text_feature_shape(text_encoder: TextEncoder) -> tuple[int, int]:
+    """``(slots, width)`` of ``text_encoder``'s features ``[B, slots, width]``: its ``max_len`` and ``feature_dim``
+    where it has them (:class:`nar.text.TextEncoder`), else read off the features of one empty caption."""
+    slots, width = getattr(text_encoder, "max_len", None), getattr(text_encoder, "feature_dim", None)
+    if slots and width:
+        return int(slots), int(width)
+    feat, _ = text_encoder([""])
+    return int(feat.shape[1]), int(feat.shape[2])
+
+
+def _refuse_unrecorded_text_encoder(split_dir: Path, shards: list[str], old_params: dict[str, Any]) -> None:
+    """A split begun before the text encoder joined the settings (they held only ``text: true``) cannot tell which
+    encoder made its caption features, so a resumed run cannot be checked against it: refuse it, saying so (rather
+    than with :func:`write_split`'s general mismatch)."""
+    old = fingerprint(shards, shard_size=1, **old_params)
+    for path in _progress_files(split_dir):
+        try:
+            recorded = json.loads(path.read_text()).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            continue  # write_split reports an unreadable progress file
+        if recorded == old:
+            raise DataError(f"{split_dir} was begun by an older nar, which did not record the text encoder that made "
+                            "its caption features, so they cannot be checked against this one; delete the folder "
+                            "(or pass --overwrite) and extract again")
 
 
 def _gather(obj: Any, world: int) -> list[Any]:

@@ -45,11 +45,39 @@ def generator_datamodule(cfg: TrainConfig) -> L.LightningDataModule:
         raise ConfigError(f"{d.root} holds {kind!r} shards; tokenizing them on the fly needs a tokenizer",
                           key="tokenizer.path")
     if kind in ("image", "pairs"):
-        size = d.image_size or int(meta.get("image_size", 256))
-        return ImageShardDataModule(ImageDataConfig(image_size=size, **common))
+        return ImageShardDataModule(ImageDataConfig(image_size=_pixel_size(cfg, meta), **common))
     if kind == "video":
         return VideoShardDataModule(VideoDataConfig(image_size=d.image_size, **common))
     raise DataError(f"{d.root}: unknown dataset kind {kind!r}")
+
+
+def _pixel_size(cfg: TrainConfig, meta: dict[str, Any]) -> int:
+    """Pixels of the images the generator run tokenizes as it trains: ``data.image_size``, else the shards' fixed
+    size, else the tokenizer's own ``image_size``. Checked here against ``model.grid``: a mismatch would otherwise
+    first show in the first training batch, as a grid error naming neither the size nor where it came from."""
+    from nar.tokenizers import load_tokenizer
+
+    d = cfg.data
+    tokenizer = load_tokenizer(cfg.tokenizer.path, config=cfg.tokenizer.config or None)
+    if tokenizer.config.kind != "image":
+        raise ConfigError(f"a {tokenizer.config.kind} tokenizer cannot tokenize the images in {d.root}",
+                          key="tokenizer.path")
+    trained = int(tokenizer.config.image_size)
+    if d.image_size:
+        size, source = int(d.image_size), "data.image_size"
+    elif meta.get("image_size"):
+        size, source = int(meta["image_size"]), f"the size {d.root}/meta.json stores"
+    else:
+        size, source = trained, "the tokenizer's image_size"
+    factor = int(tokenizer.config.spatial_downsample)
+    grid = [size // factor] * 2 if size % factor == 0 else None
+    if grid != list(cfg.model.grid):
+        fits = (f"data.image_size={cfg.model.grid[0] * factor}" if len(cfg.model.grid) == 2
+                and cfg.model.grid[0] == cfg.model.grid[1] else f"model.grid={grid}")
+        raise ConfigError(f"{size} px ({source}) gives the tokenizer {cfg.tokenizer.path} (trained at {trained} px, "
+                          f"downsampling {factor}×) {grid or 'no'} token grids, but model.grid is {list(cfg.model.grid)}; "
+                          f"set {fits}", key="data.image_size")
+    return size
 
 
 def tokenizer_datamodule(cfg: TokenizerRunConfig) -> L.LightningDataModule:
