@@ -4,7 +4,8 @@ The code only ever sees plain dataclass instances. One loader serves every schem
 tokenizer runs, ablation grids):
 
 * schema defaults ← each dict ← each YAML file ← ``key=value`` overrides, merged by OmegaConf, which
-  rejects unknown keys and values of the wrong type;
+  rejects unknown keys and values of the wrong type; an override reads its value as YAML, except that a
+  ``str`` key keeps the text as given (``name=0601`` is the folder ``0601``, not YAML 1.1's octal 385);
 * a section may name a preset (``model: {preset: NAR-L, dim: 512}``): its dataclass says what the preset
   holds (``preset_fields``), and the section's own keys apply on top of it;
 * the result is built bottom-up, section by section, so a range error raised by a nested
@@ -18,6 +19,7 @@ Experiment YAMLs ship inside the package (``nar.experiments``, mapped onto the r
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import typing
 from collections.abc import Sequence
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, StringNode
 from omegaconf.errors import OmegaConfBaseException
 
 from nar.errors import ConfigError
@@ -78,28 +80,43 @@ def merge_sources(base: DictConfig, yaml_paths: Sequence[str | Path] = (), overr
     Errors name the file or the override and the offending key.
     """
     for data in dicts:
-        try:
-            base = OmegaConf.merge(base, OmegaConf.create(data))
-        except OmegaConfBaseException as err:
-            raise _describe(err, "stored config") from None
+        base = _merge(base, OmegaConf.create(data), "stored config")
     for path in yaml_paths:
-        data = read_yaml(path)
-        try:
-            base = OmegaConf.merge(base, data)
-        except OmegaConfBaseException as err:
-            raise _describe(err, str(path)) from None
+        base = _merge(base, read_yaml(path), str(path))
     if overrides:
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ConfigError(f"overrides must look like key=value, got {bad}")
+        base = _merge(base, _parse_overrides(base, overrides), "command-line override")
+    return base
+
+
+def _parse_overrides(base: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """``key=value`` overrides as a config to merge onto ``base``, applied in order.
+
+    A value is read as YAML (``model.grid=[8,8]``, ``optim.lr=1e-3``), except that a key ``base`` types as
+    ``str`` (``Optional[str]`` too) keeps the text as given: YAML 1.1 would turn ``name=0601`` into 385 and
+    ``name=no`` into False before OmegaConf made text of them again. Such a value is still unquoted as YAML
+    (``name="x y"``), ``${...}`` stays an interpolation, and ``null``, ``~`` or nothing is None for an optional key.
+    """
+    out = OmegaConf.create()
+    for item in overrides:
+        key, _, text = item.partition("=")
+        node = _string_node(base, key)
+        value = text.strip()
+        raw = (node is not None and value[:1] not in ("'", '"')
+               and not (node._is_optional() and value in _YAML_NULLS))
         try:
-            base = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
+            if raw:
+                OmegaConf.update(out, key, value, merge=True)
+            else:
+                out.merge_with_dotlist([item])
         except OmegaConfBaseException as err:
             raise _describe(err, "command-line override") from None
         except yaml.YAMLError as err:  # a value that is not YAML, e.g. a list holding an unquoted ${...}
-            raise ConfigError(f"command-line override {_unparsable(overrides)!r}: not a YAML value "
+            raise ConfigError(f"command-line override {item!r}: not a YAML value "
                               f"({getattr(err, 'problem', None) or err}); quote it") from None
-    return base
+    return out
 
 
 def read_yaml(path: str | Path) -> DictConfig:
@@ -147,6 +164,18 @@ def experiments_dir() -> Path:
     return Path(str(resources.files("nar.experiments")))
 
 
+def positive_int(text: str) -> int:
+    """An ``argparse`` type for counts that must be >= 1 (``--shard-size``, ``--limit``): a bad value is
+    argparse's one-line usage error (exit 2, naming the option) before anything runs."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 # --------------------------------------------------------------------------------------------------
 # Building dataclasses bottom-up, so errors carry their key path
 # --------------------------------------------------------------------------------------------------
@@ -192,16 +221,46 @@ def _value(hint: Any, value: Any, key: str) -> Any:
     return value
 
 
-def _unparsable(overrides: Sequence[str]) -> str:
-    """The first ``key=value`` whose value YAML cannot parse (all of them joined when none alone fails)."""
-    for item in overrides:
+# What YAML reads as null: such an override of an Optional[str] key means None, as for any other key.
+_YAML_NULLS = ("", "~", "null", "Null", "NULL")
+
+
+def _string_node(base: DictConfig, key: str) -> StringNode | None:
+    """The node of dotted ``key`` in ``base`` when it is typed ``str``; None for other types and unknown keys."""
+    parent_key, _, leaf = key.rpartition(".")
+    try:
+        parent = OmegaConf.select(base, parent_key, throw_on_missing=False) if parent_key else base
+        node = parent._get_node(leaf, validate_access=False) if isinstance(parent, DictConfig) else None
+    except OmegaConfBaseException:
+        return None
+    return node if isinstance(node, StringNode) else None
+
+
+def _merge(base: DictConfig, data: DictConfig, source: str) -> DictConfig:
+    """``base`` ← ``data``; a failure is a :class:`ConfigError` naming ``source`` and the key."""
+    try:
+        return OmegaConf.merge(base, data)
+    except OmegaConfBaseException as err:
+        raise _describe(err, source, _failing_key(base, data)) from None
+
+
+def _failing_key(base: DictConfig, data: DictConfig, prefix: str = "") -> str | None:
+    """The deepest key of ``data`` whose merge onto ``base`` fails: OmegaConf names none when a scalar or a list
+    meets a section (``model: 5``). Only called on the error path."""
+    for name in data.keys():
+        key = f"{prefix}.{name}" if prefix else str(name)
         try:
-            OmegaConf.from_dotlist([item])
-        except yaml.YAMLError:
-            return item
+            OmegaConf.merge(base, OmegaConf.masked_copy(data, [name]))
         except OmegaConfBaseException:
-            continue
-    return " ".join(overrides)
+            try:
+                inner_base = base._get_node(name, validate_access=False)
+                inner = data._get_node(name, validate_access=False)
+            except OmegaConfBaseException:
+                return key
+            if isinstance(inner_base, DictConfig) and isinstance(inner, DictConfig):
+                return _failing_key(inner_base, inner, key) or key
+            return key
+    return None
 
 
 def _unresolved(err: OmegaConfBaseException, key: str) -> ConfigError:
@@ -256,7 +315,7 @@ def _set(base: DictConfig, path: str, fields: dict[str, Any]) -> None:
             base[k] = v
 
 
-def _describe(err: OmegaConfBaseException, source: str) -> ConfigError:
-    key = getattr(err, "full_key", None)
+def _describe(err: OmegaConfBaseException, source: str, key: str | None = None) -> ConfigError:
+    key = getattr(err, "full_key", None) or key
     msg = str(err).splitlines()[0]
     return ConfigError(f"{source}: key '{key}': {msg}" if key else f"{source}: {msg}")

@@ -76,12 +76,14 @@ class FolderLock:
         self.path = self.folder / LOCK_NAME
 
     def acquire(self) -> FolderLock:
-        key = self.path.resolve() if self.path.parent.exists() else self.path.absolute()
+        # The folder first, then its resolved path as the key: a key taken before the folder existed would keep
+        # an unresolved symlink, and a nested lock (which resolves it) would be refused by its own process.
+        self.folder.mkdir(parents=True, exist_ok=True)
+        key = self.path.resolve()
         if FolderLock._held.get(key):
             FolderLock._held[key] += 1
             self._key = key  # so that this (nested) release counts down too
             return self
-        self.folder.mkdir(parents=True, exist_ok=True)
         for _ in range(ATTEMPTS):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

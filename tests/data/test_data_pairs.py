@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from nar_data_testutil import run_data_cli, write_jpeg
 
 from nar.data.pairs import held_out_count, read_manifest, write_pairs
@@ -84,3 +85,20 @@ def test_json_array_manifest(tmp_path):
         assert [f for f, _ in bad.files] == [f"{path}[{len(rows)}]"]
     (tmp_path / "lines.json").write_text("\n".join(json.dumps(r) for r in rows))  # JSONL named .json still reads
     assert len(read_manifest(tmp_path / "lines.json", BadInputLog())) == len(rows)
+
+
+def test_val_fraction_out_of_range_is_a_config_error_naming_it(tmp_path):
+    """A usage error (one line, exit 2), not a traceback; no dataset is written."""
+    from nar.errors import ConfigError
+
+    for bad in (1.0, 1.5, -0.1):
+        with pytest.raises(ConfigError, match=r"--val-fraction.*\[0, 1\)"):
+            held_out_count(10, bad)
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        write_jpeg(src / f"{i}.jpg", rng)
+        (src / f"{i}.txt").write_text(f"caption {i}")
+    assert run_data_cli(["data", "pairs", str(src), "--out", str(tmp_path / "out"), "--val-fraction", "1.5"]) == 2
+    assert not (tmp_path / "out" / "meta.json").exists()

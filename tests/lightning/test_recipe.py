@@ -8,6 +8,7 @@ key format).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,22 @@ def test_global_batch_is_fixed_whatever_the_devices() -> None:
         assert cfg.data.batch_size == per_device
     with pytest.raises(ConfigError, match=r"data\.global_batch.*trainer\.devices.*trainer\.accumulate"):
         load_config(TrainConfig, ["imagenet/nar_l.yaml"], ["trainer.devices=6"])
+
+
+def test_an_explicit_batch_size_beside_global_batch_is_named(caplog) -> None:
+    """data.global_batch decides the per-process batch: a data.batch_size of its own is replaced, not silently."""
+    from nar.config import from_dict, to_dict
+
+    with caplog.at_level("WARNING", logger="nar.runs.config"):
+        cfg = load_config(TrainConfig, ["imagenet/nar_l.yaml"], ["data.batch_size=32", "trainer.devices=1"])
+    assert cfg.data.batch_size == cfg.data.global_batch
+    assert re.search(r"data\.batch_size.*32 is ignored.*data\.global_batch.*trainer\.accumulate", caplog.text)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="nar.runs.config"):
+        cfg = load_config(TrainConfig, ["imagenet/nar_l.yaml"], ["trainer.devices=8"])
+        assert from_dict(TrainConfig, to_dict(cfg)).data.batch_size == cfg.data.batch_size  # a stored config
+        assert load_config(TrainConfig, [], ["data.batch_size=32"]).data.batch_size == 32  # no global_batch
+    assert "data.batch_size" not in caplog.text
 
 
 def test_retention_throughput_and_profiler(token_root: Path, tmp_path: Path) -> None:

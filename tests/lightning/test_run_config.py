@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -42,17 +43,58 @@ def test_paper_recipe_of_nar_l() -> None:
     (["sampling.top_p=2"], "sampling.top_p"),
     (["eval.metrics=[fidd]"], "eval.metrics"),
     (["data.batch_size=0"], "data.batch_size"),
+    (["data.roott=0601"], "data.roott"),                  # unknown, with a value a str key would keep as text
+    (["model=5"], "model"),
 ])
 def test_errors_name_the_key(override: list[str], key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(TrainConfig, [], override)
 
 
-def test_yaml_error_names_file_and_key(tmp_path: Path) -> None:
+@pytest.mark.parametrize("text, key", [("optim:\n  warmup: 10\n", "optim.warmup"), ("model: 5\n", "model"),
+                                       ("optim:\n  betas: 5\n", "optim.betas")])
+def test_yaml_error_names_file_and_key(tmp_path: Path, text: str, key: str) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("optim:\n  warmup: 10\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml.*optim\.warmup"):
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=rf"bad\.yaml.*'{key}'"):
         load_config(TrainConfig, [bad])
+
+
+@pytest.mark.parametrize("text", ["2024_06_01", "0601", "12:30", "1e3", "no", "0x10", "1_0", "a: b", "[a]", "#1"])
+def test_string_keys_keep_the_override_text(text: str) -> None:
+    """YAML 1.1 would read these as numbers, booleans, lists or a comment and hand back other text."""
+    cfg = load_config(TrainConfig, [], [f"name={text}", f"tokenizer.config={text}", f"eval.real_split={text}"])
+    assert cfg.name == cfg.tokenizer.config == cfg.eval.real_split == text
+    assert cfg.run_dir == Path(cfg.runs_root) / text
+
+
+def test_override_quoting_interpolations_and_other_types_as_before() -> None:
+    cfg = load_config(TrainConfig, [], ['name="0601"', "tokenizer.config='it''s'", "init_from=",
+                                        "eval.real_split=${data.val_split}", "tokenizer.path=a${runs_root}b",
+                                        "optim.lr=1e-3", "eval.metrics=[fid, kid]", "trainer.max_steps=0x10",
+                                        "sampling.top_k=0601"])
+    assert (cfg.name, cfg.tokenizer.config, cfg.init_from) == ("0601", "it's", "")
+    assert (cfg.eval.real_split, cfg.tokenizer.path) == (cfg.data.val_split, f"a{cfg.runs_root}b")
+    assert cfg.optim.lr == 1e-3 and cfg.eval.metrics == ["fid", "kid"]
+    assert cfg.trainer.max_steps == 16 and cfg.sampling.top_k == 385  # non-string keys: YAML 1.1 as before
+    later = load_config(TrainConfig, [], ["tokenizer={config: a}", "tokenizer.config=0601", "name=x", "name=y"])
+    assert (later.tokenizer.config, later.name) == ("0601", "y")  # applied in order: the last one wins
+    with pytest.raises(ConfigError, match=r"key 'name'.*nope"):
+        load_config(TrainConfig, [], ["name=${nope}"])
+
+
+@dataclass
+class _Tagged:
+    tag: str | None = "x"
+    tags: dict[str, str] = field(default_factory=lambda: {"a": "b"})
+
+
+@pytest.mark.parametrize("override, value", [("tag=null", None), ("tag=~", None), ("tag=", None), ("tag=0601", "0601"),
+                                             ("tags.a=0601", "0601")])
+def test_optional_string_keys_take_null_and_keep_other_text(override: str, value: str | None) -> None:
+    cfg = load_config(_Tagged, [], [override])
+    key, _, item = override.partition("=")[0].partition(".")
+    assert (cfg.tags[item] if item else cfg.tag) == value
 
 
 def test_raster_override_gets_its_own_head_layout() -> None:
@@ -112,3 +154,17 @@ def test_limit_val_samples_is_a_total_over_processes_in_whole_batches():
         assert per_process * 64 * world <= 10000 < (per_process + 1) * 64 * world
     assert val_batches(DataSection(root="x", batch_size=8, limit_val_samples=3)) == 1  # one batch, the least
     assert val_batches(DataSection(root="x", batch_size=8)) == 1.0  # the whole split
+
+
+def test_positive_int_is_an_argparse_usage_error_naming_the_option(capsys) -> None:
+    import argparse
+
+    from nar.config import positive_int
+
+    parser = argparse.ArgumentParser(prog="nar")
+    parser.add_argument("--shard-size", type=positive_int)
+    assert parser.parse_args(["--shard-size", "3"]).shard_size == 3
+    for bad in ("0", "-1", "x", "1.5"):
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args(["--shard-size", bad])
+        assert exit_.value.code == 2 and "argument --shard-size" in capsys.readouterr().err

@@ -67,3 +67,16 @@ def test_a_takeover_claim_of_a_dead_taker_is_cleared(tmp_path, monkeypatch, capl
         assert read_lock(folder)["pid"] == os.getpid()
     assert any("died while taking over a stale lock" in r.getMessage() for r in caplog.records)
     assert not (folder / LOCK_NAME).exists() and not (folder / CLAIM_NAME).exists()
+
+
+def test_a_lock_is_re_entrant_for_a_new_folder_under_a_symlink(tmp_path, monkeypatch):
+    """The first lock creates the folder; the nested one must find it under the same (resolved) key."""
+    monkeypatch.setattr(FolderLock, "_held", {})
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")  # e.g. runs_root on a scratch disk
+    folder = tmp_path / "link" / "new-run"  # does not exist yet
+    with FolderLock(folder, "training"):
+        with FolderLock(folder, "nested"):
+            assert read_lock(folder)["purpose"] == "training"
+        assert (folder / LOCK_NAME).exists()  # the nested release keeps the outer lock
+    assert not (folder / LOCK_NAME).exists() and FolderLock._held == {}

@@ -22,7 +22,7 @@ import numpy as np
 
 from nar.data.encode import IMAGE_EXTENSIONS, EncodeImage, list_images
 from nar.data.shards import BadInputLog, dataset_lock, write_meta, write_split
-from nar.errors import DataError
+from nar.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +104,13 @@ def read_manifest(path: Path, bad: BadInputLog) -> list[tuple]:
 
 def held_out_count(num_pairs: int, val_fraction: float) -> int:
     """Pairs held out for ``val``: ``round(val_fraction · n)``, at least one when there are two or more
-    pairs (and ``val_fraction > 0``), never all of them."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    pairs (and ``val_fraction > 0``), never all of them.
+
+    Raises:
+        ConfigError: ``val_fraction`` is outside [0, 1).
+    """
+    if not 0.0 <= val_fraction < 1.0:  # a usage error (exit 2, one line), before any shard is written
+        raise ConfigError(f"--val-fraction (val_fraction) must be in [0, 1), got {val_fraction}")
     if val_fraction == 0 or num_pairs < 2:
         return 0
     return min(num_pairs - 1, max(1, round(val_fraction * num_pairs)))

@@ -13,6 +13,7 @@ section (``optim.lr``).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from nar.model import NARConfig
 from nar.sampling import SamplingConfig, parse_sampler
 from nar.text import TextEncoderConfig
 from nar.tokenizers.config import TokenizerLossConfig, TokenizerOptimConfig, TokenizerValConfig, VQConfig
+
+log = logging.getLogger(__name__)
 
 SCHEDULES = ("constant", "cosine", "linear", "multistep")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
@@ -177,7 +180,8 @@ class DataConfig(DataSection):
     """Token shards (``nar data tokens``), or image/video shards tokenized on the fly."""
 
     samples_per_epoch: int | None = None
-    # Batch over all processes and accumulation steps (official: 256). Set, it decides data.batch_size per process:
+    # Batch over all processes and accumulation steps (official: 256). Set, it decides data.batch_size per process
+    # (another data.batch_size beside it is replaced, with a warning):
     # global_batch / (devices x nodes x trainer.accumulate), which must divide evenly.
     global_batch: int | None = None
     image_size: int | None = None  # pixels on the fly: None = the shards' size
@@ -299,7 +303,8 @@ class EvalConfig:
 @dataclass
 class TrainConfig(RunConfig):
     """One generator run: everything ``nar train`` needs. ``data.global_batch`` sets the per-process batch
-    (checked divisible, :meth:`__post_init__`)."""
+    (checked divisible, :meth:`__post_init__`); a ``data.batch_size`` of another value beside it is replaced,
+    with a warning."""
 
     model: NARConfig = field(default_factory=NARConfig)
     tokenizer: TokenizerRef = field(default_factory=TokenizerRef)
@@ -347,7 +352,16 @@ class TrainConfig(RunConfig):
                 raise ConfigError(f"{g} is not divisible by trainer.devices x trainer.num_nodes x trainer.accumulate "
                                   f"= {self.trainer.devices} x {self.trainer.num_nodes} x {self.trainer.accumulate}; "
                                   "change one of these keys", key="data.global_batch")
-            self.data.batch_size = g // parts  # per process
+            per_process = g // parts
+            # A batch size of its own is replaced: say so. Not refused, as tests/lightning/test_fsdp.py and the
+            # run configs stored in multi-GPU checkpoints (read back by `nar evaluate` on one device) carry one.
+            # The derived value itself (to_dict of this config read back) is no conflict.
+            if self.data.batch_size not in (DataConfig.batch_size, per_process):
+                log.warning("key 'data.batch_size': %d is ignored: data.global_batch %d decides the per-process batch "
+                            "(%d / (%d x %d x %d) = %d); set data.global_batch, or trainer.accumulate to fit memory, "
+                            "instead", self.data.batch_size, g, g, self.trainer.devices, self.trainer.num_nodes,
+                            self.trainer.accumulate, per_process)
+            self.data.batch_size = per_process
 
 
 # --------------------------------------------------------------------------------------------------
