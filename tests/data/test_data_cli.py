@@ -92,3 +92,49 @@ def test_bench_read_image_size_on_tokens(tmp_path):
     data_cli.register(parser.add_subparsers(dest="command"))
     with pytest.raises(ConfigError, match=f"--image-size 8: {tmp_path / 'tok'} is a token dataset"):
         data_cli.run_bench_read(parser.parse_args([*argv, "--image-size", "8"]))
+
+
+@pytest.mark.parametrize("where", ["same", "parent"])
+def test_out_that_is_or_holds_the_source_is_refused_before_anything_is_deleted(tmp_path, where):
+    """``nar data tokens SRC --out SRC --overwrite`` (or ``--out`` a folder holding SRC) emptied the source dataset
+    and only then failed; now it is refused, naming --out, and the source stays as it was."""
+    from nar_data_testutil import run_data_cli
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i * 50, 0, 0)).save(raw / f"{i}.png")
+        (raw / f"{i}.txt").write_text(f"caption {i}")
+    src = tmp_path / "imgs"
+    assert run_data_cli(["data", "pairs", str(raw), "--out", str(src), "--val-fraction", "0"]) == 0
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    out = src if where == "same" else tmp_path
+    for extra in ([], ["--overwrite"]):
+        with pytest.raises(ConfigError, match="--out.*(is|holds) the source"):
+            data_cli.run_tokens(_data_parsers()["tokens"].parse_args(
+                [str(src), "--out", str(out), "--tokenizer", "vq-tiny-emoji", "--device", "cpu", *extra]))
+    with pytest.raises(ConfigError, match="--out.*the source"):  # pairs: --out over its own image folder
+        data_cli.run_pairs(_data_parsers()["pairs"].parse_args([str(raw), "--out", str(raw), "--overwrite"]))
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("argv", [
+    ["pairs", "src", "--out", "o", "--shard-size", "0"],
+    ["import-codes", "codes", "--out", "o", "--limit", "0"],
+    ["import-codes", "codes", "--out", "o", "--limit", "-1"],
+    ["ucf101", "videos", "--out", "o", "--limit", "0"],
+    ["verify", "path", "--limit", "0"],
+    ["imagenet", "src", "--out", "o", "--workers", "0"],
+])
+def test_counts_below_one_are_usage_errors(argv, capsys):
+    """--shard-size 0 ended in a traceback; import-codes --limit 0 or -1 wrote an empty dataset and exited 0."""
+    with pytest.raises(SystemExit) as stop:
+        _data_parsers()[argv[0]].parse_args(argv[1:])
+    assert stop.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+
+
+def test_a_bad_val_fraction_fails_before_out_is_made(tmp_path):
+    with pytest.raises(ConfigError, match="--val-fraction"):
+        data_cli.run_pairs(_data_parsers()["pairs"].parse_args([str(tmp_path), "--out", str(tmp_path / "o"),
+                                                                 "--val-fraction", "1.5"]))
+    assert not (tmp_path / "o").exists()

@@ -25,11 +25,12 @@ import logging
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from nar.cli.main import HelpFormatter  # every option's default in its --help, as for all of nar
+from nar.config import positive_int
 from nar.data.pairs import DEFAULT_VAL_FRACTION
 from nar.errors import ConfigError, DataError
 
@@ -60,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="label file of a flat val/ (LOC_val_solution.csv or '<file> <wnid>' lines) (default: found in SRC)")
     q.add_argument("--synset-map", default=None,
                    help="'<wnid> <names>' lines (default: LOC_synset_mapping.txt if present)")
-    q.add_argument("--limit-per-class", type=int, default=None,
+    q.add_argument("--limit-per-class", type=positive_int, default=None,
                    help="at most this many images per class, for quick runs (default: all)")
     _shard_args(q, 1000)
     q.set_defaults(func=run_imagenet)
@@ -75,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--stride", type=int, default=1, help="take every n-th frame")
     q.add_argument("--size", type=int, default=128, help="output resolution (short side resize + centre crop)")
     q.add_argument("--clips-per-video", type=int, default=1, help="evenly spaced clips per video (0: all non-overlapping)")
-    q.add_argument("--limit", type=int, default=None, help="first N videos of each split, for quick runs (default: all)")
+    q.add_argument("--limit", type=positive_int, default=None, help="first N videos of each split, for quick runs (default: all)")
     _shard_args(q, 256, unit="videos")
     q.set_defaults(func=run_ucf101)
 
@@ -160,7 +161,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="token grid of each view (default: square, from the code length: 256 → 16 16)")
     q.add_argument("--no-105", dest="mix_105", action="store_false",
                    help="leave out the <code_path>_105 companion of a ten_crop extraction (default: mixed in when present)")
-    q.add_argument("--limit", type=int, default=None,
+    q.add_argument("--limit", type=positive_int, default=None,
                    help="first N images only, e.g. 1281167 to drop the distributed sampler's padding (default: all)")
     q.add_argument("--synset-map", default=None,
                    help="LOC_synset_mapping.txt: classes become its sorted wnids, with names (default: 0…N-1)")
@@ -174,7 +175,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                 "(classes, token grid and codebook, frames, sizes); report problems, exit 1 if any")
     q.add_argument("path", help="dataset folder, folder of .tar shards, or one .tar")
     q.add_argument("--no-decode", dest="decode", action="store_false", help="only read the tar structure")
-    q.add_argument("--limit", type=int, default=None, help="stop each split after N samples (default: all)")
+    q.add_argument("--limit", type=positive_int, default=None, help="stop each split after N samples (default: all)")
     q.set_defaults(func=run_verify)
 
     q = command("bench-read", "samples/s of the DataModule's loader (decode, transform, collate)")
@@ -189,8 +190,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _shard_args(q: argparse.ArgumentParser, default: int, unit: str = "samples") -> None:
-    q.add_argument("--shard-size", type=int, default=default, help=f"{unit} per shard")
-    q.add_argument("--workers", type=int, default=1, help="processes writing shards in parallel")
+    q.add_argument("--shard-size", type=positive_int, default=default, help=f"{unit} per shard")
+    q.add_argument("--workers", type=positive_int, default=1, help="processes writing shards in parallel")
 
 
 def _cuda() -> bool:
@@ -202,12 +203,25 @@ def _cuda() -> bool:
         return False
 
 
+def refuse_overlap(out: str | Path, sources: Sequence[str | Path]) -> None:
+    """Refuse an ``--out`` that is a source or holds one: the writer would put its shards among what it reads,
+    and ``--overwrite`` would delete the source before reading it."""
+    target = Path(out).expanduser().resolve()
+    for source in sources:
+        src = Path(source).expanduser().resolve()
+        if src == target or target in src.parents:
+            raise ConfigError(f"--out {out} {'is' if src == target else 'holds'} the source {source}; write the "
+                              "dataset to another folder", key="--out")
+
+
 @contextlib.contextmanager
-def _output(out: str, overwrite: bool) -> Iterator[Path]:
-    """Hold ``out`` (a second writer is refused, naming this one) and, with ``overwrite``, empty it first."""
+def _output(out: str, overwrite: bool, sources: Sequence[str | Path] = ()) -> Iterator[Path]:
+    """Hold ``out`` (a second writer is refused, naming this one) and, with ``overwrite``, empty it first; an
+    ``out`` that is or holds one of ``sources`` is refused before anything is touched."""
     from nar.data.shards import dataset_lock
     from nar.locks import LOCK_NAME
 
+    refuse_overlap(out, sources)
     path = Path(out)
     with dataset_lock(path):
         if overwrite:
@@ -236,9 +250,10 @@ def _print_summary(meta: dict[str, Any], out: Path, seconds: float) -> None:
         print(f"  {total} samples in {seconds:.1f} s ({total / seconds:.0f} samples/s, resumed shards included)")
 
 
-def _written(args: argparse.Namespace, write: Any) -> dict[str, Any]:
-    """``write(out)`` into ``--out`` (held, emptied first with ``--overwrite``), then the summary table."""
-    with _output(args.out, args.overwrite) as out:
+def _written(args: argparse.Namespace, write: Any, source: str | Path) -> dict[str, Any]:
+    """``write(out)`` into ``--out`` (held, emptied first with ``--overwrite``; never ``source`` or a folder
+    holding it), then the summary table."""
+    with _output(args.out, args.overwrite, [source]) as out:
         start = time.perf_counter()
         meta = write(out)
     _print_summary(meta, out, time.perf_counter() - start)
@@ -250,7 +265,7 @@ def run_imagenet(args: argparse.Namespace) -> int:
 
     _written(args, lambda out: write_imagenet(
         args.src, out, splits=args.splits, resize=args.resize, shard_size=args.shard_size, workers=args.workers,
-        val_labels=args.val_labels, synset_map=args.synset_map, limit_per_class=args.limit_per_class))
+        val_labels=args.val_labels, synset_map=args.synset_map, limit_per_class=args.limit_per_class), args.src)
     return 0
 
 
@@ -260,15 +275,17 @@ def run_ucf101(args: argparse.Namespace) -> int:
     _written(args, lambda out: write_ucf101(
         args.videos, out, splits_dir=args.splits_dir, split_index=args.split_index, splits=args.splits,
         frames=args.frames, stride=args.stride, size=args.size, clips_per_video=args.clips_per_video,
-        shard_size=args.shard_size, workers=args.workers, limit=args.limit))
+        shard_size=args.shard_size, workers=args.workers, limit=args.limit), args.videos)
     return 0
 
 
 def run_pairs(args: argparse.Namespace) -> int:
-    from nar.data.pairs import write_pairs
+    from nar.data.pairs import held_out_count, write_pairs
 
+    held_out_count(2, args.val_fraction)  # a bad --val-fraction fails before --out is made
     meta = _written(args, lambda out: write_pairs(args.src, out, val_fraction=args.val_fraction, seed=args.seed,
-                                                  resize=args.resize, shard_size=args.shard_size, workers=args.workers))
+                                                  resize=args.resize, shard_size=args.shard_size, workers=args.workers),
+                    args.src)
     if "val" in meta["splits"]:
         total = sum(info["samples"] for info in meta["splits"].values())
         print(f"  val: {meta['splits']['val']['samples']} of {total} pairs held out "
@@ -298,14 +315,14 @@ def run_tokens(args: argparse.Namespace) -> int:
         if meta is None:
             return 0
     elif args.gpus > 1:
-        with _output(args.out, args.overwrite) as out:
+        with _output(args.out, args.overwrite, [args.src]) as out:
             meta = extract_tokens_parallel(args.src, out, make_tokenizer, args.gpus,
                                            device="cuda" if args.device.startswith("cuda") else "cpu",
                                            make_text_encoder=make_text, **options)
     else:
         tokenizer = make_tokenizer(args.device)
         text_encoder = make_text(args.device) if make_text is not None else None
-        with _output(args.out, args.overwrite) as out:
+        with _output(args.out, args.overwrite, [args.src]) as out:
             meta = extract_tokens(args.src, out, tokenizer, device=args.device, text_encoder=text_encoder, **options)
     _print_summary(meta, out, time.perf_counter() - start)
     print(f"  grid {tuple(meta['grid'])}, {len(meta['augmentations'])} augmentations: {', '.join(meta['augmentations'])}")
@@ -325,6 +342,7 @@ def _tokens_under_torchrun(args: argparse.Namespace, make_tokenizer: Any, make_t
 
     if args.overwrite:
         raise DataError("--overwrite is not supported under torchrun; delete the output folder first")
+    refuse_overlap(args.out, [args.src])
     device = args.device
     if device.startswith("cuda"):
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
@@ -411,7 +429,7 @@ def run_import_codes(args: argparse.Namespace) -> int:
     meta = _written(args, lambda out: import_codes(
         args.code_path, out, split=args.split, image_size=args.image_size, codebook_size=args.codebook_size,
         grid=args.grid, mix_105=args.mix_105, limit=args.limit, shard_size=args.shard_size, workers=args.workers,
-        synset_map=args.synset_map, num_classes=args.num_classes, tokenizer=args.tokenizer))
+        synset_map=args.synset_map, num_classes=args.num_classes, tokenizer=args.tokenizer), args.code_path)
     print(f"  grid {tuple(meta['grid'])}, {len(meta['augmentations'])} views: {', '.join(meta['augmentations'])}")
     return 0
 
