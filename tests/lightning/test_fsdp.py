@@ -45,7 +45,7 @@ def xl_overrides(root: Path, runs: Path, tokenizer: Path, name: str, **extra) ->
     """nar_xl.yaml shrunk to a seconds-long CPU run (2 blocks of width 64); EMA and fsdp as in the YAML, the clip
     lowered to 0.25 so that it acts at every step of this model (its gradient norms are 0.5-1.5)."""
     base = {
-        "name": name, "runs_root": str(runs), "data.root": str(root), "data.batch_size": 4, "data.num_workers": 0,
+        "name": name, "runs_root": str(runs), "data.root": str(root), "data.global_batch": 8, "data.num_workers": 0,
         "data.shuffle_buffer": 8, "data.eval_batch_size": 4, "data.limit_val_samples": 8,
         "model.dim": 64, "model.n_layer": 2, "model.n_head": 4, "model.vocab_size": 512, "model.grid": "[8,8]",
         "model.num_classes": 4, "model.token_dropout": 0, "model.resid_dropout": 0, "model.ffn_dropout": 0,
@@ -145,7 +145,7 @@ def test_two_process_fsdp_kill_resume_equals_one_process(one_sample_tokens: Path
 
     # 3. One process, unsharded, the same global batch (8), no interruption.
     ref_over = xl_overrides(one_sample_tokens, tmp_path, tokenizer_file, "one", **{
-        "trainer.devices": 1, "trainer.strategy": "auto", "data.batch_size": 8, "trainer.val_every": 0,
+        "trainer.devices": 1, "trainer.strategy": "auto", "trainer.val_every": 0,
         "eval.metrics": "[]"})  # val/loss (compared below) and samples; its FID would cost 20 s
     ref = fit(generator_config([XL], ref_over), final_validation=True, enable_progress_bar=False)
     one = tmp_path / "one"
