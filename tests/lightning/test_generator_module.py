@@ -97,3 +97,83 @@ def test_pixels_are_tokenized_on_the_fly() -> None:
     assert tokens.shape == (2, 64) and torch.equal(tokens, tok.encode(images).view(2, -1))
     m.training_step({"image": images, "label": torch.tensor([0, 2])}, 0).backward()
     assert not any(p.grad is not None for p in tok.parameters())  # the tokenizer stays frozen
+
+
+@pytest.mark.parametrize("condition", ["class", "caption"])
+def test_without_condition_dropout_every_weight_gets_a_gradient(condition: str) -> None:
+    """DDP runs with find_unused_parameters=False: a parameter left out of the graph (the null caption when
+    nothing is dropped) would stop the run at its second step. The null caption joins with a zero gradient."""
+    torch.manual_seed(0)
+    m = tiny(**{"optim.cond_dropout": 0.0, "model.condition": condition, "model.caption_dim": 8,
+                "model.caption_len": 3})
+    m.log = lambda *a, **k: None
+    for head in m.model.heads:  # non-zero heads: every weight upstream of them gets a gradient
+        torch.nn.init.normal_(head.proj.weight, std=0.1)
+    b = batch()
+    b["capfeat"], b["capmask"] = torch.randn(4, 3, 8), torch.ones(4, 3, dtype=torch.bool)
+    torch.manual_seed(1)
+    loss = m.training_step(b, 0)
+    loss.backward()
+    missing = [n for n, p in m.model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+    # the same loss as the model without any drop mask (the same dropout draws)
+    tokens, cond, mask = m.batch_inputs(b)
+    torch.manual_seed(1)
+    assert torch.equal(loss.detach(), torch.nn.functional.cross_entropy(
+        m.model.forward_train(tokens, cond, mask).reshape(-1, 16), tokens.reshape(-1)).detach())
+
+
+def test_bf16_true_keeps_the_ema_in_float32(tmp_path) -> None:
+    """trainer.precision=bf16-true casts the module to bf16, but an EMA step of (1 - decay) x the gap rounds away
+    in bf16: the EMA copy stays float32 (lerping towards the bf16 weights), in checkpoints and through a resume,
+    and validation (teacher forced and sampled) runs on it."""
+    import lightning as L
+    from nar.lightning.callbacks import FrontierDecodingCallback
+
+    over = {"trainer.precision": "bf16-true", "ema.decay": 0.999, "optim.lr": 1e-2, "trainer.max_steps": 4,
+            "eval.num_samples": 4, "eval.batch_size": 4, "eval.metrics": "[]"}
+    torch.manual_seed(0)
+    m = tiny(**over)
+    data = torch.utils.data.DataLoader([{k: v[i] for k, v in batch(8).items()} for i in range(8)], batch_size=4)
+
+    def trainer(**kw):
+        args = dict(accelerator="cpu", devices=1, precision="bf16-true", max_steps=4, logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                    num_sanity_val_steps=0, limit_val_batches=0)
+        return L.Trainer(**{**args, **kw})
+
+    shadow: list[torch.Tensor] = []  # a float32 EMA of the same bf16 weights
+    plain = GeneratorModule.update_ema
+
+    def update_ema(self) -> None:
+        if not shadow:
+            shadow.extend(e.detach().float().clone() for e in self.ema_model.parameters())
+        for s, p in zip(shadow, self.model.parameters()):
+            s.lerp_(p.detach().float(), 1 - 0.999)
+        plain(self)
+
+    GeneratorModule.update_ema = update_ema
+    try:
+        trainer().fit(m, data)
+    finally:
+        GeneratorModule.update_ema = plain
+    assert next(m.model.parameters()).dtype == torch.bfloat16
+    ema = list(m.ema_model.parameters())
+    assert all(e.dtype == torch.float32 for e in ema)
+    assert max((e - s).abs().max().item() for e, s in zip(ema, shadow)) < 1e-6
+
+    fitted = trainer()
+    fitted.fit(m, data)  # nothing left to train: sets up the trainer that saves
+    fitted.save_checkpoint(tmp_path / "last.ckpt")
+    state = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    saved = {k: v for k, v in state.items() if k.startswith("ema_model.")}
+    assert saved and all(v.dtype == torch.float32 for v in saved.values() if v.is_floating_point())
+    resumed = tiny(**over)
+    trainer().fit(resumed, data, ckpt_path=tmp_path / "last.ckpt")
+    for name, value in resumed.ema_model.state_dict().items():
+        assert value.dtype == saved[f"ema_model.{name}"].dtype and torch.equal(value, saved[f"ema_model.{name}"])
+
+    decoding = FrontierDecodingCallback(resumed.cfg, tmp_path)
+    trainer(callbacks=[decoding], limit_val_batches=1.0).validate(resumed, data, verbose=False)
+    assert all(e.dtype == torch.float32 for e in resumed.ema_model.parameters())
+    assert decoding.last_results["val/forward_passes"] == resumed.model.num_passes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from lightning_helpers import tiny_overrides
 
@@ -64,3 +66,62 @@ def test_kill_and_resume(token_root: Path, tmp_path: Path) -> None:
     initial = first_run[0][1]
     assert resumed[0][1] < initial - 0.5, (initial, resumed[:3])  # the loss continues, not from scratch
     assert losses[-1][1] < initial - 1.0
+
+
+def _states(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(weights, EMA weights)`` of a checkpoint, both keyed by the model's parameter names."""
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    return ({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")},
+            {k[len("ema_model."):]: v for k, v in state.items() if k.startswith("ema_model.")})
+
+
+@pytest.mark.parametrize("turned_on", [True, False])
+def test_resume_may_turn_the_ema_on_or_off(token_root: Path, tmp_path: Path, turned_on: bool, caplog) -> None:
+    """Starting an EMA in the middle of a run is a normal thing to do: the EMA starts from the resumed weights
+    (said in the log). Turning it off drops the saved EMA weights, with a warning. Either way the run goes on."""
+    from nar.workflows.train import fit, generator_config
+
+    over = tiny_overrides(token_root, tmp_path, name="flip", **{
+        "trainer.max_steps": 2, "trainer.ckpt_every": 2, "eval.metrics": "[]", "eval.num_samples": 4,
+        "ema.decay": 0.9999, "ema.warmup": "false", "model.n_layer": 1})
+    fit(generator_config([], [*over, f"ema.enabled={not turned_on}"]), enable_progress_bar=False,
+        final_validation=False)
+    ckpts = tmp_path / "flip" / "checkpoints"
+    before, _ = _states(ckpts / "last.ckpt")
+    with caplog.at_level(logging.INFO, logger="nar"):
+        done = fit(generator_config([], [*over, f"ema.enabled={turned_on}", "trainer.max_steps=3"]), resume=True,
+                   enable_progress_bar=False, final_validation=False)
+    assert done["global_step"] == 3
+    after, ema = _states(ckpts / "last.ckpt")
+    if turned_on:  # one EMA step of 1e-4 from the step-2 weights
+        assert "the EMA starts from the resumed weights" in caplog.text
+        assert set(ema) == set(after)
+        for k, w in before.items():
+            if w.is_floating_point():
+                assert torch.allclose(ema[k], w + 1e-4 * (after[k] - w), atol=1e-6), k
+    else:
+        assert "drops the EMA weights" in caplog.text
+        assert not ema
+
+
+def test_a_sharded_run_cannot_start_an_ema_at_a_resume(tmp_path: Path, caplog) -> None:
+    """FSDP's loader reads exactly the module's keys (an EMA missing from the checkpoint fails inside it):
+    refused by name before anything is written; turning the EMA off there is allowed, with a warning."""
+    from nar.config import load_config, to_dict
+    from nar.errors import ConfigError
+    from nar.model.io import LIGHTNING_MARK
+    from nar.runs import TrainConfig
+    from nar.workflows.train import check_resumable
+
+    def run(ema: bool, strategy: str) -> TrainConfig:
+        return load_config(TrainConfig, [], [f"ema.enabled={ema}", f"trainer.strategy={strategy}",
+                                             f"runs_root={tmp_path}"])
+
+    for ema in (False, True):
+        torch.save({LIGHTNING_MARK: "2", "hyper_parameters": {"cfg": to_dict(run(ema, "fsdp"))}}, tmp_path / f"{ema}.ckpt")
+    with pytest.raises(ConfigError, match=r"ema\.enabled.*fsdp"):
+        check_resumable(run(True, "fsdp"), tmp_path / "False.ckpt")
+    check_resumable(run(True, "ddp"), tmp_path / "False.ckpt")  # the module starts the EMA from the weights
+    with caplog.at_level(logging.WARNING, logger="nar"):
+        check_resumable(run(False, "fsdp"), tmp_path / "True.ckpt")
+    assert "drops the EMA weights" in caplog.text

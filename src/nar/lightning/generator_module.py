@@ -3,8 +3,10 @@
 The model (:class:`~nar.model.NARModel`) knows nothing of Lightning; this module owns the loss
 (cross-entropy of the mixed logits, teacher forced), condition dropout for CFG, AdamW with weight
 decay only on >= 2-D weights, the warm-up + schedule, the EMA copy used for evaluation, and the
-non-finite loss guard. The EMA weights are a frozen submodule, so they live in every checkpoint and a
-resumed run continues them.
+non-finite loss guard (under DDP the ranks decide together, so all of them stop). The EMA weights are a frozen
+submodule, so they live in every checkpoint and a resumed run continues them; they stay float32 when
+``trainer.precision`` casts the module to bf16/fp16 (:meth:`GeneratorModule.to`), and a resume may turn the EMA
+on (it starts from the resumed weights) or off (the saved EMA is dropped).
 
 Under ``trainer.strategy: fsdp`` (:mod:`nar.lightning.sharding`) ``configure_model`` shards the model and its
 EMA copy the same way (each block, then the root), the EMA update lerps matching local shards, and every
@@ -106,6 +108,23 @@ class GeneratorModule(L.LightningModule):
         self.val_count = SumMetric()
 
     # ------------------------------------------------------------------------------ helpers
+    def to(self, *args: Any, **kwargs: Any) -> GeneratorModule:
+        """``nn.Module.to``, except that a dtype cast leaves the EMA copy in float32 (only moved): Lightning's
+        ``bf16-true``/``16-true`` cast the whole module, and an EMA step of ``1 - decay`` (1e-4) times the gap
+        to the weights rounds away in bf16. The EMA then lerps towards the half-precision weights, upcast."""
+        device, dtype = torch._C._nn._parse_to(*args, **kwargs)[:2]
+        ema = self._modules.get("ema_model")
+        if dtype is None or ema is None:
+            return super().to(*args, **kwargs)
+        del self._modules["ema_model"]
+        try:
+            super().to(*args, **kwargs)
+        finally:
+            self._modules["ema_model"] = ema
+        if device is not None:
+            ema.to(device)
+        return self
+
     @property
     def tokenizer(self) -> nn.Module | None:
         if self._tokenizer is None and self.cfg.tokenizer.path:
@@ -200,6 +219,10 @@ class GeneratorModule(L.LightningModule):
         drop = None
         if self.cfg.optim.cond_dropout > 0:
             drop = torch.rand(B, device=tokens.device) < self.cfg.optim.cond_dropout
+        elif self.cfg.model.condition == "caption":
+            # Nothing dropped, but the null caption still joins the graph (torch.where keeps every caption, its
+            # gradient is zero): DDP runs with find_unused_parameters=False and stops on a parameter outside it.
+            drop = torch.zeros(B, dtype=torch.bool, device=tokens.device)
         # per-head losses on the steps Lightning writes to the logger ((step + 1) % log_every == 0)
         log_heads = (self.global_step + 1) % self.cfg.trainer.log_every == 0
         out = self._forward_train()(tokens, cond, cond_mask, return_axis_logits=log_heads, drop=drop)
@@ -219,7 +242,15 @@ class GeneratorModule(L.LightningModule):
         return loss
 
     def _check_finite(self, loss: torch.Tensor, batch: dict[str, Any], batch_idx: int) -> None:
-        if torch.isfinite(loss.detach()).item():
+        finite = bool(torch.isfinite(loss.detach()).item())
+        if self._trainer is not None and self.trainer.world_size > 1:
+            # decided together: a rank stopping alone would leave the others waiting in the gradient all-reduce
+            if self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+                return
+            if finite:
+                raise NonFiniteLossError(f"non-finite training loss on another rank at step {self.global_step}; "
+                                         "stopping (that rank names its batch)")
+        elif finite:
             return
         keys = batch.get("__key__")
         sample = f", samples {list(keys)[:8]}" if keys is not None else ""
@@ -244,7 +275,11 @@ class GeneratorModule(L.LightningModule):
         # Sharded: both copies are sharded by the same rule, so each rank lerps its own matching shards.
         ema = [local(p) for p in self.ema_model.parameters()]
         cur = [local(p.detach()) for p in self.model.parameters()]
-        torch._foreach_lerp_(ema, [c.to(e.dtype) for e, c in zip(ema, cur)], 1.0 - decay)
+        if all(e.dtype == c.dtype for e, c in zip(ema, cur)):
+            torch._foreach_lerp_(ema, cur, 1.0 - decay)
+        else:  # half-precision weights (bf16-true), float32 EMA: upcast one tensor at a time
+            for e, c in zip(ema, cur):
+                e.lerp_(c.to(e.dtype), 1.0 - decay)
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
@@ -317,6 +352,23 @@ class GeneratorModule(L.LightningModule):
     on_test_epoch_end = on_validation_epoch_end
     on_test_start = on_validation_start
     on_test_end = on_validation_end
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning loads the state dict strictly after this hook: fit it to ema.enabled of this run (a resume may
+        # turn the EMA on or off).
+        state = checkpoint.get("state_dict")
+        if not state:  # sharded checkpoints: loaded into the module's own keys
+            return
+        saved = [k for k in state if k.startswith("ema_model.")]
+        if self.ema_model is not None and not saved:
+            log.info("ema.enabled=true but the checkpoint has no EMA (its run had ema.enabled=false): the EMA starts "
+                     "from the resumed weights")
+            state.update({f"ema_model.{k[len('model.'):]}": v for k, v in list(state.items()) if k.startswith("model.")})
+        elif self.ema_model is None and saved:
+            log.warning("ema.enabled=false: this run drops the EMA weights of the checkpoint it resumes (evaluation "
+                        "uses the trained weights)")
+            for key in saved:
+                del state[key]
 
     def on_fit_start(self) -> None:
         if self.ema_model is not None:

@@ -187,13 +187,24 @@ def with_epoch_steps(cfg: TrainConfig) -> TrainConfig:
 
 
 def check_resumable(cfg: TrainConfig, path: Path) -> None:
-    """Refuse (naming the keys) to resume ``path`` into a differently shaped network, before anything is written."""
+    """Refuse (naming the keys) to resume ``path`` into a differently shaped network, before anything is written.
+
+    ``ema.enabled`` may change at a resume (``GeneratorModule.on_load_checkpoint``: turned on, the EMA starts from
+    the resumed weights; turned off, the saved EMA is dropped), except that a sharded run (``trainer.strategy:
+    fsdp``) cannot start an EMA there: its loader reads exactly the keys of the module."""
     from dataclasses import asdict
 
     stored = stored_run_config(path)
     if not stored:
         return
-    theirs_cfg = from_dict(TrainConfig, stored).model
+    theirs_run = from_dict(TrainConfig, stored)
+    if cfg.trainer.strategy == "fsdp" and theirs_run.ema.enabled != cfg.ema.enabled:
+        if cfg.ema.enabled:
+            raise ConfigError(f"--resume: {path} was trained without an EMA (ema.enabled=false); a sharded run "
+                              "(trainer.strategy=fsdp) cannot start one at a resume (its loader reads the keys of "
+                              "the module it builds): resume with ema.enabled=false", key="ema.enabled")
+        log.warning("ema.enabled=false: this run drops the EMA weights of the checkpoint it resumes (%s)", path)
+    theirs_cfg = theirs_run.model
     mine = {**asdict(cfg.model), "head_blocks": cfg.model.blocks_per_axis}
     theirs = {**asdict(theirs_cfg), "head_blocks": theirs_cfg.blocks_per_axis}
     shape_keys = ("dim", "n_layer", "n_head", "n_kv_head", "vocab_size", "condition", "num_classes", "caption_dim",

@@ -6,7 +6,11 @@ statistics are summed across ranks, so the scores are exact under DDP.
 
 Which samples a rank generates depends only on the sample index: the fixed condition list is cut
 into chunks of ``eval.batch_size``, chunk ``c`` goes to rank ``c % world`` and is sampled with seed
-``eval.seed + c``. A 2-process run therefore generates the same samples as a 1-process run.
+``eval.seed + c``. A 2-process run therefore generates the same samples as a 1-process run. Caption models
+take their conditions from the validation batches: every rank gathers the first ``eval.num_samples`` captions
+of all ranks in the order one process reads them (nar's shard streams give each rank a contiguous block;
+Lightning's ``DistributedSampler`` deals them out in turn), so every rank holds the same list. The picture grid
+(and its prompts, ``samples/step_*.txt``) is the first ``eval.grid_samples`` samples, gathered on rank 0.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DistributedSampler
 
 import lightning as L
 from nar.atomic import write_text
@@ -130,8 +136,12 @@ class FrontierDecodingCallback(Callback):
         if not self._real_done and not self.eval.real_root and not self.eval.reference_stats and "tokens" in batch:
             self._val_tokens.append(batch["tokens"].detach())
         if pl_module.cfg.model.condition == "caption" and "capfeat" in batch:
-            self._val_captions.append((batch["capfeat"].detach(), batch.get("capmask")))
-            self._val_texts.extend(batch.get("caption") or [""] * batch["capfeat"].shape[0])
+            # no rank needs more than eval.num_samples of its own captions (see _gather_captions)
+            room = self.eval.num_samples - len(self._val_texts)
+            if room > 0:
+                feats, mask = batch["capfeat"].detach()[:room], batch.get("capmask")
+                self._val_captions.append((feats, mask[:room] if mask is not None else None))
+                self._val_texts.extend(list(batch.get("caption") or [""] * batch["capfeat"].shape[0])[:room])
 
     # ------------------------------------------------------------------------------ the work
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -166,12 +176,12 @@ class FrontierDecodingCallback(Callback):
         for m in self.metrics.values():
             m.to(device)
 
-        conds, masks = self._conditions(model, e.num_samples, device)
+        conds, masks = self._conditions(trainer, model, e.num_samples, device)
         n, bs = conds.shape[0], e.batch_size
         labels = conds.cpu() if model.cfg.condition == "class" else None
         chunks = [c for c in range(math.ceil(n / bs)) if c % world == rank]  # chunk c: seed eval.seed + c
         results: dict[str, float] = {"val/forward_passes": float(model.num_passes)}
-        grid: list[torch.Tensor] = []
+        grid: list[tuple[int, torch.Tensor]] = []  # (chunk, its first samples) of the first grid_samples
         gen = ChunkGenerator(model, tokenizer, self.cfg.sampling, device, sampler=e.sampler)
         stop = _StopGuard.of(trainer, math.ceil(n / bs))
         try:
@@ -199,6 +209,10 @@ class FrontierDecodingCallback(Callback):
                                            labels=labels, progress=progress, seconds=seconds)
                 if reused:
                     log.info("rank %d: %d of %d chunks read back from %s", rank, reused, len(chunks), self.sample_dir)
+                if world > 1:  # the grid's chunks were made on every rank
+                    parts = [None] * world if rank == 0 else None
+                    dist.gather_object(grid, parts, dst=0)
+                    grid = [part for rank_parts in parts or [] for part in rank_parts]
                 start = time.perf_counter()
                 if not self._real_done:
                     self._update_real(trainer, pl_module, tokenizer, video)
@@ -230,7 +244,7 @@ class FrontierDecodingCallback(Callback):
         for key, value in results.items():
             pl_module.log(key, value, rank_zero_only=False, sync_dist=False)
         if trainer.is_global_zero:
-            self._log_pictures(trainer, grid, video)
+            self._log_pictures(trainer, [pixels for _, pixels in sorted(grid, key=lambda part: part[0])], video)
         model.train(was_training)
         self.last_results = results
         self.last_counts = {"generated": n, "real": self.real_count}
@@ -254,11 +268,14 @@ class FrontierDecodingCallback(Callback):
             seconds["features"] = seconds.get("features", 0.0) + time.perf_counter() - start
         return consume
 
-    def _grid_consumer(self, grid: list[torch.Tensor]):
+    def _grid_consumer(self, grid: list[tuple[int, torch.Tensor]]):
+        """Keeps the part of chunk ``c`` among the first ``eval.grid_samples`` samples (whichever rank made it)."""
+        first = self.eval.batch_size
+
         def consume(c: int, pixels: torch.Tensor, labels: torch.Tensor | None) -> None:
-            kept = sum(g.shape[0] for g in grid)
-            if kept < self.eval.grid_samples:
-                grid.append(pixels[: self.eval.grid_samples - kept].cpu())
+            wanted = self.eval.grid_samples - c * first
+            if wanted > 0:
+                grid.append((c, pixels[:wanted].cpu()))
         return consume
 
     def _text_consumer(self, metric: Any, batch_size: int):
@@ -266,15 +283,22 @@ class FrontierDecodingCallback(Callback):
             self._update_text(metric, pixels, c * batch_size)
         return consume
 
-    def _conditions(self, model: NARModel, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _conditions(self, trainer: L.Trainer, model: NARModel, n: int,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(conds, masks)`` of the samples: ``n`` class ids, or the first ``n`` validation captions
+        (``capfeat [n, L, D]``, ``capmask [n, L]`` or None; fewer when the split has fewer), the same on every
+        rank; their texts become ``self._val_texts``."""
         if model.cfg.condition == "class":
             return condition_list(model, n).to(device), None
-        if not self._val_captions:
-            raise RuntimeError("caption-conditioned validation needs caption features in the val batches")
-        feats = torch.cat([f for f, _ in self._val_captions])[:n].to(device)
         masks = [m for _, m in self._val_captions]
-        mask = torch.cat(masks)[:n].to(device) if all(m is not None for m in masks) else None
-        return feats, mask
+        feats = torch.cat([f for f, _ in self._val_captions]) if self._val_captions else None
+        mask = torch.cat(masks) if masks and all(m is not None for m in masks) else None
+        if trainer.world_size > 1:
+            feats, mask, self._val_texts = _gather_captions(feats, mask, self._val_texts, n,
+                                                            interleaved=_dealt_in_turn(trainer))
+        if feats is None or not feats.shape[0]:
+            raise RuntimeError("caption-conditioned validation needs caption features in the val batches")
+        return feats[:n].to(device), mask[:n].to(device) if mask is not None else None
 
     def _text_metric(self, model: NARModel, device: torch.device):
         """GenEval-style text alignment (``eval.metrics`` has ``text``; caption models on shapes captions)."""
@@ -377,6 +401,50 @@ class FrontierDecodingCallback(Callback):
             prompts = "\n".join(self._val_texts[: pix.shape[0]]) + "\n"
             write_text(self.run_dir / "samples" / f"step_{step:07d}.txt", prompts)
         self.last_grid = path
+
+
+def _dealt_in_turn(trainer: L.Trainer) -> bool:
+    """Whether the validation samples are dealt out to the ranks in turn (Lightning's ``DistributedSampler``:
+    sample ``i`` on rank ``i % world``) rather than in contiguous blocks (nar's shard streams)."""
+    loaders = trainer.val_dataloaders
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+    return isinstance(getattr(loader, "sampler", None), DistributedSampler)
+
+
+def _gather_captions(feats: torch.Tensor | None, mask: torch.Tensor | None, texts: list[str], n: int, *,
+                     interleaved: bool) -> tuple[torch.Tensor | None, torch.Tensor | None, list[str]]:
+    """Every rank's validation captions (``feats [k, L, D]``, ``mask [k, L]`` or None, ``texts``: this rank's first
+    ``k``, in its reading order), gathered on every rank in the order one process reads them, up to ``n``
+    samples (collective: every rank calls it, also one without captions).
+
+    ``interleaved``: global sample ``j * world + r`` is rank ``r``'s ``j``-th; else rank ``r``'s block follows rank
+    ``r - 1``'s. A mask missing on any rank is missing for all (as for one batch without it in one process)."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    counts: list[Any] = [None] * world
+    dist.all_gather_object(counts, len(texts))
+    if interleaved:
+        keep = min(len(texts), math.ceil(n / world))
+    else:  # only this rank's first samples can follow the blocks of the ranks before it among the first n
+        keep = max(0, min(len(texts), n - sum(counts[:rank])))
+    mine = (feats[:keep].cpu() if keep else None, mask[:keep].cpu() if keep and mask is not None else None,
+            texts[:keep])
+    parts: list[Any] = [None] * world
+    dist.all_gather_object(parts, mine)
+    sizes = [len(t) for _, _, t in parts]
+    starts = [sum(sizes[:r]) for r in range(world)]
+    if interleaved:
+        order = [starts[r] + j for j in range(max(sizes)) for r in range(world) if j < sizes[r]]
+    else:
+        order = list(range(sum(sizes)))
+    order = order[:n]
+    held = [p for p in parts if len(p[2])]
+    if not held:
+        return None, None, []
+    index = torch.tensor(order, dtype=torch.long)
+    feats = torch.cat([f for f, _, _ in held])[index]
+    mask = torch.cat([m for _, m, _ in held])[index] if all(m is not None for _, m, _ in held) else None
+    flat = [t for _, _, ts in held for t in ts]
+    return feats, mask, [flat[i] for i in order]
 
 
 def _tb_writer(trainer: L.Trainer):
