@@ -205,3 +205,18 @@ def test_evaluate_out_here_other_metrics_and_a_sigterm(setup, tmp_path, monkeypa
     assert not (here / "results.json").exists() and chunk_path(here / "chunks", 0).is_file()
     assert main(args) == 0
     assert json.loads((here / "results.json").read_text())["num_samples"] == 12
+
+
+def test_eval_per_class_sets_nar_evaluate_budget(setup, tmp_path):
+    """eval.per_class (the ImageNet configs' 50) is nar evaluate's budget when no flag sets one: it was read by
+    nothing, and evaluate fell back to eval.num_samples."""
+    from nar.cli.main import main
+    from nar.model.io import load_generator_and_run_config
+
+    ckpt, _ = setup
+    classes = load_generator_and_run_config(ckpt)[0].cfg.num_classes
+    out = tmp_path / "per_class"
+    assert main(["evaluate", "--ckpt", str(ckpt), "--out", str(out), "eval.batch_size=4", "trainer.threads=1",
+                 "eval.metrics=[]", "eval.per_class=1", f"eval.num_samples={classes + 3}"]) == 0
+    with np.load(out / f"samples_{classes}.npz") as data:
+        assert data["arr_0"].shape[0] == classes

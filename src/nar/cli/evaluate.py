@@ -6,8 +6,8 @@
         eval.reference_stats=VIRTUAL_imagenet256_labeled.npz
     nar evaluate --config experiments/ucf101/nar_l.yaml --ckpt runs/ucf/checkpoints/last.ckpt eval.i3d_path=i3d.pt
 
-Budget: ``--num-samples``, else ``--per-class`` × classes (ImageNet protocol: 50 → 50k), else the config's
-``eval.num_samples``; classes round-robin, so every class gets its share. Guidance: the config's
+Budget: ``--num-samples``, else ``--per-class`` (or the config's ``eval.per_class``) × classes (ImageNet
+protocol: 50 → 50k), else the config's ``eval.num_samples``; classes round-robin, so every class gets its share. Guidance: the config's
 ``sampling.cfg_scale`` (default 1.0 = none; 2.0 in the ImageNet configs, 1.25 for UCF-101), changed with
 ``sampling.cfg_scale=...``. Images: FID / IS / precision / recall per ``eval.metrics`` against ``eval.real_root``
 samples or ``eval.reference_stats``. Videos: FVD with ``eval.i3d_path``, else the Inception proxy (reported
@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", action="append", default=[],
                    help="YAML(s) over the checkpoint's run config (official .pt files: required, describing the model)")
     p.add_argument("--per-class", type=int, default=None, help="samples per class (ImageNet protocol: 50) "
-                   "(default: the config's eval.num_samples in total)")
+                   "(default: the config's eval.per_class, else eval.num_samples in total)")
     p.add_argument("--num-samples", type=int, default=None, help="total samples (default: eval.num_samples)")
     p.add_argument("--out", default=None, help="results folder (default: <run>/eval/<checkpoint>-<N>)")
     add_device_args(p)

@@ -275,7 +275,9 @@ class EvalConfig:
     inception_weights: str = ""  # "" = the offline-converted FID InceptionV3
     i3d_path: str = ""  # TorchScript I3D for FVD ("" = the Inception proxy, reported as fvd_proxy_inception)
     reference_stats: str = ""  # ADM-style .npz with the reference mu/sigma (instead of real samples)
-    per_class: int = 50  # nar evaluate: samples per class
+    # nar evaluate's budget when neither --num-samples nor --per-class is given: per_class x classes (ImageNet
+    # protocol: 50 -> 50k); None = eval.num_samples, the validation budget.
+    per_class: int | None = None
     # Generate and score samples at every k-th validation during training (and always at the last); the
     # teacher-forced val loss (exact bits/token) runs at every one. 1 = every validation.
     decode_every: int = 1
@@ -293,7 +295,8 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         parse_sampler(self.sampler)
-        _at_least(self, 1, "num_samples", "batch_size", "per_class", "decode_every")
+        _at_least(self, 1, "num_samples", "batch_size", "decode_every")
+        _at_least(self, 1, "per_class", optional=True)
         _at_least(self, 0, "grid_samples", "num_real")
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown:

@@ -262,8 +262,8 @@ def evaluate(cfg: TrainConfig, ckpt: str | Path, per_class: int | None = None, n
              out: str | Path | None = None, enable_progress_bar: bool | None = None) -> dict[str, Any]:
     """Score a checkpoint (ours: EMA weights; or an official ``.pt``) by frontier decoding.
 
-    Sample budget: ``num_samples``, else ``per_class`` × classes (ImageNet protocol: 50), else the config's
-    ``eval.num_samples``. Samples stream through the metrics and into ``<out>/chunks`` (a killed evaluation
+    Sample budget: ``num_samples``, else ``per_class`` (or the config's ``eval.per_class``) × classes (ImageNet
+    protocol: 50), else the config's ``eval.num_samples``. Samples stream through the metrics and into ``<out>/chunks`` (a killed evaluation
     continues from them), then into ``<out>/samples_<N>.npz`` (``arr_0`` uint8, the ADM evaluator's input).
     ``<out>`` defaults to :func:`evaluation_dir`. Teacher-forced ``val/loss`` is reported too when
     ``data.root`` is set. Returns the results written to ``<out>/results.json``.
@@ -275,6 +275,7 @@ def evaluate(cfg: TrainConfig, ckpt: str | Path, per_class: int | None = None, n
     for flag, value in (("--num-samples", num_samples), ("--per-class", per_class)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
+    per_class = per_class or cfg.eval.per_class
     n = num_samples or (per_class * cfg.model.num_classes if per_class else cfg.eval.num_samples)
     out = Path(out).resolve() if out else evaluation_dir(cfg, ckpt, n)  # '--out .' has a name once resolved
     cfg = replace(cfg, eval=replace(cfg.eval, num_samples=n), ema=replace(cfg.ema, enabled=False),
