@@ -30,6 +30,8 @@ def test_every_help_states_its_defaults() -> None:
     for p, action in _options(build_parser()):
         if action.default is None or action.default is False or action.default in ([], "", argparse.SUPPRESS):
             continue
+        if isinstance(action, argparse._StoreFalseAction):  # --no-x: off unless given, like any switch
+            continue
         text = p.formatter_class(prog=p.prog)._get_help_string(action) or ""
         if "default" not in text:
             missing.append(f"{p.prog} {action.option_strings[0]}")
@@ -262,3 +264,15 @@ def test_demo_generator_marker_is_reused_only_for_the_same_config(tmp_path, monk
     marker.write_text(json.dumps(old))
     assert train(f"trainer.max_steps={2 * default}") == old and len(fits) == 2 and "fingerprint" in caplog.text
     assert train()["steps"] == default and fits[-1] == default  # its steps are not the asked budget: trains
+
+
+def test_a_switch_that_turns_something_off_states_no_default():
+    """``nar data verify --no-decode`` stores False into ``decode`` (default True): its help said
+    "(default: True)", which reads as tar-only by default."""
+    from nar.cli.main import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["data"]
+    verify = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction)).choices["verify"]
+    text = " ".join(verify.format_help().split())
+    assert "--no-decode only read the tar structure" in text and "structure (default: True)" not in text

@@ -26,8 +26,9 @@ def test_every_option_shows_its_default(name):
     parser = _data_parsers()[name]
     formatter = parser._get_formatter()
     for action in parser._actions:
-        if not action.option_strings or action.default is False or action.default == argparse.SUPPRESS or action.required:
-            continue  # switches are off unless given
+        if (not action.option_strings or action.default is False or action.default == argparse.SUPPRESS
+                or action.required or isinstance(action, argparse._StoreFalseAction)):
+            continue  # switches are off unless given (--no-decode too: its True is the setting it turns off)
         shown = (formatter._get_help_string(action) or "") % {"default": action.default}
         assert "default" in shown, f"nar data {name} {action.option_strings[0]}: no default in --help ({shown!r})"
 

@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compare-raster", action="store_true",
                    help="also train the raster baseline with the same trunk, tokenizer and budget; report both")
     p.add_argument("--out", default=None, help="demo folder (default: runs/demo-<domain>[-smoke])")
-    p.add_argument("--data", default=None, help="embedded data folder (default: data/embedded)")
+    p.add_argument("--data", default=None, help="embedded data folder (default: data/embedded; with --smoke or a t2i domain, <out>/data)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2; 0 keeps torch's own default)")
     p.add_argument("--tokenizer-steps", type=int, default=None,
                    help=f"tokenizer training steps, >= 1 (default: the domain's budget: {budgets}; --smoke "

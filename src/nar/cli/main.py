@@ -41,6 +41,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         help_text = action.help or ""
         default = action.default
         unset = default is None or default is False or default == [] or default == "" or default is argparse.SUPPRESS
+        # a switch that turns something off (--no-decode) is off unless given; its True is the other setting's
+        unset = unset or isinstance(action, argparse._StoreFalseAction)
         if "default" in help_text or unset or isinstance(action, argparse._HelpAction) or not action.option_strings:
             return action.help
         return f"{help_text} (default: %(default)s)"

@@ -171,7 +171,7 @@ class TokenizerLossConfig:
     commitment_beta: float = 0.25  # beta ||z - sg(e)||^2 keeps the encoder near its codes
     entropy_weight: float = 0.0  # > 0: sharp per-token code assignment with a spread-out average
     entropy_temperature: float = 0.01
-    perceptual_weight: float = 0.0  # LPIPS(VGG16); needs perceptual_vgg_path, else off with a warning
+    perceptual_weight: float = 0.0  # LPIPS(VGG16); needs perceptual_vgg_path (runs stop without it unless allow_degraded)
     perceptual_vgg_path: str = ""  # torchvision VGG16 state dict (features.* keys), a local file
     perceptual_lin_path: str = ""  # LPIPS linear heads; "" = the copy torchmetrics ships
     adversarial_weight: float = 0.0  # > 0 turns on the PatchGAN discriminator
