@@ -1,9 +1,11 @@
 """Files that are either complete or absent: written to a temporary file in the destination folder,
 flushed to disk, then renamed over the final name.
 
-A kill, a full disk or a crash while writing leaves at most a ``.<name>.<pid>.tmp`` file beside the
+A kill, a full disk or a crash while writing leaves at most a ``.<name>.<pid>@<host>.tmp`` file beside the
 destination (never a truncated file under the final name, never an orphan in another file system's
-``/tmp``); :func:`remove_stale_temporaries` clears those left by dead writers.
+``/tmp``); :func:`remove_stale_temporaries` clears those left by dead writers of this host. The host is in the
+name because a folder on a shared file system may be written from several nodes at once, and a pid says
+nothing about another node's processes.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -24,9 +27,15 @@ class WriteError(RuntimeFailure):
     """A file could not be written (read-only folder, full disk, …); the message names it."""
 
 
+def _host() -> str:
+    """This machine's name as it goes into temporary names (no dots, which separate the name's parts)."""
+    return socket.gethostname().replace(".", "-") or "localhost"
+
+
 def temporary_name(path: Path) -> Path:
-    """``.<name>.<pid>.tmp`` beside ``path``: same file system (rename is atomic), unique per process."""
-    return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+    """``.<name>.<pid>@<host>.tmp`` beside ``path``: same file system (rename is atomic), unique per process
+    across the nodes that share the folder."""
+    return path.with_name(f".{path.name}.{os.getpid()}@{_host()}{TMP_SUFFIX}")
 
 
 @contextlib.contextmanager
@@ -75,10 +84,14 @@ def write_with(path: str | os.PathLike[str], writer: Callable[[Path], Any]) -> P
 
 
 def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
-    """Delete ``.*.<pid>.tmp`` files in ``folder`` whose writing process no longer runs; returns them."""
+    """Delete the temporary files in ``folder`` whose writer ran on this host and no longer runs (``.<name>.<pid>
+    @<host>.tmp``, and ``.<name>.<pid>.tmp`` of earlier versions); returns them. Another host's are left: a
+    node cannot tell whether a process of another node still writes."""
     removed = []
     for tmp in Path(folder).glob(f".*{TMP_SUFFIX}"):
-        pid = tmp.name.rsplit(".", 2)[-2]
+        pid, _, host = tmp.name.rsplit(".", 2)[-2].partition("@")
+        if host and host != _host():
+            continue
         if pid.isdigit() and not pid_alive(int(pid)):
             with contextlib.suppress(OSError):
                 tmp.unlink()

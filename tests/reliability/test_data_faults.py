@@ -313,3 +313,25 @@ def test_shard_writer_error_in_process_is_a_write_error(tmp_path, monkeypatch):
         write_split(tmp_path, "train", list(range(3)), make_sample=lambda i: {"txt": "x"}, shard_size=3)
     assert not _temporaries(tmp_path) and not (tmp_path / LOCK_NAME).exists()
 
+
+
+def test_stale_temporaries_are_judged_on_their_own_host_only(tmp_path):
+    """A folder on a shared file system is written from several nodes: a temporary file of another host, whose pid
+    means nothing here, is left alone; this host's dead writers' files (either name form) are removed."""
+    import socket
+
+    from nar.atomic import atomic_path, remove_stale_temporaries
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    here = socket.gethostname().replace(".", "-")
+    mine_dead = tmp_path / f".a.tar.{dead.pid}@{here}.tmp"
+    old_form = tmp_path / f".b.tar.{dead.pid}.tmp"
+    other_node = tmp_path / f".c.tar.{dead.pid}@another-node.tmp"
+    for path in (mine_dead, old_form, other_node):
+        path.write_bytes(b"part of a shard")
+    with atomic_path(tmp_path / "d.tar") as live:  # this process's own, still being written
+        live.write_bytes(b"being written")
+        assert live.name == f".d.tar.{os.getpid()}@{here}.tmp"
+        assert sorted(remove_stale_temporaries(tmp_path)) == sorted([mine_dead, old_form])
+        assert live.exists() and other_node.exists()

@@ -1,7 +1,7 @@
 """Webdataset shards: an atomic, resumable writer, a tolerant tar reader and the dataset's ``meta.json``.
 
 A dataset folder holds ``meta.json`` and one folder per split of ``<split>-%06d.tar`` shards (see
-docs/CONTRACTS.md). Every file is written atomically (:mod:`nar.atomic`: a ``.<name>.<pid>.tmp`` beside it,
+docs/CONTRACTS.md). Every file is written atomically (:mod:`nar.atomic`: a ``.<name>.<pid>@<host>.tmp`` beside it,
 renamed when complete), so a reader never sees a half-written shard, and a failed write (read-only
 folder, full disk) raises :class:`~nar.atomic.WriteError` naming the file and leaves no temporary. A
 writer holds the folder's lock (:func:`dataset_lock`) throughout: a second writer is refused, naming
@@ -157,7 +157,7 @@ class _Discarded(Exception):
 
 class ShardWriter:
     """Writes one tar shard atomically (:func:`nar.atomic.atomic_path`): members go to a temporary
-    ``.<name>.<pid>.tmp`` beside ``path``, which :meth:`close` fsyncs and renames.
+    ``.<name>.<pid>@<host>.tmp`` beside ``path``, which :meth:`close` fsyncs and renames.
 
     Members get mtime 0 and no owner, so the same samples give byte-identical shards. As a context
     manager, an exception inside the block removes the temporary file instead of renaming it; an
