@@ -266,6 +266,68 @@ def test_demo_generator_marker_is_reused_only_for_the_same_config(tmp_path, monk
     assert train()["steps"] == default and fits[-1] == default  # its steps are not the asked budget: trains
 
 
+
+def test_demo_stores_absolute_paths_in_its_runs(tmp_path, monkeypatch) -> None:
+    """`nar demo` with its default (relative) --out and --data: the tokenizer, token and image paths it hands the
+    generator runs are absolute, so the runs sample, evaluate and open in notebooks from any directory."""
+    import nar.workflows.demo as demo
+
+    seen = {}
+
+    def train_generator(domain, mode, tokens, images, tokenizer_path, out_dir, *args):
+        seen.update(tokens=tokens, images=images, tokenizer=tokenizer_path, out=out_dir)
+        raise _Stop
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(demo, "ensure_embedded", lambda domain, root, smoke: root / domain)
+    monkeypatch.setattr(demo, "ensure_tokenizer", lambda domain, images, out, *a: out / "tokenizer.pt")
+    monkeypatch.setattr(demo, "ensure_tokens", lambda images, tok, out, text=None: out)
+    monkeypatch.setattr(demo, "train_generator", train_generator)
+    for smoke, data in ((True, None), (False, "mine")):
+        seen.clear()
+        with pytest.raises(_Stop):
+            demo.run_demo("emoji", smoke=smoke, data=data, threads=0)
+        out = tmp_path / "runs" / f"demo-emoji{'-smoke' if smoke else ''}"
+        assert seen == {"tokens": out / "tokens", "images": out / "data" / "emoji" if smoke else tmp_path / "mine" / "emoji",
+                        "tokenizer": out / "tokenizer" / "tokenizer.pt", "out": out}
+
+
+def test_a_demo_run_made_before_paths_were_absolute_is_reused(tmp_path, monkeypatch, caplog) -> None:
+    """A generator marker whose fingerprint is the same config with the paths relative to this directory (as the demo
+    stored them before) is reused, not retrained, and its fingerprint brought up to date."""
+    import json
+
+    import nar.runs.folder as folder
+    import nar.workflows.demo as demo
+    import nar.workflows.train as wtrain
+    from nar.workflows.ablation.runner import fingerprint
+
+    def config(domain, mode, tokens, images, tok, out_dir, smoke, threads, overrides=()):
+        return load_config(TrainConfig, ["demo/emoji.yaml"], [
+            f"runs_root={out_dir}", f"name={mode}", f"data.root={tokens}", f"tokenizer.path={tok}",
+            f"eval.real_root={images}", *overrides])
+
+    fits = []
+    monkeypatch.setattr(demo, "generator_config", config)
+    monkeypatch.setattr(folder, "has_checkpoints", lambda d: False)
+    monkeypatch.setattr(wtrain, "fit", lambda cfg, **kw: fits.append(cfg) or {})
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "runs" / "demo-emoji"
+    rel = ("runs/demo-emoji/tokens", "data/embedded/emoji", "runs/demo-emoji/tokenizer/tokenizer.pt")
+    before = config("emoji", "nar", *rel, "runs/demo-emoji", False, 1)
+    summary = {"mode": "nar", "steps": before.trainer.max_steps, "fingerprint": fingerprint(before)}
+    marker = out / "nar" / "result.json"
+    marker.parent.mkdir(parents=True)
+    marker.write_text(json.dumps(summary))
+    now = [tmp_path / p for p in rel]
+    updated = {**summary, "fingerprint": fingerprint(config("emoji", "nar", *now, out, False, 1))}
+    assert updated["fingerprint"] != summary["fingerprint"]
+    assert demo.train_generator("emoji", "nar", *now, out, False, 1) == updated and not fits
+    assert json.loads(marker.read_text()) == updated
+    monkeypatch.chdir(tmp_path / "runs")  # from anywhere now
+    assert demo.train_generator("emoji", "nar", *now, out, False, 1) == updated and not fits
+
+
 def test_a_switch_that_turns_something_off_states_no_default():
     """``nar data verify --no-decode`` stores False into ``decode`` (default True): its help said
     "(default: True)", which reads as tar-only by default."""

@@ -375,3 +375,15 @@ def test_pixels_tokenized_during_training_take_the_tokenizers_size(tmp_path):
     assert datamodule(f"model.grid={grid}").cfg.image_size == size
     with pytest.raises(ConfigError, match=rf"data.image_size.*{2 * size}.*model.grid.*data.image_size={size}"):
         datamodule(f"model.grid={grid}", f"data.image_size={2 * size}")
+
+
+def test_meta_records_the_tokenizer_and_source_as_absolute_paths(images, tmp_path, monkeypatch):
+    """`nar data tokens img --tokenizer tok.pt` from one directory: meta.json names the tokenizer file and the source
+    folder absolutely, so `nar train data.root=...` from any other directory finds them; a preset name stays a name."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tok.pt").write_bytes(b"")  # only its path matters here
+    meta = extract_tokens(images.name, "tok", PoolTokenizer(), batch_size=2, tokenizer_name="tok.pt")
+    assert meta["tokenizer"] == str(tmp_path / "tok.pt") and meta["source"] == str(images)
+    assert read_meta(tmp_path / "tok")["tokenizer"] == str(tmp_path / "tok.pt")
+    meta = extract_tokens(images.name, "preset", PoolTokenizer(), batch_size=2, tokenizer_name="vq-tiny-emoji")
+    assert meta["tokenizer"] == "vq-tiny-emoji"

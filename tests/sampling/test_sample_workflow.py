@@ -247,3 +247,74 @@ def test_batches_of_neighbouring_seeds_draw_different_samples():
     runs = [sample_images(model, tokenizer, [2], n_per=4, batch_size=2, seed=seed) for seed in (0, 1, 0)]
     assert torch.equal(runs[0], runs[2])  # a seed reproduces its samples
     assert not any(torch.equal(a, b) for a in runs[0] for b in runs[1])
+
+
+def _run_made_in(cwd, monkeypatch):
+    """A run as `nar demo` makes it from ``cwd``: its config stores paths relative to ``cwd`` (runs_root
+    ``runs/demo``, tokenizer ``runs/demo/tokenizer/tokenizer.pt``). Returns the checkpoint, absolute."""
+    from nar.config import load_config
+    from nar.runs import TrainConfig
+    from nar.tokenizers import build_tokenizer, save_tokenizer
+
+    monkeypatch.chdir(cwd)
+    tok = save_tokenizer(build_tokenizer("vq-tiny-emoji"), "runs/demo/tokenizer/tokenizer.pt")
+    (cwd / "runs/demo/tokens").mkdir()
+    cfg = load_config(TrainConfig, [], [f"model.{k}={v}" for k, v in to_dict(TINY).items() if k in (
+        "dim", "n_layer", "n_head", "vocab_size", "num_classes")] + [
+        "model.grid=[2,2]", "runs_root=runs/demo", "name=nar", f"tokenizer.path={tok}", "data.root=runs/demo/tokens",
+        "eval.real_root=runs/elsewhere"])
+    ckpt = cwd / cfg.run_dir / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    state = {f"model.{k}": v for k, v in NARModel(cfg.model).state_dict().items()}
+    torch.save({"pytorch-lightning_version": "2", "hyper_parameters": {"cfg": to_dict(cfg)}, "state_dict": state},
+               ckpt)
+    return ckpt
+
+
+def test_a_run_made_in_one_directory_samples_from_another(tmp_path, monkeypatch, caplog):
+    """The stored tokenizer path is relative to where the run was made: `nar sample --ckpt /abs/...` from any other
+    directory finds it under that folder (run folder less runs_root/name), and says which file it used."""
+    import logging
+
+    from nar.model.io import stored_run_config
+    from nar.runs.folder import made_from, resolve_stored_paths, run_dir_of
+
+    made, other = tmp_path / "made", tmp_path / "other"
+    made.mkdir(), other.mkdir()
+    ckpt = _run_made_in(made, monkeypatch)
+    monkeypatch.chdir(other)
+    with caplog.at_level(logging.INFO):
+        assert main(["sample", "--ckpt", str(ckpt), "--classes", "1", "--device", "cpu", "--out", "out"]) == 0
+    used = str(made / "runs/demo/tokenizer/tokenizer.pt")
+    assert json.loads((other / "out" / "samples.json").read_text())["tokenizer"] == used and used in caplog.text
+
+    stored = stored_run_config(ckpt)
+    assert made_from(run_dir_of(ckpt), stored) == made
+    (other / "runs/demo/tokens").mkdir(parents=True)  # another folder of the same name here is not the run's
+    resolved = resolve_stored_paths(run_dir_of(ckpt), stored)
+    assert resolved["data"]["root"] == str(made / "runs/demo/tokens")  # what `nar evaluate` reads too
+    assert resolved["eval"]["real_root"] == "runs/elsewhere"  # found nowhere: left for the loader to name
+    assert stored["data"]["root"] == "runs/demo/tokens"  # the stored config itself is not changed
+    assert made_from(run_dir_of(ckpt), {**stored, "runs_root": "../runs"}) is None  # cannot be told
+    moved = tmp_path / "moved" / "nar"  # a run folder no longer under <made>/runs/demo: the path as stored
+    assert resolve_stored_paths(moved, stored)["tokenizer"]["path"] == "runs/demo/tokenizer/tokenizer.pt"
+    monkeypatch.chdir(made)  # read from where it was made: the paths as stored
+    assert resolve_stored_paths(run_dir_of(ckpt), stored) == stored
+
+
+def test_evaluate_and_export_read_a_run_from_another_directory(tmp_path, monkeypatch):
+    """`nar evaluate --ckpt /abs/...` from another directory takes the run's paths as found under the folder it was
+    made in; `nar export` writes them so, since an exported file outside checkpoints/ could not be placed later."""
+    from nar.model.io import stored_run_config
+    from nar.workflows.export import export_generator
+    from nar.workflows.train import evaluation_config
+
+    made, other = tmp_path / "made", tmp_path / "other"
+    made.mkdir(), other.mkdir()
+    ckpt = _run_made_in(made, monkeypatch)
+    monkeypatch.chdir(other)
+    tokenizer = str(made / "runs/demo/tokenizer/tokenizer.pt")
+    cfg = evaluation_config(ckpt)
+    assert cfg.tokenizer.path == tokenizer and cfg.data.root == str(made / "runs/demo/tokens")
+    export_generator(ckpt, other / "g.pt", ema=False)
+    assert stored_run_config(other / "g.pt")["tokenizer"]["path"] == tokenizer

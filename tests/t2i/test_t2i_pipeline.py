@@ -161,3 +161,21 @@ def test_on_the_fly_caption_features_train_without_caption_dropout(shapes_tokens
     loss = module.training_step(next(iter(dm.train_dataloader())), 0)  # every caption encoded on the fly
     loss.backward()
     assert torch.isfinite(loss) and any(p.grad is not None for p in module.parameters())
+
+
+def test_the_recorded_text_encoder_is_what_a_run_on_the_tokens_uses(shapes_tokens, tmp_path):
+    """A run on caption token shards takes the text encoder `nar data tokens` recorded (kind:path:caption_len),
+    not one guessed from the feature width, so prompts at sampling time meet the encoder the features came from."""
+    import json
+    import shutil
+
+    from nar.workflows.train import facts_from_data
+
+    assert facts_from_data(shapes_tokens["tokens"])["text"]["kind"] == "minilm"  # no record: guessed from 384
+    tokens = tmp_path / "tokens"
+    shutil.copytree(shapes_tokens["tokens"], tokens)
+    meta = json.loads((tokens / "meta.json").read_text())
+    slots = meta.get("caption_len") or 16
+    (tokens / "meta.json").write_text(json.dumps({**meta, "text_encoder": f"t5:/models/flan-t5:{slots}"}))
+    text = facts_from_data(tokens)["text"]
+    assert text == {"kind": "t5", "path": "/models/flan-t5", "max_len": text["max_len"]}

@@ -15,6 +15,7 @@ import dataclasses
 import io
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -329,13 +330,21 @@ def _extract(
         return write_meta(
             out, "tokens", done, classes=src_meta.get("classes", []), grid=list(grid),
             codebook_size=getattr(tokenizer, "codebook_size", None), augmentations=T.AUGMENTATION_NAMES[augs],
-            tokenizer=tokenizer_name, source=str(src), source_kind=kind, image_size=int(size),
+            tokenizer=recorded_path(tokenizer_name), source=recorded_path(src), source_kind=kind, image_size=int(size),
             has_captions=bool(src_meta.get("has_captions") or kind == "pairs"), caption_features=text_encoder is not None,
             **extra,
         )
 
     meta = _together(merge, rank, world, "writing meta.json")
     return meta if meta is not None else read_meta(out)
+
+
+def recorded_path(name: str | Path) -> str:
+    """``name`` as ``meta.json`` records it: a file or folder that exists as an absolute path, so a run reading the
+    tokens from any directory finds it (:func:`nar.workflows.train.facts_from_data`); anything else (a tokenizer
+    preset name, "") as it is."""
+    text = str(name)
+    return os.path.abspath(text) if text and Path(text).exists() else text
 
 
 def text_feature_shape(text_encoder: TextEncoder) -> tuple[int, int]:

@@ -3,14 +3,19 @@
 A copied or moved run folder, a checkpoint truncated by an old non-atomic writer, or one Lightning saved
 as ``last-v1.ckpt`` must never send a resume back in time: :func:`resume_checkpoint` reads every
 ``checkpoints/*.ckpt`` and takes the intact one with the highest step, naming those it had to skip.
+
+A run config stores paths as they were given, often relative to the folder the run was made from
+(``tokenizer.path: runs/demo-emoji/tokenizer/tokenizer.pt``): :func:`resolve_stored_paths` finds them again from
+any working directory, for everything that loads a stored run config (``nar sample``, ``nar evaluate``, notebooks).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import torch
@@ -85,3 +90,69 @@ def refuse_other_model(path: str | Path, mine: dict[str, Any], theirs: dict[str,
 def has_checkpoints(run_dir: str | Path) -> bool:
     """Whether ``<run_dir>/checkpoints`` holds any ``.ckpt`` file (intact or not)."""
     return any((Path(run_dir) / CHECKPOINTS).glob("*.ckpt"))
+
+
+# Keys of a generator run config that name files or folders (``section.key``), as the run was given them.
+STORED_PATH_KEYS = ("tokenizer.path", "data.root", "eval.real_root", "eval.reference_stats", "eval.inception_weights",
+                    "eval.i3d_path", "text.path", "init_from")
+
+
+def run_dir_of(ckpt: str | Path) -> Path | None:
+    """The run folder of a checkpoint in ``<run>/checkpoints/`` (None for a checkpoint anywhere else)."""
+    ckpt = Path(ckpt)
+    return ckpt.parent.parent if ckpt.parent.name == CHECKPOINTS else None
+
+
+def made_from(run_dir: str | Path, stored: dict[str, Any]) -> Path | None:
+    """The working directory run ``run_dir`` was made in: ``run_dir`` less the stored ``runs_root/name``, when
+    those are relative and ``run_dir`` ends with them (None: it cannot be told)."""
+    if not stored.get("name"):
+        return None
+    rel = PurePath(str(stored.get("runs_root", "")), str(stored["name"]))
+    parts = [p for p in rel.parts if p != "."]
+    if rel.is_absolute() or ".." in parts:
+        return None
+    here = Path(os.path.abspath(run_dir))  # lexical: a symlinked run folder keeps the path it was reached by
+    if list(here.parts[-len(parts):]) != parts:
+        return None
+    return Path(*here.parts[:-len(parts)])
+
+
+def resolve_run_path(run_dir: str | Path | None, stored: dict[str, Any], path: str | Path, key: str = "") -> str:
+    """``path`` as stored in run config ``stored`` of the run in ``run_dir``, found from the current directory.
+
+    A relative path is the run's own file under the folder the run was made in (:func:`made_from`) when that
+    exists: an absolute path to it comes back (logged), unless ``path`` names that same file from here. Otherwise
+    ``path`` comes back unchanged, for the loader to read it from here or name it in its error. Empty strings,
+    absolute paths and names that are not files (a tokenizer preset) come back as they are.
+    """
+    text = str(path)
+    if not text or Path(text).is_absolute() or run_dir is None:
+        return text
+    base = made_from(run_dir, stored)
+    found = base / text if base is not None else None
+    if found is None or not found.exists():
+        return text
+    if Path(text).exists() and os.path.samefile(text, found):  # the run is read from where it was made
+        return text
+    # A file of the same name here would be another one (another checkout's tokenizer): the run's own is meant.
+    log.info("%s: %s is the run's %s (it was made in %s, not %s)", key or "run path", text, found, base, Path.cwd())
+    return str(found)
+
+
+def resolve_stored_paths(run_dir: str | Path | None, stored: dict[str, Any],
+                         keys: Iterable[str] = STORED_PATH_KEYS) -> dict[str, Any]:
+    """A copy of run config ``stored`` (a plain dict, as checkpoints keep it) with each of ``keys`` (``section.key``,
+    default :data:`STORED_PATH_KEYS`) through :func:`resolve_run_path`, so a run made anywhere loads from anywhere."""
+    out = dict(stored)
+    for dotted in keys:
+        section, _, key = dotted.rpartition(".")
+        holder = out.get(section) if section else out
+        if not isinstance(holder, dict) or not holder.get(key):
+            continue
+        resolved = resolve_run_path(run_dir, stored, holder[key], dotted)
+        if resolved != holder[key]:
+            if section:
+                out[section] = holder = dict(holder)
+            holder[key] = resolved
+    return out

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +66,10 @@ def run_demo(domain: str = "emoji", smoke: bool = False, compare_raster: bool = 
         torch.set_num_threads(threads)
     start = time.perf_counter()
     suffix = "-smoke" if smoke else ""
-    out_dir = Path(out or Path("runs") / f"demo-{domain}{suffix}")
+    # Absolute: the runs store these paths (tokenizer.path, data.root, eval.real_root) and are read from anywhere.
+    out_dir = Path(os.path.abspath(out or Path("runs") / f"demo-{domain}{suffix}"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    data_root = Path(data or Path("data") / "embedded")
+    data_root = Path(os.path.abspath(data or Path("data") / "embedded"))
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
@@ -214,7 +217,7 @@ def train_generator(domain: str, mode: str, tokens: Path, images: Path, tokenize
     cfg = generator_config(domain, mode, tokens, images, tokenizer_path, out_dir, smoke, threads, overrides)
     done = cfg.run_dir / "result.json"
     fp = fingerprint(cfg)  # as a grid's rows: name, run folder and CPU threads left out
-    summary = finished_generator(done, cfg, fp)
+    summary = finished_generator(done, cfg, fp, earlier=fingerprint(with_paths_as_before(cfg)))
     if summary is not None:
         return summary
     # Another config (e.g. trainer.max_steps=...) continues from the run's checkpoint; a differently shaped network
@@ -230,9 +233,21 @@ def train_generator(domain: str, mode: str, tokens: Path, images: Path, tokenize
     return summary
 
 
-def finished_generator(marker: Path, cfg: TrainConfig, fp: str) -> dict[str, Any] | None:
+def with_paths_as_before(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its data, tokenizer and real-sample paths relative to the working directory, as the demo stored
+    them before they were absolute: the config whose fingerprint an older run's marker holds."""
+    def rel(path: str) -> str:
+        return os.path.relpath(path) if path and os.path.isabs(path) else path
+
+    return replace(cfg, data=replace(cfg.data, root=rel(cfg.data.root)),
+                   tokenizer=replace(cfg.tokenizer, path=rel(cfg.tokenizer.path)),
+                   eval=replace(cfg.eval, real_root=rel(cfg.eval.real_root)))
+
+
+def finished_generator(marker: Path, cfg: TrainConfig, fp: str, earlier: str | None = None) -> dict[str, Any] | None:
     """The summary in ``marker`` (``<run>/result.json``) when it is a finished run of ``cfg`` (config fingerprint
-    ``fp``); None to train (resume) the run instead.
+    ``fp``, or ``earlier``: the same config as an older demo stored it, with relative paths, whose marker is then
+    brought up to ``fp``); None to train (resume) the run instead.
 
     A marker written before markers had a fingerprint is reused when its mode and steps are the config's (the
     budget is what a rerun changes; retraining would cost a validation at least, and its checkpoint may be gone),
@@ -248,6 +263,11 @@ def finished_generator(marker: Path, cfg: TrainConfig, fp: str) -> dict[str, Any
     stored = summary.get("fingerprint")
     if stored == fp:
         log.info("%s generator: %s (exists)", mode, marker)
+        return summary
+    if earlier is not None and stored == earlier:
+        log.info("%s generator: %s (exists; made when the demo stored relative paths)", mode, marker)
+        summary = {**summary, "fingerprint": fp}
+        write_text(marker, json.dumps(summary, indent=1))
         return summary
     if stored is None and summary.get("mode") == mode and summary.get("steps") == cfg.trainer.max_steps:
         log.warning("%s generator: %s has no config fingerprint (an older nar wrote it); reused since its mode and "

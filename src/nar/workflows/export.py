@@ -61,7 +61,10 @@ def export_generator(ckpt: str | Path, out: str | Path, official: bool = False, 
     run = (obj.get("hyper_parameters") or {}).get("cfg")
     if not run:
         raise CheckpointError(f"{ckpt}: no run config stored; it cannot be exported with its model settings")
-    run = dict(run)
+    from nar.runs.folder import resolve_stored_paths, run_dir_of
+
+    # an exported file sits outside checkpoints/, so the folder its run was made in could not be told later
+    run = resolve_stored_paths(run_dir_of(ckpt), dict(run))
     weights, prefix = run_weights(obj, ckpt, prefer_ema=ema is not False)
     if ema and prefix != PREFIXES[0]:
         raise ConfigError(f"{ckpt} holds no EMA weights (the run had ema.enabled=false); export with --no-ema",

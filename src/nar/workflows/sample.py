@@ -5,8 +5,10 @@ refused unless ``overwrite``, which first removes the files a job writes there (
 mixes two jobs' samples.
 
 Our checkpoints carry the run config (:func:`nar.model.io.stored_run_config`): its ``model``, ``tokenizer``,
-``sampling`` and ``text`` sections give the defaults, typed here with :func:`nar.config.from_dict`. Official
-``.pt`` files are described by ``n_head`` (and ``grid``) or by run YAMLs (``config``), read the same way.
+``sampling`` and ``text`` sections give the defaults, typed here with :func:`nar.config.from_dict`; their paths,
+often relative to the folder the run was made in, are found from any directory
+(:func:`nar.runs.folder.resolve_stored_paths`). Official ``.pt`` files are described by ``n_head`` (and ``grid``)
+or by run YAMLs (``config``), read the same way.
 No Lightning here: the model layer loads the weights.
 """
 
@@ -111,7 +113,11 @@ def load_for_sampling(job: SampleJob) -> tuple[NARModel, dict[str, Any] | None]:
     if not job.official:
         if job.n_head is not None or job.grid is not None:
             raise ConfigError("--n-head/--grid describe official checkpoints; add --official")
-        return load_generator_and_run_config(job.ckpt)
+        from nar.runs.folder import resolve_stored_paths, run_dir_of
+
+        model, run = load_generator_and_run_config(job.ckpt)
+        # The run's paths were stored as given where it was made: the ones sampling reads are found again from here
+        return model, resolve_stored_paths(run_dir_of(job.ckpt), run, ("tokenizer.path", "text.path")) if run else run
     if job.config:
         run = run_config_from_yaml(job.config)
         model, _ = load_generator_and_run_config(job.ckpt, from_dict(NARConfig, run.get("model") or {}))

@@ -64,21 +64,26 @@ def facts_from_data(root: str | Path) -> dict[str, Any]:
         out["classes"] = classes
     tokenizer = meta.get("tokenizer")
     if tokenizer and Path(tokenizer).is_file():
-        out["tokenizer"] = {"path": str(tokenizer)}
+        out["tokenizer"] = {"path": str(Path(tokenizer).resolve())}  # the run is then usable from any directory
     source = meta.get("source")
     if source and (Path(source) / "meta.json").is_file():
         from nar.data.shards import resolve_split
         from nar.errors import DataError
 
         try:
-            out["eval"] = {"real_root": str(source), "real_split": resolve_split(read_meta(source), "val", root=source)}
+            out["eval"] = {"real_root": str(Path(source).resolve()),
+                           "real_split": resolve_split(read_meta(source), "val", root=source)}
         except DataError:
             pass  # no evaluation split there: nothing to infer
     if meta.get("caption_features"):
         slots, width = _caption_shape(root, meta)
         out["model"].update(condition="caption", caption_len=slots, caption_dim=width)
         out["data"] = {"caption_features": True}
-        out["text"] = {"kind": "t5" if width == 2048 else "minilm", "max_len": slots}
+        # the encoder nar data tokens recorded (kind:path:caption_len); older folders: guessed from the width
+        kind, _, rest = str(meta.get("text_encoder") or "").partition(":")
+        text_path = rest.rpartition(":")[0]
+        out["text"] = {"kind": kind if kind in ("t5", "minilm") else ("t5" if width == 2048 else "minilm"),
+                       "max_len": slots, **({"path": text_path} if text_path else {})}
     return out
 
 
@@ -230,6 +235,9 @@ def evaluation_config(ckpt: str | Path, yamls: Sequence[str | Path] = (), overri
         raise ConfigError(f"{ckpt} stores no run config (an official checkpoint?): give --config describing the "
                           "model, e.g. --config imagenet/nar_l.yaml")
     if stored is not None:
+        from nar.runs.folder import resolve_stored_paths, run_dir_of
+
+        stored = resolve_stored_paths(run_dir_of(ckpt), stored)  # paths stored relative to where the run was made
         # The stored run's folder names stay; evaluation writes under the checkpoint's own run folder.
         # One process unless told otherwise: no sharding (a sharded run's weights are gathered at load). No best
         # checkpoints: an evaluation keeps none, and their metric need not be among the ones scored now.
