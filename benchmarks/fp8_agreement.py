@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="float8 block weights, a float8 KV cache, or both")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
+    # The arguments this call parsed (``argv`` when a driver passes them, else the process's own).
+    command = shlex.join(["python3", "benchmarks/fp8_agreement.py", *(argv if argv is not None else sys.argv[1:])])
     cfg = NARConfig.from_name(args.preset, **parse_overrides(args.overrides))
     dev = torch.device(args.device)
     reference = random_model(cfg, dev, torch.bfloat16, args.seed)
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
               "torch": torch.__version__, "what": args.what, "fp8": summary,
               "kv_cache": "float8_e4m3fn, a float32 scale per row" if kv_dtype is not None else "bf16", **report,
               "seconds": time.perf_counter() - start,
-              "command": "python3 benchmarks/fp8_agreement.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])}
+              "command": command}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"fp8-{args.what}-{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -1,5 +1,6 @@
 """Where the time of a wavefront period goes, kernel family by kernel family: the measurement issue 21 needs
-next (a pass costs 2.2-3.3 us per fed row on an H200 where its matrix products need ~0.9 us; what is the rest?).
+next (a pass costs 2.2-3.3 us per fed row on an H200 where the blocks' matrix products need ~0.65 us at the
+dense bf16 peak; what is the rest?).
 
 One period of the wavefront sampler (two cohorts in flight, every pass of the schedule once per cohort) runs
 warm, outside the CUDA graph, under ``torch.profiler``: the kernels are the ones the graph replays, only the
@@ -70,9 +71,9 @@ def kernel_family(name: str) -> str:
 
 def fed_rows(sampler: WavefrontSampler) -> int:
     """Rows the trunk takes in one period: every pass of both cohorts, each fed cell of each sample (CFG rows
-    counted), PAR transition tokens included."""
+    counted), PAR transition tokens included (a plan's ``positions`` already hold them)."""
     plans = sampler.slots[0].state.plans
-    cells = sum(len(p.positions) + (len(p.transition) if p.transition is not None else 0) for p in plans)
+    cells = sum(len(p.positions) for p in plans)
     return 2 * cells * sampler.batch * (2 if sampler.sampling.guided else 1)
 
 

@@ -7,9 +7,11 @@ the wavefront's two cohorts), one image's tokens take at least
     the exact prefix attention, CFG rows included) at the card's dense peak, bf16 or, for the blocks' linear
     layers under ``fp8`` weights, fp8;
   * its **KV-cache reads**: every pass of every block reads the keys and values of the prefix it attends to
-    (``kv_limit`` of the decode layout), once per sequence (two per image under CFG);
+    (``kv_limit`` of the decode layout), once per sequence (two per image under CFG): bf16, or under an ``fp8``
+    KV cache e4m3 with the float32 scale of every key and value row (a token of one head) the kernel reads too;
   * its share of the **weight reads**: every pass reads the weights once for all the sequences it feeds (a
-    one-batch pass serves ``batch`` images, a wavefront pass ``2 x batch``);
+    one-batch pass serves ``batch`` images, a wavefront pass ``2 x batch``); fp8 block weights with their float32
+    scale per output row;
   * its **logits**: written once by the head projection and read once by the draw (half precision, CFG rows
     included), the least any sampler moves;
 
@@ -22,8 +24,10 @@ and attention's FLOPs at the bf16 peak, plus every convolution's input read once
 and its share of the decoder's weights at the bandwidth (``nar.tokenizers.cost``). A tokens + decode ceiling
 puts the decode after the tokens' "sum" floor: tokens and pixels share one card, and both already fill it.
 Activations between kernels, launch gaps and imperfect kernels are left out: a real sampler is slower than
-both. Given ``nar bench`` result files (``--measured``), each matching row gets its measured images/s and the
-fraction of the "sum" ceiling it reaches.
+both. Given ``nar bench`` result files (``--measured``), each matching row (same card, preset, batch, sampler,
+weights and KV-cache precision) gets its measured images/s and the fraction of the "sum" ceiling it reaches.
+The ceilings count classifier-free guidance (two sequences per image, whatever the scale): an unguided file
+(``cfg_scale`` 1.0, half the work) is left out, and the report says so.
 
     .venv/bin/python benchmarks/roofline.py --measured benchmarks/results/h200-2026-12-04/bench-*.json \\
         --out benchmarks/results/roofline-2026-12-07
@@ -43,6 +47,7 @@ from torch import nn
 
 from nar.model import NARConfig, NARModel
 from nar.model.flops import sampling_flops_per_image
+from nar.model.fp8 import fp8_unsupported
 from nar.sampling.bench import PEAK_BF16_TFLOPS, card_of
 from nar.tokenizers.cost import decode_cost
 
@@ -50,8 +55,17 @@ from nar.tokenizers.cost import decode_cost
 # cores), and the datasheet's HBM bandwidth in TB/s.
 CARDS = {card: {"bf16": PEAK_BF16_TFLOPS[card], "fp8": 2 * PEAK_BF16_TFLOPS[card], "tbps": tbps}
          for card, tbps in (("H100", 3.35), ("H200", 4.8))}
-# weights: the blocks' linear layers (heads, embeddings and attention stay bf16); kv: the cache's element bytes
-PRECISIONS = {"bf16": (2, 2), "fp8 weights": (1, 2), "fp8 weights + fp8 KV": (1, 1)}
+# (weights, kv): the blocks' linear layers (heads, embeddings and attention stay bf16) and the KV cache, each bf16
+# or float8 e4m3 with a float32 scale per row; every combination is a sampler option (fp8, fp8kv).
+PRECISIONS = {"bf16": ("bf16", "bf16"), "fp8 weights": ("fp8", "bf16"), "bf16 weights + fp8 KV": ("bf16", "fp8"),
+              "fp8 weights + fp8 KV": ("fp8", "fp8")}
+
+
+def precision_of(method: str) -> str:
+    """The :data:`PRECISIONS` entry of a ``nar bench`` method (``nar+wavefront+fp8+fp8kv``: its options)."""
+    parts = method.split("+")
+    pair = ("fp8" if "fp8" in parts else "bf16", "fp8" if "fp8kv" in parts else "bf16")
+    return next(name for name, p in PRECISIONS.items() if p == pair)
 
 
 @dataclass
@@ -66,6 +80,7 @@ class Work:
     fed_rows: int  # trunk rows per image
     flops_block_linear: float
     flops_other: float  # heads, prefix attention
+    flops_fp8: float  # of flops_block_linear, those of the layers fp8 weights convert (0 in bf16)
     kv_bytes: float
     weight_bytes: float
     logit_bytes: float
@@ -81,25 +96,33 @@ def count(preset: str, batch: int, sampler: str, precision: str, guided: bool = 
         model = NARModel(cfg)
     seqs = 2 if guided else 1
     blocks = model.blocks()
-    block_linear = sum(m.weight.numel() for b in blocks for m in b.modules() if isinstance(m, nn.Linear))
+    weights_in, kv_in = PRECISIONS[precision]
+    linears = [m for b in blocks for m in b.modules() if isinstance(m, nn.Linear)]
+    fp8 = [m for m in linears if weights_in == "fp8" and fp8_unsupported(m) is None]  # what quantize_fp8 converts
+    block_linear = sum(m.weight.numel() for m in linears)
+    block_fp8 = sum(m.weight.numel() for m in fp8)
     head_proj = sum(h.proj.weight.numel() for h in model.heads)
     steps = model.decode_layout.steps
-    rows = seqs * sum(len(s.positions) + len(s.transition) for s in steps)  # PAR's transition tokens too
+    rows = seqs * sum(len(s.positions) for s in steps)  # positions hold PAR's transition tokens too
     flops = sampling_flops_per_image(cfg, guided)
     f_blocks = 2.0 * block_linear * rows
-    w_bytes, kv_elem = PRECISIONS[precision]
     kv_keys = sum(s.kv_limit for s in steps)  # keys read per block per sequence over a generation
-    kv = seqs * kv_keys * len(blocks) * 2 * cfg.kv_heads * cfg.head_dim * kv_elem
+    # per key, every kv head's key and value row: bf16, or e4m3 and the row's float32 scale (nar.model.layers.KVCache)
+    per_key = 2 * cfg.kv_heads * (cfg.head_dim + 4 if kv_in == "fp8" else 2 * cfg.head_dim)
+    kv = seqs * kv_keys * len(blocks) * per_key
     images_per_pass = batch * (2 if sampler == "wavefront" else 1)
-    weights = (block_linear * w_bytes + head_proj * 2) * len(steps) / images_per_pass
+    # an FP8Linear holds its e4m3 weight and a float32 scale per output row; the other layers stay bf16
+    block_bytes = 2 * (block_linear - block_fp8) + block_fp8 + 4 * sum(m.out_features for m in fp8)
+    weights = (block_bytes + head_proj * 2) * len(steps) / images_per_pass
     logits = 2 * seqs * cfg.num_cells * cfg.vocab_size * 2  # half-precision logits written once, read once
-    return Work(preset, batch, sampler, precision, len(steps), rows, f_blocks, flops - f_blocks, kv, weights, logits)
+    return Work(preset, batch, sampler, precision, len(steps), rows, f_blocks, flops - f_blocks,
+                2.0 * block_fp8 * rows, kv, weights, logits)
 
 
 def ceilings(w: Work, card: str) -> dict[str, float]:
     c = CARDS[card]
-    fp8 = w.precision != "bf16"
-    t_compute = w.flops_block_linear / ((c["fp8"] if fp8 else c["bf16"]) * 1e12) + w.flops_other / (c["bf16"] * 1e12)
+    t_compute = (w.flops_fp8 / (c["fp8"] * 1e12)
+                 + (w.flops_block_linear - w.flops_fp8 + w.flops_other) / (c["bf16"] * 1e12))
     t_memory = w.bytes / (c["tbps"] * 1e12)
     return {"compute_us": 1e6 * t_compute, "memory_us": 1e6 * t_memory,
             "kv_us": 1e6 * w.kv_bytes / (c["tbps"] * 1e12),
@@ -117,28 +140,34 @@ def decode_us(tokenizer: str, grid: list[int], batch: int, card: str) -> dict[st
             "decode_ceiling": 1.0 / (compute + memory)}
 
 
-def measured_rows(paths: list[Path]) -> list[dict]:
-    """``nar bench`` rows of NAR with their card, preset and sampler: tokens only, or tokens + decode
-    (``decode`` true, with the tokenizer the file names)."""
-    out = []
+def measured_rows(paths: list[Path]) -> tuple[list[dict], list[dict]]:
+    """``nar bench`` rows of NAR with their card, preset, sampler and precision (:func:`precision_of`): tokens
+    only, or tokens + decode (``decode`` true, with the tokenizer the file names); and the bf16 files of a known
+    card left out because they ran unguided or do not say, ``{"file", "why"}`` each."""
+    out, skipped = [], []
     for path in paths:
         data = json.loads(path.read_text())
         card = card_of(str(data.get("device_name", "")))
         if card not in CARDS or data.get("dtype") != "bf16" or data.get("overrides"):
+            continue
+        scale = data.get("cfg_scale")
+        if scale is None or float(scale) == 1.0:  # the ceilings count two sequences per image
+            why = "no cfg_scale recorded" if scale is None else f"cfg_scale {float(scale)}: unguided"
+            skipped.append({"file": path.as_posix(), "why": f"{why}, the ceilings count CFG"})
             continue
         for row in data.get("rows", []):
             method = str(row.get("method", ""))
             parts = method.split("+")
             if parts[0] != "nar" or method == "nar-reference":
                 continue
-            precision = "fp8 weights" if "fp8" in parts else "bf16"
+            precision = precision_of(method)
             if "compile" in str(row.get("execution", "")) and "compile" not in parts:
                 method += " (compiled)"  # files from before the variants named it
             out.append({"card": card, "preset": data.get("preset"), "batch": int(row["batch"]), "method": method,
                         "sampler": "wavefront" if "wavefront" in parts else "one-batch", "precision": precision,
                         "decode": "decode" in parts, "tokenizer": data.get("tokenizer", "vq-16"),
                         "images_per_s": float(row["images_per_s"]), "file": path.as_posix()})
-    return out
+    return out, skipped
 
 
 def measured_decoders(paths: list[Path]) -> list[dict]:
@@ -171,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     command = shlex.join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
 
-    measured = measured_rows(args.measured)
+    measured, skipped = measured_rows(args.measured)
     table = []
     for preset in args.presets:
         for batch in args.batches:
@@ -192,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                         table.append(row)
 
     lines = [
-        "# Sampling roofline: the fewest seconds an image's tokens can take (CFG 2.0)",
+        "# Sampling roofline: the fewest seconds an image's tokens can take (guided: two sequences per image)",
         "",
         f"Command: `{command}`. A model of the work, not a measurement: see the script's docstring for what it "
         "counts and leaves out. Per image: FLOPs at the card's dense peak (`compute`), KV-cache, weight and logit "
@@ -217,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"{case(r)}{gflop:.0f} | {mb:.0f} ({r['kv_bytes'] / 1e6:.0f}) | {r['compute_us']:.0f} | "
                      f"{r['memory_us']:.0f} ({r['kv_us']:.0f}) | {r['ceiling_sum']:.0f} | {r['ceiling_max']:.0f} | "
                      f"{seen(r['measured'], r['ceiling_sum'])} |")
+    if skipped:
+        lines += ["", "Measured files left out: " + "; ".join(f"`{m['file']}` ({m['why']})" for m in skipped) + "."]
     lines += [
         "",
         f"## Tokens + {args.decoder} decode, images/s of decoded pixels",
@@ -271,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "roofline.md").write_text(report)
-        saved = {"command": command, "cards": CARDS, "rows": table, "decoders": decoders, "targets": targets}
+        saved = {"command": command, "cards": CARDS, "rows": table, "decoders": decoders, "targets": targets,
+                 "skipped": skipped}
         (args.out / "roofline.json").write_text(json.dumps(saved, indent=1) + "\n")
     return 0
 

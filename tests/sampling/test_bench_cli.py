@@ -122,6 +122,44 @@ def test_sampling_flops_count_the_decode_prefixes():
     assert sampling_flops_per_image(longer, False) > 1.9 * sampling_flops_per_image(cfg, False)
 
 
+@pytest.mark.parametrize("schedule", ["nar", "raster", "par-2x2"])
+def test_sampling_flops_are_what_the_fast_sampler_runs(schedule):
+    """The count is the matrix products torch counts while the fast sampler generates (guided, so two rows a
+    sample) plus the exact prefix attention of the passes it runs (CPU SDPA, which the counter does not see):
+    no row of the last pass's outputs, PAR's transition tokens once."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nar.model.flops import sampling_flops_per_image
+    from nar.sampling.bench import random_model, schedule_config
+    from nar.sampling.fast import FastSampler
+    from nar.sampling.logits import SamplingConfig
+
+    cfg = schedule_config(NARConfig.from_name("NAR-tiny"), schedule)
+    model = random_model(cfg, torch.device("cpu"), torch.float32)
+    batch = 2
+    sampler = FastSampler(model, batch, SamplingConfig(cfg_scale=2.0), cuda_graph=False, attention="sdpa")
+    with FlopCounterMode(display=False) as counter:
+        sampler(torch.zeros(batch, dtype=torch.long))
+    counts = {str(op): f for op, f in counter.get_flop_counts()["Global"].items()}
+    matmuls = sum(f for op, f in counts.items() if "attention" not in op)
+    pairs = sum(len(p.positions) * p.kv_limit for p in sampler.state.plans)  # query-key pairs per block
+    attention = 4 * pairs * cfg.n_head * cfg.head_dim * len(model.blocks()) * 2 * batch  # QK^T and PV, CFG rows
+    assert sampling_flops_per_image(cfg, True) * batch == matmuls + attention
+
+
+@pytest.mark.parametrize("name, peak", [
+    ("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H100 NVL", 835.0),
+    ("NVIDIA H200", 989.0), ("NVIDIA H200 NVL", 835.0), ("NVIDIA GH200 480GB", 989.0),
+    ("NVIDIA A100-SXM4-80GB", 312.0), ("Tesla T4", None),
+])
+def test_peak_is_that_of_the_card_variant(name, peak):
+    """A PCIe or NVL card is not given its SXM sibling's peak: the longest name that matches wins."""
+    from nar.sampling.bench import peak_tflops
+
+    assert peak_tflops(name) == peak
+
+
 def test_variants_alternate_with_the_schedules_in_rounds(tmp_path, capsys):
     """With --rounds, variant rows are timed in the same alternating rounds; their speed-up over nar is the
     median of the round-by-round ratios, and a decode row still follows."""

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
+from nar.model import NARConfig
+from nar.sampling.bench import random_model, schedule_config
+from nar.sampling.logits import SamplingConfig
+from nar.sampling.wavefront import WavefrontSampler
 from script_helpers import load_script, run_script
 
 
@@ -48,3 +53,27 @@ def test_profile_report_on_cpu(tmp_path):
     shares = [float(line.split("|")[3].strip().rstrip("%")) for line in families if not line.startswith("| all")]
     assert abs(sum(shares) - 100) < 0.5 and any(line.startswith("| matmul |") for line in families)
     assert len([line for line in table if line.startswith("| `")]) == 5
+
+
+@pytest.mark.parametrize("schedule", ["nar", "par-2x2"])
+def test_fed_rows_are_the_rows_the_blocks_take(script, schedule):
+    """``fed_rows`` is what the first block takes in one period, whether a pass runs alone or beside the other
+    cohort's (PAR's transition tokens are among a pass's positions, counted once)."""
+    cfg = schedule_config(NARConfig.from_name("NAR-tiny"), schedule)
+    model = random_model(cfg, torch.device("cpu"), torch.float32)
+    sampler = WavefrontSampler(model, 2, SamplingConfig(cfg_scale=2.0), cuda_graph=False)
+    labels = torch.arange(2) % cfg.num_classes
+    a, b = sampler.slots
+    a.load(labels, 0, both=True)
+    b.load(labels.flip(0), 1, both=True)
+    block, seen = model.blocks()[0], []
+    block.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0] * args[0].shape[1]))
+    segments = block.forward_segments
+
+    def counted(xs, *args, **kwargs):
+        seen.extend(x.shape[0] * x.shape[1] for x in xs)
+        return segments(xs, *args, **kwargs)
+
+    block.forward_segments = counted
+    sampler.run_period()
+    assert script.fed_rows(sampler) == sum(seen)

@@ -68,3 +68,19 @@ def test_bad_arguments_are_named():
     other = NARModel(NARConfig.from_name("NAR-tiny", grid=[2, 8])).to(torch.bfloat16)
     with pytest.raises(ValueError, match="grid"):
         precision_report(model, other, LABELS, SAMPLING)
+
+
+def test_agreement_script_records_the_arguments_it_ran_with(tmp_path, monkeypatch):
+    """benchmarks/fp8_agreement.py's JSON keeps the command of the ``argv`` its ``main`` was given, not the
+    process's own arguments (a driver calling it in-process)."""
+    import json
+    import shlex
+
+    from script_helpers import load_script
+
+    script = load_script("fp8_agreement.py")
+    monkeypatch.setattr("sys.argv", ["driver.py", "--unrelated"])
+    argv = ["--preset", "NAR-tiny", "--what", "kv", "--samples", "2", "--device", "cpu", "--out", str(tmp_path)]
+    assert script.main(argv) == 0
+    saved = json.loads(next(tmp_path.glob("fp8-kv-NAR-tiny-*.json")).read_text())
+    assert shlex.split(saved["command"])[-len(argv):] == argv and "--unrelated" not in saved["command"]

@@ -39,32 +39,40 @@ def training_flops_per_sample(cfg: NARConfig) -> int:
     return _CACHE[key]
 
 
+def _sampling_flops(cfg: NARConfig) -> int:
+    with torch.device("meta"):
+        model = NARModel(cfg)
+    model = model.to("meta").eval()
+    state = model.start_inference(1, device="meta")  # one sequence, the decode layout's passes
+    plans = state.plans
+    if cfg.condition == "class":
+        cond = torch.zeros(1, dtype=torch.long, device="meta")
+    else:
+        cond = torch.zeros(1, cfg.caption_len, cfg.caption_dim, device="meta")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.prefill(cond, state)
+        for step in range(1, len(plans)):  # each pass feeds the cells the one before produced
+            model.decode_step(torch.zeros(1, len(plans[step - 1].outputs), dtype=torch.long, device="meta"),
+                              step, state)
+    total = counter.get_total_flops()
+    # Attention: SDPA's own op where a kernel is picked, its math decomposition's batched products on meta;
+    # replaced by the exact prefix each pass reads.
+    counted = sum(f for op, f in counter.get_flop_counts().get("Global", {}).items()
+                  if "attention" in str(op) or str(op) == "aten.bmm")
+    pairs = sum(len(plan.positions) * plan.kv_limit for plan in plans)  # query-key pairs per block
+    attention = 4 * pairs * cfg.n_head * cfg.head_dim * len(model.blocks())  # QK^T and PV, 2 FLOPs a MAC
+    return total - counted + attention
+
+
 def sampling_flops_per_image(cfg: NARConfig, guided: bool) -> int:
     """FLOPs of generating one sample's tokens: every pass's matrix products and its attention over the cache
-    prefix it reads, doubled under classifier-free guidance (the null-condition rows). NAR-L, CFG: 0.38 TFLOP.
+    prefix it reads, doubled under classifier-free guidance (the null-condition rows). NAR-L, CFG: 0.37 TFLOP.
 
-    The matrix products are counted on the meta device through the teacher-forced pass, which feeds the same
-    tokens through the same blocks and heads as the passes of a generation; its attention term (over the whole
-    masked square) is replaced by the exact prefix lengths of the decode layout."""
+    The passes are those the samplers run (the model's prefill and decode steps over the decode layout's plans),
+    counted on the meta device: each feeds the rows of its plan (the cells the pass before produced, PAR's
+    transition tokens, never the last pass's outputs) and projects its outputs through the heads. Attention
+    is counted from the exact prefix length of each plan."""
     key = f"sample:{cfg!r}"
     if key not in _CACHE:
-        with torch.device("meta"):
-            model = NARModel(cfg)
-        model = model.to("meta").eval()
-        tokens = torch.zeros(1, cfg.num_cells, dtype=torch.long, device="meta")
-        if cfg.condition == "class":
-            cond, mask = torch.zeros(1, dtype=torch.long, device="meta"), None
-        else:
-            cond = torch.zeros(1, cfg.caption_len, cfg.caption_dim, device="meta")
-            mask = torch.ones(1, cfg.caption_len, dtype=torch.bool, device="meta")
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model.forward_train(tokens, cond, mask)
-        total = counter.get_total_flops()
-        # Attention: SDPA's own op where a kernel is picked, its math decomposition's batched products on meta.
-        square = sum(f for op, f in counter.get_flop_counts().get("Global", {}).items()
-                     if "attention" in str(op) or str(op) == "aten.bmm")
-        layout = model.decode_layout
-        prefix = sum(len(step.positions) * step.kv_limit for step in layout.steps)  # query-key pairs per block
-        attention = 4 * prefix * cfg.n_head * cfg.head_dim * len(model.blocks())  # QK^T and PV, 2 FLOPs a MAC
-        _CACHE[key] = total - square + attention
+        _CACHE[key] = _sampling_flops(cfg)
     return _CACHE[key] * (2 if guided else 1)

@@ -24,9 +24,13 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-# Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from the vendors' datasheets, matched on the name
-# torch reports; H200 is the H100's chip with more memory. Pass --peak-tflops for any other card.
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0, "L40S": 362.0, "B200": 2250.0}
+# Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from the vendors' datasheets (half their "with sparsity"
+# figures), matched on the name torch reports, upper-cased, the longest key that matches winning: "NVIDIA H100
+# PCIe" is not the SXM "H100". H200 is the H100's chip with more memory. H100 PCIe 1,513 and H100 NVL 1,671
+# sparse (NVIDIA's H100 datasheet); H200 NVL 1,671 sparse as NVIDIA's H200 page lists it, a figure not checked
+# against a printed datasheet here. Pass --peak-tflops for any other card.
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H100 PCIE": 756.0, "H100 NVL": 835.0, "H200": 989.0, "H200 NVL": 835.0,
+                    "GH200": 989.0, "A100": 312.0, "L40S": 362.0, "B200": 2250.0}
 
 
 def card_of(device_name: str) -> str | None:
