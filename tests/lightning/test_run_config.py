@@ -30,6 +30,12 @@ def test_paper_recipe_of_nar_l() -> None:
     assert cfg.sampling.cfg_scale == 2.0 and cfg.eval.per_class == 50
     ucf = load_config(TrainConfig, [ROOT / "experiments/ucf101/nar_l.yaml"])
     assert ucf.model.grid == [4, 16, 16] and ucf.sampling.cfg_scale == 1.25
+    # the official video recipe (NAR-videos train_larp_ar.sh): lr 6e-4, cosine to 0.01x, wd 0.05, no clip, no EMA
+    assert (ucf.optim.lr, ucf.optim.schedule, ucf.optim.min_lr_ratio) == (6e-4, "cosine", 0.01)
+    assert ucf.optim.weight_decay == 0.05 and ucf.optim.grad_clip == 0 and not ucf.ema.enabled
+    assert ucf.data.global_batch == 256
+    t2i = load_config(TrainConfig, [ROOT / "experiments/t2i/nar_xl.yaml"])
+    assert (t2i.sampling.cfg_scale, t2i.sampling.top_k) == (7.5, 0)  # the official sample_t2i.py defaults
 
 
 @pytest.mark.parametrize("override, key", [

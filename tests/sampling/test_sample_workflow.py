@@ -84,15 +84,15 @@ def test_official_guidance_defaults_and_the_cfg_alias(tmp_path, capsys):
         assert main([*base, *extra, "--out", str(out)]) == 0
         assert json.loads((out / "samples.json").read_text())["sampling"]["cfg_scale"] == scale
     t2i = NARConfig.from_name("NAR-tiny", condition="caption", caption_len=6, caption_dim=8)
-    assert sampling_for(SampleJob("x.pt", "out"), t2i, None).cfg_scale == 4.0  # official text-to-image
+    assert sampling_for(SampleJob("x.pt", "out"), t2i, None).cfg_scale == 7.5  # official text-to-image
     from_yaml = {"sampling": {"cfg_scale": 7.5, "top_k": 100}}  # a --config file that sets it
     assert sampling_for(SampleJob("x.pt", "out"), t2i, from_yaml) == SamplingConfig(cfg_scale=7.5, top_k=100)
     assert sampling_for(SampleJob("x.pt", "out", guidance=1.0, top_p=0.9), t2i, from_yaml).cfg_scale == 1.0
     with pytest.raises(SystemExit):
         main(["sample", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert ("default: the run's sampling.cfg_scale for our checkpoints; official checkpoints: 4.0 text-to-image, "
-            "2.0 class-conditional, the paper's settings") in help_text
+    assert ("default: the run's sampling.cfg_scale for our checkpoints; official checkpoints: 7.5 text-to-image, "
+            "2.0 class-conditional, the official samplers' settings") in help_text
 
 
 def test_make_sampler_is_the_fast_sampler_and_draws_what_generate_draws():

@@ -2,7 +2,7 @@
 
     nar sample --ckpt runs/demo-shapes-t2i/nar/checkpoints/last.ckpt --prompt "a photo of a red circle" --out out/
     nar sample --ckpt t2i_XL.pt --official --n-head 20 --grid 16 16 --tokenizer vq_ds16_t2i.pt \\
-        --text-encoder t5 --text-encoder-path /models/flan-t5-xl --prompt-file prompts.txt --guidance 4.0 --out out/
+        --text-encoder t5 --text-encoder-path /models/flan-t5-xl --prompt-file prompts.txt --guidance 7.5 --out out/
     nar sample --ckpt runs/demo-emoji/nar/checkpoints/last.ckpt --classes 1 2 3 --n-per-prompt 4 --out out/
 
 Writes ``<i>_<j>.png`` (sample ``j`` of prompt/class ``i``) with the prompt beside it in
@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 
 GUIDANCE_HELP = ("classifier-free guidance scale, 1 = off (default: the run's sampling.cfg_scale for our "
-                 "checkpoints; official checkpoints: 4.0 text-to-image, 2.0 class-conditional, the paper's "
-                 "settings, unless a --config file sets sampling.cfg_scale)")
+                 "checkpoints; official checkpoints: 7.5 text-to-image, 2.0 class-conditional, the official "
+                 "samplers' settings, unless a --config file sets sampling.cfg_scale)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -16,8 +16,10 @@ if TYPE_CHECKING:
 
 @dataclass
 class SamplingConfig:
-    """Sampling knobs. ``cfg_scale == 1`` disables guidance; ``cfg_interval = -1`` guides every step,
-    otherwise guidance stops once more than ``cfg_interval`` tokens have been generated."""
+    """Sampling knobs. ``cfg_scale == 1`` disables guidance; any other scale guides, ``uncond + s·(cond −
+    uncond)``: below 1 it moves towards the unconditional logits, where the official samplers guide only above 1
+    (and sample the conditional logits alone otherwise). ``cfg_interval = -1`` guides every step, otherwise
+    guidance stops once more than ``cfg_interval`` tokens have been generated."""
 
     cfg_scale: float = 1.0
     cfg_interval: int = -1

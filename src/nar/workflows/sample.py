@@ -35,8 +35,9 @@ from nar.text import TextEncoderConfig
 
 log = logging.getLogger(__name__)
 
-# Guidance scales of official checkpoints when no run config sets one: the paper's settings.
-OFFICIAL_GUIDANCE = {"caption": 4.0, "class": 2.0}
+# Guidance scales of official checkpoints when no run config sets one: the official samplers' defaults
+# (NAR-images sample_t2i.py: 7.5; the paper's ImageNet tables: 2.0).
+OFFICIAL_GUIDANCE = {"caption": 7.5, "class": 2.0}
 # The files write_samples puts under <out>/images (<i>_<j>.png|gif|txt): all that --overwrite removes.
 SAMPLE_FILE = re.compile(r"\d{4,}_\d{2,}\.(png|gif|txt)")
 
@@ -131,7 +132,7 @@ def load_for_sampling(job: SampleJob) -> tuple[NARModel, dict[str, Any] | None]:
 
 def default_guidance(model_cfg: NARConfig, run: dict[str, Any] | None) -> float:
     """The run's ``sampling.cfg_scale`` (always stored in our checkpoints; a ``--config`` YAML may set it),
-    else the paper's setting for official checkpoints: 4.0 text-to-image, 2.0 class-conditional."""
+    else the official samplers' setting for official checkpoints: 7.5 text-to-image, 2.0 class-conditional."""
     stored = ((run or {}).get("sampling") or {}).get("cfg_scale")
     return float(stored) if stored is not None else OFFICIAL_GUIDANCE[model_cfg.condition]
 
