@@ -377,6 +377,36 @@ def test_pixels_tokenized_during_training_take_the_tokenizers_size(tmp_path):
         datamodule(f"model.grid={grid}", f"data.image_size={2 * size}")
 
 
+def test_clips_tokenized_during_training_are_checked_against_the_grid(tmp_path):
+    """Video shards tokenized as the generator trains: clips stored at twice the tokenizer's size gave a grid
+    error only at the first batch, naming neither the size nor the fix; now refused at start, naming
+    data.image_size, and accepted at the size that fits."""
+    from nar.config import load_config
+    from nar.errors import ConfigError
+    from nar.lightning.data import generator_datamodule
+    from nar.runs import TrainConfig
+    from nar.tokenizers import load_tokenizer
+
+    tokenizer = load_tokenizer("vq-video-tiny-atari")
+    size, frames = tokenizer.config.image_size, tokenizer.config.num_frames
+    grid = list(tokenizer.grid_shape((frames, size, size)))
+
+    def clip(i: int) -> dict:
+        return {"frames.npy": np.full((frames, 2 * size, 2 * size, 3), 40 * i, dtype=np.uint8), "cls": i}
+
+    rec = write_split(tmp_path / "vid", "train", list(range(2)), make_sample=clip, shard_size=2)
+    write_meta(tmp_path / "vid", "video", [rec], classes=["a", "b"], image_size=2 * size, frames=frames)
+
+    def datamodule(*overrides: str):
+        return generator_datamodule(load_config(TrainConfig, [], [f"data.root={tmp_path / 'vid'}", "data.num_workers=0",
+                                                                  "tokenizer.path=vq-video-tiny-atari",
+                                                                  f"model.grid={grid}", *overrides]))
+
+    with pytest.raises(ConfigError, match=rf"data.image_size.*{2 * size} px.*{frames}-frame.*data.image_size={size}"):
+        datamodule()
+    assert datamodule(f"data.image_size={size}").cfg.image_size == size
+
+
 def test_meta_records_the_tokenizer_and_source_as_absolute_paths(images, tmp_path, monkeypatch):
     """`nar data tokens img --tokenizer tok.pt` from one directory: meta.json names the tokenizer file and the source
     folder absolutely, so `nar train data.root=...` from any other directory finds them; a preset name stays a name."""

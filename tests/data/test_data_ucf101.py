@@ -74,3 +74,12 @@ def test_second_split_with_other_clips_is_refused(mini_ucf101, tmp_path):
     class_ind.write_text(class_ind.read_text().replace("Other", UCF_CLASSES[1]))
     meta = write_ucf101(mini_ucf101, out, splits=("test",), frames=4, size=8, limit=1)  # the same clips: fine
     assert sorted(meta["splits"]) == ["test", "train"]
+
+
+def test_a_splits_dir_without_class_index_is_named(tmp_path):
+    """`nar data ucf101 --splits-dir` at a folder without classInd.txt ended in a FileNotFoundError traceback."""
+    from nar.data.ucf101 import read_class_index
+    from nar.errors import DataError
+
+    with pytest.raises(DataError, match=f"{tmp_path / 'classInd.txt'}: cannot read the class index.*ucfTrainTestlist"):
+        read_class_index(tmp_path / "classInd.txt")

@@ -84,3 +84,21 @@ def test_forward_only_updates(reset_real_features):
     assert int(called.real_count) == int(called.fake_count) == real.shape[0]
     assert called.compute()["fvd_proxy_inception"].item() == pytest.approx(
         updated.compute()["fvd_proxy_inception"].item(), rel=1e-9)
+
+
+@pytest.mark.parametrize("reset_real_features", [True, False])
+def test_clips_of_another_length_are_refused(reset_real_features):
+    """Real 8-frame clips against generated 4-frame ones scored a number; now refused, naming both lengths. A
+    reset forgets the generated side's length (and the real side's when it resets the real features)."""
+    metric = FVDProxyInception(extractor=TinyExtractor(), reset_real_features=reset_real_features)
+    clips = torch.rand(2, 3, 8, 16, 16)
+    metric.update(clips, real=True)
+    with pytest.raises(ConfigError, match="generated clips of 4 frames against real clips of 8 frames"):
+        metric.update(clips[:, :, :4], real=False)
+    metric.update(clips, real=False)
+    metric.reset()
+    if reset_real_features:
+        metric.update(clips[:, :, :4], real=False)  # nothing kept: any length starts again
+    else:
+        with pytest.raises(ConfigError, match="against real clips of 8 frames"):
+            metric.update(clips[:, :, :4], real=False)

@@ -51,8 +51,13 @@ def find_split_dir(videos: Path) -> Path:
 
 def read_class_index(path: Path) -> list[str]:
     """Class names in index order from ``classInd.txt`` (``"<1-based index> <name>"`` lines)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot read the class index ({err}); --splits-dir must be the ucfTrainTestlist "
+                        "folder (classInd.txt, trainlist0N.txt, testlist0N.txt)") from None
     pairs = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[0].isdigit():
             pairs.append((int(parts[0]), parts[1]))

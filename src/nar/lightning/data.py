@@ -45,22 +45,23 @@ def generator_datamodule(cfg: TrainConfig) -> L.LightningDataModule:
         raise ConfigError(f"{d.root} holds {kind!r} shards; tokenizing them on the fly needs a tokenizer",
                           key="tokenizer.path")
     if kind in ("image", "pairs"):
-        return ImageShardDataModule(ImageDataConfig(image_size=_pixel_size(cfg, meta), **common))
+        return ImageShardDataModule(ImageDataConfig(image_size=_pixel_size(cfg, meta, "image"), **common))
     if kind == "video":
-        return VideoShardDataModule(VideoDataConfig(image_size=d.image_size, **common))
+        return VideoShardDataModule(VideoDataConfig(image_size=_pixel_size(cfg, meta, "video"), **common))
     raise DataError(f"{d.root}: unknown dataset kind {kind!r}")
 
 
-def _pixel_size(cfg: TrainConfig, meta: dict[str, Any]) -> int:
-    """Pixels of the images the generator run tokenizes as it trains: ``data.image_size``, else the shards' fixed
-    size, else the tokenizer's own ``image_size``. Checked here against ``model.grid``: a mismatch would otherwise
-    first show in the first training batch, as a grid error naming neither the size nor where it came from."""
+def _pixel_size(cfg: TrainConfig, meta: dict[str, Any], kind: str) -> int:
+    """Pixels of the images (or video frames) the generator run tokenizes as it trains: ``data.image_size``, else
+    the shards' fixed size, else the tokenizer's own ``image_size``. Checked here against ``model.grid`` (for
+    clips with the frame count ``meta.json`` stores): a mismatch would otherwise first show in the first training
+    batch, as a grid error naming neither the size nor where it came from."""
     from nar.tokenizers import load_tokenizer
 
     d = cfg.data
     tokenizer = load_tokenizer(cfg.tokenizer.path, config=cfg.tokenizer.config or None)
-    if tokenizer.config.kind != "image":
-        raise ConfigError(f"a {tokenizer.config.kind} tokenizer cannot tokenize the images in {d.root}",
+    if tokenizer.config.kind != kind:
+        raise ConfigError(f"a {tokenizer.config.kind} tokenizer cannot tokenize the {kind} samples in {d.root}",
                           key="tokenizer.path")
     trained = int(tokenizer.config.image_size)
     if d.image_size:
@@ -71,11 +72,20 @@ def _pixel_size(cfg: TrainConfig, meta: dict[str, Any]) -> int:
         size, source = trained, "the tokenizer's image_size"
     factor = int(tokenizer.config.spatial_downsample)
     grid = [size // factor] * 2 if size % factor == 0 else None
-    if grid != list(cfg.model.grid):
-        fits = (f"data.image_size={cfg.model.grid[0] * factor}" if len(cfg.model.grid) == 2
-                and cfg.model.grid[0] == cfg.model.grid[1] else f"model.grid={grid}")
+    want = list(cfg.model.grid)
+    time_fits = True
+    if kind == "video":
+        frames = int(meta.get("frames") or tokenizer.config.num_frames)
+        ft = int(tokenizer.config.temporal_factor)
+        steps = frames // ft if frames % ft == 0 else None
+        time_fits = steps is not None and [steps] == want[:1]
+        grid = [steps, *grid] if steps and grid else None
+        source += f", {frames}-frame clips"
+    if grid != want:
+        square = len(want) >= 2 and want[-1] == want[-2]
+        fits = f"data.image_size={want[-1] * factor}" if square and time_fits else f"model.grid={grid}"
         raise ConfigError(f"{size} px ({source}) gives the tokenizer {cfg.tokenizer.path} (trained at {trained} px, "
-                          f"downsampling {factor}×) {grid or 'no'} token grids, but model.grid is {list(cfg.model.grid)}; "
+                          f"downsampling {factor}×) {grid or 'no'} token grids, but model.grid is {want}; "
                           f"set {fits}", key="data.image_size")
     return size
 

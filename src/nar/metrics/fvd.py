@@ -28,7 +28,29 @@ def _check_videos(videos: torch.Tensor) -> None:
         raise ConfigError(f"expected videos [B, 3, T, H, W], got shape {tuple(videos.shape)}")
 
 
-class FrechetVideoDistance(GaussianPairMetric):
+class _SameClipLength(GaussianPairMetric):
+    """Real and generated clips of one score have one length: features of 16-frame clips against 4-frame ones
+    give a number that means nothing (real clips written with other ``--frames`` than the tokenizer's)."""
+
+    def _check_length(self, frames: int, real: bool) -> None:
+        lengths = self.__dict__.setdefault("_clip_frames", {})
+        side, other = ("real", "generated") if real else ("generated", "real")
+        for name in (side, other):
+            if lengths.get(name, frames) != frames:
+                raise ConfigError(f"{side} clips of {frames} frames against {name} clips of {lengths[name]} frames: "
+                                  "a video distance compares clips of one length (write the real clips with the "
+                                  "tokenizer's frame count)")
+        lengths[side] = frames
+
+    def reset(self) -> None:
+        super().reset()
+        lengths = self.__dict__.get("_clip_frames", {})
+        lengths.pop("generated", None)
+        if self.reset_real_features:
+            lengths.pop("real", None)
+
+
+class FrechetVideoDistance(_SameClipLength):
     """FVD. ``update(videos, real)`` with ``videos`` ``[B, 3, T, H, W]``, uint8 or float in ``input_range``.
 
     Args:
@@ -42,7 +64,7 @@ class FrechetVideoDistance(GaussianPairMetric):
                  num_features: int = 400, reset_real_features: bool = True, **kwargs) -> None:
         path = Path(i3d_path).expanduser()
         if not path.is_file():
-            raise ConfigError(f"I3D TorchScript not found: {path} (set metrics.i3d_path; without it use "
+            raise ConfigError(f"I3D TorchScript not found: {path} (set eval.i3d_path; without it use "
                               "FVDProxyInception, reported as fvd_proxy_inception)")
         super().__init__(num_features, reset_real_features=reset_real_features, **kwargs)
         with warnings.catch_warnings():
@@ -55,6 +77,7 @@ class FrechetVideoDistance(GaussianPairMetric):
     def update(self, videos: torch.Tensor, real: bool) -> None:
         _check_videos(videos)
         b, _, t, h, w = videos.shape
+        self._check_length(t, real)
         x = to_uint8(videos, self.input_range).float() / 127.5 - 1  # the detector's [-1, 1]
         if (h, w) != (I3D_SIZE, I3D_SIZE):
             frames = rearrange(x, "b c t h w -> (b t) c h w")
@@ -69,7 +92,7 @@ class FrechetVideoDistance(GaussianPairMetric):
         return {"fvd": self._frechet().float()}
 
 
-class FVDProxyInception(GaussianPairMetric):
+class FVDProxyInception(_SameClipLength):
     """Proxy for FVD without I3D: per video ``[mean_t f_t, mean_t |f_{t+1} − f_t|]`` of Inception features.
 
     Reported as ``fvd_proxy_inception``. ``update(videos, real)`` as :class:`FrechetVideoDistance`;
@@ -92,6 +115,7 @@ class FVDProxyInception(GaussianPairMetric):
         b, _, t, h, w = videos.shape
         if t < 2:
             raise ConfigError(f"fvd_proxy_inception needs ≥ 2 frames, got {t}")
+        self._check_length(t, real)
         frames = rearrange(to_uint8(videos, self.input_range), "b c t h w -> (b t) c h w")
         ext = self._extractor
         param = next(ext.parameters(), None)
