@@ -18,8 +18,8 @@ SRC = ROOT / "src" / "nar"
 # Lower layers first; a package may import packages of strictly lower layers (and itself).
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"config", "checkpoints", "pictures", "atomic", "progress", "logconfig"},
-    {"locks", "geometry", "shapes", "text", "tokenizers"},
+    {"config", "checkpoints", "atomic", "progress", "logconfig"},
+    {"locks", "pictures", "geometry", "shapes", "text", "tokenizers"},
     {"model", "data"},
     {"sampling", "metrics"},
     {"runs"},
