@@ -338,3 +338,31 @@ def test_a_switch_that_turns_something_off_states_no_default():
     verify = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction)).choices["verify"]
     text = " ".join(verify.format_help().split())
     assert "--no-decode only read the tar structure" in text and "structure (default: True)" not in text
+
+
+def test_verbose_shows_the_traceback_of_our_own_errors(caplog) -> None:
+    """`nar -v`: the error's traceback too (where it was raised); without -v one line."""
+    from nar.cli.main import main
+
+    for argv, traceback in ((["train", "optim.lr=-1"], False), (["-v", "train", "optim.lr=-1"], True)):
+        caplog.clear()
+        assert main(argv) == 2
+        (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert "optim.lr" in record.getMessage() and bool(record.exc_info) == traceback, argv
+
+
+def test_train_summary_lists_what_ran_degraded(monkeypatch, capsys, tmp_path):
+    """preflight's degraded pieces (allowed by allow_degraded=true) are said again in nar train's summary."""
+    import types
+
+    import nar.workflows.train as train_workflow
+    from nar.cli import train as train_cli
+
+    out = {"trainer": types.SimpleNamespace(is_global_zero=True), "metrics": {"val/loss": 1.0}, "run_dir": tmp_path,
+           "checkpoint": tmp_path / "last.ckpt", "samples": None, "degraded": ["eval.metrics fid: no real samples"]}
+    monkeypatch.setattr(train_workflow, "generator_config", lambda *a, **k: None)
+    monkeypatch.setattr(train_workflow, "fit", lambda cfg, resume=False: out)
+    args = argparse.Namespace(config=[], overrides=[], resume=False, gpus=None, nodes=None, cpu=True, devices=None)
+    monkeypatch.setattr(train_cli, "device_overrides", lambda a: [], raising=False)
+    assert train_cli.run(args) == 0
+    assert "degraded:   eval.metrics fid: no real samples" in capsys.readouterr().out

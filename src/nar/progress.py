@@ -30,7 +30,7 @@ class Progress:
         self.total, self.desc, self.unit, self.every_s = max(0, int(total)), desc, unit, every_s
         self.enabled = enabled and self.total > 0
         self.done = 0
-        self.start_done = 0  # work done before this process started (a resumed run): not in the rate
+        self.start_done = 0  # work done before this process (a resumed run, or :meth:`skip`): not in the rate
         self.start = self.last = time.perf_counter()
         self._bar = None
         if self.enabled and (tty if tty is not None else sys.stderr.isatty() and not os.environ.get("NAR_LOG_PROGRESS")):
@@ -50,6 +50,21 @@ class Progress:
         return (f"{self.desc}: {self.done}/{self.total} {self.unit} ({100 * self.done / self.total:.0f} %), "
                 f"{rate:.3g} {self.unit}/s, {left} left")
 
+    def skip(self, n: int) -> None:
+        """Count ``n`` as done before this process (work read back, not redone): in the count and the time left,
+        not in the rate. Before any work of this process the clock starts again, so reading back is not timed."""
+        if not self.enabled or n <= 0:
+            return
+        if self.done == self.start_done:
+            self.start = time.perf_counter()
+        self.done += n
+        self.start_done += n
+        if self._bar is not None:  # tqdm's own rate leaves out its `initial`
+            self._bar.initial += n
+            self._bar.n += n
+            self._bar.last_print_n += n
+            self._bar.refresh()
+
     def update(self, n: int = 1) -> None:
         if not self.enabled:
             return
@@ -68,8 +83,12 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        log.info("%s: %d %s in %s (%.3g %s/s)", self.desc, self.done, self.unit,
-                 fmt_seconds(time.perf_counter() - self.start), self.rate, self.unit)
+        # this process's work in its own time; a resumed run adds where the count stands now
+        mine = (f"{self.desc}: {self.done - self.start_done} {self.unit} in "
+                f"{fmt_seconds(time.perf_counter() - self.start)} ({self.rate:.3g} {self.unit}/s)")
+        if self.start_done:
+            mine += f"; {self.done}/{self.total} {self.unit} counting the {self.start_done} done before"
+        log.info("%s", mine)
         self.enabled = False
 
     def __enter__(self) -> Progress:

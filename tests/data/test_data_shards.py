@@ -259,3 +259,20 @@ def test_iter_tar_lower_cases_member_extensions(tmp_path):
     got = list(iter_tar(path))
     assert [{k: v for k, v in s.items() if not k.startswith("__")} for s in got] == [
         {"jpeg": b"jpeg bytes", "cls": b"1"}, {"seg.png": b"png bytes"}]
+
+
+def test_write_split_progress_is_log_lines_from_the_first_part_only(tmp_path, caplog, capfd):
+    """In a log file (stderr not a terminal) a writer's progress is nar.progress's log lines, not a tqdm bar
+    redrawn with carriage returns, and of a split written in parts (`nar data tokens --gpus N`) only the first
+    part reports, with its own count."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="nar")
+    items, shard_size, world = list(range(14)), 3, 2
+    for rank in range(world):
+        assert write_split(tmp_path, "train", items, make_sample=lambda i: {"cls": 0, "json": {"i": i}},
+                           shard_size=shard_size, part=(rank, world)) is None
+    assert "\r" not in capfd.readouterr().err
+    first_part = sum(len(items[i:i + shard_size]) for i in range(0, len(items), shard_size * world))
+    done = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train")]
+    assert len(done) == 1 and done[0].split(": ", 1)[1].startswith(f"{first_part} sample in "), done

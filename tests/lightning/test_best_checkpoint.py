@@ -146,3 +146,57 @@ def test_the_final_validation_ranks_and_a_sigterm_in_it_is_an_interruption(token
     monkeypatch.setattr(ChunkGenerator, "decode", plain)
     fit(cfg, resume=True, enable_progress_bar=False)
     assert "val/fid" in read_metrics(cfg.run_dir)[-1]
+
+
+
+@pytest.fixture
+def sigint_kept():
+    """The process's SIGINT handler as it was, whatever the test's run did to it; yields it."""
+    import signal
+
+    previous = signal.getsignal(signal.SIGINT)
+    yield previous
+    signal.signal(signal.SIGINT, previous)
+
+
+def signal_at(monkeypatch, owner: type, method: str, signum: int) -> list[int]:
+    """``signum`` to this process in the first call of ``owner.method`` (as Ctrl-C or a cluster's preemption
+    lands there); returns one entry per call."""
+    import os
+
+    plain, calls = getattr(owner, method), []
+
+    def wrapped(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signum)
+        return plain(self, *args, **kwargs)
+
+    monkeypatch.setattr(owner, method, wrapped)
+    return calls
+
+
+@pytest.mark.parametrize("where", ["decoding", "loss batches"])
+def test_ctrl_c_in_the_final_validation_is_an_interruption(token_root: Path, tmp_path: Path, monkeypatch, where,
+                                                           sigint_kept) -> None:
+    """Ctrl-C (SIGINT) in the validation a run ends with (outside fit) stops it as SIGTERM does: after the chunk
+    being decoded, or after the loss batch it came in, and the run is interrupted (exit 75, not Lightning's
+    KeyboardInterrupt exit 1), its checkpoint kept for --resume. The handler is left as it was."""
+    import signal
+
+    from nar.errors import RunInterrupted
+    from nar.lightning.generation import ChunkGenerator
+    from nar.lightning.generator_module import GeneratorModule
+    from nar.runs.folder import read_checkpoint_info
+    from nar.workflows.train import fit
+
+    over = {"trainer.max_steps": 2, "trainer.val_every": 0, "eval.num_samples": 8, "eval.batch_size": 4,
+            "eval.metrics": "[]"}
+    cfg = load_config(TrainConfig, [], tiny_overrides(token_root, tmp_path, name="ctrl-c", **over))
+    owner, method = (ChunkGenerator, "decode") if where == "decoding" else (GeneratorModule, "validation_step")
+    calls = signal_at(monkeypatch, owner, method, signal.SIGINT)
+    with pytest.raises(RunInterrupted, match="stopped by SIGINT during a validation at step 2"):
+        fit(cfg, enable_progress_bar=False)
+    assert len(calls) == 1  # stopped after the chunk or batch it came in, of 2
+    assert read_checkpoint_info(cfg.run_dir / "checkpoints" / "last.ckpt").step == cfg.trainer.max_steps
+    assert signal.getsignal(signal.SIGINT) is sigint_kept

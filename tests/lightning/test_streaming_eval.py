@@ -207,6 +207,41 @@ def test_evaluate_out_here_other_metrics_and_a_sigterm(setup, tmp_path, monkeypa
     assert json.loads((here / "results.json").read_text())["num_samples"] == 12
 
 
+def test_ctrl_c_during_an_evaluation_is_an_interruption_too(setup, tmp_path, monkeypatch) -> None:
+    """Ctrl-C (SIGINT) during `nar evaluate` stops it after the chunk being decoded and exits 75 as SIGTERM does
+    (Lightning's own KeyboardInterrupt path exited 1); the same command then finishes from the chunks, and the
+    process's SIGINT handler is left as it was."""
+    import signal
+
+    from nar.cli.main import main
+    from nar.errors import EXIT_INTERRUPTED
+    from nar.lightning.generation import ChunkGenerator
+
+    ckpt, _ = setup
+    n, batch = 12, 4
+    plain, decoded = ChunkGenerator.decode, []
+
+    def decode(self, tokens):
+        decoded.append(tokens.shape[0])
+        if len(decoded) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return plain(self, tokens)
+
+    previous = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(ChunkGenerator, "decode", decode)
+    out = tmp_path / "ctrl-c"
+    try:
+        assert main(evaluate_args(ckpt, out, n, batch, "eval.metrics=[]")) == EXIT_INTERRUPTED
+        assert signal.getsignal(signal.SIGINT) is previous
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert decoded == [batch] and chunk_path(out / "chunks", 0).is_file()
+    assert not chunk_path(out / "chunks", 1).exists() and not (out / "results.json").exists()
+    monkeypatch.setattr(ChunkGenerator, "decode", plain)
+    assert main(evaluate_args(ckpt, out, n, batch, "eval.metrics=[]")) == 0
+    assert json.loads((out / "results.json").read_text())["num_samples"] == n
+
+
 def test_eval_per_class_sets_nar_evaluate_budget(setup, tmp_path):
     """eval.per_class (the ImageNet configs' 50) is nar evaluate's budget when no flag sets one: it was read by
     nothing, and evaluate fell back to eval.num_samples."""

@@ -183,6 +183,26 @@ def test_start_time_checks(tokens: Path, tmp_path: Path, caplog) -> None:
     assert not (runs / "run").exists()  # nothing was started
 
 
+def test_missing_data_and_metric_networks_fail_at_start(tokens: Path, tmp_path: Path, caplog) -> None:
+    """6. A data.root that is no dataset (missing, or without meta.json) and an eval.inception_weights or
+    eval.i3d_path naming a missing file fail before anything is made, naming the file or the key, instead of
+    after every training step (the networks) or after the run folder was made (the data)."""
+    runs = tmp_path / "runs"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for root in (tmp_path / "nope", empty):
+        assert main(["train", *overrides(root, runs)]) == 2, root
+        assert str(root / "meta.json") in caplog.text
+        assert not runs.exists()
+        caplog.clear()
+    for key in ("eval.inception_weights", "eval.i3d_path"):
+        missing = tmp_path / f"{key}.pt"
+        assert main(["train", *overrides(tokens, runs, **{key: str(missing)})]) == 2, key
+        assert key in caplog.text and str(missing) in caplog.text
+        assert not runs.exists()
+        caplog.clear()
+
+
 def test_evaluation_and_sampling_refuse_bad_requests(tokens: Path, tmp_path: Path, caplog) -> None:
     """7. Fewer real samples than asked fail with the counts; zero samples and non-finite guidance are refused;
     6. sampling with a tokenizer whose codebook is smaller than the vocabulary is a usage error."""

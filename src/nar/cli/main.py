@@ -83,7 +83,7 @@ def _every_parser(parser: argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nar", description="Neighboring Autoregressive Modeling suite")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; an error shows its traceback")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=IntermixedParser)
     for name in SUBCOMMANDS:
         importlib.import_module(name).register(sub)
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except NarError as err:  # one line naming the file, key or value; 2 = fix the input, 1 = runtime failure
-        logging.getLogger("nar").error("%s", err)
+        logging.getLogger("nar").error("%s", err, exc_info=args.verbose)  # -v: where it was raised, too
         return err.exit_code
 
 

@@ -61,4 +61,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"samples:    {out['samples']}")
         print(f"tensorboard --logdir {out['run_dir'] / 'tb'}")
         print("scores:     " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(scores.items())))
+        if out["degraded"]:  # allowed with allow_degraded=true, and said again here so it is not missed
+            print("degraded:   " + "; ".join(out["degraded"]))
     return 0

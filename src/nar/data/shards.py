@@ -32,11 +32,11 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 import numpy as np
-from tqdm import tqdm
 
 from nar.atomic import WriteError, atomic_open, atomic_path, remove_stale_temporaries, write_text
 from nar.errors import DataError
 from nar.locks import FolderLock
+from nar.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -377,7 +377,9 @@ def write_split(
             log.warning("%s left unwritten: %s; rerun the same command once its input can be read",
                         shard_name(split, index), err)
 
-        with tqdm(total=remaining, desc=desc or split, unit=unit, dynamic_ncols=True, leave=False, disable=remaining == 0) as bar:
+        # a bar on a terminal, else a log line every 30 s; of a split written in parts, the first part's only
+        label = f"{desc or split} (part 1 of {world})" if world > 1 else desc or split
+        with Progress(remaining, label, unit=unit, enabled=rank == 0) as bar:
             if workers <= 1 or len(todo) <= 1:
                 for i in todo:
                     try:
@@ -491,7 +493,7 @@ def _start_method() -> str:
 class _Ticking:
     """Calls ``make_sample`` and advances a progress bar by one item, whatever the outcome."""
 
-    def __init__(self, make_sample: Callable, bar: tqdm) -> None:
+    def __init__(self, make_sample: Callable, bar: Progress) -> None:
         self.make_sample, self.bar = make_sample, bar
 
     def __call__(self, item: Any) -> Any:

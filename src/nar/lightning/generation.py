@@ -149,12 +149,15 @@ def stream_chunks(generator: ChunkGenerator, conds: torch.Tensor, masks: torch.T
             seconds["write"] = seconds.get("write", 0.0) + time.perf_counter() - start
         return pixels
 
-    def hand_over(c: int, pixels: torch.Tensor) -> None:
+    def hand_over(c: int, pixels: torch.Tensor, made: bool) -> None:
         lo, hi = span(c)
+        # counted first: the chunk is on disk even when a consumer then stops the run (a stop asked)
+        if progress is not None and made:
+            progress.update(hi - lo)
+        elif progress is not None:  # read back: an earlier run's work, kept out of the rate and the time left
+            progress.skip(hi - lo)
         for consume in consumers:
             consume(c, pixels, labels[lo:hi] if labels is not None else None)
-        if progress is not None:
-            progress.update(hi - lo)
 
     missing: list[int] = []
     for c in chunks:
@@ -162,7 +165,7 @@ def stream_chunks(generator: ChunkGenerator, conds: torch.Tensor, masks: torch.T
         if pixels is None:
             missing.append(c)
         elif not missing:  # nothing before it is missing: its turn is now
-            hand_over(c, pixels)
+            hand_over(c, pixels, made=False)
     if not missing:
         return len(chunks)
     reused = len(chunks) - len(missing)
@@ -170,13 +173,14 @@ def stream_chunks(generator: ChunkGenerator, conds: torch.Tensor, masks: torch.T
     todo = set(missing)
     for c in chunks[chunks.index(missing[0]):]:
         if c in todo:
-            hand_over(c, generate(c, next(stream)))
+            hand_over(c, generate(c, next(stream)), made=True)
             continue
         pixels = read(c)
-        if pixels is None:  # valid a moment ago, gone or damaged since: generate it on its own (same seed)
+        made = pixels is None
+        if made:  # valid a moment ago, gone or damaged since: generate it on its own (same seed)
             pixels = generate(c, next(generator.tokens_stream([batch(c)], batch_size)))
             reused -= 1
-        hand_over(c, pixels)
+        hand_over(c, pixels, made)
     return reused
 
 

@@ -46,6 +46,13 @@ def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[st
     e = cfg.eval
     if needs_data and not cfg.data.root:
         raise ConfigError("empty; point it at a shard folder (e.g. made by `nar data tokens`)", key="data.root")
+    if needs_data:
+        read_meta(cfg.data.root)  # DataError naming <root>/meta.json, before the run folder is made
+    # networks the metrics load at the first decoding validation: a wrong path would fail after training
+    if e.inception_weights and not Path(e.inception_weights).is_file():
+        raise ConfigError(f"file not found: {e.inception_weights}", key="eval.inception_weights")
+    if e.i3d_path and not Path(e.i3d_path).expanduser().is_file():  # read as FrechetVideoDistance reads it
+        raise ConfigError(f"file not found: {e.i3d_path}", key="eval.i3d_path")
     if cfg.tokenizer.path:
         codebook = tokenizer_codebook(cfg.tokenizer.path, cfg.tokenizer.config)
         if cfg.model.vocab_size > codebook:

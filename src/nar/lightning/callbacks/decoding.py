@@ -67,8 +67,8 @@ class _StopGuard:
         return cls(trainer, guard, num_chunks) if guard is not None else None
 
     def check(self) -> None:
-        # while fitting our handler takes the signal; in trainer.validate (nar evaluate, a run's final validation)
-        # Lightning's does, and the caller turns it into RunInterrupted (validate_or_interrupt)
+        # our handler takes SIGINT always and SIGTERM while fitting; in trainer.validate (nar evaluate, a run's final
+        # validation) Lightning takes SIGTERM, and the caller turns either into RunInterrupted (validate_or_interrupt)
         asked = self.guard.signal_name is not None or bool(self.trainer.received_sigterm)
         if self.trainer.world_size > 1:
             asked = self.trainer.strategy.reduce_boolean_decision(asked, all=False)

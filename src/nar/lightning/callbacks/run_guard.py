@@ -8,6 +8,12 @@ decision (one boolean all-reduce per step), so all of them save and stop togethe
 a decoding validation ends that validation after its current chunk (the frontier-decoding callback asks
 :attr:`PreemptionCallback.signal_name`), so the checkpoint does not wait for the whole validation.
 
+A validation outside fit (``nar evaluate``, a run's final validation) keeps Lightning's SIGTERM handler, which
+stops it after the current loss batch; SIGINT gets ours there, so that Ctrl-C stops it the same way instead of
+through Lightning's KeyboardInterrupt path (exit 1): after the current loss batch (one process; under DDP the
+ranks go on to the decoding) or decoded chunk. :func:`nar.lightning.trainer.validate_or_interrupt` turns either
+stop into :class:`~nar.errors.RunInterrupted`; a second SIGINT aborts at once there too.
+
 :class:`RunConfigCallback`: ``config.yaml`` is written when training starts, i.e. after a resumed
 checkpoint has loaded into the model, so a failed ``--resume`` (another ``model.dim``) leaves the folder's
 config as it was.
@@ -22,12 +28,19 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 
 import lightning as L
 from nar.atomic import write_text
 from nar.config import to_yaml
 
 log = logging.getLogger(__name__)
+
+
+class ValidationStopped(Exception):
+    """SIGINT asked a validation outside fit to stop; raised after its current loss batch (as Lightning stops on
+    SIGTERM) and turned into :class:`~nar.errors.RunInterrupted` by
+    :func:`nar.lightning.trainer.validate_or_interrupt`."""
 
 
 class PreemptionCallback(Callback):
@@ -40,6 +53,7 @@ class PreemptionCallback(Callback):
         self.saved: Path | None = None
         self._previous: dict[int, Any] = {}
         self._step_seen = -1
+        self._validating = False  # in a validation outside fit, with our SIGINT handler
 
     @staticmethod
     def of(trainer: L.Trainer) -> PreemptionCallback | None:
@@ -54,25 +68,51 @@ class PreemptionCallback(Callback):
             log.warning("second SIGINT: aborting without saving")
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt
-        if self.signal_name is None:
+        if self.signal_name is None and self._validating:
+            log.warning("%s: stopping the validation after its current batch or chunk (Ctrl-C again to abort)",
+                        name)
+        elif self.signal_name is None:
             log.warning("%s: saving a checkpoint at the next step boundary, then stopping (Ctrl-C again to abort)",
                         name)
         self.signal_name = name
+
+    def _install(self, signums: tuple[int, ...]) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in signums:
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handle)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After Lightning has installed its own SIGTERM handler (which would stop the loop without saving,
         # exit code 0): ours replaces it for the run and Lightning's is restored at the end.
         self._step_seen = trainer.global_step
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.getsignal(signum)
-            signal.signal(signum, self._handle)
+        self._install((signal.SIGINT, signal.SIGTERM))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.restore()
 
+    # A validation outside fit: SIGTERM stays Lightning's (it stops after the current loss batch, and
+    # validate_or_interrupt reads trainer.received_sigterm); SIGINT, which Lightning turns into exit 1, is ours.
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.VALIDATING:
+            self._validating = True
+            self._install((signal.SIGINT,))
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        # One process stops after its current loss batch, as Lightning does on SIGTERM. Under DDP the ranks go on
+        # to the decoding, whose chunks they stop after together (a rank leaving alone would hang the others).
+        if self._validating and self.signal_name is not None and trainer.world_size == 1:
+            raise ValidationStopped(self.signal_name)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._validating:
+            self._validating = False
+            self.restore()
+
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._validating = False
         self.restore()
 
     def restore(self) -> None:
