@@ -77,3 +77,15 @@ def test_damaged_reference_files_name_the_path(tmp_path, damage):
     for read in (GaussianStats.load_npz, reference_keys):
         with pytest.raises(DataError, match=r"VIRTUAL_ref\.npz"):
             read(str(path))
+
+
+def test_the_callers_own_errors_pass_through_open_npz(tmp_path):
+    """open_npz names the file for numpy's errors only: a ConfigError (a ValueError) raised by the caller inside the
+    block is the caller's, not a 'damaged archive'."""
+    from nar.errors import ConfigError
+    from nar.metrics.frechet import open_npz
+
+    path = tmp_path / "ref.npz"
+    np.savez(path, mu=np.zeros(4))
+    with pytest.raises(ConfigError, match="the caller's"), open_npz(path):
+        raise ConfigError("the caller's")

@@ -61,8 +61,13 @@ def test_bad_value_from_a_yaml_names_the_key():
 
 
 def test_grid_takes_any_sequence_of_ints():
+    import numpy as np
+
     assert NARConfig(grid=(2, 8)).grid == [2, 8]
     assert NARConfig(grid=torch.Size([3, 5])).grid == [3, 5]
+    assert NARConfig(grid=np.array([4, 6])).grid == [4, 6] and NARConfig(grid=torch.tensor([2, 2])).grid == [2, 2]
+    with pytest.raises(ConfigError, match="key 'grid'"):
+        NARConfig(grid=np.array([4.5, 6.0]))
 
 
 def test_unknown_preset():

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nar.errors import DataError
+from nar.errors import DataError, NarError
 
 
 def _sqrtm_psd(matrix: torch.Tensor) -> torch.Tensor:
@@ -64,6 +64,8 @@ def open_npz(path: str | Path) -> Iterator[np.lib.npyio.NpzFile]:
     with data:
         try:
             yield data
+        except NarError:  # the caller's own errors (a ConfigError is a ValueError too) pass as they are
+            raise
         except _NPZ_ERRORS as err:
             raise DataError(f"{path}: damaged .npz archive ({type(err).__name__}: {err})") from err
 

@@ -207,7 +207,10 @@ class NARConfig:
 
 def _sizes(key: str, value: Any) -> list[int]:
     """``value`` as a list of ints: a sequence of ints (a tuple, a ``torch.Size``, a YAML list) and nothing
-    else, so that ``"16"`` is not read as ``[1, 6]`` nor ``4.7`` cut to 4."""
+    else, so that ``"16"`` is not read as ``[1, 6]`` nor ``4.7`` cut to 4. A 1-D numpy array or tensor is
+    read as its list."""
+    if getattr(value, "ndim", None) == 1 and hasattr(value, "tolist"):
+        value = value.tolist()
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise ConfigError(f"expected a list of sizes like [16, 16], got {value!r}", key=key)
     try:
