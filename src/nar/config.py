@@ -104,8 +104,9 @@ def _parse_overrides(base: DictConfig, overrides: Sequence[str]) -> DictConfig:
         key, _, text = item.partition("=")
         node = _string_node(base, key)
         value = text.strip()
+        # null (not the empty text) on a key that may not be None is left to YAML, and so refused naming the key
         raw = (node is not None and value[:1] not in ("'", '"')
-               and not (node._is_optional() and value in _YAML_NULLS))
+               and not (value in _YAML_NULLS and (node._is_optional() or value)))
         try:
             if raw:
                 OmegaConf.update(out, key, value, merge=True)

@@ -103,6 +103,13 @@ def test_optional_string_keys_take_null_and_keep_other_text(override: str, value
     assert (cfg.tags[item] if item else cfg.tag) == value
 
 
+@pytest.mark.parametrize("override", ["eval.inception_weights=null", "name=~"])
+def test_null_on_a_text_key_that_cannot_be_none_is_refused(override: str) -> None:
+    """Not the text 'null' (which later read as 'file not found: null'): refused at start, naming the key."""
+    with pytest.raises(ConfigError, match=f"key '{override.partition('=')[0]}'"):
+        load_config(TrainConfig, [], [override])
+
+
 def test_raster_override_gets_its_own_head_layout() -> None:
     cfg = load_config(TrainConfig, [ROOT / "experiments/demo/emoji.yaml"], ["model.mode=raster"])
     assert cfg.model.blocks_per_axis == [0] and cfg.model.axis_names == ("next",)

@@ -255,3 +255,20 @@ def test_eval_per_class_sets_nar_evaluate_budget(setup, tmp_path):
                  "eval.metrics=[]", "eval.per_class=1", f"eval.num_samples={classes + 3}"]) == 0
     with np.load(out / f"samples_{classes}.npz") as data:
         assert data["arr_0"].shape[0] == classes
+
+
+def test_a_stored_per_class_does_not_change_a_bare_evaluation(setup, tmp_path):
+    """Runs saved before eval.per_class was read store its old default (50): a bare nar evaluate of them keeps
+    eval.num_samples as its budget. Only a YAML or the command line sets it now."""
+    import torch
+
+    from nar.workflows.train import evaluation_config
+
+    ckpt, _ = setup
+    obj = torch.load(ckpt, map_location="cpu", weights_only=False)
+    cfg = obj["hyper_parameters"]["cfg"]
+    obj["hyper_parameters"]["cfg"] = {**cfg, "eval": {**cfg.get("eval", {}), "per_class": 50}}
+    old = tmp_path / "old.ckpt"
+    torch.save(obj, old)
+    assert evaluation_config(old).eval.per_class is None
+    assert evaluation_config(old, overrides=["eval.per_class=2"]).eval.per_class == 2

@@ -243,6 +243,9 @@ def evaluation_config(ckpt: str | Path, yamls: Sequence[str | Path] = (), overri
         # checkpoints: an evaluation keeps none, and their metric need not be among the ones scored now.
         stored = {**stored, "trainer": {**stored.get("trainer", {}), "devices": 1, "num_nodes": 1, "strategy": "auto",
                                         "keep_best": 0}}
+        # eval.per_class sets nar evaluate's budget from the YAML or the command line only: runs saved before it
+        # did store the then-ignored default (50), which would now change their bare evaluations' budget
+        stored["eval"] = {k: v for k, v in (stored.get("eval") or {}).items() if k != "per_class"}
     return generator_config(yamls, overrides, base=stored)
 
 
@@ -283,7 +286,8 @@ def evaluate(cfg: TrainConfig, ckpt: str | Path, per_class: int | None = None, n
     for flag, value in (("--num-samples", num_samples), ("--per-class", per_class)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
-    per_class = per_class or cfg.eval.per_class
+    if per_class is None and cfg.model.condition == "class":  # per class means nothing for captions
+        per_class = cfg.eval.per_class
     n = num_samples or (per_class * cfg.model.num_classes if per_class else cfg.eval.num_samples)
     out = Path(out).resolve() if out else evaluation_dir(cfg, ckpt, n)  # '--out .' has a name once resolved
     cfg = replace(cfg, eval=replace(cfg.eval, num_samples=n), ema=replace(cfg.ema, enabled=False),
