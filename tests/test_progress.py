@@ -95,3 +95,13 @@ def test_skipped_work_moves_the_terminal_bar_without_entering_its_rate() -> None
     p.update(1)
     assert p._bar.n == p.done == 7 and p._bar.format_dict["initial"] == 6 and p.start_done == 6
     p.close()
+
+
+def test_work_stopped_by_an_error_says_so_in_its_last_line(clock, caplog) -> None:
+    """A split that fails half-way ended its log with a line that read like a finished one."""
+    caplog.set_level(logging.INFO, logger="nar")
+    with pytest.raises(OSError), Progress(10, "write train", unit="sample", every_s=1e9, tty=False) as p:
+        p.update(4)
+        raise OSError("disk full")
+    (line,) = lines(caplog, "write train:")
+    assert line.startswith("write train: stopped by an error at 4/10 sample: 4 sample in")

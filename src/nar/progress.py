@@ -77,14 +77,17 @@ class Progress:
             self.last = now
             log.info("%s", self.line())
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """End the display with a summary line; ``failed``: the work stopped on an error, and the line says so
+        (a line that read like a finished job would mislead a reader of the log)."""
         if not self.enabled:
             return
         if self._bar is not None:
             self._bar.close()
             self._bar = None
         # this process's work in its own time; a resumed run adds where the count stands now
-        mine = (f"{self.desc}: {self.done - self.start_done} {self.unit} in "
+        stopped = f"stopped by an error at {self.done}/{self.total} {self.unit}: " if failed else ""
+        mine = (f"{self.desc}: {stopped}{self.done - self.start_done} {self.unit} in "
                 f"{fmt_seconds(time.perf_counter() - self.start)} ({self.rate:.3g} {self.unit}/s)")
         if self.start_done:
             mine += f"; {self.done}/{self.total} {self.unit} counting the {self.start_done} done before"
@@ -94,5 +97,5 @@ class Progress:
     def __enter__(self) -> Progress:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(failed=exc_type is not None)
