@@ -87,10 +87,10 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     """Delete the temporary files in ``folder`` whose writer ran on this host and no longer runs (``.<name>.<pid>
     @<host>.tmp``, and ``.<name>.<pid>.tmp`` of earlier versions); returns them. Another host's are left: a
     node cannot tell whether a process of another node still writes."""
-    removed = []
+    removed, here = [], _host()
     for tmp in Path(folder).glob(f".*{TMP_SUFFIX}"):
         pid, _, host = tmp.name.rsplit(".", 2)[-2].partition("@")
-        if host and host != _host():
+        if host and host != here:
             continue
         if pid.isdigit() and not pid_alive(int(pid)):
             with contextlib.suppress(OSError):

@@ -30,7 +30,12 @@ import lightning as L
 from nar.errors import ConfigError, RunInterrupted
 from nar.lightning.callbacks.data_position import DataPositionCallback
 from nar.lightning.callbacks.progress_log import LogProgressCallback
-from nar.lightning.callbacks.run_guard import PreemptionCallback, RunConfigCallback, ValidationStopped
+from nar.lightning.callbacks.run_guard import (
+    PreemptionCallback,
+    RunConfigCallback,
+    ValidationStopped,
+    stop_asked,
+)
 from nar.lightning.checkpointing import AtomicCheckpointIO
 from nar.locks import FolderLock
 from nar.runs.config import DataSection, RunConfig, TrainConfig, val_batches
@@ -184,20 +189,14 @@ def validate_or_interrupt(trainer: L.Trainer, module: L.LightningModule, on_stop
     kept and how to go on) instead of Lightning's ``SIGTERMException`` (a ``SystemExit`` whose exit status is 0)
     or its KeyboardInterrupt exit 1 (:class:`~nar.lightning.callbacks.run_guard.PreemptionCallback` takes SIGINT
     during the validation)."""
-    guard = PreemptionCallback.of(trainer)
-
-    def asked() -> str | None:
-        if trainer.received_sigterm:
-            return "SIGTERM"
-        return guard.signal_name if guard is not None else None
-
     try:
         trainer.validate(module, verbose=False, **validate_kwargs)
     except (SystemExit, ValidationStopped):
-        if asked() is None:
+        if stop_asked(trainer) is None:
             raise
-    if asked() is not None:  # raised out of the loss batches, or the decoding stopped after a chunk
-        raise RunInterrupted(f"stopped by {asked()} during a validation at step {trainer.global_step}; {on_stop}")
+    signal_name = stop_asked(trainer)
+    if signal_name is not None:  # raised out of the loss batches, or the decoding stopped after a chunk
+        raise RunInterrupted(f"stopped by {signal_name} during a validation at step {trainer.global_step}; {on_stop}")
 
 
 def finish_run(trainer: L.Trainer, module: L.LightningModule, last: Any, validate: bool,

@@ -73,9 +73,9 @@ def run_demo(domain: str = "emoji", smoke: bool = False, compare_raster: bool = 
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    if domain in T2I and not data:  # its own scene count and size, so data/embedded/shapes stays the default one
-        data_root = out_dir / "data"
-    if smoke and not data:  # the smoke budget's own small shards, unless --data names a folder
+    # Without --data, t2i domains (their own scene count and size, so data/embedded/shapes stays the default one)
+    # and the smoke budget (its own small shards) build their data under the demo folder.
+    if not data and (domain in T2I or smoke):
         data_root = out_dir / "data"
     images = ensure_embedded(domain, data_root, smoke)
     timings["data"] = time.perf_counter() - t

@@ -252,9 +252,10 @@ def evaluation_config(ckpt: str | Path, yamls: Sequence[str | Path] = (), overri
 def evaluation_dir(cfg: TrainConfig, ckpt: str | Path, num_samples: int) -> Path:
     """``<run>/eval/<checkpoint>-<N>``: beside the checkpoint's run folder (our ``.ckpt`` in ``<run>/checkpoints``),
     else under the config's run folder; never the training outputs themselves."""
+    from nar.runs.folder import run_dir_of
+
     ckpt = Path(ckpt)
-    run_dir = ckpt.parent.parent if ckpt.parent.name == CHECKPOINTS else cfg.run_dir
-    return run_dir / "eval" / f"{ckpt.stem}-{num_samples}"
+    return (run_dir_of(ckpt) or cfg.run_dir) / "eval" / f"{ckpt.stem}-{num_samples}"
 
 
 def reference_of(cfg: TrainConfig) -> str:

@@ -29,7 +29,7 @@ from torch.utils.data import DistributedSampler
 import lightning as L
 from nar.atomic import write_text
 from nar.errors import RuntimeFailure
-from nar.lightning.callbacks.run_guard import PreemptionCallback
+from nar.lightning.callbacks.run_guard import PreemptionCallback, stop_asked
 from nar.lightning.generation import ChunkGenerator, stream_chunks, to_uint8
 from nar.metrics.registry import build_metrics
 from nar.metrics.sources import iter_batches, iter_records, real_features
@@ -69,7 +69,7 @@ class _StopGuard:
     def check(self) -> None:
         # our handler takes SIGINT always and SIGTERM while fitting; in trainer.validate (nar evaluate, a run's final
         # validation) Lightning takes SIGTERM, and the caller turns either into RunInterrupted (validate_or_interrupt)
-        asked = self.guard.signal_name is not None or bool(self.trainer.received_sigterm)
+        asked = stop_asked(self.trainer) is not None
         if self.trainer.world_size > 1:
             asked = self.trainer.strategy.reduce_boolean_decision(asked, all=False)
         if asked:
@@ -420,11 +420,11 @@ def _gather_captions(feats: torch.Tensor | None, mask: torch.Tensor | None, text
     ``interleaved``: global sample ``j * world + r`` is rank ``r``'s ``j``-th; else rank ``r``'s block follows rank
     ``r - 1``'s. A mask missing on any rank is missing for all (as for one batch without it in one process)."""
     world, rank = dist.get_world_size(), dist.get_rank()
-    counts: list[Any] = [None] * world
-    dist.all_gather_object(counts, len(texts))
-    if interleaved:
+    if interleaved:  # the same on every rank (the loader's kind), so all ranks make the same collectives
         keep = min(len(texts), math.ceil(n / world))
     else:  # only this rank's first samples can follow the blocks of the ranks before it among the first n
+        counts: list[Any] = [None] * world
+        dist.all_gather_object(counts, len(texts))
         keep = max(0, min(len(texts), n - sum(counts[:rank])))
     mine = (feats[:keep].cpu() if keep else None, mask[:keep].cpu() if keep and mask is not None else None,
             texts[:keep])

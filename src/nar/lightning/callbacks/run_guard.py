@@ -142,6 +142,15 @@ class PreemptionCallback(Callback):
                         self.last_path)
 
 
+def stop_asked(trainer: L.Trainer) -> str | None:
+    """The signal that asked this process to stop: ``"SIGTERM"`` when Lightning's own handler took it (in
+    ``trainer.validate``), else what the :class:`PreemptionCallback` took; None when no stop was asked."""
+    if trainer.received_sigterm:
+        return "SIGTERM"
+    guard = PreemptionCallback.of(trainer)
+    return guard.signal_name if guard is not None else None
+
+
 class RunConfigCallback(Callback):
     """Writes ``<run>/config.yaml`` (rank 0) when training starts, after any resumed state has loaded."""
 
