@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +33,12 @@ class _SameClipLength(GaussianPairMetric):
     """Real and generated clips of one score have one length: features of 16-frame clips against 4-frame ones
     give a number that means nothing (real clips written with other ``--frames`` than the tokenizer's)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._clip_frames: dict[str, int] = {}  # frames per clip of each side seen so far
+
     def _check_length(self, frames: int, real: bool) -> None:
-        lengths = self.__dict__.setdefault("_clip_frames", {})
+        lengths = self._clip_frames
         side, other = ("real", "generated") if real else ("generated", "real")
         for name in (side, other):
             if lengths.get(name, frames) != frames:
@@ -44,10 +49,9 @@ class _SameClipLength(GaussianPairMetric):
 
     def reset(self) -> None:
         super().reset()
-        lengths = self.__dict__.get("_clip_frames", {})
-        lengths.pop("generated", None)
+        self._clip_frames.pop("generated", None)
         if self.reset_real_features:
-            lengths.pop("real", None)
+            self._clip_frames.pop("real", None)
 
 
 class FrechetVideoDistance(_SameClipLength):

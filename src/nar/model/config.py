@@ -182,15 +182,21 @@ class NARConfig:
         return AXIS_NAMES[len(self.grid)] if self.mode == "nar" else ("next",)
 
     @classmethod
+    def check_field_names(cls, keys: Any) -> None:
+        """Raise :class:`ConfigError` naming the first of ``keys`` that is not a field (a misspelt override)."""
+        known = {f.name for f in fields(cls)}
+        for key in keys:
+            if key not in known:
+                raise ConfigError(f"not a NARConfig field; known: {', '.join(sorted(known))}", key=key)
+
+    @classmethod
     def from_name(cls, name: str, **overrides: Any) -> NARConfig:
         """A preset by name (``NAR-B`` … ``NAR-XXL``, ``NAR-tiny``, ``bench-cpu``) with overrides."""
         if name not in PRESETS:
             raise ConfigError(f"unknown preset '{name}'; known: {', '.join(PRESETS)}")
         base = PRESETS[name]
-        known = {f.name for f in fields(cls)}
+        cls.check_field_names(overrides)
         for key, value in overrides.items():
-            if key not in known:
-                raise ConfigError(f"not a NARConfig field; known: {', '.join(sorted(known))}", key=key)
             default = getattr(base, key)
             if value is None or default is None:
                 continue

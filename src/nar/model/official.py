@@ -10,7 +10,6 @@ raster baseline with one head on the trunk.
 from __future__ import annotations
 
 import re
-from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 import torch
@@ -97,10 +96,7 @@ def config_from_official(state: dict[str, torch.Tensor], n_head: int, *, source:
         ConfigError: an override is not a NARConfig field, or a value is invalid (naming the key).
         CheckpointError: ``state`` is not a whole official generator (naming ``source`` and the key).
     """
-    known = {f.name for f in dataclass_fields(NARConfig)}
-    for key in overrides:
-        if key not in known:
-            raise ConfigError(f"not a NARConfig field; known: {', '.join(sorted(known))}", key=key)
+    NARConfig.check_field_names(overrides)
     layers = {int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.", k))}
     if "tok_embeddings.weight" not in state or not layers:
         raise CheckpointError(f"{source}: not an official NAR/LlamaGen generator state dict (no tok_embeddings/layers)")
