@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -153,6 +155,7 @@ def test_half_precision_decoding_mixes_three_parents_by_their_exact_mean():
         fused = model._mix_inference(feats, plan, state)
         mean = model._mix(feats, plan.sources, plan.weights)
     assert not plan.exact_weights
+    assert dataclasses.replace(plan, cell_weight=None).exact_weights  # derived from cell_weight, never stale
     for parents in (2, 3):
         cells = (plan.weights > 0).sum(0) == parents
         assert cells.any()

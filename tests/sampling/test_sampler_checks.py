@@ -53,6 +53,10 @@ def test_captions_of_the_wrong_shape_name_the_expected_one(cfg_scale):
     for mask in (torch.ones(3, 6), torch.ones(1, 6), torch.ones(2, 5)):
         with pytest.raises(ValueError, match=rf"cond_mask must be .*\[2, 6\].*got {re.escape(str(list(mask.shape)))}"):
             generate(model, ok, s, cond_mask=mask)
+    with pytest.raises(ValueError, match=r"\[B, 6, 8\].*got shape \(2, 5, 8\)"):
+        reference_generate(model, torch.randn(2, 5, 8), s)
+    with pytest.raises(ValueError, match=r"cond_mask must be .*\[2, 6\].*got \[2, 5\]"):
+        reference_generate(model, ok, s, cond_mask=torch.ones(2, 5))
     with pytest.raises(ValueError, match=r"cond_mask must be .*\[3, 6\]"):
         FastSampler(model, 3, s, cond_mask=torch.ones(2, 6))
 
@@ -70,12 +74,13 @@ def test_fast_sampler_refuses_a_caption_it_would_broadcast():
 def test_class_ids_out_of_range_name_num_classes(label):
     model = seeded_model(32, grid=[3, 4])
     labels = torch.tensor([0, label])
-    for run in (lambda: generate(model, labels, GUIDED), lambda: FastSampler(model, 2, GUIDED)(labels),
-                lambda: WavefrontSampler(model, 2, GUIDED)(labels)):
+    entry_points = (lambda c: generate(model, c, GUIDED), lambda c: reference_generate(model, c, GUIDED),
+                    lambda c: FastSampler(model, 2, GUIDED)(c), lambda c: WavefrontSampler(model, 2, GUIDED)(c))
+    for run in entry_points:
         with pytest.raises(ValueError, match=rf"\[0, 5\).*num_classes=5.*got \[{label}\]"):
-            run()
-    with pytest.raises(ValueError, match="integer ids"):
-        FastSampler(model, 2, GUIDED)(torch.tensor([0.0, 1.0]))
+            run(labels)
+        with pytest.raises(ValueError, match="integer ids"):
+            run(torch.tensor([0.0, 1.0]))
 
 
 def test_precision_report_refuses_a_caption_model():
@@ -149,3 +154,63 @@ def test_sample_stream_drops_a_caption_mask_when_a_batch_comes_without_one():
     assert torch.equal(out[1], alone)
     masked = make_sampler(model, 2, s, cond_mask=mask)(second, generator=torch.Generator().manual_seed(2))
     assert not torch.equal(masked, alone)  # the mask matters for these captions
+
+
+def _count_allocating_cats(monkeypatch) -> list:
+    """Record every ``torch.cat`` call that allocates its result (no ``out=``)."""
+    real, calls = torch.cat, []
+
+    def cat(*args, **kwargs):
+        if kwargs.get("out") is None:
+            calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "cat", cat)
+    return calls
+
+
+def test_refresh_inference_writes_the_heads_into_the_state_buffer_without_a_new_cat(monkeypatch):
+    """Every fast-sampler call refreshes the heads: into the buffer a captured graph reads, with no [V, A * D]
+    temporary, and with the weights as they are now (an in-place edit, as EMA weights swapped in)."""
+    model = seeded_model(32, grid=[3, 4])
+    state = model.start_inference(2)
+    ptr = state.head_weight.data_ptr()
+    with torch.no_grad():
+        model.heads[0].proj.weight.mul_(-2.0)
+    want = model._head_weight()
+    assert not torch.equal(state.head_weight, want)  # the edit matters
+    calls = _count_allocating_cats(monkeypatch)
+    model.refresh_inference(state)
+    assert calls == []
+    assert state.head_weight.data_ptr() == ptr
+    assert torch.equal(state.head_weight, want)
+
+
+def test_refresh_inference_converts_into_a_buffer_of_another_dtype():
+    """A state built before the model changed dtype keeps its buffer (a captured graph reads it) and gets the
+    new weights converted into it."""
+    model = seeded_model(32, grid=[3, 4])
+    state = model.start_inference(2)
+    ptr = state.head_weight.data_ptr()
+    model.to(torch.bfloat16)
+    model.refresh_inference(state)
+    assert state.head_weight.data_ptr() == ptr and state.head_weight.dtype == torch.float32
+    assert torch.equal(state.head_weight, model._head_weight().float())
+
+
+def test_the_wavefront_checks_a_request_s_class_ids_once_not_per_cohort(monkeypatch):
+    """Checking class ids costs a host sync: one per request, none per period; a bad id in a later cohort is
+    still refused, named, before anything is decoded."""
+    model = seeded_model(32, grid=[3, 4])
+    sampler = WavefrontSampler(model, 2, GUIDED)
+    real, calls = wavefront.check_condition, []
+
+    def check(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(wavefront, "check_condition", check)
+    sampler(torch.tensor([0, 1, 2, 3, 4, 0]))  # three cohorts
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match=r"\[0, 5\).*num_classes=5.*got \[7\]"):
+        sampler(torch.tensor([0, 1, 2, 7]))

@@ -53,10 +53,14 @@ class StepPlan:
     weights: torch.Tensor  # [A, n_out] float: valid / number of valid predictors
     outputs: torch.Tensor  # [n_out] raster cells produced
     transition: torch.Tensor | None = None  # [K_p] PAR transition tokens fed after the cells (None: none)
-    # Whether every weight is exact in the inference dtype (1, 1/2: yes; 1/3 of a video cell's three parents
-    # is 0.333984375 in bf16); if not, ``cell_weight`` [n_out] float32 scales the mixed logits instead.
-    exact_weights: bool = True
+    # None when every weight is exact in the inference dtype (1, 1/2: yes; 1/3 of a video cell's three parents
+    # is 0.333984375 in bf16); if not, [n_out] float32 that scales the mixed logits instead.
     cell_weight: torch.Tensor | None = None
+
+    @property
+    def exact_weights(self) -> bool:
+        """Whether the weights mix the heads' features directly (no ``cell_weight`` on the logits)."""
+        return self.cell_weight is None
 
 
 @dataclass
@@ -345,7 +349,7 @@ class NARModel(nn.Module):
                 rope=self.rope[step.positions.to(self.rope.device)].to(device),
                 mask=mask, sources=src.to(device), weights=w.to(device), outputs=step.outputs.to(device),
                 transition=step.transition.to(device) if len(step.transition) else None,
-                exact_weights=exact, cell_weight=None if exact else w.amax(0).float().to(device)))
+                cell_weight=None if exact else w.amax(0).float().to(device)))
         head_weight = self._head_weight() if cfg.mixing == "logits" else None
         return InferenceState(caches, plans, layout, head_weight)
 
@@ -355,11 +359,19 @@ class NARModel(nn.Module):
 
     @torch.no_grad()
     def refresh_inference(self, state: InferenceState) -> None:
-        """Copy the heads' current projections into ``state.head_weight``, in place (a captured CUDA graph
-        reads that buffer). A state kept across calls (the samplers') otherwise mixes with the heads it was
-        built with after ``load_state_dict`` (a new checkpoint, EMA weights), while the trunk follows."""
-        if state.head_weight is not None:
-            state.head_weight.copy_(self._head_weight())
+        """Copy the heads' current projections into ``state.head_weight`` ``[V, A * D]``, in place (a captured
+        CUDA graph reads that buffer). A state kept across calls (the samplers') otherwise mixes with the heads
+        it was built with after ``load_state_dict`` (a new checkpoint, EMA weights), while the trunk follows."""
+        buf = state.head_weight
+        if buf is None:
+            return
+        projections = [self.heads[h].proj.weight for h in self._head_of_axis]
+        first = projections[0]
+        shape = (first.shape[0], sum(p.shape[1] for p in projections))
+        if tuple(buf.shape) == shape and buf.dtype == first.dtype and buf.device == first.device:
+            torch.cat(projections, dim=1, out=buf)  # every sampler call: no [V, A * D] temporary
+        else:  # the model changed dtype or device since: convert into the same buffer
+            buf.copy_(self._head_weight())
 
     def prefill(self, cond: torch.Tensor, state: InferenceState) -> torch.Tensor:
         """Condition tokens in; logits ``[B, 1, V]`` of the first cell out."""

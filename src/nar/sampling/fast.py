@@ -160,8 +160,9 @@ class FastSampler:
         else:
             self.cond = torch.zeros(batch, cfg.caption_len, cfg.caption_dim, device=self.device, dtype=self.dtype)
         rows = 2 * batch if self.sampling.guided else batch
-        _, mask = with_null(model, self.cond, cond_mask.to(self.device) if cond_mask is not None else None,
-                            self.sampling)
+        mask = cond_mask.to(self.device) if cond_mask is not None else None
+        check_condition(model, self.cond, mask)  # the caption mask, fixed here: [batch, caption_len]
+        _, mask = with_null(model, self.cond, mask, self.sampling)
         self.attention = attention = choose_attention(attention, self.device, self.dtype)
         self.state = model.start_inference(rows, cond_mask=mask, layout="decode", device=self.device,
                                            attention=attention, kv_dtype=kv_dtype)
@@ -182,7 +183,7 @@ class FastSampler:
 
     @torch.no_grad()
     def _run(self, generator: torch.Generator | None) -> None:
-        cond, _ = with_null(self.model, self.cond, None, self.sampling, check=False)  # checked in __call__
+        cond, _ = with_null(self.model, self.cond, None, self.sampling)  # checked in __call__
         decode_into(self.model, self.state, cond, self.sampling, self.tokens, generator, draw=self.draw)
 
     def _capture(self, generator: torch.Generator | None) -> None:

@@ -7,7 +7,14 @@ from collections.abc import Sequence
 import torch
 
 from nar.model import NARModel
-from nar.sampling.logits import SamplingConfig, apply_guidance, guidance_on, sample_tokens, with_null
+from nar.sampling.logits import (
+    SamplingConfig,
+    apply_guidance,
+    check_condition,
+    guidance_on,
+    sample_tokens,
+    with_null,
+)
 
 
 @torch.no_grad()
@@ -28,6 +35,7 @@ def generate(model: NARModel, cond: torch.Tensor, sampling: SamplingConfig | Non
         tokens ``[B, *grid]`` in raster layout (and the logits when asked).
     """
     sampling = sampling or SamplingConfig()
+    check_condition(model, cond, cond_mask)
     B = cond.shape[0]
     cond, cond_mask = with_null(model, cond, cond_mask, sampling)
     state = model.start_inference(cond.shape[0], cond_mask=cond_mask, layout=layout, device=cond.device,

@@ -80,13 +80,11 @@ def check_condition(model: NARModel, cond: torch.Tensor, cond_mask: torch.Tensor
 
 
 def with_null(model: NARModel, cond: torch.Tensor, cond_mask: torch.Tensor | None,
-              sampling: SamplingConfig, check: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+              sampling: SamplingConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The conditions a guided run decodes: ``cond [B, ...]`` then the null condition, ``[2B, ...]``, and the
     caption mask ``[B, L]`` doubled to ``[2B, L]`` (the null caption is masked as its caption is).
-    Unguided, both come back unchanged. ``check`` validates them first (:func:`check_condition`; off inside
-    a captured graph, whose caller checks once per call)."""
-    if check:
-        check_condition(model, cond, cond_mask)
+    Unguided, both come back unchanged. No validation (it runs inside captured graphs): the samplers' entry
+    points check the caller's conditions once per call with :func:`check_condition`."""
     if not sampling.guided:
         return cond, cond_mask
     cond = torch.cat([cond, model.null_condition(cond)])

@@ -11,7 +11,14 @@ from __future__ import annotations
 import torch
 
 from nar.model import NARModel
-from nar.sampling.logits import SamplingConfig, apply_guidance, guidance_on, sample_tokens, with_null
+from nar.sampling.logits import (
+    SamplingConfig,
+    apply_guidance,
+    check_condition,
+    guidance_on,
+    sample_tokens,
+    with_null,
+)
 
 
 @torch.no_grad()
@@ -19,6 +26,7 @@ def reference_generate(model: NARModel, cond: torch.Tensor, sampling: SamplingCo
                        cond_mask: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Same contract as :func:`nar.sampling.generate`; returns tokens ``[B, *grid]``."""
     sampling = sampling or SamplingConfig()
+    check_condition(model, cond, cond_mask)
     B = cond.shape[0]
     cond, cond_mask = with_null(model, cond, cond_mask, sampling)
     state = model.start_inference(cond.shape[0], cond_mask=cond_mask, layout="sequence", device=cond.device)

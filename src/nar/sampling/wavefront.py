@@ -150,8 +150,8 @@ class WavefrontSampler:
     @torch.no_grad()
     def _period(self) -> None:
         a, b = self.slots
-        cond_a = with_null(self.model, a.cond, None, self.sampling, check=False)[0]  # checked in stream
-        cond_b = with_null(self.model, b.cond, None, self.sampling, check=False)[0]
+        cond_a = with_null(self.model, a.cond, None, self.sampling)[0]  # checked in stream / __call__
+        cond_b = with_null(self.model, b.cond, None, self.sampling)[0]
         for k in range(self.passes):
             step_a, step_b = k, (k - self.offset) % self.passes
             if step_b == 0:  # B's cohort is complete: keep it before the next one overwrites the tokens
@@ -176,14 +176,27 @@ class WavefrontSampler:
                 return
         self._graph.replay()
 
-    @torch.no_grad()
     def stream(self, cohorts: Iterable[tuple[torch.Tensor, int]]) -> Iterator[torch.Tensor]:
         """``(class ids [batch], seed)`` per cohort → tokens ``[batch, *grid]`` per cohort, in the same order.
 
         Each period loads the next two cohorts: slot A's decodes whole, slot B's begins and is finished in
         the next period. The tensors handed back are fresh copies. The heads' weights are re-read when the
-        stream starts, so a ``load_state_dict`` into the model since is followed.
+        stream starts, so a ``load_state_dict`` into the model since is followed. Each cohort's ids are
+        checked as it arrives, a host sync for ids on the GPU (none for ids on the host, copied in by the slot).
         """
+        return self._stream(self._checked(cohorts))
+
+    def _checked(self, cohorts: Iterable[tuple[torch.Tensor, int]]) -> Iterator[tuple[torch.Tensor, int]]:
+        for cond, seed in cohorts:
+            if cond.shape != (self.batch,):
+                raise ValueError(f"this sampler takes cohorts of {self.batch} class ids, got shape "
+                                 f"{tuple(cond.shape)}")
+            check_condition(self.model, cond)
+            yield cond, seed
+
+    @torch.no_grad()
+    def _stream(self, cohorts: Iterable[tuple[torch.Tensor, int]]) -> Iterator[torch.Tensor]:
+        """:meth:`stream` for cohorts already checked."""
         a, b = self.slots
         for slot in self.slots:
             self.model.refresh_inference(slot.state)
@@ -195,11 +208,6 @@ class WavefrontSampler:
             second = next(cohorts, None) if first is not None else None
             if first is None and pending is None:
                 return
-            for cond, _ in (c for c in (first, second) if c is not None):
-                if cond.shape != (self.batch,):
-                    raise ValueError(f"this sampler takes cohorts of {self.batch} class ids, got shape "
-                                     f"{tuple(cond.shape)}")
-                check_condition(self.model, cond)
             if first is not None:
                 a.load(first[0], first[1], both=True)
             if second is not None:
@@ -216,11 +224,10 @@ class WavefrontSampler:
     def __call__(self, cond: torch.Tensor, seed: int = 0) -> torch.Tensor:
         """Every sample of ``cond [N]`` (any ``N``): cohorts of ``batch`` seeded ``seed``, ``seed + 1``, …; the
         last one padded by repeating its conditions. Returns tokens ``[N, *grid]``."""
+        check_condition(self.model, cond)  # once per request (a host sync for ids on the GPU), not per period
         n = cond.shape[0]
-        if n == 0:  # the stream would yield nothing to concatenate
-            check_condition(self.model, cond)
         cond = cond.to(self.device)
         if n % self.batch:
             cond = torch.cat([cond, cond[-1:].expand(self.batch - n % self.batch)])
         cohorts = ((cond[i:i + self.batch], seed + i // self.batch) for i in range(0, cond.shape[0], self.batch))
-        return torch.cat(list(self.stream(cohorts)))[:n]
+        return torch.cat(list(self._stream(cohorts)))[:n]
