@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import bisect
 import copy
-import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -31,11 +30,10 @@ from torchmetrics import MeanMetric, SumMetric
 import lightning as L
 from nar.config import from_dict, to_dict
 from nar.errors import NarError
+from nar.lightning.checkpointing import fit_optional_state
 from nar.lightning.sharding import ShardedStrategy, full, gather_full_model, is_sharded, local
 from nar.model import NARModel
 from nar.runs.config import TrainConfig
-
-log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(NarError):
@@ -357,18 +355,15 @@ class GeneratorModule(L.LightningModule):
         # Lightning loads the state dict strictly after this hook: fit it to ema.enabled of this run (a resume may
         # turn the EMA on or off).
         state = checkpoint.get("state_dict")
-        if not state:  # sharded checkpoints: loaded into the module's own keys
+        if not state:  # sharded checkpoints: ShardedStrategy.load_checkpoint loads (and starts the EMA) itself
             return
-        saved = [k for k in state if k.startswith("ema_model.")]
-        if self.ema_model is not None and not saved:
-            log.info("ema.enabled=true but the checkpoint has no EMA (its run had ema.enabled=false): the EMA starts "
-                     "from the resumed weights")
-            state.update({f"ema_model.{k[len('model.'):]}": v for k, v in list(state.items()) if k.startswith("model.")})
-        elif self.ema_model is None and saved:
-            log.warning("ema.enabled=false: this run drops the EMA weights of the checkpoint it resumes (evaluation "
-                        "uses the trained weights)")
-            for key in saved:
-                del state[key]
+        fit_optional_state(
+            state, "ema_model.", self.ema_model is not None,
+            lambda: {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")},
+            filled="ema.enabled=true but the checkpoint has no EMA (its run had ema.enabled=false): the EMA starts "
+                   "from the resumed weights",
+            dropped="ema.enabled=false: this run drops the EMA weights of the checkpoint it resumes (evaluation "
+                    "uses the trained weights)")
 
     def on_fit_start(self) -> None:
         if self.ema_model is not None:

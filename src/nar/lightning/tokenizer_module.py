@@ -23,6 +23,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 import lightning as L
 from nar.config import from_dict, to_dict
 from nar.errors import ConfigError
+from nar.lightning.checkpointing import fit_optional_state
 from nar.pictures import add_gif
 from nar.tokenizers.config import TokenizerLossConfig, TokenizerOptimConfig, TokenizerValConfig, VQConfig
 from nar.tokenizers.io import LIGHTNING_CONFIG_KEY
@@ -278,13 +279,9 @@ class TokenizerModule(L.LightningModule):
             return
         for key in [k for k in state if k.startswith("lpips.")]:
             del state[key]  # written while LPIPS was a registered submodule: a fixed metric, never trained
-        saved = [k for k in state if k.startswith("discriminator.")]
-        if self.discriminator is not None and not saved:
-            log.info("the checkpoint has no discriminator (its run had loss.adversarial_weight=0): training a fresh "
-                     "discriminator from here")
-            state.update({f"discriminator.{k}": v for k, v in self.discriminator.state_dict().items()})
-        elif self.discriminator is None and saved:
-            log.warning("loss.adversarial_weight=0: the checkpoint's discriminator weights are dropped (a later "
-                        "resume with the GAN on starts a fresh one)")
-            for key in saved:
-                del state[key]
+        fit_optional_state(
+            state, "discriminator.", self.discriminator is not None, lambda: self.discriminator.state_dict(),
+            filled="the checkpoint has no discriminator (its run had loss.adversarial_weight=0): training a fresh "
+                   "discriminator from here",
+            dropped="loss.adversarial_weight=0: the checkpoint's discriminator weights are dropped (a later resume "
+                    "with the GAN on starts a fresh one)")
