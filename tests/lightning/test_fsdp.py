@@ -236,3 +236,49 @@ def test_fsdp_configs_get_the_sharded_strategy(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="trainer.precision"):
         strategy_for(generator_config([XL], [f"runs_root={tmp_path}", "trainer.precision=16-mixed",
                                              "trainer.accelerator=gpu"]))
+
+
+@pytest.mark.slow  # ~25 s on this CPU: two one-process sharded fits (gloo)
+def test_a_sharded_run_may_turn_the_ema_on_at_a_resume(token_root: Path, tmp_path: Path, monkeypatch, caplog) -> None:
+    """A sharded run trained without an EMA resumes with ema.enabled=true: the checkpoint holds no EMA keys, so
+    the EMA sits out of the load and starts from the resumed (sharded) weights, as the unsharded path starts it;
+    one step later it is one EMA step (1 - decay) from the step-2 weights towards the step-3 weights."""
+    import logging
+
+    from lightning_helpers import tiny_overrides
+
+    from nar.model.io import read_generator_file, read_sharded_weights
+    from nar.workflows import train
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # the one-process group, restored after the test
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    decay = 0.9999
+    over = tiny_overrides(token_root, tmp_path, name="flip", **{
+        "trainer.max_steps": 2, "trainer.ckpt_every": 2, "eval.metrics": "[]", "eval.num_samples": 4,
+        "ema.decay": decay, "ema.warmup": "false", "model.n_layer": 1, "trainer.strategy": "fsdp",
+        "trainer.devices": 1})
+    ckpts = tmp_path / "flip" / "checkpoints"
+
+    def weights(name: str, ema: bool) -> tuple[dict[str, torch.Tensor], str]:
+        return read_sharded_weights(sharded_folder(read_generator_file(ckpts / name), ckpts / name), prefer_ema=ema)
+
+    try:
+        train.fit(train.generator_config([], [*over, "ema.enabled=false"]), enable_progress_bar=False,
+                  final_validation=False)
+        assert weights("last.ckpt", ema=True)[1] == "model."  # no EMA saved
+        with caplog.at_level(logging.INFO, logger="nar"):
+            done = train.fit(train.generator_config([], [*over, "ema.enabled=true", "trainer.max_steps=3"]),
+                             resume=True, enable_progress_bar=False, final_validation=False)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    assert done["global_step"] == 3
+    assert "the EMA starts from the resumed weights" in caplog.text
+    before, _ = weights("step_0000002.ckpt", ema=False)
+    after, _ = weights("last.ckpt", ema=False)
+    ema, prefix = weights("last.ckpt", ema=True)
+    assert prefix == "ema_model." and set(ema) == set(after)
+    for k, w in before.items():
+        if w.is_floating_point():
+            assert torch.allclose(ema[k], w + (1 - decay) * (after[k] - w), atol=1e-6), k
+    assert max((after[k] - w).abs().max().item() for k, w in before.items() if w.is_floating_point()) > 1e-3

@@ -104,9 +104,11 @@ def test_resume_may_turn_the_ema_on_or_off(token_root: Path, tmp_path: Path, tur
         assert not ema
 
 
-def test_a_sharded_run_cannot_start_an_ema_at_a_resume(tmp_path: Path, caplog) -> None:
-    """FSDP's loader reads exactly the module's keys (an EMA missing from the checkpoint fails inside it):
-    refused by name before anything is written; turning the EMA off there is allowed, with a warning."""
+def test_a_sharded_run_starts_an_ema_at_a_resume_only_from_a_sharded_checkpoint(tmp_path: Path, caplog) -> None:
+    """FSDP's loader reads exactly the module's keys: from a one-file .ckpt without an EMA (written by an
+    unsharded run) an EMA cannot start, refused by name before anything is written; from a sharded checkpoint
+    it can (ShardedStrategy.load_checkpoint, tests/lightning/test_fsdp.py); turning the EMA off is allowed,
+    with a warning."""
     from nar.config import load_config, to_dict
     from nar.errors import ConfigError
     from nar.model.io import LIGHTNING_MARK
@@ -119,7 +121,7 @@ def test_a_sharded_run_cannot_start_an_ema_at_a_resume(tmp_path: Path, caplog) -
 
     for ema in (False, True):
         torch.save({LIGHTNING_MARK: "2", "hyper_parameters": {"cfg": to_dict(run(ema, "fsdp"))}}, tmp_path / f"{ema}.ckpt")
-    with pytest.raises(ConfigError, match=r"ema\.enabled.*fsdp"):
+    with pytest.raises(ConfigError, match=r"one-file.*ema\.enabled.*fsdp"):
         check_resumable(run(True, "fsdp"), tmp_path / "False.ckpt")
     check_resumable(run(True, "ddp"), tmp_path / "False.ckpt")  # the module starts the EMA from the weights
     with caplog.at_level(logging.WARNING, logger="nar"):

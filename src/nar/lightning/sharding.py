@@ -27,7 +27,8 @@ renames the folder and writes the manifest atomically (:mod:`nar.atomic`), so th
 checkpoint is complete or absent, and ``last.ckpt`` is replaced in one rename (a folder could not be). The
 folder a replaced manifest pointed to, and temporary folders of killed saves, are removed by the next save.
 Resume (``nar.runs.folder``) finds the manifests as it finds ``.ckpt`` files, by content; any number of
-processes can resume a sharded checkpoint (``torch.distributed.checkpoint`` reshards).
+processes can resume a sharded checkpoint (``torch.distributed.checkpoint`` reshards). A resume may turn the
+EMA off (the saved EMA is not read) or on (:meth:`ShardedStrategy.load_checkpoint` starts it from the resumed shards).
 
 Memory: training holds parameters, gradients and AdamW moments sharded (16 bytes per parameter in float32
 / world size) plus the EMA copy sharded (4 bytes / world size). Validation gathers the EMA weights (or the
@@ -153,10 +154,25 @@ class ShardedStrategy(ModelParallelStrategy):
         if path.is_file():
             target = sharded_folder(read_generator_file(path), path) or path
         state = {"state_dict": self.model, **{f"optimizer_{i}": opt for i, opt in enumerate(self.optimizers)}}
-        # meta.pt holds our own loop and callback states: read it whole (weights_only=False), as for .ckpt files
-        return _load_checkpoint(path=target, state=state, strict=self.lightning_module.strict_loading,
-                                optimizer_states_from_list=True, weights_only=False if weights_only is None
-                                else weights_only)
+        module = self.lightning_module
+        ema = getattr(module, "ema_model", None)
+        # A run that turns the EMA on at a resume: the loader reads exactly the module's keys, so the EMA copy sits
+        # out of the load, then starts from the resumed weights (both sharded alike: a copy of matching local
+        # shards), as GeneratorModule.on_load_checkpoint starts it for an unsharded run.
+        start_ema = ema is not None and target.is_dir() and not _saved_keys(target, "state_dict.ema_model.")
+        with _without_submodule(module, "ema_model") if start_ema else contextlib.nullcontext():
+            # meta.pt holds our own loop and callback states: read it whole (weights_only=False), as for .ckpt files
+            metadata = _load_checkpoint(path=target, state=state, strict=module.strict_loading,
+                                        optimizer_states_from_list=True, weights_only=False if weights_only is None
+                                        else weights_only)
+        if start_ema:
+            log.info("ema.enabled=true but the checkpoint has no EMA (its run had ema.enabled=false): the EMA starts "
+                     "from the resumed weights")
+            with torch.no_grad():
+                for e, w in zip([*ema.parameters(), *ema.buffers()], [*module.model.parameters(),
+                                                                      *module.model.buffers()]):
+                    local(e).copy_(local(w.detach()))
+        return metadata
 
     def remove_checkpoint(self, filepath: Any) -> None:
         if self.global_rank != 0:
@@ -198,6 +214,24 @@ def remove_stale_shard_folders(shards: Path) -> list[Path]:
         log.info("removed %d incomplete shard folder(s) of killed saves: %s", len(removed),
                  ", ".join(p.name for p in removed))
     return removed
+
+
+def _saved_keys(folder: Path, prefix: str) -> list[str]:
+    """The keys of the ``torch.distributed.checkpoint`` folder ``folder`` that start with ``prefix`` (its
+    metadata file only: no tensor is read)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    return [k for k in FileSystemReader(folder).read_metadata().state_dict_metadata if k.startswith(prefix)]
+
+
+@contextlib.contextmanager
+def _without_submodule(module: nn.Module, name: str):
+    """``module`` with its submodule ``name`` taken out (out of its state dict and parameters) for the block."""
+    child = module._modules.pop(name)
+    try:
+        yield
+    finally:
+        module._modules[name] = child
 
 
 def _pointed_folder(manifest: Path) -> Path | None:

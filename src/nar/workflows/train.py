@@ -33,7 +33,13 @@ from nar.lightning.trainer import (
     strategy_for,
     validate_or_interrupt,
 )
-from nar.model.io import load_generator, load_weights_into, stored_run_config
+from nar.model.io import (
+    load_generator,
+    load_weights_into,
+    read_generator_file,
+    sharded_folder,
+    stored_run_config,
+)
 from nar.runs.config import TrainConfig
 from nar.runs.folder import CHECKPOINTS, has_checkpoints, refuse_other_model, resume_checkpoint
 
@@ -194,9 +200,10 @@ def with_epoch_steps(cfg: TrainConfig) -> TrainConfig:
 def check_resumable(cfg: TrainConfig, path: Path) -> None:
     """Refuse (naming the keys) to resume ``path`` into a differently shaped network, before anything is written.
 
-    ``ema.enabled`` may change at a resume (``GeneratorModule.on_load_checkpoint``: turned on, the EMA starts from
-    the resumed weights; turned off, the saved EMA is dropped), except that a sharded run (``trainer.strategy:
-    fsdp``) cannot start an EMA there: its loader reads exactly the keys of the module."""
+    ``ema.enabled`` may change at a resume (``GeneratorModule.on_load_checkpoint``, or for a sharded checkpoint
+    ``ShardedStrategy.load_checkpoint``: turned on, the EMA starts from the resumed weights; turned off, the saved
+    EMA is dropped), except that a sharded run (``trainer.strategy: fsdp``) cannot start an EMA from a one-file
+    ``.ckpt`` (one written by an unsharded run): its loader reads exactly the keys of the module."""
     from dataclasses import asdict
 
     stored = stored_run_config(path)
@@ -204,11 +211,13 @@ def check_resumable(cfg: TrainConfig, path: Path) -> None:
         return
     theirs_run = from_dict(TrainConfig, stored)
     if cfg.trainer.strategy == "fsdp" and theirs_run.ema.enabled != cfg.ema.enabled:
-        if cfg.ema.enabled:
-            raise ConfigError(f"--resume: {path} was trained without an EMA (ema.enabled=false); a sharded run "
-                              "(trainer.strategy=fsdp) cannot start one at a resume (its loader reads the keys of "
-                              "the module it builds): resume with ema.enabled=false", key="ema.enabled")
-        log.warning("ema.enabled=false: this run drops the EMA weights of the checkpoint it resumes (%s)", path)
+        if cfg.ema.enabled and sharded_folder(read_generator_file(path), path) is None:
+            raise ConfigError(f"--resume: {path} is a one-file checkpoint trained without an EMA "
+                              "(ema.enabled=false); a sharded run (trainer.strategy=fsdp) can start one at a resume "
+                              "only from a sharded checkpoint (its loader reads the keys of the module it builds): "
+                              "resume with ema.enabled=false", key="ema.enabled")
+        if not cfg.ema.enabled:
+            log.warning("ema.enabled=false: this run drops the EMA weights of the checkpoint it resumes (%s)", path)
     theirs_cfg = theirs_run.model
     mine = {**asdict(cfg.model), "head_blocks": cfg.model.blocks_per_axis}
     theirs = {**asdict(theirs_cfg), "head_blocks": theirs_cfg.blocks_per_axis}
