@@ -24,13 +24,18 @@ def read_checkpoint(path: str | Path, prefer: str | None = None) -> dict[str, to
     return unwrap_state_dict(load_file(path), prefer=prefer, source=str(path))
 
 
-def load_file(path: str | Path, what: str = "checkpoint", map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load`` a checkpoint file, with a :class:`CheckpointError` naming it when missing or unreadable."""
+def load_file(path: str | Path, what: str = "checkpoint", map_location: str | torch.device = "cpu",
+              mmap: bool = False) -> Any:
+    """``torch.load`` a checkpoint file, with a :class:`CheckpointError` naming it when missing or unreadable.
+    ``mmap``: tensors memory-mapped, only the pages read are loaded (a file in torch's legacy pre-zip format cannot
+    be mapped and is read whole)."""
+    import zipfile
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, mmap=mmap and zipfile.is_zipfile(path), weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
         raise CheckpointError(f"cannot read {what} {path}: {err}") from err
 

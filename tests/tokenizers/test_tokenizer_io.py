@@ -88,3 +88,83 @@ def test_a_missing_path_is_not_found_not_an_unknown_preset(tmp_path, name):
         load_tokenizer(str(tmp_path / name) if "/" in name else name)
     with pytest.raises(ConfigError, match="unknown tokenizer preset"):
         load_tokenizer("vq-17")
+
+
+def _lightning_checkpoint(tokenizer: VQTokenizer, path):
+    """What TokenizerModule's Lightning checkpoint holds of its tokenizer: the config and prefixed weights."""
+    from nar.config import to_dict
+    from nar.tokenizers.io import LIGHTNING_CONFIG_KEY, LIGHTNING_PREFIX
+
+    state = {LIGHTNING_PREFIX + k: v for k, v in tokenizer.state_dict().items()}
+    torch.save({LIGHTNING_CONFIG_KEY: to_dict(tokenizer.config), "state_dict": state, "hyper_parameters": {}}, path)
+    return path
+
+
+@pytest.mark.parametrize("make_config", [tiny_image, tiny_video])
+@pytest.mark.parametrize("fmt", ["nar", "lightning"])
+def test_the_config_reader_gives_the_loaders_config(make_config, fmt, tmp_path):
+    """Start-up checks read a tokenizer's config without building it: the same config the full loader builds."""
+    from nar.tokenizers.io import read_tokenizer_config
+
+    tokenizer = VQTokenizer(make_config())
+    path = (save_tokenizer(tokenizer, tmp_path / "tok.pt") if fmt == "nar"
+            else _lightning_checkpoint(tokenizer, tmp_path / "last.ckpt"))
+    assert read_tokenizer_config(path) == load_tokenizer(path).config == make_config()
+    assert read_tokenizer_config(str(path), config=make_config()) == make_config()
+    with pytest.raises(ConfigError, match="codebook_size"):  # a given config is checked, as the loader checks it
+        read_tokenizer_config(path, config=make_config(codebook_size=64))
+    assert read_tokenizer_config("vq-tiny-emoji") == load_tokenizer("vq-tiny-emoji").config
+
+
+def test_the_config_reader_reads_an_official_checkpoint(tmp_path):
+    """An official (LlamaGen) file has no config: read off its shapes, or the one given, as the loader does."""
+    from nar.tokenizers import export_official_vq
+    from nar.tokenizers.io import read_tokenizer_config
+
+    path = tmp_path / "vq.pt"
+    torch.save(export_official_vq(VQTokenizer(tiny_image(norm_groups=32, base_channels=32))), path)
+    assert read_tokenizer_config(path) == load_tokenizer(path).config
+    given = tiny_image(norm_groups=32, base_channels=32, image_size=32)
+    assert read_tokenizer_config(path, config=given) == load_tokenizer(path, config=given).config == given
+
+
+def test_the_config_reader_reads_the_conformance_checkpoint(conformance, tmp_path):
+    from nar.tokenizers.io import read_tokenizer_config
+
+    official = conformance["vq"]
+    path = tmp_path / "fixture_vq.pt"
+    torch.save(official["checkpoint"], path)
+    for config in (None, official["config"]):
+        assert read_tokenizer_config(path, config=config) == load_tokenizer(path, config=config).config
+
+
+def test_the_config_reader_names_a_missing_or_damaged_file(tmp_path):
+    import re
+
+    from nar.tokenizers.io import read_tokenizer_config
+
+    with pytest.raises(CheckpointError, match="not found.*missing.pt"):
+        read_tokenizer_config(tmp_path / "missing.pt")
+    path = save_tokenizer(VQTokenizer(tiny_image()), tmp_path / "tok.pt")
+    path.write_bytes(path.read_bytes()[:200])  # cut short
+    with pytest.raises(CheckpointError, match=f"cannot read.*{re.escape(str(path))}"):
+        read_tokenizer_config(path)
+    other = tmp_path / "generator_last.ckpt"
+    torch.save({"state_dict": {"model.tok_embeddings.weight": torch.zeros(4, 2)}, "hyper_parameters": {}}, other)
+    with pytest.raises(CheckpointError, match=re.escape(str(other))):
+        read_tokenizer_config(other)
+
+
+def test_the_codebook_check_at_start_builds_no_tokenizer(tmp_path, monkeypatch):
+    """`nar train`'s start-up check reads the codebook size off the file's config, without building the model."""
+    from nar.tokenizers import VQConfig
+    from nar.workflows.preflight import tokenizer_codebook
+
+    path = save_tokenizer(VQTokenizer(tiny_image()), tmp_path / "tok.pt")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a start-up check built the tokenizer")
+
+    monkeypatch.setattr(VQTokenizer, "__init__", refuse)
+    assert tokenizer_codebook(str(path)) == tiny_image().codebook_size
+    assert tokenizer_codebook("vq-tiny-emoji") == VQConfig.from_name("vq-tiny-emoji").codebook_size

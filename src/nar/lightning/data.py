@@ -55,28 +55,28 @@ def _pixel_size(cfg: TrainConfig, meta: dict[str, Any], kind: str) -> int:
     """Pixels of the images (or video frames) the generator run tokenizes as it trains: ``data.image_size``, else
     the shards' fixed size, else the tokenizer's own ``image_size``. Checked here against ``model.grid`` (for
     clips with the frame count ``meta.json`` stores): a mismatch would otherwise first show in the first training
-    batch, as a grid error naming neither the size nor where it came from."""
-    from nar.tokenizers import load_tokenizer
+    batch, as a grid error naming neither the size nor where it came from. Only the tokenizer's config is read."""
+    from nar.tokenizers.io import read_tokenizer_config
 
     d = cfg.data
-    tokenizer = load_tokenizer(cfg.tokenizer.path, config=cfg.tokenizer.config or None)
-    if tokenizer.config.kind != kind:
-        raise ConfigError(f"a {tokenizer.config.kind} tokenizer cannot tokenize the {kind} samples in {d.root}",
+    config = read_tokenizer_config(cfg.tokenizer.path, config=cfg.tokenizer.config or None)
+    if config.kind != kind:
+        raise ConfigError(f"a {config.kind} tokenizer cannot tokenize the {kind} samples in {d.root}",
                           key="tokenizer.path")
-    trained = int(tokenizer.config.image_size)
+    trained = int(config.image_size)
     if d.image_size:
         size, source = int(d.image_size), "data.image_size"
     elif meta.get("image_size"):
         size, source = int(meta["image_size"]), f"the size {d.root}/meta.json stores"
     else:
         size, source = trained, "the tokenizer's image_size"
-    factor = int(tokenizer.config.spatial_downsample)
+    factor = int(config.spatial_downsample)
     grid = [size // factor] * 2 if size % factor == 0 else None
     want = list(cfg.model.grid)
     time_fits = True
     if kind == "video":
-        frames = int(meta.get("frames") or tokenizer.config.num_frames)
-        ft = int(tokenizer.config.temporal_factor)
+        frames = int(meta.get("frames") or config.num_frames)
+        ft = int(config.temporal_factor)
         steps = frames // ft if frames % ft == 0 else None
         time_fits = steps is not None and [steps] == want[:1]
         grid = [steps, *grid] if steps and grid else None

@@ -60,25 +60,56 @@ def load_tokenizer(
       ``ModelArgs`` fields as a dict) describes it, or, when ``None`` (or ``""``), is inferred from the weights.
     """
     config = config or None
-    if isinstance(source, VQConfig) or (isinstance(source, str) and not Path(source).exists()
-                                        and not _looks_like_path(source)):
+    if _not_a_file(source):
         return VQTokenizer(_as_config(source)).eval()
     path = Path(source)
     obj = load_file(path, what="tokenizer checkpoint")
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        stored = stored_config(obj["config"], path)
-        _check_same(stored, config, path)
-        tokenizer = VQTokenizer(stored)
-        load_strict(tokenizer, obj["state_dict"], source=str(path))
-    elif isinstance(obj, dict) and LIGHTNING_CONFIG_KEY in obj:
-        stored = stored_config(obj[LIGHTNING_CONFIG_KEY], path)
-        _check_same(stored, config, path)
-        state = {k[len(LIGHTNING_PREFIX):]: v for k, v in obj["state_dict"].items() if k.startswith(LIGHTNING_PREFIX)}
-        tokenizer = VQTokenizer(stored)
+    if isinstance(obj, dict) and (obj.get("format") == FORMAT or LIGHTNING_CONFIG_KEY in obj):
+        tokenizer = VQTokenizer(_file_config(obj, config, path))
+        if obj.get("format") == FORMAT:
+            state = obj["state_dict"]
+        else:
+            state = {k[len(LIGHTNING_PREFIX):]: v for k, v in obj["state_dict"].items() if k.startswith(LIGHTNING_PREFIX)}
         load_strict(tokenizer, state, source=str(path))
     else:
         tokenizer = load_official_vq(unwrap_state_dict(obj, source=str(path)), config, source=str(path))
     return tokenizer.to(map_location).eval()
+
+
+def read_tokenizer_config(source: str | Path | VQConfig,
+                          config: VQConfig | str | dict[str, Any] | None = None) -> VQConfig:
+    """The config :func:`load_tokenizer` would build ``source`` with (same arguments, same checks), without building
+    the tokenizer or reading its weights: a file is memory-mapped and only its stored config (or, for an official
+    checkpoint without one, its tensors' shapes) is read. For start-up checks.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, or holds no tokenizer (naming it).
+        ConfigError: ``config`` disagrees with the file's stored config; an unknown preset.
+    """
+    config = config or None
+    if _not_a_file(source):
+        return _as_config(source)
+    path = Path(source)
+    return _file_config(load_file(path, what="tokenizer checkpoint", mmap=True), config, path)
+
+
+def _file_config(obj: Any, config: VQConfig | str | dict[str, Any] | None, path: Path) -> VQConfig:
+    """The config of the loaded file ``obj``: the one it stores (ours, or a TokenizerModule Lightning checkpoint's),
+    which ``config`` must agree with; else an official checkpoint's (``config``, or read off its shapes)."""
+    if isinstance(obj, dict) and (obj.get("format") == FORMAT or LIGHTNING_CONFIG_KEY in obj):
+        stored = stored_config(obj["config"] if obj.get("format") == FORMAT else obj[LIGHTNING_CONFIG_KEY], path)
+        _check_same(stored, config, path)
+        return stored
+    return _official_config(unwrap_state_dict(obj, source=str(path)), config, str(path))
+
+
+def _official_config(state: dict[str, torch.Tensor], config: VQConfig | str | dict[str, Any] | None,
+                     source: str) -> VQConfig:
+    """An official checkpoint's config: ``config``, or (None) read off the shapes of ``state``; an image one."""
+    cfg = infer_official_config(state, source=source) if config is None else _as_config(config)
+    if cfg.kind != "image":
+        raise ConfigError(f"official LlamaGen checkpoints are image tokenizers; config has kind={cfg.kind!r}")
+    return cfg
 
 
 def load_official_vq(
@@ -90,10 +121,7 @@ def load_official_vq(
 
     ``quantize.codebook_used`` is optional in official files; when absent ours keeps its zeros.
     """
-    cfg = infer_official_config(state, source=source) if config is None else _as_config(config)
-    if cfg.kind != "image":
-        raise ConfigError(f"official LlamaGen checkpoints are image tokenizers; config has kind={cfg.kind!r}")
-    tokenizer = VQTokenizer(cfg)
+    tokenizer = VQTokenizer(_official_config(state, config, source))
     state = dict(state)
     state.setdefault("quantize.codebook_used", tokenizer.quantize.codebook_used.clone())
     load_strict(tokenizer, state, source=source)
@@ -130,6 +158,12 @@ def infer_official_config(state: dict[str, torch.Tensor], image_size: int = 256,
     return VQConfig(image_size=max(image_size, 2 ** (len(enc) - 1)), base_channels=int(base), encoder_ch_mult=enc,
                     decoder_ch_mult=mults("decoder"), num_res_blocks=res_blocks, z_channels=int(z_channels),
                     codebook_size=int(codebook_size), codebook_embed_dim=int(embed_dim), norm_groups=32)
+
+
+def _not_a_file(source: str | Path | VQConfig) -> bool:
+    """``source`` is a config or a preset name, not a file."""
+    return isinstance(source, VQConfig) or (isinstance(source, str) and not Path(source).exists()
+                                            and not _looks_like_path(source))
 
 
 def _looks_like_path(source: str) -> bool:
@@ -171,5 +205,5 @@ def _check_same(stored: VQConfig, given: VQConfig | str | dict[str, Any] | None,
                           f"(given, stored): {diff}")
 
 
-__all__ = ["save_tokenizer", "load_tokenizer", "load_official_vq", "export_official_vq",
+__all__ = ["save_tokenizer", "load_tokenizer", "read_tokenizer_config", "load_official_vq", "export_official_vq",
            "infer_official_config", "USAGE_WINDOW"]

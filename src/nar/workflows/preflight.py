@@ -29,12 +29,13 @@ def _gate(run: TrainConfig | TokenizerRunConfig, degraded: list[str]) -> list[st
 
 
 def tokenizer_codebook(path: str, config: str = "") -> int:
-    """The codebook size of the tokenizer ``path`` names (a file or a preset), read at start."""
-    from nar.tokenizers import load_tokenizer
+    """The codebook size of the tokenizer ``path`` names (a file or a preset), read at start off its config
+    (the tokenizer is not built)."""
+    from nar.tokenizers.io import read_tokenizer_config
 
     if not Path(path).is_file() and path.endswith((".pt", ".pth", ".ckpt", ".bin")):
         raise ConfigError(f"tokenizer file not found: {path}", key="tokenizer.path")
-    return int(load_tokenizer(path, config=config or None).codebook_size)
+    return int(read_tokenizer_config(path, config=config or None).codebook_size)
 
 
 def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[str]:
