@@ -117,7 +117,7 @@ def test_decoding_validations_follow_the_step_and_val_every_counts_steps(token_r
 
     accumulated = load_config(TrainConfig, [], tiny_overrides(token_root, tmp_path, **{
         "trainer.val_every": 3, "trainer.accumulate": 2}))
-    trainer = build_trainer(accumulated, accumulated.data, logger=False, enable_progress_bar=False)
+    trainer = build_trainer(accumulated, logger=False, enable_progress_bar=False)
     assert trainer.val_check_interval == 3 * 2  # Lightning counts batches
 
 

@@ -157,16 +157,17 @@ def test_packaged_configs_resolve_by_name(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_limit_val_samples_is_a_total_over_processes_in_whole_batches():
-    """Lightning's limit_val_batches is each process's: data.limit_val_samples is split over the processes and
-    rounded down to whole batches, so no run validates on more samples than asked (one batch each at least)."""
-    from nar.runs.config import DataSection, val_batches
+    """data.limit_val_samples is split over the processes and rounded down to whole batches each, so no run validates
+    on more samples than asked (one batch each at least). The run's DataModule holds just those samples
+    (tests/lightning/test_run_data.py)."""
+    from nar.runs.config import DataSection, val_samples
 
     data = DataSection(root="x", batch_size=8, eval_batch_size=64, limit_val_samples=10000)
     for world in (1, 2, 8, 64):
-        per_process = val_batches(data, world)
-        assert per_process * 64 * world <= 10000 < (per_process + 1) * 64 * world
-    assert val_batches(DataSection(root="x", batch_size=8, limit_val_samples=3)) == 1  # one batch, the least
-    assert val_batches(DataSection(root="x", batch_size=8)) == 1.0  # the whole split
+        total = val_samples(data, world)
+        assert total % (64 * world) == 0 and total <= 10000 < total + 64 * world
+    assert val_samples(DataSection(root="x", batch_size=8, limit_val_samples=3), 2) == 16  # one batch each, the least
+    assert val_samples(DataSection(root="x", batch_size=8)) is None  # the whole split
 
 
 def test_positive_int_is_an_argparse_usage_error_naming_the_option(capsys) -> None:

@@ -59,8 +59,8 @@ def train(args: list[str], recorder: Recorder, resume: bool = False) -> None:
     from nar.lightning.callbacks.data_position import DataPositionCallback
     from nar.lightning.trainer import build_trainer
 
-    def recorded(run, data, callbacks=None, **kw):
-        trainer = build_trainer(run, data, [*(callbacks or []), recorder], **kw)
+    def recorded(run, callbacks=None, **kw):
+        trainer = build_trainer(run, [*(callbacks or []), recorder], **kw)
         assert any(isinstance(c, DataPositionCallback) for c in trainer.callbacks)
         return trainer
 

@@ -1,21 +1,75 @@
-"""The :mod:`nar.data` DataModule of a run's ``data`` section, checked against what the run trains."""
+"""The :mod:`nar.data` DataModule of a run's ``data`` section, checked against what the run trains; its validation
+reads ``data.limit_val_samples`` samples spread over the whole val split (:class:`SpreadValidation`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+from torch.utils.data import DataLoader
+
 import lightning as L
 from nar.data.datamodules import (
     ImageDataConfig,
     ImageShardDataModule,
+    ShardDataConfig,
+    ShardDataModule,
     TokenDataConfig,
     TokenShardDataModule,
     VideoDataConfig,
     VideoShardDataModule,
 )
+from nar.data.readers import ShardStream
 from nar.data.shards import read_meta
 from nar.errors import ConfigError, DataError
-from nar.runs.config import DataSection, TokenizerRunConfig, TrainConfig
+from nar.runs.config import DataSection, TokenizerRunConfig, TrainConfig, val_samples
+
+
+def spread_ids(total: int, n: int) -> np.ndarray:
+    """``n`` distinct positions in ``range(total)`` (``n <= total``) spaced evenly from the first to the last:
+    int64 ``[n]``, ascending."""
+    if n <= 1:
+        return np.zeros(min(n, total), dtype=np.int64)
+    return np.arange(n, dtype=np.int64) * (total - 1) // (n - 1)  # steps of >= 1 when n <= total: distinct
+
+
+class SpreadValidation(ShardDataModule):
+    """A run's DataModule: validation reads ``data.limit_val_samples`` samples (:func:`~nar.runs.config.val_samples`)
+    spread evenly over the whole val split, not its first batches (a class-sorted split, as UCF-101's test list or
+    ImageNet's val shards, would show a few classes). The subset depends only on the split's size, the limit and the
+    number of processes: the same at every validation and after a resume. Under DDP each process reads its own
+    contiguous part of it (:class:`~nar.data.readers.ShardStream` shares the ids out), all parts equal.
+    The cost: each validation reads through every val shard (the samples it skips are not decoded)."""
+
+    def __init__(self, cfg: ShardDataConfig, section: DataSection) -> None:
+        super().__init__(cfg)
+        self.section = section
+
+    def val_dataloader(self) -> DataLoader:
+        stream = self.eval_dataset(self.cfg.val_split)
+        _, world = self._rank_world()
+        if world is None:  # no trainer: the stream's own fallback, the process group
+            import torch.distributed as dist
+
+            world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        n = val_samples(self.section, world)
+        ids = stream.sample_ids
+        if n is not None and n < len(ids):
+            stream = ShardStream(stream.index, stream.transform, sample_ids=ids[spread_ids(len(ids), n)],
+                                 rank=stream.rank, world_size=stream.world_size, allow_missing=stream.allow_missing)
+        return self._loader(stream, self.cfg.eval_batch_size or self.cfg.batch_size, False)
+
+
+class TokenRunData(SpreadValidation, TokenShardDataModule):
+    """Token shards of a generator run."""
+
+
+class ImageRunData(SpreadValidation, ImageShardDataModule):
+    """Image shards of a generator run (tokenized as it trains) or a tokenizer run."""
+
+
+class VideoRunData(SpreadValidation, VideoShardDataModule):
+    """Clip shards of a generator run (tokenized as it trains) or a tokenizer run."""
 
 
 def _common(d: DataSection, seed: int) -> dict[str, Any]:
@@ -39,15 +93,15 @@ def generator_datamodule(cfg: TrainConfig) -> L.LightningDataModule:
         vocab = meta.get("codebook_size")
         if vocab and int(vocab) > cfg.model.vocab_size:
             raise ConfigError(f"{cfg.model.vocab_size} < the tokenizer's codebook {vocab}", key="model.vocab_size")
-        return TokenShardDataModule(TokenDataConfig(random_augmentation=d.random_augmentation,
-                                                    caption_features=d.caption_features, **common))
+        return TokenRunData(TokenDataConfig(random_augmentation=d.random_augmentation,
+                                            caption_features=d.caption_features, **common), d)
     if not cfg.tokenizer.path:
         raise ConfigError(f"{d.root} holds {kind!r} shards; tokenizing them on the fly needs a tokenizer",
                           key="tokenizer.path")
     if kind in ("image", "pairs"):
-        return ImageShardDataModule(ImageDataConfig(image_size=_pixel_size(cfg, meta, "image"), **common))
+        return ImageRunData(ImageDataConfig(image_size=_pixel_size(cfg, meta, "image"), **common), d)
     if kind == "video":
-        return VideoShardDataModule(VideoDataConfig(image_size=_pixel_size(cfg, meta, "video"), **common))
+        return VideoRunData(VideoDataConfig(image_size=_pixel_size(cfg, meta, "video"), **common), d)
     raise DataError(f"{d.root}: unknown dataset kind {kind!r}")
 
 
@@ -100,10 +154,10 @@ def tokenizer_datamodule(cfg: TokenizerRunConfig) -> L.LightningDataModule:
     if cfg.model.kind == "image":
         if meta.get("kind") not in ("image", "pairs"):
             raise ConfigError(f"'image' but {d.root} holds {meta.get('kind')!r} shards", key="model.kind")
-        return ImageShardDataModule(ImageDataConfig(image_size=cfg.model.image_size, **common))
+        return ImageRunData(ImageDataConfig(image_size=cfg.model.image_size, **common), d)
     if meta.get("kind") != "video":
         raise ConfigError(f"'video' but {d.root} holds {meta.get('kind')!r} shards", key="model.kind")
     if "frames" in meta and int(meta["frames"]) != cfg.model.num_frames:
         raise ConfigError(f"{cfg.model.num_frames} but the clips in {d.root} have {meta['frames']} frames; "
                           f"set model.num_frames={meta['frames']}", key="model.num_frames")
-    return VideoShardDataModule(VideoDataConfig(image_size=cfg.model.image_size, **common))
+    return VideoRunData(VideoDataConfig(image_size=cfg.model.image_size, **common), d)

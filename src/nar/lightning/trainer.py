@@ -38,7 +38,7 @@ from nar.lightning.callbacks.run_guard import (
 )
 from nar.lightning.checkpointing import AtomicCheckpointIO
 from nar.locks import FolderLock
-from nar.runs.config import DataSection, RunConfig, TrainConfig, val_batches
+from nar.runs.config import RunConfig, TrainConfig
 from nar.runs.folder import CHECKPOINTS
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def strategy_for(run: RunConfig, block_types: set[type] | None = None) -> Any:
     return "auto"
 
 
-def build_trainer(run: RunConfig, data: DataSection, callbacks: list | None = None, *, grad_clip: float = 0.0,
+def build_trainer(run: RunConfig, callbacks: list | None = None, *, grad_clip: float = 0.0,
                   strategy: Any = None, logger: bool = True, enable_progress_bar: bool | None = None) -> L.Trainer:
     """The trainer of ``run``: its accelerator, precision (CPU runs fall back to full precision), strategy,
     step budget, validation and checkpoint cadence, TensorBoard logger and learning-rate monitor.
@@ -114,7 +114,9 @@ def build_trainer(run: RunConfig, data: DataSection, callbacks: list | None = No
         # Lightning counts val_check_interval in batches; val_every is in optimizer steps (accumulate batches each)
         val_check_interval=t.val_every * t.accumulate if t.val_every else None,
         check_val_every_n_epoch=None if t.val_every else 10**9,
-        num_sanity_val_steps=0, limit_val_batches=val_batches(data, t.world_size),
+        # every batch of the validation loader: it holds only data.limit_val_samples, spread over the split (a limit
+        # here would take a loader's first batches, a class-sorted split's first classes; nar.lightning.data)
+        num_sanity_val_steps=0, limit_val_batches=1.0,
         gradient_clip_val=grad_clip or None, gradient_clip_algorithm="norm",
         accumulate_grad_batches=t.accumulate, log_every_n_steps=t.log_every, logger=loggers or False,
         callbacks=callbacks, plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir),

@@ -159,7 +159,9 @@ class DataSection:
     eval_batch_size: int | None = None
     num_workers: int = 4
     shuffle_buffer: int = 2000
-    limit_val_samples: int | None = None  # validate on at most this many samples (whole batches, >= 1 per process)
+    # validate on at most this many samples (whole batches, >= 1 per process), spread evenly over the val split
+    # (first to last: every class of a class-sorted split) and the same ones at every validation; None: all of it
+    limit_val_samples: int | None = None
     # Report validation over fewer samples than selected (a truncated or missing val shard) instead of failing.
     allow_missing: bool = False
     seed: int = 0
@@ -380,7 +382,7 @@ class TokenizerDataConfig(DataSection):
     eval_batch_size: int | None = 32
     num_workers: int = 2
     shuffle_buffer: int = 1000
-    limit_val_samples: int | None = 256
+    limit_val_samples: int | None = 256  # spread over the val split, as DataSection says
     hflip: bool = False  # random horizontal flips while training
 
 
@@ -417,9 +419,12 @@ class TokenizerRunConfig(RunConfig):
             raise ConfigError("tokenizer training steps every batch (manual optimisation)", key="trainer.accumulate")
 
 
-def val_batches(data: DataSection, world_size: int = 1) -> int | float:
-    """``limit_val_batches`` for Lightning from ``data.limit_val_samples`` (1.0 = the whole split): whole batches
-    per process (Lightning's limit is each process's), as many as keep the total within the limit, at least one."""
+def val_samples(data: DataSection, world_size: int = 1) -> int | None:
+    """How many samples a validation reads in all, from ``data.limit_val_samples`` (None: the whole split): whole
+    batches per process, as many as keep the total within the limit, at least one per process. The run's DataModule
+    (:mod:`nar.lightning.data`) picks them spread evenly over the split."""
     if data.limit_val_samples is None:
-        return 1.0
-    return max(1, data.limit_val_samples // ((data.eval_batch_size or data.batch_size) * world_size))
+        return None
+    batch = data.eval_batch_size or data.batch_size
+    return max(1, data.limit_val_samples // (batch * world_size)) * batch * world_size
+

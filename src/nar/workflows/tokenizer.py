@@ -225,7 +225,7 @@ def _train_tokenizer(cfg: TokenizerRunConfig, resume: bool, enable_progress_bar:
         strategy = DDPStrategy(find_unused_parameters=True)
     # Manual optimisation: the module clips its own gradients (optim.grad_clip).
     validated = validated_step_callback()
-    trainer = build_trainer(cfg, cfg.data, [validated], strategy=strategy, enable_progress_bar=enable_progress_bar)
+    trainer = build_trainer(cfg, [validated], strategy=strategy, enable_progress_bar=enable_progress_bar)
     out = cfg.run_dir
     if trainer.is_global_zero:
         log.info("tokenizer %s: grid %s, codebook %d, %.2fM parameters; run folder %s", cfg.model.kind,

@@ -133,7 +133,7 @@ def generator_trainer(cfg: TrainConfig, enable_progress_bar: bool | None = None,
     from nar.model.layers import Block
 
     decoding = FrontierDecodingCallback(cfg, cfg.run_dir)
-    trainer = build_trainer(cfg, cfg.data, [decoding, MetricsFileCallback(cfg.run_dir)], grad_clip=cfg.optim.grad_clip,
+    trainer = build_trainer(cfg, [decoding, MetricsFileCallback(cfg.run_dir)], grad_clip=cfg.optim.grad_clip,
                             strategy=strategy_for(cfg, {Block}), logger=logger, enable_progress_bar=enable_progress_bar)
     return trainer, decoding
 

@@ -1,0 +1,140 @@
+"""The DataModule of a run's ``data`` section (nar.lightning.data): start-up checks and the validation subset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nar.config import load_config
+from nar.data.encode import encode_png
+from nar.data.shards import write_meta, write_split
+from nar.runs import TrainConfig
+
+
+def _image(i: int) -> dict:
+    return {"png": encode_png(Image.fromarray(np.full((8, 8, 3), i, dtype=np.uint8))), "cls": i % 2}
+
+
+def test_pixels_tokenized_during_training_are_checked_without_building_the_tokenizer(tokenizer_file, tmp_path,
+                                                                                        monkeypatch):
+    """The pixel-size check of a run that tokenizes as it trains reads the tokenizer file's config only."""
+    from nar.lightning.data import generator_datamodule
+    from nar.tokenizers import VQTokenizer, load_tokenizer
+
+    config = load_tokenizer(tokenizer_file).config
+    grid = list(config.grid)
+    rec = write_split(tmp_path / "img", "train", list(range(2)), make_sample=_image, shard_size=2)
+    write_meta(tmp_path / "img", "image", [rec], classes=["x", "y"])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a start-up check built the tokenizer")
+
+    monkeypatch.setattr(VQTokenizer, "__init__", refuse)
+    cfg = load_config(TrainConfig, [], [f"data.root={tmp_path / 'img'}", "data.num_workers=0",
+                                        f"tokenizer.path={tokenizer_file}", f"model.grid={grid}"])
+    assert generator_datamodule(cfg).cfg.image_size == config.image_size
+
+
+CLASSES, PER_CLASS = 6, 5  # a class-sorted validation split: samples 0-4 are class 0, 5-9 class 1, …
+
+
+def _sorted_token_split(root):
+    """Token shards whose val split is sorted by class, each sample's tokens all equal to its index."""
+    n = CLASSES * PER_CLASS
+
+    def sample(i: int) -> dict:
+        return {"tokens.npy": np.full((1, 2, 2), i, dtype=np.int32), "cls": i // PER_CLASS}
+
+    recs = [write_split(root, "train", list(range(4)), make_sample=sample, shard_size=4),
+            write_split(root, "val", list(range(n)), make_sample=sample, shard_size=7)]
+    write_meta(root, "tokens", recs, classes=[f"c{c}" for c in range(CLASSES)], grid=[2, 2], codebook_size=64)
+    return root
+
+
+def _sorted_image_split(root):
+    n = CLASSES * PER_CLASS
+
+    def sample(i: int) -> dict:
+        return {**_image(i), "cls": i // PER_CLASS}
+
+    recs = [write_split(root, "train", list(range(4)), make_sample=_image, shard_size=4),
+            write_split(root, "val", list(range(n)), make_sample=sample, shard_size=7)]
+    write_meta(root, "image", recs, classes=[f"c{c}" for c in range(CLASSES)], image_size=8)
+    return root
+
+
+def _index(batch: dict) -> list[int]:
+    """Each sample's index in the split (tokens hold it; images hold it as their pixel value)."""
+    if "tokens" in batch:
+        return batch["tokens"].flatten(1)[:, 0].tolist()
+    return ((batch["image"][:, 0, 0, 0] + 1) / 2 * 255).round().long().tolist()
+
+
+def _run_datamodule(kind: str, tmp_path, *overrides: str):
+    """The run's DataModule over a class-sorted split, and the run's data section."""
+    from nar.lightning.data import generator_datamodule, tokenizer_datamodule
+    from nar.runs import TokenizerRunConfig
+
+    common = ["data.num_workers=0", "data.eval_batch_size=2", *overrides]
+    if kind == "generator":
+        root = _sorted_token_split(tmp_path / "tokens")
+        cfg = load_config(TrainConfig, [], [f"data.root={root}", "model.grid=[2,2]", "model.vocab_size=64", *common])
+        return generator_datamodule(cfg), cfg.data
+    root = _sorted_image_split(tmp_path / "img")
+    cfg = load_config(TokenizerRunConfig, [], [f"data.root={root}", "model.preset=vq-tiny-emoji", "model.image_size=8",
+                                               *common])
+    return tokenizer_datamodule(cfg), cfg.data
+
+
+@pytest.mark.parametrize("kind", ["generator", "tokenizer"])
+def test_validation_subset_spreads_over_a_class_sorted_split(kind, tmp_path):
+    """data.limit_val_samples validates on samples spread evenly over the split, first to last (every class of a
+    class-sorted split), not its first batches; as many as before (whole batches), the same on every pass, and what
+    a Lightning validation reads with every batch of the loader (build_trainer's limit_val_batches=1.0)."""
+    import torch
+
+    import lightning as L
+
+    n = CLASSES * PER_CLASS
+    limit = 2 * CLASSES + 1  # 6 batches of 2
+    dm, data = _run_datamodule(kind, tmp_path, f"data.limit_val_samples={limit}")
+
+    class Probe(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.seen: list[int] = []
+
+        def validation_step(self, batch, _):
+            self.seen += _index(batch)
+
+    probe = Probe()
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=1.0)
+    for _ in range(2):  # every validation reads the same subset
+        probe.seen = []
+        trainer.validate(probe, datamodule=dm, verbose=False)
+        assert len(probe.seen) == limit // 2 * 2 and len(set(probe.seen)) == len(probe.seen)
+        assert min(probe.seen) == 0 and max(probe.seen) == n - 1
+        assert {i // PER_CLASS for i in probe.seen} == set(range(CLASSES))
+
+
+def test_validation_subset_is_shared_out_over_processes(tmp_path):
+    """Under DDP each process validates its own part of the one spread subset: disjoint, equal, together the
+    subset a single process validates."""
+    from types import SimpleNamespace
+
+    n = CLASSES * PER_CLASS
+    dm, _ = _run_datamodule("generator", tmp_path, f"data.limit_val_samples={2 * CLASSES}")
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=1)
+    alone = [i for batch in dm.val_dataloader() for i in _index(batch)]
+    parts = []
+    for rank in range(2):
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2)
+        parts.append([i for batch in dm.val_dataloader() for i in _index(batch)])
+    assert len(parts[0]) == len(parts[1]) == len(alone) // 2 and sorted(parts[0] + parts[1]) == sorted(alone)
+    assert len(alone) == 2 * CLASSES and min(alone) == 0 and max(alone) == n - 1
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=1)
+    whole, _ = _run_datamodule("generator", tmp_path / "all")  # no limit: the whole split, in order
+    assert [i for batch in whole.val_dataloader() for i in _index(batch)] == list(range(n))
