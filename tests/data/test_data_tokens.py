@@ -314,6 +314,24 @@ def test_resuming_with_another_text_encoder_is_refused(images, tmp_path):
     assert tok.calls == 0
 
 
+def test_a_resumed_text_extraction_reads_its_progress_once(images, tmp_path, monkeypatch):
+    """The progress files of a split are read by write_split's resume check alone: the refusal of a folder begun
+    before the text encoder was recorded reads them only once that check has failed."""
+    from nar.data import tokens
+
+    out = tmp_path / "tok"
+    extract_tokens(images, out, PoolTokenizer(), batch_size=2, text_encoder=_length_encoder(4, 2),
+                   text_encoder_name="minilm:/m:4")
+
+    def refuse(split_dir):
+        raise AssertionError(f"{split_dir}: progress files read outside write_split")
+
+    monkeypatch.setattr(tokens, "_progress_files", refuse)
+    tok = PoolTokenizer()
+    extract_tokens(images, out, tok, batch_size=2, text_encoder=_length_encoder(4, 2), text_encoder_name="minilm:/m:4")
+    assert tok.calls == 0
+
+
 def test_text_feature_shape_reads_a_text_encoders_own_sizes():
     from nar.data.tokens import text_feature_shape
 

@@ -303,10 +303,13 @@ def _extract(
         for split in names:
             # str, as before URLs were allowed: a folder half-written by an older version still resumes
             shards = [str(shard_location(src, s)) for s in expand_specs(src_meta["splits"][split]["shards"])]
-            if caption_shape is not None:
-                _refuse_unrecorded_text_encoder(Path(out) / split, shards, old_params)
-            records.append(write_split(out, split, shards, produce=producer, shard_size=1, params=params,
-                                       desc=f"tokens {split}", unit="shard", part=(rank, world)))
+            try:
+                records.append(write_split(out, split, shards, produce=producer, shard_size=1, params=params,
+                                           desc=f"tokens {split}", unit="shard", part=(rank, world)))
+            except DataError as err:  # a resume refused by write_split: say why, for the one case we can tell
+                if caption_shape is not None:
+                    _refuse_unrecorded_text_encoder(Path(out) / split, shards, old_params, err)
+                raise
         return records
 
     records = _together(encode, rank, world, "token extraction")
@@ -357,20 +360,22 @@ def text_feature_shape(text_encoder: TextEncoder) -> tuple[int, int]:
     return int(feat.shape[1]), int(feat.shape[2])
 
 
-def _refuse_unrecorded_text_encoder(split_dir: Path, shards: list[str], old_params: dict[str, Any]) -> None:
-    """A split begun before the text encoder joined the settings (they held only ``text: true``) cannot tell which
-    encoder made its caption features, so a resumed run cannot be checked against it: refuse it, saying so (rather
-    than with :func:`write_split`'s general mismatch)."""
+def _refuse_unrecorded_text_encoder(split_dir: Path, shards: list[str], old_params: dict[str, Any],
+                                    refused: DataError) -> None:
+    """After :func:`write_split` ``refused`` to resume ``split_dir``: a split begun before the text encoder joined
+    the settings (they held only ``text: true``) cannot tell which encoder made its caption features, so a resumed
+    run cannot be checked against it. Raise that, rather than the general mismatch; return when it is not so.
+    Called only once the resume has failed, so a run that resumes reads its progress files once (in write_split)."""
     old = fingerprint(shards, shard_size=1, **old_params)
     for path in _progress_files(split_dir):
         try:
             recorded = json.loads(path.read_text()).get("fingerprint")
         except (OSError, ValueError, AttributeError):
-            continue  # write_split reports an unreadable progress file
+            continue  # write_split's own error names an unreadable progress file
         if recorded == old:
             raise DataError(f"{split_dir} was begun by an older nar, which did not record the text encoder that made "
                             "its caption features, so they cannot be checked against this one; delete the folder "
-                            "(or pass --overwrite) and extract again")
+                            "(or pass --overwrite) and extract again") from refused
 
 
 def _gather(obj: Any, world: int) -> list[Any]:
