@@ -39,8 +39,9 @@ def test_the_recorded_command_is_the_one_given_to_main(tmp_path, monkeypatch):
     assert report["command"] in (out / "README.md").read_text()
 
 
-def test_zero_rounds_or_images_name_the_flag(tmp_path, caplog):
-    """--rounds 0 / --images 0 had no median to take or divided by zero after the warm-up: a usage error up front."""
+def test_zero_rounds_or_images_name_the_flag(tmp_path, capsys):
+    """--rounds 0 / --images 0 had no median to take or divided by zero after the warm-up: argparse's usage error
+    (exit 2, naming the flag) before any synthetic JPEG is written."""
     import pytest
 
     from nar.cli.main import main
@@ -48,8 +49,11 @@ def test_zero_rounds_or_images_name_the_flag(tmp_path, caplog):
 
     for flag in ("--rounds", "--images", "--synthetic"):
         out = tmp_path / flag.strip("-")
-        assert main(["bench-data", "--synthetic-dir", str(tmp_path / "jpegs"), flag, "0", "--out", str(out)]) == 2
-        assert f"{flag} must be >= 1, got 0" in caplog.text and not out.exists() and not (tmp_path / "jpegs").exists()
+        with pytest.raises(SystemExit) as stop:
+            main(["bench-data", "--synthetic-dir", str(tmp_path / "jpegs"), flag, "0", "--out", str(out)])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and f"argument {flag}: must be >= 1, got 0" in err, err
+        assert not out.exists() and not (tmp_path / "jpegs").exists()
     root = write_synthetic(tmp_path / "jpegs", images=2, shard_size=2)
     for key in ("rounds", "images"):
         with pytest.raises(ConfigError, match=f"{key}.*got 0"):

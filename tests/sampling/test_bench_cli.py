@@ -174,12 +174,24 @@ def test_variants_alternate_with_the_schedules_in_rounds(tmp_path, capsys):
     assert f"batch 2: nar+wavefront over nar: {ratios[1]:.2f}x" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("flag, value", [("--iters", "0"), ("--warmup", "-1")])
-def test_bad_iteration_counts_name_the_flag(flag, value, tmp_path, caplog):
-    argv = ["bench", "--preset", "NAR-tiny", "--set", "dim=32", "--device", "cpu", "--dtype", "fp32", "--batch", "1",
-            "--schedules", "nar", "--guidance", "1.0", "--min-time", "0", "--out", str(tmp_path), flag, value]
-    assert main(argv) == 2
-    assert f"{flag} must be" in caplog.text and f"got {value}" in caplog.text, caplog.text
+def _bench_argv(tmp_path, *extra: str) -> list[str]:
+    return ["bench", "--preset", "NAR-tiny", "--set", "dim=32", "--device", "cpu", "--dtype", "fp32", "--batch", "1",
+            "--schedules", "nar", "--guidance", "1.0", "--min-time", "0", "--out", str(tmp_path), *extra]
+
+
+@pytest.mark.parametrize("flag", ["--iters", "--rounds"])
+def test_counts_below_one_are_usage_errors(flag, tmp_path, capsys):
+    """--iters 0 / --rounds 0: argparse's usage error naming the flag (exit 2), as other commands' counts."""
+    with pytest.raises(SystemExit) as stop:
+        main(_bench_argv(tmp_path, flag, "0"))
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"argument {flag}: must be >= 1, got 0" in err, err
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_negative_warmup_names_the_flag(tmp_path, caplog):
+    assert main(_bench_argv(tmp_path, "--warmup", "-1")) == 2
+    assert "--warmup must be >= 0, got -1" in caplog.text, caplog.text
     assert not list(tmp_path.iterdir())
 
 

@@ -11,6 +11,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from nar.config import positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark token generation (NAR vs raster vs PAR vs reference) and tokenizer "
@@ -53,9 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", default="vq-16")
     p.add_argument("--decode-batch", type=int, default=64)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--iters", type=positive_int, default=3, help="timed calls per method and round")
     p.add_argument("--min-time", type=float, default=0.0, help="time each method for at least this many seconds")
-    p.add_argument("--rounds", type=int, default=1,
+    p.add_argument("--rounds", type=positive_int, default=1,
                    help="time the --schedules in alternation this many rounds (iters calls each); report the median "
                         "round and the round-by-round speed-ups of NAR over each other method with their range")
     p.add_argument("--out", default="benchmarks/results", help="folder for the JSON and markdown results")
@@ -76,8 +78,6 @@ def run(args: argparse.Namespace) -> int:
     )
     from nar.sampling.logits import SamplingConfig
 
-    if args.iters < 1:
-        raise ConfigError(f"--iters must be >= 1 (timed calls per method), got {args.iters}")
     if args.warmup < 0:
         raise ConfigError(f"--warmup must be >= 0, got {args.warmup}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():

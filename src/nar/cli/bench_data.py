@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nar.config import positive_int
+
 log = logging.getLogger("nar.bench_data")
 
 
@@ -23,11 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="image dataset folder (meta.json; `nar data imagenet` or `nar data index`) (default: synthetic "
                    "ImageNet-style JPEGs, 500×375 ≈ 100 kB, written to --synthetic-dir)")
     p.add_argument("--split", default="train", help="split of --data to read")
-    p.add_argument("--synthetic", type=int, default=512, help="synthetic images to write when --data is not given")
+    p.add_argument("--synthetic", type=positive_int, default=512, help="synthetic images to write when --data is not given")
     p.add_argument("--synthetic-dir", default=None,
                    help="where the synthetic shards go (kept and reused) (default: a temporary folder)")
-    p.add_argument("--images", type=int, default=512, help="images each reader reads per round")
-    p.add_argument("--rounds", type=int, default=5, help="rounds, the order of the two readers flipping each round")
+    p.add_argument("--images", type=positive_int, default=512, help="images each reader reads per round")
+    p.add_argument("--rounds", type=positive_int, default=5, help="rounds, the order of the two readers flipping each round")
     p.add_argument("--crop", type=int, default=256, help="ADM centre crop size")
     p.add_argument("--workers", type=int, default=0,
                    help="DataLoader workers (0: read in this process; rates are always per worker)")
@@ -37,14 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nar.data.bench import compare_readers, machine, write_synthetic
-    from nar.errors import ConfigError
-
-    counts = {"--rounds": args.rounds, "--images": args.images}
-    if not args.data:
-        counts["--synthetic"] = args.synthetic
-    for flag, value in counts.items():
-        if value < 1:  # before minutes of writing synthetic JPEGs
-            raise ConfigError(f"{flag} must be >= 1, got {value}")
 
     with tempfile.TemporaryDirectory(prefix="nar-bench-data-") as tmp:
         if args.data:
