@@ -110,3 +110,20 @@ def test_load_weights_into_a_larger_grid_and_a_strict_diff(tmp_path):
     assert same_weights(target, src)
     with pytest.raises(CheckpointError, match=r"init_from=.*stage1.ckpt \(ema_model weights\)"):
         load_weights_into(NARModel(tiny(dim=64, n_head=4)), tmp_path / "stage1.ckpt")
+
+
+def test_a_given_config_that_reads_the_weights_otherwise_is_refused(tmp_path):
+    """n_head (or mixing, position ...) changes what the same-shaped weights mean: a given config that disagrees
+    with the stored one is refused naming the field and both values; training-only fields and the grid may
+    differ (the stored config is used)."""
+    cfg = tiny(grid=[3, 5])
+    run_checkpoint(tmp_path / "last.ckpt", cfg)
+    heads = cfg.n_head * 2  # same shapes, other attention
+    with pytest.raises(ConfigError, match=rf"n_head: given {heads}, stored {cfg.n_head}") as err:
+        load_generator(tmp_path / "last.ckpt", tiny(grid=[3, 5], n_head=heads))
+    assert "last.ckpt" in str(err.value)
+    with pytest.raises(ConfigError, match=r"mixing: given 'probs', stored 'logits'.*position: given 'absolute'"):
+        load_generator_and_run_config(tmp_path / "last.ckpt", tiny(grid=[3, 5], mixing="probs", position="absolute"))
+    same = tiny(grid=[4, 4], n_kv_head=cfg.n_head, head_blocks=cfg.blocks_per_axis, token_dropout=0.5,
+                drop_path=0.2, initializer_range=0.1)
+    assert load_generator(tmp_path / "last.ckpt", same).cfg == cfg

@@ -16,6 +16,7 @@ Lightning: a run config comes back as the plain dict, for the caller to type.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from collections.abc import Mapping
@@ -127,8 +128,9 @@ def stored_run_config(path: str | Path) -> dict[str, Any] | None:
 
 
 def _weights(obj: Any, path: str | Path, cfg: NARConfig | None, prefer_ema: bool, n_head: int | None,
-             overrides: dict[str, Any]) -> tuple[dict[str, torch.Tensor], NARConfig, str]:
-    """``(state dict under our key names, the config it belongs to, a label for load errors)`` of a loaded file."""
+             overrides: dict[str, Any], check_given: bool = True) -> tuple[dict[str, torch.Tensor], NARConfig, str]:
+    """``(state dict under our key names, the config it belongs to, a label for load errors)`` of a loaded file.
+    ``check_given``: a given ``cfg`` must agree with one stored in the file (:func:`_check_given`)."""
     if is_run_checkpoint(obj):
         from nar.config import from_dict  # OmegaConf only when a run config is read
 
@@ -138,6 +140,8 @@ def _weights(obj: Any, path: str | Path, cfg: NARConfig | None, prefer_ema: bool
         stored = (_run_config(obj) or {}).get("model")
         # A run config without a model section stores no model: the caller's cfg, not NARConfig's defaults.
         model_cfg = from_dict(NARConfig, stored) if stored else cfg
+        if stored and cfg is not None and check_given:
+            _check_given(cfg, model_cfg, path)
         if model_cfg is None:
             raise CheckpointError(f"{path}: no run config stored; pass --config")
         weights, prefix = run_weights(obj, path, prefer_ema)
@@ -151,6 +155,38 @@ def _weights(obj: Any, path: str | Path, cfg: NARConfig | None, prefer_ema: bool
     state = unwrap_state_dict(obj, prefer=prefer, source=str(path))
     cfg = cfg if cfg is not None else config_from_official(state, n_head, source=str(path), **overrides)
     return from_official_state_dict(state, cfg), cfg, str(path)
+
+
+# Fields a given config may differ in from the one a checkpoint stores: they shape training, not what the weights
+# compute (the grid too: rotary positions hold no grid-sized weights, and the stored config is the one used).
+_FREE_FIELDS = frozenset({"preset", "grid", "token_dropout", "attn_dropout", "resid_dropout", "ffn_dropout",
+                          "drop_path", "initializer_range"})
+
+
+def _meaning(cfg: NARConfig) -> dict[str, Any]:
+    """The fields of ``cfg`` that decide what its weights compute, in one spelling each (``n_kv_head`` equal to
+    ``n_head`` is None, ``head_blocks=None`` the official layout), unused condition fields left out."""
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in _FREE_FIELDS}
+    fields.update(n_kv_head=None if cfg.kv_heads == cfg.n_head else cfg.kv_heads, head_blocks=cfg.blocks_per_axis,
+                  axes=len(cfg.grid))
+    for unused in (("caption_dim", "caption_len") if cfg.condition == "class" else ("num_classes",)):
+        fields.pop(unused)
+    return fields
+
+
+def _check_given(given: NARConfig, stored: NARConfig, path: str | Path) -> None:
+    """A given config must read the stored weights as they were trained: same heads, layout, positions, mixing
+    ... (same-shaped weights would otherwise load and silently compute something else).
+
+    Raises:
+        ConfigError: naming each differing field with the given and the stored value.
+    """
+    ours, theirs = _meaning(given), _meaning(stored)
+    diff = [f"{k}: given {ours.get(k)!r}, stored {theirs.get(k)!r}" for k in {**theirs, **ours}
+            if ours.get(k) != theirs.get(k)]
+    if diff:
+        raise ConfigError(f"{path} stores a model the given config would read differently ({'; '.join(diff)}); "
+                          "give no config (the stored one is used) or one that matches it")
 
 
 def run_weights(obj: Any, path: str | Path, prefer_ema: bool = True) -> tuple[dict[str, torch.Tensor], str]:
@@ -181,8 +217,9 @@ def load_generator(path: str | Path, cfg: NARConfig | None = None, prefer_ema: b
                    **overrides: Any) -> NARModel:
     """A generator in eval mode from one of our checkpoints or an official ``.pt``, the file read once.
 
-    Our checkpoints: the stored run config's ``model`` section wins over ``cfg`` (used only when none is
-    stored); the EMA weights when ``prefer_ema`` and the run kept them, else the trained ones.
+    Our checkpoints: the stored run config's ``model`` section is used; a given ``cfg`` must agree with it in
+    every field that decides what the weights compute (all but the grid and training-only fields such as
+    dropouts), and describes the model only when none is stored; the EMA weights when ``prefer_ema`` and the run kept them, else the trained ones.
     Official files: ``cfg`` describes the model, or ``n_head`` (plus ``overrides`` such as ``grid``) lets
     the rest be read off the shapes (:func:`nar.model.official.config_from_official`); the official ``ema``
     entry is taken when ``prefer_ema`` and present.
@@ -190,8 +227,9 @@ def load_generator(path: str | Path, cfg: NARConfig | None = None, prefer_ema: b
     Raises:
         CheckpointError: missing or unreadable file, no config for it, or weights that do not match
             (missing/unexpected keys and shape differences listed).
-        ConfigError: ``overrides`` that would be ignored (next to ``cfg``, or for one of our checkpoints), or
-            that are not NARConfig fields.
+        ConfigError: ``cfg`` disagrees with the stored config (naming each field, given and stored values),
+            ``overrides`` that would be ignored (next to ``cfg``, or for one of our checkpoints), or that are not
+            NARConfig fields.
     """
     return load_generator_and_run_config(path, cfg, prefer_ema, map_location, n_head=n_head, **overrides)[0]
 
@@ -205,7 +243,8 @@ def load_weights_into(model: NARModel, path: str | Path, prefer_ema: bool = True
     Raises:
         CheckpointError: the weights do not fit ``model`` (the diff names the keys and shapes).
     """
-    weights, _, label = _weights(read_generator_file(path), path, model.cfg, prefer_ema, None, {})
+    # Not checked against a stored config: a run may start from weights trained with another grid, mixing ...
+    weights, _, label = _weights(read_generator_file(path), path, model.cfg, prefer_ema, None, {}, check_given=False)
     load_strict(model, weights, source=f"init_from={label}")
 
 
