@@ -182,3 +182,20 @@ def test_positive_int_is_an_argparse_usage_error_naming_the_option(capsys) -> No
         with pytest.raises(SystemExit) as exit_:
             parser.parse_args(["--shard-size", bad])
         assert exit_.value.code == 2 and "argument --shard-size" in capsys.readouterr().err
+
+
+def test_generator_config_reads_the_data_facts_of_a_text_root(tmp_path: Path, monkeypatch) -> None:
+    """The pre-pass that finds data.root's meta.json types overrides as the real pass does: data.root=0601 is the
+    folder '0601', not 385 (YAML 1.1 octal), so its grid and vocabulary reach the config."""
+    import json
+
+    from nar.workflows.train import generator_config
+
+    grid, vocab = [3, 5], 64
+    (tmp_path / "0601").mkdir()
+    (tmp_path / "0601" / "meta.json").write_text(json.dumps({"kind": "tokens", "splits": {}, "grid": grid,
+                                                             "codebook_size": vocab}))
+    monkeypatch.chdir(tmp_path)
+    cfg = generator_config([], ["data.root=0601", "name=no", "model.preset=NAR-tiny"])
+    assert (cfg.data.root, cfg.name) == ("0601", "no")
+    assert cfg.model.grid == grid and cfg.model.vocab_size == vocab

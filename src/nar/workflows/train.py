@@ -120,7 +120,8 @@ def generator_config(yamls: Sequence[str | Path] = (), overrides: Sequence[str] 
     from nar.config import config_path, merge_sources
 
     dicts = [base] if base else []
-    user = merge_sources(OmegaConf.create(base or {}), [config_path(p) for p in yamls], overrides)
+    # Typed as the real pass below types it, so text keys stay text (data.root=0601 is not YAML 1.1's 385).
+    user = merge_sources(OmegaConf.structured(TrainConfig), [config_path(p) for p in yamls], overrides, dicts)
     root = OmegaConf.select(user, "data.root", default="")
     if root and Path(root, "meta.json").is_file():
         dicts.append(facts_from_data(root))
