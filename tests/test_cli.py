@@ -267,6 +267,46 @@ def test_demo_generator_marker_is_reused_only_for_the_same_config(tmp_path, monk
 
 
 
+def test_a_demo_rerun_with_a_shorter_budget_says_it_reports_the_longer_run(tmp_path, monkeypatch, caplog) -> None:
+    """Rerun with fewer trainer.max_steps than the finished run's: resuming undoes no step, so the summary, the log
+    and the report name both budgets instead of passing the longer run off as the asked one."""
+    import types
+
+    import nar.runs.folder as folder
+    import nar.workflows.demo as demo
+    import nar.workflows.train as wtrain
+
+    def config(domain, mode, tokens, images, tok, out_dir, smoke, threads, overrides=()):
+        return load_config(TrainConfig, ["demo/emoji.yaml"], [f"runs_root={out_dir}", f"name={mode}",
+                                                               f"model.mode={mode}", *overrides])
+
+    trained = []
+
+    def fit(cfg, resume=False, **kwargs):  # a resume continues from the furthest checkpoint, never goes back
+        trained.append(max([cfg.trainer.max_steps, *trained]) if resume else cfg.trainer.max_steps)
+        return {"metrics": {"val/fid": 1.0}, "run_dir": cfg.run_dir, "checkpoint": cfg.run_dir / "last.ckpt",
+                "samples": None, "global_step": trained[-1],
+                "module": types.SimpleNamespace(model=types.SimpleNamespace(num_passes=7))}
+
+    monkeypatch.setattr(demo, "generator_config", config)
+    monkeypatch.setattr(folder, "has_checkpoints", lambda d: bool(trained))
+    monkeypatch.setattr(wtrain, "fit", fit)
+    longer = config("emoji", "nar", None, None, None, tmp_path, False, 1).trainer.max_steps
+    shorter = longer // 2
+
+    def train(steps):
+        return demo.train_generator("emoji", "nar", None, None, None, tmp_path, False, 1,
+                                    [f"trainer.max_steps={steps}"])
+
+    assert train(longer)["steps"] == longer and f"asked for {longer}" not in caplog.text
+    summary = train(shorter)
+    assert (summary["steps"], summary["asked_steps"]) == (longer, shorter)
+    assert f"asked for {shorter} steps" in caplog.text and f"trained for {longer} steps" in caplog.text, caplog.text
+    report = demo.format_report({"domain": "emoji", "smoke": False, "seconds": 1, "data": "d", "tokenizer": "t",
+                                 "tokens": "k", "runs": {"nar": summary}})
+    assert f"[nar] {longer} steps (asked for {shorter}" in report, report
+
+
 def test_demo_stores_absolute_paths_in_its_runs(tmp_path, monkeypatch) -> None:
     """`nar demo` with its default (relative) --out and --data: the tokenizer, token and image paths it hands the
     generator runs are absolute, so the runs sample, evaluate and open in notebooks from any directory."""

@@ -223,10 +223,15 @@ def train_generator(domain: str, mode: str, tokens: Path, images: Path, tokenize
     # Another config (e.g. trainer.max_steps=...) continues from the run's checkpoint; a differently shaped network
     # is refused by fit, naming the keys.
     result = fit(cfg, resume=has_checkpoints(cfg.run_dir), enable_progress_bar=False)
+    steps, asked = result["global_step"], cfg.trainer.max_steps
+    if steps > asked:  # a shorter budget resumes a checkpoint already past it: no step is undone
+        log.warning("%s generator: asked for %d steps, but %s holds a run already trained for %d steps; its scores "
+                    "and samples are the %d-step model's (give another --out to train %d steps from scratch)", mode,
+                    asked, cfg.run_dir, steps, steps, asked)
     scores = {k: v for k, v in result["metrics"].items() if k.startswith("val/")}
     summary = {"mode": mode, "run_dir": str(result["run_dir"]), "checkpoint": str(result["checkpoint"]),
                "samples": str(result["samples"]) if result["samples"] else None,
-               "tensorboard": str(result["run_dir"] / "tb"), "steps": result["global_step"],
+               "tensorboard": str(result["run_dir"] / "tb"), "steps": steps, "asked_steps": asked,
                "passes": int(result["module"].model.num_passes), "cells": cfg.model.num_cells, "scores": scores,
                "fingerprint": fp}
     write_text(done, json.dumps(summary, indent=1))
@@ -338,7 +343,10 @@ def format_report(result: dict[str, Any]) -> str:
         text = {k[4:]: v for k, v in scores.items() if k.startswith("val/geneval_")}
         ceiling = (result.get("ceiling") or {}).get(name)
         bits = scores.get("val/bits_per_token")
-        lines += [f"  [{mode}] {run['steps']} steps, {run['passes']} forward passes per sample",
+        asked = run.get("asked_steps")  # markers written before it have none
+        past = f" (asked for {asked}: the run folder held a longer run)" if asked is not None and asked < run["steps"] \
+            else ""
+        lines += [f"  [{mode}] {run['steps']} steps{past}, {run['passes']} forward passes per sample",
                   (f"    {name}: {fid:.2f}" + (f"   (tokenizer ceiling: {ceiling:.2f}, its reconstructions of "
                                                   f"training images)" if ceiling is not None else ""))
                   if fid is not None else "    (no fidelity score)",
