@@ -83,3 +83,44 @@ def test_a_splits_dir_without_class_index_is_named(tmp_path):
 
     with pytest.raises(DataError, match=f"{tmp_path / 'classInd.txt'}: cannot read the class index.*ucfTrainTestlist"):
         read_class_index(tmp_path / "classInd.txt")
+
+
+def test_videos_with_a_damaged_tail_are_counted_in_the_split(mini_ucf101, tmp_path, monkeypatch, caplog):
+    """A video whose decoding fails part-way keeps the frames that decoded (logged); the split's meta.json entry
+    counts and names those videos, as it does the skipped ones, and their clips say so."""
+    import av
+
+    real_open = av.open
+    damaged = f"{UCF_CLASSES[0]}/v_{UCF_CLASSES[0]}_g02_c01.avi"
+
+    class TailDamaged:  # decodes 3 frames, then fails as a torn file does
+        def __init__(self, path):
+            self.inner = real_open(path)
+            self.streams = self.inner.streams
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.inner.close()
+
+        def decode(self, stream):
+            for i, frame in enumerate(self.inner.decode(stream)):
+                if i == 3:
+                    raise ValueError("invalid data found when processing input")
+                yield frame
+
+    monkeypatch.setattr(av, "open", lambda path, *a, **k: TailDamaged(path) if path.endswith(damaged)
+                        else real_open(path, *a, **k))
+    out = tmp_path / "clips"
+    meta = write_ucf101(mini_ucf101, out, splits=("train",), frames=4, size=8, shard_size=2)
+    train = meta["splits"]["train"]
+    assert train["damaged_tail"] == {"count": 1, "files": [damaged]} and train["samples"] == 4
+    assert read_meta(out)["splits"]["train"]["damaged_tail"] == train["damaged_tail"]
+    assert "decoding stopped after 3 frames" in caplog.text
+    clips = [json.loads(raw["json"]) for shard in SplitIndex.load(out, "train").shards for raw in iter_tar(shard)]
+    assert [c["source"] for c in clips if c["damaged_tail"]] == [damaged]
+    assert [c["video_frames"] for c in clips if c["damaged_tail"]] == [3]
+    monkeypatch.setattr(av, "open", real_open)
+    meta = write_ucf101(mini_ucf101, out, splits=("train",), frames=4, size=8, shard_size=2)  # resumed: all done
+    assert meta["splits"]["train"]["damaged_tail"]["count"] == 1  # counted from the shards, not this run's decoding

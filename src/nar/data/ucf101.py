@@ -10,24 +10,31 @@ Layout (as distributed)::
 ``<lists>`` (``ucfTrainTestlist``) is found inside or beside ``<videos>`` unless given. Splits are
 named ``train`` and ``test`` as in the lists. A clip is ``frames`` frames taken every ``stride``-th
 frame, short side resized to ``size`` and centre-cropped; a video shorter than one clip is padded
-by repeating its last frame (``"padded": true`` in its json).
+by repeating its last frame (``"padded": true`` in its json). A video whose decoding fails part-way keeps the frames that decoded
+(``"damaged_tail": true`` in its clips' json); the split's entry in ``meta.json`` counts and names such videos
+(``damaged_tail``) beside the skipped ones.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nar.atomic import write_text
 from nar.data import transforms as T
 from nar.data.shards import (
+    MAX_LISTED_BAD,
     META_NAME,
     BadInputLog,
     SkipSample,
+    SplitRecord,
     dataset_lock,
     read_meta,
     write_meta,
@@ -91,9 +98,16 @@ def read_split_list(path: Path, classes: Sequence[str]) -> list[tuple[str, int]]
 
 def decode_video(path: str | Path) -> np.ndarray:
     """All frames of a video as ``uint8 [N, H, W, 3]`` (PyAV). Raises :class:`SkipSample` if unreadable."""
+    return _decode(path)[0]
+
+
+def _decode(path: str | Path) -> tuple[np.ndarray, str | None]:
+    """``(frames uint8 [N, H, W, 3], why decoding stopped early or None)``: a damaged tail keeps the frames that
+    decoded. Raises :class:`SkipSample` if no frame decodes."""
     import av
 
     frames = []
+    damage = None
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
@@ -103,11 +117,12 @@ def decode_video(path: str | Path) -> np.ndarray:
     except (av.FFmpegError, IndexError, OSError, ValueError) as err:
         if not frames:
             raise SkipSample(path, f"cannot decode video: {err}") from None
-        # a damaged tail: keep what decoded, say so
+        # a damaged tail: keep what decoded, say so (and the split's meta.json counts it)
         log.warning("%s: decoding stopped after %d frames: %s", path, len(frames), err)
+        damage = str(err)
     if not frames:
         raise SkipSample(path, "cannot decode video: no frames")
-    return np.stack(frames)
+    return np.stack(frames), damage
 
 
 def clip_starts(num_frames: int, span: int, clips_per_video: int) -> list[int]:
@@ -132,16 +147,44 @@ class EncodeClips:
 
     def __call__(self, item: tuple[str, int, str]) -> list[dict[str, Any]]:
         path, cls, rel = item
-        video = decode_video(path)
+        video, damage = _decode(path)
         span = (self.frames - 1) * self.stride + 1
         samples = []
         for start in clip_starts(len(video), span, self.clips_per_video):
             idx = np.minimum(start + self.stride * np.arange(self.frames), len(video) - 1)
             clip = T.resize_video(video[idx], self.size)
             meta = {"label": self.classes[cls], "source": rel, "start": int(start), "stride": self.stride,
-                    "padded": bool(start + span > len(video)), "video_frames": int(len(video))}
+                    "padded": bool(start + span > len(video)), "video_frames": int(len(video)),
+                    "damaged_tail": damage is not None}
             samples.append({"frames.npy": clip, "cls": cls, "json": meta})
         return samples
+
+
+def _damaged_tails(out: Path, record: SplitRecord) -> list[str]:
+    """The videos (names relative to the videos folder) whose clips in ``record``'s shards say their decoding
+    stopped early. Read from the shards' json members alone, so shards written by an earlier, resumed run count
+    too (a clip written before the flag existed has none: not counted)."""
+    names: dict[str, None] = {}
+    for shard in record.shards:
+        with tarfile.open(out / shard, mode="r:") as tar:  # seekable: frames.npy members are skipped, not read
+            for member in tar:
+                if member.isfile() and member.name.endswith(".json"):
+                    clip = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
+                    if clip.get("damaged_tail"):
+                        names[clip["source"]] = None  # one entry per video, however many clips it gave
+    return list(names)
+
+
+def _record_damaged_tails(out: Path, meta: dict[str, Any], damaged: dict[str, list[str]]) -> dict[str, Any]:
+    """``meta`` with ``splits.<split>.damaged_tail = {"count", "files"}`` beside the split's ``skipped``, written
+    back to ``out/meta.json`` (the caller holds the dataset lock)."""
+    for split, names in damaged.items():
+        meta["splits"][split]["damaged_tail"] = {"count": len(names), "files": names[:MAX_LISTED_BAD]}
+        if names:
+            log.warning("split %r: %d videos with a damaged tail, their clips made of the frames that decoded (listed "
+                        "in %s)", split, len(names), out / META_NAME)
+    write_text(out / META_NAME, json.dumps(meta, indent=1, ensure_ascii=False))
+    return meta
 
 
 def _check_same_clips(out: Path, fields: dict[str, Any]) -> None:
@@ -196,7 +239,7 @@ def write_ucf101(
     encoder = EncodeClips(tuple(classes), frames=frames, stride=stride, size=size, clips_per_video=clips_per_video)
     with dataset_lock(out):  # one writer per folder, across all its splits and meta.json
         _check_same_clips(Path(out), {"frames": frames, "stride": stride, "image_size": size, "classes": classes})
-        records = []
+        records, damaged = [], {}
         for split in splits:
             list_path = lists / f"{split}list{split_index:02d}.txt"
             if not list_path.is_file():
@@ -213,11 +256,14 @@ def write_ucf101(
                     items.append((str(path), cls, rel))
             if not items:
                 bad.record(list_path, "empty split: no videos found")
-            records.append(write_split(
+            record = write_split(
                 out, split, items, make_sample=encoder, shard_size=shard_size, workers=workers,
                 params=dataclasses.asdict(encoder), desc=f"ucf101 {split}", unit="video", scan_bad=bad,
-            ))
-        return write_meta(
+            )
+            records.append(record)
+            damaged[split] = _damaged_tails(Path(out), record)
+        meta = write_meta(
             out, "video", records, classes=classes, source=f"ucf101:{videos}", frames=frames, stride=stride,
             image_size=size, clips_per_video=clips_per_video, split_index=split_index,
         )
+        return _record_damaged_tails(Path(out), meta, damaged)
