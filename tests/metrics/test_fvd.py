@@ -9,6 +9,7 @@ from torch import nn
 
 from nar.errors import ConfigError
 from nar.metrics import FrechetVideoDistance, FVDProxyInception
+from nar.metrics.fvd import I3D_MIN_FRAMES
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 
@@ -41,7 +42,7 @@ def i3d_path(tmp_path):
 
 
 def test_fvd_with_torchscript_detector(i3d_path):
-    real, fake = _videos(20, seed=1), _videos(20, seed=2)
+    real, fake = _videos(20, seed=1, t=I3D_MIN_FRAMES), _videos(20, seed=2, t=I3D_MIN_FRAMES)
     metric = FrechetVideoDistance(i3d_path, num_features=12)
     metric.update(real, real=True)
     metric.update(real.float() / 127.5 - 1, real=False)  # float in [-1, 1] == the same uint8 videos
@@ -50,6 +51,18 @@ def test_fvd_with_torchscript_detector(i3d_path):
     metric.update(real, real=True)
     metric.update(fake.flip(-1), real=False)
     assert metric.compute()["fvd"].item() > 0
+
+
+def test_clips_too_short_for_the_i3d_are_refused_before_it_runs(i3d_path):
+    """The Kinetics I3D halves time three times before a 2-frame pooling: a shorter clip ended in a shape error
+    inside the TorchScript; now a ConfigError naming the clip's frames and the minimum, nothing counted."""
+    metric = FrechetVideoDistance(i3d_path, num_features=12)
+    short = I3D_MIN_FRAMES - 1
+    with pytest.raises(ConfigError, match=rf"clips of {short} frames.*at least {I3D_MIN_FRAMES} frames"):
+        metric.update(_videos(2, seed=1, t=short), real=True)
+    assert int(metric.real_count) == 0
+    metric.update(_videos(2, seed=1, t=I3D_MIN_FRAMES), real=True)
+    assert int(metric.real_count) == 2
 
 
 def test_missing_detector_points_to_the_proxy(tmp_path):

@@ -22,6 +22,11 @@ from nar.errors import ConfigError
 from nar.metrics.fidelity import GaussianPairMetric, default_extractor, to_uint8
 
 I3D_SIZE = 224
+# The shortest clip the Kinetics-400 I3D (StyleGAN-V's i3d_torchscript.pt, built on kinetics_i3d_pytorch) takes:
+# time passes Conv3d_1a (kernel 7, stride 2, padding 2+3: T -> floor(T/2)), MaxPool3d_4a (kernel 3, stride 2,
+# padding 0+1, ceil mode: -> ceil(T/2)) and MaxPool3d_5a (kernel 2, stride 2, ceil mode: -> ceil(T/2)) before a
+# 2-frame average pooling without padding, which needs 2 steps: 10 -> 5 -> 3 -> 2, while 9 -> 4 -> 2 -> 1.
+I3D_MIN_FRAMES = 10
 
 
 def _check_videos(videos: torch.Tensor) -> None:
@@ -55,7 +60,8 @@ class _SameClipLength(GaussianPairMetric):
 
 
 class FrechetVideoDistance(_SameClipLength):
-    """FVD. ``update(videos, real)`` with ``videos`` ``[B, 3, T, H, W]``, uint8 or float in ``input_range``.
+    """FVD. ``update(videos, real)`` with ``videos`` ``[B, 3, T, H, W]``, uint8 or float in ``input_range``;
+    ``T >= I3D_MIN_FRAMES`` (10), the shortest clip the I3D takes.
 
     Args:
         i3d_path: the I3D TorchScript file (required; nothing is downloaded).
@@ -81,6 +87,10 @@ class FrechetVideoDistance(_SameClipLength):
     def update(self, videos: torch.Tensor, real: bool) -> None:
         _check_videos(videos)
         b, _, t, h, w = videos.shape
+        if t < I3D_MIN_FRAMES:  # else a shape error deep inside the TorchScript
+            raise ConfigError(f"FVD: clips of {t} frames; the I3D detector takes clips of at least {I3D_MIN_FRAMES} "
+                              "frames (it halves time three times before a 2-frame pooling): score longer clips, or "
+                              "leave eval.i3d_path unset for fvd_proxy_inception (2 frames or more)")
         self._check_length(t, real)
         x = to_uint8(videos, self.input_range).float() / 127.5 - 1  # the detector's [-1, 1]
         if (h, w) != (I3D_SIZE, I3D_SIZE):
