@@ -203,6 +203,28 @@ def test_missing_data_and_metric_networks_fail_at_start(tokens: Path, tmp_path: 
         caplog.clear()
 
 
+def test_fvd_of_clips_too_short_for_the_i3d_fails_at_start(tokens: Path, tmp_path: Path, caplog) -> None:
+    """6. FVD with an I3D on a video tokenizer whose clips are shorter than the I3D takes fails at start, naming
+    eval.metrics and both frame counts, instead of at the first decoding validation after training."""
+    from nar.metrics.fvd import I3D_MIN_FRAMES
+    from nar.tokenizers import VQConfig, VQTokenizer, save_tokenizer
+
+    frames = 4  # below the I3D's minimum, a multiple of the tokenizer's temporal factor 2
+    assert frames < I3D_MIN_FRAMES
+    cfg = VQConfig(kind="video", image_size=16, num_frames=frames, base_channels=16, encoder_ch_mult=[1, 2, 2],
+                   decoder_ch_mult=[1, 2, 2], num_res_blocks=1, z_channels=8, codebook_size=32,
+                   codebook_embed_dim=4, norm_groups=8, temporal_downsample=[True, False])
+    tokenizer = save_tokenizer(VQTokenizer(cfg), tmp_path / "video_tok.pt")
+    i3d = tmp_path / "i3d.pt"
+    i3d.write_bytes(b"present")  # only its presence is checked at start
+    runs = tmp_path / "runs"
+    assert main(["train", *overrides(tokens, runs, **{"tokenizer.path": str(tokenizer), "model.vocab_size": 32,
+                                                      "eval.metrics": "[fvd]", "eval.i3d_path": str(i3d)})]) == 2
+    assert "eval.metrics" in caplog.text and f"clips of {frames} frames" in caplog.text
+    assert f"at least {I3D_MIN_FRAMES}" in caplog.text
+    assert not runs.exists()
+
+
 def test_evaluation_and_sampling_refuse_bad_requests(tokens: Path, tmp_path: Path, caplog) -> None:
     """7. Fewer real samples than asked fail with the counts; zero samples and non-finite guidance are refused;
     6. sampling with a tokenizer whose codebook is smaller than the vocabulary is a usage error."""

@@ -158,7 +158,7 @@ def test_the_config_reader_names_a_missing_or_damaged_file(tmp_path):
 def test_the_codebook_check_at_start_builds_no_tokenizer(tmp_path, monkeypatch):
     """`nar train`'s start-up check reads the codebook size off the file's config, without building the model."""
     from nar.tokenizers import VQConfig
-    from nar.workflows.preflight import tokenizer_codebook
+    from nar.workflows.preflight import tokenizer_config
 
     path = save_tokenizer(VQTokenizer(tiny_image()), tmp_path / "tok.pt")
 
@@ -166,5 +166,5 @@ def test_the_codebook_check_at_start_builds_no_tokenizer(tmp_path, monkeypatch):
         raise AssertionError("a start-up check built the tokenizer")
 
     monkeypatch.setattr(VQTokenizer, "__init__", refuse)
-    assert tokenizer_codebook(str(path)) == tiny_image().codebook_size
-    assert tokenizer_codebook("vq-tiny-emoji") == VQConfig.from_name("vq-tiny-emoji").codebook_size
+    assert tokenizer_config(str(path)).codebook_size == tiny_image().codebook_size
+    assert tokenizer_config("vq-tiny-emoji").codebook_size == VQConfig.from_name("vq-tiny-emoji").codebook_size

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nar.errors import ConfigError
 from nar.runs.config import TokenizerRunConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from nar.tokenizers.config import VQConfig
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +32,13 @@ def _gate(run: TrainConfig | TokenizerRunConfig, degraded: list[str]) -> list[st
     return degraded
 
 
-def tokenizer_codebook(path: str, config: str = "") -> int:
-    """The codebook size of the tokenizer ``path`` names (a file or a preset), read at start off its config
-    (the tokenizer is not built)."""
+def tokenizer_config(path: str, config: str = "") -> VQConfig:
+    """The config of the tokenizer ``path`` names (a file or a preset), read at start (the tokenizer is not built)."""
     from nar.tokenizers.io import read_tokenizer_config
 
     if not Path(path).is_file() and path.endswith((".pt", ".pth", ".ckpt", ".bin")):
         raise ConfigError(f"tokenizer file not found: {path}", key="tokenizer.path")
-    return int(read_tokenizer_config(path, config=config or None).codebook_size)
+    return read_tokenizer_config(path, config=config or None)
 
 
 def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[str]:
@@ -54,12 +57,18 @@ def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[st
         raise ConfigError(f"file not found: {e.inception_weights}", key="eval.inception_weights")
     if e.i3d_path and not Path(e.i3d_path).expanduser().is_file():  # read as FrechetVideoDistance reads it
         raise ConfigError(f"file not found: {e.i3d_path}", key="eval.i3d_path")
-    if cfg.tokenizer.path:
-        codebook = tokenizer_codebook(cfg.tokenizer.path, cfg.tokenizer.config)
-        if cfg.model.vocab_size > codebook:
-            raise ConfigError(f"{cfg.model.vocab_size}, but the tokenizer {cfg.tokenizer.path} has only {codebook} "
-                              "codes (the generator would sample ids it cannot decode)", key="model.vocab_size")
     asked = [m for m in e.metrics if m in FIDELITY]
+    if cfg.tokenizer.path:
+        tokenizer = tokenizer_config(cfg.tokenizer.path, cfg.tokenizer.config)
+        if cfg.model.vocab_size > tokenizer.codebook_size:
+            raise ConfigError(f"{cfg.model.vocab_size}, but the tokenizer {cfg.tokenizer.path} has only "
+                              f"{tokenizer.codebook_size} codes (the generator would sample ids it cannot decode)",
+                              key="model.vocab_size")
+        from nar.metrics.fvd import I3D_MIN_FRAMES
+
+        if "fvd" in asked and e.i3d_path and tokenizer.kind == "video" and tokenizer.num_frames < I3D_MIN_FRAMES:
+            raise ConfigError(f"fvd with eval.i3d_path: the tokenizer decodes clips of {tokenizer.num_frames} frames, "
+                              f"the I3D takes at least {I3D_MIN_FRAMES}; score fvd_proxy instead", key="eval.metrics")
     if asked and not cfg.tokenizer.path:
         degraded.append(f"eval.metrics {asked}: no tokenizer.path to decode samples to pixels, so no scores")
     if e.real_root:
