@@ -127,3 +127,28 @@ def test_a_given_config_that_reads_the_weights_otherwise_is_refused(tmp_path):
     same = tiny(grid=[4, 4], n_kv_head=cfg.n_head, head_blocks=cfg.blocks_per_axis, token_dropout=0.5,
                 drop_path=0.2, initializer_range=0.1)
     assert load_generator(tmp_path / "last.ckpt", same).cfg == cfg
+
+
+def test_a_given_config_may_differ_in_fields_the_model_does_not_use(tmp_path):
+    """Fields the stored model never reads (shared_axis of per-axis heads, rope_base of absolute positions,
+    head_layout with one branch of head blocks) and other spellings of the same network (ffn_dim_multiplier giving
+    the same ffn_hidden) are not a disagreement; the shared head's axis counted from the end is the same head."""
+    from dataclasses import replace
+
+    stored = tiny(grid=[3, 5], position="absolute")
+    run_checkpoint(tmp_path / "a.ckpt", stored)
+    assert load_generator(tmp_path / "a.ckpt", replace(stored, rope_base=stored.rope_base / 2, shared_axis=0)).cfg \
+        == stored
+    one_branch = tiny(grid=[3, 5], head_blocks=[0, 1])
+    run_checkpoint(tmp_path / "b.ckpt", one_branch)
+    other = "parallel" if one_branch.head_layout == "chain" else "chain"
+    assert load_generator(tmp_path / "b.ckpt", replace(one_branch, head_layout=other)).cfg == one_branch
+    wider = replace(one_branch, ffn_dim_multiplier=2.0)  # int(8 * 32 / 3) = 85 units, x2, rounded up to 256
+    assert wider.ffn_hidden == one_branch.ffn_hidden
+    assert load_generator(tmp_path / "b.ckpt", wider).cfg == one_branch
+    shared = tiny(grid=[3, 5], head_sharing="shared", shared_axis=-1)
+    run_checkpoint(tmp_path / "c.ckpt", shared)
+    last = len(shared.blocks_per_axis) - 1
+    assert load_generator(tmp_path / "c.ckpt", replace(shared, shared_axis=last)).cfg == shared
+    with pytest.raises(ConfigError, match="shared_axis"):
+        load_generator(tmp_path / "c.ckpt", replace(shared, shared_axis=0))

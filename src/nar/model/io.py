@@ -165,12 +165,25 @@ _FREE_FIELDS = frozenset({"preset", "grid", "token_dropout", "attn_dropout", "re
 
 def _meaning(cfg: NARConfig) -> dict[str, Any]:
     """The fields of ``cfg`` that decide what its weights compute, in one spelling each (``n_kv_head`` equal to
-    ``n_head`` is None, ``head_blocks=None`` the official layout), unused condition fields left out."""
+    ``n_head`` is None, ``head_blocks=None`` the official layout, a shared head's axis counted from 0), fields
+    the model does not use left out (the other condition's, ``shared_axis`` of per-axis heads, ``rope_base`` of
+    absolute positions, ``head_layout`` with one branch of head blocks or none)."""
     fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in _FREE_FIELDS}
     fields.update(n_kv_head=None if cfg.kv_heads == cfg.n_head else cfg.kv_heads, head_blocks=cfg.blocks_per_axis,
-                  axes=len(cfg.grid))
+                  axes=len(cfg.grid), ffn_hidden=cfg.ffn_hidden)
+    for spelling in ("multiple_of", "ffn_dim_multiplier"):  # two ways to one ffn_hidden
+        fields.pop(spelling)
     for unused in (("caption_dim", "caption_len") if cfg.condition == "class" else ("num_classes",)):
         fields.pop(unused)
+    if cfg.head_sharing == "shared":  # -1 and the last head are one head
+        fields["shared_axis"] = cfg.shared_axis % len(cfg.blocks_per_axis)
+    else:
+        fields.pop("shared_axis")
+    if cfg.position != "rope":
+        fields.pop("rope_base")
+    used = [cfg.blocks_per_axis[cfg.shared_axis]] if cfg.head_sharing == "shared" else cfg.blocks_per_axis
+    if sum(b > 0 for b in used) <= 1:  # one branch of blocks at most: chained or parallel, the same network
+        fields.pop("head_layout")
     return fields
 
 
