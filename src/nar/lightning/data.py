@@ -38,7 +38,8 @@ class SpreadValidation(ShardDataModule):
     spread evenly over the whole val split, not its first batches (a class-sorted split, as UCF-101's test list or
     ImageNet's val shards, would show a few classes). The subset depends only on the split's size, the limit and the
     number of processes: the same at every validation and after a resume. Under DDP each process reads its own
-    contiguous part of it (:class:`~nar.data.readers.ShardStream` shares the ids out), all parts equal.
+    contiguous part of it (:class:`~nar.data.readers.ShardStream` shares the ids out), all parts equal
+    (whole batches each; a split no larger than the subset is read whole, as without a limit).
     The cost: each validation reads through every val shard (the samples it skips are not decoded)."""
 
     def __init__(self, cfg: ShardDataConfig, section: DataSection) -> None:

@@ -169,8 +169,9 @@ class ShardedStrategy(ModelParallelStrategy):
             log.info("ema.enabled=true but the checkpoint has no EMA (its run had ema.enabled=false): the EMA starts "
                      "from the resumed weights")
             with torch.no_grad():
-                for e, w in zip([*ema.parameters(), *ema.buffers()], [*module.model.parameters(),
-                                                                      *module.model.buffers()]):
+                pairs = zip([*ema.parameters(), *ema.buffers()], [*module.model.parameters(), *module.model.buffers()],
+                            strict=True)  # a deep copy of the model, sharded by the same rule: tensor for tensor
+                for e, w in pairs:
                     local(e).copy_(local(w.detach()))
         return metadata
 
