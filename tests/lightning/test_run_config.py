@@ -33,7 +33,10 @@ def test_paper_recipe_of_nar_l() -> None:
     # the official video recipe (NAR-videos train_larp_ar.sh): lr 6e-4, cosine to 0.01x, wd 0.05, no clip, no EMA
     assert (ucf.optim.lr, ucf.optim.schedule, ucf.optim.min_lr_ratio) == (6e-4, "cosine", 0.01)
     assert ucf.optim.weight_decay == 0.05 and ucf.optim.grad_clip == 0 and not ucf.ema.enabled
-    assert ucf.data.global_batch == 256
+    # its `-b 32` is the global batch (LARP's base_trainer splits it over the GPUs): 9537 clips // 32 a 1000-epoch run
+    assert ucf.data.global_batch == 32
+    epoch = 9537 // ucf.data.global_batch
+    assert (ucf.optim.warmup_steps, ucf.trainer.max_steps) == (4 * epoch, 1000 * epoch)
     t2i = load_config(TrainConfig, [ROOT / "experiments/t2i/nar_xl.yaml"])
     assert (t2i.sampling.cfg_scale, t2i.sampling.top_k) == (7.5, 0)  # the official sample_t2i.py defaults
 
