@@ -101,7 +101,7 @@ class FixtureCaptions:
         return self.feats[idx], self.mask[idx]
 
 
-def test_nar_sample_reads_official_t2i_checkpoints(conformance, tmp_path, monkeypatch):
+def test_nar_sample_reads_official_t2i_checkpoints(conformance, tmp_path, monkeypatch, caplog):
     import nar.workflows.sample as sample_workflow
 
     entry = conformance["t2i"]
@@ -113,6 +113,11 @@ def test_nar_sample_reads_official_t2i_checkpoints(conformance, tmp_path, monkey
             "--out", str(tmp_path / "out")]
     # No text encoder makes the fixture's 16-d features: a clear error, nothing downloaded.
     assert main(args) == 2
+    # The weights do not tell stage 1 (256 px) from stage 2 (512 px): without --grid, refused by name.
+    no_grid = [a for i, a in enumerate(args) if a != "--grid" and args[i - 1] != "--grid" and args[i - 2] != "--grid"]
+    assert len(no_grid) == len(args) - 3
+    caplog.clear()
+    assert main(no_grid) == 2 and "--grid 32 32" in caplog.text
     monkeypatch.setattr(sample_workflow, "text_encoder_for", lambda *a, **k: FixtureCaptions(entry))
     assert main(args) == 0
     from PIL import Image

@@ -127,6 +127,10 @@ def load_for_sampling(job: SampleJob) -> tuple[NARModel, dict[str, Any] | None]:
         raise ConfigError("--official needs --n-head (NAR-XL: 20) or --config describing the model")
     overrides: dict[str, Any] = {"grid": list(job.grid)} if job.grid else {}
     model, _ = load_generator_and_run_config(job.ckpt, n_head=job.n_head, **overrides)
+    if model.cfg.condition == "caption" and not job.grid:
+        # rotary positions hold no grid-sized weights: a stage-2 file would sample 256 px without a word
+        raise ConfigError(f"{job.ckpt} is an official text-to-image checkpoint: give its --grid (stage 1, 256 px: "
+                          "--grid 16 16; stage 2, 512 px: --grid 32 32); its weights do not tell")
     return model, None
 
 
@@ -157,6 +161,8 @@ def text_encoder_for(model: NARModel, run: dict[str, Any] | None, kind: str | No
         base = TextEncoderConfig(kind="t5" if model.cfg.caption_dim == 2048 else "minilm")
     cfg = replace(base, kind=kind or base.kind, path=path if path is not None else base.path,
                   device=device or base.device)
+    if run is None and cfg.kind == "t5" and cfg.device.startswith("cuda"):
+        cfg = replace(cfg, dtype="bfloat16")  # as the official samplers run FLAN-T5 (torch_dtype bf16)
     return build_text_encoder(cfg, model.cfg)
 
 
