@@ -68,6 +68,23 @@ def test_parameter_groups_match_the_official_rule() -> None:
     assert cfg.ema.enabled is False and cfg.optim.betas == [0.9, 0.95] and cfg.optim.grad_clip == 1.0
 
 
+def test_the_video_recipe_spares_the_lookup_tables_from_weight_decay() -> None:
+    """NAR-videos' trainer decays nn.Linear weights only: with optim.decay_embeddings=false the token and class
+    tables (and an absolute position table) sit in the no-decay group; every other >= 2-D weight still decays."""
+    ucf = load_config(TrainConfig, [ROOT / "experiments/ucf101/nar_l.yaml"],
+                      ["model.n_layer=1", "model.dim=64", "model.n_head=2", "model.position=absolute"])
+    assert ucf.optim.decay_embeddings is False
+    module = GeneratorModule(ucf)
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    names = {id(p): n for n, p in module.model.named_parameters()}
+    decayed = {names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    tables = {"tok_embeddings.weight", "cls_embedding.embedding_table.weight", "pos_embedding"}
+    matrices = {n for n, p in module.model.named_parameters() if p.dim() >= 2}
+    assert tables <= matrices and decayed == matrices - tables  # every other matrix (wqkv, heads ...) decays
+    image = load_config(TrainConfig, [ROOT / "experiments/imagenet/nar_b.yaml"], ["model.n_layer=1"])
+    assert image.optim.decay_embeddings is True  # the image recipe decays them (test above)
+
+
 def test_global_batch_is_fixed_whatever_the_devices() -> None:
     for devices, nodes, accumulate, per_device in ((8, 1, 1, 32), (4, 2, 1, 32), (8, 1, 2, 16), (1, 1, 1, 256)):
         cfg = load_config(TrainConfig, ["imagenet/nar_l.yaml"], [f"trainer.devices={devices}",

@@ -295,9 +295,12 @@ class GeneratorModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.cfg.optim
         params = [p for p in self.model.parameters() if p.requires_grad]
-        # nanoGPT's rule: matrices and embeddings decay, gains (norms) do not.
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": o.weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        # nanoGPT's rule (the official image recipe): matrices and embeddings decay, gains (norms) do not;
+        # optim.decay_embeddings=false also spares the lookup tables (the official video recipe: Linear weights only)
+        spared = set() if o.decay_embeddings else {id(p) for p in self.model.embedding_parameters()}
+        decays = [p.dim() >= 2 and id(p) not in spared for p in params]
+        groups = [{"params": [p for p, d in zip(params, decays) if d], "weight_decay": o.weight_decay},
+                  {"params": [p for p, d in zip(params, decays) if not d], "weight_decay": 0.0}]
         # fused AdamW only on plain CUDA tensors; sharded (DTensor) parameters take the foreach path
         fused = torch.cuda.is_available() and all(p.is_cuda for p in params) and not self.sharded
         opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused or None)

@@ -179,6 +179,13 @@ class NARModel(nn.Module):
         """Every transformer block in cache order: the trunk, then each branch."""
         return [*self.layers, *(b for branch in self.branches for b in branch)]
 
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """The lookup tables: token and class embeddings, the learned null caption and the absolute position table
+        (the caption MLP's projections are not among them)."""
+        tables = [p for m in self.modules() if isinstance(m, nn.Embedding) for p in m.parameters()]
+        extra = [getattr(self, "pos_embedding", None), getattr(self.cls_embedding, "uncond_embedding", None)]
+        return tables + [p for p in extra if isinstance(p, nn.Parameter)]
+
     def num_parameters(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:

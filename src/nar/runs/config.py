@@ -197,11 +197,15 @@ class DataConfig(DataSection):
 
 @dataclass
 class OptimConfig:
-    """AdamW; weight decay only on >= 2-D weights (matrices and embeddings), never on norms."""
+    """AdamW; weight decay only on >= 2-D weights (matrices and, unless ``decay_embeddings`` is false, the lookup
+    tables), never on norms."""
 
     lr: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     weight_decay: float = 0.05
+    # false: token/class tables, the null caption and absolute positions get no decay (NAR-videos' trainer decays
+    # nn.Linear weights only); true: the official image recipe's rule, every >= 2-D parameter
+    decay_embeddings: bool = True
     eps: float = 1e-8
     warmup_steps: int = 0
     # After warm-up: constant | cosine | linear (decay to min_lr_ratio * lr) | multistep (the official recipe:
