@@ -12,6 +12,7 @@ from PIL import Image
 
 from nar.data.embedded import build_embedded
 from nar.data.embedded.emoji import build_emoji, catalogue, normalise_code
+from nar.data.order import shuffled_same_class
 from nar.data.shards import SplitIndex, iter_tar
 from nar.data.verify import verify
 from nar.errors import DataError
@@ -49,6 +50,26 @@ def test_emoji_subset_is_deterministic_with_held_out_whole_emoji(tmp_path):
     assert (tmp_path / "a" / "val" / "val-000000.tar").read_bytes() == (tmp_path / "b" / "val" / "val-000000.tar").read_bytes()
     sub = build_emoji(tmp_path / "c", limit=20, label="subcategory", val_fraction=0.0)
     assert len(sub["classes"]) > 50 and "val" not in sub["splits"]
+
+
+def test_emoji_train_is_written_shuffled(tmp_path):
+    """The catalogue goes by code point, which groups categories (flags, people, …), and training reads whole
+    shards: ``train`` is written in a random order drawn with the seed, the same for the same seed."""
+    def stored(out):
+        raws = [raw for shard in SplitIndex.load(out, "train").shards for raw in iter_tar(shard)]
+        return [json.loads(raw["json"])["source"] for raw in raws], np.array([int(raw["cls"]) for raw in raws])
+
+    def same(labels):
+        return np.mean(labels[1:] == labels[:-1])
+
+    build_emoji(tmp_path / "a", limit=200, size=8, val_fraction=0.1, shard_size=64)
+    sources, labels = stored(tmp_path / "a")
+    by_name = np.argsort(sources, kind="stable")  # the catalogue's order: sorted file names
+    assert list(np.array(sources)[by_name]) != sources
+    # nearer what a random order gives (one category holds half the emoji) than the catalogue's order
+    assert same(labels) < (shuffled_same_class(labels, 10) + same(labels[by_name])) / 2
+    build_emoji(tmp_path / "b", limit=200, size=8, val_fraction=0.1, shard_size=64)
+    assert stored(tmp_path / "b")[0] == sources
 
 
 def test_atari_clips(tmp_path):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 
+import numpy as np
 import pytest
 from nar_data_testutil import WNIDS, run_data_cli, write_jpeg
 
@@ -20,7 +22,8 @@ def test_imagenet_shards_skip_bad_files_and_keep_class_names(mini_imagenet, tmp_
     assert meta["classes"] == [*WNIDS, "n09999999"]
     assert meta["class_names"][:2] == ["tench, Tinca tinca", "goldfish, Carassius auratus"]
     train, val = meta["splits"]["train"], meta["splits"]["val"]
-    assert train["samples"] == 12 and train["shard_samples"] == [4, 4, 4]
+    # 14 inputs in 3 shards of 5, 5, 4; where the two bad ones fall depends on the shuffled order
+    assert train["samples"] == 12 and len(train["shard_samples"]) == 3 and sum(train["shard_samples"]) == 12
     reasons = {p.split("/")[-1]: r for p, r in train["skipped"]["files"]}
     assert set(reasons) == {"corrupt.JPEG", "truncated.JPEG", "n09999999"}
     assert reasons["n09999999"] == "empty class folder"
@@ -86,3 +89,66 @@ def test_data_subcommand_is_registered():
     from nar.cli.main import SUBCOMMANDS
 
     assert "nar.cli.data" in SUBCOMMANDS
+
+
+def _same_class_neighbours(labels) -> float:
+    """Fraction of neighbouring samples of one class: ≈ 1 for a class-sorted split, ≈ 1/classes shuffled."""
+    labels = np.asarray(labels)
+    return float(np.mean(labels[1:] == labels[:-1]))
+
+
+def _sorted_source(root, classes: int = 6, per_class: int = 5):
+    """``train/<wnid>/`` × ``classes`` × ``per_class`` tiny JPEGs and ``val/<wnid>/`` × 2: a class-sorted source."""
+    rng = np.random.default_rng(3)
+    wnids = [f"n{c:08d}" for c in range(classes)]
+    for w in wnids:
+        for i in range(per_class):
+            write_jpeg(root / "train" / w / f"{w}_{i}.JPEG", rng, size=(8, 8))
+        for i in range(2):
+            write_jpeg(root / "val" / w / f"{w}_v{i}.JPEG", rng, size=(8, 8))
+    return wnids
+
+
+def _samples(out, split):
+    return [json.loads(raw["json"]) | {"cls": int(raw["cls"])}
+            for shard in SplitIndex.load(out, split).shards for raw in iter_tar(shard)]
+
+
+def test_train_split_is_written_shuffled_reproducibly_and_val_keeps_its_order(tmp_path):
+    """Training reads whole shards into a buffer, so a train split stored class by class gave batches of a few
+    classes: it is written in a seeded random order (each image with its own class), the same for the same seed;
+    val keeps the folder order."""
+    wnids = _sorted_source(tmp_path / "src")
+    meta = write_imagenet(tmp_path / "src", tmp_path / "a", shard_size=7)
+    train = _samples(tmp_path / "a", "train")
+    labels = [s["cls"] for s in train]
+    assert sorted(labels) == [c for c in range(len(wnids)) for _ in range(5)]
+    assert all(s["source"].split("/")[1] == wnids[s["cls"]] for s in train)  # each image keeps its class
+    assert _same_class_neighbours(labels) < _same_class_neighbours(sorted(labels)) / 2
+    assert SplitIndex.load(tmp_path / "a", "train").labels.tolist() == labels
+    assert [s["cls"] for s in _samples(tmp_path / "a", "val")] == [c for c in range(len(wnids)) for _ in range(2)]
+
+    again = write_imagenet(tmp_path / "src", tmp_path / "b", shard_size=7)
+    assert again["splits"] == meta["splits"]
+    assert [(tmp_path / "a" / s).read_bytes() for s in meta["splits"]["train"]["shards"]] == \
+        [(tmp_path / "b" / s).read_bytes() for s in again["splits"]["train"]["shards"]]
+    other = write_imagenet(tmp_path / "src", tmp_path / "c", shard_size=7, order_seed=1)
+    assert [s["source"] for s in _samples(tmp_path / "c", "train")] != [s["source"] for s in train]
+    assert sorted(other["splits"]["train"]["shard_samples"]) == sorted(meta["splits"]["train"]["shard_samples"])
+
+
+def test_resuming_a_train_split_written_in_class_order_is_refused(tmp_path):
+    """A half-written train split of an earlier version (class order) is refused, naming its folder, rather than
+    finished in the other order (two orders mixed, some images twice and others never)."""
+    from nar.data.encode import EncodeImage
+    from nar.data.shards import write_split
+
+    wnids = _sorted_source(tmp_path / "src")
+    out = tmp_path / "out"
+    items = [(str(f), c, None, None) for c, w in enumerate(wnids)
+             for f in sorted((tmp_path / "src" / "train" / w).iterdir())]
+    encoder = EncodeImage(classes=tuple(wnids), resize=None, source_root=str(tmp_path / "src"))
+    write_split(out, "train", items, make_sample=encoder, shard_size=7, params={"resize": None, "classes": wnids})
+    (out / "train" / "train-000004.tar").unlink()  # killed before its last shard
+    with pytest.raises(DataError, match=re.escape(str(out / "train"))):
+        write_imagenet(tmp_path / "src", out, shard_size=7)

@@ -4,6 +4,7 @@ becomes token shards; every code and label arrives, centre view first, the other
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -17,21 +18,33 @@ N, L, VOCAB = 7, 16, 50  # 16 codes per view: a 4×4 grid
 
 def _extract(code_path, views: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """What extract_codes_c2i.py writes: imagenet64_codes/<i>.npy [1, views, L] and imagenet64_labels/<i>.npy [1]."""
+    return _extract_n(code_path, N, views, seed)
+
+
+def _extract_n(code_path, n: int, views: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    codes = rng.integers(0, VOCAB, (N, 1, views, L))
-    labels = rng.integers(0, 3, N)
+    codes = rng.integers(0, VOCAB, (n, 1, views, L))
+    labels = rng.integers(0, 3, n)
     for sub in ("imagenet64_codes", "imagenet64_labels"):
         (code_path / sub).mkdir(parents=True)
-    for i in range(N):
+    for i in range(n):
         np.save(code_path / "imagenet64_codes" / f"{i}.npy", codes[i])
         np.save(code_path / "imagenet64_labels" / f"{i}.npy", labels[i : i + 1])
     return codes[:, 0], labels
 
 
-def _stored(out) -> tuple[dict, np.ndarray, list[int]]:
-    samples = [s for shard in SplitIndex.load(out, "train").shards for s in iter_tar(shard)]
+def _stored(out, split: str = "train") -> tuple[list[dict], np.ndarray, list[int]]:
+    """The split's samples, tokens and classes in image order (the index in their json), whatever order they are
+    stored in (train: shuffled)."""
+    samples = [s for shard in SplitIndex.load(out, split).shards for s in iter_tar(shard)]
+    samples.sort(key=lambda s: json.loads(s["json"])["index"])
     tokens = np.stack([np.load(io.BytesIO(s["tokens.npy"])) for s in samples])
     return samples, tokens, [int(s["cls"]) for s in samples]
+
+
+def _stored_order(out, split: str) -> list[int]:
+    """The image index of each sample of ``split`` in stored order."""
+    return [json.loads(s["json"])["index"] for shard in SplitIndex.load(out, split).shards for s in iter_tar(shard)]
 
 
 def test_ten_crop_with_its_105_companion(tmp_path):
@@ -47,11 +60,11 @@ def test_ten_crop_with_its_105_companion(tmp_path):
     assert meta["grid"] == [4, 4] and meta["codebook_size"] == VOCAB and meta["image_size"] == 64
     assert meta["splits"]["train"]["shard_samples"] == [3, 3, 1] and meta["crop_range"] == 1.1
     samples, tokens, classes = _stored(out)
-    assert [s["__key__"] for s in samples] == [f"{i:09d}" for i in range(N)]
+    assert sorted(s["__key__"] for s in samples) == [f"{i:09d}" for i in range(N)]
     assert tokens.dtype == np.int32 and tokens.shape == (N, 20, 4, 4)
     want = np.concatenate([main[:, order], extra[:, order]], axis=1).reshape(N, 20, 4, 4)
     assert np.array_equal(tokens, want) and classes == labels.tolist()
-    assert SplitIndex.load(out, "train").labels.tolist() == labels.tolist()
+    assert SplitIndex.load(out, "train").labels.tolist() == labels[_stored_order(out, "train")].tolist()
     assert read_meta(out)["classes"] == [str(c) for c in range(max(labels) + 1)]
 
 
@@ -123,3 +136,32 @@ def test_ten_crop_given_as_dot(tmp_path, monkeypatch):
     meta = import_codes(".", tmp_path / "tokens", codebook_size=VOCAB)
     assert len(meta["augmentations"]) == 20 and meta["augmentations"][-1].endswith("_105")
     assert meta["crop_range"] == 1.1
+
+
+def test_train_is_written_shuffled_each_image_with_its_own_codes_and_label(tmp_path):
+    """The extraction is in ImageFolder order (class by class) and training reads whole shards: ``train`` is
+    written in a seeded random order, image ``i``'s codes (both folders') with image ``i``'s label, the same for
+    the same seed; another split keeps the image order."""
+    n, classes = 30, 6
+    codes = tmp_path / "imagenet_code_c2i_flip_ten_crop"
+    main, _ = _extract_n(codes, n, 10, 8)
+    extra, _ = _extract_n(tmp_path / "imagenet_code_c2i_flip_ten_crop_105", n, 10, 9)
+    labels = np.arange(n) // (n // classes)  # class-sorted, as ImageFolder lists the images
+    for folder in (codes, tmp_path / "imagenet_code_c2i_flip_ten_crop_105"):
+        for i in range(n):
+            np.save(folder / "imagenet64_labels" / f"{i}.npy", labels[i : i + 1])
+    import_codes(codes, tmp_path / "a", codebook_size=VOCAB, shard_size=8)
+    stored = _stored_order(tmp_path / "a", "train")
+    assert sorted(stored) == list(range(n)) and stored != list(range(n))
+    same = np.mean(labels[stored][1:] == labels[stored][:-1])
+    assert same < np.mean(labels[1:] == labels[:-1]) / 2
+    _, tokens, got = _stored(tmp_path / "a")
+    order = [4, 0, 1, 2, 3, 5, 6, 7, 8, 9]
+    assert np.array_equal(tokens, np.concatenate([main[:, order], extra[:, order]], axis=1).reshape(n, 20, 4, 4))
+    assert got == labels.tolist()
+    assert SplitIndex.load(tmp_path / "a", "train").labels.tolist() == labels[stored].tolist()
+
+    import_codes(codes, tmp_path / "b", codebook_size=VOCAB, shard_size=8)
+    assert _stored_order(tmp_path / "b", "train") == stored
+    import_codes(codes, tmp_path / "a", split="val", codebook_size=VOCAB, shard_size=8)
+    assert _stored_order(tmp_path / "a", "val") == list(range(n))

@@ -35,10 +35,10 @@ def test_ucf101_clip_shards(mini_ucf101, tmp_path):
     assert reasons == ["cannot decode video", "missing file"]
 
     index = SplitIndex.load(out, "train")
-    assert index.labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert sorted(index.labels.tolist()) == [0, 0, 0, 0, 1, 1, 1, 1]  # stored shuffled, by video
     raw = next(iter_tar(index.shards[0]))
     info = json.loads(raw["json"])
-    assert info["label"] == UCF_CLASSES[0] and info["start"] == 0 and not info["padded"]
+    assert info["label"] == UCF_CLASSES[int(raw["cls"])] and info["start"] == 0 and not info["padded"]
     clips = list(ShardStream(index, VideoSample()))
     assert all(c["video"].shape == (3, 4, 16, 16) for c in clips)
     # frame i of a test video is grey level 8 i: the stride is visible in the pixels
@@ -51,8 +51,8 @@ def test_ucf101_pads_short_videos_and_cli(mini_ucf101, tmp_path, capsys):
     code = run_data_cli(["data", "ucf101", str(mini_ucf101), "--out", str(out), "--frames", "16", "--size", "8",
                          "--splits", "train", "--limit", "2"])
     assert code == 0 and "train" in capsys.readouterr().out
-    raw = next(iter_tar(out / "train" / "train-000000.tar"))
-    assert json.loads(raw["json"])["padded"] is True  # 12 frames < 16
+    clips = {c["video_frames"]: c for c in (json.loads(raw["json"]) for raw in iter_tar(out / "train" / "train-000000.tar"))}
+    assert clips[12]["padded"] is True and clips[16]["padded"] is False  # 12 frames < 16
     assert run_data_cli(["data", "verify", str(out)]) == 0
 
 
@@ -124,3 +124,45 @@ def test_videos_with_a_damaged_tail_are_counted_in_the_split(mini_ucf101, tmp_pa
     monkeypatch.setattr(av, "open", real_open)
     meta = write_ucf101(mini_ucf101, out, splits=("train",), frames=4, size=8, shard_size=2)  # resumed: all done
     assert meta["splits"]["train"]["damaged_tail"]["count"] == 1  # counted from the shards, not this run's decoding
+
+
+def test_train_videos_are_written_shuffled_and_damaged_tails_still_counted(tmp_path, monkeypatch):
+    """trainlist01.txt lists the videos class by class and training reads whole shards: ``train`` is written in a
+    seeded random order of videos (each video's clips together, with its own class), the same for the same seed;
+    ``test`` keeps the list order; a damaged tail is still counted once and named."""
+    from nar.data import ucf101
+
+    classes, per_class = [f"Class{c}" for c in range(6)], 5
+    videos, lists = tmp_path / "UCF-101", tmp_path / "ucfTrainTestlist"
+    lists.mkdir()
+    names = [f"{c}/v_{c}_g{g:02d}_c01.avi" for c in classes for g in range(per_class)]
+    for rel in names:
+        (videos / rel).parent.mkdir(parents=True, exist_ok=True)
+        (videos / rel).write_bytes(b"")  # never opened: decoding is replaced below
+    (lists / "classInd.txt").write_text("".join(f"{i + 1} {c}\n" for i, c in enumerate(classes)))
+    (lists / "trainlist01.txt").write_text("".join(f"{rel} {classes.index(rel.split('/')[0]) + 1}\n" for rel in names))
+    (lists / "testlist01.txt").write_text("".join(f"{rel}\n" for rel in names))
+    damaged = names[7]
+
+    def decode(path):
+        return np.zeros((6, 8, 8, 3), dtype=np.uint8), ("torn" if str(path).endswith(damaged) else None)
+
+    monkeypatch.setattr(ucf101, "_decode", decode)
+
+    def written(out, split):
+        clips = [json.loads(raw["json"]) | {"cls": int(raw["cls"])}
+                 for shard in SplitIndex.load(out, split).shards for raw in iter_tar(shard)]
+        return clips, [c["source"] for c in clips[::2]]  # two clips per video, in a row
+
+    meta = write_ucf101(videos, tmp_path / "a", frames=2, stride=2, size=8, clips_per_video=2, shard_size=4)
+    clips, order = written(tmp_path / "a", "train")
+    assert [c["source"] for c in clips] == [s for s in order for _ in range(2)]
+    assert sorted(order) == sorted(names) and order != names
+    labels = np.array([classes.index(s.split("/")[0]) for s in order])
+    assert all(c["cls"] == classes.index(c["source"].split("/")[0]) for c in clips)
+    assert np.mean(labels[1:] == labels[:-1]) < (per_class - 1) / per_class / 2  # sorted: 4 of 5 neighbours
+    assert meta["splits"]["train"]["damaged_tail"] == {"count": 1, "files": [damaged]}
+    assert written(tmp_path / "a", "test")[1] == names
+
+    write_ucf101(videos, tmp_path / "b", splits=("train",), frames=2, stride=2, size=8, clips_per_video=2, shard_size=4)
+    assert written(tmp_path / "b", "train")[1] == order

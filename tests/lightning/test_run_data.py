@@ -138,3 +138,47 @@ def test_validation_subset_is_shared_out_over_processes(tmp_path):
     dm.trainer = SimpleNamespace(global_rank=0, world_size=1)
     whole, _ = _run_datamodule("generator", tmp_path / "all")  # no limit: the whole split, in order
     assert [i for batch in whole.val_dataloader() for i in _index(batch)] == list(range(n))
+
+
+@pytest.mark.parametrize("kind", ["generator", "tokenizer"])
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_a_class_sorted_train_split_is_warned_about_at_start(kind, shuffled, tmp_path, caplog):
+    """Training reads whole shards into a buffer, so a train split stored class by class (shards of an earlier
+    version) gives batches of a few classes: the run says so once at start, naming data.root and the remedies; a
+    shuffled split gets no warning."""
+    from nar.data.order import write_order
+    from nar.lightning.data import generator_datamodule, tokenizer_datamodule
+    from nar.runs import TokenizerRunConfig
+
+    n = CLASSES * PER_CLASS
+    order = write_order("train", list(range(n)))[0] if shuffled else list(range(n))
+    root = tmp_path / "data"
+    if kind == "generator":
+        def sample(i: int) -> dict:
+            return {"tokens.npy": np.zeros((1, 2, 2), dtype=np.int32), "cls": i // PER_CLASS}
+
+        write_meta(root, "tokens", [write_split(root, "train", order, make_sample=sample, shard_size=10)],
+                   classes=[f"c{c}" for c in range(CLASSES)], grid=[2, 2], codebook_size=64)
+        cfg = load_config(TrainConfig, [], [f"data.root={root}", "model.grid=[2,2]", "model.vocab_size=64",
+                                            "data.num_workers=0"])
+        build = generator_datamodule
+    else:
+        def sample(i: int) -> dict:
+            return {**_image(i), "cls": i // PER_CLASS}
+
+        write_meta(root, "image", [write_split(root, "train", order, make_sample=sample, shard_size=10)],
+                   classes=[f"c{c}" for c in range(CLASSES)], image_size=8)
+        cfg = load_config(TokenizerRunConfig, [], [f"data.root={root}", "model.preset=vq-tiny-emoji",
+                                                   "model.image_size=8", "data.num_workers=0"])
+        build = tokenizer_datamodule
+    with caplog.at_level("WARNING"):
+        build(cfg)
+    warned = [r.getMessage() for r in caplog.records if "sorted by class" in r.getMessage()]
+    if shuffled:
+        assert warned == []
+    else:
+        assert len(warned) == 1 and f"data.root={root}" in warned[0] and "data.shuffle_buffer" in warned[0]
+    if kind == "generator":  # an evaluation reads the val split only: not checked
+        caplog.clear()
+        generator_datamodule(cfg, check_order=False)
+        assert not [r for r in caplog.records if "sorted by class" in r.getMessage()]

@@ -8,7 +8,9 @@ Layout::
     <src>/LOC_synset_mapping.txt                 (optional: "n01440764 tench, Tinca tinca" per line)
 
 Class indices follow the sorted wnids of ``train/`` (torchvision's ImageFolder order, the one every
-ImageNet checkpoint uses). ``meta.json`` gets ``classes`` (wnids) and ``class_names``.
+ImageNet checkpoint uses). ``meta.json`` gets ``classes`` (wnids) and ``class_names``. The ``train`` split is
+written in a seeded random order (:func:`nar.data.order.write_order`: training reads whole shards, so class
+folders in a row would give batches of a few classes); other splits keep the folder order.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from nar.data.encode import EncodeImage, first_existing, list_images
+from nar.data.order import DEFAULT_ORDER_SEED, write_order
 from nar.data.shards import BadInputLog, dataset_lock, write_meta, write_split
 from nar.errors import DataError
 
@@ -98,12 +101,14 @@ def write_imagenet(
     val_labels: str | Path | None = None,
     synset_map: str | Path | None = None,
     limit_per_class: int | None = None,
+    order_seed: int = DEFAULT_ORDER_SEED,
 ) -> dict[str, Any]:
     """Write ImageNet-layout ``src`` as image shards under ``out``; returns the new ``meta.json`` dict.
 
     ``resize`` stores images with their short side reduced to it (e.g. 288 for 256-px training) instead
     of the original bytes. Corrupt files, files without a label and empty folders are skipped and
-    reported. Re-running resumes: finished shards are kept.
+    reported. Re-running resumes: finished shards are kept. ``train`` is written in the random order
+    ``order_seed`` draws; a half-written ``train`` of another order is refused, not finished.
     """
     src, out = Path(src), Path(out)
     train_dir = src / "train"
@@ -136,9 +141,10 @@ def write_imagenet(
                 items = _flat_split_items(src, folder, classes, val_labels, bad, limit_per_class)
             if not items:
                 bad.record(folder, "empty folder: no images")
+            items, order = write_order(split, items, order_seed)
             rec = write_split(
                 out, split, items, make_sample=encoder, shard_size=shard_size, workers=workers,
-                params={"resize": resize, "classes": classes}, desc=f"imagenet {split}", unit="img",
+                params={"resize": resize, "classes": classes, **order}, desc=f"imagenet {split}", unit="img",
                 scan_bad=bad,
             )
             records.append(rec)

@@ -14,6 +14,11 @@ dataset to pick one per sample). The official dataset mixes in a sibling ``<code
 time when ``<code_path>`` ends in ``ten_crop``; here both folders' views go into one sample, which gives the same
 distribution when training picks one view at random.
 
+The ``train`` split is written in a seeded random order (the extraction is in ImageFolder order, class by class,
+and training reads whole shards: :func:`nar.data.order.write_order`); sample ``i`` still holds image ``i``'s codes
+from every folder with image ``i``'s label, and its json ``index`` says which image it is. Other splits keep the
+image order.
+
 Token samples keep the official view order, except that the centre view moves to index 0 (our contract: index 0
 is the plain evaluation view). ``augmentations`` names each view by where it was cut from the original image: the
 top-left crop of the mirrored image is the mirrored top-right crop, ``top_right_flip``.
@@ -33,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from nar.data.imagenet import read_synset_names
+from nar.data.order import DEFAULT_ORDER_SEED, write_order
 from nar.data.shards import SkipSample, classes_kept, dataset_lock, write_meta, write_split
 from nar.errors import DataError
 
@@ -217,11 +223,13 @@ def import_codes(
     synset_map: str | os.PathLike[str] | None = None,
     num_classes: int | None = None,
     tokenizer: str = "",
+    order_seed: int = DEFAULT_ORDER_SEED,
 ) -> dict[str, Any]:
     """Write the extraction in ``code_path`` (and its ``_105`` companion, unless ``mix_105`` is off) as token
     shards under ``out`` (split ``split``); every code and label is checked, bad files are skipped and reported.
     Classes: the wnids of ``synset_map`` (``LOC_synset_mapping.txt``, sorted: ImageFolder's order) with their
-    names, else ``num_classes`` or the largest label + 1. Resumable like every writer; returns ``meta.json``."""
+    names, else ``num_classes`` or the largest label + 1. Resumable like every writer; returns ``meta.json``.
+    ``train`` is written in the random order ``order_seed`` draws (``limit`` first keeps images ``0…limit-1``)."""
     main = find_code_folder(code_path, image_size)
     folders = [main]
     extra = companion_105(main) if mix_105 else None
@@ -243,10 +251,11 @@ def import_codes(
     if len(indices) < count and limit is None:
         log.warning("%s: %d of indices 0…%d present; the missing ones are reported", main.codes, len(indices), count - 1)
     sample = CodeSample(tuple(folders), hw, codebook_size, views)
+    images, order = write_order(split, range(count), order_seed)  # each item is an image index: codes and label
     with dataset_lock(out):
-        record = write_split(out, split, list(range(count)), make_sample=sample, shard_size=shard_size,
+        record = write_split(out, split, images, make_sample=sample, shard_size=shard_size,
                              workers=workers, params={"codes": [str(f.codes) for f in folders],
-                                                      "codebook_size": codebook_size, "grid": list(hw)},
+                                                      "codebook_size": codebook_size, "grid": list(hw), **order},
                              desc=f"codes {split}", unit="img")
         assert record is not None
         classes, class_names = _classes(Path(out), record.labels, synset_map, num_classes)

@@ -4,10 +4,14 @@
   class-balanced subset) are cut into ``world_size × num_workers`` contiguous parts whose sizes differ
   by at most one; each (rank, worker) reads only the shards its part touches. Together they read
   every selected sample exactly once.
-* :class:`ResampledShardStream` — training: shards drawn with replacement (weighted by size) and a
-  shuffle buffer, a fixed number of samples per epoch; a function of seed, rank, worker and epoch, so a
-  :class:`StreamPosition` saved in a checkpoint continues it at the exact sample. :class:`StreamLoader` makes
-  each pass the next epoch.
+* :class:`ResampledShardStream` — training: whole shards drawn with replacement (probability ∝ size), each
+  read front to back into a shuffle buffer, a fixed number of samples per epoch; a function of seed, rank, worker
+  and epoch, so a :class:`StreamPosition` saved in a checkpoint continues it at the exact sample.
+  :class:`StreamLoader` makes each pass the next epoch. This is webdataset-style resampling, not a permutation of
+  the samples: an epoch of N samples over K shards of equal size makes about K draws, which leave about 1/e
+  (37 %) of the shards unread and read others twice or more; and a batch mixes only what the buffer holds, a few
+  shards' worth. So the order inside the shards must already be random: the ``nar data`` writers store training
+  splits shuffled (:mod:`nar.data.order`), and a run warns at start when its training split looks sorted by class.
 
 Shards are opened by webdataset's ``gopen`` (:func:`nar.data.shards.iter_tar`): local files, ``pipe:`` commands,
 ``http(s)://`` and ``s3://`` URLs, whatever ``meta.json`` lists.
@@ -249,7 +253,13 @@ class StreamPosition:
 
 
 class ResampledShardStream(IterableDataset):
-    """Training stream: shards drawn with replacement (probability ∝ size), shuffled through a buffer.
+    """Training stream: whole shards drawn with replacement (probability ∝ size), shuffled through a buffer.
+
+    Not a permutation of the split: one epoch of N samples draws about N / (shard size) shards at random, so about
+    1/e of the shards go unread that epoch and others are read twice (webdataset-style resampling; over many
+    epochs every shard is read equally often on average). Samples are taken at random from a buffer of
+    ``shuffle_buffer`` samples filled by reading each drawn shard front to back, so a batch mixes a few shards'
+    worth: the samples must be stored in random order (the ``nar data`` writers shuffle training splits).
 
     Each epoch yields ``samples_per_epoch`` samples in total (default: the split size), shared out
     over ranks and workers. With ``batch_size`` each (rank, worker) share is rounded up to whole batches
@@ -401,10 +411,11 @@ _PENDING = object()  # a buffered sample not read yet (fast-forward)
 
 
 class _DrawPlan:
-    """Which ``(shard, offset)`` each draw of one reader's epoch takes: shards drawn with probability ∝ size,
-    read in order into a buffer of ``capacity`` entries, one taken at random per draw. It depends on the sizes
-    and ``rng`` only, so :meth:`skip` replays draws without any data; :meth:`next` asks ``fetch(shard, offset)``
-    for each sample it buffers (None: missing or unreadable). Entries are ``[shard, offset, raw]``."""
+    """Which ``(shard, offset)`` each draw of one reader's epoch takes: whole shards drawn with replacement,
+    probability ∝ size (a shard may come again before others come at all), each read in order into a buffer of
+    ``capacity`` entries, one taken at random per draw. It depends on the sizes and ``rng`` only, so :meth:`skip`
+    replays draws without any data; :meth:`next` asks ``fetch(shard, offset)`` for each sample it buffers (None:
+    missing or unreadable). Entries are ``[shard, offset, raw]``."""
 
     def __init__(self, counts: Sequence[int], capacity: int, rng: np.random.Generator) -> None:
         self.counts = np.asarray(counts, dtype=np.int64)

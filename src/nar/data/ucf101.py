@@ -8,7 +8,9 @@ Layout (as distributed)::
     <lists>/testlist0N.txt      "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi"
 
 ``<lists>`` (``ucfTrainTestlist``) is found inside or beside ``<videos>`` unless given. Splits are
-named ``train`` and ``test`` as in the lists. A clip is ``frames`` frames taken every ``stride``-th
+named ``train`` and ``test`` as in the lists. ``train`` is written in a seeded random order of videos (the lists go
+class by class, and training reads whole shards: :func:`nar.data.order.write_order`), each video's clips together;
+``test`` keeps the list order. A clip is ``frames`` frames taken every ``stride``-th
 frame, short side resized to ``size`` and centre-cropped; a video shorter than one clip is padded
 by repeating its last frame (``"padded": true`` in its json). A video whose decoding fails part-way keeps the frames that decoded
 (``"damaged_tail": true`` in its clips' json); the split's entry in ``meta.json`` counts and names such videos
@@ -29,6 +31,7 @@ import numpy as np
 
 from nar.atomic import write_text
 from nar.data import transforms as T
+from nar.data.order import DEFAULT_ORDER_SEED, write_order
 from nar.data.shards import (
     MAX_LISTED_BAD,
     META_NAME,
@@ -172,7 +175,7 @@ def _damaged_tails(out: Path, record: SplitRecord) -> list[str]:
                     clip = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
                     if clip.get("damaged_tail"):
                         names[clip["source"]] = None  # one entry per video, however many clips it gave
-    return list(names)
+    return sorted(names)  # by name: the train shards' order is a shuffled one
 
 
 def _record_damaged_tails(out: Path, meta: dict[str, Any], damaged: dict[str, list[str]]) -> dict[str, Any]:
@@ -222,12 +225,14 @@ def write_ucf101(
     shard_size: int = 256,
     workers: int = 1,
     limit: int | None = None,
+    order_seed: int = DEFAULT_ORDER_SEED,
 ) -> dict[str, Any]:
     """Write UCF-101 as clip shards under ``out``; returns the new ``meta.json`` dict.
 
     ``split_index`` picks ``trainlist0N`` / ``testlist0N`` (1–3). Unreadable videos, listed files that
     are missing and labels outside ``classInd.txt`` are skipped and reported. ``limit`` keeps the first
-    ``limit`` videos of each split (for quick runs).
+    ``limit`` videos of each split (for quick runs). ``train`` is written in the random order of videos
+    ``order_seed`` draws; a half-written ``train`` of another order is refused, not finished.
     """
     videos = Path(videos)
     if not videos.is_dir():
@@ -256,9 +261,10 @@ def write_ucf101(
                     items.append((str(path), cls, rel))
             if not items:
                 bad.record(list_path, "empty split: no videos found")
+            items, order = write_order(split, items, order_seed)  # whole videos: a video's clips stay together
             record = write_split(
                 out, split, items, make_sample=encoder, shard_size=shard_size, workers=workers,
-                params=dataclasses.asdict(encoder), desc=f"ucf101 {split}", unit="video", scan_bad=bad,
+                params={**dataclasses.asdict(encoder), **order}, desc=f"ucf101 {split}", unit="video", scan_bad=bad,
             )
             records.append(record)
             damaged[split] = _damaged_tails(Path(out), record)

@@ -1,8 +1,10 @@
 """The :mod:`nar.data` DataModule of a run's ``data`` section, checked against what the run trains; its validation
-reads ``data.limit_val_samples`` samples spread over the whole val split (:class:`SpreadValidation`)."""
+reads ``data.limit_val_samples`` samples spread over the whole val split (:class:`SpreadValidation`). A class-labelled
+training split that looks sorted by class gets one warning at start (:func:`nar.data.order.class_sorted_warning`)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -19,10 +21,13 @@ from nar.data.datamodules import (
     VideoDataConfig,
     VideoShardDataModule,
 )
+from nar.data.order import class_sorted_warning
 from nar.data.readers import ShardStream
 from nar.data.shards import read_meta
 from nar.errors import ConfigError, DataError
 from nar.runs.config import DataSection, TokenizerRunConfig, TrainConfig, val_samples
+
+log = logging.getLogger(__name__)
 
 
 def spread_ids(total: int, n: int) -> np.ndarray:
@@ -79,12 +84,31 @@ def _common(d: DataSection, seed: int) -> dict[str, Any]:
                 allow_missing=d.allow_missing, seed=seed)
 
 
-def generator_datamodule(cfg: TrainConfig) -> L.LightningDataModule:
-    """Token shards, or image/video shards tokenized on the fly, for a generator run."""
+def warn_if_class_sorted(d: DataSection, meta: dict[str, Any]) -> None:
+    """Log one warning (first process only) when the run's class-labelled training split looks sorted by class:
+    training draws whole shards into a buffer of ``data.shuffle_buffer`` samples, so its batches would hold few
+    classes. Reads the classes of the split's first shards only; caption datasets are not checked."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    classes = meta.get("classes") or []
+    if len(classes) < 2 or meta.get("source_kind", meta.get("kind")) == "pairs" or d.train_split not in meta["splits"]:
+        return
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        return
+    message = class_sorted_warning(d.root, d.train_split, len(classes), shuffle_buffer=d.shuffle_buffer)
+    if message:
+        log.warning("%s", message)
+
+
+def generator_datamodule(cfg: TrainConfig, *, check_order: bool = True) -> L.LightningDataModule:
+    """Token shards, or image/video shards tokenized on the fly, for a generator run (``check_order``: warn when
+    the training split looks sorted by class; an evaluation, which reads only the val split, passes False)."""
     d = cfg.data
     if not d.root:
         raise ConfigError("empty; point it at a shard folder (e.g. made by `nar data tokens`)", key="data.root")
     meta = read_meta(d.root)
+    if check_order:
+        warn_if_class_sorted(d, meta)
     common = {**_common(d, d.seed), "samples_per_epoch": d.samples_per_epoch}
     kind = meta.get("kind")
     if kind == "tokens":
@@ -151,6 +175,7 @@ def tokenizer_datamodule(cfg: TokenizerRunConfig) -> L.LightningDataModule:
     if not d.root:
         raise ConfigError("empty; point it at an image or video shard folder", key="data.root")
     meta = read_meta(d.root)
+    warn_if_class_sorted(d, meta)
     common = {**_common(d, cfg.trainer.seed), "hflip": d.hflip}
     if cfg.model.kind == "image":
         if meta.get("kind") not in ("image", "pairs"):

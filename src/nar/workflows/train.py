@@ -317,7 +317,7 @@ def evaluate(cfg: TrainConfig, ckpt: str | Path, per_class: int | None = None, n
         claim_chunk_folder(decoding.sample_dir, ckpt, cfg)
     kept = f"the samples generated so far are kept in {decoding.sample_dir}: run the same command to go on"
     if cfg.data.root:
-        validate_or_interrupt(trainer, module, kept, datamodule=generator_datamodule(cfg))
+        validate_or_interrupt(trainer, module, kept, datamodule=generator_datamodule(cfg, check_order=False))
     else:
         validate_or_interrupt(trainer, module, kept, dataloaders=[_EmptyLoader()])
     scores = {k: float(v) for k, v in trainer.callback_metrics.items()}

