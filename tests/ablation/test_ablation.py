@@ -62,6 +62,34 @@ def test_unknown_keys_name_the_key(tmp_path: Path) -> None:
         build_train_configs(cfg)
 
 
+def test_keys_added_later_hash_as_before_at_their_defaults() -> None:
+    """A key added after fingerprints were stored, left at the default that behaves as before it, does not change
+    a config's fingerprint (finished rows and demo runs are still found); any other value does."""
+    import dataclasses
+
+    from nar.config import load_config
+    from nar.runs import TrainConfig
+    from nar.workflows.ablation.runner import LATER_KEYS, fingerprint
+
+    cfg = load_config(TrainConfig, [], ["data.root=x"])
+    before = dataclasses.asdict(cfg)
+    for (section, key), default in LATER_KEYS.items():
+        assert getattr(getattr(cfg, section), key) == default
+        before[section].pop(key)
+    import hashlib
+    import json
+
+    for key in ("name", "runs_root"):
+        before.pop(key)
+    before["trainer"].pop("threads", None)
+    before["model"].pop("preset", None)
+    before["model"]["head_blocks"] = cfg.model.blocks_per_axis
+    old = hashlib.sha1(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    assert fingerprint(cfg) == old
+    changed = load_config(TrainConfig, [], ["data.root=x", "eval.labels=random"])
+    assert fingerprint(changed) != fingerprint(cfg)
+
+
 def test_equivalent_head_settings_share_a_fingerprint(tmp_path: Path) -> None:
     cfg = load_ablation_config(_grid(tmp_path, [
         {"name": "none", "model": {"head_sharing": "shared", "head_blocks": [0, 0]}},

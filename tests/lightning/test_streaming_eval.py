@@ -272,3 +272,83 @@ def test_a_stored_per_class_does_not_change_a_bare_evaluation(setup, tmp_path):
     torch.save(obj, old)
     assert evaluation_config(old).eval.per_class is None
     assert evaluation_config(old, overrides=["eval.per_class=2"]).eval.per_class == 2
+
+
+def test_random_labels_are_reproducible_cover_the_classes_and_differ_from_balanced():
+    """eval.labels=random draws class ids uniformly (the official c2i sampler's torch.randint), from eval.seed only:
+    the same list on every rank and every run; balanced is the round-robin of exactly n / classes each."""
+    from types import SimpleNamespace
+
+    from nar.lightning.callbacks import condition_list
+
+    model = SimpleNamespace(cfg=SimpleNamespace(num_classes=10))
+    n = 200
+    balanced = condition_list(model, n)
+    drawn = condition_list(model, n, "random", seed=0)
+    assert torch.equal(balanced, torch.arange(n) % 10)
+    assert drawn.shape == (n,) and torch.equal(drawn, condition_list(model, n, "random", seed=0))
+    assert not torch.equal(drawn, condition_list(model, n, "random", seed=1))
+    counts = torch.bincount(drawn, minlength=10)
+    assert counts.numel() == 10 and bool((counts > 0).all()), counts  # every class, 10 ** -8 to miss one
+    assert not torch.equal(counts, torch.bincount(balanced))  # not exactly n / classes each
+
+
+def test_a_resumed_evaluation_with_random_labels_reads_back_its_chunks(setup, tmp_path, caplog):
+    """nar evaluate with eval.labels=random writes the drawn labels with its chunks; the same command after a kill
+    reads the chunks back (their labels are the ones drawn again), and other labels into that folder are refused."""
+    import logging
+
+    from nar.cli.main import main
+    from nar.lightning.callbacks import condition_list
+    from nar.model.io import load_generator_and_run_config
+
+    ckpt, _ = setup
+    n, batch = 12, 4
+    out = tmp_path / "random"
+    args = evaluate_args(ckpt, out, n, batch, "eval.metrics=[]", "eval.labels=random", "eval.seed=3")
+    assert main(args) == 0
+    model = load_generator_and_run_config(ckpt)[0]
+
+    def stored() -> np.ndarray:
+        return np.concatenate([np.load(chunk_path(out / "chunks", c))["labels"] for c in range(3)])
+
+    drawn = stored()
+    assert np.array_equal(drawn, condition_list(model, n, "random", seed=3).numpy())
+    assert not np.array_equal(drawn, condition_list(model, n).numpy())
+    chunk_path(out / "chunks", 2).unlink()  # as a run killed before its last chunk leaves the folder
+    caplog.set_level(logging.INFO)
+    assert main(args) == 0
+    assert "2 of 3 chunks read back" in caplog.text
+    assert np.array_equal(stored(), drawn)
+    with np.load(out / f"samples_{n}.npz") as data:
+        assert np.array_equal(data["arr_1"], drawn)
+    caplog.clear()
+    assert main(evaluate_args(ckpt, out, n, batch, "eval.metrics=[]", "eval.seed=3")) == 2  # balanced labels
+    assert "labels differ" in caplog.text and str(out / "chunks") in caplog.text
+    caplog.clear()
+    assert main(evaluate_args(ckpt, tmp_path / "bad", n, batch, "eval.labels=uniform")) == 2
+    assert "eval.labels" in caplog.text and "uniform" in caplog.text
+
+
+def test_an_adm_reference_gives_its_arr_0_as_the_real_images(setup, tmp_path, caplog, monkeypatch):
+    """An ADM reference batch holds its statistics and only 10k images (arr_0): without eval.num_real, pr/kid
+    score against min(eval.num_samples, arr_0) real images (ADM: 50k samples against 10k) instead of failing after
+    every sample is generated; an eval.num_real above arr_0 is refused at start, naming both."""
+    from nar.cli.main import main
+
+    monkeypatch.setenv("NAR_CACHE", str(tmp_path / "cache"))
+    ckpt, full = setup
+    ref, held = tmp_path / "ref4.npz", 4  # fewer images than samples, as ADM's 10k against 50k
+    with np.load(full) as data:
+        np.savez(ref, arr_0=data["arr_0"][:held], mu=data["mu"], sigma=data["sigma"])
+    n, batch = held + 2, 4
+    metrics = ["eval.metrics=[pr]", f"eval.reference_stats={ref}"]
+    out = tmp_path / "more"
+    assert main(evaluate_args(ckpt, out, n, batch, *metrics)) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["num_samples"] == n and results["num_real"] == held and "val/precision" in results["scores"]
+
+    refused = tmp_path / "refused"
+    assert main(evaluate_args(ckpt, refused, n, batch, *metrics, f"eval.num_real={held + 1}")) == 2
+    assert "eval.num_real" in caplog.text and f"holds {held} images (arr_0)" in caplog.text
+    assert not chunk_path(refused / "chunks", 0).exists()

@@ -8,11 +8,12 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 from metric_helpers import TinyExtractor
 
-from nar.data.shards import ShardWriter
+from nar.data.shards import ShardWriter, write_meta, write_split
 from nar.errors import DataError
-from nar.metrics.sources import iter_records, reference_stats
+from nar.metrics.sources import iter_records, real_features, reference_stats
 
 
 def _images(n: int, size: int = 8, seed: int = 0) -> np.ndarray:
@@ -157,3 +158,81 @@ def test_corrupt_images_name_their_file(tmp_path):
         w.write("000001", {"png": b"garbage"})
     with pytest.raises(DataError, match=r"train-000000\.tar:000001\.png: cannot decode image"):
         list(iter_records(tmp_path / "sh"))
+
+
+def _class_sorted(root, layout: str, classes: int, per_class: int):
+    """Samples stored class by class, as our ImageNet (class folders) and UCF-101 (trainlist) writers store a
+    split: sample ``i`` of class ``i // per_class`` is a 4x4 PNG with red = its class, green = ``i``.
+    ``layout``: a dataset folder (meta.json), a bare folder of its shards, or a folder of image files."""
+    def pixels(i: int) -> np.ndarray:
+        px = np.zeros((4, 4, 3), np.uint8)
+        px[..., 0], px[..., 1] = i // per_class, i
+        return px
+
+    n = classes * per_class
+    if layout == "images":
+        root.mkdir(parents=True)
+        for i in range(n):
+            (root / f"{i:03d}.png").write_bytes(_encoded(pixels(i), "PNG"))
+        return root
+    rec = write_split(root, "train", list(range(n)), shard_size=7,
+                      make_sample=lambda i: {"png": _encoded(pixels(i), "PNG"), "cls": i // per_class})
+    write_meta(root, "image", [rec], classes=[f"c{c}" for c in range(classes)])
+    return root if layout == "dataset" else root / "train"  # the shards alone: no meta.json to count from
+
+
+@pytest.mark.parametrize("layout", ["dataset", "shards", "images"])
+def test_a_limited_read_is_a_seeded_random_subset_of_a_class_sorted_split(tmp_path, layout, caplog):
+    """eval.num_real below the split's size: the real samples are a seeded uniform subset of all of them (as
+    NAR-videos' random.Random(42).sample), read in storage order; not the first classes of a class-sorted split.
+    A dataset folder's shard sizes come from its meta.json; bare shards are counted first."""
+    caplog.set_level("INFO", logger="nar.metrics.sources")
+    classes, per_class, limit = 10, 6, 20
+    source = _class_sorted(tmp_path / "real", layout, classes, per_class)
+
+    def chosen(seed: int, rank: int = 0, world: int = 1) -> list[int]:
+        return [int(r.pixels[0, 0, 1]) for r in iter_records(source, "train", limit, seed=seed, rank=rank,
+                                                              world_size=world)]
+
+    picked = chosen(0)
+    assert len(picked) == limit == len(set(picked)) and picked == sorted(picked)
+    assert picked == chosen(0) and picked != chosen(1)
+    seen = [i // per_class for i in picked]
+    # the first `limit` samples hold classes 0..3 only (mean 1.4); a uniform subset's mean is ~4.5 +- 0.5
+    assert min(seen) < classes // 3 and max(seen) >= classes - classes // 3, seen
+    assert abs(np.mean(seen) - (classes - 1) / 2) < 2, seen
+    shares = [chosen(0, k, 3) for k in range(3)]
+    assert sorted(sum(shares, [])) == picked and [len(s) for s in shares] == [7, 7, 6]
+    assert len(list(iter_records(source, "train", classes * per_class + 5, seed=3))) == classes * per_class
+    assert ("counting the samples" in caplog.text) == (layout == "shards")
+
+
+def test_real_features_are_cached_per_real_seed(tmp_path, tiny_extractor):
+    """The real-feature cache knows which subset it holds: another seed is another set of real samples."""
+    source = _class_sorted(tmp_path / "real", "dataset", 4, 4)
+    cache = tmp_path / "cache"
+    first = real_features(source, tiny_extractor, "train", 6, seed=0, cache=cache)
+    other = real_features(source, tiny_extractor, "train", 6, seed=1, cache=cache)
+    assert first.shape == other.shape == (6, tiny_extractor.num_features) and not torch.equal(first, other)
+    assert len(list((cache / "features").glob("*.npy"))) == 2
+    assert torch.equal(real_features(source, tiny_extractor, "train", 6, seed=0, cache=cache), first)
+
+
+def test_npz_sample_count_reads_the_header_only(tmp_path):
+    """How many images a reference batch's arr_0 holds, read from its .npy header (ADM's is 10k images of 256 px,
+    2 GB): nothing of the array is loaded; no arr_0 is None."""
+    from nar.metrics.sources import npz_sample_count
+
+    arr = _images(300, size=32)  # 0.9 MB
+    np.savez(tmp_path / "ref.npz", arr_0=arr, mu=np.zeros(4), sigma=np.eye(4))
+    np.savez_compressed(tmp_path / "small.npz", arr_0=arr[:5])
+    np.savez(tmp_path / "stats.npz", mu=np.zeros(4), sigma=np.eye(4))
+    del arr
+    tracemalloc.start()
+    try:
+        count = npz_sample_count(tmp_path / "ref.npz")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 300 and peak < 100_000, peak
+    assert npz_sample_count(tmp_path / "small.npz") == 5 and npz_sample_count(tmp_path / "stats.npz") is None

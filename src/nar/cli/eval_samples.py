@@ -37,8 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics", default="fid", help=f"comma-separated subset of {','.join(METRICS)} (default fid)")
     p.add_argument("--samples-split", default=None, help="split of a SAMPLES dataset folder (default val)")
     p.add_argument("--ref-split", default="train", help="split of a --ref dataset folder (default train)")
-    p.add_argument("--limit", type=int, default=None, help="score at most this many samples")
-    p.add_argument("--ref-limit", type=int, default=None, help="use at most this many real samples")
+    p.add_argument("--limit", type=int, default=None, help="score at most this many samples (shards/folders: a seeded random subset; an .npz: its first)")
+    p.add_argument("--ref-limit", type=int, default=None, help="use at most this many real samples (shards/folders: a seeded random subset; an .npz: its first)")
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     p.add_argument("--inception-weights", default=None,

@@ -7,11 +7,14 @@
     nar evaluate --config experiments/ucf101/nar_l.yaml --ckpt runs/ucf/checkpoints/last.ckpt eval.i3d_path=i3d.pt
 
 Budget: ``--num-samples``, else ``--per-class`` (or the config's ``eval.per_class``) × classes (ImageNet
-protocol: 50 → 50k), else the config's ``eval.num_samples``; classes round-robin, so every class gets its share. Guidance: the config's
-``sampling.cfg_scale`` (default 1.0 = none; 2.0 in the ImageNet configs, 1.25 for UCF-101), changed with
-``sampling.cfg_scale=...``. Images: FID / IS / precision / recall per ``eval.metrics`` against ``eval.real_root``
-samples or ``eval.reference_stats``. Videos: FVD with ``eval.i3d_path``, else the Inception proxy (reported
-as ``fvd_proxy_inception``).
+protocol: 50 → 50k), else the config's ``eval.num_samples``. Class ids per ``eval.labels``: ``balanced`` (the
+default: round-robin, every class gets its share) or ``random`` (uniform draws seeded from ``eval.seed``, as the
+official c2i sampler draws them). Guidance: the config's ``sampling.cfg_scale`` (default 1.0 = none; 2.0 in the
+ImageNet configs, 1.25 for UCF-101), changed with ``sampling.cfg_scale=...``. Images: FID / IS / precision / recall
+per ``eval.metrics`` against ``eval.real_root`` samples (``eval.num_real`` of them: a uniform random subset drawn
+with ``eval.real_seed`` when the split holds more) or ``eval.reference_stats`` (an ADM batch's images, ``arr_0``, for
+precision/recall/KID). Videos: FVD with ``eval.i3d_path``, else the Inception proxy (reported as
+``fvd_proxy_inception``).
 
 Samples stream to ``<out>/chunks`` (a killed evaluation continues from them) and into
 ``<out>/samples_<N>.npz`` (``arr_0``, the ADM evaluator's input); scores, sample counts and the reference go
@@ -32,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ckpt", required=True, help="our Lightning .ckpt (its run config is used) or an official .pt")
     p.add_argument("--config", action="append", default=[],
                    help="YAML(s) over the checkpoint's run config (official .pt files: required, describing the model)")
-    p.add_argument("--per-class", type=int, default=None, help="samples per class (ImageNet protocol: 50) "
+    p.add_argument("--per-class", type=int, default=None, help="samples per class (ImageNet protocol: 50): this x "
+                   "classes in total, each class's share with eval.labels=balanced, random ids with eval.labels=random "
                    "(default: the config's eval.per_class, else eval.num_samples in total)")
     p.add_argument("--num-samples", type=int, default=None, help="total samples (default: eval.num_samples)")
     p.add_argument("--out", default=None, help="results folder (default: <run>/eval/<checkpoint>-<N>)")

@@ -6,6 +6,12 @@ of ``*.tar`` shards, one ``.tar`` shard, or a folder of image files (searched re
 Each record carries the sample's GenEval spec when one is known (shard ``json`` → ``scene``; the
 ``txt`` caption or a ``prompts`` array in the ``.npz``; a ``.txt`` next to a PNG), parsed from the
 shapes grammar.
+
+A limited read (``limit`` below the source's size) of shards or an image folder takes a seeded uniform random
+subset of all the samples (without replacement, read in storage order): our writers store splits class by class
+(ImageNet class folders, the UCF-101 trainlist), so the first ``limit`` would hold the first classes only.
+NAR-videos draws its real clips the same way (``random.Random(42).sample(range(len(dataset)), n)``). An
+``.npz`` batch gives its first ``limit`` samples: ADM's reference batches are random samples already.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import hashlib
 import io
 import json
 import logging
+import random
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,6 +118,37 @@ def _npz_prompts(source: Path, n: int) -> np.ndarray | None:
     return prompts
 
 
+def _arr0_shape(fh: Any, source: Path) -> tuple[int, ...]:
+    """The shape of the ``arr_0.npy`` member open as ``fh``, from its ``.npy`` header (nothing else is read); a
+    DataError naming ``source`` unless it is ``uint8 [N, H, W, 3]`` or ``[N, T, H, W, 3]`` in C order."""
+    try:
+        version = np.lib.format.read_magic(fh)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(fh)
+    except ValueError as err:
+        raise DataError(f"{source}: arr_0 is not a .npy array ({err})") from err
+    if dtype != np.uint8 or len(shape) not in (4, 5) or shape[-1] != 3 or fortran:
+        raise DataError(f"{source}: arr_0 must be uint8 [N, H, W, 3] or [N, T, H, W, 3] in C order, got "
+                        f"{dtype} {shape}{' (Fortran order)' if fortran else ''}")
+    return tuple(shape)
+
+
+def npz_sample_count(source: str | Path) -> int | None:
+    """How many samples the ``arr_0`` of an ``.npz`` holds (an ADM reference batch: 10,000), read from the
+    array's ``.npy`` header inside the archive without loading it; None when there is no ``arr_0``. A damaged
+    archive or an ``arr_0`` that is not ``uint8 [N, H, W, 3]`` is a DataError naming ``source``."""
+    source = Path(source)
+    try:
+        with zipfile.ZipFile(source) as zf:
+            if "arr_0.npy" not in zf.namelist():
+                return None
+            with zf.open("arr_0.npy") as fh:
+                return int(_arr0_shape(fh, source)[0])
+    except (zipfile.BadZipFile, OSError) as err:
+        raise DataError(f"{source}: not a readable .npz ({err})") from err
+
+
 @contextlib.contextmanager
 def _npz_samples(source: Path) -> Iterator[tuple[int, Iterator[np.ndarray]]]:
     """``(N, samples)``: the ``arr_0`` ``uint8 [N, H, W, 3]`` (or ``[N, T, H, W, 3]``) of an ``.npz``, read one
@@ -127,16 +165,7 @@ def _npz_samples(source: Path) -> Iterator[tuple[int, Iterator[np.ndarray]]]:
             raise DataError(f"{source}: no 'arr_0' array (keys {keys}); a statistics file (mu/sigma) can only be "
                             "a --ref")
         with zf.open("arr_0.npy") as fh:
-            try:
-                version = np.lib.format.read_magic(fh)
-                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                               else np.lib.format.read_array_header_2_0)
-                shape, fortran, dtype = read_header(fh)
-            except ValueError as err:
-                raise DataError(f"{source}: arr_0 is not a .npy array ({err})") from err
-            if dtype != np.uint8 or len(shape) not in (4, 5) or shape[-1] != 3 or fortran:
-                raise DataError(f"{source}: arr_0 must be uint8 [N, H, W, 3] or [N, T, H, W, 3] in C order, got "
-                                f"{dtype} {shape}{' (Fortran order)' if fortran else ''}")
+            shape = _arr0_shape(fh, source)
             size = int(np.prod(shape[1:]))
 
             def samples() -> Iterator[np.ndarray]:
@@ -168,24 +197,54 @@ def shard_paths(source: str | Path, split: str | None = None) -> list[Path]:
     return []
 
 
+def _shard_counts(source: Path, split: str | None, shards: list[Path]) -> list[int]:
+    """Samples per shard of ``shards``: from the dataset's ``meta.json`` where it records them, else counted by
+    reading each shard once (a bare folder of shards; members only, nothing decoded)."""
+    from nar.data.shards import iter_tar
+
+    counts: list[int] | None = None
+    if (source / "meta.json").is_file():
+        from nar.data.shards import read_meta, resolve_split
+
+        meta = read_meta(source)
+        info = meta["splits"][resolve_split(meta, split or "val", root=source)]
+        recorded = [int(c) for c in info.get("shard_samples", [])]
+        if len(recorded) == len(shards) and min(recorded, default=0) >= 0:
+            counts = recorded
+    if counts is None:
+        log.info("%s: counting the samples of %d shards to draw a subset from all of them", source, len(shards))
+        counts = [sum(1 for _ in iter_tar(shard)) for shard in shards]
+    return counts
+
+
+def _subset(total: int, limit: int | None, seed: int) -> list[int] | None:
+    """Sorted indices of ``limit`` of ``total`` samples drawn uniformly without replacement with ``seed`` (the
+    draw NAR-videos makes, ``random.Random(seed).sample``); None = all of them."""
+    if limit is None or limit >= total:
+        return None
+    return sorted(random.Random(seed).sample(range(total), limit))
+
+
 def iter_records(source: str | Path, split: str | None = None, limit: int | None = None, *,
-                 image_size: int | None = None, rank: int = 0, world_size: int = 1) -> Iterator[Record]:
+                 image_size: int | None = None, rank: int = 0, world_size: int = 1, seed: int = 0) -> Iterator[Record]:
     """Samples of ``source`` in a fixed order (see the module docstring); at most ``limit``.
 
+    A ``limit`` below the size of shards or an image folder reads a uniform random subset of all their samples
+    drawn with ``seed`` (the same on every rank and every run), in storage order; an ``.npz`` its first ``limit``.
     ``image_size``: images get the ADM centre crop to that size (the generator's resolution), video frames
-    a resize; ``None`` keeps the stored pixels. ``rank``/``world_size``: this process's share, sample ``i``
-    going to rank ``i % world_size`` (every rank reads the order, only its own samples are decoded), so the
-    ranks together see each of the first ``limit`` samples exactly once.
+    a resize; ``None`` keeps the stored pixels. ``rank``/``world_size``: this process's share, sample ``i`` of
+    that order going to rank ``i % world_size`` (every rank reads the order, only its own samples are decoded),
+    so the ranks together see each chosen sample exactly once.
     """
     source = Path(source)
     if not source.exists():
         raise DataError(f"samples not found: {source}")
-    for i, record in enumerate(_iter_raw_records(source, split, limit)):
+    for i, record in enumerate(_iter_raw_records(source, split, limit, seed)):
         if i % world_size == rank:
             yield record.resolve(image_size)
 
 
-def _iter_raw_records(source: Path, split: str | None, limit: int | None) -> Iterator[_LazyRecord]:
+def _iter_raw_records(source: Path, split: str | None, limit: int | None, seed: int) -> Iterator[_LazyRecord]:
     count = 0
 
     def done() -> bool:
@@ -209,10 +268,28 @@ def _iter_raw_records(source: Path, split: str | None, limit: int | None) -> Ite
         from nar.data.shards import iter_tar
         from nar.data.transforms import field
 
-        for shard in shards:
-            for raw in iter_tar(shard):
+        chosen = None
+        if limit is not None:
+            counts = _shard_counts(source, split, shards)
+            chosen = _subset(sum(counts), limit, seed)
+        if chosen is not None:
+            starts = np.cumsum([0, *counts])
+            cuts = np.searchsorted(np.asarray(chosen), starts)  # chosen[cuts[s]:cuts[s + 1]] lie in shard s
+        for s, shard in enumerate(shards):
+            wanted = None
+            if chosen is not None:  # this shard's share of the subset, by position in the shard
+                wanted = {i - int(starts[s]) for i in chosen[cuts[s]:cuts[s + 1]]}
+                if not wanted:
+                    continue  # nothing chosen here: not even read
+            for j, raw in enumerate(iter_tar(shard)):
                 if done():
                     return
+                if wanted is not None:
+                    if not wanted:
+                        break  # the rest of this shard holds none of the subset
+                    if j not in wanted:
+                        continue
+                    wanted.discard(j)
                 meta = json.loads(raw["json"]) if "json" in raw else None
                 text = raw["txt"].decode("utf-8") if "txt" in raw else None
                 if "frames.npy" in raw:
@@ -230,6 +307,9 @@ def _iter_raw_records(source: Path, split: str | None, limit: int | None) -> Ite
         files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise DataError(f"{source}: no .npz, shards or images ({', '.join(IMAGE_SUFFIXES)}) found")
+        chosen = _subset(len(files), limit, seed)
+        if chosen is not None:
+            files = [files[i] for i in chosen]
         for path in files:
             if done():
                 return
@@ -262,13 +342,17 @@ def iter_batches(records: Iterator[Record], batch_size: int) -> Iterator[tuple[t
         yield flush()
 
 
-def _source_fingerprint(source: Path, split: str | None, limit: int | None, extractor_name: str) -> str:
+def _source_fingerprint(source: Path, split: str | None, limit: int | None, extractor_name: str,
+                        seed: int = 0) -> str:
     files = shard_paths(source, split) if not source.suffix == ".npz" else [source]
     if not files and source.is_dir():
         files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     listing = [(str(p.resolve()), p.stat().st_size, int(p.stat().st_mtime)) for p in files]
-    blob = json.dumps({"source": str(source.resolve()), "split": split, "limit": limit,
-                       "extractor": extractor_name, "files": listing}, sort_keys=True)
+    key = {"source": str(source.resolve()), "split": split, "limit": limit, "extractor": extractor_name,
+           "files": listing}
+    if limit is not None and source.suffix != ".npz":
+        key["subset_seed"] = seed  # which random subset (an unlimited read or an .npz's first samples: none)
+    blob = json.dumps(key, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
@@ -288,22 +372,23 @@ def is_statistics_file(source: str | Path) -> bool:
 
 def reference_stats(source: str | Path, extractor: torch.nn.Module, split: str | None = "train",
                     batch_size: int = 50, device: str | torch.device = "cpu", limit: int | None = None,
-                    cache: str | Path | None = None) -> GaussianStats:
-    """Real feature statistics of ``source``, computed once and cached (key: files + sizes + mtimes +
-    split + limit + extractor name) under ``<cache>/stats/``. An ``.npz`` with ``mu``/``sigma`` is read as is."""
+                    cache: str | Path | None = None, seed: int = 0) -> GaussianStats:
+    """Real feature statistics of ``source`` (a ``limit``: the random subset drawn with ``seed``, see
+    :func:`iter_records`), computed once and cached (key: files + sizes + mtimes + split + limit + seed +
+    extractor name) under ``<cache>/stats/``. An ``.npz`` with ``mu``/``sigma`` is read as is."""
     from nar.metrics.fidelity import ImageFidelity
     from nar.metrics.inception import cache_dir
 
     source = Path(source)
     if is_statistics_file(source):
         return GaussianStats.load_npz(source)
-    key = _source_fingerprint(source, split, limit, getattr(extractor, "name", type(extractor).__name__))
+    key = _source_fingerprint(source, split, limit, getattr(extractor, "name", type(extractor).__name__), seed)
     path = cache_dir(cache) / "stats" / f"{source.name}-{split}-{key}.npz"
     if path.is_file():
         log.info("real statistics from cache %s", path)
         return GaussianStats.load_npz(path)
     metric = ImageFidelity(extractor=extractor).to(device)
-    for i, (images, _) in enumerate(iter_batches(iter_records(source, split, limit), batch_size)):
+    for i, (images, _) in enumerate(iter_batches(iter_records(source, split, limit, seed=seed), batch_size)):
         metric.update(images.to(device), real=True)
         if (i + 1) % 20 == 0:
             log.info("real statistics: %d images", int(metric.real_count))
@@ -319,17 +404,18 @@ def reference_stats(source: str | Path, extractor: torch.nn.Module, split: str |
 
 def real_features(source: str | Path, extractor: torch.nn.Module, split: str | None, limit: int | None,
                   image_size: int | None = None, batch_size: int = 50, device: str | torch.device = "cpu",
-                  cache: str | Path | None = None) -> torch.Tensor:
-    """Extractor features ``[n, D]`` (float32, CPU) of the first ``limit`` samples of ``source`` at ``image_size``,
-    computed once and cached under ``<cache>/features/`` (key: files + sizes + mtimes + split + limit + size +
-    extractor), so runs scored against the same real set (a seeded ablation grid) extract them once."""
+                  cache: str | Path | None = None, seed: int = 0) -> torch.Tensor:
+    """Extractor features ``[n, D]`` (float32, CPU) of ``limit`` samples of ``source`` (the random subset drawn
+    with ``seed``, see :func:`iter_records`) at ``image_size``, computed once and cached under
+    ``<cache>/features/`` (key: files + sizes + mtimes + split + limit + seed + size + extractor), so runs scored
+    against the same real set (a seeded ablation grid) extract them once."""
     from nar.atomic import atomic_path
     from nar.metrics.fidelity import to_uint8
     from nar.metrics.inception import cache_dir
 
     source = Path(source)
     name = getattr(extractor, "name", type(extractor).__name__)
-    key = _source_fingerprint(source, split, limit, f"{name}@{image_size}")
+    key = _source_fingerprint(source, split, limit, f"{name}@{image_size}", seed)
     path = cache_dir(cache) / "features" / f"{source.name}-{split}-{key}.npy"
     if path.is_file():
         log.info("real features from cache %s", path)
@@ -340,7 +426,7 @@ def real_features(source: str | Path, extractor: torch.nn.Module, split: str | N
     extractor.eval()
     chunks = []
     with torch.no_grad():
-        for images, _ in iter_batches(iter_records(source, split, limit, image_size=image_size), batch_size):
+        for images, _ in iter_batches(iter_records(source, split, limit, image_size=image_size, seed=seed), batch_size):
             chunks.append(extractor(to_uint8(images.to(device)))["features"].float().cpu())
     features = torch.cat(chunks) if chunks else torch.zeros(0, int(getattr(extractor, "num_features", 0)))
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:

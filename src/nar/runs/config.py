@@ -270,13 +270,19 @@ class TokenizerRef:
 class EvalConfig:
     """Frontier-decoding validation (during training) and ``nar evaluate``."""
 
-    # Validation: generate this many samples (round-robin over classes, or over the first captions).
+    # Validation: generate this many samples (class ids per eval.labels, or the first captions).
     num_samples: int = 64
+    # Class ids of the generated samples: balanced (round-robin, num_samples / classes each) or random (uniform
+    # draws seeded from eval.seed, as the official c2i sampler's torch.randint; the same on every rank and resume).
+    labels: str = "balanced"
     grid_samples: int = 64  # how many of them go into the logged image grid
     batch_size: int = 64
     real_root: str = ""  # image/video shard folder of real samples ("" = tokenizer reconstructions of val tokens)
     real_split: str = "val"
-    num_real: int = 0  # 0 = as many as generated
+    # 0 = as many as generated (a reference batch's arr_0: at most its images, ADM's 10k). Fewer than the split
+    # holds: a uniform random subset drawn with real_seed (not its first, class-sorted samples).
+    num_real: int = 0
+    real_seed: int = 0  # NAR-videos draws its 10k real clips with seed 42
     metrics: list[str] = field(default_factory=lambda: ["fid"])  # fid, is, pr, kid, sfid, fvd, fvd_proxy, text
     inception_weights: str = ""  # "" = the offline-converted FID InceptionV3
     i3d_path: str = ""  # TorchScript I3D for FVD ("" = the Inception proxy, reported as fvd_proxy_inception)
@@ -303,7 +309,8 @@ class EvalConfig:
         parse_sampler(self.sampler)
         _at_least(self, 1, "num_samples", "batch_size", "decode_every")
         _at_least(self, 1, "per_class", optional=True)
-        _at_least(self, 0, "grid_samples", "num_real")
+        _at_least(self, 0, "grid_samples", "num_real", "real_seed")
+        _one_of(self, "labels", ("balanced", "random"))
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown:
             raise ConfigError(f"unknown {unknown}; known: {METRICS}", key="metrics")

@@ -290,7 +290,8 @@ def tokenizer_ceiling(cfg: Any, cache: Path) -> dict[str, Any]:
     A generator that reproduced the training token distribution exactly would score this, so the gap between
     the demo's FID and this number is what more generator training can still win."""
     key = {"metrics": list(cfg.eval.metrics), "n": cfg.eval.num_real or cfg.eval.num_samples,
-           "real": cfg.eval.real_root, "split": cfg.eval.real_split, "tokens": cfg.data.root}
+           "real": cfg.eval.real_root, "split": cfg.eval.real_split, "tokens": cfg.data.root,
+           "real_seed": cfg.eval.real_seed}  # the real samples: a random subset of the split when n is below it
     if cache.is_file():
         stored = json.loads(cache.read_text())
         if stored.get("key") == key:
@@ -309,8 +310,8 @@ def tokenizer_ceiling(cfg: Any, cache: Path) -> dict[str, Any]:
     metrics = build_metrics(e.metrics, video=video, inception_weights=e.inception_weights, i3d_path=e.i3d_path,
                             have_real=True)
     n = key["n"]
-    for pixels, _ in iter_batches(iter_records(e.real_root, e.real_split, n, image_size=tokenizer.config.image_size),
-                                  e.batch_size):
+    for pixels, _ in iter_batches(iter_records(e.real_root, e.real_split, n, image_size=tokenizer.config.image_size,
+                                               seed=e.real_seed), e.batch_size):
         for m in metrics.values():
             m.update(pixels, real=True)
     seen = 0

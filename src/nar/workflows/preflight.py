@@ -84,6 +84,16 @@ def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[st
         reference = reference_keys(str(path))
         if not {"mu", "sigma"} <= reference:
             raise ConfigError(f"{path} has no mu/sigma (keys {sorted(reference)})", key="eval.reference_stats")
+        if e.num_real and "arr_0" in reference and any(m in asked for m in ("pr", "kid")) and not e.allow_fewer:
+            from nar.metrics.sources import npz_sample_count
+
+            # pr/kid take their real images from the reference's arr_0 (ADM's: 10k): refused now, not after every
+            # sample is generated
+            held = npz_sample_count(path)
+            if held is not None and e.num_real > held:
+                raise ConfigError(f"{e.num_real}, but eval.reference_stats {path} holds {held} images (arr_0), the "
+                                  f"real samples of pr/kid; lower it (0 = eval.num_samples, at most {held}) or set "
+                                  "eval.allow_fewer=true", key="eval.num_real")
     video = len(cfg.model.grid) == 3
     if cfg.tokenizer.path and not video:
         if "fid" in asked and not e.real_root and not e.reference_stats:

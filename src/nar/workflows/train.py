@@ -325,7 +325,7 @@ def evaluate(cfg: TrainConfig, ckpt: str | Path, per_class: int | None = None, n
     results: dict[str, Any] = {
         "checkpoint": str(ckpt), "scores": scores, "num_samples": n, "num_real": decoding.last_counts.get("real"),
         "reference": reference_of(cfg), "sampling": vars(cfg.sampling), "mode": cfg.model.mode,
-        "forward_passes": model.num_passes, "degraded": degraded, "out": str(out),
+        "labels": cfg.eval.labels, "real_seed": cfg.eval.real_seed, "forward_passes": model.num_passes, "degraded": degraded, "out": str(out),
         "seconds": {k: round(v, 3) for k, v in decoding.last_seconds.items()}}  # rank 0's, by stage
     if trainer.is_global_zero:
         if module.tokenizer is not None:
@@ -350,6 +350,8 @@ def claim_chunk_folder(folder: Path, ckpt: str | Path, cfg: TrainConfig) -> None
                 "mtime": int(stat.st_mtime) if stat else None, "sampling": vars(cfg.sampling),
                 "seed": cfg.eval.seed, "batch_size": cfg.eval.batch_size, "num_samples": cfg.eval.num_samples,
                 "mode": cfg.model.mode}
+    if cfg.eval.labels != "balanced":  # recorded only when not the default, so folders made before it still match
+        settings["labels"] = cfg.eval.labels
     settings = json.loads(json.dumps(settings, default=str))
     record = folder / "settings.json"
     if record.is_file():

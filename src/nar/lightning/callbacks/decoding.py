@@ -15,6 +15,7 @@ Lightning's ``DistributedSampler`` deals them out in turn), so every rank holds 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -28,11 +29,11 @@ from torch.utils.data import DistributedSampler
 
 import lightning as L
 from nar.atomic import write_text
-from nar.errors import RuntimeFailure
+from nar.errors import ConfigError, RuntimeFailure
 from nar.lightning.callbacks.run_guard import PreemptionCallback, stop_asked
 from nar.lightning.generation import ChunkGenerator, stream_chunks, to_uint8
 from nar.metrics.registry import build_metrics
-from nar.metrics.sources import iter_batches, iter_records, real_features
+from nar.metrics.sources import iter_batches, iter_records, npz_sample_count, real_features
 from nar.model import NARModel
 from nar.pictures import add_gif, sample_grid, save_png
 from nar.progress import Progress
@@ -81,9 +82,19 @@ class _StopGuard:
             self.check()
 
 
-def condition_list(model: NARModel, num_samples: int) -> torch.Tensor:
-    """The fixed class ids ``[num_samples]`` validation samples: round-robin over the classes."""
-    return torch.arange(num_samples) % model.cfg.num_classes
+def condition_list(model: NARModel, num_samples: int, labels: str = "balanced", seed: int = 0) -> torch.Tensor:
+    """The fixed class ids ``[num_samples]`` of the validation samples (``eval.labels``): ``balanced`` is round-robin
+    over the classes (``num_samples / classes`` each); ``random`` draws them uniformly, as the official c2i sampler's
+    ``torch.randint`` does, from a CPU generator seeded from ``seed`` (``eval.seed``) alone, so every rank and a
+    resumed evaluation get the same list."""
+    num_classes = model.cfg.num_classes
+    if labels == "balanced":
+        return torch.arange(num_samples) % num_classes
+    if labels != "random":
+        raise ConfigError(f"'{labels}' is not one of ('balanced', 'random')", key="eval.labels")
+    # a stream of its own: chunk 0 samples its tokens with seed + 0
+    stream = int.from_bytes(hashlib.sha256(f"nar-eval-labels:{seed}".encode()).digest()[:8], "little") >> 1
+    return torch.randint(0, num_classes, (num_samples,), generator=torch.Generator().manual_seed(stream))
 
 
 class FrontierDecodingCallback(Callback):
@@ -289,7 +300,7 @@ class FrontierDecodingCallback(Callback):
         (``capfeat [n, L, D]``, ``capmask [n, L]`` or None; fewer when the split has fewer), the same on every
         rank; their texts become ``self._val_texts``."""
         if model.cfg.condition == "class":
-            return condition_list(model, n).to(device), None
+            return condition_list(model, n, self.eval.labels, self.eval.seed).to(device), None
         masks = [m for _, m in self._val_captions]
         feats = torch.cat([f for f, _ in self._val_captions]) if self._val_captions else None
         mask = torch.cat(masks) if masks and all(m is not None for m in masks) else None
@@ -343,17 +354,22 @@ class FrontierDecodingCallback(Callback):
         if real_root:
             size = getattr(getattr(tokenizer, "config", None), "image_size", None)
             wanted = e.num_real or e.num_samples
+            if e.reference_stats and not e.num_real:
+                # an ADM reference batch holds 10k images beside its statistics: all of them at most, as its
+                # evaluator scores precision/recall (50k samples against 10k)
+                held = npz_sample_count(real_root)
+                wanted = min(wanted, held) if held is not None else wanted
             if image is not None and trainer.world_size == 1 and len(self.metrics) == 1 \
                     and "sfid" not in image.metrics:
                 # one process: the real features come from (and go to) a cache, shared by every run scored
                 # against the same real samples at the same size
                 features = real_features(real_root, image.extractor, real_split, wanted, image_size=size,
-                                         batch_size=e.batch_size, device=device)
+                                         batch_size=e.batch_size, device=device, seed=e.real_seed)
                 image.update_features(features.to(device), real=True)
                 count = features.shape[0]
             else:
                 records = iter_records(real_root, real_split, wanted, image_size=size,
-                                       rank=trainer.global_rank, world_size=trainer.world_size)
+                                       rank=trainer.global_rank, world_size=trainer.world_size, seed=e.real_seed)
                 for pixels, _ in iter_batches(records, e.batch_size):
                     count += pixels.shape[0]
                     for m in self.metrics.values():
@@ -363,7 +379,7 @@ class FrontierDecodingCallback(Callback):
                 source = (f"eval.reference_stats {real_root} (arr_0)" if e.reference_stats
                           else f"eval.real_root {real_root} ({real_split})")
                 message = (f"{source} gave {total} real samples, {wanted} were asked for (eval.num_real, else "
-                           "eval.num_samples)")
+                           "eval.num_samples, at most the reference's arr_0)")
                 if not e.allow_fewer:
                     raise RuntimeFailure(message + "; lower eval.num_real or set eval.allow_fewer=true")
                 log.warning("%s; scoring on fewer (eval.allow_fewer)", message)
