@@ -61,6 +61,7 @@ def test_usage_errors_exit_2(argv, code, capsys) -> None:
     ("train-ucf101", ["DATA=/d"]),
     ("train-t2i", ["DATA=/d", "INIT=/init.ckpt"]),
     ("eval-imagenet", ["CKPT=/c.pt", "TOKENIZER=/t.pt", "DATA=/d"]),
+    ("eval-imagenet", ["CKPT=/c.pt", "TOKENIZER=/t.pt", "REF=/VIRTUAL_imagenet256_labeled.npz"]),
     ("eval-ucf101", ["CKPT=/c.ckpt", "TOKENIZER=/t.pt", "DATA=/d"]),
 ])
 def test_make_targets_pass_args_overrides_through(target, variables) -> None:
@@ -73,7 +74,7 @@ def test_make_targets_pass_args_overrides_through(target, variables) -> None:
     (line,) = [ln for ln in made.splitlines() if ln.split(" ", 1)[0].endswith("/nar")]
     ns = build_parser().parse_args(shlex.split(line)[1:])
     assert ns.overrides[-1] == "eval.num_samples=7" and ns.cpu and ns.gpus == 2
-    assert any(o.startswith(("data.root=", "eval.real_root=")) for o in ns.overrides)
+    assert any(o.startswith(("data.root=", "eval.real_root=", "eval.reference_stats=")) for o in ns.overrides)
 
 
 def test_config_interpolation_errors_name_the_key(caplog) -> None:
