@@ -75,6 +75,8 @@ def test_make_targets_pass_args_overrides_through(target, variables) -> None:
     ns = build_parser().parse_args(shlex.split(line)[1:])
     assert ns.overrides[-1] == "eval.num_samples=7" and ns.cpu and ns.gpus == 2
     assert any(o.startswith(("data.root=", "eval.real_root=", "eval.reference_stats=")) for o in ns.overrides)
+    load_config(TrainConfig, ns.config, ns.overrides)  # every override is a config value (a comma inside make's
+    # $(if ...) once cut eval.metrics=[fid,sfid,pr] in two)
 
 
 def test_config_interpolation_errors_name_the_key(caplog) -> None:

@@ -64,7 +64,8 @@ def test_unknown_keys_name_the_key(tmp_path: Path) -> None:
 
 def test_keys_added_later_hash_as_before_at_their_defaults() -> None:
     """A key added after fingerprints were stored, left at the default that behaves as before it, does not change
-    a config's fingerprint (finished rows and demo runs are still found); any other value does."""
+    a config's fingerprint (finished rows and demo runs are still found); any other value does. eval.real_seed
+    counts only where real samples are drawn from eval.real_root."""
     import dataclasses
 
     from nar.config import load_config
@@ -76,6 +77,7 @@ def test_keys_added_later_hash_as_before_at_their_defaults() -> None:
     for (section, key), default in LATER_KEYS.items():
         assert getattr(getattr(cfg, section), key) == default
         before[section].pop(key)
+    before["eval"].pop("real_seed")  # no eval.real_root: no real subset for it to choose
     import hashlib
     import json
 
@@ -88,6 +90,8 @@ def test_keys_added_later_hash_as_before_at_their_defaults() -> None:
     assert fingerprint(cfg) == old
     changed = load_config(TrainConfig, [], ["data.root=x", "eval.labels=random"])
     assert fingerprint(changed) != fingerprint(cfg)
+    real = [load_config(TrainConfig, [], ["data.root=x", "eval.real_root=r", f"eval.real_seed={s}"]) for s in (0, 1)]
+    assert fingerprint(real[0]) != fingerprint(real[1])  # with real samples the subset's seed is hashed
 
 
 def test_equivalent_head_settings_share_a_fingerprint(tmp_path: Path) -> None:

@@ -101,7 +101,8 @@ def build_runs(cfg: AblationConfig, shared: Sequence[str] = ()) -> list[Run]:
 
 # Keys added after fingerprints were first stored, with the default that reproduces the behaviour before them: a
 # config that leaves them there hashes as it did, so finished grid rows and demo runs are still found. (Not
-# eval.real_seed: a limited real set is now a random subset, not the first samples, so earlier scores differ.)
+# eval.real_seed where real samples come from eval.real_root: a limited real set is now a random subset, not the
+# first samples, so earlier scores differ and those rows are refused.)
 LATER_KEYS = {("eval", "labels"): "balanced", ("optim", "decay_embeddings"): True}
 
 
@@ -125,6 +126,8 @@ def fingerprint(train_cfg: Any) -> str:
     for (section, key), default in LATER_KEYS.items():  # at their defaults: hashed as before they existed
         if data[section].get(key) == default:
             data[section].pop(key)
+    if not train_cfg.eval.real_root:  # no real samples drawn from a split: the seed of their subset changes nothing
+        data["eval"].pop("real_seed")
     text = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
