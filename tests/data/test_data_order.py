@@ -62,3 +62,27 @@ def test_remote_shards_are_checked_on_their_labels_file(tmp_path):
                             local.counts, local.labels)
         assert check_order(remote, CLASSES).looks_sorted is (name == "sorted")
     assert check_order(SplitIndex(local.root, "train", remote.shards, local.counts), CLASSES) is None
+
+
+def test_remote_clips_are_not_judged_on_the_labels_file(tmp_path):
+    """labels.npy holds one class per clip: the clips of one video lie side by side however the videos are
+    shuffled, so remote clip shards are not checked (they would look sorted)."""
+    items = write_order("train", list(range(CLASSES * PER_CLASS)))[0]
+    local = SplitIndex.load(_split(tmp_path / "clips", items, _clips), "train")
+    remote = SplitIndex(local.root, "train", tuple(f"https://example.invalid/{i}.tar" for i in range(len(local.shards))),
+                        local.counts, local.labels)
+    assert check_order(remote, CLASSES).looks_sorted  # what the labels file alone would say
+    assert check_order(remote, CLASSES, one_sample_per_input=False) is None
+    assert not check_order(local, CLASSES, one_sample_per_input=False).looks_sorted  # local: clips merged by key
+
+
+def test_few_labels_need_more_than_chance_to_look_sorted():
+    """With few neighbouring pairs a shuffled two-class split often shares classes by chance: the check asks for
+    three standard deviations above a shuffled split as well as the halfway mark."""
+    from nar.data.order import OrderCheck
+
+    assert not OrderCheck(samples=17, observed=0.8, shuffled=0.5).looks_sorted  # 16 pairs: within chance
+    assert OrderCheck(samples=1000, observed=0.8, shuffled=0.5).looks_sorted
+    assert OrderCheck(samples=17, observed=1.0, shuffled=0.5).looks_sorted
+    assert OrderCheck(samples=200, observed=0.2, shuffled=0.01).looks_sorted is False
+    assert OrderCheck(samples=200, observed=0.9, shuffled=0.01).looks_sorted

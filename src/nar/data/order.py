@@ -83,15 +83,20 @@ class OrderCheck:
 
     @property
     def looks_sorted(self) -> bool:
-        """Nearer a class-sorted split (≈ 1) than a shuffled one: random orders stay far below, sorted ones above."""
-        return self.observed >= self.shuffled + (1.0 - self.shuffled) / 2
+        """Nearer a class-sorted split (≈ 1) than a shuffled one, and by more than chance over this many pairs
+        (three standard deviations of a shuffled split's fraction): random orders stay below, sorted ones above."""
+        pairs = max(1, self.samples - 1)
+        chance = 3.0 * (self.shuffled * (1.0 - self.shuffled) / pairs) ** 0.5
+        return self.observed >= self.shuffled + max((1.0 - self.shuffled) / 2, chance)
 
 
-def check_order(index: SplitIndex, num_classes: int, shards: int = CHECKED_SHARDS) -> OrderCheck | None:
+def check_order(index: SplitIndex, num_classes: int, shards: int = CHECKED_SHARDS, *,
+                one_sample_per_input: bool = True) -> OrderCheck | None:
     """:class:`OrderCheck` of the first ``shards`` shards of ``index``, or None when their classes cannot be read
     cheaply or are too few to tell. Local shards: their ``cls`` members (tar headers skipped over, nothing
-    decoded); remote ones: the split's ``labels.npy``."""
-    leading = _leading_labels(index, shards)
+    decoded); remote ones: the split's ``labels.npy``, only when ``one_sample_per_input`` (it cannot tell the
+    clips of one video, which lie side by side in any order, from a class-sorted split)."""
+    leading = _leading_labels(index, shards, one_sample_per_input)
     if leading is None:
         return None
     labels = np.asarray(leading, dtype=np.int64)
@@ -101,12 +106,14 @@ def check_order(index: SplitIndex, num_classes: int, shards: int = CHECKED_SHARD
     return OrderCheck(len(labels), same_class_neighbours(labels), shuffled_same_class(index.labels, num_classes))
 
 
-def class_sorted_warning(root: str | Path, split: str, num_classes: int, *, shuffle_buffer: int) -> str | None:
+def class_sorted_warning(root: str | Path, split: str, num_classes: int, *, shuffle_buffer: int,
+                         one_sample_per_input: bool = True) -> str | None:
     """The warning to give when the split ``split`` of the dataset folder ``root`` looks sorted by class, else
-    None (also when the check cannot tell; it never raises: the readers report unreadable data)."""
+    None (also when the check cannot tell; it never raises: the readers report unreadable data).
+    ``one_sample_per_input``: false for video clips (see :func:`check_order`)."""
     try:
         index = SplitIndex.load(root, split)
-        result = check_order(index, num_classes)
+        result = check_order(index, num_classes, one_sample_per_input=one_sample_per_input)
     except Exception as err:  # noqa: BLE001 — a start-up hint must not stop a run the readers can report on
         log.debug("%s: split %r: order not checked: %s", root, split, err)
         return None
@@ -122,16 +129,17 @@ def class_sorted_warning(root: str | Path, split: str, num_classes: int, *, shuf
             "raise data.shuffle_buffer to many shards' worth")
 
 
-def _leading_labels(index: SplitIndex, shards: int) -> list[int] | None:
+def _leading_labels(index: SplitIndex, shards: int, labels_file: bool = True) -> list[int] | None:
     """Classes of the samples of the first ``shards`` shards in order (−1 without one), several consecutive
-    samples of one input (``<item>_<j>`` keys) as one; None when not cheap to read."""
+    samples of one input (``<item>_<j>`` keys) as one; None when not cheap to read (remote shards without
+    ``labels_file``)."""
     leading = index.shards[:shards]
     if leading and all(isinstance(s, Path) for s in leading):
         labels: list[int] = []
         for shard in leading:
             labels += _shard_labels(Path(shard))
         return labels
-    if index.labels is not None:  # remote shards: no download at start-up
+    if labels_file and index.labels is not None:  # remote shards: no download at start-up
         return index.labels[: int(sum(max(0, c) for c in index.counts[:shards]))].tolist()
     return None
 

@@ -357,9 +357,12 @@ def write_split(
 
         num_shards = max(1, -(-len(items) // shard_size))
         fp = fingerprint(items, shard_size=shard_size, **(params or {}))
-        done = _finished_shards(split_dir, fp)
+        # nar.data.order: train splits are written shuffled since; one written class by class is refused too
+        hint = (" (this version writes the train split in a shuffled order: a folder an earlier version wrote "
+                "class by class is one)") if (params or {}).get("order") == "shuffled" else ""
+        done = _finished_shards(split_dir, fp, hint)
         progress_path = split_dir / (PROGRESS_NAME if world == 1 else f"_progress.{rank}of{world}.json")
-        mine = {k: v for k, v in done.items() if k in _read_progress(progress_path, fp)}
+        mine = {k: v for k, v in done.items() if k in _read_progress(progress_path, fp, hint)}
         if not items:
             log.warning("split %r: no inputs found; writing an empty split", split)
 
@@ -406,13 +409,14 @@ def write_split(
         return collect_split(root, split, scan_bad=scan_bad, fingerprint_=fp, num_shards=num_shards)
 
 
-def _read_progress(path: Path, fp: str) -> dict[str, dict[str, Any]]:
-    """The shards a progress file records as done; :class:`DataError` when it belongs to other inputs."""
+def _read_progress(path: Path, fp: str, hint: str = "") -> dict[str, dict[str, Any]]:
+    """The shards a progress file records as done; :class:`DataError` when it belongs to other inputs (``hint``:
+    a likely cause, said in the error)."""
     if not path.is_file():
         return {}
     progress = _read_json(path)
     if progress.get("fingerprint") != fp:
-        raise DataError(f"{path.parent} holds shards written from different inputs or settings; "
+        raise DataError(f"{path.parent} holds shards written from different inputs or settings{hint}; "
                         "write to a new folder or delete it (or pass --overwrite)")
     return dict(progress.get("done", {}))
 
@@ -421,11 +425,11 @@ def _progress_files(split_dir: Path) -> list[Path]:
     return sorted(split_dir.glob("_progress*.json"))
 
 
-def _finished_shards(split_dir: Path, fp: str) -> dict[str, dict[str, Any]]:
+def _finished_shards(split_dir: Path, fp: str, hint: str = "") -> dict[str, dict[str, Any]]:
     """Every shard recorded as done by any part (file still present), checked against ``fp``."""
     done: dict[str, dict[str, Any]] = {}
     for path in _progress_files(split_dir):
-        done.update(_read_progress(path, fp))
+        done.update(_read_progress(path, fp, hint))
     return {k: v for k, v in done.items() if (split_dir / k).is_file()}
 
 

@@ -95,7 +95,9 @@ def warn_if_class_sorted(d: DataSection, meta: dict[str, Any]) -> None:
         return
     if getattr(rank_zero_only, "rank", 0) != 0:
         return
-    message = class_sorted_warning(d.root, d.train_split, len(classes), shuffle_buffer=d.shuffle_buffer)
+    clips = meta.get("source_kind", meta.get("kind")) == "video"  # several clips of one video lie side by side
+    message = class_sorted_warning(d.root, d.train_split, len(classes), shuffle_buffer=d.shuffle_buffer,
+                                   one_sample_per_input=not clips)
     if message:
         log.warning("%s", message)
 
