@@ -37,6 +37,8 @@ def test_paper_recipe_of_nar_l() -> None:
     assert ucf.data.global_batch == 32
     epoch = 9537 // ucf.data.global_batch
     assert (ucf.optim.warmup_steps, ucf.trainer.max_steps) == (4 * epoch, 1000 * epoch)
+    xxl = load_config(TrainConfig, [ROOT / "experiments/imagenet/nar_xxl.yaml"])
+    assert xxl.optim.schedule == "constant"  # train_c2i_fsdp.py, the XXL script, builds no scheduler
     t2i = load_config(TrainConfig, [ROOT / "experiments/t2i/nar_xl.yaml"])
     assert (t2i.sampling.cfg_scale, t2i.sampling.top_k) == (7.5, 0)  # the official sample_t2i.py defaults
 
