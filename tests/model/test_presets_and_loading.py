@@ -151,3 +151,19 @@ def test_overrides_next_to_a_config_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="grid"):
         load_generator(path, cfg, grid=[2, 8])
     assert load_official(path, n_head=cfg.n_head, grid=[2, 8]).cfg.grid == [2, 8]
+
+
+def test_an_official_fsdp_checkpoint_folder_is_read_as_its_consolidated_file(tmp_path):
+    """train_c2i_fsdp.py writes <step>/consolidated.pth (the full weights, raw) beside its optimizer shards: the
+    folder itself, what the official --gpt-resume takes, loads."""
+    from nar.model.io import load_generator
+
+    cfg = NARConfig.from_name("NAR-tiny")
+    src = NARModel(cfg)
+    folder = tmp_path / "0005000"
+    folder.mkdir()
+    torch.save(to_official_state_dict(src), folder / "consolidated.pth")
+    (folder / "resume_step.txt").write_text("5000\n")
+    model = load_generator(folder, n_head=cfg.n_head)
+    for key, value in src.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value)

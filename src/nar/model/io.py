@@ -38,16 +38,20 @@ EXPORT_MARK = "nar_export"  # a consolidated file written by `nar export` (ours)
 PREFIXES = ("ema_model.", "model.")  # the EMA copy, then the trained weights
 SHARDED_KEY = "sharded"  # a manifest's entry naming its shard folder and files
 SHARDS_DIR = "sharded"  # shard folders live in <run>/checkpoints/sharded/
+OFFICIAL_FSDP_FILE = "consolidated.pth"  # the full weights in an official FSDP checkpoint folder
 
 
 def read_generator_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     """The object stored in ``path``, memory-mapped where the file allows it (zip format): the tensors are
-    read when the weights are copied into a model, not at load time.
+    read when the weights are copied into a model, not at load time. A folder holding ``consolidated.pth`` (what
+    the official train_c2i_fsdp.py writes per checkpoint, beside its optimizer shards) is read as that file.
 
     Raises:
         CheckpointError: the file is missing or unreadable (naming it).
     """
     path = Path(path)
+    if path.is_dir() and (path / OFFICIAL_FSDP_FILE).is_file():
+        path = path / OFFICIAL_FSDP_FILE
     if path.is_file():
         try:
             return torch.load(path, map_location=map_location, mmap=True, weights_only=False)
