@@ -83,9 +83,9 @@ eval-imagenet: $(VENV)/.installed ## 50k samples, FID/precision/recall: CKPT=pat
 	@if [ -z "$(CKPT)" ]; then echo "eval-imagenet needs CKPT=<NAR checkpoint (ours or official .pt)>, TOKENIZER=<VQ-16 .pt> and REF=<ADM VIRTUAL_imagenet256_labeled.npz> (or DATA=<ImageNet image shards>, not the paper's reference)"; exit 2; fi
 	$(NAR) evaluate --config experiments/imagenet/nar_$(MODEL).yaml --ckpt $(CKPT) --per-class 50 --gpus $(GPUS) --nodes $(NODES) $(if $(TOKENIZER),tokenizer.path=$(TOKENIZER)) $(if $(REF),eval.reference_stats=$(REF) eval.metrics=$(ADM_METRICS)) $(if $(DATA),eval.real_root=$(DATA) eval.num_real=50000) $(ARGS)
 
-eval-ucf101: $(VENV)/.installed ## FVD on UCF-101 (10k samples vs 10k train clips drawn at random, eval.real_seed): CKPT=path TOKENIZER=video vq.pt DATA=clip shards (nar data ucf101 --frames 16 --size 128 --clips-per-video 0: every non-overlapping window, the official real pool) [ARGS=eval.i3d_path=i3d.pt]
+eval-ucf101: $(VENV)/.installed ## FVD on UCF-101 (10k samples vs 10k train clips drawn at random, eval.real_seed; sample i takes real clip i's class, as NAR-videos): CKPT=path TOKENIZER=video vq.pt DATA=clip shards (nar data ucf101 --frames 16 --size 128 --clips-per-video 0: every non-overlapping window, the official real pool) [ARGS=eval.i3d_path=i3d.pt]
 	@if [ -z "$(CKPT)" ]; then echo "eval-ucf101 needs CKPT=<NAR video checkpoint>, TOKENIZER=<video VQ .pt> and DATA=<UCF-101 clip shards>"; exit 2; fi
-	$(NAR) evaluate --config experiments/ucf101/nar_l.yaml --ckpt $(CKPT) --num-samples 10000 --gpus $(GPUS) --nodes $(NODES) $(if $(TOKENIZER),tokenizer.path=$(TOKENIZER)) $(if $(DATA),eval.real_root=$(DATA) eval.real_split=train eval.num_real=10000) $(ARGS)
+	$(NAR) evaluate --config experiments/ucf101/nar_l.yaml --ckpt $(CKPT) --num-samples 10000 --gpus $(GPUS) --nodes $(NODES) $(if $(TOKENIZER),tokenizer.path=$(TOKENIZER)) $(if $(DATA),eval.real_root=$(DATA) eval.real_split=train eval.num_real=10000 eval.labels=real) $(ARGS)
 
 ablate-heads: $(VENV)/.installed ## head ablation grid (CPU emoji; GRID=heads_imagenet GPUS=8 DATA=.. TOKENIZER=.. on a cluster)
 	$(NAR) ablate --config experiments/ablations/$(or $(GRID),heads_emoji).yaml --gpus $(GPUS) --nodes $(NODES) $(if $(DATA),data.root=$(DATA)) $(if $(TOKENIZER),tokenizer.path=$(TOKENIZER)) $(ARGS)

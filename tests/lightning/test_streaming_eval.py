@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from nar.config import load_config, to_dict
+from nar.errors import ConfigError
 from nar.lightning.generation import chunk_path
 from nar.runs import TrainConfig
 from process_helpers import sigkill_once_exists
@@ -352,3 +353,82 @@ def test_an_adm_reference_gives_its_arr_0_as_the_real_images(setup, tmp_path, ca
     assert main(evaluate_args(ckpt, refused, n, batch, *metrics, f"eval.num_real={held + 1}")) == 2
     assert "eval.num_real" in caplog.text and f"holds {held} images (arr_0)" in caplog.text
     assert not chunk_path(refused / "chunks", 0).exists()
+
+
+def class_sorted_shards(root: Path, classes: int, per_class: int) -> Path:
+    """A real dataset stored class by class (as our UCF-101 and ImageNet writers store a split): 8x8 PNGs with
+    their class as ``cls`` (labels.npy beside the shards)."""
+    import io
+
+    from PIL import Image
+
+    from nar.data.shards import write_meta, write_split
+
+    def sample(i: int) -> dict:
+        buf = io.BytesIO()
+        Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(buf, format="PNG")
+        return {"png": buf.getvalue(), "cls": i // per_class}
+
+    rec = write_split(root, "train", list(range(classes * per_class)), shard_size=7, make_sample=sample)
+    write_meta(root, "image", [rec], classes=[f"c{c}" for c in range(classes)])
+    return root
+
+
+def test_real_labels_take_the_classes_of_the_real_samples(setup, tmp_path, caplog):
+    """eval.labels=real (NAR-videos' protocol): generated sample i takes the class of real sample i, the seeded
+    random subset of eval.real_root that the evaluation scores against; samples_<N>.npz's arr_1 holds them, and a
+    resumed evaluation reads its chunks back with the same list."""
+    import logging
+
+    from nar.cli.main import main
+    from nar.metrics.sources import iter_records
+
+    ckpt, _ = setup
+    n, batch = 12, 4
+    real = class_sorted_shards(tmp_path / "real", 4, 5)
+    out = tmp_path / "paired"
+    args = evaluate_args(ckpt, out, n, batch, "eval.metrics=[]", "eval.labels=real", f"eval.real_root={real}",
+                         "eval.real_split=train", "eval.real_seed=42")
+    assert main(args) == 0
+    expected = [int(r.pixels[0, 0, 0]) // 5 for r in iter_records(real, "train", n, seed=42)]  # pixel value: index
+    with np.load(out / f"samples_{n}.npz") as data:
+        assert data["arr_1"].tolist() == expected
+    assert len(set(expected)) == 4  # every class, not the first ones of the class-sorted split
+    chunk_path(out / "chunks", 2).unlink()
+    caplog.set_level(logging.INFO)
+    assert main(args) == 0 and "2 of 3 chunks read back" in caplog.text
+    with np.load(out / f"samples_{n}.npz") as data:
+        assert data["arr_1"].tolist() == expected
+
+
+def test_real_labels_are_refused_at_start_without_a_fitting_real_source(setup, tmp_path, caplog):
+    """eval.labels=real stops before any sample is made, naming eval.labels and the numbers: no real source, one
+    without classes, fewer real samples than generated, eval.num_real other than the samples, classes the model
+    lacks, a caption model."""
+    from nar.cli.main import main
+    from nar.workflows.preflight import check_generator_run
+
+    ckpt, _ = setup
+    n, batch = 12, 4
+    real = class_sorted_shards(tmp_path / "real", 4, 5)
+    wide = class_sorted_shards(tmp_path / "wide", 6, 3)  # the model has 4 classes
+    refused = {
+        "no source": ([], ["eval.real_root"]),
+        "no classes": ([f"eval.reference_stats={setup[1]}"], ["arr_1"]),
+        "fewer": ([f"eval.real_root={real}", "eval.real_split=train", "eval.num_real=0"], []),
+        "num_real": ([f"eval.real_root={real}", "eval.real_split=train", "eval.num_real=8"], ["8", "eval.num_real"]),
+        "classes": ([f"eval.real_root={wide}", "eval.real_split=train"], ["class 5", "4 classes"]),
+    }
+    for name, (extra, words) in refused.items():
+        out = tmp_path / name.replace(" ", "_")
+        count = 25 if name == "fewer" else n
+        caplog.clear()
+        assert main(evaluate_args(ckpt, out, count, batch, "eval.metrics=[]", "eval.labels=real", *extra)) == 2, name
+        assert "eval.labels" in caplog.text and all(w in caplog.text for w in words), (name, caplog.text)
+        if name == "fewer":
+            assert "20 real samples" in caplog.text and "25" in caplog.text, caplog.text
+        assert not chunk_path(out / "chunks", 0).exists(), name
+    caption = load_config(TrainConfig, [], ["model.condition=caption", "eval.labels=real", f"eval.real_root={real}",
+                                            "eval.real_split=train", f"eval.num_samples={n}"])
+    with pytest.raises(ConfigError, match=r"eval\.labels.*caption"):
+        check_generator_run(caption, needs_data=False)

@@ -236,3 +236,62 @@ def test_npz_sample_count_reads_the_header_only(tmp_path):
         tracemalloc.stop()
     assert count == 300 and peak < 100_000, peak
     assert npz_sample_count(tmp_path / "small.npz") == 5 and npz_sample_count(tmp_path / "stats.npz") is None
+
+
+@pytest.mark.parametrize("layout", ["dataset", "no-labels", "shards"])
+def test_real_class_ids_are_the_classes_of_the_records_read(tmp_path, layout, monkeypatch):
+    """eval.labels=real: the class ids are those of the records iter_records yields for the same (source, split,
+    limit, seed), in order (one draw for both). A dataset's labels.npy is read without opening a shard; without
+    it (removed, or bare shards) the cls members are read and no pixel is decoded."""
+    import nar.data.shards as shards
+    import nar.metrics.sources as sources
+    from nar.metrics.sources import real_class_ids
+
+    classes, per_class = 6, 5
+    source = _class_sorted(tmp_path / "real", "dataset" if layout != "shards" else "shards", classes, per_class)
+    if layout == "no-labels":
+        (source / "train" / "labels.npy").unlink()
+    total = classes * per_class
+    cases = [(12, 0), (12, 1), (None, 0), (total, 2), (total + 5, 3)]
+    read = {case: [int(r.pixels[0, 0, 0]) for r in iter_records(source, "train", case[0], seed=case[1])]
+            for case in cases}  # red = the sample's class
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("read what it need not")
+
+    monkeypatch.setattr(sources, "_decode_image", refuse)
+    if layout == "dataset":
+        monkeypatch.setattr(shards, "iter_tar", refuse)
+    for (limit, seed), expected in read.items():
+        ids = real_class_ids(source, "train", limit, seed=seed)
+        assert ids is not None and ids.dtype == np.int64 and ids.tolist() == expected, (limit, seed)
+    assert read[(12, 0)] != read[(12, 1)] and len(set(read[(12, 0)])) > 1  # a random draw, not the first classes
+
+
+def test_real_class_ids_of_sources_without_classes_or_with_samples_the_reader_skips(tmp_path):
+    """An image folder, an .npz without arr_1 or shards without cls hold no classes (None); an .npz's arr_1 gives
+    its first `limit`; an indexed set that keeps a sample without an image (the readers skip it) is read from its
+    members, so the classes stay those of the records."""
+    from nar.data.index import index_shards
+    from nar.metrics.sources import real_class_ids
+
+    assert real_class_ids(_class_sorted(tmp_path / "imgs", "images", 2, 2), limit=3) is None
+    np.savez(tmp_path / "plain.npz", arr_0=_images(4))
+    np.savez(tmp_path / "labelled.npz", arr_0=_images(4), arr_1=np.array([3, 1, 2, 0]))
+    assert real_class_ids(tmp_path / "plain.npz") is None
+    assert real_class_ids(tmp_path / "labelled.npz", limit=3).tolist() == [3, 1, 2]
+    with ShardWriter(tmp_path / "nocls" / "train-000000.tar") as w:
+        for i, img in enumerate(_images(3)):
+            w.write(f"{i:06d}", {"png": _encoded(img, "PNG")})
+    assert real_class_ids(tmp_path / "nocls") is None
+
+    shard = tmp_path / "wds" / "train-000000.tar"
+    with ShardWriter(shard) as w:
+        for i, img in enumerate(_images(4)):
+            fields = {"cls": str(i).encode()}
+            if i != 1:  # sample 1: a class, no image
+                fields["png"] = _encoded(img, "PNG")
+            w.write(f"{i:06d}", fields)
+    index_shards(str(shard), tmp_path / "indexed", split="val")
+    assert [len(list(iter_records(tmp_path / "indexed", "val")))] == [3]
+    assert real_class_ids(tmp_path / "indexed", "val").tolist() == [0, 2, 3]

@@ -8,8 +8,10 @@
 
 Budget: ``--num-samples``, else ``--per-class`` (or the config's ``eval.per_class``) × classes (ImageNet
 protocol: 50 → 50k), else the config's ``eval.num_samples``. Class ids per ``eval.labels``: ``balanced`` (the
-default: round-robin, every class gets its share) or ``random`` (uniform draws seeded from ``eval.seed``, as the
-official c2i sampler draws them). Guidance: the config's ``sampling.cfg_scale`` (default 1.0 = none; 2.0 in the
+default: round-robin, every class gets its share), ``random`` (uniform draws seeded from ``eval.seed``, as the
+official c2i sampler draws them) or ``real`` (sample ``i`` takes the class of real sample ``i`` scored against, as
+NAR-videos' sample.py: ``eval.real_root``'s ``labels.npy`` or ``cls`` members, or the reference batch's ``arr_1``;
+as many real samples as generated, else refused at start). Guidance: the config's ``sampling.cfg_scale`` (default 1.0 = none; 2.0 in the
 ImageNet configs, 1.25 for UCF-101), changed with ``sampling.cfg_scale=...``. Images: FID / IS / precision / recall
 per ``eval.metrics`` against ``eval.real_root`` samples (``eval.num_real`` of them: a uniform random subset drawn
 with ``eval.real_seed`` when the split holds more) or ``eval.reference_stats`` (an ADM batch's images, ``arr_0``, for
@@ -36,8 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", action="append", default=[],
                    help="YAML(s) over the checkpoint's run config (official .pt files: required, describing the model)")
     p.add_argument("--per-class", type=int, default=None, help="samples per class (ImageNet protocol: 50): this x "
-                   "classes in total, each class's share with eval.labels=balanced, random ids with eval.labels=random "
-                   "(default: the config's eval.per_class, else eval.num_samples in total)")
+                   "classes in total, each class's share with eval.labels=balanced, random ids with eval.labels=random, "
+                   "the real samples' classes with eval.labels=real (default: the config's eval.per_class, else "
+                   "eval.num_samples in total)")
     p.add_argument("--num-samples", type=int, default=None, help="total samples (default: eval.num_samples)")
     p.add_argument("--out", default=None, help="results folder (default: <run>/eval/<checkpoint>-<N>)")
     add_device_args(p)

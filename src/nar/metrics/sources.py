@@ -12,6 +12,8 @@ subset of all the samples (without replacement, read in storage order): our writ
 (ImageNet class folders, the UCF-101 trainlist), so the first ``limit`` would hold the first classes only.
 NAR-videos draws its real clips the same way (``random.Random(42).sample(range(len(dataset)), n)``). An
 ``.npz`` batch gives its first ``limit`` samples: ADM's reference batches are random samples already.
+:func:`real_class_ids` gives the classes of the very records :func:`iter_records` reads (one draw, ``_select``),
+as NAR-videos conditions each generated clip on its paired real clip's class.
 """
 
 from __future__ import annotations
@@ -50,10 +52,12 @@ class Record:
 
 @dataclasses.dataclass
 class _LazyRecord:
-    """A record whose pixels are decoded only when this process keeps it."""
+    """A record whose pixels are decoded only when this process keeps it; ``cls``: its class id when the source
+    stores one (a shard's ``cls`` member), read without decoding anything."""
 
     load: Any
     spec: dict[str, Any] | None
+    cls: int | None = None
 
     def resolve(self, image_size: int | None) -> Record:
         pixels = self.load()
@@ -225,6 +229,54 @@ def _subset(total: int, limit: int | None, seed: int) -> list[int] | None:
     return sorted(random.Random(seed).sample(range(total), limit))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Selection:
+    """Which samples of a source a read takes, in storage order: the one draw both :func:`iter_records` and
+    :func:`real_class_ids` read, so the classes are those of the records scored.
+
+    ``kind``: ``npz`` (its first ``limit`` samples), ``shards`` or ``images``. ``paths``: the ``.npz``, the shards
+    or the image files (already cut to the subset). ``counts``: samples per shard when a subset of shards is drawn.
+    ``chosen``: the subset's sorted global sample indices (shards); None = every sample, at most ``limit``."""
+
+    source: Path
+    split: str | None
+    kind: str
+    paths: list[Path]
+    counts: list[int] | None = None
+    chosen: list[int] | None = None
+
+    @functools.cached_property
+    def _cuts(self) -> tuple[np.ndarray, np.ndarray]:
+        starts = np.cumsum([0, *self.counts])
+        return starts, np.searchsorted(np.asarray(self.chosen), starts)  # chosen[cuts[s]:cuts[s + 1]] in shard s
+
+    def shard_share(self, s: int) -> set[int] | None:
+        """Positions in shard ``s`` of the subset (empty: none of it there); None = all of the shard."""
+        if self.chosen is None:
+            return None
+        starts, cuts = self._cuts
+        return {i - int(starts[s]) for i in self.chosen[cuts[s]:cuts[s + 1]]}
+
+
+def _select(source: Path, split: str | None, limit: int | None, seed: int) -> _Selection:
+    """The samples of ``source`` a read of at most ``limit`` takes (see the module docstring)."""
+    if source.is_file() and source.suffix == ".npz":
+        return _Selection(source, split, "npz", [source])
+    shards = shard_paths(source, split)
+    if shards:
+        if limit is None:
+            return _Selection(source, split, "shards", shards)
+        counts = _shard_counts(source, split, shards)
+        return _Selection(source, split, "shards", shards, counts, _subset(sum(counts), limit, seed))
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"{source}: no .npz, shards or images ({', '.join(IMAGE_SUFFIXES)}) found")
+        chosen = _subset(len(files), limit, seed)
+        return _Selection(source, split, "images", files if chosen is None else [files[i] for i in chosen])
+    raise DataError(f"{source}: not an .npz, a .tar shard, a dataset/shard folder or an image folder")
+
+
 def iter_records(source: str | Path, split: str | None = None, limit: int | None = None, *,
                  image_size: int | None = None, rank: int = 0, world_size: int = 1, seed: int = 0) -> Iterator[Record]:
     """Samples of ``source`` in a fixed order (see the module docstring); at most ``limit``.
@@ -239,18 +291,30 @@ def iter_records(source: str | Path, split: str | None = None, limit: int | None
     source = Path(source)
     if not source.exists():
         raise DataError(f"samples not found: {source}")
-    for i, record in enumerate(_iter_raw_records(source, split, limit, seed)):
+    for i, record in enumerate(_iter_raw_records(_select(source, split, limit, seed), limit)):
         if i % world_size == rank:
             yield record.resolve(image_size)
 
 
-def _iter_raw_records(source: Path, split: str | None, limit: int | None, seed: int) -> Iterator[_LazyRecord]:
+def _cls_of(raw: dict[str, Any]) -> int | None:
+    """A shard sample's class id (its ``cls`` member, as the data readers parse it); None without a valid one."""
+    if "cls" not in raw:
+        return None
+    try:
+        cls = int(bytes(raw["cls"]).decode("ascii").strip())
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return cls if cls >= 0 else None
+
+
+def _iter_raw_records(sel: _Selection, limit: int | None) -> Iterator[_LazyRecord]:
     count = 0
 
     def done() -> bool:
         return limit is not None and count >= limit
 
-    if source.is_file() and source.suffix == ".npz":
+    source = sel.source
+    if sel.kind == "npz":
         with _npz_samples(source) as (n, samples):
             prompts = _npz_prompts(source, n)
             for i in range(n):
@@ -262,25 +326,15 @@ def _iter_raw_records(source: Path, split: str | None, limit: int | None, seed: 
                 count += 1
         return
 
-    shards = shard_paths(source, split)
-    if shards:
+    if sel.kind == "shards":
         from nar.data.index import IMAGE_FIELDS  # the fields the data readers take an image from
         from nar.data.shards import iter_tar
         from nar.data.transforms import field
 
-        chosen = None
-        if limit is not None:
-            counts = _shard_counts(source, split, shards)
-            chosen = _subset(sum(counts), limit, seed)
-        if chosen is not None:
-            starts = np.cumsum([0, *counts])
-            cuts = np.searchsorted(np.asarray(chosen), starts)  # chosen[cuts[s]:cuts[s + 1]] lie in shard s
-        for s, shard in enumerate(shards):
-            wanted = None
-            if chosen is not None:  # this shard's share of the subset, by position in the shard
-                wanted = {i - int(starts[s]) for i in chosen[cuts[s]:cuts[s + 1]]}
-                if not wanted:
-                    continue  # nothing chosen here: not even read
+        for s, shard in enumerate(sel.paths):
+            wanted = sel.shard_share(s)  # this shard's share of the subset, by position in the shard
+            if wanted is not None and not wanted:
+                continue  # nothing chosen here: not even read
             for j, raw in enumerate(iter_tar(shard)):
                 if done():
                     return
@@ -299,26 +353,97 @@ def _iter_raw_records(source: Path, split: str | None, limit: int | None, seed: 
                     load = functools.partial(_decode_image, data, f"{shard}:{raw['__key__']}.{ext}")
                 else:
                     continue  # token shards etc. carry no pixels
-                yield _LazyRecord(load, _spec_from(meta, text))
+                yield _LazyRecord(load, _spec_from(meta, text), _cls_of(raw))
                 count += 1
         return
 
-    if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise DataError(f"{source}: no .npz, shards or images ({', '.join(IMAGE_SUFFIXES)}) found")
-        chosen = _subset(len(files), limit, seed)
-        if chosen is not None:
-            files = [files[i] for i in chosen]
-        for path in files:
-            if done():
-                return
-            caption = path.with_suffix(".txt")
-            text = caption.read_text(encoding="utf-8").strip() if caption.is_file() else None
-            yield _LazyRecord(functools.partial(_decode_image_file, path), _spec_from(None, text))
-            count += 1
-        return
-    raise DataError(f"{source}: not an .npz, a .tar shard, a dataset/shard folder or an image folder")
+    for path in sel.paths:  # image files
+        if done():
+            return
+        caption = path.with_suffix(".txt")
+        text = caption.read_text(encoding="utf-8").strip() if caption.is_file() else None
+        yield _LazyRecord(functools.partial(_decode_image_file, path), _spec_from(None, text))
+        count += 1
+
+
+PIXEL_KINDS = ("image", "pairs", "video")  # dataset kinds whose every stored sample carries pixels
+_CLASS_CACHE: dict[str, np.ndarray | None] = {}
+
+
+def real_class_ids(source: str | Path, split: str | None = None, limit: int | None = None, *,
+                   seed: int = 0) -> np.ndarray | None:
+    """Class ids ``int64 [n]`` of the records :func:`iter_records` ``(source, split, limit, seed=seed)`` yields, in
+    that order (the same :func:`_select` draw); None when the source holds no class for each of them.
+
+    Read without decoding pixels: a dataset folder's ``<split>/labels.npy`` indexed by the subset (when it describes
+    the very samples read: a pixel dataset nar wrote, or one ``nar data index`` made without skipped samples,
+    whose shards keep them); else the ``cls`` members of the chosen shard samples; an ``.npz`` its ``arr_1`` (the
+    labels of ADM's sample format), first ``limit``; an image folder none. Memoised per process by the files'
+    sizes and times, so a start-time check and the evaluation read them once."""
+    source = Path(source)
+    if not source.exists():
+        raise DataError(f"samples not found: {source}")
+    labels_file = _labels_file(source, split)
+    key = _source_fingerprint(source, split, limit, "classes", seed) + (
+        f":{labels_file.stat().st_size}:{labels_file.stat().st_mtime_ns}" if labels_file is not None else "")
+    if key not in _CLASS_CACHE:
+        if len(_CLASS_CACHE) >= 8:
+            _CLASS_CACHE.clear()
+        _CLASS_CACHE[key] = _read_class_ids(_select(source, split, limit, seed), limit, labels_file)
+    ids = _CLASS_CACHE[key]
+    return None if ids is None else ids.copy()
+
+
+def _labels_file(source: Path, split: str | None) -> Path | None:
+    """``<source>/<split>/labels.npy`` of a dataset folder (``split`` resolved as :func:`shard_paths` does)."""
+    if not (source / "meta.json").is_file():
+        return None
+    from nar.data.shards import LABELS_NAME, read_meta, resolve_split
+
+    path = source / resolve_split(read_meta(source), split or "val", root=source) / LABELS_NAME
+    return path if path.is_file() else None
+
+
+def _read_class_ids(sel: _Selection, limit: int | None, labels_file: Path | None) -> np.ndarray | None:
+    if sel.kind == "images":
+        return None
+    if sel.kind == "npz":
+        try:
+            with np.load(sel.source) as data:
+                labels = data["arr_1"] if "arr_1" in data.files else None
+        except ValueError:  # an object array (allow_pickle=False): no class ids
+            return None
+        n = npz_sample_count(sel.source)
+        if labels is None or labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or len(labels) != n:
+            return None
+        labels = labels[:limit].astype(np.int64)
+        return labels if labels.min(initial=0) >= 0 else None
+    labels = _split_labels(sel, labels_file)
+    if labels is not None:
+        picked = labels[sel.chosen] if sel.chosen is not None else labels[:limit]
+        return picked.astype(np.int64) if picked.min(initial=0) >= 0 else None  # -1: a sample without a class
+    ids = [record.cls for record in _iter_raw_records(sel, limit)]  # members only: nothing is decoded
+    return None if any(c is None for c in ids) else np.asarray(ids, dtype=np.int64)
+
+
+def _split_labels(sel: _Selection, labels_file: Path | None) -> np.ndarray | None:
+    """The split's ``labels.npy`` when its sample ``i`` is exactly global sample ``i`` of the read, else None."""
+    if labels_file is None:
+        return None
+    from nar.data.shards import SplitIndex, read_meta
+
+    meta = read_meta(sel.source)
+    split = labels_file.parent.name
+    skipped = int((meta["splits"][split].get("skipped") or {}).get("count", 0))
+    # `nar data index` keeps a sample without an image in its shard (the readers skip it): positions would shift
+    if meta.get("kind") not in PIXEL_KINDS or (meta.get("indexed") and skipped):
+        return None
+    index = SplitIndex.load(sel.source, split)  # None when unreadable or not one label per sample
+    if index.labels is None or len(index.shards) != len(sel.paths) or index.labels.ndim != 1:
+        return None
+    if sel.counts is not None and len(index.labels) != sum(sel.counts):
+        return None
+    return index.labels
 
 
 def iter_batches(records: Iterator[Record], batch_size: int) -> Iterator[tuple[torch.Tensor, list[dict | None]]]:

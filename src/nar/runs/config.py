@@ -272,8 +272,10 @@ class EvalConfig:
 
     # Validation: generate this many samples (class ids per eval.labels, or the first captions).
     num_samples: int = 64
-    # Class ids of the generated samples: balanced (round-robin, num_samples / classes each) or random (uniform
-    # draws seeded from eval.seed, as the official c2i sampler's torch.randint; the same on every rank and resume).
+    # Class ids of the generated samples: balanced (round-robin, num_samples / classes each), random (uniform
+    # draws seeded from eval.seed, as the official c2i sampler's torch.randint) or real (sample i takes the class of
+    # real sample i scored against, as NAR-videos' sample.py: eval.real_root's labels.npy or cls members, or a
+    # reference batch's arr_1; needs as many real samples as generated). The same on every rank and resume.
     labels: str = "balanced"
     grid_samples: int = 64  # how many of them go into the logged image grid
     batch_size: int = 64
@@ -310,7 +312,7 @@ class EvalConfig:
         _at_least(self, 1, "num_samples", "batch_size", "decode_every")
         _at_least(self, 1, "per_class", optional=True)
         _at_least(self, 0, "grid_samples", "num_real", "real_seed")
-        _one_of(self, "labels", ("balanced", "random"))
+        _one_of(self, "labels", ("balanced", "random", "real"))
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown:
             raise ConfigError(f"unknown {unknown}; known: {METRICS}", key="metrics")

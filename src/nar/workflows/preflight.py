@@ -94,6 +94,14 @@ def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[st
                 raise ConfigError(f"{e.num_real}, but eval.reference_stats {path} holds {held} images (arr_0), the "
                                   f"real samples of pr/kid; lower it (0 = eval.num_samples, at most {held}) or set "
                                   "eval.allow_fewer=true", key="eval.num_real")
+    if e.labels == "real":
+        if cfg.model.condition != "class":
+            raise ConfigError(f"real gives class ids, but model.condition is {cfg.model.condition!r} (its samples "
+                              "take the validation captions); use balanced", key="eval.labels")
+        from nar.lightning.callbacks.decoding import real_condition_ids
+
+        # the classes of the real samples, read now (labels.npy or cls members): a refusal costs no sampling
+        real_condition_ids(e, cfg.model.num_classes, e.num_samples)
     video = len(cfg.model.grid) == 3
     if cfg.tokenizer.path and not video:
         if "fid" in asked and not e.real_root and not e.reference_stats:

@@ -6,6 +6,7 @@ decoding and can continue a killed run, ``evaluate`` scores a checkpoint (ours o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -352,6 +353,11 @@ def claim_chunk_folder(folder: Path, ckpt: str | Path, cfg: TrainConfig) -> None
                 "mode": cfg.model.mode}
     if cfg.eval.labels != "balanced":  # recorded only when not the default, so folders made before it still match
         settings["labels"] = cfg.eval.labels
+    if cfg.eval.labels == "real":  # the list itself: another real source, split, subset or seed gives other classes
+        from nar.lightning.callbacks.decoding import real_condition_ids
+
+        ids = real_condition_ids(cfg.eval, cfg.model.num_classes, cfg.eval.num_samples)
+        settings["real_labels"] = hashlib.sha1(ids.numpy().tobytes()).hexdigest()[:16]
     settings = json.loads(json.dumps(settings, default=str))
     record = folder / "settings.json"
     if record.is_file():

@@ -33,11 +33,11 @@ from nar.errors import ConfigError, RuntimeFailure
 from nar.lightning.callbacks.run_guard import PreemptionCallback, stop_asked
 from nar.lightning.generation import ChunkGenerator, stream_chunks, to_uint8
 from nar.metrics.registry import build_metrics
-from nar.metrics.sources import iter_batches, iter_records, npz_sample_count, real_features
+from nar.metrics.sources import iter_batches, iter_records, npz_sample_count, real_class_ids, real_features
 from nar.model import NARModel
 from nar.pictures import add_gif, sample_grid, save_png
 from nar.progress import Progress
-from nar.runs.config import TrainConfig
+from nar.runs.config import EvalConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -82,19 +82,75 @@ class _StopGuard:
             self.check()
 
 
-def condition_list(model: NARModel, num_samples: int, labels: str = "balanced", seed: int = 0) -> torch.Tensor:
+def condition_list(model: NARModel, num_samples: int, labels: str = "balanced", seed: int = 0, *,
+                   real: EvalConfig | None = None) -> torch.Tensor:
     """The fixed class ids ``[num_samples]`` of the validation samples (``eval.labels``): ``balanced`` is round-robin
     over the classes (``num_samples / classes`` each); ``random`` draws them uniformly, as the official c2i sampler's
-    ``torch.randint`` does, from a CPU generator seeded from ``seed`` (``eval.seed``) alone, so every rank and a
-    resumed evaluation get the same list."""
+    ``torch.randint`` does, from a CPU generator seeded from ``seed`` (``eval.seed``) alone; ``real`` gives sample
+    ``i`` the class of real sample ``i`` of those scored against (NAR-videos' protocol, :func:`real_condition_ids`
+    of ``real``, the eval config). Every rank and a resumed evaluation get the same list."""
     num_classes = model.cfg.num_classes
     if labels == "balanced":
         return torch.arange(num_samples) % num_classes
+    if labels == "real":
+        if real is None:
+            raise ValueError("condition_list: eval.labels=real needs the eval config (real=)")
+        return real_condition_ids(real, num_classes, num_samples)
     if labels != "random":
-        raise ConfigError(f"'{labels}' is not one of ('balanced', 'random')", key="eval.labels")
+        raise ConfigError(f"'{labels}' is not one of ('balanced', 'random', 'real')", key="eval.labels")
     # a stream of its own: chunk 0 samples its tokens with seed + 0
     stream = int.from_bytes(hashlib.sha256(f"nar-eval-labels:{seed}".encode()).digest()[:8], "little") >> 1
     return torch.randint(0, num_classes, (num_samples,), generator=torch.Generator().manual_seed(stream))
+
+
+def real_samples(e: EvalConfig) -> tuple[str, str | None, int] | None:
+    """``(source, split, count)`` of the real samples scored against, as the validation reads them: an
+    ``eval.reference_stats`` batch's ``arr_0`` (``eval.num_real``, else ``eval.num_samples`` at most the images it
+    holds), else ``eval.real_split`` of ``eval.real_root`` (``eval.num_real``, else ``eval.num_samples``: a random
+    subset drawn with ``eval.real_seed`` when the split holds more); None when neither is set."""
+    if not e.reference_stats and not e.real_root:
+        return None
+    wanted = e.num_real or e.num_samples
+    if e.reference_stats:
+        if not e.num_real:
+            # an ADM reference batch holds 10k images beside its statistics: all of them at most, as its evaluator
+            # scores precision/recall (50k samples against 10k)
+            held = npz_sample_count(e.reference_stats)
+            wanted = min(wanted, held) if held is not None else wanted
+        return e.reference_stats, None, wanted
+    return e.real_root, e.real_split, wanted
+
+
+def real_condition_ids(e: EvalConfig, num_classes: int, num_samples: int) -> torch.Tensor:
+    """``eval.labels=real``: class ids ``[num_samples]``, id ``i`` the class of real sample ``i`` of
+    :func:`real_samples` (the records the validation scores against, in the order it reads them; NAR-videos
+    conditions each sample on its paired random real clip's class), read without decoding pixels
+    (:func:`~nar.metrics.sources.real_class_ids`). A ConfigError naming ``eval.labels`` (checked at start) when
+    there is no real source, it holds no classes, or it gives other than ``num_samples`` real samples."""
+    real = real_samples(e)
+    if real is None:
+        raise ConfigError("real takes each sample's class from its real sample, but neither eval.real_root nor "
+                          "eval.reference_stats is set; point eval.real_root at real shards with classes, or use "
+                          "balanced or random", key="eval.labels")
+    source, split, wanted = real
+    where = (f"eval.reference_stats {source} (arr_0)" if e.reference_stats
+             else f"eval.real_root {source} ({split})")
+    if wanted != num_samples:
+        raise ConfigError(f"real pairs generated sample i with real sample i, but {where} gives {wanted} real samples "
+                          f"(eval.num_real, else eval.num_samples, at most the reference's arr_0) for {num_samples} "
+                          f"generated (eval.num_samples); set eval.num_real to 0 or {num_samples}", key="eval.labels")
+    ids = real_class_ids(source, split, wanted, seed=e.real_seed)
+    if ids is None:
+        holds = "arr_1" if e.reference_stats else "labels.npy or a cls member for every sample"
+        raise ConfigError(f"real takes the classes of the real samples, but {where} holds none ({holds})",
+                          key="eval.labels")
+    if len(ids) < num_samples:
+        raise ConfigError(f"real: {where} holds {len(ids)} real samples, fewer than the {num_samples} generated "
+                          "(eval.num_samples)", key="eval.labels")
+    if int(ids.max(initial=0)) >= num_classes:
+        raise ConfigError(f"real: {where} holds class {int(ids.max())}, outside the model's {num_classes} classes "
+                          "(model.num_classes)", key="eval.labels")
+    return torch.from_numpy(ids[:num_samples]).long()
 
 
 class FrontierDecodingCallback(Callback):
@@ -300,7 +356,7 @@ class FrontierDecodingCallback(Callback):
         (``capfeat [n, L, D]``, ``capmask [n, L]`` or None; fewer when the split has fewer), the same on every
         rank; their texts become ``self._val_texts``."""
         if model.cfg.condition == "class":
-            return condition_list(model, n, self.eval.labels, self.eval.seed).to(device), None
+            return condition_list(model, n, self.eval.labels, self.eval.seed, real=self.eval).to(device), None
         masks = [m for _, m in self._val_captions]
         feats = torch.cat([f for f, _ in self._val_captions]) if self._val_captions else None
         mask = torch.cat(masks) if masks and all(m is not None for m in masks) else None
@@ -350,15 +406,10 @@ class FrontierDecodingCallback(Callback):
         device = pl_module.device
         e = self.eval
         count = 0
-        real_root, real_split = (e.reference_stats, None) if e.reference_stats else (e.real_root, e.real_split)
-        if real_root:
+        real = real_samples(e)  # eval.labels=real takes its classes from these very samples
+        if real is not None:
+            real_root, real_split, wanted = real
             size = getattr(getattr(tokenizer, "config", None), "image_size", None)
-            wanted = e.num_real or e.num_samples
-            if e.reference_stats and not e.num_real:
-                # an ADM reference batch holds 10k images beside its statistics: all of them at most, as its
-                # evaluator scores precision/recall (50k samples against 10k)
-                held = npz_sample_count(real_root)
-                wanted = min(wanted, held) if held is not None else wanted
             if image is not None and trainer.world_size == 1 and len(self.metrics) == 1 \
                     and "sfid" not in image.metrics:
                 # one process: the real features come from (and go to) a cache, shared by every run scored
