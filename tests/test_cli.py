@@ -62,6 +62,7 @@ def test_usage_errors_exit_2(argv, code, capsys) -> None:
     ("train-t2i", ["DATA=/d", "INIT=/init.ckpt"]),
     ("eval-imagenet", ["CKPT=/c.pt", "TOKENIZER=/t.pt", "DATA=/d"]),
     ("eval-imagenet", ["CKPT=/c.pt", "TOKENIZER=/t.pt", "REF=/VIRTUAL_imagenet256_labeled.npz"]),
+    ("eval-imagenet", ["CKPT=/c.pt", "TOKENIZER=/t.pt", "REF=/VIRTUAL_imagenet256_labeled.npz", "INCEPTION=/i.pth"]),
     ("eval-ucf101", ["CKPT=/c.ckpt", "TOKENIZER=/t.pt", "DATA=/d"]),
 ])
 def test_make_targets_pass_args_overrides_through(target, variables) -> None:
