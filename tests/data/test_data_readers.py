@@ -145,6 +145,30 @@ def test_image_datamodule_batches(image_root):
     assert first["image"].shape == (1, 3, 10, 10)
 
 
+def test_training_crop_scale_and_flip_come_from_the_draw(image_root):
+    """With scale jitter the crop takes three of a draw's fixed numbers and the flip the fourth: the view is a
+    function of the draw's numbers alone (not of its fallback generator), so resumed streams repeat it; the
+    DataModule hands ``min_crop_frac`` to training only, validation keeps the centre crop."""
+    from nar.data.readers import DrawRandom, _DrawNumbers
+
+    raw = next(iter(ShardStream(SplitIndex.load(image_root, "train"))))
+    sample = ImageSample(8, random_crop=True, min_crop_frac=0.8, hflip=True)
+    numbers = _DrawNumbers([5, 0, 0, 0])
+    views = [sample(raw, DrawRandom(numbers.row(d), [s, d]))["image"] for d in range(8) for s in (1, 2)]
+    for a, b in zip(views[::2], views[1::2]):  # same draw, other fallback seed: the same view
+        assert torch.equal(a, b)
+    assert len({v.numpy().tobytes() for v in views[::2]}) > 1
+    centre = ImageSample(8)(raw, None)["image"]
+    cfg = ImageDataConfig(root=str(image_root), image_size=8, random_crop=True, min_crop_frac=0.8)
+    dm = ImageShardDataModule(cfg)
+    train, val = dm.train_transform(), dm.eval_transform()
+    assert (train.random_crop, train.min_crop_frac) == (True, 0.8)
+    assert torch.equal(val(raw, DrawRandom(numbers.row(0), [1, 0]))["image"], centre)
+    for bad in (0.0, 1.2):
+        with pytest.raises(ValueError, match="min_crop_frac"):
+            ImageDataConfig(root=str(image_root), min_crop_frac=bad)
+
+
 def test_eval_per_class_on_unlabelled_split(tmp_path):
     """eval_per_class on a split whose samples have no class (captions / pairs: labels all −1) would select
     nothing and evaluate zero samples: refused, naming the split, the setting and the sample count."""

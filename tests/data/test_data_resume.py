@@ -30,7 +30,7 @@ def index(tmp_path_factory) -> SplitIndex:
 
 
 def _loader(index: SplitIndex, workers: int, position: StreamPosition | None = None) -> StreamLoader:
-    stream = ResampledShardStream(index, ImageSample(8, random_crop=True, hflip=True), shuffle_buffer=6, seed=3,
+    stream = ResampledShardStream(index, ImageSample(8, random_crop=True, min_crop_frac=0.8, hflip=True), shuffle_buffer=6, seed=3,
                                   samples_per_epoch=EPOCH, batch_size=BATCH)
     if position is not None:
         stream.position = position

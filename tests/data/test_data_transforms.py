@@ -11,7 +11,14 @@ import torchvision.transforms as TV
 from PIL import Image
 
 from nar.data.official import OFFICIAL_TEN_CROP
-from nar.data.transforms import AUGMENTATION_NAMES, decode_image, ten_crop, to_rgb
+from nar.data.transforms import (
+    AUGMENTATION_NAMES,
+    decode_image,
+    random_crop_arr,
+    resize_short_side,
+    ten_crop,
+    to_rgb,
+)
 from nar.errors import DataError
 
 
@@ -49,3 +56,35 @@ def test_deep_greyscale_modes_scale_to_8_bits_or_name_the_file():
         to_rgb(Image.fromarray(np.array([[-5, 70000]], dtype=np.int32)), name="odd.tif")
     with pytest.raises(DataError, match=r"<image>: F image"):
         to_rgb(Image.fromarray(np.array([[0.0, 300.0]], dtype=np.float32)))
+
+
+def _crop_sides(img: Image.Image, out: np.ndarray, sides: range) -> list[int]:
+    """The short sides in ``sides`` whose resize of ``img`` holds ``out`` as a window."""
+    size, found = out.shape[0], []
+    for side in sides:
+        arr = np.asarray(resize_short_side(img, side))
+        windows = np.lib.stride_tricks.sliding_window_view(arr, (size, size, 3))[..., 0, :, :, :]
+        if (windows == out).all(axis=(-3, -2, -1)).any():
+            found.append(side)
+    return found
+
+
+def test_random_crop_jitters_the_scale_as_llamagen():
+    """LlamaGen's random_crop_arr: the short side to a random size in [size, ceil(size / min_crop_frac)], then a
+    random size x size window; min_crop_frac 1 (the default) keeps the short side at size."""
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    size = 16
+    jitter = range(size, -(-size * 5 // 4) + 1)  # 16..20 for 0.8
+    seen = set()
+    for seed in range(12):
+        out = random_crop_arr(img, size, np.random.default_rng(seed), min_crop_frac=0.8)
+        assert out.shape == (size, size, 3)
+        sides = _crop_sides(img, out, range(size, 2 * size))
+        assert sides and set(sides) <= set(jitter), sides
+        seen.update(sides)
+        plain = random_crop_arr(img, size, np.random.default_rng(seed))
+        assert _crop_sides(img, plain, range(size, size + 1)) == [size]
+    assert len(seen) > 1  # the scale varies
+    for bad in (0.0, -0.5, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="min_crop_frac"):
+            random_crop_arr(img, size, np.random.default_rng(0), min_crop_frac=bad)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,3 +205,28 @@ def test_generator_config_reads_the_data_facts_of_a_text_root(tmp_path: Path, mo
     cfg = generator_config([], ["data.root=0601", "name=no", "model.preset=NAR-tiny"])
     assert (cfg.data.root, cfg.name) == ("0601", "no")
     assert cfg.model.grid == grid and cfg.model.vocab_size == vocab
+
+
+def test_tokenizer_runs_take_a_global_batch_as_generator_runs_do(caplog) -> None:
+    """data.global_batch splits over the processes for tokenizer runs too (LlamaGen's --global-batch-size): the same
+    divisibility error, the same warning for a data.batch_size of its own, none for a stored config read back."""
+    from nar.config import from_dict, to_dict
+    from nar.runs import TokenizerRunConfig
+
+    for devices, nodes in ((8, 1), (2, 2), (1, 1)):
+        cfg = load_config(TokenizerRunConfig, [], ["data.global_batch=64", f"trainer.devices={devices}",
+                                                   f"trainer.num_nodes={nodes}"])
+        assert cfg.data.batch_size * devices * nodes == 64
+    with pytest.raises(ConfigError, match=r"data\.global_batch.*not divisible.*trainer\.devices"):
+        load_config(TokenizerRunConfig, [], ["data.global_batch=64", "trainer.devices=3"])
+    with pytest.raises(ConfigError, match=r"data\.global_batch"):
+        load_config(TokenizerRunConfig, [], ["data.global_batch=0"])
+    with caplog.at_level("WARNING", logger="nar.runs.config"):
+        cfg = load_config(TokenizerRunConfig, [], ["data.global_batch=64", "trainer.devices=4"])
+        assert from_dict(TokenizerRunConfig, to_dict(cfg)).data.batch_size == 16
+        assert load_config(TokenizerRunConfig, [], ["data.batch_size=5"]).data.batch_size == 5  # no global_batch
+    assert "data.batch_size" not in caplog.text
+    with caplog.at_level("WARNING", logger="nar.runs.config"):
+        cfg = load_config(TokenizerRunConfig, [], ["data.global_batch=64", "data.batch_size=5", "trainer.devices=4"])
+    assert cfg.data.batch_size == 16 and re.search(r"data\.batch_size.*5 is ignored.*data\.global_batch", caplog.text)
+    assert "trainer.accumulate" not in caplog.text  # tokenizer runs refuse accumulation: not offered as a remedy

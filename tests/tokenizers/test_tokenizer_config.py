@@ -153,3 +153,66 @@ def test_the_upsampling_refusal_suggests_a_size_the_preset_takes(tmp_path):
 def test_nan_is_refused_by_name(schema, key):
     with pytest.raises(ConfigError, match=f"'{key}'"):
         schema(**{key: float("nan")})
+
+
+def test_imagenet_recipe_is_llamagens_vq_train():
+    """LlamaGen's vq_train.py: global batch 128 split over the GPUs, Adam without weight decay, VQLoss without the
+    adaptive GAN weight (disc_adaptive_weight=False, never turned on), random_crop_arr (scale jitter 0.8) + flips."""
+    for devices, per_gpu in ((8, 16), (1, 128)):
+        cfg = tokenizer_config("imagenet", root="/nonexistent/shards", overrides=[f"trainer.devices={devices}"])
+        assert (cfg.data.global_batch, cfg.data.batch_size) == (128, per_gpu)
+    assert not cfg.loss.adaptive_weight and cfg.optim.weight_decay == 0.0
+    assert cfg.data.random_crop and cfg.data.min_crop_frac == 0.8 and cfg.data.hflip
+    assert (cfg.optim.lr, list(cfg.optim.betas), cfg.loss.reconstruction, cfg.loss.perceptual_weight) == \
+        (1e-4, [0.9, 0.95], "l2", 1.0)
+    assert (cfg.loss.adversarial_weight, cfg.loss.adversarial_start_step, cfg.loss.commitment_beta) == (0.5, 20000, 0.25)
+    # the other recipes keep what they had: centre crops, their own batch, ucf101's adaptive weight
+    for data in ("emoji", "atari", "ucf101"):
+        other = tokenizer_config(data, root="/nonexistent/shards")
+        assert not other.data.random_crop and other.data.global_batch is None
+    assert other.loss.adaptive_weight
+
+
+def test_tokenizer_random_crop_reaches_training_only(tmp_path):
+    """data.random_crop / data.min_crop_frac go to the training transform; validation keeps the centre crop;
+    video tokenizers (centre-cropped clips) refuse it by name."""
+    import numpy as np
+    from PIL import Image
+
+    from nar.config import load_config
+    from nar.data.encode import encode_png
+    from nar.data.shards import write_meta, write_split
+    from nar.lightning.data import tokenizer_datamodule
+    from nar.runs import TokenizerRunConfig
+
+    def image(i: int) -> dict:
+        return {"png": encode_png(Image.fromarray(np.full((10, 12, 3), i, dtype=np.uint8))), "cls": i % 2}
+
+    root = tmp_path / "img"
+    write_meta(root, "image", [write_split(root, s, [0, 1], make_sample=image, shard_size=2) for s in ("train", "val")],
+               classes=["x", "y"])
+    base = [f"data.root={root}", "model.preset=vq-tiny-emoji", "model.image_size=8", "data.num_workers=0"]
+    for extra, crop, frac in (([], False, 0.8), (["data.random_crop=true"], True, 0.8),
+                              (["data.random_crop=true", "data.min_crop_frac=0.5"], True, 0.5)):
+        dm = tokenizer_datamodule(load_config(TokenizerRunConfig, [], [*base, *extra]))
+        train, val = dm.train_transform(), dm.eval_transform()
+        assert (train.random_crop, train.min_crop_frac) == (crop, frac) and not val.random_crop
+    for bad in ("0", "1.5"):
+        with pytest.raises(ConfigError, match=r"data\.min_crop_frac"):
+            load_config(TokenizerRunConfig, [], [*base, f"data.min_crop_frac={bad}"])
+    with pytest.raises(ConfigError, match=r"data\.random_crop.*image"):
+        load_config(TokenizerRunConfig, [], ["model.preset=vq-video-tiny-atari", "data.random_crop=true"])
+
+
+def test_own_data_takes_the_recipes_per_gpu_share_not_its_global_batch(tmp_path):
+    """`nar train-tokenizer --root` on photos picks the imagenet recipe, whose batch is global (LlamaGen's 128 over
+    8 GPUs): on the machine at hand it trains with that per-GPU share per process, not 128 on one GPU; a
+    data.batch_size given still wins, and `--data imagenet` keeps the global batch."""
+    from nar.workflows.tokenizer import RECIPE_GPUS
+
+    root = _shards(tmp_path / "ds", resize=100)
+    recipe = tokenizer_config("imagenet", root="/nonexistent/shards")
+    assert recipe.data.global_batch
+    own = tokenizer_config(root=str(root))
+    assert own.data.global_batch is None and own.data.batch_size == recipe.data.global_batch // RECIPE_GPUS
+    assert tokenizer_config(root=str(root), overrides=["data.batch_size=4"]).data.batch_size == 4

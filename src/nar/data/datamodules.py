@@ -80,12 +80,17 @@ class ShardDataConfig:
 class ImageDataConfig(ShardDataConfig):
     image_size: int = 256
     random_crop: bool = False  # training: random instead of centre crop
+    # random_crop's scale jitter: the short side to a random size in [image_size, image_size / min_crop_frac]
+    # first (LlamaGen's tokenizer training: 0.8); 1 = no jitter
+    min_crop_frac: float = 1.0
     hflip: bool = False  # training: random horizontal flip (opt-in: wrong for digits, text, …)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.image_size < 1:
             raise ValueError(f"image_size must be ≥ 1, got {self.image_size}")
+        if not 0 < self.min_crop_frac <= 1:  # also refuses NaN
+            raise ValueError(f"min_crop_frac must be in (0, 1], got {self.min_crop_frac}")
 
 
 @dataclasses.dataclass
@@ -285,7 +290,8 @@ class ImageShardDataModule(ShardDataModule):
         super().__init__(cfg)
 
     def train_transform(self) -> SampleTransform:
-        return ImageSample(self.cfg.image_size, random_crop=self.cfg.random_crop, hflip=self.cfg.hflip, spec=self.spec)
+        return ImageSample(self.cfg.image_size, random_crop=self.cfg.random_crop, min_crop_frac=self.cfg.min_crop_frac,
+                           hflip=self.cfg.hflip, spec=self.spec)
 
     def eval_transform(self) -> SampleTransform:
         return ImageSample(self.cfg.image_size, spec=self.spec)

@@ -650,14 +650,19 @@ def _common(raw: dict[str, Any], spec: SampleSpec, name: str) -> dict[str, Any]:
 class ImageSample:
     """Raw image sample → ``{"image": float [3, size, size] in [-1, 1], "label": int, "__key__", "caption"?}``.
 
-    Deterministic view (``rng is None``): ADM centre crop. Training view: centre or random crop, and
-    a horizontal flip with probability 1/2 when ``hflip``. ``spec`` (from ``meta.json``) checks the
-    class and, where the dataset fixes it, the stored size; a failing sample raises
-    :class:`~nar.data.checks.InvalidSample` (the stream skips and counts it).
+    Deterministic view (``rng is None``): ADM centre crop. Training view: centre or random crop (with
+    ``min_crop_frac < 1`` the short side first goes to a random size up to ``size / min_crop_frac``, LlamaGen's
+    scale jitter; see :func:`~nar.data.transforms.random_crop_arr`), and a horizontal flip with probability 1/2
+    when ``hflip``. The scale, window and flip take at most four numbers, all from the draw's fixed ones
+    (:class:`DrawRandom`). ``spec`` (from ``meta.json``) checks the class and, where the dataset fixes it, the
+    stored size; a failing sample raises :class:`~nar.data.checks.InvalidSample` (the stream skips and counts it).
     """
 
-    def __init__(self, size: int, *, random_crop: bool = False, hflip: bool = False, spec: SampleSpec | None = None) -> None:
-        self.size, self.random_crop, self.hflip = size, random_crop, hflip
+    def __init__(self, size: int, *, random_crop: bool = False, min_crop_frac: float = 1.0, hflip: bool = False,
+                 spec: SampleSpec | None = None) -> None:
+        if not 0 < min_crop_frac <= 1:  # also refuses NaN
+            raise ValueError(f"min_crop_frac must be in (0, 1], got {min_crop_frac}")
+        self.size, self.random_crop, self.min_crop_frac, self.hflip = size, random_crop, min_crop_frac, hflip
         self.spec = spec or SampleSpec()
 
     def __call__(self, raw: dict[str, Any], rng: np.random.Generator | None) -> dict[str, Any]:
@@ -666,7 +671,7 @@ class ImageSample:
         img = self.spec.image(T.decode_image(data, name=f"{name}.{ext}"), name)
         common = _common(raw, self.spec, name)
         if rng is not None and self.random_crop:
-            arr = T.random_crop_arr(img, self.size, rng)
+            arr = T.random_crop_arr(img, self.size, rng, min_crop_frac=self.min_crop_frac)
         else:
             arr = T.center_crop_arr(img, self.size)
         if rng is not None and self.hflip and rng.random() < 0.5:

@@ -8,6 +8,7 @@ crop. Tensors come out as float ``[3, H, W]`` (videos ``[3, T, H, W]``) in ``[-1
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
 import numpy as np
@@ -76,9 +77,20 @@ def center_crop_arr(img: Image.Image, size: int) -> np.ndarray:
     return arr[top : top + size, left : left + size]
 
 
-def random_crop_arr(img: Image.Image, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Resize the short side to ``size`` and crop a random ``size × size`` window: ``uint8 [size, size, 3]``."""
-    arr = np.asarray(resize_short_side(to_rgb(img), size))
+def random_crop_arr(img: Image.Image, size: int, rng: np.random.Generator, *, min_crop_frac: float = 1.0) -> np.ndarray:
+    """Resize the short side and crop a random ``size × size`` window: ``uint8 [size, size, 3]``.
+
+    The short side goes to ``size``, or, with ``min_crop_frac < 1``, to a random whole size in
+    ``[size, ceil(size / min_crop_frac)]`` (LlamaGen / ADM ``random_crop_arr``, which tokenizer training uses with
+    0.8): the window then covers between ``min_crop_frac`` and all of the short side. That size takes one more
+    number from ``rng``, before the window's two, so the default draws exactly what it always did.
+    """
+    if not 0 < min_crop_frac <= 1:  # also refuses NaN
+        raise ValueError(f"min_crop_frac must be in (0, 1], got {min_crop_frac}")
+    side = size
+    if min_crop_frac < 1:
+        side = int(rng.integers(size, math.ceil(size / min_crop_frac) + 1))
+    arr = np.asarray(resize_short_side(to_rgb(img), side))
     top = int(rng.integers(0, arr.shape[0] - size + 1))
     left = int(rng.integers(0, arr.shape[1] - size + 1))
     return arr[top : top + size, left : left + size]

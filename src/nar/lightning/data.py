@@ -172,7 +172,8 @@ def _pixel_size(cfg: TrainConfig, meta: dict[str, Any], kind: str) -> int:
 
 
 def tokenizer_datamodule(cfg: TokenizerRunConfig) -> L.LightningDataModule:
-    """Image or video shards whose samples match ``cfg.model`` (checked against ``meta.json``)."""
+    """Image or video shards whose samples match ``cfg.model`` (checked against ``meta.json``); images train on
+    random crops when ``data.random_crop`` (scale jitter ``data.min_crop_frac``), validate on the centre crop."""
     d = cfg.data
     if not d.root:
         raise ConfigError("empty; point it at an image or video shard folder", key="data.root")
@@ -182,7 +183,8 @@ def tokenizer_datamodule(cfg: TokenizerRunConfig) -> L.LightningDataModule:
     if cfg.model.kind == "image":
         if meta.get("kind") not in ("image", "pairs"):
             raise ConfigError(f"'image' but {d.root} holds {meta.get('kind')!r} shards", key="model.kind")
-        return ImageRunData(ImageDataConfig(image_size=cfg.model.image_size, **common), d)
+        return ImageRunData(ImageDataConfig(image_size=cfg.model.image_size, random_crop=d.random_crop,
+                                            min_crop_frac=d.min_crop_frac, **common), d)
     if meta.get("kind") != "video":
         raise ConfigError(f"'video' but {d.root} holds {meta.get('kind')!r} shards", key="model.kind")
     if "frames" in meta and int(meta["frames"]) != cfg.model.num_frames:

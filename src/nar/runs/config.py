@@ -172,6 +172,33 @@ class DataSection:
         _at_least(self, 1, "eval_batch_size", "limit_val_samples", optional=True)
 
 
+def _apply_global_batch(data: DataConfig | TokenizerDataConfig, trainer: TrainerConfig, remedy: str) -> None:
+    """Set ``data.batch_size`` (per process) from ``data.global_batch``, the batch over all processes and
+    accumulation steps: ``global_batch / (devices x nodes x accumulate)``, which must divide evenly. Nothing when
+    ``global_batch`` is None. ``remedy`` ends the warning about a ``data.batch_size`` of its own beside it.
+
+    Raises:
+        ConfigError: ``data.global_batch`` not divisible, naming the keys that split it.
+    """
+    g = data.global_batch
+    if g is None:
+        return
+    parts = trainer.world_size * trainer.accumulate
+    if g % parts:
+        raise ConfigError(f"{g} is not divisible by trainer.devices x trainer.num_nodes x trainer.accumulate "
+                          f"= {trainer.devices} x {trainer.num_nodes} x {trainer.accumulate}; "
+                          "change one of these keys", key="data.global_batch")
+    per_process = g // parts
+    # A batch size of its own is replaced: say so. Not refused, as tests/lightning/test_fsdp.py and the
+    # run configs stored in multi-GPU checkpoints (read back by `nar evaluate` on one device) carry one.
+    # The derived value itself (to_dict of this config read back) is no conflict.
+    if data.batch_size not in (type(data).batch_size, per_process):
+        log.warning("key 'data.batch_size': %d is ignored: data.global_batch %d decides the per-process batch "
+                    "(%d / (%d x %d x %d) = %d); %s", data.batch_size, g, g, trainer.devices, trainer.num_nodes,
+                    trainer.accumulate, per_process, remedy)
+    data.batch_size = per_process
+
+
 # --------------------------------------------------------------------------------------------------
 # Generator runs
 # --------------------------------------------------------------------------------------------------
@@ -363,23 +390,7 @@ class TrainConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        g = self.data.global_batch
-        if g is not None:
-            parts = self.trainer.world_size * self.trainer.accumulate
-            if g % parts:
-                raise ConfigError(f"{g} is not divisible by trainer.devices x trainer.num_nodes x trainer.accumulate "
-                                  f"= {self.trainer.devices} x {self.trainer.num_nodes} x {self.trainer.accumulate}; "
-                                  "change one of these keys", key="data.global_batch")
-            per_process = g // parts
-            # A batch size of its own is replaced: say so. Not refused, as tests/lightning/test_fsdp.py and the
-            # run configs stored in multi-GPU checkpoints (read back by `nar evaluate` on one device) carry one.
-            # The derived value itself (to_dict of this config read back) is no conflict.
-            if self.data.batch_size not in (DataConfig.batch_size, per_process):
-                log.warning("key 'data.batch_size': %d is ignored: data.global_batch %d decides the per-process batch "
-                            "(%d / (%d x %d x %d) = %d); set data.global_batch, or trainer.accumulate to fit memory, "
-                            "instead", self.data.batch_size, g, g, self.trainer.devices, self.trainer.num_nodes,
-                            self.trainer.accumulate, per_process)
-            self.data.batch_size = per_process
+        _apply_global_batch(self.data, self.trainer, "set data.global_batch, or trainer.accumulate to fit memory, instead")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -396,7 +407,20 @@ class TokenizerDataConfig(DataSection):
     num_workers: int = 2
     shuffle_buffer: int = 1000
     limit_val_samples: int | None = 256  # spread over the val split, as DataSection says
+    # Batch over all processes, as DataConfig.global_batch (LlamaGen's --global-batch-size); set, it decides
+    # data.batch_size per process: global_batch / (devices x nodes), which must divide evenly.
+    global_batch: int | None = None
     hflip: bool = False  # random horizontal flips while training
+    # Images: train on random crops (validation keeps the centre crop). The short side first goes to a random
+    # size in [image_size, image_size / min_crop_frac], as LlamaGen's random_crop_arr (0.8); 1 = no scale jitter.
+    random_crop: bool = False
+    min_crop_frac: float = 0.8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _at_least(self, 1, "global_batch", optional=True)
+        if not 0 < self.min_crop_frac <= 1:  # also refuses NaN
+            raise ConfigError(f"must be in (0, 1], got {self.min_crop_frac}", key="min_crop_frac")
 
 
 @dataclass
@@ -430,6 +454,10 @@ class TokenizerRunConfig(RunConfig):
             raise ConfigError("tokenizers train with ddp (72M parameters fit every GPU)", key="trainer.strategy")
         if self.trainer.accumulate != 1:
             raise ConfigError("tokenizer training steps every batch (manual optimisation)", key="trainer.accumulate")
+        if self.data.random_crop and self.model.kind != "image":
+            raise ConfigError(f"image tokenizers only; {self.model.kind} clips are centre-cropped",
+                              key="data.random_crop")
+        _apply_global_batch(self.data, self.trainer, "set data.global_batch (or data.global_batch=null) instead")
 
 
 def val_samples(data: DataSection, world_size: int = 1) -> int | None:

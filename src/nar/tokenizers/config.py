@@ -176,7 +176,9 @@ class TokenizerLossConfig:
     perceptual_lin_path: str = ""  # LPIPS linear heads; "" = the copy torchmetrics ships
     adversarial_weight: float = 0.0  # > 0 turns on the PatchGAN discriminator
     adversarial_start_step: int = 0
-    adaptive_weight: bool = True  # scale the GAN term by the ratio of gradient norms at the last layer
+    # scale the GAN term by the ratio of gradient norms at the last layer (taming's VQGAN); LlamaGen's VQLoss
+    # leaves it off, so tokenizers/imagenet.yaml sets false
+    adaptive_weight: bool = True
     disc_channels: int = 64
     disc_layers: int = 3
 
@@ -196,7 +198,8 @@ class TokenizerLossConfig:
 
 @dataclass
 class TokenizerOptimConfig:
-    """AdamW for the tokenizer and (when on) the discriminator; LlamaGen used lr 1e-4, betas (0.9, 0.95)."""
+    """AdamW for the tokenizer and (when on) the discriminator; LlamaGen used lr 1e-4, betas (0.9, 0.95) and
+    no weight decay (plain Adam: its --weight-decay flag is unused)."""
 
     lr: float = 1e-4
     disc_lr: float = 1e-4

@@ -27,6 +27,7 @@ TOKENIZER_FILE = "tokenizer.pt"
 # The recipe (packaged YAML) for data of a kind and size when none is named: small images and clips get
 # the CPU-sized tokenizers, larger ones LlamaGen's VQ-16 / the UCF-101 video tokenizer.
 SMALL = 64
+RECIPE_GPUS = 8  # the machines the recipes' global batches were set for (LlamaGen: 128 over 8 GPUs)
 RECIPES = {("image", True): "emoji", ("image", False): "imagenet", ("video", True): "atari", ("video", False): "ucf101"}
 
 
@@ -55,8 +56,14 @@ def recipe_for(root: str | Path, preset: str | None = None) -> tuple[str, list[s
         VQConfig.from_name(preset)  # ConfigError naming an unknown preset
         overrides.append(f"model.preset={preset}")
     # the recipe's tokenizer as it stands: its own size and its downsampling factors
-    model = load_config(TokenizerRunConfig, [f"tokenizers/{recipe}.yaml"], overrides[1:]).model
+    recipe_cfg = load_config(TokenizerRunConfig, [f"tokenizers/{recipe}.yaml"], overrides[1:])
+    model = recipe_cfg.model
     chosen = []
+    if recipe_cfg.data.global_batch:
+        # your own data on the machine at hand: the recipe's per-GPU share on its 8 GPUs, per process (its global
+        # batch on one GPU would be 8x the memory); data.batch_size=... sets another
+        overrides += ["data.global_batch=null", f"data.batch_size={max(1, recipe_cfg.data.global_batch // RECIPE_GPUS)}"]
+        chosen.append(overrides[-1])
     if size:
         wanted = size if fixed else min(size, model.image_size)
         factor = model.spatial_downsample
