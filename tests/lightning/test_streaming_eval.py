@@ -333,8 +333,8 @@ def test_a_resumed_evaluation_with_random_labels_reads_back_its_chunks(setup, tm
 
 def test_an_adm_reference_gives_its_arr_0_as_the_real_images(setup, tmp_path, caplog, monkeypatch):
     """An ADM reference batch holds its statistics and only 10k images (arr_0): without eval.num_real, pr/kid
-    score against min(eval.num_samples, arr_0) real images (ADM: 50k samples against 10k) instead of failing after
-    every sample is generated; an eval.num_real above arr_0 is refused at start, naming both."""
+    score against all of them (ADM: 50k samples against 10k) instead of failing after every sample is generated;
+    an eval.num_real above arr_0 is refused at start, naming both."""
     from nar.cli.main import main
 
     monkeypatch.setenv("NAR_CACHE", str(tmp_path / "cache"))
@@ -353,6 +353,29 @@ def test_an_adm_reference_gives_its_arr_0_as_the_real_images(setup, tmp_path, ca
     assert main(evaluate_args(ckpt, refused, n, batch, *metrics, f"eval.num_real={held + 1}")) == 2
     assert "eval.num_real" in caplog.text and f"holds {held} images (arr_0)" in caplog.text
     assert not chunk_path(refused / "chunks", 0).exists()
+
+
+def test_an_adm_reference_gives_all_its_images_whatever_the_sample_count(tmp_path):
+    """The ADM evaluator scores precision/recall against all of its reference batch's images (10k) whatever the
+    number of samples: without eval.num_real that is arr_0's count below it (a 1k validation) as above it (50k);
+    an explicit eval.num_real is kept. eval.labels=real pairs sample i with real sample i, so a reference batch
+    with more images than samples is refused naming both counts, and eval.num_real = the samples takes the
+    first of its arr_1."""
+    from nar.lightning.callbacks.decoding import real_condition_ids, real_samples
+    from nar.runs import EvalConfig
+
+    held, dim = 6, 3
+    ref = tmp_path / "ref.npz"
+    labels = np.arange(held) % 4
+    np.savez(ref, arr_0=np.zeros((held, 8, 8, 3), np.uint8), arr_1=labels, mu=np.zeros(dim), sigma=np.eye(dim))
+    for n in (held - 2, held, held + 3):
+        assert real_samples(EvalConfig(num_samples=n, reference_stats=str(ref))) == (str(ref), None, held), n
+    assert real_samples(EvalConfig(num_samples=held + 3, reference_stats=str(ref), num_real=2))[2] == 2
+    n = held - 2
+    with pytest.raises(ConfigError, match=rf"eval\.labels.*gives {held} real samples.*for {n} generated"):
+        real_condition_ids(EvalConfig(num_samples=n, reference_stats=str(ref), labels="real"), 4, n)
+    paired = EvalConfig(num_samples=n, reference_stats=str(ref), labels="real", num_real=n)
+    assert real_condition_ids(paired, 4, n).tolist() == labels[:n].tolist()
 
 
 def class_sorted_shards(root: Path, classes: int, per_class: int) -> Path:

@@ -28,6 +28,20 @@ class TinyExtractor(nn.Module):
         return {"features": features, "logits": 3 * self.head(features)}
 
 
+class TinySpatialExtractor(TinyExtractor):
+    """:class:`TinyExtractor` with sFID's spatial features too: ``"spatial": [B, 8]``, its first 2 conv channels
+    pooled to 2x2 in NHWC order (the Inception's: the first 7 channels of ``mixed_6/conv``, ``[B, 2023]``)."""
+
+    spatial = True
+    num_spatial = 8
+
+    def forward(self, images_uint8: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = super().forward(images_uint8)
+        conv = torch.relu(self.conv(images_uint8.float() / 127.5 - 1))
+        out["spatial"] = nn.functional.adaptive_avg_pool2d(conv[:, :2], 2).permute(0, 2, 3, 1).flatten(1)
+        return out
+
+
 def random_images(n: int, seed: int, size: int = 32) -> torch.Tensor:
     """uint8 [n, 3, size, size], smooth enough that features are spread out."""
     g = torch.Generator().manual_seed(seed)

@@ -34,9 +34,9 @@ def _evaluate(rank: int, world: int) -> dict[str, float]:
     shards its samples (uneven shares; ``cat`` gathers them rank-major, in another order than one process)."""
     real, fake, shapes, specs, v_real, v_fake = _data()
     extractor = TinyExtractor().eval()
-    fidelity = ImageFidelity(metrics=("fid", "is", "pr", "kid"), extractor=extractor, is_splits=5)
+    fidelity = ImageFidelity(metrics=("fid", "is", "pr", "kid"), extractor=extractor, is_split_size=7)
     # a single chunk goes to rank 0: rank 1 gets no generated samples at all (no_fake), no real ones (no_real)
-    no_fake = ImageFidelity(metrics=("fid", "is", "pr", "kid"), extractor=extractor, is_splits=2)
+    no_fake = ImageFidelity(metrics=("fid", "is", "pr", "kid"), extractor=extractor, is_split_size=5)
     no_real = ImageFidelity(metrics=("fid", "pr", "kid"), extractor=extractor)
     geneval = GenEvalShapes()
     proxy = FVDProxyInception(extractor=extractor)

