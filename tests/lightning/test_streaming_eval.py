@@ -455,3 +455,23 @@ def test_real_labels_are_refused_at_start_without_a_fitting_real_source(setup, t
                                             "eval.real_split=train", f"eval.num_samples={n}"])
     with pytest.raises(ConfigError, match=r"eval\.labels.*caption"):
         check_generator_run(caption, needs_data=False)
+
+
+def test_a_chunk_folder_of_an_official_fsdp_folder_follows_its_consolidated_file(tmp_path):
+    """The chunks of an evaluation of an official FSDP checkpoint folder belong to the weights in its
+    consolidated.pth: new weights there refuse the old chunks, as a changed file does (the folder's own size and
+    time say nothing)."""
+    from nar.config import load_config
+    from nar.errors import ConfigError
+    from nar.runs import TrainConfig
+    from nar.workflows.train import claim_chunk_folder
+
+    ckpt = tmp_path / "0005000"
+    ckpt.mkdir()
+    (ckpt / "consolidated.pth").write_bytes(b"weights one")
+    cfg = load_config(TrainConfig, [], ["data.root=x"])
+    claim_chunk_folder(tmp_path / "chunks", ckpt, cfg)
+    claim_chunk_folder(tmp_path / "chunks", ckpt, cfg)  # the same weights: taken
+    (ckpt / "consolidated.pth").write_bytes(b"other weights, longer")
+    with pytest.raises(ConfigError, match="size"):
+        claim_chunk_folder(tmp_path / "chunks", ckpt, cfg)

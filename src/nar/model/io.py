@@ -41,6 +41,13 @@ SHARDS_DIR = "sharded"  # shard folders live in <run>/checkpoints/sharded/
 OFFICIAL_FSDP_FILE = "consolidated.pth"  # the full weights in an official FSDP checkpoint folder
 
 
+def generator_file(path: str | Path) -> Path:
+    """The file holding the weights ``path`` names: ``path`` itself, or for an official FSDP checkpoint folder its
+    ``consolidated.pth``."""
+    path = Path(path)
+    return path / OFFICIAL_FSDP_FILE if path.is_dir() and (path / OFFICIAL_FSDP_FILE).is_file() else path
+
+
 def read_generator_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     """The object stored in ``path``, memory-mapped where the file allows it (zip format): the tensors are
     read when the weights are copied into a model, not at load time. A folder holding ``consolidated.pth`` (what
@@ -49,9 +56,7 @@ def read_generator_file(path: str | Path, map_location: str | torch.device = "cp
     Raises:
         CheckpointError: the file is missing or unreadable (naming it).
     """
-    path = Path(path)
-    if path.is_dir() and (path / OFFICIAL_FSDP_FILE).is_file():
-        path = path / OFFICIAL_FSDP_FILE
+    path = generator_file(path)
     if path.is_file():
         try:
             return torch.load(path, map_location=map_location, mmap=True, weights_only=False)
@@ -265,5 +270,5 @@ def load_weights_into(model: NARModel, path: str | Path, prefer_ema: bool = True
     load_strict(model, weights, source=f"init_from={label}")
 
 
-__all__ = ["load_generator", "load_generator_and_run_config", "load_weights_into", "read_generator_file",
+__all__ = ["load_generator", "load_generator_and_run_config", "load_weights_into", "generator_file", "read_generator_file",
            "is_run_checkpoint", "read_sharded_weights", "run_weights", "sharded_folder", "stored_run_config"]

@@ -35,6 +35,7 @@ from nar.lightning.trainer import (
     validate_or_interrupt,
 )
 from nar.model.io import (
+    generator_file,
     load_generator,
     load_weights_into,
     read_generator_file,
@@ -346,7 +347,8 @@ def claim_chunk_folder(folder: Path, ckpt: str | Path, cfg: TrainConfig) -> None
     from nar.atomic import write_text
 
     path = Path(ckpt)
-    stat = path.stat() if path.is_file() else None
+    weights = generator_file(path)  # an official FSDP folder: its consolidated.pth changes, not the folder
+    stat = weights.stat() if weights.is_file() else None
     settings = {"checkpoint": str(path.resolve()), "size": stat.st_size if stat else None,
                 "mtime": int(stat.st_mtime) if stat else None, "sampling": vars(cfg.sampling),
                 "seed": cfg.eval.seed, "batch_size": cfg.eval.batch_size, "num_samples": cfg.eval.num_samples,
