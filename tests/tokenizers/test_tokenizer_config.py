@@ -216,3 +216,18 @@ def test_own_data_takes_the_recipes_per_gpu_share_not_its_global_batch(tmp_path)
     own = tokenizer_config(root=str(root))
     assert own.data.global_batch is None and own.data.batch_size == recipe.data.global_batch // RECIPE_GPUS
     assert tokenizer_config(root=str(root), overrides=["data.batch_size=4"]).data.batch_size == 4
+
+
+def test_a_global_batch_given_for_own_data_replaces_the_per_gpu_share_quietly(tmp_path, caplog):
+    """The per-GPU share recipe_for picks is the tool's, not the user's: a data.global_batch given on the own-data
+    path is taken without a warning about a data.batch_size nobody set; an uneven split names only the keys a
+    tokenizer run may change (not trainer.accumulate, which it refuses)."""
+    import logging
+
+    root = _shards(tmp_path / "ds", resize=100)
+    with caplog.at_level(logging.WARNING, logger="nar"):
+        cfg = tokenizer_config(root=str(root), overrides=["data.global_batch=64", "trainer.devices=2"])
+    assert cfg.data.batch_size == 32 and "is ignored" not in caplog.text
+    with pytest.raises(ConfigError, match=r"trainer\.devices x trainer\.num_nodes = 3 x 1") as err:
+        tokenizer_config("imagenet", root="/nonexistent/shards", overrides=["trainer.devices=3"])
+    assert "accumulate" not in str(err.value)

@@ -172,10 +172,12 @@ class DataSection:
         _at_least(self, 1, "eval_batch_size", "limit_val_samples", optional=True)
 
 
-def _apply_global_batch(data: DataConfig | TokenizerDataConfig, trainer: TrainerConfig, remedy: str) -> None:
+def _apply_global_batch(data: DataConfig | TokenizerDataConfig, trainer: TrainerConfig, remedy: str,
+                        accumulates: bool = True) -> None:
     """Set ``data.batch_size`` (per process) from ``data.global_batch``, the batch over all processes and
     accumulation steps: ``global_batch / (devices x nodes x accumulate)``, which must divide evenly. Nothing when
-    ``global_batch`` is None. ``remedy`` ends the warning about a ``data.batch_size`` of its own beside it.
+    ``global_batch`` is None. ``remedy`` ends the warning about a ``data.batch_size`` of its own beside it;
+    ``accumulates``: whether the run may change ``trainer.accumulate`` (tokenizer runs may not).
 
     Raises:
         ConfigError: ``data.global_batch`` not divisible, naming the keys that split it.
@@ -185,9 +187,11 @@ def _apply_global_batch(data: DataConfig | TokenizerDataConfig, trainer: Trainer
         return
     parts = trainer.world_size * trainer.accumulate
     if g % parts:
-        raise ConfigError(f"{g} is not divisible by trainer.devices x trainer.num_nodes x trainer.accumulate "
-                          f"= {trainer.devices} x {trainer.num_nodes} x {trainer.accumulate}; "
-                          "change one of these keys", key="data.global_batch")
+        keys = ("trainer.devices x trainer.num_nodes x trainer.accumulate", (trainer.devices, trainer.num_nodes,
+                trainer.accumulate)) if accumulates else ("trainer.devices x trainer.num_nodes",
+                                                          (trainer.devices, trainer.num_nodes))
+        raise ConfigError(f"{g} is not divisible by {keys[0]} = {' x '.join(map(str, keys[1]))}; change one of "
+                          "these keys", key="data.global_batch")
     per_process = g // parts
     # A batch size of its own is replaced: say so. Not refused, as tests/lightning/test_fsdp.py and the
     # run configs stored in multi-GPU checkpoints (read back by `nar evaluate` on one device) carry one.
@@ -458,7 +462,8 @@ class TokenizerRunConfig(RunConfig):
         if self.data.random_crop and self.model.kind != "image":
             raise ConfigError(f"image tokenizers only; {self.model.kind} clips are centre-cropped",
                               key="data.random_crop")
-        _apply_global_batch(self.data, self.trainer, "set data.global_batch (or data.global_batch=null) instead")
+        _apply_global_batch(self.data, self.trainer, "set data.global_batch (or data.global_batch=null) instead",
+                            accumulates=False)
 
 
 def val_samples(data: DataSection, world_size: int = 1) -> int | None:
