@@ -138,9 +138,12 @@ def real_condition_ids(e: EvalConfig, num_classes: int, num_samples: int) -> tor
              else f"eval.real_root {source} ({split})")
     if wanted != num_samples:
         default = "all of the reference's arr_0" if e.reference_stats else "eval.num_samples"
+        held = npz_sample_count(source) if e.reference_stats else None
+        fix = (f"generate at most the {held} it holds (eval.num_samples), or use balanced or random"
+               if held is not None and held < num_samples else f"set eval.num_real to {num_samples}")
         raise ConfigError(f"real pairs generated sample i with real sample i, but {where} gives {wanted} real samples "
-                          f"(eval.num_real, else {default}) for {num_samples} generated (eval.num_samples); set "
-                          f"eval.num_real to {num_samples}", key="eval.labels")
+                          f"(eval.num_real, else {default}) for {num_samples} generated (eval.num_samples); {fix}",
+                          key="eval.labels")
     ids = real_class_ids(source, split, wanted, seed=e.real_seed)
     if ids is None:
         holds = "arr_1" if e.reference_stats else "labels.npy or a cls member for every sample"
