@@ -52,13 +52,18 @@ def partition_bounds(n: int, parts: int, part: int) -> tuple[int, int]:
     return n * part // parts, n * (part + 1) // parts
 
 
-def _reader_identity(rank: int | None, world_size: int | None) -> tuple[int, int, int, int]:
-    """``(rank, world_size, worker_id, num_workers)`` of the calling DataLoader worker."""
+def process_identity(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """``(rank, world_size)``: the given ones, else the initialised process group's, else ``(0, 1)``."""
     if rank is None or world_size is None:
         if dist.is_available() and dist.is_initialized():
-            rank, world_size = dist.get_rank(), dist.get_world_size()
-        else:
-            rank, world_size = 0, 1
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+    return rank, world_size
+
+
+def _reader_identity(rank: int | None, world_size: int | None) -> tuple[int, int, int, int]:
+    """``(rank, world_size, worker_id, num_workers)`` of the calling DataLoader worker."""
+    rank, world_size = process_identity(rank, world_size)
     info = get_worker_info()
     worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
     return rank, world_size, worker, workers

@@ -22,7 +22,7 @@ from nar.data.datamodules import (
     VideoShardDataModule,
 )
 from nar.data.order import class_sorted_warning
-from nar.data.readers import ShardStream
+from nar.data.readers import ShardStream, process_identity
 from nar.data.shards import read_meta
 from nar.errors import ConfigError, DataError
 from nar.runs.config import DataSection, TokenizerRunConfig, TrainConfig, val_samples
@@ -53,11 +53,7 @@ class SpreadValidation(ShardDataModule):
 
     def val_dataloader(self) -> DataLoader:
         stream = self.eval_dataset(self.cfg.val_split)
-        _, world = self._rank_world()
-        if world is None:  # no trainer: the stream's own fallback, the process group
-            import torch.distributed as dist
-
-            world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        _, world = process_identity(*self._rank_world())  # no trainer: the process group, as the stream falls back
         n = val_samples(self.section, world)
         ids = stream.sample_ids
         if n is not None and n < len(ids):
@@ -91,13 +87,13 @@ def warn_if_class_sorted(d: DataSection, meta: dict[str, Any]) -> None:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     classes = meta.get("classes") or []
-    if len(classes) < 2 or meta.get("source_kind", meta.get("kind")) == "pairs" or d.train_split not in meta["splits"]:
+    kind = meta.get("source_kind", meta.get("kind"))
+    if len(classes) < 2 or kind == "pairs" or d.train_split not in meta["splits"]:
         return
     if getattr(rank_zero_only, "rank", 0) != 0:
         return
-    clips = meta.get("source_kind", meta.get("kind")) == "video"  # several clips of one video lie side by side
     message = class_sorted_warning(d.root, d.train_split, len(classes), shuffle_buffer=d.shuffle_buffer,
-                                   one_sample_per_input=not clips)
+                                   one_sample_per_input=kind != "video")  # clips of one video lie side by side
     if message:
         log.warning("%s", message)
 

@@ -31,7 +31,14 @@ import lightning as L
 from nar.config import from_dict, to_dict
 from nar.errors import NarError
 from nar.lightning.checkpointing import fit_optional_state
-from nar.lightning.sharding import ShardedStrategy, full, gather_full_model, is_sharded, local
+from nar.lightning.sharding import (
+    ShardedStrategy,
+    full,
+    gather_full_model,
+    is_sharded,
+    local,
+    without_submodule,
+)
 from nar.model import NARModel
 from nar.runs.config import TrainConfig
 
@@ -114,11 +121,8 @@ class GeneratorModule(L.LightningModule):
         ema = self._modules.get("ema_model")
         if dtype is None or ema is None:
             return super().to(*args, **kwargs)
-        del self._modules["ema_model"]
-        try:
+        with without_submodule(self, "ema_model"):
             super().to(*args, **kwargs)
-        finally:
-            self._modules["ema_model"] = ema
         if device is not None:
             ema.to(device)
         return self

@@ -160,7 +160,7 @@ class ShardedStrategy(ModelParallelStrategy):
         # out of the load, then starts from the resumed weights (both sharded alike: a copy of matching local
         # shards), as GeneratorModule.on_load_checkpoint starts it for an unsharded run.
         start_ema = ema is not None and target.is_dir() and not _saved_keys(target, "state_dict.ema_model.")
-        with _without_submodule(module, "ema_model") if start_ema else contextlib.nullcontext():
+        with without_submodule(module, "ema_model") if start_ema else contextlib.nullcontext():
             # meta.pt holds our own loop and callback states: read it whole (weights_only=False), as for .ckpt files
             metadata = _load_checkpoint(path=target, state=state, strict=module.strict_loading,
                                         optimizer_states_from_list=True, weights_only=False if weights_only is None
@@ -226,7 +226,7 @@ def _saved_keys(folder: Path, prefix: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def _without_submodule(module: nn.Module, name: str):
+def without_submodule(module: nn.Module, name: str):
     """``module`` with its submodule ``name`` taken out (out of its state dict and parameters) for the block."""
     child = module._modules.pop(name)
     try:

@@ -129,11 +129,9 @@ def tokenizer_config(data: str | None = None, config: str | Path | None = None, 
             raise ConfigError(f"--root {root}: {Path(root) / 'meta.json'} not found; is it a dataset folder written "
                               "by `nar data …`? (--data or --config names a recipe without reading it)")
         data, from_data = recipe_for(root, preset)
-        # the user's batch wins over the per-GPU share (a global one over the share's global_batch=null too)
-        mine = ("data.global_batch=", "data.batch_size=") if any(o.startswith("data.global_batch=")
-                                                                for o in overrides) else ("data.batch_size=",)
-        if any(o.startswith(mine) for o in overrides):
-            from_data = [o for o in from_data if not o.startswith(mine)]
+        # the user's overrides come after and win; a global batch of theirs makes the share's batch_size moot
+        if any(o.startswith("data.global_batch=") for o in overrides):
+            from_data = [o for o in from_data if not o.startswith("data.batch_size=")]
     if config is None and data is None:
         raise ConfigError("give --root (the recipe follows the data), --data (a named recipe) or --config")
     yamls = [config or f"tokenizers/{data}.yaml"]
