@@ -99,11 +99,6 @@ def read_split_list(path: Path, classes: Sequence[str]) -> list[tuple[str, int]]
     return items
 
 
-def decode_video(path: str | Path) -> np.ndarray:
-    """All frames of a video as ``uint8 [N, H, W, 3]`` (PyAV). Raises :class:`SkipSample` if unreadable."""
-    return _decode(path)[0]
-
-
 def _decode(path: str | Path) -> tuple[np.ndarray, str | None]:
     """``(frames uint8 [N, H, W, 3], why decoding stopped early or None)``: a damaged tail keeps the frames that
     decoded. Raises :class:`SkipSample` if no frame decodes."""

@@ -17,7 +17,6 @@ Lightning: a run config comes back as the plain dict, for the caller to type.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,8 +29,6 @@ from nar.errors import CheckpointError, ConfigError
 from nar.model.config import NARConfig
 from nar.model.nar import NARModel
 from nar.model.official import config_from_official, from_official_state_dict
-
-log = logging.getLogger(__name__)
 
 LIGHTNING_MARK = "pytorch-lightning_version"  # a key every Lightning checkpoint has
 EXPORT_MARK = "nar_export"  # a consolidated file written by `nar export` (ours)
@@ -56,13 +53,7 @@ def read_generator_file(path: str | Path, map_location: str | torch.device = "cp
     Raises:
         CheckpointError: the file is missing or unreadable (naming it).
     """
-    path = generator_file(path)
-    if path.is_file():
-        try:
-            return torch.load(path, map_location=map_location, mmap=True, weights_only=False)
-        except Exception:  # noqa: BLE001 - a legacy (non-zip) file cannot be mapped: read it whole below
-            log.debug("%s cannot be memory-mapped; reading it whole", path)
-    return load_file(path, what="generator checkpoint", map_location=map_location)
+    return load_file(generator_file(path), what="generator checkpoint", map_location=map_location, mmap=True)
 
 
 def is_run_checkpoint(obj: Any) -> bool:

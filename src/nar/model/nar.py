@@ -360,9 +360,13 @@ class NARModel(nn.Module):
         head_weight = self._head_weight() if cfg.mixing == "logits" else None
         return InferenceState(caches, plans, layout, head_weight)
 
+    def _head_projections(self) -> list[torch.Tensor]:
+        """Each axis's head projection ``[V, D]``, in axis order (a shared head repeated)."""
+        return [self.heads[h].proj.weight for h in self._head_of_axis]
+
     def _head_weight(self) -> torch.Tensor:
         """Every axis's head projection side by side, ``[V, A * D]`` (see :attr:`InferenceState.head_weight`)."""
-        return torch.cat([self.heads[h].proj.weight for h in self._head_of_axis], dim=1).detach()
+        return torch.cat(self._head_projections(), dim=1).detach()
 
     @torch.no_grad()
     def refresh_inference(self, state: InferenceState) -> None:
@@ -372,7 +376,7 @@ class NARModel(nn.Module):
         buf = state.head_weight
         if buf is None:
             return
-        projections = [self.heads[h].proj.weight for h in self._head_of_axis]
+        projections = self._head_projections()
         first = projections[0]
         shape = (first.shape[0], sum(p.shape[1] for p in projections))
         if tuple(buf.shape) == shape and buf.dtype == first.dtype and buf.device == first.device:
