@@ -131,15 +131,14 @@ def run(args: argparse.Namespace) -> int:
             ref = Path(args.ref)
             # precision/recall need the real features themselves; sFID the real images' spatial features unless a
             # reference batch gives their statistics (the cached statistics of a folder are of pool features only)
-            if "pr" in image_wanted or ("sfid" in image_wanted and not ref_statistics):
+            feed_real = "pr" in image_wanted or ("sfid" in image_wanted and not ref_statistics)
+            if feed_real:
                 for images in reference_batches():
                     timed("reference", fidelity.update, images.to(device), real=True)
-                if ref_statistics and ("fid" in image_wanted or "sfid" in image_wanted):
-                    # FID from the batch's mu/sigma, sFID from its mu_s/sigma_s, as with --metrics fid/sfid alone
-                    fidelity.set_reference(ref)
-            elif ref_statistics:
-                fidelity.set_reference(ref)  # mu/sigma, and mu_s/sigma_s with sfid, as the decoding callback reads them
-            else:
+            if ref_statistics and ("fid" in image_wanted or "sfid" in image_wanted):
+                # FID from the batch's mu/sigma, sFID from its mu_s/sigma_s, as the decoding callback reads them
+                fidelity.set_reference(ref)
+            elif not feed_real:
                 stats = timed("reference", reference_stats, ref, extractor, args.ref_split, args.batch_size,
                               device, args.ref_limit, args.cache)
                 fidelity.set_reference(stats)
