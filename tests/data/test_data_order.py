@@ -3,10 +3,20 @@ training split looks sorted by class (class_sorted_warning): training reads whol
 
 from __future__ import annotations
 
-import numpy as np
+import re
 
-from nar.data.order import check_order, class_sorted_warning, same_class_neighbours, write_order
+import numpy as np
+import pytest
+
+from nar.data.order import (
+    check_order,
+    class_sorted_warning,
+    order_mismatch_hint,
+    same_class_neighbours,
+    write_order,
+)
 from nar.data.shards import SplitIndex, write_meta, write_split
+from nar.errors import DataError
 
 CLASSES, PER_CLASS, SHARD = 8, 12, 24
 
@@ -33,6 +43,19 @@ def test_write_order_shuffles_the_training_split_only():
     assert write_order("val", items, 0) == (items, {}) and write_order("test", items, 5) == (items, {})
     labels = np.array(train) // PER_CLASS
     assert same_class_neighbours(labels) < same_class_neighbours(np.sort(labels)) / 2
+
+
+def test_finishing_a_train_split_written_class_by_class_is_refused_with_the_likely_cause(tmp_path):
+    """A half-written train split of an earlier version (class order) is refused, naming its folder and why;
+    other splits, whose order never changed, get no hint."""
+    items = list(range(CLASSES * PER_CLASS))
+    write_split(tmp_path, "train", items, make_sample=_token, shard_size=SHARD)
+    (tmp_path / "train" / "train-000003.tar").unlink()  # killed before its last shard
+    shuffled, order = write_order("train", items)
+    with pytest.raises(DataError, match=re.escape(str(tmp_path / "train")) + ".*shuffled order.*earlier version"):
+        write_split(tmp_path, "train", shuffled, make_sample=_token, shard_size=SHARD, params=order,
+                    mismatch_hint=order_mismatch_hint(order))
+    assert order_mismatch_hint(write_order("val", items)[1]) is None
 
 
 def test_a_class_sorted_training_split_is_warned_about(tmp_path):

@@ -115,6 +115,19 @@ def test_write_split_resumes_after_a_crash_without_redoing_finished_shards(tmp_p
         write_split(tmp_path, "train", list(range(11)), make_sample=again, shard_size=4)
 
 
+def test_write_split_says_a_callers_hint_when_a_folder_holds_other_inputs(tmp_path):
+    """A caller that knows a likely cause of a mismatching folder has it said (``mismatch_hint``); the writer
+    itself says only that inputs or settings differ, whatever the params hold."""
+    items = list(range(6))
+    write_split(tmp_path, "train", items, make_sample=make_sample, shard_size=4)
+    with pytest.raises(DataError, match=r"different inputs or settings \(an older tool wrote it\); "):
+        write_split(tmp_path, "train", items, make_sample=make_sample, shard_size=4, params={"v": 2},
+                    mismatch_hint="an older tool wrote it")
+    with pytest.raises(DataError, match=r"different inputs or settings; ") as err:
+        write_split(tmp_path, "train", items, make_sample=make_sample, shard_size=4, params={"order": "shuffled"})
+    assert "shuffled" not in str(err.value)  # the writer names no caller's settings
+
+
 def test_write_split_in_parallel_processes_matches_in_process(tmp_path):
     a = write_split(tmp_path / "a", "train", list(range(12)), make_sample=make_sample, shard_size=3)
     b = write_split(tmp_path / "b", "train", list(range(12)), make_sample=make_sample, shard_size=3, workers=2)

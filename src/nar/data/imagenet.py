@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from nar.data.encode import EncodeImage, first_existing, list_images
-from nar.data.order import DEFAULT_ORDER_SEED, write_order
+from nar.data.order import DEFAULT_ORDER_SEED, order_mismatch_hint, write_order
 from nar.data.shards import BadInputLog, dataset_lock, write_meta, write_split
 from nar.errors import DataError
 
@@ -145,7 +145,7 @@ def write_imagenet(
             rec = write_split(
                 out, split, items, make_sample=encoder, shard_size=shard_size, workers=workers,
                 params={"resize": resize, "classes": classes, **order}, desc=f"imagenet {split}", unit="img",
-                scan_bad=bad,
+                scan_bad=bad, mismatch_hint=order_mismatch_hint(order),
             )
             records.append(rec)
         return write_meta(

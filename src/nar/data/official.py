@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from nar.data.imagenet import read_synset_names
-from nar.data.order import DEFAULT_ORDER_SEED, write_order
+from nar.data.order import DEFAULT_ORDER_SEED, order_mismatch_hint, write_order
 from nar.data.shards import SkipSample, classes_kept, dataset_lock, write_meta, write_split
 from nar.errors import DataError
 
@@ -256,7 +256,7 @@ def import_codes(
         record = write_split(out, split, images, make_sample=sample, shard_size=shard_size,
                              workers=workers, params={"codes": [str(f.codes) for f in folders],
                                                       "codebook_size": codebook_size, "grid": list(hw), **order},
-                             desc=f"codes {split}", unit="img")
+                             mismatch_hint=order_mismatch_hint(order), desc=f"codes {split}", unit="img")
         assert record is not None
         classes, class_names = _classes(Path(out), record.labels, synset_map, num_classes)
         fields: dict[str, Any] = {"classes": classes, "grid": list(hw), "codebook_size": codebook_size,

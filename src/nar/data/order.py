@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import re
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,13 +44,24 @@ def write_order(split: str, items: Sequence[T], seed: int = DEFAULT_ORDER_SEED) 
 
     The training split (``train``) gets a random permutation drawn with ``seed`` (the same for the same items and
     seed); its params record ``order`` and ``order_seed``, so resuming a half-written split of the other order
-    is refused by the fingerprint check instead of mixing the two. Other splits keep ``items`` as they are, with
-    no params added (their fingerprints stay those of earlier versions).
+    is refused by the fingerprint check instead of mixing the two (:func:`order_mismatch_hint` of these params,
+    given to the writer, says so). Other splits keep ``items`` as they are, with no params added (their
+    fingerprints stay those of earlier versions).
     """
     if split != TRAINING_SPLIT:
         return list(items), {}
     perm = np.random.default_rng(seed).permutation(len(items))
     return [items[i] for i in perm], {"order": "shuffled", "order_seed": int(seed)}
+
+
+def order_mismatch_hint(order: Mapping[str, Any]) -> str | None:
+    """What :func:`nar.data.shards.write_split` (``mismatch_hint``) says when a split's folder holds shards of
+    other inputs or settings, for the ``order`` params :func:`write_order` gave: a shuffled train split's likely
+    cause is a folder an earlier version wrote class by class. ``None`` for a split kept in its source order."""
+    if order.get("order") != "shuffled":
+        return None
+    return ("this version writes the train split in a shuffled order: a folder an earlier version wrote class by "
+            "class is one")
 
 
 def same_class_neighbours(labels: Sequence[int] | np.ndarray) -> float:
@@ -165,4 +176,4 @@ def _shard_labels(path: Path) -> list[int]:
 
 
 __all__ = ["DEFAULT_ORDER_SEED", "TRAINING_SPLIT", "OrderCheck", "check_order", "class_sorted_warning",
-           "same_class_neighbours", "shuffled_same_class", "write_order"]
+           "order_mismatch_hint", "same_class_neighbours", "shuffled_same_class", "write_order"]

@@ -326,6 +326,7 @@ def write_split(
     unit: str = "sample",
     scan_bad: BadInputLog | None = None,
     part: tuple[int, int] = (0, 1),
+    mismatch_hint: str | None = None,
 ) -> SplitRecord | None:
     """Write ``items`` as shards ``<root>/<split>/<split>-%06d.tar``, resuming a previous run.
 
@@ -334,7 +335,8 @@ def write_split(
     With ``workers > 1`` shards are written in parallel processes (the callables must be picklable).
     ``scan_bad`` holds inputs already rejected while listing them (they join the split's summary).
     ``params`` (everything that changes the output) joins the fingerprint of the item list; a resumed
-    run whose fingerprint differs raises :class:`DataError` rather than mixing two datasets.
+    run whose fingerprint differs raises :class:`DataError` rather than mixing two datasets, saying
+    ``mismatch_hint`` (a likely cause the caller knows of) when given.
 
     ``part=(rank, world)`` with ``world > 1``: this process writes only the shards ``i ≡ rank (mod world)``,
     recording them in its own ``_progress.<rank>of<world>.json``, and returns None; once every part is done,
@@ -357,9 +359,7 @@ def write_split(
 
         num_shards = max(1, -(-len(items) // shard_size))
         fp = fingerprint(items, shard_size=shard_size, **(params or {}))
-        # nar.data.order: train splits are written shuffled since; one written class by class is refused too
-        hint = (" (this version writes the train split in a shuffled order: a folder an earlier version wrote "
-                "class by class is one)") if (params or {}).get("order") == "shuffled" else ""
+        hint = f" ({mismatch_hint})" if mismatch_hint else ""
         done = _finished_shards(split_dir, fp, hint)
         progress_path = split_dir / (PROGRESS_NAME if world == 1 else f"_progress.{rank}of{world}.json")
         mine = {k: v for k, v in done.items() if k in _read_progress(progress_path, fp, hint)}

