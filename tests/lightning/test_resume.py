@@ -127,3 +127,30 @@ def test_a_sharded_run_starts_an_ema_at_a_resume_only_from_a_sharded_checkpoint(
     with caplog.at_level(logging.WARNING, logger="nar"):
         check_resumable(run(False, "fsdp"), tmp_path / "True.ckpt")
     assert "drops the EMA weights" in caplog.text
+
+
+def test_a_sharded_run_starting_an_ema_reads_the_checkpoint_it_resumes_once(tmp_path: Path, monkeypatch) -> None:
+    """The check that a sharded checkpoint can start an EMA reads its run config and its shard entry from one
+    load of the file."""
+    import nar.model.io as io
+    from nar.config import load_config, to_dict
+    from nar.runs import TrainConfig
+    from nar.workflows.train import check_resumable
+
+    def run(ema: bool) -> TrainConfig:
+        return load_config(TrainConfig, [], [f"ema.enabled={ema}", "trainer.strategy=fsdp", f"runs_root={tmp_path}"])
+
+    manifest = tmp_path / "step.ckpt"  # a sharded manifest of a run without an EMA; its folder lists no files
+    (tmp_path / "shards").mkdir()
+    torch.save({io.LIGHTNING_MARK: "2", "hyper_parameters": {"cfg": to_dict(run(False))}, "state_dict": {},
+                io.SHARDED_KEY: {"folder": "shards", "files": {}}}, manifest)
+    loads: list[Path] = []
+    load_file = io.load_file
+
+    def counting(path, *args, **kwargs):
+        loads.append(Path(path))
+        return load_file(path, *args, **kwargs)
+
+    monkeypatch.setattr(io, "load_file", counting)
+    check_resumable(run(True), manifest)  # allowed: the EMA starts from the sharded weights
+    assert loads == [manifest]

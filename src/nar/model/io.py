@@ -107,7 +107,8 @@ def read_sharded_weights(folder: str | Path, prefer_ema: bool = True) -> tuple[d
     return {k[len(prefix):]: v for k, v in wanted.items()}, prefix
 
 
-def _run_config(obj: Any) -> dict[str, Any] | None:
+def run_config_of(obj: Any) -> dict[str, Any] | None:
+    """The run config stored in an already loaded checkpoint object (:func:`stored_run_config` of a file)."""
     if not is_run_checkpoint(obj):
         return None
     stored = (obj.get("hyper_parameters") or {}).get("cfg")
@@ -124,7 +125,7 @@ def stored_run_config(path: str | Path) -> dict[str, Any] | None:
     """The run config (a plain dict with ``model``, ``tokenizer``, ``sampling``, ``text`` … sections) stored in
     one of our checkpoints; ``None`` for official files and checkpoints without one. Type a section with
     :func:`nar.config.from_dict`, e.g. ``from_dict(SamplingConfig, run["sampling"])``."""
-    return _run_config(read_generator_file(path))
+    return run_config_of(read_generator_file(path))
 
 
 def _weights(obj: Any, path: str | Path, cfg: NARConfig | None, prefer_ema: bool, n_head: int | None,
@@ -137,7 +138,7 @@ def _weights(obj: Any, path: str | Path, cfg: NARConfig | None, prefer_ema: bool
         if overrides:  # they describe official files; silently ignored here they would mislead
             raise ConfigError(f"overrides ({', '.join(overrides)}) describe official files; {path} stores its "
                               "own model config")
-        stored = (_run_config(obj) or {}).get("model")
+        stored = (run_config_of(obj) or {}).get("model")
         # A run config without a model section stores no model: the caller's cfg, not NARConfig's defaults.
         model_cfg = from_dict(NARConfig, stored) if stored else cfg
         if stored and cfg is not None and check_given:
@@ -222,7 +223,7 @@ def load_generator_and_run_config(path: str | Path, cfg: NARConfig | None = None
     weights, model_cfg, label = _weights(obj, path, cfg, prefer_ema, n_head, overrides)
     model = NARModel(model_cfg)
     load_strict(model, weights, source=label)
-    return model.eval(), _run_config(obj)
+    return model.eval(), run_config_of(obj)
 
 
 def load_generator(path: str | Path, cfg: NARConfig | None = None, prefer_ema: bool = True,
@@ -262,4 +263,5 @@ def load_weights_into(model: NARModel, path: str | Path, prefer_ema: bool = True
 
 
 __all__ = ["load_generator", "load_generator_and_run_config", "load_weights_into", "generator_file", "read_generator_file",
-           "is_run_checkpoint", "read_sharded_weights", "run_weights", "sharded_folder", "stored_run_config"]
+           "is_run_checkpoint", "read_sharded_weights", "run_config_of", "run_weights", "sharded_folder",
+           "stored_run_config"]

@@ -39,6 +39,7 @@ from nar.model.io import (
     load_generator,
     load_weights_into,
     read_generator_file,
+    run_config_of,
     sharded_folder,
     stored_run_config,
 )
@@ -209,12 +210,13 @@ def check_resumable(cfg: TrainConfig, path: Path) -> None:
     ``.ckpt`` (one written by an unsharded run): its loader reads exactly the keys of the module."""
     from dataclasses import asdict
 
-    stored = stored_run_config(path)
+    checkpoint = read_generator_file(path)  # once: its run config, and whether it is a sharded manifest
+    stored = run_config_of(checkpoint)
     if not stored:
         return
     theirs_run = from_dict(TrainConfig, stored)
     if cfg.trainer.strategy == "fsdp" and theirs_run.ema.enabled != cfg.ema.enabled:
-        if cfg.ema.enabled and sharded_folder(read_generator_file(path), path) is None:
+        if cfg.ema.enabled and sharded_folder(checkpoint, path) is None:
             raise ConfigError(f"--resume: {path} is a one-file checkpoint trained without an EMA "
                               "(ema.enabled=false); a sharded run (trainer.strategy=fsdp) can start one at a resume "
                               "only from a sharded checkpoint (its loader reads the keys of the module it builds): "
