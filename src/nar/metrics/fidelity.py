@@ -138,11 +138,16 @@ class GaussianPairMetric(Metric):
 
     def real_stats(self) -> GaussianStats:
         """Statistics of the real images seen so far (synced across processes when distributed)."""
-        if self._reference is not None:
-            return self._reference
+        return self._real_stats_of("", self._reference)
+
+    def _real_stats_of(self, prefix: str, reference: GaussianStats | None) -> GaussianStats:
+        """``reference`` when set, else the moments of the ``<prefix>real_*`` sums."""
+        if reference is not None:
+            return reference
         with self.sync_context():
-            mu, sigma = moments_from_sums(self.real_sum, self.real_outer, self.real_count)
-            count = int(self.real_count)
+            total, outer, n = (getattr(self, f"{prefix}real_{k}") for k in ("sum", "outer", "count"))
+            mu, sigma = moments_from_sums(total, outer, n)
+            count = int(n)
         return GaussianStats(mu.cpu().numpy(), sigma.cpu().numpy(), count)
 
     def _frechet(self) -> torch.Tensor:
@@ -434,6 +439,11 @@ class ImageFidelity(GaussianPairMetric):
                               "(it holds mu_s/sigma_s)")
         self._reference, self._spatial_reference = reference, spatial
         self._computed = None
+
+    def real_spatial_stats(self) -> GaussianStats | None:
+        """Statistics of the real images' spatial (sFID) features, as :meth:`real_stats` (a reference batch's
+        ``mu_s``/``sigma_s`` when one is set); None without ``sfid``, which alone computes spatial features."""
+        return self._real_stats_of("spatial_", self._spatial_reference) if "sfid" in self.metrics else None
 
     def _kept_real_states(self) -> tuple[str, ...]:
         spatial = ("spatial_real_sum", "spatial_real_outer", "spatial_real_count") if "sfid" in self.metrics else ()

@@ -78,12 +78,16 @@ class GaussianStats:
     sigma: np.ndarray
     count: int = 0
 
-    def save_npz(self, path: str | Path) -> Path:
-        """Write the ADM-evaluator format (``mu``, ``sigma``), plus ``count``."""
+    def save_npz(self, path: str | Path, spatial: GaussianStats | None = None) -> Path:
+        """Write the ADM-evaluator format (``mu``, ``sigma``), plus ``count``; ``spatial``: also the sFID statistics
+        as ``mu_s``/``sigma_s`` (a reference batch's keys, read back by :meth:`load_npz` with ``suffix="_s"``)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, mu=self.mu.astype(np.float64), sigma=self.sigma.astype(np.float64), count=np.int64(self.count))
+        arrays = {"mu": self.mu.astype(np.float64), "sigma": self.sigma.astype(np.float64), "count": np.int64(self.count)}
+        if spatial is not None:
+            arrays.update(mu_s=spatial.mu.astype(np.float64), sigma_s=spatial.sigma.astype(np.float64))
+        np.savez(tmp, **arrays)
         tmp.replace(path)
         return path
 
