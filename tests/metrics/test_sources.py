@@ -295,3 +295,29 @@ def test_real_class_ids_of_sources_without_classes_or_with_samples_the_reader_sk
     index_shards(str(shard), tmp_path / "indexed", split="val")
     assert [len(list(iter_records(tmp_path / "indexed", "val")))] == [3]
     assert real_class_ids(tmp_path / "indexed", "val").tolist() == [0, 2, 3]
+
+
+def test_a_read_takes_its_shards_counts_and_labels_from_one_split_index(tmp_path, monkeypatch):
+    """real_class_ids and iter_records (limited or not) read a dataset's meta.json for one SplitIndex (shard list,
+    counts, labels) and the split's name and kind: once, not once per question (the memo key, the shard list, the
+    counts, the labels)."""
+    import nar.data.shards as shards
+    import nar.metrics.sources as sources
+
+    source = _class_sorted(tmp_path / "real", "dataset", 4, 5)
+    reads = []
+    read_meta = shards.read_meta
+
+    def counted(root):
+        reads.append(root)
+        return read_meta(root)
+
+    monkeypatch.setattr(shards, "read_meta", counted)
+    monkeypatch.setattr(sources, "_CLASS_CACHE", {})
+    for limit in (None, 7):
+        reads.clear()
+        ids = sources.real_class_ids(source, "train", limit, seed=0)
+        assert ids is not None and len(reads) == 1, (limit, len(reads))
+        reads.clear()
+        classes = [int(r.pixels[0, 0, 0]) for r in sources.iter_records(source, "train", limit, seed=0)]
+        assert classes == ids.tolist() and len(reads) == 1, (limit, len(reads))

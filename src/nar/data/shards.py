@@ -766,10 +766,11 @@ class SplitIndex:
     labels: np.ndarray | None = None
 
     @classmethod
-    def load(cls, root: str | os.PathLike[str], split: str) -> SplitIndex:
-        """The split's index from ``meta.json`` (and ``labels.npy`` when present)."""
+    def load(cls, root: str | os.PathLike[str], split: str, meta: dict[str, Any] | None = None) -> SplitIndex:
+        """The split's index from ``meta.json`` (and ``labels.npy`` when present); ``meta``: that file's contents
+        when the caller has read it already."""
         root = Path(root)
-        meta = read_meta(root)
+        meta = read_meta(root) if meta is None else meta
         if split not in meta["splits"]:
             raise DataError(f"{root}: no split {split!r} (has {sorted(meta['splits'])})")
         info = meta["splits"][split]

@@ -29,13 +29,16 @@ import random
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from nar.errors import ConfigError, DataError
 from nar.metrics.frechet import GaussianStats
+
+if TYPE_CHECKING:
+    from nar.data.shards import SplitIndex
 
 log = logging.getLogger(__name__)
 
@@ -185,40 +188,50 @@ def _npz_samples(source: Path) -> Iterator[tuple[int, Iterator[np.ndarray]]]:
                 raise DataError(f"{source}: arr_0 is damaged ({err})") from err
 
 
-def shard_paths(source: str | Path, split: str | None = None) -> list[Path]:
-    """The ``.tar`` shards of a dataset folder (``split`` from ``meta.json``), a shard folder or one shard."""
+@dataclasses.dataclass(frozen=True)
+class _DatasetSplit:
+    """A dataset folder's ``meta.json`` and the :class:`~nar.data.shards.SplitIndex` of the split read: one load
+    that the shard list, the counts and the labels of a read all come from."""
+
+    meta: dict[str, Any]
+    index: SplitIndex
+
+
+def _dataset_split(source: Path, split: str | None) -> _DatasetSplit | None:
+    """``split`` (default val, resolved for evaluation) of a dataset folder, from one read of its ``meta.json``;
+    None for any other source."""
+    if not (source / "meta.json").is_file():
+        return None
+    from nar.data.shards import SplitIndex, read_meta, resolve_split
+
+    meta = read_meta(source)
+    return _DatasetSplit(meta, SplitIndex.load(source, resolve_split(meta, split or "val", root=source), meta))
+
+
+def shard_paths(source: str | Path, split: str | None = None) -> list[Path | str]:
+    """The ``.tar`` shards of a dataset folder (``split`` from ``meta.json``, listed as its
+    :class:`~nar.data.shards.SplitIndex` does: paths, or URLs as ``str``), a shard folder or one shard."""
     source = Path(source)
     if source.is_file() and source.suffix == ".tar":
         return [source]
-    if (source / "meta.json").is_file():
-        from nar.data.shards import read_meta, resolve_split
-
-        meta = read_meta(source)
-        split = resolve_split(meta, split or "val", root=source)
-        return [source / s for s in meta["splits"][split]["shards"]]
+    dataset = _dataset_split(source, split)
+    if dataset is not None:
+        return list(dataset.index.shards)
     if source.is_dir():
         return sorted(source.glob("*.tar"))
     return []
 
 
-def _shard_counts(source: Path, split: str | None, shards: list[Path]) -> list[int]:
-    """Samples per shard of ``shards``: from the dataset's ``meta.json`` where it records them, else counted by
-    reading each shard once (a bare folder of shards; members only, nothing decoded)."""
+def _shard_counts(source: Path, dataset: _DatasetSplit | None, shards: list[Path]) -> list[int]:
+    """Samples per shard of ``shards``: from the dataset's index where its ``meta.json`` records them, else counted
+    by reading each shard once (a bare folder of shards; members only, nothing decoded)."""
     from nar.data.shards import iter_tar
 
-    counts: list[int] | None = None
-    if (source / "meta.json").is_file():
-        from nar.data.shards import read_meta, resolve_split
-
-        meta = read_meta(source)
-        info = meta["splits"][resolve_split(meta, split or "val", root=source)]
-        recorded = [int(c) for c in info.get("shard_samples", [])]
-        if len(recorded) == len(shards) and min(recorded, default=0) >= 0:
-            counts = recorded
-    if counts is None:
-        log.info("%s: counting the samples of %d shards to draw a subset from all of them", source, len(shards))
-        counts = [sum(1 for _ in iter_tar(shard)) for shard in shards]
-    return counts
+    recorded = list(dataset.index.counts) if dataset is not None else []  # -1 each when not recorded
+    if len(recorded) == len(shards) and min(recorded, default=0) >= 0:
+        return recorded
+    log.info("%s: counting the samples of %d shards to draw a subset from all of them", source, len(shards))
+    return [sum(1 for _ in iter_tar(shard)) for shard in shards]
 
 
 def _subset(total: int, limit: int | None, seed: int) -> list[int] | None:
@@ -236,7 +249,8 @@ class _Selection:
 
     ``kind``: ``npz`` (its first ``limit`` samples), ``shards`` or ``images``. ``paths``: the ``.npz``, the shards
     or the image files (already cut to the subset). ``counts``: samples per shard when a subset of shards is drawn.
-    ``chosen``: the subset's sorted global sample indices (shards); None = every sample, at most ``limit``."""
+    ``chosen``: the subset's sorted global sample indices (shards); None = every sample, at most ``limit``.
+    ``dataset``: a dataset folder's split, which the shards, counts and labels come from."""
 
     source: Path
     split: str | None
@@ -244,6 +258,7 @@ class _Selection:
     paths: list[Path]
     counts: list[int] | None = None
     chosen: list[int] | None = None
+    dataset: _DatasetSplit | None = None
 
     @functools.cached_property
     def _cuts(self) -> tuple[np.ndarray, np.ndarray]:
@@ -258,16 +273,19 @@ class _Selection:
         return {i - int(starts[s]) for i in self.chosen[cuts[s]:cuts[s + 1]]}
 
 
-def _select(source: Path, split: str | None, limit: int | None, seed: int) -> _Selection:
-    """The samples of ``source`` a read of at most ``limit`` takes (see the module docstring)."""
+def _select(source: Path, split: str | None, limit: int | None, seed: int,
+            dataset: _DatasetSplit | None = None) -> _Selection:
+    """The samples of ``source`` a read of at most ``limit`` takes (see the module docstring); ``dataset``: its
+    :func:`_dataset_split` when the caller has loaded it (else loaded here)."""
     if source.is_file() and source.suffix == ".npz":
         return _Selection(source, split, "npz", [source])
-    shards = shard_paths(source, split)
+    dataset = dataset or _dataset_split(source, split)
+    shards = list(dataset.index.shards) if dataset is not None else shard_paths(source, split)
     if shards:
         if limit is None:
-            return _Selection(source, split, "shards", shards)
-        counts = _shard_counts(source, split, shards)
-        return _Selection(source, split, "shards", shards, counts, _subset(sum(counts), limit, seed))
+            return _Selection(source, split, "shards", shards, dataset=dataset)
+        counts = _shard_counts(source, dataset, shards)
+        return _Selection(source, split, "shards", shards, counts, _subset(sum(counts), limit, seed), dataset)
     if source.is_dir():
         files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
@@ -380,31 +398,25 @@ def real_class_ids(source: str | Path, split: str | None = None, limit: int | No
     whose shards keep them); else the ``cls`` members of the chosen shard samples; an ``.npz`` its ``arr_1`` (the
     labels of ADM's sample format), first ``limit``; an image folder none. Memoised per process by the files'
     sizes and times, so a start-time check and the evaluation read them once."""
+    from nar.data.shards import LABELS_NAME
+
     source = Path(source)
     if not source.exists():
         raise DataError(f"samples not found: {source}")
-    labels_file = _labels_file(source, split)
-    key = _source_fingerprint(source, split, limit, "classes", seed) + (
-        f":{labels_file.stat().st_size}:{labels_file.stat().st_mtime_ns}" if labels_file is not None else "")
+    dataset = _dataset_split(source, split)  # one load for the memo key and the read
+    key = _source_fingerprint(source, split, limit, "classes", seed,
+                              list(dataset.index.shards) if dataset is not None else None)
+    if dataset is not None and (labels := source / dataset.index.split / LABELS_NAME).is_file():
+        key += f":{labels.stat().st_size}:{labels.stat().st_mtime_ns}"
     if key not in _CLASS_CACHE:
         if len(_CLASS_CACHE) >= 8:
             _CLASS_CACHE.clear()
-        _CLASS_CACHE[key] = _read_class_ids(_select(source, split, limit, seed), limit, labels_file)
+        _CLASS_CACHE[key] = _read_class_ids(_select(source, split, limit, seed, dataset), limit)
     ids = _CLASS_CACHE[key]
     return None if ids is None else ids.copy()
 
 
-def _labels_file(source: Path, split: str | None) -> Path | None:
-    """``<source>/<split>/labels.npy`` of a dataset folder (``split`` resolved as :func:`shard_paths` does)."""
-    if not (source / "meta.json").is_file():
-        return None
-    from nar.data.shards import LABELS_NAME, read_meta, resolve_split
-
-    path = source / resolve_split(read_meta(source), split or "val", root=source) / LABELS_NAME
-    return path if path.is_file() else None
-
-
-def _read_class_ids(sel: _Selection, limit: int | None, labels_file: Path | None) -> np.ndarray | None:
+def _read_class_ids(sel: _Selection, limit: int | None) -> np.ndarray | None:
     if sel.kind == "images":
         return None
     if sel.kind == "npz":
@@ -418,7 +430,7 @@ def _read_class_ids(sel: _Selection, limit: int | None, labels_file: Path | None
             return None
         labels = labels[:limit].astype(np.int64)
         return labels if labels.min(initial=0) >= 0 else None
-    labels = _split_labels(sel, labels_file)
+    labels = _split_labels(sel)
     if labels is not None:
         picked = labels[sel.chosen] if sel.chosen is not None else labels[:limit]
         return picked.astype(np.int64) if picked.min(initial=0) >= 0 else None  # -1: a sample without a class
@@ -426,20 +438,17 @@ def _read_class_ids(sel: _Selection, limit: int | None, labels_file: Path | None
     return None if any(c is None for c in ids) else np.asarray(ids, dtype=np.int64)
 
 
-def _split_labels(sel: _Selection, labels_file: Path | None) -> np.ndarray | None:
+def _split_labels(sel: _Selection) -> np.ndarray | None:
     """The split's ``labels.npy`` when its sample ``i`` is exactly global sample ``i`` of the read, else None."""
-    if labels_file is None:
+    if sel.dataset is None:
         return None
-    from nar.data.shards import SplitIndex, read_meta
-
-    meta = read_meta(sel.source)
-    split = labels_file.parent.name
-    skipped = int((meta["splits"][split].get("skipped") or {}).get("count", 0))
+    meta, index = sel.dataset.meta, sel.dataset.index
+    skipped = int((meta["splits"][index.split].get("skipped") or {}).get("count", 0))
     # `nar data index` keeps a sample without an image in its shard (the readers skip it): positions would shift
     if meta.get("kind") not in PIXEL_KINDS or (meta.get("indexed") and skipped):
         return None
-    index = SplitIndex.load(sel.source, split)  # None when unreadable or not one label per sample
-    if index.labels is None or len(index.shards) != len(sel.paths) or index.labels.ndim != 1:
+    # index.labels: None when missing, unreadable or not one label per sample
+    if index.labels is None or index.labels.ndim != 1:
         return None
     if sel.counts is not None and len(index.labels) != sum(sel.counts):
         return None
@@ -468,8 +477,11 @@ def iter_batches(records: Iterator[Record], batch_size: int) -> Iterator[tuple[t
 
 
 def _source_fingerprint(source: Path, split: str | None, limit: int | None, extractor_name: str,
-                        seed: int = 0) -> str:
-    files = shard_paths(source, split) if not source.suffix == ".npz" else [source]
+                        seed: int = 0, files: list[Path | str] | None = None) -> str:
+    """Cache key of a read; ``files``: the source's shards when the caller has listed them already."""
+    if files is None:
+        files = shard_paths(source, split) if not source.suffix == ".npz" else [source]
+    files = [Path(p) for p in files]
     if not files and source.is_dir():
         files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     listing = [(str(p.resolve()), p.stat().st_size, int(p.stat().st_mtime)) for p in files]
