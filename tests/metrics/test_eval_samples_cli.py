@@ -71,6 +71,10 @@ def test_bad_arguments_exit_2():
     np.savez("s.npz", arr_0=_nhwc(4, seed=4))
     assert main(["eval-samples", "s.npz", "--metrics", "kid"]) == 2
     assert main(["eval-samples", "s.npz", "--metrics", "fid"]) == 2  # no --ref
+    # --save-ref with nothing to save (no --ref, or no image statistics asked for) is refused, not silently skipped
+    assert main(["eval-samples", "s.npz", "--metrics", "is", "--save-ref", "r.npz"]) == 2
+    assert main(["eval-samples", "s.npz", "--ref", "s.npz", "--metrics", "is", "--save-ref", "r.npz"]) == 2
+    assert main(["eval-samples", "s.npz", "--ref", "s.npz", "--metrics", "fvd", "--save-ref", "r.npz"]) == 2
 
 
 def test_statistics_ref_serves_fid_only(monkeypatch, caplog):

@@ -101,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
     needs_ref = [m for m in wanted if m in ("fid", "is", "pr", "sfid", "fvd")]
     if needs_ref and not args.ref and [m for m in needs_ref if m != "is"]:
         raise ConfigError(f"--ref is required for {needs_ref}")
+    if args.save_ref and not (args.ref and {"fid", "pr", "sfid"} & set(wanted)):
+        raise ConfigError(f"--save-ref {args.save_ref}: it writes the image statistics of --ref, so it needs --ref "
+                          "and fid, sfid or pr among --metrics")
 
     metrics: dict[str, object] = {}
     seconds: dict[str, float] = {}
