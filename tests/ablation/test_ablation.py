@@ -94,6 +94,19 @@ def test_keys_added_later_hash_as_before_at_their_defaults() -> None:
     assert fingerprint(real[0]) != fingerprint(real[1])  # with real samples the subset's seed is hashed
 
 
+def test_a_warmup_from_zero_hashes_as_before_the_start_ratio_existed() -> None:
+    """optim.warmup_start_ratio=0 is the warm-up every stored run had, so it is one of the later keys (hashed as
+    before it existed: see the test above); a start above zero is another schedule, another fingerprint."""
+    from nar.config import load_config
+    from nar.runs import TrainConfig
+    from nar.workflows.ablation.runner import LATER_KEYS
+
+    cfg = load_config(TrainConfig, [], ["data.root=x"])
+    assert LATER_KEYS[("optim", "warmup_start_ratio")] == cfg.optim.warmup_start_ratio == 0.0
+    started = load_config(TrainConfig, [], ["data.root=x", "optim.warmup_start_ratio=0.01"])
+    assert fingerprint(started) != fingerprint(cfg)
+
+
 def test_equivalent_head_settings_share_a_fingerprint(tmp_path: Path) -> None:
     cfg = load_ablation_config(_grid(tmp_path, [
         {"name": "none", "model": {"head_sharing": "shared", "head_blocks": [0, 0]}},

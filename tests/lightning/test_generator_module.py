@@ -54,6 +54,35 @@ def test_schedule() -> None:
     assert lr_factor(55, 10, 100, "linear", 0.0) == pytest.approx(0.5)
 
 
+def test_warmup_can_start_from_a_fraction_of_the_rate_as_the_official_video_trainer() -> None:
+    """NAR-videos' base trainer counts its step from 1 at the first update and multiplies the rate by
+    ``r + (1 - r) * step / warmup`` (``r`` = min_lr_mult); optim.warmup_start_ratio=r does the same with our
+    0-based steps. The default (0) keeps ``(step + 1) / warmup``."""
+    warmup, total, r = 8, 100, 0.01
+
+    def official(step: int) -> float:  # its 1-based step counter; this test only covers the warm-up part
+        return r + (1.0 - r) * (step + 1) / warmup
+
+    for step in (0, warmup // 2, warmup - 1):
+        got = lr_factor(step, warmup, total, "cosine", 0.01, warmup_start_ratio=r)
+        assert got == pytest.approx(official(step), rel=1e-12)
+    assert lr_factor(warmup - 1, warmup, total, "cosine", 0.01, warmup_start_ratio=r) == pytest.approx(1.0)
+    for step in range(warmup):  # the default is unchanged
+        assert lr_factor(step, warmup, total, "cosine", 0.0) == pytest.approx((step + 1) / warmup)
+
+    m = tiny(**{"optim.warmup_steps": warmup, "optim.warmup_start_ratio": r, "trainer.max_steps": total})
+    opt = m.configure_optimizers()["optimizer"]
+    assert opt.param_groups[0]["lr"] == pytest.approx(m.cfg.optim.lr * official(0))  # the rate of the first step
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.5, float("nan")])
+def test_warmup_start_ratio_out_of_range_names_the_key(ratio: float) -> None:
+    from nar.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="warmup_start_ratio"):
+        load_config(TrainConfig, [], [f"optim.warmup_start_ratio={ratio}"])
+
+
 def test_ema_moves_towards_the_weights() -> None:
     m = tiny()
     with torch.no_grad():

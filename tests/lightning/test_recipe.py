@@ -69,13 +69,18 @@ def test_parameter_groups_match_the_official_rule() -> None:
 
 
 def test_the_video_recipe_spares_the_lookup_tables_from_weight_decay() -> None:
-    """NAR-videos' trainer decays nn.Linear weights only: with optim.decay_embeddings=false the token and class
+    """Its warm-up starts where NAR-videos' does. NAR-videos' trainer decays nn.Linear weights only: with optim.decay_embeddings=false the token and class
     tables (and an absolute position table) sit in the no-decay group; every other >= 2-D weight still decays."""
     ucf = load_config(TrainConfig, [ROOT / "experiments/ucf101/nar_l.yaml"],
                       ["model.n_layer=1", "model.dim=64", "model.n_head=2", "model.position=absolute"])
     assert ucf.optim.decay_embeddings is False
     module = GeneratorModule(ucf)
-    groups = module.configure_optimizers()["optimizer"].param_groups
+    optimizers = module.configure_optimizers()
+    # base_trainer.py's warm-up line from min_lr_mult (= the cosine's floor) with its 1-based step counter
+    mult, warmup = ucf.optim.min_lr_ratio, ucf.optim.warmup_steps
+    factor = optimizers["lr_scheduler"]["scheduler"].lr_lambdas[0]
+    assert factor(0) == pytest.approx(mult + (1 - mult) / warmup) and factor(warmup - 1) == pytest.approx(1.0)
+    groups = optimizers["optimizer"].param_groups
     names = {id(p): n for n, p in module.model.named_parameters()}
     decayed = {names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}
     tables = {"tok_embeddings.weight", "cls_embedding.embedding_table.weight", "pos_embedding"}

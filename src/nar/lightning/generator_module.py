@@ -48,14 +48,16 @@ class NonFiniteLossError(NarError):
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float, *, epoch_steps: int = 0,
-              milestones: Sequence[int] = (), gamma: float = 0.2) -> float:
+              milestones: Sequence[int] = (), gamma: float = 0.2, warmup_start_ratio: float = 0.0) -> float:
     """Multiplier of the base learning rate at optimizer step ``step`` (0-based).
 
+    The warm-up is ``r + (1 - r) * (step + 1) / warmup`` with ``r = warmup_start_ratio``: 1.0 at step
+    ``warmup - 1``; NAR-videos' trainer applies this line with its 1-based step counter and ``r`` its min_lr_mult.
     ``multistep`` is the official recipe's ``MultiStepLR`` stepped once per epoch: in epoch ``step // epoch_steps``
     the rate is ``gamma`` to the number of ``milestones`` (epochs) already reached.
     """
     if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
+        return warmup_start_ratio + (1.0 - warmup_start_ratio) * (step + 1) / warmup
     if schedule == "constant":
         return 1.0
     if schedule == "multistep":
@@ -313,7 +315,8 @@ class GeneratorModule(L.LightningModule):
             raise NarError("optim.schedule=multistep needs optim.epoch_steps (nar train derives it from the data)")
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_factor(s, o.warmup_steps, total, o.schedule, o.min_lr_ratio, epoch_steps=o.epoch_steps or 0,
-                                     milestones=o.milestone_epochs, gamma=o.gamma))
+                                     milestones=o.milestone_epochs, gamma=o.gamma,
+                                     warmup_start_ratio=o.warmup_start_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ------------------------------------------------------------------------------ validation

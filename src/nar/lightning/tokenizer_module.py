@@ -124,11 +124,12 @@ class TokenizerModule(L.LightningModule):
 
     # --- losses ---------------------------------------------------------------------------------
     def perceptual_loss(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-        """Mean LPIPS distance of ``x_hat`` to ``x`` (``[B, 3, H, W]`` or ``[B, 3, T, H, W]``, per frame)."""
+        """Mean LPIPS distance of ``x_hat`` to ``x`` (``[B, 3, H, W]`` or ``[B, 3, T, H, W]``, per frame); with
+        ``loss.lpips_dropout``, training steps drop the heads' inputs (LlamaGen's LPIPS in train mode)."""
         lpips = self._lpips
         if next(lpips.parameters()).device != x.device:
             lpips.to(x.device)
-        return lpips(x_hat, x).mean()
+        return lpips(x_hat, x, dropout=self.training and self.loss_cfg.lpips_dropout).mean()
 
     def reconstruction_loss(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
         if self.loss_cfg.reconstruction == "l1":

@@ -239,6 +239,10 @@ class OptimConfig:
     decay_embeddings: bool = True
     eps: float = 1e-8
     warmup_steps: int = 0
+    # The warm-up's line starts at this fraction of lr one step before the first: step s (0-based) trains at
+    # lr * (r + (1 - r) * (s + 1) / warmup_steps), full lr at step warmup_steps - 1. 0 = (s + 1) / warmup_steps;
+    # NAR-videos' trainer starts at its min_lr_mult (0.01): its 1-based step counter in the same formula.
+    warmup_start_ratio: float = 0.0
     # After warm-up: constant | cosine | linear (decay to min_lr_ratio * lr) | multistep (the official recipe:
     # lr * gamma ** (milestones passed), stepped once per epoch, like torch's MultiStepLR).
     schedule: str = "constant"
@@ -259,6 +263,8 @@ class OptimConfig:
         _one_of(self, "schedule", SCHEDULES)
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"must be in [0, 1], got {self.min_lr_ratio}", key="min_lr_ratio")
+        if not 0.0 <= self.warmup_start_ratio <= 1.0:  # also refuses NaN
+            raise ConfigError(f"must be in [0, 1], got {self.warmup_start_ratio}", key="warmup_start_ratio")
         if not 0.0 <= self.cond_dropout < 1.0:
             raise ConfigError(f"must be in [0, 1), got {self.cond_dropout}", key="cond_dropout")
         _at_least(self, 1, "epochs")

@@ -103,7 +103,8 @@ def build_runs(cfg: AblationConfig, shared: Sequence[str] = ()) -> list[Run]:
 # config that leaves them there hashes as it did, so finished grid rows and demo runs are still found. (Not
 # eval.real_seed where real samples come from eval.real_root: a limited real set is now a random subset, not the
 # first samples, so earlier scores differ and those rows are refused.)
-LATER_KEYS = {("eval", "labels"): "balanced", ("optim", "decay_embeddings"): True}
+LATER_KEYS = {("eval", "labels"): "balanced", ("optim", "decay_embeddings"): True,
+              ("optim", "warmup_start_ratio"): 0.0}
 
 
 def fingerprint(train_cfg: Any) -> str:
