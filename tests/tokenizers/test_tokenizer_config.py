@@ -157,11 +157,13 @@ def test_nan_is_refused_by_name(schema, key):
 
 def test_imagenet_recipe_is_llamagens_vq_train():
     """LlamaGen's vq_train.py: global batch 128 split over the GPUs, Adam without weight decay, VQLoss without the
-    adaptive GAN weight (disc_adaptive_weight=False, never turned on), random_crop_arr (scale jitter 0.8) + flips."""
+    adaptive GAN weight (disc_adaptive_weight=False, never turned on) and with LPIPS' dropout on, random_crop_arr
+    (scale jitter 0.8) + flips."""
     for devices, per_gpu in ((8, 16), (1, 128)):
         cfg = tokenizer_config("imagenet", root="/nonexistent/shards", overrides=[f"trainer.devices={devices}"])
         assert (cfg.data.global_batch, cfg.data.batch_size) == (128, per_gpu)
     assert not cfg.loss.adaptive_weight and cfg.optim.weight_decay == 0.0
+    assert cfg.loss.lpips_dropout  # its LPIPS trains in train mode: dropout before the linear heads
     assert cfg.data.random_crop and cfg.data.min_crop_frac == 0.8 and cfg.data.hflip
     assert (cfg.optim.lr, list(cfg.optim.betas), cfg.loss.reconstruction, cfg.loss.perceptual_weight) == \
         (1e-4, [0.9, 0.95], "l2", 1.0)

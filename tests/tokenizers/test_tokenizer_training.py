@@ -134,6 +134,58 @@ def test_lpips_from_local_files(vgg_file):
     assert (lpips(x, y) > 0).all()
 
 
+def test_lpips_dropout_drops_the_head_inputs_as_llamagen_in_training(vgg_file):
+    """LlamaGen's LPIPS puts nn.Dropout() (p=0.5) before each linear head and trains in train mode:
+    dropout=True draws the same masks in the same order; the network itself stays frozen and in eval mode."""
+    from nar.tokenizers.losses import build_lpips
+
+    lpips = build_lpips(str(vgg_file))
+    x, y = smooth_images(2, 32), smooth_images(2, 32).flip(-1)
+    plain = lpips(x, y)
+    torch.manual_seed(3)
+    got = lpips(x, y, dropout=True)
+
+    torch.manual_seed(3)
+    drop = nn.Dropout().train()  # LPIPS' NetLinLayer: Dropout() then the 1x1 convolution
+    h_x, h_y = (x - lpips.shift) / lpips.scale, (y - lpips.shift) / lpips.scale
+    ref = torch.zeros(2)
+    with torch.no_grad():
+        for stage, head in zip(lpips.stages, lpips.heads):
+            h_x, h_y = stage(h_x), stage(h_y)
+            unit_x = h_x / (h_x.square().sum(1, keepdim=True).sqrt() + 1e-10)
+            unit_y = h_y / (h_y.square().sum(1, keepdim=True).sqrt() + 1e-10)
+            ref = ref + head(drop((unit_x - unit_y).square())).mean(dim=(1, 2, 3))
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(got, plain)
+    assert not lpips.training and not any(p.requires_grad for p in lpips.parameters())
+    assert torch.equal(lpips(x, y), plain)  # without dropout: the fixed metric
+
+
+def test_lpips_dropout_is_on_in_training_steps_only_and_off_by_default(vgg_file):
+    x = smooth_images(2)
+    x_hat = x.flip(-1)
+
+    def module(**loss) -> TokenizerModule:
+        return TokenizerModule(tiny_image(), val=TokenizerValConfig(rfid=False), loss=TokenizerLossConfig(
+            perceptual_weight=1.0, perceptual_vgg_path=str(vgg_file), **loss))
+
+    dropping = module(lpips_dropout=True)
+    plain = dropping.lpips(x_hat, x).mean()
+    dropping.train()
+    draws = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        draws.append(dropping.perceptual_loss(x, x_hat))
+    assert not torch.allclose(draws[0], draws[1]) and not torch.allclose(draws[0], plain)
+    dropping.eval()  # validation
+    assert torch.equal(dropping.perceptual_loss(x, x_hat), plain)
+
+    default = module()
+    assert TokenizerLossConfig().lpips_dropout is False
+    default.train()
+    assert torch.equal(default.perceptual_loss(x, x_hat), plain)
+
+
 def test_codebook_usage_metric():
     usage = CodebookUsage(8)
     usage.update(torch.tensor([[0, 1], [1, 1]]))

@@ -174,6 +174,9 @@ class TokenizerLossConfig:
     perceptual_weight: float = 0.0  # LPIPS(VGG16); needs perceptual_vgg_path (runs stop without it unless allow_degraded)
     perceptual_vgg_path: str = ""  # torchvision VGG16 state dict (features.* keys), a local file
     perceptual_lin_path: str = ""  # LPIPS linear heads; "" = the copy torchmetrics ships
+    # true: LPIPS drops half of each linear head's input in training steps (p=0.5, as LlamaGen, whose LPIPS has
+    # dropout layers and trains in train mode); the VGG trunk stays frozen and validation never drops
+    lpips_dropout: bool = False
     adversarial_weight: float = 0.0  # > 0 turns on the PatchGAN discriminator
     adversarial_start_step: int = 0
     # scale the GAN term by the ratio of gradient norms at the last layer (taming's VQGAN); LlamaGen's VQLoss

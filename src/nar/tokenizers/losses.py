@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 # Where each LPIPS stage of torchvision's VGG16 ``features`` ends (after relu1_2 … relu5_3).
 VGG_STAGE_ENDS = (4, 9, 16, 23, 30)
 VGG_STAGE_WIDTHS = (64, 128, 256, 512, 512)
+# LPIPS' dropout before each linear head (nn.Dropout()'s default rate), active where it trains in train mode.
+LPIPS_HEAD_DROPOUT = 0.5
 
 
 def frames_as_images(x: torch.Tensor) -> torch.Tensor:
@@ -43,7 +45,8 @@ def torchmetrics_lpips_heads() -> Path | None:
 class LPIPS(nn.Module):
     """Learned perceptual distance (Zhang et al. 2018) on VGG16 features; inputs in [-1, 1], frozen.
 
-    ``forward(x, y)`` returns one distance per image ``[N]`` (videos: per frame).
+    ``forward(x, y)`` returns one distance per image ``[N]`` (videos: per frame). ``dropout=True`` drops each
+    head's input as LPIPS' dropout layers do in train mode (LlamaGen trains its tokenizer so: ``loss.lpips_dropout``).
     """
 
     def __init__(self) -> None:
@@ -84,15 +87,17 @@ class LPIPS(nn.Module):
         return model
 
     def train(self, mode: bool = True) -> LPIPS:
-        return super().train(False)  # a fixed metric: never dropout/batch-norm training behaviour
+        return super().train(False)  # a fixed metric: always eval mode; forward(dropout=True) asks for dropout
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, *, dropout: bool = False) -> torch.Tensor:
         h_x = (frames_as_images(x) - self.shift) / self.scale
         h_y = (frames_as_images(y) - self.shift) / self.scale
         total = h_x.new_zeros(h_x.shape[0])
         for stage, head in zip(self.stages, self.heads):
             h_x, h_y = stage(h_x), stage(h_y)
             diff = (_unit(h_x) - _unit(h_y)).square()
+            if dropout:  # explicit: train() keeps this module in eval mode
+                diff = F.dropout(diff, p=LPIPS_HEAD_DROPOUT, training=True)
             total = total + head(diff).mean(dim=(1, 2, 3))
         return total
 
