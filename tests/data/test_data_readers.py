@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -274,3 +276,96 @@ def test_evaluation_split_by_role(tmp_path, caplog):
     assert sum(len(b["label"]) for b in dm.val_dataloader()) == 4  # val_split "val" reads test
     assert sum(len(b["label"]) for b in dm.test_dataloader()) == 4
     assert not ImageDataConfig().hflip  # flips are opt-in
+
+
+# --------------------------------------------------------------------------------------------------
+# Training-time validation: a few damaged val samples are tolerated, up to data.val_missing_tolerance
+# --------------------------------------------------------------------------------------------------
+
+VAL = 20  # samples of the damaged val split; batches of 3, so 2 workers end on partial batches
+
+
+def _damaged_val(root, bad: set[int]):
+    """A 20-sample val split (shards of 5) whose samples in ``bad`` do not decode."""
+    rec = write_split(root, "val", list(range(VAL)), shard_size=5,
+                      make_sample=lambda i: {"png": b"not a png", "cls": 0} if i in bad else _image(i))
+    write_meta(root, "image", [rec], classes=["a", "b", "c"])
+    return root
+
+
+def _trainer(fn: str = "fit", step: int = 0):
+    """What a DataModule reads of its Lightning trainer: rank, world size, the stage and the step."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    return SimpleNamespace(global_rank=0, world_size=1, state=SimpleNamespace(fn=TrainerFn(fn)), global_step=step)
+
+
+def _val_datamodule(root, workers: int, trainer: object = "fit", **cfg):
+    """The DataModule over ``root`` in a fit (``trainer="fit"``), under ``trainer``, or without one (None)."""
+    dm = ImageShardDataModule(ImageDataConfig(root=str(root), image_size=8, batch_size=3, num_workers=workers,
+                                              pin_memory=False, **cfg))
+    dm.trainer = _trainer() if trainer == "fit" else trainer
+    return dm
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_validation_while_training_tolerates_a_missing_sample_within_the_tolerance(tmp_path, workers, caplog):
+    """One undecodable sample of 20, tolerance 0.05 (one of this rank's 20): the validation of a fit reads the 19
+    others and reports one missing. The bound is the rank's: with 2 workers of 10 samples each, 0.05 of one
+    worker's part would tolerate none."""
+    dm = _val_datamodule(_damaged_val(tmp_path, {7}), workers, val_missing_tolerance=0.05)
+    loader = dm.val_dataloader()
+    for _ in range(2):  # every validation of the run
+        assert sum(len(b["label"]) for b in loader) == VAL - 1
+        assert (loader.dataset.last_pass.expected, loader.dataset.last_pass.missing) == (VAL, 1)
+    assert any("19 of 20" in r.getMessage() and "data.val_missing_tolerance" in r.getMessage()
+               for r in caplog.records if r.levelname == "WARNING")
+    final = _val_datamodule(tmp_path, workers, trainer=_trainer("validate", step=8), val_missing_tolerance=0.05)
+    assert sum(len(b["label"]) for b in final.val_dataloader()) == VAL - 1  # the run's last validation, after fit
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_validation_missing_more_than_the_tolerance_fails_naming_the_key(tmp_path, workers):
+    """Three undecodable samples of 20, tolerance 0.1 (two): the pass fails, naming the key to raise. With two
+    workers neither misses more than two (2 and 1): the rank's total decides."""
+    dm = _val_datamodule(_damaged_val(tmp_path, {2, 3, 13}), workers, val_missing_tolerance=0.1)
+    with pytest.raises(MissingSamples, match=r"17 of 20 selected samples read.*data\.val_missing_tolerance") as err:
+        list(dm.val_dataloader())
+    assert "Traceback" not in str(err.value)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_evaluation_and_a_validation_outside_training_stay_strict(tmp_path, workers):
+    """The tolerance is for a run's validations only: the same pass under trainer.validate of a model not trained
+    by that trainer (`nar evaluate`), without a trainer, or a test pass fails on the one missing sample."""
+    from types import SimpleNamespace
+
+    root = _damaged_val(tmp_path, {7})
+    loaders = [_val_datamodule(root, workers, trainer=trainer, val_missing_tolerance=0.05).val_dataloader()
+               for trainer in (_trainer("validate"), SimpleNamespace(global_rank=0, world_size=1), None)]
+    loaders.append(_val_datamodule(root, workers, trainer=_trainer("test", step=8),
+                                   val_missing_tolerance=0.05).test_dataloader())
+    for loader in loaders:
+        with pytest.raises(MissingSamples, match=r"of \d+ selected samples read.*data\.allow_missing"):
+            list(loader)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_validation_that_read_nothing_fails_even_with_allow_missing(tmp_path, workers):
+    """Every sample undecodable: nothing to validate on, whatever data.allow_missing says; the error names the
+    data folder and the split."""
+    root = _damaged_val(tmp_path, set(range(VAL)))
+    for cfg in ({"val_missing_tolerance": 0.5}, {"allow_missing": True}):
+        with pytest.raises(MissingSamples, match=rf"{re.escape(str(tmp_path))}: split 'val'.*none of the 20 selected"):
+            list(_val_datamodule(root, workers, **cfg).val_dataloader())
+    partly = _damaged_val(tmp_path / "partly", set(range(10)))  # with workers: one reads nothing, the rank 10
+    assert sum(len(b["label"]) for b in _val_datamodule(partly, workers, allow_missing=True).val_dataloader()) == 10
+
+
+def test_val_missing_tolerance_is_a_fraction_below_one(image_root):
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="val_missing_tolerance"):
+            ImageDataConfig(root=str(image_root), val_missing_tolerance=bad)
+    assert ImageDataConfig(root=str(image_root)).val_missing_tolerance == 0.01

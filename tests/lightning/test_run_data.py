@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -39,24 +41,28 @@ def test_pixels_tokenized_during_training_are_checked_without_building_the_token
 CLASSES, PER_CLASS = 6, 5  # a class-sorted validation split: samples 0-4 are class 0, 5-9 class 1, …
 
 
-def _sorted_token_split(root):
-    """Token shards whose val split is sorted by class, each sample's tokens all equal to its index."""
+def _sorted_token_split(root, bad: tuple[int, ...] = ()):
+    """Token shards whose val split is sorted by class, each sample's tokens all equal to its index; the val
+    samples in ``bad`` hold a grid other than meta.json's (skipped as invalid)."""
     n = CLASSES * PER_CLASS
 
     def sample(i: int) -> dict:
         return {"tokens.npy": np.full((1, 2, 2), i, dtype=np.int32), "cls": i // PER_CLASS}
 
+    def val_sample(i: int) -> dict:
+        return {**sample(i), "tokens.npy": np.zeros((1, 3, 3), dtype=np.int32)} if i in bad else sample(i)
+
     recs = [write_split(root, "train", list(range(4)), make_sample=sample, shard_size=4),
-            write_split(root, "val", list(range(n)), make_sample=sample, shard_size=7)]
+            write_split(root, "val", list(range(n)), make_sample=val_sample, shard_size=7)]
     write_meta(root, "tokens", recs, classes=[f"c{c}" for c in range(CLASSES)], grid=[2, 2], codebook_size=64)
     return root
 
 
-def _sorted_image_split(root):
+def _sorted_image_split(root, bad: tuple[int, ...] = ()):
     n = CLASSES * PER_CLASS
 
     def sample(i: int) -> dict:
-        return {**_image(i), "cls": i // PER_CLASS}
+        return {**_image(i), "cls": i // PER_CLASS, **({"png": b"not a png"} if i in bad else {})}
 
     recs = [write_split(root, "train", list(range(4)), make_sample=_image, shard_size=4),
             write_split(root, "val", list(range(n)), make_sample=sample, shard_size=7)]
@@ -71,20 +77,26 @@ def _index(batch: dict) -> list[int]:
     return ((batch["image"][:, 0, 0, 0] + 1) / 2 * 255).round().long().tolist()
 
 
-def _run_datamodule(kind: str, tmp_path, *overrides: str):
-    """The run's DataModule over a class-sorted split, and the run's data section."""
+def _run_config(kind: str, tmp_path, *overrides: str, bad: tuple[int, ...] = ()):
+    """The config of a run over a class-sorted split (its val samples ``bad`` damaged), and the run's DataModule."""
     from nar.lightning.data import generator_datamodule, tokenizer_datamodule
     from nar.runs import TokenizerRunConfig
 
     common = ["data.num_workers=0", "data.eval_batch_size=2", *overrides]
     if kind == "generator":
-        root = _sorted_token_split(tmp_path / "tokens")
+        root = _sorted_token_split(tmp_path / "tokens", bad)
         cfg = load_config(TrainConfig, [], [f"data.root={root}", "model.grid=[2,2]", "model.vocab_size=64", *common])
-        return generator_datamodule(cfg), cfg.data
-    root = _sorted_image_split(tmp_path / "img")
+        return cfg, generator_datamodule(cfg)
+    root = _sorted_image_split(tmp_path / "img", bad)
     cfg = load_config(TokenizerRunConfig, [], [f"data.root={root}", "model.preset=vq-tiny-emoji", "model.image_size=8",
                                                *common])
-    return tokenizer_datamodule(cfg), cfg.data
+    return cfg, tokenizer_datamodule(cfg)
+
+
+def _run_datamodule(kind: str, tmp_path, *overrides: str):
+    """The run's DataModule over a class-sorted split, and the run's data section."""
+    cfg, dm = _run_config(kind, tmp_path, *overrides)
+    return dm, cfg.data
 
 
 @pytest.mark.parametrize("kind", ["generator", "tokenizer"])
@@ -182,3 +194,50 @@ def test_a_class_sorted_train_split_is_warned_about_at_start(kind, shuffled, tmp
         caplog.clear()
         generator_datamodule(cfg, check_order=False)
         assert not [r for r in caplog.records if "sorted by class" in r.getMessage()]
+
+
+@pytest.mark.parametrize("kind", ["generator", "tokenizer"])
+def test_a_run_validates_past_a_damaged_val_sample_and_logs_how_many_it_read(kind, tmp_path):
+    """A damaged sample among the 12 of the spread validation subset, data.val_missing_tolerance=0.1 (one of
+    12): the run trains, validates on the other 11 and logs val/samples=11, also in its final validation after fit.
+    A trainer that only validates (`nar evaluate`) stays strict; data.allow_missing is named."""
+    import torch
+
+    import lightning as L
+    from nar.data.readers import MissingSamples
+
+    torch.manual_seed(0)
+    limit = 2 * CLASSES  # samples 0, 2, 5, 7, … of the 30: spread_ids(30, 12)
+    tiny = ["model.dim=32", "model.n_layer=1", "model.n_head=2"] if kind == "generator" else []
+    cfg, dm = _run_config(kind, tmp_path, f"data.limit_val_samples={limit}", "data.val_missing_tolerance=0.1",
+                          "data.batch_size=4", *tiny, bad=(5,))
+    assert dm.cfg.val_missing_tolerance == 0.1
+    if kind == "generator":
+        from nar.lightning.generator_module import GeneratorModule
+
+        module = GeneratorModule(cfg)
+    else:
+        from nar.lightning.tokenizer_module import TokenizerModule
+
+        module = TokenizerModule(cfg.model, cfg.loss, cfg.optim, replace(cfg.val, rfid=False, log_samples=0))
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=dm)  # one batch of the 4 training samples, then the validation
+    assert trainer.global_step >= 1 and trainer.callback_metrics["val/samples"].item() == limit - 1
+    trainer.callback_metrics.clear()
+    trainer.validate(module, datamodule=dm, verbose=False)  # the run's final validation
+    assert trainer.callback_metrics["val/samples"].item() == limit - 1
+    evaluation = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(MissingSamples, match=r"11 of 12 selected samples read.*data\.allow_missing"):
+        evaluation.validate(module, datamodule=dm, verbose=False)
+
+
+@pytest.mark.parametrize("bad", [-0.5, 1, "nan"])
+def test_val_missing_tolerance_is_checked_in_both_run_configs(bad):
+    from nar.errors import ConfigError
+    from nar.runs import TokenizerRunConfig
+
+    for schema in (TrainConfig, TokenizerRunConfig):
+        assert load_config(schema, [], []).data.val_missing_tolerance == 0.01
+        with pytest.raises(ConfigError, match=r"data\.val_missing_tolerance"):
+            load_config(schema, [], [f"data.val_missing_tolerance={bad}"])

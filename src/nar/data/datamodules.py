@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 import lightning as L
 from nar.data.checks import SampleSpec
 from nar.data.readers import (
+    EvalLoader,
     ImageSample,
     ResampledShardStream,
     SampleTransform,
@@ -60,6 +61,9 @@ class ShardDataConfig:
     # evaluation: a pass that reads fewer samples than selected (truncated or missing shards, bad samples)
     # raises MissingSamples naming the shards; True only logs it
     allow_missing: bool = False
+    # validation while a model trains (in fit, and the validation after it): the fraction of a process's selected
+    # val samples that may be missing (logged) before the pass fails; evaluation and test passes tolerate none
+    val_missing_tolerance: float = 0.01
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -74,6 +78,8 @@ class ShardDataConfig:
             raise ValueError(f"eval_per_class must be ≥ 1, got {self.eval_per_class}")
         if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
             raise ValueError(f"samples_per_epoch must be ≥ 1, got {self.samples_per_epoch}")
+        if not 0 <= self.val_missing_tolerance < 1:  # also refuses NaN; any shortfall: allow_missing
+            raise ValueError(f"val_missing_tolerance must be in [0, 1), got {self.val_missing_tolerance}")
 
 
 @dataclasses.dataclass
@@ -207,6 +213,20 @@ class ShardDataModule(L.LightningDataModule):
             return None, None  # fall back to torch.distributed inside the stream
         return trainer.global_rank, trainer.world_size
 
+    def validates_training(self) -> bool:
+        """Whether the trainer validates a model it trains: inside ``fit``, or its ``validate`` after one (a trainer
+        that has taken steps: a run's final validation). A trainer that only validates or tests (``nar evaluate``),
+        or none, reads strictly."""
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        trainer = getattr(self, "trainer", None)
+        stage = getattr(getattr(trainer, "state", None), "fn", None)
+        return stage == TrainerFn.FITTING or (stage == TrainerFn.VALIDATING and getattr(trainer, "global_step", 0) > 0)
+
+    def val_missing_tolerance(self) -> float | None:
+        """``cfg.val_missing_tolerance`` for a validation while training (:meth:`validates_training`), else None."""
+        return self.cfg.val_missing_tolerance if self.validates_training() else None
+
     def train_dataset(self) -> ResampledShardStream:
         rank, world = self._rank_world()
         return ResampledShardStream(
@@ -220,11 +240,13 @@ class ShardDataModule(L.LightningDataModule):
             world_size=world,
         )
 
-    def eval_dataset(self, split: str, per_class: int | None = None) -> ShardStream:
+    def eval_dataset(self, split: str, per_class: int | None = None, *,
+                     missing_tolerance: float | None = None) -> ShardStream:
         """Exactly-once pass over ``split`` (resolved by role: ``val`` ↔ ``test``); with ``per_class``, a
         seeded class-balanced subset of it (refused on a split whose samples have no class, e.g. captions).
         The stream raises :class:`~nar.data.readers.MissingSamples` at the end of a short pass unless
-        ``cfg.allow_missing``."""
+        ``cfg.allow_missing`` or, for a validation while training, at most ``missing_tolerance`` of a process's
+        samples are missing (None: an evaluation, none may be)."""
         rank, world = self._rank_world()
         split = self.resolve_split(split)
         index = self.split_index(split)
@@ -239,7 +261,8 @@ class ShardDataModule(L.LightningDataModule):
                                 f"{self.meta.get('kind')!r} dataset); unset eval_per_class to evaluate them all")
             ids = class_balanced_ids(index.labels, per_class, seed=self.cfg.seed)
         return ShardStream(index, self.eval_transform(), sample_ids=ids, rank=rank, world_size=world,
-                           allow_missing=self.cfg.allow_missing)
+                           allow_missing=self.cfg.allow_missing, missing_tolerance=missing_tolerance,
+                           keys=("data.allow_missing", "data.val_missing_tolerance"))
 
     def resume_train_stream(self, position: StreamPosition) -> None:
         """Continue training at ``position`` (saved in a checkpoint by
@@ -273,11 +296,13 @@ class ShardDataModule(L.LightningDataModule):
         return self._loader(dataset, self.cfg.batch_size, self.cfg.drop_last, StreamLoader)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_dataset(self.cfg.val_split), self.cfg.eval_batch_size or self.cfg.batch_size, False)
+        """The val split, every sample once; while training, a few may be missing (``cfg.val_missing_tolerance``)."""
+        stream = self.eval_dataset(self.cfg.val_split, missing_tolerance=self.val_missing_tolerance())
+        return self._loader(stream, self.cfg.eval_batch_size or self.cfg.batch_size, False, EvalLoader)
 
     def test_dataloader(self) -> DataLoader:
         split = self.cfg.test_split or self.cfg.val_split
-        return self._loader(self.eval_dataset(split), self.cfg.eval_batch_size or self.cfg.batch_size, False)
+        return self._loader(self.eval_dataset(split), self.cfg.eval_batch_size or self.cfg.batch_size, False, EvalLoader)
 
 
 class ImageShardDataModule(ShardDataModule):

@@ -20,7 +20,11 @@ Every decoder error, and every sample that contradicts ``meta.json`` (:mod:`nar.
 with the shard and key, counted in the stream's ``bad`` log and skipped: a multi-day run never dies on one
 bad sample, and a batch never holds one. An evaluation pass knows how many of its selected samples it
 delivered: with ``allow_missing=False`` (the default) a pass that read fewer raises
-:class:`MissingSamples` naming the short shards, so no score is reported on less than was asked for.
+:class:`MissingSamples` naming the short shards, so no score is reported on less than was asked for. A run's
+validation while it trains passes ``missing_tolerance``, the fraction of a rank's selected samples that may be
+missing (logged, never silent): a few damaged val samples do not end a multi-day run. Counting against a rank's
+share needs all of its DataLoader workers: :class:`EvalLoader` counts what they hand over. A rank that read none
+of its samples always fails: there is nothing to score.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -142,9 +147,12 @@ class ShardStream(IterableDataset):
 
     Counting: :attr:`expected` is the number of samples this rank should yield (all its workers);
     ``delivered`` counts what the current/last in-process pass yielded and ``last_pass`` describes it
-    (per worker under a DataLoader with workers). At the end of a pass that came out short, each reader
-    raises :class:`MissingSamples` naming the shards (a DataLoader re-raises it in the main process),
-    unless ``allow_missing``, when it logs the same line as a warning.
+    (per worker under a DataLoader with workers; the rank's under :class:`EvalLoader`). A pass that came out
+    short raises :class:`MissingSamples` at its end naming the shards (a DataLoader re-raises it in the main
+    process), unless ``allow_missing`` or, for a training run's validation, no more than ``missing_tolerance``
+    (a fraction of the rank's selected samples, rounded down) are missing; then it logs the same line as a
+    warning. ``missing_tolerance=None``: an evaluation pass, no tolerance. A rank that read none of its samples
+    fails in any case. ``keys`` (the allow and the tolerance setting) are what the messages tell to change.
     """
 
     def __init__(
@@ -156,20 +164,32 @@ class ShardStream(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         allow_missing: bool = False,
+        missing_tolerance: float | None = None,
+        keys: tuple[str, str] = ("allow_missing", "missing_tolerance"),
     ) -> None:
         super().__init__()
         if any(c < 0 for c in index.counts):
             raise DataError(f"{index.root}: split {index.split!r} has shards of unknown size; rewrite it with `nar data`")
+        if missing_tolerance is not None and not 0 <= missing_tolerance < 1:  # also refuses NaN
+            raise ValueError(f"missing_tolerance must be in [0, 1) or None, got {missing_tolerance}")
         self.index = index
         self.transform = transform
         self.sample_ids = np.arange(index.total, dtype=np.int64) if sample_ids is None else np.sort(np.asarray(sample_ids))
         if len(self.sample_ids) and (self.sample_ids[0] < 0 or self.sample_ids[-1] >= index.total):
             raise ValueError(f"sample ids outside [0, {index.total})")
         self.rank, self.world_size = rank, world_size
-        self.allow_missing = allow_missing
+        self.allow_missing, self.missing_tolerance, self.keys = allow_missing, missing_tolerance, keys
+        # Set by EvalLoader while its workers start: they leave the rank's verdict to it (they each see a part).
+        self.counted_by_loader = False
         self.bad = BadInputLog()
         self.delivered = 0
         self.last_pass: PassReport | None = None
+
+    def subset(self, sample_ids: np.ndarray) -> ShardStream:
+        """The same pass (rank, transform, tolerance) over ``sample_ids`` of the split."""
+        return ShardStream(self.index, self.transform, sample_ids=sample_ids, rank=self.rank,
+                           world_size=self.world_size, allow_missing=self.allow_missing,
+                           missing_tolerance=self.missing_tolerance, keys=self.keys)
 
     # No __len__: with several workers each ends on a partial batch, so a length in batches would be
     # wrong and Lightning would stop the pass early. Ask for the sample count instead.
@@ -183,6 +203,16 @@ class ShardStream(IterableDataset):
     def expected(self) -> int:
         """Samples this rank should yield in one pass (:meth:`num_samples`); compare with what arrived."""
         return self.num_samples()
+
+    @property
+    def tolerates_shortfall(self) -> bool:
+        """Whether a short pass may pass at all (``allow_missing``, or a tolerance above 0)."""
+        return self.allow_missing or bool(self.missing_tolerance)
+
+    def tolerated(self, selected: int) -> int:
+        """How many of ``selected`` samples may be missing under ``missing_tolerance`` (rounded down)."""
+        # the epsilon keeps 0.29 * 100 (= 28.999…) at 29
+        return math.floor((self.missing_tolerance or 0.0) * selected + 1e-9)
 
     def part_ids(self, part: int, parts: int) -> np.ndarray:
         lo, hi = partition_bounds(len(self.sample_ids), parts, part)
@@ -220,10 +250,83 @@ class ShardStream(IterableDataset):
             where = f"{self.index.root}: split {self.index.split!r}"
             if world * workers > 1:
                 where += f" (rank {rank} of {world}, worker {worker} of {workers})"
-            if not self.allow_missing:
-                raise MissingSamples(report.describe(where) + "; allow fewer samples explicitly or repair the shards "
-                                     "(`nar data verify`)")
-            log.warning("%s", report.describe(where))
+            whole_rank = workers == 1
+            # Under EvalLoader a worker fails early only where it alone misses more than the rank may; else the
+            # bound applies to its own part, so that its parts' together stay within the rank's.
+            budget = self.expected if whole_rank or self.counted_by_loader else report.expected
+            self._judge(report, where, budget, whole_rank=whole_rank)
+
+    def judge_rank_pass(self, delivered: int) -> PassReport:
+        """Judge this rank's whole pass, of which ``delivered`` samples arrived (:class:`EvalLoader` counts them
+        in the main process, from all workers); raises :class:`MissingSamples` as a pass read in-process would."""
+        rank, world = process_identity(self.rank, self.world_size)
+        report = PassReport(expected=self.expected, delivered=delivered)
+        self.delivered, self.last_pass = delivered, report
+        where = f"{self.index.root}: split {self.index.split!r}" + (f" (rank {rank} of {world})" if world > 1 else "")
+        self._judge(report, where, report.expected, whole_rank=True,
+                    detail=" (the readers' warnings name the shards and samples)")
+        return report
+
+    def _judge(self, report: PassReport, where: str, budget: int, *, whole_rank: bool, detail: str = "") -> None:
+        """Raise :class:`MissingSamples` for a pass ``report`` that misses more than ``budget`` selected samples
+        tolerate (or, ``whole_rank``, all of them); log it as a warning otherwise."""
+        if report.missing <= 0:
+            return
+        allow_key, tolerance_key = self.keys
+        line = report.describe(where) + detail
+        if whole_rank and report.delivered == 0:
+            raise MissingSamples(f"{line}; none of the {report.expected} selected samples could be read, so there "
+                                 f"is nothing to score (whatever {allow_key} says): check that the folder holds "
+                                 "this split's shards, or repair them (`nar data verify`)")
+        allowed = self.tolerated(budget)
+        if self.allow_missing:
+            log.warning("%s; accepted: %s=true", line, allow_key)
+        elif self.missing_tolerance is None:
+            raise MissingSamples(f"{line}; set {allow_key}=true to accept fewer samples, or repair the shards "
+                                 "(`nar data verify`)")
+        elif report.missing > allowed:
+            raise MissingSamples(f"{line}; {report.missing} missing, more than {tolerance_key}="
+                                 f"{self.missing_tolerance:g} tolerates ({allowed} of {budget}): raise it, set "
+                                 f"{allow_key}=true, or repair the shards (`nar data verify`)")
+        else:
+            log.warning("%s; within %s=%g (%d of %d may be missing)", line, tolerance_key, self.missing_tolerance,
+                        allowed, budget)
+
+
+def _batch_len(batch: Any) -> int:
+    """Samples in a collated batch: a dict's ``__key__`` list (every decoder's) or first field, a tensor's first
+    dimension, or a collated tuple's first field's."""
+    if isinstance(batch, dict):
+        batch = batch["__key__"] if "__key__" in batch else next(iter(batch.values()))
+    elif isinstance(batch, (list, tuple)) and batch and not isinstance(batch[0], str):
+        batch = batch[0]
+    return len(batch)
+
+
+class EvalLoader(DataLoader):
+    """A ``DataLoader`` over a :class:`ShardStream` that judges a short pass by the rank's total: with workers
+    and a pass that tolerates a shortfall (``allow_missing``, ``missing_tolerance``) no worker sees the rank's
+    count, so they only log what they miss (failing early on more than the whole rank may miss), and this loader
+    counts the samples of the batches it hands out and calls :meth:`ShardStream.judge_rank_pass` at the end of
+    the pass. A pass cut short by its consumer (Lightning's sanity check) is not judged, as in-process."""
+
+    def __iter__(self) -> Any:
+        stream = self.dataset if isinstance(self.dataset, ShardStream) else None
+        if stream is None or self.num_workers == 0 or not stream.tolerates_shortfall:
+            return super().__iter__()  # in-process the stream is the rank's whole pass; strict: every worker fails
+        stream.counted_by_loader = True  # copied into the workers, which start here
+        try:
+            batches = super().__iter__()
+        finally:
+            stream.counted_by_loader = False
+        return self._counted(batches, stream)
+
+    def _counted(self, batches: Iterator[Any], stream: ShardStream) -> Iterator[Any]:
+        delivered = 0
+        for batch in batches:
+            delivered += 1 if self.batch_size is None else _batch_len(batch)
+            yield batch
+        stream.judge_rank_pass(delivered)
 
 
 STREAM_KEY = "__stream__"  # training samples: (epoch, reader, readers, draw); batches: a list of those tuples

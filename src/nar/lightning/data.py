@@ -22,7 +22,7 @@ from nar.data.datamodules import (
     VideoShardDataModule,
 )
 from nar.data.order import class_sorted_warning
-from nar.data.readers import ShardStream, process_identity
+from nar.data.readers import EvalLoader, process_identity
 from nar.data.shards import read_meta
 from nar.errors import ConfigError, DataError
 from nar.runs.config import DataSection, TokenizerRunConfig, TrainConfig, val_samples
@@ -45,21 +45,22 @@ class SpreadValidation(ShardDataModule):
     number of processes: the same at every validation and after a resume. Under DDP each process reads its own
     contiguous part of it (:class:`~nar.data.readers.ShardStream` shares the ids out), all parts equal
     (whole batches each; a split no larger than the subset is read whole, as without a limit).
-    The cost: each validation reads through every val shard (the samples it skips are not decoded)."""
+    The cost: each validation reads through every val shard (the samples it skips are not decoded). While the run
+    trains, up to ``data.val_missing_tolerance`` of a process's subset may be missing (damaged samples: logged);
+    ``nar evaluate`` reads it strictly (:meth:`~nar.data.datamodules.ShardDataModule.validates_training`)."""
 
     def __init__(self, cfg: ShardDataConfig, section: DataSection) -> None:
         super().__init__(cfg)
         self.section = section
 
     def val_dataloader(self) -> DataLoader:
-        stream = self.eval_dataset(self.cfg.val_split)
+        stream = self.eval_dataset(self.cfg.val_split, missing_tolerance=self.val_missing_tolerance())
         _, world = process_identity(*self._rank_world())  # no trainer: the process group, as the stream falls back
         n = val_samples(self.section, world)
         ids = stream.sample_ids
         if n is not None and n < len(ids):
-            stream = ShardStream(stream.index, stream.transform, sample_ids=ids[spread_ids(len(ids), n)],
-                                 rank=stream.rank, world_size=stream.world_size, allow_missing=stream.allow_missing)
-        return self._loader(stream, self.cfg.eval_batch_size or self.cfg.batch_size, False)
+            stream = stream.subset(ids[spread_ids(len(ids), n)])
+        return self._loader(stream, self.cfg.eval_batch_size or self.cfg.batch_size, False, EvalLoader)
 
 
 class TokenRunData(SpreadValidation, TokenShardDataModule):
@@ -77,7 +78,7 @@ class VideoRunData(SpreadValidation, VideoShardDataModule):
 def _common(d: DataSection, seed: int) -> dict[str, Any]:
     return dict(root=d.root, train_split=d.train_split, val_split=d.val_split, batch_size=d.batch_size,
                 eval_batch_size=d.eval_batch_size, num_workers=d.num_workers, shuffle_buffer=d.shuffle_buffer,
-                allow_missing=d.allow_missing, seed=seed)
+                allow_missing=d.allow_missing, val_missing_tolerance=d.val_missing_tolerance, seed=seed)
 
 
 def warn_if_class_sorted(d: DataSection, meta: dict[str, Any]) -> None:

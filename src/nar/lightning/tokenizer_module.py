@@ -6,7 +6,7 @@ Objective (LlamaGen/taming): ``w_rec * rec + w_cb * ||sg(z) - e||^2 + beta * ||z
 because the generator and the PatchGAN discriminator alternate within one batch.
 
 Validation logs ``val/psnr``, ``val/ssim`` (per frame for videos), ``val/codebook_usage``,
-``val/codebook_perplexity``, ``val/rfid`` (when on) and the first batch's reconstructions to
+``val/codebook_perplexity``, ``val/rfid`` (when on), ``val/samples`` (validated on, all ranks) and the first batch's reconstructions to
 TensorBoard (images as a grid, videos as animated GIFs).
 """
 
@@ -225,6 +225,9 @@ class TokenizerModule(L.LightningModule):
         out = self.tokenizer(x)
         x_hat = out.reconstruction.clamp(-1.0, 1.0)
         self.log("val/loss", self.reconstruction_loss(x, out.reconstruction), on_epoch=True, sync_dist=True,
+                 batch_size=x.shape[0])
+        # the samples validated on, every rank's summed: fewer than selected where damaged ones were tolerated
+        self.log("val/samples", float(x.shape[0]), on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True,
                  batch_size=x.shape[0])
         real01, fake01 = (frames_as_images(x) + 1) / 2, (frames_as_images(x_hat) + 1) / 2
         self.val_psnr.update(fake01, real01)

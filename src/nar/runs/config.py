@@ -164,12 +164,19 @@ class DataSection:
     limit_val_samples: int | None = None
     # Report validation over fewer samples than selected (a truncated or missing val shard) instead of failing.
     allow_missing: bool = False
+    # Validation while the run trains (and its final one): the fraction of a process's selected val samples that may
+    # be missing (undecodable, invalid, in a short shard; logged, and val/samples counts what was read) before it
+    # fails. `nar evaluate` tolerates none; a validation that read nothing fails even with allow_missing.
+    val_missing_tolerance: float = 0.01
     seed: int = 0
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "batch_size", "shuffle_buffer")
         _at_least(self, 0, "num_workers")
         _at_least(self, 1, "eval_batch_size", "limit_val_samples", optional=True)
+        if not 0 <= self.val_missing_tolerance < 1:  # also refuses NaN; any shortfall: allow_missing
+            raise ConfigError(f"must be in [0, 1), got {self.val_missing_tolerance}; data.allow_missing=true "
+                              "accepts any shortfall", key="val_missing_tolerance")
 
 
 def _apply_global_batch(data: DataConfig | TokenizerDataConfig, trainer: TrainerConfig, remedy: str,
