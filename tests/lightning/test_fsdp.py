@@ -232,6 +232,10 @@ def test_fsdp_configs_get_the_sharded_strategy(tmp_path: Path) -> None:
         assert isinstance(strategy, ShardedStrategy) and strategy.block_types == (Block,), yaml
         assert cfg.optim.grad_clip == 1.0
         assert not cfg.ema.enabled, yaml  # the official ImageNet FSDP and t2i scripts keep no EMA
+        # XXL follows train_c2i_fsdp.py's MixedPrecision (bf16 gathers and reductions); the others reduce in float32
+        bf16 = yaml.name == "nar_xxl.yaml" and yaml.parent.name == "imagenet"
+        assert strategy.mp_policy.param_dtype == (torch.bfloat16 if bf16 else None), yaml
+        assert strategy.mp_policy.reduce_dtype is None, yaml  # follows param_dtype
     with pytest.raises(ConfigError, match="trainer.precision"):
         strategy_for(generator_config([XL], [f"runs_root={tmp_path}", "trainer.precision=16-mixed",
                                              "trainer.accelerator=gpu"]))
@@ -281,3 +285,118 @@ def test_a_sharded_run_may_turn_the_ema_on_at_a_resume(token_root: Path, tmp_pat
         if w.is_floating_point():
             assert torch.allclose(ema[k], w + (1 - decay) * (after[k] - w), atol=1e-6), k
     assert max((after[k] - w).abs().max().item() for k, w in before.items() if w.is_floating_point()) > 1e-3
+
+
+# --------------------------------------------------------------------------------------------------
+# trainer.fsdp_param_dtype / trainer.fsdp_reduce_dtype: FSDP2's MixedPrecisionPolicy
+# --------------------------------------------------------------------------------------------------
+
+TINY = {"dim": 32, "n_layer": 2, "n_head": 2, "vocab_size": 64, "grid": [4, 4], "num_classes": 4,
+        "token_dropout": 0.0, "resid_dropout": 0.0, "ffn_dropout": 0.0}
+
+
+def test_fsdp_dtype_keys_are_checked_against_the_precision(tmp_path: Path) -> None:
+    """bf16 collectives go with bf16-mixed only (float32 weights under bf16 autocast, as the official script ties
+    them to --mixed-precision); other strategies do not read the keys (nar evaluate runs a stored fsdp config with
+    strategy auto)."""
+    from nar.config import load_config
+    from nar.errors import ConfigError
+    from nar.runs import TrainConfig
+    from nar.runs.config import TrainerConfig
+
+    base = [f"runs_root={tmp_path}", "data.root=x", "trainer.strategy=fsdp"]
+    cfg = load_config(TrainConfig, [], [*base, "trainer.fsdp_param_dtype=bf16", "trainer.fsdp_reduce_dtype=fp32"])
+    assert (cfg.trainer.fsdp_param_dtype, cfg.trainer.fsdp_reduce_dtype) == ("bf16", "fp32")
+    assert TrainConfig().trainer.fsdp_param_dtype is None and TrainConfig().trainer.fsdp_reduce_dtype is None
+    for bad in (["trainer.fsdp_param_dtype=fp16"], ["trainer.precision=32-true", "trainer.fsdp_param_dtype=bf16"],
+                ["trainer.precision=bf16-true", "trainer.fsdp_param_dtype=bf16"]):
+        with pytest.raises(ConfigError, match=r"trainer\.fsdp_param_dtype"):
+            load_config(TrainConfig, [], [*base, *bad])
+    with pytest.raises(ConfigError, match=r"trainer\.fsdp_reduce_dtype"):
+        load_config(TrainConfig, [], [*base, "trainer.precision=32-true", "trainer.fsdp_reduce_dtype=bf16"])
+    TrainerConfig(strategy="auto", precision="32-true", fsdp_param_dtype="bf16")  # not read without fsdp
+    TrainerConfig(strategy="fsdp", precision="32-true", fsdp_reduce_dtype="fp32")  # float32 as without the key
+
+
+def test_fsdp_policy_from_config_reaches_every_fully_shard(monkeypatch) -> None:
+    """The policy of the trainer keys is passed to each block's and the root's fully_shard; the blocks do not cast
+    their inputs (the rotary table stays float32, as FSDP1's default cast of the root's inputs only); a run without
+    bf16 autocast (a CPU run falls back to 32-true) shards in float32."""
+    import torch.distributed.fsdp as fsdp
+    from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+
+    from nar.lightning.sharding import ShardedStrategy, fsdp_mixed_precision
+    from nar.model import NARConfig, NARModel
+    from nar.model.layers import Block
+    from nar.runs.config import TrainerConfig
+
+    calls = []
+    monkeypatch.setattr(fsdp, "fully_shard", lambda module, **kw: calls.append((module, kw)))
+    model = NARModel(NARConfig(**TINY))
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+
+    def shard(trainer: TrainerConfig, precision) -> list:
+        calls.clear()
+        strategy = ShardedStrategy(1, {Block}, mp_policy=fsdp_mixed_precision(trainer))
+        strategy._device_mesh = {"data_parallel": "mesh"}
+        strategy.precision_plugin = precision
+        strategy.shard(model)
+        assert [m for m, _ in calls] == [*blocks, model] and all(kw["mesh"] == "mesh" for _, kw in calls)
+        return [kw["mp_policy"] for _, kw in calls]
+
+    autocast = MixedPrecision("bf16-mixed", "cpu")
+    policies = shard(TrainerConfig(strategy="fsdp", fsdp_param_dtype="bf16"), autocast)
+    assert {(p.param_dtype, p.reduce_dtype) for p in policies} == {(torch.bfloat16, None)}  # reduce follows: bf16
+    assert [p.cast_forward_inputs for p in policies] == [False] * len(blocks) + [True]
+    policies = shard(TrainerConfig(strategy="fsdp", fsdp_param_dtype="bf16", fsdp_reduce_dtype="fp32"), autocast)
+    assert {(p.param_dtype, p.reduce_dtype) for p in policies} == {(torch.bfloat16, torch.float32)}
+    for trainer, precision in ((TrainerConfig(strategy="fsdp"), autocast),
+                               (TrainerConfig(strategy="fsdp", fsdp_param_dtype="bf16"), Precision())):
+        assert {(p.param_dtype, p.reduce_dtype) for p in shard(trainer, precision)} == {(None, None)}
+
+
+def test_bf16_fsdp_computes_in_bf16_and_keeps_float32_weights_grads_and_moments(monkeypatch) -> None:
+    """One gloo process, the real fully_shard with fsdp_param_dtype=bf16 under CPU bf16 autocast: the blocks compute
+    with bf16 weights but rotate with the float32 rotary table; the sharded weights, their gradients (reduced in
+    bf16, handed back in float32), the AdamW moments, the state dict (what checkpoints hold) and the gathered
+    evaluation copy are float32."""
+    import torch.distributed as dist
+    from lightning.pytorch.plugins.precision import MixedPrecision
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor
+
+    import nar.model.layers as layers
+    from nar.lightning.sharding import ShardedStrategy, fsdp_mixed_precision, gather_full_model
+    from nar.model import NARConfig, NARModel
+    from nar.runs.config import TrainerConfig
+
+    ropes, weights = [], []
+    rotate = layers.apply_rotary
+    monkeypatch.setattr(layers, "apply_rotary", lambda x, rope: ropes.append(rope.dtype) or rotate(x, rope))
+    torch.manual_seed(0)
+    model = NARModel(NARConfig(**TINY))
+    blocks = list(model.blocks())  # the trunk's and the heads' blocks
+    for block in blocks:
+        block.attention.wqkv.register_forward_pre_hook(lambda m, args: weights.append(m.weight.dtype))
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        strategy = ShardedStrategy(1, {layers.Block}, mp_policy=fsdp_mixed_precision(
+            TrainerConfig(strategy="fsdp", fsdp_param_dtype="bf16")))
+        strategy._device_mesh = init_device_mesh("cpu", (1,), mesh_dim_names=("data_parallel",))
+        strategy.precision_plugin = MixedPrecision("bf16-mixed", "cpu")
+        strategy.shard(model)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        tokens = torch.randint(0, TINY["vocab_size"], (2, 16), generator=torch.Generator().manual_seed(1))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(tokens, torch.tensor([0, 1]))
+        torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), tokens.flatten()).backward()
+        opt.step()
+        assert weights == [torch.bfloat16] * len(blocks) and ropes == [torch.float32] * len(blocks)
+        params = list(model.parameters())
+        assert all(isinstance(p, DTensor) and p.dtype == torch.float32 for p in params)
+        assert all(p.grad.dtype == torch.float32 for p in params)
+        assert {s[k].dtype for s in opt.state.values() for k in ("exp_avg", "exp_avg_sq")} == {torch.float32}
+        assert {v.dtype for v in model.state_dict().values() if v.is_floating_point()} == {torch.float32}
+        assert {p.dtype for p in gather_full_model(model).parameters()} == {torch.float32}
+    finally:
+        dist.destroy_process_group()

@@ -30,6 +30,18 @@ Resume (``nar.runs.folder``) finds the manifests as it finds ``.ckpt`` files, by
 processes can resume a sharded checkpoint (``torch.distributed.checkpoint`` reshards). A resume may turn the
 EMA off (the saved EMA is not read) or on (:meth:`ShardedStrategy.load_checkpoint` starts it from the resumed shards).
 
+Precision: by default the weights are float32 everywhere and bf16 comes from Lightning's autocast, so every
+all-gather moves float32 weights and every reduce-scatter float32 gradients. ``trainer.fsdp_param_dtype: bf16``
+(FSDP2's ``MixedPrecisionPolicy``, :func:`fsdp_mixed_precision`) gathers the weights in bf16 and, unless
+``trainer.fsdp_reduce_dtype: fp32``, reduces the gradients in bf16: half the bytes, as the official
+``train_c2i_fsdp.py``'s ``MixedPrecision(param_dtype=bf16, reduce_dtype=bf16)``. FSDP2 keeps the sharded
+parameters in their own dtype (float32) and hands back float32 gradient shards, so the optimizer step and its
+AdamW moments, the clipping norm, the EMA (local float32 shards), the checkpoints and the gathered evaluation copy
+(``full_tensor`` of the float32 shards) are float32 as without it. Only the root casts its inputs (FSDP1's default,
+which the official script runs with): a block's inputs include the rotary table, which stays float32. The policy
+applies under bf16 autocast only (``bf16-mixed``); a CPU run, whose ``bf16-mixed`` falls back to ``32-true``,
+shards in float32.
+
 Memory: training holds parameters, gradients and AdamW moments sharded (16 bytes per parameter in float32
 / world size) plus the EMA copy sharded (4 bytes / world size). Validation gathers the EMA weights (or the
 trained ones without EMA) once, into a plain float32 model on every rank: 4 bytes per parameter, 3.3 GB for
@@ -42,12 +54,13 @@ matter at these sizes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.fabric.strategies.fsdp import _distributed_checkpoint_save
@@ -60,9 +73,16 @@ from nar.atomic import TMP_SUFFIX, write_with
 from nar.model import NARModel
 from nar.model.io import SHARDED_KEY, SHARDS_DIR, read_generator_file, sharded_folder
 
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    from nar.runs.config import TrainerConfig
+
 log = logging.getLogger(__name__)
 
 FORMAT = "torch.distributed.checkpoint"
+# The values of trainer.fsdp_param_dtype / fsdp_reduce_dtype (null: no cast)
+FSDP_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def is_sharded(module: nn.Module) -> bool:
@@ -84,6 +104,17 @@ def full(t: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import DTensor
 
     return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def fsdp_mixed_precision(trainer: TrainerConfig) -> MixedPrecisionPolicy:
+    """FSDP2's mixed precision from ``trainer.fsdp_param_dtype`` and ``trainer.fsdp_reduce_dtype``: the dtype of
+    the gathered weights and of the gradient reduction (a null reduce dtype follows the param dtype, in FSDP2 as
+    in the official script's ``--grad-precision``). Both null: no cast, float32 collectives."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    param, reduce = trainer.fsdp_param_dtype, trainer.fsdp_reduce_dtype
+    return MixedPrecisionPolicy(param_dtype=FSDP_DTYPES[param] if param else None,
+                                reduce_dtype=FSDP_DTYPES[reduce] if reduce else None)
 
 
 @torch.no_grad()
@@ -108,12 +139,15 @@ class ShardedStrategy(ModelParallelStrategy):
     """FSDP2 over every process (see the module docstring): sharded training, clipping, EMA and checkpoints.
 
     ``block_types``: the module classes that become their own FSDP unit (the transformer blocks), so that one
-    block's full weights exist at a time in the forward and backward passes.
+    block's full weights exist at a time in the forward and backward passes. ``mp_policy``: the dtypes FSDP
+    gathers and reduces in (:func:`fsdp_mixed_precision`; None: float32), applied under bf16 autocast only.
     """
 
-    def __init__(self, world_size: int, block_types: set[type] | tuple[type, ...] = ()) -> None:
+    def __init__(self, world_size: int, block_types: set[type] | tuple[type, ...] = (),
+                 mp_policy: MixedPrecisionPolicy | None = None) -> None:
         super().__init__(data_parallel_size=world_size, tensor_parallel_size=1, save_distributed_checkpoint=True)
         self.block_types = tuple(block_types)
+        self.mp_policy = mp_policy
 
     # ------------------------------------------------------------------------------ sharding
     def shard(self, module: nn.Module) -> None:
@@ -122,10 +156,29 @@ class ShardedStrategy(ModelParallelStrategy):
         from torch.distributed.fsdp import fully_shard
 
         mesh = self.device_mesh["data_parallel"]
+        policy = self.mixed_precision()
+        # A block's inputs include the float32 rotary table: only the root casts its inputs (FSDP1's default)
+        block_policy = dataclasses.replace(policy, cast_forward_inputs=False)
         blocks = [m for m in module.modules() if self.block_types and isinstance(m, self.block_types)]
         for block in blocks:
-            fully_shard(block, mesh=mesh)
-        fully_shard(module, mesh=mesh)
+            fully_shard(block, mesh=mesh, mp_policy=block_policy)
+        fully_shard(module, mesh=mesh, mp_policy=policy)
+
+    def mixed_precision(self) -> MixedPrecisionPolicy:
+        """``mp_policy`` where the run computes under bf16 autocast; otherwise (a CPU run, whose ``bf16-mixed``
+        falls back to ``32-true``) no cast, as bf16 weights without autocast would run the whole forward in bf16."""
+        from lightning.pytorch.plugins.precision import MixedPrecision
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        policy = self.mp_policy or MixedPrecisionPolicy()
+        if torch.bfloat16 not in (policy.param_dtype, policy.reduce_dtype):
+            return policy
+        plugin = self.precision_plugin
+        if isinstance(plugin, MixedPrecision) and plugin.precision == "bf16-mixed":
+            return policy
+        log.info("trainer.fsdp_param_dtype/fsdp_reduce_dtype bf16 without bf16 autocast (precision %s): FSDP "
+                 "gathers and reduces in float32", getattr(plugin, "precision", type(plugin).__name__))
+        return MixedPrecisionPolicy()
 
     # ------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:

@@ -61,12 +61,12 @@ def strategy_for(run: RunConfig, block_types: set[type] | None = None) -> Any:
     of processes resumes a sharded run)."""
     t = run.trainer
     if t.strategy == "fsdp":
-        from nar.lightning.sharding import ShardedStrategy
+        from nar.lightning.sharding import ShardedStrategy, fsdp_mixed_precision
 
         if t.precision == "16-mixed" and resolve_accelerator(t.accelerator) != "cpu":
             raise ConfigError("fsdp trains in bf16-mixed, bf16-true or 32-true (Lightning's FSDP2 has no fp16 "
                               "loss scaling)", key="trainer.precision")
-        return ShardedStrategy(t.world_size, block_types or ())
+        return ShardedStrategy(t.world_size, block_types or (), mp_policy=fsdp_mixed_precision(t))
     if t.strategy == "ddp" or (t.strategy == "auto" and t.world_size > 1):
         from lightning.pytorch.strategies import DDPStrategy
 

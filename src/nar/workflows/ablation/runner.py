@@ -104,7 +104,8 @@ def build_runs(cfg: AblationConfig, shared: Sequence[str] = ()) -> list[Run]:
 # eval.real_seed where real samples come from eval.real_root: a limited real set is now a random subset, not the
 # first samples, so earlier scores differ and those rows are refused.)
 LATER_KEYS = {("eval", "labels"): "balanced", ("optim", "decay_embeddings"): True,
-              ("optim", "warmup_start_ratio"): 0.0, ("data", "val_missing_tolerance"): 0.01}
+              ("optim", "warmup_start_ratio"): 0.0, ("data", "val_missing_tolerance"): 0.01,
+              ("trainer", "fsdp_param_dtype"): None, ("trainer", "fsdp_reduce_dtype"): None}
 
 
 def fingerprint(train_cfg: Any) -> str:
