@@ -139,3 +139,20 @@ def test_a_bad_val_fraction_fails_before_out_is_made(tmp_path):
         data_cli.run_pairs(_data_parsers()["pairs"].parse_args([str(tmp_path), "--out", str(tmp_path / "o"),
                                                                  "--val-fraction", "1.5"]))
     assert not (tmp_path / "o").exists()
+
+
+def test_tokens_clean_captions_reaches_the_text_encoder(monkeypatch):
+    """`nar data tokens --clean-captions official` builds the text encoder with that cleaning (extraction records
+    it from the encoder); by default captions are encoded as written."""
+    import nar.text
+
+    built = []
+    monkeypatch.setattr(nar.text, "TextEncoder", lambda cfg: built.append(cfg) or cfg)
+    parser = _data_parsers()["tokens"]
+    base = ["src", "--out", "o", "--tokenizer", "t", "--text-encoder", "t5", "--text-encoder-path", "/m"]
+    assert parser.parse_args(base).clean_captions == "none"
+    args = parser.parse_args([*base, "--clean-captions", "official"])
+    data_cli._text_encoder_on(args.text_encoder, args.text_encoder_path, args.caption_len, "cpu", args.clean_captions)
+    assert built[0].clean_captions == "official" and built[0].kind == "t5"
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--clean-captions", "lower"])

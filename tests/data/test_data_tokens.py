@@ -314,6 +314,49 @@ def test_resuming_with_another_text_encoder_is_refused(images, tmp_path):
     assert tok.calls == 0
 
 
+class _CleaningEncoder:
+    """A stand-in text encoder that says how it cleans captions, as nar.text.TextEncoder does (clean_captions)."""
+
+    def __init__(self, how: str) -> None:
+        self.clean_captions = how
+        self.encode = _length_encoder(4, 2)
+
+    def __call__(self, captions):
+        return self.encode(captions)
+
+
+def test_caption_cleaning_is_recorded_and_a_resume_with_the_other_is_refused(images, tmp_path):
+    """How the text encoder cleaned the captions (text.clean_captions) joins the settings a resumed extraction
+    must share, and meta.json: features of cleaned and of uncleaned captions never share a folder. "none" leaves
+    the settings as they were before the key existed, so a folder begun then resumes as before."""
+    import json
+
+    from nar.data.shards import fingerprint, shard_location
+
+    for how, other in (("official", "none"), ("none", "official")):
+        out = tmp_path / how
+        meta = extract_tokens(images, out, PoolTokenizer(), batch_size=2, text_encoder=_CleaningEncoder(how),
+                              text_encoder_name="t5:/m:4")
+        assert meta["clean_captions"] == how and meta["text_encoder"] == "t5:/m:4"
+        tok = PoolTokenizer()
+        extract_tokens(images, out, tok, batch_size=2, text_encoder=_CleaningEncoder(how), text_encoder_name="t5:/m:4")
+        assert tok.calls == 0  # the same cleaning: every shard already done
+        with pytest.raises(DataError, match=f"clean_captions '{how}'.*this run's is '{other}'.*--clean-captions {how}"):
+            extract_tokens(images, out, tok, batch_size=2, text_encoder=_CleaningEncoder(other),
+                           text_encoder_name="t5:/m:4")
+        assert tok.calls == 0
+
+    # "none": the fingerprint of the settings before clean_captions existed; an encoder that does not say cleans nothing
+    shards = [str(shard_location(images, s)) for s in read_meta(images)["splits"]["train"]["shards"]]
+    before = fingerprint(shards, shard_size=1, size=16, flip=False, ten_crop=False, crop_range=1.1, tokenizer="",
+                         text=True, text_encoder="t5:/m:4", caption_shape=[4, 2])
+    assert json.loads((tmp_path / "none" / "train" / "_progress.json").read_text())["fingerprint"] == before
+    tok = PoolTokenizer()
+    extract_tokens(images, tmp_path / "none", tok, batch_size=2, text_encoder=_length_encoder(4, 2),
+                   text_encoder_name="t5:/m:4")
+    assert tok.calls == 0
+
+
 def test_a_resumed_text_extraction_reads_its_progress_once(images, tmp_path, monkeypatch):
     """The progress files of a split are read by write_split's resume check alone: the refusal of a folder begun
     before the text encoder was recorded reads them only once that check has failed."""
@@ -357,18 +400,28 @@ def test_a_text_encoder_whose_feature_shape_changes_is_refused(images, tmp_path)
 
 
 def test_cli_tokens_names_the_text_encoder(images, tmp_path, monkeypatch):
-    """`nar data tokens --text-encoder KIND --text-encoder-path P --caption-len L` passes ``KIND:abs(P):L``."""
+    """`nar data tokens --text-encoder KIND --text-encoder-path P --caption-len L` passes ``KIND:abs(P):L``;
+    ``--clean-captions`` reaches the encoder, and meta.json records it (default "none")."""
     from nar_data_testutil import run_data_cli
 
     from nar.cli import data as data_cli
 
+    def encoder(kind, path, max_len, device, clean_captions="none"):
+        made = _CleaningEncoder(clean_captions)
+        made.encode = _length_encoder(max_len, 2)
+        return made
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(data_cli, "_tokenizer_on", lambda path, config, device: PoolTokenizer())
-    monkeypatch.setattr(data_cli, "_text_encoder_on", lambda kind, path, max_len, device: _length_encoder(max_len, 2))
-    assert run_data_cli(["data", "tokens", str(images), "--out", "tok", "--tokenizer", "pool", "--device", "cpu",
-                         "--text-encoder", "t5", "--text-encoder-path", "t5-xl", "--caption-len", "7"]) == 0
+    monkeypatch.setattr(data_cli, "_text_encoder_on", encoder)
+    argv = ["data", "tokens", str(images), "--tokenizer", "pool", "--device", "cpu", "--text-encoder", "t5",
+            "--text-encoder-path", "t5-xl", "--caption-len", "7"]
+    assert run_data_cli([*argv, "--out", "tok"]) == 0
     meta = read_meta(tmp_path / "tok")
     assert meta["text_encoder"] == f"t5:{tmp_path / 't5-xl'}:7" and meta["caption_len"] == 7
+    assert meta["clean_captions"] == "none"
+    assert run_data_cli([*argv, "--out", "clean", "--clean-captions", "official"]) == 0
+    assert read_meta(tmp_path / "clean")["clean_captions"] == "official"
 
 
 def test_pixels_tokenized_during_training_take_the_tokenizers_size(tmp_path):

@@ -184,3 +184,37 @@ def test_the_recorded_text_encoder_is_what_a_run_on_the_tokens_uses(shapes_token
     (tokens / "meta.json").write_text(json.dumps({**meta, "text_encoder": f"t5:/models/flan-t5:{slots}"}))
     text = facts_from_data(tokens)["text"]
     assert text == {"kind": "t5", "path": "/models/flan-t5", "max_len": text["max_len"]}
+
+
+def test_a_run_cleans_prompts_as_its_stored_caption_features_were_cleaned(shapes_tokens, tmp_path, monkeypatch):
+    """Token shards made with `--clean-captions official` record it: a run on them takes it (so prompts it encodes at
+    validation and sampling are cleaned as its features were), one that sets another is refused at start, and an
+    official t2i checkpoint sampled without a run config cleans prompts as the official sampler does."""
+    import json
+    import shutil
+
+    import nar.workflows.sample as sample_workflow
+    from nar.errors import ConfigError
+    from nar.model import NARConfig
+    from nar.workflows.preflight import check_generator_run
+    from nar.workflows.train import facts_from_data, generator_config
+
+    tokens = tmp_path / "tokens"
+    shutil.copytree(shapes_tokens["tokens"], tokens)
+    assert "clean_captions" not in facts_from_data(tokens)["text"]  # made as written: nothing to take
+    meta = json.loads((tokens / "meta.json").read_text())
+    (tokens / "meta.json").write_text(json.dumps({**meta, "clean_captions": "official"}))
+    assert facts_from_data(tokens)["text"]["clean_captions"] == "official"
+    shared = [f"data.root={tokens}", f"runs_root={tmp_path}", "data.caption_features=true"]
+    check_generator_run(generator_config([], shared))  # takes the recorded cleaning
+    with pytest.raises(ConfigError, match="text.clean_captions"):
+        check_generator_run(generator_config([], [*shared, "text.clean_captions=none"]))
+    seen = []
+    monkeypatch.setattr("nar.text.build_text_encoder", lambda cfg, model_cfg: seen.append(cfg))
+
+    class Official:  # what text_encoder_for reads of a model
+        cfg = NARConfig(condition="caption", caption_dim=2048, caption_len=8)
+
+    sample_workflow.text_encoder_for(Official(), None, None, "/models/flan-t5-xl", "cpu")
+    sample_workflow.text_encoder_for(Official(), {"text": {"kind": "t5"}}, None, "/models/flan-t5-xl", "cpu")
+    assert [c.clean_captions for c in seen] == ["official", "none"]  # a run config says what its run did

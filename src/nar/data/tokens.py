@@ -223,9 +223,10 @@ def extract_tokens(
     returns codes ``[N, *grid]``. The pixel size is the tokenizer's (``tokenizer.config.image_size``),
     checked against the source's ``meta.json``; ``image_size`` (``--image-size``) overrides both. With
     ``text_encoder`` each caption's features are stored as ``capfeat.npy`` / ``capmask.npy``; its
-    ``text_encoder_name`` (the CLI's ``kind:path:caption_len``) and its features' ``[slots, width]`` join the
-    settings a resumed run must share (like ``tokenizer_name``, flip and size) and ``meta.json``
-    (``text_encoder``, ``caption_len``, ``caption_dim``). Returns the token folder's ``meta.json``.
+    ``text_encoder_name`` (the CLI's ``kind:path:caption_len``), its features' ``[slots, width]`` and how it
+    cleans captions (its ``clean_captions``, "none" when it does not say) join the settings a resumed run must
+    share (like ``tokenizer_name``, flip and size) and ``meta.json`` (``text_encoder``, ``caption_len``,
+    ``caption_dim``, ``clean_captions``). Returns the token folder's ``meta.json``.
 
     Several processes (``torch.distributed`` initialised, e.g. under torchrun, or :func:`extract_tokens_parallel`)
     share the work: rank ``r`` of ``world_size`` encodes source shards ``i ≡ r (mod world_size)`` into token shard
@@ -284,6 +285,7 @@ def _extract(
     device = str(device)
     tokenizer = tokenizer.to(device).eval()
     caption_shape = text_feature_shape(text_encoder) if text_encoder is not None else None
+    cleaning = caption_cleaning(text_encoder) if text_encoder is not None else None
     producer = EncodeTokenShard(tokenizer, kind, int(size), flip=flip, ten_crop=ten_crop, crop_range=crop_range,
                                 batch_size=batch_size, device=device, text_encoder=text_encoder,
                                 caption_shape=caption_shape)
@@ -293,6 +295,8 @@ def _extract(
     params = dict(old_params)
     if caption_shape is not None:
         params.update(text_encoder=text_encoder_name, caption_shape=list(caption_shape))
+        if cleaning != "none":  # absent at "none": a folder begun before the setting existed resumes as it did
+            params["clean_captions"] = cleaning
     names = list(splits or src_meta["splits"])
     for split in names:
         if split not in src_meta["splits"]:
@@ -306,9 +310,9 @@ def _extract(
             try:
                 records.append(write_split(out, split, shards, produce=producer, shard_size=1, params=params,
                                            desc=f"tokens {split}", unit="shard", part=(rank, world)))
-            except DataError as err:  # a resume refused by write_split: say why, for the one case we can tell
+            except DataError as err:  # a resume refused by write_split: say why, for the cases we can tell
                 if caption_shape is not None:
-                    _refuse_unrecorded_text_encoder(Path(out) / split, shards, old_params, err)
+                    _explain_refused_text_resume(Path(out) / split, shards, old_params, params, err)
                 raise
         return records
 
@@ -324,7 +328,8 @@ def _extract(
     augs = "ten_crop" if ten_crop else "flip" if flip else "none"
     extra = {k: src_meta[k] for k in ("frames", "stride", "frame_skip") if k in src_meta}
     if caption_shape is not None:
-        extra.update(text_encoder=text_encoder_name, caption_len=caption_shape[0], caption_dim=caption_shape[1])
+        extra.update(text_encoder=text_encoder_name, caption_len=caption_shape[0], caption_dim=caption_shape[1],
+                     clean_captions=cleaning)
 
     def merge() -> dict[str, Any] | None:
         if rank != 0:
@@ -360,13 +365,32 @@ def text_feature_shape(text_encoder: TextEncoder) -> tuple[int, int]:
     return int(feat.shape[1]), int(feat.shape[2])
 
 
-def _refuse_unrecorded_text_encoder(split_dir: Path, shards: list[str], old_params: dict[str, Any],
-                                    refused: DataError) -> None:
-    """After :func:`write_split` ``refused`` to resume ``split_dir``: a split begun before the text encoder joined
-    the settings (they held only ``text: true``) cannot tell which encoder made its caption features, so a resumed
-    run cannot be checked against it. Raise that, rather than the general mismatch; return when it is not so.
+def caption_cleaning(text_encoder: TextEncoder) -> str:
+    """How ``text_encoder`` cleans captions before encoding them (:attr:`nar.text.TextEncoder.clean_captions`);
+    "none" for an encoder that does not say."""
+    return str(getattr(text_encoder, "clean_captions", "none"))
+
+
+def _explain_refused_text_resume(split_dir: Path, shards: list[str], old_params: dict[str, Any],
+                                 params: dict[str, Any], refused: DataError) -> None:
+    """After :func:`write_split` ``refused`` to resume ``split_dir`` with ``params``, raise the reason when it is one
+    we can tell from the progress files' fingerprints, rather than the general mismatch; return when it is none:
+
+    - the split was begun before the text encoder joined the settings (they held only ``text: true``): which
+      encoder made its caption features is unknown, so this run cannot be checked against it;
+    - it was begun with the same settings but another caption cleaning (``clean_captions``).
+
     Called only once the resume has failed, so a run that resumes reads its progress files once (in write_split)."""
+    from nar.text.cleaning import CLEANINGS
+
+    cleaned = {}  # fingerprint of these settings with another cleaning -> that cleaning
+    for how in CLEANINGS:
+        other = {k: v for k, v in params.items() if k != "clean_captions"}
+        if how != "none":
+            other["clean_captions"] = how
+        cleaned[fingerprint(shards, shard_size=1, **other)] = how
     old = fingerprint(shards, shard_size=1, **old_params)
+    this = params.get("clean_captions", "none")
     for path in _progress_files(split_dir):
         try:
             recorded = json.loads(path.read_text()).get("fingerprint")
@@ -376,6 +400,12 @@ def _refuse_unrecorded_text_encoder(split_dir: Path, shards: list[str], old_para
             raise DataError(f"{split_dir} was begun by an older nar, which did not record the text encoder that made "
                             "its caption features, so they cannot be checked against this one; delete the folder "
                             "(or pass --overwrite) and extract again") from refused
+        if cleaned.get(recorded, this) != this:
+            how = cleaned[recorded]
+            raise DataError(f"{split_dir} holds caption features of captions cleaned with clean_captions '{how}', "
+                            f"and this run's is '{this}'; the two cannot share a folder: rerun with "
+                            f"--clean-captions {how} (text.clean_captions), or delete the folder (or pass "
+                            "--overwrite) and extract again") from refused
 
 
 def _gather(obj: Any, world: int) -> list[Any]:

@@ -10,6 +10,8 @@ Two kinds, both through ``transformers`` with ``local_files_only=True`` and ``HF
 Either way :meth:`TextEncoder.encode` returns ``max_len`` slots **right-aligned** as the official
 models expect (NAR_SPEC §2): a caption of ``k`` tokens fills the last ``k`` slots, the padding comes
 first, its features are zero and its mask is 0. Longer captions are truncated to ``max_len`` tokens.
+With ``clean_captions="official"`` captions are first cleaned as the official T5 path cleans them
+(:mod:`nar.text.cleaning`); the default ``"none"`` encodes them as written.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 
 from nar.errors import ConfigError
+from nar.text.cleaning import CLEANINGS, clean_captions
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,9 @@ class TextEncoderConfig:
 
     ``path`` "" = the packaged MiniLM (kind ``minilm``); kind ``t5`` always needs ``path``.
     ``max_len`` = caption slots (the model's ``caption_len``; official 120).
+    ``clean_captions``: ``"official"`` cleans each caption before the tokenizer as the official t2i code does
+    (lower case, no URLs, HTML, @mentions, ...; :mod:`nar.text.cleaning`), ``"none"`` encodes it as written.
+    Stored caption features record it, and a run must use the setting its features were made with.
     """
 
     kind: str = "minilm"
@@ -57,6 +63,7 @@ class TextEncoderConfig:
     dtype: str = "float32"
     device: str = "cpu"
     batch_size: int = 64
+    clean_captions: str = "none"  # "none" | "official"; existing configs keep "none" (captions as written)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -67,6 +74,8 @@ class TextEncoderConfig:
             raise ConfigError(f"'{self.dtype}' is not one of {tuple(DTYPES)}", key="dtype")
         if self.batch_size < 1:
             raise ConfigError(f"must be >= 1, got {self.batch_size}", key="batch_size")
+        if self.clean_captions not in CLEANINGS:
+            raise ConfigError(f"'{self.clean_captions}' is not one of {CLEANINGS}", key="clean_captions")
 
     @property
     def feature_dim(self) -> int:
@@ -173,9 +182,16 @@ class TextEncoder(nn.Module):
     def max_len(self) -> int:
         return self.cfg.max_len
 
+    @property
+    def clean_captions(self) -> str:
+        """How captions are cleaned before encoding (``TextEncoderConfig.clean_captions``); token extraction
+        records it with the features."""
+        return self.cfg.clean_captions
+
     @torch.no_grad()
     def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Captions → ``(features float32 [B, max_len, D] right-aligned, mask bool [B, max_len])`` on CPU.
+        """Captions (cleaned first where ``clean_captions`` says so) → ``(features float32 [B, max_len, D]
+        right-aligned, mask bool [B, max_len])`` on CPU.
 
         Runs under ``no_grad``, not ``inference_mode``: the results are ordinary tensors, so features encoded
         on the fly can feed a trained model whose loss is backpropagated.
@@ -185,6 +201,7 @@ class TextEncoder(nn.Module):
         feats, masks = [], []
         for i in range(0, len(captions), self.cfg.batch_size):
             chunk = [c or "" for c in captions[i:i + self.cfg.batch_size]]
+            chunk = clean_captions(chunk, self.cfg.clean_captions)  # as in extraction, training and sampling
             enc = self.tokenizer(chunk, padding="longest", truncation=True, max_length=self.cfg.max_len,
                                  return_tensors="pt")
             ids = enc["input_ids"].to(self.cfg.device)

@@ -51,7 +51,13 @@ def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[st
     if needs_data and not cfg.data.root:
         raise ConfigError("empty; point it at a shard folder (e.g. made by `nar data tokens`)", key="data.root")
     if needs_data:
-        read_meta(cfg.data.root)  # DataError naming <root>/meta.json, before the run folder is made
+        meta = read_meta(cfg.data.root)  # DataError naming <root>/meta.json, before the run folder is made
+        stored = meta.get("clean_captions") or "none"  # how `nar data tokens` cleaned its captions
+        if meta.get("caption_features") and cfg.data.caption_features and cfg.text.clean_captions != stored:
+            # the prompts a run encodes itself (validation, sampling) must reach the model as its features did
+            raise ConfigError(f"{cfg.text.clean_captions!r}, but the caption features in {cfg.data.root} were made "
+                              f"from captions cleaned {stored!r} (nar data tokens --clean-captions); set "
+                              f"text.clean_captions={stored}", key="text.clean_captions")
     # networks the metrics load at the first decoding validation: a wrong path would fail after training
     if e.inception_weights and not Path(e.inception_weights).is_file():
         raise ConfigError(f"file not found: {e.inception_weights}", key="eval.inception_weights")

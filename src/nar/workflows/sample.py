@@ -152,7 +152,7 @@ def sampling_for(job: SampleJob, model_cfg: NARConfig, run: dict[str, Any] | Non
 def text_encoder_for(model: NARModel, run: dict[str, Any] | None, kind: str | None, path: str | None,
                      device: str | None = None) -> Callable:
     """The run's text encoder (with these overrides) on ``device``; without a run config, official caption
-    models (2048-d features) default to FLAN-T5, others to MiniLM."""
+    models (2048-d features) default to FLAN-T5 with the official caption cleaning, others to MiniLM."""
     from nar.text import build_text_encoder
 
     if run is not None:
@@ -161,8 +161,10 @@ def text_encoder_for(model: NARModel, run: dict[str, Any] | None, kind: str | No
         base = TextEncoderConfig(kind="t5" if model.cfg.caption_dim == 2048 else "minilm")
     cfg = replace(base, kind=kind or base.kind, path=path if path is not None else base.path,
                   device=device or base.device)
-    if run is None and cfg.kind == "t5" and cfg.device.startswith("cuda"):
-        cfg = replace(cfg, dtype="bfloat16")  # as the official samplers run FLAN-T5 (torch_dtype bf16)
+    if run is None and cfg.kind == "t5":
+        cfg = replace(cfg, clean_captions="official")  # official checkpoints learned from cleaned captions
+        if cfg.device.startswith("cuda"):
+            cfg = replace(cfg, dtype="bfloat16")  # as the official samplers run FLAN-T5 (torch_dtype bf16)
     return build_text_encoder(cfg, model.cfg)
 
 

@@ -56,7 +56,8 @@ DATA_FACTS = ("model.grid", "model.vocab_size", "model.num_classes", "classes", 
 def facts_from_data(root: str | Path) -> dict[str, Any]:
     """Config values a token-shard folder's ``meta.json`` implies: grid, vocabulary (the codebook), number of
     classes and their names, the tokenizer that made the tokens and the real samples they came from (when
-    those files still exist), and for caption features the caption model's slots and width."""
+    those files still exist), and for caption features the caption model's slots and width and how the captions
+    were cleaned."""
     from nar.data.shards import read_meta
 
     meta = read_meta(root)
@@ -93,6 +94,8 @@ def facts_from_data(root: str | Path) -> dict[str, Any]:
         text_path = rest.rpartition(":")[0]
         out["text"] = {"kind": kind if kind in ("t5", "minilm") else ("t5" if width == 2048 else "minilm"),
                        "max_len": slots, **({"path": text_path} if text_path else {})}
+        if meta.get("clean_captions") not in (None, "none"):  # prompts encoded later are cleaned as these were
+            out["text"]["clean_captions"] = meta["clean_captions"]
     return out
 
 

@@ -105,7 +105,8 @@ def build_runs(cfg: AblationConfig, shared: Sequence[str] = ()) -> list[Run]:
 # first samples, so earlier scores differ and those rows are refused.)
 LATER_KEYS = {("eval", "labels"): "balanced", ("optim", "decay_embeddings"): True,
               ("optim", "warmup_start_ratio"): 0.0, ("data", "val_missing_tolerance"): 0.01,
-              ("trainer", "fsdp_param_dtype"): None, ("trainer", "fsdp_reduce_dtype"): None}
+              ("trainer", "fsdp_param_dtype"): None, ("trainer", "fsdp_reduce_dtype"): None,
+              ("text", "clean_captions"): "none"}
 
 
 def fingerprint(train_cfg: Any) -> str:
