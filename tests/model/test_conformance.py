@@ -21,10 +21,11 @@ def build(entry: dict) -> NARModel:
     c = entry["config"]
     grid = c["grid"] if isinstance(c["grid"], (list, tuple)) else [c["grid"], c["grid"]]
     caption = c["cls_token_num"] > 1
+    # a class model has no caption slots: caption_len keeps NARConfig's default (unused)
+    slots = {"caption_len": c["cls_token_num"]} if caption else {}
     cfg = NARConfig(
         dim=c["dim"], n_layer=c["n_layer"], n_head=c["n_head"], vocab_size=c["vocab_size"], grid=list(grid),
-        condition="caption" if caption else "class", num_classes=c["num_classes"],
-        caption_len=c["cls_token_num"] if caption else 120, caption_dim=c["caption_dim"],
+        condition="caption" if caption else "class", num_classes=c["num_classes"], **slots, caption_dim=c["caption_dim"],
         norm_eps=c["norm_eps"], rope_base=c["rope_base"], multiple_of=c["multiple_of"],
         token_dropout=0.0, resid_dropout=0.0, ffn_dropout=0.0)
     model = NARModel(cfg)

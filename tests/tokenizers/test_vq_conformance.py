@@ -67,7 +67,7 @@ def test_mismatch_lists_keys_and_shapes(vq_fixture):
     state = dict(vq_fixture["checkpoint"]["model"])
     state.pop("encoder.conv_in.bias")
     state["encoder.extra.weight"] = torch.zeros(1)
-    wrong = dict(vq_fixture["config"], codebook_size=128)
+    wrong = dict(vq_fixture["config"], codebook_size=2 * vq_fixture["config"]["codebook_size"])  # not the file's
     with pytest.raises(CheckpointError) as err:
         load_official_vq(state, wrong)
     message = str(err.value)
