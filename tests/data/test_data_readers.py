@@ -336,6 +336,16 @@ def test_a_validation_missing_more_than_the_tolerance_fails_naming_the_key(tmp_p
     assert "Traceback" not in str(err.value)
 
 
+def test_a_tolerance_above_zero_lets_one_sample_go_however_few_a_process_reads(tmp_path):
+    """0.01 of a rank's 20 samples rounds down to none; a tolerance above 0 still lets one damaged sample go (8 GPUs
+    split a small validation subset into a few dozen samples each), but not two."""
+    dm = _val_datamodule(_damaged_val(tmp_path / "one", {5}), 0, val_missing_tolerance=0.01)
+    assert sum(len(b["label"]) for b in dm.val_dataloader()) == VAL - 1
+    dm = _val_datamodule(_damaged_val(tmp_path / "two", {5, 6}), 0, val_missing_tolerance=0.01)
+    with pytest.raises(MissingSamples, match="more than data.val_missing_tolerance=0.01 tolerates \\(1 of 20\\)"):
+        list(dm.val_dataloader())
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_evaluation_and_a_validation_outside_training_stay_strict(tmp_path, workers):
     """The tolerance is for a run's validations only: the same pass under trainer.validate of a model not trained

@@ -150,7 +150,7 @@ class ShardStream(IterableDataset):
     (per worker under a DataLoader with workers; the rank's under :class:`EvalLoader`). A pass that came out
     short raises :class:`MissingSamples` at its end naming the shards (a DataLoader re-raises it in the main
     process), unless ``allow_missing`` or, for a training run's validation, no more than ``missing_tolerance``
-    (a fraction of the rank's selected samples, rounded down) are missing; then it logs the same line as a
+    (a fraction of the rank's selected samples, rounded down, at least one) are missing; then it logs the same line as a
     warning. ``missing_tolerance=None``: an evaluation pass, no tolerance. A rank that read none of its samples
     fails in any case. ``keys`` (the allow and the tolerance setting) are what the messages tell to change.
     """
@@ -210,9 +210,12 @@ class ShardStream(IterableDataset):
         return self.allow_missing or bool(self.missing_tolerance)
 
     def tolerated(self, selected: int) -> int:
-        """How many of ``selected`` samples may be missing under ``missing_tolerance`` (rounded down)."""
+        """How many of ``selected`` samples may be missing under ``missing_tolerance``: rounded down, but at least
+        one for a tolerance above 0 (a few dozen samples per process round any fraction down to none)."""
+        if not self.missing_tolerance:
+            return 0
         # the epsilon keeps 0.29 * 100 (= 28.999…) at 29
-        return math.floor((self.missing_tolerance or 0.0) * selected + 1e-9)
+        return max(1, math.floor(self.missing_tolerance * selected + 1e-9))
 
     def part_ids(self, part: int, parts: int) -> np.ndarray:
         lo, hi = partition_bounds(len(self.sample_ids), parts, part)
