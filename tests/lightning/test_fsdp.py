@@ -295,27 +295,22 @@ TINY = {"dim": 32, "n_layer": 2, "n_head": 2, "vocab_size": 64, "grid": [4, 4], 
         "token_dropout": 0.0, "resid_dropout": 0.0, "ffn_dropout": 0.0}
 
 
-def test_fsdp_dtype_keys_are_checked_against_the_precision(tmp_path: Path) -> None:
-    """bf16 collectives go with bf16-mixed only (float32 weights under bf16 autocast, as the official script ties
-    them to --mixed-precision); other strategies do not read the keys (nar evaluate runs a stored fsdp config with
-    strategy auto)."""
+def test_fsdp_dtype_keys_are_checked_and_any_precision_loads() -> None:
+    """The keys take null, bf16 or fp32, named when wrong. Any precision loads with them (a recipe with bf16
+    collectives evaluated or tried in 32-true): without bf16 autocast the strategy shards in float32 (the next test)."""
     from nar.config import load_config
     from nar.errors import ConfigError
     from nar.runs import TrainConfig
-    from nar.runs.config import TrainerConfig
 
-    base = [f"runs_root={tmp_path}", "data.root=x", "trainer.strategy=fsdp"]
+    base = ["data.root=x", "trainer.strategy=fsdp"]
     cfg = load_config(TrainConfig, [], [*base, "trainer.fsdp_param_dtype=bf16", "trainer.fsdp_reduce_dtype=fp32"])
     assert (cfg.trainer.fsdp_param_dtype, cfg.trainer.fsdp_reduce_dtype) == ("bf16", "fp32")
     assert TrainConfig().trainer.fsdp_param_dtype is None and TrainConfig().trainer.fsdp_reduce_dtype is None
-    for bad in (["trainer.fsdp_param_dtype=fp16"], ["trainer.precision=32-true", "trainer.fsdp_param_dtype=bf16"],
-                ["trainer.precision=bf16-true", "trainer.fsdp_param_dtype=bf16"]):
-        with pytest.raises(ConfigError, match=r"trainer\.fsdp_param_dtype"):
-            load_config(TrainConfig, [], [*base, *bad])
-    with pytest.raises(ConfigError, match=r"trainer\.fsdp_reduce_dtype"):
-        load_config(TrainConfig, [], [*base, "trainer.precision=32-true", "trainer.fsdp_reduce_dtype=bf16"])
-    TrainerConfig(strategy="auto", precision="32-true", fsdp_param_dtype="bf16")  # not read without fsdp
-    TrainerConfig(strategy="fsdp", precision="32-true", fsdp_reduce_dtype="fp32")  # float32 as without the key
+    for key in ("fsdp_param_dtype", "fsdp_reduce_dtype"):
+        with pytest.raises(ConfigError, match=rf"trainer\.{key}"):
+            load_config(TrainConfig, [], [*base, f"trainer.{key}=fp16"])
+    for precision in ("32-true", "bf16-true"):
+        load_config(TrainConfig, [], [*base, f"trainer.precision={precision}", "trainer.fsdp_param_dtype=bf16"])
 
 
 def test_fsdp_policy_from_config_reaches_every_fully_shard(monkeypatch) -> None:

@@ -95,6 +95,7 @@ class TrainerConfig:
     # bf16: half the bytes of every all-gather and reduce-scatter, as the official train_c2i_fsdp.py
     # (MixedPrecision bf16/bf16). fsdp_reduce_dtype null follows fsdp_param_dtype (the official --grad-precision);
     # fp32 sums gradients in float32. The sharded weights, AdamW moments and checkpoints stay float32 either way.
+    # bf16 applies under precision bf16-mixed only; other precisions shard in float32 (logged).
     fsdp_param_dtype: str | None = None  # null | bf16 | fp32
     fsdp_reduce_dtype: str | None = None  # null | bf16 | fp32
 
@@ -109,11 +110,6 @@ class TrainerConfig:
             value = getattr(self, key)
             if value not in (None, "bf16", "fp32"):
                 raise ConfigError(f"'{value}' is not one of (null, 'bf16', 'fp32')", key=key)
-            # bf16 collectives belong to bf16 mixed precision (the official script ties them to --mixed-precision):
-            # under 32-true the blocks would compute in bf16 with no autocast; under bf16-true the weights are bf16.
-            if value == "bf16" and self.strategy == "fsdp" and self.precision != "bf16-mixed":
-                raise ConfigError(f"bf16 goes with trainer.precision bf16-mixed (float32 weights under bf16 "
-                                  f"autocast), not {self.precision!r}: set it to null or fp32", key=key)
 
     @property
     def world_size(self) -> int:
