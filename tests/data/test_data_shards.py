@@ -157,7 +157,7 @@ def test_shards_are_readable_by_webdataset(tmp_path):
     assert all(set(s) >= {"cls", "json", "txt", "x.npy"} for s in samples)
 
 
-def test_split_index_locates_samples(tmp_path):
+def test_split_index_locates_samples(tmp_path, caplog):
     rec = write_split(tmp_path, "train", list(range(10)), make_sample=make_sample, shard_size=4)
     write_meta(tmp_path, "image", [rec])
     index = SplitIndex.load(tmp_path, "train")
@@ -168,6 +168,14 @@ def test_split_index_locates_samples(tmp_path):
         read_meta(tmp_path / "train")
     with tarfile.open(tmp_path / rec.shards[0]) as tar:
         assert all(m.mtime == 0 for m in tar.getmembers())
+    # a meta.json without shard sizes (an older or hand-written one): the labels cannot be placed, quietly
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    del meta["splits"]["train"]["shard_samples"]
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        index = SplitIndex.load(tmp_path, "train")
+    assert index.counts == (-1, -1, -1) and index.labels is None and not caplog.records
 
 
 def test_skipped_inputs_past_the_listed_names_are_still_counted(tmp_path, monkeypatch):

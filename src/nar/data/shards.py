@@ -785,7 +785,9 @@ class SplitIndex:
                 labels = np.load(labels_path)
             except (OSError, ValueError) as err:
                 log.warning("ignoring unreadable %s: %s", labels_path, err)
-        if labels is not None and len(labels) != sum(counts):
+        if labels is not None and min(counts, default=0) < 0:
+            labels = None  # shard sizes not recorded: nothing to match the labels with (quietly: nothing is wrong)
+        elif labels is not None and len(labels) != sum(counts):
             log.warning("ignoring %s: %d labels for %d samples", labels_path, len(labels), sum(counts))
             labels = None
         return cls(root=root, split=split, shards=shards, counts=counts, labels=labels)
