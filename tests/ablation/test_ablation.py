@@ -107,6 +107,19 @@ def test_a_warmup_from_zero_hashes_as_before_the_start_ratio_existed() -> None:
     assert fingerprint(started) != fingerprint(cfg)
 
 
+def test_a_per_step_schedule_hashes_as_before_the_interval_existed() -> None:
+    """optim.schedule_interval=step is how every stored run moved its schedule: a later key (hashed as before it
+    existed); a cosine per epoch is another schedule, another fingerprint."""
+    from nar.config import load_config
+    from nar.runs import TrainConfig
+    from nar.workflows.ablation.runner import LATER_KEYS
+
+    cfg = load_config(TrainConfig, [], ["data.root=x", "optim.schedule=cosine"])
+    assert LATER_KEYS[("optim", "schedule_interval")] == cfg.optim.schedule_interval == "step"
+    per_epoch = load_config(TrainConfig, [], ["data.root=x", "optim.schedule=cosine", "optim.schedule_interval=epoch"])
+    assert fingerprint(per_epoch) != fingerprint(cfg)
+
+
 def test_equivalent_head_settings_share_a_fingerprint(tmp_path: Path) -> None:
     cfg = load_ablation_config(_grid(tmp_path, [
         {"name": "none", "model": {"head_sharing": "shared", "head_blocks": [0, 0]}},

@@ -75,6 +75,84 @@ def test_warmup_can_start_from_a_fraction_of_the_rate_as_the_official_video_trai
     assert opt.param_groups[0]["lr"] == pytest.approx(m.cfg.optim.lr * official(0))  # the rate of the first step
 
 
+def official_epoch_cosine_lr(step: int, epoch_steps: int, epochs: int, lr: float, min_ratio: float) -> float:
+    """train_t2i_webdata.py's scheduler as its loop drives it: ``CosineAnnealingLR(T_max=epochs, eta_min)``,
+    one ``scheduler.step()`` after each epoch's optimizer steps (so epoch 0 trains at the full rate)."""
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=min_ratio * lr)
+    for _ in range(step // epoch_steps):
+        opt.step()  # no gradients: a no-op, in the order torch expects
+        sched.step()
+    return opt.param_groups[0]["lr"]
+
+
+def test_cosine_can_move_once_per_epoch_as_the_official_t2i_scheduler() -> None:
+    """optim.schedule_interval=epoch: the factor of every step of epoch e is the official per-epoch cosine's rate
+    for e, from the full rate in epoch 0 to the last epoch's (above eta_min = min_lr_ratio x lr, which the
+    official run never trains at), then min_lr_ratio if trainer.max_steps runs past optim.epochs."""
+    epoch_steps, epochs, ratio = 7, 5, 0.01
+    m = tiny(**{"optim.schedule": "cosine", "optim.schedule_interval": "epoch", "optim.epoch_steps": epoch_steps,
+                "optim.epochs": epochs, "optim.min_lr_ratio": ratio, "trainer.max_steps": epoch_steps * epochs})
+    lr, factor = m.cfg.optim.lr, m.configure_optimizers()["lr_scheduler"]["scheduler"].lr_lambdas[0]
+    last = epoch_steps * epochs - 1
+    for step in (0, epoch_steps // 2, epoch_steps - 1, epoch_steps, 2 * epoch_steps + 3, last - epoch_steps + 1, last):
+        assert lr * factor(step) == pytest.approx(official_epoch_cosine_lr(step, epoch_steps, epochs, lr, ratio),
+                                                  rel=1e-9), step
+    assert factor(0) == factor(epoch_steps - 1) == 1.0 and factor(epoch_steps) < 1.0  # moves at the boundary only
+    assert factor(last) > ratio and factor(last + 1) == pytest.approx(ratio)
+    # linear moves at the same boundaries: epoch e at 1 - e / epochs of the way down
+    assert lr_factor(2 * epoch_steps + 3, 0, 100, "linear", 0.0, epoch_steps=epoch_steps, epochs=epochs,
+                     interval="epoch") == pytest.approx(1.0 - 2 / epochs)
+    # the default still moves every step over trainer.max_steps
+    assert tiny(**{"optim.schedule": "cosine", "trainer.max_steps": 100}).configure_optimizers()[
+        "lr_scheduler"]["scheduler"].lr_lambdas[0](50) == pytest.approx(0.5)
+
+
+def test_an_epoch_schedule_after_a_warmup_counts_epochs_from_step_0() -> None:
+    """The warm-up still moves every step; the epochs it overlaps are not shifted (as multistep counts them)."""
+    epoch_steps, epochs = 4, 3
+    got = [lr_factor(s, 6, 100, "cosine", 0.0, epoch_steps=epoch_steps, epochs=epochs, interval="epoch")
+           for s in range(12)]
+    assert got[:6] == pytest.approx([(s + 1) / 6 for s in range(6)])
+    assert got[6:8] == pytest.approx([0.75, 0.75]) and got[8:] == pytest.approx([0.25] * 4)  # epochs 1 and 2
+
+
+def test_epoch_steps_are_derived_for_an_epoch_schedule(token_root, tmp_path, caplog) -> None:
+    """samples // global batch; a trainer.max_steps that is not optim.epochs of them is named."""
+    from lightning_helpers import tiny_overrides
+
+    from nar.data.shards import read_meta
+    from nar.workflows.train import with_epoch_steps
+
+    samples = int(read_meta(token_root)["splits"]["train"]["samples"])
+    per_epoch = {"optim.schedule": "cosine", "optim.schedule_interval": "epoch", "data.batch_size": 4}
+    with caplog.at_level("WARNING", logger="nar.workflows.train"):
+        cfg = load_config(TrainConfig, [], tiny_overrides(token_root, tmp_path, **per_epoch, **{
+            "optim.epochs": 3, "trainer.max_steps": 3 * (samples // 4)}))
+        assert with_epoch_steps(cfg).optim.epoch_steps == samples // 4
+        assert "trainer.max_steps" not in caplog.text
+        with_epoch_steps(load_config(TrainConfig, [], tiny_overrides(token_root, tmp_path, **per_epoch)))
+    assert "optim.epochs=300" in caplog.text and "trainer.max_steps=20" in caplog.text
+    for unmoved in ({"optim.schedule": "cosine"}, {"optim.schedule": "constant", "optim.schedule_interval": "epoch"}):
+        cfg = load_config(TrainConfig, [], tiny_overrides(token_root, tmp_path, **unmoved))
+        assert with_epoch_steps(cfg).optim.epoch_steps is None  # no epochs to count: the data is not read
+
+
+def test_an_epoch_schedule_without_epoch_steps_is_refused() -> None:
+    from nar.errors import NarError
+
+    with pytest.raises(NarError, match="epoch_steps"):
+        tiny(**{"optim.schedule": "cosine", "optim.schedule_interval": "epoch"}).configure_optimizers()
+
+
+@pytest.mark.parametrize("interval", ["epochs", "Step", ""])
+def test_schedule_interval_must_be_step_or_epoch(interval: str) -> None:
+    from nar.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="schedule_interval"):
+        load_config(TrainConfig, [], [f"optim.schedule_interval={interval}"])
+
+
 @pytest.mark.parametrize("ratio", [-0.1, 1.5, float("nan")])
 def test_warmup_start_ratio_out_of_range_names_the_key(ratio: float) -> None:
     from nar.errors import ConfigError

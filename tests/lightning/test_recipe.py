@@ -146,3 +146,30 @@ def test_training_throughput_benchmark_runs(tmp_path: Path) -> None:
                "--steps", "2", "--warmup", "1", "--out", str(tmp_path))
     row = json.loads(next(tmp_path.glob("train-NAR-tiny-*.json")).read_text())
     assert row["images_per_s"] > 0 and row["model_tflops_per_s"] > 0 and row["mfu"] is None  # no CPU peak
+
+
+def official_t2i_lr(step: int, epoch_steps: int, epochs: int, lr: float = 1e-4) -> float:
+    """train_t2i_webdata.py's CosineAnnealingLR(T_max=--epochs, eta_min=1e-6), one scheduler.step() after each
+    epoch's optimizer steps."""
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=1e-6)
+    for _ in range(step // epoch_steps):
+        opt.step()  # no gradients: a no-op, in the order torch expects
+        sched.step()
+    return opt.param_groups[0]["lr"]
+
+
+@pytest.mark.parametrize("stages, epochs, epoch_steps", [(["nar_xl.yaml"], 60, 7812),
+                                                          (["nar_xl.yaml", "nar_xl_512.yaml"], 40, 3906)])
+def test_t2i_learning_rate_follows_the_official_per_epoch_cosine(stages: list[str], epochs: int,
+                                                                 epoch_steps: int) -> None:
+    """Stage 1 (--epochs 60 of the 4M pairs) and stage 2 (a fresh scheduler, --epochs 40 of the 2M pairs): the rate
+    of a step is the official per-epoch cosine's for its epoch, from the first step to the last."""
+    cfg = load_config(TrainConfig, [ROOT / "experiments" / "t2i" / s for s in stages],
+                      ["trainer.devices=8", f"optim.epoch_steps={epoch_steps}", "model.n_layer=1", "model.dim=64",
+                       "model.n_head=2"])
+    assert cfg.trainer.max_steps == epochs * epoch_steps
+    factor = GeneratorModule(cfg).configure_optimizers()["lr_scheduler"]["scheduler"].lr_lambdas[0]
+    last = cfg.trainer.max_steps - 1
+    for step in (0, epoch_steps - 1, epoch_steps, epochs // 2 * epoch_steps + 5, last - epoch_steps + 1, last):
+        assert cfg.optim.lr * factor(step) == pytest.approx(official_t2i_lr(step, epoch_steps, epochs), rel=1e-9)

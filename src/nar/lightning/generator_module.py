@@ -48,13 +48,17 @@ class NonFiniteLossError(NarError):
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float, *, epoch_steps: int = 0,
-              milestones: Sequence[int] = (), gamma: float = 0.2, warmup_start_ratio: float = 0.0) -> float:
+              milestones: Sequence[int] = (), gamma: float = 0.2, warmup_start_ratio: float = 0.0,
+              interval: str = "step", epochs: int = 1) -> float:
     """Multiplier of the base learning rate at optimizer step ``step`` (0-based).
 
     The warm-up is ``r + (1 - r) * (step + 1) / warmup`` with ``r = warmup_start_ratio``: 1.0 at step
     ``warmup - 1``; NAR-videos' trainer applies this line with its 1-based step counter and ``r`` its min_lr_mult.
     ``multistep`` is the official recipe's ``MultiStepLR`` stepped once per epoch: in epoch ``step // epoch_steps``
     the rate is ``gamma`` to the number of ``milestones`` (epochs) already reached.
+    ``cosine`` and ``linear`` go from 1 to ``min_ratio``: with ``interval="step"`` over steps ``warmup..total``;
+    with ``interval="epoch"`` over ``epochs`` epochs, epoch ``e = step // epoch_steps`` at progress ``e / epochs``
+    (the official t2i recipe's ``CosineAnnealingLR(T_max=epochs)``, stepped after each epoch).
     """
     if warmup > 0 and step < warmup:
         return warmup_start_ratio + (1.0 - warmup_start_ratio) * (step + 1) / warmup
@@ -62,7 +66,10 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: floa
         return 1.0
     if schedule == "multistep":
         return gamma ** bisect.bisect_right(list(milestones), step // max(1, epoch_steps))
-    progress = min(1.0, max(0.0, (step - warmup) / max(1, total - warmup)))
+    if interval == "epoch":  # epochs from step 0, as multistep counts them: a warm-up overlaps the first
+        progress = min(1.0, (step // max(1, epoch_steps)) / max(1, epochs))
+    else:
+        progress = min(1.0, max(0.0, (step - warmup) / max(1, total - warmup)))
     if schedule == "cosine":
         return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
     return min_ratio + (1.0 - min_ratio) * (1.0 - progress)  # linear
@@ -311,12 +318,14 @@ class GeneratorModule(L.LightningModule):
         fused = torch.cuda.is_available() and all(p.is_cuda for p in params) and not self.sharded
         opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused or None)
         total = self.cfg.trainer.max_steps
-        if o.schedule == "multistep" and o.epoch_steps is None:
-            raise NarError("optim.schedule=multistep needs optim.epoch_steps (nar train derives it from the data)")
+        if o.counts_epochs and o.epoch_steps is None:
+            what = "multistep" if o.schedule == "multistep" else f"{o.schedule} with optim.schedule_interval=epoch"
+            raise NarError(f"optim.schedule={what} needs optim.epoch_steps (nar train derives it from the data)")
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_factor(s, o.warmup_steps, total, o.schedule, o.min_lr_ratio, epoch_steps=o.epoch_steps or 0,
                                      milestones=o.milestone_epochs, gamma=o.gamma,
-                                     warmup_start_ratio=o.warmup_start_ratio))
+                                     warmup_start_ratio=o.warmup_start_ratio, interval=o.schedule_interval,
+                                     epochs=o.epochs))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ------------------------------------------------------------------------------ validation

@@ -266,10 +266,17 @@ class OptimConfig:
     # lr * gamma ** (milestones passed), stepped once per epoch, like torch's MultiStepLR).
     schedule: str = "constant"
     min_lr_ratio: float = 0.0
-    epochs: int = 300  # multistep: the training length in epochs the milestones are placed in
+    # When cosine / linear move: step (every optimizer step, over trainer.max_steps after the warm-up) or epoch
+    # (at epoch boundaries, over optim.epochs: every step of epoch step // epoch_steps = e trains at the value for
+    # e / epochs, as the official t2i recipe's CosineAnnealingLR(T_max=epochs) stepped after each epoch; e >= epochs
+    # at min_lr_ratio). A warm-up still moves every step, and the epochs count from step 0 (it overlaps the first,
+    # as with multistep). constant and multistep (always per epoch) take either.
+    schedule_interval: str = "step"
+    epochs: int = 300  # multistep, schedule_interval=epoch: the training length in epochs the schedule spans
     milestones: list[int] | None = None  # multistep: epochs; None = the official [E/2, 2E/3, 5E/6] (int())
     gamma: float = 0.2  # multistep: factor at each milestone
-    epoch_steps: int | None = None  # multistep: optimizer steps per epoch; None = train samples // global batch
+    # multistep, schedule_interval=epoch: optimizer steps per epoch; None = train samples // global batch
+    epoch_steps: int | None = None
     grad_clip: float = 1.0  # 0 = off
     cond_dropout: float = 0.1  # class / caption dropped to null (CFG training)
 
@@ -280,6 +287,7 @@ class OptimConfig:
             raise ConfigError(f"needs two values in [0, 1), got {list(self.betas)}", key="betas")
         _at_least(self, 0, "weight_decay", "warmup_steps", "grad_clip", "eps")
         _one_of(self, "schedule", SCHEDULES)
+        _one_of(self, "schedule_interval", ("step", "epoch"))
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"must be in [0, 1], got {self.min_lr_ratio}", key="min_lr_ratio")
         if not 0.0 <= self.warmup_start_ratio <= 1.0:  # also refuses NaN
@@ -299,6 +307,11 @@ class OptimConfig:
         if self.milestones is not None:
             return [int(m) for m in self.milestones]
         return [int(self.epochs * 0.5), int(self.epochs * 2 / 3), int(self.epochs * 5 / 6)]
+
+    @property
+    def counts_epochs(self) -> bool:
+        """Whether the schedule moves at epoch boundaries (and so needs ``epoch_steps``)."""
+        return self.schedule == "multistep" or (self.schedule_interval == "epoch" and self.schedule != "constant")
 
 
 @dataclass

@@ -188,10 +188,11 @@ def fit(cfg: TrainConfig, resume: bool = False, tokenizer: torch.nn.Module | Non
 
 
 def with_epoch_steps(cfg: TrainConfig) -> TrainConfig:
-    """``optim.epoch_steps`` for the multistep schedule, when unset: the training split's samples over the global
-    batch, rounded down (the official loader drops the last partial batch of each epoch)."""
+    """``optim.epoch_steps`` for a schedule that moves at epoch boundaries (multistep, or cosine / linear with
+    ``optim.schedule_interval=epoch``), when unset: the training split's samples over the global batch, rounded
+    down (the official loaders drop the last partial batch of each epoch)."""
     o = cfg.optim
-    if o.schedule != "multistep" or o.epoch_steps is not None:
+    if not o.counts_epochs or o.epoch_steps is not None:
         return cfg
     from nar.data.shards import read_meta, resolve_split
 
@@ -199,8 +200,16 @@ def with_epoch_steps(cfg: TrainConfig) -> TrainConfig:
     samples = int(meta["splits"][resolve_split(meta, cfg.data.train_split, role="training")]["samples"])
     global_batch = cfg.data.batch_size * cfg.trainer.world_size * cfg.trainer.accumulate
     steps = max(1, samples // global_batch)
-    log.info("multistep schedule: %d samples / global batch %d = %d steps an epoch; lr x%g at epochs %s", samples,
-             global_batch, steps, o.gamma, o.milestone_epochs)
+    if o.schedule == "multistep":
+        log.info("multistep schedule: %d samples / global batch %d = %d steps an epoch; lr x%g at epochs %s",
+                 samples, global_batch, steps, o.gamma, o.milestone_epochs)
+    else:
+        log.info("%s schedule per epoch: %d samples / global batch %d = %d steps an epoch, over optim.epochs=%d",
+                 o.schedule, samples, global_batch, steps, o.epochs)
+        if round(cfg.trainer.max_steps / steps) != o.epochs:  # stops mid-decay, or sits at the floor for epochs
+            log.warning("optim.epochs=%d x %d steps = %d steps of %s schedule, but trainer.max_steps=%d (%.2f epochs)",
+                        o.epochs, steps, o.epochs * steps, o.schedule, cfg.trainer.max_steps,
+                        cfg.trainer.max_steps / steps)
     return replace(cfg, optim=replace(o, epoch_steps=steps))
 
 

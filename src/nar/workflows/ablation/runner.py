@@ -106,7 +106,7 @@ def build_runs(cfg: AblationConfig, shared: Sequence[str] = ()) -> list[Run]:
 LATER_KEYS = {("eval", "labels"): "balanced", ("optim", "decay_embeddings"): True,
               ("optim", "warmup_start_ratio"): 0.0, ("data", "val_missing_tolerance"): 0.01,
               ("trainer", "fsdp_param_dtype"): None, ("trainer", "fsdp_reduce_dtype"): None,
-              ("text", "clean_captions"): "none"}
+              ("text", "clean_captions"): "none", ("optim", "schedule_interval"): "step"}
 
 
 def fingerprint(train_cfg: Any) -> str:
