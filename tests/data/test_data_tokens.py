@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 
 import numpy as np
@@ -488,3 +489,64 @@ def test_meta_records_the_tokenizer_and_source_as_absolute_paths(images, tmp_pat
     assert read_meta(tmp_path / "tok")["tokenizer"] == str(tmp_path / "tok.pt")
     meta = extract_tokens(images.name, "preset", PoolTokenizer(), batch_size=2, tokenizer_name="vq-tiny-emoji")
     assert meta["tokenizer"] == "vq-tiny-emoji"
+
+
+@pytest.fixture
+def train_and_val(tmp_path):
+    """An image folder with a train and a val split, for token folders written one split at a time."""
+    root = tmp_path / "img2"
+    recs = [write_split(root, split, list(range(3)), make_sample=_gradient_image, shard_size=2)
+            for split in ("train", "val")]
+    write_meta(root, "image", recs, classes=["x", "y"], image_size=16)
+    return root
+
+
+def _folder_bytes(root) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_split_written_with_other_folder_wide_settings_is_refused(train_and_val, tmp_path):
+    """meta.json holds one tokenizer, cleaning, augmentation set, … for the whole folder: `--splits val` after
+    `--splits train` with another of them is refused before anything is written (naming the field, both values
+    and the split written with the recorded ones), and leaves meta.json and train as they were; with the same
+    settings val joins the folder."""
+    out = tmp_path / "tok"
+    same = dict(batch_size=2, tokenizer_name="pool", text_encoder_name="t5:/m:4")
+    extract_tokens(train_and_val, out, PoolTokenizer(), splits=["train"], text_encoder=_CleaningEncoder("official"),
+                   **same)
+    before = _folder_bytes(out)
+    for other, field in ((dict(text_encoder=_CleaningEncoder("none")), "clean_captions: 'official' recorded, "
+                                                                        "'none' in this run"),
+                         (dict(text_encoder=_CleaningEncoder("official"), flip=True), "augmentations"),
+                         (dict(), "caption_features")):
+        tok = PoolTokenizer()
+        with pytest.raises(DataError, match=rf"{re.escape(str(out))}.*{field}.*written with them: train.*--overwrite"):
+            extract_tokens(train_and_val, out, tok, splits=["val"], **same, **other)
+        assert tok.calls == 0 and _folder_bytes(out) == before and not (out / "val").exists()
+    with pytest.raises(DataError, match=r"tokenizer: 'pool' recorded, 'other' in this run"):
+        extract_tokens(train_and_val, out, PoolTokenizer(), splits=["val"], text_encoder=_CleaningEncoder("official"),
+                       **{**same, "tokenizer_name": "other"})
+    meta = extract_tokens(train_and_val, out, PoolTokenizer(), splits=["val"], text_encoder=_CleaningEncoder("official"),
+                          **same)
+    assert sorted(meta["splits"]) == ["train", "val"] and meta["clean_captions"] == "official"
+    assert _folder_bytes(out / "train") == {k.removeprefix("train/"): v for k, v in before.items()
+                                            if k.startswith("train/")}
+
+
+def test_an_older_meta_without_clean_captions_takes_it_as_none(train_and_val, tmp_path):
+    """A folder whose meta.json predates clean_captions (its captions uncleaned) takes a val split written with
+    "none", and refuses one written with "official"."""
+    import json
+
+    out = tmp_path / "tok"
+    same = dict(batch_size=2, text_encoder_name="t5:/m:4")
+    extract_tokens(train_and_val, out, PoolTokenizer(), splits=["train"], text_encoder=_CleaningEncoder("none"), **same)
+    meta = json.loads((out / "meta.json").read_text())
+    del meta["clean_captions"]
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="clean_captions: 'none' recorded, 'official' in this run"):
+        extract_tokens(train_and_val, out, PoolTokenizer(), splits=["val"], text_encoder=_CleaningEncoder("official"),
+                       **same)
+    meta = extract_tokens(train_and_val, out, PoolTokenizer(), splits=["val"], text_encoder=_CleaningEncoder("none"),
+                          **same)
+    assert sorted(meta["splits"]) == ["train", "val"]

@@ -32,6 +32,7 @@ from nar.data.shards import (
     SkipSample,
     SplitRecord,
     _progress_files,
+    check_kind,
     collect_split,
     dataset_lock,
     expand_specs,
@@ -302,7 +303,22 @@ def _extract(
         if split not in src_meta["splits"]:
             raise DataError(f"{src}: no split {split!r}")
 
+    augs = "ten_crop" if ten_crop else "flip" if flip else "none"
+    # what meta.json says of every split: set before encoding, so a split written with other settings is refused
+    # before anything is written
+    settings: dict[str, Any] = dict(
+        codebook_size=getattr(tokenizer, "codebook_size", None), augmentations=T.AUGMENTATION_NAMES[augs],
+        tokenizer=recorded_path(tokenizer_name), source=recorded_path(src), source_kind=kind, image_size=int(size),
+        has_captions=bool(src_meta.get("has_captions") or kind == "pairs"), caption_features=text_encoder is not None,
+        **{k: src_meta[k] for k in ("frames", "stride", "frame_skip") if k in src_meta},
+    )
+    if caption_shape is not None:
+        settings.update(text_encoder=text_encoder_name, caption_len=caption_shape[0], caption_dim=caption_shape[1],
+                        clean_captions=cleaning)
+    planned_grid = _planned_grid(tokenizer, kind, size, src_meta)
+
     def encode() -> list[SplitRecord | None]:
+        _refuse_other_folder_settings(out, names, {**settings, **({"grid": list(planned_grid)} if planned_grid else {})})
         records = []
         for split in names:
             # str, as before URLs were allowed: a folder half-written by an older version still resumes
@@ -320,31 +336,62 @@ def _extract(
     grid = producer.grid
     if world > 1:  # a rank with no shard left to encode has not seen the grid
         grid = next((g for g in _gather(grid, world) if g is not None), None)
-    if grid is None and hasattr(tokenizer, "grid_shape"):
-        shape = (1, 3, src_meta.get("frames", 1), size, size) if kind == "video" else (1, 3, size, size)
-        grid = tuple(tokenizer.grid_shape(shape))
+    if grid is None:
+        grid = planned_grid
     if grid is None:  # resumed run with nothing left to encode: keep what the folder says
         grid = tuple(read_meta(out).get("grid", ())) if (Path(out) / "meta.json").is_file() else ()
-    augs = "ten_crop" if ten_crop else "flip" if flip else "none"
-    extra = {k: src_meta[k] for k in ("frames", "stride", "frame_skip") if k in src_meta}
-    if caption_shape is not None:
-        extra.update(text_encoder=text_encoder_name, caption_len=caption_shape[0], caption_dim=caption_shape[1],
-                     clean_captions=cleaning)
 
     def merge() -> dict[str, Any] | None:
         if rank != 0:
             return None
         done = [r if r is not None else collect_split(out, split) for split, r in zip(names, records)]
-        return write_meta(
-            out, "tokens", done, classes=src_meta.get("classes", []), grid=list(grid),
-            codebook_size=getattr(tokenizer, "codebook_size", None), augmentations=T.AUGMENTATION_NAMES[augs],
-            tokenizer=recorded_path(tokenizer_name), source=recorded_path(src), source_kind=kind, image_size=int(size),
-            has_captions=bool(src_meta.get("has_captions") or kind == "pairs"), caption_features=text_encoder is not None,
-            **extra,
-        )
+        return write_meta(out, "tokens", done, classes=src_meta.get("classes", []), grid=list(grid), **settings)
 
     meta = _together(merge, rank, world, "writing meta.json")
     return meta if meta is not None else read_meta(out)
+
+
+def _planned_grid(tokenizer: nn.Module, kind: str, size: int, src_meta: dict[str, Any]) -> tuple[int, ...] | None:
+    """The token grid of ``size``-px inputs (``frames`` of them for video), from the tokenizer's ``grid_shape``
+    (arithmetic, nothing encoded); None when it has none or refuses the size (encoding then says why)."""
+    if not hasattr(tokenizer, "grid_shape"):
+        return None
+    shape = (1, 3, src_meta.get("frames", 1), size, size) if kind == "video" else (1, 3, size, size)
+    try:
+        return tuple(int(g) for g in tokenizer.grid_shape(shape))
+    except ValueError:
+        return None
+
+
+# a field an older meta.json lacks: compared as this value; one without an entry here is not compared (unknown)
+_SETTING_DEFAULTS: dict[str, Any] = {"clean_captions": "none"}
+
+
+def _refuse_other_folder_settings(out: str | Path, splits: Sequence[str], settings: dict[str, Any]) -> None:
+    """Raise :class:`DataError` when ``<out>/meta.json`` describes splits other than ``splits`` with other
+    folder-wide ``settings`` (tokenizer, augmentations, caption cleaning, …) than this run's: its one set of them
+    would be overwritten by this run's and then describe those splits wrongly. Naming each differing field
+    (recorded vs this run's) and the splits written with the recorded ones. Splits being (re)written are checked
+    by :func:`write_split`'s resume fingerprint instead."""
+    check_kind(out, "tokens")  # another kind of dataset: refused now, not after the splits are written
+    path = Path(out) / "meta.json"
+    if not path.is_file():
+        return
+    recorded = read_meta(out)
+    others = sorted(set(recorded["splits"]) - set(splits))
+    if not others:
+        return
+    missing = object()
+    differ = []
+    for key, value in settings.items():
+        old = recorded.get(key, _SETTING_DEFAULTS.get(key, missing))
+        if old is not missing and json.loads(json.dumps(old)) != json.loads(json.dumps(value)):
+            differ.append(f"{key}: {old!r} recorded, {value!r} in this run")
+    if differ:
+        raise DataError(f"{path} records one set of settings for every split, and this run's differ ("
+                        f"{'; '.join(differ)}); the splits written with them: {', '.join(others)}. Rerun with the "
+                        f"options that wrote {', '.join(others)}, or write {', '.join(splits)} to another --out, or "
+                        "pass --overwrite to delete the folder and extract every split again")
 
 
 def recorded_path(name: str | Path) -> str:
