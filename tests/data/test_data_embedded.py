@@ -116,3 +116,25 @@ def test_missing_packages_name_what_to_install(monkeypatch, tmp_path):
         build_embedded(tmp_path, only=["atari"])
     with pytest.raises(ValueError, match="unknown embedded"):
         build_embedded(tmp_path, only=["mnist"])
+
+
+@pytest.mark.parametrize("name", ["shapes", "atari"])
+def test_a_split_built_alone_with_other_settings_is_refused(tmp_path, name):
+    """A count of 0 skips a split, so a later call may build only the other one: with another size or seed it
+    would rewrite meta.json's, which then described the first split wrongly; refused before anything is written."""
+    from nar.data.embedded.atari import build_atari
+    from nar.data.embedded.shapes import build_shapes
+
+    def build(train: int, val: int, **settings):
+        if name == "shapes":
+            return build_shapes(tmp_path, num_train=train, num_val=val, **settings)
+        return build_atari(tmp_path, games=("pong",), clips_per_game=train, val_clips_per_game=val, frames=2,
+                           **settings)
+
+    build(1, 0, size=16)
+    before = (tmp_path / "meta.json").read_bytes()
+    with pytest.raises(DataError, match=r"image_size: 16 recorded, 24 in this run.*seed: 0 recorded, 3 in this run"
+                                        r".*written with them: train"):
+        build(0, 1, size=24, seed=3)
+    assert (tmp_path / "meta.json").read_bytes() == before and not (tmp_path / "val").exists()
+    assert sorted(build(0, 1, size=16)["splits"]) == ["train", "val"]

@@ -152,3 +152,30 @@ def test_resuming_a_train_split_written_in_class_order_is_refused(tmp_path):
     (out / "train" / "train-000004.tar").unlink()  # killed before its last shard
     with pytest.raises(DataError, match=re.escape(str(out / "train")) + ".*shuffled order.*earlier version"):
         write_imagenet(tmp_path / "src", out, shard_size=7)
+
+
+def _folder_bytes(root) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_split_written_with_another_resize_or_other_classes_is_refused(tmp_path):
+    """meta.json records one resize and one class list for every split: `--splits val` after `--splits train` with
+    another --resize (or a source whose classes differ) is refused before anything is written, naming the field,
+    both values and the split written with the recorded ones; with the same settings val joins the folder."""
+    wnids = _sorted_source(tmp_path / "src", classes=2, per_class=1)
+    out = tmp_path / "out"
+    write_imagenet(tmp_path / "src", out, splits=["train"], resize=6)
+    before = _folder_bytes(out)
+    with pytest.raises(DataError, match=rf"{re.escape(str(out / 'meta.json'))}.*resize: 6 recorded, None in this run "
+                                        r"\(--resize\).*written with them: train.*--overwrite"):
+        write_imagenet(tmp_path / "src", out, splits=["val"])
+    assert _folder_bytes(out) == before and not (out / "val").exists()
+    write_jpeg(tmp_path / "src" / "train" / "n00000009" / "x.JPEG", np.random.default_rng(0), size=(8, 8))
+    with pytest.raises(DataError, match=rf"classes: \[{', '.join(map(repr, wnids))}\] recorded, "
+                                        rf"\[{', '.join(map(repr, wnids))}, 'n00000009'\] in this run"):
+        write_imagenet(tmp_path / "src", out, splits=["val"], resize=6)
+    assert _folder_bytes(out) == before
+    (tmp_path / "src" / "train" / "n00000009" / "x.JPEG").unlink()
+    (tmp_path / "src" / "train" / "n00000009").rmdir()
+    meta = write_imagenet(tmp_path / "src", out, splits=["val"], resize=6)
+    assert sorted(meta["splits"]) == ["train", "val"] and meta["resize"] == 6

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -165,3 +166,34 @@ def test_train_is_written_shuffled_each_image_with_its_own_codes_and_label(tmp_p
     assert _stored_order(tmp_path / "b", "train") == stored
     import_codes(codes, tmp_path / "a", split="val", codebook_size=VOCAB, shard_size=8)
     assert _stored_order(tmp_path / "a", "val") == list(range(n))
+
+
+def _folder_bytes(root) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_split_imported_with_other_folder_wide_settings_is_refused(tmp_path):
+    """meta.json holds one set of views, grid, codebook, tokenizer and classes for every split (checks.py refuses a
+    sample whose view count differs): `--split val` after train with other ones is refused before anything is
+    written, naming each field, both values and the split written with the recorded ones; with the same ones (its
+    own code folder: the source is per split) val joins the folder."""
+    _, labels = _extract(tmp_path / "imagenet_code_c2i_flip", 2, 0)
+    _extract(tmp_path / "imagenet_code_val_flip", 2, 1)
+    classes = [str(c) for c in range(labels.max() + 1)]  # as train records them
+    more = [*classes, str(len(classes))]
+    _extract(tmp_path / "imagenet_code_val_plain", 1, 2)
+    out = tmp_path / "tokens"
+    same = dict(split="val", codebook_size=VOCAB, tokenizer="vq16.pt")
+    import_codes(tmp_path / "imagenet_code_c2i_flip", out, codebook_size=VOCAB, tokenizer="vq16.pt")
+    before = _folder_bytes(out)
+    for folder, other, field in (
+            ("plain", {}, r"augmentations: \['center', 'center_flip'\] recorded, \['center'\] in this run"),
+            ("flip", {"grid": (2, 8)}, r"grid: \[4, 4\] recorded, \[2, 8\] in this run \(--grid\)"),
+            ("flip", {"codebook_size": VOCAB + 1}, rf"codebook_size: {VOCAB} recorded, {VOCAB + 1} in this run"),
+            ("flip", {"tokenizer": ""}, r"tokenizer: 'vq16.pt' recorded, '' in this run \(--tokenizer\)"),
+            ("flip", {"num_classes": len(more)}, re.escape(f"classes: {classes!r} recorded, {more!r} in this run"))):
+        with pytest.raises(DataError, match=rf"meta.json records .*{field}.*written with them: train.*--overwrite"):
+            import_codes(tmp_path / f"imagenet_code_val_{folder}", out, **{**same, **other})
+        assert _folder_bytes(out) == before and not (out / "val").exists()
+    meta = import_codes(tmp_path / "imagenet_code_val_flip", out, **same)
+    assert sorted(meta["splits"]) == ["train", "val"] and meta["augmentations"] == ["center", "center_flip"]

@@ -297,3 +297,43 @@ def test_write_split_progress_is_log_lines_from_the_first_part_only(tmp_path, ca
     first_part = sum(len(items[i:i + shard_size]) for i in range(0, len(items), shard_size * world))
     done = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train")]
     assert len(done) == 1 and done[0].split(": ", 1)[1].startswith(f"{first_part} sample in "), done
+
+
+def _meta_with_train(root, **settings) -> None:
+    rec = write_split(root, "train", list(range(2)), make_sample=lambda i: {"cls": i}, shard_size=2)
+    write_meta(root, "image", [rec], **settings)
+
+
+def test_a_split_with_other_folder_wide_settings_is_refused_naming_each_field(tmp_path):
+    """meta.json's settings describe every split: a run writing only other splits with other settings is refused,
+    naming each differing field with both values (and its option), the splits written with the recorded ones and
+    the remedies; long lists by their first difference; a field an older meta.json lacks compares as its default
+    or, with none, is skipped; the splits being rewritten and a folder without meta.json are not checked here."""
+    from nar.data.shards import refuse_other_folder_settings
+
+    root = tmp_path / "ds"
+    classes = [f"c{i}" for i in range(8)]
+    _meta_with_train(root, resize=32, classes=classes, grid=[4, 4])
+    before = (root / "meta.json").read_bytes()
+    other = {"resize": None, "classes": [*classes[:5], "x", *classes[6:]], "grid": [2, 8]}
+    with pytest.raises(DataError) as err:
+        refuse_other_folder_settings(root, "image", ["val"], other, flags={"resize": "--resize"})
+    message = str(err.value)
+    assert message.startswith(f"{root / 'meta.json'} records one set of settings for every split")
+    for part in ("resize: 32 recorded, None in this run (--resize)", "classes: item 5 'c5' recorded, 'x' in this run",
+                 "grid: [4, 4] recorded, [2, 8] in this run", "the splits written with them: train",
+                 "write val to another --out", "--overwrite"):
+        assert part in message
+    with pytest.raises(DataError, match=r"classes: 8 items recorded, 9 in this run\)"):
+        refuse_other_folder_settings(root, "image", ["val"], {"classes": [*classes, "c8"]})
+    with pytest.raises(DataError, match=r"delete it and index every split again$"):
+        refuse_other_folder_settings(root, "image", ["val"], {"resize": 64}, again="delete it and index every split again")
+    for same_split, settings in ((["train"], other), (["val", "train"], other), (["val"], {"resize": 32})):
+        refuse_other_folder_settings(root, "image", same_split, settings)
+    refuse_other_folder_settings(root, "image", ["val"], {"seed": 3})  # not recorded, no default: not compared
+    with pytest.raises(DataError, match=r"seed: 0 recorded, 3 in this run"):
+        refuse_other_folder_settings(root, "image", ["val"], {"seed": 3}, defaults={"seed": 0})
+    with pytest.raises(DataError, match=r"describes a 'image' dataset, not 'video'"):
+        refuse_other_folder_settings(root, "video", ["val"], {})
+    refuse_other_folder_settings(tmp_path / "new", "image", ["val"], other)
+    assert (root / "meta.json").read_bytes() == before

@@ -57,18 +57,26 @@ def test_ucf101_pads_short_videos_and_cli(mini_ucf101, tmp_path, capsys):
 
 
 def test_second_split_with_other_clips_is_refused(mini_ucf101, tmp_path):
-    """A split written later with other frames / stride / size / classes would overwrite meta.json's and make the
-    first split's clips invalid: refused before anything is written, naming the field and both values."""
+    """A split written later with other frames / stride / size / clips per video / classes, or from another of the
+    three official splits (its test videos are another's training videos), would overwrite meta.json's and make it
+    describe the first split wrongly: refused before anything is written, naming the field, both values and the
+    option."""
     out = tmp_path / "clips"
+    lists = mini_ucf101.parent / "ucfTrainTestlist"
+    (lists / "testlist02.txt").write_text((lists / "testlist01.txt").read_text())
     write_ucf101(mini_ucf101, out, splits=("train",), frames=4, size=8, limit=1)
-    for changed, match in (({"frames": 2}, "have frames 4, this run asks for 2 \\(--frames\\)"),
-                           ({"stride": 2}, "have stride 1, this run asks for 2 \\(--stride\\)"),
-                           ({"size": 6}, "have image_size 8, this run asks for 6 \\(--size\\)")):
-        with pytest.raises(DataError, match=f"{re.escape(str(out / 'meta.json'))}: its splits \\['train'\\] {match}.*another --out"):
+    for changed, match in (({"frames": 2}, "frames: 4 recorded, 2 in this run \\(--frames\\)"),
+                           ({"stride": 2}, "stride: 1 recorded, 2 in this run \\(--stride\\)"),
+                           ({"size": 6}, "image_size: 8 recorded, 6 in this run \\(--size\\)"),
+                           ({"clips_per_video": 0}, "clips_per_video: 1 recorded, 0 in this run \\(--clips-per-video\\)"),
+                           ({"split_index": 2}, "split_index: 1 recorded, 2 in this run \\(--split-index\\)")):
+        with pytest.raises(DataError, match=f"{re.escape(str(out / 'meta.json'))} records .*{match}.*written with them: "
+                                            "train.*another --out"):
             write_ucf101(mini_ucf101, out, splits=("test",), **{"frames": 4, "size": 8, "limit": 1, **changed})
-    class_ind = mini_ucf101.parent / "ucfTrainTestlist" / "classInd.txt"
+    class_ind = lists / "classInd.txt"
     class_ind.write_text(class_ind.read_text().replace(UCF_CLASSES[1], "Other"))
-    with pytest.raises(DataError, match=f"class 1 '{UCF_CLASSES[1]}', this run asks for 'Other' \\(classInd.txt\\)"):
+    with pytest.raises(DataError, match=f"classes: \\['{UCF_CLASSES[0]}', '{UCF_CLASSES[1]}'\\] recorded, "
+                                        f"\\['{UCF_CLASSES[0]}', 'Other'\\] in this run \\(classInd.txt\\)"):
         write_ucf101(mini_ucf101, out, splits=("test",), frames=4, size=8, limit=1)
     assert not (out / "test").exists() and read_meta(out)["frames"] == 4
     class_ind.write_text(class_ind.read_text().replace("Other", UCF_CLASSES[1]))

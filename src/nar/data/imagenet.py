@@ -23,7 +23,7 @@ from typing import Any
 
 from nar.data.encode import EncodeImage, first_existing, list_images
 from nar.data.order import DEFAULT_ORDER_SEED, order_mismatch_hint, write_order
-from nar.data.shards import BadInputLog, dataset_lock, write_meta, write_split
+from nar.data.shards import BadInputLog, dataset_lock, refuse_other_folder_settings, write_meta, write_split
 from nar.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,9 @@ def write_imagenet(
     ``resize`` stores images with their short side reduced to it (e.g. 288 for 256-px training) instead
     of the original bytes. Corrupt files, files without a label and empty folders are skipped and
     reported. Re-running resumes: finished shards are kept. ``train`` is written in the random order
-    ``order_seed`` draws; a half-written ``train`` of another order is refused, not finished.
+    ``order_seed`` draws; a half-written ``train`` of another order is refused, not finished. Splits written
+    into a folder that holds others (``--splits val`` after ``--splits train``) must share their ``resize`` and
+    classes, which ``meta.json`` records once for all: other ones are refused before anything is written.
     """
     src, out = Path(src), Path(out)
     train_dir = src / "train"
@@ -126,15 +128,19 @@ def write_imagenet(
     names = read_synset_names(synset_path) if synset_path else {}
     class_names = [names.get(w, w) for w in classes]
 
+    present = [split for split in splits if (src / split).is_dir()]
+    for split in (s for s in splits if s not in present):
+        log.warning("%s: no %s/ folder, skipping split %r", src, split, split)
     with dataset_lock(out):  # one writer per folder, across all its splits and meta.json
+        # meta.json's resize and classes describe every split: other ones for these splits are refused up front
+        # (the source is not compared: the same folder spelled otherwise, or val from another copy, is fine)
+        refuse_other_folder_settings(out, "image", present, {"resize": resize, "classes": classes},
+                                     flags={"resize": "--resize", "classes": "the class folders of SRC"})
         encoder = EncodeImage(classes=tuple(classes), resize=resize, source_root=str(src))
         records = []
-        for split in splits:
+        for split in present:
             folder = src / split
             bad = BadInputLog()
-            if not folder.is_dir():
-                log.warning("%s: no %s/ folder, skipping split %r", src, split, split)
-                continue
             if any(p.is_dir() for p in folder.iterdir()):
                 items = scan_class_folders(folder, classes, bad, limit_per_class)
             else:

@@ -29,16 +29,17 @@ from nar.data import transforms as T
 from nar.data.checks import InvalidSample, SampleSpec, sample_name, skip_reason
 from nar.data.shards import (
     LABELS_NAME,
+    META_NAME,
     BadInputLog,
     ShardLocation,
     SplitRecord,
     _start_method,
-    check_kind,
     classes_kept,
     dataset_lock,
     expand_specs,
     is_url,
     iter_tar,
+    refuse_other_folder_settings,
     shard_location,
     write_meta,
 )
@@ -131,7 +132,8 @@ def index_shards(
     """Write ``<out>/meta.json`` (split ``split``) and ``<out>/<split>/labels.npy`` for the existing webdataset
     image shards ``spec`` (brace patterns expanded), reading each shard once (``workers`` processes). Classes:
     ``classes`` if given, else the names the samples' ``json`` gives every class index, else ``"0"…"N-1"``; a
-    split indexed after another keeps the folder's classes when they cover it. Returns the ``meta.json`` dict.
+    split indexed after another keeps the folder's classes when they cover it; ``classes`` other than those it
+    records are refused before anything is read or written. Returns the ``meta.json`` dict.
     """
     if kind != "image":
         raise DataError(f"nar data index reads image shard sets (jpg/png, cls, optional json/txt), not {kind!r}")
@@ -142,7 +144,11 @@ def index_shards(
     stored = [stored_spec(s, out) for s in specs]
     locations = [shard_location(out, s) for s in stored]
     with dataset_lock(out):
-        check_kind(out, kind)  # before reading every shard, and before labels.npy replaces another dataset's
+        # before reading every shard, and before labels.npy replaces another dataset's; meta.json's one class list
+        # names every split's labels: other classes given for this split are refused (derived ones are kept or grown)
+        refuse_other_folder_settings(out, kind, [split], {} if classes is None else {"classes": list(classes)},
+                                     flags={"classes": "--classes"},
+                                     again=f"delete {out / META_NAME} and index every split again")
         summaries = _summarize_all(locations, decode, workers)
         bad = BadInputLog()
         for summary in summaries:

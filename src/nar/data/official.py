@@ -39,7 +39,14 @@ import numpy as np
 
 from nar.data.imagenet import read_synset_names
 from nar.data.order import DEFAULT_ORDER_SEED, order_mismatch_hint, write_order
-from nar.data.shards import SkipSample, classes_kept, dataset_lock, write_meta, write_split
+from nar.data.shards import (
+    SkipSample,
+    classes_kept,
+    dataset_lock,
+    refuse_other_folder_settings,
+    write_meta,
+    write_split,
+)
 from nar.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -229,7 +236,9 @@ def import_codes(
     shards under ``out`` (split ``split``); every code and label is checked, bad files are skipped and reported.
     Classes: the wnids of ``synset_map`` (``LOC_synset_mapping.txt``, sorted: ImageFolder's order) with their
     names, else ``num_classes`` or the largest label + 1. Resumable like every writer; returns ``meta.json``.
-    ``train`` is written in the random order ``order_seed`` draws (``limit`` first keeps images ``0…limit-1``)."""
+    ``train`` is written in the random order ``order_seed`` draws (``limit`` first keeps images ``0…limit-1``).
+    A split imported into a folder that holds others must share their views, grid, codebook, tokenizer, image size
+    and (when given) classes, which ``meta.json`` records once for all: other ones are refused up front."""
     main = find_code_folder(code_path, image_size)
     folders = [main]
     extra = companion_105(main) if mix_105 else None
@@ -252,23 +261,38 @@ def import_codes(
         log.warning("%s: %d of indices 0…%d present; the missing ones are reported", main.codes, len(indices), count - 1)
     sample = CodeSample(tuple(folders), hw, codebook_size, views)
     images, order = write_order(split, range(count), order_seed)  # each item is an image index: codes and label
+    # what meta.json records once for every split (a sample with another view count is refused when read); the
+    # classes only where given: else they are kept or grown to cover the labels. The code folder and so the
+    # source differ per split by design, and are not compared
+    settings: dict[str, Any] = {"grid": list(hw), "codebook_size": codebook_size, "augmentations": names,
+                                "tokenizer": tokenizer, "source_kind": "image", "image_size": main.image_size,
+                                "has_captions": False, "caption_features": False}
+    if main.crop_range is not None:
+        settings["crop_range"] = main.crop_range
+    if synset_map is not None:
+        settings["classes"] = sorted(read_synset_names(Path(synset_map)))
+    elif num_classes is not None:
+        settings["classes"] = [str(i) for i in range(num_classes)]
     with dataset_lock(out):
+        refuse_other_folder_settings(out, "tokens", [split], settings, flags=_FLAGS,
+                                     again="pass --overwrite to delete the folder and import every split again")
         record = write_split(out, split, images, make_sample=sample, shard_size=shard_size,
                              workers=workers, params={"codes": [str(f.codes) for f in folders],
                                                       "codebook_size": codebook_size, "grid": list(hw), **order},
                              mismatch_hint=order_mismatch_hint(order), desc=f"codes {split}", unit="img")
         assert record is not None
         classes, class_names = _classes(Path(out), record.labels, synset_map, num_classes)
-        fields: dict[str, Any] = {"classes": classes, "grid": list(hw), "codebook_size": codebook_size,
-                                  "augmentations": names, "tokenizer": tokenizer, "source": str(main.path),
-                                  "source_kind": "image", "image_size": main.image_size,
-                                  "official_codes": [str(f.path) for f in folders], "has_captions": False,
-                                  "caption_features": False}
-        if main.crop_range is not None:
-            fields["crop_range"] = main.crop_range
+        fields: dict[str, Any] = {**settings, "classes": classes, "source": str(main.path),
+                                  "official_codes": [str(f.path) for f in folders]}
         if class_names:
             fields["class_names"] = class_names
         return write_meta(out, "tokens", [record], **fields)
+
+
+# the option (or input) that sets each field of meta.json, named beside it when it differs from the recorded one
+_FLAGS = {"grid": "--grid", "codebook_size": "--codebook-size", "tokenizer": "--tokenizer",
+          "augmentations": "the views of CODE_PATH, --no-105", "image_size": "CODE_PATH, --image-size",
+          "crop_range": "CODE_PATH", "classes": "--synset-map, --num-classes"}
 
 
 def _classes(out: Path, labels: np.ndarray, synset_map: str | os.PathLike[str] | None,

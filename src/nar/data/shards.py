@@ -610,6 +610,66 @@ def check_kind(root: str | os.PathLike[str], kind: str) -> None:
     _existing_meta(Path(root), kind)
 
 
+OVERWRITE_REMEDY = "pass --overwrite to delete the folder and write every split again"
+
+
+def refuse_other_folder_settings(
+    root: str | os.PathLike[str],
+    kind: str,
+    splits: Sequence[str],
+    settings: dict[str, Any],
+    *,
+    defaults: dict[str, Any] | None = None,
+    flags: dict[str, str] | None = None,
+    again: str = OVERWRITE_REMEDY,
+) -> None:
+    """Raise :class:`DataError` when ``<root>/meta.json`` describes splits other than ``splits`` with other
+    folder-wide ``settings`` (resize, frames, tokenizer, classes, …) than this run's: :func:`write_meta` would
+    overwrite its one set of them with this run's, which would then describe those splits wrongly. Asked before
+    anything is written; a dataset of another ``kind`` is refused too (:func:`check_kind`).
+
+    The message names each differing field (``flags[field]``: the option or file that sets it), the recorded and
+    this run's value (a list of more than four items by its first difference), the splits written with the
+    recorded ones, and the remedies: the same options, another ``--out``, or ``again``. A field the file lacks (an
+    older version's) compares as ``defaults[field]``, or is not compared without one. The splits being (re)written
+    are left to :func:`write_split`'s resume fingerprint.
+    """
+    check_kind(root, kind)
+    path = Path(root) / META_NAME
+    if not path.is_file():
+        return
+    recorded = read_meta(root)
+    others = sorted(set(recorded["splits"]) - set(splits))
+    if not others:
+        return
+    defaults, flags = defaults or {}, flags or {}
+    missing = object()
+    differ = []
+    for key, value in settings.items():
+        old = recorded.get(key, defaults.get(key, missing))
+        if old is missing:
+            continue
+        old, new = json.loads(json.dumps(old)), json.loads(json.dumps(value))  # tuples as lists, as the file has them
+        if old != new:
+            differ.append(f"{key}: {_difference(old, new)}" + (f" ({flags[key]})" if key in flags else ""))
+    if differ:
+        raise DataError(f"{path} records one set of settings for every split, and this run's differ ("
+                        f"{'; '.join(differ)}); the splits written with them: {', '.join(others)}. Rerun with the "
+                        f"options that wrote {', '.join(others)}, or write {', '.join(splits)} to another --out, or "
+                        f"{again}")
+
+
+def _difference(old: Any, new: Any) -> str:
+    """``old`` (recorded) against ``new`` (this run's) in a message; a long list (101 class names) by its first
+    differing item, else by its length."""
+    if not (isinstance(old, list) and isinstance(new, list) and max(len(old), len(new)) > 4):
+        return f"{old!r} recorded, {new!r} in this run"
+    first = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), None)
+    if first is not None:
+        return f"item {first} {old[first]!r} recorded, {new[first]!r} in this run"
+    return f"{len(old)} items recorded, {len(new)} in this run"
+
+
 def _existing_meta(root: Path, kind: str) -> dict[str, Any]:
     path = root / META_NAME
     meta: dict[str, Any] = _read_json(path) if path.is_file() else {}

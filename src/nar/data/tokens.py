@@ -32,7 +32,6 @@ from nar.data.shards import (
     SkipSample,
     SplitRecord,
     _progress_files,
-    check_kind,
     collect_split,
     dataset_lock,
     expand_specs,
@@ -41,6 +40,7 @@ from nar.data.shards import (
     iter_tar,
     lock_held_elsewhere,
     read_meta,
+    refuse_other_folder_settings,
     shard_location,
     write_meta,
     write_split,
@@ -318,7 +318,9 @@ def _extract(
     planned_grid = _planned_grid(tokenizer, kind, size, src_meta)
 
     def encode() -> list[SplitRecord | None]:
-        _refuse_other_folder_settings(out, names, {**settings, **({"grid": list(planned_grid)} if planned_grid else {})})
+        refuse_other_folder_settings(out, "tokens", names,
+                                     {**settings, **({"grid": list(planned_grid)} if planned_grid else {})},
+                                     defaults=_SETTING_DEFAULTS, flags=_SETTING_FLAGS, again=_AGAIN)
         records = []
         for split in names:
             # str, as before URLs were allowed: a folder half-written by an older version still resumes
@@ -351,6 +353,18 @@ def _extract(
     return meta if meta is not None else read_meta(out)
 
 
+# a field an older meta.json lacks: compared as this value (captions were not cleaned before clean_captions was
+# recorded); one without an entry here is not compared
+_SETTING_DEFAULTS: dict[str, Any] = {"clean_captions": "none"}
+# the option (or input) that sets each field, named beside it when it differs
+_SETTING_FLAGS = {"tokenizer": "--tokenizer", "codebook_size": "--tokenizer", "grid": "--tokenizer, --image-size",
+                  "augmentations": "--flip, --ten-crop", "image_size": "--image-size", "source": "SRC",
+                  "source_kind": "SRC", "has_captions": "SRC", "caption_features": "--text-encoder",
+                  "text_encoder": "--text-encoder", "caption_dim": "--text-encoder", "caption_len": "--caption-len",
+                  "clean_captions": "--clean-captions"}
+_AGAIN = "pass --overwrite to delete the folder and extract every split again"
+
+
 def _planned_grid(tokenizer: nn.Module, kind: str, size: int, src_meta: dict[str, Any]) -> tuple[int, ...] | None:
     """The token grid of ``size``-px inputs (``frames`` of them for video), from the tokenizer's ``grid_shape``
     (arithmetic, nothing encoded); None when it has none or refuses the size (encoding then says why)."""
@@ -361,37 +375,6 @@ def _planned_grid(tokenizer: nn.Module, kind: str, size: int, src_meta: dict[str
         return tuple(int(g) for g in tokenizer.grid_shape(shape))
     except ValueError:
         return None
-
-
-# a field an older meta.json lacks: compared as this value; one without an entry here is not compared (unknown)
-_SETTING_DEFAULTS: dict[str, Any] = {"clean_captions": "none"}
-
-
-def _refuse_other_folder_settings(out: str | Path, splits: Sequence[str], settings: dict[str, Any]) -> None:
-    """Raise :class:`DataError` when ``<out>/meta.json`` describes splits other than ``splits`` with other
-    folder-wide ``settings`` (tokenizer, augmentations, caption cleaning, …) than this run's: its one set of them
-    would be overwritten by this run's and then describe those splits wrongly. Naming each differing field
-    (recorded vs this run's) and the splits written with the recorded ones. Splits being (re)written are checked
-    by :func:`write_split`'s resume fingerprint instead."""
-    check_kind(out, "tokens")  # another kind of dataset: refused now, not after the splits are written
-    path = Path(out) / "meta.json"
-    if not path.is_file():
-        return
-    recorded = read_meta(out)
-    others = sorted(set(recorded["splits"]) - set(splits))
-    if not others:
-        return
-    missing = object()
-    differ = []
-    for key, value in settings.items():
-        old = recorded.get(key, _SETTING_DEFAULTS.get(key, missing))
-        if old is not missing and json.loads(json.dumps(old)) != json.loads(json.dumps(value)):
-            differ.append(f"{key}: {old!r} recorded, {value!r} in this run")
-    if differ:
-        raise DataError(f"{path} records one set of settings for every split, and this run's differ ("
-                        f"{'; '.join(differ)}); the splits written with them: {', '.join(others)}. Rerun with the "
-                        f"options that wrote {', '.join(others)}, or write {', '.join(splits)} to another --out, or "
-                        "pass --overwrite to delete the folder and extract every split again")
 
 
 def recorded_path(name: str | Path) -> str:

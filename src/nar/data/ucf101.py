@@ -39,7 +39,7 @@ from nar.data.shards import (
     SkipSample,
     SplitRecord,
     dataset_lock,
-    read_meta,
+    refuse_other_folder_settings,
     write_meta,
     write_split,
 )
@@ -185,25 +185,9 @@ def _record_damaged_tails(out: Path, meta: dict[str, Any], damaged: dict[str, li
     return meta
 
 
-def _check_same_clips(out: Path, fields: dict[str, Any]) -> None:
-    """Refuse, before writing anything, a split whose clips differ from those ``out/meta.json`` describes:
-    ``frames``, ``stride``, ``image_size`` and ``classes`` are dataset-wide, and overwriting them would make
-    every clip of the splits already there invalid."""
-    if not (out / META_NAME).is_file():
-        return
-    meta = read_meta(out)
-    flags = {"frames": "--frames", "stride": "--stride", "image_size": "--size", "classes": "classInd.txt"}
-    for key, value in fields.items():
-        if key not in meta or meta[key] == value:
-            continue
-        have, want = f"{key} {meta[key]}", str(value)
-        if key == "classes":  # name the first difference, not two lists of 101 names
-            diff = next((i for i, (a, b) in enumerate(zip(meta[key], value)) if a != b), None)
-            have, want = ((f"class {diff} {meta[key][diff]!r}", repr(value[diff])) if diff is not None else
-                          (f"{len(meta[key])} classes", f"{len(value)}"))
-        raise DataError(f"{out / META_NAME}: its splits {sorted(meta.get('splits', {}))} have {have}, this run asks "
-                        f"for {want} ({flags[key]}); write these splits to another --out (or pass --overwrite to "
-                        "replace the dataset)")
+# the option (or file) that sets each dataset-wide field of meta.json
+_CLIP_FLAGS = {"frames": "--frames", "stride": "--stride", "image_size": "--size", "classes": "classInd.txt",
+               "clips_per_video": "--clips-per-video", "split_index": "--split-index"}
 
 
 def write_ucf101(
@@ -227,7 +211,9 @@ def write_ucf101(
     ``split_index`` picks ``trainlist0N`` / ``testlist0N`` (1–3). Unreadable videos, listed files that
     are missing and labels outside ``classInd.txt`` are skipped and reported. ``limit`` keeps the first
     ``limit`` videos of each split (for quick runs). ``train`` is written in the random order of videos
-    ``order_seed`` draws; a half-written ``train`` of another order is refused, not finished.
+    ``order_seed`` draws; a half-written ``train`` of another order is refused, not finished. Splits written
+    into a folder that holds others must share their ``frames``, ``stride``, ``size``, ``clips_per_video``,
+    ``split_index`` and classes, which ``meta.json`` records once for all: other ones are refused up front.
     """
     videos = Path(videos)
     if not videos.is_dir():
@@ -238,7 +224,11 @@ def write_ucf101(
     classes = read_class_index(lists / "classInd.txt")
     encoder = EncodeClips(tuple(classes), frames=frames, stride=stride, size=size, clips_per_video=clips_per_video)
     with dataset_lock(out):  # one writer per folder, across all its splits and meta.json
-        _check_same_clips(Path(out), {"frames": frames, "stride": stride, "image_size": size, "classes": classes})
+        # meta.json records these once for every split: a split written with others (or from another of the three
+        # official splits, whose test videos are another's training videos) is refused before anything is written
+        refuse_other_folder_settings(out, "video", splits, {
+            "frames": frames, "stride": stride, "image_size": size, "classes": classes,
+            "clips_per_video": clips_per_video, "split_index": split_index}, flags=_CLIP_FLAGS)
         records, damaged = [], {}
         for split in splits:
             list_path = lists / f"{split}list{split_index:02d}.txt"

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from nar.data.shards import SkipSample, dataset_lock, write_meta, write_split
+from nar.data.shards import SkipSample, dataset_lock, refuse_other_folder_settings, write_meta, write_split
 from nar.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -130,11 +130,14 @@ def build_atari(
     for g in games:
         rom_path(g)  # fail early, naming the game
     renderer = RenderClips(seed=seed, frames=frames, size=size, frame_skip=frame_skip)
+    counts = {split: n for split, n in (("train", clips_per_game), ("val", val_clips_per_game)) if n > 0}
     with dataset_lock(out):  # one writer per folder, across all its splits and meta.json
+        # a count of 0 skips a split: one built alone must match the settings meta.json records for the other
+        refuse_other_folder_settings(out, "video", list(counts), {"classes": list(games), "frames": frames,
+                                                                   "image_size": size, "frame_skip": frame_skip,
+                                                                   "seed": seed})
         records = []
-        for split, n in (("train", clips_per_game), ("val", val_clips_per_game)):
-            if n <= 0:
-                continue
+        for split, n in counts.items():
             items = [(g, c, split, i) for i in range(n) for c, g in enumerate(games)]
             records.append(write_split(
                 out, split, items, produce=renderer, shard_size=shard_size, workers=workers,

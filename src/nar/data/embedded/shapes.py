@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from nar.data.encode import encode_png
-from nar.data.shards import SkipSample, dataset_lock, write_meta, write_split
+from nar.data.shards import SkipSample, dataset_lock, refuse_other_folder_settings, write_meta, write_split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,11 +60,12 @@ def build_shapes(
     import nar.shapes as shapes
 
     renderer = RenderScenes(seed=seed, size=size)
+    counts = {split: n for split, n in (("train", num_train), ("val", num_val)) if n > 0}
     with dataset_lock(out):  # one writer per folder, across all its splits and meta.json
+        # a count of 0 skips a split: one built alone must match the settings meta.json records for the other
+        refuse_other_folder_settings(out, "pairs", list(counts), {"image_size": size, "seed": seed})
         records = []
-        for split, n in (("train", num_train), ("val", num_val)):
-            if n <= 0:
-                continue
+        for split, n in counts.items():
             records.append(write_split(
                 out, split, [(split, i) for i in range(n)], produce=renderer, shard_size=shard_size, workers=workers,
                 params=dataclasses.asdict(renderer), desc=f"shapes {split}", unit="img",
