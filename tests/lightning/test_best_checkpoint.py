@@ -13,6 +13,10 @@ from nar.errors import ConfigError
 from nar.runs import TrainConfig
 from nar.runs.config import TokenizerRunConfig
 
+# FID validations of 8 samples against the reconstructions of 8 val samples (not all 32 of token_root's split):
+# the ranking and the stops are the subject, and each reconstruction batch is an Inception pass at 299 px
+FEW_REAL = {"data.eval_batch_size": 8, "data.limit_val_samples": 8}
+
 
 def test_best_metric_must_be_logged_and_takes_its_direction() -> None:
     with pytest.raises(ConfigError, match=r"trainer\.best_metric.*'val/fid' is not logged.*val/bits_per_token"):
@@ -46,7 +50,7 @@ def test_bits_only_validations_neither_end_the_run_nor_rank_a_step(token_root: P
 
     cfg = load_config(TrainConfig, [], tiny_overrides(token_root, tmp_path, name="best", **{
         "trainer.max_steps": 8, "trainer.val_every": 2, "trainer.ckpt_every": 4, "trainer.keep_best": 3,
-        "trainer.best_metric": "val/fid", "eval.decode_every": 2, "eval.num_samples": 4}))
+        "trainer.best_metric": "val/fid", "eval.decode_every": 2, "eval.num_samples": 4, **FEW_REAL}))
     fit(cfg, enable_progress_bar=False)
     best = sorted(p.name for p in (cfg.run_dir / "checkpoints").glob("best_*.ckpt"))
     assert best == ["best_0000004.ckpt", "best_0000008.ckpt"]
@@ -87,7 +91,7 @@ def test_a_stop_during_the_last_validation_is_an_interruption_and_resume_scores_
 
     sigterm_at_decode(monkeypatch)
     cfg = load_config(TrainConfig, [], tiny_overrides(token_root, tmp_path, name="last", **{
-        "trainer.max_steps": 4, "trainer.val_every": 4, "eval.num_samples": 8, "eval.batch_size": 4}))
+        "trainer.max_steps": 4, "trainer.val_every": 4, "eval.num_samples": 8, "eval.batch_size": 4, **FEW_REAL}))
     with pytest.raises(RunInterrupted):
         fit(cfg, enable_progress_bar=False)
     assert not any("val/fid" in r for r in read_metrics(cfg.run_dir))
@@ -132,7 +136,7 @@ def test_the_final_validation_ranks_and_a_sigterm_in_it_is_an_interruption(token
     from nar.workflows.train import fit
 
     over = {"trainer.max_steps": 3, "trainer.val_every": 0, "trainer.keep_best": 1, "trainer.best_metric": "val/fid",
-            "eval.num_samples": 8, "eval.batch_size": 4}
+            "eval.num_samples": 8, "eval.batch_size": 4, **FEW_REAL}
     cfg = load_config(TrainConfig, [], tiny_overrides(token_root, tmp_path, name="ranked", **over))
     fit(cfg, enable_progress_bar=False)
     assert sorted(p.name for p in (cfg.run_dir / "checkpoints").glob("best_*.ckpt")) == ["best_0000003.ckpt"]

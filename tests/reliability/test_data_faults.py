@@ -4,6 +4,7 @@ shard or sample, and nothing already written is lost."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import resource
@@ -56,6 +57,18 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 30.0) -> None
             proc.kill()
             pytest.fail(f"helper process did not reach {path.name}")
         time.sleep(0.05)
+
+
+def _batches(loader, n: int | None = None) -> list:
+    """The first ``n`` batches of ``loader`` (all: None); its workers are shut down here, also when it raises.
+    Left to the reference cycle of the error it raised, the iterator is collected by gc in some later test, which
+    closes its queues first: each worker then misses the stop message and waits out torch's two 5 s shutdown
+    timeouts (once 40 s of the next module's set-up)."""
+    batches = iter(loader)
+    try:
+        return list(itertools.islice(batches, n))
+    finally:
+        batches._shutdown_workers()
 
 
 def _temporaries(root: Path) -> list[Path]:
@@ -180,7 +193,7 @@ def test_meta_grid_that_does_not_match_the_arrays(tmp_path, capsys):
     assert "PROBLEMS FOUND" in capsys.readouterr().out
     dm = TokenShardDataModule(TokenDataConfig(root=str(root), batch_size=2, num_workers=1, pin_memory=False))
     with pytest.raises(DataError, match=r"all skipped .*grid \[2, 8\]") as err:  # not a silent run, not a hang
-        next(iter(dm.train_dataloader()))
+        _batches(dm.train_dataloader(), 1)
     assert "Traceback" not in str(err.value)  # one line, also from a DataLoader worker
 
 
@@ -201,7 +214,7 @@ def test_short_evaluation_pass_names_the_shard(tmp_path, damage, caplog):
     dm = TokenShardDataModule(TokenDataConfig(**common))
     assert dm.eval_dataset("val").expected == 12
     with pytest.raises(MissingSamples, match=rf"worker 0 of 2\): 4 of 6 selected samples read; .*{shard.name} ended after") as err:
-        list(dm.val_dataloader())
+        _batches(dm.val_dataloader())
     assert "Traceback" not in str(err.value) and err.value.exit_code == 1
     allowed = TokenShardDataModule(TokenDataConfig(**common, allow_missing=True))
     seen = sum(len(b["label"]) for b in allowed.val_dataloader())

@@ -8,6 +8,7 @@ distinct exit code (2: fix the input, 1: failure at run time, 75: stopped by a s
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -46,10 +47,6 @@ def env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
-def run_nar(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*NAR, *args], env=env(), capture_output=True, text=True, timeout=timeout)
-
-
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while not path.exists():
@@ -76,9 +73,10 @@ def small_fs(tmp_path: Path):
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
-def test_signals_lock_and_moved_folder(tokens: Path, tmp_path: Path) -> None:
+def test_signals_lock_and_moved_folder(tokens: Path, tmp_path: Path, caplog) -> None:
     """Ctrl-C and a cluster's SIGTERM save a resumable checkpoint (exit 75); a second trainer on the folder is
-    refused naming the first; a copied folder resumes from its newest state, saving under the same names."""
+    refused naming the first; a copied folder resumes from its newest state, saving under the same names. The
+    runs that take a signal are processes of their own; the others are the CLI's main in this process."""
     runs = tmp_path / "runs"
     run = runs / "run"
     long = overrides(tokens, runs, **{"trainer.max_steps": 100000, "trainer.ckpt_every": 100000})
@@ -86,10 +84,9 @@ def test_signals_lock_and_moved_folder(tokens: Path, tmp_path: Path) -> None:
                              text=True)
     try:
         wait_for(run / "config.yaml", first)  # written once training runs (and the signal handlers are in)
-        # 3. a second trainer on the same run folder is refused, naming the holder
-        second = run_nar("train", *long, "--resume")
-        assert second.returncode == 2 and "locked by another process" in second.stderr
-        assert f"pid {first.pid}" in second.stderr
+        # 3. a second trainer on the same run folder is refused, naming the holder (a few steps at most if not)
+        assert main(["train", *overrides(tokens, runs, **{"trainer.max_steps": 1}), "--resume"]) == 2
+        assert "locked by another process" in caplog.text and f"pid {first.pid}" in caplog.text, caplog.text
         time.sleep(1.0)
         # 2. Ctrl-C: a checkpoint at the next step boundary, a distinct exit code
         code, err = stop(first, signal.SIGINT)
@@ -124,30 +121,28 @@ def test_signals_lock_and_moved_folder(tokens: Path, tmp_path: Path) -> None:
     # 5. a copied run folder: the resume continues from its newest state and saves last.ckpt, not last-v1.ckpt
     copy = tmp_path / "moved"
     shutil.copytree(runs, copy)
-    done = run_nar("train", *overrides(tokens, copy, **{"trainer.max_steps": later + 3, "trainer.ckpt_every": 100000}),
-                   "--resume")
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert main(["train", *overrides(tokens, copy, **{"trainer.max_steps": later + 3, "trainer.ckpt_every": 100000}),
+                 "--resume"]) == 0
     names = sorted(p.name for p in (copy / "run" / "checkpoints").iterdir())
     assert not [n for n in names if "-v" in n], names
     newest = resume_checkpoint(copy / "run")
     assert newest is not None and newest.step == later + 3
 
 
-def test_full_disk_truncated_files_and_resume(tokens: Path, tmp_path: Path, small_fs: Path) -> None:
+def test_full_disk_truncated_files_and_resume(tokens: Path, tmp_path: Path, small_fs: Path, caplog) -> None:
     """1. A checkpoint that does not fit fails with the file named and leaves no partial file under its name; a
-    truncated checkpoint (an old writer killed mid-save) is skipped by name and the resume takes the newest intact."""
+    truncated checkpoint (an old writer killed mid-save) is skipped by name and the resume takes the newest intact.
+    No signal is sent, so the runs are the CLI's main in this process (each subprocess cost ~8 s of imports)."""
     runs = small_fs
-    full = run_nar("train", *overrides(tokens, runs, **{"trainer.max_steps": 5, "trainer.ckpt_every": 5}))
-    assert full.returncode == 1, full.stderr[-3000:]
-    assert "no space left" in full.stderr and "Traceback" not in full.stderr
+    assert main(["train", *overrides(tokens, runs, **{"trainer.max_steps": 5, "trainer.ckpt_every": 5})]) == 1
+    assert "no space left" in caplog.text and "Traceback" not in caplog.text, caplog.text[-3000:]
     ckpts = runs / "run" / "checkpoints"
-    assert str(ckpts) in full.stderr  # the message names the file that did not fit
+    assert str(ckpts) in caplog.text  # the message names the file that did not fit
     good, bad = intact_checkpoints(runs / "run")
     assert not bad and not list(ckpts.glob(".*.tmp")), sorted(p.name for p in ckpts.iterdir())
 
     runs = tmp_path / "runs"
-    done = run_nar("train", *overrides(tokens, runs, **{"trainer.max_steps": 10, "trainer.ckpt_every": 5}))
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert main(["train", *overrides(tokens, runs, **{"trainer.max_steps": 10, "trainer.ckpt_every": 5})]) == 0
     ckpts = runs / "run" / "checkpoints"
     last = ckpts / "last.ckpt"
     data = last.read_bytes()
@@ -156,10 +151,11 @@ def test_full_disk_truncated_files_and_resume(tokens: Path, tmp_path: Path, smal
     (ckpts / "step_0000099.ckpt").write_bytes((ckpts / "step_0000099.ckpt").read_bytes()[:1000])
     good, bad = intact_checkpoints(runs / "run")
     assert [c.step for c in good] == [5, 10] and {p.name for p, _ in bad} == {"last.ckpt", "step_0000099.ckpt"}
-    resumed = run_nar("train", *overrides(tokens, runs, **{"trainer.max_steps": 12, "trainer.ckpt_every": 100}),
-                      "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "skipping" in resumed.stderr and "last.ckpt" in resumed.stderr and "step 10" in resumed.stderr
+    caplog.clear()
+    caplog.set_level(logging.INFO)  # the resume names the step it continues from at INFO
+    assert main(["train", *overrides(tokens, runs, **{"trainer.max_steps": 12, "trainer.ckpt_every": 100}),
+                 "--resume"]) == 0
+    assert "skipping" in caplog.text and "last.ckpt" in caplog.text and "step 10" in caplog.text, caplog.text
     assert read_checkpoint_info(last).step == 12
 
 
