@@ -36,6 +36,17 @@ def test_rank_deficient_covariance_matches_scipy():
     assert ours == pytest.approx(scipy_frechet(mu1, s1, mu2, s2), rel=1e-5)
 
 
+def test_one_rank_deficient_covariance_matches_scipy_either_way_round():
+    """Few generated samples against a full-rank real set (the factor comes from the second covariance) and the other
+    way round: the same distance as SciPy's."""
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(12, 48)) * 2, rng.normal(size=(500, 48)) + 0.5
+    stats = [(x.mean(0), np.cov(x, rowvar=False)) for x in (a, b)]
+    for (mu1, s1), (mu2, s2) in (stats, stats[::-1]):
+        ours = frechet_distance(*(torch.from_numpy(x) for x in (mu1, s1, mu2, s2))).item()
+        assert ours == pytest.approx(scipy_frechet(mu1, s1, mu2, s2), rel=1e-6)
+
+
 def test_same_gaussian_is_zero():
     rng = np.random.default_rng(2)
     x = torch.from_numpy(rng.normal(size=(200, 16)))

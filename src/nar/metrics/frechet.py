@@ -14,25 +14,33 @@ import torch
 from nar.errors import DataError, NarError
 
 
-def _sqrtm_psd(matrix: torch.Tensor) -> torch.Tensor:
-    """Symmetric square root of a symmetric PSD matrix (negative eigenvalues from round-off clipped)."""
-    eigvals, eigvecs = torch.linalg.eigh(matrix)
-    return (eigvecs * eigvals.clamp_min(0).sqrt()) @ eigvecs.T
+def _low_rank_root(sigma: torch.Tensor) -> torch.Tensor:
+    """``L`` ``[D, r]`` with ``Σ = L Lᵀ`` for a symmetric PSD ``Σ``: ``V Λ^½`` over its ``r`` eigenvalues above
+    round-off (the others are zero up to it: fewer samples than dimensions give a covariance of rank below D)."""
+    eigvals, eigvecs = torch.linalg.eigh(sigma)
+    keep = eigvals > eigvals[-1].clamp_min(0) * sigma.shape[0] * torch.finfo(sigma.dtype).eps
+    return eigvecs[:, keep] * eigvals[keep].sqrt()
 
 
 def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> torch.Tensor:
     """``‖μ1 − μ2‖² + tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^½)`` in float64; ``mu*`` ``[D]``, ``sigma*`` ``[D, D]``.
 
-    ``tr((Σ1 Σ2)^½)`` is the sum of the square roots of the eigenvalues of ``Σ1 Σ2``, which are those of the
-    symmetric ``Lᵀ Σ2 L`` for any ``Σ1 = L Lᵀ``: with a Cholesky factor when ``Σ1`` is positive definite (as
-    with more samples than feature dimensions; 3-4x faster than an eigendecomposition at D = 2048), else
-    with ``L = Σ1^½`` from a symmetric eigendecomposition. Equals SciPy's ``sqrtm`` reference (tested).
+    ``tr((Σ1 Σ2)^½)`` is the sum of the square roots of the eigenvalues of ``Σ1 Σ2`` (or ``Σ2 Σ1``: the same),
+    which are those of the symmetric ``Lᵀ Σ2 L`` for any ``Σ1 = L Lᵀ``: the Cholesky factor of whichever
+    covariance is positive definite (more samples than dimensions; 3-4x faster than an eigendecomposition at
+    D = 2048), else :func:`_low_rank_root`, which keeps only the covariance's rank so that ``Lᵀ Σ2 L`` is small.
+    Equals SciPy's ``sqrtm`` reference (tested).
     """
     mu1, mu2 = mu1.double(), mu2.double()
     sigma1, sigma2 = sigma1.double(), sigma2.double()
-    factor, info = torch.linalg.cholesky_ex(sigma1)
-    root1 = factor if int(info) == 0 else _sqrtm_psd(sigma1)
-    middle = root1.T @ sigma2 @ root1
+    for first, second in ((sigma1, sigma2), (sigma2, sigma1)):
+        root, info = torch.linalg.cholesky_ex(first)
+        if int(info) == 0:
+            other = second
+            break
+    else:
+        root, other = _low_rank_root(sigma1), sigma2
+    middle = root.T @ other @ root
     trace_sqrt = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp_min(0).sqrt().sum()
     return (mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * trace_sqrt
 
