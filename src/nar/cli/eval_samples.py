@@ -152,9 +152,10 @@ def run(args: argparse.Namespace) -> int:
                 fidelity.set_reference(stats)
             if args.save_ref:
                 # the spatial statistics only exist when sfid is scored (it alone makes the extractor give them)
-                fidelity.real_stats().save_npz(args.save_ref, spatial=fidelity.real_spatial_stats())
+                spatial = fidelity.real_spatial_stats()
+                fidelity.real_stats().save_npz(args.save_ref, spatial=spatial)
                 log.info("wrote the real statistics to %s%s", args.save_ref,
-                         "" if "sfid" in image_wanted else " (mu/sigma only: add sfid to --metrics for mu_s/sigma_s)")
+                         "" if spatial is not None else " (mu/sigma only: add sfid to --metrics for mu_s/sigma_s)")
     if "fvd" in wanted:
         fvd = (FrechetVideoDistance(args.i3d, input_range=(0.0, 1.0)) if args.i3d
                else FVDProxyInception(extractor=extractor, input_range=(0.0, 1.0))).to(device)

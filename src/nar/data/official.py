@@ -269,8 +269,9 @@ def import_codes(
                                 "has_captions": False, "caption_features": False}
     if main.crop_range is not None:
         settings["crop_range"] = main.crop_range
-    if synset_map is not None:
-        settings["classes"] = sorted(read_synset_names(Path(synset_map)))
+    synsets = read_synset_names(Path(synset_map)) if synset_map is not None else None
+    if synsets is not None:
+        settings["classes"] = sorted(synsets)
     elif num_classes is not None:
         settings["classes"] = [str(i) for i in range(num_classes)]
     with dataset_lock(out):
@@ -281,7 +282,7 @@ def import_codes(
                                                       "codebook_size": codebook_size, "grid": list(hw), **order},
                              mismatch_hint=order_mismatch_hint(order), desc=f"codes {split}", unit="img")
         assert record is not None
-        classes, class_names = _classes(Path(out), record.labels, synset_map, num_classes)
+        classes, class_names = _classes(Path(out), record.labels, synset_map, synsets, num_classes)
         fields: dict[str, Any] = {**settings, "classes": classes, "source": str(main.path),
                                   "official_codes": [str(f.path) for f in folders]}
         if class_names:
@@ -296,17 +297,17 @@ _FLAGS = {"grid": "--grid", "codebook_size": "--codebook-size", "tokenizer": "--
 
 
 def _classes(out: Path, labels: np.ndarray, synset_map: str | os.PathLike[str] | None,
-             num_classes: int | None) -> tuple[list[str], list[str] | None]:
-    """The wnids of ``synset_map`` with their names, else ``num_classes`` or the largest label + 1 — but never
-    fewer than ``out``'s ``meta.json`` already lists when those cover the labels: a small split imported after
-    ``train`` (val holding the first classes only) must not shrink the classes ``train`` was checked against."""
+             synsets: dict[str, str] | None, num_classes: int | None) -> tuple[list[str], list[str] | None]:
+    """The wnids of ``synset_map`` (read as ``synsets``: wnid -> name) with their names, else ``num_classes`` or
+    the largest label + 1 — but never fewer than ``out``'s ``meta.json`` already lists when those cover the
+    labels: a small split imported after ``train`` (val holding the first classes only) must not shrink the
+    classes ``train`` was checked against."""
     top = int(labels.max()) + 1 if len(labels) else 0
-    if synset_map is not None:
-        names = read_synset_names(Path(synset_map))
-        wnids = sorted(names)
+    if synsets is not None:
+        wnids = sorted(synsets)
         if len(wnids) < top:
             raise DataError(f"{synset_map}: {len(wnids)} classes, but the labels go up to {top - 1}")
-        return wnids, [names[w] for w in wnids]
+        return wnids, [synsets[w] for w in wnids]
     kept = classes_kept(out, top) if num_classes is None else None
     if kept is not None:
         return kept, None  # their class_names, if any, stay in meta.json
