@@ -295,10 +295,12 @@ class ShardDataModule(L.LightningDataModule):
             dataset.position, self._train_position = self._train_position, None
         return self._loader(dataset, self.cfg.batch_size, self.cfg.drop_last, StreamLoader)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_stream(self) -> ShardStream:
         """The val split, every sample once; while training, a few may be missing (``cfg.val_missing_tolerance``)."""
-        stream = self.eval_dataset(self.cfg.val_split, missing_tolerance=self.val_missing_tolerance())
-        return self._loader(stream, self.cfg.eval_batch_size or self.cfg.batch_size, False, EvalLoader)
+        return self.eval_dataset(self.cfg.val_split, missing_tolerance=self.val_missing_tolerance())
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_stream(), self.cfg.eval_batch_size or self.cfg.batch_size, False, EvalLoader)
 
     def test_dataloader(self) -> DataLoader:
         split = self.cfg.test_split or self.cfg.val_split

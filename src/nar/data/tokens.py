@@ -401,6 +401,12 @@ def caption_cleaning(text_encoder: TextEncoder) -> str:
     return str(getattr(text_encoder, "clean_captions", "none"))
 
 
+def stored_caption_cleaning(meta: dict[str, Any]) -> str:
+    """How the captions of a token folder's stored features were cleaned (its ``meta.json``); "none" where it
+    does not say (folders written before the setting existed)."""
+    return str(meta.get("clean_captions") or _SETTING_DEFAULTS["clean_captions"])
+
+
 def _explain_refused_text_resume(split_dir: Path, shards: list[str], old_params: dict[str, Any],
                                  params: dict[str, Any], refused: DataError) -> None:
     """After :func:`write_split` ``refused`` to resume ``split_dir`` with ``params``, raise the reason when it is one

@@ -8,7 +8,6 @@ import logging
 from typing import Any
 
 import numpy as np
-from torch.utils.data import DataLoader
 
 import lightning as L
 from nar.data.datamodules import (
@@ -22,7 +21,7 @@ from nar.data.datamodules import (
     VideoShardDataModule,
 )
 from nar.data.order import class_sorted_warning
-from nar.data.readers import EvalLoader, process_identity
+from nar.data.readers import ShardStream, process_identity
 from nar.data.shards import read_meta
 from nar.errors import ConfigError, DataError
 from nar.runs.config import DataSection, TokenizerRunConfig, TrainConfig, val_samples
@@ -53,14 +52,12 @@ class SpreadValidation(ShardDataModule):
         super().__init__(cfg)
         self.section = section
 
-    def val_dataloader(self) -> DataLoader:
-        stream = self.eval_dataset(self.cfg.val_split, missing_tolerance=self.val_missing_tolerance())
+    def val_stream(self) -> ShardStream:
+        stream = super().val_stream()
         _, world = process_identity(*self._rank_world())  # no trainer: the process group, as the stream falls back
         n = val_samples(self.section, world)
         ids = stream.sample_ids
-        if n is not None and n < len(ids):
-            stream = stream.subset(ids[spread_ids(len(ids), n)])
-        return self._loader(stream, self.cfg.eval_batch_size or self.cfg.batch_size, False, EvalLoader)
+        return stream.subset(ids[spread_ids(len(ids), n)]) if n is not None and n < len(ids) else stream
 
 
 class TokenRunData(SpreadValidation, TokenShardDataModule):

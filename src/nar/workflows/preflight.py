@@ -52,7 +52,9 @@ def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[st
         raise ConfigError("empty; point it at a shard folder (e.g. made by `nar data tokens`)", key="data.root")
     if needs_data:
         meta = read_meta(cfg.data.root)  # DataError naming <root>/meta.json, before the run folder is made
-        stored = meta.get("clean_captions") or "none"  # how `nar data tokens` cleaned its captions
+        from nar.data.tokens import stored_caption_cleaning
+
+        stored = stored_caption_cleaning(meta)  # how `nar data tokens` cleaned its captions
         if meta.get("caption_features") and cfg.data.caption_features and cfg.text.clean_captions != stored:
             # the prompts a run encodes itself (validation, sampling) must reach the model as its features did
             raise ConfigError(f"{cfg.text.clean_captions!r}, but the caption features in {cfg.data.root} were made "

@@ -59,6 +59,7 @@ def facts_from_data(root: str | Path) -> dict[str, Any]:
     those files still exist), and for caption features the caption model's slots and width and how the captions
     were cleaned."""
     from nar.data.shards import read_meta
+    from nar.data.tokens import stored_caption_cleaning
 
     meta = read_meta(root)
     if meta.get("kind") != "tokens":
@@ -94,8 +95,8 @@ def facts_from_data(root: str | Path) -> dict[str, Any]:
         text_path = rest.rpartition(":")[0]
         out["text"] = {"kind": kind if kind in ("t5", "minilm") else ("t5" if width == 2048 else "minilm"),
                        "max_len": slots, **({"path": text_path} if text_path else {})}
-        if meta.get("clean_captions") not in (None, "none"):  # prompts encoded later are cleaned as these were
-            out["text"]["clean_captions"] = meta["clean_captions"]
+        if (cleaned := stored_caption_cleaning(meta)) != "none":  # prompts encoded later are cleaned as these were
+            out["text"]["clean_captions"] = cleaned
     return out
 
 
