@@ -69,23 +69,23 @@ demo-t2i: $(VENV)/.installed ## text-to-image demo on shapes captions
 train-tokenizer: $(VENV)/.installed ## train a VQ tokenizer: DATA=emoji|atari|imagenet|ucf101
 	$(NAR) train-tokenizer --data $(or $(DATA),emoji) --gpus $(GPUS) --nodes $(NODES) $(ARGS)
 
-train-imagenet: $(VENV)/.installed ## train NAR on ImageNet token shards: DATA=path [MODEL=b|m|l|xl|xxl (xl/xxl: FSDP)]
+train-imagenet: | $(VENV)/.installed ## train NAR on ImageNet token shards: DATA=path [MODEL=b|m|l|xl|xxl (xl/xxl: FSDP)]
 	@if [ -z "$(DATA)" ]; then echo "train-imagenet needs DATA=<folder of ImageNet token shards, made by 'nar data tokens'>"; exit 2; fi
 	$(NAR) train --config experiments/imagenet/nar_$(MODEL).yaml --gpus $(GPUS) --nodes $(NODES) --resume data.root=$(DATA) $(if $(TOKENIZER),tokenizer.path=$(TOKENIZER)) $(ARGS)
 
-train-ucf101: $(VENV)/.installed ## train NAR-L on UCF-101 token shards: DATA=path
+train-ucf101: | $(VENV)/.installed ## train NAR-L on UCF-101 token shards: DATA=path
 	@if [ -z "$(DATA)" ]; then echo "train-ucf101 needs DATA=<folder of UCF-101 token shards, made by 'nar data tokens'>"; exit 2; fi
 	$(NAR) train --config experiments/ucf101/nar_l.yaml --gpus $(GPUS) --nodes $(NODES) --resume data.root=$(DATA) $(if $(TOKENIZER),tokenizer.path=$(TOKENIZER)) $(ARGS)
 
-train-t2i: $(VENV)/.installed ## text-to-image NAR-XL, 256 px: DATA=path; stage 2 (512 px): also INIT=<stage-1 ckpt>
+train-t2i: | $(VENV)/.installed ## text-to-image NAR-XL, 256 px: DATA=path; stage 2 (512 px): also INIT=<stage-1 ckpt>
 	@if [ -z "$(DATA)" ]; then echo "train-t2i needs DATA=<folder of caption token shards, made by 'nar data tokens --text-encoder t5'>"; exit 2; fi
 	$(NAR) train --config experiments/t2i/nar_xl.yaml $(if $(INIT),--config experiments/t2i/nar_xl_512.yaml) --gpus $(GPUS) --nodes $(NODES) $(if $(INIT),init_from=$(INIT)) data.root=$(DATA) $(ARGS)
 
-eval-imagenet: $(VENV)/.installed ## 50k samples, FID/sFID/precision/recall (+IS with INCEPTION=<Inception with its classifier>): CKPT=path TOKENIZER=vq.pt REF=ADM VIRTUAL_imagenet256_labeled.npz (the paper's protocol) or DATA=real image shards
+eval-imagenet: | $(VENV)/.installed ## 50k samples, FID/sFID/precision/recall (+IS with INCEPTION=<Inception with its classifier>): CKPT=path TOKENIZER=vq.pt REF=ADM VIRTUAL_imagenet256_labeled.npz (the paper's protocol) or DATA=real image shards
 	@if [ -z "$(CKPT)" ]; then echo "eval-imagenet needs CKPT=<NAR checkpoint (ours or official .pt)>, TOKENIZER=<VQ-16 .pt> and REF=<ADM VIRTUAL_imagenet256_labeled.npz> (or DATA=<ImageNet image shards>, not the paper's reference)"; exit 2; fi
 	$(NAR) evaluate --config experiments/imagenet/nar_$(MODEL).yaml --ckpt $(CKPT) --per-class 50 --gpus $(GPUS) --nodes $(NODES) $(if $(TOKENIZER),tokenizer.path=$(TOKENIZER)) $(if $(REF),eval.reference_stats=$(REF) eval.metrics=$(ADM_METRICS)) $(if $(INCEPTION),eval.inception_weights=$(INCEPTION)) $(if $(DATA),eval.real_root=$(DATA) eval.num_real=50000) $(ARGS)
 
-eval-ucf101: $(VENV)/.installed ## FVD on UCF-101 (10k samples vs 10k train clips drawn at random, eval.real_seed; sample i takes real clip i's class, as NAR-videos): CKPT=path TOKENIZER=video vq.pt DATA=clip shards (nar data ucf101 --frames 16 --size 128 --clips-per-video 0: every non-overlapping window, the official real pool) [ARGS=eval.i3d_path=i3d.pt]
+eval-ucf101: | $(VENV)/.installed ## FVD on UCF-101 (10k samples vs 10k train clips drawn at random, eval.real_seed; sample i takes real clip i's class, as NAR-videos): CKPT=path TOKENIZER=video vq.pt DATA=clip shards (nar data ucf101 --frames 16 --size 128 --clips-per-video 0: every non-overlapping window, the official real pool) [ARGS=eval.i3d_path=i3d.pt]
 	@if [ -z "$(CKPT)" ]; then echo "eval-ucf101 needs CKPT=<NAR video checkpoint>, TOKENIZER=<video VQ .pt> and DATA=<UCF-101 clip shards>"; exit 2; fi
 	$(NAR) evaluate --config experiments/ucf101/nar_l.yaml --ckpt $(CKPT) --num-samples 10000 --gpus $(GPUS) --nodes $(NODES) $(if $(TOKENIZER),tokenizer.path=$(TOKENIZER)) $(if $(DATA),eval.real_root=$(DATA) eval.real_split=train eval.num_real=10000 eval.labels=real) $(ARGS)
 

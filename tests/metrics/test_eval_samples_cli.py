@@ -50,12 +50,17 @@ def test_fid_npz_against_png_folder_then_stats_file(tmp_path):
     assert len(list((tmp_path / "cache" / "stats").glob("*.npz"))) == 1
 
 
-def test_text_alignment_from_prompts():
+def test_text_alignment_from_prompts(caplog):
     rng = np.random.default_rng(0)
     scenes = [sample_scene(rng) for _ in range(24)]
     np.savez("shapes.npz", arr_0=np.stack([render_scene(s) for s in scenes]), prompts=np.array([s.prompt for s in scenes]))
     assert main(["eval-samples", "shapes.npz", "--metrics", "text"]) == 0
     assert json.loads(open("shapes.eval.json").read())["metrics"]["geneval_overall"] == 1.0
+    # prompts outside the shapes grammar: nothing to score, said with what a scorable prompt reads like
+    np.savez("free.npz", arr_0=np.stack([render_scene(s) for s in scenes[:2]]), prompts=np.array(["a red circle"] * 2))
+    caplog.clear()
+    assert main(["eval-samples", "free.npz", "--metrics", "text"]) == 2
+    assert "'a photo of a red circle'" in caplog.text and "before any update" not in caplog.text
 
 
 def test_fvd_proxy_on_video_npz():

@@ -28,6 +28,8 @@ from nar.atomic import write_text
 log = logging.getLogger(__name__)
 
 METRICS = ("fid", "is", "pr", "sfid", "fvd", "text")
+# what nar.shapes.parse_prompt reads, by example
+SHAPES_PROMPTS = "'a photo of a red circle', 'a photo of two squares', 'a photo of a red circle and a blue square'"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -184,7 +186,11 @@ def run(args: argparse.Namespace) -> int:
             if keep:
                 timed("text", metrics["text"].update, batch[keep].cpu(), [specs[i] for i in keep])
     if "text" in metrics and missing_specs:
-        log.warning("%d of %d samples have no shapes prompt/spec and were not text-scored", missing_specs, count)
+        if missing_specs == count:  # nothing to score: say what a scorable prompt reads like
+            raise ConfigError(f"--metrics text: none of the {count} samples has a shapes prompt or spec; it scores "
+                              f"prompts of the shapes grammar ({SHAPES_PROMPTS}), saved beside each image as .txt")
+        log.warning("%d of %d samples have no shapes prompt/spec and were not text-scored (the grammar: %s)",
+                    missing_specs, count, SHAPES_PROMPTS)
 
     results: dict[str, float] = {}
     for name, metric in metrics.items():
