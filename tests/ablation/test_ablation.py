@@ -144,7 +144,7 @@ def test_shipped_grids_validate(name: str) -> None:
     assert {"nar", "raster"} <= modes <= {"nar", "raster", "par"}
 
 
-def test_two_variant_grid_and_resume(tmp_path: Path, tiny_tokens: Path, capsys) -> None:
+def test_two_variant_grid_and_resume(tmp_path: Path, tiny_tokens: Path, capsys, caplog) -> None:
     over = tiny_train_overrides(tiny_tokens)
     path = _grid(tmp_path, [
         {"name": "mixed", "label": "row + column heads", "model": {}, "paper_score": 3.06},
@@ -153,8 +153,11 @@ def test_two_variant_grid_and_resume(tmp_path: Path, tiny_tokens: Path, capsys) 
         {"name": "row_only_again", "model": {"head_sharing": "shared", "shared_axis": 0, "head_blocks": [1, 1]}},
     ], overrides=over, bench={"batch": 2, "iters": 1, "warmup": 0})
     cfg = load_ablation_config(path)
-    out = run_ablation(cfg)
+    with caplog.at_level("INFO", logger="nar"):
+        out = run_ablation(cfg)
     assert out["ran"] == ["mixed", "row_only", "row_only_again"]
+    # before the silent end of a run (sampling, features), a line says what comes
+    assert "mixed: 3 steps; its last validation samples 4 images (batches of 4) and scores fid" in caplog.text
     rows = read_rows(out["csv"])
     assert [r["variant"] for r in rows] == ["mixed", "row_only", "row_only_again"]
     mixed, row_only, again = rows
@@ -402,3 +405,30 @@ def test_a_partial_grid_lists_the_runs_it_has_no_row_for(tmp_path: Path, monkeyp
     # complete: no such section
     out = run_ablation(load_ablation_config(path))
     assert "Not run" not in out["markdown"].read_text()
+
+
+def _prepared_paths(cfg, monkeypatch) -> dict[str, str]:
+    """``prepare_shared``'s overrides with nar.demo's steps stubbed: where each would write, nothing built."""
+    from nar.workflows import demo
+    from nar.workflows.ablation.runner import prepare_shared
+
+    monkeypatch.setattr(demo, "ensure_embedded", lambda domain, root, smoke: root / domain)
+    monkeypatch.setattr(demo, "ensure_tokenizer", lambda domain, images, out, *a, **k: out / "tokenizer.pt")
+    monkeypatch.setattr(demo, "ensure_tokens", lambda images, tokenizer, out: out)
+    monkeypatch.setattr("nar.data.shards.read_meta", lambda root: {"grid": [8, 8], "codebook_size": 64,
+                                                                   "classes": ["a"]})
+    return dict(o.split("=", 1) for o in prepare_shared(cfg, threads=1) if "path" in o or "root" in o)
+
+
+def test_the_emoji_grid_writes_its_tokenizer_and_tokens_under_its_out(tmp_path: Path, monkeypatch) -> None:
+    """`--set out=X` moves the grid's own tokenizer and tokens under X; at the default out they are where they
+    were (same override strings: finished rows keep their fingerprints). The embedded data stay the shared cache
+    `prepare.data` (relative to the working directory), as `make demo`'s."""
+    grid = ROOT / "experiments" / "ablations" / "heads_emoji.yaml"
+    moved = _prepared_paths(load_ablation_config(grid, [f"out={tmp_path}"]), monkeypatch)
+    assert moved["tokenizer.path"] == str(tmp_path / "tokenizer" / "tokenizer.pt")
+    assert moved["data.root"] == str(tmp_path / "tokens")
+    assert moved["eval.real_root"] == str(Path("data/embedded/emoji"))
+    default = _prepared_paths(load_ablation_config(grid), monkeypatch)
+    assert default == {"tokenizer.path": "runs/ablations/heads-emoji/tokenizer/tokenizer.pt",
+                       "data.root": "runs/ablations/heads-emoji/tokens", "eval.real_root": "data/embedded/emoji"}

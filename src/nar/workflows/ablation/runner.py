@@ -189,6 +189,10 @@ def run_variant(variant: VariantConfig, train_cfg: Any, bench: BenchConfig, seed
     from nar.runs.folder import has_checkpoints
     from nar.workflows.train import fit
 
+    e = train_cfg.eval
+    # Sampling and Inception features take minutes on CPU after the last training step, before the scores' line.
+    log.info("%s: %d steps; its last validation samples %d images (batches of %d) and scores %s", name or variant.name,
+             train_cfg.trainer.max_steps, e.num_samples, e.batch_size, ",".join(e.metrics))
     start = time.perf_counter()
     result = fit(train_cfg, resume=has_checkpoints(train_cfg.run_dir), enable_progress_bar=False)
     seconds = time.perf_counter() - start
