@@ -16,6 +16,8 @@ from torch.utils.data import DataLoader
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from nar.data.datamodules import ImageDataConfig, ImageShardDataModule, VideoDataConfig, VideoShardDataModule
+from nar.logconfig import configure_logging
+from nar.progress import Progress
 from nar.tokenizers import load_tokenizer
 from nar.tokenizers.losses import frames_as_images
 from nar.tokenizers.usage import CodebookUsage
@@ -30,6 +32,7 @@ def main() -> None:
     parser.add_argument("--no-rfid", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    configure_logging()  # the progress lines go to stderr; the JSON alone to stdout
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -39,7 +42,8 @@ def main() -> None:
         data = ImageShardDataModule(ImageDataConfig(root=args.root, image_size=cfg.image_size, num_workers=0))
     else:
         data = VideoShardDataModule(VideoDataConfig(root=args.root, image_size=cfg.image_size, num_workers=0))
-    loader = DataLoader(data.eval_dataset(args.split), batch_size=args.batch)
+    dataset = data.eval_dataset(args.split)
+    loader = DataLoader(dataset, batch_size=args.batch)
 
     psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3)).to(device)
     ssim = StructuralSimilarityIndexMeasure(data_range=1.0).to(device)
@@ -50,7 +54,9 @@ def main() -> None:
 
         fid = ImageFidelity(("fid",)).to(device)
     start, count = time.perf_counter(), 0
-    with torch.no_grad():
+    # A bar on a terminal, else a log line every 30 s (minutes on CPU: encode, decode and Inception features).
+    unit = "img" if cfg.kind == "image" else "clip"
+    with torch.no_grad(), Progress(dataset.num_samples(), f"reconstructing {args.split}", unit=unit) as progress:
         for batch in loader:
             x = batch["image" if cfg.kind == "image" else "video"].to(device)
             codes = tokenizer.encode(x)
@@ -63,6 +69,7 @@ def main() -> None:
                 fid.update(real, real=True)
                 fid.update(fake, real=False)
             count += x.shape[0]
+            progress.update(x.shape[0])
     result = {"tokenizer": args.tokenizer, "root": args.root, "split": args.split, "samples": count,
               "grid": list(cfg.grid), "psnr": float(psnr.compute()), "ssim": float(ssim.compute()),
               "codebook_usage": float(usage.compute()["usage"]),

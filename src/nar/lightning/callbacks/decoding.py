@@ -276,7 +276,7 @@ class FrontierDecodingCallback(Callback):
                     consumers.append(stop)  # last: the chunk is counted everywhere before a stop
                 local = sum(min(bs, n - c * bs) for c in chunks)
                 with Progress(local, f"sampling {n} (this rank {local})", unit="img", every_s=30,
-                              enabled=trainer.is_global_zero and local >= 4 * bs) as progress:
+                              enabled=trainer.is_global_zero and local > bs) as progress:  # more than a chunk
                     reused = stream_chunks(gen, conds, masks, chunks, bs, e.seed, consumers, folder=self.sample_dir,
                                            labels=labels, progress=progress, seconds=seconds)
                 if reused:
@@ -408,6 +408,8 @@ class FrontierDecodingCallback(Callback):
         if not self.metrics or (self.eval.reference_stats and not needs_images):
             self._real_done = True  # FID/sFID against the reference's statistics
             return
+        if trainer.is_global_zero:  # minutes on a CPU the first time (then the features come from the cache)
+            log.info("step %d: features of the real samples for %s", trainer.global_step, ", ".join(self.metrics))
         device = pl_module.device
         e = self.eval
         count = 0
