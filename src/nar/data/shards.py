@@ -827,9 +827,9 @@ class SplitIndex:
 
     @classmethod
     def load(cls, root: str | os.PathLike[str], split: str, meta: dict[str, Any] | None = None, *,
-             labels: bool = True) -> SplitIndex:
-        """The split's index from ``meta.json`` (and ``labels.npy`` when present and ``labels``); ``meta``: that
-        file's contents when the caller has read it already."""
+             with_labels: bool = True) -> SplitIndex:
+        """The split's index from ``meta.json`` (and ``labels.npy`` when present, unless not ``with_labels``);
+        ``meta``: that file's contents when the caller has read it already."""
         root = Path(root)
         meta = read_meta(root) if meta is None else meta
         if split not in meta["splits"]:
@@ -840,8 +840,8 @@ class SplitIndex:
         if len(counts) != len(shards):
             raise DataError(f"{root / META_NAME}: split {split!r} lists {len(shards)} shards but {len(counts)} counts")
         labels_path = root / split / LABELS_NAME
-        wanted, labels = labels, None
-        if wanted and labels_path.is_file():
+        labels = None
+        if with_labels and labels_path.is_file():
             try:
                 labels = np.load(labels_path)
             except (OSError, ValueError) as err:

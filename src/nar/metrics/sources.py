@@ -197,16 +197,16 @@ class _DatasetSplit:
     index: SplitIndex
 
 
-def _dataset_split(source: Path, split: str | None, *, labels: bool = True) -> _DatasetSplit | None:
+def _dataset_split(source: Path, split: str | None, *, with_labels: bool = True) -> _DatasetSplit | None:
     """``split`` (default val, resolved for evaluation) of a dataset folder, from one read of its ``meta.json``
-    (its ``labels.npy`` too where ``labels``: not for listing the shards); None for any other source."""
+    (its ``labels.npy`` too where ``with_labels``: not for listing the shards); None for any other source."""
     if not (source / "meta.json").is_file():
         return None
     from nar.data.shards import SplitIndex, read_meta, resolve_split
 
     meta = read_meta(source)
     split = resolve_split(meta, split or "val", root=source)
-    return _DatasetSplit(meta, SplitIndex.load(source, split, meta, labels=labels))
+    return _DatasetSplit(meta, SplitIndex.load(source, split, meta, with_labels=with_labels))
 
 
 def shard_paths(source: str | Path, split: str | None = None) -> list[Path | str]:
@@ -215,7 +215,7 @@ def shard_paths(source: str | Path, split: str | None = None) -> list[Path | str
     source = Path(source)
     if source.is_file() and source.suffix == ".tar":
         return [source]
-    dataset = _dataset_split(source, split, labels=False)
+    dataset = _dataset_split(source, split, with_labels=False)
     if dataset is not None:
         return list(dataset.index.shards)
     if source.is_dir():
@@ -280,7 +280,7 @@ def _select(source: Path, split: str | None, limit: int | None, seed: int,
     :func:`_dataset_split` when the caller has loaded it (else loaded here)."""
     if source.is_file() and source.suffix == ".npz":
         return _Selection(source, split, "npz", [source])
-    dataset = dataset or _dataset_split(source, split, labels=False)  # real_class_ids passes one with labels
+    dataset = dataset or _dataset_split(source, split, with_labels=False)  # real_class_ids passes one with labels
     shards = list(dataset.index.shards) if dataset is not None else shard_paths(source, split)
     if shards:
         if limit is None:
