@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import typing
 from collections.abc import Sequence
 from importlib import resources
@@ -77,8 +78,22 @@ def merge_sources(base: DictConfig, yaml_paths: Sequence[str | Path] = (), overr
                   dicts: Sequence[dict[str, Any]] = ()) -> DictConfig:
     """``base`` ← each dict ← each YAML file ← ``key=value`` overrides (no conversion to objects yet).
 
-    Errors name the file or the override and the offending key.
+    Errors name the file or the override and the offending key; a key ``base``'s schema lists in its
+    ``RENAMED_KEYS`` (a removed key → what replaced it) is refused with its replacement named.
     """
+    try:
+        return _merge_all(base, yaml_paths, overrides, dicts)
+    except ConfigError as err:
+        renamed = getattr(OmegaConf.get_type(base), "RENAMED_KEYS", None) or {}
+        found = re.search(r"key '([^']+)'", err.message) if renamed else None
+        if found and found.group(1) in renamed:
+            unknown = re.sub(r"\. Did you mean: .*\?$", "", err.message)  # OmegaConf's guess, when it has one
+            raise ConfigError(f"{unknown}; it was removed: {renamed[found.group(1)]}", key=err.key) from None
+        raise
+
+
+def _merge_all(base: DictConfig, yaml_paths: Sequence[str | Path], overrides: Sequence[str],
+               dicts: Sequence[dict[str, Any]]) -> DictConfig:
     for data in dicts:
         base = _merge(base, OmegaConf.create(data), "stored config")
     for path in yaml_paths:

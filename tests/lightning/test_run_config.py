@@ -230,3 +230,22 @@ def test_tokenizer_runs_take_a_global_batch_as_generator_runs_do(caplog) -> None
         cfg = load_config(TokenizerRunConfig, [], ["data.global_batch=64", "data.batch_size=5", "trainer.devices=4"])
     assert cfg.data.batch_size == 16 and re.search(r"data\.batch_size.*5 is ignored.*data\.global_batch", caplog.text)
     assert "trainer.accumulate" not in caplog.text  # tokenizer runs refuse accumulation: not offered as a remedy
+
+
+@pytest.mark.parametrize("schema", ["TrainConfig", "TokenizerRunConfig"])
+@pytest.mark.parametrize("old, replacement", [("trainer.out", "runs_root and name"),
+                                              ("trainer.cpu_threads", "trainer.threads"),
+                                              ("trainer.limit_val_batches", "data.limit_val_samples")])
+def test_a_removed_key_is_refused_naming_what_replaced_it(tmp_path: Path, schema: str, old: str,
+                                                          replacement: str) -> None:
+    from nar.runs import config as run_config
+    cls = getattr(run_config, schema)
+    section, name = old.split(".")
+    yaml_file = tmp_path / "old.yaml"
+    yaml_file.write_text(f"{section}:\n  {name}: 2\n")
+    for kwargs in ({"overrides": [f"{old}=2"]}, {"yaml_paths": [yaml_file]}):
+        with pytest.raises(ConfigError, match=rf"key '{re.escape(old)}'.*it was removed: .*{re.escape(replacement)}"):
+            load_config(cls, **kwargs)
+    # the replacement is a key the schema takes, and an unknown key is still refused as before, with no hint
+    with pytest.raises(ConfigError, match=r"key 'trainer.bogus': Key 'bogus' not in 'TrainerConfig'$"):
+        load_config(cls, overrides=["trainer.bogus=2"])

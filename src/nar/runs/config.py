@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from nar.errors import ConfigError
 from nar.model import NARConfig
@@ -124,6 +125,13 @@ class TrainerConfig:
 @dataclass
 class RunConfig:
     """What every run has: its folder ``<runs_root>/<name>/`` and its trainer settings."""
+
+    # Keys earlier versions took, with what replaced them (README, "Renamed keys"): refused naming the new key.
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {
+        "trainer.out": "set runs_root and name (the run folder is <runs_root>/<name>)",
+        "trainer.cpu_threads": "use trainer.threads",
+        "trainer.limit_val_batches": "use data.limit_val_samples (a number of samples)",
+    }
 
     name: str = "run"
     runs_root: str = "runs"
