@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--what", choices=["weights", "kv", "both"], default="weights",
                    help="float8 block weights, a float8 KV cache, or both")
-    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--out", default="runs/bench")
     args = p.parse_args(argv)
     # The arguments this call parsed (``argv`` when a driver passes them, else the process's own).
     command = shlex.join(["python3", "benchmarks/fp8_agreement.py", *(argv if argv is not None else sys.argv[1:])])

@@ -47,7 +47,7 @@ def main() -> int:
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward (the recipe does)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--out", default="runs/bench")
     args = p.parse_args()
     device = torch.device(args.device)
     cfg = NARConfig.from_name(args.preset, **parse_overrides(args.set))

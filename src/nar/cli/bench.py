@@ -60,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=positive_int, default=1,
                    help="time the --schedules in alternation this many rounds (iters calls each); report the median "
                         "round and the round-by-round speed-ups of NAR over each other method with their range")
-    p.add_argument("--out", default="benchmarks/results", help="folder for the JSON and markdown results")
+    p.add_argument("--out", default="runs/bench",
+                   help="folder for the JSON and markdown results (recorded runs go to benchmarks/results/<card>-<date>/)")
     p.set_defaults(func=run)
 
 

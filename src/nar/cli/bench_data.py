@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crop", type=int, default=256, help="ADM centre crop size")
     p.add_argument("--workers", type=int, default=0,
                    help="DataLoader workers (0: read in this process; rates are always per worker)")
-    p.add_argument("--out", default="benchmarks/results", help="folder for results.json, results.md and README.md")
+    p.add_argument("--out", default="runs/bench", help="folder for results.json, results.md and README.md")
     p.set_defaults(func=run)
 
 
