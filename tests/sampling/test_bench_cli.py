@@ -54,7 +54,8 @@ def test_from_name_checks_override_types():
         NARConfig.from_name("NAR-tiny", n_layer=True)
 
 
-def test_bench_times_par_beside_nar_and_raster(tmp_path, capsys):
+def test_bench_times_par_beside_nar_and_raster(tmp_path, capsys, caplog):
+    caplog.set_level("INFO", logger="nar.sampling.bench")
     out = tmp_path / "results"
     assert main(["bench", "--preset", "NAR-tiny", "--set", "dim=32", "--device", "cpu", "--dtype", "fp32",
                  "--batch", "2", "--rounds", "2", "--iters", "1", "--warmup", "0",
@@ -70,6 +71,10 @@ def test_bench_times_par_beside_nar_and_raster(tmp_path, capsys):
     for other in ("raster", "par-2x2", "par-4x4"):
         assert re.search(rf"^batch 2: nar/{other} speed-up \d+\.\d\dx", printed, re.M)
     assert printed.strip().splitlines()[-1].startswith("nar/raster speed-up:")
+    # each round says what it measured, so a minute of rounds is not a silent one
+    for r in (1, 2):
+        assert re.search(rf"batch 2, round {r} of 2: nar [\d.]+, raster [\d.]+, par-2x2 [\d.]+, par-4x4 [\d.]+ images/s",
+                         caplog.text)
 
 
 @pytest.mark.parametrize("schedule, message", [("par-3x3", "par-3x3: regions .*axis 0 has 4 cells"),

@@ -209,6 +209,8 @@ def bench_sampling(cfg: NARConfig, batches: list[int], sampling: SamplingConfig,
             for r in range(rounds):
                 for name, sampler in samplers.items():
                     seconds[name].append(run.time(sampler, r == 0))
+                log.info("batch %d, round %d of %d: %s", batch, r + 1, rounds,
+                         ", ".join(f"{name} {batch / sec[-1]:.1f}" for name, sec in seconds.items()) + " images/s")
             rows += [run.row(name, sampler, seconds[name], _peak(dev)) for name, sampler in samplers.items()]
             del samplers
         timed = [] if rounds == 1 else variants  # variants already timed in the rounds keep only their decode rows
