@@ -120,6 +120,25 @@ def test_a_per_step_schedule_hashes_as_before_the_interval_existed() -> None:
     assert fingerprint(per_epoch) != fingerprint(cfg)
 
 
+def test_fsdp_collective_dtypes_hash_as_they_act() -> None:
+    """fp32 is the weights' own dtype (FSDP casts nothing, as with null), a null reduce dtype follows the param
+    dtype, and other strategies use neither: such settings build the same run and share a fingerprint."""
+    from nar.config import load_config
+    from nar.runs import TrainConfig
+
+    def fp(*pairs: str) -> str:
+        return fingerprint(load_config(TrainConfig, [], ["data.root=x", *pairs]))
+
+    fsdp = "trainer.strategy=fsdp"
+    plain = fp(fsdp)
+    assert fp(fsdp, "trainer.fsdp_param_dtype=fp32") == fp(fsdp, "trainer.fsdp_reduce_dtype=fp32") == plain
+    half = fp(fsdp, "trainer.fsdp_param_dtype=bf16")
+    assert half == fp(fsdp, "trainer.fsdp_param_dtype=bf16", "trainer.fsdp_reduce_dtype=bf16") != plain
+    assert fp(fsdp, "trainer.fsdp_param_dtype=bf16", "trainer.fsdp_reduce_dtype=fp32") not in (plain, half)
+    assert fp(fsdp, "trainer.fsdp_reduce_dtype=bf16") not in (plain, half)
+    assert fp("trainer.fsdp_param_dtype=bf16") == fp()  # DDP / one process: no FSDP collectives at all
+
+
 def test_equivalent_head_settings_share_a_fingerprint(tmp_path: Path) -> None:
     cfg = load_ablation_config(_grid(tmp_path, [
         {"name": "none", "model": {"head_sharing": "shared", "head_blocks": [0, 0]}},

@@ -126,6 +126,12 @@ def fingerprint(train_cfg: Any) -> str:
         m.update(head_sharing="per_axis", shared_axis=-1, mixing="logits")
     if sum(b > 0 for b in m["head_blocks"]) <= 1:
         m["head_layout"] = "chain"  # one branch at most: chain and parallel are the same network
+    t = data["trainer"]  # FSDP's collective dtypes as they act: fp32 is the weights' own (no cast, as null), a
+    # null reduce dtype follows the param dtype, and other strategies use neither
+    param = (t["fsdp_param_dtype"] or "fp32") if t["strategy"] == "fsdp" else "fp32"
+    reduce = (t["fsdp_reduce_dtype"] or param) if t["strategy"] == "fsdp" else "fp32"
+    t["fsdp_param_dtype"], t["fsdp_reduce_dtype"] = (None if param == "fp32" else param,
+                                                     None if reduce == param else reduce)
     for (section, key), default in LATER_KEYS.items():  # at their defaults: hashed as before they existed
         if data[section].get(key) == default:
             data[section].pop(key)
