@@ -73,8 +73,8 @@ train-imagenet: | $(VENV)/.installed ## train NAR on ImageNet token shards: DATA
 	@if [ -z "$(DATA)" ]; then echo "train-imagenet needs DATA=<folder of ImageNet token shards, made by 'nar data tokens'>"; exit 2; fi
 	$(NAR) train --config experiments/imagenet/nar_$(MODEL).yaml --gpus $(GPUS) --nodes $(NODES) --resume data.root=$(DATA) $(if $(TOKENIZER),tokenizer.path=$(TOKENIZER)) $(ARGS)
 
-train-ucf101: | $(VENV)/.installed ## train NAR-L on UCF-101 token shards: DATA=path
-	@if [ -z "$(DATA)" ]; then echo "train-ucf101 needs DATA=<folder of UCF-101 token shards, made by 'nar data tokens'>"; exit 2; fi
+train-ucf101: | $(VENV)/.installed ## train NAR-L on UCF-101 token shards, or on whole videos tokenized as it trains (a fresh window per visit, the official loader): DATA=path [TOKENIZER=video vq.pt]
+	@if [ -z "$(DATA)" ]; then echo "train-ucf101 needs DATA=<UCF-101 token shards (nar data tokens), or whole videos (nar data ucf101 --whole-videos) with TOKENIZER=<video vq.pt>>"; exit 2; fi
 	$(NAR) train --config experiments/ucf101/nar_l.yaml --gpus $(GPUS) --nodes $(NODES) --resume data.root=$(DATA) $(if $(TOKENIZER),tokenizer.path=$(TOKENIZER)) $(ARGS)
 
 train-t2i: | $(VENV)/.installed ## text-to-image NAR-XL, 256 px: DATA=path; stage 2 (512 px): also INIT=<stage-1 ckpt>

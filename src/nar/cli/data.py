@@ -1,7 +1,7 @@
 """``nar data …`` — write, check and time webdataset shards.
 
     nar data imagenet  SRC --out DIR        ImageNet folders → image shards
-    nar data ucf101    VIDEOS --out DIR     UCF-101 .avi + split lists → clip shards
+    nar data ucf101    VIDEOS --out DIR     UCF-101 .avi + split lists → clip shards (--whole-videos: every frame)
     nar data pairs     SRC --out DIR        images + captions (folder or JSONL/TSV) → shards
     nar data tokens    SRC --out DIR --tokenizer CKPT   image/video shards → token shards (--gpus N, torchrun)
     nar data index     SPEC --out DIR       meta.json for an existing webdataset image set (paths, {..} patterns,
@@ -77,6 +77,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--stride", type=int, default=1, help="take every n-th frame")
     q.add_argument("--size", type=int, default=128, help="output resolution (short side resize + centre crop)")
     q.add_argument("--clips-per-video", type=int, default=1, help="evenly spaced clips per video (0: all non-overlapping)")
+    q.add_argument("--whole-videos", action="store_true",
+                   help="store every frame of each video (at --stride) instead of clips: training takes a fresh "
+                   "window of --frames at every visit, evaluation the centre one (the official NAR-videos loader); "
+                   "trains on pixels (data.root=OUT tokenizer.path=<video VQ>), not token shards")
     q.add_argument("--limit", type=positive_int, default=None, help="first N videos of each split, for quick runs (default: all)")
     _shard_args(q, 256, unit="videos")
     q.set_defaults(func=run_ucf101)
@@ -275,12 +279,15 @@ def run_imagenet(args: argparse.Namespace) -> int:
 
 
 def run_ucf101(args: argparse.Namespace) -> int:
-    from nar.data.ucf101 import write_ucf101
+    from nar.data.ucf101 import refuse_clip_count_for_whole_videos, write_ucf101
 
+    if args.whole_videos:  # before --out is made
+        refuse_clip_count_for_whole_videos(args.clips_per_video)
     _written(args, lambda out: write_ucf101(
         args.videos, out, splits_dir=args.splits_dir, split_index=args.split_index, splits=args.splits,
         frames=args.frames, stride=args.stride, size=args.size, clips_per_video=args.clips_per_video,
-        shard_size=args.shard_size, workers=args.workers, limit=args.limit), args.videos)
+        shard_size=args.shard_size, workers=args.workers, limit=args.limit, whole_videos=args.whole_videos),
+        args.videos)
     return 0
 
 
@@ -303,8 +310,10 @@ def run_pairs(args: argparse.Namespace) -> int:
 def run_tokens(args: argparse.Namespace) -> int:
     import os
 
-    from nar.data.tokens import extract_tokens, extract_tokens_parallel
+    from nar.data.tokens import extract_tokens, extract_tokens_parallel, refuse_per_visit_source
 
+    if (Path(args.src) / "meta.json").is_file():  # before the tokenizer loads and --out is made
+        refuse_per_visit_source(args.src)
     options = dict(splits=args.splits, image_size=args.image_size, flip=args.flip, ten_crop=args.ten_crop,
                    crop_range=args.crop_range, batch_size=args.batch_size, tokenizer_name=str(args.tokenizer))
     make_text = (functools.partial(_text_encoder_on, args.text_encoder, args.text_encoder_path, args.caption_len,

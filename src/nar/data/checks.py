@@ -2,8 +2,9 @@
 and ``nar data verify`` (report) share.
 
 A sample that decodes but contradicts ``meta.json`` — a token id ≥ ``codebook_size``, a token array whose
-shape is not ``[A, *grid]``, a class outside ``classes``, a clip with the wrong frame count, an image of
-another size than a fixed ``image_size`` — raises :class:`InvalidSample` naming ``<shard>:<key>``.
+shape is not ``[A, *grid]``, a class outside ``classes``, a clip with the wrong frame count (a whole video, in a
+folder of ``windows: per_visit``, may hold any number of frames from one up), an image of another size than a fixed
+``image_size`` — raises :class:`InvalidSample` naming ``<shard>:<key>``.
 A training batch therefore never holds such a sample (the model would fail on it with a bare
 ``IndexError`` or a ``torch.stack`` shape error naming nothing).
 """
@@ -46,6 +47,28 @@ def _optional_int(value: Any) -> int | None:
     return int(value) if value not in (None, "", 0) else None
 
 
+# meta.json's ``windows`` of a video folder: fixed clips (also a folder without the field, written before it), or
+# whole videos that readers cut a window of ``frames`` consecutive frames from at every visit
+WINDOWS_FIXED, WINDOWS_PER_VISIT = "fixed", "per_visit"
+
+
+def per_visit_window(meta: dict[str, Any], where: str = "meta.json") -> int | None:
+    """The window length (``frames``) when ``meta`` describes whole videos read as a fresh window per training visit
+    (``windows: per_visit``); None for fixed clips (``windows: fixed`` or absent). Another value, or a per-visit
+    folder without ``frames``, is a :class:`DataError` naming ``where``."""
+    windows = meta.get("windows") or WINDOWS_FIXED
+    if windows == WINDOWS_FIXED:
+        return None
+    if windows != WINDOWS_PER_VISIT:
+        raise DataError(f"{where}: windows {windows!r} is neither {WINDOWS_FIXED!r} (stored clips) nor "
+                        f"{WINDOWS_PER_VISIT!r} (whole videos, a window per visit); rewrite the folder with `nar data`")
+    frames = _optional_int(meta.get("frames"))
+    if frames is None or frames < 1:
+        raise DataError(f"{where}: windows {WINDOWS_PER_VISIT!r} needs frames, the window length (≥ 1), got "
+                        f"{meta.get('frames')!r}")
+    return frames
+
+
 @dataclasses.dataclass(frozen=True)
 class SampleSpec:
     """The checks ``meta.json`` implies; a field left ``None`` (or ``0`` classes) is not checked.
@@ -60,7 +83,8 @@ class SampleSpec:
     codebook_size: int | None = None
     augmentations: int | None = None
     image_size: int | None = None  # stored images / frames are exactly this square size
-    frames: int | None = None
+    frames: int | None = None  # fixed clips: exactly this many frames
+    window: int | None = None  # whole videos (windows: per_visit): any number ≥ 1, read as windows of this many
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> SampleSpec:
@@ -68,6 +92,7 @@ class SampleSpec:
         kind = meta.get("kind")
         classes = meta.get("classes") or []
         pixels = kind in ("image", "pairs", "video")
+        window = per_visit_window(meta) if kind == "video" else None
         return cls(
             num_classes=len(classes),
             unlabelled_ok=not classes or meta.get("source_kind", kind) == "pairs",
@@ -75,7 +100,8 @@ class SampleSpec:
             codebook_size=_optional_int(meta.get("codebook_size")) if kind == "tokens" else None,
             augmentations=len(meta["augmentations"]) if kind == "tokens" and meta.get("augmentations") else None,
             image_size=_optional_int(meta.get("image_size")) if pixels else None,
-            frames=_optional_int(meta.get("frames")) if kind == "video" else None,
+            frames=_optional_int(meta.get("frames")) if kind == "video" and window is None else None,
+            window=window,
         )
 
     def label(self, raw: dict[str, Any], name: str | None = None) -> int:
@@ -116,11 +142,14 @@ class SampleSpec:
         return codes
 
     def frames_array(self, frames: np.ndarray, name: str) -> np.ndarray:
-        """``frames.npy``: uint8 ``[T, H, W, 3]`` with meta's ``frames`` and, when fixed, ``image_size``."""
+        """``frames.npy``: uint8 ``[T, H, W, 3]`` with meta's ``frames`` (a whole video: any ``T ≥ 1``) and, when
+        fixed, ``image_size``."""
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise InvalidSample(name, f"frames.npy must be uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
         if self.frames is not None and frames.shape[0] != self.frames:
             raise InvalidSample(name, f"clip has {frames.shape[0]} frames, meta.json says {self.frames}")
+        if self.window is not None and frames.shape[0] < 1:
+            raise InvalidSample(name, "whole video has no frame")
         if self.image_size is not None and frames.shape[1:3] != (self.image_size, self.image_size):
             raise InvalidSample(name, f"frames are {frames.shape[2]}×{frames.shape[1]}, meta.json's image_size is {self.image_size}")
         return frames
@@ -132,4 +161,5 @@ class SampleSpec:
         return img
 
 
-__all__ = ["InvalidSample", "SampleSpec", "sample_name", "skip_reason"]
+__all__ = ["InvalidSample", "SampleSpec", "WINDOWS_FIXED", "WINDOWS_PER_VISIT", "per_visit_window", "sample_name",
+           "skip_reason"]

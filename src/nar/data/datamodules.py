@@ -325,7 +325,9 @@ class ImageShardDataModule(ShardDataModule):
 
 
 class VideoShardDataModule(ShardDataModule):
-    """Clip shards → batches ``{"video": [B, 3, T, S, S] in [-1, 1], "label": [B], …}``."""
+    """Clip shards → batches ``{"video": [B, 3, T, S, S] in [-1, 1], "label": [B], …}``. A folder of whole videos
+    (``windows: per_visit``) gives windows of meta's ``frames``: a fresh one per training draw, exact on resume
+    (:class:`~nar.data.readers.VideoSample`), the centre one for validation and test."""
 
     kinds = ("video",)
     cfg: VideoDataConfig

@@ -794,6 +794,10 @@ class VideoSample:
     """Raw clip → ``{"video": float [3, T, size, size] in [-1, 1], "label", "__key__"}``; optional random flip.
 
     ``spec`` checks ``frames.npy`` (uint8 ``[T, H, W, 3]``, meta's ``frames`` and ``image_size``) and the class.
+    A whole video (``spec.window``: a folder of ``windows: per_visit``) becomes ``T = spec.window`` consecutive
+    frames (:func:`~nar.data.transforms.video_window`): a training draw takes a fresh start each visit (its first
+    fixed number, :class:`DrawRandom`; the flip the next), the deterministic view the centre window. A fixed clip is
+    read whole, as it always was.
     """
 
     def __init__(self, size: int | None = None, *, hflip: bool = False, spec: SampleSpec | None = None) -> None:
@@ -805,6 +809,8 @@ class VideoSample:
         _, data = T.field(raw, "frames.npy")
         frames = self.spec.frames_array(np.load(io.BytesIO(data), allow_pickle=False), name)
         common = _common(raw, self.spec, name)
+        if self.spec.window is not None:  # before the resize: only the window's frames are resized
+            frames = T.video_window(frames, self.spec.window, rng)
         if self.size is not None:
             frames = T.resize_video(frames, self.size)
         if rng is not None and self.hflip and rng.random() < 0.5:

@@ -6,7 +6,8 @@ crops and their mirror images); otherwise it is centre-cropped to ``size`` and, 
 mirrored (``flip`` is opt-in: a mirrored digit or caption is another picture; the official ImageNet
 recipe is ``ten_crop``, whose ten views include the mirrored five). ``tokens.npy`` holds int32 ``[A, *grid]`` with augmentation 0 the plain centre view
 (names in ``meta["augmentations"]``). Token shard ``i`` is made from source shard ``i``, so a rerun
-skips the shards already done.
+skips the shards already done. A folder of whole videos (``nar data ucf101 --whole-videos``, ``windows:
+per_visit``) is refused: its windows are drawn afresh at every training visit, so it trains on pixels.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from nar.data import transforms as T
-from nar.data.checks import InvalidSample, SampleSpec
+from nar.data.checks import InvalidSample, SampleSpec, per_visit_window
 from nar.data.shards import (
     BadInputLog,
     ShardUnavailable,
@@ -200,6 +201,19 @@ def _source_json(raw: dict[str, Any]) -> dict[str, Any]:
     return dict(fields) if isinstance(fields, dict) else {}
 
 
+def refuse_per_visit_source(src: str | Path, src_meta: dict[str, Any] | None = None) -> None:
+    """:class:`DataError` when ``src`` (its ``meta.json``: ``src_meta``, read when not given) holds whole videos
+    read as a fresh window per visit: token shards store one tokenization per sample, so they need fixed clips."""
+    meta_path = Path(src) / "meta.json"
+    src_meta = read_meta(src) if src_meta is None else src_meta
+    if src_meta.get("kind") != "video" or per_visit_window(src_meta, str(meta_path)) is None:
+        return
+    raise DataError(f"{src} holds whole videos (meta.json windows: per_visit), which training cuts a fresh window "
+                    "from at every visit; token shards need fixed clips: write them with `nar data ucf101 "
+                    "--clips-per-video N` (without --whole-videos) and tokenize those, or train on these pixels "
+                    f"directly: data.root={src} tokenizer.path=<video VQ>")
+
+
 def extract_tokens(
     src: str | Path,
     out: str | Path,
@@ -238,6 +252,7 @@ def extract_tokens(
     kind = src_meta.get("kind")
     if kind not in ("image", "video", "pairs"):
         raise DataError(f"{src}: token extraction reads image, video or pairs shards, not {kind!r}")
+    refuse_per_visit_source(src, src_meta)
     size = tokenizer_image_size(src, src_meta, tokenizer, image_size)
     rank, world = _rank_world(rank, world_size)
     with group_dataset_lock(out, rank, world):

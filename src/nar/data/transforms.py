@@ -2,7 +2,9 @@
 
 Images are resized the way the official extraction (LlamaGen / ADM ``center_crop_arr``) does: halve
 with a box filter while the short side is at least twice the target, then bicubic to the target and
-crop. Tensors come out as float ``[3, H, W]`` (videos ``[3, T, H, W]``) in ``[-1, 1]``.
+crop. Tensors come out as float ``[3, H, W]`` (videos ``[3, T, H, W]``) in ``[-1, 1]``. A whole stored video is
+read as one window of consecutive frames (:func:`video_window`): a fresh one per training draw, the centre one
+otherwise.
 """
 
 from __future__ import annotations
@@ -115,6 +117,28 @@ def resize_video(frames: np.ndarray, size: int) -> np.ndarray:
     top, left = (nh - size) // 2, (nw - size) // 2
     x = x[..., top : top + size, left : left + size]
     return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def window_start(num_frames: int, length: int, rng: np.random.Generator | None) -> int:
+    """First frame of a ``length``-frame window of a ``num_frames``-frame video: with ``rng`` any start that fits,
+    uniformly (one scalar ``rng.integers(num_frames - length + 1)``, as the official LARP loader's
+    ``np.random.randint``), else the centre one (``(num_frames - length) // 2``); 0 for a video shorter than a
+    window."""
+    last = max(0, num_frames - length)
+    return last // 2 if rng is None else int(rng.integers(last + 1))
+
+
+def video_window(frames: np.ndarray, length: int, rng: np.random.Generator | None) -> np.ndarray:
+    """``[T, H, W, 3]`` → ``length`` consecutive frames ``[length, H, W, 3]`` from :func:`window_start` (``rng``:
+    a training draw; None: the centre window); a video shorter than a window repeats its last frame."""
+    if length < 1:
+        raise ValueError(f"a window needs length ≥ 1, got {length}")
+    if len(frames) < 1:
+        raise ValueError("a window needs a video of at least one frame")
+    start = window_start(len(frames), length, rng)
+    if start + length <= len(frames):
+        return frames[start : start + length]
+    return frames[np.minimum(start + np.arange(length), len(frames) - 1)]
 
 
 def ten_crop(x: torch.Tensor, size: int) -> torch.Tensor:

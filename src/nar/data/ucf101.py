@@ -15,6 +15,13 @@ frame, short side resized to ``size`` and centre-cropped; a video shorter than o
 by repeating its last frame (``"padded": true`` in its json). A video whose decoding fails part-way keeps the frames that decoded
 (``"damaged_tail": true`` in its clips' json); the split's entry in ``meta.json`` counts and names such videos
 (``damaged_tail``) beside the skipped ones.
+
+With ``whole_videos`` (``--whole-videos``) each video is one sample holding every ``stride``-th frame, resized and
+cropped as clips are, and ``meta.json`` says ``windows: per_visit``: readers cut a window of ``frames`` consecutive
+stored frames from it, a fresh one at every training visit (the official NAR-videos / LARP loader's
+``np.random.randint(0, len(video) - 16 + 1)``) and the centre one for evaluation
+(:func:`nar.data.transforms.video_window`). Clip folders say ``windows: fixed`` (absent in older ones: fixed too);
+one folder holds one or the other.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import numpy as np
 
 from nar.atomic import write_text
 from nar.data import transforms as T
+from nar.data.checks import WINDOWS_FIXED, WINDOWS_PER_VISIT
 from nar.data.order import DEFAULT_ORDER_SEED, order_mismatch_hint, write_order
 from nar.data.shards import (
     MAX_LISTED_BAD,
@@ -43,7 +51,7 @@ from nar.data.shards import (
     write_meta,
     write_split,
 )
-from nar.errors import DataError
+from nar.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +137,7 @@ def clip_starts(num_frames: int, span: int, clips_per_video: int) -> list[int]:
     if clips_per_video == 0:
         return list(range(0, last + 1, span)) or [0]
     if clips_per_video == 1:
-        return [last // 2]
+        return [T.window_start(num_frames, span, None)]  # the centre: the window evaluation reads of a whole video
     return sorted({round(i * last / (clips_per_video - 1)) for i in range(clips_per_video)})
 
 
@@ -156,6 +164,42 @@ class EncodeClips:
                     "damaged_tail": damage is not None}
             samples.append({"frames.npy": clip, "cls": cls, "json": meta})
         return samples
+
+
+# frames resized at a time: a whole video of a few thousand frames would otherwise take gigabytes as floats
+_RESIZE_CHUNK = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeWholeVideos:
+    """Item ``(path, class, relative name)`` → one sample ``{"frames.npy", "cls", "json"}`` holding every
+    ``stride``-th frame of the video, resized and cropped as :class:`EncodeClips` does (frame by frame, so the same
+    pixels); ``frames`` (the window readers take) only decides ``padded``: fewer stored frames than one window."""
+
+    classes: tuple[str, ...]
+    frames: int = 16
+    stride: int = 1
+    size: int = 128
+
+    def __call__(self, item: tuple[str, int, str]) -> list[dict[str, Any]]:
+        path, cls, rel = item
+        video, damage = _decode(path)
+        kept = video[:: self.stride]
+        frames = np.concatenate([T.resize_video(kept[i : i + _RESIZE_CHUNK], self.size)
+                                 for i in range(0, len(kept), _RESIZE_CHUNK)])
+        meta = {"label": self.classes[cls], "source": rel, "start": 0, "stride": self.stride,
+                "padded": bool(len(kept) < self.frames), "video_frames": int(len(video)),
+                "damaged_tail": damage is not None}
+        return [{"frames.npy": frames, "cls": cls, "json": meta}]
+
+
+def refuse_clip_count_for_whole_videos(clips_per_video: int) -> None:
+    """:class:`ConfigError` for ``--clips-per-video`` other than the default with ``--whole-videos``, which stores
+    each video once, whole."""
+    if clips_per_video != 1:
+        raise ConfigError(f"--whole-videos stores every frame of each video once, and training takes a fresh window "
+                          f"of --frames from it at every visit; --clips-per-video {clips_per_video} does not apply: "
+                          "leave it out, or drop --whole-videos to store fixed clips")
 
 
 def _damaged_tails(out: Path, record: SplitRecord) -> list[str]:
@@ -187,7 +231,7 @@ def _record_damaged_tails(out: Path, meta: dict[str, Any], damaged: dict[str, li
 
 # the option (or file) that sets each dataset-wide field of meta.json
 _CLIP_FLAGS = {"frames": "--frames", "stride": "--stride", "image_size": "--size", "classes": "classInd.txt",
-               "clips_per_video": "--clips-per-video", "split_index": "--split-index"}
+               "clips_per_video": "--clips-per-video", "split_index": "--split-index", "windows": "--whole-videos"}
 
 
 def write_ucf101(
@@ -205,30 +249,45 @@ def write_ucf101(
     workers: int = 1,
     limit: int | None = None,
     order_seed: int = DEFAULT_ORDER_SEED,
+    whole_videos: bool = False,
 ) -> dict[str, Any]:
     """Write UCF-101 as clip shards under ``out``; returns the new ``meta.json`` dict.
+
+    ``whole_videos``: one sample per video with every ``stride``-th frame (``windows: per_visit``; ``frames`` is
+    the window readers take, ``clips_per_video`` must stay 1 and is not recorded), see the module docstring.
 
     ``split_index`` picks ``trainlist0N`` / ``testlist0N`` (1–3). Unreadable videos, listed files that
     are missing and labels outside ``classInd.txt`` are skipped and reported. ``limit`` keeps the first
     ``limit`` videos of each split (for quick runs). ``train`` is written in the random order of videos
     ``order_seed`` draws; a half-written ``train`` of another order is refused, not finished. Splits written
     into a folder that holds others must share their ``frames``, ``stride``, ``size``, ``clips_per_video``,
-    ``split_index`` and classes, which ``meta.json`` records once for all: other ones are refused up front.
+    ``split_index``, classes and ``windows`` (fixed clips or whole videos), which ``meta.json`` records once for
+    all: other ones are refused up front.
     """
     videos = Path(videos)
     if not videos.is_dir():
         raise DataError(f"{videos}: not a folder")
     if frames < 1 or stride < 1 or size < 1 or clips_per_video < 0:
         raise ValueError("frames, stride and size must be ≥ 1 and clips_per_video ≥ 0")
+    if whole_videos:
+        refuse_clip_count_for_whole_videos(clips_per_video)
     lists = Path(splits_dir) if splits_dir else find_split_dir(videos)
     classes = read_class_index(lists / "classInd.txt")
-    encoder = EncodeClips(tuple(classes), frames=frames, stride=stride, size=size, clips_per_video=clips_per_video)
+    encoder: EncodeClips | EncodeWholeVideos
+    if whole_videos:
+        encoder = EncodeWholeVideos(tuple(classes), frames=frames, stride=stride, size=size)
+        folder = {"frames": frames, "stride": stride, "image_size": size, "classes": classes,
+                  "split_index": split_index, "windows": WINDOWS_PER_VISIT}
+    else:
+        encoder = EncodeClips(tuple(classes), frames=frames, stride=stride, size=size, clips_per_video=clips_per_video)
+        folder = {"frames": frames, "stride": stride, "image_size": size, "classes": classes,
+                  "clips_per_video": clips_per_video, "split_index": split_index, "windows": WINDOWS_FIXED}
     with dataset_lock(out):  # one writer per folder, across all its splits and meta.json
         # meta.json records these once for every split: a split written with others (or from another of the three
-        # official splits, whose test videos are another's training videos) is refused before anything is written
-        refuse_other_folder_settings(out, "video", splits, {
-            "frames": frames, "stride": stride, "image_size": size, "classes": classes,
-            "clips_per_video": clips_per_video, "split_index": split_index}, flags=_CLIP_FLAGS)
+        # official splits, whose test videos are another's training videos; or whole videos beside fixed clips) is
+        # refused before anything is written. A folder written before `windows` existed holds fixed clips.
+        refuse_other_folder_settings(out, "video", splits, folder, defaults={"windows": WINDOWS_FIXED},
+                                     flags=_CLIP_FLAGS)
         records, damaged = [], {}
         for split in splits:
             list_path = lists / f"{split}list{split_index:02d}.txt"
@@ -247,15 +306,16 @@ def write_ucf101(
             if not items:
                 bad.record(list_path, "empty split: no videos found")
             items, order = write_order(split, items, order_seed)  # whole videos: a video's clips stay together
+            # the resume fingerprint: a clip split's as before; whole videos' names the windows (another encoder)
+            params = {**dataclasses.asdict(encoder), **order}
+            if whole_videos:
+                params["windows"] = WINDOWS_PER_VISIT
             record = write_split(
                 out, split, items, make_sample=encoder, shard_size=shard_size, workers=workers,
-                params={**dataclasses.asdict(encoder), **order}, desc=f"ucf101 {split}", unit="video", scan_bad=bad,
+                params=params, desc=f"ucf101 {split}", unit="video", scan_bad=bad,
                 mismatch_hint=order_mismatch_hint(order),
             )
             records.append(record)
             damaged[split] = _damaged_tails(Path(out), record)
-        meta = write_meta(
-            out, "video", records, classes=classes, source=f"ucf101:{videos}", frames=frames, stride=stride,
-            image_size=size, clips_per_video=clips_per_video, split_index=split_index,
-        )
+        meta = write_meta(out, "video", records, source=f"ucf101:{videos}", **folder)
         return _record_damaged_tails(Path(out), meta, damaged)

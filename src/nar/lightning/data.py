@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 import lightning as L
+from nar.data.checks import per_visit_window
 from nar.data.datamodules import (
     ImageDataConfig,
     ImageShardDataModule,
@@ -90,8 +91,10 @@ def warn_if_class_sorted(d: DataSection, meta: dict[str, Any]) -> None:
         return
     if getattr(rank_zero_only, "rank", 0) != 0:
         return
+    # clips of one video lie side by side; a folder of whole videos holds one sample per video
+    whole = kind == "video" and per_visit_window(meta) is not None
     message = class_sorted_warning(d.root, d.train_split, len(classes), shuffle_buffer=d.shuffle_buffer,
-                                   one_sample_per_input=kind != "video")  # clips of one video lie side by side
+                                   one_sample_per_input=kind != "video" or whole)
     if message:
         log.warning("%s", message)
 

@@ -13,7 +13,8 @@ subset of all the samples (without replacement, read in storage order): our writ
 NAR-videos draws its real clips the same way (``random.Random(42).sample(range(len(dataset)), n)``). An
 ``.npz`` batch gives its first ``limit`` samples: ADM's reference batches are random samples already.
 :func:`real_class_ids` gives the classes of the very records :func:`iter_records` reads (one draw, ``_select``),
-as NAR-videos conditions each generated clip on its paired real clip's class.
+as NAR-videos conditions each generated clip on its paired real clip's class. A dataset folder of whole videos
+(``windows: per_visit``) gives each video's centre window of ``frames`` frames, the view its evaluation reads.
 """
 
 from __future__ import annotations
@@ -110,8 +111,15 @@ def _decode_image_file(path: Path) -> np.ndarray:
     return _decode_image(path.read_bytes(), str(path))
 
 
-def _decode_frames(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
+def _decode_frames(data: bytes, window: int | None = None) -> np.ndarray:
+    """``uint8 [T, H, W, 3]`` of a ``frames.npy``; ``window``: a whole video's (``windows: per_visit``) centre
+    window of that many frames, as evaluation reads it (:func:`nar.data.transforms.video_window`)."""
+    frames = np.load(io.BytesIO(data), allow_pickle=False)
+    if window is None:
+        return frames
+    from nar.data.transforms import video_window
+
+    return video_window(frames, window, None)
 
 
 def _npz_prompts(source: Path, n: int) -> np.ndarray | None:
@@ -346,9 +354,14 @@ def _iter_raw_records(sel: _Selection, limit: int | None) -> Iterator[_LazyRecor
         return
 
     if sel.kind == "shards":
+        from nar.data.checks import per_visit_window
         from nar.data.index import IMAGE_FIELDS  # the fields the data readers take an image from
         from nar.data.shards import iter_tar
         from nar.data.transforms import field
+
+        # whole videos (nar data ucf101 --whole-videos): each scored as its centre window, as evaluation reads it
+        window = (per_visit_window(sel.dataset.meta, str(source / "meta.json"))
+                  if sel.dataset is not None and sel.dataset.meta.get("kind") == "video" else None)
 
         for s, shard in enumerate(sel.paths):
             wanted = sel.shard_share(s)  # this shard's share of the subset, by position in the shard
@@ -366,7 +379,7 @@ def _iter_raw_records(sel: _Selection, limit: int | None) -> Iterator[_LazyRecor
                 meta = json.loads(raw["json"]) if "json" in raw else None
                 text = raw["txt"].decode("utf-8") if "txt" in raw else None
                 if "frames.npy" in raw:
-                    load = functools.partial(_decode_frames, raw["frames.npy"])
+                    load = functools.partial(_decode_frames, raw["frames.npy"], window)
                 elif any(ext in raw for ext in IMAGE_FIELDS):
                     ext, data = field(raw, *IMAGE_FIELDS)
                     load = functools.partial(_decode_image, data, f"{shard}:{raw['__key__']}.{ext}")
