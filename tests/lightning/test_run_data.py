@@ -241,3 +241,41 @@ def test_val_missing_tolerance_is_checked_in_both_run_configs(bad):
         assert load_config(schema, [], []).data.val_missing_tolerance == 0.01
         with pytest.raises(ConfigError, match=r"data\.val_missing_tolerance"):
             load_config(schema, [], [f"data.val_missing_tolerance={bad}"])
+
+
+@pytest.mark.parametrize("kind", ["generator", "tokenizer"])
+def test_a_shuffle_buffer_too_large_for_memory_is_refused_naming_a_value_that_fits(kind, tmp_path, monkeypatch,
+                                                                                    caplog):
+    """Every loader worker of every process buffers data.shuffle_buffer raw samples: whole videos with the video
+    recipe's buffer would fill ~146 GB a GPU. Estimated from the split's shard files against the machine's memory
+    (here pretended small): above it refused, naming the key and a buffer that fits a quarter; above half warned."""
+    from nar.errors import ConfigError
+    from nar.lightning import data as run_data
+    from nar.runs import TokenizerRunConfig
+
+    root = tmp_path / "data"
+    write_meta(root, "image", [write_split(root, "train", list(range(40)), make_sample=_image, shard_size=10)],
+               classes=[], image_size=8)
+    per_sample = sum(f.stat().st_size for f in (root / "train").glob("*.tar")) / 40
+    if kind == "generator":
+        schema, extra, build = TrainConfig, ["tokenizer.path=x.pt"], run_data.generator_datamodule
+        monkeypatch.setattr(run_data, "_pixel_size", lambda *a: 8)  # no tokenizer file needed for this check
+    else:
+        schema, extra, build = TokenizerRunConfig, ["model.preset=vq-tiny-emoji", "model.image_size=8"], \
+            run_data.tokenizer_datamodule
+    cfg = load_config(schema, [], [f"data.root={root}", "data.num_workers=2", "data.shuffle_buffer=30",
+                                   "trainer.devices=2", *extra])
+    held = 30 * per_sample * 2 * 2  # buffer x workers x processes
+    monkeypatch.setattr(run_data, "_physical_memory", lambda: int(held / 1.5))
+    with pytest.raises(ConfigError, match=r"data\.shuffle_buffer.*data\.shuffle_buffer=\d+ keeps it to a quarter"):
+        build(cfg)
+    monkeypatch.setattr(run_data, "_physical_memory", lambda: int(held * 1.5))  # above half: a warning
+    with caplog.at_level("WARNING"):
+        build(cfg)
+    assert any("data.shuffle_buffer" in r.getMessage() and "keeps it to a quarter" in r.getMessage()
+               for r in caplog.records)
+    caplog.clear()
+    monkeypatch.setattr(run_data, "_physical_memory", lambda: int(held * 4))  # a quarter: nothing said
+    with caplog.at_level("WARNING"):
+        build(cfg)
+    assert not [r for r in caplog.records if "shuffle_buffer" in r.getMessage()]

@@ -5,6 +5,7 @@ training split that looks sorted by class gets one warning at start (:func:`nar.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -99,6 +100,49 @@ def warn_if_class_sorted(d: DataSection, meta: dict[str, Any]) -> None:
         log.warning("%s", message)
 
 
+def _physical_memory() -> int | None:
+    """Bytes of memory this machine has, or None where the OS does not say."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_shuffle_buffer_memory(d: DataSection, processes_per_node: int, memory: int | None = None) -> None:
+    """Refuse a ``data.shuffle_buffer`` whose raw samples cannot fit in memory; warn above half of it.
+
+    Each DataLoader worker of each process holds up to ``data.shuffle_buffer`` raw training samples (their stored
+    bytes), so a node holds about ``buffer x workers x processes x mean stored sample``; the mean comes from the
+    training split's local shard files (remote shards: not checked). Whole videos of ~9 MB (``nar data ucf101
+    --whole-videos``) with the video recipe's buffer of 2000 would need ~146 GB a GPU: killed for memory at the
+    first fill, where a clip or token folder needs a few GB at most. ``memory``: the machine's, else read here."""
+    from nar.data.shards import SplitIndex
+
+    try:
+        index = SplitIndex.load(d.root, d.train_split, with_labels=False)
+    except DataError:
+        return  # no such split: the DataModule names it
+    files = [s for s in index.shards if isinstance(s, Path) and s.is_file()]
+    if not files or len(files) != len(index.shards) or index.total <= 0:
+        return
+    per_sample = sum(f.stat().st_size for f in files) / index.total
+    buffered = min(d.shuffle_buffer, index.total) * per_sample * max(1, d.num_workers) * max(1, processes_per_node)
+    memory = memory or _physical_memory()
+    if not memory or buffered <= memory / 2:
+        return
+    fits = max(1, int(memory / 4 / (per_sample * max(1, d.num_workers) * max(1, processes_per_node))))
+    gib = 2 ** 30
+    text = (f"{d.shuffle_buffer} raw training samples of ≈{per_sample / 2 ** 20:.1f} MiB ({d.root}) in each of "
+            f"{max(1, d.num_workers)} loader workers x {max(1, processes_per_node)} processes on this node: "
+            f"≈{buffered / gib:.0f} GiB of this machine's {memory / gib:.0f} GiB; data.shuffle_buffer={fits} keeps "
+            "it to a quarter")
+    if buffered > memory:
+        raise ConfigError(f"{text} (the run would be killed for memory as its buffers fill)", key="data.shuffle_buffer")
+    log.warning("data.shuffle_buffer: %s", text)
+
+
 def generator_datamodule(cfg: TrainConfig, *, check_order: bool = True) -> L.LightningDataModule:
     """Token shards, or image/video shards tokenized on the fly, for a generator run (``check_order``: warn when
     the training split looks sorted by class; an evaluation, which reads only the val split, passes False)."""
@@ -108,6 +152,7 @@ def generator_datamodule(cfg: TrainConfig, *, check_order: bool = True) -> L.Lig
     meta = read_meta(d.root)
     if check_order:
         warn_if_class_sorted(d, meta)
+        check_shuffle_buffer_memory(d, cfg.trainer.devices)
     common = {**_common(d, d.seed), "samples_per_epoch": d.samples_per_epoch}
     kind = meta.get("kind")
     if kind == "tokens":
@@ -176,6 +221,7 @@ def tokenizer_datamodule(cfg: TokenizerRunConfig) -> L.LightningDataModule:
         raise ConfigError("empty; point it at an image or video shard folder", key="data.root")
     meta = read_meta(d.root)
     warn_if_class_sorted(d, meta)
+    check_shuffle_buffer_memory(d, cfg.trainer.devices)
     common = {**_common(d, cfg.trainer.seed), "hflip": d.hflip}
     if cfg.model.kind == "image":
         if meta.get("kind") not in ("image", "pairs"):
