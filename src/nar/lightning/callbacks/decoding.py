@@ -432,7 +432,7 @@ class FrontierDecodingCallback(Callback):
                     count += pixels.shape[0]
                     for m in self.metrics.values():
                         m.update(pixels.to(device), real=True)
-            total = int(trainer.strategy.reduce(torch.tensor(float(count), device=device), reduce_op="sum").item())
+            total = _summed_over_ranks(trainer, count, device)
             if total < wanted:
                 source = (f"eval.reference_stats {real_root} (arr_0)" if e.reference_stats
                           else f"eval.real_root {real_root} ({real_split})")
@@ -451,7 +451,9 @@ class FrontierDecodingCallback(Callback):
                     count += pixels.shape[0]
                     for m in self.metrics.values():
                         m.update(pixels, real=True)
-            self.real_count = count
+            # each rank reconstructed its own val share (fewer where damaged val samples were tolerated);
+            # the metrics sum every rank's, and so does the count `nar evaluate` reports
+            self.real_count = _summed_over_ranks(trainer, count, device)
         self._real_done = True
         self._val_tokens = []
 
@@ -475,6 +477,11 @@ class FrontierDecodingCallback(Callback):
             prompts = "\n".join(self._val_texts[: pix.shape[0]]) + "\n"
             write_text(self.run_dir / "samples" / f"step_{step:07d}.txt", prompts)
         self.last_grid = path
+
+
+def _summed_over_ranks(trainer: L.Trainer, count: int, device: torch.device) -> int:
+    """``count`` summed over every rank (collective: every rank calls it)."""
+    return int(trainer.strategy.reduce(torch.tensor(float(count), device=device), reduce_op="sum").item())
 
 
 def _dealt_in_turn(trainer: L.Trainer) -> bool:
