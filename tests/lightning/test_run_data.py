@@ -279,3 +279,54 @@ def test_a_shuffle_buffer_too_large_for_memory_is_refused_naming_a_value_that_fi
     with caplog.at_level("WARNING"):
         build(cfg)
     assert not [r for r in caplog.records if "shuffle_buffer" in r.getMessage()]
+
+
+@pytest.mark.parametrize("kind", ["generator", "tokenizer"])
+def test_a_val_split_smaller_than_the_processes_is_refused_at_start(kind, tmp_path):
+    """A process with no val sample would skip the epoch-end reductions the others wait in (a hang at the first
+    validation, hours in): refused at start naming data.val_split; as many samples as processes is fine."""
+    from nar.errors import ConfigError
+    from nar.lightning.data import generator_datamodule, tokenizer_datamodule
+    from nar.runs import TokenizerRunConfig
+
+    root = tmp_path / "data"
+    if kind == "generator":
+        def sample(i: int) -> dict:
+            return {"tokens.npy": np.zeros((1, 2, 2), dtype=np.int32)}
+
+        splits = [write_split(root, s, list(range(n)), make_sample=sample, shard_size=8) for s, n in (("train", 8),
+                                                                                                     ("test", 3))]
+        write_meta(root, "tokens", splits, classes=[], grid=[2, 2], codebook_size=64)
+        schema, build = TrainConfig, generator_datamodule
+        extra = ["model.grid=[2,2]", "model.vocab_size=64"]
+    else:
+        splits = [write_split(root, s, list(range(n)), make_sample=_image, shard_size=8) for s, n in (("train", 8),
+                                                                                                    ("test", 3))]
+        write_meta(root, "image", splits, classes=[], image_size=8)
+        schema, build = TokenizerRunConfig, tokenizer_datamodule
+        extra = ["model.preset=vq-tiny-emoji", "model.image_size=8"]
+
+    def cfg(devices: int):
+        return load_config(schema, [], [f"data.root={root}", "data.num_workers=0", f"trainer.devices={devices}",
+                                        *extra])
+
+    with pytest.raises(ConfigError, match=r"data\.val_split.*'test' holds 3 samples for 4 processes"):
+        build(cfg(4))
+    build(cfg(3))  # the val split falls back to test, one sample each
+
+
+def test_the_memory_a_job_may_use_is_its_cgroup_limit_when_lower(tmp_path, monkeypatch):
+    """A scheduler's limit (Slurm --mem, a container: the cgroup's memory.max) is what kills a job, not the machine's
+    memory; "max" (no limit) leaves the machine's."""
+    from nar.lightning import data as run_data
+
+    machine = run_data._physical_memory()
+    limit = tmp_path / "memory.max"
+    monkeypatch.setattr(run_data, "_CGROUP_LIMITS", (str(limit), str(tmp_path / "v1")))
+    limit.write_text("max\n")
+    assert run_data._physical_memory() == machine
+    limit.write_text(f"{2 ** 30}\n")
+    assert run_data._physical_memory() == 2 ** 30
+    limit.unlink()
+    (tmp_path / "v1").write_text(f"{machine * 4}\n")  # v1's "unlimited" is a huge number
+    assert run_data._physical_memory() == machine

@@ -24,7 +24,7 @@ from nar.data.datamodules import (
 )
 from nar.data.order import class_sorted_warning
 from nar.data.readers import ShardStream, process_identity
-from nar.data.shards import read_meta
+from nar.data.shards import EVAL_SPLITS, read_meta
 from nar.errors import ConfigError, DataError
 from nar.runs.config import DataSection, TokenizerRunConfig, TrainConfig, val_samples
 
@@ -100,14 +100,29 @@ def warn_if_class_sorted(d: DataSection, meta: dict[str, Any]) -> None:
         log.warning("%s", message)
 
 
+# a cgroup's memory limit (v2, then v1): what a batch scheduler (Slurm --mem, a container) lets the job use
+_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
 def _physical_memory() -> int | None:
-    """Bytes of memory this machine has, or None where the OS does not say."""
+    """Bytes of memory this job may use: the machine's, or its cgroup's limit when lower; None where neither is
+    known."""
     import os
 
+    sizes = []
     try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+        sizes.append(int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES")))
     except (AttributeError, ValueError, OSError):
-        return None
+        pass
+    for path in _CGROUP_LIMITS:
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # "max" (v2) or a huge number (v1) when unlimited: min() below keeps the machine's
+            sizes.append(int(text))
+        break
+    return min(sizes) if sizes else None
 
 
 def check_shuffle_buffer_memory(d: DataSection, processes_per_node: int, memory: int | None = None) -> None:
@@ -128,19 +143,40 @@ def check_shuffle_buffer_memory(d: DataSection, processes_per_node: int, memory:
     if not files or len(files) != len(index.shards) or index.total <= 0:
         return
     per_sample = sum(f.stat().st_size for f in files) / index.total
-    buffered = min(d.shuffle_buffer, index.total) * per_sample * max(1, d.num_workers) * max(1, processes_per_node)
+    held = min(d.shuffle_buffer, index.total)  # a buffer never holds more than the split
+    buffered = held * per_sample * max(1, d.num_workers) * max(1, processes_per_node)
     memory = memory or _physical_memory()
     if not memory or buffered <= memory / 2:
         return
     fits = max(1, int(memory / 4 / (per_sample * max(1, d.num_workers) * max(1, processes_per_node))))
     gib = 2 ** 30
-    text = (f"{d.shuffle_buffer} raw training samples of ≈{per_sample / 2 ** 20:.1f} MiB ({d.root}) in each of "
+    text = (f"{held} raw training samples of ≈{per_sample / 2 ** 20:.1f} MiB ({d.root}) in each of "
             f"{max(1, d.num_workers)} loader workers x {max(1, processes_per_node)} processes on this node: "
-            f"≈{buffered / gib:.0f} GiB of this machine's {memory / gib:.0f} GiB; data.shuffle_buffer={fits} keeps "
+            f"≈{buffered / gib:.0f} GiB of the {memory / gib:.0f} GiB this job may use; data.shuffle_buffer={fits} keeps "
             "it to a quarter")
     if buffered > memory:
         raise ConfigError(f"{text} (the run would be killed for memory as its buffers fill)", key="data.shuffle_buffer")
-    log.warning("data.shuffle_buffer: %s", text)
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) == 0:  # one warning per run, not one per process
+        log.warning("data.shuffle_buffer: %s", text)
+
+
+def check_val_split_covers_processes(d: DataSection, meta: dict[str, Any], world_size: int) -> None:
+    """Refuse a run whose val split holds fewer samples than the processes that validate it: a process with no
+    sample would skip the epoch-end reductions (the loss mean's all-gather, the logged sums) the others wait in,
+    and the run would hang at its first validation. Asked at start, from ``meta.json``'s counts (not known for
+    an index of remote shards: not checked)."""
+    splits = meta.get("splits", {})
+    split = d.val_split if d.val_split in splits else next((s for s in EVAL_SPLITS if s in splits), None)
+    if world_size <= 1 or split is None:
+        return
+    counts = [int(c) for c in splits[split].get("shard_samples", [])]
+    if not counts or min(counts) < 0 or sum(counts) >= world_size:
+        return
+    raise ConfigError(f"{d.root} split {split!r} holds {sum(counts)} samples for {world_size} processes, and each "
+                      "must validate at least one: add val samples, or validate on fewer processes",
+                      key="data.val_split")
 
 
 def generator_datamodule(cfg: TrainConfig, *, check_order: bool = True) -> L.LightningDataModule:
@@ -153,6 +189,7 @@ def generator_datamodule(cfg: TrainConfig, *, check_order: bool = True) -> L.Lig
     if check_order:
         warn_if_class_sorted(d, meta)
         check_shuffle_buffer_memory(d, cfg.trainer.devices)
+        check_val_split_covers_processes(d, meta, cfg.trainer.world_size)
     common = {**_common(d, d.seed), "samples_per_epoch": d.samples_per_epoch}
     kind = meta.get("kind")
     if kind == "tokens":
@@ -222,6 +259,7 @@ def tokenizer_datamodule(cfg: TokenizerRunConfig) -> L.LightningDataModule:
     meta = read_meta(d.root)
     warn_if_class_sorted(d, meta)
     check_shuffle_buffer_memory(d, cfg.trainer.devices)
+    check_val_split_covers_processes(d, meta, cfg.trainer.world_size)
     common = {**_common(d, cfg.trainer.seed), "hflip": d.hflip}
     if cfg.model.kind == "image":
         if meta.get("kind") not in ("image", "pairs"):
