@@ -338,6 +338,18 @@ def test_a_generator_trains_on_fresh_windows_tokenized_on_the_fly(mini_ucf101, t
         "model.num_classes=2", "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.max_steps=2",
         "trainer.val_every=0", "trainer.ckpt_every=0", "trainer.log_every=1", "trainer.threads=1",
         "eval.metrics=[fvd]", "eval.num_samples=2", "eval.batch_size=2", "eval.grid_samples=2", "allow_degraded=true"])
-    result = fit(cfg, tokenizer=tokenizer, final_validation=False, enable_progress_bar=False)
-    assert result["global_step"] == 2 and math.isfinite(result["metrics"]["train/loss"])
+    result = fit(cfg, tokenizer=tokenizer, enable_progress_bar=False)
+    from nar.lightning.logs import read_scalars
+
+    losses = read_scalars(result["run_dir"], "train/")["train/loss"]
+    assert result["global_step"] == 2 and len(losses) == 2 and all(math.isfinite(v) for _, v in losses)
     assert shapes[:2] == [(2, 3, WINDOW, 16, 16)] * 2
+    # the final decoding validation: without eval.real_root the real side is the validated clips themselves (it
+    # failed with "no real feature statistics": only token batches were collected)
+    scores = {k: v for k, v in result["metrics"].items() if k.startswith("val/fvd")}
+    assert scores and all(math.isfinite(v) for v in scores.values()), result["metrics"]
+    validated = result["metrics"]["val/samples"]
+    from nar.lightning.callbacks import FrontierDecodingCallback
+
+    (decoding,) = [c for c in result["trainer"].callbacks if isinstance(c, FrontierDecodingCallback)]
+    assert validated > 0 and decoding.last_counts["real"] == validated

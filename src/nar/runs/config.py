@@ -356,7 +356,8 @@ class EvalConfig:
     labels: str = "balanced"
     grid_samples: int = 64  # how many of them go into the logged image grid
     batch_size: int = 64
-    real_root: str = ""  # image/video shard folder of real samples ("" = tokenizer reconstructions of val tokens)
+    real_root: str = ""  # image/video shard folder of real samples ("": the val samples of pixel data, else the
+    # tokenizer reconstructions of the val tokens)
     real_split: str = "val"
     # 0 = as many as generated (a reference batch's arr_0: all its images, ADM's 10k, whatever num_samples, as the
     # ADM evaluator). Fewer than the split holds: a uniform random subset drawn with real_seed (not its first,

@@ -111,8 +111,11 @@ def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[st
         # the classes of the real samples, read now (labels.npy or cls members): a refusal costs no sampling
         real_condition_ids(e, cfg.model.num_classes, e.num_samples)
     video = len(cfg.model.grid) == 3
+    # pixels tokenized as the run trains: without eval.real_root the val samples themselves are the real side
+    pixel_data = bool(cfg.data.root) and Path(cfg.data.root, "meta.json").is_file() and \
+        read_meta(cfg.data.root).get("kind") in ("image", "pairs", "video")
     if cfg.tokenizer.path and not video:
-        if "fid" in asked and not e.real_root and not e.reference_stats:
+        if "fid" in asked and not e.real_root and not e.reference_stats and not pixel_data:
             degraded.append("eval.metrics fid: no eval.real_root or eval.reference_stats; the reference would be "
                             "the tokenizer's reconstructions of val tokens (no tokenizer error in the score)")
         if "is" in asked and not e.inception_weights:
@@ -126,7 +129,8 @@ def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[st
                             "(spatial statistics)")
         elif "sfid" in asked and not e.reference_stats and not e.real_root:
             degraded.append("eval.metrics sfid: no eval.real_root or eval.reference_stats with mu_s/sigma_s")
-    if cfg.tokenizer.path and video and any(m in asked for m in ("fvd", "fvd_proxy")) and not e.real_root:
+    if cfg.tokenizer.path and video and any(m in asked for m in ("fvd", "fvd_proxy")) and not e.real_root \
+            and not pixel_data:
         degraded.append("eval.metrics fvd: no eval.real_root; the reference would be tokenizer reconstructions")
     if video and "fvd" in asked and not e.i3d_path:
         degraded.append("eval.metrics fvd: no eval.i3d_path; scored with the Inception proxy (fvd_proxy_inception)")

@@ -287,11 +287,16 @@ def evaluation_dir(cfg: TrainConfig, ckpt: str | Path, num_samples: int) -> Path
 
 def reference_of(cfg: TrainConfig) -> str:
     """What generated samples are scored against, in words (for the log and the results file)."""
+    from nar.data.shards import read_meta
+
     e = cfg.eval
     if e.reference_stats:
         return f"reference statistics {e.reference_stats}"
     if e.real_root:
         return f"{e.num_real or e.num_samples} real samples of {e.real_root} ({e.real_split})"
+    if cfg.data.root and (Path(cfg.data.root) / "meta.json").is_file() and \
+            read_meta(cfg.data.root).get("kind") in ("image", "pairs", "video"):
+        return f"the validated samples of {cfg.data.root} ({cfg.data.val_split})"
     if cfg.data.root:
         return f"tokenizer reconstructions of {cfg.data.root} ({cfg.data.val_split}) tokens"
     return "nothing (no eval.real_root, eval.reference_stats or data.root)"

@@ -16,6 +16,7 @@ Lightning's ``DistributedSampler`` deals them out in turn), so every rank holds 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
 import time
@@ -175,7 +176,10 @@ class FrontierDecodingCallback(Callback):
         self.run_dir = Path(run_dir)
         self.metrics: dict[str, Any] | None = None
         self._real_done = False
+        # the real side without eval.real_root / reference_stats, collected until the first decoding validation:
+        # token data: the val tokens (decoded to reconstructions); pixel data: the val pixels (uint8, on the CPU)
         self._val_tokens: list[torch.Tensor] = []
+        self._val_pixels: list[torch.Tensor] = []
         self._val_captions: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         self._val_texts: list[str] = []  # the captions of _val_captions, for the text-alignment metric
         self.text_metric: Any = None
@@ -194,7 +198,7 @@ class FrontierDecodingCallback(Callback):
 
     # ------------------------------------------------------------------------------ collection
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._val_tokens, self._val_captions, self._val_texts = [], [], []
+        self._val_tokens, self._val_pixels, self._val_captions, self._val_texts = [], [], [], []
         # The scores of the last decoding validation stay among Lightning's callback metrics until logged again;
         # a bits-only validation (eval.decode_every) must not hand them to callbacks as its own (the best
         # checkpoint would rank this step by another step's FID).
@@ -205,8 +209,12 @@ class FrontierDecodingCallback(Callback):
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if trainer.sanity_checking:
             return
-        if not self._real_done and not self.eval.real_root and not self.eval.reference_stats and "tokens" in batch:
-            self._val_tokens.append(batch["tokens"].detach())
+        if not self._real_done and not self.eval.real_root and not self.eval.reference_stats:
+            if "tokens" in batch:
+                self._val_tokens.append(batch["tokens"].detach())
+            elif "image" in batch or "video" in batch:  # pixels tokenized as the run trains: real samples
+                pixels = batch["image"] if "image" in batch else batch["video"]
+                self._val_pixels.append(to_uint8(pixels.detach().clamp(-1, 1)).cpu())
         if pl_module.cfg.model.condition == "caption" and "capfeat" in batch:
             # no rank needs more than eval.num_samples of its own captions (see _gather_captions)
             room = self.eval.num_samples - len(self._val_texts)
@@ -443,19 +451,21 @@ class FrontierDecodingCallback(Callback):
                 log.warning("%s; scoring on fewer (eval.allow_fewer)", message)
             self.real_count = total
         else:
-            # No real pixels configured: the tokenizer's reconstructions of the val tokens (this removes
-            # the tokenizer's own error from the score; set eval.real_root for the standard protocol).
-            for t in self._val_tokens:
-                for chunk in t.split(e.batch_size):
-                    pixels = to_uint8(tokenizer.decode(chunk.to(device)).clamp(-1, 1))
-                    count += pixels.shape[0]
-                    for m in self.metrics.values():
-                        m.update(pixels, real=True)
+            # No real pixels configured: on token data the tokenizer's reconstructions of the val tokens (this
+            # removes the tokenizer's own error from the score; set eval.real_root for the standard protocol), on
+            # pixel data the val samples themselves
+            reconstructions = (to_uint8(tokenizer.decode(chunk.to(device)).clamp(-1, 1))
+                               for t in self._val_tokens for chunk in t.split(e.batch_size))
+            originals = (chunk.to(device) for p in self._val_pixels for chunk in p.split(e.batch_size))
+            for pixels in itertools.chain(reconstructions, originals):  # a batch at a time
+                count += pixels.shape[0]
+                for m in self.metrics.values():
+                    m.update(pixels, real=True)
             # each rank reconstructed its own val share (fewer where damaged val samples were tolerated);
             # the metrics sum every rank's, and so does the count `nar evaluate` reports
             self.real_count = _summed_over_ranks(trainer, count, device)
         self._real_done = True
-        self._val_tokens = []
+        self._val_tokens, self._val_pixels = [], []
 
     def _log_pictures(self, trainer: L.Trainer, samples: list[torch.Tensor], video: bool) -> None:
         if not samples or self.eval.grid_samples == 0:
