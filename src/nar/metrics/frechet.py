@@ -13,13 +13,40 @@ import torch
 
 from nar.errors import DataError, NarError
 
+# Ranks a covariance of few samples is tried at before a full eigendecomposition: the tiny validations of a CPU
+# run and of the tests (FVD's Inception proxy is 4096-dimensional: its eigendecomposition takes ~12 s on 2 cores)
+_SKETCH_RANKS = (64, 256)
+
+
+def _root_from_eigh(sigma: torch.Tensor, basis: torch.Tensor | None = None) -> torch.Tensor:
+    """``V Λ^½`` over the eigenvalues of ``Σ`` (of ``Qᵀ Σ Q`` mapped back through ``Q`` = ``basis``) above round-off."""
+    small = sigma if basis is None else basis.T @ sigma @ basis
+    eigvals, eigvecs = torch.linalg.eigh((small + small.T) / 2)
+    keep = eigvals > eigvals[-1].clamp_min(0) * sigma.shape[0] * torch.finfo(sigma.dtype).eps
+    root = eigvecs[:, keep] * eigvals[keep].sqrt()
+    return root if basis is None else basis @ root
+
 
 def _low_rank_root(sigma: torch.Tensor) -> torch.Tensor:
     """``L`` ``[D, r]`` with ``Σ = L Lᵀ`` for a symmetric PSD ``Σ``: ``V Λ^½`` over its ``r`` eigenvalues above
-    round-off (the others are zero up to it: fewer samples than dimensions give a covariance of rank below D)."""
-    eigvals, eigvecs = torch.linalg.eigh(sigma)
-    keep = eigvals > eigvals[-1].clamp_min(0) * sigma.shape[0] * torch.finfo(sigma.dtype).eps
-    return eigvecs[:, keep] * eigvals[keep].sqrt()
+    round-off (the others are zero up to it: fewer samples than dimensions give a covariance of rank below D).
+
+    A covariance of few samples has a small rank: its range is first sought in ``Σ Ω`` for a seeded Gaussian
+    ``Ω`` of ``k`` columns (:data:`_SKETCH_RANKS`), and the result taken only when ``Σ − L Lᵀ`` is round-off;
+    otherwise (a rank above ``k``) the full eigendecomposition of ``Σ``."""
+    d = sigma.shape[0]
+    eps = torch.finfo(sigma.dtype).eps
+    generator = torch.Generator(device=sigma.device).manual_seed(0)
+    for k in _SKETCH_RANKS:
+        if 2 * k > d:  # no cheaper than the whole
+            break
+        probe = torch.randn(d, k, generator=generator, dtype=sigma.dtype, device=sigma.device)
+        basis, _ = torch.linalg.qr(sigma @ probe)
+        root = _root_from_eigh(sigma, basis)
+        top = sigma.diagonal().max().clamp_min(0)  # ≥ |Σ_ij| for a PSD Σ
+        if torch.linalg.matrix_norm(sigma - root @ root.T) <= 10 * d * eps * top * d ** 0.5:
+            return root
+    return _root_from_eigh(sigma)
 
 
 def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> torch.Tensor:
