@@ -88,6 +88,12 @@ def test_fixed_clips_and_whole_videos_do_not_mix_in_one_folder(mini_ucf101, tmp_
         write_ucf101(mini_ucf101, whole, splits=("test",), frames=WINDOW, size=8, limit=1)
     meta = write_ucf101(mini_ucf101, whole, splits=("test",), frames=WINDOW, size=8, limit=1, whole_videos=True)
     assert sorted(meta["splits"]) == ["test", "train"] and meta["windows"] == "per_visit"
+    # the same splits again, as the other kind: named as such (it was refused as a shuffled-order mismatch)
+    with pytest.raises(DataError, match=r"hold whole videos \(--whole-videos\) and this run writes fixed clips.*"
+                                        r"--overwrite"):
+        write_ucf101(mini_ucf101, whole, splits=("train", "test"), frames=WINDOW, size=8, limit=1)
+    with pytest.raises(DataError, match=r"hold fixed clips and this run writes whole videos"):
+        write_ucf101(mini_ucf101, fixed, splits=("train",), frames=WINDOW, size=8, limit=1, whole_videos=True)
 
 
 def test_whole_videos_refuse_a_clip_count(mini_ucf101, tmp_path):

@@ -202,6 +202,22 @@ def refuse_clip_count_for_whole_videos(clips_per_video: int) -> None:
                           "leave it out, or drop --whole-videos to store fixed clips")
 
 
+def _refuse_other_windows(out: Path, windows: str, splits: Sequence[str]) -> None:
+    """:class:`DataError` when every split ``out`` holds is one this run (re)writes, but of the other kind (fixed
+    clips vs whole videos): their shards would otherwise be refused later for a reason that does not name
+    ``--whole-videos`` (other splits are compared by :func:`refuse_other_folder_settings`)."""
+    path = out / META_NAME
+    if not path.is_file():
+        return
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    recorded = meta.get("windows") or WINDOWS_FIXED
+    if recorded != windows and meta.get("splits") and set(meta["splits"]) <= set(splits):
+        kinds = {WINDOWS_FIXED: "fixed clips", WINDOWS_PER_VISIT: "whole videos (--whole-videos)"}
+        raise DataError(f"{path}: its splits ({', '.join(sorted(meta['splits']))}) hold {kinds.get(recorded, recorded)}"
+                        f" and this run writes {kinds[windows]}; write to another --out, or pass --overwrite to "
+                        "delete the folder and write every split again")
+
+
 def _damaged_tails(out: Path, record: SplitRecord) -> list[str]:
     """The videos (names relative to the videos folder) whose clips in ``record``'s shards say their decoding
     stopped early. Read from the shards' json members alone, so shards written by an earlier, resumed run count
@@ -286,6 +302,7 @@ def write_ucf101(
         # meta.json records these once for every split: a split written with others (or from another of the three
         # official splits, whose test videos are another's training videos; or whole videos beside fixed clips) is
         # refused before anything is written. A folder written before `windows` existed holds fixed clips.
+        _refuse_other_windows(Path(out), folder["windows"], splits)
         refuse_other_folder_settings(out, "video", splits, folder, defaults={"windows": WINDOWS_FIXED},
                                      flags=_CLIP_FLAGS)
         records, damaged = [], {}
