@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,7 +193,7 @@ def test_a_class_sorted_train_split_is_warned_about_at_start(kind, shuffled, tmp
         assert len(warned) == 1 and f"data.root={root}" in warned[0] and "data.shuffle_buffer" in warned[0]
     if kind == "generator":  # an evaluation reads the val split only: not checked
         caplog.clear()
-        generator_datamodule(cfg, check_order=False)
+        generator_datamodule(cfg, training=False)
         assert not [r for r in caplog.records if "sorted by class" in r.getMessage()]
 
 
@@ -266,16 +267,16 @@ def test_a_shuffle_buffer_too_large_for_memory_is_refused_naming_a_value_that_fi
     cfg = load_config(schema, [], [f"data.root={root}", "data.num_workers=2", "data.shuffle_buffer=30",
                                    "trainer.devices=2", *extra])
     held = 30 * per_sample * 2 * 2  # buffer x workers x processes
-    monkeypatch.setattr(run_data, "_physical_memory", lambda: int(held / 1.5))
+    monkeypatch.setattr(run_data, "_memory_limit", lambda: int(held / 1.5))
     with pytest.raises(ConfigError, match=r"data\.shuffle_buffer.*data\.shuffle_buffer=\d+ keeps it to a quarter"):
         build(cfg)
-    monkeypatch.setattr(run_data, "_physical_memory", lambda: int(held * 1.5))  # above half: a warning
+    monkeypatch.setattr(run_data, "_memory_limit", lambda: int(held * 1.5))  # above half: a warning
     with caplog.at_level("WARNING"):
         build(cfg)
     assert any("data.shuffle_buffer" in r.getMessage() and "keeps it to a quarter" in r.getMessage()
                for r in caplog.records)
     caplog.clear()
-    monkeypatch.setattr(run_data, "_physical_memory", lambda: int(held * 4))  # a quarter: nothing said
+    monkeypatch.setattr(run_data, "_memory_limit", lambda: int(held * 4))  # a quarter: nothing said
     with caplog.at_level("WARNING"):
         build(cfg)
     assert not [r for r in caplog.records if "shuffle_buffer" in r.getMessage()]
@@ -316,17 +317,66 @@ def test_a_val_split_smaller_than_the_processes_is_refused_at_start(kind, tmp_pa
 
 
 def test_the_memory_a_job_may_use_is_its_cgroup_limit_when_lower(tmp_path, monkeypatch):
-    """A scheduler's limit (Slurm --mem, a container: the cgroup's memory.max) is what kills a job, not the machine's
-    memory; "max" (no limit) leaves the machine's."""
+    """A scheduler's limit (Slurm --mem: the job's own cgroup, named in /proc/self/cgroup, or one above it; a
+    container's) is what kills a job, not the machine's memory; "max" and v1's huge "unlimited" leave the machine's."""
+    import os
+
     from nar.lightning import data as run_data
 
-    machine = run_data._physical_memory()
-    limit = tmp_path / "memory.max"
-    monkeypatch.setattr(run_data, "_CGROUP_LIMITS", (str(limit), str(tmp_path / "v1")))
-    limit.write_text("max\n")
-    assert run_data._physical_memory() == machine
-    limit.write_text(f"{2 ** 30}\n")
-    assert run_data._physical_memory() == 2 ** 30
-    limit.unlink()
-    (tmp_path / "v1").write_text(f"{machine * 4}\n")  # v1's "unlimited" is a huge number
-    assert run_data._physical_memory() == machine
+    machine = int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    fs = tmp_path / "sys" / "fs" / "cgroup"
+    real_path = Path
+
+    def fake_path(*parts):  # /proc/self/cgroup and /sys/fs/cgroup/... inside tmp_path
+        path = real_path(*parts)
+        return tmp_path / str(path).lstrip("/") if str(path).startswith(("/proc/", "/sys/")) else path
+
+    monkeypatch.setattr(run_data, "Path", fake_path)
+    (tmp_path / "proc" / "self").mkdir(parents=True)
+    cgroup = tmp_path / "proc" / "self" / "cgroup"
+
+    cgroup.write_text("0::/slurm/uid_0/job_7/step_0\n")  # v2: the job's limit two levels above the step
+    for level, text in (("", None), ("slurm", "max"), ("slurm/uid_0", "max"), ("slurm/uid_0/job_7", str(2 ** 30)),
+                        ("slurm/uid_0/job_7/step_0", "max")):
+        (fs / level).mkdir(parents=True, exist_ok=True)
+        if text is not None:
+            (fs / level / "memory.max").write_text(text + "\n")
+    assert run_data._memory_limit() == min(2 ** 30, machine)
+    (fs / "slurm/uid_0/job_7/memory.max").write_text("max\n")  # no limit anywhere: the machine's
+    assert run_data._memory_limit() == machine
+
+    cgroup.write_text("12:cpu,cpuacct:/job_9\n4:memory:/job_9\n")  # v1: the memory controller's tree
+    v1 = fs / "memory" / "job_9"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text(f"{machine * 4}\n")  # v1's "unlimited" is a huge number
+    assert run_data._memory_limit() == machine
+    (v1 / "memory.limit_in_bytes").write_text(f"{2 ** 31}\n")
+    assert run_data._memory_limit() == min(2 ** 31, machine)
+
+
+def test_pixel_data_needs_no_real_root_for_its_scores(tokenizer_file, tmp_path):
+    """A run that tokenizes pixels as it trains scores against its validated samples (real pixels) when no
+    eval.real_root is set: fid, sfid, pr and kid are not degraded there; token data (reconstructions) still is."""
+    from nar.tokenizers import load_tokenizer
+    from nar.workflows.preflight import check_generator_run
+
+    grid = list(load_tokenizer(tokenizer_file).config.grid)
+    pixels, tokens = tmp_path / "img", tmp_path / "tok"
+    write_meta(pixels, "image", [write_split(pixels, "val", list(range(4)), make_sample=_image, shard_size=4)],
+               classes=["x", "y"])
+
+    def token_sample(i: int) -> dict:
+        return {"tokens.npy": np.zeros((1, *grid), dtype=np.int32), "cls": i % 2}
+
+    write_meta(tokens, "tokens", [write_split(tokens, "val", list(range(4)), make_sample=token_sample, shard_size=4)],
+               classes=["x", "y"], grid=grid, codebook_size=64)
+
+    def degraded(root) -> list[str]:
+        return check_generator_run(load_config(TrainConfig, [], [
+            f"data.root={root}", f"tokenizer.path={tokenizer_file}", f"model.grid=[{','.join(map(str, grid))}]",
+            "model.vocab_size=64", "model.num_classes=2", "eval.metrics=[fid,sfid,pr,kid]", "allow_degraded=true"]))
+
+    assert not [d for d in degraded(pixels) if d.startswith(("eval.metrics fid", "eval.metrics sfid",
+                                                              "eval.metrics pr", "eval.metrics kid"))]
+    named = " ".join(degraded(tokens))
+    assert all(f"eval.metrics {m}:" in named for m in ("fid", "sfid", "pr", "kid")), named

@@ -785,6 +785,19 @@ def read_meta(root: str | os.PathLike[str]) -> dict[str, Any]:
     return meta
 
 
+PIXEL_KINDS = ("image", "pairs", "video")  # dataset kinds whose every stored sample carries pixels
+
+
+def holds_pixels(source: dict[str, Any] | str | os.PathLike[str]) -> bool:
+    """Whether a dataset stores pixels (image, pairs or video shards), from its ``meta.json`` contents or its
+    folder; False for a folder without ``meta.json``."""
+    if not isinstance(source, dict):
+        if not source or not (Path(source) / META_NAME).is_file():
+            return False
+        source = read_meta(source)
+    return source.get("kind") in PIXEL_KINDS
+
+
 SPLIT_ROLES = ("training", "evaluation")
 EVAL_SPLITS = ("val", "test")  # stand-ins for each other: ImageNet has train/val, UCF-101 train/test
 

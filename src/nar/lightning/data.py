@@ -24,7 +24,7 @@ from nar.data.datamodules import (
 )
 from nar.data.order import class_sorted_warning
 from nar.data.readers import ShardStream, process_identity
-from nar.data.shards import EVAL_SPLITS, read_meta
+from nar.data.shards import read_meta, resolve_split
 from nar.errors import ConfigError, DataError
 from nar.runs.config import DataSection, TokenizerRunConfig, TrainConfig, val_samples
 
@@ -71,7 +71,7 @@ class ImageRunData(SpreadValidation, ImageShardDataModule):
 
 
 class VideoRunData(SpreadValidation, VideoShardDataModule):
-    """Clip shards of a generator run (tokenized as it trains) or a tokenizer run."""
+    """Clip (or whole-video) shards of a generator run (tokenized as it trains) or a tokenizer run."""
 
 
 def _common(d: DataSection, seed: int) -> dict[str, Any]:
@@ -100,43 +100,64 @@ def warn_if_class_sorted(d: DataSection, meta: dict[str, Any]) -> None:
         log.warning("%s", message)
 
 
-# a cgroup's memory limit (v2, then v1): what a batch scheduler (Slurm --mem, a container) lets the job use
-_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+def _cgroup_limits() -> list[int]:
+    """The memory limits (bytes) of this process's cgroup and the cgroups above it, v2 and v1: a batch scheduler's
+    job (Slurm --mem) or a container. The job's own cgroup is named in ``/proc/self/cgroup``; "max" and v1's huge
+    "unlimited" are left to :func:`min` against the machine's memory."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return []
+    limits = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: one tree, memory.max at each level
+            root, name = Path("/sys/fs/cgroup"), "memory.max"
+        elif "memory" in controllers.split(","):  # v1: the memory controller's own tree
+            root, name = Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes"
+        else:
+            continue
+        level = Path(path.lstrip("/"))
+        while True:
+            try:
+                text = (root / level / name).read_text().strip()
+            except OSError:
+                text = ""
+            if text.isdigit():
+                limits.append(int(text))
+            if level == level.parent:
+                break
+            level = level.parent
+    return limits
 
 
-def _physical_memory() -> int | None:
+def _memory_limit() -> int | None:
     """Bytes of memory this job may use: the machine's, or its cgroup's limit when lower; None where neither is
     known."""
     import os
 
-    sizes = []
+    sizes = _cgroup_limits()
     try:
         sizes.append(int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES")))
     except (AttributeError, ValueError, OSError):
         pass
-    for path in _CGROUP_LIMITS:
-        try:
-            text = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit():  # "max" (v2) or a huge number (v1) when unlimited: min() below keeps the machine's
-            sizes.append(int(text))
-        break
     return min(sizes) if sizes else None
 
 
-def check_shuffle_buffer_memory(d: DataSection, processes_per_node: int, memory: int | None = None) -> None:
+def check_shuffle_buffer_memory(d: DataSection, meta: dict[str, Any], processes_per_node: int,
+                                memory: int | None = None) -> None:
     """Refuse a ``data.shuffle_buffer`` whose raw samples cannot fit in memory; warn above half of it.
 
     Each DataLoader worker of each process holds up to ``data.shuffle_buffer`` raw training samples (their stored
     bytes), so a node holds about ``buffer x workers x processes x mean stored sample``; the mean comes from the
     training split's local shard files (remote shards: not checked). Whole videos of ~9 MB (``nar data ucf101
     --whole-videos``) with the video recipe's buffer of 2000 would need ~146 GB a GPU: killed for memory at the
-    first fill, where a clip or token folder needs a few GB at most. ``memory``: the machine's, else read here."""
+    first fill, where a clip or token folder needs a few GB at most. ``memory``: what the job may use, else read
+    here (:func:`_memory_limit`)."""
     from nar.data.shards import SplitIndex
 
     try:
-        index = SplitIndex.load(d.root, d.train_split, with_labels=False)
+        index = SplitIndex.load(d.root, d.train_split, meta, with_labels=False)
     except DataError:
         return  # no such split: the DataModule names it
     files = [s for s in index.shards if isinstance(s, Path) and s.is_file()]
@@ -145,7 +166,7 @@ def check_shuffle_buffer_memory(d: DataSection, processes_per_node: int, memory:
     per_sample = sum(f.stat().st_size for f in files) / index.total
     held = min(d.shuffle_buffer, index.total)  # a buffer never holds more than the split
     buffered = held * per_sample * max(1, d.num_workers) * max(1, processes_per_node)
-    memory = memory or _physical_memory()
+    memory = memory or _memory_limit()
     if not memory or buffered <= memory / 2:
         return
     fits = max(1, int(memory / 4 / (per_sample * max(1, d.num_workers) * max(1, processes_per_node))))
@@ -167,11 +188,13 @@ def check_val_split_covers_processes(d: DataSection, meta: dict[str, Any], world
     sample would skip the epoch-end reductions (the loss mean's all-gather, the logged sums) the others wait in,
     and the run would hang at its first validation. Asked at start, from ``meta.json``'s counts (not known for
     an index of remote shards: not checked)."""
-    splits = meta.get("splits", {})
-    split = d.val_split if d.val_split in splits else next((s for s in EVAL_SPLITS if s in splits), None)
-    if world_size <= 1 or split is None:
+    if world_size <= 1:
         return
-    counts = [int(c) for c in splits[split].get("shard_samples", [])]
+    try:
+        split = resolve_split(meta, d.val_split, root=d.root)
+    except DataError:
+        return  # no val split: the DataModule names it
+    counts = [int(c) for c in meta["splits"][split].get("shard_samples", [])]
     if not counts or min(counts) < 0 or sum(counts) >= world_size:
         return
     raise ConfigError(f"{d.root} split {split!r} holds {sum(counts)} samples for {world_size} processes, and each "
@@ -179,17 +202,19 @@ def check_val_split_covers_processes(d: DataSection, meta: dict[str, Any], world
                       key="data.val_split")
 
 
-def generator_datamodule(cfg: TrainConfig, *, check_order: bool = True) -> L.LightningDataModule:
-    """Token shards, or image/video shards tokenized on the fly, for a generator run (``check_order``: warn when
-    the training split looks sorted by class; an evaluation, which reads only the val split, passes False)."""
+def generator_datamodule(cfg: TrainConfig, *, training: bool = True) -> L.LightningDataModule:
+    """Token shards, or image/video shards tokenized on the fly, for a generator run. ``training``: also the checks
+    of a run that trains (a class-sorted training split warned about, a shuffle buffer too large for memory
+    refused); an evaluation, which reads only the val split, passes False. A val split smaller than the processes
+    is refused either way."""
     d = cfg.data
     if not d.root:
         raise ConfigError("empty; point it at a shard folder (e.g. made by `nar data tokens`)", key="data.root")
     meta = read_meta(d.root)
-    if check_order:
+    if training:
         warn_if_class_sorted(d, meta)
-        check_shuffle_buffer_memory(d, cfg.trainer.devices)
-        check_val_split_covers_processes(d, meta, cfg.trainer.world_size)
+        check_shuffle_buffer_memory(d, meta, cfg.trainer.devices)
+    check_val_split_covers_processes(d, meta, cfg.trainer.world_size)
     common = {**_common(d, d.seed), "samples_per_epoch": d.samples_per_epoch}
     kind = meta.get("kind")
     if kind == "tokens":
@@ -258,7 +283,7 @@ def tokenizer_datamodule(cfg: TokenizerRunConfig) -> L.LightningDataModule:
         raise ConfigError("empty; point it at an image or video shard folder", key="data.root")
     meta = read_meta(d.root)
     warn_if_class_sorted(d, meta)
-    check_shuffle_buffer_memory(d, cfg.trainer.devices)
+    check_shuffle_buffer_memory(d, meta, cfg.trainer.devices)
     check_val_split_covers_processes(d, meta, cfg.trainer.world_size)
     common = {**_common(d, cfg.trainer.seed), "hflip": d.hflip}
     if cfg.model.kind == "image":

@@ -398,7 +398,6 @@ def _iter_raw_records(sel: _Selection, limit: int | None) -> Iterator[_LazyRecor
         count += 1
 
 
-PIXEL_KINDS = ("image", "pairs", "video")  # dataset kinds whose every stored sample carries pixels
 _CLASS_CACHE: dict[str, np.ndarray | None] = {}
 
 
@@ -454,12 +453,14 @@ def _read_class_ids(sel: _Selection, limit: int | None) -> np.ndarray | None:
 
 def _split_labels(sel: _Selection) -> np.ndarray | None:
     """The split's ``labels.npy`` when its sample ``i`` is exactly global sample ``i`` of the read, else None."""
+    from nar.data.shards import holds_pixels
+
     if sel.dataset is None:
         return None
     meta, index = sel.dataset.meta, sel.dataset.index
     skipped = int((meta["splits"][index.split].get("skipped") or {}).get("count", 0))
     # `nar data index` keeps a sample without an image in its shard (the readers skip it): positions would shift
-    if meta.get("kind") not in PIXEL_KINDS or (meta.get("indexed") and skipped):
+    if not holds_pixels(meta) or (meta.get("indexed") and skipped):
         return None
     # index.labels: None when missing, unreadable or not one label per sample
     if index.labels is None or index.labels.ndim != 1:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nar.errors import ConfigError
 from nar.runs.config import TokenizerRunConfig, TrainConfig
@@ -43,10 +43,11 @@ def tokenizer_config(path: str, config: str = "") -> VQConfig:
 
 def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[str]:
     """Start-time checks of a generator run (training or evaluation); returns the degraded pieces allowed."""
-    from nar.data.shards import read_meta
+    from nar.data.shards import holds_pixels, read_meta
     from nar.metrics.registry import reference_keys
 
     degraded: list[str] = []
+    meta: dict[str, Any] = {}
     e = cfg.eval
     if needs_data and not cfg.data.root:
         raise ConfigError("empty; point it at a shard folder (e.g. made by `nar data tokens`)", key="data.root")
@@ -111,9 +112,9 @@ def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[st
         # the classes of the real samples, read now (labels.npy or cls members): a refusal costs no sampling
         real_condition_ids(e, cfg.model.num_classes, e.num_samples)
     video = len(cfg.model.grid) == 3
-    # pixels tokenized as the run trains: without eval.real_root the val samples themselves are the real side
-    pixel_data = bool(cfg.data.root) and Path(cfg.data.root, "meta.json").is_file() and \
-        read_meta(cfg.data.root).get("kind") in ("image", "pairs", "video")
+    # pixels tokenized as the run trains: without eval.real_root or reference statistics the val samples themselves
+    # are the real side (FrontierDecodingCallback)
+    pixel_data = holds_pixels(meta if needs_data else cfg.data.root) and not e.reference_stats
     if cfg.tokenizer.path and not video:
         if "fid" in asked and not e.real_root and not e.reference_stats and not pixel_data:
             degraded.append("eval.metrics fid: no eval.real_root or eval.reference_stats; the reference would be "
@@ -121,13 +122,13 @@ def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[st
         if "is" in asked and not e.inception_weights:
             degraded.append("eval.metrics is: eval.inception_weights (an Inception with its classifier) is not set")
         for name in ("pr", "kid"):
-            if name in asked and not e.real_root and "arr_0" not in reference:
+            if name in asked and not e.real_root and "arr_0" not in reference and not pixel_data:
                 degraded.append(f"eval.metrics {name}: needs real images' features (eval.real_root, or an "
                                 "eval.reference_stats batch that holds its images as arr_0)")
         if "sfid" in asked and e.reference_stats and not {"mu_s", "sigma_s"} <= reference:
             degraded.append(f"eval.metrics sfid: eval.reference_stats {e.reference_stats} has no mu_s/sigma_s "
                             "(spatial statistics)")
-        elif "sfid" in asked and not e.reference_stats and not e.real_root:
+        elif "sfid" in asked and not e.reference_stats and not e.real_root and not pixel_data:
             degraded.append("eval.metrics sfid: no eval.real_root or eval.reference_stats with mu_s/sigma_s")
     if cfg.tokenizer.path and video and any(m in asked for m in ("fvd", "fvd_proxy")) and not e.real_root \
             and not pixel_data:

@@ -19,7 +19,7 @@ import torch
 
 import lightning as L
 from nar.config import from_dict, load_config
-from nar.errors import ConfigError
+from nar.errors import ConfigError, DataError
 from nar.lightning.callbacks import FrontierDecodingCallback, MetricsFileCallback
 from nar.lightning.data import generator_datamodule
 from nar.lightning.generator_module import GeneratorModule
@@ -287,19 +287,23 @@ def evaluation_dir(cfg: TrainConfig, ckpt: str | Path, num_samples: int) -> Path
 
 def reference_of(cfg: TrainConfig) -> str:
     """What generated samples are scored against, in words (for the log and the results file)."""
-    from nar.data.shards import read_meta
+    from nar.data.shards import holds_pixels, read_meta, resolve_split
 
     e = cfg.eval
     if e.reference_stats:
         return f"reference statistics {e.reference_stats}"
     if e.real_root:
         return f"{e.num_real or e.num_samples} real samples of {e.real_root} ({e.real_split})"
-    if cfg.data.root and (Path(cfg.data.root) / "meta.json").is_file() and \
-            read_meta(cfg.data.root).get("kind") in ("image", "pairs", "video"):
-        return f"the validated samples of {cfg.data.root} ({cfg.data.val_split})"
-    if cfg.data.root:
-        return f"tokenizer reconstructions of {cfg.data.root} ({cfg.data.val_split}) tokens"
-    return "nothing (no eval.real_root, eval.reference_stats or data.root)"
+    if not cfg.data.root:
+        return "nothing (no eval.real_root, eval.reference_stats or data.root)"
+    try:  # the split read (UCF-101 has test where val is asked)
+        meta = read_meta(cfg.data.root)
+        split = resolve_split(meta, cfg.data.val_split)
+    except DataError:
+        meta, split = {}, cfg.data.val_split
+    if holds_pixels(meta):
+        return f"the validated samples of {cfg.data.root} ({split})"
+    return f"tokenizer reconstructions of {cfg.data.root} ({split}) tokens"
 
 
 def evaluate(cfg: TrainConfig, ckpt: str | Path, per_class: int | None = None, num_samples: int | None = None,
@@ -339,7 +343,7 @@ def evaluate(cfg: TrainConfig, ckpt: str | Path, per_class: int | None = None, n
         claim_chunk_folder(decoding.sample_dir, ckpt, cfg)
     kept = f"the samples generated so far are kept in {decoding.sample_dir}: run the same command to go on"
     if cfg.data.root:
-        validate_or_interrupt(trainer, module, kept, datamodule=generator_datamodule(cfg, check_order=False))
+        validate_or_interrupt(trainer, module, kept, datamodule=generator_datamodule(cfg, training=False))
     else:
         validate_or_interrupt(trainer, module, kept, dataloaders=[_EmptyLoader()])
     scores = {k: float(v) for k, v in trainer.callback_metrics.items()}
