@@ -209,7 +209,8 @@ class FrontierDecodingCallback(Callback):
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if trainer.sanity_checking:
             return
-        if not self._real_done and not self.eval.real_root and not self.eval.reference_stats:
+        if not self._real_done and not self.eval.real_root and not self.eval.reference_stats \
+                and self._decodes_now(trainer):  # a bits-only validation would copy them for nothing
             if "tokens" in batch:
                 self._val_tokens.append(batch["tokens"].detach())
             elif "image" in batch or "video" in batch:  # pixels tokenized as the run trains: real samples
@@ -225,16 +226,17 @@ class FrontierDecodingCallback(Callback):
 
     # ------------------------------------------------------------------------------ the work
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        fitting = trainer.state.fn == "fit"
-        last = not fitting or trainer.global_step >= trainer.max_steps
-        # The k-th validation of a run is at step k x val_every: counted from the step, so a resumed run decodes
-        # at the steps an uninterrupted one does.
-        every = self.cfg.trainer.val_every
-        if not last and every and (trainer.global_step // every) % self.eval.decode_every:
+        if trainer.sanity_checking or not self._decodes_now(trainer):
             return  # a bits-only validation (eval.decode_every)
         self.run(trainer, pl_module)
+
+    def _decodes_now(self, trainer: L.Trainer) -> bool:
+        """Whether this validation samples and scores (else it is a bits-only one, ``eval.decode_every``): the
+        last one of a run and every ``decode_every``-th. The k-th validation of a run is at step k x val_every:
+        counted from the step, so a resumed run decodes at the steps an uninterrupted one does."""
+        last = trainer.state.fn != "fit" or trainer.global_step >= trainer.max_steps
+        every = self.cfg.trainer.val_every
+        return last or not every or (trainer.global_step // every) % self.eval.decode_every == 0
 
     @torch.no_grad()
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
@@ -461,8 +463,8 @@ class FrontierDecodingCallback(Callback):
                 count += pixels.shape[0]
                 for m in self.metrics.values():
                     m.update(pixels, real=True)
-            # each rank reconstructed its own val share (fewer where damaged val samples were tolerated);
-            # the metrics sum every rank's, and so does the count `nar evaluate` reports
+            # each rank fed its own val share (fewer where damaged val samples were tolerated); the metrics sum
+            # every rank's, and so does the count `nar evaluate` reports
             self.real_count = _summed_over_ranks(trainer, count, device)
         self._real_done = True
         self._val_tokens, self._val_pixels = [], []
