@@ -129,14 +129,17 @@ def test_fsdp_collective_dtypes_hash_as_they_act() -> None:
     def fp(*pairs: str) -> str:
         return fingerprint(load_config(TrainConfig, [], ["data.root=x", *pairs]))
 
-    fsdp = "trainer.strategy=fsdp"
-    plain = fp(fsdp)
-    assert fp(fsdp, "trainer.fsdp_param_dtype=fp32") == fp(fsdp, "trainer.fsdp_reduce_dtype=fp32") == plain
-    half = fp(fsdp, "trainer.fsdp_param_dtype=bf16")
-    assert half == fp(fsdp, "trainer.fsdp_param_dtype=bf16", "trainer.fsdp_reduce_dtype=bf16") != plain
-    assert fp(fsdp, "trainer.fsdp_param_dtype=bf16", "trainer.fsdp_reduce_dtype=fp32") not in (plain, half)
-    assert fp(fsdp, "trainer.fsdp_reduce_dtype=bf16") not in (plain, half)
+    fsdp = "trainer.strategy=fsdp", "trainer.precision=bf16-mixed"
+    plain = fp(*fsdp)
+    assert fp(*fsdp, "trainer.fsdp_param_dtype=fp32") == fp(*fsdp, "trainer.fsdp_reduce_dtype=fp32") == plain
+    half = fp(*fsdp, "trainer.fsdp_param_dtype=bf16")
+    assert half == fp(*fsdp, "trainer.fsdp_param_dtype=bf16", "trainer.fsdp_reduce_dtype=bf16") != plain
+    assert fp(*fsdp, "trainer.fsdp_param_dtype=bf16", "trainer.fsdp_reduce_dtype=fp32") not in (plain, half)
+    assert fp(*fsdp, "trainer.fsdp_reduce_dtype=bf16") not in (plain, half)
     assert fp("trainer.fsdp_param_dtype=bf16") == fp()  # DDP / one process: no FSDP collectives at all
+    # FSDP without bf16 autocast gathers and reduces in float32 whatever the dtypes say
+    full = "trainer.strategy=fsdp", "trainer.precision=32-true"
+    assert fp(*full, "trainer.fsdp_param_dtype=bf16") == fp(*full)
 
 
 def test_equivalent_head_settings_share_a_fingerprint(tmp_path: Path) -> None:

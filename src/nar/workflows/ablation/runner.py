@@ -127,9 +127,11 @@ def fingerprint(train_cfg: Any) -> str:
     if sum(b > 0 for b in m["head_blocks"]) <= 1:
         m["head_layout"] = "chain"  # one branch at most: chain and parallel are the same network
     t = data["trainer"]  # FSDP's collective dtypes as they act: fp32 is the weights' own (no cast, as null), a
-    # null reduce dtype follows the param dtype, and other strategies use neither
-    param = (t["fsdp_param_dtype"] or "fp32") if t["strategy"] == "fsdp" else "fp32"
-    reduce = (t["fsdp_reduce_dtype"] or param) if t["strategy"] == "fsdp" else "fp32"
+    # null reduce dtype follows the param dtype, and other strategies, or FSDP without bf16 autocast, use neither
+    # (nar.lightning.sharding.ShardedStrategy.mixed_precision)
+    acts = t["strategy"] == "fsdp" and t["precision"] == "bf16-mixed"
+    param = (t["fsdp_param_dtype"] or "fp32") if acts else "fp32"
+    reduce = (t["fsdp_reduce_dtype"] or param) if acts else "fp32"
     t["fsdp_param_dtype"], t["fsdp_reduce_dtype"] = (None if param == "fp32" else param,
                                                      None if reduce == param else reduce)
     for (section, key), default in LATER_KEYS.items():  # at their defaults: hashed as before they existed
