@@ -7,7 +7,7 @@ copy, ``kv`` itself with float8 KV caches (both models then scored through their
 the copy with float8 caches. Writes ``fp8-<what>-<preset>-*.json`` with the figures and the command under
 ``--out``.
 
-    PYTHONPATH=src python3 benchmarks/fp8_agreement.py --preset NAR-L --samples 64 --device cuda --out benchmarks/results
+    PYTHONPATH=src python3 benchmarks/fp8_agreement.py --preset NAR-L --samples 64 --device cuda --out benchmarks/results/<card>-<date>
     .venv/bin/python benchmarks/fp8_agreement.py --preset NAR-tiny --what kv --device cpu --out /tmp
 """
 

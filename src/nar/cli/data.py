@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _shard_args(q, 1000)
     q.set_defaults(func=run_imagenet)
 
-    q = writer("ucf101", "UCF-101 (.avi, classInd.txt, trainlist0N/testlist0N) → clip shards (PyAV)")
+    q = writer("ucf101", "UCF-101 (.avi, classInd.txt, trainlist0N/testlist0N) → clip or whole-video shards (PyAV)")
     q.add_argument("videos", help="folder of <Class>/*.avi (UCF-101/)")
     q.add_argument("--splits-dir", default=None, help="the ucfTrainTestlist folder (default: found in or beside VIDEOS)")
     q.add_argument("--split-index", type=int, default=1, choices=(1, 2, 3), help="which of the three official splits")

@@ -791,7 +791,8 @@ class ImageSample:
 
 
 class VideoSample:
-    """Raw clip → ``{"video": float [3, T, size, size] in [-1, 1], "label", "__key__"}``; optional random flip.
+    """Raw clip (or a window of a whole video) → ``{"video": float [3, T, size, size] in [-1, 1], "label",
+    "__key__"}``; optional random flip.
 
     ``spec`` checks ``frames.npy`` (uint8 ``[T, H, W, 3]``, meta's ``frames`` and ``image_size``) and the class.
     A whole video (``spec.window``: a folder of ``windows: per_visit``) becomes ``T = spec.window`` consecutive

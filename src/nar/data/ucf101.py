@@ -43,10 +43,12 @@ from nar.data.order import DEFAULT_ORDER_SEED, order_mismatch_hint, write_order
 from nar.data.shards import (
     MAX_LISTED_BAD,
     META_NAME,
+    OVERWRITE_REMEDY,
     BadInputLog,
     SkipSample,
     SplitRecord,
     dataset_lock,
+    read_meta,
     refuse_other_folder_settings,
     write_meta,
     write_split,
@@ -137,7 +139,8 @@ def clip_starts(num_frames: int, span: int, clips_per_video: int) -> list[int]:
     if clips_per_video == 0:
         return list(range(0, last + 1, span)) or [0]
     if clips_per_video == 1:
-        return [T.window_start(num_frames, span, None)]  # the centre: the window evaluation reads of a whole video
+        return [T.window_start(num_frames, span, None)]  # the centre (at stride 1, the window a whole video's
+        # evaluation reads; at a larger stride that one is chosen among the stored frames, and may start a frame off)
     return sorted({round(i * last / (clips_per_video - 1)) for i in range(clips_per_video)})
 
 
@@ -209,18 +212,17 @@ def _refuse_other_windows(out: Path, windows: str, splits: Sequence[str]) -> Non
     path = out / META_NAME
     if not path.is_file():
         return
-    meta = json.loads(path.read_text(encoding="utf-8"))
+    meta = read_meta(out)
     recorded = meta.get("windows") or WINDOWS_FIXED
     if recorded != windows and meta.get("splits") and set(meta["splits"]) <= set(splits):
         kinds = {WINDOWS_FIXED: "fixed clips", WINDOWS_PER_VISIT: "whole videos (--whole-videos)"}
         raise DataError(f"{path}: its splits ({', '.join(sorted(meta['splits']))}) hold {kinds.get(recorded, recorded)}"
-                        f" and this run writes {kinds[windows]}; write to another --out, or pass --overwrite to "
-                        "delete the folder and write every split again")
+                        f" and this run writes {kinds[windows]}; write to another --out, or {OVERWRITE_REMEDY}")
 
 
 def _damaged_tails(out: Path, record: SplitRecord) -> list[str]:
-    """The videos (names relative to the videos folder) whose clips in ``record``'s shards say their decoding
-    stopped early. Read from the shards' json members alone, so shards written by an earlier, resumed run count
+    """The videos (names relative to the videos folder) whose samples (clips or whole videos) in ``record``'s shards
+    say their decoding stopped early. Read from the shards' json members alone, so shards written by an earlier, resumed run count
     too (a clip written before the flag existed has none: not counted)."""
     names: dict[str, None] = {}
     for shard in record.shards:
@@ -267,7 +269,7 @@ def write_ucf101(
     order_seed: int = DEFAULT_ORDER_SEED,
     whole_videos: bool = False,
 ) -> dict[str, Any]:
-    """Write UCF-101 as clip shards under ``out``; returns the new ``meta.json`` dict.
+    """Write UCF-101 as clip (or whole-video) shards under ``out``; returns the new ``meta.json`` dict.
 
     ``whole_videos``: one sample per video with every ``stride``-th frame (``windows: per_visit``; ``frames`` is
     the window readers take, ``clips_per_video`` must stay 1 and is not recorded), see the module docstring.
@@ -330,7 +332,9 @@ def write_ucf101(
             record = write_split(
                 out, split, items, make_sample=encoder, shard_size=shard_size, workers=workers,
                 params=params, desc=f"ucf101 {split}", unit="video", scan_bad=bad,
-                mismatch_hint=order_mismatch_hint(order),
+                mismatch_hint="; or ".join(filter(None, (order_mismatch_hint(order), (
+                    "its shards may be fixed clips (written without --whole-videos)" if whole_videos else
+                    "its shards may be whole videos (written with --whole-videos)")))),
             )
             records.append(record)
             damaged[split] = _damaged_tails(Path(out), record)
