@@ -94,6 +94,10 @@ def test_fixed_clips_and_whole_videos_do_not_mix_in_one_folder(mini_ucf101, tmp_
         write_ucf101(mini_ucf101, whole, splits=("train", "test"), frames=WINDOW, size=8, limit=1)
     with pytest.raises(DataError, match=r"hold fixed clips and this run writes whole videos"):
         write_ucf101(mini_ucf101, fixed, splits=("train",), frames=WINDOW, size=8, limit=1, whole_videos=True)
+    # a run killed before meta.json was written leaves shards only: their refusal names --whole-videos too
+    (whole / "meta.json").unlink()
+    with pytest.raises(DataError, match=r"may be whole videos \(written with --whole-videos\)"):
+        write_ucf101(mini_ucf101, whole, splits=("train",), frames=WINDOW, size=8, limit=1)
 
 
 def test_whole_videos_refuse_a_clip_count(mini_ucf101, tmp_path):
