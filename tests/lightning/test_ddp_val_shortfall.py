@@ -79,10 +79,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_two_processes(tmp_path: Path, argv: list[str]) -> tuple[str, dict[int, dict[str, int]]]:
+def _run_two_processes(tmp_path: Path, argv: list[str], *, fails: bool = False) -> tuple[str, dict[int, dict[str, int]]]:
     """Run ``nar <argv>`` in 2 processes; returns its stderr and each rank's validation batches by validation
     (a generator run's last decoding counts are in ``<tmp_path>/batches/decoded-<rank>.json``). Fails when the
-    run does not finish within :data:`HANG` seconds (the whole process group is killed)."""
+    run does not finish within :data:`HANG` seconds (the whole process group is killed), or when its exit status
+    is not what ``fails`` says."""
     script, out = tmp_path / "counted_nar.py", tmp_path / "batches"
     script.write_text(SCRIPT)
     out.mkdir()
@@ -95,8 +96,8 @@ def _run_two_processes(tmp_path: Path, argv: list[str]) -> tuple[str, dict[int, 
         os.killpg(proc.pid, signal.SIGKILL)  # rank 1 too: Lightning started it in this group
         _, err = proc.communicate()
         pytest.fail(f"the 2-process run did not finish within {HANG} s (a hang):\n{err[-4000:]}")
-    assert proc.returncode == 0, err[-4000:]
-    return err, {r: json.loads((out / f"batches-{r}.json").read_text()) for r in range(2)}
+    assert (proc.returncode != 0) == fails, err[-4000:]
+    return err, {r: json.loads(path.read_text()) for r in range(2) if (path := out / f"batches-{r}.json").is_file()}
 
 
 def _expected_batches() -> dict[int, int]:
@@ -189,6 +190,21 @@ def test_generator_run_validates_past_a_damaged_sample_on_one_rank(tokenizer_fil
     assert rows[4]["val/loss"] == pytest.approx(per_sample.mean().item(), rel=1e-6)
     ranks_mean = (per_sample[:5].mean() + per_sample[5:].mean()).item() / 2  # what a skewed reduction would log
     assert rows[4]["val/loss"] != pytest.approx(ranks_mean, rel=1e-6)
+
+
+def test_a_shortfall_beyond_the_tolerance_ends_the_run_on_every_rank(tokenizer_file: Path, tmp_path: Path) -> None:
+    """With data.val_missing_tolerance=0 the rank that lost a sample fails its validation naming the sample and the
+    key; the other rank, waiting in the next collective, must end too (gloo: its peer's connection closes), not hang."""
+    root = _token_split(tmp_path / "tokens")
+    over = tiny_overrides(root, tmp_path, name="strict", tokenizer=tokenizer_file, **{
+        "trainer.max_steps": 4, "trainer.val_every": 3, "trainer.devices": 2, "trainer.strategy": "ddp",
+        "data.batch_size": 4, "data.eval_batch_size": EVAL_BATCH, "data.val_missing_tolerance": 0,
+        "model.dim": 32, "model.n_layer": 1, "model.n_head": 2, "eval.num_samples": 4, "eval.batch_size": 2,
+        "eval.grid_samples": 4})
+    err, _ = _run_two_processes(tmp_path, ["train", *over], fails=True)
+    damaged = f"{root / 'val' / 'val-000000.tar'}:{BAD:09d}"
+    assert any("ERROR" in line and "(rank 1 of 2" in line and damaged in line
+               and "data.val_missing_tolerance=0" in line for line in err.splitlines()), err[-4000:]
 
 
 def _image_split(root: Path) -> Path:
