@@ -335,7 +335,7 @@ def test_the_memory_a_job_may_use_is_its_cgroup_limit_when_lower(tmp_path, monke
     (tmp_path / "proc" / "self").mkdir(parents=True)
     cgroup = tmp_path / "proc" / "self" / "cgroup"
 
-    cgroup.write_text("0::/slurm/uid_0/job_7/step_0\n")  # v2: the job's limit two levels above the step
+    cgroup.write_text("not a cgroup line\n0::/slurm/uid_0/job_7/step_0\n")  # v2: the job's limit above the step
     for level, text in (("", None), ("slurm", "max"), ("slurm/uid_0", "max"), ("slurm/uid_0/job_7", str(2 ** 30)),
                         ("slurm/uid_0/job_7/step_0", "max")):
         (fs / level).mkdir(parents=True, exist_ok=True)

@@ -110,7 +110,10 @@ def _cgroup_limits() -> list[int]:
         return []
     limits = []
     for line in lines:
-        _, controllers, path = line.split(":", 2)
+        parts = line.split(":", 2)  # "<id>:<controllers>:<path>"
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
         if controllers == "":  # v2: one tree, memory.max at each level
             root, name = Path("/sys/fs/cgroup"), "memory.max"
         elif "memory" in controllers.split(","):  # v1: the memory controller's own tree
