@@ -222,8 +222,8 @@ def _refuse_other_windows(out: Path, windows: str, splits: Sequence[str]) -> Non
 
 def _damaged_tails(out: Path, record: SplitRecord) -> list[str]:
     """The videos (names relative to the videos folder) whose samples (clips or whole videos) in ``record``'s shards
-    say their decoding stopped early. Read from the shards' json members alone, so shards written by an earlier, resumed run count
-    too (a clip written before the flag existed has none: not counted)."""
+    say their decoding stopped early. Read from the shards' json members alone, so shards written by an earlier,
+    resumed run count too (a clip written before the flag existed has none: not counted)."""
     names: dict[str, None] = {}
     for shard in record.shards:
         with tarfile.open(out / shard, mode="r:") as tar:  # seekable: frames.npy members are skipped, not read
@@ -292,14 +292,14 @@ def write_ucf101(
     lists = Path(splits_dir) if splits_dir else find_split_dir(videos)
     classes = read_class_index(lists / "classInd.txt")
     encoder: EncodeClips | EncodeWholeVideos
+    folder: dict[str, Any] = {"frames": frames, "stride": stride, "image_size": size, "classes": classes,
+                              "split_index": split_index}
     if whole_videos:
         encoder = EncodeWholeVideos(tuple(classes), frames=frames, stride=stride, size=size)
-        folder = {"frames": frames, "stride": stride, "image_size": size, "classes": classes,
-                  "split_index": split_index, "windows": WINDOWS_PER_VISIT}
+        folder["windows"] = WINDOWS_PER_VISIT
     else:
         encoder = EncodeClips(tuple(classes), frames=frames, stride=stride, size=size, clips_per_video=clips_per_video)
-        folder = {"frames": frames, "stride": stride, "image_size": size, "classes": classes,
-                  "clips_per_video": clips_per_video, "split_index": split_index, "windows": WINDOWS_FIXED}
+        folder.update(clips_per_video=clips_per_video, windows=WINDOWS_FIXED)
     with dataset_lock(out):  # one writer per folder, across all its splits and meta.json
         # meta.json records these once for every split: a split written with others (or from another of the three
         # official splits, whose test videos are another's training videos; or whole videos beside fixed clips) is
