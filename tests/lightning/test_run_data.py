@@ -380,3 +380,53 @@ def test_pixel_data_needs_no_real_root_for_its_scores(tokenizer_file, tmp_path):
                                                               "eval.metrics pr", "eval.metrics kid"))]
     named = " ".join(degraded(tokens))
     assert all(f"eval.metrics {m}:" in named for m in ("fid", "sfid", "pr", "kid")), named
+
+
+
+def test_validated_pixels_are_scored_as_their_batches_come_and_count_once(tmp_path, monkeypatch):
+    """Pixel data without eval.real_root: each val batch's pixels go into the metrics' real side when the batch
+    ends (no validation holds a split's pixels until it samples); a validation stopped before its real side was
+    complete is not counted again by the next one."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from nar.lightning.callbacks import FrontierDecodingCallback, decoding
+    from nar.lightning.generation import to_uint8
+
+    built = []
+
+    class Recorder:  # the metrics' side of the contract: update(pixels, real), to(device)
+        def __init__(self) -> None:
+            self.real: list[torch.Tensor] = []
+            built.append(self)
+
+        def to(self, device):
+            return self
+
+        def update(self, pixels: torch.Tensor, real: bool) -> None:
+            assert real and pixels.dtype == torch.uint8
+            self.real.append(pixels)
+
+    monkeypatch.setattr(decoding, "build_metrics", lambda *args, **kwargs: {"image": Recorder()})
+    cfg = load_config(TrainConfig, [], ["eval.metrics=[fid]", "allow_degraded=true"])
+    trainer = SimpleNamespace(sanity_checking=False, state=SimpleNamespace(fn="validate"), global_step=0,
+                              max_steps=-1, callback_metrics={})
+    module = SimpleNamespace(cfg=cfg, tokenizer=object(), device=torch.device("cpu"),
+                             eval_model=SimpleNamespace(cfg=SimpleNamespace(grid=[2, 2])))
+    generator = torch.Generator().manual_seed(0)
+    batches = [{"image": torch.rand(2, 3, 8, 8, generator=generator) * 2 - 1, "cls": torch.tensor([0, 1])}
+               for _ in range(3)]
+    callback = FrontierDecodingCallback(cfg, tmp_path)
+
+    def validate() -> None:
+        callback.on_validation_epoch_start(trainer, module)
+        for i, batch in enumerate(batches):
+            callback.on_validation_batch_end(trainer, module, None, batch, i)
+            assert len(callback.metrics["image"].real) == i + 1  # fed now, not at the epoch's end
+
+    validate()
+    validate()  # the first stopped before its real side was complete (_real_done unset): nothing counts twice
+    assert len(built) == 2 and callback._real_streamed == 6
+    fed = torch.cat(callback.metrics["image"].real)
+    assert torch.equal(fed, to_uint8(torch.cat([b["image"] for b in batches]).clamp(-1, 1)))

@@ -16,7 +16,6 @@ Lightning's ``DistributedSampler`` deals them out in turn), so every rank holds 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 import math
 import time
@@ -176,10 +175,12 @@ class FrontierDecodingCallback(Callback):
         self.run_dir = Path(run_dir)
         self.metrics: dict[str, Any] | None = None
         self._real_done = False
-        # the real side without eval.real_root / reference_stats, collected until the first decoding validation:
-        # token data: the val tokens (decoded to reconstructions); pixel data: the val pixels (uint8, on the CPU)
+        # the real side without eval.real_root / reference_stats, taken from the first decoding validation's val
+        # batches: token data: the val tokens, kept until decoded to reconstructions after sampling; pixel data:
+        # the val pixels, fed to the metrics as each batch comes (``_real_streamed`` counts them on this rank)
         self._val_tokens: list[torch.Tensor] = []
-        self._val_pixels: list[torch.Tensor] = []
+        self._real_streamed = 0
+        self._real_streamed_seconds = 0.0
         self._val_captions: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         self._val_texts: list[str] = []  # the captions of _val_captions, for the text-alignment metric
         self.text_metric: Any = None
@@ -198,7 +199,10 @@ class FrontierDecodingCallback(Callback):
 
     # ------------------------------------------------------------------------------ collection
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._val_tokens, self._val_pixels, self._val_captions, self._val_texts = [], [], [], []
+        self._val_tokens, self._val_captions, self._val_texts = [], [], []
+        if self._real_streamed and not self._real_done:  # an earlier validation stopped before its real side was
+            self.metrics = None                           # complete: rebuilt, so no real sample counts twice
+        self._real_streamed, self._real_streamed_seconds = 0, 0.0
         # The scores of the last decoding validation stay among Lightning's callback metrics until logged again;
         # a bits-only validation (eval.decode_every) must not hand them to callbacks as its own (the best
         # checkpoint would rank this step by another step's FID).
@@ -215,7 +219,7 @@ class FrontierDecodingCallback(Callback):
                 self._val_tokens.append(batch["tokens"].detach())
             elif "image" in batch or "video" in batch:  # pixels tokenized as the run trains: real samples
                 pixels = batch["image"] if "image" in batch else batch["video"]
-                self._val_pixels.append(to_uint8(pixels.detach().clamp(-1, 1)).cpu())
+                self._feed_real(pl_module, to_uint8(pixels.detach().clamp(-1, 1)))
         if pl_module.cfg.model.condition == "caption" and "capfeat" in batch:
             # no rank needs more than eval.num_samples of its own captions (see _gather_captions)
             room = self.eval.num_samples - len(self._val_texts)
@@ -248,16 +252,7 @@ class FrontierDecodingCallback(Callback):
         was_training = model.training
         model.eval()
         e = self.eval
-        if self.metrics is None:
-            self.metrics = build_metrics(e.metrics, video=video, inception_weights=e.inception_weights,
-                                         i3d_path=e.i3d_path, reference_stats=e.reference_stats,
-                                         have_real=bool(e.real_root) or self._reference_images()) \
-                if tokenizer is not None else {}
-            if e.compile_decoder and tokenizer is not None and device.type == "cuda":
-                tokenizer.decoder.compile()  # in place, once; the first decode compiles
-        for m in self.metrics.values():
-            m.to(device)
-
+        self._built_metrics(pl_module)
         conds, masks = self._conditions(trainer, model, e.num_samples, device)
         n, bs = conds.shape[0], e.batch_size
         labels = conds.cpu() if model.cfg.condition == "class" else None
@@ -298,7 +293,7 @@ class FrontierDecodingCallback(Callback):
                 start = time.perf_counter()
                 if not self._real_done:
                     self._update_real(trainer, pl_module, tokenizer, video)
-                seconds["real"] = time.perf_counter() - start
+                seconds["real"] = time.perf_counter() - start + self._real_streamed_seconds  # during the val loop too
                 start = time.perf_counter()
                 for m in self.metrics.values():
                     for key, value in m.compute().items():
@@ -334,6 +329,30 @@ class FrontierDecodingCallback(Callback):
         if trainer.is_global_zero:
             log.info("step %d: %s", trainer.global_step, ", ".join(f"{k}={v:.4g}" for k, v in sorted(results.items())))
         return results
+
+    def _built_metrics(self, pl_module: L.LightningModule) -> dict[str, Any]:
+        """The metrics, built at their first use (on the module's device; none without a tokenizer)."""
+        tokenizer, device, e = pl_module.tokenizer, pl_module.device, self.eval
+        if self.metrics is None:
+            video = len(pl_module.eval_model.cfg.grid) == 3
+            self.metrics = build_metrics(e.metrics, video=video, inception_weights=e.inception_weights,
+                                         i3d_path=e.i3d_path, reference_stats=e.reference_stats,
+                                         have_real=bool(e.real_root) or self._reference_images()) \
+                if tokenizer is not None else {}
+            if e.compile_decoder and tokenizer is not None and device.type == "cuda":
+                tokenizer.decoder.compile()  # in place, once; the first decode compiles
+        for m in self.metrics.values():
+            m.to(device)
+        return self.metrics
+
+    def _feed_real(self, pl_module: L.LightningModule, pixels: torch.Tensor) -> None:
+        """Real samples of a val batch (uint8) into the metrics now: no validation holds a split's pixels (UCF-101
+        clips at data.limit_val_samples 2000 would be ~1.5 GB per process)."""
+        start = time.perf_counter()
+        for m in self._built_metrics(pl_module).values():
+            m.update(pixels, real=True)
+        self._real_streamed += pixels.shape[0]
+        self._real_streamed_seconds += time.perf_counter() - start
 
     def state_dict(self) -> dict[str, Any]:
         return {"validated_step": self.validated_step}
@@ -455,11 +474,10 @@ class FrontierDecodingCallback(Callback):
         else:
             # No real pixels configured: on token data the tokenizer's reconstructions of the val tokens (this
             # removes the tokenizer's own error from the score; set eval.real_root for the standard protocol), on
-            # pixel data the val samples themselves
-            reconstructions = (to_uint8(tokenizer.decode(chunk.to(device)).clamp(-1, 1))
-                               for t in self._val_tokens for chunk in t.split(e.batch_size))
-            originals = (chunk.to(device) for p in self._val_pixels for chunk in p.split(e.batch_size))
-            for pixels in itertools.chain(reconstructions, originals):  # a batch at a time
+            # pixel data the val samples themselves, already fed as their batches came (_feed_real)
+            count = self._real_streamed
+            for chunk in (chunk for t in self._val_tokens for chunk in t.split(e.batch_size)):
+                pixels = to_uint8(tokenizer.decode(chunk.to(device)).clamp(-1, 1))
                 count += pixels.shape[0]
                 for m in self.metrics.values():
                     m.update(pixels, real=True)
@@ -467,7 +485,7 @@ class FrontierDecodingCallback(Callback):
             # every rank's, and so does the count `nar evaluate` reports
             self.real_count = _summed_over_ranks(trainer, count, device)
         self._real_done = True
-        self._val_tokens, self._val_pixels = [], []
+        self._val_tokens = []
 
     def _log_pictures(self, trainer: L.Trainer, samples: list[torch.Tensor], video: bool) -> None:
         if not samples or self.eval.grid_samples == 0:
