@@ -225,6 +225,7 @@ def test_evaluation_and_sampling_refuse_bad_requests(tokens: Path, tmp_path: Pat
     """7. Fewer real samples than asked fail with the counts; zero samples and non-finite guidance are refused;
     6. sampling with a tokenizer whose codebook is smaller than the vocabulary is a usage error."""
     from nar.data.embedded import build_embedded
+    from nar.data.shards import read_meta, resolve_split
     from nar.tokenizers import VQConfig, build_tokenizer, save_tokenizer
 
     runs = tmp_path / "runs"
@@ -233,9 +234,19 @@ def test_evaluation_and_sampling_refuse_bad_requests(tokens: Path, tmp_path: Pat
     ckpt = str(runs / "run" / "checkpoints" / "last.ckpt")
     real = build_embedded(tmp_path / "real", only=["emoji"], options={"emoji": {"size": 16, "limit": 30}})
     assert real
-    code = main(["evaluate", "--ckpt", ckpt, "--num-samples", "2", f"eval.real_root={tmp_path / 'real' / 'emoji'}",
+    real_root = tmp_path / "real" / "emoji"
+    meta = read_meta(real_root)
+    held = meta["splits"][resolve_split(meta, "val")]["samples"]
+    code = main(["evaluate", "--ckpt", ckpt, "--num-samples", "2", f"eval.real_root={real_root}",
                  "eval.num_real=500", "eval.metrics=[fid]"])
-    assert code == 1 and "500 were asked for" in caplog.text
+    assert code == 2 and f"500 real samples asked for, but eval.real_root {real_root} holds {held}" in caplog.text
+    # a training run is refused before its first step, not at its first decoding validation
+    late = tmp_path / "late"
+    assert main(["train", *overrides(tokens, late, **{"tokenizer.path": "vq-tiny-emoji", "eval.metrics": "[fid]",
+                                                      "eval.real_root": str(real_root),
+                                                      "eval.num_samples": held + 1})]) == 2
+    assert f"{held + 1} real samples asked for" in caplog.text and "eval.allow_fewer=true" in caplog.text
+    assert not late.exists()
     assert main(["evaluate", "--ckpt", ckpt, "--num-samples", "0"]) == 2
     assert main(["sample", "--ckpt", ckpt, "--classes", "1", "--guidance", "nan", "--out", str(tmp_path / "s")]) == 2
     assert "cfg_scale" in caplog.text

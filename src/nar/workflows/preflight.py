@@ -83,8 +83,8 @@ def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[st
     if e.real_root:
         from nar.data.shards import resolve_split
 
-        meta = read_meta(e.real_root)  # DataError naming the folder when it is not a dataset
-        resolve_split(meta, e.real_split, root=e.real_root)  # val/test by role, else the splits it has
+        real_meta = read_meta(e.real_root)  # DataError naming the folder when it is not a dataset
+        real_split = resolve_split(real_meta, e.real_split, root=e.real_root)  # val/test by role, else the splits
     reference: set[str] = set()
     if e.reference_stats:
         path = Path(e.reference_stats)
@@ -111,6 +111,14 @@ def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[st
 
         # the classes of the real samples, read now (labels.npy or cls members): a refusal costs no sampling
         real_condition_ids(e, cfg.model.num_classes, e.num_samples)
+    if e.real_root and not e.reference_stats and not e.allow_fewer:
+        # the real side is read at the first decoding validation: refused now, not after the steps before it
+        held, wanted = real_meta["splits"][real_split].get("samples"), e.num_real or e.num_samples
+        if isinstance(held, int) and 0 <= held < wanted:
+            raise ConfigError(f"{wanted} real samples asked for, but eval.real_root {e.real_root} holds {held} in "
+                              f"its {real_split!r} split; lower eval.num_real (when unset, eval.num_samples is asked "
+                              "for), point eval.real_root at a larger split, or set eval.allow_fewer=true",
+                              key="eval.num_real")
     video = len(cfg.model.grid) == 3
     # pixels tokenized as the run trains: without eval.real_root or reference statistics the val samples themselves
     # are the real side (FrontierDecodingCallback)
