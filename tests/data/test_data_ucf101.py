@@ -174,3 +174,23 @@ def test_train_videos_are_written_shuffled_and_damaged_tails_still_counted(tmp_p
 
     write_ucf101(videos, tmp_path / "b", splits=("train",), frames=2, stride=2, size=8, clips_per_video=2, shard_size=4)
     assert written(tmp_path / "b", "train")[1] == order
+
+
+def test_list_lines_keep_names_and_paths_with_spaces(tmp_path):
+    """A class name or a video path holding spaces is read whole (they were cut at the first space: the path
+    `Juggling/clip 0.avi` became `Juggling/clip`, a class line `2 Rowing Boat` was dropped); a line that is not
+    '<index> <class>' is named."""
+    from nar.data.ucf101 import read_class_index, read_split_list
+    from nar.errors import DataError
+
+    index = tmp_path / "classInd.txt"
+    index.write_text("\ufeff1 Juggling\r\n2 Rowing Boat\n\n", encoding="utf-8")
+    classes = read_class_index(index)
+    assert classes == ["Juggling", "Rowing Boat"]
+    listed = tmp_path / "trainlist01.txt"
+    listed.write_text("Juggling/clip 0.avi 1\nRowing Boat/v_1.avi\t2\nJuggling\\v_2.avi\nRowing Boat/v 3.avi\n")
+    assert read_split_list(listed, classes) == [("Juggling/clip 0.avi", 0), ("Rowing Boat/v_1.avi", 1),
+                                                ("Juggling/v_2.avi", 0), ("Rowing Boat/v 3.avi", 1)]
+    index.write_text("1 Juggling\nRowing\n")
+    with pytest.raises(DataError, match=r"classInd.txt:2: 'Rowing' is not an '<index> <class>' line"):
+        read_class_index(index)

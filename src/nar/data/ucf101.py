@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,15 +73,18 @@ def find_split_dir(videos: Path) -> Path:
 def read_class_index(path: Path) -> list[str]:
     """Class names in index order from ``classInd.txt`` (``"<1-based index> <name>"`` lines)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: cannot read the class index ({err}); --splits-dir must be the ucfTrainTestlist "
                         "folder (classInd.txt, trainlist0N.txt, testlist0N.txt)") from None
     pairs = []
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0].isdigit():
-            pairs.append((int(parts[0]), parts[1]))
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        found = re.fullmatch(r"\s*(\d+)\s+(.*\S)\s*", line)  # a name may hold spaces: the rest of the line
+        if found is None:
+            raise DataError(f"{path}:{number}: {line.strip()!r} is not an '<index> <class>' line")
+        pairs.append((int(found[1]), found[2]))
     if not pairs:
         raise DataError(f"{path}: no '<index> <class>' lines")
     pairs.sort()
@@ -92,20 +96,22 @@ def read_class_index(path: Path) -> list[str]:
 def read_split_list(path: Path, classes: Sequence[str]) -> list[tuple[str, int]]:
     """``(relative video path, 0-based class)`` pairs from a ``trainlist`` / ``testlist`` file.
 
-    The class comes from the list's label when present, else from the folder name.
+    The class comes from the list's label (a last field of digits) when present, else from the folder name; the
+    path is the rest of the line, spaces included.
     """
     index = {c.lower(): i for i, c in enumerate(classes)}
     items = []
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if not parts:
+    for line in path.read_text(encoding="utf-8-sig").splitlines():
+        line = line.strip()
+        if not line:
             continue
-        rel = parts[0].replace("\\", "/")
-        if len(parts) > 1 and parts[1].isdigit():
-            cls = int(parts[1]) - 1
+        labelled = re.fullmatch(r"(.*\S)\s+(\d+)", line)
+        if labelled is not None:
+            rel, cls = labelled[1], int(labelled[2]) - 1
         else:
-            cls = index.get(rel.split("/")[0].lower(), -1)
-        items.append((rel, cls))
+            rel = line
+            cls = index.get(rel.replace("\\", "/").split("/")[0].lower(), -1)
+        items.append((rel.replace("\\", "/"), cls))
     return items
 
 
