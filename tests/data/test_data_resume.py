@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -100,3 +104,43 @@ def test_a_shard_drawn_again_while_its_samples_are_buffered_resumes_exactly(tmp_
         assert len(full) == 30
         for stop in range(1, len(full)):
             assert keys(seed, full[stop - 1][1] + 1) == full[stop:], f"seed {seed}, stopped after {stop} samples"
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (an orphan nobody reaps stays one)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_pool_workers_end_when_their_writer_is_killed(tmp_path):
+    """A writer killed with SIGKILL (the OOM killer, `kill -9`, a cluster's hard stop) left its shard-writing
+    workers waiting on their job pipe for ever; they now end within seconds."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("import os, time\n"
+              "from nar.data.shards import worker_pool\n"
+              "pool = worker_pool(2)\n"
+              "pids = {pool.submit(os.getpid).result() for _ in range(4)}\n"
+              "print(' '.join(map(str, sorted(pids))), flush=True)\n"
+              "time.sleep(120)\n")
+    writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    workers = [int(p) for p in writer.stdout.readline().split()]
+    try:
+        assert workers and all(_running(p) for p in workers)
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(10)
+        deadline = time.monotonic() + 10
+        while any(_running(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in workers if _running(p)], "workers outlived their killed writer"
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

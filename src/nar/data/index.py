@@ -16,7 +16,6 @@ import concurrent.futures as futures
 import dataclasses
 import json
 import logging
-import multiprocessing
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +32,6 @@ from nar.data.shards import (
     BadInputLog,
     ShardLocation,
     SplitRecord,
-    _start_method,
     classes_kept,
     dataset_lock,
     expand_specs,
@@ -41,6 +39,7 @@ from nar.data.shards import (
     iter_tar,
     refuse_other_folder_settings,
     shard_location,
+    worker_pool,
     write_meta,
 )
 from nar.errors import DataError
@@ -183,8 +182,7 @@ def _summarize_all(locations: list[ShardLocation], decode: bool, workers: int) -
                 results[i] = summarize_shard(location, decode)
                 progress.update()
         else:
-            ctx = multiprocessing.get_context(_start_method())
-            with futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            with worker_pool(workers) as pool:
                 jobs = {pool.submit(summarize_shard, location, decode): i for i, location in enumerate(locations)}
                 for job in futures.as_completed(jobs):
                     results[jobs[job]] = job.result()

@@ -471,8 +471,7 @@ def _write_in_pool(jobs: dict[int, tuple], workers: int) -> Iterator[tuple[int, 
     On the first other failure the shards not yet started are cancelled (the running ones finish or clean up
     their own temporaries) and the error is raised.
     """
-    ctx = multiprocessing.get_context(_start_method())
-    pool = futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    pool = worker_pool(workers)
     try:
         running = {pool.submit(_write_shard, *args): i for i, args in jobs.items()}
         for job in futures.as_completed(running):
@@ -483,6 +482,30 @@ def _write_in_pool(jobs: dict[int, tuple], workers: int) -> Iterator[tuple[int, 
             yield running[job], result
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def worker_pool(workers: int) -> futures.ProcessPoolExecutor:
+    """``workers`` processes started the :func:`_start_method` way that end when this process ends, however it
+    ends: a writer killed with SIGKILL left its workers waiting on their job pipe, reparented, for ever."""
+    ctx = multiprocessing.get_context(_start_method())
+    return futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=exit_with_parent,
+                                       initargs=(os.getpid(),))
+
+
+def exit_with_parent(parent: int, every_s: float = 1.0) -> None:
+    """In a child process: ends it (``os._exit(1)``) within ``every_s`` seconds of process ``parent`` ending (the
+    child is then reparented). A thread polls the parent's pid: portable, and unlike Linux's parent-death signal it
+    does not fire when only the thread that started the child ends. What the child was writing stays a temporary,
+    which the writer's next run removes."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="nar-exit-with-parent", daemon=True).start()
 
 
 def _start_method() -> str:
