@@ -211,7 +211,8 @@ def test_a_run_cleans_prompts_as_its_stored_caption_features_were_cleaned(shapes
     meta = json.loads((tokens / "meta.json").read_text())
     (tokens / "meta.json").write_text(json.dumps({**meta, "clean_captions": "official"}))
     assert facts_from_data(tokens)["text"]["clean_captions"] == "official"
-    shared = [f"data.root={tokens}", f"runs_root={tmp_path}", "data.caption_features=true"]
+    shared = [f"data.root={tokens}", f"runs_root={tmp_path}", "data.caption_features=true",
+              "eval.num_samples=8"]  # the val split holds 8: more would be refused (eval.num_real)
     check_generator_run(generator_config([], shared))  # takes the recorded cleaning
     with pytest.raises(ConfigError, match="text.clean_captions"):
         check_generator_run(generator_config([], [*shared, "text.clean_captions=none"]))

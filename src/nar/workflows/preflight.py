@@ -111,8 +111,9 @@ def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[st
 
         # the classes of the real samples, read now (labels.npy or cls members): a refusal costs no sampling
         real_condition_ids(e, cfg.model.num_classes, e.num_samples)
-    if e.real_root and not e.reference_stats and not e.allow_fewer:
-        # the real side is read at the first decoding validation: refused now, not after the steps before it
+    if e.real_root and asked and cfg.tokenizer.path and not e.reference_stats and not e.allow_fewer:
+        # the real side of the scores is read at the first decoding validation: refused now, not after the steps
+        # before it (a run that scores nothing, or only decodes nothing, never reads it)
         held, wanted = real_meta["splits"][real_split].get("samples"), e.num_real or e.num_samples
         if isinstance(held, int) and 0 <= held < wanted:
             raise ConfigError(f"{wanted} real samples asked for, but eval.real_root {e.real_root} holds {held} in "
