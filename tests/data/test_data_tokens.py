@@ -550,3 +550,145 @@ def test_an_older_meta_without_clean_captions_takes_it_as_none(train_and_val, tm
     meta = extract_tokens(train_and_val, out, PoolTokenizer(), splits=["val"], text_encoder=_CleaningEncoder("none"),
                           **same)
     assert sorted(meta["splits"]) == ["train", "val"]
+
+
+def _seeded_tokenizer_file(path, seed: int):
+    """A tokenizer file as training one leaves it: vq-tiny-emoji with weights drawn from ``seed``."""
+    from nar.tokenizers import load_tokenizer, save_tokenizer
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return save_tokenizer(load_tokenizer("vq-tiny-emoji"), path)
+
+
+def _sha256(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_tokenizer_file_retrained_in_place_is_refused(train_and_val, tmp_path):
+    """The tokenizer file's content, not only its path, is a setting of the folder: meta.json records its sha256.
+    Retrained into the same path, the file is refused for the split it wrote (the resume) and for another split
+    (meta.json's folder-wide settings), each refusal naming the tokenizer and --overwrite, and nothing is written;
+    with the file it was written with, the split resumes with nothing to do and another joins the folder."""
+    tok_file = _seeded_tokenizer_file(tmp_path / "tokenizer.pt", 0)
+    written_with = tok_file.read_bytes()
+    out = tmp_path / "tok"
+    same = dict(batch_size=2, tokenizer_name=str(tok_file))
+    meta = extract_tokens(train_and_val, out, PoolTokenizer(), splits=["train"], **same)
+    assert meta["tokenizer_sha256"] == _sha256(tok_file) and meta["tokenizer"] == str(tok_file)
+    before = _folder_bytes(out)
+
+    _seeded_tokenizer_file(tok_file, 1)  # retrained: the same path, other weights
+    assert tok_file.read_bytes() != written_with
+    tok = PoolTokenizer()
+    with pytest.raises(DataError, match=rf"tokenizer file {re.escape(str(tok_file))} changed.*--overwrite"):
+        extract_tokens(train_and_val, out, tok, splits=["train"], **same)
+    with pytest.raises(DataError, match=r"tokenizer_sha256: .*\(--tokenizer \(its file's content changed\)\).*"
+                                        r"written with them: train.*--overwrite"):
+        extract_tokens(train_and_val, out, tok, splits=["val"], **same)
+    assert tok.calls == 0 and _folder_bytes(out) == before and not (out / "val").exists()
+
+    tok_file.write_bytes(written_with)  # the file the folder was written with
+    extract_tokens(train_and_val, out, tok, splits=["train"], **same)
+    assert tok.calls == 0  # resumed: every shard already done
+    meta = extract_tokens(train_and_val, out, tok, splits=["val"], **same)
+    assert sorted(meta["splits"]) == ["train", "val"] and meta["tokenizer_sha256"] == _sha256(tok_file)
+
+
+def test_a_half_written_split_refuses_a_tokenizer_changed_since(images, tmp_path):
+    """A split whose run was stopped before meta.json was written, resumed with its tokenizer file retrained since
+    (modified after the split's shards), is refused naming the file; one begun by an older version, which did not
+    record the file's content, is refused saying so. A preset name (no file) records no content."""
+    import json
+    import os
+
+    from nar.data.shards import fingerprint, shard_location
+
+    tok_file = _seeded_tokenizer_file(tmp_path / "tokenizer.pt", 0)
+    out = tmp_path / "tok"
+    extract_tokens(images, out, PoolTokenizer(), batch_size=2, tokenizer_name=str(tok_file))
+    (out / "meta.json").unlink()  # stopped after the last shard, before meta.json
+    progress = out / "train" / "_progress.json"
+    _seeded_tokenizer_file(tok_file, 1)
+    os.utime(tok_file, (progress.stat().st_mtime + 10,) * 2)
+    tok = PoolTokenizer()
+    with pytest.raises(DataError, match=rf"tokenizer file {re.escape(str(tok_file))} changed after.*--overwrite"):
+        extract_tokens(images, out, tok, batch_size=2, tokenizer_name=str(tok_file))
+
+    shards = [str(shard_location(images, s)) for s in read_meta(images)["splits"]["train"]["shards"]]
+    old = fingerprint(shards, shard_size=1, size=16, flip=False, ten_crop=False, crop_range=1.1,
+                      tokenizer=str(tok_file), text=False)
+    progress.write_text(json.dumps({**json.loads(progress.read_text()), "fingerprint": old}))
+    with pytest.raises(DataError, match=rf"older nar.*content of the tokenizer file {re.escape(str(tok_file))}"):
+        extract_tokens(images, out, tok, batch_size=2, tokenizer_name=str(tok_file))
+    assert tok.calls == 0
+
+    meta = extract_tokens(images, tmp_path / "preset", PoolTokenizer(), batch_size=2, tokenizer_name="vq-tiny-emoji")
+    assert "tokenizer_sha256" not in meta
+    written = json.loads((tmp_path / "preset" / "train" / "_progress.json").read_text())["fingerprint"]
+    assert written == fingerprint(shards, shard_size=1, size=16, flip=False, ten_crop=False, crop_range=1.1,
+                                  tokenizer="vq-tiny-emoji", text=False)  # as before the content was recorded
+
+
+def test_a_text_encoder_folder_changed_in_place_is_refused(train_and_val, tmp_path):
+    """The text encoder's model folder (``kind:path:len``) is identified by its files' names, sizes and modification
+    times: new weights at the same path are refused for the split written (the resume) and for another split;
+    a hidden file (a download tool's cache) may change; the unchanged folder resumes and adds a split."""
+    import os
+
+    model = tmp_path / "t5-xl"
+    (model / ".cache").mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    weights = model / "model.safetensors"
+    weights.write_bytes(b"\x01" * 64)
+    out = tmp_path / "tok"
+    same = dict(batch_size=2, tokenizer_name="pool", text_encoder_name=f"t5:{model}:4")
+    meta = extract_tokens(train_and_val, out, PoolTokenizer(), splits=["train"], text_encoder=_length_encoder(4, 2),
+                          **same)
+    assert meta["text_encoder"] == f"t5:{model}:4" and len(meta["text_encoder_files"]) == 64
+    before = _folder_bytes(out)
+    stamp = weights.stat().st_mtime_ns
+    (model / ".cache" / "download.lock").write_text("touched by a download tool")
+    tok = PoolTokenizer()
+    extract_tokens(train_and_val, out, tok, splits=["train"], text_encoder=_length_encoder(4, 2), **same)
+    assert tok.calls == 0  # resumed
+
+    weights.write_bytes(b"\x02" * 64)  # other weights, the same size
+    os.utime(weights, ns=(stamp + 10**10,) * 2)
+    with pytest.raises(DataError, match=rf"text encoder's files in {re.escape(str(model))} changed.*--overwrite"):
+        extract_tokens(train_and_val, out, tok, splits=["train"], text_encoder=_length_encoder(4, 2), **same)
+    with pytest.raises(DataError, match=r"text_encoder_files: .*\(--text-encoder-path \(its files changed\)\).*"
+                                        r"written with them: train.*--overwrite"):
+        extract_tokens(train_and_val, out, tok, splits=["val"], text_encoder=_length_encoder(4, 2), **same)
+    assert tok.calls == 0 and _folder_bytes(out) == before
+
+    weights.write_bytes(b"\x01" * 64)
+    os.utime(weights, ns=(stamp, stamp))  # the folder as it was (a copy that keeps modification times)
+    meta = extract_tokens(train_and_val, out, tok, splits=["val"], text_encoder=_length_encoder(4, 2), **same)
+    assert sorted(meta["splits"]) == ["train", "val"]
+
+
+def test_cli_tokens_refuses_a_tokenizer_retrained_into_its_file(tmp_path):
+    """The reviewer's reproduction: `nar data tokens` with tokenizer.pt, the tokenizer retrained into the same
+    tokenizer.pt, the same command again: refused (before, it resumed and kept the old codes under meta.json's
+    name of the new tokenizer); with the file unchanged, the same command resumes."""
+    import argparse
+
+    from nar.cli import data as data_cli
+    from nar.data.embedded.emoji import build_emoji
+
+    build_emoji(tmp_path / "emoji", limit=4, size=32, val_fraction=0.0)
+    tok_file = _seeded_tokenizer_file(tmp_path / "tokenizer.pt", 0)
+    parser = argparse.ArgumentParser(prog="nar")
+    data_cli.register(parser.add_subparsers(dest="command"))
+    argv = ["data", "tokens", str(tmp_path / "emoji"), "--out", str(tmp_path / "tok"), "--tokenizer", str(tok_file),
+            "--device", "cpu", "--batch-size", "4"]
+    assert data_cli.run_tokens(parser.parse_args(argv)) == 0
+    before = _folder_bytes(tmp_path / "tok")
+    assert data_cli.run_tokens(parser.parse_args(argv)) == 0 and _folder_bytes(tmp_path / "tok") == before
+    _seeded_tokenizer_file(tok_file, 1)
+    with pytest.raises(DataError, match=rf"tokenizer file {re.escape(str(tok_file))} changed.*--overwrite"):
+        data_cli.run_tokens(parser.parse_args(argv))
+    assert _folder_bytes(tmp_path / "tok") == before

@@ -6,13 +6,16 @@ crops and their mirror images); otherwise it is centre-cropped to ``size`` and, 
 mirrored (``flip`` is opt-in: a mirrored digit or caption is another picture; the official ImageNet
 recipe is ``ten_crop``, whose ten views include the mirrored five). ``tokens.npy`` holds int32 ``[A, *grid]`` with augmentation 0 the plain centre view
 (names in ``meta["augmentations"]``). Token shard ``i`` is made from source shard ``i``, so a rerun
-skips the shards already done. A folder of whole videos (``nar data ucf101 --whole-videos``, ``windows:
-per_visit``) is refused: its windows are drawn afresh at every training visit, so it trains on pixels.
+skips the shards already done; the tokenizer file's content (its sha256) and the text encoder's files are
+settings a rerun must share, as their paths are: a tokenizer retrained into the same file is refused, not
+resumed. A folder of whole videos (``nar data ucf101 --whole-videos``, ``windows: per_visit``) is refused:
+its windows are drawn afresh at every training visit, so it trains on pixels.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -241,7 +244,10 @@ def extract_tokens(
     ``text_encoder_name`` (the CLI's ``kind:path:caption_len``), its features' ``[slots, width]`` and how it
     cleans captions (its ``clean_captions``, "none" when it does not say) join the settings a resumed run must
     share (like ``tokenizer_name``, flip and size) and ``meta.json`` (``text_encoder``, ``caption_len``,
-    ``caption_dim``, ``clean_captions``). Returns the token folder's ``meta.json``.
+    ``caption_dim``, ``clean_captions``). A ``tokenizer_name`` that is a file, and a text encoder path on disk, are
+    identified by their content too (:func:`content_ids`: ``tokenizer_sha256``, ``text_encoder_files`` in the
+    settings and ``meta.json``), so a tokenizer retrained into the same file neither resumes a split written with
+    the old one nor adds a split beside it; a preset name stays a name. Returns the token folder's ``meta.json``.
 
     Several processes (``torch.distributed`` initialised, e.g. under torchrun, or :func:`extract_tokens_parallel`)
     share the work: rank ``r`` of ``world_size`` encodes source shards ``i ≡ r (mod world_size)`` into token shard
@@ -309,10 +315,16 @@ def _extract(
     old_params = {"size": int(size), "flip": flip, "ten_crop": ten_crop, "crop_range": crop_range,
                   "tokenizer": tokenizer_name, "text": text_encoder is not None}
     params = dict(old_params)
+    # what the names point at, hashed: a tokenizer retrained into the same file is another tokenizer
+    ids, id_sources = content_ids(tokenizer_name, text_encoder_name if caption_shape is not None else "")
+    if "tokenizer_sha256" in ids:  # absent for a preset name: its folders resume as before
+        params["tokenizer_sha256"] = ids["tokenizer_sha256"]
     if caption_shape is not None:
         params.update(text_encoder=text_encoder_name, caption_shape=list(caption_shape))
         if cleaning != "none":  # absent at "none": a folder begun before the setting existed resumes as it did
             params["clean_captions"] = cleaning
+        if "text_encoder_files" in ids:
+            params["text_encoder_files"] = ids["text_encoder_files"]
     names = list(splits or src_meta["splits"])
     for split in names:
         if split not in src_meta["splits"]:
@@ -326,10 +338,11 @@ def _extract(
         tokenizer=recorded_path(tokenizer_name), source=recorded_path(src), source_kind=kind, image_size=int(size),
         has_captions=bool(src_meta.get("has_captions") or kind == "pairs"), caption_features=text_encoder is not None,
         **{k: src_meta[k] for k in ("frames", "stride", "frame_skip") if k in src_meta},
+        **{k: v for k, v in ids.items() if k == "tokenizer_sha256"},
     )
     if caption_shape is not None:
         settings.update(text_encoder=text_encoder_name, caption_len=caption_shape[0], caption_dim=caption_shape[1],
-                        clean_captions=cleaning)
+                        clean_captions=cleaning, **{k: v for k, v in ids.items() if k == "text_encoder_files"})
     planned_grid = _planned_grid(tokenizer, kind, size, src_meta)
 
     def encode() -> list[SplitRecord | None]:
@@ -346,6 +359,7 @@ def _extract(
             except DataError as err:  # a resume refused by write_split: say why, for the cases we can tell
                 if caption_shape is not None:
                     _explain_refused_text_resume(Path(out) / split, shards, old_params, params, err)
+                _explain_refused_content_resume(out, split, shards, params, id_sources, err)
                 raise
         return records
 
@@ -373,6 +387,8 @@ def _extract(
 _SETTING_DEFAULTS: dict[str, Any] = {"clean_captions": "none"}
 # the option (or input) that sets each field, named beside it when it differs
 _SETTING_FLAGS = {"tokenizer": "--tokenizer", "codebook_size": "--tokenizer", "grid": "--tokenizer, --image-size",
+                  "tokenizer_sha256": "--tokenizer (its file's content changed)",
+                  "text_encoder_files": "--text-encoder-path (its files changed)",
                   "augmentations": "--flip, --ten-crop", "image_size": "--image-size", "source": "SRC",
                   "source_kind": "SRC", "has_captions": "SRC", "caption_features": "--text-encoder",
                   "text_encoder": "--text-encoder", "caption_dim": "--text-encoder", "caption_len": "--caption-len",
@@ -398,6 +414,137 @@ def recorded_path(name: str | Path) -> str:
     preset name, "") as it is."""
     text = str(name)
     return os.path.abspath(text) if text and Path(text).exists() else text
+
+
+# the fields of content_ids, and how a message names what each identifies
+_CONTENT_WHAT = {"tokenizer_sha256": "the tokenizer file {}", "text_encoder_files": "the text encoder's files in {}"}
+_CONTENT_MADE = {"tokenizer_sha256": "codes of two tokenizers",
+                 "text_encoder_files": "caption features of two text encoders"}
+_HIDDEN = "."  # a download tool's own files (.cache/, .git/) change without the model changing
+
+
+def content_ids(tokenizer_name: str, text_encoder_name: str = "") -> tuple[dict[str, str], dict[str, Path]]:
+    """What the tokenizer and text encoder names point at, hashed: ``(ids, paths)``, each keyed by
+    ``tokenizer_sha256`` and ``text_encoder_files`` where the name is on disk, neither for a preset name or "".
+
+    - ``tokenizer_sha256``: when ``tokenizer_name`` is a file, the sha256 of its bytes (read in chunks: a VQ-16
+      file, ~280 MB, takes about a second).
+    - ``text_encoder_files``: when the path of ``text_encoder_name`` (``kind:path:caption_len``, or a path alone)
+      exists: a folder (a transformers model) by :func:`folder_files_id`, its files' names, sizes and modification
+      times rather than their bytes (a FLAN-T5-XL folder holds 11–45 GB: a minute or more to hash, in each process
+      of ``--gpus N``, at every start; a model's files are only ever replaced whole, which sets their times); a
+      file by the sha256 of its bytes.
+    """
+    ids: dict[str, str] = {}
+    paths: dict[str, Path] = {}
+    if tokenizer_name and Path(tokenizer_name).is_file():
+        paths["tokenizer_sha256"] = Path(os.path.abspath(tokenizer_name))
+        ids["tokenizer_sha256"] = file_sha256(tokenizer_name)
+    text_path = _text_encoder_path(text_encoder_name)
+    if text_path is not None:
+        paths["text_encoder_files"] = text_path
+        ids["text_encoder_files"] = file_sha256(text_path) if text_path.is_file() else folder_files_id(text_path)
+    return ids, paths
+
+
+def file_sha256(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
+    """The sha256 of the file ``path``'s bytes (hex), read ``chunk_bytes`` at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def folder_files_id(folder: str | Path) -> str:
+    """A sha256 (hex) of the name (relative to ``folder``), size and modification time of each file under
+    ``folder``, in name order; hidden files and folders (a download tool's ``.cache``) left out. A copy that keeps
+    the times (``cp -p``, ``rsync -a``) has the same id; one that does not is taken as changed."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        name = path.relative_to(folder)
+        if any(part.startswith(_HIDDEN) for part in name.parts):
+            continue
+        stat = path.stat()
+        digest.update(f"{name.as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+    return digest.hexdigest()
+
+
+def _text_encoder_path(name: str) -> Path | None:
+    """The file or folder on disk that a text encoder name (``kind:path:caption_len``, as the CLI gives it, or a
+    path alone) names; None when it names none (the packaged MiniLM: ``minilm::64``)."""
+    if not name:
+        return None
+    _, _, rest = name.partition(":")
+    for candidate in (name, rest.rpartition(":")[0]):
+        if candidate and Path(candidate).exists():
+            return Path(os.path.abspath(candidate))
+    return None
+
+
+def _newest_mtime(path: Path) -> float:
+    """The modification time of the file ``path``, or of the newest file :func:`folder_files_id` reads under it."""
+    if path.is_file():
+        return path.stat().st_mtime
+    times = [p.stat().st_mtime for p in path.rglob("*") if p.is_file()
+             and not any(part.startswith(_HIDDEN) for part in p.relative_to(path).parts)]
+    return max(times, default=0.0)
+
+
+def _explain_refused_content_resume(out: str | Path, split: str, shards: list[str], params: dict[str, Any],
+                                    sources: dict[str, Path], refused: DataError) -> None:
+    """After :func:`write_split` ``refused`` to resume ``<out>/<split>`` with ``params``, raise the reason when the
+    tokenizer file or the text encoder's files (``sources``, by their :func:`content_ids` field) are it; return
+    when they are not, or it cannot be told:
+
+    - the split was begun with everything else the same and the content ``meta.json`` records (the folder's last
+      finished run) for one of them, which differs from this run's: the file changed since;
+    - it was begun by a version that did not record the content: it cannot be checked;
+    - else, when one of them was modified after the split's last progress was written (a run stopped before
+      ``meta.json``): most likely it changed.
+
+    Called only once the resume has failed, so a run that resumes reads its progress files once (in write_split)."""
+    if not sources:
+        return
+    split_dir = Path(out) / split
+    recorded_fps, newest_progress = set(), 0.0
+    for path in _progress_files(split_dir):
+        try:
+            recorded_fps.add(json.loads(path.read_text()).get("fingerprint"))
+            newest_progress = max(newest_progress, path.stat().st_mtime)
+        except (OSError, ValueError, AttributeError):
+            continue  # write_split's own error names an unreadable progress file
+    named = {key: _CONTENT_WHAT[key].format(path) for key, path in sources.items()}
+    again = "delete the folder (or pass --overwrite) and extract again"
+    older = {k: v for k, v in params.items() if k not in _CONTENT_WHAT}
+    if fingerprint(shards, shard_size=1, **older) in recorded_fps:
+        raise DataError(f"{split_dir} was begun by an older nar, which did not record the content of "
+                        f"{' or '.join(named.values())}, so its shards cannot be checked against this run's; "
+                        f"{again}") from refused
+    try:
+        meta = read_meta(out)
+    except DataError:  # none yet (a first run stopped before it was written), or unreadable
+        meta = {}
+    before = {key: meta[key] for key in sources if isinstance(meta.get(key), str) and meta[key] != params[key]}
+    if before and fingerprint(shards, shard_size=1, **{**params, **before}) in recorded_fps:
+        changed = "; ".join(f"{named[key]} changed since it was begun ({_short(before[key])} then, "
+                            f"{_short(params[key])} now)" for key in before)
+        raise DataError(f"{split_dir} was begun with other files under the same names: {changed}; "
+                        f"{' and '.join(_CONTENT_MADE[key] for key in before)} cannot share a folder: rerun with the "
+                        f"files that began it, or {again}") from refused
+    modified = [key for key, path in sources.items() if newest_progress and path.exists()
+                and _newest_mtime(path) > newest_progress]
+    if modified:
+        raise DataError(f"{split_dir} holds shards written from different inputs or settings, and "
+                        f"{' and '.join(named[key] for key in modified)} changed after the last of them was written "
+                        f"(its modification time is later): most likely retrained or replaced, and "
+                        f"{' and '.join(_CONTENT_MADE[key] for key in modified)} cannot share a folder; rerun with "
+                        f"the files that began it, or {again}") from refused
+
+
+def _short(digest: str) -> str:
+    return f"{digest[:12]}…"
 
 
 def text_feature_shape(text_encoder: TextEncoder) -> tuple[int, int]:
