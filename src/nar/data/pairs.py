@@ -9,6 +9,8 @@ Two inputs are understood:
   resolved against the manifest's folder.
 
 An image without a caption, a caption without an image, or an unreadable image is skipped and reported.
+``train`` is written in a random order drawn from ``seed`` (:func:`nar.data.order.write_order`: training reads
+whole shards, so a folder listed group by group would give batches of one group); ``val`` keeps the listing order.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from nar.data.encode import IMAGE_EXTENSIONS, EncodeImage, list_images
+from nar.data.order import order_mismatch_hint, write_order
 from nar.data.shards import BadInputLog, dataset_lock, write_meta, write_split
 from nar.errors import ConfigError, DataError
 
@@ -129,8 +132,8 @@ def write_pairs(
     """Write image–caption pairs from a folder or a manifest file ``src`` as shards under ``out``.
 
     A seeded random ``val_fraction`` of the pairs (default 5 %, at least one pair when there are two or
-    more; 0: none) is held out as ``val``, the rest is ``train``. ``meta.json`` records ``val_fraction``
-    and ``seed``.
+    more; 0: none) is held out as ``val``, the rest is ``train``, written in a random order drawn from ``seed``
+    too (``val`` in the listing order). ``meta.json`` records ``val_fraction`` and ``seed``.
     """
     src = Path(src)
     bad = BadInputLog()
@@ -155,11 +158,12 @@ def write_pairs(
     if n_val:
         splits["val"] = [it for it, v in zip(items, in_val) if v]
     with dataset_lock(out):  # one writer per folder, across all its splits and meta.json
-        records = [
-            write_split(out, split, split_items, make_sample=encoder, shard_size=shard_size, workers=workers,
-                        params={"resize": resize}, desc=f"pairs {split}", unit="img",
-                        scan_bad=bad if split == "train" else None)
-            for split, split_items in splits.items()
-        ]
+        records = []
+        for split, split_items in splits.items():
+            split_items, order = write_order(split, split_items, seed)
+            records.append(write_split(out, split, split_items, make_sample=encoder, shard_size=shard_size,
+                                       workers=workers, params={"resize": resize, **order}, desc=f"pairs {split}",
+                                       unit="img", scan_bad=bad if split == "train" else None,
+                                       mismatch_hint=order_mismatch_hint(order)))
         return write_meta(out, "pairs", records, classes=[], source=f"pairs:{src}", resize=resize,
                           val_fraction=val_fraction if n_val else 0.0, seed=seed)
