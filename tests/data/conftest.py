@@ -11,8 +11,8 @@ from nar_data_testutil import UCF_CLASSES, WNIDS, write_avi, write_jpeg
 
 @pytest.fixture
 def mini_imagenet(tmp_path: Path) -> Path:
-    """``train/<wnid>/`` × 3 classes × 4 images (+ one corrupt, one truncated JPEG, one empty folder),
-    a flat ``val/`` of 6 images with ``LOC_val_solution.csv`` (+ one unlabelled), and a synset map."""
+    """``train/<wnid>/`` × 3 classes × 4 images (+ one corrupt, one truncated JPEG), a flat ``val/`` of 6 images
+    with ``LOC_val_solution.csv`` (+ one unlabelled), and a synset map (naming one wnid more than the folders)."""
     rng = np.random.default_rng(0)
     src = tmp_path / "imagenet"
     for wnid in WNIDS:
@@ -21,7 +21,6 @@ def mini_imagenet(tmp_path: Path) -> Path:
     (src / "train" / WNIDS[0] / "corrupt.JPEG").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
     whole = (src / "train" / WNIDS[1] / f"{WNIDS[1]}_0.JPEG").read_bytes()
     (src / "train" / WNIDS[1] / "truncated.JPEG").write_bytes(whole[: len(whole) // 2])
-    (src / "train" / "n09999999").mkdir()  # an empty class folder
     rows = ["ImageId,PredictionString"]
     for i in range(6):
         name = f"ILSVRC2012_val_{i + 1:08d}"

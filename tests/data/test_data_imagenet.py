@@ -1,9 +1,10 @@
-"""ImageNet layout → image shards, with corrupt, truncated, unlabelled files and an empty folder."""
+"""ImageNet layout → image shards, with corrupt, truncated, unlabelled files, nested and empty class folders."""
 
 from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,14 +20,13 @@ def test_imagenet_shards_skip_bad_files_and_keep_class_names(mini_imagenet, tmp_
     out = tmp_path / "shards"
     meta = write_imagenet(mini_imagenet, out, shard_size=5)
     assert meta["kind"] == "image"
-    assert meta["classes"] == [*WNIDS, "n09999999"]
+    assert meta["classes"] == list(WNIDS)  # the synset map's extra wnid is no class
     assert meta["class_names"][:2] == ["tench, Tinca tinca", "goldfish, Carassius auratus"]
     train, val = meta["splits"]["train"], meta["splits"]["val"]
     # 14 inputs in 3 shards of 5, 5, 4; where the two bad ones fall depends on the shuffled order
     assert train["samples"] == 12 and len(train["shard_samples"]) == 3 and sum(train["shard_samples"]) == 12
     reasons = {p.split("/")[-1]: r for p, r in train["skipped"]["files"]}
-    assert set(reasons) == {"corrupt.JPEG", "truncated.JPEG", "n09999999"}
-    assert reasons["n09999999"] == "empty class folder"
+    assert set(reasons) == {"corrupt.JPEG", "truncated.JPEG"}
     assert val["samples"] == 6 and [p.split("/")[-1] for p, _ in val["skipped"]["files"]] == ["unlabelled.JPEG"]
     # each bad file was named in a warning as it was skipped
     assert any("corrupt.JPEG" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
@@ -179,3 +179,72 @@ def test_a_split_written_with_another_resize_or_other_classes_is_refused(tmp_pat
     (tmp_path / "src" / "train" / "n00000009").rmdir()
     meta = write_imagenet(tmp_path / "src", out, splits=["val"], resize=6)
     assert sorted(meta["splits"]) == ["train", "val"] and meta["resize"] == 6
+
+
+def test_images_in_subfolders_of_a_class_folder_belong_to_that_class(tmp_path):
+    """As torchvision's ImageFolder reads it: a class's images are found anywhere below its folder (nested folders
+    are not classes of their own), in sorted path order, hidden files and folders left out."""
+    rng = np.random.default_rng(4)
+    train = tmp_path / "src" / "train"
+    for rel in ("animals/cat/a.png", "animals/cat/b.png", "animals/dog/deep/c.png", "animals/d.png", "plants/e.png"):
+        write_jpeg(train / rel, rng, size=(8, 8))
+    write_jpeg(train / "animals" / ".cache" / "hidden.png", rng, size=(8, 8))
+    write_jpeg(train / "plants" / ".hidden.png", rng, size=(8, 8))
+    write_jpeg(train / ".ipynb_checkpoints" / "f.png", rng, size=(8, 8))  # a hidden folder is no class either
+    write_jpeg(tmp_path / "src" / "val" / "animals" / "cat" / "v.png", rng, size=(8, 8))
+    (tmp_path / "src" / "val" / "plants").mkdir()  # no val images of a class: reported, the class stays
+    out = tmp_path / "out"
+    meta = write_imagenet(tmp_path / "src", out)
+    assert meta["classes"] == ["animals", "plants"]
+    assert [(s["source"], s["cls"]) for s in _samples(out, "val")] == [("val/animals/cat/v.png", 0)]
+    assert meta["splits"]["val"]["skipped"]["files"] == [
+        [str(tmp_path / "src" / "val" / "plants"), "class folder with no image in it or its sub-folders"]]
+    assert meta["splits"]["train"]["samples"] == 5 and not meta["splits"]["train"]["skipped"]["files"]
+    written = {s["source"]: (s["cls"], s["label"]) for s in _samples(out, "train")}
+    assert written == {"train/animals/cat/a.png": (0, "animals"), "train/animals/cat/b.png": (0, "animals"),
+                       "train/animals/dog/deep/c.png": (0, "animals"), "train/animals/d.png": (0, "animals"),
+                       "train/plants/e.png": (1, "plants")}
+    again = write_imagenet(tmp_path / "src", tmp_path / "again", splits=["train"])
+    assert [s["source"] for s in _samples(tmp_path / "again", "train")] == [s["source"] for s in _samples(out, "train")]
+    assert again["splits"]["train"]["shard_samples"] == meta["splits"]["train"]["shard_samples"]
+
+
+def test_a_class_folder_without_images_is_refused_naming_it_before_anything_is_written(tmp_path):
+    """Each class folder becomes a class in meta.json (balanced evaluation samples every class): one with no image
+    anywhere below it (empty, a .txt only, hidden files only) is refused, naming each such folder."""
+    rng = np.random.default_rng(5)
+    train = tmp_path / "src" / "train"
+    write_jpeg(train / "cat" / "a.png", rng, size=(8, 8))
+    (train / "empty").mkdir()
+    (train / "notes" / "sub").mkdir(parents=True)
+    (train / "notes" / "sub" / "readme.txt").write_text("not an image")
+    write_jpeg(train / "hidden" / ".a.png", rng, size=(8, 8))
+    with pytest.raises(DataError, match=r"3 class folders hold no image") as err:
+        write_imagenet(tmp_path / "src", tmp_path / "out")
+    message = str(err.value)
+    for name in ("empty", "notes", "hidden"):
+        assert str(train / name) in message
+    assert str(train / "cat") not in message and "remove them or add images" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_flat_class_layout_keeps_its_inputs_so_a_half_written_folder_resumes(tmp_path):
+    """Class folders holding their images directly (ImageNet's train/<wnid>/*.JPEG) are listed as before: a split
+    half-written from the per-folder listing of earlier versions resumes instead of being refused as other inputs."""
+    from nar.data.encode import EncodeImage, list_images
+    from nar.data.order import write_order
+    from nar.data.shards import write_split
+
+    wnids = _sorted_source(tmp_path / "src")
+    write_jpeg(tmp_path / "src" / "train" / wnids[0] / "Z_upper.JPEG", np.random.default_rng(6), size=(8, 8))
+    out = tmp_path / "out"
+    items = [(str(f), c, None, None) for c, w in enumerate(wnids) for f in list_images(tmp_path / "src" / "train" / w)]
+    items, order = write_order("train", items)
+    encoder = EncodeImage(classes=tuple(wnids), resize=None, source_root=str(tmp_path / "src"))
+    write_split(out, "train", items, make_sample=encoder, shard_size=7,
+                params={"resize": None, "classes": wnids, **order})
+    (out / "train" / "train-000003.tar").unlink()  # killed before its last shards
+    meta = write_imagenet(tmp_path / "src", out, shard_size=7)
+    assert meta["splits"]["train"]["samples"] == len(items)
+    written = [s["source"] for s in _samples(out, "train")]
+    assert written == [str(Path(path).relative_to(tmp_path / "src")) for path, *_ in items]

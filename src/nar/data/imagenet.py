@@ -8,20 +8,25 @@ Layout::
     <src>/LOC_synset_mapping.txt                 (optional: "n01440764 tench, Tinca tinca" per line)
 
 Class indices follow the sorted wnids of ``train/`` (torchvision's ImageFolder order, the one every
-ImageNet checkpoint uses). ``meta.json`` gets ``classes`` (wnids) and ``class_names``. The ``train`` split is
-written in a seeded random order (:func:`nar.data.order.write_order`: training reads whole shards, so class
-folders in a row would give batches of a few classes); other splits keep the folder order.
+ImageNet checkpoint uses). As ImageFolder reads them, a class's images are the image files anywhere below its
+folder (``train/animals/cat/*.png`` belong to ``animals``), in sorted path order, hidden files and folders left
+out; a class folder with no image at all is refused before anything is written (it would be a class nothing
+trains). ``meta.json`` gets ``classes`` (wnids) and ``class_names``. The ``train`` split is written in a seeded
+random order (:func:`nar.data.order.write_order`: training reads whole shards, so class folders in a row would give
+batches of a few classes); other splits keep the folder order.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from nar.data.encode import EncodeImage, first_existing, list_images
+from nar.data.encode import IMAGE_EXTENSIONS, EncodeImage, first_existing, list_images
 from nar.data.order import DEFAULT_ORDER_SEED, order_mismatch_hint, write_order
 from nar.data.shards import BadInputLog, dataset_lock, refuse_other_folder_settings, write_meta, write_split
 from nar.errors import DataError
@@ -75,18 +80,71 @@ def read_val_labels(path: Path, classes: Sequence[str]) -> dict[str, int]:
     return labels
 
 
+def class_folders(folder: Path) -> list[Path]:
+    """The class folders of a split folder: its sub-folders (symbolic links to folders too), hidden ones left out
+    (``.ipynb_checkpoints``, ``.git``), sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def images_below(folder: Path, bad: BadInputLog | None = None) -> Iterator[Path]:
+    """The image files anywhere below ``folder`` (by extension, any case), in sorted path order: each folder's
+    entries sorted by name, sub-folders entered where they sort, which is the order of ``sorted()`` on the paths
+    (so a folder holding only files lists exactly as :func:`~nar.data.encode.list_images` does). Hidden files and
+    folders are left out; a linked folder is entered once (a link back up the tree is not a loop). A sub-folder
+    that cannot be read is recorded in ``bad`` (raised with none given, and for ``folder`` itself)."""
+    seen = {folder.resolve()}
+
+    def walk(current: Path) -> Iterator[Path]:
+        try:
+            with os.scandir(current) as it:  # the entries' types come with the listing: no stat per plain file
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as err:
+            if bad is None or current == folder:
+                raise
+            bad.record(current, f"cannot read folder: {err.strerror or err}")
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = current / entry.name
+            if entry.is_dir():  # links followed, as by Path.is_dir
+                real = path.resolve()
+                if real not in seen:
+                    seen.add(real)
+                    yield from walk(path)
+            elif entry.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+                yield path
+
+    return walk(folder)
+
+
+def refuse_classes_without_images(class_root: Path, classes: Sequence[str]) -> None:
+    """:class:`DataError` naming every folder of ``class_root/<class>`` with no image anywhere below it: each class
+    folder becomes a class of ``meta.json`` (balanced evaluation samples all of them), so one of no images is a
+    mistake to fix, not a class to train. Stops at each folder's first image."""
+    empty = [class_root / c for c in classes if next(images_below(class_root / c), None) is None]
+    if empty:
+        shown = ", ".join(str(p) for p in empty[:20]) + (f" and {len(empty) - 20} more" if len(empty) > 20 else "")
+        many = len(empty) > 1
+        raise DataError(f"{len(empty)} class folder{'s hold' if many else ' holds'} no image (none in "
+                        f"{'them nor their' if many else 'it nor its'} sub-folders; extensions "
+                        f"{', '.join(sorted(IMAGE_EXTENSIONS))}, hidden files left out): {shown}; each would be a "
+                        f"class with no samples: remove {'them' if many else 'it'} or add images")
+
+
 def scan_class_folders(folder: Path, classes: Sequence[str], bad: BadInputLog, limit_per_class: int | None) -> list[tuple]:
-    """Items ``(path, class, None, None)`` from ``folder/<class>/*``; empty or unknown folders are reported."""
+    """Items ``(path, class, None, None)`` from the images below ``folder/<class>/`` (:func:`images_below`); class
+    folders with no image, or not among ``classes``, are reported in ``bad``."""
     index = {w: i for i, w in enumerate(classes)}
     items = []
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+    for sub in class_folders(folder):
         if sub.name not in index:
             bad.record(sub, "unknown class folder (not in train/)")
             continue
-        files = list_images(sub)
-        if not files:
-            bad.record(sub, "empty class folder")
-        items += [(str(f), index[sub.name], None, None) for f in files[:limit_per_class]]
+        files = list(itertools.islice(images_below(sub, bad), limit_per_class))
+        if not files and limit_per_class != 0:
+            bad.record(sub, "class folder with no image in it or its sub-folders")
+        items += [(str(f), index[sub.name], None, None) for f in files]
     return items
 
 
@@ -106,22 +164,26 @@ def write_imagenet(
     """Write ImageNet-layout ``src`` as image shards under ``out``; returns the new ``meta.json`` dict.
 
     ``resize`` stores images with their short side reduced to it (e.g. 288 for 256-px training) instead
-    of the original bytes. Corrupt files, files without a label and empty folders are skipped and
-    reported. Re-running resumes: finished shards are kept. ``train`` is written in the random order
-    ``order_seed`` draws; a half-written ``train`` of another order is refused, not finished. Splits written
-    into a folder that holds others (``--splits val`` after ``--splits train``) must share their ``resize`` and
-    classes, which ``meta.json`` records once for all: other ones are refused before anything is written.
+    of the original bytes. A class folder of ``train/`` (of ``val/`` without one) with no image anywhere below it
+    is refused (:class:`DataError` naming it) before anything is written. Corrupt files, files without a label and
+    other splits' class folders with no image are skipped and reported. Re-running resumes: finished shards are
+    kept. ``train`` is written in the random order ``order_seed`` draws; a half-written ``train`` of another order
+    is refused, not finished. Splits written into a folder that holds others (``--splits val`` after ``--splits
+    train``) must share their ``resize`` and classes, which ``meta.json`` records once for all: other ones are
+    refused before anything is written.
     """
     src, out = Path(src), Path(out)
     train_dir = src / "train"
     if train_dir.is_dir():
-        classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
-    elif (src / "val").is_dir() and any(p.is_dir() for p in (src / "val").iterdir()):
-        classes = sorted(p.name for p in (src / "val").iterdir() if p.is_dir())
+        class_root = train_dir
+    elif (src / "val").is_dir() and class_folders(src / "val"):
+        class_root = src / "val"
     else:
         raise DataError(f"{src}: expected ImageNet layout with train/<wnid>/ folders")
+    classes = [p.name for p in class_folders(class_root)]
     if not classes:
         raise DataError(f"{train_dir}: no class folders")
+    refuse_classes_without_images(class_root, classes)
     synset_path = Path(synset_map) if synset_map else first_existing(src / n for n in SYNSET_CANDIDATES)
     if synset_path is None:
         synset_path = first_existing(src.parent / n for n in SYNSET_CANDIDATES)
@@ -141,7 +203,7 @@ def write_imagenet(
         for split in present:
             folder = src / split
             bad = BadInputLog()
-            if any(p.is_dir() for p in folder.iterdir()):
+            if class_folders(folder):
                 items = scan_class_folders(folder, classes, bad, limit_per_class)
             else:
                 items = _flat_split_items(src, folder, classes, val_labels, bad, limit_per_class)
