@@ -233,3 +233,52 @@ def test_a_global_batch_given_for_own_data_replaces_the_per_gpu_share_quietly(tm
     with pytest.raises(ConfigError, match=r"trainer\.devices x trainer\.num_nodes = 3 x 1") as err:
         tokenizer_config("imagenet", root="/nonexistent/shards", overrides=["trainer.devices=3"])
     assert "accumulate" not in str(err.value)
+
+
+def _own_images(root, sizes, sources):
+    """A dataset folder as ``nar data imagenet`` writes one by default: a train split of blank PNGs kept as original
+    bytes (no size in ``meta.json``), each with its json ``source``, in the order given (one shard)."""
+    from PIL import Image
+
+    from nar.data.encode import encode_png
+    from nar.data.shards import write_meta, write_split
+
+    rec = write_split(root, "train", list(range(len(sizes))), shard_size=len(sizes), make_sample=lambda i: {
+        "png": encode_png(Image.new("RGB", sizes[i])), "cls": 0, "json": {"source": sources[i]}})
+    write_meta(root, "image", [rec], classes=["a"])
+    return root
+
+
+@pytest.mark.parametrize("outlier", [(4000, 20), (1, 1)])
+@pytest.mark.parametrize("position", [0, 20])
+def test_one_odd_image_does_not_set_the_size_of_the_run_and_is_named(tmp_path, caplog, outlier, position):
+    """20 images of 64 px and one banner (or a 1×1 file), wherever it lies in the shard: the run trains at the size
+    the images have, not the outlier's (a 20-px run, or a refusal for the 1×1 one), and a warning names the outlier
+    by key and source, with the count; the log line says how the size was read off the images."""
+    import logging
+
+    sizes = [(64, 64)] * 20
+    sizes.insert(position, outlier)
+    sources = [f"train/a/img{i:02d}.png" for i in range(len(sizes))]
+    sources[position] = "train/a/odd one.png"
+    root = _own_images(tmp_path / "ds", sizes, sources)
+    with caplog.at_level(logging.INFO, logger="nar"):
+        cfg = tokenizer_config(root=str(root))
+    emoji = VQConfig.from_name("vq-tiny-emoji")  # the recipe of small images: it caps the size at its own
+    assert cfg.model.preset == "vq-tiny-emoji" and cfg.model.image_size == min(64, emoji.image_size)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1, warned
+    assert f"{position:09d} (train/a/odd one.png)" in warned[0] and "1 of 21 probed" in warned[0]
+    assert "64 px" in warned[0] and "img" not in warned[0]  # only the outlier is named
+    assert any("median short side of 21 train images" in r.getMessage() for r in caplog.records
+               if r.levelname == "INFO")
+
+
+def test_images_too_small_for_every_preset_are_refused_naming_the_size_and_how_it_was_read(tmp_path):
+    """A folder mostly of 3-px images is genuinely too small: refused, saying the median, how many images of which
+    shard it was read off, and the smallest size any preset takes."""
+    root = _own_images(tmp_path / "ds", [(3, 3)] * 4 + [(64, 64)], [f"s{i}.png" for i in range(5)])
+    with pytest.raises(ConfigError, match=r"median short side of 5 train images.*is 3 px.*smaller than preset "
+                                          r"vq-tiny-emoji's spatial downsampling factor 4.*at least 4 px") as err:
+        tokenizer_config(root=str(root))
+    assert str(root) in str(err.value)

@@ -7,7 +7,9 @@ YAML), then ``key=value`` overrides. The run folder has the same layout as a gen
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import statistics
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,12 +38,15 @@ def recipe_for(root: str | Path, preset: str | None = None) -> tuple[str, list[s
     kind and stored size, the tokenizer preset (``preset`` or the recipe's) at that size rounded down to a multiple
     of the preset's spatial downsampling factor, and the clips' length.
 
-    Shards that keep original bytes (no size in ``meta.json``) train at the images' smallest short side, capped at
-    the recipe's own ``model.image_size``: what the recipe was tuned for, never upsampled.
+    Shards that keep original bytes (no size in ``meta.json``) train at the median short side of the images
+    :func:`probe_image_sides` reads, capped at the recipe's own ``model.image_size`` (what the recipe was tuned
+    for): a few odd files (a banner, a 1×1 icon) neither shrink the whole run nor refuse it. The probed ones whose
+    short side is under half that median are named in a warning.
 
     Raises:
-        ConfigError: an unknown preset; samples smaller than the preset's downsampling factor; clips whose length
-            the preset's temporal factor does not divide (clips are used whole).
+        ConfigError: an unknown preset; samples smaller than the preset's downsampling factor (the message says
+            the size and how it was read); clips whose length the preset's temporal factor does not divide (clips
+            are used whole).
     """
     from nar.data.shards import read_meta
     from nar.tokenizers import VQConfig
@@ -49,7 +54,8 @@ def recipe_for(root: str | Path, preset: str | None = None) -> tuple[str, list[s
     meta = read_meta(root)
     kind = "video" if meta.get("kind") == "video" else "image"
     fixed = meta.get("image_size") or meta.get("resize")
-    size = int(fixed or stored_image_size(root, meta) or 0)
+    probed = None if fixed else probe_image_sides(root, meta)
+    size = int(fixed or (probed.median if probed else 0))
     recipe = RECIPES[kind, bool(size) and size <= SMALL]
     overrides = [f"name=tokenizer-{Path(root).resolve().name}"]
     if preset:
@@ -68,10 +74,14 @@ def recipe_for(root: str | Path, preset: str | None = None) -> tuple[str, list[s
         wanted = size if fixed else min(size, model.image_size)
         factor = model.spatial_downsample
         if wanted < factor:
-            raise ConfigError(f"{root} holds {size}-px samples, smaller than preset {model.preset}'s spatial "
-                              f"downsampling factor {factor}; pick another preset (--preset)", key="model.image_size")
+            how = (f" holds {size}-px samples (meta.json's {'image_size' if meta.get('image_size') else 'resize'})"
+                   if fixed else f": the {probed.describe()} is {size} px")
+            raise ConfigError(f"{root}{how}, smaller than preset {model.preset}'s spatial downsampling factor "
+                              f"{factor}; {_smaller_presets(kind, size)}", key="model.image_size")
         overrides.append(f"model.image_size={wanted // factor * factor}")
         chosen.append(overrides[-1])
+        if probed:
+            probed.warn_outliers(root, wanted // factor * factor)
     if kind == "video" and meta.get("frames"):
         frames = int(meta["frames"])
         if frames % model.temporal_factor:
@@ -81,33 +91,121 @@ def recipe_for(root: str | Path, preset: str | None = None) -> tuple[str, list[s
                               "(--preset)", key="model.num_frames")
         overrides.append(f"model.num_frames={frames}")
         chosen.append(overrides[-1])
-    how = "" if not size else f" of {size} px" + ("" if fixed else " (the smallest short side read off the images)")
+    how = "" if not size else f" of {size} px" + ("" if fixed else f" (the {probed.describe()})")
     log.info("%s: %s shards%s -> the %r recipe, preset %s%s", root, kind, how, recipe, model.preset,
              f" with {', '.join(chosen)}" if chosen else "")
     return recipe, overrides
 
 
-def stored_image_size(root: str | Path, meta: dict, probe: int = 16) -> int | None:
-    """The short side of the first ``probe`` training images when the shards keep original bytes (no size in
-    ``meta.json``); None when there are none to read."""
+# How many leading samples of the first train shard are read to size a run on shards of original bytes: a few
+# hundred header reads (PIL decodes no pixels), i.e. the bytes of that many images from the first shard (~25 MB of
+# ImageNet-sized JPEGs); the train split is written in a random order, so they are a random draw of it.
+PROBED_SAMPLES = 256
+NAMED_OUTLIERS = 10  # the warning names this many of the probed images much smaller than the rest, then counts
+
+
+def _smaller_presets(kind: str, size: int) -> str:
+    """The remedy for ``size``-px samples too small for a preset: the presets of ``kind`` that take them, or the
+    smallest size any preset takes."""
+    from nar.tokenizers import PRESETS
+
+    factors = {name: cfg.spatial_downsample for name, cfg in PRESETS.items() if cfg.kind == kind}
+    fits = sorted(name for name, f in factors.items() if f <= size)
+    if fits:
+        return f"pick a preset whose factor is at most {size} (--preset {' or '.join(fits)})"
+    return f"no preset takes them: use images whose short side is at least {min(factors.values())} px"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbedSides:
+    """Short sides of the first samples of a split's first shard (:func:`probe_image_sides`)."""
+
+    shard: str  # where they were read
+    split: str
+    sides: list[tuple[int, str]]  # (short side, sample named by __key__ and its json "source" where it has one)
+    unreadable: int = 0  # samples whose image header could not be read (not counted in ``sides``)
+
+    @property
+    def median(self) -> int:
+        """The median short side (the lower middle one of an even count, a size some image has).
+
+        The median, not the minimum nor a low percentile: the run must suit the images it mostly holds, and only a
+        majority of small images moves it, so one banner or icon among photos, or a few among a small folder where a
+        10th percentile would still be the smallest image, cannot set it. The price: up to half the images are
+        smaller than the size and are upscaled; :meth:`warn_outliers` names the ones far below it.
+        """
+        return statistics.median_low(side for side, _ in self.sides)
+
+    def describe(self) -> str:
+        """How the size was read, for messages: ``"median short side of 21 train images probed in <shard>"``."""
+        return f"median short side of {len(self.sides)} {self.split} images probed in {self.shard}"
+
+    def warn_outliers(self, root: str | Path, image_size: int) -> None:
+        """Warn, naming them (:data:`NAMED_OUTLIERS` at most) with a count, about the probed images whose short side
+        is under half the median: far smaller than the rest, those under ``image_size`` are upscaled to it."""
+        cut = self.median / 2
+        small = sorted((side, name) for side, name in self.sides if side < cut)
+        if not small:
+            return
+        named = ", ".join(f"{name}: {side} px" for side, name in small[:NAMED_OUTLIERS])
+        more = f" and {len(small) - NAMED_OUTLIERS} more" if len(small) > NAMED_OUTLIERS else ""
+        log.warning("%s: %d of %d probed %s images have a short side under half the median %d px, so they do not "
+                    "set the size (model.image_size=%d); those under it are upscaled to it in training: %s%s (probed "
+                    "in %s)", root, len(small), len(self.sides), self.split, self.median, image_size, named, more,
+                    self.shard)
+
+
+def probe_image_sides(root: str | Path, meta: dict, probe: int = PROBED_SAMPLES) -> ProbedSides | None:
+    """The short sides of the first ``probe`` images of the first shard of the train split (else the first split
+    ``meta.json`` lists) when the shards keep original bytes; None when there are none to read. A sample whose
+    image header cannot be read is skipped and counted (warned about), never fatal. Cost: see :data:`PROBED_SAMPLES`."""
     import io
 
     from PIL import Image
 
     from nar.data.shards import first_shard, iter_tar
 
-    split = meta.get("splits", {}).get("train") or next(iter(meta.get("splits", {}).values()), None)
-    sides = []
-    shard = first_shard(root, split) if split else None
-    if shard is not None:
-        for raw in iter_tar(shard):
-            data = raw.get("png") or raw.get("jpg") or raw.get("jpeg")
-            if data is not None:
-                with Image.open(io.BytesIO(data)) as img:
-                    sides.append(min(img.size))
-            if len(sides) >= probe:
-                break
-    return min(sides) if sides else None
+    splits = meta.get("splits", {})
+    name = "train" if splits.get("train") else next(iter(splits), None)
+    shard = first_shard(root, splits[name]) if name is not None else None
+    if shard is None:
+        return None
+    sides, unreadable = [], 0
+    for raw in iter_tar(shard):
+        data = raw.get("png") or raw.get("jpg") or raw.get("jpeg")
+        if data is None:
+            continue
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                side = min(img.size)
+        except Exception:  # noqa: BLE001 — PIL raises many types; a damaged sample must not stop the probe
+            unreadable += 1
+            continue
+        sides.append((side, _sample_name(raw)))
+        if len(sides) >= probe:
+            break
+    if unreadable:
+        log.warning("%s: %d samples of %s have no readable image header; the size is read off the other %d",
+                    root, unreadable, shard, len(sides))
+    return ProbedSides(str(shard), name, sides, unreadable) if sides else None
+
+
+def _sample_name(raw: dict[str, Any]) -> str:
+    """A shard sample named by its ``__key__`` and, where its json has one, the ``source`` file it was written from."""
+    import json
+
+    try:
+        source = json.loads(raw["json"]).get("source") if "json" in raw else None
+    except (ValueError, AttributeError):  # a json member that is not a JSON object: the key alone names it
+        source = None
+    return f"{raw['__key__']} ({source})" if source else str(raw["__key__"])
+
+
+def stored_image_size(root: str | Path, meta: dict, probe: int = PROBED_SAMPLES) -> int | None:
+    """The median short side of the first ``probe`` training images when the shards keep original bytes (no size in
+    ``meta.json``; see :meth:`ProbedSides.median` for why the median); None when there are none to read."""
+    probed = probe_image_sides(root, meta, probe)
+    return probed.median if probed else None
 
 
 def tokenizer_config(data: str | None = None, config: str | Path | None = None, overrides: Sequence[str] = (),
