@@ -64,6 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="'<wnid> <names>' lines (default: LOC_synset_mapping.txt if present)")
     q.add_argument("--limit-per-class", type=positive_int, default=None,
                    help="at most this many images per class, for quick runs (default: all)")
+    _exif_arg(q)
     _shard_args(q, 1000)
     q.set_defaults(func=run_imagenet)
 
@@ -91,8 +92,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
                    help="share of the pairs held out as the val split, at least one pair when there are two or more "
                    "(0: no val split)")
-    q.add_argument("--seed", type=int, default=0, help="seed of the held-out draw (default: %(default)s)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the held-out draw and of the train split's order (default: %(default)s)")
     q.add_argument("--resize", type=int, default=None, help="store with the short side reduced to this (default: the original bytes)")
+    _exif_arg(q)
     _shard_args(q, 1000)
     q.set_defaults(func=run_pairs)
 
@@ -203,6 +205,29 @@ def _shard_args(q: argparse.ArgumentParser, default: int, unit: str = "samples")
     q.add_argument("--workers", type=positive_int, default=1, help="processes writing shards in parallel")
 
 
+def _exif_arg(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--exif-transpose", action="store_true",
+                   help="store images whose EXIF Orientation is not 1 as viewers show them (phone photos upright; "
+                   "those images are re-encoded). Off, they are stored as their pixels lie, as the official ImageNet "
+                   "extraction (plain PIL) reads them, and counted in a warning at the end")
+
+
+@contextlib.contextmanager
+def _orientation_report(args: argparse.Namespace) -> Iterator[None]:
+    """Without ``--exif-transpose``: one warning at the end naming how many images were stored with their EXIF
+    Orientation unapplied, one of them, and the flag (``--workers`` processes each name their first one
+    themselves: their counts do not reach this process)."""
+    from nar.data.encode import track_unapplied_orientations
+
+    with track_unapplied_orientations() as rotated:
+        yield
+    if rotated.count and not args.exif_transpose:
+        log.warning("%d image%s carry an EXIF Orientation other than 1 and were stored as their pixels lie, not as "
+                    "viewers show them (e.g. %s, Orientation %d): phone photos train sideways. Pass "
+                    "--exif-transpose to store them upright (with --overwrite, or into a new --out)", rotated.count,
+                    "s" if rotated.count > 1 else "", rotated.example, rotated.orientation)
+
+
 def _cuda() -> bool:
     try:
         import torch
@@ -272,9 +297,11 @@ def _written(args: argparse.Namespace, write: Any, source: str | Path) -> dict[s
 def run_imagenet(args: argparse.Namespace) -> int:
     from nar.data.imagenet import write_imagenet
 
-    _written(args, lambda out: write_imagenet(
-        args.src, out, splits=args.splits, resize=args.resize, shard_size=args.shard_size, workers=args.workers,
-        val_labels=args.val_labels, synset_map=args.synset_map, limit_per_class=args.limit_per_class), args.src)
+    with _orientation_report(args):
+        _written(args, lambda out: write_imagenet(
+            args.src, out, splits=args.splits, resize=args.resize, shard_size=args.shard_size, workers=args.workers,
+            val_labels=args.val_labels, synset_map=args.synset_map, limit_per_class=args.limit_per_class,
+            exif_transpose=args.exif_transpose), args.src)
     return 0
 
 
@@ -295,15 +322,16 @@ def run_pairs(args: argparse.Namespace) -> int:
     from nar.data.pairs import held_out_count, write_pairs
 
     held_out_count(2, args.val_fraction)  # a bad --val-fraction fails before --out is made
-    meta = _written(args, lambda out: write_pairs(args.src, out, val_fraction=args.val_fraction, seed=args.seed,
-                                                  resize=args.resize, shard_size=args.shard_size, workers=args.workers),
-                    args.src)
-    if "val" in meta["splits"]:
-        total = sum(info["samples"] for info in meta["splits"].values())
-        print(f"  val: {meta['splits']['val']['samples']} of {total} pairs held out "
-              f"(--val-fraction {args.val_fraction}, --seed {args.seed})")
-    else:
-        print(f"  no val split (--val-fraction {args.val_fraction}; held out only from two or more pairs)")
+    with _orientation_report(args):
+        meta = _written(args, lambda out: write_pairs(
+            args.src, out, val_fraction=args.val_fraction, seed=args.seed, resize=args.resize,
+            shard_size=args.shard_size, workers=args.workers, exif_transpose=args.exif_transpose), args.src)
+        if "val" in meta["splits"]:
+            total = sum(info["samples"] for info in meta["splits"].values())
+            print(f"  val: {meta['splits']['val']['samples']} of {total} pairs held out "
+                  f"(--val-fraction {args.val_fraction}, --seed {args.seed})")
+        else:
+            print(f"  no val split (--val-fraction {args.val_fraction}; held out only from two or more pairs)")
     return 0
 
 

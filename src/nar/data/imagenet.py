@@ -160,6 +160,7 @@ def write_imagenet(
     synset_map: str | Path | None = None,
     limit_per_class: int | None = None,
     order_seed: int = DEFAULT_ORDER_SEED,
+    exif_transpose: bool = False,
 ) -> dict[str, Any]:
     """Write ImageNet-layout ``src`` as image shards under ``out``; returns the new ``meta.json`` dict.
 
@@ -170,7 +171,8 @@ def write_imagenet(
     kept. ``train`` is written in the random order ``order_seed`` draws; a half-written ``train`` of another order
     is refused, not finished. Splits written into a folder that holds others (``--splits val`` after ``--splits
     train``) must share their ``resize`` and classes, which ``meta.json`` records once for all: other ones are
-    refused before anything is written.
+    refused before anything is written. ``exif_transpose``: images whose EXIF Orientation is not 1 are stored as
+    viewers show them (:class:`~nar.data.encode.EncodeImage`), a folder-wide setting as ``resize`` is.
     """
     src, out = Path(src), Path(out)
     train_dir = src / "train"
@@ -196,9 +198,14 @@ def write_imagenet(
     with dataset_lock(out):  # one writer per folder, across all its splits and meta.json
         # meta.json's resize and classes describe every split: other ones for these splits are refused up front
         # (the source is not compared: the same folder spelled otherwise, or val from another copy, is fine)
-        refuse_other_folder_settings(out, "image", present, {"resize": resize, "classes": classes},
-                                     flags={"resize": "--resize", "classes": "the class folders of SRC"})
-        encoder = EncodeImage(classes=tuple(classes), resize=resize, source_root=str(src))
+        refuse_other_folder_settings(out, "image", present,
+                                     {"resize": resize, "classes": classes, "exif_transpose": exif_transpose},
+                                     defaults={"exif_transpose": False},
+                                     flags={"resize": "--resize", "classes": "the class folders of SRC",
+                                            "exif_transpose": "--exif-transpose"})
+        encoder = EncodeImage(classes=tuple(classes), resize=resize, source_root=str(src), exif_transpose=exif_transpose)
+        # only when on: a folder half-written before the option existed resumes under the same fingerprint
+        turned = {"exif_transpose": True} if exif_transpose else {}
         records = []
         for split in present:
             folder = src / split
@@ -212,13 +219,13 @@ def write_imagenet(
             items, order = write_order(split, items, order_seed)
             rec = write_split(
                 out, split, items, make_sample=encoder, shard_size=shard_size, workers=workers,
-                params={"resize": resize, "classes": classes, **order}, desc=f"imagenet {split}", unit="img",
+                params={"resize": resize, "classes": classes, **order, **turned}, desc=f"imagenet {split}", unit="img",
                 scan_bad=bad, mismatch_hint=order_mismatch_hint(order),
             )
             records.append(rec)
         return write_meta(
             out, "image", records, classes=classes, class_names=class_names, source=f"imagenet:{src}",
-            resize=resize,
+            resize=resize, exif_transpose=exif_transpose,
         )
 
 

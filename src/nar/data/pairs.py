@@ -128,12 +128,14 @@ def write_pairs(
     resize: int | None = None,
     shard_size: int = 1000,
     workers: int = 1,
+    exif_transpose: bool = False,
 ) -> dict[str, Any]:
     """Write image–caption pairs from a folder or a manifest file ``src`` as shards under ``out``.
 
     A seeded random ``val_fraction`` of the pairs (default 5 %, at least one pair when there are two or
     more; 0: none) is held out as ``val``, the rest is ``train``, written in a random order drawn from ``seed``
-    too (``val`` in the listing order). ``meta.json`` records ``val_fraction`` and ``seed``.
+    too (``val`` in the listing order). ``meta.json`` records ``val_fraction`` and ``seed``. ``exif_transpose``:
+    images whose EXIF Orientation is not 1 are stored as viewers show them (:class:`~nar.data.encode.EncodeImage`).
     """
     src = Path(src)
     bad = BadInputLog()
@@ -153,7 +155,8 @@ def write_pairs(
         in_val[np.random.default_rng(seed).permutation(len(items))[:n_val]] = True
     elif val_fraction > 0:
         log.warning("%s: %d pair(s): too few to hold out a val split; writing train only", src, len(items))
-    encoder = EncodeImage(resize=resize, source_root=str(root))
+    encoder = EncodeImage(resize=resize, source_root=str(root), exif_transpose=exif_transpose)
+    turned = {"exif_transpose": True} if exif_transpose else {}  # only when on: older folders resume as they were
     splits = {"train": [it for it, v in zip(items, in_val) if not v]}
     if n_val:
         splits["val"] = [it for it, v in zip(items, in_val) if v]
@@ -162,8 +165,8 @@ def write_pairs(
         for split, split_items in splits.items():
             split_items, order = write_order(split, split_items, seed)
             records.append(write_split(out, split, split_items, make_sample=encoder, shard_size=shard_size,
-                                       workers=workers, params={"resize": resize, **order}, desc=f"pairs {split}",
+                                       workers=workers, params={"resize": resize, **order, **turned}, desc=f"pairs {split}",
                                        unit="img", scan_bad=bad if split == "train" else None,
                                        mismatch_hint=order_mismatch_hint(order)))
         return write_meta(out, "pairs", records, classes=[], source=f"pairs:{src}", resize=resize,
-                          val_fraction=val_fraction if n_val else 0.0, seed=seed)
+                          val_fraction=val_fraction if n_val else 0.0, seed=seed, exif_transpose=exif_transpose)
