@@ -22,7 +22,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from nar.atomic import WriteError, remove_stale_temporaries, write_text
@@ -31,6 +30,7 @@ from nar.errors import ConfigError
 from nar.model import NARConfig, NARModel
 from nar.model.io import load_generator_and_run_config
 from nar.sampling import SamplingConfig, parse_sampler, sample_stream
+from nar.sampling.seeds import batch_seed
 from nar.text import TextEncoderConfig
 
 log = logging.getLogger(__name__)
@@ -238,13 +238,6 @@ def conditions_for(model: NARModel, job: SampleJob, class_names: Sequence[str] =
     if not job.classes:
         raise ConfigError("class-conditional checkpoint: give --classes 1 2 3 (ids or class names)")
     return class_ids(job.classes, model.cfg.num_classes, class_names)
-
-
-def batch_seed(seed: int, b: int) -> int:
-    """The seed of batch ``b`` of a job seeded ``seed`` (``seed >= 0``): the two hashed together (numpy's
-    ``SeedSequence``), so neighbouring seeds share no batch, as ``seed + b`` would (batch 1 of seed 0 = batch 0
-    of seed 1). In ``[0, 2**63)``, what ``torch.Generator.manual_seed`` takes."""
-    return int(np.random.SeedSequence([seed, b]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 @torch.no_grad()
