@@ -144,3 +144,37 @@ def test_pool_workers_end_when_their_writer_is_killed(tmp_path):
         for pid in workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_token_extraction_ranks_end_when_their_parent_is_killed(tmp_path):
+    """The processes of `nar data tokens --gpus N` (nar.data.tokens.run_processes) end with a parent killed by
+    SIGKILL, as the shard writers' pool workers do."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("import os, sys, time\n"
+              "from nar.data.tokens import run_processes\n"
+              "def rank(r, world, folder):\n"
+              "    open(os.path.join(folder, str(os.getpid())), 'w').close()\n"
+              "    time.sleep(120)\n"
+              f"run_processes(rank, 2, {str(tmp_path)!r})\n")
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    ranks = [int(p.name) for p in tmp_path.iterdir()]
+    try:
+        assert len(ranks) == 2 and all(_running(p) for p in ranks)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while any(_running(p) for p in ranks) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in ranks if _running(p)], "ranks outlived their killed parent"
+    finally:
+        for pid in ranks:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -685,7 +685,8 @@ def run_processes(fn: Callable[..., Any], processes: int, *args: Any, timeout_s:
     with tempfile.TemporaryDirectory(prefix="nar-group-") as tmp:
         init = f"file://{tmp}/store"
         forked = ctx.get_start_method() == "fork"
-        procs = [ctx.Process(target=_process_entry, args=(fn, rank, processes, init, timeout_s, forked, args, messages))
+        procs = [ctx.Process(target=_process_entry,
+                             args=(fn, rank, processes, init, timeout_s, forked, args, messages, os.getpid()))
                  for rank in range(processes)]
         for p in procs:
             p.start()
@@ -715,12 +716,15 @@ def run_processes(fn: Callable[..., Any], processes: int, *args: Any, timeout_s:
 
 
 def _process_entry(fn: Callable[..., Any], rank: int, world: int, init: str, timeout_s: float, forked: bool,
-                   args: tuple, messages: Any) -> None:
+                   args: tuple, messages: Any, parent: int) -> None:
     import datetime
     import pickle
 
     import torch.distributed as dist
 
+    from nar.data.shards import exit_with_parent
+
+    exit_with_parent(parent)  # a parent killed with SIGKILL must not leave the ranks running on
     if forked:  # an OpenMP pool the parent had started hangs a forked child's first parallel op (as DataLoader workers do)
         torch.set_num_threads(1)
     try:
