@@ -135,7 +135,7 @@ def class_sorted_warning(root: str | Path, split: str, num_classes: int, *, shuf
             f"samples in its first {result.samples} share a class, where a shuffled split gives "
             f"{result.shuffled:.0%}. Training draws whole shards into a buffer of data.shuffle_buffer="
             f"{shuffle_buffer} samples (shards of ≈{size}), so its batches will hold few classes. Rewrite the "
-            "shards with this version's `nar data` (imagenet, ucf101, import-codes and embedded write training "
+            "shards with this version's `nar data` (imagenet, pairs, ucf101, import-codes and embedded write training "
             "splits shuffled; `nar data tokens` keeps its source's order, so tokenize the rewritten shards), or "
             "raise data.shuffle_buffer to many shards' worth")
 
