@@ -54,6 +54,7 @@ from nar.lightning.generation import ChunkGenerator
 from nar.lightning.generator_module import GeneratorModule, NonFiniteLossError
 from nar.lightning.trainer import strategy_for
 from nar.runs import TrainConfig
+from nar.sampling.seeds import batch_seed
 
 def run(world, out, tokenizer):
     over = {"model.dim": 32, "model.n_layer": 1, "model.n_head": 2, "model.vocab_size": 512, "model.grid": "[8,8]",
@@ -80,10 +81,11 @@ def run(world, out, tokenizer):
                          num_sanity_val_steps=0, **kw)
 
     used, plain = {}, ChunkGenerator.tokens_stream
+    chunk_of = {batch_seed(cfg.eval.seed, c): c for c in range(3)}  # chunk c is seeded batch_seed(eval.seed, c)
     def stream(self, batches, batch_size=None):  # which captions each chunk samples
         batches = list(batches)
         for cond, _, seed in batches:
-            used[seed - cfg.eval.seed] = [int(i) for i in cond[:, 0, 0]]
+            used[chunk_of[seed]] = [int(i) for i in cond[:, 0, 0]]
         return plain(self, batches, batch_size)
 
     rank = int(os.environ.get("LOCAL_RANK", 0))

@@ -20,12 +20,18 @@ precision/recall/KID). Videos: FVD with ``eval.i3d_path``, else the Inception pr
 
 Samples stream to ``<out>/chunks`` (a killed evaluation continues from them) and into
 ``<out>/samples_<N>.npz`` (``arr_0``, the ADM evaluator's input); scores, sample counts and the reference go
-to ``<out>/results.json``. ``<out>`` = ``<run>/eval/<checkpoint>-<N>``: training outputs are never touched.
+to ``<out>/results.json``, with how the samples were made (``eval.seed``, ``eval.batch_size``, ``eval.sampler``, the
+tokenizer, the decoded image size, the size the real images were cropped to) and the command. ``<out>`` =
+``<run>/eval/<checkpoint>-<N>``: training outputs are never touched. Chunk ``c`` is seeded from ``eval.seed`` and
+``c`` hashed together (neighbouring seeds share no sample); a rerun into the same ``<out>`` reads its chunks back
+only when the checkpoint, model config, tokenizer, sampling, sampler and seed are the ones that made them, else it
+stops naming what differs (a folder made by an older version, seeded ``eval.seed + c``, is refused).
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 from nar.cli.train import add_device_args, device_overrides
@@ -52,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
     from nar.workflows.train import evaluate, evaluation_config
 
     cfg = evaluation_config(args.ckpt, args.config, [*device_overrides(args), *args.overrides])
-    results = evaluate(cfg, args.ckpt, per_class=args.per_class, num_samples=args.num_samples, out=args.out)
+    command = "nar " + shlex.join(getattr(args, "argv", None) or ["evaluate"])  # as given, for results.json
+    results = evaluate(cfg, args.ckpt, per_class=args.per_class, num_samples=args.num_samples, out=args.out,
+                       command=command)
     import lightning.fabric.utilities.rank_zero as rz
 
     if getattr(rz.rank_zero_only, "rank", 0) == 0:

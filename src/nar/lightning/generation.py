@@ -1,12 +1,14 @@
 """Evaluation samples generated chunk by chunk, streamed through the metrics and (for ``nar evaluate``) to disk.
 
 The fixed condition list is cut into chunks of ``batch_size``; chunk ``c`` is sampled with seed
-``seed + c``, so which samples exist depends only on the list, never on the number of processes. Each
-chunk is decoded to ``uint8`` pixels, handed to the consumers (metric updates, the picture grid) and,
-when a folder is given, written as ``chunk_<c>.npz`` (atomic). Device memory therefore holds one chunk
+:func:`~nar.sampling.seeds.batch_seed` ``(seed, c)`` (as ``nar sample`` seeds its batches: ``seed + c`` made
+chunk 1 of seed 0 chunk 0 of seed 1), so which samples exist depends only on the list, never on the number of
+processes. Each chunk is decoded to ``uint8`` pixels, handed to the consumers (metric updates, the picture grid)
+and, when a folder is given, written as ``chunk_<c>.npz`` (atomic). Device memory therefore holds one chunk
 whatever the number of samples, and a killed evaluation continues from the chunks on disk: a chunk whose
-file exists is read back instead of generated, and the metrics see exactly the same ``uint8`` pixels
-either way. :func:`write_samples_npz` then streams every chunk into one ADM-style ``samples_<N>.npz``.
+file exists is read back instead of generated (one of another pixel shape than is being generated is refused),
+and the metrics see exactly the same ``uint8`` pixels either way. :func:`write_samples_npz` then streams every
+chunk into one ADM-style ``samples_<N>.npz``.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import numpy as np
 import torch
 
 from nar.atomic import atomic_path
+from nar.errors import ConfigError, RuntimeFailure
 from nar.progress import Progress
 from nar.sampling import SamplingConfig, sample_stream
+from nar.sampling.seeds import batch_seed
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +57,30 @@ def save_chunk(path: Path, pixels: torch.Tensor, labels: torch.Tensor | None) ->
         np.savez(fh, **arrays)
 
 
-def load_chunk(path: Path, expected: int) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """A chunk file's pixels (channels first) and labels; None when it is missing, unreadable or short."""
+def decoded_shape(tokenizer: Any, grid: Sequence[int]) -> tuple[int, ...] | None:
+    """The shape of one sample ``tokenizer`` decodes from a ``grid`` of codes: ``(3, H, W)`` or ``(3, T, H, W)``,
+    counted on the meta device (nothing is run or allocated); None for a tokenizer without a VQ config."""
+    from nar.tokenizers.config import VQConfig
+    from nar.tokenizers.vq import build_tokenizer
+
+    config = getattr(tokenizer, "config", None)
+    if not isinstance(config, VQConfig):
+        return None
+    with torch.device("meta"):
+        tok = build_tokenizer(config)
+    latent = torch.zeros(1, tok.post_quant_conv.in_channels, *grid, device="meta")
+    with torch.no_grad():
+        return tuple(int(s) for s in tok.decode_latents(latent).shape[1:])
+
+
+def load_chunk(path: Path, expected: int,
+               shape: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """A chunk file's pixels (channels first) and labels; None when it is missing, unreadable or short.
+
+    Raises:
+        ConfigError: ``shape`` (one sample's, channels first: what is being generated) is given and the chunk's
+            samples have another: it holds another model's or tokenizer's samples, which must not be mixed in.
+    """
     if not path.is_file():
         return None
     try:
@@ -67,6 +93,10 @@ def load_chunk(path: Path, expected: int) -> tuple[torch.Tensor, torch.Tensor | 
     if pixels.shape[0] != expected:
         log.warning("%s holds %d samples, expected %d; generating it again", path, pixels.shape[0], expected)
         return None
+    if shape is not None and tuple(pixels.shape[1:]) != tuple(shape):
+        raise ConfigError(f"{path} holds samples of shape {tuple(pixels.shape[1:])} (channels first), but samples of "
+                          f"shape {tuple(shape)} are being generated: the folder holds another model's or tokenizer's "
+                          f"samples; evaluate into another --out, or delete {path.parent} to start again")
     return pixels, labels
 
 
@@ -111,11 +141,13 @@ class ChunkGenerator:
 def stream_chunks(generator: ChunkGenerator, conds: torch.Tensor, masks: torch.Tensor | None,
                   chunks: Sequence[int], batch_size: int, seed: int, consumers: Sequence[Consumer],
                   folder: Path | None = None, labels: torch.Tensor | None = None,
-                  progress: Progress | None = None, seconds: dict[str, float] | None = None) -> int:
+                  progress: Progress | None = None, seconds: dict[str, float] | None = None,
+                  sample_shape: Sequence[int] | None = None) -> int:
     """Generate (or read back from ``folder``) each of ``chunks`` and hand it to every consumer, in the order of
-    ``chunks``; returns the number of chunks read back from disk. ``seconds`` (when given) accumulates the wall
-    time of writing and reading chunk files (``write``, ``read``); the generator keeps its own sampling and
-    decoding times.
+    ``chunks``; returns the number of chunks read back from disk. Chunk ``c`` is sampled with seed
+    ``batch_seed(seed, c)``. ``seconds`` (when given) accumulates the wall time of writing and reading chunk files
+    (``write``, ``read``); the generator keeps its own sampling and decoding times. ``sample_shape``: one decoded
+    sample's shape (:func:`decoded_shape`); a stored chunk of another is refused (:func:`load_chunk`).
 
     The consumers see the chunks in the same order whether a run is fresh or resumed, so a resumed evaluation
     feeds its metrics and picture grid exactly what an uninterrupted one would. Every stored chunk is checked
@@ -132,16 +164,19 @@ def stream_chunks(generator: ChunkGenerator, conds: torch.Tensor, masks: torch.T
             return None
         lo, hi = span(c)
         start = time.perf_counter()
-        stored = load_chunk(chunk_path(folder, c), hi - lo)
+        stored = load_chunk(chunk_path(folder, c), hi - lo, sample_shape)
         seconds["read"] = seconds.get("read", 0.0) + time.perf_counter() - start
         return stored[0].to(generator.device) if stored is not None else None
 
     def batch(c: int) -> tuple[torch.Tensor, torch.Tensor | None, int]:
         lo, hi = span(c)
-        return conds[lo:hi], masks[lo:hi] if masks is not None else None, seed + c
+        return conds[lo:hi], masks[lo:hi] if masks is not None else None, batch_seed(seed, c)
 
     def generate(c: int, tokens: torch.Tensor) -> torch.Tensor:
         pixels = generator.decode(tokens)
+        if sample_shape is not None and tuple(pixels.shape[1:]) != tuple(sample_shape):
+            raise RuntimeFailure(f"chunk {c} decoded to samples of shape {tuple(pixels.shape[1:])}, not the "
+                                 f"{tuple(sample_shape)} the stored chunks were checked against")
         if folder is not None:
             lo, hi = span(c)
             start = time.perf_counter()

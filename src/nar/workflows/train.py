@@ -307,17 +307,23 @@ def reference_of(cfg: TrainConfig) -> str:
 
 
 def evaluate(cfg: TrainConfig, ckpt: str | Path, per_class: int | None = None, num_samples: int | None = None,
-             out: str | Path | None = None, enable_progress_bar: bool | None = None) -> dict[str, Any]:
+             out: str | Path | None = None, enable_progress_bar: bool | None = None,
+             command: str | None = None) -> dict[str, Any]:
     """Score a checkpoint (ours: EMA weights; or an official ``.pt``) by frontier decoding.
 
     Sample budget: ``num_samples``, else ``per_class`` (or the config's ``eval.per_class``) × classes (ImageNet
     protocol: 50), else the config's ``eval.num_samples``. Samples stream through the metrics and into ``<out>/chunks`` (a killed evaluation
     continues from them), then into ``<out>/samples_<N>.npz`` (``arr_0`` uint8, the ADM evaluator's input).
     ``<out>`` defaults to :func:`evaluation_dir`. Teacher-forced ``val/loss`` is reported too when
-    ``data.root`` is set. Returns the results written to ``<out>/results.json``.
+    ``data.root`` is set. Returns the results written to ``<out>/results.json``, which also say how the samples
+    were made (seed and its scheme, chunk size, sampler, tokenizer, decoded size, the real images' size) and
+    ``command`` (default: this process's ``sys.argv``).
     """
+    import shlex
+    import sys
+
     from nar.atomic import write_text
-    from nar.lightning.generation import write_samples_npz
+    from nar.lightning.generation import decoded_shape, write_samples_npz
     from nar.workflows.preflight import check_generator_run
 
     for flag, value in (("--num-samples", num_samples), ("--per-class", per_class)):
@@ -339,8 +345,9 @@ def evaluate(cfg: TrainConfig, ckpt: str | Path, per_class: int | None = None, n
     module.model.load_state_dict(model.state_dict())
     trainer, decoding = generator_trainer(cfg, enable_progress_bar=enable_progress_bar)
     decoding.sample_dir = out / "chunks"
+    sample_shape = decoded_shape(module.tokenizer, cfg.model.grid) if module.tokenizer is not None else None
     if trainer.is_global_zero:
-        claim_chunk_folder(decoding.sample_dir, ckpt, cfg)
+        claim_chunk_folder(decoding.sample_dir, ckpt, cfg, sample_shape=sample_shape)
     kept = f"the samples generated so far are kept in {decoding.sample_dir}: run the same command to go on"
     if cfg.data.root:
         validate_or_interrupt(trainer, module, kept, datamodule=generator_datamodule(cfg, training=False))
@@ -352,7 +359,12 @@ def evaluate(cfg: TrainConfig, ckpt: str | Path, per_class: int | None = None, n
         "checkpoint": str(ckpt), "scores": scores, "num_samples": n, "num_real": decoding.last_counts.get("real"),
         "reference": reference_of(cfg), "sampling": vars(cfg.sampling), "mode": cfg.model.mode,
         "labels": cfg.eval.labels, "real_seed": cfg.eval.real_seed, "forward_passes": model.num_passes, "degraded": degraded, "out": str(out),
-        "seconds": {k: round(v, 3) for k, v in decoding.last_seconds.items()}}  # rank 0's, by stage
+        "seconds": {k: round(v, 3) for k, v in decoding.last_seconds.items()},  # rank 0's, by stage
+        "seed": cfg.eval.seed, "seeds": SEED_SCHEME, "batch_size": cfg.eval.batch_size,
+        "sampler": sampler_name(cfg.eval.sampler), "tokenizer": tokenizer_identity(cfg),
+        # the decoded samples' [T,] H, W and the side the real images were centre-cropped to (None: none read)
+        "image_size": list(sample_shape[1:]) if sample_shape else None, "real_image_size": decoding.real_image_size,
+        "command": command or shlex.join(sys.argv)}
     if trainer.is_global_zero:
         if module.tokenizer is not None:
             chunks = -(-n // cfg.eval.batch_size)
@@ -364,19 +376,55 @@ def evaluate(cfg: TrainConfig, ckpt: str | Path, per_class: int | None = None, n
     return results
 
 
-def claim_chunk_folder(folder: Path, ckpt: str | Path, cfg: TrainConfig) -> None:
+# How chunk c of an evaluation is seeded (settings.json's "seeds"): nar.sampling.seeds.batch_seed(eval.seed, c).
+# Folders without the key were seeded eval.seed + c by older versions: other samples, refused.
+SEED_SCHEME = "batch_seed"
+
+
+def sampler_name(sampler: str) -> str:
+    """``eval.sampler`` with its options in one order (``wavefront+compile`` = ``compile+wavefront``)."""
+    from nar.sampling import parse_sampler
+
+    return "+".join(sorted(parse_sampler(sampler))) or "fast"
+
+
+def tokenizer_identity(cfg: TrainConfig) -> dict[str, Any]:
+    """Which tokenizer decodes the samples: ``tokenizer.path`` (a file: resolved, with its size and modification
+    time in ns, which a retraining that rewrites it changes; a preset name: as given, random weights) and
+    ``tokenizer.config``. Size and time, not a hash: reading a VQ-16 file (280 MB) again costs ~0.3 s, an official
+    Lightning checkpoint's several GB far more, as the generator checkpoint's own key does."""
+    path = cfg.tokenizer.path
+    identity: dict[str, Any] = {"path": path, "config": cfg.tokenizer.config}
+    if path and Path(path).is_file():
+        stat = Path(path).stat()
+        identity.update(path=str(Path(path).resolve()), size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+    return identity
+
+
+def claim_chunk_folder(folder: Path, ckpt: str | Path, cfg: TrainConfig,
+                       sample_shape: Sequence[int] | None = None) -> None:
     """Chunks on disk are reused by a rerun only when they come from the same samples: the checkpoint (path,
-    size, time), sampling settings, seed, chunk size and count are written beside them at the first run, and a
-    rerun with other settings into the same folder stops naming what differs (instead of mixing samples)."""
+    size, time), the model config the run builds (its grid, heads, …), the tokenizer (:func:`tokenizer_identity`),
+    sampling settings, ``eval.sampler`` (the wavefront draws other samples), seed and its scheme
+    (:data:`SEED_SCHEME`), chunk size and count, and one decoded sample's shape (``sample_shape``, channels first)
+    are written beside them at the first run, and a rerun with other settings into the same folder stops naming
+    what differs (instead of mixing samples). A folder of the older seed scheme (no ``seeds``) is refused as such:
+    its chunks are other samples than this version makes whatever else matches, so the keys added with the scheme
+    (tokenizer, sampler, model, sample_shape) are always recorded."""
+    from dataclasses import asdict
+
     from nar.atomic import write_text
 
     path = Path(ckpt)
     weights = generator_file(path)  # an official FSDP folder: its consolidated.pth changes, not the folder
     stat = weights.stat() if weights.is_file() else None
+    model = {k: v for k, v in asdict(cfg.model).items() if k != "preset"}  # the preset name is informational
     settings = {"checkpoint": str(path.resolve()), "size": stat.st_size if stat else None,
                 "mtime": int(stat.st_mtime) if stat else None, "sampling": vars(cfg.sampling),
-                "seed": cfg.eval.seed, "batch_size": cfg.eval.batch_size, "num_samples": cfg.eval.num_samples,
-                "mode": cfg.model.mode}
+                "seed": cfg.eval.seed, "seeds": SEED_SCHEME, "batch_size": cfg.eval.batch_size,
+                "num_samples": cfg.eval.num_samples, "mode": cfg.model.mode, "model": model,
+                "tokenizer": tokenizer_identity(cfg), "sampler": sampler_name(cfg.eval.sampler),
+                "sample_shape": list(sample_shape) if sample_shape is not None else None}
     if cfg.eval.labels != "balanced":  # recorded only when not the default, so folders made before it still match
         settings["labels"] = cfg.eval.labels
     if cfg.eval.labels == "real":  # the list itself: another real source, split, subset or seed gives other classes
@@ -388,6 +436,11 @@ def claim_chunk_folder(folder: Path, ckpt: str | Path, cfg: TrainConfig) -> None
     record = folder / "settings.json"
     if record.is_file():
         before = json.loads(record.read_text())
+        if "seeds" not in before:
+            raise ConfigError(f"{folder} holds samples made by an older version of nar, which seeded chunk c with "
+                              f"eval.seed + c (now {SEED_SCHEME}(eval.seed, c), so neighbouring seeds share no "
+                              "sample): they are other samples than this version makes and cannot be continued; "
+                              "evaluate into another --out, or delete the folder to start again")
         changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
         if changed:
             raise ConfigError(f"{folder} holds samples made with other settings ({', '.join(changed)} differ); "

@@ -6,7 +6,10 @@ statistics are summed across ranks, so the scores are exact under DDP.
 
 Which samples a rank generates depends only on the sample index: the fixed condition list is cut
 into chunks of ``eval.batch_size``, chunk ``c`` goes to rank ``c % world`` and is sampled with seed
-``eval.seed + c``. A 2-process run therefore generates the same samples as a 1-process run. Caption models
+:func:`~nar.sampling.seeds.batch_seed` ``(eval.seed, c)`` (neighbouring ``eval.seed`` share no chunk, as
+``eval.seed + c`` made them). A 2-process run therefore generates the same samples as a 1-process run. The real
+samples scored against are centre-cropped to the decoded samples' size (the model's grid through the tokenizer),
+which is the tokenizer's training size only when the grid is its own. Caption models
 take their conditions from the validation batches: every rank gathers the first ``eval.num_samples`` captions
 of all ranks in the order one process reads them (nar's shard streams give each rank a contiguous block;
 Lightning's ``DistributedSampler`` deals them out in turn), so every rank holds the same list. The picture grid
@@ -31,13 +34,14 @@ import lightning as L
 from nar.atomic import write_text
 from nar.errors import ConfigError, RuntimeFailure
 from nar.lightning.callbacks.run_guard import PreemptionCallback, stop_asked
-from nar.lightning.generation import ChunkGenerator, stream_chunks, to_uint8
+from nar.lightning.generation import ChunkGenerator, decoded_shape, stream_chunks, to_uint8
 from nar.metrics.registry import build_metrics
 from nar.metrics.sources import iter_batches, iter_records, npz_sample_count, real_class_ids, real_features
 from nar.model import NARModel
 from nar.pictures import add_gif, sample_grid, save_png
 from nar.progress import Progress
 from nar.runs.config import EvalConfig, TrainConfig
+from nar.sampling.seeds import batch_seed
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +195,10 @@ class FrontierDecodingCallback(Callback):
         # features (Inception/I3D on generated samples), write/read (chunk files), real, scores
         self.last_seconds: dict[str, float] = {}
         self.real_count = 0
+        # the shape of one decoded sample (channels first) of the last decoding validation, and the size the real
+        # images were centre-cropped to (None: none read, e.g. FID against a reference's statistics)
+        self.last_sample_shape: tuple[int, ...] | None = None
+        self.real_image_size: int | None = None
         # the step of the last decoding validation that finished (saved in checkpoints: a run resumed at its last
         # step validates again when that step's validation was stopped or never ran)
         self.validated_step = -1
@@ -256,7 +264,7 @@ class FrontierDecodingCallback(Callback):
         conds, masks = self._conditions(trainer, model, e.num_samples, device)
         n, bs = conds.shape[0], e.batch_size
         labels = conds.cpu() if model.cfg.condition == "class" else None
-        chunks = [c for c in range(math.ceil(n / bs)) if c % world == rank]  # chunk c: seed eval.seed + c
+        chunks = [c for c in range(math.ceil(n / bs)) if c % world == rank]  # chunk c: batch_seed(eval.seed, c)
         results: dict[str, float] = {"val/forward_passes": float(model.num_passes)}
         grid: list[tuple[int, torch.Tensor]] = []  # (chunk, its first samples) of the first grid_samples
         gen = ChunkGenerator(model, tokenizer, self.cfg.sampling, device, sampler=e.sampler)
@@ -266,12 +274,14 @@ class FrontierDecodingCallback(Callback):
                 stop.check()
             if tokenizer is None:  # no pixels: time the token generation only
                 batches = [(conds[c * bs:(c + 1) * bs], masks[c * bs:(c + 1) * bs] if masks is not None else None,
-                            e.seed + c) for c in chunks]
+                            batch_seed(e.seed, c)) for c in chunks]
                 for c, tokens in zip(chunks, gen.tokens_stream(batches, bs)):
                     gen.generated += tokens.shape[0]
                     if stop is not None:
                         stop(c, tokens, None)
             else:
+                shape = decoded_shape(tokenizer, model.cfg.grid)  # what a stored chunk must hold, and the reals' size
+                self.last_sample_shape = shape
                 text = self._text_metric(model, device)
                 seconds: dict[str, float] = {}
                 consumers = [self._metric_consumer(seconds), self._grid_consumer(grid)]
@@ -283,7 +293,7 @@ class FrontierDecodingCallback(Callback):
                 with Progress(local, f"sampling {n} (this rank {local})", unit="img", every_s=30,
                               enabled=trainer.is_global_zero and local > bs) as progress:  # more than a chunk
                     reused = stream_chunks(gen, conds, masks, chunks, bs, e.seed, consumers, folder=self.sample_dir,
-                                           labels=labels, progress=progress, seconds=seconds)
+                                           labels=labels, progress=progress, seconds=seconds, sample_shape=shape)
                 if reused:
                     log.info("rank %d: %d of %d chunks read back from %s", rank, reused, len(chunks), self.sample_dir)
                 if world > 1:  # the grid's chunks were made on every rank
@@ -292,7 +302,7 @@ class FrontierDecodingCallback(Callback):
                     grid = [part for rank_parts in parts or [] for part in rank_parts]
                 start = time.perf_counter()
                 if not self._real_done:
-                    self._update_real(trainer, pl_module, tokenizer, video)
+                    self._update_real(trainer, pl_module, tokenizer, video, shape)
                 seconds["real"] = time.perf_counter() - start + self._real_streamed_seconds  # during the val loop too
                 start = time.perf_counter()
                 for m in self.metrics.values():
@@ -431,7 +441,10 @@ class FrontierDecodingCallback(Callback):
 
         return bool(self.eval.reference_stats) and "arr_0" in reference_keys(self.eval.reference_stats)
 
-    def _update_real(self, trainer: L.Trainer, pl_module: L.LightningModule, tokenizer: Any, video: bool) -> None:
+    def _update_real(self, trainer: L.Trainer, pl_module: L.LightningModule, tokenizer: Any, video: bool,
+                     sample_shape: tuple[int, ...] | None = None) -> None:
+        """The real side of the metrics; real images (clip frames) are centre-cropped to the side of the generated
+        samples, ``sample_shape`` (:func:`_real_size`)."""
         image = self.metrics.get("image") if self.metrics else None
         needs_images = image is not None and image.keeps_features  # precision/recall, KID
         if not self.metrics or (self.eval.reference_stats and not needs_images):
@@ -445,7 +458,8 @@ class FrontierDecodingCallback(Callback):
         real = real_samples(e)  # eval.labels=real takes its classes from these very samples
         if real is not None:
             real_root, real_split, wanted = real
-            size = getattr(getattr(tokenizer, "config", None), "image_size", None)
+            size = _real_size(sample_shape, tokenizer)
+            self.real_image_size = size
             if image is not None and trainer.world_size == 1 and len(self.metrics) == 1 \
                     and "sfid" not in image.metrics:
                 # one process: the real features come from (and go to) a cache, shared by every run scored
@@ -507,6 +521,19 @@ class FrontierDecodingCallback(Callback):
             prompts = "\n".join(self._val_texts[: pix.shape[0]]) + "\n"
             write_text(self.run_dir / "samples" / f"step_{step:07d}.txt", prompts)
         self.last_grid = path
+
+
+def _real_size(sample_shape: tuple[int, ...] | None, tokenizer: Any) -> int | None:
+    """The side real images are centre-cropped to: the decoded samples' (``sample_shape`` ``(3, [T,] H, W)``; a
+    model whose grid is not the tokenizer's own decodes at another size than the tokenizer was trained at), else the
+    tokenizer's ``image_size``. Non-square samples: their short side, said in a warning (the crop is square)."""
+    if sample_shape is None:
+        return getattr(getattr(tokenizer, "config", None), "image_size", None)
+    height, width = sample_shape[-2:]
+    if height != width:
+        log.warning("the samples are %dx%d (HxW): the real images are centre-cropped to %d-px squares, their short "
+                    "side", height, width, min(height, width))
+    return min(height, width)
 
 
 def _summed_over_ranks(trainer: L.Trainer, count: int, device: torch.device) -> int:
