@@ -2,7 +2,9 @@
 
 On a terminal it is a tqdm bar; otherwise (a cluster job's log, ``nohup``) one log line every
 ``every_s`` seconds with the count, the rate and the time left, and one at the end, so a log file shows
-progress as it goes instead of a carriage-return bar flushed at exit.
+progress as it goes instead of a carriage-return bar flushed at exit. Work ended by an exception says so in its
+last line: "interrupted" when a stop was asked (Ctrl-C, SIGTERM: :func:`stop_was_asked`), "stopped by an error"
+otherwise.
 """
 
 from __future__ import annotations
@@ -12,7 +14,26 @@ import os
 import sys
 import time
 
+from nar.errors import RunInterrupted
+
 log = logging.getLogger("nar")
+
+# How a stop asked by SIGINT/SIGTERM reaches a `with Progress(...)` block: Python's KeyboardInterrupt, Lightning's
+# SIGTERMException (a SystemExit), nar's RunInterrupted, and the Lightning layer's own two, named rather than
+# imported so that this module stays free of Lightning (an exception of theirs means their module is loaded).
+STOP_EXCEPTIONS: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit, RunInterrupted)
+STOP_EXCEPTION_NAMES = frozenset({
+    "nar.lightning.callbacks.decoding._StopAsked",  # a decoding validation ended after a chunk
+    "nar.lightning.callbacks.run_guard.ValidationStopped",  # a validation ended after a loss batch
+})
+
+
+def stop_was_asked(exc_type: type[BaseException] | None) -> bool:
+    """Whether an exception of ``exc_type`` means that a stop was asked (a signal), not that the work failed."""
+    if exc_type is None:
+        return False
+    return issubclass(exc_type, STOP_EXCEPTIONS) or any(
+        f"{cls.__module__}.{cls.__qualname__}" in STOP_EXCEPTION_NAMES for cls in exc_type.__mro__)
 
 
 def fmt_seconds(seconds: float) -> str:
@@ -77,16 +98,18 @@ class Progress:
             self.last = now
             log.info("%s", self.line())
 
-    def close(self, failed: bool = False) -> None:
-        """End the display with a summary line; ``failed``: the work stopped on an error, and the line says so
-        (a line that read like a finished job would mislead a reader of the log)."""
+    def close(self, failed: bool = False, interrupted: bool = False) -> None:
+        """End the display with a summary line; ``failed``: the work stopped on an error, ``interrupted``: it
+        stopped because a stop was asked (a signal); the line says which (a line that read like a finished job, or
+        an error where Ctrl-C or a scheduler's SIGTERM stopped it, would mislead a reader of the log)."""
         if not self.enabled:
             return
         if self._bar is not None:
             self._bar.close()
             self._bar = None
         # this process's work in its own time; a resumed run adds where the count stands now
-        stopped = f"stopped by an error at {self.done}/{self.total} {self.unit}: " if failed else ""
+        where = f"at {self.done}/{self.total} {self.unit}: "
+        stopped = f"interrupted {where}" if interrupted else f"stopped by an error {where}" if failed else ""
         mine = (f"{self.desc}: {stopped}{self.done - self.start_done} {self.unit} in "
                 f"{fmt_seconds(time.perf_counter() - self.start)} ({self.rate:.3g} {self.unit}/s)")
         if self.start_done:
@@ -98,4 +121,4 @@ class Progress:
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        self.close(failed=exc_type is not None)
+        self.close(failed=exc_type is not None, interrupted=stop_was_asked(exc_type))

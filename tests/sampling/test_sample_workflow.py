@@ -7,6 +7,7 @@ import errno
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -318,3 +319,248 @@ def test_evaluate_and_export_read_a_run_from_another_directory(tmp_path, monkeyp
     assert cfg.tokenizer.path == tokenizer and cfg.data.root == str(made / "runs/demo/tokens")
     export_generator(ckpt, other / "g.pt", ema=False)
     assert stored_run_config(other / "g.pt")["tokenizer"]["path"] == tokenizer
+
+
+# --- a job that is stopped keeps its work, and goes on where it stopped ---------------------------------------------
+
+def _kill_at_picture(monkeypatch, n: int, exc: BaseException | None = None) -> list[str]:
+    """``nar.pictures.save_png`` raises ``exc`` (a kill: KeyboardInterrupt) at its ``n``-th call (0: never); returns
+    the names it was asked to write, the failing one included."""
+    import nar.pictures
+
+    real, asked = nar.pictures.save_png, []
+
+    def save_png(picture, path):
+        asked.append(Path(path).name)
+        if len(asked) == n:
+            raise exc if exc is not None else KeyboardInterrupt
+        return real(picture, path)
+
+    monkeypatch.setattr(nar.pictures, "save_png", save_png)
+    return asked
+
+
+def _files(folder) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("sampler", ["fast", "wavefront"])
+def test_a_killed_job_goes_on_to_the_bytes_of_an_unbroken_one(tmp_path, monkeypatch, caplog, sampler):
+    """Each batch is written as it is sampled, after a samples.json that says the job is unfinished: a job killed
+    in its third batch keeps its first two, and the same command goes on from there, sampling only the batches
+    whose files are missing or damaged; what it ends with is byte for byte what an unbroken job writes."""
+    import logging
+
+    save_run_checkpoint(tmp_path / "last.ckpt", TINY, SamplingConfig(cfg_scale=2.0))
+    base = ["sample", "--ckpt", str(tmp_path / "last.ckpt"), "--classes", "0", "1", "2", "--n-per-prompt", "2",
+            "--batch-size", "2", "--sampler", sampler, "--device", "cpu", "--threads", "1"]
+    assert main([*base, "--out", str(tmp_path / "unbroken")]) == 0
+    unbroken = _files(tmp_path / "unbroken")
+
+    out = tmp_path / "out"
+    asked = _kill_at_picture(monkeypatch, 6)  # the second picture of the third batch
+    with caplog.at_level(logging.INFO), pytest.raises(KeyboardInterrupt):
+        main([*base, "--out", str(out)])
+    assert asked[-1] == "0002_01.png"
+    report = json.loads((out / "samples.json").read_text())
+    assert report["complete"] is False and report["seed"] == 0 and report["sampler"] == sampler
+    assert sorted(p.name for p in (out / "images").iterdir()) == [f"000{i}_0{j}.png" for i in range(3)
+                                                                  for j in range(2)][:5]
+    assert not (out / "grid.png").exists()
+    assert "sampling: interrupted at 4/6 img" in caplog.text  # the progress line: not "stopped by an error"
+
+    (out / "images" / "0001_00.png").write_bytes(unbroken["images/0001_00.png"][:40])  # damaged: batch 1 again
+    caplog.clear()
+    asked = _kill_at_picture(monkeypatch, 0)
+    with caplog.at_level(logging.INFO):
+        assert main([*base, "--out", str(out)]) == 0
+    assert asked == ["0001_00.png", "0001_01.png", "0002_00.png", "0002_01.png", "grid.png"]  # batch 0 read back
+    assert "1 of 3 batches" in caplog.text and "0001_00.png" in caplog.text  # kept, and the damaged file named
+    resumed = _files(out)
+    assert json.loads(resumed.pop("samples.json"))["complete"] is True
+    assert resumed == {k: v for k, v in unbroken.items() if k != "samples.json"}
+
+
+def test_an_unfinished_job_with_other_settings_is_refused_and_overwrite_clears_it_first(tmp_path, monkeypatch,
+                                                                                       caplog):
+    """Another seed or sampler would mix two jobs' samples in one folder: refused, naming what differs and the
+    folder; --overwrite removes samples.json and grid.png first, then the pictures and any temporaries left by a
+    killed writer (in the folder too), so a job killed while writing leaves no earlier job's record or grid."""
+    from nar.atomic import _host
+
+    save_run_checkpoint(tmp_path / "last.ckpt", TINY, SamplingConfig(cfg_scale=2.0))
+    out, images = tmp_path / "out", tmp_path / "out" / "images"
+    base = ["sample", "--ckpt", str(tmp_path / "last.ckpt"), "--classes", "0", "1", "2", "--batch-size", "1",
+            "--device", "cpu", "--threads", "1", "--out", str(out)]
+    assert main(base) == 0  # a finished job: pictures, grid and samples.json
+    old_grid = (out / "grid.png").read_bytes()
+    _kill_at_picture(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):  # --overwrite --seed 5, killed while writing its second picture
+        main([*base, "--overwrite", "--seed", "5"])
+    report = json.loads((out / "samples.json").read_text())
+    assert report["seed"] == 5 and report["complete"] is False
+    assert not (out / "grid.png").exists() and sorted(p.name for p in images.iterdir()) == ["0000_00.png"]
+
+    before = _files(out)
+    asked = ["--classes", "0", "1", "2", "--device", "cpu", "--threads", "1", "--out", str(out)]
+    for other, said in (["--seed", "0"], "seed 5 -> 0"), (["--sampler", "wavefront"], "sampler 'fast' -> 'wavefront'"), \
+            (["--batch-size", "2"], "batch_size 1 -> 2"), (["--guidance", "3"], "sampling.cfg_scale 2.0 -> 3.0"):
+        caplog.clear()
+        settings = {"--seed": "5", "--batch-size": "1", **dict(zip(other[::2], other[1::2]))}
+        argv = ["sample", "--ckpt", str(tmp_path / "last.ckpt"), *asked, *(x for kv in settings.items() for x in kv)]
+        assert main(argv) == EXIT_USAGE
+        assert said in caplog.text and str(images) in caplog.text and "--overwrite" in caplog.text, caplog.text
+        assert _files(out) == before  # untouched
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = [out / f".grid.png.{dead.stdout.strip()}@{_host()}.tmp", images / f".0000_01.png.{dead.stdout.strip()}"
+                                                                                f"@{_host()}.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    _kill_at_picture(monkeypatch, 0)
+    assert main([*base, "--overwrite", "--seed", "7"]) == 0
+    assert not any(p.exists() for p in stale) and (out / "grid.png").read_bytes() != old_grid
+    assert json.loads((out / "samples.json").read_text())["seed"] == 7
+
+
+def test_the_grid_is_capped_and_samples_json_records_what_changes_the_pictures(tmp_path):
+    """grid.png shows the first --grid-samples samples (0: no grid), read from the files written; samples.json
+    records the sampler, the batch size, the picture size and the command line, which change or explain them."""
+    from PIL import Image
+
+    save_run_checkpoint(tmp_path / "last.ckpt", TINY, SamplingConfig(cfg_scale=2.0))
+    base = ["sample", "--ckpt", str(tmp_path / "last.ckpt"), "--classes", "0", "1", "2", "--n-per-prompt", "2",
+            "--device", "cpu", "--threads", "1"]
+    assert main([*base, "--grid-samples", "4", "--out", str(tmp_path / "four")]) == 0
+    picture = 2 * 4  # TINY's 2x2 grid through vq-tiny-emoji's 4x upsampling
+    tile = picture + 1  # make_grid's padding
+    with Image.open(tmp_path / "four" / "grid.png") as grid:  # two rows of a class's two samples
+        assert grid.size == (2 * tile + 1, 2 * tile + 1)
+        first = grid.crop((1, 1, 1 + picture, 1 + picture)).convert("RGB").tobytes()
+    with Image.open(tmp_path / "four" / "images" / "0000_00.png") as sample:
+        assert first == sample.convert("RGB").tobytes()
+    report = json.loads((tmp_path / "four" / "samples.json").read_text())
+    assert report["sampler"] == "fast" and report["batch_size"] == 32 and report["image_size"] == [picture, picture]
+    assert report["command"] == sys.argv and report["complete"] is True and report["grid_samples"] == 4
+    assert report["sampling"]["cfg_scale"] == 2.0 and report["sampling"]["temperature"] == 1.0
+
+    assert main([*base, "--grid-samples", "0", "--out", str(tmp_path / "none")]) == 0
+    assert not (tmp_path / "none" / "grid.png").exists() and len(list((tmp_path / "none" / "images").iterdir())) == 6
+    assert main([*base, "--grid-samples", "-1", "--out", str(tmp_path / "bad")]) == EXIT_USAGE
+
+
+def test_a_tokenizer_of_other_axes_is_refused_before_sampling_and_other_sizes_warned(tmp_path, caplog):
+    """A video tokenizer on an image model would fail in its first decode, after a batch was sampled: refused at
+    start, naming --tokenizer. A codebook larger than the vocabulary and a picture size other than the tokenizer's
+    are warned about."""
+    from nar.tokenizers import VQConfig, build_tokenizer, save_tokenizer
+
+    save_run_checkpoint(tmp_path / "last.ckpt", TINY, SamplingConfig(cfg_scale=2.0))
+    base = ["sample", "--ckpt", str(tmp_path / "last.ckpt"), "--classes", "1", "--device", "cpu"]
+    assert main([*base, "--tokenizer", "vq-video-tiny-atari", "--out", str(tmp_path / "video")]) == EXIT_USAGE
+    assert "--tokenizer vq-video-tiny-atari" in caplog.text and "video" in caplog.text
+    assert not (tmp_path / "video" / "samples.json").exists()
+
+    caplog.clear()
+    big = save_tokenizer(build_tokenizer(VQConfig.from_name("vq-tiny-emoji", codebook_size=1024)), tmp_path / "b.pt")
+    assert main([*base, "--tokenizer", str(big), "--out", str(tmp_path / "big")]) == 0
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "1024 codes" in warned and "512" in warned  # the model samples only the first 512
+    assert "32x32" in warned and "8x8" in warned  # made for 32 px; TINY's 2x2 grid decodes to 8 px
+
+
+def test_a_stop_is_not_called_an_error_in_the_progress_line(caplog):
+    """Ctrl-C, SIGTERM (Lightning's SystemExit, nar's RunInterrupted, a decoding validation's stop) end the progress
+    line with "interrupted"; any other exception with "stopped by an error"."""
+    import logging
+
+    from nar.errors import RunInterrupted
+    from nar.lightning.callbacks.decoding import _StopAsked
+    from nar.lightning.callbacks.run_guard import ValidationStopped
+    from nar.progress import Progress
+
+    caplog.set_level(logging.INFO, logger="nar")
+    for exc, said in [(KeyboardInterrupt, "interrupted"), (SystemExit, "interrupted"), (RunInterrupted, "interrupted"),
+                      (_StopAsked, "interrupted"), (ValidationStopped, "interrupted"), (OSError, "stopped by an error"),
+                      (ValueError, "stopped by an error")]:
+        caplog.clear()
+        with pytest.raises(exc), Progress(40, "sampling", unit="img", every_s=1e9, tty=False) as p:
+            p.update(20)
+            raise exc
+        (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sampling:")]
+        assert line.startswith(f"sampling: {said} at 20/40 img: 20 img in "), (exc, line)
+
+
+def test_nar_sample_stopped_by_sigterm_keeps_its_batches_and_exits_75(tmp_path, monkeypatch, caplog):
+    """SIGTERM (a scheduler's preemption) during `nar sample` stops it at once: the batches written stay, the log
+    says how many and how to go on, and it exits 75 (EX_TEMPFAIL, which schedulers can requeue on)."""
+    import logging
+    import signal
+
+    from nar.errors import EXIT_INTERRUPTED
+
+    save_run_checkpoint(tmp_path / "last.ckpt", TINY, SamplingConfig(cfg_scale=2.0))
+    before = signal.getsignal(signal.SIGTERM)
+    import nar.pictures
+
+    real, calls = nar.pictures.save_png, []
+
+    def save_png(picture, path):
+        calls.append(path)
+        if len(calls) == 3:
+            # never the default handler here: it would end the test run
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None, before)
+            signal.raise_signal(signal.SIGTERM)
+        return real(picture, path)
+
+    monkeypatch.setattr(nar.pictures, "save_png", save_png)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO):
+        assert main(["sample", "--ckpt", str(tmp_path / "last.ckpt"), "--classes", "0", "1", "2", "3",
+                     "--batch-size", "1", "--device", "cpu", "--threads", "1", "--out", str(out)]) == EXIT_INTERRUPTED
+    assert signal.getsignal(signal.SIGTERM) == before  # restored
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["0000_00.png", "0001_00.png"]
+    assert "interrupted at 2/4 img" in caplog.text and "SIGTERM" in caplog.text
+    assert "2 of 4 samples" in caplog.text and "same command" in caplog.text
+
+
+def test_a_video_job_goes_on_from_its_gifs(tmp_path, monkeypatch):
+    """Videos are GIFs, read back to decide what a resumed job keeps and to make the grid; PIL stores equal
+    consecutive frames as one longer frame, which reads back as the frames it stands for."""
+    from nar.pictures import save_gif
+    from nar.workflows.sample import read_sample
+
+    still = torch.rand(3, 5, 8, 8)
+    still[:, 1:3] = still[:, :1]  # frames 0-2 equal: stored as one
+    save_gif(still, tmp_path / "still.gif")
+    frames = read_sample(tmp_path / "still.gif", [5, 8, 8])
+    assert frames.shape == (3, 5, 8, 8) and (frames - still).abs().max() < 0.01  # GIF palette rounding only
+
+    video = NARConfig.from_name("NAR-tiny", dim=32, n_layer=1, n_head=2, vocab_size=512, grid=[1, 2, 2],
+                                num_classes=4)
+    run = {"model": to_dict(video), "tokenizer": {"path": "vq-video-tiny-atari", "config": ""},
+           "sampling": to_dict(SamplingConfig(cfg_scale=2.0))}
+    torch.save({"pytorch-lightning_version": "2", "hyper_parameters": {"cfg": run},
+                "state_dict": {f"model.{k}": v for k, v in NARModel(video).state_dict().items()}}, tmp_path / "v.ckpt")
+    base = ["sample", "--ckpt", str(tmp_path / "v.ckpt"), "--classes", "0", "1", "2", "--batch-size", "2",
+            "--device", "cpu", "--threads", "1"]
+    assert main([*base, "--out", str(tmp_path / "unbroken")]) == 0
+    import nar.pictures
+
+    real, written = nar.pictures.save_gif, []
+
+    def killed_after_the_first_batch(picture, path):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(Path(path).name)
+        return real(picture, path)
+
+    monkeypatch.setattr(nar.pictures, "save_gif", killed_after_the_first_batch)
+    with pytest.raises(KeyboardInterrupt):
+        main([*base, "--out", str(tmp_path / "out")])
+    monkeypatch.undo()
+    assert main([*base, "--out", str(tmp_path / "out")]) == 0
+    resumed, unbroken = _files(tmp_path / "out"), _files(tmp_path / "unbroken")
+    assert json.loads(resumed.pop("samples.json"))["image_size"] == [4, 8, 8]  # T, H, W
+    assert sorted(resumed) == ["grid.png", "images/0000_00.gif", "images/0001_00.gif", "images/0002_00.gif"]
+    assert resumed == {k: v for k, v in unbroken.items() if k != "samples.json"}

@@ -7,8 +7,10 @@
 
 Writes ``<i>_<j>.png`` (sample ``j`` of prompt/class ``i``) with the prompt beside it in
 ``<i>_<j>.txt`` under ``<out>/images/`` (so ``nar eval-samples <out>/images --metrics text`` scores shapes
-prompts), ``<out>/grid.png`` (one row per prompt) and ``samples.json``; an ``images/`` already holding files is
-refused unless ``--overwrite``. Our checkpoints carry the model, tokenizer, sampling and text-encoder settings;
+prompts), batch by batch as they are sampled, ``<out>/grid.png`` (the first ``--grid-samples``, a row per prompt)
+and ``samples.json`` (the job's settings; ``"complete": true`` once every sample is written). A job stopped part
+way goes on where it stopped when the same command is run again; an ``images/`` holding anything else is refused
+unless ``--overwrite``. Our checkpoints carry the model, tokenizer, sampling and text-encoder settings;
 official ``.pt`` files need ``--official`` with ``--n-head`` (and ``--grid``) or ``--config``.
 The work is :func:`nar.workflows.sample.run_sample`; this module only parses arguments.
 """
@@ -58,11 +60,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "in flight; class ids; other draws for a seed than fast), fp8 (float8 block weights, Hopper), "
                         "fp8kv (float8 KV caches), "
                         "e.g. wavefront+compile (default: %(default)s)")
+    p.add_argument("--grid-samples", type=int, default=64,
+                   help="grid.png shows the first N samples; 0 = no grid (default: %(default)s)")
     p.add_argument("--out", required=True,
-                   help="output folder; refused when its images/ already holds files, unless --overwrite")
+                   help="output folder; a job stopped part way goes on there with the same command (its samples.json "
+                        "says \"complete\": false); refused when its images/ holds other files, unless --overwrite")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier job's samples in --out: first removes the <i>_<j>.png/.gif/.txt files "
-                        "nar sample writes in images/ (any other file there is left, and eval-samples reads it)")
+                   help="replace an earlier job's samples in --out: first removes its samples.json and grid.png, then "
+                        "the <i>_<j>.png/.gif/.txt files nar sample writes in images/ (any other file there is left, "
+                        "and eval-samples reads it)")
     p.set_defaults(func=run)
 
 
@@ -76,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         n_per_prompt=args.n_per_prompt, guidance=args.guidance, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, text_encoder=args.text_encoder,
         text_encoder_path=args.text_encoder_path, device=args.device, threads=args.threads,
-        compile_decoder=args.compile_decoder, sampler=args.sampler, overwrite=args.overwrite)
+        compile_decoder=args.compile_decoder, sampler=args.sampler, overwrite=args.overwrite,
+        grid_samples=args.grid_samples)
     result = run_sample(job)
-    print(f"{len(result.records)} samples in {result.out} (grid: {result.grid})")
+    print(f"{len(result.records)} samples in {result.out} (grid: {result.grid or 'none'})")
     return 0
