@@ -11,7 +11,13 @@ cached) or an ``.npz`` with ``mu``/``sigma`` (ADM evaluator format; fid only, un
 images as ``arr_0``, as ADM reference batches do: pr/fvd use those, fid still ``mu``/``sigma``; sfid its
 ``mu_s``/``sigma_s``). ``--save-ref`` writes the real statistics in that format (``mu_s``/``sigma_s`` too when
 sfid is scored), to serve as such a ``--ref`` later. The ADM evaluator's scores are is, fid, sfid and pr. Prints a
-table, writes JSON.
+table, writes JSON (the command, the samples' size, the real images' count, split and limits, the Inception
+weights).
+
+Real images are compared at the samples' size (that of the first sample), as ``nar evaluate`` compares them: a
+``--ref`` folder or shards are read with the ADM centre crop to it; a reference ``.npz`` holds its images at one
+size, so one of another size is refused (ADM's evaluator compares same-size batches: resize one side); statistics
+alone (``mu``/``sigma``, no ``arr_0``) do not say their images' size, which a warning says.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import argparse
 import itertools
 import json
 import logging
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -57,6 +65,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None,
                    help="JSON results file (default: <samples name>.eval.json beside the samples, not in the cwd)")
     p.set_defaults(func=run)
+
+
+def _describe(shape: tuple[int, ...]) -> str:
+    """One sample's size in words: ``[H, W, 3]`` → ``HxW images``, ``[T, H, W, 3]`` → ``videos of T frames at
+    HxW``."""
+    size = f"{shape[-3]}x{shape[-2]}"
+    return f"{size} images" if len(shape) == 3 else f"videos of {shape[0]} frames at {size}"
+
+
+def _real_size(ref: str, statistics: bool, sample_shape: tuple[int, ...]) -> int | None:
+    """The size (H = W) the real images of ``ref`` are centre-cropped to: the samples' (``sample_shape``, one
+    sample's ``[(T,) H, W, 3]``; not square: the short side, said in a warning), as ``nar evaluate`` reads them;
+    None: as stored. A reference ``.npz`` is a fixed set of images: one whose ``arr_0`` is of another size is
+    refused (its statistics, or precision/recall, would score the size difference too); statistics without
+    ``arr_0`` are warned of (they do not store their images' size)."""
+    from nar.errors import ConfigError
+    from nar.metrics.sources import npz_sample_shape
+
+    height, width = sample_shape[-3:-1]
+    path = Path(ref)
+    if path.suffix == ".npz" and path.is_file():
+        shape = npz_sample_shape(path)
+        if shape is None:
+            if statistics:
+                log.warning("--ref %s holds statistics only (mu/sigma, no arr_0): the size of the images they were "
+                            "computed from cannot be checked against the samples' %dx%d; the score compares like "
+                            "with like only if those were %dx%d too", ref, height, width, height, width)
+            return None
+        if tuple(shape[-3:-1]) != (height, width):
+            raise ConfigError(f"--ref {ref}: its arr_0 holds {_describe(shape[1:])}, the samples are "
+                              f"{_describe(sample_shape)}; ADM's evaluator compares batches of one size, so resize one "
+                              "side to the other's (a folder or shards of real images as --ref are read at the "
+                              "samples' size)")
+        return height if height == width else None  # the samples' size already: nothing is cropped
+    if height != width:  # the ADM centre crop makes squares: to the short side, as nar evaluate crops them
+        log.warning("the samples are %dx%d (HxW): the real images of --ref %s are centre-cropped to %d-px squares, "
+                    "their short side", height, width, ref, min(height, width))
+    return min(height, width)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,6 +160,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{samples} holds videos: use --metrics fvd (or text for images)")
     if "fvd" in wanted and not video:
         raise ConfigError(f"{samples} holds images: fvd needs videos ([N, T, H, W, 3])")
+    sample_shape = tuple(int(d) for d in first.pixels.shape)  # [(T,) H, W, 3] of the first sample
+    real_size = None
+    if args.ref and any(m in wanted for m in ("fid", "sfid", "pr", "fvd")):
+        real_size = _real_size(args.ref, ref_statistics, sample_shape)  # before any network is built
+    real_counts: dict[str, int | None] = {}
 
     def timed(name: str, fn, *a, **kw):
         t0 = time.perf_counter()
@@ -124,12 +175,14 @@ def run(args: argparse.Namespace) -> int:
     def reference_batches():
         """The real ``--ref`` samples in batches; fewer than 2 (token shards hold none) is an error naming it."""
         count = 0
-        for batch, _ in iter_batches(iter_records(Path(args.ref), args.ref_split, args.ref_limit), args.batch_size):
+        records = iter_records(Path(args.ref), args.ref_split, args.ref_limit, image_size=real_size)
+        for batch, _ in iter_batches(records, args.batch_size):
             count += batch.shape[0]
             yield batch
         if count < 2:
             raise DataError(f"--ref {args.ref}: {count} images/videos, fewer than the 2 real statistics need "
                             "(token shards hold none)")
+        real_counts["read"] = count
 
     extractor = None
     if image_wanted or ("fvd" in wanted and not args.i3d):
@@ -148,15 +201,18 @@ def run(args: argparse.Namespace) -> int:
             if ref_statistics and ("fid" in image_wanted or "sfid" in image_wanted):
                 # FID from the batch's mu/sigma, sFID from its mu_s/sigma_s, as the decoding callback reads them
                 fidelity.set_reference(ref)
+                real_counts["statistics"] = fidelity.real_stats().count or None  # 0: the file does not say
             elif not feed_real:
                 stats = timed("reference", reference_stats, ref, extractor, args.ref_split, args.batch_size,
-                              device, args.ref_limit, args.cache)
+                              device, args.ref_limit, args.cache, image_size=real_size)
                 fidelity.set_reference(stats)
+                real_counts["read"] = stats.count
             if args.save_ref:
                 # the spatial statistics only exist when sfid is scored (it alone makes the extractor give them)
                 spatial = fidelity.real_spatial_stats()
                 fidelity.real_stats().save_npz(args.save_ref, spatial=spatial)
-                log.info("wrote the real statistics to %s%s", args.save_ref,
+                log.info("wrote the real statistics (images at %s) to %s%s",
+                         f"{real_size}x{real_size}" if real_size else "their stored size", args.save_ref,
                          "" if spatial is not None else " (mu/sigma only: add sfid to --metrics for mu_s/sigma_s)")
     if "fvd" in wanted:
         fvd = (FrechetVideoDistance(args.i3d, input_range=(0.0, 1.0)) if args.i3d
@@ -170,8 +226,10 @@ def run(args: argparse.Namespace) -> int:
         metrics["text"] = GenEvalShapes()
 
     count, missing_specs, next_log = 0, 0, 1000
+    sizes: set[tuple[int, ...]] = set()
     for batch, specs in iter_batches(records, args.batch_size):
         count += batch.shape[0]
+        sizes.add(tuple(batch.shape[2:]))
         if count >= next_log:
             log.info("%d samples scored", count)
             next_log += 1000
@@ -191,6 +249,9 @@ def run(args: argparse.Namespace) -> int:
                               f"prompts of the shapes grammar ({SHAPES_PROMPTS}), saved beside each image as .txt")
         log.warning("%d of %d samples have no shapes prompt/spec and were not text-scored (the grammar: %s)",
                     missing_specs, count, SHAPES_PROMPTS)
+    if len(sizes) > 1 and real_size is not None:
+        log.warning("the samples come in %d sizes (%s): the real images were read at the first sample's, %dx%d",
+                    len(sizes), ", ".join("x".join(map(str, s[-2:])) for s in sorted(sizes)), real_size, real_size)
 
     results: dict[str, float] = {}
     for name, metric in metrics.items():
@@ -198,7 +259,18 @@ def run(args: argparse.Namespace) -> int:
         results.update({k: float(v) for k, v in values.items()})
 
     per_1k = {k: round(v / max(count, 1) * 1000, 3) for k, v in seconds.items() if k != "reference"}
-    report = {"samples": str(samples), "ref": args.ref, "num_samples": count, "metrics": results,
+    argv = getattr(args, "argv", None) or sys.argv[1:]  # nar.cli.main records the command as given
+    # the real images behind the scores: those read here, else the count a statistics file stores (None: unsaid)
+    num_real = real_counts.get("read", real_counts.get("statistics"))
+    report = {"command": "nar " + shlex.join(argv), "samples": str(samples), "samples_split": args.samples_split,
+              "limit": args.limit, "num_samples": count, "sample_size": list(sample_shape[-3:-1]),
+              **({"sample_frames": sample_shape[0]} if video else {}),
+              "ref": args.ref, "ref_split": args.ref_split, "ref_limit": args.ref_limit, "num_real": num_real,
+              "real_size": real_size,
+              **({"reference_stats_count": real_counts["statistics"]} if "read" in real_counts
+                 and "statistics" in real_counts else {}),
+              "inception_weights": args.inception_weights, "extractor": getattr(extractor, "name", None),
+              "i3d": args.i3d, "metrics": results,
               "seconds": {k: round(v, 3) for k, v in seconds.items()}, "seconds_per_1k_samples": per_1k,
               "device": str(device)}
     width = max(len(k) for k in results) if results else 10

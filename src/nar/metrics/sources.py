@@ -149,19 +149,26 @@ def _arr0_shape(fh: Any, source: Path) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def npz_sample_count(source: str | Path) -> int | None:
-    """How many samples the ``arr_0`` of an ``.npz`` holds (an ADM reference batch: 10,000), read from the
-    array's ``.npy`` header inside the archive without loading it; None when there is no ``arr_0``. A damaged
-    archive or an ``arr_0`` that is not ``uint8 [N, H, W, 3]`` is a DataError naming ``source``."""
+def npz_sample_shape(source: str | Path) -> tuple[int, ...] | None:
+    """The shape of the ``arr_0`` of an ``.npz``, ``(N, H, W, 3)`` or ``(N, T, H, W, 3)``, read from the array's
+    ``.npy`` header inside the archive without loading it; None when there is no ``arr_0``. A damaged archive or an
+    ``arr_0`` that is not ``uint8 [N, H, W, 3]`` is a DataError naming ``source``."""
     source = Path(source)
     try:
         with zipfile.ZipFile(source) as zf:
             if "arr_0.npy" not in zf.namelist():
                 return None
             with zf.open("arr_0.npy") as fh:
-                return int(_arr0_shape(fh, source)[0])
+                return _arr0_shape(fh, source)
     except (zipfile.BadZipFile, OSError) as err:
         raise DataError(f"{source}: not a readable .npz ({err})") from err
+
+
+def npz_sample_count(source: str | Path) -> int | None:
+    """How many samples the ``arr_0`` of an ``.npz`` holds (an ADM reference batch: 10,000), as
+    :func:`npz_sample_shape` reads it (nothing loaded); None when there is no ``arr_0``."""
+    shape = npz_sample_shape(source)
+    return None if shape is None else int(shape[0])
 
 
 @contextlib.contextmanager
@@ -524,23 +531,27 @@ def is_statistics_file(source: str | Path) -> bool:
 
 def reference_stats(source: str | Path, extractor: torch.nn.Module, split: str | None = "train",
                     batch_size: int = 50, device: str | torch.device = "cpu", limit: int | None = None,
-                    cache: str | Path | None = None, seed: int = 0) -> GaussianStats:
+                    cache: str | Path | None = None, seed: int = 0, image_size: int | None = None) -> GaussianStats:
     """Real feature statistics of ``source`` (a ``limit``: the random subset drawn with ``seed``, see
-    :func:`iter_records`), computed once and cached (key: files + sizes + mtimes + split + limit + seed +
-    extractor name) under ``<cache>/stats/``. An ``.npz`` with ``mu``/``sigma`` is read as is."""
+    :func:`iter_records`) at ``image_size`` (the ADM centre crop; None: as stored), computed once and cached (key:
+    files + sizes + mtimes + split + limit + seed + size + extractor name) under ``<cache>/stats/``. An ``.npz``
+    with ``mu``/``sigma`` is read as is."""
     from nar.metrics.fidelity import ImageFidelity
     from nar.metrics.inception import cache_dir
 
     source = Path(source)
     if is_statistics_file(source):
         return GaussianStats.load_npz(source)
-    key = _source_fingerprint(source, split, limit, getattr(extractor, "name", type(extractor).__name__), seed)
+    name = getattr(extractor, "name", type(extractor).__name__)
+    # as real_features keys them; a read as stored keeps the key it always had
+    key = _source_fingerprint(source, split, limit, name if image_size is None else f"{name}@{image_size}", seed)
     path = cache_dir(cache) / "stats" / f"{source.name}-{split}-{key}.npz"
     if path.is_file():
         log.info("real statistics from cache %s", path)
         return GaussianStats.load_npz(path)
     metric = ImageFidelity(extractor=extractor).to(device)
-    for i, (images, _) in enumerate(iter_batches(iter_records(source, split, limit, seed=seed), batch_size)):
+    records = iter_records(source, split, limit, image_size=image_size, seed=seed)
+    for i, (images, _) in enumerate(iter_batches(records, batch_size)):
         metric.update(images.to(device), real=True)
         if (i + 1) % 20 == 0:
             log.info("real statistics: %d images", int(metric.real_count))
