@@ -410,3 +410,53 @@ def test_train_summary_lists_what_ran_degraded(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(train_cli, "device_overrides", lambda a: [], raising=False)
     assert train_cli.run(args) == 0
     assert "degraded:   eval.metrics fid: no real samples" in capsys.readouterr().out
+
+
+def _tokenizer_file(tmp_path: Path, preset: str) -> str:
+    """A tokenizer file (random weights) of ``preset``'s shape, as a trained one would be stored."""
+    from nar.tokenizers import build_tokenizer
+    from nar.tokenizers.io import save_tokenizer
+
+    path = tmp_path / f"{preset}.pt"
+    if not path.is_file():
+        save_tokenizer(build_tokenizer(preset), path)
+    return str(path)
+
+
+def _generator_run(tokenizer: str, grid: str) -> TrainConfig:
+    return load_config(TrainConfig, [], [f"tokenizer.path={tokenizer}", f"model.grid={grid}", "model.vocab_size=512",
+                                         "eval.metrics=[]"])
+
+
+@pytest.mark.parametrize("preset, grid", [("vq-tiny-emoji", "[2,8,8]"), ("vq-video-tiny-atari", "[8,8]")])
+def test_a_tokenizer_of_the_other_kind_is_refused_at_start(tmp_path, preset, grid) -> None:
+    """`nar train`/`nar evaluate` refuse an image tokenizer (2 axes) for a 3-axis model.grid and a video tokenizer
+    for a 2-axis one at start, naming tokenizer.path (it was a ValueError traceback once a batch was sampled)."""
+    from nar.workflows.preflight import check_generator_run
+
+    path = _tokenizer_file(tmp_path, preset)
+    with pytest.raises(ConfigError, match=r"model\.grid") as refused:
+        check_generator_run(_generator_run(path, grid), needs_data=False)
+    assert refused.value.key == "tokenizer.path" and path in str(refused.value)
+
+
+def test_a_grid_off_the_tokenizers_size_and_a_preset_tokenizer_are_warned_of_once(tmp_path, caplog) -> None:
+    """model.grid x the tokenizer's downsampling other than its image_size (or, for videos, num_frames): one warning
+    naming both sizes; a preset name as tokenizer.path (random weights): one warning saying so; a trained file whose
+    size the grid fits: none."""
+    from nar.workflows.preflight import check_generator_run
+
+    def warnings(tokenizer: str, grid: str) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="nar"):
+            check_generator_run(_generator_run(tokenizer, grid), needs_data=False)
+        return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+    image, video = _tokenizer_file(tmp_path, "vq-tiny-emoji"), _tokenizer_file(tmp_path, "vq-video-tiny-atari")
+    assert warnings(image, "[8,8]") == [] and warnings(video, "[4,8,8]") == []  # 8x8 tokens x 4 = 32 px
+    (off,) = warnings(image, "[16,16]")
+    assert "64x64" in off and "32x32" in off and image in off and "model.grid" in off, off
+    (frames,) = warnings(video, "[2,8,8]")
+    assert "8 frames" in frames and "16 frames" in frames, frames
+    (preset,) = warnings("vq-tiny-emoji", "[8,8]")
+    assert "tokenizer.path" in preset and "random weights" in preset, preset
