@@ -430,3 +430,14 @@ def test_validated_pixels_are_scored_as_their_batches_come_and_count_once(tmp_pa
     assert len(built) == 2 and callback._real_streamed == 6
     fed = torch.cat(callback.metrics["image"].real)
     assert torch.equal(fed, to_uint8(torch.cat([b["image"] for b in batches]).clamp(-1, 1)))
+
+
+def test_fewer_model_classes_than_the_data_holds_are_refused_at_start(tmp_path):
+    """model.num_classes below the data's classes was an IndexError traceback at the first batch holding a larger
+    label (in a grid, it took the whole grid down); caption models ignore the classes."""
+    from nar.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"2, but .* holds {CLASSES} classes.*model.num_classes={CLASSES}") as refused:
+        _run_config("generator", tmp_path / "a", "model.num_classes=2")
+    assert refused.value.key == "model.num_classes"
+    _run_config("generator", tmp_path / "b", f"model.num_classes={CLASSES}")

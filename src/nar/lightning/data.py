@@ -218,6 +218,10 @@ def generator_datamodule(cfg: TrainConfig, *, training: bool = True) -> L.Lightn
         warn_if_class_sorted(d, meta)
         check_shuffle_buffer_memory(d, meta, cfg.trainer.devices)
     check_val_split_covers_processes(d, meta, cfg.trainer.world_size)
+    classes = len(meta.get("classes") or [])
+    if cfg.model.condition == "class" and classes > cfg.model.num_classes:  # an IndexError at the first such label
+        raise ConfigError(f"{cfg.model.num_classes}, but {d.root} holds {classes} classes (meta.json classes); set "
+                          f"model.num_classes={classes} or more", key="model.num_classes")
     common = {**_common(d, d.seed), "samples_per_epoch": d.samples_per_epoch}
     kind = meta.get("kind")
     if kind == "tokens":
