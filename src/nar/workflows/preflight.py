@@ -41,21 +41,19 @@ def tokenizer_config(path: str, config: str = "") -> VQConfig:
     return read_tokenizer_config(path, config=config or None)
 
 
-def _check_tokenizer_fits(cfg: TrainConfig, tokenizer: VQConfig) -> None:
-    """The tokenizer ``tokenizer.path`` names decodes ``model.grid``: the same number of axes (a refusal: its decoder
-    takes codes of its own kind), and (a warning) samples of the size it was trained on; a preset name is warned of,
-    as ``nar sample`` warns of it: it builds an untrained tokenizer."""
-    from nar.tokenizers import PRESETS
-
-    path, grid = cfg.tokenizer.path, list(cfg.model.grid)
+def check_tokenizer_fits(grid: list[int], tokenizer: VQConfig, name: str, key: str | None = "tokenizer.path") -> None:
+    """Whether the tokenizer ``name`` (its config ``tokenizer``) decodes the token grid ``grid``: the same number of
+    axes, else :class:`ConfigError` (its decoder takes codes of its own kind; ``key`` the config key it names); a
+    warning when the grid decodes to another size than the tokenizer was trained on. ``nar train``/``nar evaluate``
+    (here, at start) and ``nar sample`` (before its first batch) ask alike."""
+    grid = list(grid)
     axes = len(tokenizer.grid)  # 2: an image tokenizer, 3: a video one
     if len(grid) != axes:
         wanted = {2: "an image tokenizer", 3: "a video tokenizer"}.get(
             len(grid), "a tokenizer nar has none of (image ones: 2 axes, video ones: 3)")
         kind = "an image" if tokenizer.kind == "image" else "a video"
-        raise ConfigError(f"{path} is {kind} tokenizer (codes on {axes} axes), but model.grid {grid} has {len(grid)} "
-                          f"axes, whose samples it cannot decode; a {len(grid)}-axis grid needs {wanted}",
-                          key="tokenizer.path")
+        raise ConfigError(f"{name} is {kind} tokenizer (codes on {axes} axes), but model.grid {grid} has {len(grid)} "
+                          f"axes, whose samples it cannot decode; a {len(grid)}-axis grid needs {wanted}", key=key)
     factor = tokenizer.spatial_downsample
     made = f"{grid[-2] * factor}x{grid[-1] * factor}"
     trained = f"{tokenizer.image_size}x{tokenizer.image_size}"
@@ -63,15 +61,11 @@ def _check_tokenizer_fits(cfg: TrainConfig, tokenizer: VQConfig) -> None:
         made = f"{grid[0] * tokenizer.temporal_factor} frames of {made}"
         trained = f"{tokenizer.num_frames} frames of {trained}"
     if made != trained:
-        log.warning("model.grid %s decodes through tokenizer.path %s (downsampling %s) to samples of %s, but the "
-                    "tokenizer was trained on %s: its decoder is asked for a size it did not learn; set model.grid to "
-                    "%s unless another size is meant", grid, path,
+        log.warning("model.grid %s decodes through %s (downsampling %s) to samples of %s, but the tokenizer was "
+                    "trained on %s: its decoder is asked for a size it did not learn; set model.grid to %s unless "
+                    "another size is meant", grid, name,
                     f"{tokenizer.temporal_factor}x{factor}x{factor}" if axes == 3 else f"{factor}x{factor}", made,
                     trained, list(tokenizer.grid))
-    if path in PRESETS and not Path(path).exists():  # load_tokenizer's rule for a preset
-        log.warning("tokenizer.path %s is a preset name, not a file: the tokenizer is built with random weights, so "
-                    "decoded samples and their scores (and, on pixel data, the tokens trained on) show only what an "
-                    "untrained tokenizer makes; point tokenizer.path at a trained tokenizer file", path)
 
 
 def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[str]:
@@ -111,7 +105,14 @@ def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[st
         if "fvd" in asked and e.i3d_path and tokenizer.kind == "video" and tokenizer.num_frames < I3D_MIN_FRAMES:
             raise ConfigError(f"fvd with eval.i3d_path: the tokenizer decodes clips of {tokenizer.num_frames} frames, "
                               f"the I3D takes at least {I3D_MIN_FRAMES}; score fvd_proxy instead", key="eval.metrics")
-        _check_tokenizer_fits(cfg, tokenizer)
+        check_tokenizer_fits(cfg.model.grid, tokenizer, cfg.tokenizer.path)
+        from nar.tokenizers import PRESETS
+
+        if cfg.tokenizer.path in PRESETS and not Path(cfg.tokenizer.path).exists():  # load_tokenizer's rule
+            log.warning("tokenizer.path %s is a preset name, not a file: the tokenizer is built with random weights, "
+                        "so decoded samples and their scores (and, on pixel data, the tokens trained on) show only "
+                        "what an untrained tokenizer makes; point tokenizer.path at a trained tokenizer file",
+                        cfg.tokenizer.path)
     if asked and not cfg.tokenizer.path:
         degraded.append(f"eval.metrics {asked}: no tokenizer.path to decode samples to pixels, so no scores")
     if e.real_root:

@@ -235,12 +235,17 @@ def picture_size(tokenizer: torch.nn.Module, grid: Sequence[int]) -> list[int] |
 def check_tokenizer_fits(model_cfg: NARConfig, tokenizer: torch.nn.Module, tok_path: str) -> None:
     """Before any sampling: a tokenizer of other axes than the model's grid, or with fewer codes than the model
     samples, cannot decode what it samples (:class:`ConfigError` naming ``--tokenizer``); more codes, or a picture
-    size other than the one the tokenizer was made for, may be another run's tokenizer (a warning)."""
+    size other than the one the tokenizer was made for, may be another run's tokenizer (a warning). The grid's fit
+    is :func:`nar.workflows.preflight.check_tokenizer_fits`, which ``nar train``/``nar evaluate`` ask at start."""
+    from nar.tokenizers import VQConfig
+    from nar.workflows.preflight import check_tokenizer_fits as check_grid
+
     grid, vocab = list(model_cfg.grid), model_cfg.vocab_size
-    axes = getattr(tokenizer, "input_axes", len(grid))
-    if axes != len(grid):
-        kind = {2: "an image", 3: "a video"}.get(axes, f"a {axes}-axis")
-        raise ConfigError(f"--tokenizer {tok_path} is {kind} tokenizer ({axes} token axes), but the model samples a "
+    config = getattr(tokenizer, "config", None)
+    if isinstance(config, VQConfig):
+        check_grid(grid, config, f"--tokenizer {tok_path}", key=None)
+    elif getattr(tokenizer, "input_axes", len(grid)) != len(grid):  # a tokenizer without a VQ config
+        raise ConfigError(f"--tokenizer {tok_path} takes {tokenizer.input_axes} token axes, but the model samples a "
                           f"{len(grid)}-axis token grid {grid} (model.grid); use the run's own tokenizer")
     codebook = getattr(tokenizer, "codebook_size", vocab)
     if vocab > codebook:  # the model would sample ids the tokenizer cannot decode
@@ -249,13 +254,6 @@ def check_tokenizer_fits(model_cfg: NARConfig, tokenizer: torch.nn.Module, tok_p
     if codebook != vocab:
         log.warning("--tokenizer %s has %d codes, but the model samples only the first %d (model.vocab_size): is "
                     "it the run's own tokenizer?", tok_path, codebook, vocab)
-    decoded, cfg = picture_size(tokenizer, grid), getattr(tokenizer, "config", None)
-    if decoded is not None and hasattr(cfg, "image_size"):
-        made_for = [cfg.image_size] * 2 if len(grid) == 2 else [cfg.num_frames, cfg.image_size, cfg.image_size]
-        if decoded != made_for:
-            log.warning("--tokenizer %s was made for %s pictures, but the model's token grid %s decodes to %s through "
-                        "it: a convolutional decoder decodes either, but is it the run's own tokenizer?", tok_path,
-                        "x".join(map(str, made_for)), grid, "x".join(map(str, decoded)))
 
 
 def class_ids(wanted: Sequence[int | str], num_classes: int, names: Sequence[str] = ()) -> list[int]:
