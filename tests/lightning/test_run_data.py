@@ -441,3 +441,34 @@ def test_fewer_model_classes_than_the_data_holds_are_refused_at_start(tmp_path):
         _run_config("generator", tmp_path / "a", "model.num_classes=2")
     assert refused.value.key == "model.num_classes"
     _run_config("generator", tmp_path / "b", f"model.num_classes={CLASSES}")
+
+
+def test_a_tokenizer_file_other_than_the_one_the_codes_were_made_with_is_warned_of(tokenizer_file, tmp_path, caplog):
+    """Token shards record their tokenizer file's sha256 (nar data tokens); a run decoding with a file of other
+    content (a tokenizer retrained into the same path) is told so at start; the same file says nothing."""
+    import json
+    import logging
+    import shutil
+
+    from nar.data.tokens import file_sha256
+    from nar.workflows.preflight import check_generator_run
+
+    root = _sorted_token_split(tmp_path / "tokens")
+    meta = json.loads((root / "meta.json").read_text())
+    (root / "meta.json").write_text(json.dumps({**meta, "tokenizer_sha256": file_sha256(tokenizer_file)}))
+    other = tmp_path / "retrained.pt"
+    shutil.copy(tokenizer_file, other)
+    with other.open("ab") as fh:
+        fh.write(b"\0")  # other bytes: another file as far as the codes can tell
+
+    def said(path) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="nar"):
+            check_generator_run(load_config(TrainConfig, [], [f"data.root={root}", f"tokenizer.path={path}",
+                                                              "model.grid=[2,2]", "model.vocab_size=64",
+                                                              "eval.metrics=[]"]))
+        return [r.getMessage() for r in caplog.records if "tokenizer_sha256" in r.getMessage()]
+
+    assert said(tokenizer_file) == []
+    (warning,) = said(other)
+    assert str(other) in warning and str(root) in warning

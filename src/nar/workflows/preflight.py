@@ -106,6 +106,16 @@ def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[st
             raise ConfigError(f"fvd with eval.i3d_path: the tokenizer decodes clips of {tokenizer.num_frames} frames, "
                               f"the I3D takes at least {I3D_MIN_FRAMES}; score fvd_proxy instead", key="eval.metrics")
         check_tokenizer_fits(cfg.model.grid, tokenizer, cfg.tokenizer.path)
+        made_with = meta.get("tokenizer_sha256")
+        if made_with and Path(cfg.tokenizer.path).is_file():
+            from nar.data.tokens import file_sha256
+
+            if file_sha256(cfg.tokenizer.path) != made_with:  # ~0.3 s for a VQ-16 file, once at start
+                log.warning("tokenizer.path %s is not the file the token shards in %s were made with (its content "
+                            "differs from meta.json's tokenizer_sha256 %s…, e.g. retrained since): the samples are "
+                            "decoded by another decoder than the codes were made for, and their scores mean little "
+                            "unless only the decoder was fine-tuned on the same codebook", cfg.tokenizer.path,
+                            cfg.data.root, made_with[:12])
         from nar.tokenizers import PRESETS
 
         if cfg.tokenizer.path in PRESETS and not Path(cfg.tokenizer.path).exists():  # load_tokenizer's rule
