@@ -115,14 +115,32 @@ def _running(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def _children_end_with_their_killed_parent(parent, children: list[int], expected: int | None = None) -> None:
+    """SIGKILL ``parent`` (a Popen) and check that its ``children`` (pids; ``expected`` of them when given) end
+    within 10 s; whatever happens, none is left running."""
+    import signal
+    import time
+
+    try:
+        assert children and expected in (None, len(children)) and all(_running(p) for p in children)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while any(_running(p) for p in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in children if _running(p)], "children outlived their killed parent"
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
 def test_pool_workers_end_when_their_writer_is_killed(tmp_path):
     """A writer killed with SIGKILL (the OOM killer, `kill -9`, a cluster's hard stop) left its shard-writing
     workers waiting on their job pipe for ever; they now end within seconds."""
-    import signal
     import subprocess
     import sys
-    import time
 
     script = ("import os, time\n"
               "from nar.data.shards import worker_pool\n"
@@ -132,25 +150,13 @@ def test_pool_workers_end_when_their_writer_is_killed(tmp_path):
               "time.sleep(120)\n")
     writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     workers = [int(p) for p in writer.stdout.readline().split()]
-    try:
-        assert workers and all(_running(p) for p in workers)
-        writer.send_signal(signal.SIGKILL)
-        writer.wait(10)
-        deadline = time.monotonic() + 10
-        while any(_running(p) for p in workers) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not [p for p in workers if _running(p)], "workers outlived their killed writer"
-    finally:
-        for pid in workers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    _children_end_with_their_killed_parent(writer, workers)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
 def test_token_extraction_ranks_end_when_their_parent_is_killed(tmp_path):
     """The processes of `nar data tokens --gpus N` (nar.data.tokens.run_processes) end with a parent killed by
     SIGKILL, as the shard writers' pool workers do."""
-    import signal
     import subprocess
     import sys
     import time
@@ -165,16 +171,4 @@ def test_token_extraction_ranks_end_when_their_parent_is_killed(tmp_path):
     deadline = time.monotonic() + 60
     while len(list(tmp_path.iterdir())) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
-    ranks = [int(p.name) for p in tmp_path.iterdir()]
-    try:
-        assert len(ranks) == 2 and all(_running(p) for p in ranks)
-        parent.send_signal(signal.SIGKILL)
-        parent.wait(10)
-        deadline = time.monotonic() + 10
-        while any(_running(p) for p in ranks) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not [p for p in ranks if _running(p)], "ranks outlived their killed parent"
-    finally:
-        for pid in ranks:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    _children_end_with_their_killed_parent(parent, [int(p.name) for p in tmp_path.iterdir()], 2)
