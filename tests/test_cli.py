@@ -460,3 +460,15 @@ def test_a_grid_off_the_tokenizers_size_and_a_preset_tokenizer_are_warned_of_onc
     assert "8 frames" in frames and "16 frames" in frames, frames
     (preset,) = warnings("vq-tiny-emoji", "[8,8]")
     assert "tokenizer.path" in preset and "random weights" in preset, preset
+
+
+@pytest.mark.parametrize("command", [["train-tokenizer", "--data", "emoji"], ["ablate"]])
+def test_a_repeated_config_flag_of_a_one_yaml_command_is_refused(command, capsys) -> None:
+    """`nar train` merges each --config in order; these commands read one YAML, and a second --config silently
+    replaced the first."""
+    parser = build_parser()
+    assert parser.parse_args([*command, "--config", "a.yaml", "k=1"]).config == "a.yaml"
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args([*command, "--config", "a.yaml", "k=1", "--config", "b.yaml"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--config" in err and "a.yaml" in err and "b.yaml" in err and "once" in err

@@ -10,7 +10,9 @@ tokenizer runs, ablation grids):
   holds (``preset_fields``), and the section's own keys apply on top of it;
 * the result is built bottom-up, section by section, so a range error raised by a nested
   ``__post_init__`` (a :class:`~nar.errors.ConfigError` with a key relative to its own dataclass) comes
-  out with the full key path: ``key 'optim.lr': must be > 0``.
+  out with the full key path and the last file or override that set it: ``key 'optim.lr': must be > 0,
+  got -0.001 (set in neg.yaml)``; a float that is NaN or infinite is refused there for every key;
+* a YAML file that gives one key twice in a mapping is refused (YAML would keep the later value silently).
 
 Experiment YAMLs ship inside the package (``nar.experiments``, mapped onto the repository's
 ``experiments/`` folder), so an installed ``nar`` finds ``demo/emoji.yaml`` without a checkout:
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import re
 import typing
 from collections.abc import Sequence
@@ -56,7 +59,22 @@ def load_config(schema: type[T], yaml_paths: Sequence[str | Path] = (), override
         for path, fields in presets.items():
             _set(base, path, fields)
         merged = merge_sources(base, paths, overrides, dicts)
-    return build(schema, merged)
+    try:
+        return build(schema, merged)
+    except ConfigError as err:
+        raise _with_source(err, paths, overrides) from None
+
+
+def select_resolved(node: DictConfig, key: str, yaml_paths: Sequence[str | Path] = (), overrides: Sequence[str] = (),
+                    default: Any = None) -> Any:
+    """``OmegaConf.select(node, key, default=default)`` of a :func:`merge_sources` result, for a value needed before
+    :func:`load_config` (``data.root``, whose meta.json feeds the config); a value that cannot be resolved (an unset
+    ``${oc.env:VAR}``) is the :class:`ConfigError` :func:`load_config` would raise, naming the key and where it was
+    set among ``yaml_paths`` and ``overrides``."""
+    try:
+        return OmegaConf.select(node, key, default=default)
+    except OmegaConfBaseException as err:
+        raise _with_source(_unresolved(err, key), [Path(p) for p in yaml_paths], overrides) from None
 
 
 def from_dict(schema: type[T], data: dict[str, Any]) -> T:
@@ -143,9 +161,12 @@ def read_yaml(path: str | Path) -> DictConfig:
         raise ConfigError(f"config file not found: {path}")
     try:
         text = path.read_text(encoding="utf-8")
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except _DuplicateKey as err:
+        raise ConfigError(f"{path}: key '{err.key}' appears twice in one mapping (lines {err.first} and "
+                          f"{err.second}); YAML would keep only the second: merge them into one") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -155,6 +176,37 @@ def read_yaml(path: str | Path) -> DictConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got a {type(data).__name__}")
     return OmegaConf.create(data)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.first, self.second = key, first, second
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load``, except that a mapping giving one key twice is an error (:class:`_DuplicateKey`, with
+    both 1-based lines). Keys a ``<<`` merge brings in may still be set again beside it."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._checked: set[int] = set()
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # Every mapping passes here before it is built, and merge sources before their own turn: check each once,
+        # while it holds only its own keys (flattening adds the merged ones in front).
+        if id(node) not in self._checked:
+            self._checked.add(id(node))
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise _DuplicateKey(key, seen[key], line)
+                seen[key] = line
+        super().flatten_mapping(node)
 
 
 def config_path(ref: str | Path) -> Path:
@@ -190,6 +242,19 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+class GivenOnce(argparse.Action):
+    """An ``argparse`` action for an option a command reads one value of (``nar train-tokenizer --config``): given
+    twice, it is argparse's usage error (exit 2) naming both values, where a plain option keeps the last silently."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        earlier = getattr(namespace, self.dest, None)
+        if earlier is not None and earlier is not self.default:
+            parser.error(f"argument {option_string}: given more than once ({earlier!r}, then {values!r}); this "
+                         "command reads one; put the keys of both into one file, or pass them as key=value")
+        setattr(namespace, self.dest, values)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,10 +296,23 @@ def _value(hint: Any, value: Any, key: str) -> Any:
         return [build(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, (DictConfig, ListConfig)):
         try:
-            return OmegaConf.to_container(value, resolve=True)
+            value = OmegaConf.to_container(value, resolve=True)
         except OmegaConfBaseException as err:
             raise _unresolved(err, key) from None
+    if not _finite(value):  # NaN passes every `value < minimum` check, and no key wants an infinity
+        raise ConfigError(f"must be a finite number, got {value}", key=key)
     return value
+
+
+def _finite(value: Any) -> bool:
+    """Whether every float in ``value`` (a scalar, or a list or dict of them, nested) is finite."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
 
 
 # What YAML reads as null: such an override of an Optional[str] key means None, as for any other key.
@@ -277,6 +355,47 @@ def _failing_key(base: DictConfig, data: DictConfig, prefix: str = "") -> str | 
                 return _failing_key(inner_base, inner, key) or key
             return key
     return None
+
+
+def _with_source(err: ConfigError, yaml_paths: Sequence[Path], overrides: Sequence[str]) -> ConfigError:
+    """``err`` with the file or override that set its key last named after its message, when one did."""
+    source = _last_setter(err.key, yaml_paths, overrides) if err.key else None
+    return ConfigError(f"{err.message} ({source})", key=err.key) if source else err
+
+
+def _last_setter(key: str, yaml_paths: Sequence[Path], overrides: Sequence[str]) -> str | None:
+    """Which of the YAML files and ``key=value`` overrides set ``key`` last (as ``set in <file>`` or ``set by the
+    override '<item>'``), for an error about its value; None when none of them did (a default, a preset, a stored
+    config or the data's facts) or when ``key`` is a section (several sources may share it). Error path only."""
+    parts = re.findall(r"[^.\[\]]+", key)
+    for item in reversed(overrides):
+        name = item.partition("=")[0].strip()
+        if name == key or key.startswith((f"{name}.", f"{name}[")):
+            try:
+                if _holds(OmegaConf.from_dotlist([item]), parts):
+                    return f"set by the override '{item}'"
+            except (OmegaConfBaseException, yaml.YAMLError):
+                if name == key:
+                    return f"set by the override '{item}'"
+    for path in reversed(yaml_paths):
+        try:
+            if _holds(read_yaml(path), parts):
+                return f"set in {path}"
+        except ConfigError:
+            return None
+    return None
+
+
+def _holds(node: Any, parts: Sequence[str]) -> bool:
+    """Whether ``node`` gives a value (not a section) at the path ``parts`` (``["model", "grid", "0"]``)."""
+    for part in parts:
+        if isinstance(node, DictConfig) and part in node.keys():
+            node = node._get_node(part, validate_access=False)
+        elif isinstance(node, ListConfig) and part.isdigit() and int(part) < len(node):
+            node = node._get_node(int(part))
+        else:
+            return False
+    return not isinstance(node, DictConfig)
 
 
 def _unresolved(err: OmegaConfBaseException, key: str) -> ConfigError:

@@ -249,3 +249,114 @@ def test_a_removed_key_is_refused_naming_what_replaced_it(tmp_path: Path, schema
     # the replacement is a key the schema takes, and an unknown key is still refused as before, with no hint
     with pytest.raises(ConfigError, match=r"key 'trainer.bogus': Key 'bogus' not in 'TrainerConfig'$"):
         load_config(cls, overrides=["trainer.bogus=2"])
+
+
+@pytest.mark.parametrize("text, key, lines", [
+    ("optim:\n  lr: 1.0e-3\noptim:\n  weight_decay: 0.1\n", "optim", (1, 3)),  # the first section's lr was lost
+    ("optim:\n  lr: 1.0e-3\n  eps: 1.0e-6\n  lr: 2.0e-3\n", "lr", (2, 4)),
+    ("model:\n  grid: [4, 4]\ndata:\n  root: a\n  root: b\n", "root", (4, 5)),
+])
+def test_a_key_twice_in_one_yaml_mapping_is_refused_naming_file_key_and_both_lines(tmp_path: Path, text: str,
+                                                                                  key: str, lines: tuple) -> None:
+    """YAML would keep the later value and drop the earlier one without a word."""
+    dup = tmp_path / "dup.yaml"
+    dup.write_text(text)
+    with pytest.raises(ConfigError, match=rf"dup\.yaml: key '{key}' appears twice.*lines {lines[0]} and {lines[1]}"):
+        load_config(TrainConfig, [dup])
+
+
+def test_anchors_and_merge_keys_still_work(tmp_path: Path) -> None:
+    """A key a ``<<`` merge brings in may be set again beside it: that is what merge keys are for."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from nar.config import read_yaml
+
+    shared = tmp_path / "shared.yaml"
+    shared.write_text("eval:\n  <<: &common {seed: 3, batch_size: 2}\n  batch_size: 8\n"
+                      "data:\n  <<: *common\n  batch_size: 4\n  root: &root /d\ntokenizer:\n  path: *root\n")
+    cfg = load_config(TrainConfig, [shared])
+    assert (cfg.eval.seed, cfg.eval.batch_size, cfg.data.seed, cfg.data.batch_size) == (3, 8, 3, 4)
+    assert cfg.tokenizer.path == cfg.data.root == "/d"
+    # a mapping merged into the top level before its own turn, whose own key overrides what it merged
+    nested = tmp_path / "nested.yaml"
+    text = "a: &a {x: 1, y: 1}\nb: &b\n  <<: *a\n  x: 2\n<<: [*b]\nz: [*a, *b]\n"
+    nested.write_text(text)
+    data = read_yaml(nested)
+    assert (data.b.x, data.b.y, data.z[1].x) == (2, 1, 2)
+    assert OmegaConf.to_container(data) == yaml.safe_load(text)  # PyYAML's own reading, to the letter
+
+
+def test_an_unset_environment_variable_in_data_root_names_the_key(tmp_path: Path, monkeypatch) -> None:
+    """The pre-pass that looks for data.root's meta.json refuses it as the real pass refuses any other key."""
+    from nar.workflows.train import generator_config
+
+    monkeypatch.delenv("NAR_TEST_UNSET_DATA", raising=False)
+    env = tmp_path / "env.yaml"
+    env.write_text("data:\n  root: ${oc.env:NAR_TEST_UNSET_DATA}\n")
+    for yamls, overrides in (([env], []), ([], ["data.root=${oc.env:NAR_TEST_UNSET_DATA}"])):
+        with pytest.raises(ConfigError, match=r"key 'data\.root': cannot resolve.*NAR_TEST_UNSET_DATA"):
+            generator_config(yamls, overrides)
+
+
+def _float_keys(schema: type, path: str = "") -> list[tuple[str, bool]]:
+    """``(key, is a list)`` of every float field of ``schema``, nested sections included."""
+    import dataclasses
+    import typing
+
+    from nar.config import _dataclass_of
+
+    out = []
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        key = f"{path}.{f.name}" if path else f.name
+        hint = hints[f.name]
+        section = _dataclass_of(hint)
+        if section is not None:
+            out += _float_keys(section, key)
+        elif typing.get_origin(hint) is list:
+            if typing.get_args(hint) == (float,):
+                out.append((key, True))
+        elif float in (hint, *typing.get_args(hint)):  # float, float | None
+            out.append((key, False))
+    return out
+
+
+@pytest.mark.parametrize("override", ["optim.lr=.inf", "optim.lr=inf", "optim.weight_decay=.nan", "optim.eps=.nan",
+                                      "optim.grad_clip=.nan", "optim.grad_clip=-.inf", "model.rope_base=.inf",
+                                      "optim.betas=[0.9,.nan]"])
+def test_non_finite_values_are_refused_naming_the_key(override: str) -> None:
+    """NaN passes every `value < minimum` check; the run then stopped much later on a 'non-finite training loss'."""
+    key = override.partition("=")[0]
+    with pytest.raises(ConfigError, match=rf"key '{re.escape(key)}': must be a finite number"):
+        load_config(TrainConfig, [], [override])
+
+
+@pytest.mark.parametrize("schema", ["TrainConfig", "TokenizerRunConfig"])
+def test_every_float_key_refuses_nan_and_inf(schema: str) -> None:
+    from nar.runs import config as run_config
+
+    cls = getattr(run_config, schema)
+    keys = _float_keys(cls)
+    assert len(keys) > 10
+    for key, is_list in keys:
+        for bad in (".nan", ".inf", "-.inf"):
+            with pytest.raises(ConfigError, match=rf"key '{re.escape(key)}': must be a finite number"):
+                load_config(cls, [], [f"{key}=[{bad}]" if is_list else f"{key}={bad}"])
+
+
+def test_a_range_error_names_the_file_or_override_that_set_the_key(tmp_path: Path) -> None:
+    first, neg, other = tmp_path / "a.yaml", tmp_path / "neg.yaml", tmp_path / "other.yaml"
+    first.write_text("optim:\n  lr: 1.0e-3\n")
+    neg.write_text("optim:\n  lr: -1.0e-3\n")
+    other.write_text("optim:\n  eps: 1.0e-6\n")
+    with pytest.raises(ConfigError, match=r"key 'optim\.lr': must be > 0, got -0\.001 \(set in .*neg\.yaml\)$"):
+        load_config(TrainConfig, [first, neg, other])  # the last file that set it, not the last file
+    with pytest.raises(ConfigError, match=r"key 'optim\.lr': must be > 0, got -1\.0 \(set by the override "
+                                          r"'optim\.lr=-1'\)$") as err:
+        load_config(TrainConfig, [neg], ["optim.lr=-1", "optim.eps=1e-6"])
+    assert err.value.key == "optim.lr"
+    with pytest.raises(ConfigError, match=r"key 'model\.grid': .*set by the override 'model=\{grid: \[0, 4\]\}'"):
+        load_config(TrainConfig, [], ["model={grid: [0, 4]}"])
+    with pytest.raises(ConfigError, match=r"key 'data\.batch_size': must be >= 1, got 0$"):
+        load_config(TrainConfig, [other], [], [{"data": {"batch_size": 0}}])  # a stored config: no file to name

@@ -20,10 +20,12 @@ log = logging.getLogger(__name__)
 
 def register(sub: argparse._SubParsersAction) -> None:
     from nar.cli.train import add_device_args
+    from nar.config import GivenOnce
 
     p = sub.add_parser("ablate", help="train and evaluate a grid of generator variants (head ablations)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="ablation YAML (experiments/ablations/*.yaml)")
+    p.add_argument("--config", required=True, action=GivenOnce,
+                   help="ablation YAML (experiments/ablations/*.yaml; one)")
     p.add_argument("--set", action="append", default=[], metavar="key=value",
                    help="one override of the ablation YAML's own keys (out=..., bench.batch=...); repeat the flag "
                         "for more (--set out=... --set bench.batch=8); bare key=value are training overrides")

@@ -20,6 +20,7 @@ from nar.cli.train import add_device_args, device_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from nar.config import GivenOnce
     from nar.workflows.tokenizer import DATASETS
 
     p = sub.add_parser("train-tokenizer", help="train a VQ tokenizer (image or video) on shards",
@@ -30,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default=None,
                    help="tokenizer preset (vq-16, vq-8, vq-tiny-emoji, vq-video-ucf101, vq-video-tiny-atari); "
                    "default: the recipe's")
-    p.add_argument("--config", help="tokenizer YAML instead of a packaged recipe")
+    # tokenizer_config reads one recipe YAML: a second --config is refused, not merged as by `nar train`
+    p.add_argument("--config", action=GivenOnce, help="tokenizer YAML instead of a packaged recipe (one)")
     add_device_args(p)
     p.add_argument("--resume", action="store_true", help="continue the run folder's newest intact checkpoint")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. trainer.max_steps=100")

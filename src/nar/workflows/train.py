@@ -124,12 +124,13 @@ def generator_config(yamls: Sequence[str | Path] = (), overrides: Sequence[str] 
     """
     from omegaconf import OmegaConf
 
-    from nar.config import config_path, merge_sources
+    from nar.config import config_path, merge_sources, select_resolved
 
     dicts = [base] if base else []
+    paths = [config_path(p) for p in yamls]
     # Typed as the real pass below types it, so text keys stay text (data.root=0601 is not YAML 1.1's 385).
-    user = merge_sources(OmegaConf.structured(TrainConfig), [config_path(p) for p in yamls], overrides, dicts)
-    root = OmegaConf.select(user, "data.root", default="")
+    user = merge_sources(OmegaConf.structured(TrainConfig), paths, overrides, dicts)
+    root = select_resolved(user, "data.root", paths, overrides, default="")
     if root and Path(root, "meta.json").is_file():
         dicts.append(facts_from_data(root))
     return load_config(TrainConfig, yamls, overrides, dicts)
