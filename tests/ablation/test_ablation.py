@@ -254,10 +254,12 @@ def test_seeds_run_in_parallel_and_report_intervals(tmp_path: Path, tiny_tokens:
         assert f"| {step} | {100 * (mean_bits('mixed', step) / mean_bits('raster', step) - 1):+.2f} % |" in md
 
 
-def test_a_stopped_grid_stops_its_runs_and_keeps_their_checkpoints(tmp_path: Path, tiny_tokens: Path) -> None:
+def test_a_stopped_grid_stops_its_runs_and_keeps_their_checkpoints(tmp_path: Path, tiny_tokens: Path,
+                                                                   caplog) -> None:
     """SIGINT to the grid's own process (as Ctrl-C in a terminal: its workers have their own process group)
     while two runs train side by side: queued runs never start, each running run saves its checkpoint, no worker
-    is left, exit 75; the same command then finishes the grid, resuming the two from their checkpoints.
+    is left, exit 75. The command with another step budget is refused, naming both runs at once (their
+    checkpoints are of the other budget); the same command resumes the two from their checkpoints.
 
     The grid starts with SIGINT ignored, as a shell's background job (`make ablate-heads &`) does: it must still
     stop on SIGINT, as a training run does, and the test does not depend on how the suite itself was started."""
@@ -300,12 +302,32 @@ def test_a_stopped_grid_stops_its_runs_and_keeps_their_checkpoints(tmp_path: Pat
                 str(tmp_path) in open(f"/proc/{pid}/cmdline").read()]
     assert not (tmp_path / "out" / "results.csv").exists()
 
-    end = max(steps) + 5  # the same command, here: no signal to take, and a start-up of torch and Lightning fewer
     from nar.cli.main import main
 
-    assert main([*cmd[3:], f"trainer.max_steps={end}", f"trainer.ckpt_every={end}"]) == 0
-    rows = {r["run"]: r for r in read_rows(tmp_path / "out" / "results.csv")}
-    assert sorted(rows) == ["a-s0", "a-s1", "b-s0", "b-s1"] and {r["steps"] for r in rows.values()} == {end}
+    end = max(steps) + 5
+    with caplog.at_level("ERROR", logger="nar"):
+        assert main([*cmd[3:], f"trainer.max_steps={end}"]) == 2
+    refused = caplog.records[-1].getMessage()
+    assert "2 run(s)" in refused and f"trainer.max_steps=5000 (now {end})" in refused
+    assert "a-s0 (" in refused and "a-s1 (" in refused and "b-s0" not in refused
+    assert sorted(p.parent.name for p in runs.glob("*/config.yaml")) == started  # nothing trained
+
+    log_path = tmp_path / "rerun.log"
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log_file,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        deadline = time.time() + 240
+        while log_path.read_text().count("resume: continuing from") < 2:
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.time() < deadline, "the runs did not resume"
+            time.sleep(0.1)
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(120) == 75, log_path.read_text()[-3000:]
+    err = log_path.read_text()
+    for name, step in zip(started, steps):
+        assert f"{name}/checkpoints/last.ckpt (step {step})" in err  # continued from where it stopped
+        assert resume_checkpoint(runs / name).step > step
 
 
 def test_the_shared_tokenizer_step_resumes_a_stopped_run(tmp_path: Path) -> None:
@@ -454,3 +476,174 @@ def test_the_emoji_grid_writes_its_tokenizer_and_tokens_under_its_out(tmp_path: 
     default = _prepared_paths(load_ablation_config(grid), monkeypatch)
     assert default == {"tokenizer.path": "runs/ablations/heads-emoji/tokenizer/tokenizer.pt",
                        "data.root": "runs/ablations/heads-emoji/tokens", "eval.real_root": "data/embedded/emoji"}
+
+
+def _fast_overrides(tokens: Path) -> list[str]:
+    """The tiny grid without sample scoring: a run trains, validates and is benchmarked in about a second."""
+    return [*tiny_train_overrides(tokens), "eval.metrics=[]"]
+
+
+def test_a_changed_setting_refuses_the_rows_and_the_run_folders_of_every_run(tmp_path: Path,
+                                                                              tiny_tokens: Path) -> None:
+    """A shared setting changed after a grid finished (optim.lr 3e-3 -> 1e-1): the rerun names every run made with
+    the old setting at once, with what differs and a remedy that works. Deleting the rows only (the remedy it
+    used to give) must not resume the finished checkpoints under the new fingerprint (nothing trains: old
+    numbers in new rows); deleting the rows and the run folders trains again."""
+    over = _fast_overrides(tiny_tokens)
+    bench = {"batch": 2, "iters": 1, "warmup": 0}
+    variants = [{"name": "a", "model": {}}, {"name": "c", "model": {"mode": "raster"}}]
+    path = _grid(tmp_path, variants, overrides=over, bench=bench)
+    first = {r["run"]: r for r in read_rows(run_ablation(load_ablation_config(path))["csv"])}
+    assert sorted(first) == ["a", "c"]
+
+    path = _grid(tmp_path, variants, overrides=[*over, "optim.lr=0.1"], bench=bench)
+    csv_path, runs = tmp_path / "out" / "results.csv", tmp_path / "out" / "runs"
+    with pytest.raises(ConfigError) as refused:
+        run_ablation(load_ablation_config(path))
+    message = str(refused.value)
+    for name in ("a", "c"):  # every run in one message, not one per rerun
+        assert f"{name} (" in message and str(runs / name) in message
+    assert "optim.lr=0.003 (now 0.1)" in message and str(csv_path) in message
+
+    # What deleting the rows only used to leave: the finished runs collected again, their lr=3e-3 numbers filed
+    # under the new fingerprint. Refused too, the rows with the folders.
+    rows = read_rows(csv_path)
+    for row, (_, train_cfg) in zip(rows, build_train_configs(load_ablation_config(path))):
+        row["fingerprint"] = fingerprint(train_cfg)
+    write_rows(csv_path, rows)
+    with pytest.raises(ConfigError, match=r"delete their rows from .* and their run folders") as refused:
+        run_ablation(load_ablation_config(path))
+    assert "a (" in str(refused.value) and "c (" in str(refused.value)
+
+    csv_path.unlink()  # the rows only: the finished run folders still hold the lr=3e-3 runs
+    with pytest.raises(ConfigError) as refused:
+        run_ablation(load_ablation_config(path))
+    message = str(refused.value)
+    assert "a (" in message and "c (" in message and "optim.lr=0.003 (now 0.1)" in message
+    assert not csv_path.exists()  # nothing was written under the new fingerprint
+
+    import shutil
+
+    shutil.rmtree(runs / "a")
+    out = run_ablation(load_ablation_config(path), only=["a"])
+    (row,) = read_rows(out["csv"])
+    assert out["ran"] == ["a"] and row["steps"] == 3 and row["val_loss"] != pytest.approx(first["a"]["val_loss"])
+
+
+def test_rows_of_another_configuration_are_named_together(tmp_path: Path, monkeypatch) -> None:
+    """Every run whose row was made with another configuration is named in one refusal, with the remedy."""
+    _fake_runs(monkeypatch)
+    path = _grid(tmp_path, [{"name": "a"}, {"name": "b", "model": {"mode": "raster"}}], base=[EMOJI],
+                 bench={"enabled": False})
+    run_ablation(load_ablation_config(path))
+    with pytest.raises(ConfigError) as refused:
+        run_ablation(load_ablation_config(path), shared=["trainer.max_steps=7"])
+    message = str(refused.value)
+    assert "a (" in message and "b (" in message and "another out=" in message
+    assert str(tmp_path / "out" / "results.csv") in message
+
+
+def _failing_runs(monkeypatch, failures: dict[str, BaseException]) -> list[str]:
+    """:func:`_fake_runs` where the runs named in ``failures`` raise their exception instead of giving a row."""
+    import nar.workflows.ablation.runner as runner
+
+    trained = _fake_runs(monkeypatch)
+    fake = runner.run_variant
+
+    def run_variant(variant, train_cfg, bench, seed=0, name=None):
+        if name in failures:
+            trained.append(name)
+            raise failures[name]
+        return fake(variant, train_cfg, bench, seed, name)
+
+    monkeypatch.setattr(runner, "run_variant", run_variant)
+    return trained
+
+
+def test_a_failed_variant_does_not_stop_the_grid(tmp_path: Path, monkeypatch, capsys, caplog) -> None:
+    """jobs=1: a variant that raises is logged by name, its traceback kept in its run folder, the other variants
+    still run, the results table is written, and the command exits non-zero naming the failed variant; the
+    same command then runs only that one."""
+    from nar.cli.main import main
+
+    trained = _failing_runs(monkeypatch, {"b": IndexError("index out of range in self")})
+    path = _grid(tmp_path, [{"name": "a"}, {"name": "b", "model": {"mode": "raster"}},
+                            {"name": "c", "model": {"head_blocks": [1, 1]}}], base=[EMOJI], bench={"enabled": False})
+    with caplog.at_level("DEBUG", logger="nar"):
+        code = main(["ablate", "--config", str(path)])
+    assert code == 1 and trained == ["a", "b", "c"]
+    assert "variant b failed: IndexError: index out of range in self" in caplog.text
+    assert [r["run"] for r in read_rows(tmp_path / "out" / "results.csv")] == ["a", "c"]
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| `b` | 0 |" in md  # listed as not run
+    printed = capsys.readouterr().out
+    assert "| `a` |" in printed and "| `c` |" in printed
+    last = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"][-1]  # the command's last word
+    assert "1 of 3 runs failed: b (IndexError: index out of range in self" in last and "error.log" in last
+    error_log = tmp_path / "out" / "runs" / "b" / "error.log"
+    assert "Traceback" in error_log.read_text() and "IndexError" in error_log.read_text()
+
+    _fake_runs(monkeypatch)  # b fixed
+    assert main(["ablate", "--config", str(path)]) == 0
+    assert [r["run"] for r in read_rows(tmp_path / "out" / "results.csv")] == ["a", "b", "c"]
+    assert not error_log.exists()  # the failure it recorded is over
+
+
+def test_an_interrupted_variant_says_to_run_the_same_command_again(tmp_path: Path, monkeypatch, caplog) -> None:
+    """jobs=1: a run stopped by a signal (its trainer's RunInterrupted, which says '--resume', an option nar
+    ablate does not have) stops the grid with exit 75, naming the run and saying to rerun the same command."""
+    from nar.cli.main import main
+    from nar.errors import RunInterrupted
+
+    stop = RunInterrupted("stopped by SIGTERM at step 5; checkpoint saved to x/last.ckpt; continue with --resume")
+    trained = _failing_runs(monkeypatch, {"b": stop})
+    path = _grid(tmp_path, [{"name": "a"}, {"name": "b", "model": {"mode": "raster"}},
+                            {"name": "c", "model": {"head_blocks": [1, 1]}}], base=[EMOJI], bench={"enabled": False})
+    with caplog.at_level("INFO", logger="nar"):
+        assert main(["ablate", "--config", str(path)]) == 75
+    assert trained == ["a", "b"]  # a stop is not a failure: the grid stops
+    (error,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert error.startswith("b: stopped by SIGTERM at step 5; checkpoint saved to x/last.ckpt")
+    assert "--resume" not in error and "run the same command again" in error
+
+
+def test_a_failed_run_in_parallel_does_not_stop_the_others(tmp_path: Path, tiny_tokens: Path, caplog) -> None:
+    """jobs=2 as jobs=1: a variant that fails in its worker (4 classes of data, model.num_classes=2: refused by
+    the data module, or an index error at its first step) is reported by name; the others finish and have their
+    rows."""
+    path = _grid(tmp_path, [{"name": "a", "model": {"num_classes": 2}}, {"name": "b", "model": {"mode": "raster"}}],
+                 overrides=_fast_overrides(tiny_tokens), bench={"batch": 2, "iters": 1, "warmup": 0}, jobs=2)
+    with caplog.at_level("INFO", logger="nar"):
+        out = run_ablation(load_ablation_config(path))
+    assert out["ran"] == ["b"] and [name for name, _ in out["failed"]] == ["a"] and out["exit_code"] != 0
+    assert "variant a failed: " in caplog.text
+    assert [r["run"] for r in read_rows(out["csv"])] == ["b"]
+    assert "Traceback" in (tmp_path / "out" / "runs" / "a" / "error.log").read_text()
+
+
+def test_the_grid_reads_the_data_folder_as_nar_train_does(tmp_path: Path, tiny_tokens: Path, monkeypatch) -> None:
+    """Grid, vocabulary and classes come from data.root's meta.json unless set (nar train's config builder); a
+    variant's model keys stay on top. A row written before the grid read meta.json (no class names in its config:
+    they label samples, no number depends on them) is still found."""
+    import dataclasses
+
+    from nar.config import load_config
+    from nar.runs import TrainConfig
+
+    default_grid = load_config(TrainConfig, [], ["data.root=x"]).model.grid
+    assert list(default_grid) != [4, 4]  # else the test shows nothing
+    path = _grid(tmp_path, [{"name": "a"}, {"name": "b", "model": {"vocab_size": 128}}],
+                 overrides=[f"data.root={tiny_tokens}"], bench={"enabled": False})
+    (_, a), (_, b) = build_train_configs(load_ablation_config(path))
+    assert list(a.model.grid) == [4, 4] and a.model.vocab_size == 64 and a.model.num_classes == 4
+    assert a.classes == ["c0", "c1", "c2", "c3"]
+    assert list(b.model.grid) == [4, 4] and b.model.vocab_size == 128
+
+    _fake_runs(monkeypatch)
+    out = run_ablation(load_ablation_config(path))
+    rows = read_rows(out["csv"])
+    for row, cfg in zip(rows, (a, b)):
+        row["fingerprint"] = fingerprint(dataclasses.replace(cfg, classes=[]))
+    write_rows(out["csv"], rows)
+    again = run_ablation(load_ablation_config(path))
+    assert again["ran"] == [] and again["skipped"] == ["a", "b"]

@@ -5,9 +5,12 @@
     nar ablate --config ... --only mixed,raster                                 # a subset of the rows
     nar ablate --config ... --set out=runs/ablations/try2 trainer.max_steps=50   # --set: one ablation key each
 
-Writes ``<out>/results.csv`` (one row per variant, written when complete; a rerun skips finished rows and
-resumes an interrupted variant from its last checkpoint), ``results.md``, ``fid_vs_speed.png`` and
-TensorBoard HParams under ``<out>/tb`` (``tensorboard --logdir <out>/tb``, tab HPARAMS).
+Writes ``<out>/results.csv`` (one row per variant, written when complete; a rerun of the same command skips
+finished rows and resumes an interrupted variant from its last checkpoint), ``results.md``, ``fid_vs_speed.png``
+and TensorBoard HParams under ``<out>/tb`` (``tensorboard --logdir <out>/tb``, tab HPARAMS). A variant that fails
+does not stop the others: the command ends with the table, lists the failed variants and exits non-zero (their
+tracebacks in ``<out>/runs/<name>/error.log``). A shared setting changed after runs finished is refused naming
+them: delete their rows and run folders, or pick another ``--set out=``.
 """
 
 from __future__ import annotations
@@ -51,4 +54,10 @@ def run(args: argparse.Namespace) -> int:
     if result["plot"]:
         print(f"plot:        {result['plot']}")
     print(f"tensorboard --logdir {result['tensorboard']}")
+    failed = result.get("failed") or []
+    if failed:
+        log.error("%d of %d runs failed: %s; fix them and run the same command again (it trains only the runs "
+                  "without a row)", len(failed), len(failed) + len(result["ran"]),
+                  ", ".join(f"{name} ({reason})" for name, reason in failed))
+        return result["exit_code"]
     return 0

@@ -3,6 +3,14 @@ same way for every seed, one complete row of ``results.csv`` per run (a finished
 
 With ``jobs > 1`` runs train side by side, each in its own process with ``cores / jobs`` CPU threads; the
 parent writes every row as its run completes, so an interrupted grid resumes where it stopped.
+
+Each run's config is ``nar train``'s (:func:`nar.workflows.train.generator_config`: grid, vocabulary and classes
+from ``data.root``'s ``meta.json`` unless set). A rerun keeps a finished row and resumes a run folder's
+checkpoints, so both must have been made with the run's configuration: a row or a run folder made with another
+(a shared setting changed since) is refused before anything trains, naming every such run and what differs. A run
+that fails is logged by name (its traceback in ``<run>/error.log``) and the others go on; the grid then reports
+the failed runs (``nar ablate`` exits non-zero). A stop (SIGINT/SIGTERM) stops the grid: run the same command
+again to continue.
 """
 
 from __future__ import annotations
@@ -15,15 +23,16 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nar.config import load_config
-from nar.errors import ConfigError, RunInterrupted
+from nar.errors import EXIT_RUNTIME, ConfigError, NarError, RunInterrupted
 from nar.runs.config import TrainConfig
 from nar.workflows.ablation.config import AblationConfig, BenchConfig, VariantConfig, variant_overrides
 from nar.workflows.ablation.report import (
@@ -55,9 +64,10 @@ def run_name(variant: str, seed: int, seeds: Sequence[int]) -> str:
 
 
 def build_train_configs(cfg: AblationConfig, shared: Sequence[str] = ()) -> list[tuple[VariantConfig, Any]]:
-    """Each variant's :class:`~nar.runs.TrainConfig` (first seed): base YAMLs <- the ablation's overrides <-
-    ``shared`` (data paths, devices, command line) <- the variant's ``model.*``. Validates every variant
-    before anything runs; errors name the variant and the key."""
+    """Each variant's :class:`~nar.runs.TrainConfig` (first seed), built as ``nar train`` builds one: what
+    ``data.root``'s ``meta.json`` says (grid, vocabulary, classes, tokenizer) <- base YAMLs <- the ablation's
+    overrides <- ``shared`` (data paths, devices, command line) <- the variant's ``model.*``. Validates every
+    variant before anything runs; errors name the variant and the key."""
     return [(r.variant, r.train_cfg) for r in build_runs(cfg, shared) if r.seed == cfg.seeds[0]]
 
 
@@ -83,6 +93,8 @@ def check_runner_keys(overrides: Sequence[str], where: str) -> None:
 def build_runs(cfg: AblationConfig, shared: Sequence[str] = ()) -> list[Run]:
     """Every (variant, seed) run of the grid, variant-major; the seed sets ``trainer.seed``, ``data.seed`` and
     ``eval.seed``, so the seeds are independent replicates of training, data order and sampling."""
+    from nar.workflows.train import generator_config  # nar train's: data.root's meta.json, then ours
+
     check_runner_keys(cfg.overrides, "key 'overrides'")
     check_runner_keys(shared, "shared override (command line)")
     runs_root = cfg.out_dir / "runs"
@@ -93,7 +105,7 @@ def build_runs(cfg: AblationConfig, shared: Sequence[str] = ()) -> list[Run]:
             overrides = [*cfg.overrides, *shared, f"name={name}", f"runs_root={runs_root}",
                          f"trainer.seed={seed}", f"data.seed={seed}", f"eval.seed={seed}", *variant_overrides(variant)]
             try:
-                out.append(Run(variant, seed, name, load_config(TrainConfig, cfg.base, overrides)))
+                out.append(Run(variant, seed, name, generator_config(cfg.base, overrides)))
             except ConfigError as err:
                 raise ConfigError(f"variants[{i}] ({variant.name}): {err}") from None
     return out
@@ -112,6 +124,22 @@ LATER_KEYS = {("eval", "labels"): "balanced", ("optim", "decay_embeddings"): Tru
 def fingerprint(train_cfg: Any) -> str:
     """A hash of everything that decides a row's numbers. Head settings that build the same network
     (e.g. a shared head's unused ``head_blocks`` entries, chain vs parallel with one branch) hash equal."""
+    text = json.dumps(_hashed(train_cfg), sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def fingerprints(train_cfg: Any) -> tuple[str, ...]:
+    """The run's :func:`fingerprint`, then the one a row of the same run holds when an older ``nar ablate`` wrote
+    it: it built configs without ``data.root``'s ``meta.json``, so without the class names (``classes`` label
+    samples; no number depends on them)."""
+    fp = fingerprint(train_cfg)
+    if not train_cfg.classes:
+        return (fp,)
+    return fp, fingerprint(dataclasses.replace(train_cfg, classes=[]))
+
+
+def _hashed(train_cfg: Any) -> dict[str, Any]:
+    """The settings :func:`fingerprint` hashes, as a nested dict."""
     data = dataclasses.asdict(train_cfg)
     for key in ("name", "runs_root"):
         data.pop(key)
@@ -139,8 +167,91 @@ def fingerprint(train_cfg: Any) -> str:
             data[section].pop(key)
     if not train_cfg.eval.real_root:  # no real samples drawn from a split: the seed of their subset changes nothing
         data["eval"].pop("real_seed")
-    text = json.dumps(data, sort_keys=True, default=str)
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
+    return data
+
+
+def settings_changed(before: Any, now: Any, most: int = 6) -> str:
+    """``key=old (now new)`` for each hashed setting (:func:`fingerprint`) that differs between two run configs,
+    the first ``most`` of them."""
+
+    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(node, dict):
+            return {prefix: node}
+        return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+
+    def show(value: Any) -> str:
+        return value if isinstance(value, str) else json.dumps(value, default=str)
+
+    old, new = flat(_hashed(before)), flat(_hashed(now))
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    text = ", ".join(f"{k[:-1]}={show(old.get(k))} (now {show(new.get(k))})" for k in keys[:most])
+    return text + (f" and {len(keys) - most} more" if len(keys) > most else "")
+
+
+def other_checkpoint(run_dir: Path, like: Any) -> tuple[Path, str] | None:
+    """``(checkpoint, what differs)`` for the newest intact checkpoint of ``run_dir`` not made with run config
+    ``like`` (as :func:`fingerprint` sees them), or whose config cannot be read; None when every one was (or
+    there is none: the run starts from scratch). Every checkpoint, not just the one a resume continues from: a
+    run resumed with another setting writes that setting into the checkpoints it saves after its old steps.
+
+    The class names (labels only) and an epoch length ``like`` leaves to the data (filled in when the run
+    started, ``with_epoch_steps``) are taken from ``like``."""
+    from nar.config import from_dict
+    from nar.model.io import read_generator_file, run_config_of
+    from nar.runs.folder import intact_checkpoints
+
+    good, _ = intact_checkpoints(run_dir)
+    fp = fingerprint(like)
+    for info in reversed(good):
+        try:
+            stored = run_config_of(read_generator_file(info.path))
+            if not stored:
+                return info.path, "it stores no run config"
+            theirs = from_dict(TrainConfig, stored)
+        except NarError as err:
+            return info.path, f"its run config cannot be read ({err})"
+        theirs = dataclasses.replace(theirs, classes=like.classes)
+        if like.optim.epoch_steps is None:
+            theirs = dataclasses.replace(theirs, optim=dataclasses.replace(theirs.optim, epoch_steps=None))
+        if fingerprint(theirs) != fp:
+            return info.path, settings_changed(theirs, like)
+    return None
+
+
+def refuse_other_configurations(runs: Sequence[tuple[Run, tuple[str, ...]]], done: dict[str, dict[str, Any]],
+                                csv_path: Path) -> None:
+    """Refuse, before anything trains, runs whose finished row (in ``done``) or run folder (checkpoints that a
+    resume would continue) was made with another configuration than the run's now (``runs``: each with its
+    :func:`fingerprints`): one :class:`ConfigError` naming every such run, what differs and how to start it
+    again. A finished run would not train again: its old numbers would be filed under the new configuration."""
+    conflicts, rows, folders = [], [], []
+    for run, fps in runs:
+        what = []
+        row = done.get(run.name)
+        if row is not None and row["fingerprint"] not in fps:
+            what.append(f"its row in {csv_path.name}: fingerprint {row['fingerprint']}, now {fps[0]}")
+            rows.append(run.name)
+        run_dir = Path(run.train_cfg.run_dir)
+        other = other_checkpoint(run_dir, run.train_cfg)
+        if other is not None:
+            what.append(f"{other[0].relative_to(run_dir.parent.parent)}: {other[1]}")
+            folders.append(run_dir)
+            if row is not None and run.name not in rows:  # a row of this fingerprint collected from that folder
+                rows.append(run.name)                      # (a resume under the new setting): the old numbers
+        if what:
+            conflicts.append(f"{run.name} ({'; '.join(what)})")
+    if not conflicts:
+        return
+    remedy = []
+    if rows:
+        remedy.append(f"their rows from {csv_path}")
+    if folders:
+        remedy.append(f"their run folders {' '.join(str(f) for f in folders)}")
+    raise ConfigError(f"{len(conflicts)} run(s) of this grid were made with another configuration than the grid "
+                      f"gives them now: {', '.join(conflicts)}. A rerun keeps a finished row and resumes a run "
+                      "folder's checkpoints (optimizer state and step included), so the old configuration's numbers "
+                      f"would be filed under the new one: to train them again delete {' and '.join(remedy)}; or "
+                      "pick another out= (--set out=...)")
 
 
 def prepare_shared(cfg: AblationConfig, threads: int) -> list[str]:
@@ -252,15 +363,17 @@ def _run_in_process(run: Run, bench: BenchConfig, threads: int) -> dict[str, Any
     return run_variant(run.variant, run.train_cfg, bench, run.seed, run.name)
 
 
-def _run_side_by_side(todo: list[tuple[Run, str]], jobs: int, bench: BenchConfig, threads: int, finish: Any) -> None:
-    """The grid's runs in ``jobs`` worker processes, each row written as its run completes.
+def _run_side_by_side(todo: list[tuple[Run, str]], jobs: int, bench: BenchConfig, threads: int, finish: Any,
+                      failed: Any) -> None:
+    """The grid's runs in ``jobs`` worker processes, each row written (``finish(row, fp)``) as its run completes;
+    a run that raises is handed to ``failed(run, err)`` and the others go on.
 
-    A stop (SIGINT or SIGTERM to this process, or a failed run) does not wait for the queue: runs not started
-    are cancelled, the running ones get one SIGTERM, save a checkpoint and stop (their trainer's handler), and
-    the grid ends with :class:`RunInterrupted` (exit 75). The workers have their own process group, so a
-    terminal's Ctrl-C reaches this process only and each worker hears of it once (a second SIGINT would make a
-    worker abort without saving). Rerunning the command keeps the finished rows and resumes the interrupted
-    runs from their checkpoints."""
+    A stop (SIGINT or SIGTERM to this process, or a run stopped by a signal of its own) does not wait for the
+    queue: runs not started are cancelled, the running ones get one SIGTERM, save a checkpoint and stop (their
+    trainer's handler), and the grid ends with :class:`RunInterrupted` (exit 75). The workers have their own
+    process group, so a terminal's Ctrl-C reaches this process only and each worker hears of it once (a second
+    SIGINT would make a worker abort without saving). Rerunning the command keeps the finished rows and resumes
+    the interrupted runs from their checkpoints."""
     context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no forked torch state
     stop = context.Event()
     pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
@@ -274,7 +387,14 @@ def _run_side_by_side(todo: list[tuple[Run, str]], jobs: int, bench: BenchConfig
     try:
         for future in concurrent.futures.as_completed(futures):
             run, fp = futures[future]
-            finish(future.result(), fp)  # a failed run raises here, naming itself in its traceback
+            try:
+                row = future.result()
+            except RunInterrupted as err:
+                raise _for_the_grid(err, run.name) from None
+            except Exception as err:  # noqa: BLE001 - a failed run is reported; the others go on
+                failed(run, err)
+                continue
+            finish(row, fp)
     except BaseException as err:
         stop.set()  # a run already handed to a worker's queue does not start
         for future in futures:
@@ -297,14 +417,48 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _for_the_grid(err: RunInterrupted, name: str) -> RunInterrupted:
+    """A run's stop as the grid's: named, and with what to do in ``nar ablate`` (the trainer's message says
+    ``continue with --resume``, an option of ``nar train`` only; a grid resumes by running it again)."""
+    text = re.sub(r";?\s*continue with --resume\b", "", str(err)).rstrip("; ")
+    return RunInterrupted(f"{name}: {text}; the grid stopped (finished rows are in results.csv): run the same "
+                          "command again to continue, this run from its checkpoint")
+
+
+TRACEBACK = "error.log"  # in a failed run's folder
+
+
+def record_failure(run: Run, err: BaseException) -> str:
+    """Log a failed run by name (its traceback at debug level and in ``<run>/error.log``); the one-line reason."""
+    reason = str(err) if isinstance(err, NarError) else f"{type(err).__name__}: {err}"
+    text = "".join(traceback.format_exception(err))  # a worker's error carries the worker's traceback (__cause__)
+    path = Path(run.train_cfg.run_dir) / TRACEBACK
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        where = f"traceback in {path}"
+    except OSError as write_err:
+        where = f"its traceback could not be written to {path}: {write_err}"
+    log.error("variant %s failed: %s (%s); the grid goes on", run.name, reason, where)
+    log.debug("%s", text)
+    return f"{reason}; {where}"
+
+
 def run_ablation(cfg: AblationConfig, shared: Sequence[str] = (), only: Sequence[str] | None = None,
                  threads: int | None = None) -> dict[str, Any]:
     """Run every (variant, seed) of ``cfg`` not yet in ``<out>/results.csv``; returns ``{"rows", "csv", "markdown",
-    "plot", "curves", "tensorboard", "ran", "skipped", "missing"}``.
+    "plot", "curves", "tensorboard", "ran", "skipped", "missing", "failed", "exit_code"}``.
 
     ``shared``: extra ``key=value`` overrides for every variant (devices, budget); ``only``: variant names
     to run (the others keep their rows). ``rows`` and the report hold the rows of this grid's runs only (the CSV
-    keeps rows of seeds or variants since dropped); ``missing`` lists ``(variant, seeds)`` still without a row.
+    keeps rows of seeds or variants since dropped); ``missing`` lists ``(variant, seeds)`` still without a row;
+    ``failed`` lists ``(run, reason)`` of the runs that raised (the others ran on) and ``exit_code`` is what
+    ``nar ablate`` exits with (0 when none failed).
+
+    Raises:
+        ConfigError: a variant's config is invalid, or rows or run folders were made with another configuration
+            (:func:`refuse_other_configurations`), before anything trains.
+        RunInterrupted: a signal stopped the grid (its runs saved their checkpoints).
     """
     # Fail on a bad variant before spending minutes on the tokenizer.
     first = build_runs(cfg, shared)[0].train_cfg
@@ -325,22 +479,23 @@ def run_ablation(cfg: AblationConfig, shared: Sequence[str] = (), only: Sequence
     rows = read_rows(paths["csv"])
     done = {r["run"]: r for r in rows}
     by_fingerprint = {r["fingerprint"]: r for r in rows}
+    chosen = [(run, fingerprints(run.train_cfg)) for run in runs if not only or run.variant.name in only]
+    refuse_other_configurations(chosen, done, paths["csv"])
     todo, skipped, twins = [], [], []
-    for run in runs:
-        if only and run.variant.name not in only:
-            continue
-        fp = fingerprint(run.train_cfg)
+    for run, fps in chosen:
+        fp = fps[0]
         if run.name in done:
-            if done[run.name]["fingerprint"] != fp:
-                raise ConfigError(f"run '{run.name}': {paths['csv']} holds a row made with another configuration "
-                                  f"(fingerprint {done[run.name]['fingerprint']} != {fp}); delete that row or pick "
-                                  "another out=")
             skipped.append(run.name)
-        elif fp in by_fingerprint or any(fp == f for _, f in todo):
-            twins.append((run, fp))  # the same network, budget and seed as another row: the same numbers
+            continue
+        # the same network, budget and seed as another row (or a run to train first): the same numbers
+        same = next((f for f in fps if f in by_fingerprint or any(f == t for _, t in todo)), None)
+        if same is not None:
+            twins.append((run, fp, same))
         else:
             todo.append((run, fp))
     ran: list[str] = []
+    failed: list[tuple[str, str]] = []
+    exit_codes: list[int] = []
 
     def current() -> list[dict[str, Any]]:
         """The rows of this grid's runs: the CSV keeps rows of runs no longer in it (other seeds), not the report."""
@@ -362,18 +517,35 @@ def run_ablation(cfg: AblationConfig, shared: Sequence[str] = (), only: Sequence
         plot_learning_curves(paths["curves"], reported, out / "runs")
         ran.append(row["run"])
 
+    def fail(run: Run, err: BaseException) -> None:
+        failed.append((run.name, record_failure(run, err)))
+        exit_codes.append(err.exit_code if isinstance(err, NarError) else EXIT_RUNTIME)
+
+    for run, _ in todo:  # an earlier attempt's failure, if any, is not this one's
+        (Path(run.train_cfg.run_dir) / TRACEBACK).unlink(missing_ok=True)
     log.info("%s: %d runs to train (%d variants x %d seeds), %d done, %d twins, %d at a time", cfg.name, len(todo),
              len(set(only)) if only else len(cfg.variants), len(cfg.seeds), len(skipped), len(twins), cfg.jobs)
     if cfg.jobs > 1 and len(todo) > 1:
-        _run_side_by_side(todo, cfg.jobs, cfg.bench, max(1, (os.cpu_count() or 2) // cfg.jobs), finish)
+        _run_side_by_side(todo, cfg.jobs, cfg.bench, max(1, (os.cpu_count() or 2) // cfg.jobs), finish, fail)
     else:
         for run, fp in todo:
             log.info("%s: training %s", run.name, " ".join(variant_overrides(run.variant)) or "(base config)")
-            finish(run_variant(run.variant, run.train_cfg, cfg.bench, run.seed, run.name), fp)
-    for run, fp in twins:
-        twin = by_fingerprint.get(fp)
-        if twin is None:  # not rank 0
-            continue
+            try:
+                row = run_variant(run.variant, run.train_cfg, cfg.bench, run.seed, run.name)
+            except RunInterrupted as err:  # a stop, not a failure: the grid stops
+                raise _for_the_grid(err, run.name) from None
+            except Exception as err:  # noqa: BLE001 - a failed run is reported; the others go on
+                fail(run, err)
+                continue
+            finish(row, fp)
+    failed_names = {name for name, _ in failed}
+    for run, fp, same in twins:
+        twin = by_fingerprint.get(same)
+        if twin is None:
+            first_of = next((r.name for r, t in todo if t == same and r.name in failed_names), None)
+            if first_of is not None:  # its numbers were to come from a run that failed
+                failed.append((run.name, f"the same network as {first_of}, which failed"))
+            continue  # else not rank 0
         log.info("%s: the same network as %s; its row is reused", run.name, twin["run"])
         m = run.train_cfg.model
         finish({**twin, "run": run.name, "variant": run.variant.name, "label": run.variant.label,
@@ -382,12 +554,14 @@ def run_ablation(cfg: AblationConfig, shared: Sequence[str] = (), only: Sequence
                fp)
     reported = current()
     missing = missing_runs(runs, reported)
-    # Nothing to train, so nothing rewrote the report, but the grid (seeds, variants) may have changed. Every rank
-    # gets here with the same CSV; after training only rank 0's rows are complete, and its finish() wrote them.
-    if reported and not todo and not ran:
+    # Nothing to train (or the last runs failed), so nothing rewrote the report, but the grid (seeds, variants)
+    # may have changed. Every rank gets here with the same CSV; after training only rank 0's rows are complete,
+    # and its finish() wrote them.
+    if reported and (failed or (not todo and not ran)):
         write_markdown(paths["markdown"], reported, title=cfg.name, runs_root=out / "runs", missing=missing)
     return {"rows": reported, **{k: (v if k in ("csv", "markdown", "tensorboard") or v.is_file() else None)
-                                 for k, v in paths.items()}, "ran": ran, "skipped": skipped, "missing": missing}
+                                 for k, v in paths.items()}, "ran": ran, "skipped": skipped, "missing": missing,
+            "failed": failed, "exit_code": max(exit_codes, default=0)}
 
 
 def missing_runs(runs: Sequence[Run], rows: Sequence[dict[str, Any]]) -> list[tuple[str, list[int]]]:
