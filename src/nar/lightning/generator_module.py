@@ -3,8 +3,11 @@
 The model (:class:`~nar.model.NARModel`) knows nothing of Lightning; this module owns the loss
 (cross-entropy of the mixed logits, teacher forced), condition dropout for CFG, AdamW with weight
 decay only on >= 2-D weights, the warm-up + schedule, the EMA copy used for evaluation, and the
-non-finite loss guard (under DDP the ranks decide together, so all of them stop). The EMA weights are a frozen
-submodule, so they live in every checkpoint and a resumed run continues them; they stay float32 when
+non-finite loss guard (under DDP the ranks decide together, so all of them stop). A resumed run trains with its own
+``optim.*`` (lr, weight decay, betas, eps) and schedule, not the ones its checkpoint's optimizer was saved with
+(:meth:`GeneratorModule.on_train_start`), and a validation that a stop cut short logs nothing (the resumed run
+validates that step again: :class:`~nar.lightning.callbacks.run_guard.PreemptionCallback`). The EMA weights are a
+frozen submodule, so they live in every checkpoint and a resumed run continues them; they stay float32 when
 ``trainer.precision`` casts the module to bf16/fp16 (:meth:`GeneratorModule.to`), and a resume may turn the EMA
 on (it starts from the resumed weights) or off (the saved EMA is dropped).
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -30,6 +34,7 @@ from torchmetrics import MeanMetric, SumMetric
 import lightning as L
 from nar.config import from_dict, to_dict
 from nar.errors import NarError
+from nar.lightning.callbacks.run_guard import PreemptionCallback
 from nar.lightning.checkpointing import fit_optional_state
 from nar.lightning.sharding import (
     ShardedStrategy,
@@ -39,8 +44,11 @@ from nar.lightning.sharding import (
     local,
     without_submodule,
 )
+from nar.lightning.trainer import take_optimizer_settings
 from nar.model import NARModel
 from nar.runs.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(NarError):
@@ -305,6 +313,13 @@ class GeneratorModule(L.LightningModule):
         norm = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
         self.log("train/grad_norm", full(norm), batch_size=self.cfg.data.batch_size)
 
+    def optimizer_settings(self) -> list[dict[str, Any]]:
+        """The hyper-parameters of each AdamW parameter group, from ``cfg.optim``: the decayed weights, then the
+        spared ones (weight decay 0)."""
+        o = self.cfg.optim
+        common = {"lr": o.lr, "betas": tuple(o.betas), "eps": o.eps}
+        return [{**common, "weight_decay": o.weight_decay}, {**common, "weight_decay": 0.0}]
+
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.cfg.optim
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -312,11 +327,12 @@ class GeneratorModule(L.LightningModule):
         # optim.decay_embeddings=false also spares the lookup tables (the official video recipe: Linear weights only)
         spared = set() if o.decay_embeddings else {id(p) for p in self.model.embedding_parameters()}
         decays = [p.dim() >= 2 and id(p) not in spared for p in params]
-        groups = [{"params": [p for p, d in zip(params, decays) if d], "weight_decay": o.weight_decay},
-                  {"params": [p for p, d in zip(params, decays) if not d], "weight_decay": 0.0}]
+        decayed, kept = self.optimizer_settings()
+        groups = [{"params": [p for p, d in zip(params, decays) if d], **decayed},
+                  {"params": [p for p, d in zip(params, decays) if not d], **kept}]
         # fused AdamW only on plain CUDA tensors; sharded (DTensor) parameters take the foreach path
         fused = torch.cuda.is_available() and all(p.is_cuda for p in params) and not self.sharded
-        opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused or None)
+        opt = torch.optim.AdamW(groups, lr=o.lr, fused=fused or None)
         total = self.cfg.trainer.max_steps
         if o.counts_epochs and o.epoch_steps is None:
             what = "multistep" if o.schedule == "multistep" else f"{o.schedule} with optim.schedule_interval=epoch"
@@ -343,6 +359,13 @@ class GeneratorModule(L.LightningModule):
         self.val_count.update(torch.tensor(float(tokens.shape[0]), device=tokens.device))
 
     def on_validation_epoch_end(self) -> None:
+        guard = PreemptionCallback.of(self._trainer) if self._trainer is not None else None
+        if guard is not None and guard.validation_cut_short(self._trainer):
+            # a stop was asked during it (its decoding stopped after a chunk): nothing of it is logged, and the
+            # resumed run validates this step again
+            self.val_loss.reset()
+            self.val_count.reset()
+            return
         if self.val_loss.update_count:
             # The teacher-forced cross-entropy is the exact negative log-likelihood of the sampler's own
             # distribution (unguided, temperature 1): every schedule draws a pass's cells independently from
@@ -383,6 +406,16 @@ class GeneratorModule(L.LightningModule):
                    "from the resumed weights",
             dropped="ema.enabled=false: this run drops the EMA weights of the checkpoint it resumes (evaluation "
                     "uses the trained weights)")
+
+    def on_train_start(self) -> None:
+        # After Lightning has restored a resumed checkpoint's optimizer and scheduler, with the lr, weight decay,
+        # betas, eps and base rates of the run that saved them: this run's optim.* and schedule take over.
+        configs = self.trainer.lr_scheduler_configs
+        changed = take_optimizer_settings(self.trainer.optimizers[0], self.optimizer_settings(),
+                                          configs[0].scheduler if configs else None)
+        if changed and self.trainer.is_global_zero:
+            log.info("step %d: the optimizer takes this run's settings, not its checkpoint's: %s", self.global_step,
+                     ", ".join(changed))
 
     def on_fit_start(self) -> None:
         if self.ema_model is not None:

@@ -7,14 +7,15 @@ from pathlib import Path
 
 
 def read_scalars(run_dir: str | Path, prefix: str = "") -> dict[str, list[tuple[int, float]]]:
-    """Every TensorBoard scalar under ``<run_dir>/tb`` as ``{tag: [(step, value), ...]}`` sorted by step
-    (a resumed run's event files are merged)."""
+    """Every TensorBoard scalar under ``<run_dir>/tb`` as ``{tag: [(step, value), ...]}`` sorted by step, as
+    TensorBoard shows them: the event files of a folder are read by one accumulator, in order, so a resumed run's
+    purge of the steps it logs again (a kill after the last checkpoint) hides the killed run's copies."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out: dict[str, list[tuple[int, float]]] = {}
     tb = Path(run_dir) / "tb"
-    for events in sorted(tb.glob("**/events.out.tfevents.*")):
-        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+    for folder in sorted({events.parent for events in tb.glob("**/events.out.tfevents.*")}):
+        acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
         acc.Reload()
         for tag in acc.Tags().get("scalars", []):
             if tag.startswith(prefix):

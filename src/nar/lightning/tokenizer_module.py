@@ -3,7 +3,9 @@
 Objective (LlamaGen/taming): ``w_rec * rec + w_cb * ||sg(z) - e||^2 + beta * ||z - sg(e)||^2
 + w_ent * entropy + w_p * LPIPS + lambda * w_adv * GAN``, where ``lambda`` is the adaptive weight
 (ratio of gradient norms at the decoder's last layer) once the GAN has started. Optimisation is manual
-because the generator and the PatchGAN discriminator alternate within one batch.
+because the generator and the PatchGAN discriminator alternate within one batch. A resumed run trains with its own
+``optim.weight_decay`` and ``optim.betas``, not those its checkpoint's optimizers were saved with (the learning rates
+are set from the config at every step).
 
 Validation logs ``val/psnr``, ``val/ssim`` (per frame for videos), ``val/codebook_usage``,
 ``val/codebook_perplexity``, ``val/rfid`` (when on), ``val/samples`` (validated on, all ranks) and the first batch's reconstructions to
@@ -24,6 +26,7 @@ import lightning as L
 from nar.config import from_dict, to_dict
 from nar.errors import ConfigError
 from nar.lightning.checkpointing import fit_optional_state
+from nar.lightning.trainer import take_optimizer_settings
 from nar.pictures import add_gif
 from nar.tokenizers.config import TokenizerLossConfig, TokenizerOptimConfig, TokenizerValConfig, VQConfig
 from nar.tokenizers.io import LIGHTNING_CONFIG_KEY
@@ -206,18 +209,36 @@ class TokenizerModule(L.LightningModule):
         for group in optimizer.param_groups:
             group["lr"] = base_lr * scale
 
+    def optimizer_settings(self) -> list[list[dict[str, Any]]]:
+        """Per optimizer (the tokenizer's, then the discriminator's when there is one), the weight decay and betas
+        of each parameter group: the tokenizer's decayed weights, then its spared ones (weight decay 0)."""
+        cfg = self.optim_cfg
+        decayed, spared = {"weight_decay": cfg.weight_decay}, {"weight_decay": 0.0}
+        settings = [[decayed, spared]] + ([[decayed]] if self.discriminator is not None else [])
+        return [[{**group, "betas": tuple(cfg.betas)} for group in groups] for groups in settings]
+
     def configure_optimizers(self):
         cfg = self.optim_cfg
         # weight decay only on matrices/kernels, never on norms, biases or the codebook
         decay = [p for n, p in self.tokenizer.named_parameters() if p.dim() >= 2 and "embedding" not in n]
         no_decay = [p for n, p in self.tokenizer.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
-        opt_g = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas))
+        settings = self.optimizer_settings()
+        opt_g = torch.optim.AdamW([{"params": decay, **settings[0][0]}, {"params": no_decay, **settings[0][1]}],
+                                  lr=cfg.lr)
         if self.discriminator is None:
             return opt_g
-        opt_d = torch.optim.AdamW(self.discriminator.parameters(), lr=cfg.disc_lr, betas=tuple(cfg.betas),
-                                  weight_decay=cfg.weight_decay)
+        opt_d = torch.optim.AdamW([{"params": self.discriminator.parameters(), **settings[1][0]}], lr=cfg.disc_lr)
         return [opt_g, opt_d]
+
+    def on_train_start(self) -> None:
+        # After Lightning has restored a resumed checkpoint's optimizers, with the weight decay and betas of the run
+        # that saved them: this run's take over (the learning rates are set at every step, _warmup).
+        changed: list[str] = []
+        for optimizer, groups in zip(self.trainer.optimizers, self.optimizer_settings()):
+            changed += [c for c in take_optimizer_settings(optimizer, groups) if c not in changed]
+        if changed and self.trainer.is_global_zero:
+            log.info("step %d: the optimizers take this run's settings, not their checkpoint's: %s", self.global_step,
+                     ", ".join(changed))
 
     # --- validation -----------------------------------------------------------------------------
     def validation_step(self, batch: Any, batch_idx: int) -> None:

@@ -3,7 +3,8 @@
 A run folder ``<runs_root>/<name>/`` holds::
 
     config.yaml          the validated run config (written once the run has started)
-    tb/                  TensorBoard logs
+    tb/                  TensorBoard logs (a resumed run hides the events an earlier process wrote past the step it
+                         resumes from: each step shows once after a kill)
     checkpoints/         step_<step>.ckpt every trainer.ckpt_every steps, and last.ckpt (fsdp: manifests of
                          the shard folders in checkpoints/sharded/, see nar.lightning.sharding)
     metrics.jsonl        every validation's scores (generators)
@@ -17,7 +18,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -39,7 +40,7 @@ from nar.lightning.callbacks.run_guard import (
 from nar.lightning.checkpointing import AtomicCheckpointIO
 from nar.locks import FolderLock
 from nar.runs.config import RunConfig, TrainConfig
-from nar.runs.folder import CHECKPOINTS
+from nar.runs.folder import CHECKPOINTS, read_checkpoint_info
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def build_trainer(run: RunConfig, callbacks: list | None = None, *, grad_clip: f
         callbacks.append(LogProgressCallback())
     loggers = []
     if logger:
-        loggers.append(TensorBoardLogger(str(run_dir), name=TENSORBOARD, version="", default_hp_metric=False))
+        loggers.append(RunTensorBoardLogger(str(run_dir), name=TENSORBOARD, version="", default_hp_metric=False))
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     return L.Trainer(
         accelerator=accelerator, devices=t.devices, num_nodes=t.num_nodes,
@@ -125,6 +126,75 @@ def build_trainer(run: RunConfig, callbacks: list | None = None, *, grad_clip: f
         enable_model_summary=False, deterministic=t.deterministic or None,
         profiler=(_profiler(t.profiler, run_dir) if t.profiler else None),
     )
+
+
+class RunTensorBoardLogger(TensorBoardLogger):
+    """Lightning's TensorBoard logger, told the step a run resumes from (:meth:`resume_at`)."""
+
+    def resume_at(self, step: int) -> None:
+        """Hide the events of steps >= ``step`` that an earlier process wrote (a run killed after its last
+        checkpoint logged steps this run logs again): the writer starts with TensorBoard's restart marker
+        (``purge_step``), which TensorBoard and an ``EventAccumulator`` over the folder honour. The first event a
+        resumed run logs is at ``step`` (Lightning's logging step counts the steps before the current one)."""
+        if self._experiment is not None:  # too late for the marker: the run goes on, its log may repeat steps
+            log.warning("TensorBoard: the event writer of %s is already open; events of steps >= %d that an earlier "
+                        "process wrote stay beside this run's", self.log_dir, step)
+            return
+        self._kwargs["purge_step"] = int(step)
+
+
+def take_optimizer_settings(optimizer: torch.optim.Optimizer, settings: Sequence[dict[str, Any]],
+                            scheduler: torch.optim.lr_scheduler.LambdaLR | None = None) -> list[str]:
+    """Give each parameter group of ``optimizer`` the hyper-parameters of ``settings`` (one dict per group, keys
+    among ``lr``, ``weight_decay``, ``betas``, ``eps``) and return what changed, as ``"key old -> new"``.
+
+    A resumed run's optimizer and scheduler come back from the checkpoint with the values of the run that saved
+    them, whatever the config says now; this puts the configured ones back. ``lr`` is a group's base rate (the
+    scheduler's ``base_lrs``, the group's ``initial_lr``); the group's current rate becomes base x the scheduler's
+    lambda at its step (the lambdas are this run's: a checkpoint stores none of them), so the next step already
+    trains at this run's schedule (a cosine run given more ``trainer.max_steps`` included). Settings that did not
+    change leave every value as it was, bit for bit (the product is the one ``LambdaLR`` computes).
+    """
+    changed: list[str] = []
+
+    def note(what: str, old: Any, new: Any) -> None:
+        text = f"{what} {_show(old)} -> {_show(new)}"
+        if text not in changed:
+            changed.append(text)
+
+    for i, (group, wanted) in enumerate(zip(optimizer.param_groups, settings, strict=True)):
+        for key in ("weight_decay", "betas", "eps"):
+            if key not in wanted:
+                continue
+            old, new = group[key], wanted[key]
+            if key == "betas":
+                old, new = tuple(float(b) for b in old), tuple(float(b) for b in new)
+            if old != new:
+                note(key, old, new)
+                group[key] = new
+        if "lr" not in wanted:
+            continue
+        base = float(wanted["lr"])
+        old_base = scheduler.base_lrs[i] if scheduler is not None else group.get("initial_lr", group["lr"])
+        if old_base != base:
+            note("lr", old_base, base)
+        if scheduler is not None:
+            scheduler.base_lrs[i] = base
+        if "initial_lr" in group:
+            group["initial_lr"] = base
+        rate = base * scheduler.lr_lambdas[i](scheduler.last_epoch) if scheduler is not None else base
+        if group["lr"] != rate:
+            note("current lr", group["lr"], rate)
+            group["lr"] = rate
+    if scheduler is not None:
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
+    return changed
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return "(" + ", ".join(f"{float(v):g}" for v in value) + ")"
+    return f"{float(value):g}"
 
 
 def retention(run: RunConfig) -> list[ModelCheckpoint]:
@@ -306,8 +376,14 @@ def run_folder_lock(run: RunConfig) -> Iterator[None]:
 def fit_or_interrupt(trainer: L.Trainer, module: L.LightningModule, **fit_kwargs: Any) -> None:
     """``trainer.fit``; a stop asked by SIGINT/SIGTERM (checkpoint saved) becomes :class:`RunInterrupted`, also
     when it came after the last step (during the last validation, which it cut short): the checkpoint is saved
-    here then, and ``--resume`` validates that step again."""
+    here then, and ``--resume`` validates that step again. Resuming (``ckpt_path``), the TensorBoard events of
+    later steps that an earlier process wrote are hidden (:meth:`RunTensorBoardLogger.resume_at`)."""
     guard = PreemptionCallback.of(trainer)
+    if fit_kwargs.get("ckpt_path"):  # events a killed process wrote past the checkpoint are logged again
+        step = read_checkpoint_info(fit_kwargs["ckpt_path"]).step
+        for logger in trainer.loggers:
+            if isinstance(logger, RunTensorBoardLogger):
+                logger.resume_at(step)
     try:
         trainer.fit(module, **fit_kwargs)
     except SystemExit:  # Lightning's own SIGTERM stop, raised after our checkpoint was saved

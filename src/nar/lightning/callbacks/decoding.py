@@ -53,8 +53,8 @@ class _StopAsked(Exception):
 class _StopGuard:
     """Ends a decoding validation once SIGINT/SIGTERM was asked, within a chunk's time rather than after the whole
     validation (a cluster's grace period is often 30-120 s): while fitting, so the checkpoint of
-    :class:`~nar.lightning.callbacks.run_guard.PreemptionCallback` comes next and the validation Lightning runs
-    when a run stops decodes nothing; in ``trainer.validate`` (``nar evaluate``, a run's final validation), so
+    :class:`~nar.lightning.callbacks.run_guard.PreemptionCallback` (of this step, whose validation the resumed run
+    redoes) comes next; in ``trainer.validate`` (``nar evaluate``, a run's final validation), so
     :func:`nar.lightning.trainer.validate_or_interrupt` ends the run as interrupted (the chunks on disk stay).
 
     Checked before the first chunk and, as the last consumer, after each chunk. Under DDP the ranks decide together
