@@ -180,8 +180,11 @@ def test_non_finite_loss_names_step_and_batch() -> None:
         m.model.heads[0].proj.weight.fill_(float("nan"))
     b = batch()
     b["__key__"] = ["a", "b", "c", "d"]
-    with pytest.raises(NonFiniteLossError, match=r"step 0 \(batch 7.*'a'"):
+    with pytest.raises(NonFiniteLossError, match=r"step 0 \(batch 7.*'a'") as diverged:
         m.training_step(b, 7)
+    from nar.errors import EXIT_RUNTIME
+
+    assert diverged.value.exit_code == EXIT_RUNTIME  # a failure at run time (nar.errors), not a usage error
 
 
 def test_raster_baseline_trains_with_the_same_trunk() -> None:

@@ -33,7 +33,7 @@ from torchmetrics import MeanMetric, SumMetric
 
 import lightning as L
 from nar.config import from_dict, to_dict
-from nar.errors import NarError
+from nar.errors import NarError, RuntimeFailure
 from nar.lightning.callbacks.run_guard import PreemptionCallback
 from nar.lightning.checkpointing import fit_optional_state
 from nar.lightning.sharding import (
@@ -51,7 +51,7 @@ from nar.runs.config import TrainConfig
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(NarError):
+class NonFiniteLossError(RuntimeFailure):
     """The training loss became NaN or infinite; the message names the step and the batch."""
 
 
