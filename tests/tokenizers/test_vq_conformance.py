@@ -74,3 +74,25 @@ def test_mismatch_lists_keys_and_shapes(vq_fixture):
     assert "missing keys" in message and "encoder.conv_in.bias" in message
     assert "unexpected keys" in message and "encoder.extra.weight" in message
     assert "shape differences" in message and "quantize.embedding.weight" in message
+
+
+def test_an_official_file_holds_no_grid_to_its_guessed_size(vq_fixture, tmp_path, caplog):
+    """An official VQ file stores no training size (the config guesses 256): a grid decoding to another size (the
+    official t2i stage 2 decodes 32x32 tokens to 512 px through the same VQ-16) is not warned about; a size a
+    config really states still is."""
+    import logging
+
+    from nar.tokenizers.io import read_tokenizer_config
+    from nar.workflows.preflight import check_tokenizer_fits
+
+    path = tmp_path / "vq.pt"
+    torch.save(vq_fixture["checkpoint"], path)
+    guessed = read_tokenizer_config(path)
+    stated = VQConfig.from_official(vq_fixture["config"], image_size=guessed.image_size)
+    assert guessed.image_size_guessed and not stated.image_size_guessed
+    grid = [2 * g for g in guessed.grid]
+    with caplog.at_level(logging.WARNING, logger="nar"):
+        check_tokenizer_fits(grid, guessed, str(path))
+        check_tokenizer_fits(grid, stated, "a stated size")
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "a stated size" in said[0], said

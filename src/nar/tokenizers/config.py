@@ -131,9 +131,14 @@ class VQConfig:
         if "dropout_p" in official:
             fields["dropout"] = float(official["dropout_p"])
         fields.update(overrides)
-        if "image_size" not in fields:  # the official args carry no size; pick one the levels divide
+        guessed = "image_size" not in fields
+        if guessed:  # the official args carry no size; pick one the levels divide
             fields["image_size"] = max(256, 2 ** (len(fields.get("encoder_ch_mult", [1] * 5)) - 1))
-        return cls(**fields)
+        cfg = cls(**fields)
+        # not a field (never saved or compared): says that image_size is this guess, not the size it was trained on
+        # (LlamaGen's VQ-16 serves 256 and 512 px alike), so no check may hold a grid to it
+        cfg.image_size_guessed = guessed
+        return cfg
 
 
 # Paper-scale and CPU-sized tokenizers. Tiny ones use 8 norm groups so that narrow widths stay legal.

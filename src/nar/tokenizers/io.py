@@ -135,10 +135,11 @@ def export_official_vq(tokenizer: VQTokenizer) -> dict[str, dict[str, torch.Tens
     return {"model": {k: v.detach().cpu().clone() for k, v in tokenizer.state_dict().items()}}
 
 
-def infer_official_config(state: dict[str, torch.Tensor], image_size: int = 256,
+def infer_official_config(state: dict[str, torch.Tensor], image_size: int | None = None,
                           source: str = "state dict") -> VQConfig:
     """Read widths, levels, res-blocks and codebook off the shapes of an official VQ state dict
-    (LlamaGen always uses GroupNorm(32); the training image size is not stored, ``image_size`` sets it).
+    (LlamaGen always uses GroupNorm(32); the training image size is not stored, ``image_size`` sets it, else 256
+    is guessed and the config says so: ``image_size_guessed``).
     ``source`` names where ``state`` came from in the error of a state dict that is not a VQ tokenizer's."""
     try:
         base = state["encoder.conv_in.weight"].shape[0]
@@ -155,9 +156,12 @@ def infer_official_config(state: dict[str, torch.Tensor], image_size: int = 256,
         raise CheckpointError(f"{source}: neither a nar tokenizer file nor a LlamaGen VQ state dict "
                               f"(missing {err})") from None
     enc = mults("encoder")
-    return VQConfig(image_size=max(image_size, 2 ** (len(enc) - 1)), base_channels=int(base), encoder_ch_mult=enc,
-                    decoder_ch_mult=mults("decoder"), num_res_blocks=res_blocks, z_channels=int(z_channels),
-                    codebook_size=int(codebook_size), codebook_embed_dim=int(embed_dim), norm_groups=32)
+    cfg = VQConfig(image_size=max(image_size or 256, 2 ** (len(enc) - 1)), base_channels=int(base),
+                   encoder_ch_mult=enc, decoder_ch_mult=mults("decoder"), num_res_blocks=res_blocks,
+                   z_channels=int(z_channels), codebook_size=int(codebook_size), codebook_embed_dim=int(embed_dim),
+                   norm_groups=32)
+    cfg.image_size_guessed = image_size is None  # not a field (see VQConfig.from_official)
+    return cfg
 
 
 def _not_a_file(source: str | Path | VQConfig) -> bool:

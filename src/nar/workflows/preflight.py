@@ -44,7 +44,8 @@ def tokenizer_config(path: str, config: str = "") -> VQConfig:
 def check_tokenizer_fits(grid: list[int], tokenizer: VQConfig, name: str, key: str | None = "tokenizer.path") -> None:
     """Whether the tokenizer ``name`` (its config ``tokenizer``) decodes the token grid ``grid``: the same number of
     axes, else :class:`ConfigError` (its decoder takes codes of its own kind; ``key`` the config key it names); a
-    warning when the grid decodes to another size than the tokenizer was trained on. ``nar train``/``nar evaluate``
+    warning when the grid decodes to another size than the tokenizer was trained on (not for an official file, which
+    stores no size: LlamaGen's VQ-16 decodes 256 and 512 px alike). ``nar train``/``nar evaluate``
     (here, at start) and ``nar sample`` (before its first batch) ask alike."""
     grid = list(grid)
     axes = len(tokenizer.grid)  # 2: an image tokenizer, 3: a video one
@@ -54,6 +55,8 @@ def check_tokenizer_fits(grid: list[int], tokenizer: VQConfig, name: str, key: s
         kind = "an image" if tokenizer.kind == "image" else "a video"
         raise ConfigError(f"{name} is {kind} tokenizer (codes on {axes} axes), but model.grid {grid} has {len(grid)} "
                           f"axes, whose samples it cannot decode; a {len(grid)}-axis grid needs {wanted}", key=key)
+    if getattr(tokenizer, "image_size_guessed", False):  # an official file: no size stored to hold the grid to
+        return
     factor = tokenizer.spatial_downsample
     made = f"{grid[-2] * factor}x{grid[-1] * factor}"
     trained = f"{tokenizer.image_size}x{tokenizer.image_size}"
