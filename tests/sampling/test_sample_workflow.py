@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -431,7 +432,8 @@ def test_the_grid_is_capped_and_samples_json_records_what_changes_the_pictures(t
     save_run_checkpoint(tmp_path / "last.ckpt", TINY, SamplingConfig(cfg_scale=2.0))
     base = ["sample", "--ckpt", str(tmp_path / "last.ckpt"), "--classes", "0", "1", "2", "--n-per-prompt", "2",
             "--device", "cpu", "--threads", "1"]
-    assert main([*base, "--grid-samples", "4", "--out", str(tmp_path / "four")]) == 0
+    argv = [*base, "--grid-samples", "4", "--out", str(tmp_path / "four")]
+    assert main(argv) == 0
     picture = 2 * 4  # TINY's 2x2 grid through vq-tiny-emoji's 4x upsampling
     tile = picture + 1  # make_grid's padding
     with Image.open(tmp_path / "four" / "grid.png") as grid:  # two rows of a class's two samples
@@ -441,7 +443,8 @@ def test_the_grid_is_capped_and_samples_json_records_what_changes_the_pictures(t
         assert first == sample.convert("RGB").tobytes()
     report = json.loads((tmp_path / "four" / "samples.json").read_text())
     assert report["sampler"] == "fast" and report["batch_size"] == 32 and report["image_size"] == [picture, picture]
-    assert report["command"] == sys.argv and report["complete"] is True and report["grid_samples"] == 4
+    assert report["command"] == "nar " + shlex.join(argv)  # the command as given, as results.json records it
+    assert report["complete"] is True and report["grid_samples"] == 4
     assert report["sampling"]["cfg_scale"] == 2.0 and report["sampling"]["temperature"] == 1.0
 
     assert main([*base, "--grid-samples", "0", "--out", str(tmp_path / "none")]) == 0
@@ -564,3 +567,12 @@ def test_a_video_job_goes_on_from_its_gifs(tmp_path, monkeypatch):
     assert json.loads(resumed.pop("samples.json"))["image_size"] == [4, 8, 8]  # T, H, W
     assert sorted(resumed) == ["grid.png", "images/0000_00.gif", "images/0001_00.gif", "images/0002_00.gif"]
     assert resumed == {k: v for k, v in unbroken.items() if k != "samples.json"}
+
+
+def test_a_sampler_is_recorded_with_its_options_in_one_order():
+    """samples.json and an evaluation's settings.json compare the sampler as one name: compile+wavefront and
+    wavefront+compile are the same job (a rerun spelled the other way was refused as other settings)."""
+    from nar.sampling.api import sampler_name
+
+    assert sampler_name("compile+wavefront") == sampler_name("wavefront+compile") == "compile+wavefront"
+    assert sampler_name("fast") == "fast"

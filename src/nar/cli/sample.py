@@ -18,6 +18,7 @@ The work is :func:`nar.workflows.sample.run_sample`; this module only parses arg
 from __future__ import annotations
 
 import argparse
+import shlex
 
 GUIDANCE_HELP = ("classifier-free guidance scale, 1 = off (default: the run's sampling.cfg_scale for our "
                  "checkpoints; official checkpoints: 7.5 text-to-image, 2.0 class-conditional, the official "
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, text_encoder=args.text_encoder,
         text_encoder_path=args.text_encoder_path, device=args.device, threads=args.threads,
         compile_decoder=args.compile_decoder, sampler=args.sampler, overwrite=args.overwrite,
-        grid_samples=args.grid_samples)
+        grid_samples=args.grid_samples, command="nar " + shlex.join(getattr(args, "argv", None) or ["sample"]))
     result = run_sample(job)
     print(f"{len(result.records)} samples in {result.out} (grid: {result.grid or 'none'})")
     return 0

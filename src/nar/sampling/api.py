@@ -49,6 +49,12 @@ def parse_sampler(name: str, key: str = "sampler") -> frozenset[str]:
     return frozenset(opts)
 
 
+def sampler_name(name: str, key: str = "sampler") -> str:
+    """``name`` with its options in one order (``wavefront+compile`` = ``compile+wavefront``): what records and
+    their comparisons (an evaluation's chunk folder, a ``nar sample`` job) hold."""
+    return "+".join(sorted(parse_sampler(name, key=key))) or "fast"
+
+
 def compile_mode(options: frozenset[str]) -> bool | str:
     """The ``compile`` argument of the samplers for parsed ``options``."""
     return "max-autotune-no-cudagraphs" if "autotune" in options else "compile" in options

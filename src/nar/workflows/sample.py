@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -45,6 +46,7 @@ from nar.model import NARConfig, NARModel
 from nar.model.io import load_generator_and_run_config
 from nar.progress import Progress
 from nar.sampling import SamplingConfig, parse_sampler, sample_stream
+from nar.sampling.api import sampler_name
 from nar.sampling.seeds import batch_seed
 from nar.text import TextEncoderConfig
 
@@ -90,7 +92,7 @@ class SampleJob:
     sampler: str = "fast"  # nar.sampling.parse_sampler: fast, compile, wavefront+compile, fp8+…
     overwrite: bool = False  # replace an earlier job's samples in out/images (see check_out)
     grid_samples: int = 64  # grid.png shows the first ones; 0 = no grid
-    command: list[str] | None = None  # recorded in samples.json; None: sys.argv
+    command: str | None = None  # recorded in samples.json (`nar sample …` as given); None: this process's argv
 
 
 @dataclass
@@ -559,12 +561,12 @@ def job_settings(job: SampleJob, tok_path: str, sampling: SamplingConfig, device
         "ckpt": str(ckpt.resolve()),  # as the tokenizer's: the same job from another directory goes on
         # last.ckpt of a run still training changes under a job: other weights would make the rest
         "ckpt_file": {"bytes": stat.st_size, "modified_ns": stat.st_mtime_ns} if stat else None,
-        "tokenizer": tok_path, "sampling": asdict(sampling), "seed": job.seed, "sampler": job.sampler,
+        "tokenizer": tok_path, "sampling": asdict(sampling), "seed": job.seed, "sampler": sampler_name(job.sampler, key="--sampler"),
         "batch_size": job.batch_size, "device": torch.device(device).type,  # a CPU and a GPU draw apart
         "image_size": size,  # [H, W], or [T, H, W] for videos
         "text_encoder": None if text is None else {k: getattr(text, k) for k in ("kind", "path", "max_len", "dtype",
                                                                                   "clean_captions")},
-        "grid_samples": job.grid_samples, "command": list(sys.argv if job.command is None else job.command),
+        "grid_samples": job.grid_samples, "command": job.command or shlex.join(sys.argv),
         "samples": records,
     }
     return json.loads(json.dumps(settings, allow_nan=False))

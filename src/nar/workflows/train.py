@@ -45,6 +45,7 @@ from nar.model.io import (
 )
 from nar.runs.config import TrainConfig
 from nar.runs.folder import CHECKPOINTS, has_checkpoints, refuse_other_model, resume_checkpoint
+from nar.sampling.api import sampler_name
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +363,7 @@ def evaluate(cfg: TrainConfig, ckpt: str | Path, per_class: int | None = None, n
         "labels": cfg.eval.labels, "real_seed": cfg.eval.real_seed, "forward_passes": model.num_passes, "degraded": degraded, "out": str(out),
         "seconds": {k: round(v, 3) for k, v in decoding.last_seconds.items()},  # rank 0's, by stage
         "seed": cfg.eval.seed, "seeds": SEED_SCHEME, "batch_size": cfg.eval.batch_size,
-        "sampler": sampler_name(cfg.eval.sampler), "tokenizer": tokenizer_identity(cfg),
+        "sampler": sampler_name(cfg.eval.sampler, key="eval.sampler"), "tokenizer": tokenizer_identity(cfg),
         # the decoded samples' [T,] H, W and the side the real images were centre-cropped to (None: none read)
         "image_size": list(sample_shape[1:]) if sample_shape else None, "real_image_size": decoding.real_image_size,
         "command": command or shlex.join(sys.argv)}
@@ -380,13 +381,6 @@ def evaluate(cfg: TrainConfig, ckpt: str | Path, per_class: int | None = None, n
 # How chunk c of an evaluation is seeded (settings.json's "seeds"): nar.sampling.seeds.batch_seed(eval.seed, c).
 # Folders without the key were seeded eval.seed + c by older versions: other samples, refused.
 SEED_SCHEME = "batch_seed"
-
-
-def sampler_name(sampler: str) -> str:
-    """``eval.sampler`` with its options in one order (``wavefront+compile`` = ``compile+wavefront``)."""
-    from nar.sampling import parse_sampler
-
-    return "+".join(sorted(parse_sampler(sampler))) or "fast"
 
 
 def tokenizer_identity(cfg: TrainConfig) -> dict[str, Any]:
@@ -424,7 +418,7 @@ def claim_chunk_folder(folder: Path, ckpt: str | Path, cfg: TrainConfig,
                 "mtime": int(stat.st_mtime) if stat else None, "sampling": vars(cfg.sampling),
                 "seed": cfg.eval.seed, "seeds": SEED_SCHEME, "batch_size": cfg.eval.batch_size,
                 "num_samples": cfg.eval.num_samples, "mode": cfg.model.mode, "model": model,
-                "tokenizer": tokenizer_identity(cfg), "sampler": sampler_name(cfg.eval.sampler),
+                "tokenizer": tokenizer_identity(cfg), "sampler": sampler_name(cfg.eval.sampler, key="eval.sampler"),
                 "sample_shape": list(sample_shape) if sample_shape is not None else None}
     if cfg.eval.labels != "balanced":  # recorded only when not the default, so folders made before it still match
         settings["labels"] = cfg.eval.labels
