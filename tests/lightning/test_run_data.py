@@ -461,14 +461,15 @@ def test_a_tokenizer_file_other_than_the_one_the_codes_were_made_with_is_warned_
     with other.open("ab") as fh:
         fh.write(b"\0")  # other bytes: another file as far as the codes can tell
 
-    def said(path) -> list[str]:
+    def said(path, needs_data: bool = True) -> list[str]:
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="nar"):
             check_generator_run(load_config(TrainConfig, [], [f"data.root={root}", f"tokenizer.path={path}",
                                                               "model.grid=[2,2]", "model.vocab_size=64",
-                                                              "eval.metrics=[]"]))
+                                                              "eval.metrics=[]"]), needs_data=needs_data)
         return [r.getMessage() for r in caplog.records if "tokenizer_sha256" in r.getMessage()]
 
     assert said(tokenizer_file) == []
     (warning,) = said(other)
     assert str(other) in warning and str(root) in warning
+    assert len(said(other, needs_data=False)) == 1  # nar evaluate, which reads no data, is told too

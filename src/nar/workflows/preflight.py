@@ -71,6 +71,20 @@ def check_tokenizer_fits(grid: list[int], tokenizer: VQConfig, name: str, key: s
                     trained, list(tokenizer.grid))
 
 
+def _meta_if_any(root: str) -> dict[str, Any]:
+    """``root``'s meta.json where it has a readable one (an evaluation that reads no data may still name the token
+    folder its run trained on), else nothing."""
+    from nar.data.shards import read_meta
+    from nar.errors import DataError
+
+    if not root or not (Path(root) / "meta.json").is_file():
+        return {}
+    try:
+        return read_meta(root)
+    except DataError:
+        return {}
+
+
 def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[str]:
     """Start-time checks of a generator run (training or evaluation); returns the degraded pieces allowed."""
     from nar.data.shards import holds_pixels, read_meta
@@ -109,7 +123,7 @@ def check_generator_run(cfg: TrainConfig, *, needs_data: bool = True) -> list[st
             raise ConfigError(f"fvd with eval.i3d_path: the tokenizer decodes clips of {tokenizer.num_frames} frames, "
                               f"the I3D takes at least {I3D_MIN_FRAMES}; score fvd_proxy instead", key="eval.metrics")
         check_tokenizer_fits(cfg.model.grid, tokenizer, cfg.tokenizer.path)
-        made_with = meta.get("tokenizer_sha256")
+        made_with = (meta if needs_data else _meta_if_any(cfg.data.root)).get("tokenizer_sha256")
         if made_with and Path(cfg.tokenizer.path).is_file():
             from nar.data.tokens import file_sha256
 
