@@ -472,3 +472,4 @@ def test_a_repeated_config_flag_of_a_one_yaml_command_is_refused(command, capsys
         parser.parse_args([*command, "--config", "a.yaml", "k=1", "--config", "b.yaml"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "--config" in err and "a.yaml" in err and "b.yaml" in err and "once" in err
+    assert ("--set key=value" in err) == (command[0] == "ablate")  # where the ablation's own keys go

@@ -246,14 +246,20 @@ def positive_int(text: str) -> int:
 
 class GivenOnce(argparse.Action):
     """An ``argparse`` action for an option a command reads one value of (``nar train-tokenizer --config``): given
-    twice, it is argparse's usage error (exit 2) naming both values, where a plain option keeps the last silently."""
+    twice, it is argparse's usage error (exit 2) naming both values, where a plain option keeps the last silently.
+    ``remedy`` (an ``add_argument`` keyword) says what to do instead."""
+
+    def __init__(self, *args: Any, remedy: str = "put the keys of both into one file, or pass them as key=value",
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.remedy = remedy
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
         earlier = getattr(namespace, self.dest, None)
         if earlier is not None and earlier is not self.default:
             parser.error(f"argument {option_string}: given more than once ({earlier!r}, then {values!r}); this "
-                         "command reads one; put the keys of both into one file, or pass them as key=value")
+                         f"command reads one; {self.remedy}")
         setattr(namespace, self.dest, values)
 
 

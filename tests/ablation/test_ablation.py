@@ -579,7 +579,7 @@ def test_a_failed_variant_does_not_stop_the_grid(tmp_path: Path, monkeypatch, ca
     printed = capsys.readouterr().out
     assert "| `a` |" in printed and "| `c` |" in printed
     last = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"][-1]  # the command's last word
-    assert "1 of 3 runs failed: b (IndexError: index out of range in self" in last and "error.log" in last
+    assert "1 of the 3 runs attempted this time failed: b (IndexError: index out of range in self" in last and "error.log" in last
     error_log = tmp_path / "out" / "runs" / "b" / "error.log"
     assert "Traceback" in error_log.read_text() and "IndexError" in error_log.read_text()
 

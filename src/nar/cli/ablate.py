@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ablate", help="train and evaluate a grid of generator variants (head ablations)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, action=GivenOnce,
+                   remedy="put the keys of both into one file, or pass the ablation's own keys as --set key=value "
+                          "and training keys as key=value",
                    help="ablation YAML (experiments/ablations/*.yaml; one)")
     p.add_argument("--set", action="append", default=[], metavar="key=value",
                    help="one override of the ablation YAML's own keys (out=..., bench.batch=...); repeat the flag "
@@ -56,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"tensorboard --logdir {result['tensorboard']}")
     failed = result.get("failed") or []
     if failed:
-        log.error("%d of %d runs failed: %s; fix them and run the same command again (it trains only the runs "
-                  "without a row)", len(failed), len(failed) + len(result["ran"]),
+        log.error("%d of the %d runs attempted this time failed: %s; fix them and run the same command again (it "
+                  "trains only the runs without a row)", len(failed), len(failed) + len(result["ran"]),
                   ", ".join(f"{name} ({reason})" for name, reason in failed))
         return result["exit_code"]
     return 0
