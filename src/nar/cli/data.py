@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("src", help="folder holding train/ and val/")
     q.add_argument("--splits", nargs="+", default=["train", "val"], help="sub-folders of SRC to write")
     q.add_argument("--resize", type=int, default=None,
-                   help="store with the short side reduced to this (default: the original bytes)")
+                   help="store with the short side reduced to this (default: the files' own bytes, where they are RGB or grey JPEG/PNG)")
     q.add_argument("--val-labels", default=None,
                    help="label file of a flat val/ (LOC_val_solution.csv or '<file> <wnid>' lines) (default: found in SRC)")
     q.add_argument("--synset-map", default=None,
@@ -93,7 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="share of the pairs held out as the val split, at least one pair when there are two or more "
                    "(0: no val split)")
     q.add_argument("--seed", type=int, default=0, help="seed of the held-out draw and of the train split's order (default: %(default)s)")
-    q.add_argument("--resize", type=int, default=None, help="store with the short side reduced to this (default: the original bytes)")
+    q.add_argument("--resize", type=int, default=None, help="store with the short side reduced to this (default: the files' own bytes, where they are RGB or grey JPEG/PNG)")
     _exif_arg(q)
     _shard_args(q, 1000)
     q.set_defaults(func=run_pairs)

@@ -1,7 +1,7 @@
 """Turning source files into shard samples: images (checked by a full decode) and file discovery.
 
 What a shard stores of an image file: RGB and 8-bit grey (``L``) JPEG / PNG files byte for byte (every reader
-expands them to the same RGB; official ImageNet stays bit-identical), every other mode (alpha, palette, 16-bit
+expands them to the same RGB: nearly all of ImageNet, whose few CMYK JPEGs become PNGs of the same pixels), every other mode (alpha, palette, 16-bit
 grey, CMYK, …) as an RGB PNG of exactly the pixels nar's reader makes of the file (:func:`nar.data.transforms.to_rgb`),
 so a plain PIL ``.convert("RGB")`` (webdataset's ``rgb8``) reads the same. EXIF Orientation is left unapplied, as
 the official ImageNet extraction (plain PIL) reads files, unless :class:`EncodeImage` is given ``exif_transpose``;

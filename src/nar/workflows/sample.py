@@ -218,7 +218,7 @@ def load_tokenizer_for(model: NARModel, run: dict[str, Any] | None, path: str | 
     else:
         tokenizer = load_tokenizer(tok_path, config=tok_config or None)
     tokenizer = tokenizer.eval().requires_grad_(False)
-    check_tokenizer_fits(model.cfg, tokenizer, str(tok_path))
+    check_tokenizer_decodes(model.cfg, tokenizer, str(tok_path))
     return tokenizer, str(tok_path)
 
 
@@ -234,18 +234,18 @@ def picture_size(tokenizer: torch.nn.Module, grid: Sequence[int]) -> list[int] |
     return [g * f for g, f in zip(grid, factors)]
 
 
-def check_tokenizer_fits(model_cfg: NARConfig, tokenizer: torch.nn.Module, tok_path: str) -> None:
+def check_tokenizer_decodes(model_cfg: NARConfig, tokenizer: torch.nn.Module, tok_path: str) -> None:
     """Before any sampling: a tokenizer of other axes than the model's grid, or with fewer codes than the model
     samples, cannot decode what it samples (:class:`ConfigError` naming ``--tokenizer``); more codes, or a picture
     size other than the one the tokenizer was made for, may be another run's tokenizer (a warning). The grid's fit
     is :func:`nar.workflows.preflight.check_tokenizer_fits`, which ``nar train``/``nar evaluate`` ask at start."""
     from nar.tokenizers import VQConfig
-    from nar.workflows.preflight import check_tokenizer_fits as check_grid
+    from nar.workflows.preflight import check_tokenizer_fits
 
     grid, vocab = list(model_cfg.grid), model_cfg.vocab_size
     config = getattr(tokenizer, "config", None)
     if isinstance(config, VQConfig):
-        check_grid(grid, config, f"--tokenizer {tok_path}", key=None)
+        check_tokenizer_fits(grid, config, f"--tokenizer {tok_path}", key=None)
     elif getattr(tokenizer, "input_axes", len(grid)) != len(grid):  # a tokenizer without a VQ config
         raise ConfigError(f"--tokenizer {tok_path} takes {tokenizer.input_axes} token axes, but the model samples a "
                           f"{len(grid)}-axis token grid {grid} (model.grid); use the run's own tokenizer")

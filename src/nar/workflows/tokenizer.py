@@ -38,7 +38,7 @@ def recipe_for(root: str | Path, preset: str | None = None) -> tuple[str, list[s
     kind and stored size, the tokenizer preset (``preset`` or the recipe's) at that size rounded down to a multiple
     of the preset's spatial downsampling factor, and the clips' length.
 
-    Shards that keep original bytes (no size in ``meta.json``) train at the median short side of the images
+    Shards written without ``--resize`` (no size in ``meta.json``) train at the median short side of the images
     :func:`probe_image_sides` reads, capped at the recipe's own ``model.image_size`` (what the recipe was tuned
     for): a few odd files (a banner, a 1×1 icon) neither shrink the whole run nor refuse it. The probed ones whose
     short side is under half that median are named in a warning.
@@ -97,7 +97,7 @@ def recipe_for(root: str | Path, preset: str | None = None) -> tuple[str, list[s
     return recipe, overrides
 
 
-# How many leading samples of the first train shard are read to size a run on shards of original bytes: a few
+# How many leading samples of the first train shard are read to size a run on shards written without --resize: a few
 # hundred header reads (PIL decodes no pixels), i.e. the bytes of that many images from the first shard (~25 MB of
 # ImageNet-sized JPEGs); the train split is written in a random order, so they are a random draw of it.
 PROBED_SAMPLES = 256
@@ -157,7 +157,7 @@ class ProbedSides:
 
 def probe_image_sides(root: str | Path, meta: dict, probe: int = PROBED_SAMPLES) -> ProbedSides | None:
     """The short sides of the first ``probe`` images of the first shard of the train split (else the first split
-    ``meta.json`` lists) when the shards keep original bytes; None when there are none to read. A sample whose
+    ``meta.json`` lists) when the shards were written without ``--resize``; None when there are none to read. A sample whose
     image header cannot be read is skipped and counted (warned about), never fatal. Cost: see :data:`PROBED_SAMPLES`."""
     import io
 
@@ -202,7 +202,7 @@ def _sample_name(raw: dict[str, Any]) -> str:
 
 
 def stored_image_size(root: str | Path, meta: dict, probe: int = PROBED_SAMPLES) -> int | None:
-    """The median short side of the first ``probe`` training images when the shards keep original bytes (no size in
+    """The median short side of the first ``probe`` training images when the shards were written without ``--resize`` (no size in
     ``meta.json``; see :meth:`ProbedSides.median` for why the median); None when there are none to read."""
     probed = probe_image_sides(root, meta, probe)
     return probed.median if probed else None

@@ -6,8 +6,8 @@ statistics are summed across ranks, so the scores are exact under DDP.
 
 Which samples a rank generates depends only on the sample index: the fixed condition list is cut
 into chunks of ``eval.batch_size``, chunk ``c`` goes to rank ``c % world`` and is sampled with seed
-:func:`~nar.sampling.seeds.batch_seed` ``(eval.seed, c)`` (neighbouring ``eval.seed`` share no chunk, as
-``eval.seed + c`` made them). A 2-process run therefore generates the same samples as a 1-process run. The real
+:func:`~nar.sampling.seeds.batch_seed` ``(eval.seed, c)`` (neighbouring ``eval.seed`` share no chunk, unlike
+under the older ``eval.seed + c``, where they did). A 2-process run therefore generates the same samples as a 1-process run. The real
 samples scored against are centre-cropped to the decoded samples' size (the model's grid through the tokenizer),
 which is the tokenizer's training size only when the grid is its own. Caption models
 take their conditions from the validation batches: every rank gathers the first ``eval.num_samples`` captions
