@@ -81,7 +81,7 @@ def _real_size(ref: str, statistics: bool, sample_shape: tuple[int, ...]) -> int
     refused (its statistics, or precision/recall, would score the size difference too); statistics without
     ``arr_0`` are warned of (they do not store their images' size)."""
     from nar.errors import ConfigError
-    from nar.metrics.sources import npz_sample_shape
+    from nar.metrics.sources import npz_sample_shape, real_crop_size
 
     height, width = sample_shape[-3:-1]
     path = Path(ref)
@@ -99,10 +99,7 @@ def _real_size(ref: str, statistics: bool, sample_shape: tuple[int, ...]) -> int
                               "side to the other's (a folder or shards of real images as --ref are read at the "
                               "samples' size)")
         return height if height == width else None  # the samples' size already: nothing is cropped
-    if height != width:  # the ADM centre crop makes squares: to the short side, as nar evaluate crops them
-        log.warning("the samples are %dx%d (HxW): the real images of --ref %s are centre-cropped to %d-px squares, "
-                    "their short side", height, width, ref, min(height, width))
-    return min(height, width)
+    return real_crop_size(height, width, f"the real images of --ref {ref}")
 
 
 def run(args: argparse.Namespace) -> int:

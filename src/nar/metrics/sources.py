@@ -149,6 +149,15 @@ def _arr0_shape(fh: Any, source: Path) -> tuple[int, ...]:
     return tuple(shape)
 
 
+def real_crop_size(height: int, width: int, real: str = "the real images") -> int:
+    """The side ``real`` are centre-cropped to (the ADM crop makes squares) for samples of ``height`` x ``width``:
+    their size, or for non-square samples their short side, said in a warning. ``nar evaluate`` and ``nar
+    eval-samples`` crop alike."""
+    if height != width:
+        log.warning("the samples are %dx%d (HxW): %s are centre-cropped to %d-px squares, their short side", height,
+                    width, real, min(height, width))
+    return min(height, width)
+
 def npz_sample_shape(source: str | Path) -> tuple[int, ...] | None:
     """The shape of the ``arr_0`` of an ``.npz``, ``(N, H, W, 3)`` or ``(N, T, H, W, 3)``, read from the array's
     ``.npy`` header inside the archive without loading it; None when there is no ``arr_0``. A damaged archive or an

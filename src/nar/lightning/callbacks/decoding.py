@@ -36,7 +36,14 @@ from nar.errors import ConfigError, RuntimeFailure
 from nar.lightning.callbacks.run_guard import PreemptionCallback, stop_asked
 from nar.lightning.generation import ChunkGenerator, decoded_shape, stream_chunks, to_uint8
 from nar.metrics.registry import build_metrics
-from nar.metrics.sources import iter_batches, iter_records, npz_sample_count, real_class_ids, real_features
+from nar.metrics.sources import (
+    iter_batches,
+    iter_records,
+    npz_sample_count,
+    real_class_ids,
+    real_crop_size,
+    real_features,
+)
 from nar.model import NARModel
 from nar.pictures import add_gif, sample_grid, save_png
 from nar.progress import Progress
@@ -529,11 +536,7 @@ def _real_size(sample_shape: tuple[int, ...] | None, tokenizer: Any) -> int | No
     tokenizer's ``image_size``. Non-square samples: their short side, said in a warning (the crop is square)."""
     if sample_shape is None:
         return getattr(getattr(tokenizer, "config", None), "image_size", None)
-    height, width = sample_shape[-2:]
-    if height != width:
-        log.warning("the samples are %dx%d (HxW): the real images are centre-cropped to %d-px squares, their short "
-                    "side", height, width, min(height, width))
-    return min(height, width)
+    return real_crop_size(*sample_shape[-2:])
 
 
 def _summed_over_ranks(trainer: L.Trainer, count: int, device: torch.device) -> int:
