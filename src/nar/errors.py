@@ -59,6 +59,11 @@ class DataError(NarError):
     """A data file or shard cannot be read."""
 
 
+class StopAsked(Exception):  # noqa: N818 - a stop, not an error
+    """Base of the exceptions that end a piece of work because SIGINT/SIGTERM asked it (a validation ended after a
+    batch or a chunk), not because it failed: progress lines say "interrupted" for them."""
+
+
 class RunInterrupted(NarError):
     """A run stopped on SIGINT/SIGTERM after saving a resumable checkpoint (the message names it)."""
 

@@ -14,26 +14,20 @@ import os
 import sys
 import time
 
-from nar.errors import RunInterrupted
+from nar.errors import RunInterrupted, StopAsked
 
 log = logging.getLogger("nar")
 
 # How a stop asked by SIGINT/SIGTERM reaches a `with Progress(...)` block: Python's KeyboardInterrupt, Lightning's
-# SIGTERMException (a SystemExit), nar's RunInterrupted, and the Lightning layer's own two, named rather than
-# imported so that this module stays free of Lightning (an exception of theirs means their module is loaded).
-STOP_EXCEPTIONS: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit, RunInterrupted)
-STOP_EXCEPTION_NAMES = frozenset({
-    "nar.lightning.callbacks.decoding._StopAsked",  # a decoding validation ended after a chunk
-    "nar.lightning.callbacks.run_guard.ValidationStopped",  # a validation ended after a loss batch
-})
+# SIGTERMException (a SystemExit), nar's RunInterrupted, and StopAsked (a validation ended after a batch or chunk).
+STOP_EXCEPTIONS: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit, RunInterrupted, StopAsked)
 
 
 def stop_was_asked(exc_type: type[BaseException] | None) -> bool:
     """Whether an exception of ``exc_type`` means that a stop was asked (a signal), not that the work failed."""
     if exc_type is None:
         return False
-    return issubclass(exc_type, STOP_EXCEPTIONS) or any(
-        f"{cls.__module__}.{cls.__qualname__}" in STOP_EXCEPTION_NAMES for cls in exc_type.__mro__)
+    return issubclass(exc_type, STOP_EXCEPTIONS)
 
 
 def fmt_seconds(seconds: float) -> str:

@@ -32,7 +32,7 @@ from torch.utils.data import DistributedSampler
 
 import lightning as L
 from nar.atomic import write_text
-from nar.errors import ConfigError, RuntimeFailure
+from nar.errors import ConfigError, RuntimeFailure, StopAsked
 from nar.lightning.callbacks.run_guard import PreemptionCallback, stop_asked
 from nar.lightning.generation import ChunkGenerator, decoded_shape, stream_chunks, to_uint8
 from nar.metrics.registry import build_metrics
@@ -53,7 +53,7 @@ from nar.sampling.seeds import batch_seed
 log = logging.getLogger(__name__)
 
 
-class _StopAsked(Exception):
+class _StopAsked(StopAsked):
     """SIGINT/SIGTERM was asked before or during a decoding validation (:class:`_StopGuard`)."""
 
 

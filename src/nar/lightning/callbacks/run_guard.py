@@ -40,11 +40,12 @@ from lightning.pytorch.trainer.states import TrainerFn
 import lightning as L
 from nar.atomic import write_text
 from nar.config import to_yaml
+from nar.errors import StopAsked
 
 log = logging.getLogger(__name__)
 
 
-class ValidationStopped(Exception):
+class ValidationStopped(StopAsked):
     """SIGINT asked a validation outside fit to stop; raised after its current loss batch (as Lightning stops on
     SIGTERM) and turned into :class:`~nar.errors.RunInterrupted` by
     :func:`nar.lightning.trainer.validate_or_interrupt`."""
