@@ -647,3 +647,58 @@ def test_the_grid_reads_the_data_folder_as_nar_train_does(tmp_path: Path, tiny_t
     write_rows(out["csv"], rows)
     again = run_ablation(load_ablation_config(path))
     assert again["ran"] == [] and again["skipped"] == ["a", "b"]
+
+
+def test_rows_and_run_folders_of_an_ablate_before_it_read_the_data_folder_are_kept(tmp_path: Path,
+                                                                                    tiny_tokens: Path,
+                                                                                    monkeypatch, caplog) -> None:
+    """An older nar ablate built each run's config from the grid's YAMLs and overrides alone (load_config); now
+    data.root's meta.json fills what nobody set: the classes, and eval.real_root / real_split of the source it
+    names. A finished row and a run folder made the old way with the same files and overrides are the same
+    configuration, kept (not 'delete their rows and run folders': hours per row); a real difference, another
+    optim.lr, is still refused, the row and the folder."""
+    import json
+    import shutil
+
+    import nar.workflows.train as train
+    from nar.config import load_config
+    from nar.runs import TrainConfig
+
+    tokens, source = tmp_path / "tokens", tmp_path / "images"
+    shutil.copytree(tiny_tokens, tokens)
+    source.mkdir()  # the images the tokens came from: a dataset with a val split
+    (source / "meta.json").write_text(json.dumps({"kind": "image", "splits": {"val": {"shards": [], "samples": 0}}}))
+    meta = json.loads((tokens / "meta.json").read_text())
+    (tokens / "meta.json").write_text(json.dumps({**meta, "source": str(source)}))
+    over, bench = _fast_overrides(tokens), {"batch": 2, "iters": 1, "warmup": 0}
+    path = _grid(tmp_path, [{"name": "a"}], overrides=over, bench=bench)
+    ((_, now),) = build_train_configs(load_ablation_config(path))
+    assert now.eval.real_root == str(source.resolve()) and now.eval.real_split == "val"  # else it shows nothing
+
+    with monkeypatch.context() as older:  # the grid as the older nar ablate ran it
+        older.setattr(train, "generator_config", lambda yamls, overrides: load_config(TrainConfig, yamls, overrides))
+        first = run_ablation(load_ablation_config(path))
+    assert first["ran"] == ["a"]
+    csv_path, run_dir = tmp_path / "out" / "results.csv", tmp_path / "out" / "runs" / "a"
+    (row,) = read_rows(csv_path)
+    assert row["fingerprint"] != fingerprint(now)
+
+    changed = _grid(tmp_path, [{"name": "a"}], overrides=[*over, "optim.lr=0.1"], bench=bench)
+    with pytest.raises(ConfigError) as refused:
+        run_ablation(load_ablation_config(changed))
+    message = str(refused.value)
+    assert f"its row in {csv_path.name}" in message and "optim.lr=0.003 (now 0.1)" in message
+    assert "eval.real_root" not in message  # what differs from the run as that nar ablate built it
+    assert "delete their rows from" in message and str(run_dir) in message
+
+    path = _grid(tmp_path, [{"name": "a"}], overrides=over, bench=bench)
+    with caplog.at_level("INFO", logger="nar"):
+        again = run_ablation(load_ablation_config(path))
+    assert again["ran"] == [] and again["skipped"] == ["a"]
+    assert "a: its row was made by an nar ablate that did not read" in caplog.text and "eval.real_root" in caplog.text
+
+    csv_path.unlink()  # the run folder alone: its finished checkpoint is resumed and its row collected again
+    collected = run_ablation(load_ablation_config(path))
+    (row_again,) = read_rows(csv_path)
+    assert collected["ran"] == ["a"] and row_again["steps"] == row["steps"]
+    assert row_again["val_loss"] == pytest.approx(row["val_loss"])

@@ -7,10 +7,11 @@ parent writes every row as its run completes, so an interrupted grid resumes whe
 Each run's config is ``nar train``'s (:func:`nar.workflows.train.generator_config`: grid, vocabulary and classes
 from ``data.root``'s ``meta.json`` unless set). A rerun keeps a finished row and resumes a run folder's
 checkpoints, so both must have been made with the run's configuration: a row or a run folder made with another
-(a shared setting changed since) is refused before anything trains, naming every such run and what differs. A run
-that fails is logged by name (its traceback in ``<run>/error.log``) and the others go on; the grid then reports
-the failed runs (``nar ablate`` exits non-zero). A stop (SIGINT/SIGTERM) stops the grid: run the same command
-again to continue.
+(a shared setting changed since) is refused before anything trains, naming every such run and what differs. One
+made by an ``nar ablate`` that did not read ``meta.json`` yet, from the same YAMLs and overrides, holds the run as
+that one built it, and is kept (:func:`fingerprints`). A run that fails is logged by name (its traceback in
+``<run>/error.log``) and the others go on; the grid then reports the failed runs (``nar ablate`` exits non-zero).
+A stop (SIGINT/SIGTERM) stops the grid: run the same command again to continue.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from nar.config import load_config
 from nar.errors import EXIT_RUNTIME, ConfigError, NarError, RunInterrupted
 from nar.runs.config import TrainConfig
 from nar.workflows.ablation.config import AblationConfig, BenchConfig, VariantConfig, variant_overrides
@@ -51,12 +53,16 @@ SCORE_KEYS = ("val/fid", "val/fvd", "val/fvd_proxy_inception")
 
 @dataclasses.dataclass
 class Run:
-    """One training run of the grid: a variant at one seed (``name`` = its run folder and CSV key)."""
+    """One training run of the grid: a variant at one seed (``name`` = its run folder and CSV key). ``earlier_cfg``:
+    its config as an ``nar ablate`` before the grid read ``data.root``'s ``meta.json`` built it (the same YAMLs and
+    overrides, :func:`~nar.config.load_config` alone), whose rows and run folders are this run's; None where that
+    builder refuses the overrides (no such row can exist)."""
 
     variant: VariantConfig
     seed: int
     name: str
     train_cfg: Any
+    earlier_cfg: Any = None
 
 
 def run_name(variant: str, seed: int, seeds: Sequence[int]) -> str:
@@ -105,9 +111,14 @@ def build_runs(cfg: AblationConfig, shared: Sequence[str] = ()) -> list[Run]:
             overrides = [*cfg.overrides, *shared, f"name={name}", f"runs_root={runs_root}",
                          f"trainer.seed={seed}", f"data.seed={seed}", f"eval.seed={seed}", *variant_overrides(variant)]
             try:
-                out.append(Run(variant, seed, name, generator_config(cfg.base, overrides)))
+                train_cfg = generator_config(cfg.base, overrides)
             except ConfigError as err:
                 raise ConfigError(f"variants[{i}] ({variant.name}): {err}") from None
+            try:
+                earlier = load_config(TrainConfig, cfg.base, overrides)
+            except ConfigError:
+                earlier = None
+            out.append(Run(variant, seed, name, train_cfg, earlier))
     return out
 
 
@@ -128,14 +139,18 @@ def fingerprint(train_cfg: Any) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def fingerprints(train_cfg: Any) -> tuple[str, ...]:
-    """The run's :func:`fingerprint`, then the one a row of the same run holds when an older ``nar ablate`` wrote
-    it: it built configs without ``data.root``'s ``meta.json``, so without the class names (``classes`` label
-    samples; no number depends on them)."""
-    fp = fingerprint(train_cfg)
-    if not train_cfg.classes:
-        return (fp,)
-    return fp, fingerprint(dataclasses.replace(train_cfg, classes=[]))
+def fingerprints(train_cfg: Any, earlier_cfg: Any = None) -> tuple[str, ...]:
+    """The run's :func:`fingerprint`, then those a row of the same run holds when an older ``nar ablate`` wrote it,
+    which built configs without ``data.root``'s ``meta.json``: ``earlier_cfg``'s (:attr:`Run.earlier_cfg`: none of
+    the class names, ``tokenizer.path`` and ``eval.real_root`` / ``real_split`` that file names, grid and vocabulary
+    as the YAMLs said), and the run's without class names (``classes`` label samples; no number depends on
+    them)."""
+    fps = [fingerprint(train_cfg)]
+    if train_cfg.classes:
+        fps.append(fingerprint(dataclasses.replace(train_cfg, classes=[])))
+    if earlier_cfg is not None:
+        fps.append(fingerprint(earlier_cfg))
+    return tuple(dict.fromkeys(fps))
 
 
 def _hashed(train_cfg: Any) -> dict[str, Any]:
@@ -173,6 +188,13 @@ def _hashed(train_cfg: Any) -> dict[str, Any]:
 def settings_changed(before: Any, now: Any, most: int = 6) -> str:
     """``key=old (now new)`` for each hashed setting (:func:`fingerprint`) that differs between two run configs,
     the first ``most`` of them."""
+    changed = _changed(before, now)
+    text = ", ".join(f"{key}={old} (now {new})" for key, old, new in changed[:most])
+    return text + (f" and {len(changed) - most} more" if len(changed) > most else "")
+
+
+def _changed(before: Any, now: Any) -> list[tuple[str, str, str]]:
+    """``(key, old, new)`` for each hashed setting that differs between two run configs, sorted by key."""
 
     def flat(node: Any, prefix: str = "") -> dict[str, Any]:
         if not isinstance(node, dict):
@@ -184,24 +206,31 @@ def settings_changed(before: Any, now: Any, most: int = 6) -> str:
 
     old, new = flat(_hashed(before)), flat(_hashed(now))
     keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    text = ", ".join(f"{k[:-1]}={show(old.get(k))} (now {show(new.get(k))})" for k in keys[:most])
-    return text + (f" and {len(keys) - most} more" if len(keys) > most else "")
+    return [(k[:-1], show(old.get(k)), show(new.get(k))) for k in keys]
 
 
-def other_checkpoint(run_dir: Path, like: Any) -> tuple[Path, str] | None:
-    """``(checkpoint, what differs)`` for the newest intact checkpoint of ``run_dir`` not made with run config
-    ``like`` (as :func:`fingerprint` sees them), or whose config cannot be read; None when every one was (or
-    there is none: the run starts from scratch). Every checkpoint, not just the one a resume continues from: a
-    run resumed with another setting writes that setting into the checkpoints it saves after its old steps.
+def other_checkpoint(run_dir: Path, like: Any, earlier: Any = None) -> tuple[Path, str] | None:
+    """``(checkpoint, what differs)`` for the newest intact checkpoint of ``run_dir`` made neither with run config
+    ``like`` nor with ``earlier`` (the same run as an older ``nar ablate`` built it, :attr:`Run.earlier_cfg`), as
+    :func:`fingerprint` sees them, or whose config cannot be read; None when every one was (or there is none: the
+    run starts from scratch). Every checkpoint, not just the one a resume continues from: a run resumed with
+    another setting writes that setting into the checkpoints it saves after its old steps. What differs is told
+    against the closer of the two.
 
-    The class names (labels only) and an epoch length ``like`` leaves to the data (filled in when the run
-    started, ``with_epoch_steps``) are taken from ``like``."""
+    The class names (labels only) and an epoch length the config it is compared with leaves to the data (filled in
+    when the run started, ``with_epoch_steps``) are taken from that config."""
     from nar.config import from_dict
     from nar.model.io import read_generator_file, run_config_of
     from nar.runs.folder import intact_checkpoints
 
+    def as_made_like(theirs: Any, cfg: Any) -> Any:
+        theirs = dataclasses.replace(theirs, classes=cfg.classes)
+        if cfg.optim.epoch_steps is None:
+            theirs = dataclasses.replace(theirs, optim=dataclasses.replace(theirs.optim, epoch_steps=None))
+        return theirs
+
     good, _ = intact_checkpoints(run_dir)
-    fp = fingerprint(like)
+    configs = [(cfg, fingerprint(cfg)) for cfg in (like, earlier) if cfg is not None]
     for info in reversed(good):
         try:
             stored = run_config_of(read_generator_file(info.path))
@@ -210,11 +239,10 @@ def other_checkpoint(run_dir: Path, like: Any) -> tuple[Path, str] | None:
             theirs = from_dict(TrainConfig, stored)
         except NarError as err:
             return info.path, f"its run config cannot be read ({err})"
-        theirs = dataclasses.replace(theirs, classes=like.classes)
-        if like.optim.epoch_steps is None:
-            theirs = dataclasses.replace(theirs, optim=dataclasses.replace(theirs.optim, epoch_steps=None))
-        if fingerprint(theirs) != fp:
-            return info.path, settings_changed(theirs, like)
+        compared = [(as_made_like(theirs, cfg), cfg, fp) for cfg, fp in configs]
+        if all(fingerprint(made) != fp for made, _, fp in compared):
+            made, cfg, _ = min(compared, key=lambda c: len(_changed(c[0], c[1])))  # the first (now) on a tie
+            return info.path, settings_changed(made, cfg)
     return None
 
 
@@ -231,8 +259,12 @@ def refuse_other_configurations(runs: Sequence[tuple[Run, tuple[str, ...]]], don
         if row is not None and row["fingerprint"] not in fps:
             what.append(f"its row in {csv_path.name}: fingerprint {row['fingerprint']}, now {fps[0]}")
             rows.append(run.name)
+        elif (row is not None and run.earlier_cfg is not None and row["fingerprint"] != fps[0]
+              and row["fingerprint"] == fingerprint(run.earlier_cfg)):
+            log.info("%s: its row was made by an nar ablate that did not read %s/meta.json; kept (the data fill in "
+                     "%s)", run.name, run.train_cfg.data.root, settings_changed(run.earlier_cfg, run.train_cfg))
         run_dir = Path(run.train_cfg.run_dir)
-        other = other_checkpoint(run_dir, run.train_cfg)
+        other = other_checkpoint(run_dir, run.train_cfg, run.earlier_cfg)
         if other is not None:
             what.append(f"{other[0].relative_to(run_dir.parent.parent)}: {other[1]}")
             folders.append(run_dir)
@@ -479,7 +511,8 @@ def run_ablation(cfg: AblationConfig, shared: Sequence[str] = (), only: Sequence
     rows = read_rows(paths["csv"])
     done = {r["run"]: r for r in rows}
     by_fingerprint = {r["fingerprint"]: r for r in rows}
-    chosen = [(run, fingerprints(run.train_cfg)) for run in runs if not only or run.variant.name in only]
+    chosen = [(run, fingerprints(run.train_cfg, run.earlier_cfg))
+              for run in runs if not only or run.variant.name in only]
     refuse_other_configurations(chosen, done, paths["csv"])
     todo, skipped, twins = [], [], []
     for run, fps in chosen:
