@@ -248,3 +248,31 @@ def test_a_flat_class_layout_keeps_its_inputs_so_a_half_written_folder_resumes(t
     assert meta["splits"]["train"]["samples"] == len(items)
     written = [s["source"] for s in _samples(out, "train")]
     assert written == [str(Path(path).relative_to(tmp_path / "src")) for path, *_ in items]
+
+
+def test_files_of_other_extensions_in_class_folders_are_counted_once_per_split(tmp_path, caplog):
+    """A phone's .heic or a stray .xyz beside a class's JPEGs is no image nar writes: the class-folder walk names
+    them as list_images does, in one warning per split (ImageNet has 1000 class folders), with their count and an
+    example; captions and label lists (.txt, .json) and hidden files are not counted."""
+    import logging
+
+    rng = np.random.default_rng(6)
+    train = tmp_path / "src" / "train"
+    for w in ("n0", "n1"):
+        for i in range(2):
+            write_jpeg(train / w / f"{w}_{i}.JPEG", rng, size=(8, 8))
+    for rel in ("n0/IMG_1.heic", "n0/notes.xyz", "n1/deep/IMG_2.HEIC", "n0/n0_boxes.txt", "n1/info.json",
+                "n0/.DS_Store"):
+        (train / rel).parent.mkdir(parents=True, exist_ok=True)
+        (train / rel).write_text("x")
+    val = tmp_path / "src" / "val"
+    write_jpeg(val / "n1" / "n1_v.JPEG", rng, size=(8, 8))
+    (val / "n1" / "n1_v.heic").write_text("x")
+    caplog.set_level(logging.INFO, logger="nar")
+    meta = write_imagenet(tmp_path / "src", tmp_path / "out")
+    assert meta["splits"]["train"]["samples"] == 4 and meta["splits"]["val"]["samples"] == 1
+    said = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
+    assert len(said) == 2, said
+    assert said[0].startswith(f"{train}: 3 files ignored, not images by extension (2 .heic, 1 .xyz)"), said
+    assert "e.g. n0/IMG_1.heic" in said[0]
+    assert said[1] == f"{val}: 1 file ignored, not images by extension (1 .heic), e.g. n1/n1_v.heic"

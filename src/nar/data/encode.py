@@ -16,7 +16,7 @@ import io
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +53,20 @@ def list_images(folder: Path, *, recursive: bool = False) -> list[Path]:
             images.append(path)
         elif suffix not in SIDECAR_EXTENSIONS:
             others.append(path)
-    if others:
-        kinds = Counter(p.suffix.lower() or "without extension" for p in others)
-        log.warning("%s: %d file%s ignored, not images by extension (%s), e.g. %s", folder, len(others),
-                    "s" if len(others) > 1 else "", ", ".join(f"{n} {k}" for k, n in kinds.most_common()),
-                    min(others).relative_to(folder))
+    warn_not_images(folder, others)
     return sorted(images)
+
+
+def warn_not_images(folder: Path, others: Sequence[Path]) -> None:
+    """One warning for the files below ``folder`` left out as no image by their extension (``others``: not
+    ``SIDECAR_EXTENSIONS``, not hidden), with their count per extension and the first path as an example;
+    nothing when there is none."""
+    if not others:
+        return
+    kinds = Counter(p.suffix.lower() or "without extension" for p in others)
+    log.warning("%s: %d file%s ignored, not images by extension (%s), e.g. %s", folder, len(others),
+                "s" if len(others) > 1 else "", ", ".join(f"{n} {k}" for k, n in kinds.most_common()),
+                min(others).relative_to(folder))
 
 
 def load_checked_image(path: str | Path) -> tuple[bytes, Image.Image]:

@@ -26,7 +26,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from nar.data.encode import IMAGE_EXTENSIONS, EncodeImage, first_existing, list_images
+from nar.data.encode import (
+    IMAGE_EXTENSIONS,
+    SIDECAR_EXTENSIONS,
+    EncodeImage,
+    first_existing,
+    list_images,
+    warn_not_images,
+)
 from nar.data.order import DEFAULT_ORDER_SEED, order_mismatch_hint, write_order
 from nar.data.shards import BadInputLog, dataset_lock, refuse_other_folder_settings, write_meta, write_split
 from nar.errors import DataError
@@ -86,13 +93,18 @@ def class_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def images_below(folder: Path, bad: BadInputLog | None = None) -> Iterator[Path]:
+def images_below(folder: Path, bad: BadInputLog | None = None, others: list[Path] | None = None) -> Iterator[Path]:
     """The image files anywhere below ``folder`` (by extension, any case), in sorted path order: each folder's
     entries sorted by name, sub-folders entered where they sort, which is the order of ``sorted()`` on the paths
     (so a folder holding only files lists exactly as :func:`~nar.data.encode.list_images` does). Hidden files and
     folders are left out; a linked folder is entered once (a link back up the tree is not a loop). A sub-folder
-    that cannot be read is recorded in ``bad`` (raised with none given, and for ``folder`` itself)."""
+    that cannot be read is recorded in ``bad`` (raised with none given, and for ``folder`` itself).
+
+    Each folder is listed and sorted whole before anything of it is yielded; with ``others`` given, the files of
+    each listed folder that are no image by extension (hidden ones, and captions, label lists and manifests:
+    ``SIDECAR_EXTENSIONS``, aside) are appended to it, for :func:`~nar.data.encode.warn_not_images`."""
     seen = {folder.resolve()}
+    known = IMAGE_EXTENSIONS | SIDECAR_EXTENSIONS
 
     def walk(current: Path) -> Iterator[Path]:
         try:
@@ -103,6 +115,9 @@ def images_below(folder: Path, bad: BadInputLog | None = None) -> Iterator[Path]
                 raise
             bad.record(current, f"cannot read folder: {err.strerror or err}")
             return
+        if others is not None:
+            others.extend(current / e.name for e in entries
+                          if not e.name.startswith(".") and e.is_file() and Path(e.name).suffix.lower() not in known)
         for entry in entries:
             if entry.name.startswith("."):
                 continue
@@ -121,7 +136,8 @@ def images_below(folder: Path, bad: BadInputLog | None = None) -> Iterator[Path]
 def refuse_classes_without_images(class_root: Path, classes: Sequence[str]) -> None:
     """:class:`DataError` naming every folder of ``class_root/<class>`` with no image anywhere below it: each class
     folder becomes a class of ``meta.json`` (balanced evaluation samples all of them), so one of no images is a
-    mistake to fix, not a class to train. Stops at each folder's first image."""
+    mistake to fix, not a class to train. A class folder's walk ends at its first image in sorted order, after
+    listing whole each folder entered up to it (:func:`images_below`): one listing for a folder of images."""
     empty = [class_root / c for c in classes if next(images_below(class_root / c), None) is None]
     if empty:
         shown = ", ".join(str(p) for p in empty[:20]) + (f" and {len(empty) - 20} more" if len(empty) > 20 else "")
@@ -134,17 +150,19 @@ def refuse_classes_without_images(class_root: Path, classes: Sequence[str]) -> N
 
 def scan_class_folders(folder: Path, classes: Sequence[str], bad: BadInputLog, limit_per_class: int | None) -> list[tuple]:
     """Items ``(path, class, None, None)`` from the images below ``folder/<class>/`` (:func:`images_below`); class
-    folders with no image, or not among ``classes``, are reported in ``bad``."""
+    folders with no image, or not among ``classes``, are reported in ``bad``. Other files of the folders listed
+    (a .heic, a stray .xyz) are counted and named in one warning for the split, as ``list_images`` does."""
     index = {w: i for i, w in enumerate(classes)}
-    items = []
+    items, others = [], []
     for sub in class_folders(folder):
         if sub.name not in index:
             bad.record(sub, "unknown class folder (not in train/)")
             continue
-        files = list(itertools.islice(images_below(sub, bad), limit_per_class))
+        files = list(itertools.islice(images_below(sub, bad, others), limit_per_class))
         if not files and limit_per_class != 0:
             bad.record(sub, "class folder with no image in it or its sub-folders")
         items += [(str(f), index[sub.name], None, None) for f in files]
+    warn_not_images(folder, others)
     return items
 
 
