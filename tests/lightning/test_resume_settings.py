@@ -153,3 +153,17 @@ def test_a_resume_after_a_kill_logs_each_step_once(tokens, tmp_path):
     acc = EventAccumulator(str(resumed_file), size_guidance={"scalars": 0})
     acc.Reload()
     assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(s, again[s]) for s in range(5, 10)]
+
+
+def test_extending_a_finished_run_keeps_its_final_validation_in_tensorboard(tokens, tmp_path):
+    """A run that reached its max_steps logged its final validation at its last step and nothing past it: its
+    extension (--resume with more steps) hides none of it, as a purge from that step would (nothing logs it again)."""
+    from nar.workflows.train import fit, generator_config
+
+    fit(generator_config(overrides=overrides(tokens, tmp_path)), final_validation=True, enable_progress_bar=False)
+    before = dict(scalars(tmp_path / "run")["val/loss"])
+    assert before
+    extended = overrides(tokens, tmp_path, **{"trainer.max_steps": 12})
+    assert train(extended, resume=True)["global_step"] == 12
+    assert dict(scalars(tmp_path / "run")["val/loss"]) == before
+    assert [s for s, _ in scalars(tmp_path / "run")["train/loss"]] == list(range(12))  # each step once

@@ -92,8 +92,10 @@ def build_trainer(run: RunConfig, callbacks: list | None = None, *, grad_clip: f
         precision = "32-true"
     callbacks = [
         RunConfigCallback(run),
+        # every checkpoint holds the stream position and RNG: resume to the exact sample; first, so that the RNG is
+        # restored before the preemption guard runs a validation a stop left owed, as an unbroken run runs it
+        DataPositionCallback(),
         PreemptionCallback(run_dir / CHECKPOINTS / LAST),
-        DataPositionCallback(),  # every checkpoint holds the stream position and RNG: resume to the exact sample
         *(callbacks or []),
         *retention(run),
     ]
@@ -126,6 +128,17 @@ def build_trainer(run: RunConfig, callbacks: list | None = None, *, grad_clip: f
         enable_model_summary=False, deterministic=t.deterministic or None,
         profiler=(_profiler(t.profiler, run_dir) if t.profiler else None),
     )
+
+
+def _finished_run(ckpt_path: str | os.PathLike[str]) -> bool:
+    """Whether the checkpoint is of a run that reached its own ``trainer.max_steps`` (its hyper-parameters; a
+    checkpoint without them counts as unfinished)."""
+    try:
+        obj = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)
+        max_steps = obj["hyper_parameters"]["cfg"]["trainer"]["max_steps"]
+        return isinstance(max_steps, int) and 0 < max_steps <= int(obj["global_step"])
+    except Exception:  # noqa: BLE001 - an FSDP manifest, an older file: purge as for any unfinished run
+        return False
 
 
 class RunTensorBoardLogger(TensorBoardLogger):
@@ -374,12 +387,15 @@ def run_folder_lock(run: RunConfig) -> Iterator[None]:
 
 
 def fit_or_interrupt(trainer: L.Trainer, module: L.LightningModule, **fit_kwargs: Any) -> None:
-    """``trainer.fit``; a stop asked by SIGINT/SIGTERM (checkpoint saved) becomes :class:`RunInterrupted`, also
-    when it came after the last step (during the last validation, which it cut short): the checkpoint is saved
-    here then, and ``--resume`` validates that step again. Resuming (``ckpt_path``), the TensorBoard events of
-    later steps that an earlier process wrote are hidden (:meth:`RunTensorBoardLogger.resume_at`)."""
+    """``trainer.fit``; a stop asked by SIGINT/SIGTERM (checkpoint saved) becomes :class:`RunInterrupted`. The
+    stop checkpoint is saved by :class:`PreemptionCallback` (at a step boundary, or as a validation it cut short
+    ends); here only when the signal came after the last validation. Resuming (``ckpt_path``) a run that had not
+    finished, the TensorBoard events of its checkpoint's step and later that an earlier process wrote are hidden
+    (:meth:`RunTensorBoardLogger.resume_at`)."""
     guard = PreemptionCallback.of(trainer)
-    if fit_kwargs.get("ckpt_path"):  # events a killed process wrote past the checkpoint are logged again
+    # events a killed process wrote past the checkpoint are logged again; a run that had finished wrote nothing past
+    # it, but its final validation at its last step, which a purge would hide and nothing logs again
+    if fit_kwargs.get("ckpt_path") and not _finished_run(fit_kwargs["ckpt_path"]):
         step = read_checkpoint_info(fit_kwargs["ckpt_path"]).step
         for logger in trainer.loggers:
             if isinstance(logger, RunTensorBoardLogger):

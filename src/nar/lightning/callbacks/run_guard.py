@@ -4,7 +4,8 @@
 stop at the next step boundary; the callback then saves a resumable checkpoint (``last.ckpt``, through the
 atomic checkpoint writer) and stops, and :func:`nar.workflows.train.fit` exits with
 :data:`~nar.errors.EXIT_INTERRUPTED`. A second SIGINT aborts at once. Under DDP every rank takes the same
-decision (one boolean all-reduce per step), so all of them save and stop together. A signal that arrives during
+decision (one boolean all-reduce per step, and at most two more per validation), so all of them save and stop
+together. A signal that arrives during
 a decoding validation ends that validation after its current chunk (the frontier-decoding callback asks
 :attr:`PreemptionCallback.signal_name`), so the checkpoint does not wait for the whole validation.
 
@@ -226,7 +227,8 @@ def _validation_due(trainer: L.Trainer) -> bool:
     """Whether Lightning's schedule validates after this training batch: every ``val_check_batch`` batches of the
     run (``trainer.val_every`` steps; a run without ``val_every`` validates by epochs, i.e. never while fitting)."""
     every = trainer.val_check_batch
-    if trainer.check_val_every_n_epoch is not None or not every or every == float("inf"):
+    if not trainer.enable_validation or trainer.check_val_every_n_epoch is not None or not every \
+            or every == float("inf"):  # no validation at all (no val data, limit_val_batches=0), or by epochs
         return False
     return (trainer.fit_loop.epoch_loop.total_batch_idx + 1) % int(every) == 0
 
