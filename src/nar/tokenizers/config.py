@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -109,6 +110,13 @@ class VQConfig:
         """Token grid of an input of the configured size: ``(h, w)`` or ``(t, h, w)``."""
         hw = self.image_size // self.spatial_downsample
         return (hw, hw) if self.kind == "image" else (self.num_frames // self.temporal_factor, hw, hw)
+
+    def decoded_size(self, grid: Sequence[int]) -> list[int]:
+        """What a token grid decodes to: ``[H, W]`` for ``(h, w)``, ``[T, H, W]`` for ``(t, h, w)``."""
+        factors = [self.spatial_downsample] * 2
+        if len(grid) == 3:
+            factors.insert(0, self.temporal_factor)
+        return [g * f for g, f in zip(grid, factors)]
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> VQConfig:

@@ -58,10 +58,11 @@ def check_tokenizer_fits(grid: list[int], tokenizer: VQConfig, name: str, key: s
     if getattr(tokenizer, "image_size_guessed", False):  # an official file: no size stored to hold the grid to
         return
     factor = tokenizer.spatial_downsample
-    made = f"{grid[-2] * factor}x{grid[-1] * factor}"
+    *frames, height, width = tokenizer.decoded_size(grid)
+    made = f"{height}x{width}"
     trained = f"{tokenizer.image_size}x{tokenizer.image_size}"
     if axes == 3:
-        made = f"{grid[0] * tokenizer.temporal_factor} frames of {made}"
+        made = f"{frames[0]} frames of {made}"
         trained = f"{tokenizer.num_frames} frames of {trained}"
     if made != trained:
         log.warning("model.grid %s decodes through %s (downsampling %s) to samples of %s, but the tokenizer was "

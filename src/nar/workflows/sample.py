@@ -226,12 +226,7 @@ def picture_size(tokenizer: torch.nn.Module, grid: Sequence[int]) -> list[int] |
     """What ``tokenizer`` decodes a token grid to: ``[H, W]`` (images) or ``[T, H, W]`` (videos); None for a
     tokenizer that does not say its downsampling."""
     cfg = getattr(tokenizer, "config", None)
-    if cfg is None or not hasattr(cfg, "spatial_downsample"):
-        return None
-    factors = [cfg.spatial_downsample] * 2
-    if len(grid) == 3:
-        factors.insert(0, cfg.temporal_factor)
-    return [g * f for g, f in zip(grid, factors)]
+    return cfg.decoded_size(grid) if hasattr(cfg, "decoded_size") else None
 
 
 def check_tokenizer_decodes(model_cfg: NARConfig, tokenizer: torch.nn.Module, tok_path: str) -> None:
