@@ -159,7 +159,7 @@ def test_a_stored_chunk_of_another_shape_is_refused(tmp_path):
 
 
 def test_the_decoded_shape_is_what_the_tokenizer_decodes():
-    """decoded_shape (counted on the meta device) is the shape a real decode gives: images at the tokenizer's own
+    """decoded_shape (counted from the config) is the shape a real decode gives: images at the tokenizer's own
     grid, a larger and a non-square one; a video tokenizer's clips."""
     from nar.lightning.generation import decoded_shape
     from nar.tokenizers import build_tokenizer

@@ -58,19 +58,12 @@ def save_chunk(path: Path, pixels: torch.Tensor, labels: torch.Tensor | None) ->
 
 
 def decoded_shape(tokenizer: Any, grid: Sequence[int]) -> tuple[int, ...] | None:
-    """The shape of one sample ``tokenizer`` decodes from a ``grid`` of codes: ``(3, H, W)`` or ``(3, T, H, W)``,
-    counted on the meta device (nothing is run or allocated); None for a tokenizer without a VQ config."""
+    """The shape of one sample ``tokenizer`` decodes from a ``grid`` of codes: ``(3, H, W)`` or ``(3, T, H, W)``
+    (:meth:`~nar.tokenizers.config.VQConfig.decoded_size`); None for a tokenizer without a VQ config."""
     from nar.tokenizers.config import VQConfig
-    from nar.tokenizers.vq import build_tokenizer
 
     config = getattr(tokenizer, "config", None)
-    if not isinstance(config, VQConfig):
-        return None
-    with torch.device("meta"):
-        tok = build_tokenizer(config)
-    latent = torch.zeros(1, tok.post_quant_conv.in_channels, *grid, device="meta")
-    with torch.no_grad():
-        return tuple(int(s) for s in tok.decode_latents(latent).shape[1:])
+    return (3, *config.decoded_size(grid)) if isinstance(config, VQConfig) else None
 
 
 def load_chunk(path: Path, expected: int,
