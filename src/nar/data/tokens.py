@@ -462,13 +462,17 @@ def folder_files_id(folder: str | Path) -> str:
     the times (``cp -p``, ``rsync -a``) has the same id; one that does not is taken as changed."""
     folder = Path(folder)
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        name = path.relative_to(folder)
-        if any(part.startswith(_HIDDEN) for part in name.parts):
-            continue
+    for path in sorted(_visible_files(folder)):
         stat = path.stat()
-        digest.update(f"{name.as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
     return digest.hexdigest()
+
+
+def _visible_files(folder: Path) -> Iterator[Path]:
+    """The files under ``folder`` that identify a model: hidden files and folders (a download tool's) left out."""
+    for path in folder.rglob("*"):
+        if path.is_file() and not any(part.startswith(_HIDDEN) for part in path.relative_to(folder).parts):
+            yield path
 
 
 def _text_encoder_path(name: str) -> Path | None:
@@ -487,9 +491,7 @@ def _newest_mtime(path: Path) -> float:
     """The modification time of the file ``path``, or of the newest file :func:`folder_files_id` reads under it."""
     if path.is_file():
         return path.stat().st_mtime
-    times = [p.stat().st_mtime for p in path.rglob("*") if p.is_file()
-             and not any(part.startswith(_HIDDEN) for part in p.relative_to(path).parts)]
-    return max(times, default=0.0)
+    return max((p.stat().st_mtime for p in _visible_files(path)), default=0.0)
 
 
 def _explain_refused_content_resume(out: str | Path, split: str, shards: list[str], params: dict[str, Any],
